@@ -1,0 +1,768 @@
+"""
+Load and validate the TOML configuration.
+
+Every problem is collected, not just the first, and each one names the file,
+the key path (C{routes[2].upstream}) and what is wrong, so an operator fixes a
+broken file in one pass. Unknown keys are errors: a typo in a security setting
+must not be silently ignored.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import os
+import re
+import sys
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, TypeVar, Union
+from urllib.parse import urlsplit
+
+import attr
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on PyPy 3.9
+    import tomli as tomllib
+
+T = TypeVar("T")
+
+IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+
+AUTH_MODES = ("none",)
+"""Route auth modes this version implements. The login issue adds the rest."""
+
+PLANNED_AUTH_MODES = ("session", "bearer", "session_or_bearer", "optional")
+
+
+class ConfigError(Exception):
+    """
+    The configuration is invalid.
+
+    @ivar source: the file that was read.
+    @ivar problems: one message per problem, each starting with its key path.
+    """
+
+    def __init__(self, source: str, problems: Sequence[str]) -> None:
+        super().__init__(source, problems)
+        self.source = source
+        self.problems = list(problems)
+
+    def lines(self) -> List[str]:
+        return [f"config: {p} (in {self.source})" for p in self.problems]
+
+    def __str__(self) -> str:
+        return "\n".join(self.lines())
+
+
+class Secret:
+    """
+    A resolved secret value that does not show itself in reprs or logs.
+    """
+
+    __slots__ = ("_value", "origin")
+
+    def __init__(self, value: str, origin: str) -> None:
+        self._value = value
+        self.origin = origin
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return f"<Secret from {self.origin}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@attr.s(frozen=True, auto_attribs=True)
+class UpstreamSettings:
+    """
+    How the proxy talks to an upstream. The top-level C{[upstream]} table sets
+    the defaults; each route may override any of them.
+    """
+
+    timeout: float = 60.0
+    """Seconds from sending the request until the response headers arrive (504 after)."""
+    connect_timeout: float = 5.0
+    """Seconds to establish the TCP/TLS connection (504 after)."""
+    max_body_size: int = 10_000_000
+    """Largest request body accepted, in bytes (413 above)."""
+    max_connections: int = 256
+    """Concurrent requests in flight to one upstream; more wait their turn."""
+    max_idle_connections: int = 64
+    """Idle keep-alive connections kept per upstream."""
+    ca_bundle: Optional[str] = None
+    """PEM file of CA certificates trusted for https upstreams (default: the system's)."""
+
+
+@attr.s(frozen=True, auto_attribs=True)
+class RouteConfig:
+    """One C{[[routes]]} entry."""
+
+    index: int
+    path: str
+    """Normalised path prefix: starts with C{/}, no trailing C{/} unless it is C{/}."""
+    upstream: str
+    """Upstream base URL, C{http://host:port} or C{https://host/base}."""
+    host: Optional[str] = None
+    """Lower-case host name, or C{*.example.com}; None matches every host."""
+    auth: str = "none"
+    strip_prefix: bool = False
+    replace_prefix: Optional[str] = None
+    pass_host_header: bool = False
+    allow_encoded_slashes: bool = False
+    settings: UpstreamSettings = UpstreamSettings()
+
+    @property
+    def name(self) -> str:
+        return f"routes[{self.index}]"
+
+
+@attr.s(frozen=True, auto_attribs=True)
+class OIDCConfig:
+    issuer: str
+    client_id: str
+    client_secret: Optional[Secret] = None
+    scopes: Tuple[str, ...] = ("openid", "email", "profile")
+    pkce: bool = True
+
+
+@attr.s(frozen=True, auto_attribs=True)
+class SessionConfig:
+    store: str = "cookie"
+    secrets: Tuple[Secret, ...] = ()
+    lifetime: float = 8 * 3600.0
+    idle_timeout: float = 0.0
+    cookie_name: str = "oidcproxy"
+
+
+@attr.s(frozen=True, auto_attribs=True)
+class RedisConfig:
+    url: str = "redis://127.0.0.1:6379/0"
+
+
+@attr.s(frozen=True, auto_attribs=True)
+class Config:
+    source: str
+    listen: Tuple[str, ...] = ("tcp:8080:interface=127.0.0.1",)
+    public_url: Optional[str] = None
+    trusted_proxies: Tuple[IPNetwork, ...] = ()
+    endpoints_prefix: str = "/oidc"
+    workers: int = 1
+    keepalive_timeout: float = 75.0
+    access_log: bool = True
+    upstream: UpstreamSettings = UpstreamSettings()
+    routes: Tuple[RouteConfig, ...] = ()
+    oidc: Optional[OIDCConfig] = None
+    session: SessionConfig = SessionConfig()
+    redis: Optional[RedisConfig] = None
+    headers: Tuple[Tuple[str, str], ...] = (
+        ("X-Forwarded-User", "preferred_username"),
+        ("X-Forwarded-Email", "email"),
+        ("X-Forwarded-Groups", "groups"),
+    )
+
+
+# -- value parsers -------------------------------------------------------------
+
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_SIZE = re.compile(r"(\d+)\s*(B|KB|MB|GB|KiB|MiB|GiB)?")
+_SIZE_UNITS = {
+    None: 1,
+    "B": 1,
+    "KB": 1000,
+    "MB": 1000**2,
+    "GB": 1000**3,
+    "KiB": 1024,
+    "MiB": 1024**2,
+    "GiB": 1024**3,
+}
+_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+
+
+def parse_duration(text: str) -> float:
+    """
+    Parse C{"30s"}, C{"500ms"}, C{"1h30m"}, C{"0s"} into seconds.
+
+    @raise ValueError: not a duration.
+    """
+    if not isinstance(text, str) or not text:
+        raise ValueError("expected a duration string like \"30s\", \"5m\" or \"8h\"")
+    pos = 0
+    total = 0.0
+    for m in _DURATION_PART.finditer(text):
+        if m.start() != pos:
+            break
+        total += float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+        pos = m.end()
+    if pos != len(text):
+        raise ValueError(
+            f"{text!r} is not a duration; use a number and a unit (ms, s, m, h, d), like \"30s\""
+        )
+    return total
+
+
+def parse_size(text: Union[str, int]) -> int:
+    """
+    Parse C{"10MB"} (decimal), C{"4KiB"} (binary) or a plain byte count.
+
+    @raise ValueError: not a size.
+    """
+    if isinstance(text, bool):
+        raise ValueError("expected a size like \"10MB\"")
+    if isinstance(text, int):
+        if text < 0:
+            raise ValueError(f"{text} is negative")
+        return text
+    m = _SIZE.fullmatch(text.strip()) if isinstance(text, str) else None
+    if m is None:
+        raise ValueError(f"{text!r} is not a size; use bytes or a unit (KB, MB, GB, KiB, MiB, GiB)")
+    return int(m.group(1)) * _SIZE_UNITS[m.group(2)]
+
+
+def _http_url(text: str) -> str:
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{text!r} is not an http(s) URL")
+    if parts.username or parts.password:
+        raise ValueError(f"{text!r} must not contain user information")
+    if parts.query or parts.fragment:
+        raise ValueError(f"{text!r} must not have a query or fragment")
+    try:
+        _ = parts.port
+    except ValueError:
+        raise ValueError(f"{text!r} has an invalid port") from None
+    return text
+
+
+def _route_prefix(text: str) -> str:
+    if not text.startswith("/"):
+        raise ValueError(f"{text!r} must start with '/'")
+    if any(c in text for c in "?#\\%") or any(ord(c) < 0x21 or ord(c) > 0x7E for c in text):
+        raise ValueError(
+            f"{text!r} may only hold plain path characters (no '?', '#', '\\', '%', spaces)"
+        )
+    segments = text.split("/")
+    if any(s in (".", "..") for s in segments) or "//" in text:
+        raise ValueError(f"{text!r} must be a normalised path (no '.', '..' or '//' segments)")
+    return text.rstrip("/") or "/"
+
+
+_HOST_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
+
+
+def _route_host(text: str) -> str:
+    host = text.lower()
+    labels = host[2:].split(".") if host.startswith("*.") else host.split(".")
+    if not host or not all(_HOST_LABEL.match(label) for label in labels):
+        raise ValueError(f"{text!r} is not a host name or a '*.example.com' wildcard")
+    return host
+
+
+def _network(text: str) -> IPNetwork:
+    try:
+        return ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise ValueError(f"{text!r} is not an IP address or CIDR network") from None
+
+
+# -- the reader ----------------------------------------------------------------
+
+
+class _Problems:
+    def __init__(self) -> None:
+        self.items: List[str] = []
+
+    def add(self, keypath: str, message: str) -> None:
+        self.items.append(f"{keypath}: {message}" if keypath else message)
+
+
+_MISSING: Any = object()
+
+
+class _Table:
+    """
+    A TOML table being read: typed getters that record problems under their key
+    path and return a fallback, so validation goes on and reports everything.
+    """
+
+    def __init__(self, problems: _Problems, data: Dict[str, Any], path: str) -> None:
+        self._problems = problems
+        self._data = data
+        self._path = path
+        self._known: List[str] = []
+
+    def keypath(self, key: str) -> str:
+        return f"{self._path}.{key}" if self._path else key
+
+    def has(self, key: str) -> bool:
+        return key in self._data
+
+    def problem(self, key: str, message: str) -> None:
+        self._problems.add(self.keypath(key), message)
+
+    def _raw(self, key: str, kinds: Tuple[type, ...], what: str, default: Any) -> Any:
+        self._known.append(key)
+        if key not in self._data:
+            return _MISSING if default is _MISSING else default
+        value = self._data[key]
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            self.problem(key, f"expected {what}, got {_describe(value)}")
+            return _MISSING if default is _MISSING else default
+        return value
+
+    def _parsed(self, key: str, kinds: Tuple[type, ...], what: str, default: T,
+                parse: Callable[[Any], T], required: bool = False) -> T:
+        value = self._raw(key, kinds, what, _MISSING)
+        if value is _MISSING:
+            if required and key not in self._data:
+                self.problem(key, "is required")
+            return default
+        try:
+            return parse(value)
+        except ValueError as e:
+            self.problem(key, str(e))
+            return default
+
+    def string(self, key: str, default: Any = None, required: bool = False,
+               check: Callable[[str], Any] = str) -> Any:
+        return self._parsed(key, (str,), "a string", default, check, required)
+
+    def boolean(self, key: str, default: bool) -> bool:
+        return self._parsed(key, (bool,), "true or false", default, bool)
+
+    def integer(self, key: str, default: int, minimum: int = 0, maximum: Optional[int] = None) -> int:
+        def check(v: int) -> int:
+            if v < minimum or (maximum is not None and v > maximum):
+                bound = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
+                raise ValueError(f"{v} is out of range; expected {bound}")
+            return v
+        return self._parsed(key, (int,), "an integer", default, check)
+
+    def duration(self, key: str, default: float, positive: bool = False) -> float:
+        def check(v: str) -> float:
+            seconds = parse_duration(v)
+            if positive and seconds <= 0:
+                raise ValueError(f"{v!r} must be longer than zero")
+            return seconds
+        return self._parsed(key, (str,), 'a duration string like "30s"', default, check)
+
+    def size(self, key: str, default: int) -> int:
+        return self._parsed(key, (str, int), 'a size like "10MB"', default, parse_size)
+
+    def choice(self, key: str, choices: Sequence[str], default: str) -> str:
+        def check(v: str) -> str:
+            if v not in choices:
+                raise ValueError(f"{v!r} is not one of {', '.join(map(repr, choices))}")
+            return v
+        return self._parsed(key, (str,), "a string", default, check)
+
+    def strings(self, key: str, default: Tuple[str, ...],
+                check: Callable[[str], T] = str) -> Tuple[T, ...]:  # type: ignore[assignment]
+        values = self._raw(key, (list,), "a list of strings", _MISSING)
+        if values is _MISSING:
+            return default  # type: ignore[return-value]
+        out = []
+        for i, v in enumerate(values):
+            where = f"{key}[{i}]"
+            if not isinstance(v, str):
+                self.problem(where, f"expected a string, got {_describe(v)}")
+                continue
+            try:
+                out.append(check(v))
+            except ValueError as e:
+                self.problem(where, str(e))
+        return tuple(out)
+
+    def secret(self, key: str, required: bool = False) -> Optional[Secret]:
+        self._known.append(key)
+        if key not in self._data:
+            if required:
+                self.problem(key, "is required")
+            return None
+        return _resolve_secret(self._problems, self.keypath(key), self._data[key])
+
+    def secrets(self, key: str) -> Tuple[Secret, ...]:
+        values = self._raw(key, (list,), "a list of secrets", _MISSING)
+        if values is _MISSING:
+            return ()
+        out = []
+        for i, v in enumerate(values):
+            s = _resolve_secret(self._problems, f"{self.keypath(key)}[{i}]", v)
+            if s is not None:
+                out.append(s)
+        return tuple(out)
+
+    def table(self, key: str) -> Optional[_Table]:
+        value = self._raw(key, (dict,), "a table", _MISSING)
+        if value is _MISSING:
+            return None
+        return _Table(self._problems, value, self.keypath(key))
+
+    def tables(self, key: str) -> List[_Table]:
+        values = self._raw(key, (list,), f"an array of tables ([[{key}]])", _MISSING)
+        if values is _MISSING:
+            return []
+        out = []
+        for i, v in enumerate(values):
+            where = f"{self.keypath(key)}[{i}]"
+            if not isinstance(v, dict):
+                self._problems.add(where, f"expected a table, got {_describe(v)}")
+                continue
+            out.append(_Table(self._problems, v, where))
+        return out
+
+    def items(self) -> List[Tuple[str, Any]]:
+        """All entries, for free-form tables like C{[headers]}."""
+        self._known.extend(self._data)
+        return list(self._data.items())
+
+    def done(self) -> None:
+        """Report every key that no getter asked for."""
+        for key in self._data:
+            if key not in self._known:
+                hint = difflib.get_close_matches(key, self._known, n=1)
+                extra = f"; did you mean {hint[0]!r}?" if hint else ""
+                self.problem(key, f"unknown key{extra}")
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return f"a number ({value!r})"
+    if isinstance(value, str):
+        return f"a string ({value!r})"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a table"
+    return type(value).__name__
+
+
+def _resolve_secret(problems: _Problems, keypath: str, value: Any) -> Optional[Secret]:
+    """
+    A secret is a literal string or exactly one of C{{ env = "NAME" }},
+    C{{ file = "/path" }}, C{{ credential = "name" }}. Missing sources and empty
+    values are errors: never an empty secret.
+    """
+    if isinstance(value, str):
+        if not value:
+            problems.add(keypath, "is empty")
+            return None
+        return Secret(value, "the config file")
+    if not isinstance(value, dict) or len(value) != 1:
+        problems.add(
+            keypath,
+            'expected a string or one of { env = "NAME" }, { file = "/path" }, '
+            '{ credential = "name" }',
+        )
+        return None
+    (kind, ref), = value.items()
+    if kind not in ("env", "file", "credential") or not isinstance(ref, str) or not ref:
+        problems.add(
+            keypath,
+            f"unknown secret reference {kind!r}; use env, file or credential with a string",
+        )
+        return None
+    if kind == "env":
+        env = os.environ.get(ref)
+        if env is None:
+            problems.add(keypath, f"environment variable {ref} is not set")
+            return None
+        text, origin = env, f"environment variable {ref}"
+    else:
+        if kind == "credential":
+            directory = os.environ.get("CREDENTIALS_DIRECTORY")
+            if not directory:
+                problems.add(
+                    keypath,
+                    f"credential {ref!r} needs $CREDENTIALS_DIRECTORY "
+                    "(set by systemd's LoadCredential=)",
+                )
+                return None
+            if "/" in ref or ref in (".", ".."):
+                problems.add(keypath, f"credential name {ref!r} must not contain '/'")
+                return None
+            path = os.path.join(directory, ref)
+        else:
+            path = ref
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        except OSError as e:
+            problems.add(keypath, f"cannot read secret file {path}: {e.strerror or e}")
+            return None
+        except UnicodeDecodeError:
+            problems.add(keypath, f"secret file {path} is not UTF-8 text")
+            return None
+        if text.endswith("\n"):
+            text = text[:-1]
+            if text.endswith("\r"):
+                text = text[:-1]
+        origin = f"file {path}"
+    if not text:
+        problems.add(keypath, f"{origin} is empty")
+        return None
+    return Secret(text, origin)
+
+
+# -- sections ------------------------------------------------------------------
+
+
+def _upstream_settings(t: _Table, base: UpstreamSettings) -> UpstreamSettings:
+    return UpstreamSettings(
+        timeout=t.duration("timeout", base.timeout, positive=True),
+        connect_timeout=t.duration("connect_timeout", base.connect_timeout, positive=True),
+        max_body_size=t.size("max_body_size", base.max_body_size),
+        max_connections=t.integer("max_connections", base.max_connections, minimum=1),
+        max_idle_connections=t.integer("max_idle_connections", base.max_idle_connections),
+        ca_bundle=t.string("ca_bundle", base.ca_bundle, check=_readable_file),
+    )
+
+
+_UPSTREAM_KEYS = (
+    "timeout",
+    "connect_timeout",
+    "max_body_size",
+    "max_connections",
+    "max_idle_connections",
+    "ca_bundle",
+)
+
+
+def _readable_file(path: str) -> str:
+    if not os.path.isfile(path) or not os.access(path, os.R_OK):
+        raise ValueError(f"{path} is not a readable file")
+    return path
+
+
+def _route(t: _Table, index: int, defaults: UpstreamSettings) -> Optional[RouteConfig]:
+    """The route, or None when its path is invalid (so no other check trips on it)."""
+    path = t.string("path", None, required=True, check=_route_prefix)
+    host = t.string("host", None, check=_route_host)
+    upstream = t.string("upstream", "http://invalid", required=True, check=_http_url)
+    auth = t.choice("auth", AUTH_MODES + PLANNED_AUTH_MODES, "none") if t.has("auth") else None
+    if auth is None:
+        t.problem(
+            "auth",
+            'is required in this version: set auth = "none" for a public route '
+            "(login-protected routes come with the OIDC login)",
+        )
+        auth = "none"
+    elif auth in PLANNED_AUTH_MODES:
+        t.problem(
+            "auth",
+            f"{auth!r} needs the OIDC login, which this version does not have yet; "
+            'only "none" (a public route) works',
+        )
+    strip = t.boolean("strip_prefix", False)
+    replace = t.string("replace_prefix", None, check=_replacement_prefix)
+    if strip and replace is not None:
+        t.problem("replace_prefix", "cannot be combined with strip_prefix = true")
+    # Route-level upstream settings override the [upstream] defaults.
+    settings = _upstream_settings(t, defaults)
+    if path is None:
+        return None
+    return RouteConfig(
+        index=index,
+        path=path,
+        host=host,
+        upstream=upstream.rstrip("/"),
+        auth=auth,
+        strip_prefix=strip,
+        replace_prefix=replace,
+        pass_host_header=t.boolean("pass_host_header", False),
+        allow_encoded_slashes=t.boolean("allow_encoded_slashes", False),
+        settings=settings,
+    )
+
+
+def _replacement_prefix(text: str) -> str:
+    if text == "":
+        return text
+    return _route_prefix(text)
+
+
+def _oidc(t: _Table) -> OIDCConfig:
+    issuer = t.string("issuer", "https://invalid", required=True, check=_http_url)
+    scopes: Tuple[str, ...] = t.strings("scopes", ("openid", "email", "profile"))
+    if "openid" not in scopes:
+        t.problem("scopes", "must include 'openid'")
+    return OIDCConfig(
+        issuer=issuer,
+        client_id=t.string("client_id", "", required=True),
+        client_secret=t.secret("client_secret"),
+        scopes=scopes,
+        pkce=t.boolean("pkce", True),
+    )
+
+
+def _cookie_name(text: str) -> str:
+    if not _TOKEN.match(text):
+        raise ValueError(f"{text!r} is not a valid cookie name")
+    return text
+
+
+def _session(t: _Table) -> SessionConfig:
+    secrets = t.secrets("secrets")
+    for i, s in enumerate(secrets):
+        if len(s.reveal().encode("utf-8")) < 32:
+            t.problem(f"secrets[{i}]", f"the secret from {s.origin} is shorter than 32 bytes")
+    return SessionConfig(
+        store=t.choice("store", ("cookie", "redis"), "cookie"),
+        secrets=secrets,
+        lifetime=t.duration("lifetime", 8 * 3600.0, positive=True),
+        idle_timeout=t.duration("idle_timeout", 0.0),
+        cookie_name=t.string("cookie_name", "oidcproxy", check=_cookie_name),
+    )
+
+
+def _redis(t: _Table) -> RedisConfig:
+    def check(url: str) -> str:
+        parts = urlsplit(url)
+        if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+            raise ValueError(f"{url!r} is not a redis:// or rediss:// URL")
+        return url
+    return RedisConfig(url=t.string("url", "redis://127.0.0.1:6379/0", check=check))
+
+
+def _header_name(text: str) -> str:
+    if not _TOKEN.match(text):
+        raise ValueError(f"{text!r} is not a valid header name")
+    return text
+
+
+def _headers(t: _Table) -> Tuple[Tuple[str, str], ...]:
+    out = []
+    for name, claim in t.items():
+        where = t.keypath(name)
+        try:
+            _header_name(name)
+        except ValueError as e:
+            t._problems.add(where, str(e))
+            continue
+        if not isinstance(claim, str) or not claim:
+            t._problems.add(where, f"expected a claim name, got {_describe(claim)}")
+            continue
+        out.append((name, claim))
+    return tuple(out)
+
+
+def _endpoint_prefix(text: str) -> str:
+    prefix = _route_prefix(text)
+    if prefix == "/":
+        raise ValueError("must not be '/': the proxy's endpoints need a prefix of their own")
+    return prefix
+
+
+def parse_config(data: Dict[str, Any], source: str) -> Config:
+    """
+    Validate a parsed TOML document.
+
+    @raise ConfigError: with every problem found.
+    """
+    problems = _Problems()
+    top = _Table(problems, data, "")
+    defaults = Config(source=source)
+    listen: Tuple[str, ...] = top.strings("listen", defaults.listen)
+    if top.has("listen") and not listen:
+        top.problem("listen", "needs at least one endpoint (or use --listen)")
+    public_url = top.string("public_url", None, check=_http_url)
+    trusted = top.strings("trusted_proxies", (), check=_network)
+    prefix = top.string("endpoints_prefix", defaults.endpoints_prefix, check=_endpoint_prefix)
+    workers = top.integer("workers", 1, minimum=1)
+    if workers != 1:
+        top.problem("workers", "only 1 is supported in this version")
+    keepalive = top.duration("keepalive_timeout", defaults.keepalive_timeout, positive=True)
+    access_log = top.boolean("access_log", True)
+
+    upstream_table = top.table("upstream")
+    upstream = UpstreamSettings()
+    if upstream_table is not None:
+        upstream = _upstream_settings(upstream_table, upstream)
+        upstream_table.done()
+
+    routes = []
+    for i, rt in enumerate(top.tables("routes")):
+        route = _route(rt, i, upstream)
+        rt.done()
+        if route is not None:
+            routes.append(route)
+    if not top.has("routes"):
+        top.problem("routes", "at least one [[routes]] entry is required")
+    seen: Dict[Tuple[Optional[str], str], int] = {}
+    for r in routes:
+        key = (r.host, r.path)
+        if key in seen:
+            problems.add(
+                f"{r.name}.path",
+                f"{r.path!r} on {'host ' + r.host if r.host else 'every host'} "
+                f"is already routed by routes[{seen[key]}]",
+            )
+        seen[key] = r.index
+        if prefix and (r.path == prefix or r.path.startswith(prefix + "/")):
+            problems.add(f"{r.name}.path", f"{r.path!r} is inside endpoints_prefix {prefix!r}")
+
+    oidc = None
+    oidc_table = top.table("oidc")
+    if oidc_table is not None:
+        oidc = _oidc(oidc_table)
+        oidc_table.done()
+    session = SessionConfig()
+    session_table = top.table("session")
+    if session_table is not None:
+        session = _session(session_table)
+        session_table.done()
+    redis = None
+    redis_table = top.table("redis")
+    if redis_table is not None:
+        redis = _redis(redis_table)
+        redis_table.done()
+    if session.store == "redis" and redis is None:
+        problems.add("session.store", '"redis" needs a [redis] table with url')
+    headers = defaults.headers
+    headers_table = top.table("headers")
+    if headers_table is not None:
+        headers = _headers(headers_table)
+    top.done()
+
+    if problems.items:
+        raise ConfigError(source, problems.items)
+    return Config(
+        source=source,
+        listen=listen,
+        public_url=public_url.rstrip("/") if public_url else None,
+        trusted_proxies=trusted,
+        endpoints_prefix=prefix,
+        workers=workers,
+        keepalive_timeout=keepalive,
+        access_log=access_log,
+        upstream=upstream,
+        routes=tuple(routes),
+        oidc=oidc,
+        session=session,
+        redis=redis,
+        headers=headers,
+    )
+
+
+def load_config(path: str) -> Config:
+    """
+    Read and validate the TOML file at C{path}.
+
+    @raise ConfigError: unreadable file, TOML syntax error, or invalid values.
+    """
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(path, [f"cannot read the file: {e.strerror or e}"]) from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(path, [f"TOML syntax error: {e}"]) from None
+    return parse_config(data, path)

@@ -1,0 +1,160 @@
+"""
+The HTTP server side: a L{Site} whose requests refuse an oversized body as
+soon as its length shows, and which writes one structured access-log event
+per request.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any, Callable, Optional
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import server
+from twisted.web.resource import IResource
+
+from .pages import error_body
+
+access_log = Logger(namespace="oidcproxy.access")
+log = Logger()
+
+BodyLimit = Callable[[Optional[bytes], Optional[bytes]], int]
+
+
+class ProxyRequest(server.Request):
+    """
+    A request that knows when it started and refuses a body over its route's
+    limit before reading it: on C{Content-Length}, or as the running count of
+    a chunked body passes the limit. The early answer is written straight to
+    the connection, which is then closed: the rest of the body is never read.
+    """
+
+    started: Optional[float] = None
+    _refused = False
+    _received = 0
+    _limit: Optional[int] = None
+
+    def gotLength(self, length: Optional[int]) -> None:
+        site = getattr(self.channel, "site", None)
+        if isinstance(site, ProxySite):
+            self.started = site.clock.seconds()
+            # The request line has been parsed but not yet handed to us; the
+            # channel keeps it until the body is in. Without it we fall back
+            # to the largest limit of any route (the render-time check is
+            # authoritative either way).
+            target = getattr(self.channel, "_path", None)
+            self._limit = site.body_limit(self.requestHeaders.getRawHeaders(b"host", [None])[0],
+                                          target)
+            if length is not None and length > self._limit:
+                self._refuse_too_large()
+                return
+        super().gotLength(length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self._refused:
+            return
+        self._received += len(data)
+        if self._limit is not None and self._received > self._limit:
+            self._refuse_too_large()
+            return
+        super().handleContentChunk(data)
+
+    def _refuse_too_large(self) -> None:
+        self._refused = True
+        # Whatever of the body is already buffered is dropped, not stored.
+        self.content = io.BytesIO()
+        # No "100 Continue" for a body we will not read.
+        self.requestHeaders.removeHeader(b"expect")
+        accept = b",".join(self.requestHeaders.getRawHeaders(b"accept", [])).lower()
+        content_type, body = error_body(
+            413, "body_too_large",
+            f"The request body is larger than {self._limit} bytes.",
+            b"json" in accept,
+        )
+        head = (
+            b"HTTP/1.1 413 Content Too Large\r\n"
+            b"Content-Type: " + content_type + b"\r\n"
+            b"Content-Length: " + str(len(body)).encode("ascii") + b"\r\n"
+            b"Cache-Control: no-store\r\n"
+            b"Connection: close\r\n\r\n"
+        )
+        site: Any = getattr(self.channel, "site", None)
+        if site is not None and site.access_log:
+            access_log.info(
+                "{client} refused a request body over {limit} bytes (413)",
+                client=_client(self), limit=self._limit, status=413,
+            )
+        transport: Any = self.channel.transport
+        transport.write(head + body)
+        transport.loseConnection()
+
+    def process(self) -> None:
+        if self._refused:
+            return
+        super().process()
+
+    def connectionLost(self, reason: Failure) -> None:
+        was_finished = self.finished or self._refused
+        site = getattr(self.channel, "site", None)
+        super().connectionLost(reason)
+        if not was_finished and isinstance(site, ProxySite) and getattr(self, "method", None):
+            site.log_request(self, client_closed=True)
+
+
+def _client(request: Any) -> str:
+    peer = request.getClientAddress()
+    return str(getattr(peer, "host", "-"))
+
+
+class ProxySite(server.Site):
+    """
+    A L{Site} for the proxy: L{ProxyRequest}s, an idle timeout for keep-alive
+    connections, and an access log of structured events that never include a
+    query string, a cookie or an C{Authorization} value.
+
+    @param body_limit: C{(host header, raw request target) -> max body bytes}.
+    """
+
+    requestFactory = ProxyRequest
+
+    def __init__(
+        self,
+        resource: IResource,
+        clock: IReactorTime,
+        body_limit: BodyLimit,
+        keepalive_timeout: float = 75.0,
+        access_log: bool = True,
+        reactor: Any = None,
+    ) -> None:
+        super().__init__(resource, timeout=keepalive_timeout, reactor=reactor)
+        self.clock = clock
+        self.body_limit = body_limit
+        self.access_log = access_log
+        # Twisted's default version banner is not for strangers.
+        self.displayTracebacks = False
+
+    def log(self, request: Any) -> None:
+        self.log_request(request)
+
+    def log_request(self, request: Any, client_closed: bool = False) -> None:
+        if not self.access_log:
+            return
+        started = getattr(request, "started", None)
+        duration_ms = round((self.clock.seconds() - started) * 1000, 1) if started is not None else 0.0
+        route = getattr(request, "oidcproxy_route", None)
+        path = request.path.decode("ascii", "backslashreplace")
+        status: Any = 499 if client_closed else request.code
+        access_log.info(
+            '{client} "{method} {path}" {status} {bytes} {duration_ms}ms '
+            "route={route} upstream={upstream}",
+            client=_client(request),
+            method=request.method.decode("ascii", "backslashreplace"),
+            path=path,
+            status=status,
+            bytes=request.sentLength,
+            duration_ms=duration_ms,
+            route=route.name if route is not None else "-",
+            upstream=route.upstream if route is not None else "-",
+        )

@@ -1,0 +1,169 @@
+"""
+The running proxy as a Twisted service: listeners on endpoint strings, the
+site, and the upstream pools, built from a validated L{Config}.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from typing import Any, Callable, List, Optional, Sequence
+
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IListeningPort
+from twisted.logger import Logger
+from twisted.web.resource import IResource
+
+from .config import Config, RouteConfig
+from .routes import BadRequestTarget, RouteTable
+from .server import ProxySite
+from .upstream import UpstreamClient, UpstreamProxy
+
+log = Logger()
+
+
+def body_limit_for(routes: RouteTable, default: int) -> Callable[[Optional[bytes], Optional[bytes]], int]:
+    """
+    The early body-size check's limit for a request: its route's, or — when
+    the route cannot be known yet — the largest of any route, so the early
+    check never refuses what the route would accept.
+    """
+    largest = max([r.settings.max_body_size for r in routes.routes] + [default])
+
+    def limit(host: Optional[bytes], target: Optional[bytes]) -> int:
+        if target is None:
+            return largest
+        try:
+            match = routes.match(host, target)
+        except BadRequestTarget:
+            return largest
+        if match is None:
+            return largest
+        return match.route.settings.max_body_size
+
+    return limit
+
+
+def build_site(
+    config: Config,
+    reactor: Any,
+    client_factory: Optional[Callable[[RouteConfig], UpstreamClient]] = None,
+) -> ProxySite:
+    """The proxy as a L{ProxySite}: route table, upstream proxy, access log."""
+    routes = RouteTable(config.routes)
+    proxy = UpstreamProxy(routes, reactor, config.trusted_proxies, client_factory)
+    resource: IResource = proxy
+    site = ProxySite(
+        resource,
+        clock=reactor,
+        body_limit=body_limit_for(routes, config.upstream.max_body_size),
+        keepalive_timeout=config.keepalive_timeout,
+        access_log=config.access_log,
+        reactor=reactor,
+    )
+    site.proxy = proxy  # type: ignore[attr-defined]
+    return site
+
+
+class ListenError(Exception):
+    """A listener could not be opened."""
+
+
+class ListenerService(Service):
+    """
+    Listen on one endpoint string. Opening happens in
+    C{privilegedStartService} (before twistd drops privileges), and a failure
+    stops the start-up with a line naming the endpoint and the cause.
+    """
+
+    def __init__(self, reactor: Any, description: str, factory: Any) -> None:
+        self._reactor = reactor
+        self.description = description
+        self._factory = factory
+        self.port: Optional[IListeningPort] = None
+        self.listening: Deferred = Deferred()
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        try:
+            endpoint = serverFromString(self._reactor, self.description)
+        except (ValueError, KeyError, TypeError, OSError) as e:
+            raise ListenError(f"invalid endpoint string {self.description!r}: {e}") from None
+        d = endpoint.listen(self._factory)
+        failures: List[Any] = []
+        d.addCallbacks(self._listened, failures.append)
+        if failures:
+            reason = failures[0].value
+            raise ListenError(f"cannot listen on {self.description!r}: {reason}")
+
+    def _listened(self, port: IListeningPort) -> None:
+        self.port = port
+        log.info("listening on {endpoint} ({address})", endpoint=self.description,
+                 address=_address(port))
+        self.listening.callback(port)
+
+    def stopService(self) -> Any:
+        super().stopService()
+        if self.port is not None:
+            port, self.port = self.port, None
+            return maybeDeferred(port.stopListening)
+        return None
+
+
+def _address(port: IListeningPort) -> str:
+    host: Any = port.getHost()
+    if hasattr(host, "port"):
+        h = host.host
+        return f"[{h}]:{host.port}" if ":" in h else f"{h}:{host.port}"
+    return str(getattr(host, "name", host))
+
+
+class ProxyService(MultiService):
+    """
+    The whole proxy: a listener per endpoint and the site behind them. On stop
+    it closes the idle upstream connections.
+
+    @param port_file: when set, the bound addresses are written there, one per
+        line, once every listener is up (for tests and scripts that listen on
+        port 0).
+    """
+
+    def __init__(self, config: Config, reactor: Any, listen: Sequence[str],
+                 port_file: Optional[str] = None) -> None:
+        super().__init__()
+        self.config = config
+        self.site = build_site(config, reactor)
+        self.listeners = [ListenerService(reactor, desc, self.site) for desc in listen]
+        for listener in self.listeners:
+            listener.setServiceParent(self)
+        self._port_file = port_file
+
+    def privilegedStartService(self) -> None:
+        try:
+            super().privilegedStartService()
+        except ListenError as e:
+            # One clear line for the operator, not a traceback.
+            print(f"oidcproxy: {e}", file=sys.stderr)
+            raise SystemExit(1) from None
+        if self._port_file:
+            DeferredList([ls.listening for ls in self.listeners]).addCallback(
+                lambda _: self._write_port_file()
+            )
+
+    def _write_port_file(self) -> None:
+        assert self._port_file is not None
+        lines = "".join(_address(ls.port) + "\n" for ls in self.listeners if ls.port)
+        directory = os.path.dirname(os.path.abspath(self._port_file))
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".oidcproxy-port-")
+        with os.fdopen(fd, "w") as f:
+            f.write(lines)
+        os.replace(tmp, self._port_file)
+
+    def stopService(self) -> Any:
+        d = maybeDeferred(super().stopService)
+        proxy: UpstreamProxy = self.site.proxy  # type: ignore[attr-defined]
+        d.addCallback(lambda _: proxy.close())
+        return d

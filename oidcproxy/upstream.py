@@ -1,0 +1,575 @@
+"""
+The streaming reverse proxy: forward a request to its route's upstream and
+stream the answer back.
+
+Built on L{twisted.web.client.Agent} with a persistent connection pool, not on
+C{twisted.web.proxy.ReverseProxyResource} (HTTP/1.0 upstream, a connection per
+request, no back-pressure, no cancellation): bodies stream in both directions,
+a slow client pauses the upstream connection instead of filling memory, and a
+client that goes away cancels its upstream request.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+from twisted.internet import error as ierror
+from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore, succeed
+from twisted.internet.interfaces import IConsumer, IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.internet.task import Cooperator
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import client
+from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, ResponseDone
+from twisted.web.http import NO_BODY_CODES, PotentialDataLoss
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IBodyProducer, IResponse
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request
+from zope.interface import implementer
+
+from .config import IPNetwork, RouteConfig, UpstreamSettings
+from .pages import render_error
+from .routes import BadRequestTarget, RouteMatch, RouteTable
+
+log = Logger()
+
+# RFC 9110 7.6.1: never forwarded; plus whatever Connection names.
+HOP_BY_HOP = frozenset(
+    [
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+    ]
+)
+
+# Set by the proxy from what it knows; a client's copy is dropped unless the
+# peer is a trusted proxy.
+FORWARDING_HEADERS = frozenset(
+    [b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded"]
+)
+
+# Headers that upstream frameworks (IIS, Symfony, Spring, nginx setups) use to
+# override the request URL or the client address. From an untrusted client they
+# would let the upstream route differently than we authorised: dropped.
+UNTRUSTED_OVERRIDES = frozenset(
+    [
+        b"x-original-url",
+        b"x-rewrite-url",
+        b"x-forwarded-prefix",
+        b"x-forwarded-port",
+        b"x-forwarded-server",
+        b"x-forwarded-uri",
+        b"x-forwarded-path",
+        b"x-forwarded-ssl",
+        b"x-forwarded-scheme",
+        b"x-original-host",
+        b"x-host",
+        b"x-real-ip",
+        b"x-client-ip",
+        b"true-client-ip",
+    ]
+)
+
+# Never copied from the client request: recomputed for the upstream hop.
+_REQUEST_RECOMPUTED = frozenset([b"host", b"content-length", b"expect"])
+
+# Bodies up to this size are in memory already; send them in one write.
+_SMALL_BODY = 256 * 1024
+
+
+def canonical_header(name: bytes) -> bytes:
+    """
+    The spelling-insensitive form of a header name: many servers (CGI, WSGI,
+    PHP, some Go and Java stacks) treat C{X_Forwarded_For} and
+    C{x.forwarded.for} as C{X-Forwarded-For}, so a header the proxy manages
+    must be removed under all of them.
+    """
+    return name.lower().replace(b"_", b"-").replace(b".", b"-")
+
+
+def is_trusted(peer: Optional[str], trusted: Sequence[IPNetwork]) -> bool:
+    if not peer or not trusted:
+        return False
+    try:
+        ip = ipaddress.ip_address(peer)
+    except ValueError:
+        return False
+    return any(ip in net for net in trusted)
+
+
+def _peer_host(request: Request) -> Optional[str]:
+    peer = request.getClientAddress()
+    return getattr(peer, "host", None)
+
+
+def _forwarded_node(host: Optional[str]) -> str:
+    if host is None:
+        return "unknown"
+    if ":" in host:
+        return f'"[{host}]"'
+    return host
+
+
+@implementer(IBodyProducer)
+class _BytesProducer:
+    """A request body that is already in memory, written at once."""
+
+    def __init__(self, body: bytes) -> None:
+        self._body = body
+        self.length = len(body)
+
+    def startProducing(self, consumer: IConsumer) -> Deferred:
+        consumer.write(self._body)
+        return succeed(None)
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
+
+
+class UpstreamClient:
+    """
+    One upstream origin and its settings: the L{Agent}, its persistent
+    connection pool, and the cap on concurrent requests (the pool itself only
+    caps idle connections).
+    """
+
+    def __init__(self, agent: IAgent, max_connections: int,
+                 pool: Optional[HTTPConnectionPool] = None) -> None:
+        self.agent = agent
+        self.pool = pool
+        self.semaphore = DeferredSemaphore(max_connections)
+
+    @classmethod
+    def build(cls, reactor: Any, settings: UpstreamSettings) -> UpstreamClient:
+        pool = HTTPConnectionPool(reactor, persistent=True)
+        pool.maxPersistentPerHost = settings.max_idle_connections
+        pool.retryAutomatically = True
+        if settings.ca_bundle:
+            policy = client.BrowserLikePolicyForHTTPS(trustRoot=_load_ca_bundle(settings.ca_bundle))
+        else:
+            policy = client.BrowserLikePolicyForHTTPS()
+        agent = Agent(
+            reactor,
+            contextFactory=policy,
+            connectTimeout=settings.connect_timeout,
+            pool=pool,
+        )
+        return cls(agent, settings.max_connections, pool)
+
+    def close(self) -> Deferred:
+        if self.pool is None:
+            return succeed(None)
+        return self.pool.closeCachedConnections()
+
+
+def _load_ca_bundle(path: str) -> Any:
+    from twisted.internet import ssl
+
+    with open(path, "rb") as f:
+        pem = f.read()
+    certs = []
+    marker = b"-----END CERTIFICATE-----"
+    for block in pem.split(marker):
+        if b"-----BEGIN CERTIFICATE-----" in block:
+            certs.append(ssl.Certificate.loadPEM(block + marker))
+    if not certs:
+        raise ValueError(f"{path} holds no PEM certificate")
+    return ssl.trustRootFromCertificates(certs)
+
+
+def origin(url: str) -> str:
+    """C{scheme://host:port} of a URL (the upstream's base path removed)."""
+    return "/".join(url.split("/", 3)[:3])
+
+
+def _client_key(route: RouteConfig) -> Tuple[Any, ...]:
+    s = route.settings
+    return (
+        origin(route.upstream),
+        s.connect_timeout,
+        s.max_connections,
+        s.max_idle_connections,
+        s.ca_bundle,
+    )
+
+
+class UpstreamProxy(Resource):
+    """
+    An C{IResource} that forwards every request to the upstream of the route it
+    matches. Mount it as the root of any L{twisted.web.server.Site}.
+
+    @param routes: the route table.
+    @param reactor: used for timeouts and, by default, to build the agents.
+    @param trusted_proxies: peers whose C{X-Forwarded-*} headers are believed.
+    @param client_factory: builds the L{UpstreamClient} of a route; routes with
+        the same origin and settings share one. Tests inject agents here.
+    """
+
+    isLeaf = True
+
+    def __init__(
+        self,
+        routes: RouteTable,
+        reactor: Any,
+        trusted_proxies: Sequence[IPNetwork] = (),
+        client_factory: Optional[Callable[[RouteConfig], UpstreamClient]] = None,
+    ) -> None:
+        super().__init__()
+        self._routes = routes
+        self._clock: IReactorTime = reactor
+        self._trusted = tuple(trusted_proxies)
+        if client_factory is None:
+            def client_factory(route: RouteConfig) -> UpstreamClient:
+                return UpstreamClient.build(reactor, route.settings)
+        self._clients: Dict[int, UpstreamClient] = {}
+        self._origins: Dict[int, bytes] = {}
+        shared: Dict[Tuple[Any, ...], UpstreamClient] = {}
+        for route in routes.routes:
+            key = _client_key(route)
+            if key not in shared:
+                shared[key] = client_factory(route)
+            self._clients[route.index] = shared[key]
+            self._origins[route.index] = origin(route.upstream).encode("ascii")
+        self._cooperator = Cooperator(
+            scheduler=lambda work: self._clock.callLater(0.0, work)
+        )
+
+    def close(self) -> Deferred:
+        """Close idle upstream connections (at shutdown)."""
+        from twisted.internet.defer import gatherResults
+
+        self._cooperator.stop()
+        return gatherResults([c.close() for c in set(self._clients.values())])
+
+    def render(self, request: Request) -> Any:
+        try:
+            match = self._routes.match(request.getHeader(b"host"), request.uri)
+        except BadRequestTarget as e:
+            log.info("refused request target: {reason}", reason=e.reason)
+            return render_error(request, 400, "bad_request", f"Bad request target: {e.reason}.")
+        if match is None:
+            return render_error(request, 404, "not_found", "No route matches this URL.")
+        return self.forward(request, match)
+
+    def forward(self, request: Request, match: RouteMatch) -> Any:
+        """
+        Send C{request} to the upstream of C{match} and stream the answer back.
+        Used by L{render}, and by a guard that has already matched the route.
+        """
+        route = match.route
+        setattr(request, "oidcproxy_route", route)  # noqa: B010 - read by the access log
+        if request.method == b"CONNECT":
+            return render_error(request, 405, "method_not_allowed", "CONNECT is not proxied.")
+        content = request.content
+        body_size = 0
+        if content is not None:
+            content.seek(0, 2)
+            body_size = content.tell()
+            content.seek(0, 0)
+        if body_size > route.settings.max_body_size:
+            return render_error(
+                request, 413, "body_too_large",
+                f"The request body is larger than {route.settings.max_body_size} bytes.",
+            )
+        headers = self._upstream_headers(request, match)
+        producer: Optional[IBodyProducer] = None
+        if body_size or request.requestHeaders.hasHeader(b"content-length") or \
+                request.requestHeaders.hasHeader(b"transfer-encoding"):
+            if body_size <= _SMALL_BODY:
+                producer = _BytesProducer(content.read() if content is not None else b"")
+            else:
+                producer = FileBodyProducer(content, cooperator=self._cooperator)
+        target = self._origins[route.index] + match.upstream_target
+        _Exchange(self, request, route, self._clients[route.index], target, headers, producer)
+        return NOT_DONE_YET
+
+    def _upstream_headers(self, request: Request, match: RouteMatch) -> Headers:
+        incoming = request.requestHeaders
+        connection_named = _connection_tokens(incoming)
+        peer = _peer_host(request)
+        trusted = is_trusted(peer, self._trusted)
+        out = Headers()
+        for name, values in incoming.getAllRawHeaders():
+            lower = name.lower()
+            if lower in HOP_BY_HOP or lower in connection_named or lower in _REQUEST_RECOMPUTED:
+                continue
+            canonical = canonical_header(lower)
+            if canonical in FORWARDING_HEADERS or canonical in HOP_BY_HOP:
+                continue
+            if not trusted and canonical in UNTRUSTED_OVERRIDES:
+                continue
+            out.setRawHeaders(name, values)
+
+        client_host = incoming.getRawHeaders(b"host", [b""])[0]
+        proto = b"https" if request.isSecure() else b"http"
+        xff = [peer.encode("ascii")] if peer else []
+        if trusted:
+            previous = incoming.getRawHeaders(b"x-forwarded-for")
+            if previous:
+                xff = [b", ".join([*previous, *xff])]
+            proto = (incoming.getRawHeaders(b"x-forwarded-proto") or [proto])[0]
+            client_host = (incoming.getRawHeaders(b"x-forwarded-host") or [client_host])[0]
+        if xff:
+            out.setRawHeaders(b"x-forwarded-for", [b", ".join(xff)])
+        out.setRawHeaders(b"x-forwarded-proto", [proto])
+        if client_host:
+            out.setRawHeaders(b"x-forwarded-host", [client_host])
+        own_node = "for={};proto={}".format(
+            _forwarded_node(peer), "https" if request.isSecure() else "http"
+        ).encode("ascii")
+        host_value = incoming.getRawHeaders(b"host", [b""])[0]
+        if host_value and all(0x21 <= c < 0x7F and c != 0x22 for c in host_value):
+            own_node += b';host="' + host_value + b'"'
+        forwarded = [own_node]
+        if trusted:
+            forwarded = [*incoming.getRawHeaders(b"forwarded", []), *forwarded]
+        out.setRawHeaders(b"forwarded", [b", ".join(forwarded)])
+        if match.route.pass_host_header and host_value:
+            out.setRawHeaders(b"host", [host_value])
+        return out
+
+
+class _Exchange:
+    """
+    One request's trip upstream and back. Owns the timeout, the concurrency
+    slot, the cancellation when the client goes away, and the mapping of
+    failures to 502/504.
+    """
+
+    def __init__(
+        self,
+        proxy: UpstreamProxy,
+        request: Request,
+        route: RouteConfig,
+        upstream: UpstreamClient,
+        url: bytes,
+        headers: Headers,
+        producer: Optional[IBodyProducer],
+    ) -> None:
+        self._request = request
+        self._route = route
+        self._upstream = upstream
+        self._url = url
+        self._headers = headers
+        self._producer = producer
+        self._client_gone = False
+        self._timed_out = False
+        self._holding_slot = False
+        self._relay: Optional[_BodyRelay] = None
+        self._timer: Optional[IDelayedCall] = proxy._clock.callLater(
+            route.settings.timeout, self._timeout
+        )
+        self._pending: Optional[Deferred] = upstream.semaphore.acquire()
+        self._pending.addCallbacks(self._send, self._failed)
+        request.notifyFinish().addErrback(self._gone)
+
+    def _send(self, _: Any) -> None:
+        self._holding_slot = True
+        d = self._upstream.agent.request(
+            self._request.method, self._url, self._headers, self._producer
+        )
+        self._pending = d
+        d.addCallbacks(self._response, self._failed)
+
+    def _release(self) -> None:
+        """Give the concurrency slot back, once, when the exchange is over."""
+        if self._holding_slot:
+            self._holding_slot = False
+            self._upstream.semaphore.release()
+
+    def _timeout(self) -> None:
+        self._timer = None
+        self._timed_out = True
+        if self._pending is not None:
+            self._pending.cancel()
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def _gone(self, reason: Failure) -> None:
+        """The client went away: cancel whatever is in flight upstream."""
+        self._client_gone = True
+        self._stop_timer()
+        if self._pending is not None:
+            self._pending.cancel()
+        if self._relay is not None:
+            self._relay.stop()
+
+    def _response(self, response: IResponse) -> None:
+        self._pending = None
+        self._stop_timer()
+        request = self._request
+        if self._client_gone:
+            response.deliverBody(_Discard())
+            self._release()
+            return
+        request.setResponseCode(response.code, response.phrase)
+        out = request.responseHeaders
+        # Twisted's defaults: the upstream's answer speaks for itself.
+        out.removeHeader(b"server")
+        out.removeHeader(b"content-type")
+        setattr(request, "defaultContentType", None)  # noqa: B010
+        # Twisted's client parser keeps the Connection header to itself, so
+        # only the standard hop-by-hop set can be removed from responses.
+        connection_named = _connection_tokens(response.headers)
+        for name, values in response.headers.getAllRawHeaders():
+            lower = name.lower()
+            if lower in HOP_BY_HOP or lower in connection_named:
+                continue
+            out.setRawHeaders(name, values)
+        # Agent keeps Content-Length to itself (except for HEAD) and tells the
+        # body length instead: pass it on, so the client gets a sized response
+        # rather than a chunked one.
+        if response.length is not UNKNOWN_LENGTH and response.code not in NO_BODY_CODES \
+                and request.method != b"HEAD":
+            out.setRawHeaders(b"content-length", [b"%d" % response.length])
+        self._relay = _BodyRelay(request, self._route, self._release)
+        response.deliverBody(self._relay)
+
+    def _failed(self, failure: Failure) -> None:
+        self._pending = None
+        self._stop_timer()
+        self._release()
+        if self._client_gone:
+            return
+        request = self._request
+        route = self._route
+        if self._timed_out or failure.check(ierror.TimeoutError):
+            why = "no response within the timeout" if self._timed_out else "connect timeout"
+            log.warn(
+                "upstream {upstream} of {route} timed out: {why}",
+                upstream=route.upstream, route=route.name, why=why,
+            )
+            body = render_error(request, 504, "upstream_timeout",
+                                "The upstream server did not answer in time.")
+        else:
+            log.warn(
+                "upstream {upstream} of {route} failed: {reason}",
+                upstream=route.upstream, route=route.name, reason=_describe_failure(failure),
+            )
+            body = render_error(request, 502, "bad_gateway",
+                                "The upstream server could not be reached or gave a bad answer.")
+        request.write(body)
+        request.finish()
+
+
+def _connection_tokens(headers: Headers) -> frozenset:
+    """The header names that a C{Connection} header declares hop-by-hop."""
+    values = headers.getRawHeaders(b"connection")
+    if not values:
+        return frozenset()
+    return frozenset(t.strip().lower() for v in values for t in v.split(b","))
+
+
+def _describe_failure(failure: Failure) -> str:
+    """A one-line reason without URLs, headers or bodies."""
+    reasons: List[Failure] = getattr(failure.value, "reasons", None) or [failure]
+    parts = []
+    for r in reasons:
+        value = r.value
+        if isinstance(value, CancelledError):
+            parts.append("cancelled")
+        elif isinstance(value, ierror.ConnectionRefusedError):
+            parts.append("connection refused")
+        elif isinstance(value, ierror.DNSLookupError):
+            parts.append("DNS lookup failed")
+        elif isinstance(value, ierror.ConnectError):
+            parts.append(f"connect failed ({type(value).__name__})")
+        else:
+            parts.append(type(value).__name__)
+    return ", ".join(parts)
+
+
+@implementer(IPushProducer)
+class _BodyRelay(Protocol):
+    """
+    Stream the upstream body to the client. Registered as the request's
+    producer, so a slow client pauses the upstream connection (back-pressure)
+    instead of the proxy buffering the response.
+    """
+
+    def __init__(self, request: Request, route: RouteConfig, done: Callable[[], None]) -> None:
+        self._request = request
+        self._route = route
+        self._done = done
+        self._stopped = False
+
+    transport: Any
+
+    def connectionMade(self) -> None:
+        self._request.registerProducer(self, True)
+
+    # IPushProducer, for the request: relay to the upstream transport.
+    def pauseProducing(self) -> None:
+        if self.transport is not None:
+            self.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        if self.transport is not None:
+            self.transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        if not self._stopped and self.transport is not None:
+            self._stopped = True
+            self.transport.stopProducing()
+
+    def dataReceived(self, data: bytes) -> None:
+        if not self._stopped:
+            self._request.write(data)
+
+    def connectionLost(self, reason: Failure = ierror.ConnectionDone) -> None:  # type: ignore[assignment]
+        self._done()
+        request = self._request
+        request.unregisterProducer()
+        if self._stopped:
+            return
+        if reason.check(ResponseDone, PotentialDataLoss):
+            request.finish()
+            return
+        # The upstream broke off mid-body. Ending the response normally would
+        # hand the client a truncated body as if it were whole: abort instead.
+        log.warn(
+            "upstream {upstream} of {route} broke off the response: {reason}",
+            upstream=self._route.upstream, route=self._route.name,
+            reason=_describe_failure(reason),
+        )
+        if not getattr(request, "startedWriting", True):
+            request.write(render_error(request, 502, "bad_gateway",
+                                       "The upstream server broke off its answer."))
+            request.finish()
+            return
+        transport = getattr(request, "transport", None)
+        if transport is not None and hasattr(transport, "abortConnection"):
+            transport.abortConnection()
+        elif transport is not None:
+            transport.loseConnection()
+
+
+class _Discard(Protocol):
+    """Receive a body nobody wants: stop it, closing its connection."""
+
+    transport: Any
+
+    def connectionMade(self) -> None:
+        if self.transport is not None:
+            self.transport.stopProducing()

@@ -1,0 +1,37 @@
+from setuptools import setup
+
+with open("README.rst", encoding="utf-8") as f:
+    long_description = f.read()
+
+setup(
+    name="oidcproxy",
+    version="0.1.0.dev0",
+    description="OpenID Connect authenticating reverse proxy built on Twisted",
+    long_description=long_description,
+    long_description_content_type="text/x-rst",
+    license="MIT",
+    python_requires=">=3.9",
+    packages=["oidcproxy", "twisted.plugins"],
+    package_data={"twisted": ["plugins/oidcproxy_plugin.py"]},
+    install_requires=[
+        # 24.7 fixed the HTTP request-smuggling and pipelining CVEs
+        # (CVE-2024-41671, CVE-2024-41810).
+        "Twisted[tls]>=24.7.0",
+        "treq>=23.11.0",
+        "pyjwt[crypto]>=2.8.0",
+        "txredisapi>=1.4.10",
+        "service-identity>=21.1.0",
+        "pyopenssl>=23.2.0",
+        "cryptography>=41.0.0",
+        "attrs>=22.2.0",
+        'tomli>=1.1.0; python_version < "3.11"',
+    ],
+    classifiers=[
+        "Framework :: Twisted",
+        "Programming Language :: Python :: 3",
+        "Programming Language :: Python :: Implementation :: CPython",
+        "Programming Language :: Python :: Implementation :: PyPy",
+        "Topic :: Internet :: WWW/HTTP :: HTTP Servers",
+        "Topic :: System :: Systems Administration :: Authentication/Directory",
+    ],
+)

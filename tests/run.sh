@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# The whole test suite, on a fresh machine of this kind (Debian, root, the
+# package registries reachable). Installs what it needs:
+#   - Debian: pypy3 and pypy3-venv (for the PyPy run), when missing;
+#   - a CPython venv (.venv-cpython) with the project and the checkers;
+#   - a PyPy venv (.venv-pypy) with the project (cryptography<44, see
+#     constraints-pypy.txt).
+# Then: ruff, mypy, every test on CPython, the unit tests on PyPy.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+PY=${PYTHON:-python3}
+
+step() { printf '\n==> %s\n' "$*"; }
+
+need_apt=()
+command -v pypy3 >/dev/null 2>&1 || need_apt+=(pypy3)
+if command -v pypy3 >/dev/null 2>&1 && ! pypy3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+    need_apt+=(pypy3-venv)
+fi
+dpkg -s pypy3-venv >/dev/null 2>&1 || need_apt+=(pypy3-venv)
+if [ ${#need_apt[@]} -gt 0 ]; then
+    step "installing Debian packages: ${need_apt[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+step "CPython venv"
+[ -x .venv-cpython/bin/python ] || "$PY" -m venv .venv-cpython
+.venv-cpython/bin/python -m pip install -q --disable-pip-version-check -U pip
+.venv-cpython/bin/python -m pip install -q --disable-pip-version-check . -r requirements-dev.txt
+
+step "PyPy venv"
+[ -x .venv-pypy/bin/python ] || pypy3 -m venv .venv-pypy
+.venv-pypy/bin/python -m pip install -q --disable-pip-version-check -U pip
+.venv-pypy/bin/python -m pip install -q --disable-pip-version-check --prefer-binary \
+    -c constraints-pypy.txt .
+
+step "ruff"
+.venv-cpython/bin/ruff check oidcproxy tests twisted setup.py
+
+step "mypy"
+.venv-cpython/bin/mypy
+
+unit_modules=$(cd tests && ls test_*.py | sed 's/\.py$//; s/^/tests./')
+
+step "all tests on CPython ($(.venv-cpython/bin/python -V))"
+.venv-cpython/bin/python -m twisted.trial --temp-directory=/tmp/_trial_cpython -j2 tests \
+    2>&1 | tee /tmp/oidcproxy-trial-cpython.log
+cpython_status=${PIPESTATUS[0]}
+
+step "unit tests on PyPy ($(.venv-pypy/bin/python -c 'import sys; print(sys.version.split()[0], "/ PyPy", ".".join(map(str, sys.pypy_version_info[:3])))'))"
+.venv-pypy/bin/python -m twisted.trial --temp-directory=/tmp/_trial_pypy -j2 $unit_modules \
+    2>&1 | tee /tmp/oidcproxy-trial-pypy.log
+pypy_status=${PIPESTATUS[0]}
+
+count() {  # successes and failures from trial's summary line
+    local log=$1 ok bad
+    ok=$(grep -Eo 'successes=[0-9]+' "$log" | tail -1 | cut -d= -f2)
+    bad=$(tail -3 "$log" | grep -Eo '(failures|errors)=[0-9]+' | awk -F= '{s+=$2} END {print s+0}')
+    echo "${ok:-0} ${bad:-0}"
+}
+read -r c_ok c_bad < <(count /tmp/oidcproxy-trial-cpython.log)
+read -r p_ok p_bad < <(count /tmp/oidcproxy-trial-pypy.log)
+[ "$cpython_status" -eq 0 ] || c_bad=$((c_bad > 0 ? c_bad : 1))
+[ "$pypy_status" -eq 0 ] || p_bad=$((p_bad > 0 ? p_bad : 1))
+echo
+echo "cpython: $c_ok passed, $c_bad failed"
+echo "pypy: $p_ok passed, $p_bad failed"
+echo "total: $((c_ok + p_ok)) passed, $((c_bad + p_bad)) failed"
+[ "$cpython_status" -eq 0 ] && [ "$pypy_status" -eq 0 ]

@@ -1,0 +1,383 @@
+"""
+Tests for L{oidcproxy.config}: the schema, its defaults, and errors that name
+the file, the key path and the problem.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tempfile
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from oidcproxy.config import (
+    ConfigError,
+    Secret,
+    UpstreamSettings,
+    load_config,
+    parse_config,
+    parse_duration,
+    parse_size,
+)
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+EXAMPLE = os.path.join(os.path.dirname(HERE), "etc", "oidcproxy.toml")
+
+MINIMAL = {"routes": [{"path": "/", "upstream": "http://127.0.0.1:9000", "auth": "none"}]}
+
+
+def _route(**extra):
+    r = {"path": "/", "upstream": "http://127.0.0.1:9000", "auth": "none"}
+    r.update(extra)
+    return r
+
+
+class ParseHelpersTests(SynchronousTestCase):
+    def test_durations(self):
+        """Durations are a number and a unit, combinable; seconds come out."""
+        cases = {"30s": 30.0, "500ms": 0.5, "5m": 300.0, "8h": 28800.0, "1d": 86400.0,
+                 "1h30m": 5400.0, "0s": 0.0, "1.5s": 1.5}
+        for text, seconds in cases.items():
+            self.assertEqual(parse_duration(text), seconds, text)
+
+    def test_bad_durations(self):
+        """Bare numbers, unknown units and junk are refused."""
+        for text in ["30", "s", "", "5 m", "1w", "-1s", "1s ", "h1"]:
+            self.assertRaises(ValueError, parse_duration, text)
+
+    def test_sizes(self):
+        """Sizes: bytes, decimal units, binary units."""
+        cases = {"10MB": 10_000_000, "1KB": 1000, "4KiB": 4096, "1GiB": 1 << 30,
+                 "123": 123, "7B": 7, 42: 42}
+        for text, n in cases.items():
+            self.assertEqual(parse_size(text), n, text)
+
+    def test_bad_sizes(self):
+        """Unknown units, negative numbers and booleans are refused."""
+        for text in ["10TB", "MB", "1.5MB", -1, True, "ten"]:
+            self.assertRaises(ValueError, parse_size, text)
+
+
+class SchemaTests(SynchronousTestCase):
+    def test_defaults(self):
+        """A config with just one route gets the documented defaults."""
+        c = parse_config(MINIMAL, "x.toml")
+        self.assertEqual(c.listen, ("tcp:8080:interface=127.0.0.1",))
+        self.assertEqual(c.endpoints_prefix, "/oidc")
+        self.assertEqual(c.workers, 1)
+        self.assertEqual(c.trusted_proxies, ())
+        self.assertEqual(c.upstream, UpstreamSettings())
+        self.assertEqual(c.routes[0].settings, UpstreamSettings())
+        self.assertEqual(c.routes[0].name, "routes[0]")
+        self.assertIsNone(c.oidc)
+
+    def test_route_overrides_upstream_defaults(self):
+        """[upstream] sets defaults; a route's own keys override them."""
+        c = parse_config(
+            {
+                "upstream": {"timeout": "10s", "max_body_size": "1MB", "max_connections": 4},
+                "routes": [_route(timeout="2s"), _route(path="/b")],
+            },
+            "x.toml",
+        )
+        self.assertEqual(c.routes[0].settings.timeout, 2.0)
+        self.assertEqual(c.routes[0].settings.max_body_size, 1_000_000)
+        self.assertEqual(c.routes[0].settings.max_connections, 4)
+        self.assertEqual(c.routes[1].settings.timeout, 10.0)
+
+    def test_route_fields(self):
+        """Route keys are parsed: prefix normalised, host lower-cased, upstream slash dropped."""
+        c = parse_config(
+            {"routes": [_route(path="/api/", host="API.Example.com",
+                               upstream="https://up.internal/base/", strip_prefix=True,
+                               pass_host_header=True, allow_encoded_slashes=True)]},
+            "x.toml",
+        )
+        r = c.routes[0]
+        self.assertEqual(
+            (r.path, r.host, r.upstream, r.strip_prefix, r.pass_host_header,
+             r.allow_encoded_slashes),
+            ("/api", "api.example.com", "https://up.internal/base", True, True, True),
+        )
+
+    def test_trusted_proxies(self):
+        """trusted_proxies takes addresses and networks."""
+        c = parse_config(dict(MINIMAL, trusted_proxies=["10.0.0.0/8", "::1"]), "x.toml")
+        self.assertEqual(
+            c.trusted_proxies,
+            (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("::1/128")),
+        )
+
+    def test_example_config_is_valid(self):
+        """etc/oidcproxy.toml loads and proxies / to 127.0.0.1:9000."""
+        c = load_config(EXAMPLE)
+        self.assertEqual([(r.path, r.upstream) for r in c.routes], [("/", "http://127.0.0.1:9000")])
+
+    def test_example_config_commented_sections_are_valid(self):
+        """Every commented-out option in the example is valid when uncommented."""
+        with open(EXAMPLE, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+        # Uncomment "# key = value" and "# [table]" lines, not prose.
+        out = []
+        for line in lines:
+            stripped = line.lstrip("# ")
+            if line.startswith("# ") and (
+                stripped.startswith("[") or (" = " in stripped and stripped.split(" = ")[0]
+                                             .replace("_", "").replace("-", "").isalnum())
+            ):
+                out.append(stripped)
+            else:
+                out.append(line)
+        text = "\n".join(out)
+        text = text.replace('{ file = "/etc/oidcproxy/client_secret" }', '"s3cret"')
+        text = text.replace('[{ credential = "session-key" }]', '["' + "k" * 32 + '"]')
+        text = text.replace("/etc/oidcproxy/upstream-ca.pem", EXAMPLE)
+        text = text.replace("/etc/oidcproxy/internal-ca.pem", EXAMPLE)
+        with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:
+            f.write(text)
+        self.addCleanup(os.unlink, f.name)
+        c = load_config(f.name)
+        self.assertEqual(len(c.routes), 2)
+        self.assertEqual(c.routes[1].host, "api.example.com")
+        self.assertEqual(c.oidc.issuer, "https://idp.example.com/realms/main")
+        self.assertEqual(c.redis.url, "redis://127.0.0.1:6379/0")
+        self.assertEqual(c.public_url, "https://app.example.com")
+
+
+class ErrorTests(SynchronousTestCase):
+    def problems(self, data):
+        e = self.assertRaises(ConfigError, parse_config, data, "/etc/x.toml")
+        return e.problems
+
+    def test_error_lines_name_file_and_key(self):
+        """Each error line names the key path and the file."""
+        e = self.assertRaises(
+            ConfigError, parse_config, {"routes": [_route(upstream="htp://x")]}, "/etc/x.toml"
+        )
+        self.assertEqual(
+            e.lines(),
+            ["config: routes[0].upstream: 'htp://x' is not an http(s) URL (in /etc/x.toml)"],
+        )
+
+    def test_all_problems_reported(self):
+        """Every problem is reported, not just the first."""
+        problems = self.problems(
+            {
+                "listen": "tcp:80",
+                "workers": 0,
+                "routes": [_route(timeout="soon"), {"path": "api", "auth": "none"}],
+            }
+        )
+        self.assertEqual(
+            problems,
+            [
+                "listen: expected a list of strings, got a string ('tcp:80')",
+                "workers: 0 is out of range; expected >= 1",
+                "routes[0].timeout: 'soon' is not a duration; use a number and a unit "
+                '(ms, s, m, h, d), like "30s"',
+                "routes[1].path: 'api' must start with '/'",
+                "routes[1].upstream: is required",
+            ],
+        )
+
+    def test_unknown_keys(self):
+        """Unknown keys are errors at every level, with a suggestion when close."""
+        problems = self.problems(
+            {"listn": [], "upstream": {"timout": "1s"}, "routes": [_route(upstreem="x")]}
+        )
+        self.assertEqual(
+            sorted(problems),
+            [
+                "listn: unknown key; did you mean 'listen'?",
+                "routes[0].upstreem: unknown key; did you mean 'upstream'?",
+                "upstream.timout: unknown key; did you mean 'timeout'?",
+            ],
+        )
+
+    def test_routes_required(self):
+        """A config without routes is refused."""
+        self.assertEqual(self.problems({}), ["routes: at least one [[routes]] entry is required"])
+
+    def test_wrong_types(self):
+        """A value of the wrong type names what was expected and what was found."""
+        problems = self.problems({"routes": [_route(strip_prefix="yes", max_connections="4")]})
+        self.assertEqual(
+            problems,
+            [
+                "routes[0].strip_prefix: expected true or false, got a string ('yes')",
+                "routes[0].max_connections: expected an integer, got a string ('4')",
+            ],
+        )
+
+    def test_duplicate_route(self):
+        """Two routes with the same host and path are refused."""
+        problems = self.problems({"routes": [_route(), _route()]})
+        self.assertEqual(
+            problems, ["routes[1].path: '/' on every host is already routed by routes[0]"]
+        )
+
+    def test_route_inside_endpoints_prefix(self):
+        """A route under the proxy's own endpoint prefix is refused."""
+        problems = self.problems({"routes": [_route(), _route(path="/oidc/x")]})
+        self.assertEqual(problems, ["routes[1].path: '/oidc/x' is inside endpoints_prefix '/oidc'"])
+
+    def test_auth_must_be_explicit_none(self):
+        """Until the login exists a route must say auth = "none"; other modes are refused."""
+        problems = self.problems(
+            {"routes": [{"path": "/", "upstream": "http://h"},
+                        _route(path="/s", auth="session"), _route(path="/z", auth="bogus")]}
+        )
+        self.assertEqual(len(problems), 3)
+        self.assertIn("routes[0].auth: is required in this version", problems[0])
+        self.assertIn("routes[1].auth: 'session' needs the OIDC login", problems[1])
+        self.assertIn("routes[2].auth: 'bogus' is not one of", problems[2])
+
+    def test_bad_values(self):
+        """Hosts, prefixes, URLs, networks and ranges are validated."""
+        problems = self.problems(
+            {
+                "trusted_proxies": ["10.0.0.300"],
+                "endpoints_prefix": "/",
+                "routes": [
+                    _route(host="exa mple.com", path="/a/../b"),
+                    _route(path="/c", upstream="http://user:pw@h", strip_prefix=True,
+                           replace_prefix="/d"),
+                    _route(path="/e", max_body_size="lots", connect_timeout="0s",
+                           ca_bundle="/nonexistent/ca.pem"),
+                ],
+            }
+        )
+        self.assertEqual(
+            problems,
+            [
+                "trusted_proxies[0]: '10.0.0.300' is not an IP address or CIDR network",
+                "endpoints_prefix: must not be '/': the proxy's endpoints need a prefix of their own",
+                "routes[0].path: '/a/../b' must be a normalised path (no '.', '..' or '//' segments)",
+                "routes[0].host: 'exa mple.com' is not a host name or a '*.example.com' wildcard",
+                "routes[1].upstream: 'http://user:pw@h' must not contain user information",
+                "routes[1].replace_prefix: cannot be combined with strip_prefix = true",
+                "routes[2].connect_timeout: '0s' must be longer than zero",
+                "routes[2].max_body_size: 'lots' is not a size; use bytes or a unit "
+                "(KB, MB, GB, KiB, MiB, GiB)",
+                "routes[2].ca_bundle: /nonexistent/ca.pem is not a readable file",
+            ],
+        )
+
+    def test_toml_syntax_error(self):
+        """A TOML syntax error names the file."""
+        with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:
+            f.write("listen = [\n")
+        self.addCleanup(os.unlink, f.name)
+        e = self.assertRaises(ConfigError, load_config, f.name)
+        self.assertEqual(len(e.problems), 1)
+        self.assertTrue(e.problems[0].startswith("TOML syntax error: "), e.problems)
+        self.assertIn(f.name, str(e))
+
+    def test_missing_file(self):
+        """An unreadable file is a config error naming the file."""
+        e = self.assertRaises(ConfigError, load_config, "/nonexistent/oidcproxy.toml")
+        self.assertEqual(
+            e.lines(),
+            ["config: cannot read the file: No such file or directory "
+             "(in /nonexistent/oidcproxy.toml)"],
+        )
+
+
+class SecretTests(SynchronousTestCase):
+    def setUp(self):
+        self.dir = tempfile.mkdtemp()
+        self.addCleanup(lambda: [os.unlink(os.path.join(self.dir, n))
+                                 for n in os.listdir(self.dir)] and os.rmdir(self.dir))
+
+    def config(self, secret, env=None):
+        data = dict(MINIMAL, oidc={"issuer": "https://idp.example", "client_id": "c",
+                                   "client_secret": secret})
+        saved = dict(os.environ)
+        self.addCleanup(lambda: (os.environ.clear(), os.environ.update(saved)))
+        for k, v in (env or {}).items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        return parse_config(data, "x.toml")
+
+    def write(self, name, text):
+        path = os.path.join(self.dir, name)
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    def test_literal(self):
+        """A literal string is the secret, and its repr does not show it."""
+        s = self.config("hunter2").oidc.client_secret
+        self.assertEqual(s.reveal(), "hunter2")
+        self.assertNotIn("hunter2", repr(s))
+
+    def test_env(self):
+        """{ env = NAME } reads the environment."""
+        s = self.config({"env": "OIDCPROXY_T"}, {"OIDCPROXY_T": "from-env"}).oidc.client_secret
+        self.assertEqual(s, Secret("from-env", ""))
+
+    def test_file_strips_one_newline(self):
+        """{ file = PATH } reads the file, dropping one trailing newline."""
+        path = self.write("s", "from-file\n")
+        self.assertEqual(self.config({"file": path}).oidc.client_secret.reveal(), "from-file")
+
+    def test_credential(self):
+        """{ credential = NAME } reads $CREDENTIALS_DIRECTORY/NAME."""
+        self.write("client", "from-cred")
+        s = self.config({"credential": "client"}, {"CREDENTIALS_DIRECTORY": self.dir})
+        self.assertEqual(s.oidc.client_secret.reveal(), "from-cred")
+
+    def test_missing_sources_are_errors(self):
+        """A missing variable, file or credential directory is an error naming it."""
+        cases = [
+            ({"env": "OIDCPROXY_NOPE"}, {"OIDCPROXY_NOPE": None},
+             "oidc.client_secret: environment variable OIDCPROXY_NOPE is not set"),
+            ({"file": "/nonexistent/s"}, {},
+             "oidc.client_secret: cannot read secret file /nonexistent/s: No such file or directory"),
+            ({"credential": "c"}, {"CREDENTIALS_DIRECTORY": None},
+             "oidc.client_secret: credential 'c' needs $CREDENTIALS_DIRECTORY "
+             "(set by systemd's LoadCredential=)"),
+            ({"credential": "../etc/passwd"}, {"CREDENTIALS_DIRECTORY": "/tmp"},
+             "oidc.client_secret: credential name '../etc/passwd' must not contain '/'"),
+            ({"vault": "x"}, {},
+             "oidc.client_secret: unknown secret reference 'vault'; use env, file or "
+             "credential with a string"),
+            ({"env": "A", "file": "B"}, {},
+             'oidc.client_secret: expected a string or one of { env = "NAME" }, '
+             '{ file = "/path" }, { credential = "name" }'),
+        ]
+        for ref, env, expected in cases:
+            e = self.assertRaises(ConfigError, self.config, ref, env)
+            self.assertEqual(e.problems, [expected], ref)
+
+    def test_empty_secrets_are_errors(self):
+        """An empty literal, variable or file is never an empty secret."""
+        empty = self.write("empty", "\n")
+        cases = [
+            ("", {}, "oidc.client_secret: is empty"),
+            ({"env": "OIDCPROXY_EMPTY"}, {"OIDCPROXY_EMPTY": ""},
+             "oidc.client_secret: environment variable OIDCPROXY_EMPTY is empty"),
+            ({"file": empty}, {}, f"oidc.client_secret: file {empty} is empty"),
+        ]
+        for ref, env, expected in cases:
+            e = self.assertRaises(ConfigError, self.config, ref, env)
+            self.assertEqual(e.problems, [expected], ref)
+
+    def test_session_secrets_length(self):
+        """Session secrets shorter than 32 bytes are refused, naming their source."""
+        e = self.assertRaises(
+            ConfigError, parse_config, dict(MINIMAL, session={"secrets": ["short"]}), "x.toml"
+        )
+        self.assertEqual(
+            e.problems, ["session.secrets[0]: the secret from the config file is shorter than 32 bytes"]
+        )
+
+    def test_redis_store_needs_redis(self):
+        """session.store = "redis" without [redis] is refused."""
+        e = self.assertRaises(
+            ConfigError, parse_config, dict(MINIMAL, session={"store": "redis"}), "x.toml"
+        )
+        self.assertEqual(e.problems, ['session.store: "redis" needs a [redis] table with url'])

@@ -1,0 +1,185 @@
+"""
+Tests for L{oidcproxy.server}: the early 413 and the access log, driven
+through a real HTTP channel on a string transport.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.logger import globalLogPublisher
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
+
+from oidcproxy.config import RouteConfig, UpstreamSettings
+from oidcproxy.routes import RouteTable
+from oidcproxy.server import ProxySite
+from oidcproxy.service import body_limit_for
+
+
+class Recorder(Resource):
+    isLeaf = True
+
+    def __init__(self, hang=False):
+        super().__init__()
+        self.bodies = []
+        self.requests = []
+        self.hang = hang
+
+    def render(self, request):
+        self.requests.append(request)
+        self.bodies.append(request.content.read())
+        request.oidcproxy_route = RouteConfig(index=3, path="/", upstream="http://up:1")
+        if self.hang:
+            return NOT_DONE_YET
+        return b"ok"
+
+
+def limits():
+    return body_limit_for(
+        RouteTable([
+            RouteConfig(index=0, path="/", upstream="http://up:1",
+                        settings=UpstreamSettings(max_body_size=100)),
+            RouteConfig(index=1, path="/big", upstream="http://up:1",
+                        settings=UpstreamSettings(max_body_size=1000)),
+        ]),
+        default=50,
+    )
+
+
+class SiteHarness:
+    def __init__(self, case, resource=None, access_log=True):
+        self.clock = Clock()
+        self.resource = resource or Recorder()
+        self.site = ProxySite(self.resource, clock=self.clock, body_limit=limits(),
+                              access_log=access_log, reactor=self.clock)
+        self.events = []
+        globalLogPublisher.addObserver(self.events.append)
+        case.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+        self.channel = self.site.buildProtocol(IPv4Address("TCP", "192.0.2.7", 5555))
+        self.transport = StringTransport(peerAddress=IPv4Address("TCP", "192.0.2.7", 5555))
+        self.channel.makeConnection(self.transport)
+
+    def send(self, data):
+        self.channel.dataReceived(data)
+        return self.transport.value()
+
+    def access(self):
+        return [e for e in self.events if e.get("log_namespace") == "oidcproxy.access"]
+
+
+class EarlyBodyLimitTests(SynchronousTestCase):
+    def test_content_length_over_limit(self):
+        """A Content-Length over the route's limit is refused at once, body unread, connection closed."""
+        h = SiteHarness(self)
+        out = h.send(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 101\r\n\r\n")
+        self.assertTrue(out.startswith(b"HTTP/1.1 413 Content Too Large\r\n"), out)
+        self.assertIn(b"Connection: close\r\n", out)
+        self.assertTrue(h.transport.disconnecting)
+        h.send(b"x" * 101)
+        self.assertEqual(h.resource.bodies, [])
+
+    def test_limit_is_the_routes(self):
+        """The early limit is the matched route's: /big takes 1000 bytes, / only 100."""
+        h = SiteHarness(self)
+        out = h.send(b"POST /big/x HTTP/1.1\r\nHost: a\r\nContent-Length: 500\r\n\r\n" + b"y" * 500)
+        self.assertTrue(out.startswith(b"HTTP/1.1 200 "), out)
+        self.assertEqual(h.resource.bodies, [b"y" * 500])
+
+    def test_no_100_continue_for_refused_body(self):
+        """Expect: 100-continue gets the 413, never a 100 Continue first."""
+        h = SiteHarness(self)
+        out = h.send(b"POST /x HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n"
+                     b"Content-Length: 5000\r\n\r\n")
+        self.assertNotIn(b"100 Continue", out)
+        self.assertTrue(out.startswith(b"HTTP/1.1 413 "), out)
+
+    def test_100_continue_for_accepted_body(self):
+        """Expect: 100-continue within the limit still gets its 100 Continue."""
+        h = SiteHarness(self)
+        out = h.send(b"POST /x HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n"
+                     b"Content-Length: 5\r\n\r\n")
+        self.assertEqual(out, b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def test_chunked_running_count(self):
+        """A chunked body is refused as soon as its running count passes the limit."""
+        h = SiteHarness(self)
+        h.send(b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n")
+        self.assertEqual(h.transport.value(), b"")
+        out = h.send(b"40\r\n" + b"z" * 64 + b"\r\n")
+        self.assertEqual(out, b"")
+        out = h.send(b"40\r\n" + b"z" * 64 + b"\r\n")
+        self.assertTrue(out.startswith(b"HTTP/1.1 413 "), out)
+        h.send(b"0\r\n\r\n")
+        self.assertEqual(h.resource.bodies, [])
+
+    def test_json_for_api_clients(self):
+        """The early 413 is JSON when the client asked for JSON."""
+        h = SiteHarness(self)
+        out = h.send(b"POST /x HTTP/1.1\r\nHost: a\r\nAccept: application/json\r\n"
+                     b"Content-Length: 101\r\n\r\n")
+        self.assertIn(b"Content-Type: application/json\r\n", out)
+        self.assertIn(b'"error": "body_too_large"', out)
+
+    def test_unknown_route_uses_largest_limit(self):
+        """When the route cannot be known yet, the early check uses the largest limit."""
+        limit = limits()
+        self.assertEqual(limit(b"a", None), 1000)
+        self.assertEqual(limit(b"a", b"/a%2Fb"), 1000)
+        self.assertEqual(limit(b"a", b"/x"), 100)
+        self.assertEqual(limit(b"a", b"/big"), 1000)
+
+
+class AccessLogTests(SynchronousTestCase):
+    def test_one_event_per_request(self):
+        """Each request logs client, method, path, status, bytes, duration, route, upstream."""
+        h = SiteHarness(self)
+        h.send(b"GET /some/path?code=SECRET HTTP/1.1\r\nHost: a\r\n"
+               b"Authorization: Bearer TOKEN\r\nCookie: s=COOKIE\r\n\r\n")
+        events = h.access()
+        self.assertEqual(len(events), 1)
+        e = events[0]
+        self.assertEqual(
+            {k: e[k] for k in ("client", "method", "path", "status", "bytes", "route", "upstream")},
+            {"client": "192.0.2.7", "method": "GET", "path": "/some/path", "status": 200,
+             "bytes": 2, "route": "routes[3]", "upstream": "http://up:1"},
+        )
+        self.assertEqual(e["duration_ms"], 0.0)
+        text = repr(e)
+        for secret in ["SECRET", "TOKEN", "COOKIE"]:
+            self.assertNotIn(secret, text)
+
+    def test_duration_from_clock(self):
+        """The duration is measured on the injected clock."""
+        resource = Recorder(hang=True)
+        h = SiteHarness(self, resource)
+        h.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        h.clock.advance(0.25)
+        request = resource.requests[0]
+        request.write(b"done")
+        request.finish()
+        self.assertEqual(h.access()[0]["duration_ms"], 250.0)
+
+    def test_client_closed_is_499(self):
+        """A client that leaves before the answer is logged as 499."""
+        h = SiteHarness(self, Recorder(hang=True))
+        h.send(b"GET /gone HTTP/1.1\r\nHost: a\r\n\r\n")
+        h.channel.connectionLost(Failure(ConnectionDone()))
+        events = h.access()
+        self.assertEqual([(e["path"], e["status"]) for e in events], [("/gone", 499)])
+
+    def test_early_413_is_logged(self):
+        """A body refused early is logged with status 413."""
+        h = SiteHarness(self)
+        h.send(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 101\r\n\r\n")
+        self.assertEqual([e["status"] for e in h.access()], [413])
+
+    def test_access_log_off(self):
+        """access_log = false logs no access events."""
+        h = SiteHarness(self, access_log=False)
+        h.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.assertEqual(h.access(), [])

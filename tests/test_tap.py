@@ -1,0 +1,179 @@
+"""
+Tests for the twistd plugin's options and service composition.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+import tempfile
+
+from twisted.internet.error import CannotListenError
+from twisted.internet.testing import MemoryReactor
+from twisted.python import usage
+from twisted.trial.unittest import SynchronousTestCase
+
+from oidcproxy import tap
+from oidcproxy.config import parse_config
+from oidcproxy.service import ListenError, ListenerService, ProxyService
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+EXAMPLE = os.path.join(os.path.dirname(HERE), "etc", "oidcproxy.toml")
+CONFIG = parse_config(
+    {"routes": [{"path": "/", "upstream": "http://127.0.0.1:9", "auth": "none"}]}, "t.toml"
+)
+
+
+class OptionsTests(SynchronousTestCase):
+    def test_config_required(self):
+        """--config is required."""
+        self.assertRaises(usage.UsageError, tap.Options().parseOptions, [])
+
+    def test_listen_repeatable(self):
+        """--listen may be given several times; parsing has no side effects."""
+        o = tap.Options()
+        o.parseOptions(["--config", "/nonexistent.toml", "--listen", "tcp:1",
+                        "-l", "unix:/tmp/x.sock"])
+        self.assertEqual(o["listen"], ["tcp:1", "unix:/tmp/x.sock"])
+        self.assertEqual(o["config"], "/nonexistent.toml")
+        self.assertFalse(o["check"])
+
+    def test_help_lists_options(self):
+        """The plugin's --help lists its options."""
+        text = str(tap.Options())
+        for flag in ["--config", "--listen", "--check", "--port-file"]:
+            self.assertIn(flag, text)
+
+    def test_plugin_is_registered(self):
+        """twistd finds the plugin with its one-line description."""
+        from twisted.application.service import IServiceMaker
+        from twisted.plugin import getPlugins
+
+        makers = {p.tapname: p for p in getPlugins(IServiceMaker)}
+        self.assertIn("oidcproxy", makers)
+        self.assertEqual(makers["oidcproxy"].description,
+                         "OpenID Connect authenticating reverse proxy")
+        self.assertIs(makers["oidcproxy"].options, tap.Options)
+
+
+class CheckTests(SynchronousTestCase):
+    def run_check(self, path):
+        o = tap.Options()
+        o.parseOptions(["--config", path, "--check"])
+        out = io.StringIO()
+        return tap.check(o, out), out.getvalue()
+
+    def test_check_ok(self):
+        """--check on a valid config prints 'config OK' and returns 0."""
+        self.assertEqual(self.run_check(EXAMPLE), (0, "config OK\n"))
+
+    def test_check_reports_each_problem(self):
+        """--check on a bad config prints one line per problem and returns 1."""
+        with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:
+            f.write('listen = ["tcp:1"]\nbogus = 1\n[[routes]]\npath = "/"\nauth = "none"\n'
+                    'timeout = "x"\n')
+        self.addCleanup(os.unlink, f.name)
+        status, out = self.run_check(f.name)
+        self.assertEqual(status, 1)
+        self.assertEqual(
+            out.splitlines(),
+            [
+                f"config: routes[0].upstream: is required (in {f.name})",
+                f"config: routes[0].timeout: 'x' is not a duration; use a number and a unit "
+                f'(ms, s, m, h, d), like "30s" (in {f.name})',
+                f"config: bogus: unknown key (in {f.name})",
+            ],
+        )
+
+    def test_make_service_check_exits(self):
+        """makeService with --check exits with the check's status, before listening."""
+        o = tap.Options()
+        o.parseOptions(["--config", "/nonexistent.toml", "--check"])
+        saved, sys.stdout = sys.stdout, io.StringIO()
+        try:
+            e = self.assertRaises(SystemExit, tap.makeService, o)
+        finally:
+            sys.stdout = saved
+        self.assertEqual(e.code, 1)
+
+    def test_make_service_bad_config_exits_1(self):
+        """A bad config stops the start with status 1 and the problems on stderr."""
+        o = tap.Options()
+        o.parseOptions(["--config", "/nonexistent.toml"])
+        saved, sys.stderr = sys.stderr, io.StringIO()
+        try:
+            e = self.assertRaises(SystemExit, tap.makeService, o)
+            err = sys.stderr.getvalue()
+        finally:
+            sys.stderr = saved
+        self.assertEqual(e.code, 1)
+        self.assertIn("config: cannot read the file", err)
+
+
+class ServiceTests(SynchronousTestCase):
+    def test_listen_override(self):
+        """--listen replaces the config's listeners."""
+        o = tap.Options()
+        o.parseOptions(["--config", EXAMPLE, "--listen", "tcp:0:interface=127.0.0.1",
+                        "--listen", "tcp:0:interface=127.0.0.2"])
+        service = tap.makeService(o)
+        self.assertEqual([ls.description for ls in service.listeners],
+                         ["tcp:0:interface=127.0.0.1", "tcp:0:interface=127.0.0.2"])
+
+    def test_config_listeners(self):
+        """Without --listen the config's listeners are used."""
+        o = tap.Options()
+        o.parseOptions(["--config", EXAMPLE])
+        service = tap.makeService(o)
+        self.assertEqual([ls.description for ls in service.listeners],
+                         ["tcp:8080:interface=127.0.0.1"])
+
+    def test_port_file(self):
+        """Once every listener is up, their addresses are written to the port file."""
+        reactor = MemoryReactor()
+        port_file = os.path.join(tempfile.mkdtemp(), "ports")
+        service = ProxyService(CONFIG, reactor, ["tcp:8081:interface=127.0.0.1",
+                                                 "tcp:8082:interface=127.0.0.1"], port_file)
+        service.privilegedStartService()
+        with open(port_file) as f:
+            self.assertEqual(f.read(), "0.0.0.0:8081\n0.0.0.0:8082\n")
+        self.assertEqual([p[0] for p in reactor.tcpServers], [8081, 8082])
+
+    def test_stop_stops_listening(self):
+        """Stopping the service stops its listeners."""
+        reactor = MemoryReactor()
+        service = ProxyService(CONFIG, reactor, ["tcp:8081"])
+        service.privilegedStartService()
+        service.startService()
+        port = service.listeners[0].port
+        stopped = []
+        port.stopListening = lambda: stopped.append(True)
+        self.successResultOf(service.stopService())
+        self.assertEqual(stopped, [True])
+        self.assertIsNone(service.listeners[0].port)
+
+    def test_listen_failure_is_one_line(self):
+        """A listener that cannot open stops the start with one line naming it."""
+
+        class BusyReactor(MemoryReactor):
+            def listenTCP(self, port, factory, backlog=50, interface=""):
+                raise CannotListenError(interface, port, OSError(98, "Address already in use"))
+
+        service = ProxyService(CONFIG, BusyReactor(), ["tcp:8080:interface=127.0.0.1"])
+        saved, sys.stderr = sys.stderr, io.StringIO()
+        try:
+            e = self.assertRaises(SystemExit, service.privilegedStartService)
+            err = sys.stderr.getvalue()
+        finally:
+            sys.stderr = saved
+        self.assertEqual(e.code, 1)
+        self.assertEqual(len(err.splitlines()), 1)
+        self.assertIn("cannot listen on 'tcp:8080:interface=127.0.0.1'", err)
+        self.assertIn("Address already in use", err)
+
+    def test_bad_endpoint_string(self):
+        """A malformed endpoint string is reported the same way."""
+        service = ListenerService(MemoryReactor(), "tcpx:80", object())
+        e = self.assertRaises(ListenError, service.privilegedStartService)
+        self.assertTrue(str(e).startswith("invalid endpoint string 'tcpx:80': "), str(e))

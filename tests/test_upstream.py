@@ -1,0 +1,507 @@
+"""
+Tests for L{oidcproxy.upstream.UpstreamProxy}, driven in memory: treq's
+C{StubTreq} plays the client, a C{RequestTraversalAgent} carries the proxied
+request to a recording upstream resource, and time is a L{Clock}.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from typing import Any
+
+from treq.testing import RequestTraversalAgent, StubTreq
+from twisted.internet.error import ConnectionDone, ConnectionRefusedError, TimeoutError
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.client import ResponseFailed
+from twisted.web.http_headers import Headers
+from twisted.web.server import NOT_DONE_YET, Request, Site
+from twisted.web.test.requesthelper import DummyChannel
+
+from oidcproxy.config import RouteConfig, UpstreamSettings
+from oidcproxy.routes import RouteTable
+from oidcproxy.upstream import UpstreamClient, UpstreamProxy, _BodyRelay, canonical_header
+
+from .fakes import FailingAgent, HangingAgent, RecordingUpstream
+
+UP = "http://upstream.test:9000"
+
+
+def route(index=0, path="/", upstream=UP, **kw: Any) -> RouteConfig:
+    settings = kw.pop("settings", UpstreamSettings())
+    return RouteConfig(index=index, path=path, upstream=upstream, settings=settings, **kw)
+
+
+class ProxyHarness:
+    """A proxy in front of one in-memory upstream or agent."""
+
+    def __init__(self, routes=None, upstream=None, agent=None, trusted=()):
+        self.clock = Clock()
+        self.upstream = upstream if upstream is not None else RecordingUpstream()
+        self.agent = agent if agent is not None else RequestTraversalAgent(self.upstream)
+        self.proxy = UpstreamProxy(
+            RouteTable(routes or [route()]),
+            self.clock,
+            [ipaddress.ip_network(t) for t in trusted],
+            client_factory=lambda r: UpstreamClient(self.agent, r.settings.max_connections),
+        )
+        self.client = StubTreq(self.proxy)
+
+    def flush(self):
+        for _ in range(5):
+            if isinstance(self.agent, RequestTraversalAgent):
+                self.agent.flush()
+            self.client.flush()
+
+    def fetch(self, case, method="GET", url="http://proxy.test/", **kw):
+        d = self.client.request(method, url, **kw)
+        self.flush()
+        response = case.successResultOf(d)
+        body = self.client.content(response)
+        self.flush()
+        return response, case.successResultOf(body)
+
+
+class ForwardingTests(SynchronousTestCase):
+    def test_forwards_method_target_body(self):
+        """Method, path, query and body reach the upstream; its answer reaches the client."""
+        h = ProxyHarness()
+        response, body = h.fetch(self, "POST", "http://proxy.test/a/b?x=1&y=%2F", data=b"payload")
+        self.assertEqual(response.code, 200)
+        self.assertEqual(json.loads(body), {"uri": "/a/b?x=1&y=%2F"})
+        seen = h.upstream.requests[0]
+        self.assertEqual((seen["method"], seen["uri"], seen["body"]),
+                         (b"POST", b"/a/b?x=1&y=%2F", b"payload"))
+        self.assertEqual(h.upstream.header(b"content-length"), [b"7"])
+
+    def test_normalised_path_goes_upstream(self):
+        """The path that was matched is the path that goes upstream."""
+        h = ProxyHarness([route(), route(1, "/api", strip_prefix=True)])
+        h.fetch(self, url="http://proxy.test/x/../api/%7Euser/./v")
+        self.assertEqual(h.upstream.requests[0]["uri"], b"/~user/v")
+
+    def test_upstream_base_path(self):
+        """An upstream URL's base path is prepended."""
+        h = ProxyHarness([route(upstream=UP + "/base")])
+        h.fetch(self, url="http://proxy.test/x")
+        self.assertEqual(h.upstream.requests[0]["uri"], b"/base/x")
+
+    def test_response_status_and_headers(self):
+        """The upstream's status, reason and headers are relayed; repeats stay repeats."""
+        def handler(request):
+            request.setResponseCode(201, b"Made")
+            request.responseHeaders.setRawHeaders(b"set-cookie", [b"a=1", b"b=2"])
+            request.responseHeaders.setRawHeaders(b"x-multi", [b"one", b"two"])
+            request.responseHeaders.setRawHeaders(b"content-type", [b"text/plain"])
+            return b"made"
+        h = ProxyHarness(upstream=RecordingUpstream(handler))
+        response, body = h.fetch(self)
+        self.assertEqual((response.code, response.phrase, body), (201, b"Made", b"made"))
+        self.assertEqual(response.headers.getRawHeaders(b"set-cookie"), [b"a=1", b"b=2"])
+        self.assertEqual(response.headers.getRawHeaders(b"x-multi"), [b"one", b"two"])
+        self.assertEqual(response.headers.getRawHeaders(b"content-type"), [b"text/plain"])
+        self.assertEqual(response.length, 4)  # sent as Content-Length, not chunked
+
+    def test_no_default_content_type_or_server(self):
+        """The proxy adds no Content-Type or Server banner the upstream did not send."""
+        def handler(request):
+            request.defaultContentType = None
+            request.responseHeaders.removeHeader(b"server")
+            return b"raw"
+        h = ProxyHarness(upstream=RecordingUpstream(handler))
+        response, body = h.fetch(self)
+        self.assertEqual(body, b"raw")
+        self.assertIsNone(response.headers.getRawHeaders(b"content-type"))
+        self.assertFalse(
+            any(b"Twisted" in v for v in response.headers.getRawHeaders(b"server", []))
+        )
+
+    def test_repeated_request_headers(self):
+        """A header the client sends twice reaches the upstream twice, in order."""
+        h = ProxyHarness()
+        h.fetch(self, headers=Headers({b"x-multi": [b"1", b"2"]}))
+        self.assertEqual(h.upstream.header(b"x-multi"), [b"1", b"2"])
+
+    def test_hop_by_hop_request_headers_removed(self):
+        """Hop-by-hop headers and the ones Connection names never reach the upstream."""
+        h = ProxyHarness()
+        h.fetch(self, headers=Headers({
+            b"connection": [b"keep-alive, X-Secret"],
+            b"x-secret": [b"1"],
+            b"keep-alive": [b"timeout=5"],
+            b"te": [b"trailers"],
+            b"trailer": [b"x"],
+            b"upgrade": [b"websocket"],
+            b"proxy-authorization": [b"Basic eA=="],
+            b"proxy-connection": [b"keep-alive"],
+            b"x-end-to-end": [b"kept"],
+        }))
+        names = {n for n, _ in h.upstream.requests[0]["headers"]}
+        for gone in [b"x-secret", b"keep-alive", b"te", b"trailer", b"upgrade",
+                     b"proxy-authorization", b"proxy-connection"]:
+            self.assertNotIn(gone, names)
+        self.assertEqual(h.upstream.header(b"x-end-to-end"), [b"kept"])
+
+    def test_hop_by_hop_response_headers_removed(self):
+        """Hop-by-hop response headers never reach the client."""
+        def handler(request):
+            request.responseHeaders.setRawHeaders(b"keep-alive", [b"timeout=5"])
+            request.responseHeaders.setRawHeaders(b"proxy-authenticate", [b"Basic"])
+            request.responseHeaders.setRawHeaders(b"x-kept", [b"1"])
+            return b"ok"
+        h = ProxyHarness(upstream=RecordingUpstream(handler))
+        response, _ = h.fetch(self)
+        for gone in [b"keep-alive", b"proxy-authenticate"]:
+            self.assertIsNone(response.headers.getRawHeaders(gone), gone)
+        self.assertEqual(response.headers.getRawHeaders(b"x-kept"), [b"1"])
+
+    def test_host_header(self):
+        """The upstream gets its own host by default and the client's with pass_host_header."""
+        h = ProxyHarness([route(), route(1, "/pass", pass_host_header=True)])
+        h.fetch(self, url="http://public.example:8080/a")
+        h.fetch(self, url="http://public.example:8080/pass")
+        self.assertEqual(h.upstream.header(b"host", 0), [b"upstream.test:9000"])
+        self.assertEqual(h.upstream.header(b"host", 1), [b"public.example:8080"])
+
+    def test_connect_is_refused(self):
+        """CONNECT is answered 405 and never reaches the upstream."""
+        h = ProxyHarness()
+        response, _ = h.fetch(self, "CONNECT", "http://proxy.test/")
+        self.assertEqual(response.code, 405)
+        self.assertEqual(h.upstream.requests, [])
+
+
+class ForwardedHeaderTests(SynchronousTestCase):
+    def test_set_from_untrusted_peer(self):
+        """From an untrusted peer, X-Forwarded-* and Forwarded are the proxy's own."""
+        h = ProxyHarness()
+        h.fetch(self, url="http://public.example/", headers=Headers({
+            b"x-forwarded-for": [b"6.6.6.6"],
+            b"x-forwarded-proto": [b"https"],
+            b"x-forwarded-host": [b"evil.example"],
+            b"forwarded": [b"for=6.6.6.6;proto=https"],
+        }))
+        self.assertEqual(h.upstream.header(b"x-forwarded-for"), [b"127.0.0.1"])
+        self.assertEqual(h.upstream.header(b"x-forwarded-proto"), [b"http"])
+        self.assertEqual(h.upstream.header(b"x-forwarded-host"), [b"public.example"])
+        self.assertEqual(h.upstream.header(b"forwarded"),
+                         [b'for=127.0.0.1;proto=http;host="public.example"'])
+
+    def test_every_spelling_is_dropped(self):
+        """Underscore, dot and case variants of the forwarding headers are dropped too."""
+        h = ProxyHarness()
+        h.fetch(self, headers=Headers({
+            b"X_Forwarded_For": [b"6.6.6.6"],
+            b"x.forwarded.for": [b"6.6.6.7"],
+            b"X-FORWARDED-PROTO": [b"https"],
+            b"x_forwarded_host": [b"evil"],
+        }))
+        names = [n for n, _ in h.upstream.requests[0]["headers"]]
+        self.assertNotIn(b"x_forwarded_for", names)
+        self.assertNotIn(b"x.forwarded.for", names)
+        self.assertNotIn(b"x_forwarded_host", names)
+        self.assertEqual(h.upstream.header(b"x-forwarded-for"), [b"127.0.0.1"])
+        self.assertEqual(h.upstream.header(b"x-forwarded-proto"), [b"http"])
+
+    def test_url_overrides_dropped_from_untrusted(self):
+        """X-Original-URL, X-Rewrite-URL, X-Real-IP and kin never pass from untrusted peers."""
+        h = ProxyHarness()
+        h.fetch(self, headers=Headers({
+            b"x-original-url": [b"/admin"],
+            b"X_Rewrite_URL": [b"/admin"],
+            b"x-real-ip": [b"6.6.6.6"],
+            b"x-forwarded-prefix": [b"/evil"],
+        }))
+        names = {canonical_header(n) for n, _ in h.upstream.requests[0]["headers"]}
+        for gone in [b"x-original-url", b"x-rewrite-url", b"x-real-ip", b"x-forwarded-prefix"]:
+            self.assertNotIn(gone, names)
+
+    def test_trusted_peer_values_kept(self):
+        """From a trusted peer, the chain is kept and extended."""
+        h = ProxyHarness(trusted=["127.0.0.0/8"])
+        h.fetch(self, url="http://inner.example/", headers=Headers({
+            b"x-forwarded-for": [b"203.0.113.9, 10.0.0.1"],
+            b"x-forwarded-proto": [b"https"],
+            b"x-forwarded-host": [b"public.example"],
+            b"forwarded": [b"for=203.0.113.9;proto=https"],
+            b"x-original-url": [b"/kept"],
+        }))
+        self.assertEqual(h.upstream.header(b"x-forwarded-for"),
+                         [b"203.0.113.9, 10.0.0.1, 127.0.0.1"])
+        self.assertEqual(h.upstream.header(b"x-forwarded-proto"), [b"https"])
+        self.assertEqual(h.upstream.header(b"x-forwarded-host"), [b"public.example"])
+        self.assertEqual(h.upstream.header(b"forwarded"),
+                         [b'for=203.0.113.9;proto=https, for=127.0.0.1;proto=http;'
+                          b'host="inner.example"'])
+        self.assertEqual(h.upstream.header(b"x-original-url"), [b"/kept"])
+
+
+class ErrorTests(SynchronousTestCase):
+    def test_no_route_404(self):
+        """A request no route matches gets 404 and reaches no upstream."""
+        h = ProxyHarness([route(path="/only")])
+        response, _ = h.fetch(self, url="http://proxy.test/other")
+        self.assertEqual(response.code, 404)
+        self.assertEqual(h.upstream.requests, [])
+
+    def test_bad_target_400(self):
+        """An ambiguous path gets 400 (JSON for API clients) and reaches no upstream."""
+        h = ProxyHarness()
+        for target in ["/a%2Fb", "/a/%2e%2e/%2e%2e/etc", "/a%00", "/a%zz"]:
+            response, body = h.fetch(self, url="http://proxy.test" + target,
+                                     headers={b"accept": [b"application/json"]})
+            self.assertEqual(response.code, 400, target)
+            self.assertEqual(json.loads(body)["error"], "bad_request", target)
+        self.assertEqual(h.upstream.requests, [])
+
+    def test_body_too_large_413(self):
+        """A body over the route's max_body_size gets 413 before anything goes upstream."""
+        h = ProxyHarness([route(settings=UpstreamSettings(max_body_size=10))])
+        response, _ = h.fetch(self, "POST", data=b"x" * 11)
+        self.assertEqual(response.code, 413)
+        self.assertEqual(h.upstream.requests, [])
+        response, _ = h.fetch(self, "POST", data=b"x" * 10)
+        self.assertEqual(response.code, 200)
+
+    def test_connect_failure_502(self):
+        """A refused connection is 502, an HTML page for browsers."""
+        agent = FailingAgent(ConnectionRefusedError())
+        h = ProxyHarness(agent=agent)
+        response, body = h.fetch(self, headers={b"accept": [b"text/html"]})
+        self.assertEqual(response.code, 502)
+        self.assertEqual(response.headers.getRawHeaders(b"content-type"),
+                         [b"text/html; charset=utf-8"])
+        self.assertIn(b"502 Bad Gateway", body)
+        self.assertNotIn(b"upstream.test", body)
+
+    def test_failure_502_json(self):
+        """An API client gets the 502 as JSON."""
+        h = ProxyHarness(agent=FailingAgent(ResponseFailed([Failure(ConnectionDone())])))
+        response, body = h.fetch(self, headers={b"accept": [b"application/json"]})
+        self.assertEqual(response.code, 502)
+        self.assertEqual(json.loads(body)["error"], "bad_gateway")
+
+    def test_connect_timeout_504(self):
+        """A connect timeout is 504."""
+        h = ProxyHarness(agent=FailingAgent(TimeoutError()))
+        response, _ = h.fetch(self)
+        self.assertEqual(response.code, 504)
+
+    def test_response_timeout_504(self):
+        """No answer within the route's timeout: 504 and the upstream request is cancelled."""
+        agent = HangingAgent()
+        h = ProxyHarness([route(settings=UpstreamSettings(timeout=3.0))], agent=agent)
+        d = h.client.get("http://proxy.test/")
+        h.flush()
+        h.clock.advance(2.9)
+        h.flush()
+        self.assertNoResult(d)
+        h.clock.advance(0.2)
+        h.flush()
+        response = self.successResultOf(d)
+        self.assertEqual(response.code, 504)
+        self.assertEqual(agent.cancelled, 1)
+        self.assertEqual(h.clock.getDelayedCalls(), [])
+
+    def test_timeout_counts_only_to_the_headers(self):
+        """Once the response has started, the route's timeout no longer applies."""
+        h = ProxyHarness([route(settings=UpstreamSettings(timeout=3.0))])
+        response, _ = h.fetch(self)
+        self.assertEqual(response.code, 200)
+        self.assertEqual(h.clock.getDelayedCalls(), [])
+
+    def test_failure_is_logged_without_secrets(self):
+        """A 502 is logged with the route and the upstream, not the request's secrets."""
+        from twisted.logger import globalLogPublisher
+
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        h = ProxyHarness(agent=FailingAgent(ConnectionRefusedError()))
+        h.fetch(self, url="http://proxy.test/?code=SECRET", headers={
+            b"authorization": [b"Bearer TOKEN"], b"cookie": [b"s=COOKIE"]})
+        ours = [e for e in events if e.get("route") == "routes[0]"]
+        self.assertEqual(len(ours), 1)
+        self.assertEqual(ours[0]["reason"], "connection refused")
+        self.assertEqual(ours[0]["upstream"], UP)
+        text = repr(ours)
+        for secret in ["SECRET", "TOKEN", "COOKIE"]:
+            self.assertNotIn(secret, text)
+
+
+class ConcurrencyTests(SynchronousTestCase):
+    def test_max_connections_queues(self):
+        """With max_connections = 1 the second request waits for the first to finish."""
+        agent = HangingAgent()
+        settings = UpstreamSettings(max_connections=1, timeout=100.0)
+        h = ProxyHarness([route(settings=settings)], agent=agent)
+        h.client.get("http://proxy.test/1")
+        h.client.get("http://proxy.test/2")
+        h.flush()
+        self.assertEqual(len(agent.pending), 1)
+        agent.pending[0].errback(ConnectionRefusedError())
+        h.flush()
+        self.assertEqual(len(agent.pending), 2)
+
+    def test_routes_share_a_client_per_origin(self):
+        """Routes to the same origin with the same settings share one client and pool."""
+        built = []
+
+        def factory(r):
+            built.append(r.index)
+            return UpstreamClient(HangingAgent(), 1)
+
+        UpstreamProxy(
+            RouteTable([route(0, "/a"), route(1, "/b", upstream=UP + "/x"),
+                        route(2, "/c", upstream="http://other:1"),
+                        route(3, "/d", settings=UpstreamSettings(timeout=1.0)),
+                        route(4, "/e", settings=UpstreamSettings(max_connections=3))]),
+            Clock(), client_factory=factory,
+        )
+        self.assertEqual(built, [0, 2, 4])
+
+
+def _real_request(proxy, path=b"/", method=b"GET"):
+    """A real twisted.web Request on a dummy channel, rendering C{proxy}."""
+    channel = DummyChannel()
+    channel.site = Site(proxy)
+    request = Request(channel, False)
+    request.gotLength(0)
+    request.requestHeaders.setRawHeaders(b"host", [b"proxy.test"])
+    request.requestReceived(method, path, b"HTTP/1.1")
+    return channel, request
+
+
+class DisconnectTests(SynchronousTestCase):
+    def test_client_gone_before_answer_cancels(self):
+        """A client that disconnects while the upstream thinks cancels the upstream request."""
+        agent = HangingAgent()
+        h = ProxyHarness(agent=agent)
+        channel, request = _real_request(h.proxy)
+        self.assertEqual(len(agent.pending), 1)
+        request.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(agent.cancelled, 1)
+        self.assertEqual(h.clock.getDelayedCalls(), [])
+
+    def test_client_gone_while_queued_frees_nothing_it_did_not_take(self):
+        """A queued request whose client leaves never reaches the upstream."""
+        agent = HangingAgent()
+        h = ProxyHarness([route(settings=UpstreamSettings(max_connections=1))], agent=agent)
+        _real_request(h.proxy)
+        _, second = _real_request(h.proxy)
+        second.connectionLost(Failure(ConnectionDone()))
+        agent.pending[0].errback(ConnectionRefusedError())
+        _real_request(h.proxy)
+        self.assertEqual(len(agent.pending), 2)
+
+
+class FakeRequest:
+    """Just what L{_BodyRelay} uses of a request."""
+
+    def __init__(self):
+        self.producer = None
+        self.written = []
+        self.finished = False
+        self.startedWriting = True
+        self.transport = self
+        self.aborted = False
+
+    def registerProducer(self, producer, streaming):
+        self.producer = (producer, streaming)
+
+    def unregisterProducer(self):
+        self.producer = None
+
+    def write(self, data):
+        self.written.append(data)
+
+    def finish(self):
+        self.finished = True
+
+    def abortConnection(self):
+        self.aborted = True
+
+
+class FakeProducerTransport:
+    def __init__(self):
+        self.calls = []
+
+    def pauseProducing(self):
+        self.calls.append("pause")
+
+    def resumeProducing(self):
+        self.calls.append("resume")
+
+    def stopProducing(self):
+        self.calls.append("stop")
+
+
+class BodyRelayTests(SynchronousTestCase):
+    def relay(self):
+        request = FakeRequest()
+        done = []
+        relay = _BodyRelay(request, route(), lambda: done.append(True))
+        transport = FakeProducerTransport()
+        relay.makeConnection(transport)
+        return request, relay, transport, done
+
+    def test_registers_streaming_producer(self):
+        """The relay registers itself as a streaming producer of the client request."""
+        request, relay, _, _ = self.relay()
+        self.assertEqual(request.producer, (relay, True))
+
+    def test_back_pressure_reaches_upstream(self):
+        """A client that cannot keep up pauses the upstream connection, then resumes it."""
+        request, relay, transport, _ = self.relay()
+        relay.pauseProducing()
+        relay.resumeProducing()
+        self.assertEqual(transport.calls, ["pause", "resume"])
+
+    def test_complete_body_finishes(self):
+        """A complete body is written and the response finished; the slot is released."""
+        from twisted.web.client import ResponseDone
+
+        request, relay, _, done = self.relay()
+        relay.dataReceived(b"abc")
+        relay.connectionLost(Failure(ResponseDone()))
+        self.assertEqual((request.written, request.finished, request.aborted, done),
+                         ([b"abc"], True, False, [True]))
+        self.assertIsNone(request.producer)
+
+    def test_broken_body_aborts_client(self):
+        """An upstream that breaks off mid-body aborts the client connection, not a clean end."""
+        request, relay, _, done = self.relay()
+        relay.dataReceived(b"abc")
+        relay.connectionLost(Failure(ResponseFailed([Failure(ConnectionDone())])))
+        self.assertEqual((request.finished, request.aborted, done), (False, True, [True]))
+
+    def test_stop_stops_upstream(self):
+        """Stopping the relay (client gone) stops the upstream transport and writes nothing more."""
+        request, relay, transport, _ = self.relay()
+        relay.stopProducing()
+        relay.dataReceived(b"late")
+        self.assertEqual(transport.calls, ["stop"])
+        self.assertEqual(request.written, [])
+
+
+class StreamingThroughRealRequestTests(SynchronousTestCase):
+    def test_streamed_response_reaches_client_in_pieces(self):
+        """Upstream body chunks are written to the client as they arrive."""
+        def handler(request):
+            request.write(b"first")
+            handler.request = request
+            return NOT_DONE_YET
+        upstream = RecordingUpstream(handler)
+        agent = RequestTraversalAgent(upstream)
+        h = ProxyHarness(upstream=upstream, agent=agent)
+        channel, request = _real_request(h.proxy)
+        agent.flush()
+        self.assertIn(b"first", channel.transport.written.getvalue())
+        self.assertFalse(request.finished)
+        handler.request.write(b"second")
+        handler.request.finish()
+        agent.flush()
+        self.assertIn(b"second", channel.transport.written.getvalue())
+        self.assertTrue(request.finished)
