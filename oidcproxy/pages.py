@@ -78,6 +78,8 @@ def render_error(
     request.responseHeaders.setRawHeaders(b"content-type", [content_type])
     request.responseHeaders.setRawHeaders(b"cache-control", [b"no-store"])
     request.responseHeaders.setRawHeaders(b"x-content-type-options", [b"nosniff"])
+    # Twisted's version banner is not for strangers.
+    request.responseHeaders.removeHeader(b"server")
     for name, value in (headers or {}).items():
         request.responseHeaders.setRawHeaders(name, [value])
     request.responseHeaders.setRawHeaders(b"content-length", [str(len(body)).encode("ascii")])

@@ -106,6 +106,24 @@ def is_trusted(peer: Optional[str], trusted: Sequence[IPNetwork]) -> bool:
     return any(ip in net for net in trusted)
 
 
+def request_host_header(request: Request) -> Optional[bytes]:
+    """
+    The request's one C{Host} header. Several are refused (RFC 9112 3.2: a
+    front end and a back end could each pick a different one), and so is an
+    HTTP/1.1 request without one.
+
+    @raise BadRequestTarget: no or several C{Host} headers.
+    """
+    hosts = request.requestHeaders.getRawHeaders(b"host")
+    if hosts is None:
+        if request.clientproto == b"HTTP/1.1":
+            raise BadRequestTarget("missing Host header")
+        return None
+    if len(hosts) != 1:
+        raise BadRequestTarget("several Host headers")
+    return hosts[0]
+
+
 def _peer_host(request: Request) -> Optional[str]:
     peer = request.getClientAddress()
     return getattr(peer, "host", None)
@@ -141,6 +159,16 @@ class _BytesProducer:
         pass
 
 
+class _QuietFactory(client._HTTP11ClientFactory):
+    # One "Starting factory"/"Stopping factory" line per upstream connection
+    # is noise in the log and costs time on the hot path.
+    noisy = False
+
+
+class _QuietPool(HTTPConnectionPool):
+    _factory = _QuietFactory
+
+
 class UpstreamClient:
     """
     One upstream origin and its settings: the L{Agent}, its persistent
@@ -156,7 +184,7 @@ class UpstreamClient:
 
     @classmethod
     def build(cls, reactor: Any, settings: UpstreamSettings) -> UpstreamClient:
-        pool = HTTPConnectionPool(reactor, persistent=True)
+        pool = _QuietPool(reactor, persistent=True)
         pool.maxPersistentPerHost = settings.max_idle_connections
         pool.retryAutomatically = True
         if settings.ca_bundle:
@@ -258,7 +286,7 @@ class UpstreamProxy(Resource):
 
     def render(self, request: Request) -> Any:
         try:
-            match = self._routes.match(request.getHeader(b"host"), request.uri)
+            match = self._routes.match(request_host_header(request), request.uri)
         except BadRequestTarget as e:
             log.info("refused request target: {reason}", reason=e.reason)
             return render_error(request, 400, "bad_request", f"Bad request target: {e.reason}.")

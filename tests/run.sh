@@ -45,24 +45,28 @@ step "mypy"
 
 unit_modules=$(cd tests && ls test_*.py | sed 's/\.py$//; s/^/tests./')
 
+logs=$(mktemp -d)
+set +e  # run both suites whatever the first one says; the summary decides
 step "all tests on CPython ($(.venv-cpython/bin/python -V))"
 .venv-cpython/bin/python -m twisted.trial --temp-directory=/tmp/_trial_cpython -j2 tests \
-    2>&1 | tee /tmp/oidcproxy-trial-cpython.log
+    2>&1 | tee "$logs/cpython.log"
 cpython_status=${PIPESTATUS[0]}
 
 step "unit tests on PyPy ($(.venv-pypy/bin/python -c 'import sys; print(sys.version.split()[0], "/ PyPy", ".".join(map(str, sys.pypy_version_info[:3])))'))"
 .venv-pypy/bin/python -m twisted.trial --temp-directory=/tmp/_trial_pypy -j2 $unit_modules \
-    2>&1 | tee /tmp/oidcproxy-trial-pypy.log
+    2>&1 | tee "$logs/pypy.log"
 pypy_status=${PIPESTATUS[0]}
+set -e
 
 count() {  # successes and failures from trial's summary line
     local log=$1 ok bad
-    ok=$(grep -Eo 'successes=[0-9]+' "$log" | tail -1 | cut -d= -f2)
-    bad=$(tail -3 "$log" | grep -Eo '(failures|errors)=[0-9]+' | awk -F= '{s+=$2} END {print s+0}')
+    ok=$(tail -3 "$log" | { grep -Eo 'successes=[0-9]+' || true; } | cut -d= -f2)
+    bad=$(tail -3 "$log" | { grep -Eo '(failures|errors)=[0-9]+' || true; } \
+        | awk -F= '{s+=$2} END {print s+0}')
     echo "${ok:-0} ${bad:-0}"
 }
-read -r c_ok c_bad < <(count /tmp/oidcproxy-trial-cpython.log)
-read -r p_ok p_bad < <(count /tmp/oidcproxy-trial-pypy.log)
+read -r c_ok c_bad < <(count "$logs/cpython.log")
+read -r p_ok p_bad < <(count "$logs/pypy.log")
 [ "$cpython_status" -eq 0 ] || c_bad=$((c_bad > 0 ? c_bad : 1))
 [ "$pypy_status" -eq 0 ] || p_bad=$((p_bad > 0 ? p_bad : 1))
 echo

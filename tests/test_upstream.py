@@ -505,3 +505,61 @@ class StreamingThroughRealRequestTests(SynchronousTestCase):
         agent.flush()
         self.assertIn(b"second", channel.transport.written.getvalue())
         self.assertTrue(request.finished)
+
+
+class UpstreamClientTests(SynchronousTestCase):
+    def test_pool_is_quiet_and_persistent(self):
+        """The real client keeps connections alive and logs nothing per connection."""
+        from twisted.internet.testing import MemoryReactorClock
+
+        reactor = MemoryReactorClock()
+        c = UpstreamClient.build(reactor, UpstreamSettings(max_idle_connections=7,
+                                                           connect_timeout=3.0))
+        c.agent.request(b"GET", b"http://127.0.0.1:9/")
+        host, port, factory, timeout, _ = reactor.tcpClients[0]
+        self.assertEqual((host, port, timeout), ("127.0.0.1", 9, 3.0))
+        from twisted.logger import globalLogPublisher
+
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        factory.doStart()
+        factory.doStop()
+        self.assertEqual([e for e in events if "factory" in e.get("log_format", "")], [])
+        self.assertTrue(c.pool.persistent)
+        self.assertEqual(c.pool.maxPersistentPerHost, 7)
+
+    def test_ca_bundle_without_certificates(self):
+        """A CA bundle with no certificate in it is refused."""
+        import tempfile
+
+        with tempfile.NamedTemporaryFile("w", suffix=".pem", delete=False) as f:
+            f.write("not a certificate\n")
+        self.assertRaises(ValueError, UpstreamClient.build, Clock(),
+                          UpstreamSettings(ca_bundle=f.name))
+
+
+class HostHeaderTests(SynchronousTestCase):
+    def test_several_host_headers_400(self):
+        """Two Host headers are refused with 400."""
+        h = ProxyHarness()
+        channel = DummyChannel()
+        channel.site = Site(h.proxy)
+        request = Request(channel, False)
+        request.gotLength(0)
+        request.requestHeaders.setRawHeaders(b"host", [b"a.example", b"b.example"])
+        request.requestReceived(b"GET", b"/", b"HTTP/1.1")
+        self.assertEqual(request.code, 400)
+        self.assertEqual(h.upstream.requests, [])
+
+    def test_missing_host_http11_400(self):
+        """An HTTP/1.1 request without Host is refused with 400; HTTP/1.0 may omit it."""
+        h = ProxyHarness()
+        for version, code in [(b"HTTP/1.1", 400), (b"HTTP/1.0", 200)]:
+            channel = DummyChannel()
+            channel.site = Site(h.proxy)
+            request = Request(channel, False)
+            request.gotLength(0)
+            request.requestReceived(b"GET", b"/", version)
+            h.agent.flush()
+            self.assertEqual(request.code, code, version)
