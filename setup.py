@@ -11,7 +11,7 @@ setup(
     long_description_content_type="text/x-rst",
     license="MIT",
     python_requires=">=3.9",
-    packages=["oidcproxy", "twisted.plugins"],
+    packages=["oidcproxy", "oidcproxy.stores", "twisted.plugins"],
     package_data={"twisted": ["plugins/oidcproxy_plugin.py"]},
     install_requires=[
         # 24.7 fixed the HTTP request-smuggling and pipelining CVEs

@@ -28,10 +28,39 @@ T = TypeVar("T")
 
 IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 
-AUTH_MODES = ("none",)
-"""Route auth modes this version implements. The login issue adds the rest."""
+AUTH_MODES = ("session", "none")
+"""Route auth modes this version implements."""
 
-PLANNED_AUTH_MODES = ("session", "bearer", "session_or_bearer", "optional")
+PLANNED_AUTH_MODES = ("bearer", "session_or_bearer", "optional")
+"""Modes that come with bearer-token support; refused with a clear message until then."""
+
+CLIENT_AUTH_METHODS = ("client_secret_basic", "client_secret_post", "private_key_jwt", "none")
+ENDPOINT_KEYS = (
+    "authorization_endpoint",
+    "token_endpoint",
+    "jwks_uri",
+    "userinfo_endpoint",
+    "end_session_endpoint",
+    "revocation_endpoint",
+    "introspection_endpoint",
+)
+RESERVED_AUTH_PARAMS = (
+    "response_type",
+    "client_id",
+    "redirect_uri",
+    "scope",
+    "state",
+    "nonce",
+    "code_challenge",
+    "code_challenge_method",
+    "response_mode",
+    "request",
+    "request_uri",
+)
+ID_TOKEN_ALGORITHMS = (
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
+    "ES256", "ES384", "ES512", "EdDSA", "HS256", "HS384", "HS512",
+)
 
 
 class ConfigError(Exception):
@@ -110,7 +139,7 @@ class RouteConfig:
     """Upstream base URL, C{http://host:port} or C{https://host/base}."""
     host: Optional[str] = None
     """Lower-case host name, or C{*.example.com}; None matches every host."""
-    auth: str = "none"
+    auth: str = "session"
     strip_prefix: bool = False
     replace_prefix: Optional[str] = None
     pass_host_header: bool = False
@@ -124,11 +153,35 @@ class RouteConfig:
 
 @attr.s(frozen=True, auto_attribs=True)
 class OIDCConfig:
+    """The C{[oidc]} table: the identity provider and this client."""
+
     issuer: str
     client_id: str
     client_secret: Optional[Secret] = None
     scopes: Tuple[str, ...] = ("openid", "email", "profile")
     pkce: bool = True
+    token_endpoint_auth_method: str = "client_secret_basic"
+    private_key: Optional[Secret] = None
+    private_key_id: Optional[str] = None
+    private_key_alg: str = "RS256"
+    discovery: bool = True
+    discovery_params: Tuple[Tuple[str, str], ...] = ()
+    endpoints: Tuple[Tuple[str, str], ...] = ()
+    """Manual endpoints (C{ENDPOINT_KEYS}); with discovery they override the discovered ones."""
+    auth_params: Tuple[Tuple[str, str], ...] = ()
+    id_token_algorithms: Tuple[str, ...] = ()
+    """Empty: the IdP's advertised asymmetric algorithms."""
+    leeway: float = 60.0
+    userinfo: bool = False
+    timeout: float = 5.0
+    max_response_size: int = 1_000_000
+    jwks_cache_ttl: float = 3600.0
+    jwks_min_refresh_interval: float = 60.0
+    ca_bundle: Optional[str] = None
+    callback_path: Optional[str] = None
+    """None: C{endpoints_prefix + "/callback"}."""
+    pass_access_token: str = "none"
+    pass_id_token: bool = False
 
 
 @attr.s(frozen=True, auto_attribs=True)
@@ -138,6 +191,20 @@ class SessionConfig:
     lifetime: float = 8 * 3600.0
     idle_timeout: float = 0.0
     cookie_name: str = "oidcproxy"
+    cookie_path: str = "/"
+    cookie_domain: Optional[str] = None
+    same_site: str = "Lax"
+    store_tokens: bool = True
+    max_cookie_chunks: int = 5
+
+
+@attr.s(frozen=True, auto_attribs=True)
+class StateCookieConfig:
+    """The C{[state_cookie]} table: the short-lived cookies of login attempts."""
+
+    name: str = "oidcproxy_state"
+    max_age: float = 600.0
+    max_count: int = 5
 
 
 @attr.s(frozen=True, auto_attribs=True)
@@ -160,11 +227,23 @@ class Config:
     oidc: Optional[OIDCConfig] = None
     session: SessionConfig = SessionConfig()
     redis: Optional[RedisConfig] = None
-    headers: Tuple[Tuple[str, str], ...] = (
-        ("X-Forwarded-User", "preferred_username"),
-        ("X-Forwarded-Email", "email"),
-        ("X-Forwarded-Groups", "groups"),
+    state_cookie: StateCookieConfig = StateCookieConfig()
+    headers: Tuple[Tuple[str, Tuple[str, ...]], ...] = (
+        ("X-Forwarded-User", ("preferred_username", "sub")),
+        ("X-Forwarded-Email", ("email",)),
+        ("X-Forwarded-Groups", ("groups",)),
     )
+    """Identity headers: header name and the claims tried in order (first present wins)."""
+
+    @property
+    def callback_path(self) -> str:
+        if self.oidc is not None and self.oidc.callback_path:
+            return self.oidc.callback_path
+        return self.endpoints_prefix + "/callback"
+
+    @property
+    def redirect_uri(self) -> Optional[str]:
+        return None if self.public_url is None else self.public_url + self.callback_path
 
 
 # -- value parsers -------------------------------------------------------------
@@ -547,19 +626,12 @@ def _route(t: _Table, index: int, defaults: UpstreamSettings) -> Optional[RouteC
     path = t.string("path", None, required=True, check=_route_prefix)
     host = t.string("host", None, check=_route_host)
     upstream = t.string("upstream", "http://invalid", required=True, check=_http_url)
-    auth = t.choice("auth", AUTH_MODES + PLANNED_AUTH_MODES, "none") if t.has("auth") else None
-    if auth is None:
+    auth = t.choice("auth", AUTH_MODES + PLANNED_AUTH_MODES, "session")
+    if auth in PLANNED_AUTH_MODES:
         t.problem(
             "auth",
-            'is required in this version: set auth = "none" for a public route '
-            "(login-protected routes come with the OIDC login)",
-        )
-        auth = "none"
-    elif auth in PLANNED_AUTH_MODES:
-        t.problem(
-            "auth",
-            f"{auth!r} needs the OIDC login, which this version does not have yet; "
-            'only "none" (a public route) works',
+            f"{auth!r} needs bearer-token support, which this version does not have yet; "
+            'use "session" (browser login) or "none" (public)',
         )
     strip = t.boolean("strip_prefix", False)
     replace = t.string("replace_prefix", None, check=_replacement_prefix)
@@ -589,23 +661,112 @@ def _replacement_prefix(text: str) -> str:
     return _route_prefix(text)
 
 
+def _string_table(t: _Table, key: str, check_key: Optional[Callable[[str], Any]] = None
+                  ) -> Tuple[Tuple[str, str], ...]:
+    """A table of string values, like C{auth_params = { prompt = "login" }}."""
+    table = t.table(key)
+    if table is None:
+        return ()
+    out = []
+    for name, value in table.items():
+        if not isinstance(value, str):
+            t.problem(f"{key}.{name}", f"expected a string, got {_describe(value)}")
+            continue
+        if check_key is not None:
+            try:
+                check_key(name)
+            except ValueError as e:
+                t.problem(f"{key}.{name}", str(e))
+                continue
+        out.append((name, value))
+    return tuple(out)
+
+
+def _not_reserved(name: str) -> str:
+    if name in RESERVED_AUTH_PARAMS:
+        raise ValueError("is set by the proxy itself and cannot be configured")
+    return name
+
+
+def _absolute_path(text: str) -> str:
+    return _route_prefix(text)
+
+
 def _oidc(t: _Table) -> OIDCConfig:
     issuer = t.string("issuer", "https://invalid", required=True, check=_http_url)
     scopes: Tuple[str, ...] = t.strings("scopes", ("openid", "email", "profile"))
     if "openid" not in scopes:
         t.problem("scopes", "must include 'openid'")
+    method = t.choice("token_endpoint_auth_method", CLIENT_AUTH_METHODS, "client_secret_basic")
+    secret = t.secret("client_secret")
+    private_key = t.secret("private_key")
+    if method in ("client_secret_basic", "client_secret_post") and not t.has("client_secret"):
+        t.problem("client_secret", f"is required with token_endpoint_auth_method = {method!r}")
+    if method == "private_key_jwt" and not t.has("private_key"):
+        t.problem("private_key", "is required with token_endpoint_auth_method = 'private_key_jwt'")
+    pkce = t.boolean("pkce", True)
+    if method == "none" and not pkce:
+        t.problem("pkce", "must be true for a public client (token_endpoint_auth_method = 'none')")
+    discovery = t.boolean("discovery", True)
+    endpoints = []
+    for key in ENDPOINT_KEYS:
+        url = t.string(key, None, check=_http_url)
+        if url is not None:
+            endpoints.append((key, url))
+    if not discovery:
+        present = {k for k, _ in endpoints}
+        for key in ("authorization_endpoint", "token_endpoint", "jwks_uri"):
+            if key not in present:
+                t.problem(key, "is required when discovery = false")
+    algorithms: Tuple[str, ...] = t.strings(
+        "id_token_algorithms", (), check=lambda a: _one_of(a, ID_TOKEN_ALGORITHMS)
+    )
+    if any(a.startswith("HS") for a in algorithms) and secret is None:
+        t.problem("id_token_algorithms", "HS* algorithms need a client_secret")
     return OIDCConfig(
         issuer=issuer,
         client_id=t.string("client_id", "", required=True),
-        client_secret=t.secret("client_secret"),
+        client_secret=secret,
         scopes=scopes,
-        pkce=t.boolean("pkce", True),
+        pkce=pkce,
+        token_endpoint_auth_method=method,
+        private_key=private_key,
+        private_key_id=t.string("private_key_id", None),
+        private_key_alg=t.choice("private_key_alg", ("RS256", "RS384", "RS512", "PS256",
+                                                     "ES256", "ES384", "ES512"), "RS256"),
+        discovery=discovery,
+        discovery_params=_string_table(t, "discovery_params"),
+        endpoints=tuple(endpoints),
+        auth_params=_string_table(t, "auth_params", _not_reserved),
+        id_token_algorithms=algorithms,
+        leeway=t.duration("leeway", 60.0),
+        userinfo=t.boolean("userinfo", False),
+        timeout=t.duration("timeout", 5.0, positive=True),
+        max_response_size=t.size("max_response_size", 1_000_000),
+        jwks_cache_ttl=t.duration("jwks_cache_ttl", 3600.0, positive=True),
+        jwks_min_refresh_interval=t.duration("jwks_min_refresh_interval", 60.0),
+        ca_bundle=t.string("ca_bundle", None, check=_readable_file),
+        callback_path=t.string("callback_path", None, check=_absolute_path),
+        pass_access_token=t.choice("pass_access_token", ("none", "authorization", "header"), "none"),
+        pass_id_token=t.boolean("pass_id_token", False),
     )
+
+
+def _one_of(value: str, choices: Sequence[str]) -> str:
+    if value not in choices:
+        raise ValueError(f"{value!r} is not one of {', '.join(choices)}")
+    return value
 
 
 def _cookie_name(text: str) -> str:
     if not _TOKEN.match(text):
         raise ValueError(f"{text!r} is not a valid cookie name")
+    return text
+
+
+def _cookie_domain(text: str) -> str:
+    if not text or any(c in text for c in ";, \t") or text.startswith("."):
+        raise ValueError(f"{text!r} is not a cookie domain (a host name without a leading dot)")
     return text
 
 
@@ -620,6 +781,19 @@ def _session(t: _Table) -> SessionConfig:
         lifetime=t.duration("lifetime", 8 * 3600.0, positive=True),
         idle_timeout=t.duration("idle_timeout", 0.0),
         cookie_name=t.string("cookie_name", "oidcproxy", check=_cookie_name),
+        cookie_path=t.string("cookie_path", "/", check=_absolute_path),
+        cookie_domain=t.string("cookie_domain", None, check=_cookie_domain),
+        same_site=t.choice("same_site", ("Lax", "Strict", "None"), "Lax"),
+        store_tokens=t.boolean("store_tokens", True),
+        max_cookie_chunks=t.integer("max_cookie_chunks", 5, minimum=1, maximum=20),
+    )
+
+
+def _state_cookie(t: _Table) -> StateCookieConfig:
+    return StateCookieConfig(
+        name=t.string("name", "oidcproxy_state", check=_cookie_name),
+        max_age=t.duration("max_age", 600.0, positive=True),
+        max_count=t.integer("max_count", 5, minimum=1, maximum=20),
     )
 
 
@@ -638,19 +812,27 @@ def _header_name(text: str) -> str:
     return text
 
 
-def _headers(t: _Table) -> Tuple[Tuple[str, str], ...]:
+def _headers(t: _Table) -> Tuple[Tuple[str, Tuple[str, ...]], ...]:
     out = []
-    for name, claim in t.items():
+    seen = set()
+    for name, claims in t.items():
         where = t.keypath(name)
         try:
             _header_name(name)
         except ValueError as e:
             t._problems.add(where, str(e))
             continue
-        if not isinstance(claim, str) or not claim:
-            t._problems.add(where, f"expected a claim name, got {_describe(claim)}")
+        if name.lower() in seen:
+            t._problems.add(where, "is set twice (header names are case-insensitive)")
             continue
-        out.append((name, claim))
+        seen.add(name.lower())
+        if isinstance(claims, str):
+            claims = [claims]
+        if not isinstance(claims, list) or not claims or \
+                not all(isinstance(c, str) and c for c in claims):
+            t._problems.add(where, f"expected a claim name or a list of them, got {_describe(claims)}")
+            continue
+        out.append((name, tuple(claims)))
     return tuple(out)
 
 
@@ -724,13 +906,30 @@ def parse_config(data: Dict[str, Any], source: str) -> Config:
     if redis_table is not None:
         redis = _redis(redis_table)
         redis_table.done()
-    if session.store == "redis" and redis is None:
-        problems.add("session.store", '"redis" needs a [redis] table with url')
+    if session.store == "redis":
+        problems.add("session.store", '"redis" is not available in this version; use "cookie"')
+    state_cookie = StateCookieConfig()
+    state_table = top.table("state_cookie")
+    if state_table is not None:
+        state_cookie = _state_cookie(state_table)
+        state_table.done()
     headers = defaults.headers
     headers_table = top.table("headers")
     if headers_table is not None:
         headers = _headers(headers_table)
     top.done()
+
+    login_routes = [r for r in routes if r.auth == "session"]
+    if login_routes:
+        needs = login_routes[0].name
+        if oidc_table is None:
+            problems.add(f"{needs}.auth", 'is "session" (the default), which needs an [oidc] table; '
+                         'set auth = "none" for a public route')
+        if public_url is None and not top.has("public_url"):
+            problems.add("public_url", f"is required for login ({needs} has auth = \"session\")")
+        if not session.secrets and (session_table is None or not session_table.has("secrets")):
+            problems.add("session.secrets", f"at least one secret is required for login "
+                         f"({needs} has auth = \"session\")")
 
     if problems.items:
         raise ConfigError(source, problems.items)
@@ -748,6 +947,7 @@ def parse_config(data: Dict[str, Any], source: str) -> Config:
         oidc=oidc,
         session=session,
         redis=redis,
+        state_cookie=state_cookie,
         headers=headers,
     )
 

@@ -68,12 +68,18 @@ def render_error(
     error: str,
     message: str,
     headers: Optional[dict] = None,
+    as_json: Optional[bool] = None,
 ) -> bytes:
     """
     Set the status and headers of C{request} for an error and return the body,
     ready to be returned from C{render} or written. HEAD gets no body.
+
+    @param as_json: force JSON (True) or HTML (False); by default the
+        client's C{Accept} decides.
     """
-    content_type, body = error_body(code, error, message, wants_json(request))
+    if as_json is None:
+        as_json = wants_json(request)
+    content_type, body = error_body(code, error, message, as_json)
     request.setResponseCode(code)
     request.responseHeaders.setRawHeaders(b"content-type", [content_type])
     request.responseHeaders.setRawHeaders(b"cache-control", [b"no-store"])

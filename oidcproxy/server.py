@@ -7,7 +7,7 @@ per request.
 from __future__ import annotations
 
 import io
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Tuple
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -20,7 +20,8 @@ from .pages import error_body
 access_log = Logger(namespace="oidcproxy.access")
 log = Logger()
 
-BodyLimit = Callable[[Optional[bytes], Optional[bytes]], int]
+BodyLimit = Callable[[Optional[bytes], Optional[bytes]], Tuple[int, Any]]
+"""C{(host header, raw request target) -> (max body bytes, route or None)}."""
 
 
 class ProxyRequest(server.Request):
@@ -35,6 +36,7 @@ class ProxyRequest(server.Request):
     _refused = False
     _received = 0
     _limit: Optional[int] = None
+    _early: Tuple[Optional[bytes], Optional[bytes], Any] = (None, None, None)
 
     def gotLength(self, length: Optional[int]) -> None:
         site = getattr(self.channel, "site", None)
@@ -45,8 +47,9 @@ class ProxyRequest(server.Request):
             # to the largest limit of any route (the render-time check is
             # authoritative either way).
             target = getattr(self.channel, "_path", None)
-            self._limit = site.body_limit(self.requestHeaders.getRawHeaders(b"host", [None])[0],
-                                          target)
+            self._limit, route = site.body_limit(
+                self.requestHeaders.getRawHeaders(b"host", [None])[0], target)
+            self._early = (getattr(self.channel, "_command", None), target, route)
             if length is not None and length > self._limit:
                 self._refuse_too_large()
                 return
@@ -81,11 +84,16 @@ class ProxyRequest(server.Request):
             b"Connection: close\r\n\r\n"
         )
         site: Any = getattr(self.channel, "site", None)
-        if site is not None and site.access_log:
-            access_log.info(
-                "{client} refused a request body over {limit} bytes (413)",
-                client=_client(self), limit=self._limit, status=413,
-            )
+        if isinstance(site, ProxySite):
+            # For the access log: this request never reaches process().
+            command, target, route = self._early
+            self.method = command or b"-"
+            self.path = (target or b"-").split(b"?", 1)[0]
+            if route is not None:
+                self.oidcproxy_route = route
+            self.code = 413
+            self.sentLength = len(body)
+            site.log_request(self)
         transport: Any = self.channel.transport
         transport.write(head + body)
         transport.loseConnection()

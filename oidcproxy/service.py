@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
-from typing import Any, Callable, List, Optional, Sequence
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
@@ -19,30 +19,30 @@ from twisted.web.resource import IResource
 
 from .config import Config, RouteConfig
 from .routes import BadRequestTarget, RouteTable
-from .server import ProxySite
+from .server import BodyLimit, ProxySite
 from .upstream import UpstreamClient, UpstreamProxy
 
 log = Logger()
 
 
-def body_limit_for(routes: RouteTable, default: int) -> Callable[[Optional[bytes], Optional[bytes]], int]:
+def body_limit_for(routes: RouteTable, default: int) -> BodyLimit:
     """
-    The early body-size check's limit for a request: its route's, or — when
-    the route cannot be known yet — the largest of any route, so the early
-    check never refuses what the route would accept.
+    The early body-size check's limit for a request and its route: the
+    route's limit, or — when the route cannot be known yet — the largest of
+    any route, so the early check never refuses what the route would accept.
     """
     largest = max([r.settings.max_body_size for r in routes.routes] + [default])
 
-    def limit(host: Optional[bytes], target: Optional[bytes]) -> int:
+    def limit(host: Optional[bytes], target: Optional[bytes]) -> Tuple[int, Optional[RouteConfig]]:
         if target is None:
-            return largest
+            return largest, None
         try:
             match = routes.match(host, target)
         except BadRequestTarget:
-            return largest
+            return largest, None
         if match is None:
-            return largest
-        return match.route.settings.max_body_size
+            return largest, None
+        return match.route.settings.max_body_size, match.route
 
     return limit
 
@@ -52,10 +52,16 @@ def build_site(
     reactor: Any,
     client_factory: Optional[Callable[[RouteConfig], UpstreamClient]] = None,
 ) -> ProxySite:
-    """The proxy as a L{ProxySite}: route table, upstream proxy, access log."""
+    """
+    The proxy as a L{ProxySite}: route table, the guard, the upstream proxy
+    behind it, the access log.
+    """
+    from .guard import OIDCGuard
+
     routes = RouteTable(config.routes)
     proxy = UpstreamProxy(routes, reactor, config.trusted_proxies, client_factory)
-    resource: IResource = proxy
+    guard = OIDCGuard(config, proxy, reactor, routes=routes)
+    resource: IResource = guard
     site = ProxySite(
         resource,
         clock=reactor,
@@ -65,6 +71,7 @@ def build_site(
         reactor=reactor,
     )
     site.proxy = proxy  # type: ignore[attr-defined]
+    site.guard = guard  # type: ignore[attr-defined]
     return site
 
 
@@ -141,6 +148,12 @@ class ProxyService(MultiService):
             listener.setServiceParent(self)
         self._port_file = port_file
 
+    def startService(self) -> None:
+        super().startService()
+        # Discovery and JWKS load in the background: the proxy serves public
+        # routes at once and answers 503 to logins until the IdP is reachable.
+        self.site.guard.start()  # type: ignore[attr-defined]
+
     def privilegedStartService(self) -> None:
         try:
             super().privilegedStartService()
@@ -163,6 +176,7 @@ class ProxyService(MultiService):
         os.replace(tmp, self._port_file)
 
     def stopService(self) -> Any:
+        self.site.guard.stop()  # type: ignore[attr-defined]
         d = maybeDeferred(super().stopService)
         proxy: UpstreamProxy = self.site.proxy  # type: ignore[attr-defined]
         d.addCallback(lambda _: proxy.close())

@@ -22,6 +22,7 @@ from twisted.internet.task import Cooperator
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import client
+from twisted.web._newclient import HTTP11ClientProtocol
 from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, ResponseDone
 from twisted.web.http import NO_BODY_CODES, PotentialDataLoss
 from twisted.web.http_headers import Headers
@@ -159,13 +160,39 @@ class _BytesProducer:
         pass
 
 
+class _ClientProtocol(HTTP11ClientProtocol):
+    """
+    Twisted's response parser keeps the C{Connection} header to itself, so
+    the headers an upstream names there as hop-by-hop could not be removed.
+    This protocol hands the header to the response it delivers (as
+    C{oidcproxy_connection}).
+    """
+
+    def request(self, request: Any) -> Deferred:
+        d = super().request(request)
+        parser = getattr(self, "_parser", None)
+        connection = getattr(parser, "connHeaders", None)
+        if connection is not None:
+            def attach(response: Any) -> Any:
+                response.oidcproxy_connection = connection.getRawHeaders(b"connection", [])
+                return response
+
+            d.addCallback(attach)
+        return d
+
+
 class _QuietFactory(client._HTTP11ClientFactory):
     # One "Starting factory"/"Stopping factory" line per upstream connection
     # is noise in the log and costs time on the hot path.
     noisy = False
 
+    def buildProtocol(self, addr: Any) -> _ClientProtocol:
+        return _ClientProtocol(self._quiescentCallback)
 
-class _QuietPool(HTTPConnectionPool):
+
+class QuietPool(HTTPConnectionPool):
+    """A connection pool that does not log two lines per new connection."""
+
     _factory = _QuietFactory
 
 
@@ -184,7 +211,7 @@ class UpstreamClient:
 
     @classmethod
     def build(cls, reactor: Any, settings: UpstreamSettings) -> UpstreamClient:
-        pool = _QuietPool(reactor, persistent=True)
+        pool = QuietPool(reactor, persistent=True)
         pool.maxPersistentPerHost = settings.max_idle_connections
         pool.retryAutomatically = True
         if settings.ca_bundle:
@@ -285,6 +312,10 @@ class UpstreamProxy(Resource):
         return gatherResults([c.close() for c in set(self._clients.values())])
 
     def render(self, request: Request) -> Any:
+        match: Optional[RouteMatch] = getattr(request, "oidcproxy_match", None)
+        if match is not None:
+            # A guard in front has routed the request already.
+            return self.forward(request, match)
         try:
             match = self._routes.match(request_host_header(request), request.uri)
         except BadRequestTarget as e:
@@ -454,14 +485,21 @@ class _Exchange:
         out.removeHeader(b"server")
         out.removeHeader(b"content-type")
         setattr(request, "defaultContentType", None)  # noqa: B010
-        # Twisted's client parser keeps the Connection header to itself, so
-        # only the standard hop-by-hop set can be removed from responses.
         connection_named = _connection_tokens(response.headers)
+        named = getattr(response, "oidcproxy_connection", None)
+        if named:
+            connection_named = connection_named | frozenset(
+                t.strip().lower() for v in named for t in v.split(b","))
+        # Cookies the guard sets (a refreshed session) go out beside the
+        # upstream's own, never instead of them.
+        own_cookies = out.getRawHeaders(b"set-cookie", [])
         for name, values in response.headers.getAllRawHeaders():
             lower = name.lower()
             if lower in HOP_BY_HOP or lower in connection_named:
                 continue
             out.setRawHeaders(name, values)
+        if own_cookies:
+            out.setRawHeaders(b"set-cookie", [*out.getRawHeaders(b"set-cookie", []), *own_cookies])
         # Agent keeps Content-Length to itself (except for HEAD) and tells the
         # body length instead: pass it on, so the client gets a sized response
         # rather than a chunked one.

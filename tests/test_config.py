@@ -21,6 +21,8 @@ from oidcproxy.config import (
     parse_size,
 )
 
+from .helpers import use_example_env
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 EXAMPLE = os.path.join(os.path.dirname(HERE), "etc", "oidcproxy.toml")
 
@@ -110,9 +112,14 @@ class SchemaTests(SynchronousTestCase):
         )
 
     def test_example_config_is_valid(self):
-        """etc/oidcproxy.toml loads and proxies / to 127.0.0.1:9000."""
+        """etc/oidcproxy.toml loads: / needs login, /public is public, both to 127.0.0.1:9000."""
+        use_example_env(self)
         c = load_config(EXAMPLE)
-        self.assertEqual([(r.path, r.upstream) for r in c.routes], [("/", "http://127.0.0.1:9000")])
+        self.assertEqual([(r.path, r.upstream, r.auth) for r in c.routes],
+                         [("/", "http://127.0.0.1:9000", "session"),
+                          ("/public", "http://127.0.0.1:9000", "none")])
+        self.assertEqual(c.redirect_uri, "http://127.0.0.1:8080/oidc/callback")
+        self.assertEqual(c.oidc.client_secret.reveal(), "example-client-secret")
 
     def test_example_config_commented_sections_are_valid(self):
         """Every commented-out option in the example is valid when uncommented."""
@@ -130,19 +137,21 @@ class SchemaTests(SynchronousTestCase):
             else:
                 out.append(line)
         text = "\n".join(out)
-        text = text.replace('{ file = "/etc/oidcproxy/client_secret" }', '"s3cret"')
-        text = text.replace('[{ credential = "session-key" }]', '["' + "k" * 32 + '"]')
-        text = text.replace("/etc/oidcproxy/upstream-ca.pem", EXAMPLE)
-        text = text.replace("/etc/oidcproxy/internal-ca.pem", EXAMPLE)
+        use_example_env(self)
+        for name in ("upstream-ca.pem", "internal-ca.pem", "idp-ca.pem", "client_key.pem"):
+            text = text.replace("/etc/oidcproxy/" + name, EXAMPLE)
         with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:
             f.write(text)
         self.addCleanup(os.unlink, f.name)
         c = load_config(f.name)
-        self.assertEqual(len(c.routes), 2)
-        self.assertEqual(c.routes[1].host, "api.example.com")
-        self.assertEqual(c.oidc.issuer, "https://idp.example.com/realms/main")
+        self.assertEqual(len(c.routes), 3)
+        self.assertEqual(c.routes[2].host, "api.example.com")
+        self.assertEqual(c.oidc.issuer, "http://127.0.0.1:8081/realms/demo")
+        self.assertEqual(dict(c.oidc.auth_params), {"prompt": "login", "acr_values": "mfa"})
+        self.assertEqual(c.oidc.callback_path, "/oidc/callback")
+        self.assertEqual(c.oidc.private_key_id, "key-1")
+        self.assertEqual(c.session.cookie_domain, "example.com")
         self.assertEqual(c.redis.url, "redis://127.0.0.1:6379/0")
-        self.assertEqual(c.public_url, "https://app.example.com")
 
 
 class ErrorTests(SynchronousTestCase):
@@ -222,16 +231,27 @@ class ErrorTests(SynchronousTestCase):
         problems = self.problems({"routes": [_route(), _route(path="/oidc/x")]})
         self.assertEqual(problems, ["routes[1].path: '/oidc/x' is inside endpoints_prefix '/oidc'"])
 
-    def test_auth_must_be_explicit_none(self):
-        """Until the login exists a route must say auth = "none"; other modes are refused."""
+    def test_auth_modes(self):
+        """auth defaults to "session", which needs [oidc], public_url and session secrets;
+        bearer modes are refused until they exist; unknown modes are refused."""
         problems = self.problems(
             {"routes": [{"path": "/", "upstream": "http://h"},
-                        _route(path="/s", auth="session"), _route(path="/z", auth="bogus")]}
+                        _route(path="/s", auth="bearer"), _route(path="/z", auth="bogus")]}
         )
-        self.assertEqual(len(problems), 3)
-        self.assertIn("routes[0].auth: is required in this version", problems[0])
-        self.assertIn("routes[1].auth: 'session' needs the OIDC login", problems[1])
-        self.assertIn("routes[2].auth: 'bogus' is not one of", problems[2])
+        self.assertEqual(
+            problems,
+            [
+                "routes[1].auth: 'bearer' needs bearer-token support, which this version does "
+                'not have yet; use "session" (browser login) or "none" (public)',
+                "routes[2].auth: 'bogus' is not one of 'session', 'none', 'bearer', "
+                "'session_or_bearer', 'optional'",
+                'routes[0].auth: is "session" (the default), which needs an [oidc] table; '
+                'set auth = "none" for a public route',
+                'public_url: is required for login (routes[0] has auth = "session")',
+                'session.secrets: at least one secret is required for login '
+                '(routes[0] has auth = "session")',
+            ],
+        )
 
     def test_bad_values(self):
         """Hosts, prefixes, URLs, networks and ranges are validated."""
@@ -375,9 +395,147 @@ class SecretTests(SynchronousTestCase):
             e.problems, ["session.secrets[0]: the secret from the config file is shorter than 32 bytes"]
         )
 
-    def test_redis_store_needs_redis(self):
-        """session.store = "redis" without [redis] is refused."""
+    def test_redis_store_not_yet(self):
+        """session.store = "redis" is refused until the Redis store exists."""
         e = self.assertRaises(
             ConfigError, parse_config, dict(MINIMAL, session={"store": "redis"}), "x.toml"
         )
-        self.assertEqual(e.problems, ['session.store: "redis" needs a [redis] table with url'])
+        self.assertEqual(e.problems,
+                         ['session.store: "redis" is not available in this version; use "cookie"'])
+
+
+LOGIN = {
+    "public_url": "https://app.example.com/",
+    "oidc": {"issuer": "https://idp.example.com", "client_id": "proxy", "client_secret": "s"},
+    "session": {"secrets": ["k" * 32]},
+    "routes": [{"path": "/", "upstream": "http://127.0.0.1:9000"}],
+}
+
+
+def _login(**oidc):
+    data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in LOGIN.items()}
+    data["oidc"].update(oidc)
+    return data
+
+
+class LoginConfigTests(SynchronousTestCase):
+    def problems(self, data):
+        return self.assertRaises(ConfigError, parse_config, data, "x.toml").problems
+
+    def test_login_defaults(self):
+        """A minimal login config gets the documented defaults."""
+        c = parse_config(_login(), "x.toml")
+        o = c.oidc
+        self.assertEqual(c.public_url, "https://app.example.com")
+        self.assertEqual(c.redirect_uri, "https://app.example.com/oidc/callback")
+        self.assertEqual(c.routes[0].auth, "session")
+        self.assertEqual(
+            (o.scopes, o.pkce, o.token_endpoint_auth_method, o.discovery, o.leeway, o.timeout,
+             o.userinfo, o.pass_access_token, o.pass_id_token, o.id_token_algorithms),
+            (("openid", "email", "profile"), True, "client_secret_basic", True, 60.0, 5.0,
+             False, "none", False, ()),
+        )
+        self.assertEqual((c.state_cookie.name, c.state_cookie.max_age, c.state_cookie.max_count),
+                         ("oidcproxy_state", 600.0, 5))
+        self.assertEqual(c.headers[0], ("X-Forwarded-User", ("preferred_username", "sub")))
+
+    def test_callback_path(self):
+        """callback_path moves the callback (and the redirect_uri)."""
+        c = parse_config(_login(callback_path="/auth/cb"), "x.toml")
+        self.assertEqual((c.callback_path, c.redirect_uri),
+                         ("/auth/cb", "https://app.example.com/auth/cb"))
+
+    def test_client_auth_requirements(self):
+        """Each client authentication method needs its credential; public clients need PKCE."""
+        data = _login(token_endpoint_auth_method="private_key_jwt")
+        self.assertEqual(self.problems(data), [
+            "oidc.private_key: is required with token_endpoint_auth_method = 'private_key_jwt'"])
+        data = _login(token_endpoint_auth_method="client_secret_post")
+        del data["oidc"]["client_secret"]
+        self.assertEqual(self.problems(data), [
+            "oidc.client_secret: is required with token_endpoint_auth_method = "
+            "'client_secret_post'"])
+        self.assertEqual(self.problems(_login(token_endpoint_auth_method="none", pkce=False)), [
+            "oidc.pkce: must be true for a public client (token_endpoint_auth_method = 'none')"])
+
+    def test_manual_endpoints(self):
+        """Without discovery the three core endpoints are required."""
+        self.assertEqual(self.problems(_login(discovery=False, jwks_uri="https://idp/jwks")), [
+            "oidc.authorization_endpoint: is required when discovery = false",
+            "oidc.token_endpoint: is required when discovery = false",
+        ])
+        c = parse_config(_login(discovery=False, jwks_uri="https://i/j",
+                                authorization_endpoint="https://i/a",
+                                token_endpoint="https://i/t"), "x.toml")
+        self.assertEqual(dict(c.oidc.endpoints), {"authorization_endpoint": "https://i/a",
+                                                  "token_endpoint": "https://i/t",
+                                                  "jwks_uri": "https://i/j"})
+
+    def test_auth_params(self):
+        """Extra authorization parameters are strings and may not override the proxy's own."""
+        c = parse_config(_login(auth_params={"prompt": "login", "acr_values": "mfa"}), "x.toml")
+        self.assertEqual(c.oidc.auth_params, (("prompt", "login"), ("acr_values", "mfa")))
+        self.assertEqual(
+            self.problems(_login(auth_params={"redirect_uri": "https://evil", "max_age": 5})),
+            ["oidc.auth_params.redirect_uri: is set by the proxy itself and cannot be configured",
+             "oidc.auth_params.max_age: expected a string, got a number (5)"],
+        )
+
+    def test_algorithms(self):
+        """ID token algorithms come from a fixed list; 'none' is not in it; HS* need the secret."""
+        self.assertEqual(self.problems(_login(id_token_algorithms=["none"])), [
+            "oidc.id_token_algorithms[0]: 'none' is not one of RS256, RS384, RS512, PS256, "
+            "PS384, PS512, ES256, ES384, ES512, EdDSA, HS256, HS384, HS512"])
+        data = _login(id_token_algorithms=["HS256"], token_endpoint_auth_method="none")
+        del data["oidc"]["client_secret"]
+        self.assertEqual(self.problems(data),
+                         ["oidc.id_token_algorithms: HS* algorithms need a client_secret"])
+
+    def test_login_needs_public_url_and_secrets(self):
+        """Login routes need public_url and session secrets."""
+        data = _login()
+        del data["public_url"]
+        data["session"] = {}
+        self.assertEqual(self.problems(data), [
+            'public_url: is required for login (routes[0] has auth = "session")',
+            'session.secrets: at least one secret is required for login '
+            '(routes[0] has auth = "session")',
+        ])
+
+    def test_headers_table(self):
+        """[headers] maps a header to a claim or a list of claims; names are checked."""
+        data = _login()
+        data["headers"] = {"X-User": ["preferred_username", "sub"], "X-Email": "email"}
+        c = parse_config(data, "x.toml")
+        self.assertEqual(c.headers, (("X-User", ("preferred_username", "sub")),
+                                     ("X-Email", ("email",))))
+        data["headers"] = {"X User": "sub", "X-A": [], "x-email": "e", "X-EMAIL": "f"}
+        self.assertEqual(self.problems(data), [
+            "headers.X User: 'X User' is not a valid header name",
+            "headers.X-A: expected a claim name or a list of them, got a list",
+            "headers.X-EMAIL: is set twice (header names are case-insensitive)",
+        ])
+
+    def test_session_and_state_cookie_keys(self):
+        """Session cookie attributes and the state cookie table are validated."""
+        data = _login()
+        data["session"] = {"secrets": ["k" * 32], "same_site": "Strict", "cookie_domain":
+                           "example.com", "store_tokens": False, "max_cookie_chunks": 3}
+        data["state_cookie"] = {"name": "st", "max_age": "5m", "max_count": 2}
+        c = parse_config(data, "x.toml")
+        s = c.session
+        self.assertEqual((s.same_site, s.cookie_domain, s.store_tokens, s.max_cookie_chunks),
+                         ("Strict", "example.com", False, 3))
+        self.assertEqual((c.state_cookie.name, c.state_cookie.max_age, c.state_cookie.max_count),
+                         ("st", 300.0, 2))
+        data["session"] = {"secrets": ["k" * 32], "same_site": "lax", "cookie_domain": ".x.com",
+                           "max_cookie_chunks": 0}
+        data["state_cookie"] = {"name": "a b", "max_count": 50}
+        self.assertEqual(self.problems(data), [
+            "session.cookie_domain: '.x.com' is not a cookie domain (a host name without a "
+            "leading dot)",
+            "session.same_site: 'lax' is not one of 'Lax', 'Strict', 'None'",
+            "session.max_cookie_chunks: 0 is out of range; expected between 1 and 20",
+            "state_cookie.name: 'a b' is not a valid cookie name",
+            "state_cookie.max_count: 50 is out of range; expected between 1 and 20",
+        ])

@@ -128,10 +128,11 @@ class EarlyBodyLimitTests(SynchronousTestCase):
     def test_unknown_route_uses_largest_limit(self):
         """When the route cannot be known yet, the early check uses the largest limit."""
         limit = limits()
-        self.assertEqual(limit(b"a", None), 1000)
-        self.assertEqual(limit(b"a", b"/a%2Fb"), 1000)
-        self.assertEqual(limit(b"a", b"/x"), 100)
-        self.assertEqual(limit(b"a", b"/big"), 1000)
+        self.assertEqual(limit(b"a", None), (1000, None))
+        self.assertEqual(limit(b"a", b"/a%2Fb"), (1000, None))
+        self.assertEqual(limit(b"a", b"/x")[0], 100)
+        self.assertEqual(limit(b"a", b"/big")[0], 1000)
+        self.assertEqual(limit(b"a", b"/big")[1].index, 1)
 
 
 class AccessLogTests(SynchronousTestCase):
@@ -173,10 +174,17 @@ class AccessLogTests(SynchronousTestCase):
         self.assertEqual([(e["path"], e["status"]) for e in events], [("/gone", 499)])
 
     def test_early_413_is_logged(self):
-        """A body refused early is logged with status 413."""
+        """A body refused early is logged like any request: method, path, 413, route."""
         h = SiteHarness(self)
-        h.send(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 101\r\n\r\n")
-        self.assertEqual([e["status"] for e in h.access()], [413])
+        h.send(b"POST /big/x?q=SECRET HTTP/1.1\r\nHost: a\r\nContent-Length: 1001\r\n\r\n")
+        h2 = SiteHarness(self)
+        h2.send(b"PUT /y HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+                b"80\r\n" + b"z" * 128 + b"\r\n")
+        events = h.access()  # h's observer saw both connections
+        self.assertEqual(
+            [(e["method"], e["path"], e["status"], e["route"]) for e in events],
+            [("POST", "/big/x", 413, "routes[1]"), ("PUT", "/y", 413, "routes[0]")],
+        )
 
     def test_access_log_off(self):
         """access_log = false logs no access events."""

@@ -18,6 +18,8 @@ from oidcproxy import tap
 from oidcproxy.config import parse_config
 from oidcproxy.service import ListenError, ListenerService, ProxyService
 
+from .helpers import use_example_env
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 EXAMPLE = os.path.join(os.path.dirname(HERE), "etc", "oidcproxy.toml")
 CONFIG = parse_config(
@@ -66,6 +68,7 @@ class CheckTests(SynchronousTestCase):
 
     def test_check_ok(self):
         """--check on a valid config prints 'config OK' and returns 0."""
+        use_example_env(self)
         self.assertEqual(self.run_check(EXAMPLE), (0, "config OK\n"))
 
     def test_check_reports_each_problem(self):
@@ -112,6 +115,9 @@ class CheckTests(SynchronousTestCase):
 
 
 class ServiceTests(SynchronousTestCase):
+    def setUp(self):
+        use_example_env(self)
+
     def test_listen_override(self):
         """--listen replaces the config's listeners."""
         o = tap.Options()

@@ -1,0 +1,779 @@
+"""
+L{OIDCGuard}: the authenticating wrapper around any C{IResource}.
+
+In the proxy it wraps L{oidcproxy.upstream.UpstreamProxy}; embedded in an
+existing Twisted server it wraps the application's own resource, which reads
+the user with L{identity}. Per request it:
+
+  1. normalises the path once and answers the proxy's own endpoints
+     (login, callback, logout, userinfo) under C{endpoints_prefix};
+  2. finds the route; strips every identity header the proxy sets (under
+     every spelling) and the proxy's own cookies from the request;
+  3. loads the session from its cookie and checks its lifetime server-side;
+  4. with a live session: sets the identity headers and passes the request
+     on; without: a browser navigation is sent to the IdP, anything else gets
+     401 with C{WWW-Authenticate: Bearer}. Unauthenticated requests never
+     reach the wrapped resource.
+
+Expected failures (bad input, IdP errors) get their own status and page;
+anything unexpected is logged with its traceback and answered 500 without
+details.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections import OrderedDict
+from html import escape
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import attr
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.web.resource import IResource, Resource, getChildForRequest
+from twisted.web.server import NOT_DONE_YET, Request
+
+from . import identity as identity  # re-exported: oidcproxy.guard.identity
+from .config import Config, RouteConfig
+from .cookies import (
+    CookieSpec,
+    chunk_names,
+    clear_cookie_headers,
+    read_cookie,
+    set_cookie_headers,
+    strip_cookies,
+)
+from .crypto import Sealer
+from .login import LoginFlow, safe_return_to
+from .pages import render_error
+from .provider import ClientAuth, Provider, ProviderError, make_http_client
+from .routes import BadRequestTarget, RouteMatch, RouteTable, normalise_path
+from .session import LIVE, ISessionStore, Session, SessionStoreUnavailable, new_session_id, session_state
+from .stores.cookie import CookieStore
+from .tokens import IDTokenValidator, JWTVerifier, TokenError, peek_header
+from .upstream import canonical_header, request_host_header
+
+log = Logger()
+
+ACCESS_TOKEN_HEADER = "X-Forwarded-Access-Token"
+ID_TOKEN_HEADER = "X-Forwarded-Id-Token"
+_ASYMMETRIC = ("RS", "PS", "ES", "Ed")
+_CONSUMED_STATES = 10_000
+
+
+@attr.s(frozen=True, auto_attribs=True)
+class Identity:
+    """The authenticated user of a request, for embedded applications."""
+
+    sub: str
+    claims: Dict[str, Any]
+    access_token: Optional[str] = None
+    id_token: Optional[str] = None
+    expires: Optional[float] = None
+
+
+
+
+def is_browser_navigation(request: Request) -> bool:
+    """
+    Whether an unauthenticated request should be sent to the login page (a
+    top-level browser navigation) rather than get a 401 (API calls, XHR,
+    fetches, images, anything but GET/HEAD) — like mod_auth_openidc.
+    """
+    if request.method not in (b"GET", b"HEAD"):
+        return False
+    headers = request.requestHeaders
+    xrw = headers.getRawHeaders(b"x-requested-with")
+    if xrw and xrw[0].lower() == b"xmlhttprequest":
+        return False
+    mode = headers.getRawHeaders(b"sec-fetch-mode")
+    if mode and mode[0].lower() != b"navigate":
+        return False
+    accept = b",".join(headers.getRawHeaders(b"accept", [])).lower()
+    return b"text/html" in accept
+
+
+def header_value(value: Any) -> Optional[bytes]:
+    """
+    A claim value as a header value: lists comma-joined, booleans as
+    C{true}/C{false}. Values with control characters (CR, LF, NUL, ...) are
+    dropped (None). Non-ASCII values, and values that could be mistaken for an
+    encoded one, are sent as an RFC 2047 encoded word: C{=?UTF-8?B?<base64 of
+    the UTF-8>?=}; list items that contain a comma are encoded the same way.
+    """
+    if isinstance(value, bool):
+        return b"true" if value else b"false"
+    if isinstance(value, (int, float)):
+        return str(value).encode("ascii")
+    if isinstance(value, str):
+        return _encode_text(value, comma=False)
+    if isinstance(value, list):
+        parts = []
+        for item in value:
+            if isinstance(item, (str, int, float)) and not isinstance(item, bool):
+                encoded = _encode_text(str(item), comma=True)
+                if encoded is None:
+                    return None
+                parts.append(encoded)
+        return b",".join(parts) if parts else None
+    return None
+
+
+def _encode_text(text: str, comma: bool) -> Optional[bytes]:
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
+        return None
+    if text.isascii() and not text.startswith("=?") and not (comma and "," in text):
+        return text.encode("ascii")
+    return b"=?UTF-8?B?" + base64.b64encode(text.encode("utf-8", "replace")) + b"?="
+
+
+class _HeaderNames:
+    """The spelling-insensitive set of headers the proxy manages."""
+
+    def __init__(self, names: Sequence[str]) -> None:
+        self._canonical = frozenset(canonical_header(n.encode("ascii")) for n in names)
+
+    def strip(self, request: Request) -> None:
+        headers = request.requestHeaders
+        doomed = [name for name, _ in headers.getAllRawHeaders()
+                  if canonical_header(name) in self._canonical]
+        for name in doomed:
+            headers.removeHeader(name)
+
+
+class OIDCGuard(Resource):
+    """
+    Wrap C{wrapped} so that each request is authenticated per its route.
+
+    @param config: the validated configuration (its C{[[routes]]} give each
+        path its auth mode; without routes the whole resource needs login).
+    @param wrapped: any C{IResource}: the upstream proxy, or an application.
+    @param reactor: for time and, by default, the HTTP client to the IdP.
+    @param provider: the IdP client (default: built from C{config.oidc}).
+    @param store: the session store (default: the encrypted cookie store).
+    """
+
+    isLeaf = True
+
+    def __init__(
+        self,
+        config: Config,
+        wrapped: IResource,
+        reactor: Any = None,
+        *,
+        provider: Optional[Provider] = None,
+        store: Optional[ISessionStore] = None,
+        routes: Optional[RouteTable] = None,
+    ) -> None:
+        super().__init__()
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+
+            reactor = default_reactor
+        self._config = config
+        self._wrapped = wrapped
+        self._clock = reactor
+        if routes is None:
+            route_configs: Sequence[RouteConfig] = config.routes or (
+                RouteConfig(index=0, path="/", upstream="http://embedded.invalid"),
+            )
+            routes = RouteTable(route_configs)
+        self._routes = routes
+        self._prefix = config.endpoints_prefix
+        self._callback_path = config.callback_path
+        self._secure = (config.public_url or "").startswith("https://")
+        self._public = config.public_url or ""
+        self._public_origin = "/".join(self._public.split("/", 3)[:3]).encode("ascii")
+
+        managed = [name for name, _ in config.headers] + [ACCESS_TOKEN_HEADER, ID_TOKEN_HEADER]
+        oidc = config.oidc
+        if oidc is not None and oidc.pass_access_token == "authorization":
+            managed.append("Authorization")
+        self._managed = _HeaderNames(managed)
+
+        self._oidc = oidc
+        self._started = False
+        self._consumed: OrderedDict[str, float] = OrderedDict()
+        self._validator: Optional[IDTokenValidator] = None
+        self._validator_algs: Optional[Tuple[str, ...]] = None
+        s = config.session
+        self._session_cookie = CookieSpec(
+            name=s.cookie_name, path=s.cookie_path, domain=s.cookie_domain,
+            secure=self._secure, http_only=True,
+            same_site=s.same_site if (s.same_site != "None" or self._secure) else "Lax",
+            max_chunks=s.max_cookie_chunks,
+        )
+        self._own_cookie_names: List[bytes] = [self._session_cookie.wire_name.encode("ascii")]
+        self._provider: Optional[Provider] = None
+        self._store: Optional[ISessionStore] = store
+        self._login: Optional[LoginFlow] = None
+        if oidc is not None:
+            sealer = Sealer([x.reveal().encode("utf-8") for x in s.secrets])
+            if self._store is None:
+                self._store = CookieStore(sealer, store_tokens=s.store_tokens)
+            if provider is None:
+                provider = Provider(
+                    oidc.issuer,
+                    ClientAuth(
+                        client_id=oidc.client_id,
+                        method=oidc.token_endpoint_auth_method,
+                        client_secret=oidc.client_secret.reveal() if oidc.client_secret else None,
+                        private_key_pem=(oidc.private_key.reveal().encode("utf-8")
+                                         if oidc.private_key else None),
+                        private_key_id=oidc.private_key_id,
+                        private_key_alg=oidc.private_key_alg,
+                    ),
+                    make_http_client(reactor, oidc.ca_bundle, oidc.timeout),
+                    reactor,
+                    discovery=oidc.discovery,
+                    endpoints=dict(oidc.endpoints),
+                    discovery_params=dict(oidc.discovery_params),
+                    timeout=oidc.timeout,
+                    max_response_size=oidc.max_response_size,
+                    jwks_ttl=oidc.jwks_cache_ttl,
+                    jwks_min_refresh=oidc.jwks_min_refresh_interval,
+                )
+            self._provider = provider
+            state = config.state_cookie
+            state_spec = CookieSpec(name=state.name, path="/", secure=self._secure,
+                                    http_only=True, same_site="Lax")
+            self._login = LoginFlow(
+                sealer=sealer,
+                cookie=state_spec,
+                max_age=state.max_age,
+                max_attempts=state.max_count,
+                client_id=oidc.client_id,
+                redirect_uri=config.redirect_uri or "",
+                scopes=oidc.scopes,
+                pkce=oidc.pkce,
+                auth_params=dict(oidc.auth_params),
+                clock=reactor,
+            )
+
+    # -- life cycle -------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start loading the IdP's metadata and keys in the background."""
+        if not self._started and self._provider is not None:
+            self._started = True
+            self._provider.start()
+
+    def stop(self) -> None:
+        if self._started and self._provider is not None:
+            self._started = False
+            self._provider.stop()
+
+    # -- requests ---------------------------------------------------------------
+
+    def render(self, request: Request) -> Any:
+        self.start()
+        d = Deferred.fromCoroutine(self._handle(request))
+        d.addErrback(self._unexpected, request)
+        return NOT_DONE_YET
+
+    def _unexpected(self, failure: Any, request: Request) -> None:
+        log.failure("unexpected error while handling a request", failure)
+        if not request.finished and not getattr(request, "_disconnected", False) \
+                and not request.startedWriting:
+            self._finish(request, 500, "internal_error", "Something went wrong on our side.")
+
+    def _finish(self, request: Request, code: int, error: str, message: str,
+                headers: Optional[Dict[bytes, bytes]] = None,
+                cookies: Sequence[bytes] = (), as_json: Optional[bool] = None) -> None:
+        if getattr(request, "_disconnected", False) or request.finished:
+            return
+        body = render_error(request, code, error, message, headers, as_json)
+        self._add_cookies(request, cookies)
+        request.write(body)
+        request.finish()
+
+    @staticmethod
+    def _add_cookies(request: Request, cookies: Sequence[bytes]) -> None:
+        if cookies:
+            existing = request.responseHeaders.getRawHeaders(b"set-cookie", [])
+            request.responseHeaders.setRawHeaders(b"set-cookie", [*existing, *cookies])
+
+    async def _handle(self, request: Request) -> None:
+        try:
+            match = self._routes.match(request_host_header(request), request.uri)
+            path = match.path if match is not None else \
+                normalise_path(request.uri.split(b"?", 1)[0]) if request.uri.startswith(b"/") \
+                else ""
+        except BadRequestTarget as e:
+            log.info("refused request target: {reason}", reason=e.reason)
+            self._finish(request, 400, "bad_request", f"Bad request target: {e.reason}.")
+            return
+        # Whatever happens next, the client's copies of our headers and our
+        # cookies never go further.
+        self._managed.strip(request)
+        self._strip_own_cookies(request)
+
+        if path == self._callback_path:
+            await self._callback(request)
+            return
+        if path == self._prefix or path.startswith(self._prefix + "/"):
+            await self._endpoint(request, path[len(self._prefix):])
+            return
+        if match is None:
+            self._finish(request, 404, "not_found", "No route matches this URL.")
+            return
+        route = match.route
+        setattr(request, "oidcproxy_route", route)  # noqa: B010 - read by the access log
+        if route.auth == "none":
+            self._pass(request, match)
+            return
+        try:
+            session, clear = await self._session(request)
+        except SessionStoreUnavailable:
+            self._finish(request, 503, "session_store_unavailable",
+                         "Sessions are temporarily unavailable. Please try again shortly.")
+            return
+        if session is None:
+            await self._unauthenticated(request, match, clear)
+            return
+        await self._authenticated(request, match, session)
+
+    def _strip_own_cookies(self, request: Request) -> None:
+        values = request.requestHeaders.getRawHeaders(b"cookie")
+        if not values:
+            return
+        names: Any = _OwnCookies(self._own_cookie_names, self._login)
+        kept = strip_cookies(values, names)
+        if kept:
+            request.requestHeaders.setRawHeaders(b"cookie", kept)
+        else:
+            request.requestHeaders.removeHeader(b"cookie")
+
+    def _pass(self, request: Request, match: RouteMatch) -> None:
+        """Hand the request to the wrapped resource (the route is known)."""
+        setattr(request, "oidcproxy_match", match)  # noqa: B010 - read by UpstreamProxy
+        setattr(request, "oidcproxy_route", match.route)  # noqa: B010 - read by the access log
+        resource = getChildForRequest(self._wrapped, request)
+        request.render(resource)
+
+    # -- sessions ---------------------------------------------------------------
+
+    async def _session(self, request: Request) -> Tuple[Optional[Session], List[bytes]]:
+        """
+        The request's live session, or None and the Set-Cookie values that
+        clear a dead one (tampered, unknown, expired, idle).
+        """
+        cookies = request.received_cookies
+        present = chunk_names(self._session_cookie, cookies)
+        if not present or self._store is None:
+            return None, []
+        value = read_cookie(self._session_cookie, cookies)
+        session = None
+        if value is not None:
+            session = await self._store.load(value)
+        if session is not None:
+            state = session_state(session, self._clock.seconds(), self._config.session.idle_timeout)
+            if state == LIVE:
+                return session, []
+            log.info("session ended: {state}", state=state)
+            await self._forget(session)
+            session = None
+        return None, clear_cookie_headers(self._session_cookie, present)
+
+    async def _forget(self, session: Session) -> None:
+        assert self._store is not None
+        try:
+            await self._store.delete(session)
+        except SessionStoreUnavailable:
+            log.warn("could not delete an ended session from the store")
+
+    async def _authenticated(self, request: Request, match: RouteMatch, session: Session) -> None:
+        now = self._clock.seconds()
+        idle = self._config.session.idle_timeout
+        if idle > 0 and now - session.last_seen >= min(60.0, idle / 4):
+            # Keep the idle clock (which lives inside the session) moving.
+            assert self._store is not None
+            session = session.touched(now)
+            value = await self._store.save(session)
+            self._add_cookies(request, set_cookie_headers(
+                self._session_cookie, value, int(session.expires - now),
+                chunk_names(self._session_cookie, request.received_cookies)))
+        self._set_identity(request, session)
+        self._pass(request, match)
+
+    def _set_identity(self, request: Request, session: Session) -> None:
+        setattr(request, "oidcproxy_identity", Identity(  # noqa: B010
+            sub=session.sub, claims=session.claims, access_token=session.access_token,
+            id_token=session.id_token, expires=session.expires))
+        headers = request.requestHeaders
+        claims = session.claims
+        for name, candidates in self._config.headers:
+            for claim in candidates:
+                value = _claim(claims, claim)
+                if value is None:
+                    continue
+                encoded = header_value(value)
+                if encoded is None:
+                    log.info("claim {claim} not sent as {header}: unusable value",
+                             claim=claim, header=name)
+                    continue
+                headers.setRawHeaders(name.encode("ascii"), [encoded])
+                break
+        oidc = self._oidc
+        if oidc is not None and session.access_token:
+            if oidc.pass_access_token == "authorization":
+                headers.setRawHeaders(b"authorization",
+                                      [b"Bearer " + session.access_token.encode("ascii")])
+            elif oidc.pass_access_token == "header":
+                headers.setRawHeaders(ACCESS_TOKEN_HEADER.encode("ascii"),
+                                      [session.access_token.encode("ascii")])
+        if oidc is not None and oidc.pass_id_token and session.id_token:
+            headers.setRawHeaders(ID_TOKEN_HEADER.encode("ascii"),
+                                  [session.id_token.encode("ascii")])
+
+    async def _unauthenticated(self, request: Request, match: RouteMatch,
+                               clear: List[bytes]) -> None:
+        if not is_browser_navigation(request):
+            self._deny(request, clear)
+            return
+        return_to = match.path
+        if match.query is not None:
+            return_to += "?" + match.query.decode("ascii")
+        await self._start_login(request, safe_return_to(return_to) or "/", clear)
+
+    def _deny(self, request: Request, cookies: Sequence[bytes] = ()) -> None:
+        """401 for a client that is not a browser navigation: always JSON."""
+        self._finish(request, 401, "unauthenticated", "Authentication is required.",
+                     {b"www-authenticate": b'Bearer realm="oidcproxy"'}, cookies, as_json=True)
+
+    # -- login ------------------------------------------------------------------
+
+    async def _start_login(self, request: Request, return_to: str,
+                           cookies: Sequence[bytes] = ()) -> None:
+        provider, login = self._provider, self._login
+        if provider is None or login is None:
+            self._deny(request, cookies)
+            return
+        metadata = provider.metadata if provider.ready else None
+        if metadata is None:
+            self._finish(request, 503, "idp_unavailable",
+                         "The identity provider cannot be reached yet. Please try again shortly.",
+                         {b"retry-after": b"5"}, cookies)
+            return
+        location, state_cookies = login.start(
+            request.received_cookies, return_to, metadata.authorization_endpoint)
+        self._redirect(request, location, [*cookies, *state_cookies])
+
+    def _redirect(self, request: Request, location: str, cookies: Sequence[bytes] = (),
+                  code: int = 302) -> None:
+        if getattr(request, "_disconnected", False) or request.finished:
+            return
+        request.setResponseCode(code)
+        out = request.responseHeaders
+        out.removeHeader(b"server")
+        out.setRawHeaders(b"location", [location.encode("ascii")])
+        out.setRawHeaders(b"cache-control", [b"no-store"])
+        out.setRawHeaders(b"content-type", [b"text/html; charset=utf-8"])
+        self._add_cookies(request, cookies)
+        body = b'<!DOCTYPE html><a href="' + escape(location).encode("ascii") + b'">Continue</a>'
+        out.setRawHeaders(b"content-length", [str(len(body)).encode("ascii")])
+        if request.method != b"HEAD":
+            request.write(body)
+        request.finish()
+
+    def _validator_for(self, advertised: Sequence[str]) -> IDTokenValidator:
+        assert self._oidc is not None
+        oidc = self._oidc
+        algs = tuple(oidc.id_token_algorithms) or tuple(
+            a for a in advertised if a.startswith(_ASYMMETRIC))
+        if self._validator is None or self._validator_algs != algs:
+            secret = oidc.client_secret.reveal().encode("utf-8") \
+                if oidc.client_secret and any(a.startswith("HS") for a in algs) else None
+            verifier = JWTVerifier(algs or ("RS256",), hmac_secret=secret)
+            self._validator = IDTokenValidator(oidc.issuer, oidc.client_id, verifier,
+                                               self._clock, leeway=oidc.leeway)
+            self._validator_algs = algs
+        return self._validator
+
+    def _consume_state(self, state: str) -> bool:
+        """Remember a consumed state (this process); False if seen before."""
+        now = self._clock.seconds()
+        consumed = self._consumed
+        while consumed:
+            oldest, when = next(iter(consumed.items()))
+            if now - when < self._config.state_cookie.max_age and len(consumed) < _CONSUMED_STATES:
+                break
+            consumed.popitem(last=False)
+        if state in consumed:
+            return False
+        consumed[state] = now
+        return True
+
+    async def _callback(self, request: Request) -> None:
+        provider, login, store = self._provider, self._login, self._store
+        if provider is None or login is None or store is None:
+            self._finish(request, 404, "not_found", "No route matches this URL.")
+            return
+        if request.method != b"GET":
+            self._finish(request, 405, "method_not_allowed", "The callback takes GET only.",
+                         {b"allow": b"GET"})
+            return
+        args = request.args
+        for key in (b"state", b"code", b"error", b"iss", b"error_description"):
+            if len(args.get(key, [])) > 1:
+                log.info("callback refused: duplicated parameter {name}", name=key.decode())
+                self._finish(request, 400, "bad_callback", "The login answer is malformed.")
+                return
+        state = _arg(args, b"state")
+        attempt, reason, cookies = (None, "missing_state", []) if not state else \
+            login.consume(request.received_cookies, state)
+        error = _arg(args, b"error")
+        if error is not None:
+            shown = error if error.replace("_", "").isalnum() and len(error) <= 64 else "error"
+            log.info("login refused by the identity provider: {error}", error=shown)
+            self._finish(request, 403, "login_refused",
+                         f"The identity provider refused the login ({shown}).", cookies=cookies)
+            return
+        if attempt is None:
+            log.info("login failed: {reason}", reason=reason)
+            self._finish(request, 401 if state else 400, "login_failed",
+                         "This login attempt is unknown or has expired. Please start again.",
+                         cookies=cookies)
+            return
+        if not self._consume_state(attempt.state):
+            log.info("login failed: {reason}", reason="state_replayed")
+            self._finish(request, 401, "login_failed", "This login attempt was already used.",
+                         cookies=cookies)
+            return
+        try:
+            metadata = provider.metadata
+            if metadata is None:
+                raise ProviderError(503, "not_ready", "discovery has not succeeded yet")
+            iss = _arg(args, b"iss")
+            if (iss is not None or metadata.authorization_response_iss_parameter_supported) \
+                    and iss != metadata.issuer:
+                raise TokenError("bad_callback_iss", "the iss parameter is not the issuer")
+            code = _arg(args, b"code")
+            if not code:
+                raise TokenError("missing_code", "the callback has no code")
+            tokens = await provider.exchange_code(
+                code, self._config.redirect_uri or "", attempt.code_verifier)
+            id_token = tokens["id_token"]
+            access_token = tokens.get("access_token")
+            header = peek_header(id_token)
+            kid = header.get("kid")
+            keys = await provider.keys_for(kid if isinstance(kid, str) else None)
+            claims = self._validator_for(metadata.id_token_signing_alg_values_supported).validate(
+                id_token, keys, attempt.nonce, access_token)
+            if self._oidc is not None and self._oidc.userinfo and access_token:
+                info = await provider.userinfo(access_token)
+                if info.get("sub") != claims["sub"]:
+                    raise TokenError("userinfo_sub_mismatch",
+                                     "the userinfo answer is about another subject")
+                merged = dict(info)
+                merged.update(claims)
+                claims = merged
+        except TokenError as e:
+            log.warn("login failed: {reason}: {detail}", reason=e.reason, detail=e.detail)
+            self._finish(request, 401, "login_failed",
+                         "The login could not be verified. Please start again.", cookies=cookies)
+            return
+        except ProviderError as e:
+            log.warn("login failed: identity provider: {reason}: {detail}",
+                     reason=e.reason, detail=e.detail)
+            status = e.status if e.status in (401, 502, 503, 504) else 502
+            message = {
+                401: "The login could not be completed. Please start again.",
+                503: "The identity provider cannot be reached yet. Please try again shortly.",
+                504: "The identity provider did not answer in time. Please try again.",
+            }.get(status, "The identity provider gave an unexpected answer. Please try again.")
+            self._finish(request, status, "login_failed", message, cookies=cookies)
+            return
+
+        now = self._clock.seconds()
+        expires_in = tokens.get("expires_in")
+        session = Session(
+            id=new_session_id(),
+            sub=claims["sub"],
+            claims=claims,
+            created=now,
+            last_seen=now,
+            expires=now + self._config.session.lifetime,
+            id_token=id_token,
+            access_token=access_token,
+            access_token_expires=now + expires_in if isinstance(expires_in, int) else None,
+            refresh_token=tokens.get("refresh_token"),
+            sid=claims.get("sid") if isinstance(claims.get("sid"), str) else None,
+        )
+        # A fresh session id on every login (no fixation); the old session,
+        # if any, is ended.
+        old, _ = await self._session(request)
+        if old is not None:
+            await self._forget(old)
+        value = await store.save(session)
+        present = chunk_names(self._session_cookie, request.received_cookies)
+        try:
+            session_cookies = set_cookie_headers(
+                self._session_cookie, value, int(self._config.session.lifetime), present)
+        except ValueError:
+            log.warn("login failed: the session does not fit in the cookies "
+                     "(set session.store_tokens = false or raise session.max_cookie_chunks)")
+            self._finish(request, 500, "session_too_large",
+                         "The session is too large to be stored.", cookies=cookies)
+            return
+        log.info("login of {sub}", sub=session.sub)
+        self._redirect(request, self._public + attempt.return_to, [*cookies, *session_cookies])
+
+    # -- endpoints --------------------------------------------------------------
+
+    async def _endpoint(self, request: Request, name: str) -> None:
+        if name == "/login":
+            await self._login_endpoint(request)
+        elif name == "/logout":
+            await self._logout_endpoint(request)
+        elif name == "/userinfo":
+            await self._userinfo_endpoint(request)
+        else:
+            self._finish(request, 404, "not_found", "No such endpoint.")
+
+    async def _login_endpoint(self, request: Request) -> None:
+        if request.method not in (b"GET", b"HEAD"):
+            self._finish(request, 405, "method_not_allowed", "Login starts with GET.",
+                         {b"allow": b"GET, HEAD"})
+            return
+        rd = request.args.get(b"rd", [])
+        target = "/"
+        if len(rd) == 1:
+            try:
+                target = safe_return_to(rd[0].decode("ascii")) or "/"
+            except UnicodeDecodeError:
+                target = "/"
+        await self._start_login(request, target)
+
+    def _same_origin(self, request: Request) -> bool:
+        """
+        CSRF check for state-changing endpoints: a browser's cross-site POST
+        carries an C{Origin} (and C{Sec-Fetch-Site}) that gives it away.
+        """
+        headers = request.requestHeaders
+        origin = headers.getRawHeaders(b"origin")
+        if origin is not None and origin[0] != self._public_origin:
+            return False
+        site = headers.getRawHeaders(b"sec-fetch-site")
+        return not (site is not None and site[0] not in (b"same-origin", b"none"))
+
+    async def _logout_endpoint(self, request: Request) -> None:
+        rd_values = request.args.get(b"rd", [])
+        target = "/"
+        if len(rd_values) == 1:
+            try:
+                target = safe_return_to(rd_values[0].decode("ascii")) or "/"
+            except UnicodeDecodeError:
+                target = "/"
+        if request.method in (b"GET", b"HEAD"):
+            self._logout_page(request, target)
+            return
+        if request.method != b"POST":
+            self._finish(request, 405, "method_not_allowed", "Log out with POST.",
+                         {b"allow": b"GET, HEAD, POST"})
+            return
+        if not self._same_origin(request):
+            log.info("logout refused: cross-site request")
+            self._finish(request, 403, "cross_site", "Cross-site logout requests are refused.")
+            return
+        try:
+            session, cookies = await self._session(request)
+        except SessionStoreUnavailable:
+            self._finish(request, 503, "session_store_unavailable",
+                         "Sessions are temporarily unavailable. Please try again shortly.")
+            return
+        if session is not None:
+            await self._forget(session)
+            log.info("logout of {sub}", sub=session.sub)
+        present = chunk_names(self._session_cookie, request.received_cookies)
+        cookies = clear_cookie_headers(self._session_cookie, present) if present else []
+        self._redirect(request, self._public + target, cookies, code=303)
+
+    def _logout_page(self, request: Request, target: str) -> None:
+        """A confirmation form: a link alone cannot log anyone out."""
+        action = escape(f"{self._prefix}/logout")
+        page = (
+            '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>Log out</title>'
+            '<meta name="viewport" content="width=device-width, initial-scale=1"></head>'
+            '<body style="font-family: system-ui, sans-serif; max-width: 40em; margin: 4em auto">'
+            f'<form method="post" action="{action}">'
+            f'<input type="hidden" name="rd" value="{escape(target)}">'
+            '<p>Log out of this site?</p><button type="submit">Log out</button></form>'
+            "</body></html>"
+        ).encode()
+        request.setResponseCode(200)
+        out = request.responseHeaders
+        out.removeHeader(b"server")
+        out.setRawHeaders(b"content-type", [b"text/html; charset=utf-8"])
+        out.setRawHeaders(b"cache-control", [b"no-store"])
+        out.setRawHeaders(b"content-length", [str(len(page)).encode("ascii")])
+        if request.method != b"HEAD":
+            request.write(page)
+        request.finish()
+
+    async def _userinfo_endpoint(self, request: Request) -> None:
+        if request.method not in (b"GET", b"HEAD"):
+            self._finish(request, 405, "method_not_allowed", "Use GET.", {b"allow": b"GET, HEAD"})
+            return
+        try:
+            session, cookies = await self._session(request)
+        except SessionStoreUnavailable:
+            self._finish(request, 503, "session_store_unavailable",
+                         "Sessions are temporarily unavailable. Please try again shortly.")
+            return
+        if session is None:
+            self._deny(request, cookies)
+            return
+        idle = self._config.session.idle_timeout
+        document = {
+            "sub": session.sub,
+            "claims": session.claims,
+            "expires_at": int(session.expires),
+            "idle_expires_at": int(session.last_seen + idle) if idle > 0 else None,
+        }
+        body = json.dumps(document).encode("utf-8")
+        request.setResponseCode(200)
+        out = request.responseHeaders
+        out.removeHeader(b"server")
+        out.setRawHeaders(b"content-type", [b"application/json"])
+        out.setRawHeaders(b"cache-control", [b"no-store"])
+        out.setRawHeaders(b"content-length", [str(len(body)).encode("ascii")])
+        if request.method != b"HEAD":
+            request.write(body)
+        request.finish()
+
+
+class _OwnCookies:
+    """Names of the proxy's cookies, for L{strip_cookies}."""
+
+    def __init__(self, names: Sequence[bytes], login: Optional[LoginFlow]) -> None:
+        self._names = frozenset(names)
+        self._login = login
+
+    def __contains__(self, name: object) -> bool:
+        if name in self._names:
+            return True
+        return self._login is not None and name in self._login.names
+
+
+def _arg(args: Dict[bytes, List[bytes]], key: bytes) -> Optional[str]:
+    values = args.get(key)
+    if not values:
+        return None
+    try:
+        return values[0].decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def _claim(claims: Dict[str, Any], path: str) -> Any:
+    """A claim by name; C{a.b} reaches into nested objects when C{a.b} itself is absent."""
+    if path in claims:
+        return claims[path]
+    value: Any = claims
+    for part in path.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    return value

@@ -1,0 +1,300 @@
+"""
+The login: the authorization request (state, nonce, PKCE), the state cookie
+that carries a login attempt through the IdP, and return-to validation.
+
+Each attempt has its own cookie, named after its C{state}, so logins started
+in parallel tabs never clobber each other; at most C{max_attempts} live at
+once (the oldest are dropped). The cookie is sealed (encrypted and
+authenticated) for the purpose C{b"state"} and binds the state, the nonce,
+the PKCE verifier, the return-to path and the time the attempt started.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import re
+import secrets
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from urllib.parse import unquote_to_bytes, urlencode, urlsplit
+
+import attr
+
+from .cookies import CookieSpec, clear_cookie_headers, set_cookie_headers
+from .crypto import Sealer
+
+STATE_PURPOSE = b"state"
+MAX_RETURN_TO = 2048
+"""Longer return-to targets are refused (not truncated)."""
+
+RESERVED_AUTH_PARAMS = frozenset(
+    [
+        "response_type",
+        "client_id",
+        "redirect_uri",
+        "scope",
+        "state",
+        "nonce",
+        "code_challenge",
+        "code_challenge_method",
+        "response_mode",
+        "request",
+        "request_uri",
+    ]
+)
+"""Authorization request parameters the proxy owns; configuration may not set them."""
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def pkce_challenge(verifier: str) -> str:
+    """The S256 code challenge of a PKCE code verifier (RFC 7636 4.2)."""
+    return _b64(hashlib.sha256(verifier.encode("ascii")).digest())
+
+
+_UNSAFE_CHARS = frozenset('\\"<>`')
+# Two slashes, with nothing or one or two dots between them, anywhere: a
+# scheme-relative URL ("//evil"), one hidden behind a prefix
+# ("/http://evil", "/?next=//evil") for an application that redirects again,
+# or a dot segment ("/x/../..") that walks somewhere unexpected.
+_SLASHES = re.compile(r"/\.{0,2}/")
+
+
+def _plain_path_ok(text: str) -> bool:
+    """
+    One layer of a return-to target: a same-origin absolute path of printable
+    ASCII without backslashes, quotes or angle brackets, and without two
+    slashes (or slash-dot-slash) anywhere.
+    """
+    if not text.startswith("/") or _SLASHES.search(text):
+        return False
+    for c in text:
+        o = ord(c)
+        if o <= 0x20 or o >= 0x7F or c in _UNSAFE_CHARS:
+            return False
+    return True
+
+
+def safe_return_to(value: Optional[str]) -> Optional[str]:
+    """
+    C{value} if it is a safe post-login (or post-logout) target, else None.
+
+    Only same-origin paths are accepted: they start with exactly one C{/};
+    hold only printable ASCII (no spaces, tabs, CR, LF or other controls, no
+    backslash, no non-ASCII look-alikes); and stay so once percent-decoded,
+    twice, because applications and browsers that decode again must not find a
+    C{//evil}, a C{/\\evil} or a control character either. Targets longer
+    than L{MAX_RETURN_TO} are refused, not truncated. Absolute URLs are
+    refused, even to our own origin.
+    """
+    if not isinstance(value, str) or not value or len(value) > MAX_RETURN_TO:
+        return None
+    layer = value
+    for _ in range(3):
+        if not _plain_path_ok(layer):
+            return None
+        try:
+            decoded = unquote_to_bytes(layer).decode("ascii")
+        except UnicodeDecodeError:
+            return None
+        if decoded == layer:
+            return value
+        layer = decoded
+    return None
+
+
+@attr.s(frozen=True, auto_attribs=True)
+class LoginAttempt:
+    """What the state cookie of one login attempt holds."""
+
+    state: str
+    nonce: str
+    code_verifier: Optional[str]
+    return_to: str
+    created: float
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(
+            [self.state, self.nonce, self.code_verifier, self.return_to, self.created],
+            separators=(",", ":"),
+        ).encode("ascii")
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Optional[LoginAttempt]:
+        try:
+            state, nonce, verifier, return_to, created = json.loads(data)
+        except (ValueError, TypeError, RecursionError):
+            return None
+        if not (
+            isinstance(state, str)
+            and isinstance(nonce, str)
+            and (verifier is None or isinstance(verifier, str))
+            and isinstance(return_to, str)
+            and isinstance(created, (int, float))
+            and not isinstance(created, bool)
+        ):
+            return None
+        return cls(state, nonce, verifier, return_to, float(created))
+
+
+class StateNames:
+    """
+    A container of the state cookies' names, for
+    L{oidcproxy.cookies.strip_cookies}: every name made of the state cookie's
+    wire name, C{_} and a suffix.
+    """
+
+    def __init__(self, wire_name: str) -> None:
+        self._prefix = (wire_name + "_").encode("ascii")
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, bytes) and name.startswith(self._prefix)
+
+
+class LoginFlow:
+    """
+    Starts login attempts and consumes them at the callback.
+
+    @param sealer: seals the state cookies (purpose C{b"state"}).
+    @param cookie: the state cookie's attributes; each attempt's cookie is
+        named C{<wire name>_<state>}.
+    @param max_age: seconds an attempt stays valid.
+    @param max_attempts: state cookies kept at once; the oldest are dropped.
+    """
+
+    def __init__(
+        self,
+        *,
+        sealer: Sealer,
+        cookie: CookieSpec,
+        max_age: float,
+        max_attempts: int,
+        client_id: str,
+        redirect_uri: str,
+        scopes: Sequence[str],
+        pkce: bool,
+        auth_params: Mapping[str, str],
+        clock: Any,
+    ) -> None:
+        self._sealer = sealer
+        self._cookie = cookie
+        self._prefix = cookie.wire_name + "_"
+        self.names = StateNames(cookie.wire_name)
+        self._max_age = max_age
+        self._max_attempts = max_attempts
+        self._client_id = client_id
+        self._redirect_uri = redirect_uri
+        self._scope = " ".join(scopes)
+        self._pkce = pkce
+        self._auth_params = dict(auth_params)
+        self._clock = clock
+
+    def _attempt_cookies(self, cookies: Mapping[bytes, bytes]) -> List[Tuple[str, bytes]]:
+        prefix = self._prefix.encode("ascii")
+        return [
+            (name.decode("ascii", "replace"), value)
+            for name, value in cookies.items()
+            if name.startswith(prefix)
+        ]
+
+    def _cookie_for(self, name: str) -> CookieSpec:
+        # CookieSpec puts the security prefix in front of its name: give it the
+        # bare name of this attempt's cookie.
+        bare = self._cookie.name + name[len(self._cookie.wire_name):]
+        return attr.evolve(self._cookie, name=bare)
+
+    def start(
+        self, cookies: Mapping[bytes, bytes], return_to: str, authorization_endpoint: str
+    ) -> Tuple[str, List[bytes]]:
+        """
+        Begin a login attempt.
+
+        @param cookies: the request's cookies (to find older attempts).
+        @param return_to: where to land after login; must already be safe.
+        @return: the authorization URL to redirect to, and the C{Set-Cookie}
+            header values: this attempt's cookie, and deletions for the
+            oldest attempts beyond C{max_attempts} and for unreadable ones.
+        """
+        now = self._clock.seconds()
+        state = secrets.token_urlsafe(16)
+        nonce = secrets.token_urlsafe(16)
+        verifier = secrets.token_urlsafe(48) if self._pkce else None
+        attempt = LoginAttempt(state, nonce, verifier, return_to, now)
+
+        headers: List[bytes] = []
+        live: List[Tuple[float, str]] = []
+        for name, value in self._attempt_cookies(cookies):
+            old = self._open(value)
+            if old is None or now - old.created >= self._max_age or \
+                    name != self._prefix + old.state:
+                headers += clear_cookie_headers(self._cookie_for(name), [name])
+            else:
+                live.append((old.created, name))
+        live.sort()
+        while len(live) >= self._max_attempts:
+            _, name = live.pop(0)
+            headers += clear_cookie_headers(self._cookie_for(name), [name])
+
+        sealed = self._sealer.seal(attempt.to_bytes(), STATE_PURPOSE)
+        spec = self._cookie_for(self._prefix + state)
+        headers = set_cookie_headers(spec, sealed, int(self._max_age), ()) + headers
+
+        params: Dict[str, str] = {
+            "response_type": "code",
+            "client_id": self._client_id,
+            "redirect_uri": self._redirect_uri,
+            "scope": self._scope,
+            "state": state,
+            "nonce": nonce,
+        }
+        if verifier is not None:
+            params["code_challenge"] = pkce_challenge(verifier)
+            params["code_challenge_method"] = "S256"
+        for key, extra in self._auth_params.items():
+            if extra == "":
+                params.pop(key, None)
+            else:
+                params[key] = extra
+        separator = "&" if urlsplit(authorization_endpoint).query else "?"
+        return authorization_endpoint + separator + urlencode(params), headers
+
+    def _open(self, value: bytes) -> Optional[LoginAttempt]:
+        try:
+            text = value.decode("ascii")
+        except UnicodeDecodeError:
+            return None
+        plain = self._sealer.unseal(text, STATE_PURPOSE)
+        return None if plain is None else LoginAttempt.from_bytes(plain)
+
+    def consume(
+        self, cookies: Mapping[bytes, bytes], state: str
+    ) -> Tuple[Optional[LoginAttempt], str, List[bytes]]:
+        """
+        Find and consume the attempt of C{state}.
+
+        @return: the attempt (None if there is no valid one), a reason code
+            for the log when there is none (C{"no_state_cookie"},
+            C{"bad_state_cookie"}, C{"state_mismatch"}, C{"state_expired"}),
+            and the C{Set-Cookie} values that delete the attempt's cookie —
+            send them whatever happens next, so the attempt cannot be used
+            again from this browser.
+        """
+        if not state or len(state) > 128 or not all(c.isalnum() or c in "-_" for c in state):
+            return None, "bad_state", []
+        name = self._prefix + state
+        value = cookies.get(name.encode("ascii"))
+        if value is None:
+            return None, "no_state_cookie", []
+        clear = clear_cookie_headers(self._cookie_for(name), [name])
+        attempt = self._open(value)
+        if attempt is None:
+            return None, "bad_state_cookie", clear
+        if not hmac.compare_digest(attempt.state, state):
+            return None, "state_mismatch", clear
+        if self._clock.seconds() - attempt.created >= self._max_age:
+            return None, "state_expired", clear
+        return attempt, "", clear

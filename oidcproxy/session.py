@@ -1,0 +1,216 @@
+"""
+The login session: what the proxy knows about a signed-in user, how it is
+serialised, and the interface of the stores that keep it.
+
+Stores do not judge expiry: the guard calls L{session_state} on what a store
+loads and decides.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import secrets
+from typing import TYPE_CHECKING, Any, Dict, Optional
+
+import attr
+from zope.interface import Interface
+
+if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
+
+
+LIVE = "live"
+EXPIRED = "expired"
+IDLE = "idle"
+
+
+class SessionStoreUnavailable(Exception):
+    """
+    The session backend cannot answer right now (e.g. Redis is down). Never
+    raised for a bad, unknown or tampered cookie value: that is "no session".
+    """
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _number(value: Any) -> Optional[float]:
+    """A finite JSON number as a float; C{None} for anything else (booleans too)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:  # an integer too large for a float
+        return None
+    return number if math.isfinite(number) else None
+
+
+_REQUIRED_STRINGS = ("id", "sub")
+_REQUIRED_TIMES = ("created", "last_seen", "expires")
+_OPTIONAL_STRINGS = ("id_token", "access_token", "refresh_token", "sid")
+
+
+@attr.s(frozen=True, auto_attribs=True)
+class Session:
+    """
+    One login session. Immutable: L{touched} and L{without_tokens} return
+    changed copies.
+
+    @ivar id: the session id (L{new_session_id}).
+    @ivar sub: the OP's subject identifier.
+    @ivar claims: ID token (and userinfo) claims; JSON-able.
+    @ivar created: when the session started (epoch seconds, injected clock).
+    @ivar last_seen: the last request seen with it.
+    @ivar expires: its absolute end.
+    @ivar sid: the OP's session id, for back-channel logout.
+    """
+
+    id: str
+    sub: str
+    claims: Dict[str, Any]
+    created: float
+    last_seen: float
+    expires: float
+    id_token: Optional[str] = None
+    access_token: Optional[str] = None
+    access_token_expires: Optional[float] = None
+    refresh_token: Optional[str] = None
+    sid: Optional[str] = None
+
+    def to_bytes(self) -> bytes:
+        """
+        Compact JSON (ASCII, hence UTF-8) of every field, in declaration order.
+
+        @raise ValueError: a timestamp is not finite.
+        @raise TypeError: the claims are not JSON-able.
+        """
+        data = {
+            "id": self.id,
+            "sub": self.sub,
+            "claims": self.claims,
+            "created": self.created,
+            "last_seen": self.last_seen,
+            "expires": self.expires,
+            "id_token": self.id_token,
+            "access_token": self.access_token,
+            "access_token_expires": self.access_token_expires,
+            "refresh_token": self.refresh_token,
+            "sid": self.sid,
+        }
+        return json.dumps(data, separators=(",", ":"), allow_nan=False).encode("utf-8")
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Optional[Session]:
+        """
+        Parse L{to_bytes} output.
+
+        Required fields must be present with the right type (C{id} and C{sub}
+        non-empty strings, C{claims} an object, timestamps finite numbers);
+        optional fields may be absent or C{null}; unknown fields are ignored
+        (a later version may add some).
+
+        @return: the session, or C{None} for anything malformed. Never raises.
+        """
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            return None
+        try:
+            obj = json.loads(bytes(data).decode("utf-8"), parse_constant=_reject_constant)
+        except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+            return None
+        if not isinstance(obj, dict):
+            return None
+        fields: Dict[str, Any] = {}
+        for name in _REQUIRED_STRINGS:
+            value = obj.get(name)
+            if not isinstance(value, str) or not value:
+                return None
+            fields[name] = value
+        claims = obj.get("claims")
+        if not isinstance(claims, dict):
+            return None
+        fields["claims"] = claims
+        for name in _REQUIRED_TIMES:
+            number = _number(obj.get(name))
+            if number is None:
+                return None
+            fields[name] = number
+        for name in _OPTIONAL_STRINGS:
+            value = obj.get(name)
+            if value is not None and not isinstance(value, str):
+                return None
+            fields[name] = value
+        value = obj.get("access_token_expires")
+        if value is not None:
+            value = _number(value)
+            if value is None:
+                return None
+        fields["access_token_expires"] = value
+        return cls(**fields)
+
+    def without_tokens(self) -> Session:
+        """
+        A copy without the OP's tokens (ID, access and refresh token, and the
+        access token's expiry). C{sid} and the claims stay.
+        """
+        return attr.evolve(
+            self, id_token=None, access_token=None, access_token_expires=None, refresh_token=None
+        )
+
+    def touched(self, now: float) -> Session:
+        """A copy last seen at C{now}."""
+        return attr.evolve(self, last_seen=now)
+
+
+def new_session_id() -> str:
+    """A fresh session id: 256 random bits, 43 URL-safe base64 characters."""
+    return secrets.token_urlsafe(32)
+
+
+def session_state(session: Session, now: float, idle_timeout: float) -> str:
+    """
+    Whether C{session} may still be used at C{now}.
+
+    @param idle_timeout: seconds without a request after which the session
+        lapses; 0 (or less) disables the idle check.
+    @return: C{"expired"} when C{now >= session.expires} (checked first),
+        C{"idle"} when C{idle_timeout > 0} and C{now - session.last_seen >=
+        idle_timeout}, C{"live"} otherwise.
+    """
+    if now >= session.expires:
+        return EXPIRED
+    if idle_timeout > 0 and now - session.last_seen >= idle_timeout:
+        return IDLE
+    return LIVE
+
+
+class ISessionStore(Interface):
+    """
+    Where sessions live. The browser holds only the value L{save} returns.
+    """
+
+    def load(cookie_value: str) -> Deferred[Optional[Session]]:
+        """
+        The session a cookie value stands for.
+
+        @return: a Deferred firing with the L{Session}, or with C{None} when
+            the value is unknown, tampered, undecryptable or malformed (a
+            definitive "no session"); failing with L{SessionStoreUnavailable}
+            when the backend cannot answer, never for bad input.
+        """
+
+    def save(session: Session) -> Deferred[str]:
+        """
+        Store C{session} (replacing a previous save of the same id).
+
+        @return: a Deferred firing with the cookie value for the browser.
+        """
+
+    def delete(session: Session) -> Deferred[None]:
+        """
+        Remove the server-side state of C{session} (a no-op for stores that
+        keep everything in the cookie).
+
+        @return: a Deferred firing with C{None}.
+        """

@@ -1,0 +1,251 @@
+"""
+Tests for L{oidcproxy.session}: serialisation, copies, state and ids.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any, Dict
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from oidcproxy.session import Session, new_session_id, session_state
+
+
+def full_session() -> Session:
+    return Session(
+        id="sid-1",
+        sub="user",
+        claims={"sub": "user", "groups": ["a", "b"], "name": "Zoë"},
+        created=100.0,
+        last_seen=150.5,
+        expires=1000.0,
+        id_token="idt",
+        access_token="at",
+        access_token_expires=400.0,
+        refresh_token="rt",
+        sid="op-sid",
+    )
+
+
+def minimal_session() -> Session:
+    return Session(id="sid-2", sub="user", claims={}, created=1.0, last_seen=2.0, expires=3.0)
+
+
+def as_dict(session: Session) -> Dict[str, Any]:
+    result: Dict[str, Any] = json.loads(session.to_bytes())
+    return result
+
+
+def encoded(data: Any) -> bytes:
+    return json.dumps(data).encode("utf-8")
+
+
+class SerialisationTests(SynchronousTestCase):
+    """L{Session.to_bytes} and L{Session.from_bytes} on good input."""
+
+    def test_exact_bytes(self) -> None:
+        """to_bytes is compact JSON of every field in declaration order, non-ASCII escaped."""
+        self.assertEqual(
+            full_session().to_bytes(),
+            b'{"id":"sid-1","sub":"user","claims":{"sub":"user","groups":["a","b"],"name":"Zo\\u00eb"},'
+            b'"created":100.0,"last_seen":150.5,"expires":1000.0,"id_token":"idt","access_token":"at",'
+            b'"access_token_expires":400.0,"refresh_token":"rt","sid":"op-sid"}',
+        )
+
+    def test_round_trip_full(self) -> None:
+        """A session with every field set round-trips."""
+        session = full_session()
+        self.assertEqual(Session.from_bytes(session.to_bytes()), session)
+
+    def test_round_trip_minimal(self) -> None:
+        """A session without optional fields round-trips, the optional fields None."""
+        session = minimal_session()
+        loaded = Session.from_bytes(session.to_bytes())
+        self.assertEqual(loaded, session)
+        assert loaded is not None
+        self.assertIsNone(loaded.refresh_token)
+
+    def test_optional_fields_absent(self) -> None:
+        """Optional fields may be missing entirely; they load as None."""
+        data = {"id": "i", "sub": "s", "claims": {}, "created": 1.0, "last_seen": 2.0, "expires": 3.0}
+        self.assertEqual(Session.from_bytes(encoded(data)), Session("i", "s", {}, 1.0, 2.0, 3.0))
+
+    def test_integer_times(self) -> None:
+        """Integer timestamps are accepted and become floats."""
+        data = as_dict(minimal_session())
+        data.update(created=10, last_seen=20, expires=30, access_token_expires=25)
+        loaded = Session.from_bytes(encoded(data))
+        assert loaded is not None
+        times = (loaded.created, loaded.last_seen, loaded.expires, loaded.access_token_expires)
+        self.assertEqual([type(v) for v in times], [float] * 4)
+        self.assertEqual(loaded.expires, 30.0)
+
+    def test_unknown_fields_ignored(self) -> None:
+        """Fields this version does not know are ignored (forward compatibility)."""
+        data = as_dict(full_session())
+        data["added_later"] = {"x": 1}
+        self.assertEqual(Session.from_bytes(encoded(data)), full_session())
+
+    def test_bytearray_accepted(self) -> None:
+        """A bytearray parses like bytes."""
+        self.assertEqual(Session.from_bytes(bytearray(full_session().to_bytes())), full_session())
+
+
+class MalformedTests(SynchronousTestCase):
+    """L{Session.from_bytes} returns None for malformed input and never raises."""
+
+    def assertMalformed(self, data: Any) -> None:
+        self.assertIsNone(Session.from_bytes(data), repr(data)[:80])
+
+    def test_not_json(self) -> None:
+        """Bytes that are not JSON are refused."""
+        for data in [b"", b"{", b"not json", b'{"id": }', b"\x00", b"{}garbage"]:
+            self.assertMalformed(data)
+
+    def test_not_utf8(self) -> None:
+        """Bytes that are not UTF-8 (including UTF-16 JSON) are refused."""
+        self.assertMalformed(b'{"id":"\xff"}')
+        self.assertMalformed(full_session().to_bytes().decode("ascii").encode("utf-16"))
+
+    def test_not_an_object(self) -> None:
+        """JSON that is not an object is refused."""
+        for data in [b"[]", b"null", b"1", b'"session"', b"true", b"[{}]"]:
+            self.assertMalformed(data)
+
+    def test_missing_required(self) -> None:
+        """Removing any one required field makes the data refused."""
+        for name in ["id", "sub", "claims", "created", "last_seen", "expires"]:
+            data = as_dict(full_session())
+            del data[name]
+            self.assertMalformed(encoded(data))
+
+    def test_wrong_types(self) -> None:
+        """A field of the wrong type is refused."""
+        cases = [
+            ("id", 1),
+            ("id", None),
+            ("id", ["sid-1"]),
+            ("sub", 5),
+            ("sub", None),
+            ("claims", []),
+            ("claims", "{}"),
+            ("claims", None),
+            ("created", "100"),
+            ("created", None),
+            ("created", True),
+            ("last_seen", [1]),
+            ("expires", {}),
+            ("expires", False),
+            ("id_token", 1),
+            ("access_token", {}),
+            ("refresh_token", []),
+            ("sid", 7),
+            ("access_token_expires", "soon"),
+            ("access_token_expires", True),
+        ]
+        for name, value in cases:
+            data = as_dict(full_session())
+            data[name] = value
+            self.assertMalformed(encoded(data))
+
+    def test_empty_identifiers(self) -> None:
+        """An empty C{id} or C{sub} is refused."""
+        for name in ["id", "sub"]:
+            data = as_dict(full_session())
+            data[name] = ""
+            self.assertMalformed(encoded(data))
+
+    def test_non_finite_numbers(self) -> None:
+        """NaN, Infinity and numbers too large for a float are refused."""
+        text = full_session().to_bytes()
+        for replacement in [b"NaN", b"Infinity", b"-Infinity", b"1e999", b"9" * 400]:
+            self.assertMalformed(text.replace(b'"expires":1000.0', b'"expires":' + replacement))
+        self.assertMalformed(text.replace(b'"access_token_expires":400.0', b'"access_token_expires":NaN'))
+
+    def test_deep_nesting(self) -> None:
+        """Pathologically nested claims are refused rather than crashing the parser."""
+        claims = b"[" * 100_000 + b"]" * 100_000
+        self.assertMalformed(b'{"id":"i","sub":"s","claims":' + claims + b"}")
+
+    def test_not_bytes(self) -> None:
+        """Non-bytes input (text, None, a dict) is refused."""
+        for data in [full_session().to_bytes().decode("ascii"), None, as_dict(full_session())]:
+            self.assertMalformed(data)
+
+
+class CopyTests(SynchronousTestCase):
+    """L{Session.without_tokens} and L{Session.touched}."""
+
+    def test_without_tokens(self) -> None:
+        """without_tokens clears the four token fields and keeps everything else."""
+        session = full_session()
+        self.assertEqual(
+            session.without_tokens(),
+            Session(
+                id="sid-1",
+                sub="user",
+                claims={"sub": "user", "groups": ["a", "b"], "name": "Zoë"},
+                created=100.0,
+                last_seen=150.5,
+                expires=1000.0,
+                sid="op-sid",
+            ),
+        )
+
+    def test_without_tokens_leaves_original(self) -> None:
+        """without_tokens returns a copy; the original still has its tokens."""
+        session = full_session()
+        session.without_tokens()
+        self.assertEqual(session.refresh_token, "rt")
+
+    def test_touched(self) -> None:
+        """touched returns a copy with only C{last_seen} changed."""
+        session = full_session()
+        touched = session.touched(500.0)
+        self.assertEqual(touched.last_seen, 500.0)
+        self.assertEqual(touched, Session(**{**as_dict(session), "last_seen": 500.0}))
+        self.assertEqual(session.last_seen, 150.5)
+
+
+class SessionStateTests(SynchronousTestCase):
+    """L{session_state}."""
+
+    def test_table(self) -> None:
+        """The state for times around the expiry and idle limits."""
+        session = Session("i", "s", {}, created=0.0, last_seen=100.0, expires=1000.0)
+        cases = [
+            # (now, idle_timeout, expected)
+            (100.0, 0, "live"),
+            (999.9, 0, "live"),
+            (1000.0, 0, "expired"),
+            (5000.0, 0, "expired"),
+            (399.9, 300, "live"),
+            (400.0, 300, "idle"),
+            (999.0, 300, "idle"),
+            (1000.0, 300, "expired"),  # expiry is reported before idleness
+            (900.0, -1, "live"),  # a non-positive idle timeout disables the check
+            (50.0, 300, "live"),  # a clock behind last_seen is not idle
+        ]
+        for now, idle, expected in cases:
+            self.assertEqual(session_state(session, now, idle), expected, (now, idle))
+
+
+class SessionIdTests(SynchronousTestCase):
+    """L{new_session_id}."""
+
+    def test_shape(self) -> None:
+        """An id is 43 URL-safe base64 characters encoding 32 bytes."""
+        sid = new_session_id()
+        self.assertRegex(sid, r"\A[A-Za-z0-9_-]{43}\Z")
+        self.assertEqual(len(base64.urlsafe_b64decode(sid + "=")), 32)
+
+    def test_unique(self) -> None:
+        """1000 ids are all different."""
+        self.assertEqual(len({new_session_id() for _ in range(1000)}), 1000)
+
+    def test_entropy(self) -> None:
+        """Across 200 ids every one of the 64 alphabet characters occurs (ids are random)."""
+        seen = set("".join(new_session_id() for _ in range(200)))
+        self.assertEqual(len(seen), 64)

@@ -1,0 +1,173 @@
+"""
+Tests for L{oidcproxy.stores.memory} and L{oidcproxy.stores.cookie}: the
+shared L{SessionStoreContract} plus what is particular to each store.
+"""
+
+from __future__ import annotations
+
+import json
+
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from oidcproxy.crypto import Sealer
+from oidcproxy.session import Session
+from oidcproxy.stores.cookie import CookieStore
+from oidcproxy.stores.memory import MemoryStore
+
+from .session_contract import START, SessionStoreContract, make_session
+
+K1 = b"1" * 32
+K2 = b"second secret, at least 32 bytes long"
+
+
+class MemoryStoreTests(SessionStoreContract, SynchronousTestCase):
+    """L{MemoryStore} passes the store contract."""
+
+    server_side = True
+
+    def make_store(self) -> MemoryStore:
+        return MemoryStore(self.clock)
+
+
+class MemoryStoreExpiryTests(SynchronousTestCase):
+    """L{MemoryStore} drops sessions whose C{expires} has passed."""
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(START)
+        self.store = MemoryStore(self.clock)
+
+    def session(self, lifetime: float) -> Session:
+        return Session(
+            id=f"id-{lifetime}",
+            sub="s",
+            claims={},
+            created=START,
+            last_seen=START,
+            expires=START + lifetime,
+        )
+
+    def test_value_is_session_id(self) -> None:
+        """The cookie value is the session id."""
+        session = self.session(60)
+        self.assertEqual(self.successResultOf(self.store.save(session)), "id-60")
+
+    def test_loads_before_expiry(self) -> None:
+        """A session loads until just before its C{expires}."""
+        session = self.session(60)
+        self.store.save(session)
+        self.clock.advance(59.5)
+        self.assertEqual(self.successResultOf(self.store.load(session.id)), session)
+
+    def test_load_drops_expired(self) -> None:
+        """Loading a session at its C{expires} gives None and drops it from the store."""
+        session = self.session(60)
+        self.store.save(session)
+        self.clock.advance(60)
+        self.assertIsNone(self.successResultOf(self.store.load(session.id)))
+        self.assertEqual(len(self.store), 0)
+
+    def test_prune(self) -> None:
+        """L{MemoryStore.prune} drops exactly the expired sessions and returns their number."""
+        short, medium, long = self.session(10), self.session(20), self.session(30)
+        for session in (short, medium, long):
+            self.store.save(session)
+        self.clock.advance(20)
+        self.assertEqual(self.store.prune(), 2)
+        self.assertEqual(len(self.store), 1)
+        self.assertEqual(self.successResultOf(self.store.load(long.id)), long)
+
+    def test_prune_nothing(self) -> None:
+        """Pruning with no expired session drops nothing."""
+        self.store.save(self.session(10))
+        self.assertEqual(self.store.prune(), 0)
+        self.assertEqual(len(self.store), 1)
+
+    def test_load_non_string(self) -> None:
+        """A non-string value loads as no session."""
+        self.assertIsNone(self.successResultOf(self.store.load(None)))  # type: ignore[arg-type]
+
+
+class CookieStoreTests(SessionStoreContract, SynchronousTestCase):
+    """L{CookieStore} passes the store contract (stateless: delete keeps values valid)."""
+
+    server_side = False
+
+    def make_store(self) -> CookieStore:
+        return CookieStore(Sealer([K1]))
+
+
+class CookieStoreSpecificTests(SynchronousTestCase):
+    """What is particular to L{CookieStore}."""
+
+    def setUp(self) -> None:
+        clock = Clock()
+        clock.advance(START)
+        self.session = make_session(clock)
+
+    def save(self, store: CookieStore, session: Session) -> str:
+        return self.successResultOf(store.save(session))
+
+    def load(self, store: CookieStore, value: str) -> object:
+        return self.successResultOf(store.load(value))
+
+    def test_value_is_sealed_session(self) -> None:
+        """The value is the session's bytes sealed for purpose C{b"session"}."""
+        sealer = Sealer([K1])
+        value = self.save(CookieStore(sealer), self.session)
+        self.assertEqual(sealer.unseal(value, b"session"), self.session.to_bytes())
+
+    def test_rotation(self) -> None:
+        """A value sealed with [k1] loads in a store configured with [k2, k1]."""
+        value = self.save(CookieStore(Sealer([K1])), self.session)
+        self.assertEqual(self.load(CookieStore(Sealer([K2, K1])), value), self.session)
+
+    def test_other_secret(self) -> None:
+        """A value sealed with another secret loads as no session."""
+        value = self.save(CookieStore(Sealer([K2])), self.session)
+        self.assertIsNone(self.load(CookieStore(Sealer([K1])), value))
+
+    def test_store_tokens_false(self) -> None:
+        """With C{store_tokens=False} the saved session has no tokens, the rest intact."""
+        store = CookieStore(Sealer([K1]), store_tokens=False)
+        loaded = self.load(store, self.save(store, self.session))
+        self.assertEqual(loaded, self.session.without_tokens())
+        self.assertEqual(loaded.sid, "op-session-1")  # type: ignore[attr-defined]
+
+    def test_store_tokens_false_smaller(self) -> None:
+        """Without tokens the value does not contain them at all (it is shorter)."""
+        sealer = Sealer([K1])
+        with_tokens = self.save(CookieStore(sealer), self.session)
+        without = self.save(CookieStore(sealer, store_tokens=False), self.session)
+        plaintext = sealer.unseal(without, b"session")
+        assert plaintext is not None
+        self.assertNotIn(b"refresh-token-value", plaintext)
+        self.assertLess(len(without), len(with_tokens))
+
+    def test_state_purpose_refused(self) -> None:
+        """A session's bytes sealed for purpose C{b"state"} do not load as a session."""
+        sealer = Sealer([K1])
+        value = sealer.seal(self.session.to_bytes(), b"state")
+        self.assertIsNone(self.load(CookieStore(sealer), value))
+
+    def test_sealed_malformed_session(self) -> None:
+        """A correctly sealed value whose content is not a session loads as None."""
+        sealer = Sealer([K1])
+        data = json.loads(self.session.to_bytes())
+        del data["sub"]
+        value = sealer.seal(json.dumps(data).encode(), b"session")
+        self.assertIsNone(self.load(CookieStore(sealer), value))
+
+    def test_fresh_value_per_save(self) -> None:
+        """Saving the same session twice gives two different values (fresh nonces)."""
+        store = CookieStore(Sealer([K1]))
+        self.assertNotEqual(self.save(store, self.session), self.save(store, self.session))
+
+    def test_unserialisable_claims_fail(self) -> None:
+        """A session whose claims are not JSON-able fails the save Deferred instead of raising."""
+        store = CookieStore(Sealer([K1]))
+        bad = Session(
+            id="x", sub="s", claims={"when": object()}, created=START, last_seen=START, expires=START + 1
+        )
+        self.failureResultOf(store.save(bad), TypeError)
