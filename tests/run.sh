@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine of this kind (Debian, root, the
 # package registries reachable). Installs what it needs:
-#   - Debian: pypy3 and pypy3-venv (for the PyPy run), when missing;
+#   - Debian: pypy3 and pypy3-venv (for the PyPy run), chromium and
+#     chromium-driver (the browser login test), when missing;
+#   - the npm package oidc-provider (the real OpenID Provider of the
+#     interoperability tests) from tests/integration/op/package-lock.json;
 #   - a CPython venv (.venv-cpython) with the project and the checkers;
 #   - a PyPy venv (.venv-pypy) with the project (cryptography<44, see
 #     constraints-pypy.txt).
@@ -19,6 +22,9 @@ if command -v pypy3 >/dev/null 2>&1 && ! pypy3 -c 'import ensurepip, venv' >/dev
     need_apt+=(pypy3-venv)
 fi
 dpkg -s pypy3-venv >/dev/null 2>&1 || need_apt+=(pypy3-venv)
+# Headless browser for tests/integration/test_login_interop.py.
+[ -x /usr/bin/chromium ] || need_apt+=(chromium)
+[ -x /usr/bin/chromedriver ] || need_apt+=(chromium-driver)
 if [ ${#need_apt[@]} -gt 0 ]; then
     step "installing Debian packages: ${need_apt[*]}"
     export DEBIAN_FRONTEND=noninteractive
@@ -30,6 +36,9 @@ step "CPython venv"
 [ -x .venv-cpython/bin/python ] || "$PY" -m venv .venv-cpython
 .venv-cpython/bin/python -m pip install -q --disable-pip-version-check -U pip
 .venv-cpython/bin/python -m pip install -q --disable-pip-version-check . -r requirements-dev.txt
+
+step "test OpenID Provider (oidc-provider, from package-lock.json)"
+(cd tests/integration/op && npm ci --no-audit --no-fund --loglevel=error)
 
 step "PyPy venv"
 [ -x .venv-pypy/bin/python ] || pypy3 -m venv .venv-pypy
@@ -51,6 +60,7 @@ step "all tests on CPython ($(.venv-cpython/bin/python -V))"
 .venv-cpython/bin/python -m twisted.trial --temp-directory=/tmp/_trial_cpython -j2 tests \
     2>&1 | tee "$logs/cpython.log"
 cpython_status=${PIPESTATUS[0]}
+grep -ho 'LOGIN_ROUND_TRIP_MS=.*' /tmp/_trial_cpython/test.log 2>/dev/null || true
 
 step "unit tests on PyPy ($(.venv-pypy/bin/python -c 'import sys; print(sys.version.split()[0], "/ PyPy", ".".join(map(str, sys.pypy_version_info[:3])))'))"
 .venv-pypy/bin/python -m twisted.trial --temp-directory=/tmp/_trial_pypy -j2 $unit_modules \

@@ -1,0 +1,182 @@
+// A small OpenID Provider for oidcproxy's interoperability tests, built on
+// panva's oidc-provider (an independent, certified implementation).
+//
+//   node op.mjs --client-id proxy --client-secret s3cret \
+//               --redirect-uri http://127.0.0.1:8080/oidc/callback [--port 0]
+//
+// Every setting can also come from the environment (OP_PORT, OP_CLIENT_ID,
+// OP_CLIENT_SECRET, OP_REDIRECT_URIS (space-separated),
+// OP_POST_LOGOUT_REDIRECT_URIS, OP_ACCESS_TOKEN_TTL, OP_ID_TOKEN_TTL,
+// OP_SESSION_TTL, OP_REFRESH_TOKEN_TTL; TTLs in seconds); the command line
+// wins. It listens on 127.0.0.1 only (port 0: any free port), and prints
+// "PORT <n>" on stdout once it is listening. Its issuer is
+// http://127.0.0.1:<n>. It needs no network access.
+
+import { generateKeyPairSync, randomBytes } from 'node:crypto';
+import { createServer } from 'node:http';
+import { parseArgs } from 'node:util';
+
+import Provider from 'oidc-provider';
+
+const { values: args } = parseArgs({
+  options: {
+    port: { type: 'string' },
+    'client-id': { type: 'string' },
+    'client-secret': { type: 'string' },
+    'redirect-uri': { type: 'string', multiple: true },
+    'post-logout-redirect-uri': { type: 'string', multiple: true },
+    'access-token-ttl': { type: 'string' },
+    'id-token-ttl': { type: 'string' },
+    'session-ttl': { type: 'string' },
+    'refresh-token-ttl': { type: 'string' },
+  },
+});
+
+const env = process.env;
+const list = (text) => (text ? text.split(/\s+/).filter(Boolean) : []);
+const seconds = (name, text, fallback) => {
+  if (text === undefined || text === '') return fallback;
+  const n = Number(text);
+  if (!Number.isInteger(n) || n <= 0) {
+    throw new Error(`${name} must be a positive whole number of seconds, not ${text}`);
+  }
+  return n;
+};
+
+const settings = {
+  port: Number(args.port ?? env.OP_PORT ?? 0),
+  clientId: args['client-id'] ?? env.OP_CLIENT_ID ?? 'oidcproxy',
+  clientSecret: args['client-secret'] ?? env.OP_CLIENT_SECRET,
+  redirectUris: args['redirect-uri'] ?? list(env.OP_REDIRECT_URIS),
+  postLogoutRedirectUris: args['post-logout-redirect-uri']
+    ?? list(env.OP_POST_LOGOUT_REDIRECT_URIS),
+  accessTokenTtl: seconds('access-token-ttl', args['access-token-ttl'] ?? env.OP_ACCESS_TOKEN_TTL, 3600),
+  idTokenTtl: seconds('id-token-ttl', args['id-token-ttl'] ?? env.OP_ID_TOKEN_TTL, 3600),
+  sessionTtl: seconds('session-ttl', args['session-ttl'] ?? env.OP_SESSION_TTL, 3600),
+  refreshTokenTtl: seconds('refresh-token-ttl', args['refresh-token-ttl'] ?? env.OP_REFRESH_TOKEN_TTL, 86400),
+};
+if (!settings.clientSecret || settings.redirectUris.length === 0) {
+  console.error('op.mjs: --client-secret and at least one --redirect-uri are required');
+  process.exit(2);
+}
+
+// The test users. The login form of devInteractions takes any password; the
+// login name is the account id (any other name fails the login at the OP).
+const ACCOUNTS = {
+  alice: {
+    email: 'alice@example.com',
+    email_verified: true,
+    name: 'Alice Liddell',
+    preferred_username: 'alice',
+    groups: ['admins', 'staff'],
+  },
+  bob: {
+    email: 'bob@example.com',
+    email_verified: false,
+    name: 'Bob Builder',
+    preferred_username: 'bob',
+    groups: ['staff'],
+  },
+};
+
+// A fresh signing key per process: the proxy must fetch it from jwks_uri.
+const signingKey = {
+  ...generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey.export({ format: 'jwk' }),
+  kid: `test-${randomBytes(4).toString('hex')}`,
+  alg: 'RS256',
+  use: 'sig',
+};
+
+// Listen first: the issuer names the port, and port 0 picks it.
+const server = createServer();
+server.listen(settings.port, '127.0.0.1', () => {
+  const { port } = server.address();
+  const issuer = `http://127.0.0.1:${port}`;
+
+  const provider = new Provider(issuer, {
+    // The one confidential client: the proxy.
+    clients: [{
+      client_id: settings.clientId,
+      client_secret: settings.clientSecret,
+      redirect_uris: settings.redirectUris,
+      post_logout_redirect_uris: settings.postLogoutRedirectUris,
+      grant_types: ['authorization_code', 'refresh_token'],
+      response_types: ['code'],
+      token_endpoint_auth_method: 'client_secret_basic',
+    }],
+    // Users come from ACCOUNTS; claims() answers for the ID token and
+    // userinfo alike (the provider filters them by the granted scopes).
+    async findAccount(ctx, sub) {
+      const account = ACCOUNTS[sub];
+      if (!account) return undefined;
+      return {
+        accountId: sub,
+        async claims() {
+          return { sub, ...account };
+        },
+      };
+    },
+    // Scope -> claims. "groups" is a custom scope with a custom claim.
+    claims: {
+      openid: ['sub'],
+      email: ['email', 'email_verified'],
+      profile: ['name', 'preferred_username'],
+      groups: ['groups'],
+    },
+    scopes: ['openid', 'offline_access', 'email', 'profile', 'groups'],
+    // Put the scope-requested claims into the ID token too, not only into
+    // the userinfo answer (the proxy reads its identity from the ID token).
+    conformIdTokenClaims: false,
+    // PKCE on every authorization request (oidc-provider 9 knows S256 only).
+    pkce: { required: () => true },
+    // A refresh token whenever the client may use the grant, without
+    // demanding the offline_access scope (for the proxy's refresh tests).
+    issueRefreshToken: async (ctx, client) => client.grantTypeAllowed('refresh_token'),
+    features: {
+      // The built-in development login and consent pages: any password.
+      devInteractions: { enabled: true },
+      // RP-initiated logout (end_session_endpoint); on by default, stated.
+      rpInitiatedLogout: { enabled: true },
+    },
+    // Lifetimes in seconds; tests of the proxy's refresh set short ones.
+    // (RFC 9207's "iss" in authorization responses is on by default.)
+    ttl: {
+      AccessToken: settings.accessTokenTtl,
+      IdToken: settings.idTokenTtl,
+      Session: settings.sessionTtl,
+      Grant: settings.sessionTtl,
+      RefreshToken: settings.refreshTokenTtl,
+    },
+    // Signs the OP's own cookies (session, interaction); fresh per process.
+    cookies: { keys: [randomBytes(32).toString('base64url')] },
+    // Signs the ID tokens (RS256), published at jwks_uri.
+    jwks: { keys: [signingKey] },
+  });
+
+  // The development pages @import a web font; forbid the browser to load
+  // styles, fonts or images from elsewhere, so the tests make no outside
+  // requests. (Scripts stay allowed: some pages submit a form by script.)
+  provider.use(async (ctx, next) => {
+    await next();
+    if (ctx.response.is('html') && !ctx.response.get('content-security-policy')) {
+      ctx.set('content-security-policy', "style-src 'self' 'unsafe-inline'; font-src 'self'; img-src 'self' data:");
+    }
+  });
+
+  // The OP's errors on stderr, which a failing test shows.
+  provider.on('server_error', (ctx, err) => console.error('server_error', err));
+  provider.on('authorization.error', (ctx, err) => console.error('authorization.error', err.message, err.error_description ?? ''));
+  provider.on('grant.error', (ctx, err) => console.error('grant.error', err.message, err.error_description ?? ''));
+
+  server.on('request', provider.callback());
+  process.stdout.write(`PORT ${port}\n`);
+});
+
+// The test harness stops the OP with SIGTERM.
+for (const signal of ['SIGTERM', 'SIGINT']) {
+  process.on(signal, () => {
+    server.close();
+    server.closeAllConnections();
+    process.exit(0);
+  });
+}
