@@ -27,6 +27,7 @@ import json
 from collections import OrderedDict
 from html import escape
 from typing import Any, Dict, List, Optional, Sequence, Tuple
+from urllib.parse import unquote_to_bytes
 
 import attr
 from twisted.internet.defer import Deferred
@@ -38,6 +39,7 @@ from . import identity as identity  # re-exported: oidcproxy.guard.identity
 from .config import Config, RouteConfig
 from .cookies import (
     CookieSpec,
+    CookieTooLarge,
     chunk_names,
     clear_cookie_headers,
     read_cookie,
@@ -100,7 +102,9 @@ def header_value(value: Any) -> Optional[bytes]:
     C{true}/C{false}. Values with control characters (CR, LF, NUL, ...) are
     dropped (None). Non-ASCII values, and values that could be mistaken for an
     encoded one, are sent as an RFC 2047 encoded word: C{=?UTF-8?B?<base64 of
-    the UTF-8>?=}; list items that contain a comma are encoded the same way.
+    the UTF-8>?=}; so are values containing C{=?} anywhere (an RFC 2047
+    decoder would otherwise read part of them as encoded) and list items that
+    contain a comma.
     """
     if isinstance(value, bool):
         return b"true" if value else b"false"
@@ -123,7 +127,7 @@ def header_value(value: Any) -> Optional[bytes]:
 def _encode_text(text: str, comma: bool) -> Optional[bytes]:
     if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
         return None
-    if text.isascii() and not text.startswith("=?") and not (comma and "," in text):
+    if text.isascii() and "=?" not in text and not (comma and "," in text):
         return text.encode("ascii")
     return b"=?UTF-8?B?" + base64.b64encode(text.encode("utf-8", "replace")) + b"?="
 
@@ -152,6 +156,10 @@ class OIDCGuard(Resource):
     @param reactor: for time and, by default, the HTTP client to the IdP.
     @param provider: the IdP client (default: built from C{config.oidc}).
     @param store: the session store (default: the encrypted cookie store).
+    @param max_cookie_bytes: the largest session cookie (all chunks) handed
+        out. The default fits a plain Twisted C{Site}, whose request headers
+        may not exceed 16 KiB in all; the proxy's own site takes more and
+        raises it.
     """
 
     isLeaf = True
@@ -165,8 +173,10 @@ class OIDCGuard(Resource):
         provider: Optional[Provider] = None,
         store: Optional[ISessionStore] = None,
         routes: Optional[RouteTable] = None,
+        max_cookie_bytes: int = 12 * 1024,
     ) -> None:
         super().__init__()
+        self._max_cookie_bytes = max_cookie_bytes
         if reactor is None:
             from twisted.internet import reactor as default_reactor
 
@@ -274,9 +284,18 @@ class OIDCGuard(Resource):
 
     def _unexpected(self, failure: Any, request: Request) -> None:
         log.failure("unexpected error while handling a request", failure)
-        if not request.finished and not getattr(request, "_disconnected", False) \
-                and not request.startedWriting:
-            self._finish(request, 500, "internal_error", "Something went wrong on our side.")
+        if request.finished or getattr(request, "_disconnected", False):
+            return
+        if request.startedWriting:
+            # Part of an answer is out: cut the connection rather than let
+            # the client wait forever or take a truncated body for whole.
+            transport = getattr(request, "transport", None)
+            if transport is not None and hasattr(transport, "abortConnection"):
+                transport.abortConnection()
+            else:
+                request.loseConnection()
+            return
+        self._finish(request, 500, "internal_error", "Something went wrong on our side.")
 
     def _finish(self, request: Request, code: int, error: str, message: str,
                 headers: Optional[Dict[bytes, bytes]] = None,
@@ -345,10 +364,40 @@ class OIDCGuard(Resource):
         else:
             request.requestHeaders.removeHeader(b"cookie")
 
+    @staticmethod
+    def _add_cookies_on_write(request: Request, cookies: Sequence[bytes]) -> None:
+        """
+        Send C{cookies} with whatever answer the wrapped resource gives,
+        beside its own cookies. Twisted writes the C{Set-Cookie} header as the
+        answer's first bytes go out (replacing it with C{request.cookies} when
+        the application used C{addCookie}), so ours are merged in right then.
+        """
+        original = request.write
+
+        def write(data: bytes) -> None:
+            del request.write  # back to the method: merge only once
+            if not request.startedWriting:
+                if request.cookies:
+                    request.cookies.extend(c for c in cookies if c not in request.cookies)
+                else:
+                    existing = request.responseHeaders.getRawHeaders(b"set-cookie", [])
+                    request.responseHeaders.setRawHeaders(
+                        b"set-cookie", [*existing, *(c for c in cookies if c not in existing)])
+            original(data)
+
+        request.write = write  # type: ignore[method-assign]
+
     def _pass(self, request: Request, match: RouteMatch) -> None:
         """Hand the request to the wrapped resource (the route is known)."""
         setattr(request, "oidcproxy_match", match)  # noqa: B010 - read by UpstreamProxy
         setattr(request, "oidcproxy_route", match.route)  # noqa: B010 - read by the access log
+        # The wrapped tree is walked along the path the decision was made on,
+        # not along Twisted's own split of the raw path (which keeps dot
+        # segments: /admin/../public would walk into "admin").
+        normalised = match.path.encode("ascii")
+        request.path = normalised
+        request.prepath = []
+        request.postpath = [unquote_to_bytes(segment) for segment in normalised[1:].split(b"/")]
         resource = getChildForRequest(self._wrapped, request)
         request.render(resource)
 
@@ -391,7 +440,7 @@ class OIDCGuard(Resource):
             assert self._store is not None
             session = session.touched(now)
             value = await self._store.save(session)
-            self._add_cookies(request, set_cookie_headers(
+            self._add_cookies_on_write(request, set_cookie_headers(
                 self._session_cookie, value, int(session.expires - now),
                 chunk_names(self._session_cookie, request.received_cookies)))
         self._set_identity(request, session)
@@ -611,7 +660,9 @@ class OIDCGuard(Resource):
         try:
             session_cookies = set_cookie_headers(
                 self._session_cookie, value, int(self._config.session.lifetime), present)
-        except ValueError:
+            if len(value) > self._max_cookie_bytes:
+                raise CookieTooLarge(f"{len(value)} bytes")
+        except CookieTooLarge:
             log.warn("login failed: the session does not fit in the cookies "
                      "(set session.store_tokens = false or raise session.max_cookie_chunks)")
             self._finish(request, 500, "session_too_large",

@@ -13,6 +13,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import server
+from twisted.web.http import HTTPChannel
 from twisted.web.resource import IResource
 
 from .pages import error_body
@@ -116,6 +117,13 @@ def _client(request: Any) -> str:
     return str(getattr(peer, "host", "-"))
 
 
+class ProxyChannel(HTTPChannel):
+    """
+    An HTTP/1.1 channel whose header limits the site sets: a chunked session
+    cookie must fit in the one C{Cookie} line browsers send.
+    """
+
+
 class ProxySite(server.Site):
     """
     A L{Site} for the proxy: L{ProxyRequest}s, an idle timeout for keep-alive
@@ -126,6 +134,7 @@ class ProxySite(server.Site):
     """
 
     requestFactory = ProxyRequest
+    protocol = ProxyChannel  # type: ignore[assignment]
 
     def __init__(
         self,
@@ -135,13 +144,22 @@ class ProxySite(server.Site):
         keepalive_timeout: float = 75.0,
         access_log: bool = True,
         reactor: Any = None,
+        max_header_size: int = 16384,
     ) -> None:
         super().__init__(resource, timeout=keepalive_timeout, reactor=reactor)
+        self.max_header_size = max_header_size
         self.clock = clock
         self.body_limit = body_limit
         self.access_log = access_log
         # Twisted's default version banner is not for strangers.
         self.displayTracebacks = False
+
+    def buildProtocol(self, addr: Any) -> Any:
+        channel = super().buildProtocol(addr)
+        # One header line (the Cookie line) and all headers together.
+        channel.MAX_LENGTH = self.max_header_size
+        channel.totalHeadersSize = self.max_header_size
+        return channel
 
     def log(self, request: Any) -> None:
         self.log_request(request)

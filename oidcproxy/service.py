@@ -18,6 +18,7 @@ from twisted.logger import Logger
 from twisted.web.resource import IResource
 
 from .config import Config, RouteConfig
+from .cookies import CHUNK_SIZE
 from .routes import BadRequestTarget, RouteTable
 from .server import BodyLimit, ProxySite
 from .upstream import UpstreamClient, UpstreamProxy
@@ -47,6 +48,15 @@ def body_limit_for(routes: RouteTable, default: int) -> BodyLimit:
     return limit
 
 
+def max_header_size(config: Config) -> int:
+    """
+    Room for the request headers: Twisted's 16 KiB, plus the largest session
+    cookie (every chunk) and the state cookies of parallel logins.
+    """
+    return 16384 + config.session.max_cookie_chunks * (CHUNK_SIZE + 256) + \
+        config.state_cookie.max_count * 512
+
+
 def build_site(
     config: Config,
     reactor: Any,
@@ -60,7 +70,8 @@ def build_site(
 
     routes = RouteTable(config.routes)
     proxy = UpstreamProxy(routes, reactor, config.trusted_proxies, client_factory)
-    guard = OIDCGuard(config, proxy, reactor, routes=routes)
+    guard = OIDCGuard(config, proxy, reactor, routes=routes,
+                      max_cookie_bytes=config.session.max_cookie_chunks * CHUNK_SIZE)
     resource: IResource = guard
     site = ProxySite(
         resource,
@@ -69,6 +80,7 @@ def build_site(
         keepalive_timeout=config.keepalive_timeout,
         access_log=config.access_log,
         reactor=reactor,
+        max_header_size=max_header_size(config),
     )
     site.proxy = proxy  # type: ignore[attr-defined]
     site.guard = guard  # type: ignore[attr-defined]

@@ -52,13 +52,34 @@ class Options(usage.Options):
             raise usage.UsageError("--config FILE is required")
 
 
+def _build(options: Options, reactor: Any) -> Any:
+    """
+    Load the configuration and compose the service (nothing listens or
+    connects yet).
+
+    @raise ConfigError: the file is invalid, or a part cannot be set up from
+        it (an unreadable private key or CA bundle, say).
+    """
+    from .config import ConfigError, load_config
+    from .service import ProxyService
+
+    config = load_config(options["config"])
+    listen: List[str] = options["listen"] or list(config.listen)
+    try:
+        return ProxyService(config, reactor, listen, port_file=options["port-file"])
+    except (ValueError, TypeError, OSError) as e:
+        raise ConfigError(options["config"], [f"cannot set up the proxy: {e}"]) from None
+
+
 def check(options: Options, out: Any = None) -> int:
     """Validate the configuration: print the verdict, return the exit status."""
-    from .config import ConfigError, load_config
+    from twisted.internet.testing import MemoryReactorClock
+
+    from .config import ConfigError
 
     out = out or sys.stdout
     try:
-        load_config(options["config"])
+        _build(options, MemoryReactorClock())
     except ConfigError as e:
         for line in e.lines():
             print(line, file=out)
@@ -70,16 +91,13 @@ def check(options: Options, out: Any = None) -> int:
 def makeService(options: Options) -> Any:
     from twisted.internet import reactor
 
-    from .config import ConfigError, load_config
-    from .service import ProxyService
+    from .config import ConfigError
 
     if options["check"]:
         raise SystemExit(check(options))
     try:
-        config = load_config(options["config"])
+        return _build(options, reactor)
     except ConfigError as e:
         for line in e.lines():
             print(line, file=sys.stderr)
         raise SystemExit(1) from None
-    listen: List[str] = options["listen"] or list(config.listen)
-    return ProxyService(config, reactor, listen, port_file=options["port-file"])

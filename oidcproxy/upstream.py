@@ -490,16 +490,11 @@ class _Exchange:
         if named:
             connection_named = connection_named | frozenset(
                 t.strip().lower() for v in named for t in v.split(b","))
-        # Cookies the guard sets (a refreshed session) go out beside the
-        # upstream's own, never instead of them.
-        own_cookies = out.getRawHeaders(b"set-cookie", [])
         for name, values in response.headers.getAllRawHeaders():
             lower = name.lower()
             if lower in HOP_BY_HOP or lower in connection_named:
                 continue
             out.setRawHeaders(name, values)
-        if own_cookies:
-            out.setRawHeaders(b"set-cookie", [*out.getRawHeaders(b"set-cookie", []), *own_cookies])
         # Agent keeps Content-Length to itself (except for HEAD) and tells the
         # body length instead: pass it on, so the client gets a sized response
         # rather than a chunked one.

@@ -135,6 +135,25 @@ class EarlyBodyLimitTests(SynchronousTestCase):
         self.assertEqual(limit(b"a", b"/big")[1].index, 1)
 
 
+class HeaderLimitTests(SynchronousTestCase):
+    def test_large_cookie_line_accepted(self):
+        """The proxy's site takes a Cookie line as long as its configured header limit."""
+        h = SiteHarness(self)
+        h.site.max_header_size = 40000
+        h.channel = h.site.buildProtocol(IPv4Address("TCP", "192.0.2.7", 5556))
+        h.transport = StringTransport()
+        h.channel.makeConnection(h.transport)
+        out = h.send(b"GET / HTTP/1.1\r\nHost: a\r\nCookie: s=" + b"c" * 30000 + b"\r\n\r\n")
+        self.assertTrue(out.startswith(b"HTTP/1.1 200 "), out[:100])
+
+    def test_default_limit_refuses(self):
+        """With Twisted's 16 KiB limit the same request is refused."""
+        h = SiteHarness(self)
+        out = h.send(b"GET / HTTP/1.1\r\nHost: a\r\nCookie: s=" + b"c" * 30000 + b"\r\n\r\n")
+        self.assertFalse(out.startswith(b"HTTP/1.1 200 "), out[:100])
+        self.assertEqual(h.resource.bodies, [])
+
+
 class AccessLogTests(SynchronousTestCase):
     def test_one_event_per_request(self):
         """Each request logs client, method, path, status, bytes, duration, route, upstream."""

@@ -89,6 +89,23 @@ class CheckTests(SynchronousTestCase):
             ],
         )
 
+    def test_check_builds_the_parts(self):
+        """--check also sets the parts up: a private key that is not a key is reported."""
+        use_example_env(self)
+        with open(EXAMPLE) as f:
+            text = f.read()
+        text = text.replace('token_endpoint_auth_method = "client_secret_basic"',
+                            'token_endpoint_auth_method = "private_key_jwt"\n'
+                            'private_key = "not a PEM key"')
+        with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:
+            f.write(text)
+        self.addCleanup(os.unlink, f.name)
+        status, out = self.run_check(f.name)
+        self.assertEqual(status, 1)
+        self.assertEqual(len(out.splitlines()), 1, out)
+        self.assertTrue(out.startswith("config: cannot set up the proxy: "), out)
+        self.assertTrue(out.rstrip().endswith(f"(in {f.name})"), out)
+
     def test_make_service_check_exits(self):
         """makeService with --check exits with the check's status, before listening."""
         o = tap.Options()
