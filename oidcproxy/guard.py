@@ -342,12 +342,10 @@ class OIDCGuard(Resource):
         if route.auth == "none":
             self._pass(request, match)
             return
-        try:
-            session, clear = await self._session(request)
-        except SessionStoreUnavailable:
-            self._finish(request, 503, "session_store_unavailable",
-                         "Sessions are temporarily unavailable. Please try again shortly.")
+        loaded = await self._session_or_503(request)
+        if loaded is None:
             return
+        session, clear = loaded
         if session is None:
             await self._unauthenticated(request, match, clear)
             return
@@ -424,6 +422,17 @@ class OIDCGuard(Resource):
             await self._forget(session)
             session = None
         return None, clear_cookie_headers(self._session_cookie, present)
+
+    async def _session_or_503(
+        self, request: Request
+    ) -> Optional[Tuple[Optional[Session], List[bytes]]]:
+        """L{_session}, or None once a 503 is answered because the store cannot."""
+        try:
+            return await self._session(request)
+        except SessionStoreUnavailable:
+            self._finish(request, 503, "session_store_unavailable",
+                         "Sessions are temporarily unavailable. Please try again shortly.")
+            return None
 
     async def _forget(self, session: Session) -> None:
         assert self._store is not None
@@ -509,22 +518,30 @@ class OIDCGuard(Resource):
             request.received_cookies, return_to, metadata.authorization_endpoint)
         self._redirect(request, location, [*cookies, *state_cookies])
 
-    def _redirect(self, request: Request, location: str, cookies: Sequence[bytes] = (),
-                  code: int = 302) -> None:
+    def _respond(self, request: Request, code: int, content_type: bytes, body: bytes,
+                 headers: Optional[Dict[bytes, bytes]] = None,
+                 cookies: Sequence[bytes] = ()) -> None:
+        """Answer a request the guard handles itself: never cached, no body for HEAD."""
         if getattr(request, "_disconnected", False) or request.finished:
             return
         request.setResponseCode(code)
         out = request.responseHeaders
         out.removeHeader(b"server")
-        out.setRawHeaders(b"location", [location.encode("ascii")])
+        out.setRawHeaders(b"content-type", [content_type])
         out.setRawHeaders(b"cache-control", [b"no-store"])
-        out.setRawHeaders(b"content-type", [b"text/html; charset=utf-8"])
-        self._add_cookies(request, cookies)
-        body = b'<!DOCTYPE html><a href="' + escape(location).encode("ascii") + b'">Continue</a>'
         out.setRawHeaders(b"content-length", [str(len(body)).encode("ascii")])
+        for name, value in (headers or {}).items():
+            out.setRawHeaders(name, [value])
+        self._add_cookies(request, cookies)
         if request.method != b"HEAD":
             request.write(body)
         request.finish()
+
+    def _redirect(self, request: Request, location: str, cookies: Sequence[bytes] = (),
+                  code: int = 302) -> None:
+        body = b'<!DOCTYPE html><a href="' + escape(location).encode("ascii") + b'">Continue</a>'
+        self._respond(request, code, b"text/html; charset=utf-8", body,
+                      {b"location": location.encode("ascii")}, cookies)
 
     def _validator_for(self, advertised: Sequence[str]) -> IDTokenValidator:
         assert self._oidc is not None
@@ -688,14 +705,7 @@ class OIDCGuard(Resource):
             self._finish(request, 405, "method_not_allowed", "Login starts with GET.",
                          {b"allow": b"GET, HEAD"})
             return
-        rd = request.args.get(b"rd", [])
-        target = "/"
-        if len(rd) == 1:
-            try:
-                target = safe_return_to(rd[0].decode("ascii")) or "/"
-            except UnicodeDecodeError:
-                target = "/"
-        await self._start_login(request, target)
+        await self._start_login(request, _return_to(request))
 
     def _same_origin(self, request: Request) -> bool:
         """
@@ -710,13 +720,7 @@ class OIDCGuard(Resource):
         return not (site is not None and site[0] not in (b"same-origin", b"none"))
 
     async def _logout_endpoint(self, request: Request) -> None:
-        rd_values = request.args.get(b"rd", [])
-        target = "/"
-        if len(rd_values) == 1:
-            try:
-                target = safe_return_to(rd_values[0].decode("ascii")) or "/"
-            except UnicodeDecodeError:
-                target = "/"
+        target = _return_to(request)
         if request.method in (b"GET", b"HEAD"):
             self._logout_page(request, target)
             return
@@ -728,12 +732,10 @@ class OIDCGuard(Resource):
             log.info("logout refused: cross-site request")
             self._finish(request, 403, "cross_site", "Cross-site logout requests are refused.")
             return
-        try:
-            session, cookies = await self._session(request)
-        except SessionStoreUnavailable:
-            self._finish(request, 503, "session_store_unavailable",
-                         "Sessions are temporarily unavailable. Please try again shortly.")
+        loaded = await self._session_or_503(request)
+        if loaded is None:
             return
+        session, cookies = loaded
         if session is not None:
             await self._forget(session)
             log.info("logout of {sub}", sub=session.sub)
@@ -753,26 +755,16 @@ class OIDCGuard(Resource):
             '<p>Log out of this site?</p><button type="submit">Log out</button></form>'
             "</body></html>"
         ).encode()
-        request.setResponseCode(200)
-        out = request.responseHeaders
-        out.removeHeader(b"server")
-        out.setRawHeaders(b"content-type", [b"text/html; charset=utf-8"])
-        out.setRawHeaders(b"cache-control", [b"no-store"])
-        out.setRawHeaders(b"content-length", [str(len(page)).encode("ascii")])
-        if request.method != b"HEAD":
-            request.write(page)
-        request.finish()
+        self._respond(request, 200, b"text/html; charset=utf-8", page)
 
     async def _userinfo_endpoint(self, request: Request) -> None:
         if request.method not in (b"GET", b"HEAD"):
             self._finish(request, 405, "method_not_allowed", "Use GET.", {b"allow": b"GET, HEAD"})
             return
-        try:
-            session, cookies = await self._session(request)
-        except SessionStoreUnavailable:
-            self._finish(request, 503, "session_store_unavailable",
-                         "Sessions are temporarily unavailable. Please try again shortly.")
+        loaded = await self._session_or_503(request)
+        if loaded is None:
             return
+        session, cookies = loaded
         if session is None:
             self._deny(request, cookies)
             return
@@ -783,16 +775,7 @@ class OIDCGuard(Resource):
             "expires_at": int(session.expires),
             "idle_expires_at": int(session.last_seen + idle) if idle > 0 else None,
         }
-        body = json.dumps(document).encode("utf-8")
-        request.setResponseCode(200)
-        out = request.responseHeaders
-        out.removeHeader(b"server")
-        out.setRawHeaders(b"content-type", [b"application/json"])
-        out.setRawHeaders(b"cache-control", [b"no-store"])
-        out.setRawHeaders(b"content-length", [str(len(body)).encode("ascii")])
-        if request.method != b"HEAD":
-            request.write(body)
-        request.finish()
+        self._respond(request, 200, b"application/json", json.dumps(document).encode("utf-8"))
 
 
 class _OwnCookies:
@@ -806,6 +789,17 @@ class _OwnCookies:
         if name in self._names:
             return True
         return self._login is not None and name in self._login.names
+
+
+def _return_to(request: Request) -> str:
+    """The request's one C{rd} parameter if it is a safe same-origin path, else C{/}."""
+    values = request.args.get(b"rd", [])
+    if len(values) != 1:
+        return "/"
+    try:
+        return safe_return_to(values[0].decode("ascii")) or "/"
+    except UnicodeDecodeError:
+        return "/"
 
 
 def _arg(args: Dict[bytes, List[bytes]], key: bytes) -> Optional[str]:

@@ -29,22 +29,6 @@ STATE_PURPOSE = b"state"
 MAX_RETURN_TO = 2048
 """Longer return-to targets are refused (not truncated)."""
 
-RESERVED_AUTH_PARAMS = frozenset(
-    [
-        "response_type",
-        "client_id",
-        "redirect_uri",
-        "scope",
-        "state",
-        "nonce",
-        "code_challenge",
-        "code_challenge_method",
-        "response_mode",
-        "request",
-        "request_uri",
-    ]
-)
-"""Authorization request parameters the proxy owns; configuration may not set them."""
 
 
 def _b64(raw: bytes) -> str:

@@ -44,16 +44,17 @@ from treq.client import HTTPClient
 from treq.cookies import IndexableCookieJar
 from twisted.internet import error as ierror
 from twisted.internet.defer import CancelledError, Deferred, succeed
-from twisted.internet.interfaces import IConsumer, IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import client as webclient
 from twisted.web import error as weberror
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer, IResponse
-from zope.interface import implementer
+from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 
+from .config import ENDPOINT_KEYS
 from .tokens import KeySet, TokenError
+from .upstream import BytesProducer, QuietPool
 
 __all__ = [
     "ClientAuth",
@@ -78,16 +79,7 @@ ASSERTION_LIFETIME = 60
 _ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 
 # Metadata fields that hold URLs; the ones `endpoints` may set.
-_URL_FIELDS = (
-    "issuer",
-    "authorization_endpoint",
-    "token_endpoint",
-    "jwks_uri",
-    "userinfo_endpoint",
-    "end_session_endpoint",
-    "revocation_endpoint",
-    "introspection_endpoint",
-)
+_URL_FIELDS = ("issuer", *ENDPOINT_KEYS)
 _REQUIRED_ENDPOINTS = ("authorization_endpoint", "token_endpoint", "jwks_uri")
 _OPTIONAL_ENDPOINTS = (
     "userinfo_endpoint",
@@ -319,28 +311,10 @@ class _RefuseAllCookies(DefaultCookiePolicy):
         return False
 
 
-@implementer(IBodyProducer)
-class _BytesProducer:
-    """A request body already in memory, written in one go (no reactor needed)."""
-
-    def __init__(self, data: bytes) -> None:
-        if not isinstance(data, bytes):
-            raise TypeError("request bodies must be bytes")
-        self._data = data
-        self.length = len(data)
-
-    def startProducing(self, consumer: IConsumer) -> Deferred[None]:
-        consumer.write(self._data)
-        return succeed(None)
-
-    def pauseProducing(self) -> None:
-        pass
-
-    def resumeProducing(self) -> None:
-        pass
-
-    def stopProducing(self) -> None:
-        pass
+def _bytes_producer(data: bytes) -> Any:
+    if not isinstance(data, bytes):
+        raise TypeError("request bodies must be bytes")
+    return BytesProducer(data)
 
 
 def _client_over(agent: Any) -> HTTPClient:
@@ -348,7 +322,7 @@ def _client_over(agent: Any) -> HTTPClient:
     return HTTPClient(
         agent,
         cookiejar=IndexableCookieJar(policy=_RefuseAllCookies()),
-        data_to_body_producer=_BytesProducer,
+        data_to_body_producer=_bytes_producer,
     )
 
 
@@ -378,8 +352,6 @@ def make_http_client(
     @raise ValueError: C{ca_bundle} holds no certificate.
     @raise OSError: C{ca_bundle} cannot be read.
     """
-    from .upstream import QuietPool
-
     pool = QuietPool(reactor, persistent=True)
     if ca_bundle is not None:
         policy = webclient.BrowserLikePolicyForHTTPS(trustRoot=_trust_root(ca_bundle))

@@ -139,8 +139,8 @@ def _forwarded_node(host: Optional[str]) -> str:
 
 
 @implementer(IBodyProducer)
-class _BytesProducer:
-    """A request body that is already in memory, written at once."""
+class BytesProducer:
+    """A request body that is already in memory, written at once (no reactor needed)."""
 
     def __init__(self, body: bytes) -> None:
         self._body = body
@@ -350,7 +350,7 @@ class UpstreamProxy(Resource):
         if body_size or request.requestHeaders.hasHeader(b"content-length") or \
                 request.requestHeaders.hasHeader(b"transfer-encoding"):
             if body_size <= _SMALL_BODY:
-                producer = _BytesProducer(content.read() if content is not None else b"")
+                producer = BytesProducer(content.read() if content is not None else b"")
             else:
                 producer = FileBodyProducer(content, cooperator=self._cooperator)
         target = self._origins[route.index] + match.upstream_target
