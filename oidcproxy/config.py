@@ -182,6 +182,10 @@ class OIDCConfig:
     """None: C{endpoints_prefix + "/callback"}."""
     pass_access_token: str = "none"
     pass_id_token: bool = False
+    end_session: bool = True
+    """Log out at the IdP too (RP-initiated logout) when it advertises end_session_endpoint."""
+    post_logout_redirect_uri: Optional[str] = None
+    """Where the IdP sends the browser after logging out; None: public_url + the logout's rd."""
 
 
 @attr.s(frozen=True, auto_attribs=True)
@@ -196,6 +200,13 @@ class SessionConfig:
     same_site: str = "Lax"
     store_tokens: bool = True
     max_cookie_chunks: int = 5
+    refresh: str = "on_expiry"
+    """C{off}, C{on_expiry} (within C{refresh_leeway} of the access token's expiry) or C{interval}."""
+    refresh_leeway: float = 60.0
+    refresh_interval: float = 300.0
+    idp_outage_grace: float = 0.0
+    """While the token endpoint is unreachable, serve sessions whose access token expired for this long."""
+    revoke_on_logout: bool = True
 
 
 @attr.s(frozen=True, auto_attribs=True)
@@ -209,7 +220,18 @@ class StateCookieConfig:
 
 @attr.s(frozen=True, auto_attribs=True)
 class RedisConfig:
+    """The C{[redis]} table: the shared session store."""
+
     url: str = "redis://127.0.0.1:6379/0"
+    username: Optional[str] = None
+    password: Optional[Secret] = None
+    key_prefix: str = "oidcproxy:"
+    pool_size: int = 10
+    connect_timeout: float = 2.0
+    command_timeout: float = 2.0
+    ca_bundle: Optional[str] = None
+    sentinel: Tuple[Tuple[str, int], ...] = ()
+    master_name: Optional[str] = None
 
 
 @attr.s(frozen=True, auto_attribs=True)
@@ -749,6 +771,8 @@ def _oidc(t: _Table) -> OIDCConfig:
         callback_path=t.string("callback_path", None, check=_absolute_path),
         pass_access_token=t.choice("pass_access_token", ("none", "authorization", "header"), "none"),
         pass_id_token=t.boolean("pass_id_token", False),
+        end_session=t.boolean("end_session", True),
+        post_logout_redirect_uri=t.string("post_logout_redirect_uri", None, check=_http_url),
     )
 
 
@@ -786,6 +810,11 @@ def _session(t: _Table) -> SessionConfig:
         same_site=t.choice("same_site", ("Lax", "Strict", "None"), "Lax"),
         store_tokens=t.boolean("store_tokens", True),
         max_cookie_chunks=t.integer("max_cookie_chunks", 5, minimum=1, maximum=20),
+        refresh=t.choice("refresh", ("off", "on_expiry", "interval"), "on_expiry"),
+        refresh_leeway=t.duration("refresh_leeway", 60.0),
+        refresh_interval=t.duration("refresh_interval", 300.0, positive=True),
+        idp_outage_grace=t.duration("idp_outage_grace", 0.0),
+        revoke_on_logout=t.boolean("revoke_on_logout", True),
     )
 
 
@@ -802,8 +831,45 @@ def _redis(t: _Table) -> RedisConfig:
         parts = urlsplit(url)
         if parts.scheme not in ("redis", "rediss") or not parts.hostname:
             raise ValueError(f"{url!r} is not a redis:// or rediss:// URL")
+        if parts.password:
+            raise ValueError("must not hold a password; use redis.password (a secret reference)")
+        try:
+            _ = parts.port
+        except ValueError:
+            raise ValueError(f"{url!r} has an invalid port") from None
+        path = parts.path.strip("/")
+        if path and not path.isdigit():
+            raise ValueError(f"{url!r}: the path must be a database number")
         return url
-    return RedisConfig(url=t.string("url", "redis://127.0.0.1:6379/0", check=check))
+
+    def address(text: str) -> Tuple[str, int]:
+        host, sep, port = text.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{text!r} is not a host:port address")
+        return host.strip("[]"), int(port)
+
+    sentinel: Tuple[Tuple[str, int], ...] = t.strings("sentinel", (), check=address)
+    master_name = t.string("master_name", None)
+    if sentinel and not master_name:
+        t.problem("master_name", "is required with sentinel")
+    if master_name and not sentinel:
+        t.problem("master_name", "only makes sense with sentinel")
+    url = t.string("url", "redis://127.0.0.1:6379/0", check=check)
+    ca_bundle = t.string("ca_bundle", None, check=_readable_file)
+    if ca_bundle and not url.startswith("rediss://"):
+        t.problem("ca_bundle", "only makes sense with a rediss:// url (TLS)")
+    return RedisConfig(
+        url=url,
+        username=t.string("username", None),
+        password=t.secret("password"),
+        key_prefix=t.string("key_prefix", "oidcproxy:"),
+        pool_size=t.integer("pool_size", 10, minimum=1, maximum=1000),
+        connect_timeout=t.duration("connect_timeout", 2.0, positive=True),
+        command_timeout=t.duration("command_timeout", 2.0, positive=True),
+        ca_bundle=ca_bundle,
+        sentinel=sentinel,
+        master_name=master_name,
+    )
 
 
 def _header_name(text: str) -> str:
@@ -906,8 +972,8 @@ def parse_config(data: Dict[str, Any], source: str) -> Config:
     if redis_table is not None:
         redis = _redis(redis_table)
         redis_table.done()
-    if session.store == "redis":
-        problems.add("session.store", '"redis" is not available in this version; use "cookie"')
+    if session.store == "redis" and redis is None:
+        problems.add("session.store", '"redis" needs a [redis] table with url')
     state_cookie = StateCookieConfig()
     state_table = top.table("state_cookie")
     if state_table is not None:

@@ -50,10 +50,11 @@ from .crypto import Sealer
 from .login import LoginFlow, safe_return_to
 from .pages import render_error
 from .provider import ClientAuth, Provider, ProviderError, make_http_client
+from .refresh import Refresher
 from .routes import BadRequestTarget, RouteMatch, RouteTable, normalise_path
 from .session import LIVE, ISessionStore, Session, SessionStoreUnavailable, new_session_id, session_state
 from .stores.cookie import CookieStore
-from .tokens import IDTokenValidator, JWTVerifier, TokenError, peek_header
+from .tokens import IDTokenValidator, JWTVerifier, LogoutTokenValidator, TokenError, peek_header
 from .upstream import canonical_header, request_host_header
 
 log = Logger()
@@ -206,6 +207,7 @@ class OIDCGuard(Resource):
         self._started = False
         self._consumed: OrderedDict[str, float] = OrderedDict()
         self._validator: Optional[IDTokenValidator] = None
+        self._verifier: Any = None
         self._validator_algs: Optional[Tuple[str, ...]] = None
         s = config.session
         self._session_cookie = CookieSpec(
@@ -218,10 +220,11 @@ class OIDCGuard(Resource):
         self._provider: Optional[Provider] = None
         self._store: Optional[ISessionStore] = store
         self._login: Optional[LoginFlow] = None
+        self._refresher: Optional[Refresher] = None
         if oidc is not None:
             sealer = Sealer([x.reveal().encode("utf-8") for x in s.secrets])
             if self._store is None:
-                self._store = CookieStore(sealer, store_tokens=s.store_tokens)
+                self._store = _build_store(config, sealer, reactor)
             if provider is None:
                 provider = Provider(
                     oidc.issuer,
@@ -248,6 +251,11 @@ class OIDCGuard(Resource):
             state = config.state_cookie
             state_spec = CookieSpec(name=state.name, path="/", secure=self._secure,
                                     http_only=True, same_site="Lax")
+            self._refresher = Refresher(
+                provider, self._validate_refreshed, self._store, reactor,
+                mode=s.refresh, leeway=s.refresh_leeway, interval=s.refresh_interval,
+                lease=2 * oidc.timeout + 5.0,
+            )
             self._login = LoginFlow(
                 sealer=sealer,
                 cookie=state_spec,
@@ -443,6 +451,28 @@ class OIDCGuard(Resource):
 
     async def _authenticated(self, request: Request, match: RouteMatch, session: Session) -> None:
         now = self._clock.seconds()
+        refresher = self._refresher
+        if refresher is not None and refresher.due(session, now):
+            outcome = await refresher.refresh(session)
+            if outcome.ended:
+                await self._forget(session)
+                present = chunk_names(self._session_cookie, request.received_cookies)
+                await self._unauthenticated(
+                    request, match, clear_cookie_headers(self._session_cookie, present))
+                return
+            if outcome.session is not None:
+                session = outcome.session
+                value = outcome.cookie_value
+                if value is not None and value != read_cookie(self._session_cookie,
+                                                              request.received_cookies):
+                    self._add_cookies_on_write(request, set_cookie_headers(
+                        self._session_cookie, value, int(session.expires - now),
+                        chunk_names(self._session_cookie, request.received_cookies)))
+            elif not self._usable_during_outage(session, now):
+                self._finish(request, 503, "idp_unavailable",
+                             "The identity provider cannot be reached to renew your session. "
+                             "Please try again shortly.", {b"retry-after": b"5"})
+                return
         idle = self._config.session.idle_timeout
         if idle > 0 and now - session.last_seen >= min(60.0, idle / 4):
             # Keep the idle clock (which lives inside the session) moving.
@@ -454,6 +484,27 @@ class OIDCGuard(Resource):
                 chunk_names(self._session_cookie, request.received_cookies)))
         self._set_identity(request, session)
         self._pass(request, match)
+
+    def _usable_during_outage(self, session: Session, now: float) -> bool:
+        """
+        The IdP could not renew the tokens: serve while the access token is
+        still valid, then for up to session.idp_outage_grace after it expired.
+        """
+        expires = session.access_token_expires
+        if expires is None or now < expires:
+            return True
+        grace = self._config.session.idp_outage_grace
+        if grace > 0 and now < expires + grace:
+            log.warn("serving {sub} with an expired access token: the IdP is unreachable "
+                     "(idp_outage_grace)", sub=session.sub)
+            return True
+        return False
+
+    def _validate_refreshed(self, id_token: str, keys: Any) -> Dict[str, Any]:
+        """A refreshed ID token: the usual checks, without a nonce."""
+        assert self._provider is not None and self._provider.metadata is not None
+        validator = self._validator_for(self._provider.metadata.id_token_signing_alg_values_supported)
+        return validator.validate(id_token, keys, None)
 
     def _set_identity(self, request: Request, session: Session) -> None:
         setattr(request, "oidcproxy_identity", Identity(  # noqa: B010
@@ -552,6 +603,7 @@ class OIDCGuard(Resource):
             secret = oidc.client_secret.reveal().encode("utf-8") \
                 if oidc.client_secret and any(a.startswith("HS") for a in algs) else None
             verifier = JWTVerifier(algs or ("RS256",), hmac_secret=secret)
+            self._verifier = verifier
             self._validator = IDTokenValidator(oidc.issuer, oidc.client_id, verifier,
                                                self._clock, leeway=oidc.leeway)
             self._validator_algs = algs
@@ -697,6 +749,8 @@ class OIDCGuard(Resource):
             await self._logout_endpoint(request)
         elif name == "/userinfo":
             await self._userinfo_endpoint(request)
+        elif name == "/backchannel-logout":
+            await self._backchannel_logout(request)
         else:
             self._finish(request, 404, "not_found", "No such endpoint.")
 
@@ -736,12 +790,42 @@ class OIDCGuard(Resource):
         if loaded is None:
             return
         session, cookies = loaded
+        location = self._public + target
         if session is not None:
             await self._forget(session)
             log.info("logout of {sub}", sub=session.sub)
+            await self._revoke(session)
+            idp_logout = self._end_session_url(session, location)
+            if idp_logout is not None:
+                location = idp_logout
         present = chunk_names(self._session_cookie, request.received_cookies)
         cookies = clear_cookie_headers(self._session_cookie, present) if present else []
-        self._redirect(request, self._public + target, cookies, code=303)
+        self._redirect(request, location, cookies, code=303)
+
+    async def _revoke(self, session: Session) -> None:
+        """RFC 7009: revoke the session's tokens at the IdP, when it can and we should."""
+        provider = self._provider
+        if provider is None or provider.metadata is None or \
+                not provider.metadata.revocation_endpoint or \
+                not self._config.session.revoke_on_logout:
+            return
+        for token, hint in ((session.refresh_token, "refresh_token"),
+                            (session.access_token, "access_token")):
+            if not token:
+                continue
+            try:
+                await provider.revoke(token, hint)
+            except ProviderError as e:
+                log.warn("could not revoke the {hint} at logout: {reason}: {detail}",
+                         hint=hint, reason=e.reason, detail=e.detail)
+
+    def _end_session_url(self, session: Session, local: str) -> Optional[str]:
+        """The IdP's RP-initiated logout URL, coming back to C{local}; None when off or unknown."""
+        provider, oidc = self._provider, self._oidc
+        if provider is None or oidc is None or not oidc.end_session:
+            return None
+        back = oidc.post_logout_redirect_uri or local
+        return provider.end_session_url(session.id_token, back)
 
     def _logout_page(self, request: Request, target: str) -> None:
         """A confirmation form: a link alone cannot log anyone out."""
@@ -778,6 +862,72 @@ class OIDCGuard(Resource):
         self._respond(request, 200, b"application/json", json.dumps(document).encode("utf-8"))
 
 
+    async def _backchannel_logout(self, request: Request) -> None:
+        """
+        OpenID Connect Back-Channel Logout 1.0: the IdP POSTs a logout token;
+        every session of its C{sid} (or, without one, of its C{sub}) ends.
+        Needs a store that can find sessions by sid/sub (Redis).
+        """
+        provider, oidc = self._provider, self._oidc
+        store: Any = self._store
+        if request.method != b"POST":
+            self._finish(request, 405, "method_not_allowed", "Use POST.", {b"allow": b"POST"},
+                         as_json=True)
+            return
+        if provider is None or oidc is None or store is None or \
+                not hasattr(store, "delete_by"):
+            self._finish(request, 501, "not_implemented",
+                         'Back-channel logout needs session.store = "redis": the cookie store '
+                         "cannot find a user's sessions.", as_json=True)
+            return
+        tokens = request.args.get(b"logout_token", [])
+        if len(tokens) != 1:
+            self._finish(request, 400, "invalid_request", "Exactly one logout_token is required.",
+                         as_json=True)
+            return
+        try:
+            token = tokens[0].decode("ascii")
+            metadata = provider.metadata
+            if metadata is None:
+                raise ProviderError(503, "not_ready", "discovery has not succeeded yet")
+            header = peek_header(token)
+            kid = header.get("kid")
+            keys = await provider.keys_for(kid if isinstance(kid, str) else None)
+            self._validator_for(metadata.id_token_signing_alg_values_supported)
+            verifier = self._verifier
+            claims = LogoutTokenValidator(oidc.issuer, oidc.client_id, verifier, self._clock,
+                                          leeway=oidc.leeway).validate(token, keys)
+            seen = await store.lock("jti:" + claims["jti"], 600.0)
+            if seen is None:
+                raise TokenError("jti_replayed", "this logout token was used before")
+        except (TokenError, UnicodeDecodeError) as e:
+            reason = getattr(e, "reason", "malformed")
+            log.warn("back-channel logout refused: {reason}", reason=reason)
+            self._finish(request, 400, "invalid_request", "The logout token is not valid.",
+                         as_json=True)
+            return
+        except ProviderError as e:
+            self._finish(request, e.status if e.status in (503, 504) else 502, "idp_unavailable",
+                         "The identity provider's keys could not be loaded.", as_json=True)
+            return
+        except SessionStoreUnavailable:
+            self._finish(request, 503, "session_store_unavailable",
+                         "Sessions are temporarily unavailable.", as_json=True)
+            return
+        sid = claims.get("sid")
+        try:
+            if sid:
+                count = await store.delete_by(sid=sid)
+            else:
+                count = await store.delete_by(sub=claims["sub"])
+        except SessionStoreUnavailable:
+            self._finish(request, 503, "session_store_unavailable",
+                         "Sessions are temporarily unavailable.", as_json=True)
+            return
+        log.info("back-channel logout: {count} session(s) ended", count=count)
+        self._respond(request, 200, b"application/json", b"{}")
+
+
 class _OwnCookies:
     """Names of the proxy's cookies, for L{strip_cookies}."""
 
@@ -789,6 +939,29 @@ class _OwnCookies:
         if name in self._names:
             return True
         return self._login is not None and name in self._login.names
+
+
+def _build_store(config: Config, sealer: Sealer, reactor: Any) -> ISessionStore:
+    """The configured session store."""
+    s = config.session
+    if s.store == "redis" and config.redis is not None:
+        from .stores.redis import RedisStore, build_redis
+
+        r = config.redis
+        pool = build_redis(
+            r.url,
+            password=r.password.reveal() if r.password else None,
+            username=r.username,
+            pool_size=r.pool_size,
+            connect_timeout=r.connect_timeout,
+            command_timeout=r.command_timeout,
+            ca_bundle=r.ca_bundle,
+            sentinel=r.sentinel or None,
+            master_name=r.master_name,
+        )
+        return RedisStore(pool, sealer, reactor, key_prefix=r.key_prefix,
+                          command_timeout=r.command_timeout)
+    return CookieStore(sealer, store_tokens=s.store_tokens)
 
 
 def _return_to(request: Request) -> str:

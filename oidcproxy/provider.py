@@ -1,6 +1,6 @@
 """
-Talking to the OpenID provider: discovery, the signing keys (JWKS), the token
-endpoint and the userinfo endpoint.
+Talking to the OpenID provider: discovery, the signing keys (JWKS), the token,
+userinfo and revocation endpoints, and the RP-initiated logout URL.
 
 One L{Provider} per issuer. L{Provider.start} loads the discovery document and
 the JWKS in the background, retrying with exponential backoff while the
@@ -8,7 +8,8 @@ provider is unreachable or answers nonsense; L{Provider.keys_for} serves the
 cached keys and refetches them when they are old or a token names a key we do
 not know (rate limited, single-flight); L{Provider.exchange_code},
 L{Provider.refresh} and L{Provider.userinfo} are the back-channel requests of
-the authorization code flow.
+the authorization code flow; L{Provider.revoke} revokes a token at logout (RFC
+7009) and L{Provider.end_session_url} builds the RP-initiated logout URL.
 
 Every request to the provider:
 
@@ -16,11 +17,12 @@ Every request to the provider:
     C{timeout}); the request is cancelled when it passes;
   - reads the body incrementally and gives up beyond C{max_response_size}
     bytes (502 C{response_too_large});
-  - must answer JSON (502 C{bad_json});
+  - must answer JSON (502 C{bad_json}), except for a successful revocation,
+    whose body is ignored (RFC 7009, 2.2);
   - never follows redirects (a redirect is a bad answer);
   - is made at most once per call: discovery and JWKS failures are retried by
-    the background loop only, and the code exchange is never retried (a code
-    is single-use).
+    the background loop only, and the code exchange, refresh and revocation
+    are never retried (a code is single-use).
 
 Failures are L{ProviderError}s. Logs and error details never contain a token,
 an authorization code, a client secret or a client assertion.
@@ -34,7 +36,7 @@ import re
 import secrets
 from http.cookiejar import Cookie, DefaultCookiePolicy
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple, Type, cast
-from urllib.parse import quote_plus, urlencode, urlsplit
+from urllib.parse import quote_plus, unquote_plus, urlencode, urlsplit, urlunsplit
 
 import attr
 import jwt
@@ -119,8 +121,8 @@ class ProviderError(Exception):
         loaded yet, or the provider was stopped), 504 (timeout), 401 (the
         token endpoint said C{invalid_grant}: the user should log in again).
     @ivar reason: a stable snake_case code for logs and metrics.
-    @ivar oauth_error: the OAuth C{error} code of a token endpoint's error
-        answer (e.g. C{invalid_grant}), else None.
+    @ivar oauth_error: the OAuth C{error} code of a token or revocation
+        endpoint's error answer (e.g. C{invalid_grant}), else None.
     @ivar detail: human text; never a token, code, secret or assertion.
     """
 
@@ -458,6 +460,47 @@ def _safe_description(value: Any, secrets_sent: Sequence[str]) -> Optional[str]:
     if any(s and s in value for s in secrets_sent):
         return None
     return _PRINTABLE.sub("?", value)[:200]
+
+
+def _oauth_error(answer: _Answer, what: str, secrets_sent: Sequence[str]) -> Tuple[Optional[str], str]:
+    """
+    The OAuth error of a failed answer (RFC 6749, 5.2), read from a 4xx
+    answer's JSON C{error} member only, and a detail for a L{ProviderError}.
+
+    @return: C{(error, detail)}; C{error} is None when there is none.
+    """
+    document: Any = None
+    if 400 <= answer.code < 500:
+        try:
+            document = _parse_json(answer, what)
+        except ProviderError:
+            document = None
+    oauth_error = document.get("error") if isinstance(document, dict) else None
+    if not isinstance(oauth_error, str) or not oauth_error:
+        return None, f"the {what} answered HTTP {answer.code}"
+    oauth_error = _PRINTABLE.sub("?", oauth_error)[:100]
+    assert isinstance(document, dict)
+    description = _safe_description(document.get("error_description"), secrets_sent)
+    detail = f"the {what} answered HTTP {answer.code} {oauth_error}"
+    if description:
+        detail += f": {description}"
+    return oauth_error, detail
+
+
+def _add_query(url: str, params: Sequence[Tuple[str, str]]) -> str:
+    """
+    C{url} with C{params} added to its query. What the query already holds is
+    kept as it is written, except the parameters named in C{params}, which
+    are replaced (a parameter must not appear twice: RFC 6749, 3.1).
+    """
+    parts = urlsplit(url)
+    names = {name for name, _ in params}
+    kept = [
+        piece
+        for piece in parts.query.split("&")
+        if piece and unquote_plus(piece.split("=", 1)[0]) not in names
+    ]
+    return urlunsplit(parts._replace(query="&".join([*kept, urlencode(params)])))
 
 
 # -- the provider ------------------------------------------------------------
@@ -829,23 +872,9 @@ class Provider:
         return self._check_tokens(document, require_id_token)
 
     def _token_error(self, grant: str, answer: _Answer, secrets_sent: List[str]) -> ProviderError:
-        document: Any = None
-        if 400 <= answer.code < 500:
-            try:
-                document = _parse_json(answer, "token endpoint")
-            except ProviderError:
-                document = None
-        oauth_error = document.get("error") if isinstance(document, dict) else None
-        if not isinstance(oauth_error, str) or not oauth_error:
-            return ProviderError(
-                502, "bad_token_response", f"the token endpoint answered HTTP {answer.code}"
-            )
-        oauth_error = _PRINTABLE.sub("?", oauth_error)[:100]
-        assert isinstance(document, dict)
-        description = _safe_description(document.get("error_description"), secrets_sent)
-        detail = f"the token endpoint answered HTTP {answer.code} {oauth_error}"
-        if description:
-            detail += f": {description}"
+        oauth_error, detail = _oauth_error(answer, "token endpoint", secrets_sent)
+        if oauth_error is None:
+            return ProviderError(502, "bad_token_response", detail)
         status = 401 if oauth_error == "invalid_grant" else 502
         return ProviderError(status, "token_error", detail, oauth_error=oauth_error)
 
@@ -900,12 +929,90 @@ class Provider:
 
     async def refresh(self, refresh_token: str) -> Dict[str, Any]:
         """
-        Use a refresh token. Like L{exchange_code}, but the C{id_token} is
-        optional; C{invalid_grant} (the refresh token is expired or revoked)
-        is 401.
+        Use a refresh token (RFC 6749, 6; never retried). Like
+        L{exchange_code}, but the C{id_token} is optional.
+
+        @return: the token response: the new C{access_token} and
+            C{token_type} (Bearer); C{expires_in} (int), C{refresh_token}
+            (str: the provider rotated it; absent or None: keep using the
+            old one) and C{id_token} (str: to be validated without a nonce,
+            and for the same C{sub}) checked when present and not null;
+            other members as the provider sent them.
+        @raise ProviderError: 401 C{token_error} with C{oauth_error}
+            C{invalid_grant} when the refresh token is expired or revoked
+            (the session is over); otherwise as L{exchange_code}.
         """
         fields = [("grant_type", "refresh_token"), ("refresh_token", refresh_token)]
         return await self._token_request("refresh_token", fields, [refresh_token], require_id_token=False)
+
+    # -- logout
+
+    async def revoke(self, token: str, token_type_hint: Optional[str] = None) -> None:
+        """
+        Revoke a token at the revocation endpoint (RFC 7009; never retried).
+
+        The request is a form POST of C{token} and, when given,
+        C{token_type_hint} (C{access_token} or C{refresh_token}), with the
+        client authentication of the token endpoint (a C{private_key_jwt}
+        assertion has the token endpoint as its audience, as for the token
+        endpoint: it names the authorization server). Only a 200 answer is a
+        success; its body is ignored.
+
+        @raise ProviderError: 502 C{no_revocation_endpoint}; 502
+            C{revocation_failed} for any other status, with the
+            C{oauth_error} of a 4xx JSON error answer (e.g.
+            C{unsupported_token_type}), else None; 502 C{unreachable},
+            C{response_too_large}; 504 C{timeout}; 503 C{not_ready} or
+            C{stopped}.
+        """
+        metadata = self._require_metadata()
+        endpoint = metadata.revocation_endpoint
+        if endpoint is None:
+            raise ProviderError(502, "no_revocation_endpoint", "the provider has no revocation endpoint")
+        fields = [("token", token)]
+        if token_type_hint:
+            fields.append(("token_type_hint", token_type_hint))
+        headers = Headers({b"content-type": [b"application/x-www-form-urlencoded"]})
+        secrets_sent = [token, *self._authenticate(metadata.token_endpoint, fields, headers)]
+        body = urlencode(fields).encode("ascii")
+        answer = await self._request(
+            "revocation endpoint", "POST", endpoint, accept=_ACCEPT_JSON, headers=headers, body=body
+        )
+        if answer.code == 200:
+            return
+        oauth_error, detail = _oauth_error(answer, "revocation endpoint", secrets_sent)
+        raise ProviderError(502, "revocation_failed", detail, oauth_error=oauth_error)
+
+    def end_session_url(
+        self,
+        id_token_hint: Optional[str],
+        post_logout_redirect_uri: Optional[str],
+        state: Optional[str] = None,
+    ) -> Optional[str]:
+        """
+        The URL to send the browser to for RP-initiated logout (OpenID
+        Connect RP-Initiated Logout 1.0, 2): the C{end_session_endpoint} with
+        C{id_token_hint}, C{client_id}, C{post_logout_redirect_uri} and
+        C{state} added to its query, in that order. C{client_id} is always
+        there; the others only when given (neither None nor empty). A query
+        the endpoint URL already holds is kept, less any parameter of the
+        same name as one added here.
+
+        @return: the URL, or None when the metadata is not loaded or the
+            provider has no C{end_session_endpoint}.
+        """
+        metadata = self.metadata
+        if metadata is None or not metadata.end_session_endpoint:
+            return None
+        params: List[Tuple[str, str]] = []
+        if id_token_hint:
+            params.append(("id_token_hint", id_token_hint))
+        params.append(("client_id", self.client.client_id))
+        if post_logout_redirect_uri:
+            params.append(("post_logout_redirect_uri", post_logout_redirect_uri))
+        if state:
+            params.append(("state", state))
+        return _add_query(metadata.end_session_endpoint, params)
 
     # -- userinfo
 

@@ -125,6 +125,16 @@ class FakeIdP(Resource):
         """Every token response sent, in order."""
         self._userinfo: Dict[str, Dict[str, Any]] = {}
         self.paths: List[bytes] = []
+        self.refresh_grants: Dict[str, Grant] = {}
+        """Live refresh tokens and the login they belong to (rotated on use)."""
+        self.refresh_error: Optional[Tuple[int, str]] = None
+        """Answer refresh grants with this (status, OAuth error) instead."""
+        self.refresh_sub: Optional[str] = None
+        """Put this sub (instead of the login's) in refreshed ID tokens."""
+        self.refresh_count = 0
+        self.advertise_logout = False
+        """Advertise end_session_endpoint and revocation_endpoint."""
+        self.revoked: List[Tuple[str, Optional[str]]] = []
 
     # -- what tests call
 
@@ -141,6 +151,9 @@ class FakeIdP(Resource):
         }
         if self.iss_parameter_supported:
             document["authorization_response_iss_parameter_supported"] = True
+        if self.advertise_logout:
+            document["end_session_endpoint"] = ISSUER + "/logout?ui=1"
+            document["revocation_endpoint"] = ISSUER + "/revoke"
         return document
 
     def issue_code(
@@ -205,6 +218,10 @@ class FakeIdP(Resource):
             return self._token(request)
         if request.path == b"/userinfo":
             return self._userinfo_answer(request)
+        if request.path == b"/revoke" and request.method == b"POST":
+            form = parse_qs(request.content.read().decode("ascii"))
+            self.revoked.append((form["token"][0], (form.get("token_type_hint") or [None])[0]))
+            return b""
         request.setResponseCode(404)
         return b"not found"
 
@@ -236,6 +253,8 @@ class FakeIdP(Resource):
                 f"{self.client_id}:{self.client_secret}".encode("ascii"))
             if seen.authorization != expected:
                 return self._oauth_error(request, 401, "invalid_client", "bad client credentials")
+        if seen.field("grant_type") == "refresh_token":
+            return self._refresh(request, seen)
         if seen.field("grant_type") != "authorization_code":
             return self._oauth_error(request, 400, "unsupported_grant_type", "only codes here")
         grant = self.grants.get(seen.field("code") or "")
@@ -276,6 +295,32 @@ class FakeIdP(Resource):
             "refresh_token": refresh_token,
         }
         self._userinfo[access_token] = dict(grant.userinfo)
+        self.refresh_grants[refresh_token] = grant
+        self.issued.append(document)
+        return self._json(request, 200, document)
+
+    def _refresh(self, request: Any, seen: TokenRequest) -> bytes:
+        """The refresh_token grant, with rotation: each refresh token works once."""
+        self.refresh_count += 1
+        if self.refresh_error is not None:
+            status, error = self.refresh_error
+            return self._oauth_error(request, status, error, "refresh refused")
+        grant = self.refresh_grants.pop(seen.field("refresh_token") or "", None)
+        if grant is None:
+            return self._oauth_error(request, 400, "invalid_grant", "unknown or used refresh token")
+        now = int(self.clock.seconds())
+        access_token = "at-" + secrets.token_urlsafe(16)
+        refresh_token = "rt-" + secrets.token_urlsafe(16)
+        claims = {"iss": ISSUER, "aud": self.client_id, "sub": self.refresh_sub or grant.sub,
+                  "iat": now, "exp": now + 300, **grant.claims}
+        document = {
+            "access_token": access_token,
+            "token_type": "Bearer",
+            "id_token": self.id_token(claims),
+            "expires_in": 300,
+            "refresh_token": refresh_token,
+        }
+        self.refresh_grants[refresh_token] = grant
         self.issued.append(document)
         return self._json(request, 200, document)
 

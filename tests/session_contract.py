@@ -1,6 +1,7 @@
 """
 The behaviour every L{ISessionStore} must have, as a mixin reused by each
-store's tests (the memory and cookie stores here, Redis later).
+store's tests (the memory and cookie stores here, Redis in
+L{tests.integration.test_redis_store}).
 
 Usage::
 
@@ -11,15 +12,26 @@ Usage::
             return MyStore(self.clock)
 
 C{setUp} provides C{self.clock} (a L{Clock} at a fixed time) and
-C{self.store}. The store's Deferreds must have fired by the time the call
-returns (an in-memory fake backend is fine for networked stores).
+C{self.store}; the clock gives the sessions' times, it need not drive the
+store.
+
+The contract's tests are coroutines run by L{contract_test}. Mixed into a
+L{SynchronousTestCase}, the store's Deferreds must have fired by the time
+each call returns (an in-memory store, or an in-memory fake backend); mixed
+into an asynchronous L{TestCase} they may fire later (a real server), and
+C{setUp} may be overridden as a coroutine that prepares what C{make_store}
+needs before calling C{super().setUp()}.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import functools
+from typing import TYPE_CHECKING, Any, Callable, Coroutine, List, Optional
 
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+from twisted.trial.unittest import TestCase
 from zope.interface.verify import verifyObject
 
 from oidcproxy.session import ISessionStore, Session, new_session_id
@@ -32,6 +44,34 @@ else:
     _Base = object
 
 START = 1_700_000_000.0
+
+
+def contract_test(
+    test: Callable[[Any], Coroutine[Any, Any, None]],
+) -> Callable[[Any], Optional[Deferred[None]]]:
+    """
+    Make the coroutine C{test} a test method of either kind of test case: an
+    asynchronous L{TestCase} gets its Deferred to wait for; a
+    L{SynchronousTestCase} runs it to the end at once and sees its outcome
+    (an assertion failure, a skip, an error) raised as usual.
+    """
+
+    @functools.wraps(test)
+    def run(self: Any) -> Optional[Deferred[None]]:
+        d = Deferred.fromCoroutine(test(self))
+        if isinstance(self, TestCase):
+            return d
+        outcome: List[Any] = []
+        d.addBoth(outcome.append)
+        if not outcome:
+            raise self.failureException(
+                "the store's Deferreds have not fired: use an asynchronous TestCase for this store"
+            )
+        if isinstance(outcome[0], Failure):
+            outcome[0].raiseException()
+        return None
+
+    return run
 
 
 def make_session(clock: Clock, **overrides: Any) -> Session:
@@ -85,36 +125,41 @@ class SessionStoreContract(_Base):
     def session(self, **overrides: Any) -> Session:
         return make_session(self.clock, **overrides)
 
-    def save(self, session: Session) -> str:
-        value = self.successResultOf(self.store.save(session))
+    async def save(self, session: Session) -> str:
+        value = await self.store.save(session)
         self.assertIsInstance(value, str)
         return value
 
-    def load(self, value: str) -> Any:
-        return self.successResultOf(self.store.load(value))
+    async def load(self, value: str) -> Any:
+        return await self.store.load(value)
 
     # the contract
 
-    def test_provides_interface(self) -> None:
+    @contract_test
+    async def test_provides_interface(self) -> None:
         """The store provides L{ISessionStore}."""
         self.assertTrue(verifyObject(ISessionStore, self.store))
 
-    def test_round_trip(self) -> None:
+    @contract_test
+    async def test_round_trip(self) -> None:
         """A saved session loads back equal, every field included."""
         session = self.session()
-        self.assertEqual(self.load(self.save(session)), session)
+        self.assertEqual(await self.load(await self.save(session)), session)
 
-    def test_session_id_preserved(self) -> None:
+    @contract_test
+    async def test_session_id_preserved(self) -> None:
         """The loaded session keeps the saved session's id."""
         session = self.session()
-        self.assertEqual(self.load(self.save(session)).id, session.id)
+        self.assertEqual((await self.load(await self.save(session))).id, session.id)
 
-    def test_value_cookie_safe(self) -> None:
+    @contract_test
+    async def test_value_cookie_safe(self) -> None:
         """The value for the browser is non-empty URL-safe base64 text."""
-        value = self.save(self.session())
+        value = await self.save(self.session())
         self.assertRegex(value, r"\A[A-Za-z0-9_-]+\Z")
 
-    def test_minimal_session_round_trip(self) -> None:
+    @contract_test
+    async def test_minimal_session_round_trip(self) -> None:
         """A session without any optional field and with empty claims round-trips."""
         session = Session(
             id=new_session_id(),
@@ -124,69 +169,79 @@ class SessionStoreContract(_Base):
             last_seen=START,
             expires=START + 60,
         )
-        self.assertEqual(self.load(self.save(session)), session)
+        self.assertEqual(await self.load(await self.save(session)), session)
 
-    def test_large_claims_round_trip(self) -> None:
+    @contract_test
+    async def test_large_claims_round_trip(self) -> None:
         """A session with 200 groups and non-ASCII claims round-trips."""
         groups = [f"group-{i:03d}-engineering-platform" for i in range(200)]
         session = self.session(claims={"sub": "user-1234", "groups": groups, "name": "Zoë Ångström 日本"})
-        loaded = self.load(self.save(session))
+        loaded = await self.load(await self.save(session))
         self.assertEqual(loaded, session)
         self.assertEqual(loaded.claims["groups"], groups)
 
-    def test_save_again_updates(self) -> None:
+    @contract_test
+    async def test_save_again_updates(self) -> None:
         """Saving a changed copy of a session makes its new value load the change."""
         session = self.session()
-        self.save(session)
+        await self.save(session)
         self.clock.advance(120)
         later = session.touched(self.clock.seconds())
-        loaded = self.load(self.save(later))
+        loaded = await self.load(await self.save(later))
         self.assertEqual(loaded.last_seen, START + 120)
         self.assertEqual(loaded, later)
 
-    def test_two_sessions_independent(self) -> None:
+    @contract_test
+    async def test_two_sessions_independent(self) -> None:
         """Two saved sessions get two different values, each loading its own session."""
         first = self.session(sub="alice", claims={"sub": "alice"})
         second = self.session(sub="bob", claims={"sub": "bob"})
-        first_value = self.save(first)
-        second_value = self.save(second)
+        first_value = await self.save(first)
+        second_value = await self.save(second)
         self.assertNotEqual(first_value, second_value)
-        self.assertEqual(self.load(first_value), first)
-        self.assertEqual(self.load(second_value), second)
+        self.assertEqual(await self.load(first_value), first)
+        self.assertEqual(await self.load(second_value), second)
 
-    def test_load_empty(self) -> None:
+    @contract_test
+    async def test_load_empty(self) -> None:
         """The empty value loads as no session (not an error)."""
-        self.assertIsNone(self.load(""))
+        self.assertIsNone(await self.load(""))
 
-    def test_load_garbage(self) -> None:
+    @contract_test
+    async def test_load_garbage(self) -> None:
         """Values that no store could have issued load as no session."""
         for value in ["garbage", "!!!!", "a b c", "=" * 10, "\x00\x01", "é" * 50, "A" * 100_000]:
-            self.assertIsNone(self.load(value), repr(value[:20]))
+            self.assertIsNone(await self.load(value), repr(value[:20]))
 
-    def test_load_unknown(self) -> None:
+    @contract_test
+    async def test_load_unknown(self) -> None:
         """A well-formed session id that was never saved loads as no session."""
-        self.save(self.session())
-        self.assertIsNone(self.load(new_session_id()))
+        await self.save(self.session())
+        self.assertIsNone(await self.load(new_session_id()))
 
-    def test_tampered_flip(self) -> None:
+    @contract_test
+    async def test_tampered_flip(self) -> None:
         """A value with one character in the middle changed loads as no session."""
-        value = self.save(self.session())
+        value = await self.save(self.session())
         middle = len(value) // 2
         flipped = "B" if value[middle] == "A" else "A"
-        self.assertIsNone(self.load(value[:middle] + flipped + value[middle + 1 :]))
+        self.assertIsNone(await self.load(value[:middle] + flipped + value[middle + 1 :]))
 
-    def test_tampered_truncated(self) -> None:
+    @contract_test
+    async def test_tampered_truncated(self) -> None:
         """A value missing its last character loads as no session."""
-        value = self.save(self.session())
-        self.assertIsNone(self.load(value[:-1]))
+        value = await self.save(self.session())
+        self.assertIsNone(await self.load(value[:-1]))
 
-    def test_tampered_appended(self) -> None:
+    @contract_test
+    async def test_tampered_appended(self) -> None:
         """A value with characters appended loads as no session."""
-        value = self.save(self.session())
+        value = await self.save(self.session())
         for suffix in ["A", "AA", "AAAA", "x"]:
-            self.assertIsNone(self.load(value + suffix), suffix)
+            self.assertIsNone(await self.load(value + suffix), suffix)
 
-    def test_delete(self) -> None:
+    @contract_test
+    async def test_delete(self) -> None:
         """
         After delete, a server-side store no longer loads the value. A
         stateless store (the cookie store) keeps nothing to delete: the value
@@ -194,22 +249,24 @@ class SessionStoreContract(_Base):
         on expiry.
         """
         session = self.session()
-        value = self.save(session)
-        self.assertIsNone(self.successResultOf(self.store.delete(session)))
+        value = await self.save(session)
+        self.assertIsNone(await self.store.delete(session))
         if self.server_side:
-            self.assertIsNone(self.load(value))
+            self.assertIsNone(await self.load(value))
         else:
-            self.assertEqual(self.load(value), session)
+            self.assertEqual(await self.load(value), session)
 
-    def test_delete_leaves_others(self) -> None:
+    @contract_test
+    async def test_delete_leaves_others(self) -> None:
         """Deleting one session leaves another one loadable."""
         gone = self.session(sub="alice")
         kept = self.session(sub="bob")
-        self.save(gone)
-        kept_value = self.save(kept)
-        self.successResultOf(self.store.delete(gone))
-        self.assertEqual(self.load(kept_value), kept)
+        await self.save(gone)
+        kept_value = await self.save(kept)
+        await self.store.delete(gone)
+        self.assertEqual(await self.load(kept_value), kept)
 
-    def test_delete_unsaved(self) -> None:
+    @contract_test
+    async def test_delete_unsaved(self) -> None:
         """Deleting a session that was never saved fires with None."""
-        self.assertIsNone(self.successResultOf(self.store.delete(self.session())))
+        self.assertIsNone(await self.store.delete(self.session()))

@@ -138,8 +138,12 @@ class SchemaTests(SynchronousTestCase):
                 out.append(line)
         text = "\n".join(out)
         use_example_env(self)
-        for name in ("upstream-ca.pem", "internal-ca.pem", "idp-ca.pem", "client_key.pem"):
+        for name in ("upstream-ca.pem", "internal-ca.pem", "idp-ca.pem", "client_key.pem",
+                     "redis-ca.pem"):
             text = text.replace("/etc/oidcproxy/" + name, EXAMPLE)
+        text = text.replace('{ credential = "redis-password" }', '"redis-pw"')
+        # ca_bundle is for TLS only: try the rediss:// spelling of the URL.
+        text = text.replace('url = "redis://127.0.0.1', 'url = "rediss://127.0.0.1')
         with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:
             f.write(text)
         self.addCleanup(os.unlink, f.name)
@@ -151,7 +155,10 @@ class SchemaTests(SynchronousTestCase):
         self.assertEqual(c.oidc.callback_path, "/oidc/callback")
         self.assertEqual(c.oidc.private_key_id, "key-1")
         self.assertEqual(c.session.cookie_domain, "example.com")
-        self.assertEqual(c.redis.url, "redis://127.0.0.1:6379/0")
+        self.assertEqual(c.redis.url, "rediss://127.0.0.1:6379/0")
+        self.assertEqual((c.redis.sentinel[0], c.redis.master_name),
+                         (("10.0.0.1", 26379), "mymaster"))
+        self.assertEqual(c.oidc.post_logout_redirect_uri, "https://app.example.com/bye")
 
 
 class ErrorTests(SynchronousTestCase):
@@ -395,13 +402,12 @@ class SecretTests(SynchronousTestCase):
             e.problems, ["session.secrets[0]: the secret from the config file is shorter than 32 bytes"]
         )
 
-    def test_redis_store_not_yet(self):
-        """session.store = "redis" is refused until the Redis store exists."""
+    def test_redis_store_needs_redis(self):
+        """session.store = "redis" without a [redis] table is refused."""
         e = self.assertRaises(
             ConfigError, parse_config, dict(MINIMAL, session={"store": "redis"}), "x.toml"
         )
-        self.assertEqual(e.problems,
-                         ['session.store: "redis" is not available in this version; use "cookie"'])
+        self.assertEqual(e.problems, ['session.store: "redis" needs a [redis] table with url'])
 
 
 LOGIN = {
@@ -539,3 +545,49 @@ class LoginConfigTests(SynchronousTestCase):
             "state_cookie.name: 'a b' is not a valid cookie name",
             "state_cookie.max_count: 50 is out of range; expected between 1 and 20",
         ])
+
+
+class RedisConfigTests(SynchronousTestCase):
+    def test_defaults_and_keys(self):
+        """[redis] keys: URL, credentials as secrets, prefix, pool, timeouts, sentinel."""
+        c = parse_config(dict(MINIMAL, redis={
+            "url": "rediss://cache.internal:6380/2", "username": "proxy", "password": "pw",
+            "key_prefix": "app1:", "pool_size": 20, "command_timeout": "500ms",
+            "sentinel": ["10.0.0.1:26379", "[::1]:26380"], "master_name": "main"}), "x.toml")
+        r = c.redis
+        self.assertEqual(
+            (r.url, r.username, r.password.reveal(), r.key_prefix, r.pool_size,
+             r.connect_timeout, r.command_timeout, r.sentinel, r.master_name),
+            ("rediss://cache.internal:6380/2", "proxy", "pw", "app1:", 20, 2.0, 0.5,
+             (("10.0.0.1", 26379), ("::1", 26380)), "main"),
+        )
+
+    def test_bad_values(self):
+        """A password in the URL, a non-numeric database, bad sentinels are refused."""
+        e = self.assertRaises(ConfigError, parse_config, dict(MINIMAL, redis={
+            "url": "redis://:secret@h/x", "sentinel": ["nohost"]}), "x.toml")
+        self.assertEqual(e.problems, [
+            "redis.sentinel[0]: 'nohost' is not a host:port address",
+            "redis.url: must not hold a password; use redis.password (a secret reference)",
+        ])
+        e = self.assertRaises(ConfigError, parse_config, dict(MINIMAL, redis={
+            "url": "redis://h/x", "sentinel": ["h:1"]}), "x.toml")
+        self.assertEqual(e.problems, [
+            "redis.master_name: is required with sentinel",
+            "redis.url: 'redis://h/x': the path must be a database number",
+        ])
+        e = self.assertRaises(ConfigError, parse_config, dict(MINIMAL, redis={
+            "url": "redis://h/0", "master_name": "m", "ca_bundle": EXAMPLE}), "x.toml")
+        self.assertEqual(e.problems, [
+            "redis.master_name: only makes sense with sentinel",
+            "redis.ca_bundle: only makes sense with a rediss:// url (TLS)",
+        ])
+
+    def test_session_refresh_keys(self):
+        """Refresh mode, leeway, interval, outage grace and revocation are read."""
+        c = parse_config(dict(MINIMAL, session={
+            "refresh": "interval", "refresh_interval": "10m", "refresh_leeway": "30s",
+            "idp_outage_grace": "15m", "revoke_on_logout": False}), "x.toml")
+        s = c.session
+        self.assertEqual((s.refresh, s.refresh_interval, s.refresh_leeway, s.idp_outage_grace,
+                          s.revoke_on_logout), ("interval", 600.0, 30.0, 900.0, False))

@@ -1,6 +1,7 @@
 """
-Tests for L{oidcproxy.provider}: discovery, the JWKS cache, the token and
-userinfo endpoints, and the HTTP client.
+Tests for L{oidcproxy.provider}: discovery, the JWKS cache, the token,
+userinfo and revocation endpoints, the RP-initiated logout URL, and the HTTP
+client.
 
 A fake identity provider (a twisted.web resource) is reached through treq's
 C{StubTreq}; time is a L{Clock}. Nothing touches the network and nothing
@@ -13,7 +14,7 @@ from __future__ import annotations
 import base64
 import json
 from typing import Any, Callable, Dict, List, Optional, Tuple
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlsplit
 
 import jwt
 from cryptography import x509
@@ -49,11 +50,14 @@ BASE = ISSUER
 TOKEN_ENDPOINT = BASE + "/protocol/token"
 JWKS_URI = BASE + "/protocol/certs"
 USERINFO_ENDPOINT = BASE + "/protocol/userinfo"
+REVOCATION_ENDPOINT = BASE + "/protocol/revoke"
+END_SESSION_ENDPOINT = BASE + "/protocol/logout"
 AUTHORIZATION_ENDPOINT = BASE + "/protocol/auth"
 DISCOVERY_PATH = b"/realms/main/.well-known/openid-configuration"
 JWKS_PATH = b"/realms/main/protocol/certs"
 TOKEN_PATH = b"/realms/main/protocol/token"
 USERINFO_PATH = b"/realms/main/protocol/userinfo"
+REVOCATION_PATH = b"/realms/main/protocol/revoke"
 
 CLIENT_ID = "a:b"
 CLIENT_SECRET = "p@ss w%rd"  # noqa: S105 - a test value that needs form-encoding
@@ -169,6 +173,7 @@ class FakeIdP(Resource):
             JWKS_PATH: lambda request: answer({"keys": [JWK_A]}),
             TOKEN_PATH: lambda request: answer(TOKENS),
             USERINFO_PATH: lambda request: answer({"sub": "user-1", "email": "u@example.test"}),
+            REVOCATION_PATH: lambda request: answer(b"", content_type=""),
         }
 
     def render(self, request: Any) -> Any:
@@ -994,6 +999,25 @@ class TokenTests(SynchronousTestCase):
             (error.status, error.reason, error.oauth_error), (401, "token_error", "invalid_grant")
         )
 
+    def test_refresh_returns_what_the_caller_needs(self):
+        """The whole answer comes back: new access token, expiry, rotated refresh token, ID token, scope."""
+        h = _ready(self)
+        rotated = {"access_token": "AT-2", "token_type": "Bearer", "expires_in": 600, "refresh_token": "RT-2",
+                   "id_token": "ID.TOKEN.2", "scope": "openid email"}
+        h.idp.handlers[TOKEN_PATH] = lambda r: answer(rotated)
+        self.assertEqual(self.successResultOf(h.run(h.provider.refresh("RT-1"))), rotated)
+        # null optional members are passed on as None (keep the old refresh token).
+        nulls = {"access_token": "AT-3", "token_type": "Bearer", "expires_in": None, "refresh_token": None,
+                 "id_token": None}
+        h.idp.handlers[TOKEN_PATH] = lambda r: answer(nulls)
+        self.assertEqual(self.successResultOf(h.run(h.provider.refresh("RT-1"))), nulls)
+        h.idp.handlers[TOKEN_PATH] = lambda r: answer({"error": "invalid_client"}, code=401)
+        error = self.failure(h, h.run(h.provider.refresh("RT-1")))
+        self.assertEqual(
+            (error.status, error.reason, error.oauth_error), (502, "token_error", "invalid_client")
+        )
+        self.assertEqual(h.idp.count(TOKEN_PATH), 3)
+
     def test_timeout(self):
         """No complete answer within the timeout: 504, and the request is cancelled."""
         h = _ready(self, timeout=5.0)
@@ -1144,6 +1168,332 @@ class UserinfoTests(SynchronousTestCase):
         h.flush()
         self.assertEqual(self.failureResultOf(d, ProviderError).value.status, 504)
         self.assertEqual(h.idp.count(USERINFO_PATH), 2)  # not retried
+
+
+# -- logout: revocation and RP-initiated logout --------------------------------
+
+
+def _revoking(case: SynchronousTestCase, **kwargs: Any) -> Harness:
+    """A ready provider whose revocation endpoint comes from the configuration."""
+    return _ready(case, endpoints={"revocation_endpoint": REVOCATION_ENDPOINT}, **kwargs)
+
+
+class RevocationTests(SynchronousTestCase):
+    def revoke(self, h: Harness, token: str = "RT-1", hint: Optional[str] = "refresh_token") -> Deferred:
+        return h.run(h.provider.revoke(token, hint))
+
+    def failure(self, h: Harness, d: Deferred) -> ProviderError:
+        error = self.failureResultOf(d, ProviderError).value
+        for secret in ("RT-1", CLIENT_SECRET):
+            self.assertNotIn(secret, error.detail)
+            self.assertNotIn(secret, str(error))
+        return error
+
+    def test_client_secret_basic(self):
+        """The RFC 7009 form (token, token_type_hint) and Basic client authentication, as for tokens."""
+        h = _revoking(self)
+        self.assertIsNone(self.successResultOf(self.revoke(h)))
+        seen = h.idp.last(REVOCATION_PATH)
+        self.assertEqual(seen.method, b"POST")
+        self.assertEqual(seen.uri, REVOCATION_PATH)
+        self.assertEqual(seen.header(b"content-type"), b"application/x-www-form-urlencoded")
+        self.assertEqual(seen.header(b"accept"), b"application/json")
+        self.assertEqual(seen.form(), [("token", "RT-1"), ("token_type_hint", "refresh_token")])
+        self.assertEqual(seen.body, b"token=RT-1&token_type_hint=refresh_token")
+        authorization = seen.header(b"authorization")
+        assert authorization is not None
+        scheme, credentials = authorization.split(b" ", 1)
+        self.assertEqual(scheme, b"Basic")
+        self.assertEqual(base64.b64decode(credentials), b"a%3Ab:p%40ss+w%25rd")
+        self.assertIsNone(seen.header(b"cookie"))
+        self.assertEqual(h.idp.count(TOKEN_PATH), 0)
+
+    def test_client_secret_post(self):
+        """client_secret_post: id and secret in the form, after the token; no Authorization."""
+        client = ClientAuth(CLIENT_ID, method="client_secret_post", client_secret=CLIENT_SECRET)
+        h = _revoking(self, client=client)
+        self.successResultOf(self.revoke(h, "AT-1", "access_token"))
+        seen = h.idp.last(REVOCATION_PATH)
+        self.assertEqual(
+            seen.form(),
+            [
+                ("token", "AT-1"),
+                ("token_type_hint", "access_token"),
+                ("client_id", CLIENT_ID),
+                ("client_secret", CLIENT_SECRET),
+            ],
+        )
+        self.assertEqual(
+            seen.body,
+            b"token=AT-1&token_type_hint=access_token&client_id=a%3Ab&client_secret=p%40ss+w%25rd",
+        )
+        self.assertIsNone(seen.header(b"authorization"))
+
+    def test_no_hint(self):
+        """Without a hint (None or empty) only the token is sent."""
+        for hint in (None, ""):
+            h = _revoking(self)
+            self.successResultOf(self.revoke(h, hint=hint))
+            self.assertEqual(h.idp.last(REVOCATION_PATH).form(), [("token", "RT-1")])
+
+    def test_token_form_encoded(self):
+        """A token with reserved characters is form-encoded and arrives intact."""
+        h = _revoking(self)
+        odd = "a+b/c=d&e f"
+        self.successResultOf(self.revoke(h, odd, None))
+        seen = h.idp.last(REVOCATION_PATH)
+        self.assertEqual(seen.body, b"token=a%2Bb%2Fc%3Dd%26e+f")
+        self.assertEqual(seen.form(), [("token", odd)])
+
+    def test_public_client(self):
+        """Method none: the client_id in the form, no Authorization."""
+        h = _revoking(self, client=ClientAuth(CLIENT_ID, method="none"))
+        self.successResultOf(self.revoke(h))
+        seen = h.idp.last(REVOCATION_PATH)
+        self.assertEqual(
+            seen.form(), [("token", "RT-1"), ("token_type_hint", "refresh_token"), ("client_id", CLIENT_ID)]
+        )
+        self.assertIsNone(seen.header(b"authorization"))
+
+    def test_private_key_jwt(self):
+        """private_key_jwt: a fresh assertion whose audience is the token endpoint (the AS)."""
+        client = ClientAuth(CLIENT_ID, method="private_key_jwt", private_key_pem=_pem(CLIENT_KEY))
+        h = _revoking(self, client=client)
+        h.clock.advance(1_700_000_000)
+        self.successResultOf(self.revoke(h))
+        form = h.idp.last(REVOCATION_PATH).form()
+        self.assertEqual(
+            [name for name, _ in form],
+            ["token", "token_type_hint", "client_id", "client_assertion_type", "client_assertion"],
+        )
+        claims = jwt.decode(
+            dict(form)["client_assertion"], CLIENT_KEY.public_key(), algorithms=["RS256"],
+            audience=TOKEN_ENDPOINT, options={"verify_exp": False, "verify_iat": False},
+        )
+        self.assertEqual((claims["iss"], claims["sub"], claims["iat"]), (CLIENT_ID, CLIENT_ID, 1_700_000_000))
+
+    def test_success_body_ignored(self):
+        """200 is success whatever the body: empty, JSON, not JSON."""
+        for result in (
+            answer(b"", content_type=""),
+            answer({}),
+            answer(b"<html>ok</html>", content_type="text/html"),
+            answer(b"{broken"),
+        ):
+            h = _revoking(self)
+            h.idp.handlers[REVOCATION_PATH] = lambda r, result=result: result
+            self.assertIsNone(self.successResultOf(self.revoke(h)))
+
+    def test_failures(self):
+        """Any other status: 502 revocation_failed, with the OAuth error of a 4xx JSON answer."""
+        cases: List[Tuple[Answer, Optional[str]]] = [
+            (answer({"error": "unsupported_token_type"}, code=400), "unsupported_token_type"),
+            (answer({"error": "invalid_request", "error_description": "bad"}, code=400), "invalid_request"),
+            (answer({"error": "invalid_client"}, code=401), "invalid_client"),
+            (answer({"error_description": "no error code"}, code=400), None),
+            (answer(b"<html>bad request</html>", code=400, content_type="text/html"), None),
+            (answer(b"", code=404, content_type=""), None),
+            (answer(b"internal error", code=500, content_type="text/plain"), None),
+            (answer({"error": "temporarily_unavailable"}, code=503), None),
+            (answer(b"", code=302, content_type=""), None),
+            (answer(b"", code=204, content_type=""), None),
+        ]
+        for result, oauth_error in cases:
+            h = _revoking(self)
+            h.idp.handlers[REVOCATION_PATH] = lambda r, result=result: result
+            error = self.failure(h, self.revoke(h))
+            self.assertEqual(
+                (error.status, error.reason, error.oauth_error),
+                (502, "revocation_failed", oauth_error),
+                result,
+            )
+            self.assertIn(f"HTTP {result[0]}", error.detail)
+            self.assertEqual(h.idp.count(REVOCATION_PATH), 1)
+
+    def test_error_description(self):
+        """The description is kept when harmless, dropped when it echoes the token or the secret."""
+        h = _revoking(self)
+        h.idp.handlers[REVOCATION_PATH] = lambda r: answer(
+            {"error": "invalid_request", "error_description": "Token\nmissing"}, code=400)
+        self.assertIn("invalid_request: Token?missing", self.failure(h, self.revoke(h)).detail)
+        for description in ("token RT-1 unknown", f"secret {CLIENT_SECRET} wrong"):
+            h.idp.handlers[REVOCATION_PATH] = lambda r, d=description: answer(
+                {"error": "invalid_request", "error_description": d}, code=400)
+            detail = self.failure(h, self.revoke(h)).detail
+            self.assertEqual(detail, "the revocation endpoint answered HTTP 400 invalid_request")
+
+    def test_not_retried(self):
+        """A failed revocation is made once: no second request, no timer left behind."""
+        h = _revoking(self)
+        h.idp.handlers[REVOCATION_PATH] = lambda r: answer(b"", code=503, content_type="")
+        self.failure(h, self.revoke(h))
+        h.clock.advance(1000)
+        h.flush()
+        self.assertEqual(h.idp.count(REVOCATION_PATH), 1)
+        self.assertEqual(h.clock.getDelayedCalls(), [])
+
+    def test_timeout(self):
+        """No answer within the timeout: 504 timeout, the request is cancelled, not retried."""
+        h = _revoking(self, timeout=3.0)
+        h.idp.handlers[REVOCATION_PATH] = lambda r: HOLD
+        d = self.revoke(h)
+        h.clock.advance(2.9)
+        h.flush()
+        self.assertNoResult(d)
+        h.clock.advance(0.1)
+        h.flush()
+        error = self.failure(h, d)
+        self.assertEqual((error.status, error.reason), (504, "timeout"))
+        self.assertTrue(h.idp.last(REVOCATION_PATH).lost)
+        h.clock.advance(1000)
+        h.flush()
+        self.assertEqual(h.idp.count(REVOCATION_PATH), 1)
+        self.assertEqual(h.clock.getDelayedCalls(), [])
+
+    def test_unreachable(self):
+        """A connection failure: 502 unreachable, one attempt."""
+        http = FailingHTTP()
+        clock = Clock()
+        provider = Provider(
+            ISSUER, ClientAuth(CLIENT_ID, client_secret=CLIENT_SECRET), http, clock, discovery=False,
+            endpoints={"authorization_endpoint": AUTHORIZATION_ENDPOINT, "token_endpoint": TOKEN_ENDPOINT,
+                       "jwks_uri": JWKS_URI, "revocation_endpoint": REVOCATION_ENDPOINT},
+        )
+        error = self.failureResultOf(Deferred.fromCoroutine(provider.revoke("RT-1")), ProviderError).value
+        self.assertEqual((error.status, error.reason), (502, "unreachable"))
+        clock.advance(1000)
+        self.assertEqual(http.calls, 1)
+
+    def test_no_endpoint(self):
+        """No revocation endpoint: 502 no_revocation_endpoint, nothing sent."""
+        h = _ready(self)
+        self.assertIsNone(h.provider.metadata.revocation_endpoint)
+        before = len(h.idp.seen)
+        error = self.failure(h, self.revoke(h))
+        self.assertEqual((error.status, error.reason), (502, "no_revocation_endpoint"))
+        self.assertEqual(len(h.idp.seen), before)
+
+    def test_endpoint_from_discovery(self):
+        """The revocation_endpoint of the discovery document is used."""
+        h = Harness(start=False)
+        h.idp.handlers[DISCOVERY_PATH] = lambda r: answer(
+            discovery_document(revocation_endpoint=REVOCATION_ENDPOINT))
+        h.provider.start()
+        h.flush()
+        self.successResultOf(self.revoke(h))
+        self.assertEqual(h.idp.count(REVOCATION_PATH), 1)
+
+    def test_not_ready(self):
+        """Before discovery: 503 not_ready."""
+        h = Harness(start=False, endpoints={"revocation_endpoint": REVOCATION_ENDPOINT})
+        error = self.failure(h, self.revoke(h))
+        self.assertEqual((error.status, error.reason), (503, "not_ready"))
+        self.assertEqual(h.idp.seen, [])
+
+    def test_stop_cancels(self):
+        """stop() while a revocation is in flight: 503 stopped."""
+        h = _revoking(self)
+        h.idp.handlers[REVOCATION_PATH] = lambda r: HOLD
+        d = self.revoke(h)
+        h.provider.stop()
+        h.flush()
+        self.assertEqual(self.failure(h, d).reason, "stopped")
+
+    def test_nothing_secret_logged(self):
+        events = capture_logs(self)
+        h = _revoking(self)
+        for result in (answer({"error": "invalid_request", "error_description": "RT-1"}, code=400),
+                       answer(b"", code=500), HOLD):
+            h.idp.handlers[REVOCATION_PATH] = lambda r, result=result: result
+            d = self.revoke(h)
+            h.clock.advance(10)
+            h.flush()
+            self.failure(h, d)
+        text = logged_text(events) + repr(events)
+        for secret in ("RT-1", CLIENT_SECRET, "YSUzQWI6cCU0MHNzK3clMjVyZA"):
+            self.assertNotIn(secret, text)
+
+
+class EndSessionURLTests(SynchronousTestCase):
+    def test_all_parameters(self):
+        """id_token_hint, client_id, post_logout_redirect_uri and state, in that order, form-encoded."""
+        h = _ready(self)
+        url = h.provider.end_session_url("eyJ.hint.sig", "https://app.test/bye?a=1&b=2", "st/1")
+        self.assertEqual(
+            url,
+            END_SESSION_ENDPOINT + "?id_token_hint=eyJ.hint.sig&client_id=a%3Ab"
+            "&post_logout_redirect_uri=https%3A%2F%2Fapp.test%2Fbye%3Fa%3D1%26b%3D2&state=st%2F1",
+        )
+        self.assertEqual(
+            parse_qsl(urlsplit(url).query, strict_parsing=True),
+            [("id_token_hint", "eyJ.hint.sig"), ("client_id", CLIENT_ID),
+             ("post_logout_redirect_uri", "https://app.test/bye?a=1&b=2"), ("state", "st/1")],
+        )
+
+    def test_only_what_is_given(self):
+        """client_id always; the others only when given (None or empty: left out)."""
+        h = _ready(self)
+        self.assertEqual(h.provider.end_session_url(None, None), END_SESSION_ENDPOINT + "?client_id=a%3Ab")
+        self.assertEqual(h.provider.end_session_url("", "", ""), END_SESSION_ENDPOINT + "?client_id=a%3Ab")
+        self.assertEqual(h.provider.end_session_url("T", None),
+                         END_SESSION_ENDPOINT + "?id_token_hint=T&client_id=a%3Ab")
+        self.assertEqual(
+            h.provider.end_session_url(None, "https://app.test/"),
+            END_SESSION_ENDPOINT + "?client_id=a%3Ab&post_logout_redirect_uri=https%3A%2F%2Fapp.test%2F",
+        )
+
+    def test_existing_query_kept(self):
+        """A query already in the endpoint URL is kept as written, ours appended."""
+        endpoint = "https://idp.test/logout?tenant=a%20b&p=x+y&flag"
+        h = _ready(self, endpoints={"end_session_endpoint": endpoint})
+        self.assertEqual(
+            h.provider.end_session_url("T", "https://app.test/"),
+            endpoint + "&id_token_hint=T&client_id=a%3Ab&post_logout_redirect_uri=https%3A%2F%2Fapp.test%2F",
+        )
+        self.assertEqual(h.provider.end_session_url(None, None), endpoint + "&client_id=a%3Ab")
+
+    def test_existing_query_same_name_replaced(self):
+        """A parameter of the endpoint URL that we set is replaced, never sent twice; others stay."""
+        endpoint = "https://idp.test/logout?client_id=old&x=1&state=old&post_logout_redirect_uri=kept"
+        h = _ready(self, endpoints={"end_session_endpoint": endpoint})
+        self.assertEqual(
+            h.provider.end_session_url("T", None, "s"),
+            "https://idp.test/logout?x=1&post_logout_redirect_uri=kept&id_token_hint=T&client_id=a%3Ab&state=s",
+        )
+        encoded = "https://idp.test/logout?client%5Fid=old&y=2"
+        h = _ready(self, endpoints={"end_session_endpoint": encoded})
+        self.assertEqual(h.provider.end_session_url(None, None), "https://idp.test/logout?y=2&client_id=a%3Ab")
+
+    def test_empty_query(self):
+        """An endpoint ending in a bare '?' gets a clean query."""
+        h = _ready(self, endpoints={"end_session_endpoint": "https://idp.test/logout?"})
+        self.assertEqual(h.provider.end_session_url(None, None), "https://idp.test/logout?client_id=a%3Ab")
+
+    def test_no_endpoint(self):
+        """No end_session_endpoint in the metadata: None."""
+        h = Harness(start=False)
+        h.idp.handlers[DISCOVERY_PATH] = lambda r: answer(discovery_document(end_session_endpoint=_DROP))
+        h.provider.start()
+        h.flush()
+        self.assertTrue(h.provider.ready)
+        self.assertIsNone(h.provider.end_session_url("T", "https://app.test/", "s"))
+
+    def test_metadata_not_loaded(self):
+        """Before discovery succeeded: None, and nothing is requested."""
+        h = Harness(start=False)
+        self.assertIsNone(h.provider.end_session_url("T", "https://app.test/"))
+        self.assertEqual(h.idp.seen, [])
+
+    def test_manual_endpoints(self):
+        """Without discovery: the configured end_session_endpoint, or None without one."""
+        endpoints = {"authorization_endpoint": AUTHORIZATION_ENDPOINT, "token_endpoint": TOKEN_ENDPOINT,
+                     "jwks_uri": JWKS_URI}
+        h = Harness(start=False, discovery=False, endpoints=endpoints)
+        self.assertIsNone(h.provider.end_session_url("T", None))
+        h = Harness(start=False, discovery=False,
+                    endpoints=dict(endpoints, end_session_endpoint=END_SESSION_ENDPOINT))
+        self.assertEqual(h.provider.end_session_url("T", None),
+                         END_SESSION_ENDPOINT + "?id_token_hint=T&client_id=a%3Ab")
 
 
 # -- the HTTP client ---------------------------------------------------------

@@ -1,6 +1,6 @@
 """
-Tests for L{oidcproxy.tokens}: JWKS loading, signature verification and ID
-token validation.
+Tests for L{oidcproxy.tokens}: JWKS loading, signature verification, and ID
+token and logout token validation.
 
 Every token is minted here with fresh keys. Each refusal test breaks exactly
 one rule of an otherwise valid token and asserts the exact reason code.
@@ -26,10 +26,12 @@ from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from oidcproxy.tokens import (
+    BACKCHANNEL_LOGOUT_EVENT,
     MAX_TOKEN_SIZE,
     IDTokenValidator,
     JWTVerifier,
     KeySet,
+    LogoutTokenValidator,
     TokenError,
     peek_header,
 )
@@ -1051,3 +1053,293 @@ class LeakTests(_Base):
             self.assertNotIn(bad, str(error))
             self.assertNotIn(hostile, error.detail)
             self.assertNotIn("attacker-audience-value", error.detail)
+
+
+# -- logout tokens ------------------------------------------------------------------------------
+
+SID = "08a5019c-17e1-4977-8f42-65a12843ea02"
+
+
+def logout_claims(**changes: Any) -> Dict[str, Any]:
+    """Valid logout token claims at L{NOW}, with C{changes} (L{DROP} removes)."""
+    result: Dict[str, Any] = {
+        "iss": ISSUER,
+        "aud": CLIENT_ID,
+        "iat": NOW,
+        "exp": NOW + 120,
+        "jti": "bWJq-logout-1",
+        "sub": "248289761001",
+        "sid": SID,
+        "events": {BACKCHANNEL_LOGOUT_EVENT: {}},
+    }
+    for name, value in changes.items():
+        if value is DROP:
+            result.pop(name, None)
+        else:
+            result[name] = value
+    return result
+
+
+def logout_token(payload: Optional[Dict[str, Any]] = None, **header: Any) -> str:
+    """A logout token (default: L{logout_claims}), typed C{logout+jwt} unless C{typ} is given."""
+    header.setdefault("typ", "logout+jwt")
+    return token(logout_claims() if payload is None else payload, **header)
+
+
+class _LogoutBase(_Base):
+    def setUp(self) -> None:
+        super().setUp()
+        self.logout = LogoutTokenValidator(ISSUER, CLIENT_ID, self.verifier, self.clock)
+
+    def refused(self, reason: str, token: Any, keys: Optional[KeySet] = None, **kwargs: Any) -> TokenError:
+        """Validate C{token} as a logout token: it is refused for C{reason}."""
+        validator = kwargs.pop("validator", self.logout)
+        error = self.assertRaises(
+            TokenError, validator.validate, token, self.keys if keys is None else keys
+        )
+        self.assertEqual(error.reason, reason, error.detail)
+        self.assertNoLeak(error, token)
+        return error
+
+    def accepted(self, token: str, keys: Optional[KeySet] = None, **kwargs: Any) -> Dict[str, Any]:
+        validator = kwargs.pop("validator", self.logout)
+        return validator.validate(token, self.keys if keys is None else keys)
+
+
+class LogoutTokenValidTests(_LogoutBase):
+    def test_valid_passes(self) -> None:
+        """A valid logout token (sub and sid) passes and its claims are returned."""
+        self.assertEqual(self.accepted(logout_token()), logout_claims())
+
+    def test_sub_only(self) -> None:
+        """A token with a sub and no sid passes."""
+        body = logout_claims(sid=DROP)
+        self.assertEqual(self.accepted(logout_token(body)), body)
+
+    def test_sid_only(self) -> None:
+        """A token with a sid and no sub passes."""
+        body = logout_claims(sub=DROP)
+        self.assertEqual(self.accepted(logout_token(body)), body)
+
+    def test_other_algorithms(self) -> None:
+        """ES256 and EdDSA logout tokens from our keys pass."""
+        self.accepted(logout_token(key=EC_KEY, alg="ES256", kid="ec-1"))
+        self.accepted(logout_token(key=ED_KEY, alg="EdDSA", kid="ed-1"))
+
+    def test_typ_accepted(self) -> None:
+        """typ logout+jwt or application/logout+jwt in any case, plain JWT (Keycloak < 25 and
+        IdentityServer 6 send it: the events claim and the absent nonce tell a logout token
+        apart), or no typ at all, passes."""
+        for typ in ("logout+jwt", "LOGOUT+JWT", "Logout+Jwt", "application/logout+jwt",
+                    "Application/Logout+JWT", "JWT", "jwt", DROP):
+            self.accepted(logout_token(typ=typ))
+
+    def test_exp_optional(self) -> None:
+        """exp is optional: a token without one passes."""
+        self.accepted(logout_token(logout_claims(exp=DROP)))
+
+    def test_extra_events_and_claims(self) -> None:
+        """Other events beside the logout event, a logout event with members, and extra claims pass."""
+        body = logout_claims(
+            events={BACKCHANNEL_LOGOUT_EVENT: {"reason": "admin"}, "https://example.com/other": {}},
+            txn="abc",
+        )
+        self.assertEqual(self.accepted(logout_token(body)), body)
+
+    def test_jti_reuse_not_checked(self) -> None:
+        """The validator keeps no state: the same token passes twice (the caller checks reuse)."""
+        same = logout_token()
+        self.accepted(same)
+        self.accepted(same)
+
+    def test_settings(self) -> None:
+        """The settings are kept; leeway and max_age are floats."""
+        validator = LogoutTokenValidator(ISSUER, CLIENT_ID, self.verifier, self.clock, leeway=5, max_age=90)
+        self.assertEqual(
+            (validator.issuer, validator.client_id, validator.verifier, validator.clock),
+            (ISSUER, CLIENT_ID, self.verifier, self.clock),
+        )
+        self.assertEqual((validator.leeway, validator.max_age), (5.0, 90.0))
+        self.assertEqual((self.logout.leeway, self.logout.max_age), (60.0, 300.0))
+
+    def test_construction_rules(self) -> None:
+        """A bad max_age, leeway, issuer or client id is a ValueError."""
+        for max_age in (0, -1, float("nan"), float("inf"), True, "300", None):
+            self.assertRaises(
+                ValueError, LogoutTokenValidator, ISSUER, CLIENT_ID, self.verifier, self.clock, 60, max_age
+            )
+        for leeway in (-1, float("nan"), float("inf"), True, "60"):
+            self.assertRaises(
+                ValueError, LogoutTokenValidator, ISSUER, CLIENT_ID, self.verifier, self.clock, leeway
+            )
+        self.assertRaises(ValueError, LogoutTokenValidator, "", CLIENT_ID, self.verifier, self.clock)
+        self.assertRaises(ValueError, LogoutTokenValidator, ISSUER, "", self.verifier, self.clock)
+
+
+class LogoutTokenRefusalTests(_LogoutBase):
+    """Each test breaks one rule of an otherwise valid logout token."""
+
+    def test_alg_none(self) -> None:
+        """alg none, in any case, even typed logout+jwt: alg_not_allowed."""
+        for alg in ("none", "None", "NONE"):
+            header = json.dumps({"alg": alg, "typ": "logout+jwt"}).encode()
+            bad = b64(header) + "." + b64(json.dumps(logout_claims()).encode()) + "."
+            self.refused("alg_not_allowed", bad)
+
+    def test_alg_not_allowed(self) -> None:
+        """An algorithm outside the verifier's allow-list: alg_not_allowed."""
+        self.refused("alg_not_allowed", logout_token(alg="RS384"))
+
+    def test_bad_signature(self) -> None:
+        """Signed by another key, or a tampered payload: bad_signature."""
+        self.refused("bad_signature", logout_token(key=ATTACKER_KEY))
+        header, _, signature = logout_token().split(".")
+        tampered = b64(json.dumps(logout_claims(sub="someone-else")).encode())
+        self.refused("bad_signature", ".".join((header, tampered, signature)))
+
+    def test_malformed(self) -> None:
+        """Not a JWS at all: malformed."""
+        self.refused("malformed", "logout")
+        self.refused("malformed", logout_token() + ".x")
+
+    def test_wrong_typ(self) -> None:
+        """A typ header other than logout+jwt or JWT (an access token's at+jwt...): bad_typ."""
+        for typ in ("at+jwt", "application/jwt", "logout", "logout+jwt ", " logout+jwt",
+                    "jwt+logout", "application/logout+jwt+x", "", "logout+jwt\u212a", 5, None,
+                    ["logout+jwt"]):
+            self.refused("bad_typ", logout_token(typ=typ))
+
+    def test_wrong_iss(self) -> None:
+        """iss missing, another issuer, a trailing slash or not a string: bad_iss."""
+        for iss in (DROP, "https://evil.example.com", ISSUER + "/", 5):
+            self.refused("bad_iss", logout_token(logout_claims(iss=iss)))
+
+    def test_wrong_aud(self) -> None:
+        """aud missing, another client, a list without us, or not strings: bad_aud."""
+        for aud in (DROP, "other-client", ["other-client"], [], 5, [CLIENT_ID, 5]):
+            self.refused("bad_aud", logout_token(logout_claims(aud=aud)))
+
+    def test_azp_rules(self) -> None:
+        """Several audiences need azp, and azp must be us (as for ID tokens)."""
+        self.refused("missing_azp", logout_token(logout_claims(aud=[CLIENT_ID, "other"])))
+        self.refused("bad_azp", logout_token(logout_claims(aud=[CLIENT_ID, "other"], azp="other")))
+        self.refused("bad_azp", logout_token(logout_claims(azp="other")))
+        self.accepted(logout_token(logout_claims(aud=[CLIENT_ID, "other"], azp=CLIENT_ID)))
+
+    def test_iat_missing(self) -> None:
+        """No iat, or one that is not a number: bad_iat."""
+        for iat in (DROP, str(NOW), True, None):
+            self.refused("bad_iat", logout_token(logout_claims(iat=iat)))
+
+    def test_iat_in_future(self) -> None:
+        """iat up to the leeway ahead passes; one second more: iat_in_future."""
+        self.accepted(logout_token(logout_claims(iat=NOW + 60)))
+        self.refused("iat_in_future", logout_token(logout_claims(iat=NOW + 60 + 1)))
+
+    def test_iat_too_old(self) -> None:
+        """iat older than max_age plus leeway: iat_too_old, even with exp far ahead."""
+        self.accepted(logout_token(logout_claims(iat=NOW - 300 - 60, exp=NOW + 3600)))
+        self.refused("iat_too_old", logout_token(logout_claims(iat=NOW - 300 - 60 - 1, exp=NOW + 3600)))
+        self.refused("iat_too_old", logout_token(logout_claims(iat=NOW - 86400, exp=DROP)))
+
+    def test_iat_too_old_custom_max_age(self) -> None:
+        """max_age and leeway are the validator's: 30 s and 0 s."""
+        validator = LogoutTokenValidator(ISSUER, CLIENT_ID, self.verifier, self.clock, leeway=0, max_age=30)
+        self.accepted(logout_token(logout_claims(iat=NOW - 30)), validator=validator)
+        self.refused("iat_too_old", logout_token(logout_claims(iat=NOW - 31)), validator=validator)
+
+    def test_clock_is_used(self) -> None:
+        """Time comes from the injected clock: a token goes stale as the clock moves."""
+        good = logout_token(logout_claims(exp=DROP))
+        self.accepted(good)
+        self.clock.advance(300 + 60 + 1)
+        self.refused("iat_too_old", good)
+
+    def test_expired(self) -> None:
+        """exp present and passed (with the leeway): expired; one second before: passes."""
+        self.accepted(logout_token(logout_claims(exp=NOW - 60 + 1)))
+        self.refused("expired", logout_token(logout_claims(exp=NOW - 60)))
+        self.refused("expired", logout_token(logout_claims(exp=NOW - 3600)))
+
+    def test_exp_not_a_number(self) -> None:
+        """exp present and not a number (null included): bad_exp."""
+        for exp in (str(NOW + 120), True, None, [NOW + 120]):
+            self.refused("bad_exp", logout_token(logout_claims(exp=exp)))
+
+    def test_nbf(self) -> None:
+        """nbf present is checked as for ID tokens: not_yet_valid, bad_nbf."""
+        self.refused("not_yet_valid", logout_token(logout_claims(nbf=NOW + 61)))
+        self.refused("bad_nbf", logout_token(logout_claims(nbf="soon")))
+
+    def test_jti_missing(self) -> None:
+        """No jti, an empty one, or one that is not a string: bad_jti."""
+        for jti in (DROP, "", None, 5, ["a"]):
+            self.refused("bad_jti", logout_token(logout_claims(jti=jti)))
+
+    def test_events_missing(self) -> None:
+        """No events claim, or one that is not an object: bad_events."""
+        for events in (DROP, None, [], [BACKCHANNEL_LOGOUT_EVENT], BACKCHANNEL_LOGOUT_EVENT, 5):
+            self.refused("bad_events", logout_token(logout_claims(events=events)))
+
+    def test_events_without_logout_event(self) -> None:
+        """events without the back-channel logout member: missing_logout_event."""
+        for events in ({}, {"http://schemas.openid.net/event/frontchannel-logout": {}},
+                       {BACKCHANNEL_LOGOUT_EVENT + "/": {}},
+                       {"https://schemas.openid.net/event/backchannel-logout": {}}):
+            self.refused("missing_logout_event", logout_token(logout_claims(events=events)))
+
+    def test_logout_event_not_object(self) -> None:
+        """The back-channel logout member is not a JSON object: bad_logout_event."""
+        for value in (None, True, "", "{}", [], [{}], 0):
+            self.refused("bad_logout_event",
+                         logout_token(logout_claims(events={BACKCHANNEL_LOGOUT_EVENT: value})))
+
+    def test_no_sub_and_no_sid(self) -> None:
+        """Neither sub nor sid: no_sub_or_sid."""
+        self.refused("no_sub_or_sid", logout_token(logout_claims(sub=DROP, sid=DROP)))
+
+    def test_bad_sub(self) -> None:
+        """A sub that is present and not a valid subject is refused, even with a sid: bad_sub."""
+        for sub in ("", None, 5, "x" * 256, "user\ud800"):
+            self.refused("bad_sub", logout_token(logout_claims(sub=sub)))
+
+    def test_bad_sid(self) -> None:
+        """A sid that is present and not a non-empty string is refused, even with a sub: bad_sid."""
+        for sid in ("", None, 5, [SID], "sid\ud800"):
+            self.refused("bad_sid", logout_token(logout_claims(sid=sid)))
+
+    def test_nonce_present(self) -> None:
+        """Any nonce claim, whatever its value: nonce_present."""
+        for nonce in (NONCE, "", None):
+            self.refused("nonce_present", logout_token(logout_claims(nonce=nonce)))
+
+    def test_id_token_is_not_a_logout_token(self) -> None:
+        """A valid ID token is never a logout token: it has no events claim (typed JWT or not)."""
+        self.refused("bad_events", token())
+        self.refused("bad_events", token(typ=DROP))
+        with_event = claims(jti="id-token-jti", events={BACKCHANNEL_LOGOUT_EVENT: {}})
+        self.refused("nonce_present", token(with_event, typ=DROP))
+
+    def test_logout_token_is_not_an_id_token(self) -> None:
+        """A logout token (no nonce, optional exp) is not an ID token."""
+        self.assertRaises(TokenError, self.validator.validate, logout_token(), self.keys, NONCE)
+        error = self.assertRaises(
+            TokenError, self.validator.validate, logout_token(logout_claims(exp=DROP)), self.keys, None
+        )
+        self.assertEqual(error.reason, "bad_exp")
+
+    def test_detail_never_echoes_claims(self) -> None:
+        """Refusals name no value taken from the token."""
+        hostile = "attacker-value-" + "Q" * 20
+        for reason, body in (
+            ("bad_iss", logout_claims(iss=hostile)),
+            ("bad_aud", logout_claims(aud=hostile)),
+            ("bad_jti", logout_claims(jti=[hostile])),
+            ("missing_logout_event", logout_claims(events={hostile: {}})),
+            ("bad_sid", logout_claims(sid=[hostile])),
+            ("nonce_present", logout_claims(nonce=hostile)),
+        ):
+            error = self.refused(reason, logout_token(body))
+            self.assertNotIn(hostile, str(error))
+        error = self.refused("bad_typ", logout_token(typ=hostile))
+        self.assertNotIn(hostile, str(error))

@@ -5,7 +5,8 @@ are lost on restart and not shared between processes.
 
 from __future__ import annotations
 
-from typing import Dict, Optional
+import secrets
+from typing import Dict, List, Optional, Tuple
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -29,6 +30,7 @@ class MemoryStore:
     def __init__(self, clock: IReactorTime) -> None:
         self._clock = clock
         self._sessions: Dict[str, Session] = {}
+        self._locks: Dict[str, Tuple[str, float]] = {}
 
     def __len__(self) -> int:
         """How many sessions are held (expired ones included until dropped)."""
@@ -49,6 +51,35 @@ class MemoryStore:
 
     def delete(self, session: Session) -> Deferred[None]:
         self._sessions.pop(session.id, None)
+        return succeed(None)
+
+    def delete_by(self, *, sub: Optional[str] = None, sid: Optional[str] = None) -> Deferred[int]:
+        """End every session of C{sub} or of C{sid} (back-channel logout)."""
+        doomed = [key for key, session in self._sessions.items()
+                  if (sub is not None and session.sub == sub)
+                  or (sid is not None and session.sid == sid)]
+        for key in doomed:
+            del self._sessions[key]
+        return succeed(len(doomed))
+
+    def sessions_of(self, sub: str) -> Deferred[List[Session]]:
+        now = self._clock.seconds()
+        return succeed([s for s in self._sessions.values() if s.sub == sub and now < s.expires])
+
+    def lock(self, name: str, lease: float) -> Deferred[Optional[str]]:
+        """Take the lock C{name} for C{lease} seconds; None when someone holds it."""
+        now = self._clock.seconds()
+        held = self._locks.get(name)
+        if held is not None and held[1] > now:
+            return succeed(None)
+        token = secrets.token_urlsafe(16)
+        self._locks[name] = (token, now + lease)
+        return succeed(token)
+
+    def unlock(self, name: str, token: str) -> Deferred[None]:
+        held = self._locks.get(name)
+        if held is not None and held[0] == token:
+            del self._locks[name]
         return succeed(None)
 
     def prune(self) -> int:

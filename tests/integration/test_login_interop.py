@@ -145,7 +145,8 @@ class OpenIDProvider:
         return f"http://127.0.0.1:{self.port}"
 
 
-async def start_op(testcase: TestCase, redirect_uris: Sequence[str], **ttls: int) -> OpenIDProvider:
+async def start_op(testcase: TestCase, redirect_uris: Sequence[str],
+                   post_logout_redirect_uris: Sequence[str] = (), **ttls: int) -> OpenIDProvider:
     """
     Start the OP on a free loopback port with one confidential client that may
     redirect to C{redirect_uris}; C{ttls} (C{access_token_ttl=5}, ...) are
@@ -156,6 +157,8 @@ async def start_op(testcase: TestCase, redirect_uris: Sequence[str], **ttls: int
     args = [node, OP_SCRIPT, "--port", "0", "--client-id", CLIENT_ID, "--client-secret", secret]
     for uri in redirect_uris:
         args += ["--redirect-uri", uri]
+    for uri in post_logout_redirect_uris:
+        args += ["--post-logout-redirect-uri", uri]
     for name, value in ttls.items():
         args += ["--" + name.replace("_", "-"), str(value)]
     workdir = os.path.abspath(testcase.mktemp())
@@ -293,7 +296,8 @@ async def start_stack(testcase: TestCase, auth_params: Optional[Dict[str, str]] 
     reserved = reserve_port()
     try:
         port = reserved.getsockname()[1]
-        op = await start_op(testcase, [f"http://127.0.0.1:{port}/oidc/callback"])
+        op = await start_op(testcase, [f"http://127.0.0.1:{port}/oidc/callback"],
+                            [f"http://127.0.0.1:{port}/"])
         upstream = await procs.start_upstream(testcase)
         proxy = await start_proxy(testcase, reserved, proxy_config(port, op, upstream, auth_params))
     finally:
@@ -611,10 +615,11 @@ class LoginInteropTests(TestCase):
         """
         Headless Chromium logs in as alice through the OP's forms and sees
         the upstream's answer with her identity; logs out through the
-        proxy's confirmation form; is then sent back to the OP for the
-        protected page, and logs in as bob. (The proxy asks the OP for
-        C{prompt=login}, so the OP's own session does not log the browser
-        straight back in: being sent to the OP shows as its login form.)
+        proxy's confirmation form, which ends the session at the proxy and
+        sends the browser to the OP's end_session_endpoint (RP-initiated
+        logout with id_token_hint); confirms there, comes back to the proxy,
+        is sent to the OP's login form for the protected page, and logs in
+        as bob.
         """
         require_chromium()
         stack = await start_stack(self, auth_params={"prompt": "login"})
@@ -633,8 +638,10 @@ class LoginInteropTests(TestCase):
         await browser.get(proxy.url + "/oidc/logout")
         self.assertTrue((await browser.url()).startswith(proxy.url + "/oidc/logout"))
         await browser.click("form[action$='/oidc/logout'] button[type=submit]")
-        await browser.wait_for_url(op.issuer + "/interaction/")
+        await browser.wait_for_url(op.issuer + "/session/end")
         self.assertNotIn("oidcproxy", await browser.cookie_names())
+        await browser.click("button[name=logout]")
+        await browser.wait_for_url(op.issuer + "/interaction/")
 
         # The protected page sends the browser back to the OP...
         await browser.get(proxy.url + PROTECTED)

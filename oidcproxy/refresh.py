@@ -1,0 +1,247 @@
+"""
+Token refresh: one refresh per session at a time, whatever the number of
+concurrent requests and processes.
+
+Within a process, concurrent requests of one session wait for the refresh in
+flight (single flight), and a request that still carries the old session (an
+old cookie) within a short while after a refresh gets the refreshed session
+instead of spending the refresh token again. Across processes, a store that
+can lock (Redis) serialises refreshes with a lease; a process that finds the
+lock taken waits for the new session to appear in the store.
+
+Outcomes (L{RefreshOutcome}): a refreshed session; the session ended (the
+IdP said C{invalid_grant}, or the new ID token is about someone else); or
+the IdP could not be reached (the caller serves the request while the old
+access token is valid, or within the configured outage grace, else 503).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from typing import Any, Callable, Dict, Optional, Tuple
+
+import attr
+from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+
+from .provider import Provider, ProviderError
+from .session import Session, SessionStoreUnavailable
+from .tokens import TokenError, peek_header
+
+log = Logger()
+
+_RECENT = 1000
+"""Refreshed sessions remembered per process, for requests carrying the old one."""
+
+_RECENT_TTL = 60.0
+_POLL = 0.1
+
+
+@attr.s(frozen=True, auto_attribs=True)
+class RefreshOutcome:
+    session: Optional[Session]
+    """The refreshed session (None when it ended or the IdP was unreachable)."""
+    ended: bool = False
+    """The session is over: the refresh token was refused, or the new ID token is wrong."""
+    unavailable: bool = False
+    """The IdP (or the lock's store) could not be reached: the old session is unchanged."""
+    cookie_value: Optional[str] = None
+    """The store's cookie value for the refreshed session, when the browser needs a new one."""
+
+
+def _hash(text: Optional[str]) -> str:
+    return hashlib.sha256((text or "").encode("utf-8")).hexdigest()[:32]
+
+
+class Refresher:
+    """
+    @param provider: talks to the token endpoint.
+    @param validate_id_token: C{(id_token, keys) -> claims} for a refreshed ID
+        token (signature, iss, aud, times; no nonce).
+    @param store: the session store; when it has C{lock}/C{unlock}, refreshes
+        are serialised across processes.
+    @param mode: C{off}, C{on_expiry} or C{interval}.
+    @param lease: how long a cross-process refresh lock is held at most; longer
+        than the IdP timeout.
+    """
+
+    def __init__(
+        self,
+        provider: Provider,
+        validate_id_token: Callable[[str, Any], Dict[str, Any]],
+        store: Any,
+        clock: Any,
+        *,
+        mode: str = "on_expiry",
+        leeway: float = 60.0,
+        interval: float = 300.0,
+        lease: float = 15.0,
+    ) -> None:
+        self._provider = provider
+        self._validate = validate_id_token
+        self._store = store
+        self._clock = clock
+        self._mode = mode
+        self._leeway = leeway
+        self._interval = interval
+        self._lease = lease
+        self._inflight: Dict[Tuple[str, str], Deferred] = {}
+        self._recent: OrderedDict[Tuple[str, str], Tuple[float, RefreshOutcome]] = OrderedDict()
+        self.grants = 0
+        """Refresh grants sent by this process (for tests and metrics)."""
+
+    def due(self, session: Session, now: float) -> bool:
+        """Whether C{session} should be refreshed before the request goes on."""
+        if self._mode == "off" or not session.refresh_token:
+            return False
+        expires = session.access_token_expires
+        if expires is not None and now >= expires - self._leeway:
+            return True
+        if self._mode == "interval":
+            return now - session.last_seen >= self._interval or (
+                expires is None and now - session.created >= self._interval)
+        return False
+
+    def refresh(self, session: Session) -> Deferred:
+        """Fires with a L{RefreshOutcome}; never errbacks for expected failures."""
+        key = (session.id, _hash(session.refresh_token))
+        now = self._clock.seconds()
+        recent = self._recent.get(key)
+        if recent is not None and now - recent[0] < _RECENT_TTL:
+            return Deferred.fromCoroutine(self._done(recent[1]))
+        inflight = self._inflight.get(key)
+        if inflight is not None:
+            waiter: Deferred = Deferred()
+
+            def share(result: Any) -> Any:
+                waiter.callback(result)
+                return result
+
+            inflight.addBoth(share)
+            return waiter
+        d = Deferred.fromCoroutine(self._refresh(session))
+        self._inflight[key] = d
+
+        def forget(result: Any) -> Any:
+            del self._inflight[key]
+            if isinstance(result, RefreshOutcome) and result.session is not None:
+                self._remember(key, result)
+            return result
+
+        d.addBoth(forget)
+        return d
+
+    async def _done(self, outcome: RefreshOutcome) -> RefreshOutcome:
+        return outcome
+
+    def _remember(self, key: Tuple[str, str], outcome: RefreshOutcome) -> None:
+        now = self._clock.seconds()
+        recent = self._recent
+        recent[key] = (now, outcome)
+        recent.move_to_end(key)
+        while recent:
+            oldest_key, (when, _) = next(iter(recent.items()))
+            if len(recent) <= _RECENT and now - when < _RECENT_TTL:
+                break
+            del recent[oldest_key]
+
+    async def _refresh(self, session: Session) -> RefreshOutcome:
+        lock = getattr(self._store, "lock", None)
+        if lock is None:
+            return await self._grant(session)
+        name = "refresh:" + _hash(session.id)
+        try:
+            token = await lock(name, self._lease)
+        except SessionStoreUnavailable:
+            return RefreshOutcome(None, unavailable=True)
+        if token is None:
+            return await self._wait_for_other(session)
+        try:
+            # Another process may have refreshed just before we took the lock.
+            newer = await self._newer(session)
+            if newer is not None:
+                return RefreshOutcome(newer)
+            return await self._grant(session)
+        finally:
+            try:
+                await self._store.unlock(name, token)
+            except SessionStoreUnavailable:
+                log.warn("could not release a refresh lock (it expires with its lease)")
+
+    async def _newer(self, session: Session) -> Optional[Session]:
+        """The stored session, if another process has refreshed it since."""
+        stored = await self._store.load(session.id)
+        if stored is not None and stored.refresh_token != session.refresh_token:
+            return stored
+        if stored is not None and (stored.access_token_expires or 0) > (
+                session.access_token_expires or 0):
+            return stored
+        return None
+
+    async def _wait_for_other(self, session: Session) -> RefreshOutcome:
+        """Another process holds the lock: wait for its result in the store."""
+        deadline = self._clock.seconds() + self._lease
+        while self._clock.seconds() < deadline:
+            await deferLater(self._clock, _POLL, lambda: None)
+            try:
+                newer = await self._newer(session)
+            except SessionStoreUnavailable:
+                return RefreshOutcome(None, unavailable=True)
+            if newer is not None:
+                return RefreshOutcome(newer)
+        log.warn("a refresh in another process did not finish within its lease")
+        return RefreshOutcome(None, unavailable=True)
+
+    async def _grant(self, session: Session) -> RefreshOutcome:
+        assert session.refresh_token is not None
+        self.grants += 1
+        try:
+            tokens = await self._provider.refresh(session.refresh_token)
+        except ProviderError as e:
+            if e.oauth_error == "invalid_grant":
+                log.info("refresh refused ({reason}): the session ends", reason=e.oauth_error)
+                return RefreshOutcome(None, ended=True)
+            log.warn("refresh failed: {reason}: {detail}", reason=e.reason, detail=e.detail)
+            return RefreshOutcome(None, unavailable=True)
+        claims = dict(session.claims)
+        id_token = tokens.get("id_token") or session.id_token
+        if tokens.get("id_token"):
+            try:
+                header = peek_header(tokens["id_token"])
+                kid = header.get("kid")
+                keys = await self._provider.keys_for(kid if isinstance(kid, str) else None)
+                new_claims = self._validate(tokens["id_token"], keys)
+            except TokenError as e:
+                log.warn("refresh gave an invalid ID token ({reason}): the session ends",
+                         reason=e.reason)
+                return RefreshOutcome(None, ended=True)
+            except ProviderError as e:
+                log.warn("refresh failed: {reason}: {detail}", reason=e.reason, detail=e.detail)
+                return RefreshOutcome(None, unavailable=True)
+            if new_claims.get("sub") != session.sub or \
+                    new_claims.get("iss") != claims.get("iss", new_claims.get("iss")):
+                log.warn("refresh gave an ID token for another subject: the session ends")
+                return RefreshOutcome(None, ended=True)
+            claims.update(new_claims)
+        now = self._clock.seconds()
+        expires_in = tokens.get("expires_in")
+        refreshed = attr.evolve(
+            session,
+            claims=claims,
+            id_token=id_token,
+            access_token=tokens["access_token"],
+            access_token_expires=now + expires_in if isinstance(expires_in, int) else None,
+            refresh_token=tokens.get("refresh_token") or session.refresh_token,
+            last_seen=now,
+        )
+        value = None
+        try:
+            value = await self._store.save(refreshed)
+        except SessionStoreUnavailable:
+            # The new tokens exist only here now: the request is served with
+            # them, and the next request refreshes again if it must.
+            log.warn("could not store a refreshed session")
+        log.info("session of {sub} refreshed", sub=session.sub)
+        return RefreshOutcome(refreshed, cookie_value=value)

@@ -1,0 +1,697 @@
+"""
+Sessions in Redis, shared by every proxy process (txredisapi).
+
+The browser holds only the session id (256 random bits). Redis holds, under
+C{{prefix}s:{H(id)}} (H: URL-safe base64 of SHA-256), the session sealed with
+AES-256-GCM for purpose C{b"redis-session:" + H(id)}; so read access to Redis
+hands out neither cookies nor claims nor tokens, and a value copied to another
+key does not open there. (Bound to H(id), the key's name, rather than to the
+id: L{RedisStore.sessions_of} finds sessions through the index, which holds
+only H(id), and must open them; L{RedisStore.load} also checks that the id
+inside is the cookie's.) Each key lives as long as its session has left.
+
+Two index sets per session, C{{prefix}sub:{H(sub)}} and C{{prefix}sid:{H(sid)}}
+(members: H(id)), let back-channel logout and the session admin find the
+sessions of a user or of an OP session; they live at least as long as their
+longest session, and members whose session has gone are dropped when found.
+
+Faults never log anyone out: every operation has a deadline, and a Redis
+error, a lost connection or a deadline passed fails the Deferred with
+L{SessionStoreUnavailable}; C{None} from L{RedisStore.load} always means
+"there is no such session".
+
+txredisapi installs the global reactor when it is imported, so only
+L{build_redis} imports it, when it is called.
+"""
+
+from __future__ import annotations
+
+import base64
+import collections
+import hashlib
+import math
+import re
+import secrets
+import types
+from typing import Any, Callable, Coroutine, List, Optional, Sequence, Tuple, TypeVar
+from urllib.parse import unquote, urlsplit
+
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
+from twisted.internet.defer import TimeoutError as DeferredTimeoutError
+from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from ..crypto import Sealer
+from ..session import ISessionStore, Session, SessionStoreUnavailable
+
+log = Logger()
+
+T = TypeVar("T")
+
+_SESSION_ID = re.compile(r"[A-Za-z0-9_-]{43}\Z")
+"""What L{oidcproxy.session.new_session_id} makes; anything else is refused unasked."""
+
+PURPOSE_PREFIX = b"redis-session:"
+
+# Each script is one round trip and atomic, and needs nothing newer than
+# Redis 2.6.12 (EXPIRE's NX/GT options would need 7.0). Some name keys they
+# were not passed in KEYS: fine on one server (and with Sentinel), not on a
+# Redis Cluster, which txredisapi does not speak anyway.
+
+_SAVE = """
+local ttl = tonumber(ARGV[2])
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ttl)
+for i = 2, #KEYS do
+  redis.call('SADD', KEYS[i], ARGV[3])
+  if redis.call('PTTL', KEYS[i]) < ttl then
+    redis.call('PEXPIRE', KEYS[i], ttl)
+  end
+end
+return 1
+"""
+"""KEYS: session key, index sets. ARGV: sealed value, TTL in ms, H(id)."""
+
+_DELETE = """
+redis.call('DEL', KEYS[1])
+for i = 2, #KEYS do
+  redis.call('SREM', KEYS[i], ARGV[1])
+end
+return 1
+"""
+"""KEYS: session key, index sets. ARGV: H(id)."""
+
+_DELETE_BY = """
+local members = redis.call('SUNION', unpack(KEYS))
+local n = 0
+for _, member in ipairs(members) do
+  n = n + redis.call('DEL', ARGV[1] .. member)
+end
+redis.call('DEL', unpack(KEYS))
+return n
+"""
+"""KEYS: index sets. ARGV: the session key prefix. The number of sessions deleted."""
+
+_DROP_DANGLING = """
+local n = 0
+for i = 2, #ARGV do
+  if redis.call('EXISTS', ARGV[1] .. ARGV[i]) == 0 then
+    n = n + redis.call('SREM', KEYS[1], ARGV[i])
+  end
+end
+return n
+"""
+"""KEYS: an index set. ARGV: the session key prefix, members to drop if their session is gone."""
+
+_UNLOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+"""KEYS: the lock. ARGV: the token. 1 when released, 0 when not ours (any more)."""
+
+
+def hashed(text: str) -> str:
+    """URL-safe base64 (unpadded) of the SHA-256 of C{text}: how Redis names ids, subs and sids."""
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+
+def _positive(name: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+            not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
+    return float(value)
+
+
+@implementer(ISessionStore)
+class RedisStore:
+    """
+    @param redis: a txredisapi connection or pool (L{build_redis} makes one
+        with the timeouts and reconnection this store relies on); only its
+        C{execute_command} is used.
+    @param sealer: seals and opens the values.
+    @param clock: the time source for lifetimes and for the deadlines.
+    @param key_prefix: put in front of every key (several proxies may share
+        one Redis database with different prefixes).
+    @param command_timeout: seconds each operation may take, waiting for a
+        connection included.
+    """
+
+    def __init__(
+        self,
+        redis: Any,
+        sealer: Sealer,
+        clock: IReactorTime,
+        *,
+        key_prefix: str = "oidcproxy:",
+        command_timeout: float = 2.0,
+    ) -> None:
+        self._redis = redis
+        self._sealer = sealer
+        self._clock = clock
+        self._prefix = key_prefix
+        self._timeout = _positive("command_timeout", command_timeout)
+
+    # keys
+
+    def _session_key(self, hashed_id: str) -> str:
+        return f"{self._prefix}s:{hashed_id}"
+
+    def _sub_key(self, sub: str) -> str:
+        return f"{self._prefix}sub:{hashed(sub)}"
+
+    def _sid_key(self, sid: str) -> str:
+        return f"{self._prefix}sid:{hashed(sid)}"
+
+    def _lock_key(self, name: str) -> str:
+        # Hashed: a lock name may well contain a session id.
+        return f"{self._prefix}lock:{hashed(name)}"
+
+    def _index_keys(self, session: Session) -> List[str]:
+        keys = [self._sub_key(session.sub)]
+        if session.sid:
+            keys.append(self._sid_key(session.sid))
+        return keys
+
+    # plumbing
+
+    def _run(self, what: str, operation: Callable[[], Coroutine[Any, Any, T]]) -> Deferred[T]:
+        """
+        Run C{operation} with the deadline; a timeout becomes
+        L{SessionStoreUnavailable}. A caller's cancel stays a
+        L{CancelledError}.
+        """
+        d: Deferred[T] = Deferred.fromCoroutine(operation())
+        d.addTimeout(self._timeout, self._clock)
+
+        def timed_out(failure: Any) -> Any:
+            failure.trap(DeferredTimeoutError)
+            raise SessionStoreUnavailable(
+                f"Redis did not complete {what} within {self._timeout:g} s"
+            ) from failure.value
+
+        return d.addErrback(timed_out)
+
+    async def _command(self, *args: Any) -> Any:
+        try:
+            return await self._redis.execute_command(*args)
+        except CancelledError:
+            raise
+        except Exception as e:  # txredisapi's errors, connection errors, WRONGTYPE, ...
+            raise SessionStoreUnavailable(f"Redis {args[0]} failed: {e}") from e
+
+    async def _eval(self, script: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        return await self._command("EVAL", script, len(keys), *keys, *args)
+
+    def _open(self, hashed_id: str, value: Any) -> Optional[Session]:
+        if not isinstance(value, str):
+            return None
+        plaintext = self._sealer.unseal(value, PURPOSE_PREFIX + hashed_id.encode("ascii"))
+        if plaintext is None:
+            return None
+        return Session.from_bytes(plaintext)
+
+    # ISessionStore
+
+    def load(self, cookie_value: str) -> Deferred[Optional[Session]]:
+        """
+        The session whose id is C{cookie_value}. C{None} (without asking
+        Redis) for a value that is not a session id; C{None} for an unknown
+        id, a value that does not open, or one holding another session.
+        """
+        if not isinstance(cookie_value, str) or not _SESSION_ID.match(cookie_value):
+            return succeed(None)
+
+        async def load() -> Optional[Session]:
+            hashed_id = hashed(cookie_value)
+            value = await self._command("GET", self._session_key(hashed_id))
+            session = self._open(hashed_id, value)
+            if session is None or session.id != cookie_value:
+                return None
+            return session
+
+        return self._run("a load", load)
+
+    def save(self, session: Session) -> Deferred[str]:
+        """
+        Store C{session} until its C{expires} (at least 1 s) and index it;
+        fires with its id, the cookie value. A session already expired is not
+        written (its id is still the answer).
+        """
+        if not _SESSION_ID.match(session.id):
+            return fail(ValueError("a Redis session's id must come from new_session_id()"))
+        try:
+            plaintext = session.to_bytes()
+        except (TypeError, ValueError):
+            return fail()
+        remaining = session.expires - self._clock.seconds()
+        if remaining <= 0:
+            return succeed(session.id)
+        ttl_ms = max(1000, math.ceil(remaining * 1000))
+        hashed_id = hashed(session.id)
+        value = self._sealer.seal(plaintext, PURPOSE_PREFIX + hashed_id.encode("ascii"))
+        keys = [self._session_key(hashed_id), *self._index_keys(session)]
+
+        async def save() -> str:
+            await self._eval(_SAVE, keys, [value, ttl_ms, hashed_id])
+            return session.id
+
+        return self._run("a save", save)
+
+    def delete(self, session: Session) -> Deferred[None]:
+        """Remove C{session} and its entries in the indexes."""
+        hashed_id = hashed(session.id)
+        keys = [self._session_key(hashed_id), *self._index_keys(session)]
+
+        async def delete() -> None:
+            await self._eval(_DELETE, keys, [hashed_id])
+
+        return self._run("a delete", delete)
+
+    # the indexes
+
+    def delete_by(self, *, sub: Optional[str] = None, sid: Optional[str] = None) -> Deferred[int]:
+        """
+        End every session of the subject C{sub} and every session of the OP
+        session C{sid} (both when both are given), at once.
+
+        @return: a Deferred firing with the number of sessions deleted.
+        """
+        keys = []
+        if sub is not None:
+            keys.append(self._sub_key(sub))
+        if sid is not None:
+            keys.append(self._sid_key(sid))
+        if not keys:
+            return fail(ValueError("delete_by needs sub or sid"))
+
+        async def delete_by() -> int:
+            return int(await self._eval(_DELETE_BY, keys, [self._session_key("")]))
+
+        return self._run("a delete_by", delete_by)
+
+    def sessions_of(self, sub: str) -> Deferred[List[Session]]:
+        """
+        The live sessions of the subject C{sub}, oldest first. Index members
+        whose session has gone are dropped from the index.
+        """
+        index = self._sub_key(sub)
+
+        async def sessions_of() -> List[Session]:
+            members = await self._command("SMEMBERS", index)
+            members = [m for m in members or [] if isinstance(m, str) and _SESSION_ID.match(m)]
+            if not members:
+                return []
+            values = await self._command("MGET", *[self._session_key(m) for m in members])
+            now = self._clock.seconds()
+            found, gone = [], []
+            for member, value in zip(members, values):
+                if value is None:
+                    gone.append(member)
+                    continue
+                session = self._open(member, value)
+                if session is not None and hashed(session.id) == member and \
+                        session.sub == sub and now < session.expires:
+                    found.append(session)
+            if gone:
+                await self._eval(_DROP_DANGLING, [index], [self._session_key(""), *gone])
+            found.sort(key=lambda s: (s.created, s.id))
+            return found
+
+        return self._run("sessions_of", sessions_of)
+
+    # locks across processes
+
+    def lock(self, name: str, lease: float) -> Deferred[Optional[str]]:
+        """
+        Take the lock C{name} for at most C{lease} seconds.
+
+        @return: a Deferred firing with a token for L{unlock} when taken, with
+            C{None} while someone else holds it.
+        """
+        try:
+            lease_ms = max(1, math.ceil(_positive("lease", lease) * 1000))
+        except ValueError:
+            return fail()
+        key = self._lock_key(name)
+        token = secrets.token_urlsafe(16)
+
+        async def lock() -> Optional[str]:
+            reply = await self._command("SET", key, token, "NX", "PX", lease_ms)
+            return token if reply == "OK" else None
+
+        return self._run("a lock", lock)
+
+    def unlock(self, name: str, token: str) -> Deferred[bool]:
+        """
+        Release the lock C{name} if C{token} still holds it (a lease that ran
+        out may have let someone else take it).
+
+        @return: a Deferred firing with whether it was released.
+        """
+        key = self._lock_key(name)
+
+        async def unlock() -> bool:
+            return int(await self._eval(_UNLOCK, [key], [token])) == 1
+
+        return self._run("an unlock", unlock)
+
+
+# -- the connection pool ------------------------------------------------------------------
+
+
+def _trust_root(path: str) -> Any:
+    from twisted.internet import ssl
+
+    with open(path, "rb") as f:
+        pem = f.read()
+    blocks = re.findall(
+        rb"-----BEGIN CERTIFICATE-----\s.*?-----END CERTIFICATE-----", pem, flags=re.DOTALL
+    )
+    if not blocks:
+        raise ValueError(f"{path} holds no PEM certificate")
+    return ssl.trustRootFromCertificates([ssl.Certificate.loadPEM(block) for block in blocks])
+
+
+def _parse_url(url: str) -> Tuple[bool, str, int, Optional[str], Optional[str], Optional[int]]:
+    """C{(tls, host, port, username, password, db)} of a redis:// or rediss:// URL."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in ("redis", "rediss"):
+        raise ValueError(f"{url!r}: a Redis URL starts with redis:// or rediss://")
+    host = parts.hostname
+    if not host:
+        raise ValueError(f"{url!r}: no host")
+    try:
+        port = parts.port or 6379
+    except ValueError:
+        raise ValueError(f"{url!r}: the port is not a number from 1 to 65535") from None
+    username = unquote(parts.username) if parts.username else None
+    password = unquote(parts.password) if parts.password else None
+    path = parts.path.strip("/")
+    if path and not path.isdigit():
+        raise ValueError(f"{url!r}: the path names a database by number (/0, /1, ...)")
+    if parts.query or parts.fragment:
+        raise ValueError(f"{url!r}: query and fragment are not understood")
+    return scheme == "rediss", host, port, username, password, int(path) if path else None
+
+
+def build_redis(
+    url: str,
+    *,
+    password: Optional[str] = None,
+    username: Optional[str] = None,
+    db: Optional[int] = None,
+    pool_size: int = 10,
+    connect_timeout: float = 2.0,
+    command_timeout: float = 2.0,
+    ca_bundle: Optional[str] = None,
+    sentinel: Optional[Sequence[Tuple[str, int]]] = None,
+    master_name: Optional[str] = None,
+) -> Any:
+    """
+    A lazy txredisapi connection pool for L{RedisStore}: it is returned at
+    once and connects (and reconnects, with backoff, forever) in the
+    background, so the proxy starts while Redis is down.
+
+    @param url: C{redis://[user:password@]host[:port][/db]}; C{rediss://} for
+        TLS, which verifies the server's certificate and its name (the URL's
+        host) against C{ca_bundle}, or the platform's trust store. With
+        C{sentinel}, only the scheme, credentials and database are used.
+    @param password: overrides the URL's; C{username} selects an ACL user.
+    @param db: the database number; overrides the URL's.
+    @param connect_timeout: seconds a TCP connection attempt may take.
+    @param command_timeout: seconds a reply may take; a connection with a
+        reply overdue (a hung server, a dead network path) is aborted and
+        replaced.
+    @param ca_bundle: PEM file of the CAs trusted for rediss://.
+    @param sentinel: C{(host, port)} of Redis Sentinels; the pool then
+        connects to the master they name C{master_name} (checking its ROLE),
+        and follows failovers. The Sentinels are asked without a password;
+        with rediss:// they are reached over TLS too, each verified under its
+        own host, and the master under the address Sentinel announces (its
+        certificate must name it).
+    @return: the pool (a txredisapi connection handler); C{disconnect()}
+        closes it.
+    @raise ValueError: a bad URL or setting.
+    """
+    tls, host, port, url_username, url_password, url_db = _parse_url(url)
+    password = password if password is not None else url_password
+    username = username if username is not None else url_username
+    db = db if db is not None else url_db
+    if isinstance(db, bool) or not isinstance(db, (int, type(None))) or (db is not None and db < 0):
+        raise ValueError(f"db must be a database number, not {db!r}")
+    if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1:
+        raise ValueError(f"pool_size must be at least 1, not {pool_size!r}")
+    connect_timeout = _positive("connect_timeout", connect_timeout)
+    command_timeout = _positive("command_timeout", command_timeout)
+    if ca_bundle is not None and not tls:
+        raise ValueError("ca_bundle is for rediss:// URLs; this one is not TLS")
+    if sentinel is not None:
+        sentinels = [(str(h), int(p)) for h, p in sentinel]
+        if not sentinels or not master_name:
+            raise ValueError("sentinel needs at least one (host, port) and a master_name")
+    elif master_name is not None:
+        raise ValueError("master_name is only used with sentinel")
+
+    trust_root = _trust_root(ca_bundle) if ca_bundle is not None else None
+    from twisted.internet import reactor
+
+    kinds = _pool_classes(reactor)
+
+    def endpoint(host: str, port: int) -> IStreamClientEndpoint:
+        from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+        from twisted.internet.ssl import optionsForClientTLS
+
+        plain = HostnameEndpoint(reactor, host, port, timeout=connect_timeout)
+        if not tls:
+            return plain
+        return wrapClientTLS(optionsForClientTLS(host, trustRoot=trust_root), plain)
+
+    settings = dict(
+        dbid=db, poolsize=pool_size, isLazy=True, charset="utf-8", password=password,
+        username=username, replyTimeout=None, convertNumbers=False,
+    )
+    if sentinel is None:
+        factory = kinds.Factory(f"{host}:{port}", handler=kinds.Handler, **settings)
+        kinds.prepare(factory, command_timeout)
+        factory.startConnecting(endpoint(host, port))
+        return factory.handler
+
+    import txredisapi
+
+    manager = txredisapi.Sentinel([])
+    # Sentinels are asked afresh before every connection attempt; if none
+    # answers in time, the attempt fails and is retried with backoff.
+    manager.discovery_timeout = connect_timeout + command_timeout
+    for s_host, s_port in sentinels:
+        s_factory = kinds.Factory(f"{s_host}:{s_port}", handler=kinds.Handler, dbid=None,
+                                  poolsize=1, isLazy=True, charset="utf-8",
+                                  convertNumbers=False)
+        kinds.prepare(s_factory, command_timeout)
+        s_factory.startConnecting(endpoint(s_host, s_port))
+        manager.sentinels.append(s_factory.handler)
+    factory = kinds.SentinelFactory(
+        sentinel_manager=manager, service_name=master_name, is_master=True, uuid=None,
+        handler=kinds.Handler, **settings,
+    )
+    kinds.prepare(factory, command_timeout, manager.disconnect)
+    factory.startConnecting(kinds.SentinelEndpoint(factory, endpoint))
+    return factory.handler
+
+
+def _pool_classes(reactor: Any) -> Any:
+    """
+    txredisapi's classes with the changes L{RedisStore} needs, defined on
+    demand because importing txredisapi installs the global reactor.
+
+      - A reply overdue by C{command_timeout} aborts its connection (which is
+        then replaced). txredisapi's own C{replyTimeout} is defused when the
+        caller cancels the command (as L{RedisStore}'s deadline does), so a
+        dead connection would stay in the pool.
+      - Failing AUTH or SELECT on a new connection (also a mere timeout, or
+        the server restarting meanwhile) does not stop the pool for good: it
+        keeps reconnecting with backoff, so it recovers once Redis does.
+      - A caller that stops waiting for a free connection (a deadline passed
+        while Redis is down) is forgotten at once instead of piling up until
+        Redis is back.
+    """
+    import txredisapi
+
+    class Protocol(txredisapi.RedisProtocol):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._overdue: Any = collections.deque()
+
+        def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+            result = super().execute_command(*args, **kwargs)
+            # Only reached when the command was written: one reply is due.
+            timeout = getattr(self.factory, "command_timeout", None)
+            call = None
+            if timeout and kwargs.get("apply_timeout", True):
+                call = reactor.callLater(timeout, self._reply_overdue, args[0], timeout)
+            self._overdue.append(call)
+            return result
+
+        def replyReceived(self, reply: Any) -> None:
+            if self._overdue:
+                call = self._overdue.popleft()
+                if call is not None and call.active():
+                    call.cancel()
+            super().replyReceived(reply)
+
+        def _reply_overdue(self, command: Any, timeout: float) -> None:
+            log.warn(
+                "Redis did not answer {command} within {timeout} s: dropping the connection",
+                command=command if isinstance(command, str) else repr(command), timeout=timeout,
+            )
+            self.transport.abortConnection()
+
+        def connectionLost(self, reason: Any) -> None:
+            overdue, self._overdue = self._overdue, collections.deque()
+            for call in overdue:
+                if call is not None and call.active():
+                    call.cancel()
+            super().connectionLost(reason)
+
+    class SentinelProtocol(Protocol):
+        """
+        Checks that the server Sentinel named is (still) the master before
+        the pool uses the connection. txredisapi's SentinelRedisProtocol does
+        the same but sends AUTH without waiting for its reply, whose failure
+        then goes unhandled.
+        """
+
+        def connectionMade(self) -> Any:
+            async def check() -> None:
+                try:
+                    if self.password is not None:
+                        await self.auth(self.password, self.username)
+                    role = await self.role()
+                except txredisapi.RedisError as e:  # a refused password, a lost connection, ...
+                    log.warn("Redis (named by Sentinel): cannot check the role: {error}", error=e)
+                    self.transport.loseConnection()
+                    return
+                if not role or role[0] != "master":
+                    log.warn("Redis (named by Sentinel) is not the master (any more); reconnecting")
+                    self.transport.loseConnection()
+                    return
+                await Protocol.connectionMade(self)
+
+            return Deferred.fromCoroutine(check())
+
+    class Queue(txredisapi.PeekableQueue):
+        def peek(self) -> Any:
+            if self.pending:
+                return super().peek()
+            d: Deferred[Any] = Deferred(self._forget)
+            self.peekers.append(d)
+            return d
+
+        def _forget(self, d: Any) -> None:
+            if d in self.peekers:
+                self.peekers.remove(d)
+
+    def prepare(factory: Any, command_timeout: float, extra_on_disconnect: Any = None) -> None:
+        factory.command_timeout = command_timeout
+        factory.extra_on_disconnect = extra_on_disconnect
+        factory.connectionQueue = Queue()
+        # A lazy pool's "ready" Deferred has no listener: a failure reported
+        # through it must not become an unhandled error.
+        factory.deferred.addErrback(lambda _: None)
+
+    def stop_trying(factory: Any) -> Any:
+        # txredisapi calls this when AUTH or SELECT fails on a new connection,
+        # which it closes; the slot reconnects later (with backoff) instead
+        # of giving up for good.
+        log.warn("Redis: the new connection could not be set up (AUTH/SELECT); retrying")
+        return succeed(None)
+
+    class Factory(txredisapi.RedisFactory):
+        protocol = Protocol
+        initialDelay = 0.5
+        maxDelay = 5.0
+        stopTrying = stop_trying
+
+    class SentinelFactory(txredisapi.SentinelConnectionFactory):
+        protocol = SentinelProtocol
+        maxDelay = 5.0
+        stopTrying = stop_trying
+
+    class Handler(txredisapi.ConnectionHandler):
+        def disconnect(self) -> Any:
+            from twisted.internet.defer import gatherResults
+
+            extra = self._factory.extra_on_disconnect
+            done = [self._factory.disconnect()]
+            if extra is not None:
+                done.append(extra())
+            return gatherResults(done, consumeErrors=True)
+
+    @implementer(IStreamClientEndpoint)
+    class SentinelEndpoint:
+        """
+        Asks the Sentinels for the master before every connection attempt,
+        and drops the pool's connections when it has moved. txredisapi's own
+        endpoint does the same but cannot do TLS, uses its maximal retry
+        delay as the connect timeout, and leaves its discovery timer behind
+        when the attempt is cancelled.
+        """
+
+        def __init__(self, factory: Any, endpoint: Callable[[str, int], Any]) -> None:
+            self._factory = factory
+            self._endpoint = endpoint
+            self._master: Optional[Tuple[str, int]] = None
+
+        def _discover(self) -> Deferred[Tuple[str, int]]:
+            manager = self._factory.sentinel_manager
+            name = self._factory.service_name
+            asked: List[Deferred[Any]] = []
+
+            def finish() -> None:
+                if timer.active():
+                    timer.cancel()
+                for d in asked:
+                    d.cancel()
+
+            result: Deferred[Tuple[str, int]] = Deferred(lambda _: finish())
+
+            def answered(masters: Any) -> None:
+                state = masters.get(name) if isinstance(masters, dict) else None
+                if result.called or not state or not manager.check_master_state(state):
+                    return
+                finish()
+                result.callback((state["ip"], int(state["port"])))
+
+            def timed_out() -> None:
+                finish()
+                result.errback(txredisapi.MasterNotFoundError(
+                    f"no Sentinel named a healthy master {name!r} in time"))
+
+            timer = reactor.callLater(manager.discovery_timeout, timed_out)
+            for sentinel in manager.sentinels:
+                asked.append(sentinel.sentinel_masters().addCallbacks(answered, lambda _: None))
+            return result
+
+        def connect(self, protocolFactory: Any) -> Any:
+            def found(address: Tuple[str, int]) -> Any:
+                if self._master is not None and self._master != address:
+                    log.info("Redis master moved to {host}:{port}", host=address[0], port=address[1])
+                    for conn in list(self._factory.pool):
+                        conn.transport.loseConnection()
+                self._master = address
+                return self._endpoint(address[0], address[1]).connect(protocolFactory)
+
+            def failed(failure: Any) -> Any:
+                if not failure.check(CancelledError):
+                    log.warn("Redis Sentinel: {error}", error=failure.getErrorMessage())
+                return failure
+
+            return self._discover().addCallbacks(found, failed)
+
+    return types.SimpleNamespace(
+        Factory=Factory, SentinelFactory=SentinelFactory, Handler=Handler,
+        SentinelEndpoint=SentinelEndpoint, prepare=prepare,
+    )

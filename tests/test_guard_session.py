@@ -1,0 +1,304 @@
+"""
+Tests for what the guard does over a session's life: token refresh (once per
+session, whatever the concurrency), IdP outages, logout at the IdP with token
+revocation, and back-channel logout.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List
+from urllib.parse import urlencode
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from oidcproxy.stores.memory import MemoryStore
+
+from .idp import ISSUER
+from .test_guard import API, APP, CLIENT_ID, SESSION_COOKIE, Harness, make_config, open_session
+
+NEAR_EXPIRY = 300 - 60 + 1
+"""Seconds after login when the 300 s access token is within the 60 s leeway."""
+
+
+def logged_in(h: Harness, claims: Dict[str, Any] = None, sub: str = "user-1") -> Any:
+    return h.logged_in(sub=sub, claims=claims)
+
+
+class RefreshTests(SynchronousTestCase):
+    def test_refresh_before_expiry(self):
+        """Near the access token's expiry the guard refreshes, then serves with the new token."""
+        h = Harness(self, config=make_config(oidc={"pass_access_token": "header"}))
+        browser = logged_in(h)
+        first = h.idp.issued[-1]["access_token"]
+        h.clock.advance(NEAR_EXPIRY)
+        page = browser.navigate("/x")
+        self.assertEqual(page.code, 200)
+        self.assertEqual(h.idp.refresh_count, 1)
+        new = h.idp.issued[-1]
+        self.assertNotEqual(new["access_token"], first)
+        self.assertEqual(h.app.header(b"x-forwarded-access-token"), [new["access_token"].encode()])
+        session = open_session(browser.jar[SESSION_COOKIE])
+        self.assertEqual((session.access_token, session.refresh_token),
+                         (new["access_token"], new["refresh_token"]))
+
+    def test_no_refresh_while_fresh(self):
+        """A fresh access token is not refreshed."""
+        h = Harness(self)
+        browser = logged_in(h)
+        h.clock.advance(100)
+        self.assertEqual(browser.navigate("/x").code, 200)
+        self.assertEqual(h.idp.refresh_count, 0)
+
+    def test_concurrent_requests_one_grant(self):
+        """Twenty requests of one session at once, token expiring: exactly one refresh grant."""
+        h = Harness(self)
+        browser = logged_in(h)
+        h.clock.advance(NEAR_EXPIRY)
+        pending = [browser.send(b"GET", f"/x{i}", headers=API) for i in range(20)]
+        h.network.pump()
+        self.assertEqual([p.page().code for p in pending], [200] * 20)
+        self.assertEqual(h.idp.refresh_count, 1)
+
+    def test_old_cookie_after_refresh_uses_new_tokens(self):
+        """A request with the pre-refresh cookie gets the refreshed tokens, no second grant
+        (with rotation, a second grant would fail and end the session)."""
+        h = Harness(self)
+        browser = logged_in(h)
+        old_jar = dict(browser.jar)
+        h.clock.advance(NEAR_EXPIRY)
+        self.assertEqual(browser.navigate("/x").code, 200)
+        browser.jar = old_jar
+        h.clock.advance(1)
+        self.assertEqual(browser.get("/y", headers=API).code, 200)
+        self.assertEqual(h.idp.refresh_count, 1)
+
+    def test_invalid_grant_ends_session(self):
+        """invalid_grant ends the session: browsers go to login, API clients get 401."""
+        h = Harness(self)
+        browser = logged_in(h)
+        h.idp.refresh_error = (400, "invalid_grant")
+        h.clock.advance(NEAR_EXPIRY)
+        page = browser.navigate("/x")
+        self.assertEqual(page.code, 302)
+        self.assertTrue(page.location.startswith(ISSUER + "/authorize?"))
+        self.assertTrue(page.cookie(SESSION_COOKIE).deletes)
+        self.assertEqual(h.app.requests, [])
+
+    def test_idp_down_token_still_valid(self):
+        """The IdP failing while the access token is still valid: served, retried next time."""
+        h = Harness(self)
+        browser = logged_in(h)
+        h.idp.refresh_error = (500, "server_error")
+        h.clock.advance(NEAR_EXPIRY)
+        self.assertEqual(browser.get("/x", headers=API).code, 200)
+        self.assertEqual(browser.get("/x", headers=API).code, 200)
+        self.assertEqual(h.idp.refresh_count, 2)
+
+    def test_idp_down_token_expired_503(self):
+        """The IdP failing after the access token expired: 503, the session kept."""
+        h = Harness(self)
+        browser = logged_in(h)
+        h.idp.refresh_error = (500, "server_error")
+        h.clock.advance(301)
+        page = browser.get("/x", headers=API)
+        self.assertEqual(page.code, 503)
+        self.assertIsNone(page.cookie(SESSION_COOKIE))
+        h.idp.refresh_error = None
+        self.assertEqual(browser.get("/x", headers=API).code, 200)
+
+    def test_outage_grace(self):
+        """With session.idp_outage_grace, an expired access token is served for that long."""
+        h = Harness(self, config=make_config(session={"idp_outage_grace": "10m"}))
+        browser = logged_in(h)
+        h.idp.refresh_error = (500, "server_error")
+        h.clock.advance(301)
+        self.assertEqual(browser.get("/x", headers=API).code, 200)
+        h.clock.advance(600)
+        self.assertEqual(browser.get("/x", headers=API).code, 503)
+
+    def test_refresh_for_another_subject_ends(self):
+        """A refresh whose ID token names another subject ends the session."""
+        h = Harness(self)
+        browser = logged_in(h)
+        h.idp.refresh_sub = "someone-else"
+        h.clock.advance(NEAR_EXPIRY)
+        self.assertEqual(browser.get("/x", headers=API).code, 401)
+
+    def test_refresh_off(self):
+        """session.refresh = "off": no refresh; the session lives on its own lifetime."""
+        h = Harness(self, config=make_config(session={"refresh": "off"}))
+        browser = logged_in(h)
+        h.clock.advance(400)
+        self.assertEqual(browser.get("/x", headers=API).code, 200)
+        self.assertEqual(h.idp.refresh_count, 0)
+
+
+def with_logout_endpoints(case: SynchronousTestCase, **config: Any) -> Harness:
+    """A harness whose IdP advertises end_session_endpoint and revocation_endpoint."""
+    h = Harness(case, config=make_config(**config) if config else None, start=False)
+    h.idp.advertise_logout = True
+    h.guard.start()
+    h.network.pump()
+    return h
+
+
+class LogoutTests(SynchronousTestCase):
+    def logout(self, h: Harness, browser: Any) -> Any:
+        return browser.request(b"POST", "/oidc/logout?rd=/bye",
+                               headers={b"origin": [APP.encode()]})
+
+    def test_rp_initiated_logout_and_revocation(self):
+        """Logout revokes both tokens and sends the browser to the IdP's end_session_endpoint."""
+        h = with_logout_endpoints(self)
+        browser = logged_in(h)
+        issued = h.idp.issued[-1]
+        page = self.logout(h, browser)
+        self.assertEqual(page.code, 303)
+        base, _, _ = page.location.partition("?")
+        self.assertEqual(base, ISSUER + "/logout")
+        query = page.location_query()
+        self.assertEqual(
+            {k: v for k, v in query.items()},
+            {"ui": ["1"], "id_token_hint": [issued["id_token"]], "client_id": [CLIENT_ID],
+             "post_logout_redirect_uri": [APP + "/bye"]},
+        )
+        self.assertEqual(sorted(h.idp.revoked),
+                         sorted([(issued["refresh_token"], "refresh_token"),
+                                 (issued["access_token"], "access_token")]))
+        self.assertTrue(page.cookie(SESSION_COOKIE).deletes)
+
+    def test_configured_post_logout_redirect(self):
+        """oidc.post_logout_redirect_uri replaces the default way back."""
+        h = with_logout_endpoints(
+            self, oidc={"post_logout_redirect_uri": "https://app.test/logged-out"})
+        page = self.logout(h, logged_in(h))
+        self.assertEqual(page.location_query()["post_logout_redirect_uri"],
+                         ["https://app.test/logged-out"])
+
+    def test_local_only(self):
+        """end_session = false and revoke_on_logout = false: a local logout only."""
+        h = with_logout_endpoints(self, oidc={"end_session": False},
+                                  session={"revoke_on_logout": False})
+        page = self.logout(h, logged_in(h))
+        self.assertEqual(page.location, APP + "/bye")
+        self.assertEqual(h.idp.revoked, [])
+
+    def test_without_idp_support(self):
+        """An IdP without end_session/revocation endpoints: local logout, nothing sent."""
+        h = Harness(self)
+        page = self.logout(h, logged_in(h))
+        self.assertEqual(page.location, APP + "/bye")
+        self.assertEqual(h.idp.revoked, [])
+
+
+class BackchannelTests(SynchronousTestCase):
+    def harness(self) -> Harness:
+        return Harness(self, memory_store=True)
+
+    def logout_token(self, h: Harness, **claims: Any) -> str:
+        now = int(h.clock.seconds())
+        body: Dict[str, Any] = {
+            "iss": ISSUER, "aud": CLIENT_ID, "iat": now, "jti": f"jti-{len(self.sent)}",
+            "events": {"http://schemas.openid.net/event/backchannel-logout": {}},
+        }
+        body.update(claims)
+        for key in [k for k, v in body.items() if v is None]:
+            del body[key]
+        return h.idp.id_token(body)
+
+    def setUp(self):
+        self.sent: List[str] = []
+
+    def post(self, h: Harness, token: str) -> Any:
+        self.sent.append(token)
+        client = h.browser()
+        return client.request(
+            b"POST", "/oidc/backchannel-logout",
+            headers={b"content-type": [b"application/x-www-form-urlencoded"]},
+            body=urlencode({"logout_token": token}).encode())
+
+    def test_by_sid(self):
+        """A logout token with the session's sid ends that session only."""
+        h = self.harness()
+        one = logged_in(h, claims={"sid": "sid-1"})
+        two = logged_in(h, claims={"sid": "sid-2"})
+        page = self.post(h, self.logout_token(h, sid="sid-1", sub="user-1"))
+        self.assertEqual((page.code, page.json()), (200, {}))
+        self.assertEqual(page.header(b"cache-control"), b"no-store")
+        self.assertEqual(one.get("/x", headers=API).code, 401)
+        self.assertEqual(two.get("/x", headers=API).code, 200)
+
+    def test_by_sub(self):
+        """A logout token with only a sub ends every session of that user."""
+        h = self.harness()
+        one = logged_in(h, sub="alice")
+        two = logged_in(h, sub="alice")
+        other = logged_in(h, sub="bob")
+        self.assertEqual(self.post(h, self.logout_token(h, sub="alice")).code, 200)
+        self.assertEqual([b.get("/x", headers=API).code for b in (one, two, other)],
+                         [401, 401, 200])
+
+    def test_replayed_token(self):
+        """A logout token is accepted once; its replay is a 400."""
+        h = self.harness()
+        token = self.logout_token(h, sub="alice")
+        self.assertEqual(self.post(h, token).code, 200)
+        page = self.post(h, token)
+        self.assertEqual((page.code, page.json()["error"]), (400, "invalid_request"))
+
+    def test_invalid_tokens(self):
+        """Tokens breaking the spec (nonce present, no events, wrong aud, no sub/sid,
+        not signed by the IdP) are refused with 400 and end nothing."""
+        h = self.harness()
+        alice = logged_in(h, sub="alice")
+        bad = [
+            self.logout_token(h, sub="alice", nonce="n"),
+            self.logout_token(h, sub="alice", events=None),
+            self.logout_token(h, sub="alice", aud="someone-else"),
+            self.logout_token(h),
+            self.logout_token(h, sub="alice")[:-4] + "AAAA",
+            "not a jwt",
+        ]
+        for token in bad:
+            page = self.post(h, token)
+            self.assertEqual(page.code, 400, token)
+        self.assertEqual(alice.get("/x", headers=API).code, 200)
+
+    def test_method_and_parameters(self):
+        """GET is 405; a POST without exactly one logout_token is 400."""
+        h = self.harness()
+        self.assertEqual(h.browser().get("/oidc/backchannel-logout").code, 405)
+        page = h.browser().request(b"POST", "/oidc/backchannel-logout", body=b"")
+        self.assertEqual(page.code, 400)
+
+    def test_cookie_store_501(self):
+        """With the stateless cookie store the endpoint answers 501 and says why."""
+        h = Harness(self)
+        page = self.post(h, self.logout_token(h, sub="alice"))
+        self.assertEqual(page.code, 501)
+        self.assertIn("redis", page.json()["message"])
+
+
+class MemoryStoreIndexTests(SynchronousTestCase):
+    def test_delete_by_and_locks(self):
+        """The memory store finds sessions by sub/sid and has leased locks, like Redis."""
+        from twisted.internet.task import Clock
+
+        from oidcproxy.session import Session
+
+        clock = Clock()
+        store = MemoryStore(clock)
+        for i, (sub, sid) in enumerate([("a", "s1"), ("a", "s2"), ("b", "s3")]):
+            store.save(Session(id=f"id{i}", sub=sub, claims={}, created=0, last_seen=0,
+                               expires=100, sid=sid))
+        self.assertEqual(self.successResultOf(store.delete_by(sid="s2")), 1)
+        self.assertEqual([s.id for s in self.successResultOf(store.sessions_of("a"))], ["id0"])
+        self.assertEqual(self.successResultOf(store.delete_by(sub="a")), 1)
+        self.assertEqual(len(store), 1)
+        token = self.successResultOf(store.lock("x", 5))
+        self.assertIsNone(self.successResultOf(store.lock("x", 5)))
+        store.unlock("x", "wrong")
+        self.assertIsNone(self.successResultOf(store.lock("x", 5)))
+        clock.advance(5)
+        self.assertIsNotNone(self.successResultOf(store.lock("x", 5)))
+        self.assertIsNotNone(token)

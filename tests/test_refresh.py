@@ -1,0 +1,289 @@
+"""
+Tests for L{oidcproxy.refresh.Refresher}: one grant per session at a time,
+within a process and across processes, and what each IdP answer does to the
+session.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional
+
+import attr
+from twisted.internet import defer
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from oidcproxy.provider import ProviderError
+from oidcproxy.refresh import Refresher, RefreshOutcome, _hash
+from oidcproxy.session import Session, SessionStoreUnavailable
+from oidcproxy.stores.memory import MemoryStore
+from oidcproxy.tokens import TokenError
+
+NOW = 1_000_000.0
+
+
+class FakeProvider:
+    """The token endpoint, answering each refresh when the test says so."""
+
+    def __init__(self) -> None:
+        self.pending: List[defer.Deferred] = []
+        self.refresh_tokens: List[str] = []
+
+    def refresh(self, refresh_token: str) -> defer.Deferred:
+        self.refresh_tokens.append(refresh_token)
+        d: defer.Deferred = defer.Deferred()
+        self.pending.append(d)
+        return d
+
+    def keys_for(self, kid: Optional[str]) -> defer.Deferred:
+        return defer.succeed("keys")
+
+
+ID_TOKENS: Dict[str, Dict[str, Any]] = {
+    "id-alice": {"iss": "https://idp", "sub": "alice", "name": "Alice 2"},
+    "id-mallory": {"iss": "https://idp", "sub": "mallory"},
+}
+
+
+def validate(token: str, keys: Any) -> Dict[str, Any]:
+    if token not in ID_TOKENS:
+        raise TokenError("bad_signature", "no")
+    return dict(ID_TOKENS[token])
+
+
+def session(**kw: Any) -> Session:
+    base = dict(id="s" * 43, sub="alice", claims={"iss": "https://idp", "sub": "alice",
+                                                   "name": "Alice"},
+                created=NOW - 100, last_seen=NOW - 10, expires=NOW + 3600,
+                id_token="id-old", access_token="at-1", access_token_expires=NOW + 30,
+                refresh_token="rt-1")
+    base.update(kw)
+    return Session(**base)
+
+
+class NoLockStore(MemoryStore):
+    """A store that cannot lock (like the cookie store): single-process coordination only."""
+
+    lock = None  # type: ignore[assignment]
+
+
+class LockingStore(MemoryStore):
+    """A MemoryStore with the Redis store's cross-process lock."""
+
+    def __init__(self, clock: Clock) -> None:
+        super().__init__(clock)
+        self.locks: Dict[str, str] = {}
+
+    def lock(self, name: str, lease: float) -> defer.Deferred:
+        if name in self.locks:
+            return defer.succeed(None)
+        self.locks[name] = "token"
+        return defer.succeed("token")
+
+    def unlock(self, name: str, token: str) -> defer.Deferred:
+        if self.locks.get(name) == token:
+            del self.locks[name]
+        return defer.succeed(None)
+
+
+class Harness:
+    def __init__(self, store_class: Any = NoLockStore, **kw: Any) -> None:
+        self.clock = Clock()
+        self.clock.advance(NOW)
+        self.provider = FakeProvider()
+        self.store = store_class(self.clock)
+        self.refresher = Refresher(self.provider, validate, self.store, self.clock, **kw)
+
+    def answer(self, index: int = -1, **tokens: Any) -> None:
+        body = {"access_token": "at-2", "token_type": "Bearer", "expires_in": 300}
+        body.update(tokens)
+        self.provider.pending[index].callback(body)
+
+
+def _patch_peek(case: SynchronousTestCase) -> None:
+    # The fake ID tokens are names, not JWTs: look at their "header" as empty.
+    import oidcproxy.refresh as refresh_module
+
+    case.patch(refresh_module, "peek_header", lambda token: {})
+
+
+class DueTests(SynchronousTestCase):
+    def test_on_expiry(self):
+        """on_expiry: due within refresh_leeway of the access token's expiry, not before."""
+        r = Harness(leeway=60.0).refresher
+        self.assertFalse(r.due(session(access_token_expires=NOW + 61), NOW))
+        self.assertTrue(r.due(session(access_token_expires=NOW + 60), NOW))
+        self.assertTrue(r.due(session(access_token_expires=NOW - 5), NOW))
+
+    def test_off_and_no_refresh_token(self):
+        """Never due when off, or without a refresh token."""
+        self.assertFalse(Harness(mode="off").refresher.due(session(access_token_expires=NOW), NOW))
+        self.assertFalse(Harness().refresher.due(
+            session(access_token_expires=NOW, refresh_token=None), NOW))
+
+    def test_interval(self):
+        """interval: also due once the session has not been renewed for refresh_interval."""
+        r = Harness(mode="interval", interval=300.0).refresher
+        self.assertFalse(r.due(session(access_token_expires=NOW + 3600, last_seen=NOW - 299), NOW))
+        self.assertTrue(r.due(session(access_token_expires=NOW + 3600, last_seen=NOW - 300), NOW))
+
+
+class GrantTests(SynchronousTestCase):
+    def setUp(self):
+        _patch_peek(self)
+
+    def test_refreshed_session(self):
+        """A refresh replaces the tokens, rotates the refresh token, merges new ID token claims."""
+        h = Harness()
+        d = h.refresher.refresh(session())
+        h.answer(refresh_token="rt-2", id_token="id-alice")
+        outcome = self.successResultOf(d)
+        new = outcome.session
+        self.assertEqual(
+            (new.access_token, new.access_token_expires, new.refresh_token, new.id_token,
+             new.claims["name"], new.id, outcome.ended, outcome.unavailable),
+            ("at-2", NOW + 300, "rt-2", "id-alice", "Alice 2", "s" * 43, False, False),
+        )
+        self.assertEqual(h.provider.refresh_tokens, ["rt-1"])
+        self.assertEqual(self.successResultOf(h.store.load(outcome.cookie_value)), new)
+
+    def test_refresh_token_kept_without_rotation(self):
+        """Without a new refresh token the old one is kept."""
+        h = Harness()
+        d = h.refresher.refresh(session())
+        h.answer()
+        self.assertEqual(self.successResultOf(d).session.refresh_token, "rt-1")
+
+    def test_invalid_grant_ends_the_session(self):
+        """invalid_grant ends the session."""
+        h = Harness()
+        d = h.refresher.refresh(session())
+        h.provider.pending[0].errback(ProviderError(401, "token_error", "x", "invalid_grant"))
+        self.assertEqual(self.successResultOf(d), RefreshOutcome(None, ended=True))
+
+    def test_network_error_keeps_the_session(self):
+        """A 5xx, timeout or unreachable IdP leaves the session as it is (unavailable)."""
+        for error in [ProviderError(502, "bad_token_response", "500"),
+                      ProviderError(504, "timeout", "slow"),
+                      ProviderError(502, "unreachable", "refused")]:
+            h = Harness()
+            d = h.refresher.refresh(session())
+            h.provider.pending[0].errback(error)
+            self.assertEqual(self.successResultOf(d), RefreshOutcome(None, unavailable=True))
+
+    def test_id_token_for_another_subject_ends(self):
+        """A refreshed ID token about someone else ends the session."""
+        h = Harness()
+        d = h.refresher.refresh(session())
+        h.answer(id_token="id-mallory")
+        self.assertEqual(self.successResultOf(d), RefreshOutcome(None, ended=True))
+
+    def test_invalid_id_token_ends(self):
+        """A refreshed ID token that fails validation ends the session."""
+        h = Harness()
+        d = h.refresher.refresh(session())
+        h.answer(id_token="forged")
+        self.assertEqual(self.successResultOf(d), RefreshOutcome(None, ended=True))
+
+
+class SingleFlightTests(SynchronousTestCase):
+    def setUp(self):
+        _patch_peek(self)
+
+    def test_fifty_concurrent_requests_one_grant(self):
+        """50 concurrent refreshes of one session send one grant and all get its result."""
+        h = Harness()
+        s = session()
+        ds = [h.refresher.refresh(s) for _ in range(50)]
+        self.assertEqual(len(h.provider.pending), 1)
+        h.answer(refresh_token="rt-2")
+        outcomes = [self.successResultOf(d) for d in ds]
+        self.assertEqual({o.session.access_token for o in outcomes}, {"at-2"})
+        self.assertEqual(h.refresher.grants, 1)
+
+    def test_old_session_after_refresh_gets_the_new_one(self):
+        """A request still carrying the old session just after a refresh does not spend the
+        refresh token again: it gets the refreshed session (for a minute, in this process)."""
+        h = Harness(NoLockStore)
+        s = session()
+        d = h.refresher.refresh(s)
+        h.answer(refresh_token="rt-2")
+        first = self.successResultOf(d)
+        h.clock.advance(5)
+        again = self.successResultOf(h.refresher.refresh(s))
+        self.assertEqual(again.session, first.session)
+        self.assertEqual(h.refresher.grants, 1)
+        h.clock.advance(60)
+        h.refresher.refresh(s)
+        self.assertEqual(h.refresher.grants, 2)
+
+    def test_failure_is_not_remembered(self):
+        """After a failed refresh the next request tries again."""
+        h = Harness()
+        d = h.refresher.refresh(session())
+        h.provider.pending[0].errback(ProviderError(504, "timeout", "slow"))
+        self.successResultOf(d)
+        h.refresher.refresh(session())
+        self.assertEqual(h.refresher.grants, 2)
+
+
+class CrossProcessTests(SynchronousTestCase):
+    def setUp(self):
+        _patch_peek(self)
+
+    def test_lock_held_elsewhere_waits_for_the_result(self):
+        """With the lock held by another process, no grant is sent; the stored result is used."""
+        h = Harness(LockingStore, lease=10.0)
+        s = session()
+        h.store.locks["refresh:" + _hash(s.id)] = "other"
+        d = h.refresher.refresh(s)
+        h.clock.advance(0.1)
+        self.assertNoResult(d)
+        newer = attr.evolve(s, access_token="at-other", access_token_expires=NOW + 900,
+                            refresh_token="rt-other")
+        h.store.save(newer)
+        h.clock.advance(0.1)
+        self.assertEqual(self.successResultOf(d).session, newer)
+        self.assertEqual(h.refresher.grants, 0)
+
+    def test_lock_never_released_gives_unavailable(self):
+        """A refresh elsewhere that does not finish within the lease: unavailable, not a hang."""
+        h = Harness(LockingStore, lease=1.0)
+        s = session()
+        h.store.locks["refresh:" + _hash(s.id)] = "other"
+        d = h.refresher.refresh(s)
+        for _ in range(11):
+            h.clock.advance(0.1)
+        self.assertEqual(self.successResultOf(d), RefreshOutcome(None, unavailable=True))
+
+    def test_refreshed_just_before_the_lock(self):
+        """Having taken the lock, a session already refreshed by another process is used as is."""
+        h = Harness(LockingStore)
+        s = session()
+        newer = attr.evolve(s, refresh_token="rt-other", access_token="at-other")
+        h.store.save(newer)
+        outcome = self.successResultOf(h.refresher.refresh(s))
+        self.assertEqual(outcome.session, newer)
+        self.assertEqual(h.refresher.grants, 0)
+        self.assertEqual(h.store.locks, {})
+
+    def test_lock_released_after_grant(self):
+        """The lock is released once the refreshed session is stored."""
+        h = Harness(LockingStore)
+        h.store.save(session())
+        d = h.refresher.refresh(session())
+        self.assertEqual(len(h.store.locks), 1)
+        h.answer()
+        self.successResultOf(d)
+        self.assertEqual(h.store.locks, {})
+
+    def test_lock_store_down(self):
+        """A store that cannot lock makes the refresh unavailable (503 upstream), not a crash."""
+        h = Harness(LockingStore)
+
+        def down(name: str, lease: float) -> defer.Deferred:
+            return defer.fail(SessionStoreUnavailable("down"))
+
+        h.store.lock = down
+        self.assertEqual(self.successResultOf(h.refresher.refresh(session())),
+                         RefreshOutcome(None, unavailable=True))
