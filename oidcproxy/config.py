@@ -235,6 +235,14 @@ class RedisConfig:
 
 
 @attr.s(frozen=True, auto_attribs=True)
+class AdminConfig:
+    """The C{[admin]} table: the session admin API on a listener of its own."""
+
+    token: Secret
+    listen: str = "tcp:9091:interface=127.0.0.1"
+
+
+@attr.s(frozen=True, auto_attribs=True)
 class Config:
     source: str
     listen: Tuple[str, ...] = ("tcp:8080:interface=127.0.0.1",)
@@ -250,6 +258,7 @@ class Config:
     session: SessionConfig = SessionConfig()
     redis: Optional[RedisConfig] = None
     state_cookie: StateCookieConfig = StateCookieConfig()
+    admin: Optional[AdminConfig] = None
     headers: Tuple[Tuple[str, Tuple[str, ...]], ...] = (
         ("X-Forwarded-User", ("preferred_username", "sub")),
         ("X-Forwarded-Email", ("email",)),
@@ -974,6 +983,18 @@ def parse_config(data: Dict[str, Any], source: str) -> Config:
         redis_table.done()
     if session.store == "redis" and redis is None:
         problems.add("session.store", '"redis" needs a [redis] table with url')
+    admin = None
+    admin_table = top.table("admin")
+    if admin_table is not None:
+        token = admin_table.secret("token", required=True)
+        listen_admin = admin_table.string("listen", "tcp:9091:interface=127.0.0.1")
+        admin_table.done()
+        if session.store != "redis":
+            problems.add("admin", 'the session admin API needs session.store = "redis"')
+        if token is not None:
+            if len(token.reveal()) < 16:
+                problems.add("admin.token", f"the token from {token.origin} is shorter than 16 characters")
+            admin = AdminConfig(token=token, listen=listen_admin)
     state_cookie = StateCookieConfig()
     state_table = top.table("state_cookie")
     if state_table is not None:
@@ -1014,6 +1035,7 @@ def parse_config(data: Dict[str, Any], source: str) -> Config:
         session=session,
         redis=redis,
         state_cookie=state_cookie,
+        admin=admin,
         headers=headers,
     )
 

@@ -269,6 +269,11 @@ class OIDCGuard(Resource):
                 clock=reactor,
             )
 
+    @property
+    def store(self) -> Optional[ISessionStore]:
+        """The session store (for the admin API)."""
+        return self._store
+
     # -- life cycle -------------------------------------------------------------
 
     def start(self) -> None:

@@ -156,6 +156,14 @@ class ProxyService(MultiService):
         self.config = config
         self.site = build_site(config, reactor)
         self.listeners = [ListenerService(reactor, desc, self.site) for desc in listen]
+        if config.admin is not None:
+            from twisted.web.server import Site
+
+            from .admin import AdminResource
+
+            store = self.site.guard.store  # type: ignore[attr-defined]
+            admin_site = Site(AdminResource(store, config.admin.token.reveal()), reactor=reactor)
+            self.listeners.append(ListenerService(reactor, config.admin.listen, admin_site))
         for listener in self.listeners:
             listener.setServiceParent(self)
         self._port_file = port_file

@@ -142,6 +142,8 @@ class SchemaTests(SynchronousTestCase):
                      "redis-ca.pem"):
             text = text.replace("/etc/oidcproxy/" + name, EXAMPLE)
         text = text.replace('{ credential = "redis-password" }', '"redis-pw"')
+        text = text.replace('{ credential = "admin-token" }', '"admin-token-0123456789"')
+        text = text.replace('store = "cookie"  ', 'store = "redis"  ')
         # ca_bundle is for TLS only: try the rediss:// spelling of the URL.
         text = text.replace('url = "redis://127.0.0.1', 'url = "rediss://127.0.0.1')
         with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:
@@ -159,6 +161,7 @@ class SchemaTests(SynchronousTestCase):
         self.assertEqual((c.redis.sentinel[0], c.redis.master_name),
                          (("10.0.0.1", 26379), "mymaster"))
         self.assertEqual(c.oidc.post_logout_redirect_uri, "https://app.example.com/bye")
+        self.assertEqual(c.admin.listen, "tcp:9091:interface=127.0.0.1")
 
 
 class ErrorTests(SynchronousTestCase):

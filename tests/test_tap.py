@@ -200,3 +200,25 @@ class ServiceTests(SynchronousTestCase):
         service = ListenerService(MemoryReactor(), "tcpx:80", object())
         e = self.assertRaises(ListenError, service.privilegedStartService)
         self.assertTrue(str(e).startswith("invalid endpoint string 'tcpx:80': "), str(e))
+
+
+class AdminListenerTests(SynchronousTestCase):
+    def test_admin_listener(self):
+        """With [admin], the service listens on the admin endpoint too, with its own site."""
+        from oidcproxy.admin import AdminResource
+
+        config = parse_config({
+            "public_url": "https://app.example",
+            "oidc": {"issuer": "https://idp.example", "client_id": "c", "client_secret": "s"},
+            "session": {"store": "redis", "secrets": ["k" * 32]},
+            "redis": {"url": "redis://127.0.0.1:1/0", "command_timeout": "100ms"},
+            "admin": {"token": "t" * 20, "listen": "tcp:9099:interface=127.0.0.1"},
+            "routes": [{"path": "/", "upstream": "http://127.0.0.1:9"}],
+        }, "t.toml")
+        reactor = MemoryReactor()
+        service = ProxyService(config, reactor, ["tcp:8081:interface=127.0.0.1"])
+        self.assertEqual([ls.description for ls in service.listeners],
+                         ["tcp:8081:interface=127.0.0.1", "tcp:9099:interface=127.0.0.1"])
+        admin_site = service.listeners[1]._factory
+        self.assertIsInstance(admin_site.resource, AdminResource)
+        self.assertIsNot(admin_site, service.site)
