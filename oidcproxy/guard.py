@@ -157,6 +157,10 @@ class OIDCGuard(Resource):
     @param reactor: for time and, by default, the HTTP client to the IdP.
     @param provider: the IdP client (default: built from C{config.oidc}).
     @param store: the session store (default: the encrypted cookie store).
+    @param revocations: for a store that cannot delete sessions (the cookie
+        store), a revocation list (C{mark_revoked}, C{revoked_at}, C{lock})
+        that back-channel logout writes and every request checks (default: in
+        Redis when C{[redis]} is configured).
     @param max_cookie_bytes: the largest session cookie (all chunks) handed
         out. The default fits a plain Twisted C{Site}, whose request headers
         may not exceed 16 KiB in all; the proxy's own site takes more and
@@ -175,6 +179,7 @@ class OIDCGuard(Resource):
         store: Optional[ISessionStore] = None,
         routes: Optional[RouteTable] = None,
         max_cookie_bytes: int = 12 * 1024,
+        revocations: Any = None,
     ) -> None:
         super().__init__()
         self._max_cookie_bytes = max_cookie_bytes
@@ -221,10 +226,14 @@ class OIDCGuard(Resource):
         self._store: Optional[ISessionStore] = store
         self._login: Optional[LoginFlow] = None
         self._refresher: Optional[Refresher] = None
+        self._revocations: Any = None
         if oidc is not None:
             sealer = Sealer([x.reveal().encode("utf-8") for x in s.secrets])
             if self._store is None:
                 self._store = _build_store(config, sealer, reactor)
+                if revocations is None and s.store == "cookie" and config.redis is not None:
+                    revocations = _build_redis_store(config, sealer, reactor)
+            self._revocations = revocations
             if provider is None:
                 provider = Provider(
                     oidc.issuer,
@@ -429,6 +438,10 @@ class OIDCGuard(Resource):
             session = await self._store.load(value)
         if session is not None:
             state = session_state(session, self._clock.seconds(), self._config.session.idle_timeout)
+            if state == LIVE and self._revocations is not None:
+                revoked = await self._revocations.revoked_at(sub=session.sub, sid=session.sid)
+                if revoked is not None and revoked >= session.created:
+                    state = "revoked"
             if state == LIVE:
                 return session, []
             log.info("session ended: {state}", state=state)
@@ -875,15 +888,19 @@ class OIDCGuard(Resource):
         """
         provider, oidc = self._provider, self._oidc
         store: Any = self._store
+        revocation_list = not hasattr(store, "delete_by")
+        if revocation_list:
+            # Stateless cookie sessions: revoke through the list every
+            # request checks (in Redis), if there is one.
+            store = self._revocations
         if request.method != b"POST":
             self._finish(request, 405, "method_not_allowed", "Use POST.", {b"allow": b"POST"},
                          as_json=True)
             return
-        if provider is None or oidc is None or store is None or \
-                not hasattr(store, "delete_by"):
+        if provider is None or oidc is None or store is None:
             self._finish(request, 501, "not_implemented",
-                         'Back-channel logout needs session.store = "redis": the cookie store '
-                         "cannot find a user's sessions.", as_json=True)
+                         'Back-channel logout needs Redis: session.store = "redis", or cookie '
+                         "sessions with a [redis] table for the revocation list.", as_json=True)
             return
         tokens = request.args.get(b"logout_token", [])
         if len(tokens) != 1:
@@ -920,11 +937,14 @@ class OIDCGuard(Resource):
                          "Sessions are temporarily unavailable.", as_json=True)
             return
         sid = claims.get("sid")
+        sub = claims.get("sub")
         try:
-            if sid:
-                count = await store.delete_by(sid=sid)
+            if not revocation_list:
+                count = await (store.delete_by(sid=sid) if sid else store.delete_by(sub=sub))
             else:
-                count = await store.delete_by(sub=claims["sub"])
+                await (store.mark_revoked(sid=sid, ttl=self._config.session.lifetime) if sid
+                       else store.mark_revoked(sub=sub, ttl=self._config.session.lifetime))
+                count = "all"
         except SessionStoreUnavailable:
             self._finish(request, 503, "session_store_unavailable",
                          "Sessions are temporarily unavailable.", as_json=True)
@@ -950,23 +970,29 @@ def _build_store(config: Config, sealer: Sealer, reactor: Any) -> ISessionStore:
     """The configured session store."""
     s = config.session
     if s.store == "redis" and config.redis is not None:
-        from .stores.redis import RedisStore, build_redis
-
-        r = config.redis
-        pool = build_redis(
-            r.url,
-            password=r.password.reveal() if r.password else None,
-            username=r.username,
-            pool_size=r.pool_size,
-            connect_timeout=r.connect_timeout,
-            command_timeout=r.command_timeout,
-            ca_bundle=r.ca_bundle,
-            sentinel=r.sentinel or None,
-            master_name=r.master_name,
-        )
-        return RedisStore(pool, sealer, reactor, key_prefix=r.key_prefix,
-                          command_timeout=r.command_timeout)
+        return _build_redis_store(config, sealer, reactor)
     return CookieStore(sealer, store_tokens=s.store_tokens)
+
+
+def _build_redis_store(config: Config, sealer: Sealer, reactor: Any) -> Any:
+    """A Redis store from C{[redis]}."""
+    from .stores.redis import RedisStore, build_redis
+
+    r = config.redis
+    assert r is not None
+    pool = build_redis(
+        r.url,
+        password=r.password.reveal() if r.password else None,
+        username=r.username,
+        pool_size=r.pool_size,
+        connect_timeout=r.connect_timeout,
+        command_timeout=r.command_timeout,
+        ca_bundle=r.ca_bundle,
+        sentinel=r.sentinel or None,
+        master_name=r.master_name,
+    )
+    return RedisStore(pool, sealer, reactor, key_prefix=r.key_prefix,
+                      command_timeout=r.command_timeout)
 
 
 def _return_to(request: Request) -> str:

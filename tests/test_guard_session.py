@@ -302,3 +302,66 @@ class MemoryStoreIndexTests(SynchronousTestCase):
         clock.advance(5)
         self.assertIsNotNone(self.successResultOf(store.lock("x", 5)))
         self.assertIsNotNone(token)
+
+
+class RevocationListTests(SynchronousTestCase):
+    """Cookie sessions with a revocation list (in Redis in production; a memory store here)."""
+
+    def harness(self) -> Harness:
+        from twisted.internet.task import Clock
+
+        h = Harness(self, start=False)
+        self.revocations = MemoryStore(Clock())
+        h.guard._revocations = self.revocations
+        self.revocations._clock = h.clock
+        h.guard.start()
+        h.network.pump()
+        return h
+
+    def post(self, h: Harness, token: str) -> Any:
+        return h.browser().request(
+            b"POST", "/oidc/backchannel-logout",
+            headers={b"content-type": [b"application/x-www-form-urlencoded"]},
+            body=urlencode({"logout_token": token}).encode())
+
+    def logout_token(self, h: Harness, jti: str, **claims: Any) -> str:
+        body = {"iss": ISSUER, "aud": CLIENT_ID, "iat": int(h.clock.seconds()), "jti": jti,
+                "events": {"http://schemas.openid.net/event/backchannel-logout": {}}, **claims}
+        return h.idp.id_token(body)
+
+    def test_backchannel_revokes_cookie_sessions(self):
+        """With cookie sessions, a back-channel logout by sid ends that session even though its
+        cookie still decrypts; other sessions live on."""
+        h = self.harness()
+        one = logged_in(h, claims={"sid": "sid-1"})
+        two = logged_in(h, claims={"sid": "sid-2"})
+        h.clock.advance(1)
+        self.assertEqual(self.post(h, self.logout_token(h, "j1", sid="sid-1")).code, 200)
+        page = one.get("/x", headers=API)
+        self.assertEqual(page.code, 401)
+        self.assertTrue(page.cookie(SESSION_COOKIE).deletes)
+        self.assertEqual(two.get("/x", headers=API).code, 200)
+
+    def test_by_sub_and_later_logins(self):
+        """A revocation by sub ends the user's sessions made before it, not later logins."""
+        h = self.harness()
+        old = logged_in(h, sub="alice")
+        h.clock.advance(1)
+        self.assertEqual(self.post(h, self.logout_token(h, "j2", sub="alice")).code, 200)
+        h.clock.advance(1)
+        new = logged_in(h, sub="alice")
+        self.assertEqual(old.get("/x", headers=API).code, 401)
+        self.assertEqual(new.get("/x", headers=API).code, 200)
+
+    def test_list_unavailable_is_503(self):
+        """A revocation list that cannot answer: 503, not a logout and not a pass."""
+        from twisted.internet import defer
+
+        from oidcproxy.session import SessionStoreUnavailable
+
+        h = self.harness()
+        browser = logged_in(h)
+        self.revocations.revoked_at = lambda **kw: defer.fail(SessionStoreUnavailable("down"))
+        page = browser.get("/x", headers=API)
+        self.assertEqual(page.code, 503)
+        self.assertIsNone(page.cookie(SESSION_COOKIE))

@@ -31,6 +31,7 @@ class MemoryStore:
         self._clock = clock
         self._sessions: Dict[str, Session] = {}
         self._locks: Dict[str, Tuple[str, float]] = {}
+        self._revoked: Dict[Tuple[str, Optional[str]], float] = {}
 
     def __len__(self) -> int:
         """How many sessions are held (expired ones included until dropped)."""
@@ -81,6 +82,19 @@ class MemoryStore:
         if held is not None and held[0] == token:
             del self._locks[name]
         return succeed(None)
+
+    def mark_revoked(self, *, sub: Optional[str] = None, sid: Optional[str] = None,
+                     ttl: float = 86400.0) -> Deferred[None]:
+        """Remember that sessions of C{sub} (or C{sid}) created up to now have ended."""
+        now = self._clock.seconds()
+        for key in (("sub", sub), ("sid", sid)):
+            if key[1]:
+                self._revoked[key] = now
+        return succeed(None)
+
+    def revoked_at(self, *, sub: str, sid: Optional[str] = None) -> Deferred[Optional[float]]:
+        times = [t for key, t in self._revoked.items() if key in (("sub", sub), ("sid", sid))]
+        return succeed(max(times) if times else None)
 
     def prune(self) -> int:
         """

@@ -359,6 +359,46 @@ class RedisStore:
         return self._run("an unlock", unlock)
 
 
+    # a revocation list, for stateless cookie sessions
+
+    def _revoked_key(self, kind: str, value: str) -> str:
+        return f"{self._prefix}revoked:{kind}:{hashed(value)}"
+
+    def mark_revoked(self, *, sub: Optional[str] = None, sid: Optional[str] = None,
+                     ttl: float = 86400.0) -> Deferred[None]:
+        """
+        Remember for C{ttl} seconds that every session of C{sub} (or of
+        C{sid}) created up to now has ended: the cookie store cannot delete
+        a session, so the guard checks this list instead.
+        """
+        now = self._clock.seconds()
+        seconds = max(1, math.ceil(ttl))
+        keys = ([self._revoked_key("sub", sub)] if sub else []) + \
+            ([self._revoked_key("sid", sid)] if sid else [])
+
+        async def mark() -> None:
+            for key in keys:
+                await self._command("SET", key, repr(now), "EX", seconds)
+
+        return self._run("a revocation", mark)
+
+    def revoked_at(self, *, sub: str, sid: Optional[str] = None) -> Deferred[Optional[float]]:
+        """The latest time sessions of C{sub} or C{sid} were revoked, or None."""
+        keys = [self._revoked_key("sub", sub)] + ([self._revoked_key("sid", sid)] if sid else [])
+
+        async def check() -> Optional[float]:
+            values = await self._command("MGET", *keys)
+            times = []
+            for value in values or []:
+                try:
+                    times.append(float(value))
+                except (TypeError, ValueError):
+                    continue
+            return max(times) if times else None
+
+        return self._run("a revocation check", check)
+
+
 # -- the connection pool ------------------------------------------------------------------
 
 

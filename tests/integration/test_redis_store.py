@@ -344,6 +344,22 @@ class RedisStoreTests(TestCase):
         self.assertEqual(await self.redis("KEYS", "*"), [f"{PREFIX}lock:{hashed(name)}"])
 
 
+    async def test_revocation_list(self) -> None:
+        """mark_revoked/revoked_at: the latest revocation of a sub or sid, hashed names, a TTL."""
+        self.assertIsNone(await self.store.revoked_at(sub="alice", sid="sid-1"))
+        await self.store.mark_revoked(sid="sid-1", ttl=60)
+        at = await self.store.revoked_at(sub="alice", sid="sid-1")
+        self.assertIsInstance(at, float)
+        self.assertIsNone(await self.store.revoked_at(sub="alice", sid="sid-2"))
+        await self.store.mark_revoked(sub="alice", ttl=60)
+        self.assertIsNotNone(await self.store.revoked_at(sub="alice"))
+        keys = sorted(await self.redis("KEYS", "*"))
+        self.assertEqual(keys, sorted([f"{PREFIX}revoked:sid:{hashed('sid-1')}",
+                                       f"{PREFIX}revoked:sub:{hashed('alice')}"]))
+        ttl = await self.redis("TTL", keys[0])
+        self.assertTrue(0 < int(ttl) <= 60, ttl)
+
+
 class RecordingRedis:
     """A stand-in pool that records commands and never answers."""
 
