@@ -112,26 +112,29 @@ class Refresher:
         if recent is not None and now - recent[0] < _RECENT_TTL:
             return Deferred.fromCoroutine(self._done(recent[1]))
         inflight = self._inflight.get(key)
-        if inflight is not None:
-            waiter: Deferred = Deferred()
+        if inflight is None:
+            inflight = Deferred.fromCoroutine(self._refresh(session))
 
-            def share(result: Any) -> Any:
-                waiter.callback(result)
+            def forget(result: Any) -> Any:
+                self._inflight.pop(key, None)
+                if isinstance(result, RefreshOutcome) and result.session is not None:
+                    self._remember(key, result)
                 return result
 
-            inflight.addBoth(share)
-            return waiter
-        d = Deferred.fromCoroutine(self._refresh(session))
-        self._inflight[key] = d
+            inflight.addBoth(forget)
+            if not inflight.called:
+                self._inflight[key] = inflight
+        # Every caller, the first included, gets a Deferred of its own: a
+        # caller that awaits the shared one would take its result away from
+        # the others.
+        waiter: Deferred = Deferred()
 
-        def forget(result: Any) -> Any:
-            del self._inflight[key]
-            if isinstance(result, RefreshOutcome) and result.session is not None:
-                self._remember(key, result)
+        def share(result: Any) -> Any:
+            waiter.callback(result)
             return result
 
-        d.addBoth(forget)
-        return d
+        inflight.addBoth(share)
+        return waiter
 
     async def _done(self, outcome: RefreshOutcome) -> RefreshOutcome:
         return outcome

@@ -191,13 +191,22 @@ class SingleFlightTests(SynchronousTestCase):
         _patch_peek(self)
 
     def test_fifty_concurrent_requests_one_grant(self):
-        """50 concurrent refreshes of one session send one grant and all get its result."""
+        """50 concurrent refreshes of one session send one grant and all get its result —
+        even when the first caller awaits its Deferred (which takes its result away)."""
         h = Harness()
         s = session()
-        ds = [h.refresher.refresh(s) for _ in range(50)]
+        first = h.refresher.refresh(s)
+        awaited = []
+
+        async def wait() -> None:
+            awaited.append(await first)
+
+        defer.Deferred.fromCoroutine(wait())
+        ds = [h.refresher.refresh(s) for _ in range(49)]
         self.assertEqual(len(h.provider.pending), 1)
         h.answer(refresh_token="rt-2")
-        outcomes = [self.successResultOf(d) for d in ds]
+        outcomes = [self.successResultOf(d) for d in ds] + awaited
+        self.assertEqual(len(outcomes), 50)
         self.assertEqual({o.session.access_token for o in outcomes}, {"at-2"})
         self.assertEqual(h.refresher.grants, 1)
 

@@ -285,6 +285,11 @@ def route_config(upstream_url: str, path: str = "/", **settings: Any) -> str:
     return "\n".join(lines) + "\n"
 
 
+def toml_value(value: Any) -> str:
+    """C{value} (a bool, number, string or list of them) as a TOML value."""
+    return _toml(value)
+
+
 def _toml(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"

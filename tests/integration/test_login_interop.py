@@ -22,34 +22,47 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
-import shutil
-import socket
 import sys
 import time
-from email.utils import parsedate_to_datetime
-from html.parser import HTMLParser
-from http.cookiejar import CookieJar, DefaultCookiePolicy
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
-from urllib.parse import parse_qs, urljoin, urlsplit
+from typing import Any, Callable, Dict, List
+from urllib.parse import parse_qs, urlsplit
 
-import attr
-from treq.client import HTTPClient
-from twisted.internet import reactor
 from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
-from twisted.trial.unittest import SkipTest, TestCase
-from twisted.web.client import Agent, HTTPConnectionPool
-from twisted.web.http_headers import Headers
-from twisted.web.iweb import IResponse
+from twisted.trial.unittest import TestCase
 
-from tests.integration import procs
+# The OP, the proxy on a known port and the browser-like HTTP client live in
+# tests.integration.stack (shared with test_sessions_redis); re-exported here.
+from tests.integration.stack import (  # noqa: F401
+    ALICE,
+    BOB,
+    CLIENT_ID,
+    NAVIGATE,
+    OP_DIR,
+    OP_PACKAGE,
+    OP_SCRIPT,
+    PROTECTED,
+    STEP_TIMEOUT,
+    Form,
+    OpenIDProvider,
+    OriginCookieJar,
+    Stack,
+    WebClient,
+    _missing,
+    browse,
+    fill_login,
+    header_values,
+    parse_forms,
+    proxy_config,
+    proxy_cookies_seen,
+    require_op,
+    reserve_port,
+    start_op,
+    start_proxy,
+    start_stack,
+)
 
 log = Logger()
-
-OP_DIR = os.path.join(procs.HERE, "op")
-OP_SCRIPT = os.path.join(OP_DIR, "op.mjs")
-OP_PACKAGE = os.path.join(OP_DIR, "node_modules", "oidc-provider", "package.json")
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -68,53 +81,12 @@ CHROMIUM_ARGS = (
     "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
 )
 
-CLIENT_ID = "oidcproxy-interop"
-PROTECTED = "/some/page?x=1"
-"""The page the user asks for first; the route sends it to the upstream's C{/echo}."""
-
-NAVIGATE = {
-    "Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
-    "Sec-Fetch-Mode": "navigate",
-    "Sec-Fetch-Dest": "document",
-    "User-Agent": "oidcproxy-interop-test",
-}
-"""What a browser sends on a top-level navigation."""
-
-STEP_TIMEOUT = 10.0
-"""Seconds for one HTTP exchange, one page load or one wait in the browser."""
-
-ALICE = {"login": "alice", "email": "alice@example.com", "groups": "admins,staff"}
-BOB = {"login": "bob", "email": "bob@example.com", "groups": "staff"}
-
 
 def report_round_trip(client: str, seconds: float) -> None:
     ms = round(seconds * 1000)
     sys.stderr.write(f"\nLOGIN_ROUND_TRIP_MS={ms} client={client}\n")
     sys.stderr.flush()
     log.info("LOGIN_ROUND_TRIP_MS={ms} client={client}", ms=ms, client=client)
-
-
-def _missing(reason: str) -> Exception:
-    """
-    Skip for a missing part — except in CI (CI=true), where tests/run.sh has
-    installed every part, so a missing one is a failure, not a skip.
-    """
-    if os.environ.get("CI"):
-        return RuntimeError(f"CI: {reason}")
-    return SkipTest(reason)
-
-
-def require_op() -> str:
-    """The node executable, or skip: the OP needs Node.js and its node_modules."""
-    node = shutil.which("node")
-    if node is None:
-        raise _missing("Node.js (node) is not installed; the test OP (oidc-provider) needs it")
-    if not os.path.isfile(OP_PACKAGE):
-        raise _missing(
-            f"oidc-provider is not installed in {OP_DIR}/node_modules; "
-            f"run `npm ci` there (tests/run.sh does)"
-        )
-    return node
 
 
 def require_chromium() -> None:
@@ -126,369 +98,6 @@ def require_chromium() -> None:
         import selenium  # noqa: F401
     except ImportError:
         raise _missing("selenium is not installed (pip install -r requirements-dev.txt)") from None
-
-
-# -- the processes -----------------------------------------------------------------
-
-
-@attr.s(auto_attribs=True)
-class OpenIDProvider:
-    """The running OP (node op.mjs)."""
-
-    child: procs.Child
-    port: int
-    client_id: str
-    client_secret: str
-
-    @property
-    def issuer(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-
-async def start_op(testcase: TestCase, redirect_uris: Sequence[str],
-                   post_logout_redirect_uris: Sequence[str] = (), **ttls: int) -> OpenIDProvider:
-    """
-    Start the OP on a free loopback port with one confidential client that may
-    redirect to C{redirect_uris}; C{ttls} (C{access_token_ttl=5}, ...) are
-    passed as C{--access-token-ttl 5}. Waits for its C{PORT} line.
-    """
-    node = require_op()
-    secret = secrets.token_urlsafe(24)
-    args = [node, OP_SCRIPT, "--port", "0", "--client-id", CLIENT_ID, "--client-secret", secret]
-    for uri in redirect_uris:
-        args += ["--redirect-uri", uri]
-    for uri in post_logout_redirect_uris:
-        args += ["--post-logout-redirect-uri", uri]
-    for name, value in ttls.items():
-        args += ["--" + name.replace("_", "-"), str(value)]
-    workdir = os.path.abspath(testcase.mktemp())
-    child = procs.Child("op", args, workdir)
-    testcase.addCleanup(child.stop)
-
-    def port() -> Optional[int]:
-        for line in child.stdout().splitlines():
-            if line.startswith("PORT "):
-                return int(line.split()[1])
-        if child.process.poll() is not None:
-            raise AssertionError("the OP died at start")
-        return None
-
-    try:
-        found = await procs.poll(port, procs.START_DEADLINE, what="the OP's PORT line")
-    except AssertionError as e:
-        raise AssertionError(f"{e}\n{child.describe()}") from None
-    return OpenIDProvider(child, found, CLIENT_ID, secret)
-
-
-def reserve_port() -> socket.socket:
-    """
-    A socket bound to a free loopback port, held (so no other C{bind(0)} here
-    gets it) until the proxy is about to start on that port.
-    """
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    s.bind(("127.0.0.1", 0))
-    return s
-
-
-def proxy_config(port: int, op: OpenIDProvider, upstream: procs.Upstream,
-                 auth_params: Optional[Dict[str, str]] = None) -> str:
-    """
-    The proxy's configuration: C{/public} is open, everything else needs a
-    login; both go to the upstream's C{/echo} (which answers with the
-    request it received), C{/some/page} as C{/echo/some/page}.
-    """
-    text = f"""\
-public_url = "http://127.0.0.1:{port}"
-listen = ["tcp:{port}:interface=127.0.0.1"]
-
-[oidc]
-issuer = "{op.issuer}"
-client_id = "{op.client_id}"
-client_secret = "{op.client_secret}"
-scopes = ["openid", "email", "profile", "groups"]
-pkce = true
-token_endpoint_auth_method = "client_secret_basic"
-"""
-    if auth_params:
-        text += "\n[oidc.auth_params]\n" + "".join(
-            f'{key} = "{value}"\n' for key, value in auth_params.items())
-    text += f"""
-[session]
-secrets = ["{secrets.token_urlsafe(32)}", "{secrets.token_urlsafe(32)}"]
-lifetime = "1h"
-
-[headers]
-X-Forwarded-User = ["preferred_username", "sub"]
-X-Forwarded-Email = "email"
-X-Forwarded-Groups = "groups"
-
-[[routes]]
-path = "/public"
-upstream = "{upstream.url}"
-auth = "none"
-replace_prefix = "/echo"
-
-[[routes]]
-path = "/"
-upstream = "{upstream.url}"
-auth = "session"
-replace_prefix = "/echo"
-"""
-    return text
-
-
-async def start_proxy(testcase: TestCase, reserved: socket.socket, config: str) -> procs.Proxy:
-    """
-    Start C{twistd -n oidcproxy} on the reserved port (its C{public_url} names
-    it, so it cannot be port 0), and wait until it listens and has read the
-    OP's metadata (a login starts with a redirect, not a 503).
-    """
-    port = reserved.getsockname()[1]
-    workdir = os.path.abspath(testcase.mktemp())
-    os.makedirs(workdir)
-    config_path = os.path.join(workdir, "oidcproxy.toml")
-    with open(config_path, "w", encoding="utf-8") as f:
-        f.write(config)
-    port_file = os.path.join(workdir, "proxy.port")
-    reserved.close()
-    child = procs.Child("proxy", procs.twistd_command() + [
-        "-n", "--pidfile=", "oidcproxy", "--config", config_path, "--port-file", port_file,
-    ], workdir)
-    testcase.addCleanup(child.stop)
-    proxy = procs.Proxy(child, port, config_path)
-
-    def listening() -> Optional[bool]:
-        if os.path.exists(port_file):
-            return True
-        if child.process.poll() is not None:
-            raise AssertionError("the proxy died at start")
-        return None
-
-    client = WebClient(testcase)
-
-    async def login_redirects() -> Optional[bool]:
-        response, _ = await client.request("GET", proxy.url + "/oidc/login", headers=NAVIGATE,
-                                           keep_cookies=False)
-        return True if response.code == 302 else None
-
-    try:
-        await procs.poll(listening, procs.START_DEADLINE, what="the proxy's port file")
-        await procs.poll_async(login_redirects, procs.START_DEADLINE,
-                               what="the proxy to read the OP's metadata")
-    except AssertionError as e:
-        raise AssertionError(f"{e}\n{child.describe()}") from None
-    return proxy
-
-
-@attr.s(auto_attribs=True)
-class Stack:
-    op: OpenIDProvider
-    upstream: procs.Upstream
-    proxy: procs.Proxy
-
-    def describe(self) -> str:
-        return "\n".join(c.describe() for c in (self.op.child, self.upstream.child, self.proxy.child))
-
-
-async def start_stack(testcase: TestCase, auth_params: Optional[Dict[str, str]] = None) -> Stack:
-    """The OP, the upstream app and the proxy between them, all running."""
-    require_op()
-    reserved = reserve_port()
-    try:
-        port = reserved.getsockname()[1]
-        op = await start_op(testcase, [f"http://127.0.0.1:{port}/oidc/callback"],
-                            [f"http://127.0.0.1:{port}/"])
-        upstream = await procs.start_upstream(testcase)
-        proxy = await start_proxy(testcase, reserved, proxy_config(port, op, upstream, auth_params))
-    finally:
-        reserved.close()
-    return Stack(op, upstream, proxy)
-
-
-# -- an HTTP client that walks the login like a browser ---------------------------
-
-
-class OriginCookieJar:
-    """
-    Cookies per origin (scheme, host, port), with their path: the OP and the
-    proxy both live on 127.0.0.1, and this keeps what each one set to itself.
-    Honours Path, Max-Age and Expires; that is all these servers use.
-    """
-
-    def __init__(self) -> None:
-        self._cookies: Dict[str, Dict[Tuple[str, str], str]] = {}
-
-    @staticmethod
-    def _origin(url: str) -> str:
-        parts = urlsplit(url)
-        return f"{parts.scheme}://{parts.netloc}"
-
-    def receive(self, url: str, set_cookies: Sequence[bytes]) -> None:
-        jar = self._cookies.setdefault(self._origin(url), {})
-        request_path = urlsplit(url).path or "/"
-        for raw in set_cookies:
-            text = raw.decode("latin-1")
-            pair, *attributes = text.split(";")
-            name, _, value = pair.strip().partition("=")
-            path = request_path.rsplit("/", 1)[0] or "/"
-            expired = False
-            for attribute in attributes:
-                key, _, arg = attribute.strip().partition("=")
-                key = key.lower()
-                if key == "path" and arg.startswith("/"):
-                    path = arg
-                elif key == "max-age":
-                    expired = int(arg) <= 0
-                elif key == "expires":
-                    expired = expired or parsedate_to_datetime(arg).timestamp() <= time.time()
-            if expired:
-                jar.pop((name, path), None)
-            else:
-                jar[(name, path)] = value
-
-    def names(self, url: str) -> List[str]:
-        return sorted(name for name, _ in self._cookies.get(self._origin(url), {}))
-
-    def header(self, url: str) -> Optional[bytes]:
-        path = urlsplit(url).path or "/"
-        pairs = [
-            f"{name}={value}"
-            for (name, cookie_path), value in self._cookies.get(self._origin(url), {}).items()
-            if path == cookie_path or path.startswith(cookie_path.rstrip("/") + "/")
-        ]
-        return "; ".join(pairs).encode("latin-1") if pairs else None
-
-
-class WebClient:
-    """
-    treq on a non-persistent pool (no connection outlives its response), with
-    treq's own cookie handling switched off (a policy that accepts no domain)
-    and L{OriginCookieJar} instead; never follows redirects by itself.
-    """
-
-    def __init__(self, testcase: TestCase) -> None:
-        pool = HTTPConnectionPool(reactor, persistent=False)
-        testcase.addCleanup(pool.closeCachedConnections)
-        agent = Agent(reactor, pool=pool, connectTimeout=5)
-        self._http = HTTPClient(agent, cookiejar=CookieJar(DefaultCookiePolicy(allowed_domains=[])))
-        self.jar = OriginCookieJar()
-        self.history: List[Tuple[str, str, int]] = []
-
-    async def request(self, method: str, url: str, headers: Optional[Dict[str, str]] = None,
-                      data: Any = None, keep_cookies: bool = True) -> Tuple[IResponse, bytes]:
-        sent = Headers({k: [v] for k, v in (headers or {}).items()})
-        cookie = self.jar.header(url) if keep_cookies else None
-        if cookie is not None:
-            sent.setRawHeaders(b"cookie", [cookie])
-        response = await self._http.request(method, url, headers=sent, data=data,
-                                            allow_redirects=False, timeout=STEP_TIMEOUT)
-        body = await response.content()
-        if keep_cookies:
-            self.jar.receive(url, response.headers.getRawHeaders(b"set-cookie", []))
-        self.history.append((method, url, response.code))
-        return response, body
-
-
-@attr.s(auto_attribs=True)
-class Form:
-    action: str
-    method: str
-    fields: List[Tuple[str, str, str]] = attr.Factory(list)
-    """(name, type, value) of each named input or button."""
-
-    def value(self, name: str) -> Optional[str]:
-        return next((v for n, _, v in self.fields if n == name), None)
-
-
-class _FormParser(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__()
-        self.forms: List[Form] = []
-        self._open = False
-
-    def handle_starttag(self, tag: str, attrs: List[Tuple[str, Optional[str]]]) -> None:
-        a = {k: v or "" for k, v in attrs}
-        if tag == "form":
-            self.forms.append(Form(a.get("action", ""), a.get("method", "get").upper()))
-            self._open = True
-        elif tag in ("input", "button") and self._open and a.get("name"):
-            self.forms[-1].fields.append((a["name"], a.get("type", "text").lower(),
-                                          a.get("value", "")))
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag == "form":
-            self._open = False
-
-
-def parse_forms(html: bytes) -> List[Form]:
-    parser = _FormParser()
-    parser.feed(html.decode("utf-8", "replace"))
-    parser.close()
-    return parser.forms
-
-
-def fill_login(login: str) -> Callable[[Form], List[Tuple[str, str]]]:
-    """
-    The answers to the OP's development forms: the login form (any password
-    will do) and the consent form (hidden fields only).
-    """
-    def fill(form: Form) -> List[Tuple[str, str]]:
-        data = []
-        for name, kind, value in form.fields:
-            if kind == "hidden":
-                data.append((name, value))
-            elif name == "login":
-                data.append((name, login))
-            elif kind == "password":
-                data.append((name, "any password will do"))
-            elif kind not in ("submit", "button"):
-                raise AssertionError(f"unexpected form field {name!r} ({kind}) in {form}")
-        return data
-    return fill
-
-
-async def browse(client: WebClient, url: str, fill: Callable[[Form], List[Tuple[str, str]]],
-                 max_steps: int = 20) -> Tuple[IResponse, bytes, str, List[str]]:
-    """
-    Navigate to C{url} like a browser: follow redirects, and submit each HTML
-    page's form with C{fill}, until a page without a form. The last response,
-    its body, its URL and the C{prompt} of each form submitted.
-    """
-    method, data = "GET", None
-    prompts: List[str] = []
-    for _ in range(max_steps):
-        response, body = await client.request(method, url, headers=NAVIGATE, data=data)
-        if response.code in (301, 302, 303, 307, 308):
-            location = response.headers.getRawHeaders(b"location", [b""])[0].decode("ascii")
-            assert location, f"a {response.code} from {url} without a Location"
-            url = urljoin(url, location)
-            method, data = "GET", None
-            continue
-        content_type = b"".join(response.headers.getRawHeaders(b"content-type", []))
-        forms = parse_forms(body) if response.code == 200 and b"html" in content_type else []
-        if not forms:
-            return response, body, url, prompts
-        form = forms[0]
-        prompts.append(form.value("prompt") or "?")
-        url = urljoin(url, form.action)
-        method, data = form.method, fill(form)
-    raise AssertionError(f"no final page after {max_steps} steps: {client.history}")
-
-
-def header_values(echo: Dict[str, Any], name: str) -> List[str]:
-    """The values of header C{name} the upstream received, in order."""
-    return [v for n, v in echo["headers"] if n.lower() == name.lower()]
-
-
-def proxy_cookies_seen(echo: Dict[str, Any]) -> List[str]:
-    """Names of the proxy's own cookies (C{oidcproxy*}) that reached the upstream."""
-    names = []
-    for value in header_values(echo, "cookie"):
-        for pair in value.split(";"):
-            name = pair.strip().partition("=")[0]
-            if name.startswith("oidcproxy"):
-                names.append(name)
-    return names
 
 
 # -- the tests -----------------------------------------------------------------------

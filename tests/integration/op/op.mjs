@@ -3,14 +3,33 @@
 //
 //   node op.mjs --client-id proxy --client-secret s3cret \
 //               --redirect-uri http://127.0.0.1:8080/oidc/callback [--port 0]
+//               [--backchannel-logout-uri http://127.0.0.1:8080/oidc/backchannel-logout]
+//               [--rotate-refresh-tokens]
 //
 // Every setting can also come from the environment (OP_PORT, OP_CLIENT_ID,
 // OP_CLIENT_SECRET, OP_REDIRECT_URIS (space-separated),
 // OP_POST_LOGOUT_REDIRECT_URIS, OP_ACCESS_TOKEN_TTL, OP_ID_TOKEN_TTL,
-// OP_SESSION_TTL, OP_REFRESH_TOKEN_TTL; TTLs in seconds); the command line
+// OP_SESSION_TTL, OP_REFRESH_TOKEN_TTL; TTLs in seconds;
+// OP_BACKCHANNEL_LOGOUT_URI, OP_ROTATE_REFRESH_TOKENS=1); the command line
 // wins. It listens on 127.0.0.1 only (port 0: any free port), and prints
 // "PORT <n>" on stdout once it is listening. Its issuer is
 // http://127.0.0.1:<n>. It needs no network access.
+//
+// With a back-channel logout URI the client is registered for OpenID Connect
+// Back-Channel Logout with backchannel_logout_session_required (ID tokens
+// and logout tokens carry "sid"); the OP POSTs a logout token there when an
+// OP session of the client ends (end_session confirmed). With
+// --rotate-refresh-tokens every refresh grant issues a new refresh token and
+// the old one is spent (using it again revokes the grant: invalid_grant).
+//
+// For the tests to count what happened, it prints one line per event on
+// stdout: "EVENT <name> <details...>", e.g.
+//   EVENT grant.success refresh_token
+//   EVENT grant.error refresh_token invalid_grant
+//   EVENT backchannel.success <client_id> <account> <sid>
+//   EVENT backchannel.error <client_id> <account> <sid> <message>
+//   EVENT end_session.success
+//   EVENT grant.revoked
 
 import { generateKeyPairSync, randomBytes } from 'node:crypto';
 import { createServer } from 'node:http';
@@ -29,6 +48,8 @@ const { values: args } = parseArgs({
     'id-token-ttl': { type: 'string' },
     'session-ttl': { type: 'string' },
     'refresh-token-ttl': { type: 'string' },
+    'backchannel-logout-uri': { type: 'string' },
+    'rotate-refresh-tokens': { type: 'boolean' },
   },
 });
 
@@ -54,6 +75,8 @@ const settings = {
   idTokenTtl: seconds('id-token-ttl', args['id-token-ttl'] ?? env.OP_ID_TOKEN_TTL, 3600),
   sessionTtl: seconds('session-ttl', args['session-ttl'] ?? env.OP_SESSION_TTL, 3600),
   refreshTokenTtl: seconds('refresh-token-ttl', args['refresh-token-ttl'] ?? env.OP_REFRESH_TOKEN_TTL, 86400),
+  backchannelLogoutUri: args['backchannel-logout-uri'] ?? (env.OP_BACKCHANNEL_LOGOUT_URI || undefined),
+  rotateRefreshTokens: args['rotate-refresh-tokens'] ?? env.OP_ROTATE_REFRESH_TOKENS === '1',
 };
 if (!settings.clientSecret || settings.redirectUris.length === 0) {
   console.error('op.mjs: --client-secret and at least one --redirect-uri are required');
@@ -103,6 +126,10 @@ server.listen(settings.port, '127.0.0.1', () => {
       grant_types: ['authorization_code', 'refresh_token'],
       response_types: ['code'],
       token_endpoint_auth_method: 'client_secret_basic',
+      ...(settings.backchannelLogoutUri ? {
+        backchannel_logout_uri: settings.backchannelLogoutUri,
+        backchannel_logout_session_required: true,
+      } : {}),
     }],
     // Users come from ACCOUNTS; claims() answers for the ID token and
     // userinfo alike (the provider filters them by the granted scopes).
@@ -132,11 +159,17 @@ server.listen(settings.port, '127.0.0.1', () => {
     // A refresh token whenever the client may use the grant, without
     // demanding the offline_access scope (for the proxy's refresh tests).
     issueRefreshToken: async (ctx, client) => client.grantTypeAllowed('refresh_token'),
+    // The default rotates a confidential client's refresh token only near
+    // its expiry; --rotate-refresh-tokens rotates on every refresh grant.
+    ...(settings.rotateRefreshTokens ? { rotateRefreshToken: true } : {}),
     features: {
       // The built-in development login and consent pages: any password.
       devInteractions: { enabled: true },
       // RP-initiated logout (end_session_endpoint); on by default, stated.
       rpInitiatedLogout: { enabled: true },
+      // Back-Channel Logout 1.0: used by a client registered with
+      // --backchannel-logout-uri; advertised either way.
+      backchannelLogout: { enabled: true },
     },
     // Lifetimes in seconds; tests of the proxy's refresh set short ones.
     // (RFC 9207's "iss" in authorization responses is on by default.)
@@ -147,6 +180,11 @@ server.listen(settings.port, '127.0.0.1', () => {
       Grant: settings.sessionTtl,
       RefreshToken: settings.refreshTokenTtl,
     },
+    // The OP's own outgoing requests (back-channel logout tokens) go to the
+    // proxy on 127.0.0.1. oidc-provider refuses special-use addresses such
+    // as loopback (SSRF protection, a dispatcher it passes to fetch); this
+    // OP lives on loopback only, so its requests go without that dispatcher.
+    fetch: (url, { dispatcher, ...options }) => globalThis.fetch(url, options),
     // Signs the OP's own cookies (session, interaction); fresh per process.
     cookies: { keys: [randomBytes(32).toString('base64url')] },
     // Signs the ID tokens (RS256), published at jwks_uri.
@@ -167,6 +205,17 @@ server.listen(settings.port, '127.0.0.1', () => {
   provider.on('server_error', (ctx, err) => console.error('server_error', err));
   provider.on('authorization.error', (ctx, err) => console.error('authorization.error', err.message, err.error_description ?? ''));
   provider.on('grant.error', (ctx, err) => console.error('grant.error', err.message, err.error_description ?? ''));
+
+  // One line per event on stdout, for the tests to count (see the top).
+  const word = (value) => String(value ?? '-').replace(/\s+/g, '_') || '-';
+  const event = (...words) => process.stdout.write(`EVENT ${words.map(word).join(' ')}\n`);
+  provider.on('grant.success', (ctx) => event('grant.success', ctx.oidc.params?.grant_type));
+  provider.on('grant.error', (ctx, err) => event('grant.error', ctx.oidc?.params?.grant_type, err.error ?? err.message));
+  provider.on('grant.revoked', () => event('grant.revoked'));
+  provider.on('end_session.success', () => event('end_session.success'));
+  provider.on('backchannel.success', (ctx, client, accountId, sid) => event('backchannel.success', client.clientId, accountId, sid));
+  provider.on('backchannel.error', (ctx, err, client, accountId, sid) => event('backchannel.error', client.clientId, accountId, sid,
+    err.cause ? `${err.message}: ${err.cause.message ?? err.cause}` : err.message));
 
   server.on('request', provider.callback());
   process.stdout.write(`PORT ${port}\n`);
