@@ -28,11 +28,10 @@ T = TypeVar("T")
 
 IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 
-AUTH_MODES = ("session", "none")
-"""Route auth modes this version implements."""
+AUTH_MODES = ("session", "bearer", "session_or_bearer", "optional", "none")
+"""Route auth modes: browser login; access tokens only; either; identity when present; public."""
 
-PLANNED_AUTH_MODES = ("bearer", "session_or_bearer", "optional")
-"""Modes that come with bearer-token support; refused with a clear message until then."""
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE")
 
 CLIENT_AUTH_METHODS = ("client_secret_basic", "client_secret_post", "private_key_jwt", "none")
 ENDPOINT_KEYS = (
@@ -145,6 +144,20 @@ class RouteConfig:
     pass_host_header: bool = False
     allow_encoded_slashes: bool = False
     settings: UpstreamSettings = UpstreamSettings()
+    rule: Optional[str] = None
+    allowed_groups: Tuple[str, ...] = ()
+    allowed_emails: Tuple[str, ...] = ()
+    allowed_email_domains: Tuple[str, ...] = ()
+    require_email_verified: bool = True
+    policy_mode: str = "enforce"
+    """C{enforce}: a denied request gets 403; C{audit}: it is logged ("would deny") and passes."""
+    methods: Tuple[str, ...] = ()
+    """Allowed methods (empty: all); others get 405."""
+    cors_preflight: bool = False
+    """Let CORS preflights (OPTIONS with Access-Control-Request-Method) through unauthenticated."""
+    session_expiry_headers: bool = False
+    policy: Any = attr.ib(default=None, eq=False, repr=False)
+    """The compiled L{oidcproxy.policy.Policy} of C{rule} and the allow-lists."""
 
     @property
     def name(self) -> str:
@@ -235,6 +248,18 @@ class RedisConfig:
 
 
 @attr.s(frozen=True, auto_attribs=True)
+class BearerConfig:
+    """The C{[bearer]} table: access tokens presented by API clients."""
+
+    audiences: Tuple[str, ...] = ()
+    """An access token's C{aud} must contain one of these (default: the client id)."""
+    introspection: bool = False
+    """Validate opaque (non-JWT) tokens at the IdP's introspection endpoint (RFC 7662)."""
+    introspection_cache: float = 60.0
+    cache_size: int = 10_000
+
+
+@attr.s(frozen=True, auto_attribs=True)
 class AdminConfig:
     """The C{[admin]} table: the session admin API on a listener of its own."""
 
@@ -259,6 +284,7 @@ class Config:
     redis: Optional[RedisConfig] = None
     state_cookie: StateCookieConfig = StateCookieConfig()
     admin: Optional[AdminConfig] = None
+    bearer: BearerConfig = BearerConfig()
     headers: Tuple[Tuple[str, Tuple[str, ...]], ...] = (
         ("X-Forwarded-User", ("preferred_username", "sub")),
         ("X-Forwarded-Email", ("email",)),
@@ -657,13 +683,24 @@ def _route(t: _Table, index: int, defaults: UpstreamSettings) -> Optional[RouteC
     path = t.string("path", None, required=True, check=_route_prefix)
     host = t.string("host", None, check=_route_host)
     upstream = t.string("upstream", "http://invalid", required=True, check=_http_url)
-    auth = t.choice("auth", AUTH_MODES + PLANNED_AUTH_MODES, "session")
-    if auth in PLANNED_AUTH_MODES:
-        t.problem(
-            "auth",
-            f"{auth!r} needs bearer-token support, which this version does not have yet; "
-            'use "session" (browser login) or "none" (public)',
-        )
+    auth = t.choice("auth", AUTH_MODES, "session")
+    rule = t.string("rule", None)
+    groups: Tuple[str, ...] = t.strings("allowed_groups", ())
+    emails: Tuple[str, ...] = t.strings("allowed_emails", ())
+    domains: Tuple[str, ...] = t.strings("allowed_email_domains", (), check=_email_domain)
+    verified = t.boolean("require_email_verified", True)
+    policy = None
+    if rule is not None or groups or emails or domains:
+        from .policy import Policy, RuleSyntaxError
+
+        if auth == "none":
+            t.problem("auth", '"none" cannot be combined with rule or allowed_* (nobody is known)')
+        try:
+            policy = Policy.parse(rule, allowed_groups=groups, allowed_emails=emails,
+                                  allowed_email_domains=domains, require_email_verified=verified)
+        except RuleSyntaxError as e:
+            t.problem("rule", str(e))
+    methods: Tuple[str, ...] = t.strings("methods", (), check=_method)
     strip = t.boolean("strip_prefix", False)
     replace = t.string("replace_prefix", None, check=_replacement_prefix)
     if strip and replace is not None:
@@ -683,7 +720,30 @@ def _route(t: _Table, index: int, defaults: UpstreamSettings) -> Optional[RouteC
         pass_host_header=t.boolean("pass_host_header", False),
         allow_encoded_slashes=t.boolean("allow_encoded_slashes", False),
         settings=settings,
+        rule=rule,
+        allowed_groups=groups,
+        allowed_emails=emails,
+        allowed_email_domains=domains,
+        require_email_verified=verified,
+        policy_mode=t.choice("policy_mode", ("enforce", "audit"), "enforce"),
+        methods=methods,
+        cors_preflight=t.boolean("cors_preflight", False),
+        session_expiry_headers=t.boolean("session_expiry_headers", False),
+        policy=policy,
     )
+
+
+def _method(text: str) -> str:
+    if text not in HTTP_METHODS:
+        raise ValueError(f"{text!r} is not one of {', '.join(HTTP_METHODS)}")
+    return text
+
+
+def _email_domain(text: str) -> str:
+    domain = text.lower().rstrip(".")
+    if not domain or "@" in domain or not all(_HOST_LABEL.match(x) for x in domain.split(".")):
+        raise ValueError(f"{text!r} is not a domain name")
+    return domain
 
 
 def _replacement_prefix(text: str) -> str:
@@ -983,6 +1043,16 @@ def parse_config(data: Dict[str, Any], source: str) -> Config:
         redis_table.done()
     if session.store == "redis" and redis is None:
         problems.add("session.store", '"redis" needs a [redis] table with url')
+    bearer = BearerConfig()
+    bearer_table = top.table("bearer")
+    if bearer_table is not None:
+        bearer = BearerConfig(
+            audiences=bearer_table.strings("audiences", ()),
+            introspection=bearer_table.boolean("introspection", False),
+            introspection_cache=bearer_table.duration("introspection_cache", 60.0),
+            cache_size=bearer_table.integer("cache_size", 10_000, minimum=1),
+        )
+        bearer_table.done()
     admin = None
     admin_table = top.table("admin")
     if admin_table is not None:
@@ -1006,17 +1076,19 @@ def parse_config(data: Dict[str, Any], source: str) -> Config:
         headers = _headers(headers_table)
     top.done()
 
-    login_routes = [r for r in routes if r.auth == "session"]
-    if login_routes:
-        needs = login_routes[0].name
-        if oidc_table is None:
-            problems.add(f"{needs}.auth", 'is "session" (the default), which needs an [oidc] table; '
+    login_routes = [r for r in routes if r.auth in ("session", "session_or_bearer", "optional")]
+    for r in routes:
+        if r.auth != "none" and oidc_table is None:
+            what = '"session" (the default)' if r.auth == "session" else repr(r.auth)
+            problems.add(f"{r.name}.auth", f"is {what}, which needs an [oidc] table; "
                          'set auth = "none" for a public route')
+            break
+    if login_routes:
+        needs = f'{login_routes[0].name} has auth = "{login_routes[0].auth}"'
         if public_url is None and not top.has("public_url"):
-            problems.add("public_url", f"is required for login ({needs} has auth = \"session\")")
+            problems.add("public_url", f"is required for login ({needs})")
         if not session.secrets and (session_table is None or not session_table.has("secrets")):
-            problems.add("session.secrets", f"at least one secret is required for login "
-                         f"({needs} has auth = \"session\")")
+            problems.add("session.secrets", f"at least one secret is required for login ({needs})")
 
     if problems.items:
         raise ConfigError(source, problems.items)
@@ -1036,6 +1108,7 @@ def parse_config(data: Dict[str, Any], source: str) -> Config:
         redis=redis,
         state_cookie=state_cookie,
         admin=admin,
+        bearer=bearer,
         headers=headers,
     )
 

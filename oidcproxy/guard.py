@@ -55,7 +55,7 @@ from .routes import BadRequestTarget, RouteMatch, RouteTable, normalise_path
 from .session import LIVE, ISessionStore, Session, SessionStoreUnavailable, new_session_id, session_state
 from .stores.cookie import CookieStore
 from .tokens import IDTokenValidator, JWTVerifier, LogoutTokenValidator, TokenError, peek_header
-from .upstream import canonical_header, request_host_header
+from .upstream import canonical_header, is_trusted, request_host_header
 
 log = Logger()
 
@@ -137,12 +137,12 @@ class _HeaderNames:
     """The spelling-insensitive set of headers the proxy manages."""
 
     def __init__(self, names: Sequence[str]) -> None:
-        self._canonical = frozenset(canonical_header(n.encode("ascii")) for n in names)
+        self.canonical = frozenset(canonical_header(n.encode("ascii")) for n in names)
 
     def strip(self, request: Request) -> None:
         headers = request.requestHeaders
         doomed = [name for name, _ in headers.getAllRawHeaders()
-                  if canonical_header(name) in self._canonical]
+                  if canonical_header(name) in self.canonical]
         for name in doomed:
             headers.removeHeader(name)
 
@@ -227,6 +227,8 @@ class OIDCGuard(Resource):
         self._login: Optional[LoginFlow] = None
         self._refresher: Optional[Refresher] = None
         self._revocations: Any = None
+        self._bearer: Any = None
+        self._bearer_verifier: Any = None
         if oidc is not None:
             sealer = Sealer([x.reveal().encode("utf-8") for x in s.secrets])
             if self._store is None:
@@ -345,6 +347,9 @@ class OIDCGuard(Resource):
             log.info("refused request target: {reason}", reason=e.reason)
             self._finish(request, 400, "bad_request", f"Bad request target: {e.reason}.")
             return
+        # Read before the managed headers are stripped (Authorization is one
+        # of them when the proxy forwards the session's access token that way).
+        authorization = request.requestHeaders.getRawHeaders(b"authorization")
         # Whatever happens next, the client's copies of our headers and our
         # cookies never go further.
         self._managed.strip(request)
@@ -354,24 +359,125 @@ class OIDCGuard(Resource):
             await self._callback(request)
             return
         if path == self._prefix or path.startswith(self._prefix + "/"):
-            await self._endpoint(request, path[len(self._prefix):])
+            await self._endpoint(request, path[len(self._prefix):], authorization)
             return
         if match is None:
             self._finish(request, 404, "not_found", "No route matches this URL.")
             return
+        await self._route_request(request, match, authorization)
+
+    async def _route_request(self, request: Request, match: RouteMatch,
+                             authorization: Optional[Sequence[bytes]]) -> None:
+        """Authenticate and authorize C{request} for its route, then pass it on."""
         route = match.route
         setattr(request, "oidcproxy_route", route)  # noqa: B010 - read by the access log
-        if route.auth == "none":
+        if route.methods and request.method.decode("ascii", "replace") not in route.methods:
+            self._finish(request, 405, "method_not_allowed", "This method is not allowed here.",
+                         {b"allow": ", ".join(route.methods).encode("ascii")})
+            return
+        if route.auth == "none" or (route.cors_preflight and _is_preflight(request)):
             self._pass(request, match)
             return
+        if route.auth in ("bearer", "session_or_bearer", "optional"):
+            from .bearer import bearer_token
+
+            try:
+                token = bearer_token(authorization)
+            except TokenError as e:
+                self._bearer_denied(request, e)
+                return
+            if token is not None:
+                await self._bearer_request(request, match, token)
+                return
+            if route.auth == "bearer":
+                self._deny(request)
+                return
         loaded = await self._session_or_503(request)
         if loaded is None:
             return
         session, clear = loaded
         if session is None:
+            if route.auth == "optional":
+                self._add_headers_on_write(request, clear)
+                self._pass(request, match)
+                return
             await self._unauthenticated(request, match, clear)
             return
         await self._authenticated(request, match, session)
+
+    # -- authorization ----------------------------------------------------------
+
+    def _authorized(self, request: Request, route: RouteConfig, sub: str,
+                    id_claims: Dict[str, Any], access_claims: Optional[Dict[str, Any]]) -> bool:
+        """
+        Apply the route's rule and allow-lists; answer 403 (and return False)
+        when they deny in enforce mode. In audit mode a denial is logged as
+        "would deny" and the request goes on.
+        """
+        policy = route.policy
+        if policy is None:
+            return True
+        decision = policy.evaluate(id_claims, access_claims)
+        if decision.allowed:
+            return True
+        if route.policy_mode == "audit":
+            log.info("{route}: would deny {sub}: {reason}", route=route.name, sub=sub,
+                     reason=decision.reason)
+            return True
+        log.info("{route}: denied {sub}: {reason}", route=route.name, sub=sub,
+                 reason=decision.reason)
+        self._finish(request, 403, "forbidden", "You are not allowed to see this page.")
+        return False
+
+    async def _bearer_request(self, request: Request, match: RouteMatch, token: str) -> None:
+        """An API request with an access token: validate it, authorize, forward."""
+        validator = self._bearer_validator()
+        if validator is None:
+            self._deny(request)
+            return
+        try:
+            claims = await validator.validate(token)
+        except TokenError as e:
+            self._bearer_denied(request, e)
+            return
+        except ProviderError as e:
+            log.warn("bearer token not checked: identity provider: {reason}", reason=e.reason)
+            status = 504 if e.status == 504 else 503
+            self._finish(request, status, "idp_unavailable",
+                         "The identity provider cannot check the token right now.",
+                         {b"retry-after": b"5"}, as_json=True)
+            return
+        sub = claims.get("sub") if isinstance(claims.get("sub"), str) else \
+            str(claims.get("client_id", ""))
+        if not self._authorized(request, match.route, sub, claims, claims):
+            return
+        setattr(request, "oidcproxy_identity", Identity(  # noqa: B010
+            sub=sub, claims=claims, access_token=token, expires=claims.get("exp")))
+        self._set_headers(request, claims)
+        self._pass(request, match)
+
+    def _bearer_denied(self, request: Request, error: TokenError) -> None:
+        log.info("bearer token refused: {reason}", reason=error.reason)
+        self._finish(request, 401, "invalid_token", "The access token is not valid.",
+                     {b"www-authenticate": b'Bearer realm="oidcproxy", error="invalid_token"'},
+                     as_json=True)
+
+    def _bearer_validator(self) -> Any:
+        from .bearer import BearerValidator
+
+        provider, oidc = self._provider, self._oidc
+        if provider is None or oidc is None or provider.metadata is None:
+            return None
+        self._validator_for(provider.metadata.id_token_signing_alg_values_supported)
+        if self._bearer is None or self._bearer_verifier is not self._verifier:
+            b = self._config.bearer
+            self._bearer = BearerValidator(
+                provider, self._verifier, self._clock, issuer=oidc.issuer,
+                audiences=b.audiences or (oidc.client_id,), leeway=oidc.leeway,
+                introspection=b.introspection, introspection_cache=b.introspection_cache,
+                cache_size=b.cache_size)
+            self._bearer_verifier = self._verifier
+        return self._bearer
 
     def _strip_own_cookies(self, request: Request) -> None:
         values = request.requestHeaders.getRawHeaders(b"cookie")
@@ -384,33 +490,56 @@ class OIDCGuard(Resource):
         else:
             request.requestHeaders.removeHeader(b"cookie")
 
+    @classmethod
+    def _add_cookies_on_write(cls, request: Request, cookies: Sequence[bytes]) -> None:
+        cls._add_headers_on_write(request, cookies)
+
     @staticmethod
-    def _add_cookies_on_write(request: Request, cookies: Sequence[bytes]) -> None:
+    def _add_headers_on_write(request: Request, cookies: Sequence[bytes],
+                              headers: Sequence[Tuple[bytes, str]] = ()) -> None:
         """
-        Send C{cookies} with whatever answer the wrapped resource gives,
-        beside its own cookies. Twisted writes the C{Set-Cookie} header as the
-        answer's first bytes go out (replacing it with C{request.cookies} when
-        the application used C{addCookie}), so ours are merged in right then.
+        Send C{cookies} (and C{headers}) with whatever answer the wrapped
+        resource gives, beside its own. Twisted writes the C{Set-Cookie}
+        header as the answer's first bytes go out (replacing it with
+        C{request.cookies} when the application used C{addCookie}), so ours
+        are merged in right then.
         """
-        original = request.write
+        if not cookies and not headers:
+            return
+        pending: Optional[Tuple[List[bytes], List[Tuple[bytes, str]]]] = \
+            getattr(request, "oidcproxy_pending_headers", None)
+        if pending is None:
+            pending = ([], [])
+            setattr(request, "oidcproxy_pending_headers", pending)  # noqa: B010
+            our_cookies, our_headers = pending
+            original = request.write
 
-        def write(data: bytes) -> None:
-            del request.write  # back to the method: merge only once
-            if not request.startedWriting:
-                if request.cookies:
-                    request.cookies.extend(c for c in cookies if c not in request.cookies)
-                else:
-                    existing = request.responseHeaders.getRawHeaders(b"set-cookie", [])
-                    request.responseHeaders.setRawHeaders(
-                        b"set-cookie", [*existing, *(c for c in cookies if c not in existing)])
-            original(data)
+            def write(data: bytes) -> None:
+                del request.write  # back to the method: merge only once
+                if not request.startedWriting:
+                    out = request.responseHeaders
+                    if our_cookies and request.cookies:
+                        request.cookies.extend(
+                            c for c in our_cookies if c not in request.cookies)
+                    elif our_cookies:
+                        existing = out.getRawHeaders(b"set-cookie", [])
+                        out.setRawHeaders(b"set-cookie", [
+                            *existing, *(c for c in our_cookies if c not in existing)])
+                    for name, value in our_headers:
+                        out.setRawHeaders(name, [value.encode("ascii")])
+                original(data)
 
-        request.write = write  # type: ignore[method-assign]
+            request.write = write  # type: ignore[method-assign]
+        pending[0].extend(cookies)
+        pending[1].extend(headers)
 
     def _pass(self, request: Request, match: RouteMatch) -> None:
         """Hand the request to the wrapped resource (the route is known)."""
         setattr(request, "oidcproxy_match", match)  # noqa: B010 - read by UpstreamProxy
         setattr(request, "oidcproxy_route", match.route)  # noqa: B010 - read by the access log
+        if getattr(request, "oidcproxy_forward_auth", None) is not None:
+            self._forward_auth_allowed(request)
+            return
         # The wrapped tree is walked along the path the decision was made on,
         # not along Twisted's own split of the raw path (which keeps dot
         # segments: /admin/../public would walk into "admin").
@@ -491,6 +620,10 @@ class OIDCGuard(Resource):
                              "The identity provider cannot be reached to renew your session. "
                              "Please try again shortly.", {b"retry-after": b"5"})
                 return
+        route = match.route
+        if route.policy is not None and not self._authorized(
+                request, route, session.sub, session.claims, _unverified_claims(session)):
+            return
         idle = self._config.session.idle_timeout
         if idle > 0 and now - session.last_seen >= min(60.0, idle / 4):
             # Keep the idle clock (which lives inside the session) moving.
@@ -500,6 +633,12 @@ class OIDCGuard(Resource):
             self._add_cookies_on_write(request, set_cookie_headers(
                 self._session_cookie, value, int(session.expires - now),
                 chunk_names(self._session_cookie, request.received_cookies)))
+        if route.session_expiry_headers:
+            hints = [(b"x-auth-session-expires-in", str(max(0, int(session.expires - now))))]
+            if idle > 0:
+                hints.append((b"x-auth-idle-expires-in",
+                              str(max(0, int(session.last_seen + idle - now)))))
+            self._add_headers_on_write(request, [], hints)
         self._set_identity(request, session)
         self._pass(request, match)
 
@@ -528,20 +667,8 @@ class OIDCGuard(Resource):
         setattr(request, "oidcproxy_identity", Identity(  # noqa: B010
             sub=session.sub, claims=session.claims, access_token=session.access_token,
             id_token=session.id_token, expires=session.expires))
+        self._set_headers(request, session.claims)
         headers = request.requestHeaders
-        claims = session.claims
-        for name, candidates in self._config.headers:
-            for claim in candidates:
-                value = _claim(claims, claim)
-                if value is None:
-                    continue
-                encoded = header_value(value)
-                if encoded is None:
-                    log.info("claim {claim} not sent as {header}: unusable value",
-                             claim=claim, header=name)
-                    continue
-                headers.setRawHeaders(name.encode("ascii"), [encoded])
-                break
         oidc = self._oidc
         if oidc is not None and session.access_token:
             if oidc.pass_access_token == "authorization":
@@ -554,9 +681,26 @@ class OIDCGuard(Resource):
             headers.setRawHeaders(ID_TOKEN_HEADER.encode("ascii"),
                                   [session.id_token.encode("ascii")])
 
+    def _set_headers(self, request: Request, claims: Dict[str, Any]) -> None:
+        """The identity headers of C{claims}."""
+        headers = request.requestHeaders
+        for name, candidates in self._config.headers:
+            for claim in candidates:
+                value = _claim(claims, claim)
+                if value is None:
+                    continue
+                encoded = header_value(value)
+                if encoded is None:
+                    log.info("claim {claim} not sent as {header}: unusable value",
+                             claim=claim, header=name)
+                    continue
+                headers.setRawHeaders(name.encode("ascii"), [encoded])
+                break
+
     async def _unauthenticated(self, request: Request, match: RouteMatch,
                                clear: List[bytes]) -> None:
-        if not is_browser_navigation(request):
+        if not is_browser_navigation(request) or \
+                getattr(request, "oidcproxy_forward_auth", None) is False:
             self._deny(request, clear)
             return
         return_to = match.path
@@ -760,8 +904,11 @@ class OIDCGuard(Resource):
 
     # -- endpoints --------------------------------------------------------------
 
-    async def _endpoint(self, request: Request, name: str) -> None:
-        if name == "/login":
+    async def _endpoint(self, request: Request, name: str,
+                        authorization: Optional[Sequence[bytes]] = None) -> None:
+        if name == "/auth":
+            await self._forward_auth(request, authorization)
+        elif name == "/login":
             await self._login_endpoint(request)
         elif name == "/logout":
             await self._logout_endpoint(request)
@@ -953,6 +1100,66 @@ class OIDCGuard(Resource):
         self._respond(request, 200, b"application/json", b"{}")
 
 
+    # -- forward auth -------------------------------------------------------------
+
+    async def _forward_auth(self, request: Request, authorization: Optional[Sequence[bytes]]) -> None:
+        """
+        The authentication server of another proxy (nginx auth_request,
+        Traefik forwardAuth, Caddy forward_auth, HAProxy): judge the
+        original request it describes in X-Forwarded-Method/-Host/-Uri (or
+        X-Original-Method/-URI/-URL), with the credentials it carries.
+        2xx with the identity headers, 401 or 403; with C{?redirect=1}
+        browsers get the login redirect itself (for proxies that pass it on,
+        like Traefik; nginx needs 401 and an error_page).
+        """
+        headers = request.requestHeaders
+        if not is_trusted(_peer(request), self._config.trusted_proxies):
+            log.warn("forward-auth request from an untrusted peer refused")
+            self._finish(request, 403, "untrusted_peer",
+                         "Forward-auth requests must come from trusted_proxies.", as_json=True)
+            return
+
+        def first(*names: bytes) -> Optional[bytes]:
+            for name in names:
+                values = headers.getRawHeaders(name)
+                if values:
+                    return values[0]
+            return None
+
+        method = first(b"x-forwarded-method", b"x-original-method") or b"GET"
+        host = first(b"x-forwarded-host")
+        uri = first(b"x-forwarded-uri", b"x-original-uri")
+        original_url = first(b"x-original-url")
+        if uri is None and original_url is not None:
+            uri = original_url
+        if uri is None:
+            self._finish(request, 400, "bad_request",
+                         "X-Forwarded-Uri (or X-Original-URL) is required.", as_json=True)
+            return
+        try:
+            match = self._routes.match(host or request_host_header(request), uri)
+        except BadRequestTarget as e:
+            self._finish(request, 400, "bad_request", f"Bad original URL: {e.reason}.",
+                         as_json=True)
+            return
+        if match is None:
+            self._finish(request, 403, "no_route", "No route matches the original URL.",
+                         as_json=True)
+            return
+        redirect = request.args.get(b"redirect", [b""])[0] in (b"1", b"true")
+        setattr(request, "oidcproxy_forward_auth", redirect)  # noqa: B010
+        request.method = method
+        await self._route_request(request, match, authorization)
+
+    def _forward_auth_allowed(self, request: Request) -> None:
+        """The original request may go on: 200 with the identity headers to copy."""
+        out = request.responseHeaders
+        for name, values in request.requestHeaders.getAllRawHeaders():
+            if canonical_header(name) in self._managed.canonical:
+                out.setRawHeaders(name, values)
+        self._respond(request, 200, b"text/plain; charset=utf-8", b"")
+
+
 class _OwnCookies:
     """Names of the proxy's cookies, for L{strip_cookies}."""
 
@@ -1004,6 +1211,33 @@ def _return_to(request: Request) -> str:
         return safe_return_to(values[0].decode("ascii")) or "/"
     except UnicodeDecodeError:
         return "/"
+
+
+def _peer(request: Request) -> Optional[str]:
+    return getattr(request.getClientAddress(), "host", None)
+
+
+def _is_preflight(request: Request) -> bool:
+    """A CORS preflight: OPTIONS with Access-Control-Request-Method."""
+    return request.method == b"OPTIONS" and \
+        request.requestHeaders.hasHeader(b"access-control-request-method")
+
+
+def _unverified_claims(session: Session) -> Optional[Dict[str, Any]]:
+    """
+    The claims of the session's access token, for rules on C{access_token.*}.
+    The token came straight from the token endpoint over TLS, so its payload
+    is read without checking the signature again; an opaque token has none.
+    """
+    token = session.access_token
+    if not token or token.count(".") != 2:
+        return None
+    try:
+        payload = token.split(".")[1]
+        data = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (ValueError, TypeError, RecursionError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def _arg(args: Dict[bytes, List[bytes]], key: bytes) -> Optional[str]:

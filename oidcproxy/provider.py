@@ -9,7 +9,8 @@ cached keys and refetches them when they are old or a token names a key we do
 not know (rate limited, single-flight); L{Provider.exchange_code},
 L{Provider.refresh} and L{Provider.userinfo} are the back-channel requests of
 the authorization code flow; L{Provider.revoke} revokes a token at logout (RFC
-7009) and L{Provider.end_session_url} builds the RP-initiated logout URL.
+7009), L{Provider.introspect} asks about an opaque access token (RFC 7662) and
+L{Provider.end_session_url} builds the RP-initiated logout URL.
 
 Every request to the provider:
 
@@ -22,7 +23,7 @@ Every request to the provider:
   - never follows redirects (a redirect is a bad answer);
   - is made at most once per call: discovery and JWKS failures are retried by
     the background loop only, and the code exchange, refresh and revocation
-    are never retried (a code is single-use).
+    are never retried (a code is single-use), nor is introspection.
 
 Failures are L{ProviderError}s. Logs and error details never contain a token,
 an authorization code, a client secret or a client assertion.
@@ -982,6 +983,52 @@ class Provider:
             return
         oauth_error, detail = _oauth_error(answer, "revocation endpoint", secrets_sent)
         raise ProviderError(502, "revocation_failed", detail, oauth_error=oauth_error)
+
+    # -- introspection
+
+    async def introspect(self, token: str) -> Dict[str, Any]:
+        """
+        Ask the introspection endpoint about an access token (RFC 7662;
+        never retried).
+
+        The request is a form POST of C{token} and C{token_type_hint=
+        access_token}, with the client authentication of the token endpoint
+        (a C{private_key_jwt} assertion has the token endpoint as its
+        audience, as for revocation).
+
+        @return: the answer, a JSON object whose C{active} is a boolean, as
+            the provider sent it: C{"active": false} is an answer, not an
+            error. Nothing else in it is checked here.
+        @raise ProviderError: 502 C{no_introspection_endpoint}; 502
+            C{introspection_failed} for any status but 200, with the
+            C{oauth_error} of a 4xx JSON error answer (e.g.
+            C{invalid_client}), else None; 502 C{bad_json}; 502
+            C{bad_introspection} (not an object, or no boolean C{active});
+            502 C{unreachable}, C{response_too_large}; 504 C{timeout}; 503
+            C{not_ready} or C{stopped}.
+        """
+        metadata = self._require_metadata()
+        endpoint = metadata.introspection_endpoint
+        if endpoint is None:
+            raise ProviderError(
+                502, "no_introspection_endpoint", "the provider has no introspection endpoint"
+            )
+        fields = [("token", token), ("token_type_hint", "access_token")]
+        headers = Headers({b"content-type": [b"application/x-www-form-urlencoded"]})
+        secrets_sent = [token, *self._authenticate(metadata.token_endpoint, fields, headers)]
+        body = urlencode(fields).encode("ascii")
+        answer = await self._request(
+            "introspection endpoint", "POST", endpoint, accept=_ACCEPT_JSON, headers=headers, body=body
+        )
+        if answer.code != 200:
+            oauth_error, detail = _oauth_error(answer, "introspection endpoint", secrets_sent)
+            raise ProviderError(502, "introspection_failed", detail, oauth_error=oauth_error)
+        document = _parse_json(answer, "introspection endpoint")
+        if not isinstance(document, dict):
+            raise ProviderError(502, "bad_introspection", "the introspection answer is not a JSON object")
+        if not isinstance(document.get("active"), bool):
+            raise ProviderError(502, "bad_introspection", "the introspection answer has no boolean 'active'")
+        return document
 
     def end_session_url(
         self,

@@ -8,7 +8,7 @@ and composes the service. C{--check} validates the configuration and exits.
 from __future__ import annotations
 
 import sys
-from typing import Any, List
+from typing import Any, List, Optional
 
 from twisted.python import usage
 
@@ -26,6 +26,11 @@ class Options(usage.Options):
         ["config", "c", None, "The TOML configuration file (required)."],
         ["port-file", None, None,
          "Write the bound address of each listener to this file once listening."],
+        ["claims", None, None,
+         "With --check: a JSON file of claims ({...}, or {\"id_token\": {...}, "
+         "\"access_token\": {...}}); print which routes would allow them and why."],
+        ["path", None, None,
+         "With --check --claims: only the route of this path; exit status 2 when denied."],
     ]
     optFlags = [
         ["check", None, "Validate the configuration, print 'config OK' or every problem, "
@@ -50,6 +55,10 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         if not self["config"]:
             raise usage.UsageError("--config FILE is required")
+        if (self["claims"] or self["path"]) and not self["check"]:
+            raise usage.UsageError("--claims and --path go with --check")
+        if self["path"] and not self["claims"]:
+            raise usage.UsageError("--path goes with --claims")
 
 
 def _build(options: Options, reactor: Any) -> Any:
@@ -79,13 +88,68 @@ def check(options: Options, out: Any = None) -> int:
 
     out = out or sys.stdout
     try:
-        _build(options, MemoryReactorClock())
+        service = _build(options, MemoryReactorClock())
     except ConfigError as e:
         for line in e.lines():
             print(line, file=out)
         return 1
     print("config OK", file=out)
+    if options["claims"]:
+        return _check_claims(service.config, options["claims"], options["path"], out)
     return 0
+
+
+def _check_claims(config: Any, claims_file: str, path: Optional[str], out: Any) -> int:
+    """
+    Print, per route (or for the route of C{path}), whether these claims
+    would be let through, with the trace of the rule. Status 2 when C{path}
+    is given and its route would deny them.
+    """
+    import json
+
+    from .routes import BadRequestTarget, RouteTable
+
+    try:
+        with open(claims_file, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError) as e:
+        print(f"claims: cannot read {claims_file}: {e}", file=out)
+        return 1
+    if not isinstance(data, dict):
+        print(f"claims: {claims_file} must hold a JSON object", file=out)
+        return 1
+    if set(data) <= {"id_token", "access_token"} and isinstance(data.get("id_token"), dict):
+        id_claims, access_claims = data["id_token"], data.get("access_token")
+    else:
+        id_claims, access_claims = data, None
+    routes = list(config.routes)
+    if path is not None:
+        try:
+            match = RouteTable(routes).match(None, path.encode("utf-8"))
+        except (BadRequestTarget, UnicodeEncodeError) as e:
+            print(f"{path}: not a valid path: {e}", file=out)
+            return 1
+        if match is None:
+            print(f"{path}: no route matches", file=out)
+            return 1
+        routes = [match.route]
+    denied = False
+    for route in routes:
+        where = f"{route.name} ({route.host or '*'}{route.path}, auth = {route.auth})"
+        if route.auth == "none":
+            print(f"{where}: public, no claims needed", file=out)
+        elif route.policy is None:
+            print(f"{where}: allowed (any authenticated user)", file=out)
+        else:
+            decision = route.policy.evaluate(id_claims, access_claims)
+            verdict = "allowed" if decision.allowed else (
+                "denied (audit mode: logged, let through)" if route.policy_mode == "audit"
+                else "denied")
+            denied = denied or not decision.allowed
+            print(f"{where}: {verdict}: {decision.reason}", file=out)
+            for line in route.policy.explain(id_claims, access_claims):
+                print("    " + line, file=out)
+    return 2 if path is not None and denied else 0
 
 
 def makeService(options: Options) -> Any:

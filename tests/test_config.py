@@ -243,7 +243,7 @@ class ErrorTests(SynchronousTestCase):
 
     def test_auth_modes(self):
         """auth defaults to "session", which needs [oidc], public_url and session secrets;
-        bearer modes are refused until they exist; unknown modes are refused."""
+        unknown modes are refused."""
         problems = self.problems(
             {"routes": [{"path": "/", "upstream": "http://h"},
                         _route(path="/s", auth="bearer"), _route(path="/z", auth="bogus")]}
@@ -251,10 +251,8 @@ class ErrorTests(SynchronousTestCase):
         self.assertEqual(
             problems,
             [
-                "routes[1].auth: 'bearer' needs bearer-token support, which this version does "
-                'not have yet; use "session" (browser login) or "none" (public)',
-                "routes[2].auth: 'bogus' is not one of 'session', 'none', 'bearer', "
-                "'session_or_bearer', 'optional'",
+                "routes[2].auth: 'bogus' is not one of 'session', 'bearer', "
+                "'session_or_bearer', 'optional', 'none'",
                 'routes[0].auth: is "session" (the default), which needs an [oidc] table; '
                 'set auth = "none" for a public route',
                 'public_url: is required for login (routes[0] has auth = "session")',

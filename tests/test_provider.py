@@ -1633,3 +1633,239 @@ class ErrorTests(SynchronousTestCase):
     def test_keyset_type(self):
         h = _ready(self)
         self.assertIsInstance(self.successResultOf(h.run(h.provider.keys_for(None))), KeySet)
+
+
+# -- introspection -----------------------------------------------------------
+
+INTROSPECTION_ENDPOINT = BASE + "/protocol/token/introspect"
+INTROSPECTION_PATH = b"/realms/main/protocol/token/introspect"
+ACTIVE = {"active": True, "sub": "user-1", "scope": "api", "exp": 2_000_000_000, "client_id": "api-client"}
+
+
+def _introspecting(case: SynchronousTestCase, result: Any = None, **kwargs: Any) -> Harness:
+    """A ready provider whose introspection endpoint comes from the configuration."""
+    h = _ready(case, endpoints={"introspection_endpoint": INTROSPECTION_ENDPOINT}, **kwargs)
+    h.idp.handlers[INTROSPECTION_PATH] = lambda r: answer(ACTIVE) if result is None else result
+    return h
+
+
+class IntrospectionTests(SynchronousTestCase):
+    def introspect(self, h: Harness, token: str = "AT-1") -> Deferred:
+        return h.run(h.provider.introspect(token))
+
+    def failure(self, h: Harness, d: Deferred) -> ProviderError:
+        error = self.failureResultOf(d, ProviderError).value
+        for secret in ("AT-1", CLIENT_SECRET):
+            self.assertNotIn(secret, error.detail)
+            self.assertNotIn(secret, str(error))
+        return error
+
+    def test_client_secret_basic(self):
+        """The RFC 7662 form (token, token_type_hint=access_token) with Basic auth; the answer as sent."""
+        h = _introspecting(self)
+        self.assertEqual(self.successResultOf(self.introspect(h)), ACTIVE)
+        seen = h.idp.last(INTROSPECTION_PATH)
+        self.assertEqual(seen.method, b"POST")
+        self.assertEqual(seen.uri, INTROSPECTION_PATH)
+        self.assertEqual(seen.header(b"content-type"), b"application/x-www-form-urlencoded")
+        self.assertEqual(seen.header(b"accept"), b"application/json")
+        self.assertEqual(seen.body, b"token=AT-1&token_type_hint=access_token")
+        authorization = seen.header(b"authorization")
+        assert authorization is not None
+        scheme, credentials = authorization.split(b" ", 1)
+        self.assertEqual(scheme, b"Basic")
+        self.assertEqual(base64.b64decode(credentials), b"a%3Ab:p%40ss+w%25rd")
+        self.assertIsNone(seen.header(b"cookie"))
+        self.assertEqual(h.idp.count(TOKEN_PATH), 0)
+
+    def test_client_secret_post(self):
+        client = ClientAuth(CLIENT_ID, method="client_secret_post", client_secret=CLIENT_SECRET)
+        h = _introspecting(self, client=client)
+        self.successResultOf(self.introspect(h))
+        seen = h.idp.last(INTROSPECTION_PATH)
+        self.assertEqual(
+            seen.body,
+            b"token=AT-1&token_type_hint=access_token&client_id=a%3Ab&client_secret=p%40ss+w%25rd",
+        )
+        self.assertIsNone(seen.header(b"authorization"))
+
+    def test_public_client(self):
+        h = _introspecting(self, client=ClientAuth(CLIENT_ID, method="none"))
+        self.successResultOf(self.introspect(h))
+        seen = h.idp.last(INTROSPECTION_PATH)
+        self.assertEqual(
+            seen.form(), [("token", "AT-1"), ("token_type_hint", "access_token"), ("client_id", CLIENT_ID)]
+        )
+        self.assertIsNone(seen.header(b"authorization"))
+
+    def test_private_key_jwt(self):
+        """A fresh assertion whose audience is the token endpoint (the authorization server)."""
+        client = ClientAuth(CLIENT_ID, method="private_key_jwt", private_key_pem=_pem(CLIENT_KEY))
+        h = _introspecting(self, client=client)
+        h.clock.advance(1_700_000_000)
+        self.successResultOf(self.introspect(h))
+        form = h.idp.last(INTROSPECTION_PATH).form()
+        self.assertEqual(
+            [name for name, _ in form],
+            ["token", "token_type_hint", "client_id", "client_assertion_type", "client_assertion"],
+        )
+        self.assertEqual(dict(form)["client_assertion_type"],
+                         "urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
+        claims = jwt.decode(
+            dict(form)["client_assertion"], CLIENT_KEY.public_key(), algorithms=["RS256"],
+            audience=TOKEN_ENDPOINT, options={"verify_exp": False, "verify_iat": False},
+        )
+        self.assertEqual((claims["iss"], claims["sub"], claims["iat"]), (CLIENT_ID, CLIENT_ID, 1_700_000_000))
+
+    def test_token_form_encoded(self):
+        h = _introspecting(self)
+        odd = "a+b/c=d&e f"
+        self.successResultOf(self.introspect(h, odd))
+        seen = h.idp.last(INTROSPECTION_PATH)
+        self.assertEqual(seen.body, b"token=a%2Bb%2Fc%3Dd%26e+f&token_type_hint=access_token")
+
+    def test_answers_returned_as_sent(self):
+        """active false is an answer, not an error; nothing else in the answer is judged here."""
+        for document in (
+            {"active": False},
+            {"active": True},
+            {"active": True, "exp": "soon", "aud": 7, "iss": "https://elsewhere.test"},
+            dict(ACTIVE, active=False),
+        ):
+            h = _introspecting(self, answer(document))
+            self.assertEqual(self.successResultOf(self.introspect(h)), document)
+
+    def test_bad_answers(self):
+        """Not JSON, not an object, no boolean active: 502, with its own reason."""
+        cases = [
+            (answer(b"active=true", content_type="text/plain"), "bad_json"),
+            (answer(b"{\"active\": tr"), "bad_json"),
+            (answer(b"NaN"), "bad_json"),
+            (answer([ACTIVE]), "bad_introspection"),
+            (answer("active"), "bad_introspection"),
+            (answer({}), "bad_introspection"),
+            (answer({"active": "true"}), "bad_introspection"),
+            (answer({"active": 1}), "bad_introspection"),
+            (answer({"active": None}), "bad_introspection"),
+        ]
+        for result, reason in cases:
+            h = _introspecting(self, result)
+            error = self.failure(h, self.introspect(h))
+            self.assertEqual((error.status, error.reason), (502, reason), result)
+
+    def test_error_statuses(self):
+        """Any status but 200: 502 introspection_failed, with the OAuth error of a 4xx JSON answer."""
+        cases: List[Tuple[Answer, Optional[str]]] = [
+            (answer({"error": "invalid_client"}, code=401), "invalid_client"),
+            (answer({"error": "invalid_request", "error_description": "token missing"}, code=400),
+             "invalid_request"),
+            (answer({"error_description": "no error code"}, code=400), None),
+            (answer(b"<html>forbidden</html>", code=403, content_type="text/html"), None),
+            (answer(b"", code=404, content_type=""), None),
+            (answer({"error": "server_error"}, code=500), None),
+            (answer(ACTIVE, code=201), None),
+            (answer(b"", code=302, content_type=""), None),
+        ]
+        for result, oauth_error in cases:
+            h = _introspecting(self, result)
+            error = self.failure(h, self.introspect(h))
+            self.assertEqual(
+                (error.status, error.reason, error.oauth_error), (502, "introspection_failed", oauth_error),
+                result,
+            )
+            self.assertIn(f"HTTP {result[0]}", error.detail)
+            self.assertEqual(h.idp.count(INTROSPECTION_PATH), 1)
+
+    def test_error_description_never_echoes_secrets(self):
+        h = _introspecting(self, answer({"error": "invalid_request", "error_description": "token AT-1 bad"},
+                                        code=400))
+        detail = self.failure(h, self.introspect(h)).detail
+        self.assertEqual(detail, "the introspection endpoint answered HTTP 400 invalid_request")
+
+    def test_no_endpoint(self):
+        """No introspection endpoint: 502 no_introspection_endpoint, nothing sent."""
+        h = _ready(self)
+        self.assertIsNone(h.provider.metadata.introspection_endpoint)
+        before = len(h.idp.seen)
+        error = self.failure(h, self.introspect(h))
+        self.assertEqual((error.status, error.reason), (502, "no_introspection_endpoint"))
+        self.assertEqual(len(h.idp.seen), before)
+
+    def test_endpoint_from_discovery(self):
+        h = Harness(start=False)
+        h.idp.handlers[DISCOVERY_PATH] = lambda r: answer(
+            discovery_document(introspection_endpoint=INTROSPECTION_ENDPOINT))
+        h.idp.handlers[INTROSPECTION_PATH] = lambda r: answer(ACTIVE)
+        h.provider.start()
+        h.flush()
+        self.assertEqual(self.successResultOf(self.introspect(h)), ACTIVE)
+        self.assertEqual(h.idp.count(INTROSPECTION_PATH), 1)
+
+    def test_not_ready(self):
+        h = Harness(start=False, endpoints={"introspection_endpoint": INTROSPECTION_ENDPOINT})
+        error = self.failure(h, self.introspect(h))
+        self.assertEqual((error.status, error.reason), (503, "not_ready"))
+        self.assertEqual(h.idp.seen, [])
+
+    def test_timeout_not_retried(self):
+        """No answer within the timeout: 504, the request cancelled, no second attempt, no timer left."""
+        h = _introspecting(self, HOLD, timeout=3.0)
+        d = self.introspect(h)
+        h.clock.advance(2.9)
+        h.flush()
+        self.assertNoResult(d)
+        h.clock.advance(0.1)
+        h.flush()
+        error = self.failure(h, d)
+        self.assertEqual((error.status, error.reason), (504, "timeout"))
+        self.assertTrue(h.idp.last(INTROSPECTION_PATH).lost)
+        h.clock.advance(1000)
+        h.flush()
+        self.assertEqual(h.idp.count(INTROSPECTION_PATH), 1)
+        self.assertEqual(h.clock.getDelayedCalls(), [])
+
+    def test_failure_not_retried(self):
+        h = _introspecting(self, answer(b"", code=503, content_type=""))
+        self.failure(h, self.introspect(h))
+        h.clock.advance(1000)
+        h.flush()
+        self.assertEqual(h.idp.count(INTROSPECTION_PATH), 1)
+        self.assertEqual(h.clock.getDelayedCalls(), [])
+
+    def test_too_large(self):
+        h = _introspecting(self, answer(dict(ACTIVE, padding="x" * 2000)), max_response_size=1000)
+        self.assertEqual(self.failure(h, self.introspect(h)).reason, "response_too_large")
+
+    def test_unreachable(self):
+        http = FailingHTTP()
+        clock = Clock()
+        provider = Provider(
+            ISSUER, ClientAuth(CLIENT_ID, client_secret=CLIENT_SECRET), http, clock, discovery=False,
+            endpoints={"authorization_endpoint": AUTHORIZATION_ENDPOINT, "token_endpoint": TOKEN_ENDPOINT,
+                       "jwks_uri": JWKS_URI, "introspection_endpoint": INTROSPECTION_ENDPOINT},
+        )
+        error = self.failureResultOf(Deferred.fromCoroutine(provider.introspect("AT-1")), ProviderError).value
+        self.assertEqual((error.status, error.reason), (502, "unreachable"))
+        clock.advance(1000)
+        self.assertEqual(http.calls, 1)
+
+    def test_stop_cancels(self):
+        h = _introspecting(self, HOLD)
+        d = self.introspect(h)
+        h.provider.stop()
+        h.flush()
+        self.assertEqual(self.failure(h, d).reason, "stopped")
+        self.assertTrue(h.idp.last(INTROSPECTION_PATH).lost)
+
+    def test_nothing_secret_logged(self):
+        events = capture_logs(self)
+        for result in (answer({"error": "invalid_request", "error_description": "AT-1"}, code=400),
+                       answer(b"AT-1", code=500, content_type="text/plain"), answer(b"AT-1"), HOLD):
+            h = _introspecting(self, result)
+            d = self.introspect(h)
+            h.clock.advance(10)
+            h.flush()
+            self.failure(h, d)
+        text = logged_text(events) + repr(events)
+        for secret in ("AT-1", CLIENT_SECRET, "YSUzQWI6cCU0MHNzK3clMjVyZA"):
+            self.assertNotIn(secret, text)

@@ -222,3 +222,82 @@ class AdminListenerTests(SynchronousTestCase):
         admin_site = service.listeners[1]._factory
         self.assertIsInstance(admin_site.resource, AdminResource)
         self.assertIsNot(admin_site, service.site)
+
+
+class CheckClaimsTests(SynchronousTestCase):
+    def config_file(self) -> str:
+        text = (
+            'public_url = "https://app.example"\n'
+            '[oidc]\nissuer = "https://idp.example"\nclient_id = "c"\nclient_secret = "s"\n'
+            '[session]\nsecrets = ["' + "k" * 32 + '"]\n'
+            '[[routes]]\npath = "/admin"\nupstream = "http://127.0.0.1:9"\n'
+            'rule = "Contains(`groups`, `admins`) && Equals(`access_token.scope`, `write`)"\n'
+            '[[routes]]\npath = "/"\nupstream = "http://127.0.0.1:9"\n'
+            '[[routes]]\npath = "/public"\nupstream = "http://127.0.0.1:9"\nauth = "none"\n'
+        )
+        return self.write(text, ".toml")
+
+    def write(self, text: str, suffix: str) -> str:
+        with tempfile.NamedTemporaryFile("w", suffix=suffix, delete=False) as f:
+            f.write(text)
+        self.addCleanup(os.unlink, f.name)
+        return f.name
+
+    def run_check(self, *args: str):
+        o = tap.Options()
+        o.parseOptions(["--config", self.config_file(), "--check", *args])
+        out = io.StringIO()
+        return tap.check(o, out), out.getvalue()
+
+    def test_every_route(self):
+        """--check --claims prints each route's verdict and the trace of its rule."""
+        claims = self.write('{"id_token": {"sub": "a", "groups": ["admins"]},'
+                            ' "access_token": {"scope": "read"}}', ".json")
+        status, out = self.run_check("--claims", claims)
+        lines = out.splitlines()
+        self.assertEqual(status, 0)
+        self.assertEqual(lines[0], "config OK")
+        self.assertTrue(lines[1].startswith("routes[0] (*/admin, auth = session): denied: "),
+                        lines[1])
+        self.assertIn("access_token.scope", lines[1])
+        self.assertTrue(all(line.startswith("    ") for line in lines[2:-2]), lines)
+        self.assertEqual(lines[-2:], [
+            "routes[1] (*/, auth = session): allowed (any authenticated user)",
+            "routes[2] (*/public, auth = none): public, no claims needed",
+        ])
+
+    def test_path_exit_status(self):
+        """With --path only that route is judged; exit status 2 when denied, 0 when allowed."""
+        denied = self.write('{"groups": ["staff"]}', ".json")
+        status, out = self.run_check("--claims", denied, "--path", "/admin/x")
+        self.assertEqual(status, 2)
+        self.assertEqual(len([x for x in out.splitlines() if x.startswith("routes[")]), 1)
+        allowed = self.write('{"id_token": {"groups": ["admins"]}, '
+                             '"access_token": {"scope": "write"}}', ".json")
+        self.assertEqual(self.run_check("--claims", allowed, "--path", "/admin/x")[0], 0)
+
+    def test_bad_claims_file(self):
+        """An unreadable or non-object claims file: a clear line and status 1."""
+        status, out = self.run_check("--claims", self.write("[1, 2]", ".json"))
+        self.assertEqual(status, 1)
+        self.assertIn("must hold a JSON object", out)
+
+    def test_claims_needs_check(self):
+        """--claims and --path only go with --check."""
+        o = tap.Options()
+        self.assertRaises(usage.UsageError, o.parseOptions,
+                          ["--config", "x.toml", "--claims", "c.json"])
+        self.assertRaises(usage.UsageError, tap.Options().parseOptions,
+                          ["--config", "x.toml", "--check", "--path", "/x"])
+
+    def test_rule_syntax_error(self):
+        """A rule with a syntax error fails --check with the route, the rule and the position."""
+        path = self.write(
+            'routes = [{ path = "/", upstream = "http://h", auth = "session", '
+            'rule = "Contains(`groups` `admins`)" }]\n', ".toml")
+        o = tap.Options()
+        o.parseOptions(["--config", path, "--check"])
+        out = io.StringIO()
+        self.assertEqual(tap.check(o, out), 1)
+        self.assertIn("routes[0].rule: expected", out.getvalue())
+        self.assertIn("at position 18: Contains(`groups` `admins`)", out.getvalue())
