@@ -257,6 +257,13 @@ class BearerConfig:
     """Validate opaque (non-JWT) tokens at the IdP's introspection endpoint (RFC 7662)."""
     introspection_cache: float = 60.0
     cache_size: int = 10_000
+    issuer: Optional[str] = None
+    """Access tokens from another issuer than oidc.issuer (an API gateway's, say)."""
+    jwks_uri: Optional[str] = None
+    """That issuer's keys (default: from its discovery document)."""
+    jwks_file: Optional[str] = None
+    """That issuer's keys from a file (a JWKS JSON document)."""
+    algorithms: Tuple[str, ...] = ()
 
 
 @attr.s(frozen=True, auto_attribs=True)
@@ -1051,7 +1058,22 @@ def parse_config(data: Dict[str, Any], source: str) -> Config:
             introspection=bearer_table.boolean("introspection", False),
             introspection_cache=bearer_table.duration("introspection_cache", 60.0),
             cache_size=bearer_table.integer("cache_size", 10_000, minimum=1),
+            issuer=bearer_table.string("issuer", None, check=_http_url),
+            jwks_uri=bearer_table.string("jwks_uri", None, check=_http_url),
+            jwks_file=bearer_table.string("jwks_file", None, check=_readable_file),
+            algorithms=bearer_table.strings(
+                "algorithms", (), check=lambda a: _one_of(a, ID_TOKEN_ALGORITHMS[:10])),
         )
+        if bearer.issuer is not None and bearer.issuer != (oidc.issuer if oidc else None):
+            if not bearer.audiences:
+                bearer_table.problem("audiences", "is required with another issuer: a token "
+                                     "for another resource server must be refused")
+            if bearer.introspection:
+                bearer_table.problem("introspection", "works only with the oidc.issuer's tokens")
+        elif bearer.jwks_uri or bearer.jwks_file:
+            bearer_table.problem("issuer", "is required with jwks_uri or jwks_file")
+        if bearer.jwks_uri and bearer.jwks_file:
+            bearer_table.problem("jwks_file", "cannot be combined with jwks_uri")
         bearer_table.done()
     admin = None
     admin_table = top.table("admin")

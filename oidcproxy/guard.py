@@ -54,7 +54,14 @@ from .refresh import Refresher
 from .routes import BadRequestTarget, RouteMatch, RouteTable, normalise_path
 from .session import LIVE, ISessionStore, Session, SessionStoreUnavailable, new_session_id, session_state
 from .stores.cookie import CookieStore
-from .tokens import IDTokenValidator, JWTVerifier, LogoutTokenValidator, TokenError, peek_header
+from .tokens import (
+    IDTokenValidator,
+    JWTVerifier,
+    KeySet,
+    LogoutTokenValidator,
+    TokenError,
+    peek_header,
+)
 from .upstream import canonical_header, is_trusted, request_host_header
 
 log = Logger()
@@ -229,6 +236,7 @@ class OIDCGuard(Resource):
         self._revocations: Any = None
         self._bearer: Any = None
         self._bearer_verifier: Any = None
+        self._external: Optional[Provider] = None
         if oidc is not None:
             sealer = Sealer([x.reveal().encode("utf-8") for x in s.secrets])
             if self._store is None:
@@ -297,6 +305,8 @@ class OIDCGuard(Resource):
         if self._started and self._provider is not None:
             self._started = False
             self._provider.stop()
+        if self._external is not None:
+            self._external.stop()
 
     # -- requests ---------------------------------------------------------------
 
@@ -458,19 +468,31 @@ class OIDCGuard(Resource):
 
     def _bearer_denied(self, request: Request, error: TokenError) -> None:
         log.info("bearer token refused: {reason}", reason=error.reason)
+        # RFC 6750 3: error_description is printable ASCII without quotes
+        # or backslashes; the detail of a TokenError never holds the token.
+        description = "".join(c for c in error.detail if 0x20 <= ord(c) < 0x7F and c not in '"\\')
+        challenge = f'Bearer realm="oidcproxy", error="invalid_token", error_description="{description[:200]}"'
         self._finish(request, 401, "invalid_token", "The access token is not valid.",
-                     {b"www-authenticate": b'Bearer realm="oidcproxy", error="invalid_token"'},
-                     as_json=True)
+                     {b"www-authenticate": challenge.encode("ascii")}, as_json=True)
 
     def _bearer_validator(self) -> Any:
+        """The access-token validator, built once the keys' source is known."""
         from .bearer import BearerValidator
 
         provider, oidc = self._provider, self._oidc
         if provider is None or oidc is None or provider.metadata is None:
             return None
+        b = self._config.bearer
+        if b.issuer is not None and b.issuer != oidc.issuer:
+            if self._bearer is None:
+                keys = self._external_keys()
+                verifier = JWTVerifier(b.algorithms or _EXTERNAL_ALGORITHMS)
+                self._bearer = BearerValidator(
+                    keys, verifier, self._clock, issuer=b.issuer, audiences=b.audiences,
+                    leeway=oidc.leeway, cache_size=b.cache_size)
+            return self._bearer
         self._validator_for(provider.metadata.id_token_signing_alg_values_supported)
         if self._bearer is None or self._bearer_verifier is not self._verifier:
-            b = self._config.bearer
             self._bearer = BearerValidator(
                 provider, self._verifier, self._clock, issuer=oidc.issuer,
                 audiences=b.audiences or (oidc.client_id,), leeway=oidc.leeway,
@@ -478,6 +500,33 @@ class OIDCGuard(Resource):
                 cache_size=b.cache_size)
             self._bearer_verifier = self._verifier
         return self._bearer
+
+    def _external_keys(self) -> Any:
+        """
+        The keys of another issuer's access tokens: a JWKS file, or a
+        keys-only provider fetching (and refetching) its jwks_uri, or its
+        discovery document's.
+        """
+        b, oidc = self._config.bearer, self._oidc
+        assert b.issuer is not None and oidc is not None
+        if b.jwks_file is not None:
+            with open(b.jwks_file, encoding="utf-8") as f:
+                return _StaticKeys(KeySet.from_jwks(json.load(f)))
+        endpoints = {}
+        if b.jwks_uri is not None:
+            # Only the keys are ever used: the other endpoints a provider
+            # needs without discovery are never called.
+            endpoints = {"jwks_uri": b.jwks_uri, "authorization_endpoint": b.jwks_uri,
+                         "token_endpoint": b.jwks_uri}
+        keys = Provider(
+            b.issuer, ClientAuth(client_id=oidc.client_id, method="none"),
+            make_http_client(self._clock, oidc.ca_bundle, oidc.timeout), self._clock,
+            discovery=b.jwks_uri is None, endpoints=endpoints, timeout=oidc.timeout,
+            max_response_size=oidc.max_response_size, jwks_ttl=oidc.jwks_cache_ttl,
+            jwks_min_refresh=oidc.jwks_min_refresh_interval)
+        keys.start()
+        self._external = keys
+        return keys
 
     def _strip_own_cookies(self, request: Request) -> None:
         values = request.requestHeaders.getRawHeaders(b"cookie")
@@ -1158,6 +1207,20 @@ class OIDCGuard(Resource):
             if canonical_header(name) in self._managed.canonical:
                 out.setRawHeaders(name, values)
         self._respond(request, 200, b"text/plain; charset=utf-8", b"")
+
+
+class _StaticKeys:
+    """Keys from a file, with the one method the bearer validator asks for."""
+
+    def __init__(self, keys: KeySet) -> None:
+        self._keys = keys
+
+    async def keys_for(self, kid: Optional[str]) -> KeySet:
+        return self._keys
+
+
+_EXTERNAL_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
+                        "ES256", "ES384", "ES512", "EdDSA")
 
 
 class _OwnCookies:

@@ -143,6 +143,9 @@ class SchemaTests(SynchronousTestCase):
             text = text.replace("/etc/oidcproxy/" + name, EXAMPLE)
         text = text.replace('{ credential = "redis-password" }', '"redis-pw"')
         text = text.replace('{ credential = "admin-token" }', '"admin-token-0123456789"')
+        # jwks_uri and jwks_file are alternatives: keep the URL.
+        text = text.replace('jwks_file = "/etc/oidcproxy/gateway-jwks.json"', "")
+        text = text.replace('audiences = []', 'audiences = ["orders-api"]')
         text = text.replace('store = "cookie"  ', 'store = "redis"  ')
         # ca_bundle is for TLS only: try the rediss:// spelling of the URL.
         text = text.replace('url = "redis://127.0.0.1', 'url = "rediss://127.0.0.1')

@@ -173,8 +173,11 @@ class BearerTests(SynchronousTestCase):
                       access_token(h, nonce="n")]:
             page = h.browser().get("/api/x", headers=bearer(token))
             self.assertEqual(page.code, 401, token)
-            self.assertEqual(page.header(b"www-authenticate"),
-                             b'Bearer realm="oidcproxy", error="invalid_token"')
+            challenge = page.header(b"www-authenticate")
+            self.assertTrue(challenge.startswith(
+                b'Bearer realm="oidcproxy", error="invalid_token", error_description="'),
+                challenge)
+            self.assertNotIn(token.encode()[-20:], challenge)
         self.assertEqual(h.app.requests, [])
 
     def test_session_or_bearer(self):
@@ -188,6 +191,49 @@ class BearerTests(SynchronousTestCase):
         """On a session-only route a bearer token does not authenticate."""
         h = harness(self)
         self.assertEqual(h.browser().get("/x", headers=bearer(access_token(h))).code, 401)
+
+
+class ExternalIssuerTests(SynchronousTestCase):
+    def test_tokens_of_another_issuer_with_a_jwks_file(self):
+        """[bearer] issuer + jwks_file: that issuer's tokens pass (with its audience); the
+        main IdP's tokens and tokens for another audience do not."""
+        import os
+        import tempfile
+
+        import jwt as pyjwt
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        key = ec.generate_private_key(ec.SECP256R1())
+        jwk = json.loads(pyjwt.algorithms.ECAlgorithm.to_jwk(key.public_key()))
+        jwk.update(kid="gw-1", alg="ES256", use="sig")
+        with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+            json.dump({"keys": [jwk]}, f)
+        self.addCleanup(os.unlink, f.name)
+        h = harness(self, bearer={"issuer": "https://gateway.test", "jwks_file": f.name,
+                                  "audiences": ["orders-api"]})
+        now = int(h.clock.seconds())
+
+        def gateway_token(**claims: Any) -> str:
+            body = {"iss": "https://gateway.test", "aud": "orders-api", "sub": "svc",
+                    "exp": now + 60, "iat": now, "scope": "read", **claims}
+            return pyjwt.encode(body, key, algorithm="ES256", headers={"kid": "gw-1"})
+
+        self.assertEqual(h.browser().get("/api/x", headers=bearer(gateway_token())).code, 200)
+        self.assertEqual(
+            h.browser().get("/api/x", headers=bearer(gateway_token(aud="other"))).code, 401)
+        self.assertEqual(h.browser().get("/api/x", headers=bearer(access_token(h))).code, 401)
+
+    def test_config_requires_audiences(self):
+        """Another issuer needs explicit audiences; jwks_file needs an issuer."""
+        from oidcproxy.config import ConfigError
+
+        e = self.assertRaises(ConfigError, make_config,
+                              bearer={"issuer": "https://gateway.test"})
+        self.assertEqual(e.problems, [
+            "bearer.audiences: is required with another issuer: a token for another resource "
+            "server must be refused"])
+        e = self.assertRaises(ConfigError, make_config, bearer={"jwks_uri": "https://gw/jwks"})
+        self.assertEqual(e.problems, ["bearer.issuer: is required with jwks_uri or jwks_file"])
 
 
 class ForwardAuthTests(SynchronousTestCase):
