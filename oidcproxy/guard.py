@@ -471,7 +471,8 @@ class OIDCGuard(Resource):
         # RFC 6750 3: error_description is printable ASCII without quotes
         # or backslashes; the detail of a TokenError never holds the token.
         description = "".join(c for c in error.detail if 0x20 <= ord(c) < 0x7F and c not in '"\\')
-        challenge = f'Bearer realm="oidcproxy", error="invalid_token", error_description="{description[:200]}"'
+        challenge = ('Bearer realm="oidcproxy", error="invalid_token", '
+                     f'error_description="{description[:200]}"')
         self._finish(request, 401, "invalid_token", "The access token is not valid.",
                      {b"www-authenticate": challenge.encode("ascii")}, as_json=True)
 

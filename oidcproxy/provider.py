@@ -56,6 +56,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 
 from .config import ENDPOINT_KEYS
+from .tls import trust_root
 from .tokens import KeySet, TokenError
 from .upstream import BytesProducer, QuietPool
 
@@ -329,19 +330,6 @@ def _client_over(agent: Any) -> HTTPClient:
     )
 
 
-def _trust_root(path: str) -> Any:
-    from twisted.internet import ssl
-
-    with open(path, "rb") as f:
-        pem = f.read()
-    blocks = re.findall(
-        rb"-----BEGIN CERTIFICATE-----\s.*?-----END CERTIFICATE-----", pem, flags=re.DOTALL
-    )
-    if not blocks:
-        raise ValueError(f"{path} holds no PEM certificate")
-    return ssl.trustRootFromCertificates([ssl.Certificate.loadPEM(block) for block in blocks])
-
-
 def make_http_client(
     reactor: Any, ca_bundle: Optional[str] = None, timeout_connect: float = 5.0
 ) -> HTTPClient:
@@ -357,7 +345,7 @@ def make_http_client(
     """
     pool = QuietPool(reactor, persistent=True)
     if ca_bundle is not None:
-        policy = webclient.BrowserLikePolicyForHTTPS(trustRoot=_trust_root(ca_bundle))
+        policy = webclient.BrowserLikePolicyForHTTPS(trustRoot=trust_root(ca_bundle))
     else:
         policy = webclient.BrowserLikePolicyForHTTPS()
     agent = webclient.Agent(reactor, contextFactory=policy, connectTimeout=timeout_connect, pool=pool)

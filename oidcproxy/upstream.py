@@ -34,6 +34,7 @@ from zope.interface import implementer
 from .config import IPNetwork, RouteConfig, UpstreamSettings
 from .pages import render_error
 from .routes import BadRequestTarget, RouteMatch, RouteTable
+from .tls import trust_root
 
 log = Logger()
 
@@ -215,7 +216,7 @@ class UpstreamClient:
         pool.maxPersistentPerHost = settings.max_idle_connections
         pool.retryAutomatically = True
         if settings.ca_bundle:
-            policy = client.BrowserLikePolicyForHTTPS(trustRoot=_load_ca_bundle(settings.ca_bundle))
+            policy = client.BrowserLikePolicyForHTTPS(trustRoot=trust_root(settings.ca_bundle))
         else:
             policy = client.BrowserLikePolicyForHTTPS()
         agent = Agent(
@@ -230,21 +231,6 @@ class UpstreamClient:
         if self.pool is None:
             return succeed(None)
         return self.pool.closeCachedConnections()
-
-
-def _load_ca_bundle(path: str) -> Any:
-    from twisted.internet import ssl
-
-    with open(path, "rb") as f:
-        pem = f.read()
-    certs = []
-    marker = b"-----END CERTIFICATE-----"
-    for block in pem.split(marker):
-        if b"-----BEGIN CERTIFICATE-----" in block:
-            certs.append(ssl.Certificate.loadPEM(block + marker))
-    if not certs:
-        raise ValueError(f"{path} holds no PEM certificate")
-    return ssl.trustRootFromCertificates(certs)
 
 
 def origin(url: str) -> str:

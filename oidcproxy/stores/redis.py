@@ -44,6 +44,7 @@ from zope.interface import implementer
 
 from ..crypto import Sealer
 from ..session import ISessionStore, Session, SessionStoreUnavailable
+from ..tls import trust_root
 
 log = Logger()
 
@@ -402,19 +403,6 @@ class RedisStore:
 # -- the connection pool ------------------------------------------------------------------
 
 
-def _trust_root(path: str) -> Any:
-    from twisted.internet import ssl
-
-    with open(path, "rb") as f:
-        pem = f.read()
-    blocks = re.findall(
-        rb"-----BEGIN CERTIFICATE-----\s.*?-----END CERTIFICATE-----", pem, flags=re.DOTALL
-    )
-    if not blocks:
-        raise ValueError(f"{path} holds no PEM certificate")
-    return ssl.trustRootFromCertificates([ssl.Certificate.loadPEM(block) for block in blocks])
-
-
 def _parse_url(url: str) -> Tuple[bool, str, int, Optional[str], Optional[str], Optional[int]]:
     """C{(tls, host, port, username, password, db)} of a redis:// or rediss:// URL."""
     parts = urlsplit(url)
@@ -496,7 +484,7 @@ def build_redis(
     elif master_name is not None:
         raise ValueError("master_name is only used with sentinel")
 
-    trust_root = _trust_root(ca_bundle) if ca_bundle is not None else None
+    trusted = trust_root(ca_bundle) if ca_bundle is not None else None
     from twisted.internet import reactor
 
     kinds = _pool_classes(reactor)
@@ -508,7 +496,7 @@ def build_redis(
         plain = HostnameEndpoint(reactor, host, port, timeout=connect_timeout)
         if not tls:
             return plain
-        return wrapClientTLS(optionsForClientTLS(host, trustRoot=trust_root), plain)
+        return wrapClientTLS(optionsForClientTLS(host, trustRoot=trusted), plain)
 
     settings = dict(
         dbid=db, poolsize=pool_size, isLazy=True, charset="utf-8", password=password,
