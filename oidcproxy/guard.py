@@ -26,7 +26,7 @@ import base64
 import json
 from collections import OrderedDict
 from html import escape
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 from urllib.parse import unquote_to_bytes
 
 import attr
@@ -91,7 +91,7 @@ def is_browser_navigation(request: Request) -> bool:
     top-level browser navigation) rather than get a 401 (API calls, XHR,
     fetches, images, anything but GET/HEAD) — like mod_auth_openidc.
     """
-    if request.method not in (b"GET", b"HEAD"):
+    if _method(request) not in (b"GET", b"HEAD"):
         return False
     headers = request.requestHeaders
     xrw = headers.getRawHeaders(b"x-requested-with")
@@ -381,7 +381,7 @@ class OIDCGuard(Resource):
         """Authenticate and authorize C{request} for its route, then pass it on."""
         route = match.route
         setattr(request, "oidcproxy_route", route)  # noqa: B010 - read by the access log
-        if route.methods and request.method.decode("ascii", "replace") not in route.methods:
+        if route.methods and _method(request).decode("ascii", "replace") not in route.methods:
             self._finish(request, 405, "method_not_allowed", "This method is not allowed here.",
                          {b"allow": ", ".join(route.methods).encode("ascii")})
             return
@@ -1169,19 +1169,42 @@ class OIDCGuard(Resource):
                          "Forward-auth requests must come from trusted_proxies.", as_json=True)
             return
 
-        def first(*names: bytes) -> Optional[bytes]:
+        def described(*names: bytes) -> Tuple[bool, Optional[bytes]]:
+            """The one value these headers agree on; (False, None) when they disagree."""
+            found: Set[bytes] = set()
             for name in names:
-                values = headers.getRawHeaders(name)
-                if values:
-                    return values[0]
-            return None
+                found.update(headers.getRawHeaders(name, []))
+            if len(found) > 1:
+                return False, None
+            return True, next(iter(found), None)
 
-        method = first(b"x-forwarded-method", b"x-original-method") or b"GET"
-        host = first(b"x-forwarded-host")
-        uri = first(b"x-forwarded-uri", b"x-original-uri")
-        original_url = first(b"x-original-url")
-        if uri is None and original_url is not None:
-            uri = original_url
+        ok_method, method = described(b"x-forwarded-method", b"x-original-method")
+        ok_host, host = described(b"x-forwarded-host")
+        # X-Original-URL is absolute (nginx's $scheme://$host$request_uri): its path and query
+        # must agree with the other spellings of the original URI.
+        urls = headers.getRawHeaders(b"x-original-url", [])
+        url_targets: Set[bytes] = set()
+        for url in urls:
+            if not url:
+                continue
+            if url.startswith(b"/"):
+                url_targets.add(url)
+            else:
+                scheme_end = url.find(b"://")
+                slash = url.find(b"/", scheme_end + 3) if scheme_end != -1 else -1
+                url_targets.add(url[slash:] if slash != -1 else b"/")
+        ok_uri, uri = described(b"x-forwarded-uri", b"x-original-uri")
+        if url_targets:
+            if uri is not None:
+                url_targets.add(uri)
+            ok_uri = ok_uri and len(url_targets) == 1
+            uri = next(iter(url_targets))
+        if not (ok_method and ok_host and ok_uri):
+            log.warn("forward-auth request refused: conflicting descriptions of the original request")
+            self._finish(request, 400, "bad_request",
+                         "The headers describing the original request disagree.", as_json=True)
+            return
+        method = method or b"GET"
         if uri is None:
             self._finish(request, 400, "bad_request",
                          "X-Forwarded-Uri (or X-Original-URL) is required.", as_json=True)
@@ -1198,7 +1221,9 @@ class OIDCGuard(Resource):
             return
         redirect = request.args.get(b"redirect", [b""])[0] in (b"1", b"true")
         setattr(request, "oidcproxy_forward_auth", redirect)  # noqa: B010
-        request.method = method
+        # Judged as the original method; the answer itself is to this request
+        # (a HEAD original must not make our own answer bodiless).
+        setattr(request, "oidcproxy_method", method)  # noqa: B010
         await self._route_request(request, match, authorization)
 
     def _forward_auth_allowed(self, request: Request) -> None:
@@ -1281,9 +1306,15 @@ def _peer(request: Request) -> Optional[str]:
     return getattr(request.getClientAddress(), "host", None)
 
 
+def _method(request: Request) -> bytes:
+    """The method to judge: the original request's in forward-auth mode."""
+    method: bytes = getattr(request, "oidcproxy_method", None) or request.method
+    return method
+
+
 def _is_preflight(request: Request) -> bool:
     """A CORS preflight: OPTIONS with Access-Control-Request-Method."""
-    return request.method == b"OPTIONS" and \
+    return _method(request) == b"OPTIONS" and \
         request.requestHeaders.hasHeader(b"access-control-request-method")
 
 

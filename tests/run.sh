@@ -2,7 +2,8 @@
 # The whole test suite, on a fresh machine of this kind (Debian, root, the
 # package registries reachable). Installs what it needs:
 #   - Debian: pypy3 and pypy3-venv (for the PyPy run), chromium and
-#     chromium-driver (the browser login test), when missing;
+#     chromium-driver (the browser login test), nginx (the forward-auth
+#     test), when missing;
 #   - the npm package oidc-provider (the real OpenID Provider of the
 #     interoperability tests) from tests/integration/op/package-lock.json;
 #   - a CPython venv (.venv-cpython) with the project and the checkers;
@@ -25,6 +26,8 @@ dpkg -s pypy3-venv >/dev/null 2>&1 || need_apt+=(pypy3-venv)
 # Headless browser for tests/integration/test_login_interop.py.
 [ -x /usr/bin/chromium ] || need_apt+=(chromium)
 [ -x /usr/bin/chromedriver ] || need_apt+=(chromium-driver)
+# The front proxy of tests/integration/test_forward_auth.py.
+[ -x /usr/sbin/nginx ] || need_apt+=(nginx)
 if [ ${#need_apt[@]} -gt 0 ]; then
     step "installing Debian packages: ${need_apt[*]}"
     export DEBIAN_FRONTEND=noninteractive

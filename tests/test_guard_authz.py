@@ -293,6 +293,32 @@ class ForwardAuthTests(SynchronousTestCase):
         self.assertEqual(self.fa(h, "/api/x", bearer(access_token(h))).code, 200)
         self.assertEqual(self.fa(h, "/api/x", bearer("garbage")).code, 401)
 
+    def test_head_original_gets_whole_answer(self):
+        """A HEAD original (Traefik sends X-Forwarded-Method: HEAD on a GET) is judged as HEAD,
+        but the answer to the GET keeps its body and Content-Length consistent."""
+        h = harness(self, **self.TRUSTED)
+        page = self.fa(h, "/x", method=b"HEAD")
+        self.assertEqual(page.code, 401)
+        self.assertEqual(json.loads(page.body)["error"], "unauthenticated")
+
+    def test_conflicting_descriptions_refused(self):
+        """Spellings of the original request that disagree (one set by the front proxy, one
+        passed through from the client) are refused with 400, not resolved silently."""
+        h = harness(self, **self.TRUSTED)
+        browser = h.logged_in(sub="bob", claims=BOB)
+        for headers in [
+            {b"x-forwarded-uri": [b"/admin"], b"x-original-uri": [b"/public/x"]},
+            {b"x-original-uri": [b"/admin"], b"x-original-url": [b"http://app.test/public/x"]},
+            {b"x-forwarded-uri": [b"/admin", b"/public/x"]},
+            {b"x-forwarded-uri": [b"/x"], b"x-forwarded-method": [b"GET"],
+             b"x-original-method": [b"POST"]},
+        ]:
+            page = browser.get("/oidc/auth", headers=headers)
+            self.assertEqual(page.code, 400, headers)
+        agreeing = {b"x-forwarded-uri": [b"/public/x"], b"x-original-uri": [b"/public/x"],
+                    b"x-original-url": [b"http://app.test/public/x"]}
+        self.assertEqual(browser.get("/oidc/auth", headers=agreeing).code, 200)
+
     def test_missing_uri(self):
         """Without the original URI: 400."""
         h = harness(self, **self.TRUSTED)
