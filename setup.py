@@ -20,6 +20,10 @@ setup(
         "treq>=23.11.0",
         "pyjwt[crypto]>=2.8.0",
         "txredisapi>=1.4.10",
+        # Prometheus metrics: the exposition format and a Twisted
+        # MetricsResource for the [metrics] listener. 0.17 is the oldest
+        # tested (and typed).
+        "prometheus-client>=0.17.0",
         "service-identity>=21.1.0",
         "pyopenssl>=23.2.0",
         "cryptography>=41.0.0",

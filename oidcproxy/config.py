@@ -125,6 +125,11 @@ class UpstreamSettings:
     """Idle keep-alive connections kept per upstream."""
     ca_bundle: Optional[str] = None
     """PEM file of CA certificates trusted for https upstreams (default: the system's)."""
+    client_cert: Optional[str] = None
+    """PEM file of the client certificate presented to https upstreams that ask for
+    one (mutual TLS), optionally followed by its intermediate CAs; with C{client_key}."""
+    client_key: Optional[str] = None
+    """PEM file of C{client_cert}'s private key (unencrypted); may be the same file."""
 
 
 @attr.s(frozen=True, auto_attribs=True)
@@ -275,6 +280,14 @@ class AdminConfig:
 
 
 @attr.s(frozen=True, auto_attribs=True)
+class MetricsConfig:
+    """The C{[metrics]} table: Prometheus metrics on a listener of their own."""
+
+    listen: str = "tcp:9102:interface=127.0.0.1"
+    """Twisted endpoint string of the metrics listener (C{GET /metrics})."""
+
+
+@attr.s(frozen=True, auto_attribs=True)
 class Config:
     source: str
     listen: Tuple[str, ...] = ("tcp:8080:interface=127.0.0.1",)
@@ -291,6 +304,7 @@ class Config:
     redis: Optional[RedisConfig] = None
     state_cookie: StateCookieConfig = StateCookieConfig()
     admin: Optional[AdminConfig] = None
+    metrics: Optional[MetricsConfig] = None
     bearer: BearerConfig = BearerConfig()
     headers: Tuple[Tuple[str, Tuple[str, ...]], ...] = (
         ("X-Forwarded-User", ("preferred_username", "sub")),
@@ -666,7 +680,19 @@ def _upstream_settings(t: _Table, base: UpstreamSettings) -> UpstreamSettings:
         max_connections=t.integer("max_connections", base.max_connections, minimum=1),
         max_idle_connections=t.integer("max_idle_connections", base.max_idle_connections),
         ca_bundle=t.string("ca_bundle", base.ca_bundle, check=_readable_file),
+        **_client_certificate(t, base),
     )
+
+
+def _client_certificate(t: _Table, base: UpstreamSettings) -> Dict[str, Optional[str]]:
+    """C{client_cert} and C{client_key}: a table that sets one sets both."""
+    cert = t.string("client_cert", base.client_cert, check=_readable_file)
+    key = t.string("client_key", base.client_key, check=_readable_file)
+    for given, missing in (("client_cert", "client_key"), ("client_key", "client_cert")):
+        if t.has(given) and not t.has(missing):
+            t.problem(missing, f"is required with {given} (both or neither)")
+            return {"client_cert": base.client_cert, "client_key": base.client_key}
+    return {"client_cert": cert, "client_key": key}
 
 
 _UPSTREAM_KEYS = (
@@ -676,6 +702,8 @@ _UPSTREAM_KEYS = (
     "max_connections",
     "max_idle_connections",
     "ca_bundle",
+    "client_cert",
+    "client_key",
 )
 
 
@@ -978,6 +1006,14 @@ def _headers(t: _Table) -> Tuple[Tuple[str, Tuple[str, ...]], ...]:
     return tuple(out)
 
 
+def _endpoint_string(text: str) -> str:
+    """A Twisted server endpoint string: C{type:args}, checked for its shape only."""
+    kind = text.split(":", 1)[0]
+    if not text.strip() or not kind or not kind.replace("-", "").isalnum():
+        raise ValueError(f"{text!r} is not a Twisted endpoint string like \"tcp:9102:interface=127.0.0.1\"")
+    return text
+
+
 def _endpoint_prefix(text: str) -> str:
     prefix = _route_prefix(text)
     if prefix == "/":
@@ -1087,6 +1123,13 @@ def parse_config(data: Dict[str, Any], source: str) -> Config:
             if len(token.reveal()) < 16:
                 problems.add("admin.token", f"the token from {token.origin} is shorter than 16 characters")
             admin = AdminConfig(token=token, listen=listen_admin)
+    metrics = None
+    metrics_table = top.table("metrics")
+    if metrics_table is not None:
+        metrics = MetricsConfig(
+            listen=metrics_table.string("listen", "tcp:9102:interface=127.0.0.1",
+                                       check=_endpoint_string))
+        metrics_table.done()
     state_cookie = StateCookieConfig()
     state_table = top.table("state_cookie")
     if state_table is not None:
@@ -1130,6 +1173,7 @@ def parse_config(data: Dict[str, Any], source: str) -> Config:
         redis=redis,
         state_cookie=state_cookie,
         admin=admin,
+        metrics=metrics,
         bearer=bearer,
         headers=headers,
     )

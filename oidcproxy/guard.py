@@ -32,6 +32,7 @@ from urllib.parse import unquote_to_bytes
 import attr
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.resource import IResource, Resource, getChildForRequest
 from twisted.web.server import NOT_DONE_YET, Request
 
@@ -48,6 +49,7 @@ from .cookies import (
 )
 from .crypto import Sealer
 from .login import LoginFlow, safe_return_to
+from .metrics import Metrics, NullMetrics
 from .pages import render_error
 from .provider import ClientAuth, Provider, ProviderError, make_http_client
 from .refresh import Refresher
@@ -70,6 +72,8 @@ ACCESS_TOKEN_HEADER = "X-Forwarded-Access-Token"
 ID_TOKEN_HEADER = "X-Forwarded-Id-Token"
 _ASYMMETRIC = ("RS", "PS", "ES", "Ed")
 _CONSUMED_STATES = 10_000
+_ENDPOINTS = ("/auth", "/login", "/logout", "/userinfo", "/backchannel-logout", "/health", "/ready")
+"""The endpoints under endpoints_prefix (besides the callback)."""
 
 
 @attr.s(frozen=True, auto_attribs=True)
@@ -172,6 +176,9 @@ class OIDCGuard(Resource):
         out. The default fits a plain Twisted C{Site}, whose request headers
         may not exceed 16 KiB in all; the proxy's own site takes more and
         raises it.
+    @param metrics: where requests, logins, token failures, refreshes, and the
+        IdP and Redis calls of the provider and store built here are counted
+        (default: a L{Metrics} of its own, see L{metrics}).
     """
 
     isLeaf = True
@@ -187,8 +194,10 @@ class OIDCGuard(Resource):
         routes: Optional[RouteTable] = None,
         max_cookie_bytes: int = 12 * 1024,
         revocations: Any = None,
+        metrics: Optional[NullMetrics] = None,
     ) -> None:
         super().__init__()
+        self._metrics = metrics if metrics is not None else Metrics()
         self._max_cookie_bytes = max_cookie_bytes
         if reactor is None:
             from twisted.internet import reactor as default_reactor
@@ -240,9 +249,9 @@ class OIDCGuard(Resource):
         if oidc is not None:
             sealer = Sealer([x.reveal().encode("utf-8") for x in s.secrets])
             if self._store is None:
-                self._store = _build_store(config, sealer, reactor)
+                self._store = _build_store(config, sealer, reactor, self._metrics)
                 if revocations is None and s.store == "cookie" and config.redis is not None:
-                    revocations = _build_redis_store(config, sealer, reactor)
+                    revocations = _build_redis_store(config, sealer, reactor, self._metrics)
             self._revocations = revocations
             if provider is None:
                 provider = Provider(
@@ -265,6 +274,7 @@ class OIDCGuard(Resource):
                     max_response_size=oidc.max_response_size,
                     jwks_ttl=oidc.jwks_cache_ttl,
                     jwks_min_refresh=oidc.jwks_min_refresh_interval,
+                    metrics=self._metrics,
                 )
             self._provider = provider
             state = config.state_cookie
@@ -273,7 +283,7 @@ class OIDCGuard(Resource):
             self._refresher = Refresher(
                 provider, self._validate_refreshed, self._store, reactor,
                 mode=s.refresh, leeway=s.refresh_leeway, interval=s.refresh_interval,
-                lease=2 * oidc.timeout + 5.0,
+                lease=2 * oidc.timeout + 5.0, metrics=self._metrics,
             )
             self._login = LoginFlow(
                 sealer=sealer,
@@ -292,6 +302,11 @@ class OIDCGuard(Resource):
     def store(self) -> Optional[ISessionStore]:
         """The session store (for the admin API)."""
         return self._store
+
+    @property
+    def metrics(self) -> NullMetrics:
+        """Where this guard counts (its C{registry}, for a L{Metrics})."""
+        return self._metrics
 
     # -- life cycle -------------------------------------------------------------
 
@@ -312,9 +327,17 @@ class OIDCGuard(Resource):
 
     def render(self, request: Request) -> Any:
         self.start()
+        request.notifyFinish().addBoth(self._count_request, request)
         d = Deferred.fromCoroutine(self._handle(request))
         d.addErrback(self._unexpected, request)
         return NOT_DONE_YET
+
+    def _count_request(self, result: Any, request: Request) -> None:
+        """Count an answered request (499: the client went away first) by route or endpoint."""
+        route = getattr(request, "oidcproxy_route", None)
+        label = getattr(request, "oidcproxy_endpoint", None) or \
+            (route.name if route is not None else "-")
+        self._metrics.request(label, 499 if isinstance(result, Failure) else request.code)
 
     def _unexpected(self, failure: Any, request: Request) -> None:
         log.failure("unexpected error while handling a request", failure)
@@ -366,10 +389,14 @@ class OIDCGuard(Resource):
         self._strip_own_cookies(request)
 
         if path == self._callback_path:
+            setattr(request, "oidcproxy_endpoint", "oidc:callback")  # noqa: B010 - for the metrics
             await self._callback(request)
             return
         if path == self._prefix or path.startswith(self._prefix + "/"):
-            await self._endpoint(request, path[len(self._prefix):], authorization)
+            name = path[len(self._prefix):]
+            setattr(request, "oidcproxy_endpoint",  # noqa: B010 - for the metrics
+                    "oidc:" + (name[1:] if name in _ENDPOINTS else "unknown"))
+            await self._endpoint(request, name, authorization)
             return
         if match is None:
             self._finish(request, 404, "not_found", "No route matches this URL.")
@@ -468,6 +495,7 @@ class OIDCGuard(Resource):
 
     def _bearer_denied(self, request: Request, error: TokenError) -> None:
         log.info("bearer token refused: {reason}", reason=error.reason)
+        self._metrics.token_invalid("access_token", error.reason)
         # RFC 6750 3: error_description is printable ASCII without quotes
         # or backslashes; the detail of a TokenError never holds the token.
         description = "".join(c for c in error.detail if 0x20 <= ord(c) < 0x7F and c not in '"\\')
@@ -711,7 +739,11 @@ class OIDCGuard(Resource):
         """A refreshed ID token: the usual checks, without a nonce."""
         assert self._provider is not None and self._provider.metadata is not None
         validator = self._validator_for(self._provider.metadata.id_token_signing_alg_values_supported)
-        return validator.validate(id_token, keys, None)
+        try:
+            return validator.validate(id_token, keys, None)
+        except TokenError as e:
+            self._metrics.token_invalid("id_token", e.reason)
+            raise
 
     def _set_identity(self, request: Request, session: Session) -> None:
         setattr(request, "oidcproxy_identity", Identity(  # noqa: B010
@@ -773,12 +805,14 @@ class OIDCGuard(Resource):
             return
         metadata = provider.metadata if provider.ready else None
         if metadata is None:
+            self._metrics.login_failed("idp_not_ready")
             self._finish(request, 503, "idp_unavailable",
                          "The identity provider cannot be reached yet. Please try again shortly.",
                          {b"retry-after": b"5"}, cookies)
             return
         location, state_cookies = login.start(
             request.received_cookies, return_to, metadata.authorization_endpoint)
+        self._metrics.login_started()
         self._redirect(request, location, [*cookies, *state_cookies])
 
     def _respond(self, request: Request, code: int, content_type: bytes, body: bytes,
@@ -848,6 +882,7 @@ class OIDCGuard(Resource):
         for key in (b"state", b"code", b"error", b"iss", b"error_description"):
             if len(args.get(key, [])) > 1:
                 log.info("callback refused: duplicated parameter {name}", name=key.decode())
+                self._metrics.login_failed("bad_callback")
                 self._finish(request, 400, "bad_callback", "The login answer is malformed.")
                 return
         state = _arg(args, b"state")
@@ -857,17 +892,20 @@ class OIDCGuard(Resource):
         if error is not None:
             shown = error if error.replace("_", "").isalnum() and len(error) <= 64 else "error"
             log.info("login refused by the identity provider: {error}", error=shown)
+            self._metrics.login_failed("idp_refused")
             self._finish(request, 403, "login_refused",
                          f"The identity provider refused the login ({shown}).", cookies=cookies)
             return
         if attempt is None:
             log.info("login failed: {reason}", reason=reason)
+            self._metrics.login_failed(reason)
             self._finish(request, 401 if state else 400, "login_failed",
                          "This login attempt is unknown or has expired. Please start again.",
                          cookies=cookies)
             return
         if not self._consume_state(attempt.state):
             log.info("login failed: {reason}", reason="state_replayed")
+            self._metrics.login_failed("state_replayed")
             self._finish(request, 401, "login_failed", "This login attempt was already used.",
                          cookies=cookies)
             return
@@ -889,8 +927,12 @@ class OIDCGuard(Resource):
             header = peek_header(id_token)
             kid = header.get("kid")
             keys = await provider.keys_for(kid if isinstance(kid, str) else None)
-            claims = self._validator_for(metadata.id_token_signing_alg_values_supported).validate(
-                id_token, keys, attempt.nonce, access_token)
+            try:
+                claims = self._validator_for(metadata.id_token_signing_alg_values_supported).validate(
+                    id_token, keys, attempt.nonce, access_token)
+            except TokenError as e:
+                self._metrics.token_invalid("id_token", e.reason)
+                raise
             if self._oidc is not None and self._oidc.userinfo and access_token:
                 info = await provider.userinfo(access_token)
                 if info.get("sub") != claims["sub"]:
@@ -901,12 +943,14 @@ class OIDCGuard(Resource):
                 claims = merged
         except TokenError as e:
             log.warn("login failed: {reason}: {detail}", reason=e.reason, detail=e.detail)
+            self._metrics.login_failed(e.reason)
             self._finish(request, 401, "login_failed",
                          "The login could not be verified. Please start again.", cookies=cookies)
             return
         except ProviderError as e:
             log.warn("login failed: identity provider: {reason}: {detail}",
                      reason=e.reason, detail=e.detail)
+            self._metrics.login_failed("idp_" + e.reason)
             status = e.status if e.status in (401, 502, 503, 504) else 502
             message = {
                 401: "The login could not be completed. Please start again.",
@@ -946,10 +990,12 @@ class OIDCGuard(Resource):
         except CookieTooLarge:
             log.warn("login failed: the session does not fit in the cookies "
                      "(set session.store_tokens = false or raise session.max_cookie_chunks)")
+            self._metrics.login_failed("session_too_large")
             self._finish(request, 500, "session_too_large",
                          "The session is too large to be stored.", cookies=cookies)
             return
         log.info("login of {sub}", sub=session.sub)
+        self._metrics.login_completed()
         self._redirect(request, self._public + attempt.return_to, [*cookies, *session_cookies])
 
     # -- endpoints --------------------------------------------------------------
@@ -966,8 +1012,55 @@ class OIDCGuard(Resource):
             await self._userinfo_endpoint(request)
         elif name == "/backchannel-logout":
             await self._backchannel_logout(request)
+        elif name == "/health":
+            self._health_endpoint(request)
+        elif name == "/ready":
+            await self._ready_endpoint(request)
         else:
             self._finish(request, 404, "not_found", "No such endpoint.")
+
+    def _health_endpoint(self, request: Request) -> None:
+        """Liveness: the process serves requests. No authentication, never cached."""
+        if request.method not in (b"GET", b"HEAD"):
+            self._finish(request, 405, "method_not_allowed", "Use GET.", {b"allow": b"GET, HEAD"},
+                         as_json=True)
+            return
+        self._respond(request, 200, b"application/json", b'{"status": "ok"}')
+
+    async def _ready_endpoint(self, request: Request) -> None:
+        """
+        Readiness: 200 once the IdP's discovery document and keys are loaded
+        and Redis (when sessions or the revocation list live there) answers a
+        PING within its command timeout; else 503 naming what is not ready.
+        No authentication, never cached.
+        """
+        if request.method not in (b"GET", b"HEAD"):
+            self._finish(request, 405, "method_not_allowed", "Use GET.", {b"allow": b"GET, HEAD"},
+                         as_json=True)
+            return
+        checks: Dict[str, str] = {}
+        if self._provider is not None:
+            checks["idp"] = "ok" if self._provider.ready else \
+                "the discovery document or the signing keys are not loaded yet"
+        stores = [self._store] if self._config.session.store == "redis" else []
+        stores.append(self._revocations)
+        for store in stores:
+            ping = getattr(store, "ping", None)
+            if ping is None:
+                continue
+            try:
+                await ping()
+            except SessionStoreUnavailable:
+                checks["redis"] = "no answer to PING within the command timeout"
+            else:
+                checks.setdefault("redis", "ok")
+        not_ready = sorted(name for name, state in checks.items() if state != "ok")
+        document: Dict[str, Any] = {"status": "not_ready" if not_ready else "ready",
+                                    "checks": checks}
+        if not_ready:
+            document["not_ready"] = not_ready
+        self._respond(request, 503 if not_ready else 200, b"application/json",
+                      json.dumps(document).encode("utf-8"))
 
     async def _login_endpoint(self, request: Request) -> None:
         if request.method not in (b"GET", b"HEAD"):
@@ -1122,6 +1215,8 @@ class OIDCGuard(Resource):
         except (TokenError, UnicodeDecodeError) as e:
             reason = getattr(e, "reason", "malformed")
             log.warn("back-channel logout refused: {reason}", reason=reason)
+            self._metrics.token_invalid("logout_token",
+                                        reason if isinstance(e, TokenError) else "malformed")
             self._finish(request, 400, "invalid_request", "The logout token is not valid.",
                          as_json=True)
             return
@@ -1262,15 +1357,17 @@ class _OwnCookies:
         return self._login is not None and name in self._login.names
 
 
-def _build_store(config: Config, sealer: Sealer, reactor: Any) -> ISessionStore:
+def _build_store(config: Config, sealer: Sealer, reactor: Any,
+                 metrics: Optional[NullMetrics] = None) -> ISessionStore:
     """The configured session store."""
     s = config.session
     if s.store == "redis" and config.redis is not None:
-        return _build_redis_store(config, sealer, reactor)
+        return _build_redis_store(config, sealer, reactor, metrics)
     return CookieStore(sealer, store_tokens=s.store_tokens)
 
 
-def _build_redis_store(config: Config, sealer: Sealer, reactor: Any) -> Any:
+def _build_redis_store(config: Config, sealer: Sealer, reactor: Any,
+                       metrics: Optional[NullMetrics] = None) -> Any:
     """A Redis store from C{[redis]}."""
     from .stores.redis import RedisStore, build_redis
 
@@ -1288,7 +1385,7 @@ def _build_redis_store(config: Config, sealer: Sealer, reactor: Any) -> Any:
         master_name=r.master_name,
     )
     return RedisStore(pool, sealer, reactor, key_prefix=r.key_prefix,
-                      command_timeout=r.command_timeout)
+                      command_timeout=r.command_timeout, metrics=metrics)
 
 
 def _return_to(request: Request) -> str:

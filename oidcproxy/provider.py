@@ -56,7 +56,8 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 
 from .config import ENDPOINT_KEYS
-from .tls import trust_root
+from .metrics import NullMetrics
+from .tls import describe_tls_error, trust_root
 from .tokens import KeySet, TokenError
 from .upstream import BytesProducer, QuietPool
 
@@ -407,6 +408,9 @@ class _PendingCall:
 
 def _describe_failure(e: BaseException) -> str:
     """A short description of a transport failure (no request data in it)."""
+    tls = describe_tls_error(e)
+    if tls is not None:
+        return tls
     reasons = getattr(e, "reasons", None)
     if reasons:
         first = reasons[0]
@@ -519,6 +523,7 @@ class Provider:
         jwks_min_refresh: float = 60.0,
         retry_initial: float = 1.0,
         retry_max: float = 60.0,
+        metrics: Optional[NullMetrics] = None,
     ) -> None:
         """
         @param issuer: the issuer identifier, exactly as the provider spells it.
@@ -531,6 +536,8 @@ class Provider:
             required (C{issuer}, if given, must be C{issuer}); with discovery
             they override what the provider says.
         @param discovery_params: extra query parameters of the discovery request.
+        @param metrics: times the requests and counts JWKS refetches (an
+            L{oidcproxy.metrics.Metrics}; default: nothing is counted).
 
         @raise ValueError: a bad issuer, endpoint or setting.
         """
@@ -595,6 +602,7 @@ class Provider:
         self._retry_delay = self._retry_initial
         self._ready_waiters: List[Deferred[Provider]] = []
         self._calls: Set[_PendingCall] = set()
+        self._metrics = metrics if metrics is not None else NullMetrics()
 
     # -- life cycle
 
@@ -788,6 +796,7 @@ class Provider:
             last = self._jwks_attempted_at
             if last is not None and now - last < self._jwks_min_refresh:
                 return keys
+            self._metrics.jwks_refetch("unknown_kid" if unknown else "expired")
         try:
             return await self._shared_jwks_fetch()
         except ProviderError:
@@ -1105,8 +1114,11 @@ class Provider:
         call.deferred = d
         self._calls.add(call)
         timer = self._clock.callLater(self._timeout, call.cancel, "timeout")
+        started = self._clock.seconds()
+        answer: Optional[_Answer] = None
         try:
-            return await d
+            answer = await d
+            return answer
         except (CancelledError, ProviderError):
             if call.cancelled_by == "timeout":
                 raise ProviderError(
@@ -1121,6 +1133,19 @@ class Provider:
             self._calls.discard(call)
             if timer.active():
                 timer.cancel()
+            self._count_request(what, call, answer, started)
+
+    def _count_request(self, what: str, call: _PendingCall, answer: Optional[_Answer],
+                       started: float) -> None:
+        """Time one request for the metrics, by endpoint and outcome (not when stopping)."""
+        if call.cancelled_by == "stop":
+            return
+        if answer is not None:
+            outcome = "ok" if 200 <= answer.code < 300 else "http_error"
+        else:
+            outcome = "timeout" if call.cancelled_by == "timeout" else "error"
+        endpoint = what.split()[0].lower()  # discovery, jwks, token, userinfo, ...
+        self._metrics.idp_request(endpoint, outcome, self._clock.seconds() - started)
 
     async def _transfer(
         self,

@@ -26,6 +26,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
+from .metrics import NullMetrics
 from .provider import Provider, ProviderError
 from .session import Session, SessionStoreUnavailable
 from .tokens import TokenError, peek_header
@@ -51,6 +52,15 @@ class RefreshOutcome:
     """The store's cookie value for the refreshed session, when the browser needs a new one."""
 
 
+def _outcome(result: Any) -> str:
+    """A refresh's outcome as a metrics label."""
+    if not isinstance(result, RefreshOutcome):
+        return "error"
+    if result.session is not None:
+        return "success"
+    return "ended" if result.ended else "unavailable"
+
+
 def _hash(text: Optional[str]) -> str:
     return hashlib.sha256((text or "").encode("utf-8")).hexdigest()[:32]
 
@@ -65,6 +75,8 @@ class Refresher:
     @param mode: C{off}, C{on_expiry} or C{interval}.
     @param lease: how long a cross-process refresh lock is held at most; longer
         than the IdP timeout.
+    @param metrics: counts each refresh by outcome (an
+        L{oidcproxy.metrics.Metrics}; default: nothing is counted).
     """
 
     def __init__(
@@ -78,7 +90,9 @@ class Refresher:
         leeway: float = 60.0,
         interval: float = 300.0,
         lease: float = 15.0,
+        metrics: Optional[NullMetrics] = None,
     ) -> None:
+        self._metrics = metrics if metrics is not None else NullMetrics()
         self._provider = provider
         self._validate = validate_id_token
         self._store = store
@@ -117,6 +131,7 @@ class Refresher:
 
             def forget(result: Any) -> Any:
                 self._inflight.pop(key, None)
+                self._metrics.refresh(_outcome(result))
                 if isinstance(result, RefreshOutcome) and result.session is not None:
                     self._remember(key, result)
                 return result

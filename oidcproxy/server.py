@@ -16,6 +16,7 @@ from twisted.web import server
 from twisted.web.http import HTTPChannel
 from twisted.web.resource import IResource
 
+from .metrics import NullMetrics
 from .pages import error_body
 
 access_log = Logger(namespace="oidcproxy.access")
@@ -95,6 +96,8 @@ class ProxyRequest(server.Request):
             self.code = 413
             self.sentLength = len(body)
             site.log_request(self)
+            # The guard counts every other request; this one never reaches it.
+            site.metrics.request(route.name if route is not None else "-", 413)
         transport: Any = self.channel.transport
         transport.write(head + body)
         transport.loseConnection()
@@ -131,6 +134,8 @@ class ProxySite(server.Site):
     query string, a cookie or an C{Authorization} value.
 
     @param body_limit: C{(host header, raw request target) -> max body bytes}.
+    @param metrics: counts the requests refused before they reach the
+        resource (an L{oidcproxy.metrics.Metrics}; the guard counts the rest).
     """
 
     requestFactory = ProxyRequest
@@ -145,8 +150,10 @@ class ProxySite(server.Site):
         access_log: bool = True,
         reactor: Any = None,
         max_header_size: int = 16384,
+        metrics: Optional[NullMetrics] = None,
     ) -> None:
         super().__init__(resource, timeout=keepalive_timeout, reactor=reactor)
+        self.metrics = metrics if metrics is not None else NullMetrics()
         self.max_header_size = max_header_size
         self.clock = clock
         self.body_limit = body_limit

@@ -19,6 +19,7 @@ from twisted.web.resource import IResource
 
 from .config import Config, RouteConfig
 from .cookies import CHUNK_SIZE
+from .metrics import Metrics
 from .routes import BadRequestTarget, RouteTable
 from .server import BodyLimit, ProxySite
 from .upstream import UpstreamClient, UpstreamProxy
@@ -61,17 +62,23 @@ def build_site(
     config: Config,
     reactor: Any,
     client_factory: Optional[Callable[[RouteConfig], UpstreamClient]] = None,
+    metrics: Optional[Metrics] = None,
 ) -> ProxySite:
     """
     The proxy as a L{ProxySite}: route table, the guard, the upstream proxy
-    behind it, the access log.
+    behind it, the access log; all counting in C{metrics} (default: a
+    L{Metrics} of their own).
     """
     from .guard import OIDCGuard
 
+    if metrics is None:
+        metrics = Metrics()
     routes = RouteTable(config.routes)
-    proxy = UpstreamProxy(routes, reactor, config.trusted_proxies, client_factory)
+    proxy = UpstreamProxy(routes, reactor, config.trusted_proxies, client_factory,
+                          metrics=metrics)
     guard = OIDCGuard(config, proxy, reactor, routes=routes,
-                      max_cookie_bytes=config.session.max_cookie_chunks * CHUNK_SIZE)
+                      max_cookie_bytes=config.session.max_cookie_chunks * CHUNK_SIZE,
+                      metrics=metrics)
     resource: IResource = guard
     site = ProxySite(
         resource,
@@ -81,6 +88,7 @@ def build_site(
         access_log=config.access_log,
         reactor=reactor,
         max_header_size=max_header_size(config),
+        metrics=metrics,
     )
     site.proxy = proxy  # type: ignore[attr-defined]
     site.guard = guard  # type: ignore[attr-defined]
@@ -109,7 +117,7 @@ class ListenerService(Service):
         super().privilegedStartService()
         try:
             endpoint = serverFromString(self._reactor, self.description)
-        except (ValueError, KeyError, TypeError, OSError) as e:
+        except (ValueError, LookupError, TypeError, OSError) as e:
             raise ListenError(f"invalid endpoint string {self.description!r}: {e}") from None
         d = endpoint.listen(self._factory)
         failures: List[Any] = []
@@ -154,7 +162,8 @@ class ProxyService(MultiService):
                  port_file: Optional[str] = None) -> None:
         super().__init__()
         self.config = config
-        self.site = build_site(config, reactor)
+        self.metrics = Metrics()
+        self.site = build_site(config, reactor, metrics=self.metrics)
         self.listeners = [ListenerService(reactor, desc, self.site) for desc in listen]
         if config.admin is not None:
             from twisted.web.server import Site
@@ -164,6 +173,11 @@ class ProxyService(MultiService):
             store = self.site.guard.store  # type: ignore[attr-defined]
             admin_site = Site(AdminResource(store, config.admin.token.reveal()), reactor=reactor)
             self.listeners.append(ListenerService(reactor, config.admin.listen, admin_site))
+        if config.metrics is not None:
+            from .metrics import metrics_site
+
+            self.listeners.append(ListenerService(reactor, config.metrics.listen,
+                                                  metrics_site(self.metrics, reactor)))
         for listener in self.listeners:
             listener.setServiceParent(self)
         self._port_file = port_file
@@ -181,10 +195,18 @@ class ProxyService(MultiService):
             # One clear line for the operator, not a traceback.
             print(f"oidcproxy: {e}", file=sys.stderr)
             raise SystemExit(1) from None
+        DeferredList([ls.listening for ls in self.listeners]).addCallback(
+            lambda _: self._listening()
+        )
+
+    def _listening(self) -> None:
+        """Every listener is up: write the port file, then tell systemd."""
         if self._port_file:
-            DeferredList([ls.listening for ls in self.listeners]).addCallback(
-                lambda _: self._write_port_file()
-            )
+            self._write_port_file()
+        from .systemd import notify
+
+        addresses = ", ".join(_address(ls.port) for ls in self.listeners if ls.port)
+        notify(f"READY=1\nSTATUS=listening on {addresses}")
 
     def _write_port_file(self) -> None:
         assert self._port_file is not None
@@ -196,6 +218,9 @@ class ProxyService(MultiService):
         os.replace(tmp, self._port_file)
 
     def stopService(self) -> Any:
+        from .systemd import notify
+
+        notify("STOPPING=1")
         self.site.guard.stop()  # type: ignore[attr-defined]
         d = maybeDeferred(super().stopService)
         proxy: UpstreamProxy = self.site.proxy  # type: ignore[attr-defined]

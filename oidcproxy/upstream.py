@@ -32,9 +32,10 @@ from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
 from .config import IPNetwork, RouteConfig, UpstreamSettings
+from .metrics import NullMetrics
 from .pages import render_error
 from .routes import BadRequestTarget, RouteMatch, RouteTable
-from .tls import trust_root
+from .tls import ClientCertificatePolicy, client_certificate, describe_tls_error, trust_root
 
 log = Logger()
 
@@ -215,10 +216,13 @@ class UpstreamClient:
         pool = QuietPool(reactor, persistent=True)
         pool.maxPersistentPerHost = settings.max_idle_connections
         pool.retryAutomatically = True
-        if settings.ca_bundle:
-            policy = client.BrowserLikePolicyForHTTPS(trustRoot=trust_root(settings.ca_bundle))
+        trusted = trust_root(settings.ca_bundle) if settings.ca_bundle else None
+        policy: Any
+        if settings.client_cert and settings.client_key:
+            certificate, chain = client_certificate(settings.client_cert, settings.client_key)
+            policy = ClientCertificatePolicy(certificate, chain, trust_root=trusted)
         else:
-            policy = client.BrowserLikePolicyForHTTPS()
+            policy = client.BrowserLikePolicyForHTTPS(trustRoot=trusted)
         agent = Agent(
             reactor,
             contextFactory=policy,
@@ -246,6 +250,8 @@ def _client_key(route: RouteConfig) -> Tuple[Any, ...]:
         s.max_connections,
         s.max_idle_connections,
         s.ca_bundle,
+        s.client_cert,
+        s.client_key,
     )
 
 
@@ -259,6 +265,8 @@ class UpstreamProxy(Resource):
     @param trusted_proxies: peers whose C{X-Forwarded-*} headers are believed.
     @param client_factory: builds the L{UpstreamClient} of a route; routes with
         the same origin and settings share one. Tests inject agents here.
+    @param metrics: times the upstream answers per route (an
+        L{oidcproxy.metrics.Metrics}; default: nothing is counted).
     """
 
     isLeaf = True
@@ -269,8 +277,10 @@ class UpstreamProxy(Resource):
         reactor: Any,
         trusted_proxies: Sequence[IPNetwork] = (),
         client_factory: Optional[Callable[[RouteConfig], UpstreamClient]] = None,
+        metrics: Optional[NullMetrics] = None,
     ) -> None:
         super().__init__()
+        self._metrics = metrics if metrics is not None else NullMetrics()
         self._routes = routes
         self._clock: IReactorTime = reactor
         self._trusted = tuple(trusted_proxies)
@@ -406,9 +416,11 @@ class _Exchange:
         headers: Headers,
         producer: Optional[IBodyProducer],
     ) -> None:
+        self._proxy = proxy
         self._request = request
         self._route = route
         self._upstream = upstream
+        self._sent_at = 0.0
         self._url = url
         self._headers = headers
         self._producer = producer
@@ -425,6 +437,7 @@ class _Exchange:
 
     def _send(self, _: Any) -> None:
         self._holding_slot = True
+        self._sent_at = self._proxy._clock.seconds()
         d = self._upstream.agent.request(
             self._request.method, self._url, self._headers, self._producer
         )
@@ -460,6 +473,8 @@ class _Exchange:
     def _response(self, response: IResponse) -> None:
         self._pending = None
         self._stop_timer()
+        self._proxy._metrics.upstream_latency(
+            self._route.name, self._proxy._clock.seconds() - self._sent_at)
         request = self._request
         if self._client_gone:
             response.deliverBody(_Discard())
@@ -540,7 +555,7 @@ def _describe_failure(failure: Failure) -> str:
         elif isinstance(value, ierror.ConnectError):
             parts.append(f"connect failed ({type(value).__name__})")
         else:
-            parts.append(type(value).__name__)
+            parts.append(describe_tls_error(value) or type(value).__name__)
     return ", ".join(parts)
 
 

@@ -111,6 +111,34 @@ class SchemaTests(SynchronousTestCase):
             (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("::1/128")),
         )
 
+    def test_upstream_client_certificate(self):
+        """client_cert/client_key: readable files, both or neither, in [upstream] and per route."""
+        other = os.path.abspath(__file__)
+        c = parse_config(
+            {
+                "upstream": {"client_cert": EXAMPLE, "client_key": EXAMPLE},
+                "routes": [_route(), _route(path="/b", client_cert=other, client_key=other)],
+            },
+            "x.toml",
+        )
+        self.assertEqual((c.upstream.client_cert, c.upstream.client_key), (EXAMPLE, EXAMPLE))
+        self.assertEqual((c.routes[0].settings.client_cert, c.routes[0].settings.client_key),
+                         (EXAMPLE, EXAMPLE))
+        self.assertEqual((c.routes[1].settings.client_cert, c.routes[1].settings.client_key),
+                         (other, other))
+        self.assertEqual((UpstreamSettings().client_cert, UpstreamSettings().client_key),
+                         (None, None))
+        e = self.assertRaises(ConfigError, parse_config, {
+            "upstream": {"client_cert": EXAMPLE},
+            "routes": [_route(client_key=EXAMPLE),
+                       _route(path="/b", client_cert="/nonexistent/c.pem", client_key=EXAMPLE)],
+        }, "x.toml")
+        self.assertEqual(e.problems, [
+            "upstream.client_key: is required with client_cert (both or neither)",
+            "routes[0].client_cert: is required with client_key (both or neither)",
+            "routes[1].client_cert: /nonexistent/c.pem is not a readable file",
+        ])
+
     def test_example_config_is_valid(self):
         """etc/oidcproxy.toml loads: / needs login, /public is public, both to 127.0.0.1:9000."""
         use_example_env(self)
@@ -139,7 +167,7 @@ class SchemaTests(SynchronousTestCase):
         text = "\n".join(out)
         use_example_env(self)
         for name in ("upstream-ca.pem", "internal-ca.pem", "idp-ca.pem", "client_key.pem",
-                     "redis-ca.pem"):
+                     "redis-ca.pem", "upstream-client.pem", "upstream-client-key.pem"):
             text = text.replace("/etc/oidcproxy/" + name, EXAMPLE)
         text = text.replace('{ credential = "redis-password" }', '"redis-pw"')
         text = text.replace('{ credential = "admin-token" }', '"admin-token-0123456789"')

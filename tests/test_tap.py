@@ -195,6 +195,13 @@ class ServiceTests(SynchronousTestCase):
         self.assertIn("cannot listen on 'tcp:8080:interface=127.0.0.1'", err)
         self.assertIn("Address already in use", err)
 
+    def test_systemd_endpoint_without_sockets(self):
+        """A systemd: endpoint with no inherited socket is a one-line error, not a traceback."""
+        service = ListenerService(MemoryReactor(), "systemd:domain=INET:index=0", object())
+        e = self.assertRaises(ListenError, service.privilegedStartService)
+        self.assertTrue(str(e).startswith("invalid endpoint string 'systemd:domain=INET:index=0'"),
+                        str(e))
+
     def test_bad_endpoint_string(self):
         """A malformed endpoint string is reported the same way."""
         service = ListenerService(MemoryReactor(), "tcpx:80", object())

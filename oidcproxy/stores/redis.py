@@ -43,6 +43,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from ..crypto import Sealer
+from ..metrics import NullMetrics
 from ..session import ISessionStore, Session, SessionStoreUnavailable
 from ..tls import trust_root
 
@@ -138,6 +139,8 @@ class RedisStore:
         one Redis database with different prefixes).
     @param command_timeout: seconds each operation may take, waiting for a
         connection included.
+    @param metrics: counts errors and times commands (an
+        L{oidcproxy.metrics.Metrics}; default: nothing is counted).
     """
 
     def __init__(
@@ -148,12 +151,14 @@ class RedisStore:
         *,
         key_prefix: str = "oidcproxy:",
         command_timeout: float = 2.0,
+        metrics: Optional[NullMetrics] = None,
     ) -> None:
         self._redis = redis
         self._sealer = sealer
         self._clock = clock
         self._prefix = key_prefix
         self._timeout = _positive("command_timeout", command_timeout)
+        self._metrics = metrics if metrics is not None else NullMetrics()
 
     # keys
 
@@ -189,6 +194,7 @@ class RedisStore:
 
         def timed_out(failure: Any) -> Any:
             failure.trap(DeferredTimeoutError)
+            self._metrics.redis_error("timeout")
             raise SessionStoreUnavailable(
                 f"Redis did not complete {what} within {self._timeout:g} s"
             ) from failure.value
@@ -196,12 +202,17 @@ class RedisStore:
         return d.addErrback(timed_out)
 
     async def _command(self, *args: Any) -> Any:
+        started = self._clock.seconds()
         try:
-            return await self._redis.execute_command(*args)
+            reply = await self._redis.execute_command(*args)
         except CancelledError:
             raise
         except Exception as e:  # txredisapi's errors, connection errors, WRONGTYPE, ...
+            self._metrics.redis_command(args[0], self._clock.seconds() - started)
+            self._metrics.redis_error("error")
             raise SessionStoreUnavailable(f"Redis {args[0]} failed: {e}") from e
+        self._metrics.redis_command(args[0], self._clock.seconds() - started)
+        return reply
 
     async def _eval(self, script: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         return await self._command("EVAL", script, len(keys), *keys, *args)
@@ -213,6 +224,19 @@ class RedisStore:
         if plaintext is None:
             return None
         return Session.from_bytes(plaintext)
+
+    def ping(self) -> Deferred[None]:
+        """
+        Ask Redis for a C{PING} (readiness): fires once it answers, fails with
+        L{SessionStoreUnavailable} when it does not within C{command_timeout}.
+        """
+
+        async def ping() -> None:
+            reply = await self._command("PING")
+            if reply != "PONG":
+                raise SessionStoreUnavailable(f"Redis answered PING with {reply!r}")
+
+        return self._run("a ping", ping)
 
     # ISessionStore
 

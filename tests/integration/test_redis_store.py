@@ -498,6 +498,32 @@ class RedisFaultTests(TestCase):
         await self.store.save(another)
         self.assertEqual(await self.store.load(another.id), another)
 
+    async def test_ping(self) -> None:
+        """
+        ping() (readiness) answers while Redis does, fails with
+        SessionStoreUnavailable within the timeout while it is hung, and
+        works again once it resumes; the metrics count the PINGs and the
+        timeout.
+        """
+        from oidcproxy.metrics import Metrics
+
+        metrics = Metrics()
+        store = store_for(self.pool, metrics=metrics)
+        self.assertIsNone(await store.ping())
+        self.server.pause()
+        try:
+            await fails_unavailable(self, store.ping, TIMEOUT + SLACK, "ping, Redis paused")
+        finally:
+            self.server.resume()
+        await until_works(store.ping, RECOVERY, "ping after SIGCONT")
+        from prometheus_client.parser import text_string_to_metric_families
+
+        found = {(s.name, tuple(s.labels.values())): s.value
+                 for f in text_string_to_metric_families(metrics.render().decode("ascii"))
+                 for s in f.samples}
+        self.assertGreaterEqual(found[("oidcproxy_redis_errors_total", ("timeout",))], 1.0)
+        self.assertGreaterEqual(found[("oidcproxy_redis_command_seconds_count", ("PING",))], 2.0)
+
     async def test_killed_then_restarted(self) -> None:
         """
         A killed Redis gives SessionStoreUnavailable; restarted (empty) on the

@@ -1,0 +1,177 @@
+"""
+Prometheus metrics of one proxy.
+
+A L{Metrics} object owns a C{CollectorRegistry} of its own (never the
+process-wide default), so two guards or proxies in one process keep their
+numbers apart. The parts that count (the guard, the upstream proxy, the IdP
+client, the Redis store, the refresher, the site) get it through their
+constructors and call its few named methods; without one they get a
+L{NullMetrics}, whose methods do nothing.
+
+Label values come from fixed sets chosen by the code (route names, endpoint
+names, reason codes), never from what a client sends, so the number of
+series stays bounded.
+
+The registry is served on a listener of its own (C{[metrics] listen}) by
+L{metrics_site}.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+
+__all__ = ["Metrics", "NullMetrics", "metrics_site"]
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+"""Upstream and IdP requests: milliseconds to the upstream timeout (60 s by default)."""
+
+_REDIS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+"""Redis commands: sub-millisecond on a LAN up to the command timeout (2 s by default)."""
+
+
+class NullMetrics:
+    """
+    The interface of L{Metrics}, doing nothing: the default of every part
+    that is given no metrics object.
+    """
+
+    def request(self, route: str, status: int) -> None:
+        """One request answered (or given up by the client: status 499)."""
+
+    def upstream_latency(self, route: str, seconds: float) -> None:
+        """The upstream of C{route} sent its response headers C{seconds} after the request went out."""
+
+    def login_started(self) -> None:
+        """A browser was sent to the IdP's authorization endpoint."""
+
+    def login_completed(self) -> None:
+        """A callback ended in a new session."""
+
+    def login_failed(self, reason: str) -> None:
+        """A login could not start or its callback failed, for C{reason}."""
+
+    def token_invalid(self, token: str, reason: str) -> None:
+        """A C{token} (C{id_token}, C{access_token}, C{logout_token}) failed validation."""
+
+    def refresh(self, outcome: str) -> None:
+        """A refresh ended: C{success}, C{ended}, C{unavailable} or C{error}."""
+
+    def redis_command(self, command: str, seconds: float) -> None:
+        """A Redis command answered (or failed) after C{seconds}."""
+
+    def redis_error(self, kind: str) -> None:
+        """A Redis operation failed: C{error} (an error answer, a lost connection) or C{timeout}."""
+
+    def idp_request(self, endpoint: str, outcome: str, seconds: float) -> None:
+        """A request to the IdP's C{endpoint} ended with C{outcome} after C{seconds}."""
+
+    def jwks_refetch(self, reason: str) -> None:
+        """The JWKS is fetched again: C{unknown_kid} or C{expired}."""
+
+
+class Metrics(NullMetrics):
+    """
+    The metrics of one proxy, in a registry of their own.
+
+    @ivar registry: the C{CollectorRegistry} to expose (L{metrics_site}).
+    """
+
+    def __init__(self, registry: Optional[CollectorRegistry] = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self._requests = Counter(
+            "oidcproxy_requests", "Requests answered, by route and HTTP status "
+            "(499: the client went away first).", ["route", "status"], registry=r)
+        self._upstream = Histogram(
+            "oidcproxy_upstream_latency_seconds", "Time from sending a request upstream to "
+            "its response headers, by route.", ["route"], registry=r, buckets=_LATENCY_BUCKETS)
+        self._logins_started = Counter(
+            "oidcproxy_logins_started", "Browsers sent to the IdP to log in.", registry=r)
+        self._logins_completed = Counter(
+            "oidcproxy_logins_completed", "Logins that ended in a new session.", registry=r)
+        self._logins_failed = Counter(
+            "oidcproxy_logins_failed", "Logins that could not start or whose callback failed, "
+            "by reason.", ["reason"], registry=r)
+        self._tokens_invalid = Counter(
+            "oidcproxy_token_validation_failures", "Tokens that failed validation, by token "
+            "kind and reason.", ["token", "reason"], registry=r)
+        self._refreshes = Counter(
+            "oidcproxy_refreshes", "Token refreshes (one per session at a time), by outcome.",
+            ["outcome"], registry=r)
+        self._redis_latency = Histogram(
+            "oidcproxy_redis_command_seconds", "Redis command latency, by command.",
+            ["command"], registry=r, buckets=_REDIS_BUCKETS)
+        self._redis_errors = Counter(
+            "oidcproxy_redis_errors", "Failed Redis operations, by kind (error or timeout).",
+            ["kind"], registry=r)
+        self._idp = Histogram(
+            "oidcproxy_idp_request_seconds", "Requests to the identity provider, by endpoint "
+            "and outcome.", ["endpoint", "outcome"], registry=r, buckets=_LATENCY_BUCKETS)
+        self._jwks = Counter(
+            "oidcproxy_jwks_refetches", "JWKS fetches after the first load, by reason.",
+            ["reason"], registry=r)
+
+    def request(self, route: str, status: int) -> None:
+        self._requests.labels(route, str(status)).inc()
+
+    def upstream_latency(self, route: str, seconds: float) -> None:
+        self._upstream.labels(route).observe(max(0.0, seconds))
+
+    def login_started(self) -> None:
+        self._logins_started.inc()
+
+    def login_completed(self) -> None:
+        self._logins_completed.inc()
+
+    def login_failed(self, reason: str) -> None:
+        self._logins_failed.labels(reason).inc()
+
+    def token_invalid(self, token: str, reason: str) -> None:
+        self._tokens_invalid.labels(token, reason).inc()
+
+    def refresh(self, outcome: str) -> None:
+        self._refreshes.labels(outcome).inc()
+
+    def redis_command(self, command: str, seconds: float) -> None:
+        self._redis_latency.labels(command).observe(max(0.0, seconds))
+
+    def redis_error(self, kind: str) -> None:
+        self._redis_errors.labels(kind).inc()
+
+    def idp_request(self, endpoint: str, outcome: str, seconds: float) -> None:
+        self._idp.labels(endpoint, outcome).observe(max(0.0, seconds))
+
+    def jwks_refetch(self, reason: str) -> None:
+        self._jwks.labels(reason).inc()
+
+    def render(self) -> bytes:
+        """The registry in the Prometheus text format."""
+        return generate_latest(self.registry)
+
+
+class MetricsSite(Site):
+    """A site that writes no access-log line per scrape."""
+
+    noisy = False
+
+    def log(self, request: Any) -> None:
+        pass
+
+
+def metrics_site(metrics: Metrics, reactor: Any = None) -> Site:
+    """
+    The site of the metrics listener: C{GET /metrics} answers the registry
+    of C{metrics} (Prometheus text format, or OpenMetrics when asked for),
+    through C{prometheus_client.twisted.MetricsResource}.
+    """
+    # Imported here: it installs the global reactor (and renders in its
+    # thread pool).
+    from prometheus_client.twisted import MetricsResource
+
+    root = Resource()
+    root.putChild(b"metrics", MetricsResource(metrics.registry))
+    return MetricsSite(root, reactor=reactor)
