@@ -8,24 +8,41 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
+_CERTIFICATE_BLOCK = re.compile(
+    rb"-----BEGIN CERTIFICATE-----\s.*?-----END CERTIFICATE-----", flags=re.DOTALL
+)
+
+
+def _certificates(path: str) -> List[Any]:
+    """
+    The PEM certificates in the file C{path}, as Twisted C{Certificate}s.
+
+    @raise ValueError: none, or one that does not parse.
+    @raise OSError: the file cannot be read.
+    """
+    from OpenSSL import crypto
+    from twisted.internet import ssl
+
+    with open(path, "rb") as f:
+        blocks = _CERTIFICATE_BLOCK.findall(f.read())
+    if not blocks:
+        raise ValueError(f"{path} holds no PEM certificate")
+    try:
+        return [ssl.Certificate.loadPEM(block) for block in blocks]
+    except crypto.Error:
+        raise ValueError(f"{path} holds an invalid PEM certificate") from None
+
 
 def trust_root(path: str) -> Any:
     """
     A Twisted trust root of the PEM certificates in C{path} (a CA bundle).
 
-    @raise ValueError: the file holds no PEM certificate.
+    @raise ValueError: the file holds no (valid) PEM certificate.
     @raise OSError: the file cannot be read.
     """
     from twisted.internet import ssl
 
-    with open(path, "rb") as f:
-        pem = f.read()
-    blocks = re.findall(
-        rb"-----BEGIN CERTIFICATE-----\s.*?-----END CERTIFICATE-----", pem, flags=re.DOTALL
-    )
-    if not blocks:
-        raise ValueError(f"{path} holds no PEM certificate")
-    return ssl.trustRootFromCertificates([ssl.Certificate.loadPEM(block) for block in blocks])
+    return ssl.trustRootFromCertificates(_certificates(path))
 
 
 _PRIVATE_KEY_BLOCK = re.compile(
@@ -50,19 +67,9 @@ def client_certificate(cert_path: str, key_path: str) -> Tuple[Any, List[Any]]:
     from twisted.internet import ssl
     from twisted.internet.error import VerifyError
 
-    with open(cert_path, "rb") as f:
-        cert_pem = f.read()
+    certificates = _certificates(cert_path)
     with open(key_path, "rb") as f:
         key_pem = f.read()
-    blocks = re.findall(
-        rb"-----BEGIN CERTIFICATE-----\s.*?-----END CERTIFICATE-----", cert_pem, flags=re.DOTALL
-    )
-    if not blocks:
-        raise ValueError(f"{cert_path} holds no PEM certificate")
-    try:
-        certificates = [ssl.Certificate.loadPEM(block) for block in blocks]
-    except crypto.Error:
-        raise ValueError(f"{cert_path} holds an invalid PEM certificate") from None
     found = _PRIVATE_KEY_BLOCK.search(key_pem)
     if found is None:
         raise ValueError(f"{key_path} holds no PEM private key")
