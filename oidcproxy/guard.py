@@ -413,6 +413,7 @@ class OIDCGuard(Resource):
                          {b"allow": ", ".join(route.methods).encode("ascii")})
             return
         if route.auth == "none" or (route.cors_preflight and _is_preflight(request)):
+            _decided(request, "public")
             self._pass(request, match)
             return
         if route.auth in ("bearer", "session_or_bearer", "optional"):
@@ -435,6 +436,7 @@ class OIDCGuard(Resource):
         session, clear = loaded
         if session is None:
             if route.auth == "optional":
+                _decided(request, "anonymous")
                 self._add_headers_on_write(request, clear)
                 self._pass(request, match)
                 return
@@ -460,9 +462,11 @@ class OIDCGuard(Resource):
         if route.policy_mode == "audit":
             log.info("{route}: would deny {sub}: {reason}", route=route.name, sub=sub,
                      reason=decision.reason)
+            _decided(request, "audit_would_deny")
             return True
         log.info("{route}: denied {sub}: {reason}", route=route.name, sub=sub,
                  reason=decision.reason)
+        _decided(request, "denied")
         self._finish(request, 403, "forbidden", "You are not allowed to see this page.")
         return False
 
@@ -490,6 +494,7 @@ class OIDCGuard(Resource):
             return
         setattr(request, "oidcproxy_identity", Identity(  # noqa: B010
             sub=sub, claims=claims, access_token=token, expires=claims.get("exp")))
+        _decided(request, "bearer", unless_decided=True)
         self._set_headers(request, claims)
         self._pass(request, match)
 
@@ -749,6 +754,7 @@ class OIDCGuard(Resource):
         setattr(request, "oidcproxy_identity", Identity(  # noqa: B010
             sub=session.sub, claims=session.claims, access_token=session.access_token,
             id_token=session.id_token, expires=session.expires))
+        _decided(request, "session", unless_decided=True)
         self._set_headers(request, session.claims)
         headers = request.requestHeaders
         oidc = self._oidc
@@ -792,6 +798,7 @@ class OIDCGuard(Resource):
 
     def _deny(self, request: Request, cookies: Sequence[bytes] = ()) -> None:
         """401 for a client that is not a browser navigation: always JSON."""
+        _decided(request, "unauthenticated")
         self._finish(request, 401, "unauthenticated", "Authentication is required.",
                      {b"www-authenticate": b'Bearer realm="oidcproxy"'}, cookies, as_json=True)
 
@@ -812,6 +819,7 @@ class OIDCGuard(Resource):
             return
         location, state_cookies = login.start(
             request.received_cookies, return_to, metadata.authorization_endpoint)
+        _decided(request, "login")
         self._metrics.login_started()
         self._redirect(request, location, [*cookies, *state_cookies])
 
@@ -1397,6 +1405,16 @@ def _return_to(request: Request) -> str:
         return safe_return_to(values[0].decode("ascii")) or "/"
     except UnicodeDecodeError:
         return "/"
+
+
+def _decided(request: Request, decision: str, unless_decided: bool = False) -> None:
+    """
+    What the guard decided, for the access log's C{auth} field (an audit-mode
+    "would deny" is kept over the credential that let the request through).
+    """
+    if unless_decided and getattr(request, "oidcproxy_auth", None) is not None:
+        return
+    setattr(request, "oidcproxy_auth", decision)  # noqa: B010
 
 
 def _peer(request: Request) -> Optional[str]:

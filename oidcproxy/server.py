@@ -179,9 +179,12 @@ class ProxySite(server.Site):
         route = getattr(request, "oidcproxy_route", None)
         path = request.path.decode("ascii", "backslashreplace")
         status: Any = 499 if client_closed else request.code
+        who = getattr(request, "oidcproxy_identity", None)
         access_log.info(
             '{client} "{method} {path}" {status} {bytes} {duration_ms}ms '
-            "route={route} upstream={upstream}",
+            "route={route} upstream={upstream} user={user} auth={auth}",
+            user=who.sub if who is not None else "-",
+            auth=getattr(request, "oidcproxy_auth", "-"),
             client=_client(request),
             method=request.method.decode("ascii", "backslashreplace"),
             path=path,

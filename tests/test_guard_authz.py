@@ -63,6 +63,19 @@ class RuleTests(SynchronousTestCase):
         self.assertEqual(denied[0]["route"], "routes[0]")
         self.assertIn("Contains(`groups`, `admins`)", denied[0]["reason"])
 
+    def test_decision_recorded_for_the_access_log(self):
+        """The guard records its decision (session, denied, audit_would_deny, public) for the
+        access log's auth field."""
+        h = harness(self)
+        seen = []
+        h.app.action = lambda request: seen.append(getattr(request, "oidcproxy_auth", None))
+        alice = h.logged_in(sub="alice", claims=ALICE)
+        bob = h.logged_in(sub="bob", claims=BOB)
+        alice.get("/admin/x", headers=API)
+        bob.get("/audit/x", headers=API)
+        h.browser().get("/public/x")
+        self.assertEqual(seen, ["session", "audit_would_deny", "public"])
+
     def test_audit_mode_lets_through(self):
         """policy_mode = "audit": a user the rule would deny passes, and "would deny" is logged."""
         from twisted.logger import globalLogPublisher

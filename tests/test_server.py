@@ -34,6 +34,11 @@ class Recorder(Resource):
         self.requests.append(request)
         self.bodies.append(request.content.read())
         request.oidcproxy_route = RouteConfig(index=3, path="/", upstream="http://up:1")
+        if request.path == b"/who":
+            from oidcproxy.guard import Identity
+
+            request.oidcproxy_identity = Identity(sub="alice", claims={})
+            request.oidcproxy_auth = "session"
         if self.hang:
             return NOT_DONE_YET
         return b"ok"
@@ -172,6 +177,35 @@ class AccessLogTests(SynchronousTestCase):
         text = repr(e)
         for secret in ["SECRET", "TOKEN", "COOKIE"]:
             self.assertNotIn(secret, text)
+
+    def test_user_and_auth_decision(self):
+        """The access log names the user (sub) and what the guard decided; '-' without."""
+        h = SiteHarness(self)
+        h.send(b"GET /who HTTP/1.1\r\nHost: a\r\n\r\nGET /anon HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.assertEqual([(e["path"], e["user"], e["auth"]) for e in h.access()],
+                         [("/who", "alice", "session"), ("/anon", "-", "-")])
+
+    def test_json_log_observer(self):
+        """--logger=oidcproxy.logs.json writes each event as one JSON line with its fields."""
+        import io
+        import json
+        import sys
+
+        from twisted.logger import Logger
+
+        from oidcproxy import logs
+
+        out = io.StringIO()
+        self.patch(sys, "stdout", out)
+        observer = logs.json()
+        Logger(namespace="oidcproxy.access", observer=observer).info(
+            '{client} "{method} {path}" {status}', client="192.0.2.1", method="GET",
+            path="/x", status=200, user="alice")
+        lines = out.getvalue().splitlines()
+        self.assertEqual(len(lines), 1)
+        event = json.loads(lines[0])
+        self.assertEqual((event["path"], event["status"], event["user"],
+                          event["log_namespace"]), ("/x", 200, "alice", "oidcproxy.access"))
 
     def test_duration_from_clock(self):
         """The duration is measured on the injected clock."""
