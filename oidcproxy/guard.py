@@ -158,6 +158,14 @@ class _HeaderNames:
             headers.removeHeader(name)
 
 
+def _managed_headers(config: Config) -> _HeaderNames:
+    """The identity headers of C{config}, which no client may send."""
+    managed = [name for name, _ in config.headers] + [ACCESS_TOKEN_HEADER, ID_TOKEN_HEADER]
+    if config.oidc is not None and config.oidc.pass_access_token == "authorization":
+        managed.append("Authorization")
+    return _HeaderNames(managed)
+
+
 class OIDCGuard(Resource):
     """
     Wrap C{wrapped} so that each request is authenticated per its route.
@@ -218,12 +226,9 @@ class OIDCGuard(Resource):
         self._public = config.public_url or ""
         self._public_origin = "/".join(self._public.split("/", 3)[:3]).encode("ascii")
 
-        managed = [name for name, _ in config.headers] + [ACCESS_TOKEN_HEADER, ID_TOKEN_HEADER]
-        oidc = config.oidc
-        if oidc is not None and oidc.pass_access_token == "authorization":
-            managed.append("Authorization")
-        self._managed = _HeaderNames(managed)
+        self._managed = _managed_headers(config)
 
+        oidc = config.oidc
         self._oidc = oidc
         self._started = False
         self._consumed: OrderedDict[str, float] = OrderedDict()
@@ -308,6 +313,27 @@ class OIDCGuard(Resource):
         """Where this guard counts (its C{registry}, for a L{Metrics})."""
         return self._metrics
 
+    def reconfigure(self, config: Config, routes: RouteTable, wrapped: IResource) -> None:
+        """
+        Take a reloaded configuration's routes, identity headers, trusted
+        proxies and C{[bearer]} settings, and a new resource to pass requests
+        to. The IdP client, the session store and the login flow stay as they
+        were built: C{config}'s other sections should be the running ones.
+        """
+        bearer_changed = config.bearer != self._config.bearer
+        self._config = config
+        self._routes = routes
+        self._managed = _managed_headers(config)
+        self._wrapped = wrapped
+        if bearer_changed:
+            # Rebuilt on the next bearer request, with the new settings (its
+            # cache of validated tokens goes with the old ones).
+            self._bearer = None
+            self._bearer_verifier = None
+            if self._external is not None:
+                self._external.stop()
+                self._external = None
+
     # -- life cycle -------------------------------------------------------------
 
     def start(self) -> None:
@@ -371,6 +397,9 @@ class OIDCGuard(Resource):
             request.responseHeaders.setRawHeaders(b"set-cookie", [*existing, *cookies])
 
     async def _handle(self, request: Request) -> None:
+        # The request is passed on to the resource of the route table it was
+        # matched in, even if a reload swaps both while it waits.
+        setattr(request, "oidcproxy_wrapped", self._wrapped)  # noqa: B010 - read by _pass
         try:
             match = self._routes.match(request_host_header(request), request.uri)
             path = match.path if match is not None else \
@@ -630,7 +659,8 @@ class OIDCGuard(Resource):
         request.path = normalised
         request.prepath = []
         request.postpath = [unquote_to_bytes(segment) for segment in normalised[1:].split(b"/")]
-        resource = getChildForRequest(self._wrapped, request)
+        resource = getChildForRequest(getattr(request, "oidcproxy_wrapped", self._wrapped),
+                                      request)
         request.render(resource)
 
     # -- sessions ---------------------------------------------------------------

@@ -6,10 +6,13 @@ site, and the upstream pools, built from a validated L{Config}.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import tempfile
+import threading
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
+import attr
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.endpoints import serverFromString
@@ -17,7 +20,7 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from twisted.web.resource import IResource
 
-from .config import Config, RouteConfig
+from .config import Config, ConfigError, RouteConfig, load_config
 from .cookies import CHUNK_SIZE
 from .metrics import Metrics
 from .routes import BadRequestTarget, RouteTable
@@ -148,6 +151,31 @@ def _address(port: IListeningPort) -> str:
     return str(getattr(host, "name", host))
 
 
+RESTART_KEYS = (
+    "listen", "public_url", "endpoints_prefix", "workers", "keepalive_timeout", "access_log",
+    "oidc", "session", "state_cookie", "redis", "admin", "metrics",
+)
+"""The top-level keys and sections a reload does not apply (they need a restart)."""
+
+
+def restart_changes(old: Config, new: Config) -> List[str]:
+    """
+    The keys in L{RESTART_KEYS} that differ between C{old} and C{new}, as
+    C{section.key} (or the section's name when it was added or removed).
+    """
+    changed: List[str] = []
+    for key in RESTART_KEYS:
+        a, b = getattr(old, key), getattr(new, key)
+        if a == b:
+            continue
+        if a is not None and b is not None and attr.has(type(a)):
+            changed.extend(f"{key}.{f.name}" for f in attr.fields(type(a))
+                           if getattr(a, f.name) != getattr(b, f.name))
+        else:
+            changed.append(key)
+    return changed
+
+
 class ProxyService(MultiService):
     """
     The whole proxy: a listener per endpoint and the site behind them. On stop
@@ -156,14 +184,25 @@ class ProxyService(MultiService):
     @param port_file: when set, the bound addresses are written there, one per
         line, once every listener is up (for tests and scripts that listen on
         port 0).
+    @param config_path: the file C{config} was read from, read again by
+        L{reload} (on SIGHUP); None: C{config.source}.
+    @param client_factory: the upstream clients (for tests; see L{build_site}).
     """
 
     def __init__(self, config: Config, reactor: Any, listen: Sequence[str],
-                 port_file: Optional[str] = None) -> None:
+                 port_file: Optional[str] = None, config_path: Optional[str] = None,
+                 client_factory: Optional[Callable[[RouteConfig], UpstreamClient]] = None,
+                 ) -> None:
         super().__init__()
         self.config = config
+        self.config_path = config_path if config_path is not None else config.source
         self.metrics = Metrics()
-        self.site = build_site(config, reactor, metrics=self.metrics)
+        self._reactor = reactor
+        self._client_factory = client_factory
+        self._previous_sighup: Any = None
+        self._sighup_installed = False
+        self.site = build_site(config, reactor, client_factory=client_factory,
+                               metrics=self.metrics)
         self.listeners = [ListenerService(reactor, desc, self.site) for desc in listen]
         if config.admin is not None:
             from twisted.web.server import Site
@@ -187,6 +226,64 @@ class ProxyService(MultiService):
         # Discovery and JWKS load in the background: the proxy serves public
         # routes at once and answers 503 to logins until the IdP is reachable.
         self.site.guard.start()  # type: ignore[attr-defined]
+        self._install_sighup()
+
+    def _install_sighup(self) -> None:
+        """Reload on SIGHUP: only under a real reactor, in the main thread."""
+        from twisted.internet.base import ReactorBase
+
+        if not isinstance(self._reactor, ReactorBase) or \
+                threading.current_thread() is not threading.main_thread():
+            return
+
+        def on_sighup(signum: int, frame: Any) -> None:
+            self._reactor.callFromThread(self.reload)
+
+        self._previous_sighup = signal.signal(signal.SIGHUP, on_sighup)
+        self._sighup_installed = True
+
+    def reload(self) -> bool:
+        """
+        Read the configuration file again and apply what can change without
+        dropping a connection: the routes, the C{[upstream]} defaults, the
+        identity headers, C{trusted_proxies} and C{[bearer]}. The other keys
+        keep their running values, with one warning naming those that changed.
+        An invalid file changes nothing: its problems are logged.
+
+        @return: whether the new configuration was applied.
+        """
+        log.info("reloading the configuration from {path}", path=self.config_path)
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as e:
+            for line in e.lines():
+                log.error("{line}", line=line)
+            log.error("configuration not reloaded: the running one is kept")
+            return False
+        old = self.config
+        merged = attr.evolve(new, **{key: getattr(old, key) for key in RESTART_KEYS})
+        try:
+            routes = RouteTable(merged.routes)
+            proxy = UpstreamProxy(routes, self._reactor, merged.trusted_proxies,
+                                  self._client_factory, metrics=self.metrics)
+        except (ValueError, TypeError, OSError) as e:
+            log.error("config: cannot set up the proxy: {error} (in {path})", error=e,
+                      path=self.config_path)
+            log.error("configuration not reloaded: the running one is kept")
+            return False
+        site = self.site
+        old_proxy: UpstreamProxy = site.proxy  # type: ignore[attr-defined]
+        site.guard.reconfigure(merged, routes, proxy)  # type: ignore[attr-defined]
+        site.body_limit = body_limit_for(routes, merged.upstream.max_body_size)
+        site.proxy = proxy  # type: ignore[attr-defined]
+        self.config = merged
+        # Its in-flight requests finish on it; then its pools are closed.
+        old_proxy.retire()
+        skipped = restart_changes(old, new)
+        if skipped:
+            log.warn("restart to apply: {keys}", keys=", ".join(skipped))
+        log.info("configuration reloaded")
+        return True
 
     def privilegedStartService(self) -> None:
         try:
@@ -221,6 +318,10 @@ class ProxyService(MultiService):
         from .systemd import notify
 
         notify("STOPPING=1")
+        if self._sighup_installed:
+            previous = self._previous_sighup
+            signal.signal(signal.SIGHUP, previous if previous is not None else signal.SIG_DFL)
+            self._sighup_installed = False
         self.site.guard.stop()  # type: ignore[attr-defined]
         d = maybeDeferred(super().stopService)
         proxy: UpstreamProxy = self.site.proxy  # type: ignore[attr-defined]

@@ -75,7 +75,8 @@ def _build(options: Options, reactor: Any) -> Any:
     config = load_config(options["config"])
     listen: List[str] = options["listen"] or list(config.listen)
     try:
-        return ProxyService(config, reactor, listen, port_file=options["port-file"])
+        return ProxyService(config, reactor, listen, port_file=options["port-file"],
+                            config_path=options["config"])
     except (ValueError, TypeError, OSError) as e:
         raise ConfigError(options["config"], [f"cannot set up the proxy: {e}"]) from None
 

@@ -299,6 +299,8 @@ class UpstreamProxy(Resource):
         self._cooperator = Cooperator(
             scheduler=lambda work: self._clock.callLater(0.0, work)
         )
+        self._in_flight = 0
+        self._retired: Optional[Deferred] = None
 
     def close(self) -> Deferred:
         """Close idle upstream connections (at shutdown)."""
@@ -306,6 +308,39 @@ class UpstreamProxy(Resource):
 
         self._cooperator.stop()
         return gatherResults([c.close() for c in set(self._clients.values())])
+
+    def retire(self) -> Deferred:
+        """
+        Close this proxy's pooled connections once its in-flight requests are
+        over (a reload replaced it, so it gets no new ones). L{close} right
+        away would close only the idle connections: one still carrying a
+        request goes back to its pool when done and would stay open until the
+        pool's idle timeout. The cooperator is left alone (an upload in flight
+        may use it; it holds nothing once they are over).
+        """
+        if self._retired is None:
+            self._retired = Deferred()
+            self._maybe_retire()
+        return self._retired
+
+    def _maybe_retire(self) -> None:
+        retired = self._retired
+        if retired is None or retired.called or self._in_flight:
+            return
+
+        def close() -> None:
+            # A turn later: the last response's connection is back in its
+            # pool by then, and is closed with the others.
+            from twisted.internet.defer import gatherResults
+
+            d = gatherResults([c.close() for c in set(self._clients.values())])
+            d.addBoth(lambda _: None if retired.called else retired.callback(None))
+
+        self._clock.callLater(0.0, close)
+
+    def _exchange_over(self, _: Any) -> None:
+        self._in_flight -= 1
+        self._maybe_retire()
 
     def render(self, request: Request) -> Any:
         match: Optional[RouteMatch] = getattr(request, "oidcproxy_match", None)
@@ -350,6 +385,8 @@ class UpstreamProxy(Resource):
             else:
                 producer = FileBodyProducer(content, cooperator=self._cooperator)
         target = self._origins[route.index] + match.upstream_target
+        self._in_flight += 1
+        request.notifyFinish().addBoth(self._exchange_over)
         _Exchange(self, request, route, self._clients[route.index], target, headers, producer)
         return NOT_DONE_YET
 
