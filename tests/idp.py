@@ -27,12 +27,12 @@ import treq
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 from treq.testing import RequestTraversalAgent
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IBodyProducer
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
-from zope.interface import implementer
+
+from oidcproxy.upstream import BytesProducer
 
 ISSUER = "https://idp.test"
 AUTHORIZATION_ENDPOINT = ISSUER + "/authorize"
@@ -382,27 +382,6 @@ class Network:
 # -- the browser ----------------------------------------------------------------
 
 
-@implementer(IBodyProducer)
-class BytesBody:
-    """A request body produced at once."""
-
-    def __init__(self, data: bytes) -> None:
-        self._data = data
-        self.length = len(data)
-
-    def startProducing(self, consumer: Any) -> Deferred:
-        consumer.write(self._data)
-        return succeed(None)
-
-    def pauseProducing(self) -> None:
-        pass
-
-    def resumeProducing(self) -> None:
-        pass
-
-    def stopProducing(self) -> None:
-        pass
-
 
 @attr.s(frozen=True, auto_attribs=True)
 class SetCookie:
@@ -547,7 +526,7 @@ class Browser:
         jar = self.cookie_header() if cookies else None
         if jar is not None and not out.hasHeader(b"cookie"):
             out.setRawHeaders(b"cookie", [jar])
-        producer = BytesBody(body) if body is not None else None
+        producer = BytesProducer(body) if body is not None else None
         return Pending(self, self.agent.request(method, url.encode("ascii"), out, producer))
 
     def request(self, method: bytes, target: str, **kwargs: Any) -> Page:
