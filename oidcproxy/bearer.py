@@ -89,8 +89,8 @@ from typing import Any, Dict, FrozenSet, List, Optional, Sequence, Tuple
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.python.failure import Failure
 
+from .flight import fire_waiters
 from .provider import Provider
 from .tokens import (
     MAX_KID_LENGTH,
@@ -360,13 +360,7 @@ class BearerValidator(_ClaimsValidator):
         return waiter
 
     def _introspected(self, result: Any, key: bytes) -> None:
-        for waiter in self._introspecting.pop(key, []):
-            if waiter.called:
-                continue
-            if isinstance(result, Failure):
-                waiter.errback(result)
-            else:
-                waiter.callback(result)
+        fire_waiters(self._introspecting.pop(key, []), result)
 
     async def _introspect(self, token: str, key: bytes) -> Dict[str, Any]:
         answer = await self._provider.introspect(token)

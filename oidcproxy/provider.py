@@ -56,6 +56,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 
 from .config import ENDPOINT_KEYS
+from .flight import fire_waiters
 from .metrics import NullMetrics
 from .tls import describe_tls_error, trust_root
 from .tokens import KeySet, TokenError
@@ -746,13 +747,7 @@ class Provider:
                     reason=error.reason,
                     detail=error.detail,
                 )
-        for waiter in waiters:
-            if waiter.called:
-                continue
-            if isinstance(result, Failure):
-                waiter.errback(result)
-            else:
-                waiter.callback(result)
+        fire_waiters(waiters, result)
 
     async def _fetch_jwks(self) -> KeySet:
         metadata = self.metadata
