@@ -18,6 +18,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
 from urllib.parse import urlsplit
 
 import attr
+from twisted.logger import Logger
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -25,6 +26,8 @@ else:  # pragma: no cover - exercised on PyPy 3.9
     import tomli as tomllib
 
 T = TypeVar("T")
+
+log = Logger()
 
 IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 
@@ -60,6 +63,9 @@ ID_TOKEN_ALGORITHMS = (
     "RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
     "ES256", "ES384", "ES512", "EdDSA", "HS256", "HS384", "HS512",
 )
+
+
+MAX_WORKERS = 64
 
 
 class ConfigError(Exception):
@@ -130,6 +136,12 @@ class UpstreamSettings:
     one (mutual TLS), optionally followed by its intermediate CAs; with C{client_key}."""
     client_key: Optional[str] = None
     """PEM file of C{client_cert}'s private key (unencrypted); may be the same file."""
+    websockets: bool = True
+    """Pass WebSocket upgrades through (else the request goes on without its Upgrade headers)."""
+    websocket_max_lifetime: Optional[float] = None
+    """Seconds an upgraded connection may stay open; None: C{session.lifetime}; 0: no limit."""
+    stream_idle_timeout: float = 300.0
+    """Seconds without a byte of a response body (once its headers are in) before it is cut; 0: off."""
 
 
 @attr.s(frozen=True, auto_attribs=True)
@@ -202,8 +214,32 @@ class OIDCConfig:
     pass_id_token: bool = False
     end_session: bool = True
     """Log out at the IdP too (RP-initiated logout) when it advertises end_session_endpoint."""
-    post_logout_redirect_uri: Optional[str] = None
-    """Where the IdP sends the browser after logging out; None: public_url + the logout's rd."""
+    post_logout_redirect_url: Optional[str] = None
+    """
+    The fixed landing page after logout (a path on public_url or an absolute
+    URL): where the IdP sends the browser back, or where the logout redirects
+    without IdP logout; None: public_url + the logout's rd.
+    """
+    post_login_redirect_url: Optional[str] = None
+    """The fixed landing page after login, over the return-to (a path or a URL on public_url)."""
+    login_url: Optional[str] = None
+    """The path of the login endpoint; when set, nothing else starts a login (401 instead)."""
+    disable_login: bool = False
+    """Never start a login: unauthenticated requests get 401."""
+    logout_path: Optional[str] = None
+    """None: C{endpoints_prefix + "/logout"}."""
+    max_retries: int = 0
+    """Retries of a failed idempotent request (discovery, JWKS, userinfo); never a token request."""
+    client_cert: Optional[str] = None
+    """PEM client certificate presented to the IdP (mutual TLS); with C{client_key}."""
+    client_key: Optional[str] = None
+    insecure_skip_verify: bool = False
+    """Do not verify the IdP's TLS certificate (testing only: logged at every start)."""
+
+    @property
+    def post_logout_redirect_uri(self) -> Optional[str]:
+        """The former name of L{post_logout_redirect_url}."""
+        return self.post_logout_redirect_url
 
 
 @attr.s(frozen=True, auto_attribs=True)
@@ -225,6 +261,11 @@ class SessionConfig:
     idp_outage_grace: float = 0.0
     """While the token endpoint is unreachable, serve sessions whose access token expired for this long."""
     revoke_on_logout: bool = True
+    sliding: bool = False
+    """The cookie (and Redis entry) expires C{idle_timeout} after the last request, never
+    beyond C{lifetime} from login; without it, C{lifetime} after login."""
+    cookie_secure: Optional[bool] = None
+    """None: secure when public_url is https."""
 
 
 @attr.s(frozen=True, auto_attribs=True)
@@ -234,6 +275,22 @@ class StateCookieConfig:
     name: str = "oidcproxy_state"
     max_age: float = 600.0
     max_count: int = 5
+    path: str = "/"
+    domain: Optional[str] = None
+    same_site: str = "Lax"
+    secure: Optional[bool] = None
+    """None: as the session cookie."""
+    http_only: bool = True
+
+
+@attr.s(frozen=True, auto_attribs=True)
+class CSRFConfig:
+    """The C{[csrf]} table (its presence turns the protection on)."""
+
+    header_name: str = "X-CSRF-Token"
+    cookie_name: str = "oidcproxy_csrf"
+    secure: Optional[bool] = None
+    """None: as the session cookie."""
 
 
 @attr.s(frozen=True, auto_attribs=True)
@@ -295,7 +352,12 @@ class Config:
     trusted_proxies: Tuple[IPNetwork, ...] = ()
     endpoints_prefix: str = "/oidc"
     workers: int = 1
+    """Processes serving requests; above 1 a parent process binds the listeners and supervises them."""
+    drain_timeout: float = 30.0
+    """On SIGTERM: seconds the requests in flight get to finish before their connections are cut."""
     keepalive_timeout: float = 75.0
+    max_websockets: int = 1000
+    """Upgraded (WebSocket) connections open at once in one process; more get 503."""
     access_log: bool = True
     upstream: UpstreamSettings = UpstreamSettings()
     routes: Tuple[RouteConfig, ...] = ()
@@ -303,6 +365,9 @@ class Config:
     session: SessionConfig = SessionConfig()
     redis: Optional[RedisConfig] = None
     state_cookie: StateCookieConfig = StateCookieConfig()
+    csrf: Optional[CSRFConfig] = None
+    username_claim: str = "sub"
+    """The claim shown as the user in the access log (C{sub} when absent)."""
     admin: Optional[AdminConfig] = None
     metrics: Optional[MetricsConfig] = None
     bearer: BearerConfig = BearerConfig()
@@ -322,6 +387,19 @@ class Config:
     @property
     def redirect_uri(self) -> Optional[str]:
         return None if self.public_url is None else self.public_url + self.callback_path
+
+    @property
+    def logout_path(self) -> str:
+        if self.oidc is not None and self.oidc.logout_path:
+            return self.oidc.logout_path
+        return self.endpoints_prefix + "/logout"
+
+    @property
+    def cookie_secure(self) -> bool:
+        """Whether the session cookie is C{Secure} (by default: public_url is https)."""
+        if self.session.cookie_secure is not None:
+            return self.session.cookie_secure
+        return (self.public_url or "").startswith("https://")
 
 
 # -- value parsers -------------------------------------------------------------
@@ -681,6 +759,10 @@ def _upstream_settings(t: _Table, base: UpstreamSettings) -> UpstreamSettings:
         max_idle_connections=t.integer("max_idle_connections", base.max_idle_connections),
         ca_bundle=t.string("ca_bundle", base.ca_bundle, check=_readable_file),
         **_client_certificate(t, base),
+        websockets=t.boolean("websockets", base.websockets),
+        websocket_max_lifetime=t.duration("websocket_max_lifetime", 0.0)
+        if t.has("websocket_max_lifetime") else base.websocket_max_lifetime,
+        stream_idle_timeout=t.duration("stream_idle_timeout", base.stream_idle_timeout),
     )
 
 
@@ -704,6 +786,9 @@ _UPSTREAM_KEYS = (
     "ca_bundle",
     "client_cert",
     "client_key",
+    "websockets",
+    "websocket_max_lifetime",
+    "stream_idle_timeout",
 )
 
 
@@ -849,6 +934,7 @@ def _oidc(t: _Table) -> OIDCConfig:
     )
     if any(a.startswith("HS") for a in algorithms) and secret is None:
         t.problem("id_token_algorithms", "HS* algorithms need a client_secret")
+    extra = _oidc_parity(t, issuer)
     return OIDCConfig(
         issuer=issuer,
         client_id=t.string("client_id", "", required=True),
@@ -876,8 +962,57 @@ def _oidc(t: _Table) -> OIDCConfig:
         pass_access_token=t.choice("pass_access_token", ("none", "authorization", "header"), "none"),
         pass_id_token=t.boolean("pass_id_token", False),
         end_session=t.boolean("end_session", True),
-        post_logout_redirect_uri=t.string("post_logout_redirect_uri", None, check=_http_url),
+        **extra,
     )
+
+
+def _landing_page(text: str) -> str:
+    """A path (a safe same-origin return-to) or an absolute http(s) URL."""
+    if text.startswith("/"):
+        from .login import safe_return_to
+
+        if safe_return_to(text) is None:
+            raise ValueError(f"{text!r} is not a plain same-origin path")
+        return text
+    return _http_url(text)
+
+
+def _oidc_parity(t: _Table, issuer: str) -> Dict[str, Any]:
+    """
+    The C{[oidc]} keys of the landing pages, where logins start, and the
+    IdP client's retries and TLS (the names Traefik Hub's importer emits).
+    """
+    old = t.string("post_logout_redirect_uri", None, check=_landing_page)
+    new = t.string("post_logout_redirect_url", None, check=_landing_page)
+    if t.has("post_logout_redirect_uri"):
+        if t.has("post_logout_redirect_url"):
+            t.problem("post_logout_redirect_uri", "is the former name of post_logout_redirect_url; "
+                      "set only post_logout_redirect_url")
+        else:
+            log.warn("config: {key} is deprecated; rename it to post_logout_redirect_url",
+                     key=t.keypath("post_logout_redirect_uri"))
+    login_url = t.string("login_url", None, check=_absolute_path)
+    disable_login = t.boolean("disable_login", False)
+    if login_url is not None and disable_login:
+        t.problem("disable_login", "cannot be combined with login_url (one starts logins at one "
+                  "path, the other never starts any)")
+    certificate = _client_certificate(t, UpstreamSettings())
+    insecure = t.boolean("insecure_skip_verify", False)
+    if insecure and not issuer.startswith("https://"):
+        t.problem("insecure_skip_verify", "only makes sense with an https issuer "
+                  f"({issuer!r} is not TLS)")
+    if insecure and t.has("ca_bundle"):
+        t.problem("insecure_skip_verify", "cannot be combined with ca_bundle")
+    return {
+        "post_logout_redirect_url": new if new is not None else old,
+        "post_login_redirect_url": t.string("post_login_redirect_url", None, check=_landing_page),
+        "login_url": login_url,
+        "disable_login": disable_login,
+        "logout_path": t.string("logout_path", None, check=_absolute_path),
+        "max_retries": t.integer("max_retries", 0, minimum=0, maximum=10),
+        "insecure_skip_verify": insecure,
+        **certificate,
+    }
 
 
 def _one_of(value: str, choices: Sequence[str]) -> str:
@@ -919,14 +1054,54 @@ def _session(t: _Table) -> SessionConfig:
         refresh_interval=t.duration("refresh_interval", 300.0, positive=True),
         idp_outage_grace=t.duration("idp_outage_grace", 0.0),
         revoke_on_logout=t.boolean("revoke_on_logout", True),
+        **_sliding(t),
     )
 
 
+def _sliding(t: _Table) -> Dict[str, Any]:
+    """C{session.sliding}, which needs the window C{idle_timeout} gives it, and C{cookie_secure}."""
+    sliding = t.boolean("sliding", False)
+    try:
+        idle = parse_duration(t._data.get("idle_timeout", "0s"))
+    except ValueError:  # reported as idle_timeout's own problem
+        idle = 0.0
+    if sliding and idle <= 0:
+        t.problem("sliding", "needs idle_timeout > 0: each request moves the expiry to "
+                  "idle_timeout from now (never beyond lifetime from login)")
+    secure = t.boolean("cookie_secure", False) if t.has("cookie_secure") else \
+        _optional(t, "cookie_secure")
+    return {"sliding": sliding, "cookie_secure": secure}
+
+
 def _state_cookie(t: _Table) -> StateCookieConfig:
+    same_site = t.choice("same_site", ("Lax", "Strict", "None"), "Lax")
+    if same_site == "Strict":
+        t.problem("same_site", '"Strict" would break every login: the IdP\'s redirect back to '
+                  "the callback is a cross-site navigation, which does not carry Strict cookies; "
+                  'use "Lax" (or "None")')
     return StateCookieConfig(
         name=t.string("name", "oidcproxy_state", check=_cookie_name),
         max_age=t.duration("max_age", 600.0, positive=True),
         max_count=t.integer("max_count", 5, minimum=1, maximum=20),
+        path=t.string("path", "/", check=_absolute_path),
+        domain=t.string("domain", None, check=_cookie_domain),
+        same_site=same_site,
+        secure=t.boolean("secure", False) if t.has("secure") else _optional(t, "secure"),
+        http_only=t.boolean("http_only", True),
+    )
+
+
+def _optional(t: _Table, key: str) -> Optional[bool]:
+    """Mark an absent optional key as known: None (its default depends on other keys)."""
+    t._known.append(key)
+    return None
+
+
+def _csrf(t: _Table) -> CSRFConfig:
+    return CSRFConfig(
+        header_name=t.string("header_name", "X-CSRF-Token", check=_header_name),
+        cookie_name=t.string("cookie_name", "oidcproxy_csrf", check=_cookie_name),
+        secure=t.boolean("secure", False) if t.has("secure") else _optional(t, "secure"),
     )
 
 
@@ -1021,6 +1196,55 @@ def _endpoint_prefix(text: str) -> str:
     return prefix
 
 
+def _path_matches(cookie_path: str, path: str) -> bool:
+    """RFC 6265 5.1.4: whether a cookie of C{cookie_path} is sent to C{path}."""
+    return path == cookie_path or path.startswith(cookie_path.rstrip("/") + "/")
+
+
+def _check_login_paths(problems: _Problems, oidc: OIDCConfig, public_url: Optional[str],
+                       prefix: str, state: StateCookieConfig, session: SessionConfig) -> None:
+    """The checks of C{[oidc]} and C{[state_cookie]} that need the other tables too."""
+    callback = oidc.callback_path or prefix + "/callback"
+    logout = oidc.logout_path or prefix + "/logout"
+    paths = [("oidc.callback_path", callback), ("oidc.logout_path", logout)]
+    if oidc.login_url is not None:
+        paths.append(("oidc.login_url", oidc.login_url))
+    for i, (key, path) in enumerate(paths):
+        for other, other_path in paths[:i]:
+            if path == other_path:
+                problems.add(key, f"{path!r} is already the path of {other}")
+    origin = None
+    host = None
+    if public_url is not None:
+        parts = urlsplit(public_url)
+        origin = f"{parts.scheme}://{parts.netloc}".lower()
+        host = (parts.hostname or "").lower()
+    landing = oidc.post_login_redirect_url
+    if landing is not None and not landing.startswith("/"):
+        parts = urlsplit(landing)
+        if origin is None or f"{parts.scheme}://{parts.netloc}".lower() != origin:
+            problems.add("oidc.post_login_redirect_url",
+                         f"{landing!r} is not on public_url's origin ({origin or 'unset'}); "
+                         "give a path or a URL on that origin")
+    if not _path_matches(state.path, callback):
+        problems.add("state_cookie.path", f"{state.path!r} does not cover the callback path "
+                     f"{callback!r}: the browser would not send the state cookie back")
+    if state.domain is not None and host is not None:
+        domain = state.domain.lower()
+        if host != domain and not host.endswith("." + domain):
+            problems.add("state_cookie.domain", f"{state.domain!r} does not cover public_url's "
+                         f"host {host!r}: browsers would refuse the cookie")
+    secure = session.cookie_secure if session.cookie_secure is not None else \
+        (public_url or "").startswith("https://")
+    if session.cookie_secure is False and session.same_site == "None":
+        problems.add("session.cookie_secure", 'false cannot be combined with same_site = "None" '
+                     "(browsers refuse SameSite=None cookies that are not Secure)")
+    state_secure = state.secure if state.secure is not None else secure
+    if state.same_site == "None" and not state_secure:
+        problems.add("state_cookie.same_site", '"None" needs a secure cookie (browsers refuse '
+                     "SameSite=None without Secure): set secure = true and an https public_url")
+
+
 def parse_config(data: Dict[str, Any], source: str) -> Config:
     """
     Validate a parsed TOML document.
@@ -1036,11 +1260,12 @@ def parse_config(data: Dict[str, Any], source: str) -> Config:
     public_url = top.string("public_url", None, check=_http_url)
     trusted = top.strings("trusted_proxies", (), check=_network)
     prefix = top.string("endpoints_prefix", defaults.endpoints_prefix, check=_endpoint_prefix)
-    workers = top.integer("workers", 1, minimum=1)
-    if workers != 1:
-        top.problem("workers", "only 1 is supported in this version")
+    workers = top.integer("workers", 1, minimum=1, maximum=MAX_WORKERS)
+    drain_timeout = top.duration("drain_timeout", defaults.drain_timeout)
     keepalive = top.duration("keepalive_timeout", defaults.keepalive_timeout, positive=True)
+    max_websockets = top.integer("max_websockets", defaults.max_websockets, minimum=1)
     access_log = top.boolean("access_log", True)
+    username_claim = top.string("username_claim", "sub")
 
     upstream_table = top.table("upstream")
     upstream = UpstreamSettings()
@@ -1135,6 +1360,13 @@ def parse_config(data: Dict[str, Any], source: str) -> Config:
     if state_table is not None:
         state_cookie = _state_cookie(state_table)
         state_table.done()
+    csrf = None
+    csrf_table = top.table("csrf")
+    if csrf_table is not None:
+        csrf = _csrf(csrf_table)
+        csrf_table.done()
+        if oidc_table is None:
+            problems.add("csrf", "protects session logins, which need an [oidc] table")
     headers = defaults.headers
     headers_table = top.table("headers")
     if headers_table is not None:
@@ -1155,6 +1387,9 @@ def parse_config(data: Dict[str, Any], source: str) -> Config:
         if not session.secrets and (session_table is None or not session_table.has("secrets")):
             problems.add("session.secrets", f"at least one secret is required for login ({needs})")
 
+    if oidc is not None:
+        _check_login_paths(problems, oidc, public_url, prefix, state_cookie, session)
+
     if problems.items:
         raise ConfigError(source, problems.items)
     return Config(
@@ -1164,7 +1399,9 @@ def parse_config(data: Dict[str, Any], source: str) -> Config:
         trusted_proxies=trusted,
         endpoints_prefix=prefix,
         workers=workers,
+        drain_timeout=drain_timeout,
         keepalive_timeout=keepalive,
+        max_websockets=max_websockets,
         access_log=access_log,
         upstream=upstream,
         routes=tuple(routes),
@@ -1172,6 +1409,8 @@ def parse_config(data: Dict[str, Any], source: str) -> Config:
         session=session,
         redis=redis,
         state_cookie=state_cookie,
+        csrf=csrf,
+        username_claim=username_claim,
         admin=admin,
         metrics=metrics,
         bearer=bearer,

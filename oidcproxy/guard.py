@@ -30,7 +30,7 @@ from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 from urllib.parse import unquote_to_bytes
 
 import attr
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import IResource, Resource, getChildForRequest
@@ -48,6 +48,7 @@ from .cookies import (
     strip_cookies,
 )
 from .crypto import Sealer
+from .csrf import SAFE_METHODS, CSRFProtection
 from .login import LoginFlow, safe_return_to
 from .metrics import Metrics, NullMetrics
 from .pages import render_error
@@ -65,6 +66,7 @@ from .tokens import (
     peek_header,
 )
 from .upstream import canonical_header, is_trusted, request_host_header
+from .websocket import header_tokens
 
 log = Logger()
 
@@ -72,6 +74,7 @@ ACCESS_TOKEN_HEADER = "X-Forwarded-Access-Token"
 ID_TOKEN_HEADER = "X-Forwarded-Id-Token"
 _ASYMMETRIC = ("RS", "PS", "ES", "Ed")
 _CONSUMED_STATES = 10_000
+_MAX_USER_LENGTH = 256
 _ENDPOINTS = ("/auth", "/login", "/logout", "/userinfo", "/backchannel-logout", "/health", "/ready")
 """The endpoints under endpoints_prefix (besides the callback)."""
 
@@ -98,6 +101,9 @@ def is_browser_navigation(request: Request) -> bool:
     if _method(request) not in (b"GET", b"HEAD"):
         return False
     headers = request.requestHeaders
+    if b"websocket" in header_tokens(headers, b"upgrade"):
+        # A WebSocket cannot follow a redirect to a login page.
+        return False
     xrw = headers.getRawHeaders(b"x-requested-with")
     if xrw and xrw[0].lower() == b"xmlhttprequest":
         return False
@@ -187,6 +193,8 @@ class OIDCGuard(Resource):
     @param metrics: where requests, logins, token failures, refreshes, and the
         IdP and Redis calls of the provider and store built here are counted
         (default: a L{Metrics} of its own, see L{metrics}).
+    @param idp_http: the treq C{HTTPClient} of the provider built here
+        (default: L{make_http_client} with C{[oidc]}'s TLS settings).
     """
 
     isLeaf = True
@@ -203,6 +211,7 @@ class OIDCGuard(Resource):
         max_cookie_bytes: int = 12 * 1024,
         revocations: Any = None,
         metrics: Optional[NullMetrics] = None,
+        idp_http: Any = None,
     ) -> None:
         super().__init__()
         self._metrics = metrics if metrics is not None else Metrics()
@@ -222,7 +231,8 @@ class OIDCGuard(Resource):
         self._routes = routes
         self._prefix = config.endpoints_prefix
         self._callback_path = config.callback_path
-        self._secure = (config.public_url or "").startswith("https://")
+        self._logout_path = config.logout_path
+        self._secure = config.cookie_secure
         self._public = config.public_url or ""
         self._public_origin = "/".join(self._public.split("/", 3)[:3]).encode("ascii")
 
@@ -243,8 +253,15 @@ class OIDCGuard(Resource):
             max_chunks=s.max_cookie_chunks,
         )
         self._own_cookie_names: List[bytes] = [self._session_cookie.wire_name.encode("ascii")]
+        self._csrf: Optional[CSRFProtection] = None
+        if config.csrf is not None and s.secrets:
+            self._csrf = self._csrf_protection(config)
+            self._own_cookie_names.append(self._csrf.cookie.wire_name.encode("ascii"))
         self._provider: Optional[Provider] = None
         self._store: Optional[ISessionStore] = store
+        self._owns_stores = store is None
+        self.worker_id: Optional[int] = None
+        """The worker number when several processes serve (shown by the health endpoint)."""
         self._login: Optional[LoginFlow] = None
         self._refresher: Optional[Refresher] = None
         self._revocations: Any = None
@@ -270,7 +287,10 @@ class OIDCGuard(Resource):
                         private_key_id=oidc.private_key_id,
                         private_key_alg=oidc.private_key_alg,
                     ),
-                    make_http_client(reactor, oidc.ca_bundle, oidc.timeout),
+                    idp_http if idp_http is not None else make_http_client(
+                        reactor, oidc.ca_bundle, oidc.timeout, client_cert=oidc.client_cert,
+                        client_key=oidc.client_key,
+                        insecure_skip_verify=oidc.insecure_skip_verify),
                     reactor,
                     discovery=oidc.discovery,
                     endpoints=dict(oidc.endpoints),
@@ -280,11 +300,15 @@ class OIDCGuard(Resource):
                     jwks_ttl=oidc.jwks_cache_ttl,
                     jwks_min_refresh=oidc.jwks_min_refresh_interval,
                     metrics=self._metrics,
+                    max_retries=oidc.max_retries,
                 )
             self._provider = provider
             state = config.state_cookie
-            state_spec = CookieSpec(name=state.name, path="/", secure=self._secure,
-                                    http_only=True, same_site="Lax")
+            state_secure = state.secure if state.secure is not None else self._secure
+            state_spec = CookieSpec(
+                name=state.name, path=state.path, domain=state.domain, secure=state_secure,
+                http_only=state.http_only,
+                same_site=state.same_site if (state.same_site != "None" or state_secure) else "Lax")
             self._refresher = Refresher(
                 provider, self._validate_refreshed, self._store, reactor,
                 mode=s.refresh, leeway=s.refresh_leeway, interval=s.refresh_interval,
@@ -302,6 +326,25 @@ class OIDCGuard(Resource):
                 auth_params=dict(oidc.auth_params),
                 clock=reactor,
             )
+
+    def _csrf_protection(self, config: Config) -> CSRFProtection:
+        """The CSRF tokens of C{config.csrf}: a cookie beside the session cookie, not HttpOnly."""
+        c, s = config.csrf, config.session
+        assert c is not None
+        secure = c.secure if c.secure is not None else self._secure
+        cookie = CookieSpec(
+            name=c.cookie_name, path=s.cookie_path, domain=s.cookie_domain, secure=secure,
+            http_only=False, same_site=self._session_cookie.same_site
+            if (self._session_cookie.same_site != "None" or secure) else "Lax")
+        return CSRFProtection([x.reveal().encode("utf-8") for x in s.secrets], cookie,
+                              c.header_name)
+
+    def _warn_insecure(self) -> None:
+        """Say, at every start and reload, that the IdP's certificate is not checked."""
+        if self._oidc is not None and self._oidc.insecure_skip_verify:
+            log.warn("oidc.insecure_skip_verify is on: the identity provider's TLS certificate "
+                     "is NOT verified, anyone on the network path can impersonate it; "
+                     "never use this in production")
 
     @property
     def store(self) -> Optional[ISessionStore]:
@@ -321,10 +364,19 @@ class OIDCGuard(Resource):
         were built: C{config}'s other sections should be the running ones.
         """
         bearer_changed = config.bearer != self._config.bearer
+        csrf_changed = config.csrf != self._config.csrf
         self._config = config
         self._routes = routes
         self._managed = _managed_headers(config)
         self._wrapped = wrapped
+        self._warn_insecure()
+        if csrf_changed:
+            if self._csrf is not None:
+                self._own_cookie_names.remove(self._csrf.cookie.wire_name.encode("ascii"))
+            self._csrf = self._csrf_protection(config) \
+                if config.csrf is not None and config.session.secrets else None
+            if self._csrf is not None:
+                self._own_cookie_names.append(self._csrf.cookie.wire_name.encode("ascii"))
         if bearer_changed:
             # Rebuilt on the next bearer request, with the new settings (its
             # cache of validated tokens goes with the old ones).
@@ -340,7 +392,21 @@ class OIDCGuard(Resource):
         """Start loading the IdP's metadata and keys in the background."""
         if not self._started and self._provider is not None:
             self._started = True
+            self._warn_insecure()
             self._provider.start()
+
+    def close(self) -> Deferred[Any]:
+        """
+        Close the Redis connections of the stores this guard built (at
+        shutdown, after L{stop}); fires once they are closed.
+        """
+        closing = []
+        for store in {id(s): s for s in (self._store, self._revocations)
+                      if s is not None and self._owns_stores}.values():
+            close = getattr(store, "close", None)
+            if close is not None:
+                closing.append(maybeDeferred(close))
+        return DeferredList(closing, consumeErrors=True)
 
     def stop(self) -> None:
         if self._started and self._provider is not None:
@@ -420,6 +486,14 @@ class OIDCGuard(Resource):
         if path == self._callback_path:
             setattr(request, "oidcproxy_endpoint", "oidc:callback")  # noqa: B010 - for the metrics
             await self._callback(request)
+            return
+        if path == self._logout_path:
+            setattr(request, "oidcproxy_endpoint", "oidc:logout")  # noqa: B010 - for the metrics
+            await self._logout_endpoint(request)
+            return
+        if self._oidc is not None and path == self._oidc.login_url:
+            setattr(request, "oidcproxy_endpoint", "oidc:login")  # noqa: B010 - for the metrics
+            await self._login_endpoint(request)
             return
         if path == self._prefix or path.startswith(self._prefix + "/"):
             name = path[len(self._prefix):]
@@ -523,6 +597,7 @@ class OIDCGuard(Resource):
             return
         setattr(request, "oidcproxy_identity", Identity(  # noqa: B010
             sub=sub, claims=claims, access_token=token, expires=claims.get("exp")))
+        self._set_user(request, claims, sub)
         _decided(request, "bearer", unless_decided=True)
         self._set_headers(request, claims)
         self._pass(request, match)
@@ -711,6 +786,12 @@ class OIDCGuard(Resource):
 
     async def _authenticated(self, request: Request, match: RouteMatch, session: Session) -> None:
         now = self._clock.seconds()
+        if self._csrf is not None and not self._csrf_passed(request, session, now):
+            return
+        idle = self._config.session.idle_timeout
+        sliding = self._config.session.sliding
+        # Due on the session as it was loaded (a refresh resets last_seen).
+        renew = idle > 0 and now - session.last_seen >= min(60.0, idle / 4)
         refresher = self._refresher
         if refresher is not None and refresher.due(session, now):
             outcome = await refresher.refresh(session)
@@ -723,8 +804,11 @@ class OIDCGuard(Resource):
             if outcome.session is not None:
                 session = outcome.session
                 value = outcome.cookie_value
-                if value is not None and value != read_cookie(self._session_cookie,
-                                                              request.received_cookies):
+                # The refresh saved it seen now; a sliding one is saved again
+                # below with its new expiry (and one cookie set for both).
+                renew = sliding
+                if not sliding and value is not None and value != read_cookie(
+                        self._session_cookie, request.received_cookies):
                     self._add_cookies_on_write(request, set_cookie_headers(
                         self._session_cookie, value, int(session.expires - now),
                         chunk_names(self._session_cookie, request.received_cookies)))
@@ -737,11 +821,13 @@ class OIDCGuard(Resource):
         if route.policy is not None and not self._authorized(
                 request, route, session.sub, session.claims, _unverified_claims(session)):
             return
-        idle = self._config.session.idle_timeout
-        if idle > 0 and now - session.last_seen >= min(60.0, idle / 4):
-            # Keep the idle clock (which lives inside the session) moving.
+        if renew:
+            # Keep the idle clock (which lives inside the session) moving;
+            # a sliding session's expiry (cookie, Redis TTL) moves with it.
             assert self._store is not None
             session = session.touched(now)
+            if sliding:
+                session = attr.evolve(session, expires=self._sliding_expiry(session.created, now))
             value = await self._store.save(session)
             self._add_cookies_on_write(request, set_cookie_headers(
                 self._session_cookie, value, int(session.expires - now),
@@ -754,6 +840,35 @@ class OIDCGuard(Resource):
             self._add_headers_on_write(request, [], hints)
         self._set_identity(request, session)
         self._pass(request, match)
+
+    def _sliding_expiry(self, created: float, now: float) -> float:
+        """A sliding session's end: idle_timeout from now, never beyond lifetime from login."""
+        s = self._config.session
+        return min(created + s.lifetime, now + s.idle_timeout)
+
+    def _csrf_passed(self, request: Request, session: Session, now: float) -> bool:
+        """
+        The CSRF check of a session-authenticated request: a safe method
+        passes (and gets a token cookie when it has none of this session);
+        any other needs the header matching the cookie, or gets 403.
+        """
+        csrf = self._csrf
+        assert csrf is not None
+        cookies = request.received_cookies
+        issue = csrf.cookie_headers(cookies, session.id, int(session.expires - now))
+        if _method(request) in SAFE_METHODS:
+            self._add_cookies_on_write(request, issue)
+            return True
+        reason = csrf.refusal(cookies, request.requestHeaders.getRawHeaders(
+            csrf.header_name.encode("ascii")), session.id)
+        if reason is None:
+            return True
+        log.info("CSRF check failed for {sub}: {reason}", sub=session.sub, reason=reason)
+        _decided(request, "csrf_refused")
+        self._finish(request, 403, "csrf_token_invalid",
+                     f"This request needs the {csrf.header_name} header holding the CSRF token "
+                     f"of the {csrf.cookie.wire_name} cookie.", cookies=issue)
+        return False
 
     def _usable_during_outage(self, session: Session, now: float) -> bool:
         """
@@ -781,9 +896,12 @@ class OIDCGuard(Resource):
             raise
 
     def _set_identity(self, request: Request, session: Session) -> None:
+        # For a WebSocket, which logout of this session closes.
+        setattr(request, "oidcproxy_session", session)  # noqa: B010
         setattr(request, "oidcproxy_identity", Identity(  # noqa: B010
             sub=session.sub, claims=session.claims, access_token=session.access_token,
             id_token=session.id_token, expires=session.expires))
+        self._set_user(request, session.claims, session.sub)
         _decided(request, "session", unless_decided=True)
         self._set_headers(request, session.claims)
         headers = request.requestHeaders
@@ -798,6 +916,17 @@ class OIDCGuard(Resource):
         if oidc is not None and oidc.pass_id_token and session.id_token:
             headers.setRawHeaders(ID_TOKEN_HEADER.encode("ascii"),
                                   [session.id_token.encode("ascii")])
+
+    def _set_user(self, request: Request, claims: Dict[str, Any], sub: str) -> None:
+        """The access log's user: the username_claim's value, or the sub without it."""
+        name = _claim(claims, self._config.username_claim)
+        if isinstance(name, (int, float)) and not isinstance(name, bool):
+            name = str(name)
+        if not isinstance(name, str) or not name:
+            name = sub
+        # One log line per request: no control characters, no endless names.
+        name = "".join(c if c.isprintable() else "?" for c in name[:_MAX_USER_LENGTH])
+        setattr(request, "oidcproxy_user", name)  # noqa: B010 - read by the access log
 
     def _set_headers(self, request: Request, claims: Dict[str, Any]) -> None:
         """The identity headers of C{claims}."""
@@ -820,6 +949,16 @@ class OIDCGuard(Resource):
         if not is_browser_navigation(request) or \
                 getattr(request, "oidcproxy_forward_auth", None) is False:
             self._deny(request, clear)
+            return
+        oidc = self._oidc
+        if oidc is not None and (oidc.disable_login or oidc.login_url):
+            # Logins start elsewhere (login_url), or not at all here.
+            _decided(request, "unauthenticated")
+            message = "Authentication is required."
+            if oidc.login_url:
+                message += f" Log in at {oidc.login_url}."
+            self._finish(request, 401, "unauthenticated", message,
+                         {b"www-authenticate": b'Bearer realm="oidcproxy"'}, clear)
             return
         return_to = match.path
         if match.query is not None:
@@ -1006,7 +1145,8 @@ class OIDCGuard(Resource):
             claims=claims,
             created=now,
             last_seen=now,
-            expires=now + self._config.session.lifetime,
+            expires=self._sliding_expiry(now, now) if self._config.session.sliding
+            else now + self._config.session.lifetime,
             id_token=id_token,
             access_token=access_token,
             access_token_expires=now + expires_in if isinstance(expires_in, int) else None,
@@ -1015,14 +1155,23 @@ class OIDCGuard(Resource):
         )
         # A fresh session id on every login (no fixation); the old session,
         # if any, is ended.
-        old, _ = await self._session(request)
-        if old is not None:
-            await self._forget(old)
-        value = await store.save(session)
+        try:
+            old, _ = await self._session(request)
+            if old is not None:
+                await self._forget(old)
+            value = await store.save(session)
+        except SessionStoreUnavailable:
+            # The code is spent: the user starts again once the store is back.
+            log.warn("login failed: the session store is unavailable")
+            self._metrics.login_failed("session_store_unavailable")
+            self._finish(request, 503, "session_store_unavailable",
+                         "Sessions are temporarily unavailable. Please try again shortly.",
+                         cookies=cookies)
+            return
         present = chunk_names(self._session_cookie, request.received_cookies)
         try:
             session_cookies = set_cookie_headers(
-                self._session_cookie, value, int(self._config.session.lifetime), present)
+                self._session_cookie, value, int(session.expires - now), present)
             if len(value) > self._max_cookie_bytes:
                 raise CookieTooLarge(f"{len(value)} bytes")
         except CookieTooLarge:
@@ -1034,7 +1183,14 @@ class OIDCGuard(Resource):
             return
         log.info("login of {sub}", sub=session.sub)
         self._metrics.login_completed()
-        self._redirect(request, self._public + attempt.return_to, [*cookies, *session_cookies])
+        self._redirect(request, self._landing_after_login(attempt.return_to),
+                       [*cookies, *session_cookies])
+
+    def _landing_after_login(self, return_to: str) -> str:
+        """post_login_redirect_url when configured (a path on public_url, or a URL), else the return-to."""
+        fixed = self._oidc.post_login_redirect_url if self._oidc is not None else None
+        target = fixed or return_to
+        return self._public + target if target.startswith("/") else target
 
     # -- endpoints --------------------------------------------------------------
 
@@ -1042,10 +1198,8 @@ class OIDCGuard(Resource):
                         authorization: Optional[Sequence[bytes]] = None) -> None:
         if name == "/auth":
             await self._forward_auth(request, authorization)
-        elif name == "/login":
+        elif name == "/login" and self._login_here():
             await self._login_endpoint(request)
-        elif name == "/logout":
-            await self._logout_endpoint(request)
         elif name == "/userinfo":
             await self._userinfo_endpoint(request)
         elif name == "/backchannel-logout":
@@ -1057,13 +1211,20 @@ class OIDCGuard(Resource):
         else:
             self._finish(request, 404, "not_found", "No such endpoint.")
 
+    def _login_here(self) -> bool:
+        """Whether C{endpoints_prefix + "/login"} starts logins (not with login_url or disable_login)."""
+        return self._oidc is None or not (self._oidc.disable_login or self._oidc.login_url)
+
     def _health_endpoint(self, request: Request) -> None:
         """Liveness: the process serves requests. No authentication, never cached."""
         if request.method not in (b"GET", b"HEAD"):
             self._finish(request, 405, "method_not_allowed", "Use GET.", {b"allow": b"GET, HEAD"},
                          as_json=True)
             return
-        self._respond(request, 200, b"application/json", b'{"status": "ok"}')
+        document: Dict[str, Any] = {"status": "ok"}
+        if self.worker_id is not None:
+            document["worker"] = self.worker_id
+        self._respond(request, 200, b"application/json", json.dumps(document).encode("utf-8"))
 
     async def _ready_endpoint(self, request: Request) -> None:
         """
@@ -1136,17 +1297,38 @@ class OIDCGuard(Resource):
         if loaded is None:
             return
         session, cookies = loaded
-        location = self._public + target
+        location = self._landing_after_logout(target)
         if session is not None:
             await self._forget(session)
             log.info("logout of {sub}", sub=session.sub)
+            self._close_sockets(session_id=session.id)
             await self._revoke(session)
             idp_logout = self._end_session_url(session, location)
             if idp_logout is not None:
                 location = idp_logout
         present = chunk_names(self._session_cookie, request.received_cookies)
         cookies = clear_cookie_headers(self._session_cookie, present) if present else []
+        if self._csrf is not None:
+            cookies += self._csrf.clear_headers(request.received_cookies)
         self._redirect(request, location, cookies, code=303)
+
+    def _landing_after_logout(self, rd: str) -> str:
+        """post_logout_redirect_url when configured (a path on public_url, or a URL), else rd."""
+        fixed = self._oidc.post_logout_redirect_url if self._oidc is not None else None
+        target = fixed or rd
+        return self._public + target if target.startswith("/") else target
+
+    def _close_sockets(self, **which: Any) -> None:
+        """
+        Close the WebSockets of this process that a logout ends (by
+        C{session_id}, C{sid} or C{sub}): those the wrapped proxy keeps.
+        """
+        sockets = getattr(getattr(self, "_wrapped", None), "sockets", None)
+        if sockets is None:
+            return
+        closed = sockets.close(**which)
+        if closed:
+            log.info("logout closed {count} WebSocket(s)", count=closed)
 
     async def _revoke(self, session: Session) -> None:
         """RFC 7009: revoke the session's tokens at the IdP, when it can and we should."""
@@ -1170,12 +1352,11 @@ class OIDCGuard(Resource):
         provider, oidc = self._provider, self._oidc
         if provider is None or oidc is None or not oidc.end_session:
             return None
-        back = oidc.post_logout_redirect_uri or local
-        return provider.end_session_url(session.id_token, back)
+        return provider.end_session_url(session.id_token, local)
 
     def _logout_page(self, request: Request, target: str) -> None:
         """A confirmation form: a link alone cannot log anyone out."""
-        action = escape(f"{self._prefix}/logout")
+        action = escape(self._logout_path)
         page = (
             '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>Log out</title>'
             '<meta name="viewport" content="width=device-width, initial-scale=1"></head>'
@@ -1280,6 +1461,10 @@ class OIDCGuard(Resource):
                          "Sessions are temporarily unavailable.", as_json=True)
             return
         log.info("back-channel logout: {count} session(s) ended", count=count)
+        if sid:
+            self._close_sockets(sid=sid)
+        else:
+            self._close_sockets(sub=sub)
         self._respond(request, 200, b"application/json", b"{}")
 
 

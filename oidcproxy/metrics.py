@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
@@ -72,6 +72,19 @@ class NullMetrics:
     def jwks_refetch(self, reason: str) -> None:
         """The JWKS is fetched again: C{unknown_kid} or C{expired}."""
 
+    def websocket_upgrade(self, result: str) -> None:
+        """
+        An upgrade request ended its handshake: C{upgraded}, C{refused} (the
+        upstream answered without 101), C{upstream_failed} (502),
+        C{upstream_timeout} (504), C{over_capacity} (503) or C{client_gone}.
+        """
+
+    def websocket_open(self, delta: int) -> None:
+        """An upgraded connection opened (+1) or closed (-1)."""
+
+    def websocket_bytes(self, direction: str, count: int) -> None:
+        """C{count} bytes relayed C{to_upstream} or C{to_client} over an upgraded connection."""
+
 
 class Metrics(NullMetrics):
     """
@@ -114,6 +127,16 @@ class Metrics(NullMetrics):
         self._jwks = Counter(
             "oidcproxy_jwks_refetches", "JWKS fetches after the first load, by reason.",
             ["reason"], registry=r)
+        self._ws_upgrades = Counter(
+            "oidcproxy_websocket_upgrades", "WebSocket upgrade requests, by result.",
+            ["result"], registry=r)
+        self._ws_open = Gauge(
+            "oidcproxy_websockets_open", "Upgraded (WebSocket) connections open now.", registry=r,
+            # With workers = N: the sum over the live workers.
+            multiprocess_mode="livesum")
+        self._ws_bytes = Counter(
+            "oidcproxy_websocket_bytes", "Bytes relayed over upgraded connections, by direction "
+            "(to_upstream, to_client).", ["direction"], registry=r)
 
     def request(self, route: str, status: int) -> None:
         self._requests.labels(route, str(status)).inc()
@@ -147,6 +170,15 @@ class Metrics(NullMetrics):
 
     def jwks_refetch(self, reason: str) -> None:
         self._jwks.labels(reason).inc()
+
+    def websocket_upgrade(self, result: str) -> None:
+        self._ws_upgrades.labels(result).inc()
+
+    def websocket_open(self, delta: int) -> None:
+        self._ws_open.inc(delta)
+
+    def websocket_bytes(self, direction: str, count: int) -> None:
+        self._ws_bytes.labels(direction).inc(count)
 
     def render(self) -> bytes:
         """The registry in the Prometheus text format."""

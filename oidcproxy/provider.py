@@ -21,9 +21,12 @@ Every request to the provider:
   - must answer JSON (502 C{bad_json}), except for a successful revocation,
     whose body is ignored (RFC 7009, 2.2);
   - never follows redirects (a redirect is a bad answer);
-  - is made at most once per call: discovery and JWKS failures are retried by
-    the background loop only, and the code exchange, refresh and revocation
-    are never retried (a code is single-use), nor is introspection.
+  - is made at most once per call, unless C{max_retries} allows more for the
+    idempotent ones (discovery, JWKS, userinfo) after a transport failure, a
+    timeout or a 5xx/429 answer, with a Clock-driven backoff; discovery and
+    JWKS failures are also retried by the background loop. The code
+    exchange, refresh and revocation are never retried (a code is
+    single-use), nor is introspection.
 
 Failures are L{ProviderError}s. Logs and error details never contain a token,
 an authorization code, a client secret or a client assertion.
@@ -58,7 +61,13 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 from .config import ENDPOINT_KEYS
 from .flight import fire_waiters
 from .metrics import NullMetrics
-from .tls import describe_tls_error, trust_root
+from .tls import (
+    ClientCertificatePolicy,
+    UnverifiedPolicy,
+    client_certificate,
+    describe_tls_error,
+    trust_root,
+)
 from .tokens import KeySet, TokenError
 from .upstream import BytesProducer, QuietPool
 
@@ -114,6 +123,9 @@ _TRANSPORT_ERRORS: Tuple[Type[BaseException], ...] = (
 )
 
 _PRINTABLE = re.compile(r"[^\x20-\x7e]")
+
+_RETRIED_REASONS = frozenset({"unreachable", "timeout"})
+"""L{ProviderError} reasons an idempotent request is retried after (with C{max_retries})."""
 
 
 class ProviderError(Exception):
@@ -333,7 +345,13 @@ def _client_over(agent: Any) -> HTTPClient:
 
 
 def make_http_client(
-    reactor: Any, ca_bundle: Optional[str] = None, timeout_connect: float = 5.0
+    reactor: Any,
+    ca_bundle: Optional[str] = None,
+    timeout_connect: float = 5.0,
+    *,
+    client_cert: Optional[str] = None,
+    client_key: Optional[str] = None,
+    insecure_skip_verify: bool = False,
 ) -> HTTPClient:
     """
     The HTTP client for talking to the provider: a treq L{HTTPClient} over an
@@ -342,14 +360,28 @@ def make_http_client(
     C{ca_bundle}), and a cookie jar that keeps nothing, so no cookie set by
     one answer is ever sent with another request.
 
-    @raise ValueError: C{ca_bundle} holds no certificate.
-    @raise OSError: C{ca_bundle} cannot be read.
+    @param client_cert: with C{client_key}, the client certificate presented
+        to a provider that asks for one (mutual TLS); see
+        L{oidcproxy.tls.client_certificate}.
+    @param insecure_skip_verify: accept any server certificate (for tests
+        against a provider with a self-signed certificate only).
+    @raise ValueError: C{ca_bundle} holds no certificate; a bad client
+        certificate or key.
+    @raise OSError: a file cannot be read.
     """
     pool = QuietPool(reactor, persistent=True)
-    if ca_bundle is not None:
-        policy = webclient.BrowserLikePolicyForHTTPS(trustRoot=trust_root(ca_bundle))
+    trusted = trust_root(ca_bundle) if ca_bundle is not None else None
+    certificate: Any = None
+    chain: Sequence[Any] = ()
+    if client_cert is not None and client_key is not None:
+        certificate, chain = client_certificate(client_cert, client_key)
+    policy: Any
+    if insecure_skip_verify:
+        policy = UnverifiedPolicy(certificate, chain)
+    elif certificate is not None:
+        policy = ClientCertificatePolicy(certificate, chain, trust_root=trusted)
     else:
-        policy = webclient.BrowserLikePolicyForHTTPS()
+        policy = webclient.BrowserLikePolicyForHTTPS(trustRoot=trusted)
     agent = webclient.Agent(reactor, contextFactory=policy, connectTimeout=timeout_connect, pool=pool)
     return _client_over(agent)
 
@@ -525,6 +557,8 @@ class Provider:
         retry_initial: float = 1.0,
         retry_max: float = 60.0,
         metrics: Optional[NullMetrics] = None,
+        max_retries: int = 0,
+        retry_backoff: float = 0.5,
     ) -> None:
         """
         @param issuer: the issuer identifier, exactly as the provider spells it.
@@ -539,6 +573,10 @@ class Provider:
         @param discovery_params: extra query parameters of the discovery request.
         @param metrics: times the requests and counts JWKS refetches (an
             L{oidcproxy.metrics.Metrics}; default: nothing is counted).
+        @param max_retries: how many more times a discovery, JWKS or userinfo
+            request is made after a transport failure, a timeout or a 5xx or
+            429 answer; the waits between attempts are C{retry_backoff},
+            then twice as long each time.
 
         @raise ValueError: a bad issuer, endpoint or setting.
         """
@@ -556,6 +594,10 @@ class Provider:
             raise ValueError("max_response_size must be positive")
         if retry_max < retry_initial:
             raise ValueError("retry_max must be at least retry_initial")
+        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+            raise ValueError("max_retries must be a non-negative integer")
+        if not retry_backoff >= 0:
+            raise ValueError("retry_backoff must not be negative")
 
         overrides: Dict[str, Any] = {}
         for name, value in (endpoints or {}).items():
@@ -581,6 +623,8 @@ class Provider:
         self._jwks_min_refresh = float(jwks_min_refresh)
         self._retry_initial = float(retry_initial)
         self._retry_max = float(retry_max)
+        self._max_retries = max_retries
+        self._retry_backoff = float(retry_backoff)
         self._private_key: Any = None
         if client.method == "private_key_jwt" and client.private_key_pem is not None:
             self._private_key = _load_private_key(client.private_key_pem)
@@ -708,8 +752,8 @@ class Provider:
         return base + "/.well-known/openid-configuration"
 
     async def _discover(self) -> ProviderMetadata:
-        answer = await self._request(
-            "discovery", "GET", self._discovery_url(), accept=_ACCEPT_JSON, params=self._discovery_params
+        answer = await self._idempotent(
+            "discovery", self._discovery_url(), accept=_ACCEPT_JSON, params=self._discovery_params
         )
         if answer.code != 200:
             raise ProviderError(502, "bad_status", f"the discovery request answered HTTP {answer.code}")
@@ -754,7 +798,7 @@ class Provider:
         if metadata is None:
             raise ProviderError(503, "not_ready", "the provider metadata is not loaded yet")
         self._jwks_attempted_at = self._clock.seconds()
-        answer = await self._request("JWKS", "GET", metadata.jwks_uri, accept=_ACCEPT_JWKS)
+        answer = await self._idempotent("JWKS", metadata.jwks_uri, accept=_ACCEPT_JWKS)
         if answer.code != 200:
             raise ProviderError(502, "bad_status", f"the JWKS request answered HTTP {answer.code}")
         try:
@@ -1069,8 +1113,8 @@ class Provider:
         if metadata.userinfo_endpoint is None:
             raise ProviderError(502, "no_userinfo_endpoint", "the provider has no userinfo endpoint")
         headers = Headers({b"authorization": [b"Bearer " + access_token.encode("utf-8")]})
-        answer = await self._request(
-            "userinfo endpoint", "GET", metadata.userinfo_endpoint, accept=_ACCEPT_JSON, headers=headers
+        answer = await self._idempotent(
+            "userinfo endpoint", metadata.userinfo_endpoint, accept=_ACCEPT_JSON, headers=headers
         )
         if answer.code != 200:
             raise ProviderError(502, "bad_status", f"the userinfo endpoint answered HTTP {answer.code}")
@@ -1085,6 +1129,63 @@ class Provider:
         return document
 
     # -- HTTP
+
+    async def _idempotent(
+        self,
+        what: str,
+        url: str,
+        *,
+        accept: bytes,
+        headers: Optional[Headers] = None,
+        params: Optional[Mapping[str, str]] = None,
+    ) -> _Answer:
+        """
+        A GET that may be made again (up to C{max_retries} more times) when
+        it fails in transit, times out, or gets a 5xx or 429 answer. The last
+        attempt's failure or answer is the caller's.
+        """
+        delay = self._retry_backoff
+        for attempt in range(self._max_retries + 1):
+            last = attempt == self._max_retries
+            try:
+                answer = await self._request(what, "GET", url, accept=accept, headers=headers,
+                                             params=params)
+            except ProviderError as e:
+                if last or e.reason not in _RETRIED_REASONS:
+                    raise
+                outcome = e.reason
+            else:
+                if last or not (answer.code >= 500 or answer.code == 429):
+                    return answer
+                outcome = f"HTTP {answer.code}"
+            log.info("the {what} request failed ({outcome}); retry {n} of {max} in {delay}s",
+                     what=what, outcome=outcome, n=attempt + 1, max=self._max_retries,
+                     delay=delay)
+            await self._pause(what, delay)
+            delay *= 2
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _pause(self, what: str, seconds: float) -> None:
+        """Wait on the clock between attempts; L{stop} cuts the wait short (503 C{stopped})."""
+        call = _PendingCall()
+        waiting: Deferred[None] = Deferred()
+
+        def wake() -> None:
+            if not waiting.called:
+                waiting.callback(None)
+
+        timer = self._clock.callLater(seconds, wake)
+        call.deferred = waiting  # type: ignore[assignment]
+        self._calls.add(call)
+        try:
+            await waiting
+        except CancelledError:
+            raise ProviderError(
+                503, "stopped", f"the {what} request was cancelled: shutting down") from None
+        finally:
+            self._calls.discard(call)
+            if timer.active():
+                timer.cancel()
 
     async def _request(
         self,

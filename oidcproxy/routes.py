@@ -165,7 +165,7 @@ def _normalise(raw: bytes, allow_encoded_slashes: bool) -> Tuple[str, bool]:
             stack.pop()
             directory = True
             continue
-        if name[0] == "." and "%3B" in name and _dotlike(name):
+        if name[:1] == "." and "%3B" in name and _dotlike(name):
             # "..%3Bx": a dot segment to an upstream that decodes before it
             # strips parameters, a plain name to one that does not.
             raise BadRequestTarget("ambiguous dot segment in the path")

@@ -7,9 +7,11 @@ per request.
 from __future__ import annotations
 
 import io
-from typing import Any, Callable, Optional, Tuple
+from typing import Any, Callable, Optional, Set, Tuple
 
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import server
@@ -123,8 +125,32 @@ def _client(request: Any) -> str:
 class ProxyChannel(HTTPChannel):
     """
     An HTTP/1.1 channel whose header limits the site sets: a chunked session
-    cookie must fit in the one C{Cookie} line browsers send.
+    cookie must fit in the one C{Cookie} line browsers send. The site keeps
+    track of its open channels, so that a shutdown can drain them.
     """
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        site = getattr(self, "site", None)
+        if isinstance(site, ProxySite):
+            site.channel_opened(self)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        super().connectionLost(reason)
+        site = getattr(self, "site", None)
+        if isinstance(site, ProxySite):
+            site.channel_closed(self)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        """
+        A request line or header line over the limit (an over-long URL,
+        Cookie or Authorization header): Twisted would only drop the
+        connection, which a browser shows as a network error. Say why first.
+        """
+        transport: Any = self.transport
+        transport.write(b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+                        b"Content-Length: 0\r\nConnection: close\r\n\r\n")
+        transport.loseConnection()
 
 
 class ProxySite(server.Site):
@@ -160,6 +186,78 @@ class ProxySite(server.Site):
         self.access_log = access_log
         # Twisted's default version banner is not for strangers.
         self.displayTracebacks = False
+        self._channels: Set[HTTPChannel] = set()
+        self._drained: Optional[Deferred[int]] = None
+        self.draining = False
+
+    # -- graceful shutdown -------------------------------------------------------
+
+    def channel_opened(self, channel: HTTPChannel) -> None:
+        if self.draining:
+            # Accepted just before the listener closed: nothing to finish.
+            channel.transport.loseConnection()  # type: ignore[union-attr]
+        self._channels.add(channel)
+
+    def channel_closed(self, channel: HTTPChannel) -> None:
+        self._channels.discard(channel)
+        if self._drained is not None and not self._channels:
+            drained, self._drained = self._drained, None
+            drained.callback(0)
+
+    def forget_channel(self, channel: HTTPChannel) -> None:
+        """
+        C{channel}'s connection was taken over by another protocol (a
+        WebSocket splice): a drain no longer waits for it.
+        """
+        self.channel_closed(channel)
+
+    @property
+    def open_connections(self) -> int:
+        return len(self._channels)
+
+    def drain(self, timeout: float) -> Deferred[int]:
+        """
+        Finish the requests in flight, then close their connections; close
+        idle keep-alive connections at once. Call it once the listeners have
+        stopped accepting.
+
+        @param timeout: seconds to wait for the requests in flight; then their
+            connections are aborted.
+        @return: a Deferred firing with the number of connections aborted
+            when every connection is closed.
+        """
+        self.draining = True
+        aborted = 0
+        for channel in list(self._channels):
+            if channel.requests:
+                # Close the connection once its current response is sent.
+                channel.persistent = False
+            else:
+                channel.loseConnection()
+        if not self._channels:
+            return succeed(0)
+        d: Deferred[int] = Deferred()
+        self._drained = d
+        log.info("draining {count} connection(s) for up to {timeout}s",
+                 count=len(self._channels), timeout=timeout)
+
+        def give_up() -> None:
+            nonlocal aborted
+            left = list(self._channels)
+            aborted = len(left)
+            log.warn("drain timeout: aborting {count} connection(s) with requests in flight",
+                     count=aborted)
+            for channel in left:
+                channel.transport.abortConnection()  # type: ignore[union-attr]
+
+        call = self.clock.callLater(timeout, give_up)
+
+        def done(_: object) -> int:
+            if call.active():
+                call.cancel()
+            return aborted
+
+        return d.addCallback(done)
 
     def buildProtocol(self, addr: Any) -> Any:
         channel = super().buildProtocol(addr)
@@ -183,7 +281,7 @@ class ProxySite(server.Site):
         access_log.info(
             '{client} "{method} {path}" {status} {bytes} {duration_ms}ms '
             "route={route} upstream={upstream} user={user} auth={auth}",
-            user=who.sub if who is not None else "-",
+            user=getattr(request, "oidcproxy_user", None) or (who.sub if who is not None else "-"),
             auth=getattr(request, "oidcproxy_auth", "-"),
             client=_client(request),
             method=request.method.decode("ascii", "backslashreplace"),

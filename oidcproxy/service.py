@@ -10,7 +10,7 @@ import signal
 import sys
 import tempfile
 import threading
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, List, NoReturn, Optional, Sequence, Tuple
 
 import attr
 from twisted.application.service import MultiService, Service
@@ -26,6 +26,7 @@ from .metrics import Metrics
 from .routes import BadRequestTarget, RouteTable
 from .server import BodyLimit, ProxySite
 from .upstream import UpstreamClient, UpstreamProxy
+from .websocket import SocketRegistry
 
 log = Logger()
 
@@ -77,8 +78,9 @@ def build_site(
     if metrics is None:
         metrics = Metrics()
     routes = RouteTable(config.routes)
+    sockets = SocketRegistry(config.max_websockets, config.session.lifetime, metrics)
     proxy = UpstreamProxy(routes, reactor, config.trusted_proxies, client_factory,
-                          metrics=metrics)
+                          metrics=metrics, sockets=sockets)
     guard = OIDCGuard(config, proxy, reactor, routes=routes,
                       max_cookie_bytes=config.session.max_cookie_chunks * CHUNK_SIZE,
                       metrics=metrics)
@@ -143,12 +145,117 @@ class ListenerService(Service):
         return None
 
 
+class AdoptedListenerService(ListenerService):
+    """
+    Serve on a listening socket inherited from a parent process (file
+    descriptor C{fd}) that was opened for the endpoint string C{description}.
+    An C{ssl:} endpoint's TLS settings are read from the string, so a worker
+    speaks TLS on the socket exactly as the parent's endpoint would have.
+    """
+
+    def __init__(self, reactor: Any, fd: int, description: str, factory: Any,
+                 family: Optional[int] = None) -> None:
+        super().__init__(reactor, description, factory)
+        self.fd = fd
+        self.family = family
+
+    def privilegedStartService(self) -> None:
+        Service.privilegedStartService(self)
+        import socket
+
+        factory = self._factory
+        try:
+            family = self.family
+            if family is None:
+                with socket.socket(fileno=os.dup(self.fd)) as sock:
+                    family = sock.family
+            # Every process sharing the socket shares its O_NONBLOCK flag (one
+            # open file description): it must stay non-blocking, or a reactor
+            # blocks in accept() while another process took the connection.
+            # (PyPy's socket() on an existing descriptor makes it blocking.)
+            os.set_blocking(self.fd, False)
+            if self.description.startswith("ssl:"):
+                from twisted.protocols.tls import TLSMemoryBIOFactory
+
+                factory = TLSMemoryBIOFactory(_tls_options(self.description), False, factory)
+            port = self._reactor.adoptStreamPort(self.fd, family, factory)
+        except (OSError, ValueError, TypeError) as e:
+            raise ListenError(f"cannot serve on the socket of {self.description!r}: {e}") from None
+        finally:
+            try:
+                os.close(self.fd)
+            except OSError:
+                pass
+        self._listened(port)
+
+
+def _tls_options(description: str) -> Any:
+    """
+    The TLS context factory that the C{ssl:} endpoint string C{description}
+    would listen with: the endpoint parser is run against a recorder standing
+    in for the reactor, so every option Twisted's C{ssl:} strings have
+    (certKey, privateKey, extraCertChain, dhParameters, ...) means here what
+    it means there.
+    """
+
+    class Recorder:
+        options: Any = None
+
+        def listenSSL(self, port: int, factory: Any, contextFactory: Any, *args: Any,
+                      **kwargs: Any) -> Any:
+            Recorder.options = contextFactory
+            return None
+
+    serverFromString(Recorder(), description).listen(None)
+    if Recorder.options is None:
+        raise ValueError("not an ssl: endpoint")
+    return Recorder.options
+
+
 def _address(port: IListeningPort) -> str:
     host: Any = port.getHost()
     if hasattr(host, "port"):
         h = host.host
         return f"[{h}]:{host.port}" if ":" in h else f"{h}:{host.port}"
     return str(getattr(host, "name", host))
+
+
+def fatal(message: str) -> NoReturn:
+    """
+    End the start-up with one line on standard error naming the cause, and
+    exit status 1. Under twistd, C{sys.stderr} is already redirected into
+    the log; the line goes to the process's real standard error instead, so
+    it is printed once, without a log prefix, where a shell or systemd shows it.
+    """
+    from twisted.logger import LoggingFile
+
+    stream = sys.__stderr__ if isinstance(sys.stderr, LoggingFile) else sys.stderr
+    if stream is None:  # pragma: no cover - no standard error at all
+        stream = sys.stderr
+    print(f"oidcproxy: {message}", file=stream)
+    stream.flush()
+    raise SystemExit(1)
+
+
+def startup_checks(config: Config, reactor: Any) -> None:
+    """
+    Before anything listens (under a real reactor, which is not running yet):
+    a configured Redis must answer, or the start fails with one line naming
+    the cause and exit status 1.
+    """
+    from twisted.internet.base import ReactorBase
+
+    if not isinstance(reactor, ReactorBase):
+        return
+    uses_redis = config.redis is not None and (
+        config.session.store == "redis" or config.oidc is not None)
+    if uses_redis:
+        from .preflight import check_redis
+
+        assert config.redis is not None
+        problem = check_redis(config.redis)
+        if problem is not None:
+            fatal(problem)
 
 
 RESTART_KEYS = (
@@ -192,18 +299,24 @@ class ProxyService(MultiService):
     def __init__(self, config: Config, reactor: Any, listen: Sequence[str],
                  port_file: Optional[str] = None, config_path: Optional[str] = None,
                  client_factory: Optional[Callable[[RouteConfig], UpstreamClient]] = None,
+                 adopted: Sequence[Tuple[int, str, str, int]] = (),
+                 worker_id: Optional[int] = None,
                  ) -> None:
         super().__init__()
         self.config = config
         self.config_path = config_path if config_path is not None else config.source
         self.metrics = Metrics()
+        self.worker_id = worker_id
         self._reactor = reactor
         self._client_factory = client_factory
         self._previous_sighup: Any = None
         self._sighup_installed = False
         self.site = build_site(config, reactor, client_factory=client_factory,
                                metrics=self.metrics)
-        self.listeners = [ListenerService(reactor, desc, self.site) for desc in listen]
+        self.site.guard.worker_id = worker_id  # type: ignore[attr-defined]
+        self.listeners: List[ListenerService] = [
+            ListenerService(reactor, desc, self.site) for desc in listen]
+        admin_site = None
         if config.admin is not None:
             from twisted.web.server import Site
 
@@ -211,8 +324,15 @@ class ProxyService(MultiService):
 
             store = self.site.guard.store  # type: ignore[attr-defined]
             admin_site = Site(AdminResource(store, config.admin.token.reveal()), reactor=reactor)
-            self.listeners.append(ListenerService(reactor, config.admin.listen, admin_site))
-        if config.metrics is not None:
+            if not adopted:
+                self.listeners.append(ListenerService(reactor, config.admin.listen, admin_site))
+        # A worker (L{oidcproxy.workers}) serves on its parent's sockets; the
+        # parent serves the metrics of all its workers.
+        for fd, description, kind, family in adopted:
+            factory = admin_site if kind == "admin" else self.site
+            self.listeners.append(AdoptedListenerService(reactor, fd, description, factory,
+                                                         family))
+        if config.metrics is not None and worker_id is None:
             from .metrics import metrics_site
 
             self.listeners.append(ListenerService(reactor, config.metrics.listen,
@@ -250,8 +370,20 @@ class ProxyService(MultiService):
         keep their running values, with one warning naming those that changed.
         An invalid file changes nothing: its problems are logged.
 
+        systemd hears C{RELOADING=1} first and C{READY=1} when it is done, so
+        C{systemctl reload} (with C{Type=notify-reload}) waits for it.
+
         @return: whether the new configuration was applied.
         """
+        from .systemd import notify, reloading
+
+        notify(reloading())
+        try:
+            return self._reload()
+        finally:
+            notify("READY=1")
+
+    def _reload(self) -> bool:
         log.info("reloading the configuration from {path}", path=self.config_path)
         try:
             new = load_config(self.config_path)
@@ -264,8 +396,11 @@ class ProxyService(MultiService):
         merged = attr.evolve(new, **{key: getattr(old, key) for key in RESTART_KEYS})
         try:
             routes = RouteTable(merged.routes)
+            # The open WebSockets stay open, in the same registry.
+            sockets = self.site.proxy.sockets  # type: ignore[attr-defined]
+            sockets.limit = merged.max_websockets
             proxy = UpstreamProxy(routes, self._reactor, merged.trusted_proxies,
-                                  self._client_factory, metrics=self.metrics)
+                                  self._client_factory, metrics=self.metrics, sockets=sockets)
         except (ValueError, TypeError, OSError) as e:
             log.error("config: cannot set up the proxy: {error} (in {path})", error=e,
                       path=self.config_path)
@@ -286,12 +421,13 @@ class ProxyService(MultiService):
         return True
 
     def privilegedStartService(self) -> None:
+        if self.worker_id is None:
+            startup_checks(self.config, self._reactor)
         try:
             super().privilegedStartService()
         except ListenError as e:
             # One clear line for the operator, not a traceback.
-            print(f"oidcproxy: {e}", file=sys.stderr)
-            raise SystemExit(1) from None
+            fatal(str(e))
         DeferredList([ls.listening for ls in self.listeners]).addCallback(
             lambda _: self._listening()
         )
@@ -315,6 +451,11 @@ class ProxyService(MultiService):
         os.replace(tmp, self._port_file)
 
     def stopService(self) -> Any:
+        """
+        Stop accepting, let the requests in flight finish (up to
+        C{drain_timeout}), then close the upstream pools and the IdP and
+        Redis clients.
+        """
         from .systemd import notify
 
         notify("STOPPING=1")
@@ -322,8 +463,14 @@ class ProxyService(MultiService):
             previous = self._previous_sighup
             signal.signal(signal.SIGHUP, previous if previous is not None else signal.SIG_DFL)
             self._sighup_installed = False
-        self.site.guard.stop()  # type: ignore[attr-defined]
         d = maybeDeferred(super().stopService)
-        proxy: UpstreamProxy = self.site.proxy  # type: ignore[attr-defined]
-        d.addCallback(lambda _: proxy.close())
+        d.addCallback(lambda _: self.site.drain(self.config.drain_timeout))
+
+        def close(_: object) -> Any:
+            self.site.guard.stop()  # type: ignore[attr-defined]
+            proxy: UpstreamProxy = self.site.proxy  # type: ignore[attr-defined]
+            guard: Any = self.site.guard  # type: ignore[attr-defined]
+            return DeferredList([maybeDeferred(proxy.close), maybeDeferred(guard.close)])
+
+        d.addCallback(close)
         return d

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from typing import Mapping, Optional
 
 from twisted.logger import Logger
@@ -58,6 +59,14 @@ def notify(message: str, environ: Optional[Mapping[str, str]] = None) -> bool:
                  notification=message.split("\n", 1)[0][:80], socket=name, error=e)
         return False
     return True
+
+
+def reloading() -> str:
+    """
+    The notification that a reload begins: C{RELOADING=1} with the time of
+    C{CLOCK_MONOTONIC} in microseconds, as C{Type=notify-reload} requires.
+    """
+    return f"RELOADING=1\nMONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}"
 
 
 def _address(name: str) -> bytes:

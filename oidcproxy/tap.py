@@ -16,7 +16,7 @@ from . import __version__
 
 
 class Options(usage.Options):
-    synopsis = "--config FILE [--listen ENDPOINT ...] [--check]"
+    synopsis = "--config FILE [--listen ENDPOINT ...] [--check] | --demo [--listen ENDPOINT]"
     longdesc = (
         "Run the oidcproxy reverse proxy. Listeners are Twisted endpoint strings, "
         "e.g. tcp:8080:interface=127.0.0.1, ssl:443:privateKey=key.pem:certKey=cert.pem, "
@@ -31,11 +31,15 @@ class Options(usage.Options):
          "\"access_token\": {...}}); print which routes would allow them and why."],
         ["path", None, None,
          "With --check --claims: only the route of this path; exit status 2 when denied."],
+        ["workers", "w", None,
+         "Serve with this many processes (overrides the config's `workers`)."],
     ]
     optFlags = [
         ["check", None, "Validate the configuration, print 'config OK' or every problem, "
                         "and exit 0 or 1 without listening."],
         ["version", None, "Print the version and exit."],
+        ["demo", None, "Try it out: the proxy, a development identity provider (NOT for "
+                       "production) and an echo application, on loopback only; no --config."],
     ]
 
     def __init__(self) -> None:
@@ -53,12 +57,48 @@ class Options(usage.Options):
         sys.exit(0)
 
     def postOptions(self) -> None:
-        if not self["config"]:
+        if self["workers"] is not None:
+            from .config import MAX_WORKERS
+
+            try:
+                self["workers"] = int(self["workers"])
+            except ValueError:
+                raise usage.UsageError("--workers takes a number") from None
+            if not 1 <= self["workers"] <= MAX_WORKERS:
+                raise usage.UsageError(f"--workers must be from 1 to {MAX_WORKERS}")
+        if self["demo"]:
+            self._check_demo()
+        elif not self["config"]:
             raise usage.UsageError("--config FILE is required")
         if (self["claims"] or self["path"]) and not self["check"]:
             raise usage.UsageError("--claims and --path go with --check")
         if self["path"] and not self["claims"]:
             raise usage.UsageError("--path goes with --claims")
+
+    def _check_demo(self) -> None:
+        """--demo builds its own configuration: refuse what would contradict it."""
+        given = [f"--{name}" for name in ("config", "check", "claims", "path", "workers")
+                 if self.get(name)]
+        if given:
+            raise usage.UsageError(f"--demo runs without {', '.join(given)}: it builds its "
+                                   "own configuration")
+        if len(self["listen"]) > 1:
+            raise usage.UsageError("--demo listens on one endpoint: give --listen once")
+
+
+def _build_demo(options: Options, reactor: Any) -> Any:
+    """
+    The demo's service (L{oidcproxy.demo}), or one line on stderr and exit
+    status 1 when its endpoint is not on loopback or cannot be bound.
+    """
+    from .demo import make_demo_service
+
+    listen = options["listen"][0] if options["listen"] else None
+    try:
+        return make_demo_service(reactor, listen, port_file=options["port-file"])
+    except (ValueError, OSError) as e:
+        print(f"oidcproxy: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 def _build(options: Options, reactor: Any) -> Any:
@@ -74,6 +114,15 @@ def _build(options: Options, reactor: Any) -> Any:
 
     config = load_config(options["config"])
     listen: List[str] = options["listen"] or list(config.listen)
+    if options["workers"] is not None:
+        import attr
+
+        config = attr.evolve(config, workers=options["workers"])
+    if config.workers > 1:
+        from .workers import WorkerPool
+
+        return WorkerPool(config, reactor, listen, config_path=options["config"],
+                          port_file=options["port-file"])
     try:
         return ProxyService(config, reactor, listen, port_file=options["port-file"],
                             config_path=options["config"])
@@ -158,6 +207,8 @@ def makeService(options: Options) -> Any:
 
     from .config import ConfigError
 
+    if options["demo"]:
+        return _build_demo(options, reactor)
     if options["check"]:
         raise SystemExit(check(options))
     try:

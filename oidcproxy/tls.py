@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
@@ -123,6 +124,51 @@ class ClientCertificatePolicy:
             clientCertificate=self.certificate,
             extraCertificateOptions=extra,
         )
+
+
+@implementer(IPolicyForHTTPS)
+class UnverifiedPolicy:
+    """
+    A policy that accepts whatever certificate the server shows, for any
+    name: C{insecure_skip_verify}, for tests against a self-signed server.
+    Still TLS (and still SNI), but anyone on the path can impersonate the
+    server. Presents C{certificate} (and C{chain}) when given.
+    """
+
+    def __init__(self, certificate: Any = None, chain: Sequence[Any] = ()) -> None:
+        from twisted.internet import ssl
+
+        extra: Dict[str, Any] = {}
+        if certificate is not None:
+            extra = {"privateKey": certificate.privateKey.original,
+                     "certificate": certificate.original,
+                     "extraCertChain": [c.original for c in chain]}
+        self._context = ssl.CertificateOptions(verify=False, **extra).getContext()
+
+    def creatorForNetloc(self, hostname: bytes, port: int) -> Any:
+        return _UnverifiedConnections(self._context, hostname)
+
+
+@implementer(IOpenSSLClientConnectionCreator)
+class _UnverifiedConnections:
+    """The connections of L{UnverifiedPolicy}: its context, SNI for host names."""
+
+    def __init__(self, context: Any, hostname: bytes) -> None:
+        self._context = context
+        self._hostname = hostname
+
+    def clientConnectionForTLS(self, tls_protocol: Any) -> Any:
+        import ipaddress
+
+        from OpenSSL import SSL
+
+        connection = SSL.Connection(self._context, None)
+        connection.set_app_data(tls_protocol)
+        try:
+            ipaddress.ip_address(self._hostname.decode("ascii", "replace"))
+        except ValueError:
+            connection.set_tlsext_host_name(self._hostname)
+        return connection
 
 
 # Alerts a server sends about the client certificate it was given.

@@ -36,6 +36,7 @@ from .metrics import NullMetrics
 from .pages import render_error
 from .routes import BadRequestTarget, RouteMatch, RouteTable
 from .tls import ClientCertificatePolicy, client_certificate, describe_tls_error, trust_root
+from .websocket import SocketRegistry, WebSocketProxy, is_websocket_upgrade
 
 log = Logger()
 
@@ -216,16 +217,9 @@ class UpstreamClient:
         pool = QuietPool(reactor, persistent=True)
         pool.maxPersistentPerHost = settings.max_idle_connections
         pool.retryAutomatically = True
-        trusted = trust_root(settings.ca_bundle) if settings.ca_bundle else None
-        policy: Any
-        if settings.client_cert and settings.client_key:
-            certificate, chain = client_certificate(settings.client_cert, settings.client_key)
-            policy = ClientCertificatePolicy(certificate, chain, trust_root=trusted)
-        else:
-            policy = client.BrowserLikePolicyForHTTPS(trustRoot=trusted)
         agent = Agent(
             reactor,
-            contextFactory=policy,
+            contextFactory=tls_policy(settings),
             connectTimeout=settings.connect_timeout,
             pool=pool,
         )
@@ -235,6 +229,19 @@ class UpstreamClient:
         if self.pool is None:
             return succeed(None)
         return self.pool.closeCachedConnections()
+
+
+def tls_policy(settings: UpstreamSettings) -> Any:
+    """
+    How https upstreams are verified, and the client certificate shown to
+    them: C{ca_bundle} (default: the system's CAs), C{client_cert} and
+    C{client_key}. Shared by the Agent and the WebSocket path.
+    """
+    trusted = trust_root(settings.ca_bundle) if settings.ca_bundle else None
+    if settings.client_cert and settings.client_key:
+        certificate, chain = client_certificate(settings.client_cert, settings.client_key)
+        return ClientCertificatePolicy(certificate, chain, trust_root=trusted)
+    return client.BrowserLikePolicyForHTTPS(trustRoot=trusted)
 
 
 def origin(url: str) -> str:
@@ -267,6 +274,13 @@ class UpstreamProxy(Resource):
         the same origin and settings share one. Tests inject agents here.
     @param metrics: times the upstream answers per route (an
         L{oidcproxy.metrics.Metrics}; default: nothing is counted).
+    @param sockets: the process's WebSocket registry
+        (L{oidcproxy.websocket.SocketRegistry}), shared by the proxies a
+        reload replaces and read by the guard to close a user's sockets at
+        logout (default: one of its own).
+    @param endpoints: builds the connection of a WebSocket upgrade to a
+        route's upstream (default: TCP or TLS per the route's URL; tests
+        inject their own).
     """
 
     isLeaf = True
@@ -278,9 +292,14 @@ class UpstreamProxy(Resource):
         trusted_proxies: Sequence[IPNetwork] = (),
         client_factory: Optional[Callable[[RouteConfig], UpstreamClient]] = None,
         metrics: Optional[NullMetrics] = None,
+        sockets: Any = None,
+        endpoints: Optional[Callable[[RouteConfig], Any]] = None,
     ) -> None:
         super().__init__()
         self._metrics = metrics if metrics is not None else NullMetrics()
+        self.sockets: SocketRegistry = sockets if sockets is not None \
+            else SocketRegistry(metrics=self._metrics)
+        self._websockets = WebSocketProxy(reactor, self.sockets, endpoints)
         self._routes = routes
         self._clock: IReactorTime = reactor
         self._trusted = tuple(trusted_proxies)
@@ -303,9 +322,10 @@ class UpstreamProxy(Resource):
         self._retired: Optional[Deferred] = None
 
     def close(self) -> Deferred:
-        """Close idle upstream connections (at shutdown)."""
+        """Close idle upstream connections and open WebSockets (at shutdown)."""
         from twisted.internet.defer import gatherResults
 
+        self.sockets.close_all()
         self._cooperator.stop()
         return gatherResults([c.close() for c in set(self._clients.values())])
 
@@ -365,6 +385,8 @@ class UpstreamProxy(Resource):
         setattr(request, "oidcproxy_route", route)  # noqa: B010 - read by the access log
         if request.method == b"CONNECT":
             return render_error(request, 405, "method_not_allowed", "CONNECT is not proxied.")
+        if route.settings.websockets and is_websocket_upgrade(request):
+            return self._websockets.forward(request, match, self._upstream_headers(request, match))
         content = request.content
         body_size = 0
         if content is not None:
@@ -539,7 +561,7 @@ class _Exchange:
         if response.length is not UNKNOWN_LENGTH and response.code not in NO_BODY_CODES \
                 and request.method != b"HEAD":
             out.setRawHeaders(b"content-length", [b"%d" % response.length])
-        self._relay = _BodyRelay(request, self._route, self._release)
+        self._relay = _BodyRelay(request, self._route, self._release, self._proxy._clock)
         response.deliverBody(self._relay)
 
     def _failed(self, failure: Failure) -> None:
@@ -602,25 +624,66 @@ class _BodyRelay(Protocol):
     Stream the upstream body to the client. Registered as the request's
     producer, so a slow client pauses the upstream connection (back-pressure)
     instead of the proxy buffering the response.
+
+    A body may take as long as it likes (server-sent events, long polls), but
+    not C{stream_idle_timeout} seconds without a byte while the client
+    reads: then it is cut. While the client does not read, the timer waits.
     """
 
-    def __init__(self, request: Request, route: RouteConfig, done: Callable[[], None]) -> None:
+    def __init__(self, request: Request, route: RouteConfig, done: Callable[[], None],
+                 clock: Optional[IReactorTime] = None) -> None:
         self._request = request
         self._route = route
         self._done = done
         self._stopped = False
+        self._clock = clock
+        self._idle = route.settings.stream_idle_timeout
+        self._idle_timer: Optional[IDelayedCall] = None
 
     transport: Any
 
     def connectionMade(self) -> None:
         self._request.registerProducer(self, True)
+        self._arm()
+
+    def _arm(self) -> None:
+        """(Re)start the idle timer."""
+        if self._clock is None or self._idle <= 0 or self._stopped:
+            return
+        timer = self._idle_timer
+        if timer is not None and timer.active():
+            timer.reset(self._idle)
+        else:
+            self._idle_timer = self._clock.callLater(self._idle, self._idle_out)
+
+    def _disarm(self) -> None:
+        if self._idle_timer is not None and self._idle_timer.active():
+            self._idle_timer.cancel()
+        self._idle_timer = None
+
+    def _idle_out(self) -> None:
+        self._idle_timer = None
+        log.warn(
+            "upstream {upstream} of {route} sent nothing for {seconds}s: response cut "
+            "(stream_idle_timeout)",
+            upstream=self._route.upstream, route=self._route.name, seconds=self._idle,
+        )
+        self.stop()
+        # The body is incomplete: abort, so it does not pass for a whole one.
+        transport = getattr(self._request, "transport", None)
+        if transport is not None and hasattr(transport, "abortConnection"):
+            transport.abortConnection()
+        elif transport is not None:
+            transport.loseConnection()
 
     # IPushProducer, for the request: relay to the upstream transport.
     def pauseProducing(self) -> None:
+        self._disarm()
         if self.transport is not None:
             self.transport.pauseProducing()
 
     def resumeProducing(self) -> None:
+        self._arm()
         if self.transport is not None:
             self.transport.resumeProducing()
 
@@ -634,9 +697,12 @@ class _BodyRelay(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         if not self._stopped:
+            if self._idle_timer is not None:
+                self._arm()
             self._request.write(data)
 
     def connectionLost(self, reason: Failure = ierror.ConnectionDone) -> None:  # type: ignore[assignment]
+        self._disarm()
         self._done()
         request = self._request
         request.unregisterProducer()

@@ -167,7 +167,8 @@ class SchemaTests(SynchronousTestCase):
         text = "\n".join(out)
         use_example_env(self)
         for name in ("upstream-ca.pem", "internal-ca.pem", "idp-ca.pem", "client_key.pem",
-                     "redis-ca.pem", "upstream-client.pem", "upstream-client-key.pem"):
+                     "redis-ca.pem", "upstream-client.pem", "upstream-client-key.pem",
+                     "idp-client.pem", "idp-client-key.pem"):
             text = text.replace("/etc/oidcproxy/" + name, EXAMPLE)
         text = text.replace('{ credential = "redis-password" }', '"redis-pw"')
         text = text.replace('{ credential = "admin-token" }', '"admin-token-0123456789"')
@@ -223,7 +224,7 @@ class ErrorTests(SynchronousTestCase):
             problems,
             [
                 "listen: expected a list of strings, got a string ('tcp:80')",
-                "workers: 0 is out of range; expected >= 1",
+                "workers: 0 is out of range; expected between 1 and 64",
                 "routes[0].timeout: 'soon' is not a duration; use a number and a unit "
                 '(ms, s, m, h, d), like "30s"',
                 "routes[1].path: 'api' must start with '/'",

@@ -12,7 +12,7 @@ import tempfile
 import uuid
 from typing import Dict, List, Optional
 
-from twisted.internet.testing import MemoryReactor
+from twisted.internet.testing import MemoryReactor, MemoryReactorClock
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -217,6 +217,30 @@ class ProxyServiceNotifyTests(SynchronousTestCase):
         self.successResultOf(service.stopService())
         self.assertEqual([e["notification"] for e in notify_events(events)],
                          ["READY=1", "STOPPING=1"])
+
+    def test_reload_notifications(self):
+        """A reload is framed by RELOADING=1 (with MONOTONIC_USEC) and READY=1, valid or not."""
+        import time
+
+        directory = tempfile.mkdtemp(prefix="oidcproxy-sd-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        path = os.path.join(directory, "c.toml")
+        with open(path, "w") as f:
+            f.write('[[routes]]\npath = "/"\nupstream = "http://127.0.0.1:9"\nauth = "none"\n')
+        service = ProxyService(CONFIG, MemoryReactorClock(), ["tcp:8081"], config_path=path)
+        for content_ok in (True, False):
+            if not content_ok:
+                with open(path, "w") as f:
+                    f.write("routes = 3\n")
+            before = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+            self.assertEqual(service.reload(), content_ok)
+            after = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+            first, second = self.receiver.received()
+            self.assertEqual(second, b"READY=1")
+            head, usec = first.split(b"\n")
+            self.assertEqual(head, b"RELOADING=1")
+            self.assertTrue(usec.startswith(b"MONOTONIC_USEC="))
+            self.assertTrue(before <= int(usec.split(b"=")[1]) <= after)
 
     def test_no_notify_socket(self):
         """Not under systemd: nothing is sent or logged."""

@@ -36,7 +36,7 @@ import types
 from typing import Any, Callable, Coroutine, List, Optional, Sequence, Tuple, TypeVar
 from urllib.parse import unquote, urlsplit
 
-from twisted.internet.defer import CancelledError, Deferred, fail, succeed
+from twisted.internet.defer import CancelledError, Deferred, fail, maybeDeferred, succeed
 from twisted.internet.defer import TimeoutError as DeferredTimeoutError
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.logger import Logger
@@ -224,6 +224,16 @@ class RedisStore:
         if plaintext is None:
             return None
         return Session.from_bytes(plaintext)
+
+    def close(self) -> Deferred[None]:
+        """
+        Close the connections to Redis (at shutdown); fires once they are
+        closed. The store is not used afterwards.
+        """
+        disconnect = getattr(self._redis, "disconnect", None)
+        if disconnect is None:
+            return succeed(None)
+        return maybeDeferred(disconnect).addCallback(lambda _: None)
 
     def ping(self) -> Deferred[None]:
         """

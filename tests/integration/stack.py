@@ -118,20 +118,27 @@ class OpenIDProvider:
 async def start_op(testcase: TestCase, redirect_uris: Sequence[str],
                    post_logout_redirect_uris: Sequence[str] = (),
                    backchannel_logout_uri: Optional[str] = None,
-                   rotate_refresh_tokens: bool = False, **ttls: int) -> OpenIDProvider:
+                   rotate_refresh_tokens: bool = False, test_hooks: bool = False,
+                   port: int = 0, client_secret: Optional[str] = None,
+                   **ttls: int) -> OpenIDProvider:
     """
     Start the OP on a free loopback port with one confidential client that may
     redirect to C{redirect_uris}; C{ttls} (C{access_token_ttl=5}, ...) are
     passed as C{--access-token-ttl=5}. With C{backchannel_logout_uri} the
     client gets back-channel logout there (with C{sid}); with
     C{rotate_refresh_tokens} every refresh grant rotates the refresh token
-    (and a reused one revokes the grant). Waits for its C{PORT} line.
+    (and a reused one revokes the grant). C{test_hooks}: the OP's fault-test
+    hooks (C{--test-hooks}, see L{OP_SCRIPT}). C{port}: listen there (it
+    must be free) instead of on any free port; with C{client_secret} (default:
+    a fresh one), an OP started again there is the same OP to the proxy.
+    Waits for its C{PORT} line.
     """
     node = require_op()
-    secret = secrets.token_urlsafe(24)
+    secret = client_secret if client_secret is not None else secrets.token_urlsafe(24)
     # --name=value throughout: a value may start with "-" (token_urlsafe),
     # which node's parseArgs would otherwise take for an option.
-    args = [node, OP_SCRIPT, "--port=0", f"--client-id={CLIENT_ID}", f"--client-secret={secret}"]
+    args = [node, OP_SCRIPT, f"--port={port}", f"--client-id={CLIENT_ID}",
+            f"--client-secret={secret}"]
     for uri in redirect_uris:
         args.append(f"--redirect-uri={uri}")
     for uri in post_logout_redirect_uris:
@@ -140,6 +147,8 @@ async def start_op(testcase: TestCase, redirect_uris: Sequence[str],
         args.append(f"--backchannel-logout-uri={backchannel_logout_uri}")
     if rotate_refresh_tokens:
         args.append("--rotate-refresh-tokens")
+    if test_hooks:
+        args.append("--test-hooks")
     for name, value in ttls.items():
         args.append(f"--{name.replace('_', '-')}={value}")
     workdir = os.path.abspath(testcase.mktemp())

@@ -189,6 +189,18 @@ def main() -> None:
         def do_hang(self, request: Any) -> Any:
             return server.NOT_DONE_YET
 
+        def do_slow(self, request: Any) -> Any:
+            """Answer after C{?s=} seconds (a request still in flight at shutdown)."""
+            seconds = float(_arg(request, b"s", b"1") or b"1")
+
+            def answer() -> None:
+                if not request.finished and not request._disconnected:
+                    request.write(_json(request, {"slept": seconds}))
+                    request.finish()
+
+            reactor.callLater(seconds, answer)
+            return server.NOT_DONE_YET
+
         def do_cookies(self, request: Any) -> Any:
             headers = request.responseHeaders
             headers.addRawHeader(b"set-cookie", b"a=1; Path=/; HttpOnly")

@@ -30,6 +30,15 @@
 //   EVENT backchannel.error <client_id> <account> <sid> <message>
 //   EVENT end_session.success
 //   EVENT grant.revoked
+//
+// Fault-test hooks (only with --test-hooks; for tests/integration/test_faults_*):
+//   GET /__test__/token-stall?seconds=N  every later token request waits N
+//       seconds before the OP handles it (0: no wait); EVENT token.abandoned
+//       when its client has gone by then (the OP cannot read its body)
+//   GET /__test__/jwks-fail?on=1         GET /jwks answers 503 (on=0: normal)
+//   login names user1 .. user999999 are accounts too (claims derived from
+//       the name), for tests that log in many different users
+//   EVENT token.request                  printed as each token request arrives
 
 import { generateKeyPairSync, randomBytes } from 'node:crypto';
 import { createServer } from 'node:http';
@@ -50,6 +59,7 @@ const { values: args } = parseArgs({
     'refresh-token-ttl': { type: 'string' },
     'backchannel-logout-uri': { type: 'string' },
     'rotate-refresh-tokens': { type: 'boolean' },
+    'test-hooks': { type: 'boolean' },
   },
 });
 
@@ -77,6 +87,7 @@ const settings = {
   refreshTokenTtl: seconds('refresh-token-ttl', args['refresh-token-ttl'] ?? env.OP_REFRESH_TOKEN_TTL, 86400),
   backchannelLogoutUri: args['backchannel-logout-uri'] ?? (env.OP_BACKCHANNEL_LOGOUT_URI || undefined),
   rotateRefreshTokens: args['rotate-refresh-tokens'] ?? env.OP_ROTATE_REFRESH_TOKENS === '1',
+  testHooks: args['test-hooks'] ?? false,
 };
 if (!settings.clientSecret || settings.redirectUris.length === 0) {
   console.error('op.mjs: --client-secret and at least one --redirect-uri are required');
@@ -101,6 +112,18 @@ const ACCOUNTS = {
     groups: ['staff'],
   },
 };
+
+// With --test-hooks: many users (user1, user2, ...) for load and fault tests.
+const generatedAccount = (sub) => (settings.testHooks && /^user[1-9][0-9]{0,5}$/.test(sub) ? {
+  email: `${sub}@example.com`,
+  email_verified: true,
+  name: `Test ${sub}`,
+  preferred_username: sub,
+  groups: ['users'],
+} : undefined);
+
+// The fault-test hooks' state (see the top).
+const faults = { tokenStallMs: 0, jwksFail: false };
 
 // A fresh signing key per process: the proxy must fetch it from jwks_uri.
 const signingKey = {
@@ -134,7 +157,7 @@ server.listen(settings.port, '127.0.0.1', () => {
     // Users come from ACCOUNTS; claims() answers for the ID token and
     // userinfo alike (the provider filters them by the granted scopes).
     async findAccount(ctx, sub) {
-      const account = ACCOUNTS[sub];
+      const account = ACCOUNTS[sub] ?? generatedAccount(sub);
       if (!account) return undefined;
       return {
         accountId: sub,
@@ -217,7 +240,42 @@ server.listen(settings.port, '127.0.0.1', () => {
   provider.on('backchannel.error', (ctx, err, client, accountId, sid) => event('backchannel.error', client.clientId, accountId, sid,
     err.cause ? `${err.message}: ${err.cause.message ?? err.cause}` : err.message));
 
-  server.on('request', provider.callback());
+  // The fault-test hooks (see the top): a control endpoint outside the
+  // provider, and a stall or a failure in front of its token and JWKS
+  // endpoints.
+  const handler = provider.callback();
+  const control = (req, res) => {
+    const url = new URL(req.url, issuer);
+    if (url.pathname === '/__test__/token-stall') {
+      faults.tokenStallMs = Math.round(Number(url.searchParams.get('seconds') ?? 0) * 1000);
+    } else if (url.pathname === '/__test__/jwks-fail') {
+      faults.jwksFail = url.searchParams.get('on') === '1';
+    } else {
+      res.writeHead(404).end();
+      return;
+    }
+    res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(faults));
+  };
+  server.on('request', (req, res) => {
+    if (!settings.testHooks) return handler(req, res);
+    const path = req.url.split('?')[0];
+    if (path.startsWith('/__test__/')) return control(req, res);
+    if (path === '/jwks' && faults.jwksFail) {
+      res.writeHead(503, { 'content-type': 'text/plain' }).end('jwks failing (test hook)\n');
+      return undefined;
+    }
+    if (path === '/token' && req.method === 'POST') {
+      event('token.request');
+      if (faults.tokenStallMs > 0) {
+        setTimeout(() => {
+          if (req.socket.destroyed) event('token.abandoned');
+          handler(req, res);
+        }, faults.tokenStallMs);
+        return undefined;
+      }
+    }
+    return handler(req, res);
+  });
   process.stdout.write(`PORT ${port}\n`);
 });
 
