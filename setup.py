@@ -29,7 +29,12 @@ setup(
         "cryptography>=41.0.0",
         "attrs>=22.2.0",
         'tomli>=1.1.0; python_version < "3.11"',
+        # oidcproxy-import-traefik reads Kubernetes YAML (safe_load_all only).
+        "PyYAML>=6.0",
     ],
+    entry_points={
+        "console_scripts": ["oidcproxy-import-traefik = oidcproxy.traefik:main"],
+    },
     classifiers=[
         "Framework :: Twisted",
         "Programming Language :: Python :: 3",
