@@ -226,12 +226,21 @@ def chunk_names(spec: CookieSpec, cookies: Mapping[bytes, bytes]) -> List[str]:
     L{clear_cookie_headers}.
     """
     base = spec.wire_name
+    bound = max(CHUNK_NAME_BOUND, spec.max_chunks)
+    prefix = base.encode("ascii")
     found = []
-    for index in range(max(CHUNK_NAME_BOUND, spec.max_chunks) + 1):
-        name = _chunk_name(base, index)
-        if name.encode("ascii") in cookies:
-            found.append(name)
-    return found
+    # The request's few cookies are looked at, not every possible name.
+    for raw in cookies:
+        if not raw.startswith(prefix):
+            continue
+        try:
+            name = raw.decode("ascii")
+        except UnicodeDecodeError:
+            continue
+        index = _chunk_index(base, name)
+        if index is not None and index <= bound and name == _chunk_name(base, index):
+            found.append((index, name))
+    return [name for _, name in sorted(found)]
 
 
 def _is_ours(name: bytes, names: Container[bytes]) -> bool:

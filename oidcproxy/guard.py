@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from collections import OrderedDict
 from html import escape
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
@@ -142,8 +143,11 @@ def header_value(value: Any) -> Optional[bytes]:
     return None
 
 
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
+
+
 def _encode_text(text: str, comma: bool) -> Optional[bytes]:
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
+    if _CONTROL.search(text):
         return None
     if text.isascii() and "=?" not in text and not (comma and "," in text):
         return text.encode("ascii")
@@ -467,7 +471,14 @@ class OIDCGuard(Resource):
         # matched in, even if a reload swaps both while it waits.
         setattr(request, "oidcproxy_wrapped", self._wrapped)  # noqa: B010 - read by _pass
         try:
-            match = self._routes.match(request_host_header(request), request.uri)
+            host = request_host_header(request)
+            early = getattr(request, "oidcproxy_early_match", None)
+            if early is not None and early[0] is self._routes and early[1] == host \
+                    and early[2] == request.uri:
+                # Matched already by the early body-size check, in this table.
+                match = early[3]
+            else:
+                match = self._routes.match(host, request.uri)
             path = match.path if match is not None else \
                 normalise_path(request.uri.split(b"?", 1)[0]) if request.uri.startswith(b"/") \
                 else ""

@@ -24,8 +24,12 @@ from .pages import error_body
 access_log = Logger(namespace="oidcproxy.access")
 log = Logger()
 
-BodyLimit = Callable[[Optional[bytes], Optional[bytes]], Tuple[int, Any]]
-"""C{(host header, raw request target) -> (max body bytes, route or None)}."""
+BodyLimit = Callable[[Optional[bytes], Optional[bytes]], Tuple[int, Any, Any]]
+"""
+C{(host header, raw request target) -> (max body bytes, route or None, match)}:
+the match is C{(route table, host, target, RouteMatch)} or None, kept on the
+request as C{oidcproxy_early_match} for the guard.
+"""
 
 
 class ProxyRequest(server.Request):
@@ -41,6 +45,7 @@ class ProxyRequest(server.Request):
     _received = 0
     _limit: Optional[int] = None
     _early: Tuple[Optional[bytes], Optional[bytes], Any] = (None, None, None)
+    oidcproxy_early_match: Any = None
 
     def gotLength(self, length: Optional[int]) -> None:
         site = getattr(self.channel, "site", None)
@@ -51,7 +56,7 @@ class ProxyRequest(server.Request):
             # to the largest limit of any route (the render-time check is
             # authoritative either way).
             target = getattr(self.channel, "_path", None)
-            self._limit, route = site.body_limit(
+            self._limit, route, self.oidcproxy_early_match = site.body_limit(
                 self.requestHeaders.getRawHeaders(b"host", [None])[0], target)
             self._early = (getattr(self.channel, "_command", None), target, route)
             if length is not None and length > self._limit:
@@ -278,9 +283,7 @@ class ProxySite(server.Site):
         path = request.path.decode("ascii", "backslashreplace")
         status: Any = 499 if client_closed else request.code
         who = getattr(request, "oidcproxy_identity", None)
-        access_log.info(
-            '{client} "{method} {path}" {status} {bytes} {duration_ms}ms '
-            "route={route} upstream={upstream} user={user} auth={auth}",
+        fields = dict(
             user=getattr(request, "oidcproxy_user", None) or (who.sub if who is not None else "-"),
             auth=getattr(request, "oidcproxy_auth", "-"),
             client=_client(request),
@@ -291,4 +294,15 @@ class ProxySite(server.Site):
             duration_ms=duration_ms,
             route=route.name if route is not None else "-",
             upstream=route.upstream if route is not None else "-",
+        )
+        # The text is made here, once: a format string of a dozen fields
+        # costs every text observer a dozen formatting calls per request.
+        # The fields stay in the event for JSON observers.
+        access_log.info(
+            "{access_line}",
+            access_line=(
+                f'{fields["client"]} "{fields["method"]} {path}" {status} {fields["bytes"]} '
+                f"{duration_ms}ms route={fields['route']} upstream={fields['upstream']} "
+                f"user={fields['user']} auth={fields['auth']}"),
+            **fields,
         )

@@ -36,19 +36,21 @@ def body_limit_for(routes: RouteTable, default: int) -> BodyLimit:
     The early body-size check's limit for a request and its route: the
     route's limit, or — when the route cannot be known yet — the largest of
     any route, so the early check never refuses what the route would accept.
+    The match is handed on too (with its table), so that the guard need not
+    match the same request again.
     """
     largest = max([r.settings.max_body_size for r in routes.routes] + [default])
 
-    def limit(host: Optional[bytes], target: Optional[bytes]) -> Tuple[int, Optional[RouteConfig]]:
+    def limit(host: Optional[bytes], target: Optional[bytes]) -> Tuple[int, Optional[RouteConfig], Any]:
         if target is None:
-            return largest, None
+            return largest, None, None
         try:
             match = routes.match(host, target)
         except BadRequestTarget:
-            return largest, None
+            return largest, None, None
         if match is None:
-            return largest, None
-        return match.route.settings.max_body_size, match.route
+            return largest, None, None
+        return match.route.settings.max_body_size, match.route, (routes, host, target, match)
 
     return limit
 

@@ -24,9 +24,10 @@ from twisted.python.failure import Failure
 from twisted.web import client
 from twisted.web._newclient import HTTP11ClientProtocol
 from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, ResponseDone
+from twisted.web.error import SchemeNotSupported
 from twisted.web.http import NO_BODY_CODES, PotentialDataLoss
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IBodyProducer, IResponse
+from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IAgentEndpointFactory, IBodyProducer, IResponse
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
@@ -207,9 +208,11 @@ class UpstreamClient:
     """
 
     def __init__(self, agent: IAgent, max_connections: int,
-                 pool: Optional[HTTPConnectionPool] = None) -> None:
+                 pool: Optional[HTTPConnectionPool] = None,
+                 endpoints: Optional[CachedEndpoints] = None) -> None:
         self.agent = agent
         self.pool = pool
+        self.endpoints = endpoints
         self.semaphore = DeferredSemaphore(max_connections)
 
     @classmethod
@@ -217,18 +220,60 @@ class UpstreamClient:
         pool = QuietPool(reactor, persistent=True)
         pool.maxPersistentPerHost = settings.max_idle_connections
         pool.retryAutomatically = True
-        agent = Agent(
-            reactor,
-            contextFactory=tls_policy(settings),
-            connectTimeout=settings.connect_timeout,
-            pool=pool,
-        )
-        return cls(agent, settings.max_connections, pool)
+        endpoints = CachedEndpoints(reactor, tls_policy(settings), settings.connect_timeout)
+        agent = Agent.usingEndpointFactory(reactor, endpoints, pool=pool)
+        return cls(agent, settings.max_connections, pool, endpoints)
 
     def close(self) -> Deferred:
         if self.pool is None:
             return succeed(None)
         return self.pool.closeCachedConnections()
+
+
+@implementer(IAgentEndpointFactory)
+class CachedEndpoints:
+    """
+    The Agent's connection endpoints, made once per origin rather than per
+    request: Agent asks for one with every request, even when its pool has
+    an idle connection, and building a C{HostnameEndpoint} runs the host
+    name through IDNA each time. IP literals (C{http://[::1]:8080}) get a
+    plain TCP endpoint, which needs neither IDNA nor a resolver.
+    """
+
+    def __init__(self, reactor: Any, policy: Any, connect_timeout: float) -> None:
+        self._reactor = reactor
+        self.policy = policy
+        self._timeout = connect_timeout
+        self._cache: Dict[Tuple[bytes, bytes, int], Any] = {}
+
+    def endpointForURI(self, uri: Any) -> Any:
+        key = (uri.scheme, uri.host, uri.port)
+        endpoint = self._cache.get(key)
+        if endpoint is None:
+            endpoint = self._cache[key] = self._endpoint(uri.scheme, uri.host, uri.port)
+        return endpoint
+
+    def _endpoint(self, scheme: bytes, host: bytes, port: int) -> Any:
+        from twisted.internet.endpoints import (
+            HostnameEndpoint,
+            TCP4ClientEndpoint,
+            TCP6ClientEndpoint,
+            wrapClientTLS,
+        )
+
+        if scheme not in (b"http", b"https"):
+            raise SchemeNotSupported(f"unsupported scheme: {scheme!r}")
+        text = host.decode("ascii")
+        try:
+            address = ipaddress.ip_address(text)
+        except ValueError:
+            endpoint: Any = HostnameEndpoint(self._reactor, host, port, timeout=self._timeout)
+        else:
+            kind = TCP6ClientEndpoint if address.version == 6 else TCP4ClientEndpoint
+            endpoint = kind(self._reactor, text, port, timeout=self._timeout)
+        if scheme == b"https":
+            endpoint = wrapClientTLS(self.policy.creatorForNetloc(host, port), endpoint)
+        return endpoint
 
 
 def tls_policy(settings: UpstreamSettings) -> Any:

@@ -42,12 +42,15 @@ class CallbackTests(SynchronousTestCase):
         stack = Stack(self)
         failures = Failures(self, "bad callbacks")
 
+        def other_first(state: str) -> str:
+            return ("y" if state[0] == "x" else "x") + state[1:]
+
         def cases(params: Dict[str, str], code: str) -> List[Tuple[str, str, int]]:
             state = params["state"]
             return [
                 ("no state", urlencode({"code": code}), 400),
                 ("empty state", urlencode({"code": code, "state": ""}), 400),
-                ("wrong state", urlencode({"code": code, "state": "x" + state[1:]}), 401),
+                ("wrong state", urlencode({"code": code, "state": other_first(state)}), 401),
                 ("state too long", urlencode({"code": code, "state": state * 10}), 401),
                 ("state with markup", urlencode({"code": code, "state": "<b>"}), 401),
                 ("state with a slash", urlencode({"code": code, "state": state + "/"}), 401),

@@ -468,3 +468,39 @@ class WorkerMainTests(SynchronousTestCase):
         self.assertIn("not by hand", out)
 
 
+
+
+class OneRouteMatchTests(SynchronousTestCase):
+    """A request's route is matched once: the early body check's match is reused."""
+
+    def test_matched_once(self):
+        from twisted.internet.defer import Deferred
+
+        from oidcproxy.service import build_site
+        from oidcproxy.upstream import UpstreamClient
+
+        class Agent:
+            def __init__(self):
+                self.uris = []
+
+            def request(self, method, uri, headers=None, bodyProducer=None):
+                self.uris.append(uri)
+                return Deferred()
+
+        agent = Agent()
+        reactor = MemoryReactorClock()
+        site = build_site(CONFIG, reactor, client_factory=lambda route: UpstreamClient(agent, 10))
+        table = site.guard._routes
+        calls = []
+        original = table.match
+
+        def counting(host, target):
+            calls.append(target)
+            return original(host, target)
+
+        table.match = counting
+        channel = site.buildProtocol(IPv4Address("TCP", "192.0.2.7", 1))
+        channel.makeConnection(StringTransport())
+        channel.dataReceived(b"GET /x?y=1 HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.assertEqual(calls, [b"/x?y=1"])
+        self.assertEqual(agent.uris, [b"http://127.0.0.1:9000/x?y=1"])

@@ -564,7 +564,7 @@ class UsernameClaimTests(SynchronousTestCase):
         h = BuiltHarness(self, make_config(username_claim="email"))
         browser = h.logged_in(sub="u-1", claims={"email": "a@x.test"})
         events = captured_log(self)
-        site = ProxySite(h.guard, clock=h.clock, body_limit=lambda host, target: (100, None),
+        site = ProxySite(h.guard, clock=h.clock, body_limit=lambda host, target: (100, None, None),
                          reactor=h.clock)
         channel = site.buildProtocol(IPv4Address("TCP", "192.0.2.7", 5555))
         channel.makeConnection(StringTransport())

@@ -133,11 +133,14 @@ class EarlyBodyLimitTests(SynchronousTestCase):
     def test_unknown_route_uses_largest_limit(self):
         """When the route cannot be known yet, the early check uses the largest limit."""
         limit = limits()
-        self.assertEqual(limit(b"a", None), (1000, None))
-        self.assertEqual(limit(b"a", b"/a%2Fb"), (1000, None))
+        self.assertEqual(limit(b"a", None), (1000, None, None))
+        self.assertEqual(limit(b"a", b"/a%2Fb"), (1000, None, None))
         self.assertEqual(limit(b"a", b"/x")[0], 100)
         self.assertEqual(limit(b"a", b"/big")[0], 1000)
         self.assertEqual(limit(b"a", b"/big")[1].index, 1)
+        # The match is handed on with its table, host and target, for the guard.
+        table, host, target, match = limit(b"a", b"/big/x")[2]
+        self.assertEqual((host, target, match.route.index, match.path), (b"a", b"/big/x", 1, "/big/x"))
 
 
 class HeaderLimitTests(SynchronousTestCase):

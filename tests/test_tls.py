@@ -199,14 +199,15 @@ class ClientCertificatePolicyTests(SynchronousTestCase):
         settings = UpstreamSettings(client_cert=files["client"], client_key=files["client_key"],
                                     ca_bundle=files["ca"])
         c = UpstreamClient.build(MemoryReactorClock(), settings)
-        policy = c.agent._endpointFactory._policyForHTTPS  # type: ignore[attr-defined]
+        assert c.endpoints is not None
+        policy = c.endpoints.policy
         self.assertIsInstance(policy, ClientCertificatePolicy)
         self.assertEqual(policy.certificate.digest("sha256"), digest(files["client"]))
         self.assertIsNotNone(policy.trust_root)
 
         plain = UpstreamClient.build(MemoryReactorClock(), UpstreamSettings())
-        self.assertIsInstance(plain.agent._endpointFactory._policyForHTTPS,  # type: ignore[attr-defined]
-                              BrowserLikePolicyForHTTPS)
+        assert plain.endpoints is not None
+        self.assertIsInstance(plain.endpoints.policy, BrowserLikePolicyForHTTPS)
 
     def test_upstream_client_refuses_bad_pair(self) -> None:
         """A key that is not the certificate's stops the set-up with a ValueError naming the files."""

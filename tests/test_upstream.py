@@ -563,3 +563,50 @@ class HostHeaderTests(SynchronousTestCase):
             request.requestReceived(b"GET", b"/", version)
             h.agent.flush()
             self.assertEqual(request.code, code, version)
+
+
+class CachedEndpointsTests(SynchronousTestCase):
+    """The Agent's endpoints are made once per origin, not per request."""
+
+    def endpoints(self):
+        from twisted.internet.testing import MemoryReactorClock
+        from twisted.web.client import BrowserLikePolicyForHTTPS
+
+        from oidcproxy.upstream import CachedEndpoints
+
+        return CachedEndpoints(MemoryReactorClock(), BrowserLikePolicyForHTTPS(), 3.0)
+
+    def test_one_per_origin(self):
+        from twisted.web.client import URI
+
+        e = self.endpoints()
+        a = e.endpointForURI(URI.fromBytes(b"http://app.internal:8080/x"))
+        self.assertIs(e.endpointForURI(URI.fromBytes(b"http://app.internal:8080/y?z")), a)
+        self.assertIsNot(e.endpointForURI(URI.fromBytes(b"http://app.internal:8081/x")), a)
+        self.assertIsNot(e.endpointForURI(URI.fromBytes(b"https://app.internal:8080/x")), a)
+
+    def test_kinds(self):
+        from twisted.internet.endpoints import (
+            HostnameEndpoint,
+            TCP4ClientEndpoint,
+            TCP6ClientEndpoint,
+        )
+        from twisted.web.client import URI
+
+        e = self.endpoints()
+        self.assertIsInstance(e.endpointForURI(URI.fromBytes(b"http://app.internal/")),
+                              HostnameEndpoint)
+        self.assertIsInstance(e.endpointForURI(URI.fromBytes(b"http://127.0.0.1:9/")),
+                              TCP4ClientEndpoint)
+        # An IPv6 literal needs no IDNA (which refuses it) and no resolver.
+        self.assertIsInstance(e.endpointForURI(URI.fromBytes(b"http://[::1]:9/")),
+                              TCP6ClientEndpoint)
+        tls = e.endpointForURI(URI.fromBytes(b"https://app.internal/"))
+        self.assertNotIsInstance(tls, HostnameEndpoint)
+
+    def test_other_scheme_refused(self):
+        from twisted.web.client import URI
+        from twisted.web.error import SchemeNotSupported
+
+        self.assertRaises(SchemeNotSupported, self.endpoints().endpointForURI,
+                          URI.fromBytes(b"ftp://app.internal/"))
