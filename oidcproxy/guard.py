@@ -936,7 +936,9 @@ class OIDCGuard(Resource):
         if not isinstance(name, str) or not name:
             name = sub
         # One log line per request: no control characters, no endless names.
-        name = "".join(c if c.isprintable() else "?" for c in name[:_MAX_USER_LENGTH])
+        name = name[:_MAX_USER_LENGTH]
+        if not name.isprintable():
+            name = "".join(c if c.isprintable() else "?" for c in name)
         setattr(request, "oidcproxy_user", name)  # noqa: B010 - read by the access log
 
     def _set_headers(self, request: Request, claims: Dict[str, Any]) -> None:

@@ -163,6 +163,50 @@ class Session:
         return attr.evolve(self, last_seen=now)
 
 
+class OpenedSessions:
+    """
+    The sessions recently opened from sealed values, by value: a browser
+    sends the same cookie (a Redis store reads the same value) with every
+    request, and opening it (AES-GCM, then JSON) is a good part of a
+    request's own cost. A sealed value always opens to the same session and
+    sessions are immutable, so a cached one is as good as a fresh one; the
+    expiry, idle and revocation checks still run on every request.
+
+    Bounded in entries and in the characters of the values kept (the
+    sessions take about as much again), least recently used first out.
+    """
+
+    def __init__(self, max_entries: int = 2048, max_chars: int = 4_000_000) -> None:
+        from collections import OrderedDict
+
+        self._entries: OrderedDict[Any, Session] = OrderedDict()
+        self._chars = 0
+        self._max_entries = max_entries
+        self._max_chars = max_chars
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: Any) -> Optional[Session]:
+        session = self._entries.get(key)
+        if session is not None:
+            self._entries.move_to_end(key)
+        return session
+
+    def put(self, key: Any, size: int, session: Session) -> None:
+        if key in self._entries or size > self._max_chars // 4:
+            return
+        self._entries[key] = session
+        self._chars += size
+        while len(self._entries) > self._max_entries or self._chars > self._max_chars:
+            old_key, _ = self._entries.popitem(last=False)
+            self._chars -= _key_size(old_key)
+
+
+def _key_size(key: Any) -> int:
+    return len(key) if isinstance(key, str) else sum(len(k) for k in key)
+
+
 def new_session_id() -> str:
     """A fresh session id: 256 random bits, 43 URL-safe base64 characters."""
     return secrets.token_urlsafe(32)

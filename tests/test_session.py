@@ -249,3 +249,55 @@ class SessionIdTests(SynchronousTestCase):
         """Across 200 ids every one of the 64 alphabet characters occurs (ids are random)."""
         seen = set("".join(new_session_id() for _ in range(200)))
         self.assertEqual(len(seen), 64)
+
+
+class OpenedSessionsTests(SynchronousTestCase):
+    """The bounded cache of sessions opened from sealed values."""
+
+    def session(self, n: int) -> Session:
+        return Session(id=f"id-{n}", sub=f"user-{n}", claims={}, created=1.0, last_seen=1.0,
+                       expires=2.0)
+
+    def test_hit_and_lru(self):
+        from oidcproxy.session import OpenedSessions
+
+        cache = OpenedSessions(max_entries=2)
+        a, b, c = self.session(1), self.session(2), self.session(3)
+        cache.put("a", 1, a)
+        cache.put("b", 1, b)
+        self.assertIs(cache.get("a"), a)  # "a" is now the most recently used
+        cache.put("c", 1, c)
+        self.assertIsNone(cache.get("b"))
+        self.assertIs(cache.get("a"), a)
+        self.assertIs(cache.get("c"), c)
+        self.assertEqual(len(cache), 2)
+
+    def test_bounded_by_size(self):
+        from oidcproxy.session import OpenedSessions
+
+        cache = OpenedSessions(max_entries=100, max_chars=1000)
+        for n in range(10):
+            cache.put("k" * 200 + str(n), 201, self.session(n))
+        self.assertLessEqual(len(cache), 4)
+        # One value too large to be worth keeping is not kept at all.
+        cache.put("x" * 600, 600, self.session(99))
+        self.assertIsNone(cache.get("x" * 600))
+
+    def test_cookie_store_opens_once(self):
+        """The same cookie value gives the same session without opening it again."""
+        from oidcproxy.crypto import Sealer
+        from oidcproxy.stores.cookie import CookieStore
+
+        sealer = Sealer([b"k" * 32])
+        store = CookieStore(sealer)
+        value = self.successResultOf(store.save(self.session(1)))
+        opened = []
+        unseal = sealer.unseal
+        sealer.unseal = lambda v, p: opened.append(v) or unseal(v, p)  # type: ignore[method-assign]
+        first = self.successResultOf(store.load(value))
+        second = self.successResultOf(store.load(value))
+        self.assertEqual(first, self.session(1))
+        self.assertIs(second, first)
+        self.assertEqual(len(opened), 1)
+        # A tampered value is still opened (and refused), never served from the cache.
+        self.assertIsNone(self.successResultOf(store.load(value[:-2] + "AA")))

@@ -13,7 +13,7 @@ from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from zope.interface import implementer
 
 from ..crypto import Sealer
-from ..session import ISessionStore, Session
+from ..session import ISessionStore, OpenedSessions, Session
 
 PURPOSE = b"session"
 
@@ -30,12 +30,19 @@ class CookieStore:
     def __init__(self, sealer: Sealer, store_tokens: bool = True) -> None:
         self._sealer = sealer
         self._store_tokens = store_tokens
+        self._opened = OpenedSessions()
 
     def load(self, cookie_value: str) -> Deferred[Optional[Session]]:
+        session = self._opened.get(cookie_value)
+        if session is not None:
+            return succeed(session)
         plaintext = self._sealer.unseal(cookie_value, PURPOSE)
         if plaintext is None:
             return succeed(None)
-        return succeed(Session.from_bytes(plaintext))
+        session = Session.from_bytes(plaintext)
+        if session is not None:
+            self._opened.put(cookie_value, len(cookie_value), session)
+        return succeed(session)
 
     def save(self, session: Session) -> Deferred[str]:
         # A session that cannot be serialised (claims that are not JSON-able)

@@ -44,7 +44,7 @@ from zope.interface import implementer
 
 from ..crypto import Sealer
 from ..metrics import NullMetrics
-from ..session import ISessionStore, Session, SessionStoreUnavailable
+from ..session import ISessionStore, OpenedSessions, Session, SessionStoreUnavailable
 from ..tls import trust_root
 
 log = Logger()
@@ -159,6 +159,7 @@ class RedisStore:
         self._prefix = key_prefix
         self._timeout = _positive("command_timeout", command_timeout)
         self._metrics = metrics if metrics is not None else NullMetrics()
+        self._opened = OpenedSessions()
 
     # keys
 
@@ -220,10 +221,19 @@ class RedisStore:
     def _open(self, hashed_id: str, value: Any) -> Optional[Session]:
         if not isinstance(value, str):
             return None
+        # The value is still read from Redis every time (a logout or an admin
+        # deletion takes effect at once); only its opening is saved.
+        key = (hashed_id, value)
+        session = self._opened.get(key)
+        if session is not None:
+            return session
         plaintext = self._sealer.unseal(value, PURPOSE_PREFIX + hashed_id.encode("ascii"))
         if plaintext is None:
             return None
-        return Session.from_bytes(plaintext)
+        session = Session.from_bytes(plaintext)
+        if session is not None:
+            self._opened.put(key, len(hashed_id) + len(value), session)
+        return session
 
     def close(self) -> Deferred[None]:
         """
