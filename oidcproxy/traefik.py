@@ -72,6 +72,11 @@ _MIDDLEWARE_KINDS = ("Middleware",)
 _INGRESS_KINDS = ("IngressRoute",)
 
 
+
+def _comment_safe(text: str) -> str:
+    """C{text} fit for a TOML comment: one line, printable, not endless."""
+    return repr("".join(c if c.isprintable() else "?" for c in text[:200]))
+
 class TraefikImportError(Exception):
     """
     The input cannot be imported at all (unreadable, invalid YAML, no or
@@ -660,8 +665,12 @@ class _Importer:
                 _http_url(issuer)
                 o.set("issuer", issuer)
             except ValueError as e:
-                self.warn(opts.path("issuer"), f"{e}; carried over as is, fix it in the output")
-                o.set("issuer", issuer, "FIXME: must be the IdP's http(s) issuer URL")
+                # A placeholder (SEED's MY_ISSUER_URL): a valid stand-in, so that
+                # --check accepts the output, with the original in the comment.
+                self.warn(opts.path("issuer"),
+                          f"{e}; written as https://idp.invalid, put the IdP's issuer URL there")
+                o.set("issuer", "https://idp.invalid",
+                      f"FIXME: the IdP's issuer URL (the middleware said {_comment_safe(issuer)})")
         self.client_id(mw, opts)
         secret = self.string(opts, "clientSecret")
         if secret is not None:

@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import yaml
 from twisted.trial.unittest import SynchronousTestCase
 
-from oidcproxy.config import ConfigError, load_config, parse_config
+from oidcproxy.config import load_config, parse_config
 from oidcproxy.traefik import (
     TraefikImportError,
     convert,
@@ -110,7 +110,7 @@ class WarningsMixin:
 SEED_EXPECTED = {
     "public_url": "https://oidcproxy.invalid",
     "oidc": {
-        "issuer": "MY_ISSUER_URL",
+        "issuer": "https://idp.invalid",
         "client_id": "my-oauth-client-ID",
         "client_secret": {"credential": "oidc-client-client_secret"},
         "scopes": ["openid"],
@@ -144,7 +144,8 @@ class SeedTests(SynchronousTestCase, WarningsMixin):
         """Guessed values carry a FIXME comment: the address, the issuer, the public URL."""
         toml = self.convert_seed().toml
         self.assertIn('upstream = "http://whoami.apps.svc.cluster.local:80"  # FIXME: address\n', toml)
-        self.assertIn('issuer = "MY_ISSUER_URL"  # FIXME:', toml)
+        self.assertIn('issuer = "https://idp.invalid"  # FIXME: the IdP\'s issuer URL '
+                      "(the middleware said 'MY_ISSUER_URL')\n", toml)
         self.assertIn('public_url = "https://oidcproxy.invalid"  # FIXME:', toml)
 
     def test_credentials_comment(self):
@@ -228,12 +229,19 @@ class SeedTests(SynchronousTestCase, WarningsMixin):
         self.assertEqual((r.path, r.host, r.upstream, r.auth, r.rule),
                          ("/my-app", None, "http://whoami.apps.svc.cluster.local:80", "session", None))
 
-    def test_only_the_issuer_is_refused(self):
-        """Printed for the page as it is, only the page's issuer placeholder is refused."""
+    def test_check_accepts_the_seed_output(self):
+        """
+        Printed for the page exactly as it is, with the credentials supplied,
+        the configuration passes `twistd oidcproxy --check`.
+        """
+        from oidcproxy.tap import Options, check
+
         self.credentials(**{"oidc-client-client_secret": "s", "session-key": "k" * 32})
-        with self.assertRaises(ConfigError) as caught:
-            load_config(self.write(self.convert_seed().toml))
-        self.assertEqual(caught.exception.problems, ["oidc.issuer: 'MY_ISSUER_URL' is not an http(s) URL"])
+        options = Options()
+        options.parseOptions(["--config", self.write(self.convert_seed().toml), "--check"])
+        out = io.StringIO()
+        self.assertEqual(check(options, out), 0, out.getvalue())
+        self.assertEqual(out.getvalue(), "config OK\n")
 
 
 FULL_EXPECTED = {
