@@ -1342,6 +1342,27 @@ class StoreTests(GuardTestCase):
         replay.jar[SESSION_COOKIE] = old
         self.assertEqual(replay.get("/x", headers=API).code, 401)
 
+    def test_store_down_at_callback_is_503(self):
+        """
+        A callback whose session cannot be stored (the store is unavailable)
+        is a 503 naming the session store, without a session cookie; not a
+        500. (Found by tests.integration.test_faults_redis.)
+        """
+        from twisted.internet.defer import fail
+
+        from oidcproxy.session import SessionStoreUnavailable
+
+        h = Harness(self, memory_store=True)
+        assert h.store is not None
+        h.store.save = lambda session: fail(  # type: ignore[method-assign]
+            SessionStoreUnavailable("down"))
+        browser = h.browser()
+        page = h.login(browser)
+        self.assertEqual(page.code, 503, page.body)
+        self.assertIn(b"Sessions are temporarily unavailable", page.body)
+        self.assertNoSessionCookie(page, browser)
+        self.assertEqual(self.flushLoggedErrors(), [])
+
 
 class UserinfoMergeTests(GuardTestCase):
     def test_userinfo_claims_merged(self):

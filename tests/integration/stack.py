@@ -119,7 +119,7 @@ async def start_op(testcase: TestCase, redirect_uris: Sequence[str],
                    post_logout_redirect_uris: Sequence[str] = (),
                    backchannel_logout_uri: Optional[str] = None,
                    rotate_refresh_tokens: bool = False, test_hooks: bool = False,
-                   port: int = 0, client_secret: Optional[str] = None,
+                   listen_port: int = 0, client_secret: Optional[str] = None,
                    **ttls: int) -> OpenIDProvider:
     """
     Start the OP on a free loopback port with one confidential client that may
@@ -128,7 +128,7 @@ async def start_op(testcase: TestCase, redirect_uris: Sequence[str],
     client gets back-channel logout there (with C{sid}); with
     C{rotate_refresh_tokens} every refresh grant rotates the refresh token
     (and a reused one revokes the grant). C{test_hooks}: the OP's fault-test
-    hooks (C{--test-hooks}, see L{OP_SCRIPT}). C{port}: listen there (it
+    hooks (C{--test-hooks}, see L{OP_SCRIPT}). C{listen_port}: listen there (it
     must be free) instead of on any free port; with C{client_secret} (default:
     a fresh one), an OP started again there is the same OP to the proxy.
     Waits for its C{PORT} line.
@@ -137,7 +137,7 @@ async def start_op(testcase: TestCase, redirect_uris: Sequence[str],
     secret = client_secret if client_secret is not None else secrets.token_urlsafe(24)
     # --name=value throughout: a value may start with "-" (token_urlsafe),
     # which node's parseArgs would otherwise take for an option.
-    args = [node, OP_SCRIPT, f"--port={port}", f"--client-id={CLIENT_ID}",
+    args = [node, OP_SCRIPT, f"--port={listen_port}", f"--client-id={CLIENT_ID}",
             f"--client-secret={secret}"]
     for uri in redirect_uris:
         args.append(f"--redirect-uri={uri}")

@@ -39,12 +39,18 @@
 //   login names user1 .. user999999 are accounts too (claims derived from
 //       the name), for tests that log in many different users
 //   EVENT token.request                  printed as each token request arrives
+//   the OP keeps up to a million stored items (sessions, grants, tokens)
+//       instead of the provider's default 1000, of which a few hundred logins
+//       would evict the first ones' refresh tokens (invalid_grant)
 
 import { generateKeyPairSync, randomBytes } from 'node:crypto';
 import { createServer } from 'node:http';
 import { parseArgs } from 'node:util';
 
 import Provider from 'oidc-provider';
+// For --test-hooks only: the provider's own memory adapter over a larger LRU.
+import MemoryAdapter from 'oidc-provider/lib/adapters/memory_adapter.js';
+import LRU from 'oidc-provider/lib/helpers/lru.js';
 
 const { values: args } = parseArgs({
   options: {
@@ -208,6 +214,11 @@ server.listen(settings.port, '127.0.0.1', () => {
     // as loopback (SSRF protection, a dispatcher it passes to fetch); this
     // OP lives on loopback only, so its requests go without that dispatcher.
     fetch: (url, { dispatcher, ...options }) => globalThis.fetch(url, options),
+    // --test-hooks: many logins (load and soak tests) without evictions.
+    ...(settings.testHooks ? {
+      adapter: ((store) => (model) => new MemoryAdapter(model, store))(
+        new LRU({ maxSize: 1_000_000 })),
+    } : {}),
     // Signs the OP's own cookies (session, interaction); fresh per process.
     cookies: { keys: [randomBytes(32).toString('base64url')] },
     // Signs the ID tokens (RS256), published at jwks_uri.
