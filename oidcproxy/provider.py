@@ -639,6 +639,8 @@ class Provider:
         self._keys: Optional[KeySet] = None
         self._keys_loaded_at = 0.0
         self._jwks_attempted_at: Optional[float] = None
+        self._jwks_refetched_at: Optional[float] = None
+        """When keys_for last started a refetch (the start-up load does not count)."""
         self._jwks_waiters: Optional[List[Deferred[KeySet]]] = None
 
         self._running = False
@@ -832,9 +834,14 @@ class Provider:
         if not (stale or unknown):
             return keys
         if self._jwks_waiters is None:
-            last = self._jwks_attempted_at
+            # Refetches are limited, not the load they follow: keys rotated
+            # just after the start-up load (or a scheduled reload) are found
+            # at once, and a flood of unknown kids still costs at most one
+            # fetch per jwks_min_refresh.
+            last = self._jwks_refetched_at
             if last is not None and now - last < self._jwks_min_refresh:
                 return keys
+            self._jwks_refetched_at = now
             self._metrics.jwks_refetch("unknown_kid" if unknown else "expired")
         try:
             return await self._shared_jwks_fetch()

@@ -663,11 +663,21 @@ class KeysTests(SynchronousTestCase):
         self.assertEqual(h.idp.count(JWKS_PATH), 3)
 
     def test_unknown_kid_right_after_start(self):
-        """The start-up load counts: an unknown kid within jwks_min_refresh of it gets the cache."""
+        """
+        Keys rotated just after the start-up load are found at once: the load
+        does not count against jwks_min_refresh, the refetches do.
+        """
         h = Harness(jwks_min_refresh=60.0)
-        keys = self.successResultOf(h.run(h.provider.keys_for("new-kid")))
-        self.assertTrue(keys.has_kid("kid-a"))
-        self.assertEqual(h.idp.count(JWKS_PATH), 1)
+        h.idp.handlers[JWKS_PATH] = lambda r: answer({"keys": [JWK_A, JWK_B]})
+        keys = self.successResultOf(h.run(h.provider.keys_for("kid-b")))
+        self.assertTrue(keys.has_kid("kid-b"))
+        self.assertEqual(h.idp.count(JWKS_PATH), 2)
+        # Another unknown kid within the interval gets the cache.
+        self.successResultOf(h.run(h.provider.keys_for("another-kid")))
+        self.assertEqual(h.idp.count(JWKS_PATH), 2)
+        h.clock.advance(60)
+        self.successResultOf(h.run(h.provider.keys_for("another-kid")))
+        self.assertEqual(h.idp.count(JWKS_PATH), 3)
 
     def test_single_flight(self):
         """Two concurrent callers share one fetch and get the same keys."""
