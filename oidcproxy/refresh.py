@@ -102,6 +102,8 @@ class Refresher:
         self._interval = interval
         self._lease = lease
         self._inflight: Dict[Tuple[str, str], Deferred] = {}
+        self._held: Dict[Tuple[str, str], float] = {}
+        """Refresh tokens whose grant may have happened unseen, until when none is sent again."""
         self._recent: OrderedDict[Tuple[str, str], Tuple[float, RefreshOutcome]] = OrderedDict()
         self.grants = 0
         """Refresh grants sent by this process (for tests and metrics)."""
@@ -125,6 +127,14 @@ class Refresher:
         recent = self._recent.get(key)
         if recent is not None and now - recent[0] < _RECENT_TTL:
             return Deferred.fromCoroutine(self._done(recent[1]))
+        held = self._held.get(key)
+        if held is not None:
+            if now < held:
+                # The last grant with this refresh token may have been carried
+                # out by the IdP without our seeing the answer: with rotating
+                # refresh tokens, sending it again would end the session there.
+                return Deferred.fromCoroutine(self._done(RefreshOutcome(None, unavailable=True)))
+            del self._held[key]
         inflight = self._inflight.get(key)
         if inflight is None:
             inflight = Deferred.fromCoroutine(self._refresh(session))
@@ -151,6 +161,11 @@ class Refresher:
         inflight.addBoth(share)
         return waiter
 
+    def _prune_held(self) -> None:
+        now = self._clock.seconds()
+        for key in [k for k, until in self._held.items() if until <= now]:
+            del self._held[key]
+
     async def _done(self, outcome: RefreshOutcome) -> RefreshOutcome:
         return outcome
 
@@ -176,17 +191,28 @@ class Refresher:
             return RefreshOutcome(None, unavailable=True)
         if token is None:
             return await self._wait_for_other(session)
+        uncertain = False
         try:
             # Another process may have refreshed just before we took the lock.
             newer = await self._newer(session)
             if newer is not None:
                 return RefreshOutcome(newer)
-            return await self._grant(session)
+            outcome = await self._grant(session)
+            uncertain = self._is_held(session)
+            return outcome
         finally:
-            try:
-                await self._store.unlock(name, token)
-            except SessionStoreUnavailable:
-                log.warn("could not release a refresh lock (it expires with its lease)")
+            # After a grant with no answer the lock is kept until its lease
+            # ends: no other process sends the same refresh token while the
+            # IdP may still be granting it.
+            if not uncertain:
+                try:
+                    await self._store.unlock(name, token)
+                except SessionStoreUnavailable:
+                    log.warn("could not release a refresh lock (it expires with its lease)")
+
+    def _is_held(self, session: Session) -> bool:
+        key = (session.id, _hash(session.refresh_token))
+        return self._held.get(key, 0.0) > self._clock.seconds()
 
     async def _newer(self, session: Session) -> Optional[Session]:
         """The stored session, if another process has refreshed it since."""
@@ -221,6 +247,13 @@ class Refresher:
             if e.oauth_error == "invalid_grant":
                 log.info("refresh refused ({reason}): the session ends", reason=e.oauth_error)
                 return RefreshOutcome(None, ended=True)
+            if e.oauth_error is None:
+                # No answer from the IdP (a timeout, a lost connection, a 5xx
+                # or a garbled reply): it may have granted the refresh all the
+                # same. The token is not sent again within the lease.
+                self._held[(session.id, _hash(session.refresh_token))] = \
+                    self._clock.seconds() + self._lease
+                self._prune_held()
             log.warn("refresh failed: {reason}: {detail}", reason=e.reason, detail=e.detail)
             return RefreshOutcome(None, unavailable=True)
         claims = dict(session.claims)

@@ -24,6 +24,10 @@ def logged_in(h: Harness, claims: Dict[str, Any] = None, sub: str = "user-1") ->
     return h.logged_in(sub=sub, claims=claims)
 
 
+
+LEASE = 2 * 5.0 + 5.0
+"""The refresh lock's lease with the default IdP timeout (5 s): see OIDCGuard."""
+
 class RefreshTests(SynchronousTestCase):
     def test_refresh_before_expiry(self):
         """Near the access token's expiry the guard refreshes, then serves with the new token."""
@@ -85,12 +89,19 @@ class RefreshTests(SynchronousTestCase):
         self.assertEqual(h.app.requests, [])
 
     def test_idp_down_token_still_valid(self):
-        """The IdP failing while the access token is still valid: served, retried next time."""
+        """
+        The IdP failing (a 5xx: no telling whether it granted the refresh)
+        while the access token is still valid: served; the refresh token is
+        not sent again within the refresh lease, then it is.
+        """
         h = Harness(self)
         browser = logged_in(h)
         h.idp.refresh_error = (500, "server_error")
         h.clock.advance(NEAR_EXPIRY)
         self.assertEqual(browser.get("/x", headers=API).code, 200)
+        self.assertEqual(browser.get("/x", headers=API).code, 200)
+        self.assertEqual(h.idp.refresh_count, 1)
+        h.clock.advance(LEASE)
         self.assertEqual(browser.get("/x", headers=API).code, 200)
         self.assertEqual(h.idp.refresh_count, 2)
 
@@ -104,6 +115,9 @@ class RefreshTests(SynchronousTestCase):
         self.assertEqual(page.code, 503)
         self.assertIsNone(page.cookie(SESSION_COOKIE))
         h.idp.refresh_error = None
+        # Within the lease the same refresh token is not sent again.
+        self.assertEqual(browser.get("/x", headers=API).code, 503)
+        h.clock.advance(LEASE)
         self.assertEqual(browser.get("/x", headers=API).code, 200)
 
     def test_outage_grace(self):

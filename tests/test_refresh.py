@@ -226,12 +226,31 @@ class SingleFlightTests(SynchronousTestCase):
         h.refresher.refresh(s)
         self.assertEqual(h.refresher.grants, 2)
 
-    def test_failure_is_not_remembered(self):
-        """After a failed refresh the next request tries again."""
-        h = Harness()
+    def test_unanswered_grant_not_repeated_within_the_lease(self):
+        """
+        A grant that got no answer (timeout) may have been carried out by the
+        IdP: the same refresh token is not sent again until the lease is over
+        (meanwhile: unavailable, the caller serves the old access token or
+        503); then it is.
+        """
+        h = Harness(lease=15.0)
         d = h.refresher.refresh(session())
         h.provider.pending[0].errback(ProviderError(504, "timeout", "slow"))
-        self.successResultOf(d)
+        self.assertTrue(self.successResultOf(d).unavailable)
+        h.clock.advance(14.9)
+        again = self.successResultOf(h.refresher.refresh(session()))
+        self.assertTrue(again.unavailable)
+        self.assertEqual(h.refresher.grants, 1)
+        h.clock.advance(0.1)
+        h.refresher.refresh(session())
+        self.assertEqual(h.refresher.grants, 2)
+
+    def test_refused_grant_may_be_retried(self):
+        """An error answer from the IdP (not invalid_grant) is certain: the next request tries again."""
+        h = Harness(lease=15.0)
+        d = h.refresher.refresh(session())
+        h.provider.pending[0].errback(ProviderError(400, "token_error", "no", oauth_error="invalid_client"))
+        self.assertTrue(self.successResultOf(d).unavailable)
         h.refresher.refresh(session())
         self.assertEqual(h.refresher.grants, 2)
 
@@ -239,6 +258,25 @@ class SingleFlightTests(SynchronousTestCase):
 class CrossProcessTests(SynchronousTestCase):
     def setUp(self):
         _patch_peek(self)
+
+    def test_lock_kept_after_an_unanswered_grant(self):
+        """No other process may send the refresh token while the IdP may still grant it."""
+        h = Harness(LockingStore, lease=15.0)
+        s = session()
+        h.store.save(s)
+        d = h.refresher.refresh(s)
+        h.provider.pending[0].errback(ProviderError(504, "timeout", "slow"))
+        self.assertTrue(self.successResultOf(d).unavailable)
+        self.assertIn("refresh:" + _hash(s.id), h.store.locks)
+
+    def test_lock_released_after_an_answer(self):
+        h = Harness(LockingStore, lease=15.0)
+        s = session()
+        h.store.save(s)
+        d = h.refresher.refresh(s)
+        h.provider.pending[0].errback(ProviderError(400, "token_error", "no", oauth_error="invalid_grant"))
+        self.assertTrue(self.successResultOf(d).ended)
+        self.assertEqual(h.store.locks, {})
 
     def test_lock_held_elsewhere_waits_for_the_result(self):
         """With the lock held by another process, no grant is sent; the stored result is used."""

@@ -47,6 +47,8 @@ from tests.integration.stack import (
 MODULE = "idp"
 IDP_TIMEOUT = 1.0
 """The proxies' C{oidc.timeout} here, in seconds."""
+REFRESH_LEASE = 2 * IDP_TIMEOUT + 5.0
+"""The refresh lock's lease the guard sets for that IdP timeout."""
 SLACK = 1.5
 
 
@@ -193,7 +195,8 @@ class IdPFaultTests(TestCase):
         await procs.sleep(max(0.0, logged_in + 2.3 - time.monotonic()))
         started = time.monotonic()
         await self.assertServes(client, stack.proxy, alice, "refresh stalled, token valid")
-        valid_elapsed = time.monotonic() - started
+        timed_out_at = time.monotonic()
+        valid_elapsed = timed_out_at - started
         await procs.sleep(max(0.0, logged_in + 5.5 - time.monotonic()))
         for navigate in (False, True):
             response, body = await api_get(client, stack.proxy, alice.cookie, navigate=navigate,
@@ -202,6 +205,11 @@ class IdPFaultTests(TestCase):
             self.assertIsNone(response.headers.getRawHeaders(b"location"))
             self.assertIsNone(response.headers.getRawHeaders(b"set-cookie"))
         await stack.op_hook(self, "token-stall?seconds=0")
+        # The grant that timed out may have been carried out by the IdP: the
+        # same refresh token is not sent again until the refresh lease is over.
+        response, body = await api_get(client, stack.proxy, alice.cookie, path="/some/api")
+        self.assertEqual(response.code, 503, body[:300])
+        await procs.sleep(max(0.0, timed_out_at + REFRESH_LEASE - time.monotonic()))
         await self.assertServes(client, stack.proxy, alice, "after the stall")
         grants = op.events("grant.success", "refresh_token")
         report(MODULE, f"token endpoint hung at refresh: served with the valid token after "

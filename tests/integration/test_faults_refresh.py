@@ -173,8 +173,3 @@ class RefreshRaceTests(TestCase):
         requests = len(op.events("token.request")) - base
         report(MODULE, f"token requests within the lease after a timed-out grant: {requests}")
         self.assertEqual(requests, 1, stack.describe())
-
-    test_no_retry_within_the_lease_after_a_timeout.todo = (  # type: ignore[attr-defined]
-        "oidcproxy.refresh retries a timed-out grant at the next request (pinned by "
-        "tests.test_refresh.SingleFlightTests.test_failure_is_not_remembered): a design "
-        "change, described in the issue note")
