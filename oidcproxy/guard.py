@@ -246,6 +246,9 @@ class OIDCGuard(Resource):
         self._oidc = oidc
         self._started = False
         self._consumed: OrderedDict[str, float] = OrderedDict()
+        self._pending_logins: OrderedDict[str, float] = OrderedDict()
+        """Login attempts started here and not back yet: state -> started (for the metric)."""
+        self._pending_prune: Any = None
         self._validator: Optional[IDTokenValidator] = None
         self._verifier: Any = None
         self._validator_algs: Optional[Tuple[str, ...]] = None
@@ -413,6 +416,8 @@ class OIDCGuard(Resource):
         return DeferredList(closing, consumeErrors=True)
 
     def stop(self) -> None:
+        if self._pending_prune is not None and self._pending_prune.active():
+            self._pending_prune.cancel()
         if self._started and self._provider is not None:
             self._started = False
             self._provider.stop()
@@ -1003,6 +1008,7 @@ class OIDCGuard(Resource):
             request.received_cookies, return_to, metadata.authorization_endpoint)
         _decided(request, "login")
         self._metrics.login_started()
+        self._login_pending(location)
         self._redirect(request, location, [*cookies, *state_cookies])
 
     def _respond(self, request: Request, code: int, content_type: bytes, body: bytes,
@@ -1045,8 +1051,36 @@ class OIDCGuard(Resource):
             self._validator_algs = algs
         return self._validator
 
+    def _login_pending(self, location: str) -> None:
+        """Count the attempt whose authorization URL is C{location} until it comes back or expires."""
+        from urllib.parse import parse_qs, urlsplit
+
+        states = parse_qs(urlsplit(location).query).get("state")
+        if not states:
+            return
+        self._pending_logins[states[0]] = self._clock.seconds()
+        self._prune_pending_logins()
+
+    def _prune_pending_logins(self) -> None:
+        """Drop the attempts older than the state cookie's max_age; update the gauge."""
+        pending = self._pending_logins
+        max_age = self._config.state_cookie.max_age
+        now = self._clock.seconds()
+        while pending:
+            oldest = next(iter(pending.values()))
+            if now - oldest < max_age and len(pending) <= _CONSUMED_STATES:
+                break
+            pending.popitem(last=False)
+        self._metrics.login_attempts_pending(len(pending))
+        call = self._pending_prune
+        if pending and (call is None or not call.active()):
+            wait = max(0.0, next(iter(pending.values())) + max_age - now)
+            self._pending_prune = self._clock.callLater(wait, self._prune_pending_logins)
+
     def _consume_state(self, state: str) -> bool:
         """Remember a consumed state (this process); False if seen before."""
+        if self._pending_logins.pop(state, None) is not None:
+            self._metrics.login_attempts_pending(len(self._pending_logins))
         now = self._clock.seconds()
         consumed = self._consumed
         while consumed:

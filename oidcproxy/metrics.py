@@ -72,6 +72,9 @@ class NullMetrics:
     def jwks_refetch(self, reason: str) -> None:
         """The JWKS is fetched again: C{unknown_kid} or C{expired}."""
 
+    def login_attempts_pending(self, count: int) -> None:
+        """C{count} login attempts (state cookies handed out) are waiting for their callback."""
+
     def websocket_upgrade(self, result: str) -> None:
         """
         An upgrade request ended its handshake: C{upgraded}, C{refused} (the
@@ -130,6 +133,10 @@ class Metrics(NullMetrics):
         self._ws_upgrades = Counter(
             "oidcproxy_websocket_upgrades", "WebSocket upgrade requests, by result.",
             ["result"], registry=r)
+        self._logins_pending = Gauge(
+            "oidcproxy_login_attempts_pending", "Login attempts whose state cookie is out and "
+            "has not come back to the callback, within the state cookie's max_age.", registry=r,
+            multiprocess_mode="livesum")
         self._ws_open = Gauge(
             "oidcproxy_websockets_open", "Upgraded (WebSocket) connections open now.", registry=r,
             # With workers = N: the sum over the live workers.
@@ -170,6 +177,9 @@ class Metrics(NullMetrics):
 
     def jwks_refetch(self, reason: str) -> None:
         self._jwks.labels(reason).inc()
+
+    def login_attempts_pending(self, count: int) -> None:
+        self._logins_pending.set(count)
 
     def websocket_upgrade(self, result: str) -> None:
         self._ws_upgrades.labels(result).inc()

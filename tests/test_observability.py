@@ -231,6 +231,24 @@ class LoginMetricsTests(SynchronousTestCase):
         failed = [k for k in samples(m) if k[0] == "oidcproxy_logins_failed_total"]
         self.assertEqual(failed, [])
 
+    def test_pending_login_attempts(self):
+        """
+        The gauge of login attempts out: up when a login starts, down when its
+        callback comes back, and down when an abandoned one's state cookie
+        expires (state_cookie.max_age, 600 s by default).
+        """
+        h, m = metered(self)
+        browser = h.browser()
+        first = h.authorize(browser, "/a")
+        h.authorize(h.browser(), "/b")  # abandoned
+        self.assertEqual(value(m, "oidcproxy_login_attempts_pending"), 2.0)
+        self.assertEqual(callback(h, browser, first).code, 302)
+        self.assertEqual(value(m, "oidcproxy_login_attempts_pending"), 1.0)
+        h.clock.advance(599)
+        self.assertEqual(value(m, "oidcproxy_login_attempts_pending"), 1.0)
+        h.clock.advance(1)
+        self.assertEqual(value(m, "oidcproxy_login_attempts_pending"), 0.0)
+
     def test_failed_logins(self):
         """
         Failed callbacks are counted by reason: an unknown state, an ID token
