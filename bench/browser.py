@@ -76,6 +76,8 @@ class Browser:
     def __init__(self) -> None:
         self._connections: Dict[str, http.client.HTTPConnection] = {}
         self.cookies: Dict[str, Dict[Tuple[str, str], str]] = {}
+        self.received: List[Tuple[str, str]] = []
+        """Every cookie set (name, value), in order, expired ones included."""
 
     def close(self) -> None:
         for connection in self._connections.values():
@@ -103,6 +105,7 @@ class Browser:
                 continue
             pair, *attributes = raw.split(";")
             name, _, value = pair.strip().partition("=")
+            self.received.append((name, value))
             path = "/"
             expired = False
             for attribute in attributes:
@@ -205,6 +208,14 @@ def session_cookie(url: str, user: str = "alice") -> str:
     Log in through the proxy at C{url} (a protected page) in a fresh
     browser; the C{Cookie} header value the browser then sends there.
     """
+    return login_cookies(url, user)[0]
+
+
+def login_cookies(url: str, user: str = "alice") -> Tuple[str, List[Tuple[str, str]]]:
+    """
+    L{session_cookie}, and every cookie set during the login (name, value),
+    in order: the state cookie, the OP's, the session's.
+    """
     browser = Browser()
     try:
         browser.login(url, user)
@@ -213,7 +224,7 @@ def session_cookie(url: str, user: str = "alice") -> str:
         browser.close()
     if not cookie:
         raise LoginFailed(f"no cookie for {url} after the login")
-    return cookie
+    return cookie, browser.received
 
 
 def timed_login(url: str, user: str = "alice") -> float:

@@ -257,7 +257,8 @@ def reachable(url: str, headers: Optional[Dict[str, str]] = None, status: int = 
 # -- the services ----------------------------------------------------------------
 
 
-def start_nginx(children: Children, workdir: str) -> Tuple[str, Child]:
+def start_nginx(children: Children, workdir: str, locations: str = "") -> Tuple[str, Child]:
+    """nginx as the upstream; C{locations}: more C{location} blocks for its server."""
     port = free_port()
     prefix = os.path.join(workdir, "nginx")
     os.makedirs(os.path.join(prefix, "logs"), exist_ok=True)
@@ -286,7 +287,7 @@ http {{
             default_type text/plain;
             return 200 "{body}";
         }}
-    }}
+{locations}    }}
 }}
 """)
     child = children.start("nginx", [shutil.which("nginx") or "/usr/sbin/nginx", "-p", prefix,
@@ -296,11 +297,12 @@ http {{
     return url, child
 
 
-def start_redis(children: Children, workdir: str) -> str:
+def start_redis(children: Children, workdir: str, name: str = "redis") -> str:
     port = free_port()
-    child = children.start("redis", [shutil.which("redis-server") or "/usr/bin/redis-server",
+    child = children.start(name, [shutil.which("redis-server") or "/usr/bin/redis-server",
                                      "--port", str(port), "--bind", "127.0.0.1", "--save", "",
                                      "--appendonly", "no", "--dir", workdir,
+                                     "--dbfilename", f"{name}.rdb",
                                      "--protected-mode", "yes"])
     wait_for(lambda: "Ready to accept connections" in child.output(), 10, "redis-server", child)
     return f"redis://127.0.0.1:{port}"
@@ -435,6 +437,8 @@ class Proxy:
         self.url = url
         self.workers = workers
         self.cookie: Optional[str] = None
+        self.set_cookies: List[Tuple[str, str]] = []
+        """Every cookie set during its login (name, value)."""
 
     def pids(self) -> List[int]:
         return group_pids(self.child.pid)
@@ -912,7 +916,7 @@ def run(args: argparse.Namespace, children: Children, workdir: str) -> Dict[str,
         try:
             proxy = start_proxy(children, workdir, name, runtime, reserved.pop(name), config,
                                 workers=workers)
-            proxy.cookie = browser.session_cookie(proxy.url + "/bench/login")
+            proxy.cookie, proxy.set_cookies = browser.login_cookies(proxy.url + "/bench/login")
         except (BenchError, OSError, browser.LoginFailed) as e:
             if workers == 1:
                 raise BenchError(f"{name}: {e}") from None
@@ -951,6 +955,10 @@ def run(args: argparse.Namespace, children: Children, workdir: str) -> Dict[str,
             targets.append(Target(scenario, "apache", proxy.url + "/app/x",
                                   {"Cookie": proxy.cookie or ""}, proxy))
     logins = [Target("L", runtime, "", {}, proxies[f"cookie-{runtime}"]) for runtime in runtimes]
+    import extras
+
+    cookie_sizes = extras.cookie_sizes(proxies[f"cookie-{runtimes[0]}"], proxies[f"redis-{runtimes[0]}"],
+                                       os.path.join(workdir, f"cookie-{runtimes[0]}.toml"))
 
     for target in targets:
         problem = target.probe()
@@ -1005,8 +1013,9 @@ def run(args: argparse.Namespace, children: Children, workdir: str) -> Dict[str,
         "results": results,
         "ratios": ratio,
         "unavailable": unavailable,
+        "cookie_sizes": cookie_sizes,
         "elapsed_s": round(time.monotonic() - started, 1),
-        "table": table(results, unavailable, ratio) + (
+        "table": table(results, unavailable, ratio) + "\n" + extras.cookie_line(cookie_sizes) + (
             f"\nmachine: {info['cpu']}, {info['cores']} cores, load average {info['load_before']:.1f} "
             f"at the start; CPython {info.get('cpython', '-')}, PyPy {info.get('pypy', '-')[:6]}"),
     }
@@ -1135,6 +1144,20 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--profile", action="store_true",
                         help="instead: profile P and C on CPython with cProfile")
     parser.add_argument("--profile-seconds", type=float, default=10.0)
+    parser.add_argument("--scale", action="store_true",
+                        help="instead: R with 1,000 and with --scale-sessions sessions in Redis")
+    parser.add_argument("--scale-sessions", type=int, default=1_000_000,
+                        help="the large number of sessions for --scale (1,000,000)")
+    parser.add_argument("--populate-processes", type=int, default=2,
+                        help="--scale: processes saving sessions at once (2)")
+    parser.add_argument("--memory", action="store_true",
+                        help="instead: RSS while streaming 100 MB bodies, and over a fixed-rate run")
+    parser.add_argument("--memory-minutes", type=float, default=10.0,
+                        help="--memory: minutes of the fixed-rate run (10)")
+    parser.add_argument("--memory-rate", type=float, default=100.0,
+                        help="--memory: requests per second per proxy in the fixed-rate run (100)")
+    parser.add_argument("--memory-bytes", type=int, default=100_000_000,
+                        help="--memory: bytes each streaming client sends or receives (100 MB)")
     args = parser.parse_args(argv)
     if args.duration is None:
         args.duration = 1.0 if args.quick else 3.0
@@ -1143,6 +1166,13 @@ def main(argv: Sequence[str]) -> int:
     args.login_duration = max(1.0, min(3.0, args.duration))
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
+    if sum((args.profile, args.scale, args.memory)) > 1:
+        parser.error("--profile, --scale and --memory are separate runs: one at a time")
+    if args.scale_sessions <= 1_000 or args.populate_processes < 1:
+        parser.error("--scale-sessions must be above 1,000 and --populate-processes at least 1")
+    if args.memory_minutes <= 1 or args.memory_rate <= 0 or args.memory_bytes < 1_000_000:
+        parser.error("--memory-minutes must be above 1 (RSS is compared from minute 1 on), "
+                     "--memory-rate above 0, --memory-bytes at least 1,000,000")
 
     workdir = tempfile.mkdtemp(prefix="oidcproxy-bench-")
     children = Children(workdir)
@@ -1156,7 +1186,12 @@ def main(argv: Sequence[str]) -> int:
         if args.profile:
             print(profile(args, children, workdir))
             return 0
-        outcome = run(args, children, workdir)
+        if args.scale or args.memory:
+            import extras
+
+            outcome = (extras.scale if args.scale else extras.memory)(args, children, workdir)
+        else:
+            outcome = run(args, children, workdir)
         print(outcome["table"])
         path = args.json or os.path.join(
             HERE, "results", time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + ".json")
