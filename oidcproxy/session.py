@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 import math
 import secrets
-from typing import TYPE_CHECKING, Any, Dict, Optional
+import time
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Tuple
 
 import attr
 from zope.interface import Interface
@@ -172,35 +173,56 @@ class OpenedSessions:
     sessions are immutable, so a cached one is as good as a fresh one; the
     expiry, idle and revocation checks still run on every request.
 
-    Bounded in entries and in the characters of the values kept (the
-    sessions take about as much again), least recently used first out.
+    It holds the working set only: an entry not used for C{ttl} seconds is
+    dropped, so memory follows the sessions active in the last minute, not
+    every session ever seen; and it is bounded in entries and in characters
+    of the values kept (the sessions take about as much again), least
+    recently used first out.
     """
 
-    def __init__(self, max_entries: int = 2048, max_chars: int = 4_000_000) -> None:
+    def __init__(self, max_entries: int = 2048, max_chars: int = 4_000_000, ttl: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         from collections import OrderedDict
 
-        self._entries: OrderedDict[Any, Session] = OrderedDict()
+        self._entries: OrderedDict[Any, Tuple[Session, float]] = OrderedDict()
         self._chars = 0
         self._max_entries = max_entries
         self._max_chars = max_chars
+        self._ttl = ttl
+        self._clock = clock
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def get(self, key: Any) -> Optional[Session]:
-        session = self._entries.get(key)
-        if session is not None:
-            self._entries.move_to_end(key)
-        return session
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        now = self._clock()
+        if now - entry[1] >= self._ttl:
+            self._drop(key)
+            return None
+        self._entries[key] = (entry[0], now)
+        self._entries.move_to_end(key)
+        return entry[0]
 
     def put(self, key: Any, size: int, session: Session) -> None:
         if key in self._entries or size > self._max_chars // 4:
             return
-        self._entries[key] = session
+        now = self._clock()
+        self._entries[key] = (session, now)
         self._chars += size
-        while len(self._entries) > self._max_entries or self._chars > self._max_chars:
-            old_key, _ = self._entries.popitem(last=False)
-            self._chars -= _key_size(old_key)
+        entries = self._entries
+        while entries:
+            oldest_key, (_, used) = next(iter(entries.items()))
+            if now - used < self._ttl and len(entries) <= self._max_entries \
+                    and self._chars <= self._max_chars:
+                break
+            self._drop(oldest_key)
+
+    def _drop(self, key: Any) -> None:
+        del self._entries[key]
+        self._chars -= _key_size(key)
 
 
 def _key_size(key: Any) -> int:

@@ -272,6 +272,26 @@ class OpenedSessionsTests(SynchronousTestCase):
         self.assertIs(cache.get("c"), c)
         self.assertEqual(len(cache), 2)
 
+    def test_working_set_only(self):
+        """An entry unused for the ttl is gone: memory follows the active sessions."""
+        from oidcproxy.session import OpenedSessions
+
+        now = [100.0]
+        cache = OpenedSessions(ttl=60.0, clock=lambda: now[0])
+        a, b = self.session(1), self.session(2)
+        cache.put("a", 1, a)
+        now[0] += 59
+        self.assertIs(cache.get("a"), a)  # used: another 60 s from now
+        cache.put("b", 1, b)
+        now[0] += 59
+        self.assertIs(cache.get("a"), a)
+        now[0] += 2  # "b" unused for 61 s
+        self.assertIsNone(cache.get("b"))
+        cache.put("c", 1, self.session(3))
+        now[0] += 61
+        cache.put("d", 1, self.session(4))  # a put drops what went stale
+        self.assertEqual(len(cache), 1)
+
     def test_bounded_by_size(self):
         from oidcproxy.session import OpenedSessions
 
