@@ -461,7 +461,9 @@ def start_proxy(children: Children, workdir: str, name: str, runtime: str,
     with open(path, "w", encoding="utf-8") as f:
         f.write(config)
     reserved.close()
-    child = children.start(name, [twistd(runtime), *extra, "-n", "--pidfile=", "oidcproxy",
+    # The log observer the units in etc/ use.
+    child = children.start(name, [twistd(runtime), *extra, "-n", "--pidfile=",
+                                  "--logger=oidcproxy.logs.text", "oidcproxy",
                                   "--config", path], env=child_env(source_tree=True))
     url = f"http://127.0.0.1:{port}"
 

@@ -210,6 +210,43 @@ class AccessLogTests(SynchronousTestCase):
         self.assertEqual((event["path"], event["status"], event["user"],
                           event["log_namespace"]), ("/x", 200, "alice", "oidcproxy.access"))
 
+    def test_text_log_observer_is_twistds_format(self):
+        """
+        --logger=oidcproxy.logs.text writes exactly the lines of twistd's own
+        text observer (time, system, text; tracebacks indented), the
+        timestamp formatted once per second.
+        """
+        import io
+
+        from twisted.logger import LogLevel, formatEventAsClassicLogText, formatTime
+        from twisted.python.failure import Failure
+
+        from oidcproxy.logs import TextLogObserver
+
+        try:
+            raise ZeroDivisionError("division by zero")
+        except ZeroDivisionError:
+            failure = Failure()
+        events = [
+            {"log_format": '{access_line}', "access_line": 'a "GET /x" 200', "log_time": 1795900000.25,
+             "log_namespace": "oidcproxy.access", "log_level": LogLevel.info},
+            {"log_format": "worker {n}", "n": 2, "log_time": 1795900000.75,
+             "log_system": "oidcproxy.access#info worker 2", "log_level": LogLevel.info},
+            {"log_format": "boom", "log_time": 1795900001.5, "log_namespace": "x",
+             "log_level": LogLevel.critical, "log_failure": failure},
+            {"log_format": "", "log_time": 1795900002.0, "log_namespace": "x",
+             "log_level": LogLevel.info},
+        ]
+        out = io.StringIO()
+        observer = TextLogObserver(out)
+        for event in events:
+            observer(dict(event))
+        expected = "".join(formatEventAsClassicLogText(
+            dict(e), formatTime=lambda when: formatTime(when, "%Y-%m-%dT%H:%M:%S%z")) or ""
+            for e in events)
+        self.assertEqual(out.getvalue(), expected)
+        self.assertIn("\tTraceback", out.getvalue())
+
     def test_duration_from_clock(self):
         """The duration is measured on the injected clock."""
         resource = Recorder(hang=True)

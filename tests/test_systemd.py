@@ -288,7 +288,8 @@ class UnitFileTests(SynchronousTestCase):
             self.assertEqual(settings.get(key), [value], key)
         self.assertIn("TimeoutStopSec", settings)
         self.assertEqual(settings["ExecStart"],
-                         [f"/usr/bin/twistd -n --pidfile= oidcproxy --config {config}"])
+                         [f"/usr/bin/twistd -n --pidfile= --logger=oidcproxy.logs.text oidcproxy "
+                          f"--config {config}"])
         self.assertEqual(sorted(settings["LoadCredential"]), [
             f"client-secret:{credentials}/client-secret",
             f"session-key:{credentials}/session-key",

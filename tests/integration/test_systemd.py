@@ -264,7 +264,8 @@ class UnitFileTests(TestCase):
             with open(os.path.join(ETC, name), encoding="utf-8") as f:
                 text = f.read()
             if name.endswith(".service"):
-                self.assertIn("\nExecStart=/usr/bin/twistd -n --pidfile= oidcproxy --config ", text)
+                self.assertIn("\nExecStart=/usr/bin/twistd -n --pidfile= --logger=oidcproxy.logs.text "
+                              "oidcproxy --config ", text)
             with open(os.path.join(directory, name), "w", encoding="utf-8") as f:
                 f.write(text.replace("/usr/bin/twistd", executable))
         paths = [os.path.join(directory, name) for name in
