@@ -68,7 +68,7 @@ never kept), each until a I{valid-until} time: the token's C{exp} for a JWT,
 C{min(exp, now + introspection_cache)} for an opaque token (a revoked opaque
 token is thus believed for at most C{introspection_cache} seconds). An entry
 past its time is dropped when next looked up; the least recently used entry
-is dropped when the map is full. A JWT is cached for its whole lifetime: a
+is dropped when the map is full, and so is one unused for L{CACHE_IDLE}. A JWT is cached for its whole lifetime: a
 key removed from the JWKS does not revoke the tokens it signed and that are
 cached already (JWTs are not revocable anyway without introspection).
 
@@ -116,9 +116,13 @@ _ID_TOKEN_CLAIMS = ("nonce", "at_hash", "c_hash")
 _AUTH_SCHEME = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _TOKEN68 = re.compile(rb"[A-Za-z0-9\-._~+/]+=*")
 
-# A cache entry: the claims (None: the provider said "inactive") and the
-# time until which they are believed.
-_Entry = Tuple[Optional[Dict[str, Any]], float]
+# A cache entry: the claims (None: the provider said "inactive"), the time
+# until which they are believed, and when the entry was last used.
+_Entry = Tuple[Optional[Dict[str, Any]], float, float]
+
+CACHE_IDLE = 300.0
+"""A cached validation not used for this long is dropped: the cache holds the
+tokens in use, not every token seen until its expiry (up to C{cache_size})."""
 
 
 def _malformed_authorization(detail: str) -> TokenError:
@@ -254,8 +258,10 @@ class BearerValidator(_ClaimsValidator):
 
         entry = self._cache.get(key)
         if entry is not None:
-            claims, valid_until = entry
-            if self.clock.seconds() < valid_until:
+            claims, valid_until, _ = entry
+            now = self.clock.seconds()
+            if now < valid_until:
+                self._cache[key] = (claims, valid_until, now)
                 self._cache.move_to_end(key)
                 self.cache_hits += 1
                 if claims is None:
@@ -273,12 +279,18 @@ class BearerValidator(_ClaimsValidator):
     # -- the cache
 
     def _store(self, key: bytes, claims: Optional[Dict[str, Any]], valid_until: float) -> None:
-        if self.cache_size == 0 or valid_until <= self.clock.seconds():
+        now = self.clock.seconds()
+        if self.cache_size == 0 or valid_until <= now:
             return
-        self._cache[key] = (claims, valid_until)
-        self._cache.move_to_end(key)
-        while len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
+        cache = self._cache
+        cache[key] = (claims, valid_until, now)
+        cache.move_to_end(key)
+        # Least recently used first: drop while over the size or unused for long.
+        while cache:
+            _, (_, _, used) = next(iter(cache.items()))
+            if len(cache) <= self.cache_size and now - used < CACHE_IDLE:
+                break
+            cache.popitem(last=False)
 
     # -- JWT access tokens
 

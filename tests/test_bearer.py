@@ -467,6 +467,25 @@ class CacheTests(_Base):
         self.assertEqual(env.verify_calls, 8)
         self.assertEqual(len(env.validator._cache), 3)
 
+    def test_unused_entries_dropped(self):
+        """A validation unused for CACHE_IDLE is dropped: the cache holds the tokens in use."""
+        from oidcproxy.bearer import CACHE_IDLE
+
+        env = self.env()
+        busy, idle = (access_token(at_claims(jti=j, exp=NOW + 3 * CACHE_IDLE)) for j in ("b", "i"))
+        self.accepted(env, busy)
+        self.accepted(env, idle)
+        for _ in range(3):
+            env.clock.advance(CACHE_IDLE / 2)
+            self.accepted(env, busy)
+        self.accepted(env, access_token(at_claims(jti="new", exp=NOW + 3 * CACHE_IDLE)))
+        self.assertEqual(len(env.validator._cache), 2)  # busy and new; idle is gone
+        calls = env.verify_calls
+        self.accepted(env, busy)
+        self.assertEqual(env.verify_calls, calls)
+        self.accepted(env, idle)
+        self.assertEqual(env.verify_calls, calls + 1)
+
     def test_failures_not_cached(self):
         """A refused token is checked again every time; so is one refused because the IdP was down."""
         env = self.env()
