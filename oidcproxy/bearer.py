@@ -68,9 +68,10 @@ never kept), each until a I{valid-until} time: the token's C{exp} for a JWT,
 C{min(exp, now + introspection_cache)} for an opaque token (a revoked opaque
 token is thus believed for at most C{introspection_cache} seconds). An entry
 past its time is dropped when next looked up; the least recently used entry
-is dropped when the map is full, and so is one unused for L{CACHE_IDLE}. A JWT is cached for its whole lifetime: a
-key removed from the JWKS does not revoke the tokens it signed and that are
-cached already (JWTs are not revocable anyway without introspection).
+is dropped when the map is full, and so is one unused for L{CACHE_IDLE}. A
+JWT is cached for its whole lifetime: a key removed from the JWKS does not
+revoke the tokens it signed and that are cached already (JWTs are not
+revocable anyway without introspection).
 
 Refusals are B{not} cached, with one exception: an opaque token the provider
 says is inactive is remembered as such for C{introspection_cache} seconds,

@@ -260,6 +260,39 @@ def startup_checks(config: Config, reactor: Any) -> None:
             fatal(problem)
 
 
+class SighupHandler:
+    """
+    Call C{callback} in the reactor's thread on SIGHUP. Installed only under
+    a real reactor and in the main thread (not in tests, not when embedded
+    in a thread); L{uninstall} puts the previous handler back.
+    """
+
+    def __init__(self, reactor: Any, callback: Callable[[], Any]) -> None:
+        self._reactor = reactor
+        self._callback = callback
+        self._previous: Any = None
+        self.installed = False
+
+    def install(self) -> None:
+        from twisted.internet.base import ReactorBase
+
+        if self.installed or not isinstance(self._reactor, ReactorBase) or \
+                threading.current_thread() is not threading.main_thread():
+            return
+
+        def on_sighup(signum: int, frame: Any) -> None:
+            self._reactor.callFromThread(self._callback)
+
+        self._previous = signal.signal(signal.SIGHUP, on_sighup)
+        self.installed = True
+
+    def uninstall(self) -> None:
+        if self.installed:
+            previous = self._previous
+            signal.signal(signal.SIGHUP, previous if previous is not None else signal.SIG_DFL)
+            self.installed = False
+
+
 RESTART_KEYS = (
     "listen", "public_url", "endpoints_prefix", "workers", "keepalive_timeout", "access_log",
     "oidc", "session", "state_cookie", "redis", "admin", "metrics",
@@ -311,8 +344,7 @@ class ProxyService(MultiService):
         self.worker_id = worker_id
         self._reactor = reactor
         self._client_factory = client_factory
-        self._previous_sighup: Any = None
-        self._sighup_installed = False
+        self._sighup = SighupHandler(reactor, self.reload)
         self.site = build_site(config, reactor, client_factory=client_factory,
                                metrics=self.metrics)
         self.site.guard.worker_id = worker_id  # type: ignore[attr-defined]
@@ -351,18 +383,7 @@ class ProxyService(MultiService):
         self._install_sighup()
 
     def _install_sighup(self) -> None:
-        """Reload on SIGHUP: only under a real reactor, in the main thread."""
-        from twisted.internet.base import ReactorBase
-
-        if not isinstance(self._reactor, ReactorBase) or \
-                threading.current_thread() is not threading.main_thread():
-            return
-
-        def on_sighup(signum: int, frame: Any) -> None:
-            self._reactor.callFromThread(self.reload)
-
-        self._previous_sighup = signal.signal(signal.SIGHUP, on_sighup)
-        self._sighup_installed = True
+        self._sighup.install()
 
     def reload(self) -> bool:
         """
@@ -461,10 +482,7 @@ class ProxyService(MultiService):
         from .systemd import notify
 
         notify("STOPPING=1")
-        if self._sighup_installed:
-            previous = self._previous_sighup
-            signal.signal(signal.SIGHUP, previous if previous is not None else signal.SIG_DFL)
-            self._sighup_installed = False
+        self._sighup.uninstall()
         d = maybeDeferred(super().stopService)
         d.addCallback(lambda _: self.site.drain(self.config.drain_timeout))
 

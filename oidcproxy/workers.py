@@ -30,7 +30,6 @@ import shutil
 import signal
 import sys
 import tempfile
-import threading
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from twisted.application.service import Service
@@ -164,8 +163,9 @@ class WorkerPool(Service):
         self._announced = False
         self._metrics_dir: Optional[str] = None
         self._metrics_port: Any = None
-        self._previous_sighup: Any = None
-        self._sighup_installed = False
+        from .service import SighupHandler
+
+        self._sighup = SighupHandler(reactor, self.reload)
         self.restarts = 0
 
     # -- start --------------------------------------------------------------------
@@ -240,7 +240,7 @@ class WorkerPool(Service):
         super().startService()
         for number in range(1, self.config.workers + 1):
             self._start_worker(number)
-        self._install_sighup()
+        self._sighup.install()
 
     def _start_worker(self, number: int) -> None:
         self._restarts.pop(number, None)
@@ -328,19 +328,6 @@ class WorkerPool(Service):
 
     # -- signals and stop -------------------------------------------------------------
 
-    def _install_sighup(self) -> None:
-        from twisted.internet.base import ReactorBase
-
-        if not isinstance(self._reactor, ReactorBase) or \
-                threading.current_thread() is not threading.main_thread():
-            return
-
-        def on_sighup(signum: int, frame: Any) -> None:
-            self._reactor.callFromThread(self.reload)
-
-        self._previous_sighup = signal.signal(signal.SIGHUP, on_sighup)
-        self._sighup_installed = True
-
     def reload(self) -> None:
         """Tell every worker to read the configuration again (SIGHUP)."""
         from .systemd import notify, reloading
@@ -370,10 +357,7 @@ class WorkerPool(Service):
         super().stopService()
         notify("STOPPING=1")
         self._stopping = True
-        if self._sighup_installed:
-            previous = self._previous_sighup
-            signal.signal(signal.SIGHUP, previous if previous is not None else signal.SIG_DFL)
-            self._sighup_installed = False
+        self._sighup.uninstall()
         for call in self._restarts.values():
             if call.active():
                 call.cancel()
