@@ -9,7 +9,8 @@
 #   - a CPython venv (.venv-cpython) with the project and the checkers;
 #   - a PyPy venv (.venv-pypy) with the project (cryptography<44, see
 #     constraints-pypy.txt).
-# Then: ruff, mypy, every test on CPython, the unit tests on PyPy.
+# Then: ruff, the documents' reStructuredText, mypy, every test on CPython,
+# the unit tests on PyPy.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -50,7 +51,12 @@ step "PyPy venv"
     -c constraints-pypy.txt .
 
 step "ruff"
-.venv-cpython/bin/ruff check oidcproxy tests twisted setup.py
+.venv-cpython/bin/ruff check oidcproxy tests twisted setup.py bench
+
+step "reStructuredText (README.rst, NEWS.rst, bench/README.rst)"
+for doc in README.rst NEWS.rst bench/README.rst; do
+    .venv-cpython/bin/python -m docutils --halt=warning "$doc" > /dev/null
+done
 
 step "mypy"
 .venv-cpython/bin/mypy
