@@ -214,6 +214,19 @@ def _tls_options(description: str) -> Any:
     return Recorder.options
 
 
+def write_port_file(path: str, ports: Sequence[IListeningPort]) -> None:
+    """
+    Write the bound address of each port to C{path}, one per line, at once
+    (a temporary file renamed over it): a reader sees no file or all of it.
+    """
+    lines = "".join(_address(port) + "\n" for port in ports)
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".oidcproxy-port-")
+    with os.fdopen(fd, "w") as f:
+        f.write(lines)
+    os.replace(tmp, path)
+
+
 def _address(port: IListeningPort) -> str:
     host: Any = port.getHost()
     if hasattr(host, "port"):
@@ -466,12 +479,7 @@ class ProxyService(MultiService):
 
     def _write_port_file(self) -> None:
         assert self._port_file is not None
-        lines = "".join(_address(ls.port) + "\n" for ls in self.listeners if ls.port)
-        directory = os.path.dirname(os.path.abspath(self._port_file))
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".oidcproxy-port-")
-        with os.fdopen(fd, "w") as f:
-            f.write(lines)
-        os.replace(tmp, self._port_file)
+        write_port_file(self._port_file, [ls.port for ls in self.listeners if ls.port])
 
     def stopService(self) -> Any:
         """

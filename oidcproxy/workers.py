@@ -187,8 +187,12 @@ class WorkerPool(Service):
             self._close_ports()
             fatal(str(e))
 
-    def _bind(self, description: str) -> Any:
-        """Listen on C{description}, but leave the accepting to the workers."""
+    def _listen_now(self, description: str, factory: Any) -> Any:
+        """
+        Listen on C{description} at once (the parent's endpoints all do).
+
+        @raise ListenError: an invalid endpoint, or one that cannot listen.
+        """
         from .service import ListenError
 
         try:
@@ -196,11 +200,15 @@ class WorkerPool(Service):
         except (ValueError, LookupError, TypeError, OSError) as e:
             raise ListenError(f"invalid endpoint string {description!r}: {e}") from None
         results: List[Any] = []
-        endpoint.listen(_RefuseFactory.forProtocol(_Refuse)).addBoth(results.append)
+        endpoint.listen(factory).addBoth(results.append)
         if not results or isinstance(results[0], Failure):
             reason = results[0].value if results else "the endpoint did not listen at once"
             raise ListenError(f"cannot listen on {description!r}: {reason}")
-        port = results[0]
+        return results[0]
+
+    def _bind(self, description: str) -> Any:
+        """Listen on C{description}, but leave the accepting to the workers."""
+        port = self._listen_now(description, _RefuseFactory.forProtocol(_Refuse))
         # Accepting is the workers' job: the parent keeps the socket open
         # for them (and for the workers it starts later) but never reads it.
         port.stopReading()
@@ -212,7 +220,6 @@ class WorkerPool(Service):
         from prometheus_client.multiprocess import MultiProcessCollector
 
         from .metrics import MetricsSite
-        from .service import ListenError
 
         self._metrics_dir = tempfile.mkdtemp(prefix="oidcproxy-metrics-")
         registry = CollectorRegistry()
@@ -225,16 +232,7 @@ class WorkerPool(Service):
 
         root = Resource()
         root.putChild(b"metrics", MetricsResource(registry))
-        results: List[Any] = []
-        try:
-            endpoint = serverFromString(self._reactor, description)
-        except (ValueError, LookupError, TypeError, OSError) as e:
-            raise ListenError(f"invalid endpoint string {description!r}: {e}") from None
-        endpoint.listen(MetricsSite(root, reactor=self._reactor)).addBoth(results.append)
-        if not results or isinstance(results[0], Failure):
-            reason = results[0].value if results else "the endpoint did not listen at once"
-            raise ListenError(f"cannot listen on {description!r}: {reason}")
-        self._metrics_port = results[0]
+        self._metrics_port = self._listen_now(description, MetricsSite(root, reactor=self._reactor))
 
     def startService(self) -> None:
         super().startService()
@@ -286,18 +284,13 @@ class WorkerPool(Service):
                  addresses=addresses)
 
     def _write_port_file(self) -> None:
-        from .service import _address
+        from .service import write_port_file
 
         assert self._port_file is not None
         ports = [port for port, _, _ in self.ports]
         if self._metrics_port is not None:
             ports.append(self._metrics_port)
-        lines = "".join(_address(port) + "\n" for port in ports)
-        directory = os.path.dirname(os.path.abspath(self._port_file))
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".oidcproxy-port-")
-        with os.fdopen(fd, "w") as f:
-            f.write(lines)
-        os.replace(tmp, self._port_file)
+        write_port_file(self._port_file, ports)
 
     # -- a worker ended ---------------------------------------------------------------
 
