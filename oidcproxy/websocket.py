@@ -351,13 +351,29 @@ class WebSocketProxy:
 
 
 @implementer(IPushProducer)
-class _UpstreamSide(Protocol):
-    """The connection to the upstream: its answer head, then the splice."""
+class _SpliceSide(Protocol):
+    """
+    One side of a splice, and the producer of the other side's transport:
+    when the other side cannot keep up, this side's transport stops reading.
+    """
 
     transport: Any
 
     def __init__(self, upgrade: _Upgrade) -> None:
         self._upgrade = upgrade
+
+    def pauseProducing(self) -> None:
+        self.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self.transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        self.transport.loseConnection()
+
+
+class _UpstreamSide(_SpliceSide):
+    """The connection to the upstream: its answer head, then the splice."""
 
     def connectionMade(self) -> None:
         self._upgrade.upstream_connected(self)
@@ -368,40 +384,12 @@ class _UpstreamSide(Protocol):
     def connectionLost(self, reason: Failure = ierror.ConnectionDone) -> None:  # type: ignore[assignment]
         self._upgrade.upstream_lost(reason)
 
-    # IPushProducer, for the client's transport (or request): a client that
-    # does not read pauses the upstream connection.
-    def pauseProducing(self) -> None:
-        self.transport.pauseProducing()
 
-    def resumeProducing(self) -> None:
-        self.transport.resumeProducing()
-
-    def stopProducing(self) -> None:
-        self.transport.loseConnection()
-
-
-@implementer(IPushProducer)
-class _ClientSide(Protocol):
+class _ClientSide(_SpliceSide):
     """The client's connection after the 101, fed by its HTTP channel."""
-
-    transport: Any
-
-    def __init__(self, upgrade: _Upgrade) -> None:
-        self._upgrade = upgrade
 
     def dataReceived(self, data: bytes) -> None:
         self._upgrade.from_client(data)
-
-    # IPushProducer, for the upstream's transport: an upstream that does not
-    # read pauses the client's connection.
-    def pauseProducing(self) -> None:
-        self.transport.pauseProducing()
-
-    def resumeProducing(self) -> None:
-        self.transport.resumeProducing()
-
-    def stopProducing(self) -> None:
-        self.transport.loseConnection()
 
 
 class _Upgrade:
