@@ -846,14 +846,24 @@ class DevelopmentProvider:
         if "client_id" in form and form["client_id"] != self.client.client_id:
             raise _OAuthError("invalid_client", "bad client credentials", 401)
 
+    def _client_form(self, request: Any) -> Dict[str, str]:
+        """
+        The form of a client's back-channel request (token, revocation), the
+        client authenticated.
+
+        @raise _OAuthError: an unreadable form, or a client that is not ours.
+        """
+        try:
+            form = _form(request)
+        except _BadRequest as e:
+            raise _OAuthError("invalid_request", e.message) from None
+        self._authenticate_client(request, form)
+        return form
+
     def _token(self, request: Any) -> bytes:
         self._prune()
         try:
-            try:
-                form = _form(request)
-            except _BadRequest as e:
-                raise _OAuthError("invalid_request", e.message) from None
-            self._authenticate_client(request, form)
+            form = self._client_form(request)
             grant_type = form.get("grant_type")
             if grant_type == "authorization_code":
                 document = self._code_grant(form)
@@ -987,11 +997,7 @@ class DevelopmentProvider:
     def _revoke(self, request: Any) -> bytes:
         """RFC 7009: revoke a refresh token (and its login) or an access token."""
         try:
-            try:
-                form = _form(request)
-            except _BadRequest as e:
-                raise _OAuthError("invalid_request", e.message) from None
-            self._authenticate_client(request, form)
+            form = self._client_form(request)
         except _OAuthError as e:
             return _send_json(request, e.status, {"error": e.error,
                                                   "error_description": e.description})
