@@ -8,16 +8,15 @@ not know the master.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
-from twisted.trial.unittest import SkipTest, TestCase
+from twisted.trial.unittest import TestCase
 
 from oidcproxy.config import RedisConfig, Secret
 from oidcproxy.preflight import check_redis
 from tests.integration import procs
-from tests.integration.redis_server import start_redis, start_sentinel, tls_unavailable
-from tests.integration.test_redis_store import _write_pki
+from tests.integration.redis_server import start_redis, start_sentinel
+from tests.integration.test_redis_store import start_tls_redis
 
 
 def redis(url: str, **settings: Any) -> RedisConfig:
@@ -97,16 +96,7 @@ class RedisTLSPreflightTests(TestCase):
     timeout = 60
 
     async def setUp(self) -> None:
-        reason = tls_unavailable()
-        if reason:
-            raise SkipTest(reason)
-        directory = os.path.abspath(self.mktemp())
-        os.makedirs(directory)
-        self.pki = _write_pki(directory)
-        self.server = await start_redis(self, tls_args=[
-            "--tls-cert-file", self.pki["cert"], "--tls-key-file", self.pki["key"],
-            "--tls-ca-cert-file", self.pki["ca"], "--tls-auth-clients", "no",
-        ])
+        self.server, self.pki = await start_tls_redis(self)
 
     def url(self, host: str) -> str:
         return f"rediss://{host}:{self.server.tls_port}"

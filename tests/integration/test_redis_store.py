@@ -15,7 +15,7 @@ import hashlib
 import os
 import sys
 import time
-from typing import Any, Awaitable, Callable, List, Sequence
+from typing import Any, Awaitable, Callable, Dict, List, Sequence, Tuple
 
 from twisted.internet import reactor
 from twisted.internet.utils import getProcessOutputAndValue
@@ -782,20 +782,30 @@ def _write_pki(directory: str) -> dict:
     return paths
 
 
+async def start_tls_redis(testcase: TestCase) -> Tuple[RedisServer, Dict[str, str]]:
+    """
+    A redis-server listening with TLS too (C{tls_port}), its certificate for
+    "localhost" from a throwaway CA; and the PEM files (L{_write_pki}).
+    Skips the test when this redis-server has no TLS.
+    """
+    reason = tls_unavailable()
+    if reason:
+        raise SkipTest(reason)
+    directory = os.path.abspath(testcase.mktemp())
+    os.makedirs(directory)
+    pki = _write_pki(directory)
+    server = await start_redis(testcase, tls_args=[
+        "--tls-cert-file", pki["cert"], "--tls-key-file", pki["key"],
+        "--tls-ca-cert-file", pki["ca"], "--tls-auth-clients", "no",
+    ])
+    return server, pki
+
+
 class RedisTLSTests(TestCase):
     """rediss://: the server's certificate and name are verified."""
 
     async def setUp(self) -> None:
-        reason = tls_unavailable()
-        if reason:
-            raise SkipTest(reason)
-        directory = os.path.abspath(self.mktemp())
-        os.makedirs(directory)
-        self.pki = _write_pki(directory)
-        self.server = await start_redis(self, tls_args=[
-            "--tls-cert-file", self.pki["cert"], "--tls-key-file", self.pki["key"],
-            "--tls-ca-cert-file", self.pki["ca"], "--tls-auth-clients", "no",
-        ])
+        self.server, self.pki = await start_tls_redis(self)
 
     def url(self, host: str) -> str:
         return f"rediss://{host}:{self.server.tls_port}"
