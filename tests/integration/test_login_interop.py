@@ -333,7 +333,6 @@ class Browser:
     async def log_in_at_op(self, op: OpenIDProvider, login: str) -> None:
         """Fill the OP's development login form, then its consent form."""
         from selenium.webdriver.common.by import By
-        from selenium.webdriver.support import expected_conditions as ec
 
         def log_in() -> None:
             d = self.driver
@@ -343,12 +342,12 @@ class Browser:
             d.find_element(By.NAME, "password").send_keys("any password will do")
             form = d.find_element(By.TAG_NAME, "form")
             form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
-            self._wait(ec.staleness_of(form), "the login form to be submitted")
+            self._wait(_detached(form), "the login form to be submitted")
             self._wait(lambda d: d.find_elements(By.CSS_SELECTOR, "input[name=prompt][value=consent]"),
                        "the OP's consent form")
             form = d.find_element(By.TAG_NAME, "form")
             form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
-            self._wait(ec.staleness_of(form), "the consent form to be submitted")
+            self._wait(_detached(form), "the consent form to be submitted")
 
         await deferToThread(log_in)
 
@@ -362,3 +361,27 @@ class Browser:
             return json.loads(self.driver.find_element(By.TAG_NAME, "pre").text)
 
         return await deferToThread(read)
+
+
+def _detached(element: Any) -> Callable[[Any], bool]:
+    """
+    A wait condition: C{element} has left the page (its form was submitted).
+    Selenium's C{staleness_of} knows only StaleElementReferenceException;
+    Chromium 156 may instead answer "Node with given id does not belong to
+    the document" while the next page replaces the old one, which means the
+    same.
+    """
+    from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
+
+    def gone(_: Any) -> bool:
+        try:
+            element.is_enabled()
+        except StaleElementReferenceException:
+            return True
+        except WebDriverException as e:
+            if "does not belong to the document" in str(e) or "No node with given id" in str(e):
+                return True
+            raise
+        return False
+
+    return gone
