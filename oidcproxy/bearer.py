@@ -16,9 +16,9 @@ is refused.
 Every refusal is a L{TokenError} with a stable C{reason} (the caller answers
 401); the signature and structure codes are those of L{oidcproxy.tokens}:
 
-==========================================================  ==========================
+==========================================================  ==============================
 Rule                                                        C{reason}
-==========================================================  ==========================
+==========================================================  ==============================
 L{bearer_token}: several C{Authorization} headers, no       C{malformed_authorization}
 token after C{Bearer }, characters outside C{b64token}
 not a non-empty ASCII C{str} of at most L{MAX_TOKEN_SIZE}   C{malformed}
@@ -28,9 +28,12 @@ ambiguous key, bad signature                                (C{alg_not_allowed}.
 a C{typ} header other than C{at+jwt},                       C{bad_typ}
 C{application/at+jwt} or C{JWT} (any case)
 an ID token: see below                                      C{id_token_as_access_token}
+a refresh token: see below                                  C{refresh_token_as_access_token}
 C{iss} missing or not exactly the issuer                    C{bad_iss}
 C{aud} missing, not a string or non-empty list of strings,  C{bad_aud}
 or naming none of the accepted audiences
+with C{require_evidence}: no sign of an access token (see   C{not_an_access_token}
+below)
 C{exp} missing or not a number                              C{bad_exp}
 C{now >= exp + leeway}                                      C{expired}
 C{iat} present and not a number                             C{bad_iat}
@@ -39,27 +42,49 @@ C{nbf} present and not a number                             C{bad_nbf}
 C{now < nbf - leeway}                                       C{not_yet_valid}
 an opaque token and introspection off                       C{not_a_jwt}
 introspection says C{"active": false}                       C{inactive}
+introspection answer: a C{token_type} that does not name    C{bad_token_type}
+an access token (C{access_token}, C{Bearer} in any case,
+C{urn:ietf:params:oauth:token-type:access_token})
+introspection answer: the ID and refresh token marks below  C{id_token_as_access_token}...
 introspection answer: C{exp}, C{iat}, C{nbf} as above but   C{bad_exp}, C{expired}...
-C{exp} optional; C{iss} and C{aud} as above but each
-checked only when present                                   C{bad_iss}, C{bad_aud}
-==========================================================  ==========================
+C{exp} optional; C{iss} as above but checked only when
+present                                                     C{bad_iss}
+introspection answer: C{aud} present and as above           C{bad_aud}
+introspection answer without C{aud}: no C{client_id}        C{no_audience}
+... a C{client_id} that is not one of the audiences         C{bad_client_id}
+==========================================================  ==============================
 
 The provider failing (not ready, unreachable, a bad answer, a timeout) is a
 L{ProviderError}, passed on unchanged for the caller to answer 503/502/504.
 
-B{ID tokens.} An ID token is signed by the same keys and often has the same
-issuer, so it must not pass as an access token. A C{typ} header of
-C{at+jwt} declares an access token (RFC 9068, 2.1; an ID token never has
-it). Otherwise the token is refused as an ID token when it carries a claim
-only ID tokens have (C{nonce}, C{at_hash}, C{c_hash}), or Keycloak's C{typ}
-claim says C{ID}. Keycloak up to version 24 (and 25+ with its "nonce
-backwards compatible" mapper) also puts the login C{nonce} in access tokens,
-marked with the claim C{"typ": "Bearer"}: such tokens are accepted. An ID
-token without any of these marks (no nonce was sent at login, no C{at_hash})
-is caught only by the audience check: its C{aud} is the client id, so do
-B{not} list the client id in C{audiences} unless your provider puts it in its
-access tokens (Keycloak's C{azp} is the client id, its C{aud} normally
-C{account} or the API's name).
+B{ID and refresh tokens.} An ID token is signed by the same keys and often
+has the same issuer, so it must not pass as an access token. A C{typ}
+header of C{at+jwt} declares an access token (RFC 9068, 2.1; an ID token
+never has it). Otherwise the token is refused as an ID token when it
+carries a claim only ID tokens have (C{nonce}, C{at_hash}, C{c_hash},
+C{s_hash}), Keycloak's C{typ} claim says C{ID}, or Cognito's C{token_use}
+says C{id}; as a refresh token when Keycloak's C{typ} claim says
+C{Refresh}, C{Offline} or C{Logout}, or C{token_use} says C{refresh}.
+Keycloak up to version 24 (and 25+ with its "nonce backwards compatible"
+mapper) also puts the login C{nonce} in access tokens, marked with the claim
+C{"typ": "Bearer"}: such a C{nonce} is accepted.
+
+An ID token without any of these marks (no nonce was sent at login, no
+C{at_hash}: some refreshed ID tokens) would still pass where the client id
+is an accepted audience, as it is its C{aud}. So with C{require_evidence}
+(the caller sets it when the audiences are the default, the client id
+alone) a JWT must also show that it is an access token: a C{typ} header of
+C{at+jwt}, a C{scope} or C{scp} claim, a C{client_id} or C{cid} claim,
+C{token_use} C{access}, or Keycloak's C{typ} claim C{Bearer}; anything else
+is refused as C{not_an_access_token}. Configured audiences (an API's own
+name) need none of this: an ID token never names an API as its audience.
+
+Introspection answers (RFC 7662) may leave out C{aud}, C{iss} and
+C{token_type}. Without C{aud} the C{client_id} the token was issued to must
+be one of the accepted audiences, so that an active token of another client
+does not pass; a C{token_type}, when present, must name an access token, so
+that an active refresh token does not either. The caller logs every refusal
+with its reason; the token is never logged.
 
 B{The cache.} Validating a JWT costs a signature check; introspecting an
 opaque token a round trip to the provider. Successful validations are kept
@@ -94,9 +119,11 @@ from twisted.internet.interfaces import IReactorTime
 from .flight import fire_waiters
 from .provider import Provider
 from .tokens import (
+    _HMAC_ALGORITHMS,
     MAX_KID_LENGTH,
     MAX_TOKEN_SIZE,
     JWTVerifier,
+    KeySet,
     TokenError,
     _ClaimsValidator,
     _number,
@@ -110,8 +137,22 @@ __all__ = ["BearerValidator", "bearer_token"]
 # lower case.
 _ACCESS_TOKEN_TYPES = frozenset({"at+jwt", "application/at+jwt", "jwt"})
 _DECLARED_ACCESS_TOKEN_TYPES = frozenset({"at+jwt", "application/at+jwt"})
-# Claims that OpenID Connect defines for ID tokens only.
-_ID_TOKEN_CLAIMS = ("nonce", "at_hash", "c_hash")
+# Claims that OpenID Connect defines for ID tokens only (s_hash: FAPI).
+_ID_TOKEN_CLAIMS = ("nonce", "at_hash", "c_hash", "s_hash")
+# Keycloak's "typ" claim and Cognito's (or Ory Hydra's) "token_use", lower
+# case: which kind of token each value names.
+_KEYCLOAK_ID_TYPES = frozenset({"id", "serialized-id"})
+_KEYCLOAK_REFRESH_TYPES = frozenset({"refresh", "offline", "logout"})
+_ID_TOKEN_USES = frozenset({"id", "id_token"})
+_REFRESH_TOKEN_USES = frozenset({"refresh", "refresh_token"})
+_ACCESS_TOKEN_USES = frozenset({"access", "access_token"})
+# Claims only access tokens carry (RFC 9068, 2.2.3; Okta's scp and cid).
+_ACCESS_TOKEN_CLAIMS = ("scope", "scp", "client_id", "cid")
+# RFC 7662, 2.2 token_type values that name an access token, lower case:
+# RFC 6749's "bearer" (what most servers send), and the names RFC 8693
+# and RFC 7009 give access tokens.
+_INTROSPECTED_ACCESS_TYPES = frozenset({
+    "bearer", "access_token", "urn:ietf:params:oauth:token-type:access_token"})
 
 # RFC 7235, 2.1: auth-scheme = token; RFC 6750, 2.1: b64token.
 _AUTH_SCHEME = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -120,6 +161,8 @@ _TOKEN68 = re.compile(rb"[A-Za-z0-9\-._~+/]+=*")
 # A cache entry: the claims (None: the provider said "inactive"), the time
 # until which they are believed, and when the entry was last used.
 _Entry = Tuple[Optional[Dict[str, Any]], float, float]
+
+_NO_KEYS = KeySet(())
 
 CACHE_IDLE = 300.0
 """A cached validation not used for this long is dropped: the cache holds the
@@ -196,10 +239,13 @@ class BearerValidator(_ClaimsValidator):
         introspection: bool = False,
         introspection_cache: float = 60.0,
         cache_size: int = 10_000,
+        require_evidence: bool = False,
     ) -> None:
         """
         @param provider: where the JWKS and introspection come from.
         @param verifier: the signature verifier (the algorithm allow-list).
+            For access tokens it must not hold the client secret: whoever
+            holds that could sign any token.
         @param issuer: the exact C{iss} expected.
         @param audiences: a token must name at least one of these in its
             C{aud}. Leave the client id out unless your provider puts it in
@@ -212,6 +258,10 @@ class BearerValidator(_ClaimsValidator):
             (active or not) is believed, in seconds; 0 does not cache them.
         @param cache_size: the most tokens kept in the cache; 0 turns the
             cache off.
+        @param require_evidence: a JWT must show that it is an access token
+            (C{not_an_access_token} otherwise); for when the audiences are
+            the client id, which ID tokens name too (see the module
+            docstring).
 
         @raise ValueError: an empty issuer, no audiences, a bad number.
         """
@@ -231,6 +281,7 @@ class BearerValidator(_ClaimsValidator):
         self.introspection = bool(introspection)
         self.introspection_cache = cache_for
         self.cache_size = cache_size
+        self.require_evidence = bool(require_evidence)
         self.cache_hits = 0
         self.cache_misses = 0
         self._provider = provider
@@ -303,7 +354,12 @@ class BearerValidator(_ClaimsValidator):
             isinstance(kid, str) and len(kid) <= MAX_KID_LENGTH
         ):
             kid = None
-        keys = await self._provider.keys_for(kid)
+        if header["alg"] in self.verifier.algorithms & _HMAC_ALGORITHMS:
+            # Checked with the configured secret only: the provider's keys
+            # are not needed (nor waited for).
+            keys = _NO_KEYS
+        else:
+            keys = await self._provider.keys_for(kid)
         header, claims = self.verifier.verify(token, keys)
         self._check_jwt(header, claims)
         exp = _number(claims["exp"])
@@ -317,18 +373,15 @@ class BearerValidator(_ClaimsValidator):
             not isinstance(typ, str) or not typ.isascii() or typ.lower() not in _ACCESS_TOKEN_TYPES
         ):
             raise TokenError("bad_typ", "The token's typ header is not at+jwt (or JWT).")
-        if typ is None or typ.lower() not in _DECLARED_ACCESS_TOKEN_TYPES:
-            self._refuse_id_token(claims)
+        declared = typ is not None and typ.lower() in _DECLARED_ACCESS_TOKEN_TYPES
+        if not declared:
+            _refuse_other_kinds(claims)
         self._check_issuer(claims, required=True)
-        self._check_audience(claims, required=True)
+        self._check_audience(claims)
+        if not declared and self.require_evidence and not _shows_access_token(claims):
+            raise TokenError("not_an_access_token",
+                             "The token does not show that it is an access token.")
         self._check_access_times(claims, exp_required=True)
-
-    @staticmethod
-    def _refuse_id_token(claims: Dict[str, Any]) -> None:
-        kind = claims.get("typ")
-        kind = kind.lower() if isinstance(kind, str) else None
-        if kind == "id" or (kind != "bearer" and any(name in claims for name in _ID_TOKEN_CLAIMS)):
-            raise TokenError("id_token_as_access_token", "An ID token is not an access token.")
 
     # -- claim checks shared by JWTs and introspection answers
 
@@ -338,9 +391,7 @@ class BearerValidator(_ClaimsValidator):
         if claims.get("iss") != self.issuer:
             raise TokenError("bad_iss", f"The issuer is missing or is not {self.issuer}.")
 
-    def _check_audience(self, claims: Dict[str, Any], required: bool) -> None:
-        if not required and "aud" not in claims:
-            return
+    def _check_audience(self, claims: Dict[str, Any]) -> None:
         audiences = _audiences(claims.get("aud"))
         if audiences is None:
             raise TokenError("bad_aud", "The audience is missing or not a string or list of strings.")
@@ -381,15 +432,65 @@ class BearerValidator(_ClaimsValidator):
         if answer.get("active") is not True:
             self._store(key, None, now + self.introspection_cache)
             raise _inactive()
+        _check_token_type(answer)
+        _refuse_other_kinds(answer)
         self._check_access_times(answer, exp_required=False)
         self._check_issuer(answer, required=False)
-        self._check_audience(answer, required=False)
+        if "aud" in answer:
+            self._check_audience(answer)
+        else:
+            # Without an audience, the client the token was issued to
+            # decides: a token of another client must not pass here.
+            client_id = answer.get("client_id")
+            if client_id is None:
+                raise TokenError("no_audience",
+                                 "The introspection answer names neither an audience nor a client.")
+            if not isinstance(client_id, str) or client_id not in self.audiences:
+                raise TokenError("bad_client_id",
+                                 "The token was issued to a client that is not accepted here.")
         valid_until = now + self.introspection_cache
         exp = _number(answer.get("exp"))
         if exp is not None:
             valid_until = min(valid_until, exp)
         self._store(key, answer, valid_until)
         return answer
+
+
+def _lower(value: Any) -> Optional[str]:
+    return value.lower() if isinstance(value, str) else None
+
+
+def _refuse_other_kinds(claims: Dict[str, Any]) -> None:
+    """
+    Refuse the claims of an ID token or a refresh token (see the module
+    docstring): C{id_token_as_access_token}, C{refresh_token_as_access_token}.
+    """
+    kind = _lower(claims.get("typ"))
+    use = _lower(claims.get("token_use"))
+    if kind in _KEYCLOAK_ID_TYPES or use in _ID_TOKEN_USES:
+        raise TokenError("id_token_as_access_token", "An ID token is not an access token.")
+    if kind in _KEYCLOAK_REFRESH_TYPES or use in _REFRESH_TOKEN_USES:
+        raise TokenError("refresh_token_as_access_token", "A refresh token is not an access token.")
+    marks = [name for name in _ID_TOKEN_CLAIMS if name in claims]
+    if kind == "bearer" and marks == ["nonce"]:
+        # Keycloak's access tokens carry the login's nonce (see the module docstring).
+        return
+    if marks:
+        raise TokenError("id_token_as_access_token", "An ID token is not an access token.")
+
+
+def _shows_access_token(claims: Dict[str, Any]) -> bool:
+    """Whether a JWT's claims (its header is not at+jwt) show that it is an access token."""
+    if any(claims.get(name) is not None for name in _ACCESS_TOKEN_CLAIMS):
+        return True
+    return _lower(claims.get("token_use")) in _ACCESS_TOKEN_USES or \
+        _lower(claims.get("typ")) == "bearer"
+
+
+def _check_token_type(answer: Dict[str, Any]) -> None:
+    """An introspection answer's C{token_type}, when present, names an access token."""
+    if "token_type" in answer and _lower(answer["token_type"]) not in _INTROSPECTED_ACCESS_TYPES:
+        raise TokenError("bad_token_type", "The provider says the token is not an access token.")
 
 
 def _inactive() -> TokenError:

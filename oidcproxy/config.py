@@ -202,6 +202,8 @@ class OIDCConfig:
     id_token_algorithms: Tuple[str, ...] = ()
     """Empty: the IdP's advertised asymmetric algorithms."""
     leeway: float = 60.0
+    iat_slack: float = 600.0
+    """An ID or logout token issued (C{iat}) longer ago than this, plus the leeway, is refused."""
     userinfo: bool = False
     timeout: float = 5.0
     max_response_size: int = 1_000_000
@@ -326,6 +328,12 @@ class BearerConfig:
     jwks_file: Optional[str] = None
     """That issuer's keys from a file (a JWKS JSON document)."""
     algorithms: Tuple[str, ...] = ()
+    """
+    The access tokens' allowed algorithms (default: the asymmetric ones, of
+    C{oidc.id_token_algorithms} or advertised; all of them for another issuer).
+    """
+    hmac_secret: Optional[Secret] = None
+    """The secret of access tokens signed with HS*, which must be listed in C{algorithms}."""
 
 
 @attr.s(frozen=True, auto_attribs=True)
@@ -952,6 +960,7 @@ def _oidc(t: _Table) -> OIDCConfig:
         auth_params=_string_table(t, "auth_params", _not_reserved),
         id_token_algorithms=algorithms,
         leeway=t.duration("leeway", 60.0),
+        iat_slack=t.duration("iat_slack", 600.0, positive=True),
         userinfo=t.boolean("userinfo", False),
         timeout=t.duration("timeout", 5.0, positive=True),
         max_response_size=t.size("max_response_size", 1_000_000),
@@ -964,6 +973,50 @@ def _oidc(t: _Table) -> OIDCConfig:
         end_session=t.boolean("end_session", True),
         **extra,
     )
+
+
+MIN_HMAC_SECRET_BYTES = 32
+"""RFC 7518, 3.2: an HS256 key has at least 256 bits."""
+
+
+def _bearer_hmac(t: _Table, bearer: BearerConfig, oidc: Optional[OIDCConfig]) -> None:
+    """
+    Access tokens are signed with the issuer's asymmetric keys; HS* only when
+    C{bearer.algorithms} lists it and C{bearer.hmac_secret} holds its own
+    secret (never the client secret, which every holder of it could sign with).
+    """
+    hmac_listed = any(a.startswith("HS") for a in bearer.algorithms)
+    secret = bearer.hmac_secret
+    if hmac_listed and secret is None and not t.has("hmac_secret"):
+        t.problem("algorithms", "HS* algorithms need bearer.hmac_secret (access tokens are never "
+                  "checked with the client secret)")
+    if secret is None:
+        return
+    if not hmac_listed:
+        t.problem("hmac_secret", "is used only with an HS* algorithm in bearer.algorithms")
+        return
+    value = secret.reveal()
+    if oidc is not None and oidc.client_secret is not None and \
+            value == oidc.client_secret.reveal():
+        t.problem("hmac_secret", "must not be the client secret: whoever holds it (the IdP, every "
+                  "instance of this client) could sign access tokens for any user")
+    elif len(value.encode("utf-8")) < MIN_HMAC_SECRET_BYTES:
+        t.problem("hmac_secret", f"is shorter than {MIN_HMAC_SECRET_BYTES} bytes (from {secret.origin})")
+    elif value.lstrip().startswith("{") or not _usable_hmac_key(value):
+        t.problem("hmac_secret", f"looks like a key (PEM, SSH or JWK), not a shared secret "
+                  f"(from {secret.origin})")
+
+
+def _usable_hmac_key(value: str) -> bool:
+    """Whether pyjwt takes C{value} as an HMAC key (it refuses PEM and SSH keys)."""
+    import jwt
+    from jwt.algorithms import HMACAlgorithm
+
+    try:
+        HMACAlgorithm(HMACAlgorithm.SHA256).prepare_key(value.encode("utf-8"))
+    except jwt.InvalidKeyError:
+        return False
+    return True
 
 
 def _landing_page(text: str) -> str:
@@ -1323,8 +1376,10 @@ def parse_config(data: Dict[str, Any], source: str) -> Config:
             jwks_uri=bearer_table.string("jwks_uri", None, check=_http_url),
             jwks_file=bearer_table.string("jwks_file", None, check=_readable_file),
             algorithms=bearer_table.strings(
-                "algorithms", (), check=lambda a: _one_of(a, ID_TOKEN_ALGORITHMS[:10])),
+                "algorithms", (), check=lambda a: _one_of(a, ID_TOKEN_ALGORITHMS)),
+            hmac_secret=bearer_table.secret("hmac_secret"),
         )
+        _bearer_hmac(bearer_table, bearer, oidc)
         if bearer.issuer is not None and bearer.issuer != (oidc.issuer if oidc else None):
             if not bearer.audiences:
                 bearer_table.problem("audiences", "is required with another issuer: a token "

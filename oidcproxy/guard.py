@@ -59,6 +59,8 @@ from .routes import BadRequestTarget, RouteMatch, RouteTable, normalise_path
 from .session import LIVE, ISessionStore, Session, SessionStoreUnavailable, new_session_id, session_state
 from .stores.cookie import CookieStore
 from .tokens import (
+    _HMAC_ALGORITHMS,
+    ASYMMETRIC_ALGORITHMS,
     IDTokenValidator,
     JWTVerifier,
     KeySet,
@@ -199,6 +201,9 @@ class OIDCGuard(Resource):
         (default: a L{Metrics} of its own, see L{metrics}).
     @param idp_http: the treq C{HTTPClient} of the provider built here
         (default: L{make_http_client} with C{[oidc]}'s TLS settings).
+    @param bearer_keys_http: the treq C{HTTPClient} that fetches the keys of
+        another issuer's access tokens (C{bearer.issuer}; default:
+        L{make_http_client} with C{[oidc]}'s CA bundle and timeout).
     """
 
     isLeaf = True
@@ -216,8 +221,10 @@ class OIDCGuard(Resource):
         revocations: Any = None,
         metrics: Optional[NullMetrics] = None,
         idp_http: Any = None,
+        bearer_keys_http: Any = None,
     ) -> None:
         super().__init__()
+        self._bearer_keys_http = bearer_keys_http
         self._metrics = metrics if metrics is not None else Metrics()
         self._max_cookie_bytes = max_cookie_bytes
         if reactor is None:
@@ -273,7 +280,7 @@ class OIDCGuard(Resource):
         self._refresher: Optional[Refresher] = None
         self._revocations: Any = None
         self._bearer: Any = None
-        self._bearer_verifier: Any = None
+        self._bearer_algs: Optional[Tuple[str, ...]] = None
         self._external: Optional[Provider] = None
         if oidc is not None:
             sealer = Sealer([x.reveal().encode("utf-8") for x in s.secrets])
@@ -388,10 +395,12 @@ class OIDCGuard(Resource):
             # Rebuilt on the next bearer request, with the new settings (its
             # cache of validated tokens goes with the old ones).
             self._bearer = None
-            self._bearer_verifier = None
+            self._bearer_algs = None
             if self._external is not None:
                 self._external.stop()
                 self._external = None
+            if self._started:
+                self._prepare_external_keys()
 
     # -- life cycle -------------------------------------------------------------
 
@@ -401,6 +410,7 @@ class OIDCGuard(Resource):
             self._started = True
             self._warn_insecure()
             self._provider.start()
+            self._prepare_external_keys()
 
     def close(self) -> Deferred[Any]:
         """
@@ -544,7 +554,7 @@ class OIDCGuard(Resource):
                 self._bearer_denied(request, e)
                 return
             if token is not None:
-                await self._bearer_request(request, match, token)
+                await self._bearer_request(request, match, token, authorization)
                 return
             if route.auth == "bearer":
                 self._deny(request)
@@ -589,13 +599,17 @@ class OIDCGuard(Resource):
         self._finish(request, 403, "forbidden", "You are not allowed to see this page.")
         return False
 
-    async def _bearer_request(self, request: Request, match: RouteMatch, token: str) -> None:
-        """An API request with an access token: validate it, authorize, forward."""
-        validator = self._bearer_validator()
-        if validator is None:
-            self._deny(request)
-            return
+    async def _bearer_request(self, request: Request, match: RouteMatch, token: str,
+                              authorization: Optional[Sequence[bytes]]) -> None:
+        """
+        An API request with an access token: validate it, authorize, forward
+        (the client's C{Authorization} header with it).
+        """
         try:
+            validator = self._bearer_validator()
+            if validator is None:
+                self._deny(request)
+                return
             claims = await validator.validate(token)
         except TokenError as e:
             self._bearer_denied(request, e)
@@ -615,11 +629,22 @@ class OIDCGuard(Resource):
             sub=sub, claims=claims, access_token=token, expires=claims.get("exp")))
         self._set_user(request, claims, sub)
         _decided(request, "bearer", unless_decided=True)
+        if authorization and self._passes_client_authorization:
+            # Stripped with the managed headers (pass_access_token =
+            # "authorization" puts a session's token there): the token just
+            # validated is the request's credential and goes on unchanged.
+            request.requestHeaders.setRawHeaders(b"authorization", list(authorization))
         self._set_headers(request, claims)
         self._pass(request, match)
 
     def _bearer_denied(self, request: Request, error: TokenError) -> None:
-        log.info("bearer token refused: {reason}", reason=error.reason)
+        if error.reason == "not_an_access_token":
+            log.info("bearer token refused: {reason}: it names the client id as its audience, as "
+                     "ID tokens do, and shows no sign of an access token (typ at+jwt, scope, "
+                     "client_id); if your IdP's access tokens look so, set bearer.audiences to "
+                     "the audience it gives them", reason=error.reason)
+        else:
+            log.info("bearer token refused: {reason}", reason=error.reason)
         self._metrics.token_invalid("access_token", error.reason)
         # RFC 6750 3: error_description is printable ASCII without quotes
         # or backslashes; the detail of a TokenError never holds the token.
@@ -629,43 +654,119 @@ class OIDCGuard(Resource):
         self._finish(request, 401, "invalid_token", "The access token is not valid.",
                      {b"www-authenticate": challenge.encode("ascii")}, as_json=True)
 
+    @property
+    def _passes_client_authorization(self) -> bool:
+        """
+        Whether a bearer-authenticated request's C{Authorization} is put back
+        after the managed headers were stripped: it is one of them only so
+        that a session's access token replaces whatever a client sent
+        (C{pass_access_token = "authorization"}), unless an identity header
+        of C{[headers]} bears the name.
+        """
+        oidc = self._oidc
+        if oidc is None or oidc.pass_access_token != "authorization":
+            return False
+        return all(canonical_header(name.encode("ascii")) != b"authorization"
+                   for name, _ in self._config.headers)
+
     def _bearer_validator(self) -> Any:
-        """The access-token validator, built once the keys' source is known."""
+        """
+        The access-token validator, built once the keys' source is known
+        (None when there is no IdP to ask).
+
+        Access tokens are checked with the issuer's asymmetric keys: never
+        with the client secret, which the ID tokens' verifier holds when
+        C{oidc.id_token_algorithms} lists an HS* algorithm (whoever holds the
+        secret could then sign access tokens for any user). Only
+        C{bearer.algorithms} with C{bearer.hmac_secret} allow HS* for them.
+
+        @raise ProviderError: 503 C{not_ready} while the IdP's metadata (which
+            names the keys) is not loaded; and see L{_external_validator}.
+        """
         from .bearer import BearerValidator
 
         provider, oidc = self._provider, self._oidc
-        if provider is None or oidc is None or provider.metadata is None:
+        if provider is None or oidc is None:
             return None
         b = self._config.bearer
         if b.issuer is not None and b.issuer != oidc.issuer:
-            if self._bearer is None:
-                keys = self._external_keys()
-                verifier = JWTVerifier(b.algorithms or _EXTERNAL_ALGORITHMS)
-                self._bearer = BearerValidator(
-                    keys, verifier, self._clock, issuer=b.issuer, audiences=b.audiences,
-                    leeway=oidc.leeway, cache_size=b.cache_size)
-            return self._bearer
-        self._validator_for(provider.metadata.id_token_signing_alg_values_supported)
-        if self._bearer is None or self._bearer_verifier is not self._verifier:
+            return self._external_validator()
+        metadata = provider.metadata
+        if metadata is None:
+            raise ProviderError(503, "not_ready", "the provider metadata is not loaded yet")
+        algorithms = tuple(b.algorithms) or tuple(
+            a for a in oidc.id_token_algorithms if a in ASYMMETRIC_ALGORITHMS) or tuple(
+            a for a in metadata.id_token_signing_alg_values_supported
+            if a in ASYMMETRIC_ALGORITHMS) or ("RS256",)
+        if self._bearer is None or self._bearer_algs != algorithms:
             self._bearer = BearerValidator(
-                provider, self._verifier, self._clock, issuer=oidc.issuer,
-                audiences=b.audiences or (oidc.client_id,), leeway=oidc.leeway,
+                provider, self._access_token_verifier(algorithms), self._clock,
+                issuer=oidc.issuer, audiences=b.audiences or (oidc.client_id,), leeway=oidc.leeway,
                 introspection=b.introspection, introspection_cache=b.introspection_cache,
-                cache_size=b.cache_size)
-            self._bearer_verifier = self._verifier
+                cache_size=b.cache_size,
+                # The client id is also every ID token's audience.
+                require_evidence=not b.audiences)
+            self._bearer_algs = algorithms
         return self._bearer
+
+    def _access_token_verifier(self, algorithms: Sequence[str]) -> JWTVerifier:
+        """A verifier of C{algorithms}, with bearer.hmac_secret (never the client secret) for HS*."""
+        secret = self._config.bearer.hmac_secret
+        hmac = any(a in _HMAC_ALGORITHMS for a in algorithms)
+        return JWTVerifier(algorithms, hmac_secret=secret.reveal().encode("utf-8")
+                           if hmac and secret is not None else None)
+
+    def _external_validator(self) -> Any:
+        """
+        The validator of another issuer's access tokens (C{bearer.issuer}).
+
+        @raise ProviderError: 503 C{not_ready} when its C{jwks_file} cannot be
+            loaded (tried again on the next request).
+        """
+        from .bearer import BearerValidator
+
+        if self._bearer is None:
+            b, oidc = self._config.bearer, self._oidc
+            assert b.issuer is not None and oidc is not None
+            algorithms = tuple(b.algorithms) or _EXTERNAL_ALGORITHMS
+            if all(a in _HMAC_ALGORITHMS for a in algorithms):
+                keys: Any = _StaticKeys(KeySet(()))  # checked with bearer.hmac_secret alone
+            else:
+                keys = self._external_keys()
+            self._bearer = BearerValidator(
+                keys, self._access_token_verifier(algorithms), self._clock, issuer=b.issuer,
+                audiences=b.audiences, leeway=oidc.leeway, cache_size=b.cache_size)
+        return self._bearer
+
+    def _prepare_external_keys(self) -> None:
+        """Start loading another issuer's keys at once, not on the first bearer request."""
+        b, oidc = self._config.bearer, self._oidc
+        if oidc is None or b.issuer is None or b.issuer == oidc.issuer:
+            return
+        try:
+            self._external_validator()
+        except ProviderError:
+            pass  # logged; tried again on the next bearer request
 
     def _external_keys(self) -> Any:
         """
         The keys of another issuer's access tokens: a JWKS file, or a
         keys-only provider fetching (and refetching) its jwks_uri, or its
         discovery document's.
+
+        @raise ProviderError: 503 C{not_ready} when the JWKS file cannot be
+            read or holds no JWKS.
         """
         b, oidc = self._config.bearer, self._oidc
         assert b.issuer is not None and oidc is not None
         if b.jwks_file is not None:
-            with open(b.jwks_file, encoding="utf-8") as f:
-                return _StaticKeys(KeySet.from_jwks(json.load(f)))
+            try:
+                with open(b.jwks_file, encoding="utf-8") as f:
+                    return _StaticKeys(KeySet.from_jwks(json.load(f)))
+            except (OSError, ValueError, TokenError) as e:
+                log.error("bearer.jwks_file {path} cannot be loaded: {error}", path=b.jwks_file,
+                          error=str(e))
+                raise ProviderError(503, "not_ready", "bearer.jwks_file cannot be loaded") from None
         endpoints = {}
         if b.jwks_uri is not None:
             # Only the keys are ever used: the other endpoints a provider
@@ -674,7 +775,8 @@ class OIDCGuard(Resource):
                          "token_endpoint": b.jwks_uri}
         keys = Provider(
             b.issuer, ClientAuth(client_id=oidc.client_id, method="none"),
-            make_http_client(self._clock, oidc.ca_bundle, oidc.timeout), self._clock,
+            self._bearer_keys_http if self._bearer_keys_http is not None
+            else make_http_client(self._clock, oidc.ca_bundle, oidc.timeout), self._clock,
             discovery=b.jwks_uri is None, endpoints=endpoints, timeout=oidc.timeout,
             max_response_size=oidc.max_response_size, jwks_ttl=oidc.jwks_cache_ttl,
             jwks_min_refresh=oidc.jwks_min_refresh_interval)
@@ -1047,7 +1149,8 @@ class OIDCGuard(Resource):
             verifier = JWTVerifier(algs or ("RS256",), hmac_secret=secret)
             self._verifier = verifier
             self._validator = IDTokenValidator(oidc.issuer, oidc.client_id, verifier,
-                                               self._clock, leeway=oidc.leeway)
+                                               self._clock, leeway=oidc.leeway,
+                                               max_age=oidc.iat_slack)
             self._validator_algs = algs
         return self._validator
 
@@ -1474,8 +1577,12 @@ class OIDCGuard(Resource):
             self._validator_for(metadata.id_token_signing_alg_values_supported)
             verifier = self._verifier
             claims = LogoutTokenValidator(oidc.issuer, oidc.client_id, verifier, self._clock,
-                                          leeway=oidc.leeway).validate(token, keys)
-            seen = await store.lock("jti:" + claims["jti"], 600.0)
+                                          leeway=oidc.leeway, max_age=oidc.iat_slack
+                                          ).validate(token, keys)
+            # Remembered while the token could still pass (its iat may be up
+            # to a leeway ahead of our clock), so every replay is refused.
+            seen = await store.lock("jti:" + claims["jti"],
+                                    oidc.iat_slack + 2 * oidc.leeway + 1.0)
             if seen is None:
                 raise TokenError("jti_replayed", "this logout token was used before")
         except (TokenError, UnicodeDecodeError) as e:

@@ -68,8 +68,10 @@ def _hash(text: Optional[str]) -> str:
 class Refresher:
     """
     @param provider: talks to the token endpoint.
-    @param validate_id_token: C{(id_token, keys) -> claims} for a refreshed ID
-        token (signature, iss, aud, times; no nonce).
+    @param validate_id_token: C{(id_token, keys) -> claims} for a new ID
+        token of a refresh (signature, iss, aud, times, the age of its iat;
+        no nonce); the session's own ID token sent again is not validated
+        again.
     @param store: the session store; when it has C{lock}/C{unlock}, refreshes
         are serialised across processes.
     @param mode: C{off}, C{on_expiry} or C{interval}.
@@ -258,7 +260,10 @@ class Refresher:
             return RefreshOutcome(None, unavailable=True)
         claims = dict(session.claims)
         id_token = tokens.get("id_token") or session.id_token
-        if tokens.get("id_token"):
+        # An IdP may send the login's ID token again (OpenID Connect Core
+        # 12.2): checked when it was stored, it says nothing new, and its
+        # iat is as old as the session. Only a new ID token is validated.
+        if tokens.get("id_token") and tokens["id_token"] != session.id_token:
             try:
                 header = peek_header(tokens["id_token"])
                 kid = header.get("kid")

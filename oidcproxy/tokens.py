@@ -13,9 +13,9 @@ all; every claim is checked here, against the injected clock.
 L{IDTokenValidator} checks ID tokens (OpenID Connect Core 1.0, 3.1.3.7);
 L{LogoutTokenValidator} checks logout tokens (OpenID Connect Back-Channel
 Logout 1.0, 2.6) with the same signature, issuer, audience and time rules,
-except that C{exp} is optional there and C{iat} may not be older than its
-C{max_age}. Rules marked "logout" below apply to logout tokens only, "ID" to
-ID tokens only.
+except that C{exp} is optional there. For both C{iat} may not be older than
+the validator's C{max_age} (an ID token's only when one is given). Rules
+marked "logout" below apply to logout tokens only, "ID" to ID tokens only.
 
 Every refusal is a L{TokenError} with a stable C{reason} code:
 
@@ -44,7 +44,8 @@ C{exp} missing (ID) or present and not a finite number      C{bad_exp}
 C{now >= exp + leeway}                                      C{expired}
 C{iat} missing or not a finite number                       C{bad_iat}
 C{iat > now + leeway}                                       C{iat_in_future}
-C{iat < now - max_age - leeway} (logout)                    C{iat_too_old}
+C{iat < now - max_age - leeway} (logout; ID with a         C{iat_too_old}
+C{max_age})
 C{nbf} present and not a finite number                      C{bad_nbf}
 C{now < nbf - leeway}                                       C{not_yet_valid}
 C{sub} missing (ID) or present (logout), and not a string,  C{bad_sub}
@@ -609,6 +610,14 @@ def _check_sid(sid: Any) -> None:
         raise TokenError("bad_sid", "The session id is not valid Unicode text.") from None
 
 
+def _max_age(value: Any) -> float:
+    """A validator's C{max_age}: a positive finite number of seconds."""
+    seconds = _number(value)
+    if seconds is None or seconds <= 0:
+        raise ValueError("max_age must be a positive finite number of seconds")
+    return seconds
+
+
 class _ClaimsValidator:
     """
     What ID tokens and logout tokens share: the settings, and the issuer,
@@ -695,6 +704,12 @@ class _ClaimsValidator:
 class IDTokenValidator(_ClaimsValidator):
     """
     Validate OpenID Connect ID tokens (OpenID Connect Core 1.0, 3.1.3.7).
+
+    An ID token is minted at the token endpoint just before it reaches us:
+    with a C{max_age}, one whose C{iat} is older than that (plus the leeway)
+    is refused, whatever its C{exp} says (3.1.3.7, item 10: "the iat Claim
+    can be used to reject tokens that were issued too far away from the
+    current time"), as a token kept and replayed later would be.
     """
 
     def __init__(
@@ -704,6 +719,7 @@ class IDTokenValidator(_ClaimsValidator):
         verifier: JWTVerifier,
         clock: IReactorTime,
         leeway: float = 60.0,
+        max_age: Optional[float] = None,
     ) -> None:
         """
         @param issuer: the exact C{iss} expected.
@@ -711,11 +727,15 @@ class IDTokenValidator(_ClaimsValidator):
         @param clock: where the current time comes from.
         @param leeway: seconds of clock skew tolerated on C{exp}, C{iat} and
             C{nbf}.
+        @param max_age: a token issued more than this many seconds ago (plus
+            the leeway) is refused; None: no bound.
 
-        @raise ValueError: on an empty issuer or client id, or a negative or
-            non-finite leeway.
+        @raise ValueError: on an empty issuer or client id, a negative or
+            non-finite leeway, or a max_age that is not a positive finite
+            number.
         """
         super().__init__(issuer, client_id, verifier, clock, leeway)
+        self.max_age = _max_age(max_age) if max_age is not None else None
 
     def validate(
         self,
@@ -737,7 +757,7 @@ class IDTokenValidator(_ClaimsValidator):
         """
         header, claims = self.verifier.verify(token, keys)
         self._check_issuer_and_audience(claims)
-        self._check_times(claims)
+        self._check_times(claims, max_age=self.max_age)
         _check_sub(claims.get("sub"))
 
         if nonce is not None:
@@ -807,10 +827,7 @@ class LogoutTokenValidator(_ClaimsValidator):
             number.
         """
         super().__init__(issuer, client_id, verifier, clock, leeway)
-        max_age_value = _number(max_age)
-        if max_age_value is None or max_age_value <= 0:
-            raise ValueError("max_age must be a positive finite number of seconds")
-        self.max_age = max_age_value
+        self.max_age = _max_age(max_age)
 
     def validate(self, token: str, keys: KeySet) -> Dict[str, Any]:
         """

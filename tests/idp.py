@@ -117,6 +117,8 @@ class FakeIdP(Resource):
         self.client_secret = client_secret
         self.iss_parameter_supported = iss_parameter_supported
         self.discovery_status = 200
+        self.jwks_status = 200
+        """The JWKS endpoint's status; anything but 200 leaves the keys unloaded."""
         self.hold_token_requests = False
         self.held: List[Any] = []
         self.grants: Dict[str, Grant] = {}
@@ -213,6 +215,9 @@ class FakeIdP(Resource):
                 return b"down for maintenance"
             return self._json(request, 200, self.discovery_document())
         if request.path == b"/jwks":
+            if self.jwks_status != 200:
+                request.setResponseCode(self.jwks_status)
+                return b"down for maintenance"
             return self._json(request, 200, {"keys": [public_jwk()]})
         if request.path == b"/token" and request.method == b"POST":
             return self._token(request)

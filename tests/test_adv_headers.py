@@ -85,7 +85,8 @@ def seen(upstream_request: Dict[str, Any], name: bytes) -> List[Tuple[bytes, byt
 def access_token(stack: Stack, **claims: Any) -> str:
     now = int(stack.clock.seconds())
     body = {"iss": ISSUER, "aud": CLIENT_ID, "sub": "svc", "iat": now, "exp": now + 300,
-            "preferred_username": "alice", "email": "alice@example.test", "groups": ["a", "b"]}
+            "scope": "read", "preferred_username": "alice", "email": "alice@example.test",
+            "groups": ["a", "b"]}
     body.update(claims)
     return stack.idp.id_token(body)
 

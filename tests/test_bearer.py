@@ -314,6 +314,39 @@ class JWTTests(_Base):
         # A declared at+jwt is an access token, whatever it carries.
         self.accepted(env, access_token(at_claims(nonce="n", jti="declared"), typ="application/at+jwt"))
 
+    def test_more_id_token_marks(self):
+        """s_hash, Cognito's token_use id and Keycloak's Serialized-ID mark an ID token too."""
+        env = self.env()
+        for mark in [{"s_hash": "x"}, {"token_use": "id"}, {"token_use": "ID"}, {"token_use": "id_token"},
+                     {"typ": "Serialized-ID"}]:
+            self.refused(env, access_token(at_claims(**mark), typ="JWT"), "id_token_as_access_token")
+
+    def test_refresh_token_refused(self):
+        """Keycloak's typ Refresh, Offline or Logout, and token_use refresh, mark a refresh token."""
+        env = self.env()
+        for mark in [{"typ": "Refresh"}, {"typ": "Offline"}, {"typ": "logout"}, {"token_use": "refresh"},
+                     {"token_use": "refresh_token"}]:
+            self.refused(env, access_token(at_claims(**mark), typ="JWT"), "refresh_token_as_access_token")
+            self.refused(env, access_token(at_claims(**mark), typ=DROP), "refresh_token_as_access_token")
+
+    def test_keycloak_bearer_excuses_the_nonce_only(self):
+        """typ Bearer lets Keycloak's nonce pass, not an at_hash, c_hash or s_hash beside it."""
+        env = self.env()
+        for mark in ["at_hash", "c_hash", "s_hash"]:
+            claims = at_claims(nonce="n", typ="Bearer", **{mark: "x"})
+            self.refused(env, access_token(claims, typ="JWT"), "id_token_as_access_token")
+        self.accepted(env, access_token(at_claims(nonce="n", typ="Bearer"), typ="JWT"))
+
+    def test_hmac_needs_no_keys(self):
+        """An HS256 token (the verifier has its own secret) is checked without the provider's keys."""
+        env = self.env(start=False)
+        env.validator.verifier = JWTVerifier(["RS256", "HS256"], hmac_secret=HMAC_SECRET)
+        self.accepted(env, access_token(key=HMAC_SECRET, alg="HS256"))
+        self.assertEqual(env.keys_for_calls, 0)
+        # An RS256 token still needs them: not loaded yet, the provider says so.
+        error = self.failureResultOf(env.validate(access_token()), ProviderError).value
+        self.assertEqual(error.reason, "not_ready")
+
     def test_signature_and_keys(self):
         """Signature, algorithm and key rules are the verifier's, with its reasons."""
         env = self.env()
@@ -395,6 +428,72 @@ class JWTTests(_Base):
             self.assertRaises(ValueError, BearerValidator, env.provider, env.verifier, env.clock, **kwargs)
         BearerValidator(env.provider, env.verifier, env.clock, issuer=ISSUER, audiences=(API,), cache_size=0,
                         introspection_cache=0, leeway=0)
+
+
+# -- access tokens under the default audience (the client id) -------------------
+
+
+def id_claims(**changes: Any) -> Dict[str, Any]:
+    """An ID token's claims with none of the ID-token marks (as some refreshed ones are)."""
+    claims: Dict[str, Any] = {"iss": ISSUER, "aud": CLIENT_ID, "azp": CLIENT_ID, "sub": "user-1",
+                              "iat": NOW, "exp": NOW + 300, "auth_time": NOW - 60, "sid": "s-1",
+                              "email": "alice@example.test", "acr": "1"}
+    claims.update(changes)
+    return claims
+
+
+class EvidenceTests(_Base):
+    """
+    With require_evidence (the audiences are the client id alone, which ID
+    tokens name too) a JWT must show that it is an access token.
+    """
+
+    def env(self, **kwargs: Any) -> Env:
+        kwargs.setdefault("audiences", [CLIENT_ID])
+        kwargs.setdefault("require_evidence", True)
+        return Env(**kwargs)
+
+    def test_id_token_without_marks_refused(self):
+        """An ID token without nonce or at_hash, typed JWT or untyped: not_an_access_token."""
+        env = self.env()
+        for typ in ["JWT", DROP]:
+            self.refused(env, access_token(id_claims(), typ=typ), "not_an_access_token")
+        # Without the requirement (configured audiences naming the client id) it would pass:
+        # the requirement is what refuses it.
+        plain = self.env(require_evidence=False)
+        self.accepted(plain, access_token(id_claims(), typ="JWT"))
+
+    def test_each_evidence_accepted(self):
+        """typ at+jwt, scope, scp, client_id, cid, token_use access, Keycloak's typ Bearer: each is enough."""
+        env = self.env()
+        self.accepted(env, access_token(id_claims(), typ="at+jwt"))
+        self.accepted(env, access_token(id_claims(jti="app"), typ="application/at+jwt"))
+        for evidence in [{"scope": "openid"}, {"scp": ["read"]}, {"client_id": "spa"}, {"cid": "0oa1"},
+                         {"token_use": "access"}, {"token_use": "access_token"}, {"typ": "Bearer"},
+                         {"typ": "bearer"}]:
+            self.accepted(env, access_token(id_claims(**evidence), typ="JWT"))
+
+    def test_empty_evidence_refused(self):
+        """A claim present with null is no evidence."""
+        env = self.env()
+        for empty in [{"scope": None}, {"client_id": None}, {"token_use": "other"}, {"typ": "JWT"}]:
+            self.refused(env, access_token(id_claims(**empty), typ="JWT"), "not_an_access_token")
+
+    def test_other_reasons_come_first(self):
+        """A token for another audience, or with ID-token marks, is refused for that."""
+        env = self.env()
+        self.refused(env, access_token(id_claims(aud="someone-else"), typ="JWT"), "bad_aud")
+        self.refused(env, access_token(id_claims(iss="https://evil.test"), typ="JWT"), "bad_iss")
+        self.refused(env, access_token(id_claims(nonce="n"), typ="JWT"), "id_token_as_access_token")
+
+    def test_refusal_not_cached_and_token_not_in_error(self):
+        """A refused ID token is checked again each time; its text is never in the error."""
+        env = self.env()
+        token = access_token(id_claims(), typ="JWT")
+        for _ in range(2):
+            error = self.refused(env, token, "not_an_access_token")
+            self.assertNotIn("user-1", str(error))
+        self.assertEqual(env.verify_calls, 2)
 
 
 # -- the cache -----------------------------------------------------------------
@@ -537,15 +636,75 @@ class IntrospectionTests(_Base):
         self.assertEqual(env.verify_calls, 0)
 
     def test_minimal_answer(self):
-        """Only active is required: iss, aud, exp, iat, nbf are checked when present."""
-        env = self.env(introspection_answer={"active": True})
-        self.assertEqual(self.accepted(env, OPAQUE), {"active": True})
+        """
+        active and, without aud, the client_id: iss, aud, exp, iat, nbf and
+        token_type are checked when present.
+        """
+        minimal = {"active": True, "client_id": CLIENT_ID}
+        env = self.env(introspection_answer=minimal, audiences=[CLIENT_ID])
+        self.assertEqual(self.accepted(env, OPAQUE), minimal)
 
     def test_accepted_variants(self):
         for document in [dict(ACTIVE, aud=[OTHER_API, "x"]), dict(ACTIVE, aud=OTHER_API),
                          dict(ACTIVE, exp=NOW - 59), dict(ACTIVE, iat=NOW, nbf=NOW)]:
             env = self.env(introspection_answer=document)
             self.assertEqual(self.accepted(env, OPAQUE), document)
+
+    def test_without_aud_the_client_decides(self):
+        """
+        An answer without aud: its client_id must be an accepted audience
+        (bad_client_id otherwise); without client_id either: no_audience.
+        With aud, aud decides.
+        """
+        for document, reason in [
+            ({"active": True, "client_id": CLIENT_ID}, None),
+            ({"active": True, "client_id": "another-client"}, "bad_client_id"),
+            ({"active": True, "client_id": CLIENT_ID.upper()}, "bad_client_id"),
+            ({"active": True, "client_id": 7}, "bad_client_id"),
+            ({"active": True, "client_id": None}, "no_audience"),
+            ({"active": True, "client_id": [CLIENT_ID]}, "bad_client_id"),
+            ({"active": True}, "no_audience"),
+            ({"active": True, "sub": "user-1", "scope": "read", "exp": NOW + 60}, "no_audience"),
+            ({"active": True, "aud": CLIENT_ID, "client_id": "another-client"}, None),
+            ({"active": True, "aud": "another-api", "client_id": CLIENT_ID}, "bad_aud"),
+        ]:
+            env = self.env(introspection_answer=document, audiences=[CLIENT_ID])
+            if reason is None:
+                self.assertEqual(self.accepted(env, OPAQUE), document)
+            else:
+                self.refused(env, OPAQUE, reason)
+        # Configured audiences: a client_id among them passes.
+        env = self.env(introspection_answer={"active": True, "client_id": "spa"},
+                       audiences=[API, "spa"])
+        self.accepted(env, OPAQUE)
+
+    def test_token_type(self):
+        """A token_type, when present, must name an access token: a refresh token's is refused."""
+        for token_type in ["Bearer", "bearer", "BEARER", "access_token",
+                           "urn:ietf:params:oauth:token-type:access_token"]:
+            env = self.env(introspection_answer=dict(ACTIVE, token_type=token_type))
+            self.accepted(env, OPAQUE)
+        for token_type in ["refresh_token", "Refresh", "urn:ietf:params:oauth:token-type:refresh_token",
+                           "id_token", "urn:ietf:params:oauth:token-type:id_token", "DPoP", "N_A", "",
+                           None, 7, ["Bearer"]]:
+            env = self.env(introspection_answer=dict(ACTIVE, token_type=token_type))
+            self.refused(env, OPAQUE, "bad_token_type")
+            self.refused(env, OPAQUE, "bad_token_type")
+            self.assertEqual(env.introspections(), 2, token_type)
+
+    def test_other_kinds_refused(self):
+        """Keycloak's and Cognito's marks of ID and refresh tokens in the answer are refused too."""
+        for mark, reason in [({"typ": "Refresh"}, "refresh_token_as_access_token"),
+                             ({"typ": "Offline"}, "refresh_token_as_access_token"),
+                             ({"token_use": "refresh_token"}, "refresh_token_as_access_token"),
+                             ({"typ": "ID"}, "id_token_as_access_token"),
+                             ({"token_use": "id"}, "id_token_as_access_token"),
+                             ({"at_hash": "x"}, "id_token_as_access_token")]:
+            env = self.env(introspection_answer=dict(ACTIVE, **mark))
+            self.refused(env, OPAQUE, reason)
+        # Keycloak's answer for one of its access tokens (typ Bearer, the login's nonce).
+        keycloak = dict(ACTIVE, typ="Bearer", nonce="n", token_type="Bearer")
+        self.assertEqual(self.accepted(self.env(introspection_answer=keycloak), OPAQUE), keycloak)
 
     def test_inactive(self):
         """active false: inactive; remembered for introspection_cache seconds, then asked again."""
@@ -605,7 +764,7 @@ class IntrospectionTests(_Base):
         self.refused(env, OPAQUE, "inactive")
         self.assertEqual(env.introspections(), 2)
 
-        env = self.env(introspection_answer={"active": True}, introspection_cache=60.0)
+        env = self.env(introspection_answer={"active": True, "client_id": API}, introspection_cache=60.0)
         self.accepted(env, OPAQUE)
         env.clock.advance(59)
         self.accepted(env, OPAQUE)

@@ -624,3 +624,73 @@ class RedisConfigTests(SynchronousTestCase):
         s = c.session
         self.assertEqual((s.refresh, s.refresh_interval, s.refresh_leeway, s.idp_outage_grace,
                           s.revoke_on_logout), ("interval", 600.0, 30.0, 900.0, False))
+
+
+HMAC_SECRET = "h" * 32
+
+
+class TokenConfigTests(SynchronousTestCase):
+    """oidc.iat_slack, and bearer.algorithms with bearer.hmac_secret."""
+
+    def problems(self, data):
+        return self.assertRaises(ConfigError, parse_config, data, "x.toml").problems
+
+    def bearer(self, **bearer):
+        return dict(_login(), bearer=bearer)
+
+    def test_iat_slack(self):
+        """oidc.iat_slack: 10 minutes by default, a positive duration."""
+        self.assertEqual(parse_config(_login(), "x.toml").oidc.iat_slack, 600.0)
+        self.assertEqual(parse_config(_login(iat_slack="2m"), "x.toml").oidc.iat_slack, 120.0)
+        self.assertEqual(self.problems(_login(iat_slack="0s")),
+                         ["oidc.iat_slack: '0s' must be longer than zero"])
+        self.assertEqual(self.problems(_login(iat_slack=600)),
+                         ['oidc.iat_slack: expected a duration string like "30s", got a number (600)'])
+
+    def test_bearer_hmac(self):
+        """HS* in bearer.algorithms with bearer.hmac_secret, a secret reference."""
+        path = os.path.join(tempfile.mkdtemp(), "bearer-hmac")
+        self.addCleanup(os.rmdir, os.path.dirname(path))
+        with open(path, "w") as f:
+            f.write(HMAC_SECRET + "\n")
+        self.addCleanup(os.unlink, path)
+        b = parse_config(self.bearer(algorithms=["HS256", "RS256"], hmac_secret={"file": path}),
+                         "x.toml").bearer
+        self.assertEqual((b.algorithms, b.hmac_secret.reveal()), (("HS256", "RS256"), HMAC_SECRET))
+        self.assertNotIn(HMAC_SECRET, repr(b))
+        b = parse_config(self.bearer(algorithms=["ES256", "EdDSA"]), "x.toml").bearer
+        self.assertEqual((b.algorithms, b.hmac_secret), (("ES256", "EdDSA"), None))
+
+    def test_bearer_hmac_problems(self):
+        """Each half without the other, the client secret, a short or key-like secret: refused."""
+        pem = "-----BEGIN PUBLIC KEY-----\n" + "A" * 40 + "\n-----END PUBLIC KEY-----"
+        cases = [
+            (dict(algorithms=["HS256"]),
+             "bearer.algorithms: HS* algorithms need bearer.hmac_secret (access tokens are never "
+             "checked with the client secret)"),
+            (dict(algorithms=["RS256"], hmac_secret=HMAC_SECRET),
+             "bearer.hmac_secret: is used only with an HS* algorithm in bearer.algorithms"),
+            (dict(hmac_secret=HMAC_SECRET),
+             "bearer.hmac_secret: is used only with an HS* algorithm in bearer.algorithms"),
+            (dict(algorithms=["HS256"], hmac_secret="s"),
+             "bearer.hmac_secret: must not be the client secret: whoever holds it (the IdP, every "
+             "instance of this client) could sign access tokens for any user"),
+            (dict(algorithms=["HS512"], hmac_secret="short"),
+             "bearer.hmac_secret: is shorter than 32 bytes (from the config file)"),
+            (dict(algorithms=["HS256"], hmac_secret=pem),
+             "bearer.hmac_secret: looks like a key (PEM, SSH or JWK), not a shared secret "
+             "(from the config file)"),
+            (dict(algorithms=["HS256"], hmac_secret="ssh-rsa " + "A" * 40),
+             "bearer.hmac_secret: looks like a key (PEM, SSH or JWK), not a shared secret "
+             "(from the config file)"),
+            (dict(algorithms=["HS256"], hmac_secret='{"kty": "oct", "k": "' + "A" * 40 + '"}'),
+             "bearer.hmac_secret: looks like a key (PEM, SSH or JWK), not a shared secret "
+             "(from the config file)"),
+            (dict(algorithms=["HS256"], hmac_secret={"env": "OIDCPROXY_NO_SUCH_VARIABLE"}),
+             "bearer.hmac_secret: environment variable OIDCPROXY_NO_SUCH_VARIABLE is not set"),
+            (dict(algorithms=["none"]),
+             "bearer.algorithms[0]: 'none' is not one of RS256, RS384, RS512, PS256, PS384, "
+             "PS512, ES256, ES384, ES512, EdDSA, HS256, HS384, HS512"),
+        ]
+        for bearer, expected in cases:
+            self.assertEqual(self.problems(self.bearer(**bearer)), [expected], bearer)

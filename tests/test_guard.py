@@ -108,6 +108,7 @@ class Harness:
     @param memory_store: keep sessions in a L{MemoryStore} (default: the
         guard's own, the stateless cookie store).
     @param start: start the guard (loads discovery and keys) as the service does.
+    @param guard_kwargs: more arguments of the L{OIDCGuard}.
     """
 
     def __init__(
@@ -120,6 +121,7 @@ class Harness:
         iss_parameter_supported: bool = False,
         discovery_status: int = 200,
         start: bool = True,
+        **guard_kwargs: Any,
     ) -> None:
         self.case = case
         self.clock = Clock()
@@ -144,7 +146,8 @@ class Harness:
             wrapped = build(self)
         self.store = MemoryStore(self.clock) if memory_store else None
         self.guard = OIDCGuard(self.config, wrapped if wrapped is not None else self.app,
-                               self.clock, provider=self.provider, store=self.store)
+                               self.clock, provider=self.provider, store=self.store,
+                               **guard_kwargs)
         case.addCleanup(self.guard.stop)
         if start:
             self.guard.start()

@@ -971,6 +971,36 @@ class TimeTests(_Base):
         self.assertRaises(ValueError, IDTokenValidator, "", CLIENT_ID, self.verifier, self.clock)
         self.assertRaises(ValueError, IDTokenValidator, ISSUER, "", self.verifier, self.clock)
 
+    def test_iat_max_age(self) -> None:
+        """
+        With a max_age, iat >= now - max_age - leeway passes (at the boundary
+        too); one second older: iat_too_old, whatever exp says.
+        """
+        validator = IDTokenValidator(ISSUER, CLIENT_ID, self.verifier, self.clock, leeway=60, max_age=600)
+        self.assertEqual(validator.max_age, 600.0)
+        later = NOW + 7 * 86400
+        validator.validate(token(claims(iat=NOW - 600 - 60, exp=later)), self.keys, NONCE)
+        validator.validate(token(claims(iat=NOW - 600 - 60 + 1, exp=later)), self.keys, NONCE)
+        for iat in (NOW - 600 - 60 - 1, NOW - 7 * 86400):
+            error = self.assertRaises(TokenError, validator.validate, token(claims(iat=iat, exp=later)),
+                                      self.keys, NONCE)
+            self.assertEqual(error.reason, "iat_too_old")
+        # The future stays bounded by the leeway.
+        error = self.assertRaises(TokenError, validator.validate,
+                                  token(claims(iat=NOW + 61, exp=later)), self.keys, NONCE)
+        self.assertEqual(error.reason, "iat_in_future")
+
+    def test_iat_no_max_age(self) -> None:
+        """Without a max_age (the default) an old iat passes: the bound is the caller's choice."""
+        self.assertIsNone(self.validator.max_age)
+        self.accepted(token(claims(iat=NOW - 7 * 86400, exp=NOW + 300)))
+
+    def test_max_age_validation(self) -> None:
+        """A max_age that is not a positive finite number is a ValueError."""
+        for max_age in (0, -1, float("nan"), float("inf"), True, "600"):
+            self.assertRaises(ValueError, IDTokenValidator, ISSUER, CLIENT_ID, self.verifier, self.clock,
+                              60, max_age)
+
 
 class AtHashTests(_Base):
     def test_right(self) -> None:
