@@ -441,19 +441,50 @@ class OIDCGuard(Resource):
         self._metrics.request(label, 499 if isinstance(result, Failure) else request.code)
 
     def _unexpected(self, failure: Any, request: Request) -> None:
+        if failure.check(SessionStoreUnavailable):
+            # A store fault is a dependency's, never a bug: wherever on the
+            # request's way the store could not answer, the answer is a 503.
+            self._store_unavailable(request, failure.value)
+            return
         log.failure("unexpected error while handling a request", failure)
         if request.finished or getattr(request, "_disconnected", False):
             return
         if request.startedWriting:
-            # Part of an answer is out: cut the connection rather than let
-            # the client wait forever or take a truncated body for whole.
-            transport = getattr(request, "transport", None)
-            if transport is not None and hasattr(transport, "abortConnection"):
-                transport.abortConnection()
-            else:
-                request.loseConnection()
+            self._abort(request)
             return
         self._finish(request, 500, "internal_error", "Something went wrong on our side.")
+
+    @staticmethod
+    def _abort(request: Request) -> None:
+        """
+        Part of an answer is out: cut the connection rather than let the
+        client wait forever or take a truncated body for whole.
+        """
+        transport = getattr(request, "transport", None)
+        if transport is not None and hasattr(transport, "abortConnection"):
+            transport.abortConnection()
+        else:
+            request.loseConnection()
+
+    def _store_unavailable(self, request: Request, error: BaseException,
+                           message: str = "Sessions are temporarily unavailable. "
+                                          "Please try again shortly.",
+                           cookies: Sequence[bytes] = (),
+                           as_json: Optional[bool] = None) -> None:
+        """
+        The session store (or the revocation list) could not answer: one
+        warning line (no traceback) and 503 with C{Retry-After} (JSON for API
+        clients, a page for browsers); the session and its cookie are left
+        alone.
+        """
+        log.warn("session store unavailable: {error}", error=str(error) or type(error).__name__)
+        if request.finished or getattr(request, "_disconnected", False):
+            return
+        if request.startedWriting:
+            self._abort(request)
+            return
+        self._finish(request, 503, "session_store_unavailable", message,
+                     {b"retry-after": b"5"}, cookies, as_json)
 
     def _finish(self, request: Request, code: int, error: str, message: str,
                 headers: Optional[Dict[bytes, bytes]] = None,
@@ -788,9 +819,8 @@ class OIDCGuard(Resource):
         """L{_session}, or None once a 503 is answered because the store cannot."""
         try:
             return await self._session(request)
-        except SessionStoreUnavailable:
-            self._finish(request, 503, "session_store_unavailable",
-                         "Sessions are temporarily unavailable. Please try again shortly.")
+        except SessionStoreUnavailable as e:
+            self._store_unavailable(request, e)
             return None
 
     async def _forget(self, session: Session) -> None:
@@ -811,6 +841,10 @@ class OIDCGuard(Resource):
         refresher = self._refresher
         if refresher is not None and refresher.due(session, now):
             outcome = await refresher.refresh(session)
+            if outcome.session is not None and outcome.store_unavailable:
+                # Not served on tokens the store does not hold yet (the next
+                # request of the session saves them); a 503 (see _unexpected).
+                raise SessionStoreUnavailable("a refreshed session could not be saved")
             if outcome.ended:
                 await self._forget(session)
                 present = chunk_names(self._session_cookie, request.received_cookies)
@@ -828,6 +862,12 @@ class OIDCGuard(Resource):
                     self._add_cookies_on_write(request, set_cookie_headers(
                         self._session_cookie, value, int(session.expires - now),
                         chunk_names(self._session_cookie, request.received_cookies)))
+            elif outcome.store_unavailable:
+                # No refresh (the store could not lock or be read): the
+                # access token is served while it is valid, then 503.
+                expires = session.access_token_expires
+                if expires is not None and now >= expires:
+                    raise SessionStoreUnavailable("no refresh: the session store did not answer")
             elif not self._usable_during_outage(session, now):
                 self._finish(request, 503, "idp_unavailable",
                              "The identity provider cannot be reached to renew your session. "
@@ -844,6 +884,7 @@ class OIDCGuard(Resource):
             session = session.touched(now)
             if sliding:
                 session = attr.evolve(session, expires=self._sliding_expiry(session.created, now))
+            # A store that cannot save ends as a 503 (see _unexpected).
             value = await self._store.save(session)
             self._add_cookies_on_write(request, set_cookie_headers(
                 self._session_cookie, value, int(session.expires - now),
@@ -1207,13 +1248,11 @@ class OIDCGuard(Resource):
             if old is not None:
                 await self._forget(old)
             value = await store.save(session)
-        except SessionStoreUnavailable:
+        except SessionStoreUnavailable as e:
             # The code is spent: the user starts again once the store is back.
             log.warn("login failed: the session store is unavailable")
             self._metrics.login_failed("session_store_unavailable")
-            self._finish(request, 503, "session_store_unavailable",
-                         "Sessions are temporarily unavailable. Please try again shortly.",
-                         cookies=cookies)
+            self._store_unavailable(request, e, cookies=cookies)
             return
         present = chunk_names(self._session_cookie, request.received_cookies)
         try:
@@ -1490,9 +1529,8 @@ class OIDCGuard(Resource):
             self._finish(request, e.status if e.status in (503, 504) else 502, "idp_unavailable",
                          "The identity provider's keys could not be loaded.", as_json=True)
             return
-        except SessionStoreUnavailable:
-            self._finish(request, 503, "session_store_unavailable",
-                         "Sessions are temporarily unavailable.", as_json=True)
+        except SessionStoreUnavailable as e:
+            self._store_unavailable(request, e, as_json=True)
             return
         sid = claims.get("sid")
         sub = claims.get("sub")
@@ -1503,9 +1541,8 @@ class OIDCGuard(Resource):
                 await (store.mark_revoked(sid=sid, ttl=self._config.session.lifetime) if sid
                        else store.mark_revoked(sub=sub, ttl=self._config.session.lifetime))
                 count = "all"
-        except SessionStoreUnavailable:
-            self._finish(request, 503, "session_store_unavailable",
-                         "Sessions are temporarily unavailable.", as_json=True)
+        except SessionStoreUnavailable as e:
+            self._store_unavailable(request, e, as_json=True)
             return
         log.info("back-channel logout: {count} session(s) ended", count=count)
         if sid:

@@ -107,6 +107,8 @@ class Harness:
         network), instead of C{wrapped}.
     @param memory_store: keep sessions in a L{MemoryStore} (default: the
         guard's own, the stateless cookie store).
+    @param store: makes the session store from the harness's Clock (instead
+        of C{memory_store}).
     @param start: start the guard (loads discovery and keys) as the service does.
     """
 
@@ -120,6 +122,7 @@ class Harness:
         iss_parameter_supported: bool = False,
         discovery_status: int = 200,
         start: bool = True,
+        store: Optional[Callable[[Clock], Any]] = None,
     ) -> None:
         self.case = case
         self.clock = Clock()
@@ -142,7 +145,8 @@ class Harness:
         self.app = App()
         if build is not None:
             wrapped = build(self)
-        self.store = MemoryStore(self.clock) if memory_store else None
+        self.store = store(self.clock) if store is not None else \
+            MemoryStore(self.clock) if memory_store else None
         self.guard = OIDCGuard(self.config, wrapped if wrapped is not None else self.app,
                                self.clock, provider=self.provider, store=self.store)
         case.addCleanup(self.guard.stop)
