@@ -187,9 +187,10 @@ class OIDCGuard(Resource):
     @param provider: the IdP client (default: built from C{config.oidc}).
     @param store: the session store (default: the encrypted cookie store).
     @param revocations: for a store that cannot delete sessions (the cookie
-        store), a revocation list (C{mark_revoked}, C{revoked_at}, C{lock})
-        that back-channel logout writes and every request checks (default: in
-        Redis when C{[redis]} is configured).
+        store), a revocation list (C{mark_revoked}, C{revoked_at}, C{lock};
+        by C{sub}, C{sid} or C{session_id}) that every logout (local and
+        back-channel) writes and every request checks (default: in Redis when
+        C{[redis]} is configured).
     @param max_cookie_bytes: the largest session cookie (all chunks) handed
         out. The default fits a plain Twisted C{Site}, whose request headers
         may not exceed 16 KiB in all; the proxy's own site takes more and
@@ -803,7 +804,8 @@ class OIDCGuard(Resource):
         if session is not None:
             state = session_state(session, self._clock.seconds(), self._config.session.idle_timeout)
             if state == LIVE and self._revocations is not None:
-                revoked = await self._revocations.revoked_at(sub=session.sub, sid=session.sid)
+                revoked = await self._revocations.revoked_at(
+                    sub=session.sub, sid=session.sid, session_id=session.id)
                 if revoked is not None and revoked >= session.created:
                     state = "revoked"
             if state == LIVE:
@@ -824,11 +826,29 @@ class OIDCGuard(Resource):
             return None
 
     async def _forget(self, session: Session) -> None:
+        """Drop a session that has ended anyway (expired, idle, revoked, refused at refresh)."""
         assert self._store is not None
         try:
             await self._store.delete(session)
         except SessionStoreUnavailable:
             log.warn("could not delete an ended session from the store")
+
+    async def _end_session(self, session: Session) -> None:
+        """
+        End a live session for good (logout, a new login in its browser):
+        delete it from the store and, with a revocation list (cookie
+        sessions with Redis), revoke its id there, until the latest a copy
+        of its cookie could still be valid, so that no copy of the cookie
+        works any more.
+
+        @raise SessionStoreUnavailable: the store or the list could not do it.
+        """
+        assert self._store is not None
+        await self._store.delete(session)
+        if self._revocations is not None:
+            lifetime = self._config.session.lifetime
+            ttl = max(session.expires, session.created + lifetime) - self._clock.seconds()
+            await self._revocations.mark_revoked(session_id=session.id, ttl=max(1.0, ttl))
 
     async def _authenticated(self, request: Request, match: RouteMatch, session: Session) -> None:
         now = self._clock.seconds()
@@ -1246,7 +1266,7 @@ class OIDCGuard(Resource):
         try:
             old, _ = await self._session(request)
             if old is not None:
-                await self._forget(old)
+                await self._end_session(old)
             value = await store.save(session)
         except SessionStoreUnavailable as e:
             # The code is spent: the user starts again once the store is back.
@@ -1385,7 +1405,15 @@ class OIDCGuard(Resource):
         session, cookies = loaded
         location = self._landing_after_logout(target)
         if session is not None:
-            await self._forget(session)
+            try:
+                await self._end_session(session)
+            except SessionStoreUnavailable as e:
+                # Nothing is ended and the cookie is kept: the user can log
+                # out again, rather than believe a copy of the cookie dead.
+                self._store_unavailable(
+                    request, e, "You are not logged out yet: sessions are temporarily "
+                                "unavailable. Please try again shortly.")
+                return
             log.info("logout of {sub}", sub=session.sub)
             self._close_sockets(session_id=session.id)
             await self._revoke(session)

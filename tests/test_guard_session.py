@@ -367,6 +367,98 @@ class RevocationListTests(SynchronousTestCase):
         self.assertEqual(old.get("/x", headers=API).code, 401)
         self.assertEqual(new.get("/x", headers=API).code, 200)
 
+    def logout(self, browser: Any) -> Any:
+        return browser.request(b"POST", "/oidc/logout", headers={b"origin": [APP.encode()]})
+
+    def test_logout_revokes_a_copy_of_the_cookie(self):
+        """
+        A local logout revokes the session itself in the list: a copy of its
+        cookie taken before gets 401 (and is cleared), a navigation with it
+        goes to the login; another session of the same user and other users'
+        sessions live on.
+        """
+        h = self.harness()
+        alice = logged_in(h, sub="alice")
+        other_device = logged_in(h, sub="alice")
+        bob = logged_in(h, sub="bob")
+        copy = h.browser()
+        copy.jar = dict(alice.jar)
+        self.assertEqual(copy.get("/x", headers=API).code, 200)
+        page = self.logout(alice)
+        self.assertEqual(page.code, 303)
+        self.assertTrue(page.cookie(SESSION_COOKIE).deletes)
+        page = copy.get("/x", headers=API)
+        self.assertEqual(page.code, 401)
+        self.assertTrue(page.cookie(SESSION_COOKIE).deletes)
+        self.assertEqual(other_device.get("/x", headers=API).code, 200)
+        self.assertEqual(bob.get("/x", headers=API).code, 200)
+
+    def test_logged_out_copy_goes_to_login(self):
+        """A browser navigation with a copy of a logged-out session's cookie is sent to the IdP."""
+        h = self.harness()
+        alice = logged_in(h, sub="alice")
+        copy = h.browser()
+        copy.jar = dict(alice.jar)
+        self.assertEqual(self.logout(alice).code, 303)
+        page = copy.navigate("/x")
+        self.assertEqual(page.code, 302)
+        self.assertTrue(page.location.startswith(ISSUER + "/authorize?"))
+        self.assertEqual(len(h.app.requests), 0)
+
+    def test_revocation_kept_as_long_as_a_copy_could_live(self):
+        """The session's id is revoked for what is left of its lifetime (8 h from login)."""
+        h = self.harness()
+        marked: List[Dict[str, Any]] = []
+        mark = self.revocations.mark_revoked
+
+        def recording(**kwargs: Any) -> Any:
+            marked.append(kwargs)
+            return mark(**kwargs)
+
+        self.revocations.mark_revoked = recording  # type: ignore[method-assign]
+        alice = logged_in(h, sub="alice")
+        session_id = open_session(alice.jar[SESSION_COOKIE]).id
+        h.clock.advance(3600)
+        self.assertEqual(self.logout(alice).code, 303)
+        self.assertEqual(marked, [{"session_id": session_id, "ttl": 7 * 3600.0}])
+
+    def test_new_login_revokes_the_old_session(self):
+        """A new login in the same browser ends its old session: a copy of the old cookie fails."""
+        h = self.harness()
+        alice = logged_in(h, sub="alice")
+        copy = h.browser()
+        copy.jar = dict(alice.jar)
+        h.clock.advance(1)
+        self.assertEqual(h.login(alice, path="/oidc/login", sub="alice").code, 302)
+        self.assertEqual(copy.get("/x", headers=API).code, 401)
+        self.assertEqual(alice.get("/x", headers=API).code, 200)
+
+    def test_logout_with_the_list_unavailable(self):
+        """
+        The list cannot take the revocation: 503 saying the user is not
+        logged out yet, the cookie kept (so the logout can be done again),
+        nothing revoked at the IdP; once the list is back the logout works.
+        """
+        from twisted.internet import defer
+
+        from oidcproxy.session import SessionStoreUnavailable
+
+        h = self.harness()
+        alice = logged_in(h, sub="alice")
+        mark = self.revocations.mark_revoked
+        self.revocations.mark_revoked = lambda **kw: defer.fail(  # type: ignore[method-assign]
+            SessionStoreUnavailable("down"))
+        page = self.logout(alice)
+        self.assertEqual(page.code, 503)
+        self.assertIn(b"not logged out", page.body)
+        self.assertIsNone(page.cookie(SESSION_COOKIE))
+        self.assertEqual(alice.get("/x", headers=API).code, 200)
+        self.revocations.mark_revoked = mark  # type: ignore[method-assign]
+        copy = h.browser()
+        copy.jar = dict(alice.jar)
+        self.assertEqual(self.logout(alice).code, 303)
+        self.assertEqual(copy.get("/x", headers=API).code, 401)
+
     def test_list_unavailable_is_503(self):
         """A revocation list that cannot answer: 503, not a logout and not a pass."""
         from twisted.internet import defer
@@ -454,7 +546,7 @@ class StoreFaultTests(SynchronousTestCase):
         self.assertEqual(page.header(b"retry-after"), b"5")
         if navigate:
             self.assertIn(b"text/html", page.header(b"content-type"))
-            self.assertIn(b"Sessions are temporarily unavailable", page.body)
+            self.assertIn(b"temporarily unavailable", page.body)
         else:
             self.assertEqual(page.json()["error"], "session_store_unavailable")
         self.assertIsNone(page.cookie(SESSION_COOKIE))
@@ -584,3 +676,23 @@ class StoreFaultTests(SynchronousTestCase):
         self.store.fail("save")
         browser = h.browser()
         self.assertStore503(h.login(browser), navigate=True)
+
+    def test_logout_delete(self):
+        """
+        Logout cannot delete the session: 503 saying the user is not logged
+        out yet, the cookie kept and the session still usable (a copy of it
+        would be too: no false "logged out"); once the store is back the
+        logout ends it.
+        """
+        h = self.harness()
+        browser = logged_in(h)
+        self.store.fail("delete")
+        page = browser.request(b"POST", "/oidc/logout", headers={b"origin": [APP.encode()]})
+        self.assertStore503(page, navigate=True, error="down")
+        self.store.back()
+        self.assertEqual(browser.get("/x", headers=API).code, 200)
+        copy = h.browser()
+        copy.jar = dict(browser.jar)
+        page = browser.request(b"POST", "/oidc/logout", headers={b"origin": [APP.encode()]})
+        self.assertEqual(page.code, 303)
+        self.assertEqual(copy.get("/x", headers=API).code, 401)
