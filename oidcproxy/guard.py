@@ -1220,7 +1220,13 @@ class OIDCGuard(Resource):
                 raise
             if self._oidc is not None and self._oidc.userinfo and access_token:
                 info = await provider.userinfo(access_token)
-                if info.get("sub") != claims["sub"]:
+                # OIDC Core 5.3.2: the UserInfo answer's sub must be the ID
+                # token's; one without a (string) sub proves no more than one
+                # about someone else: the same refused login (401).
+                info_sub = info.get("sub")
+                if not isinstance(info_sub, str) or not info_sub:
+                    raise TokenError("userinfo_sub_missing", "the userinfo answer has no sub")
+                if info_sub != claims["sub"]:
                     raise TokenError("userinfo_sub_mismatch",
                                      "the userinfo answer is about another subject")
                 merged = dict(info)

@@ -1396,6 +1396,42 @@ class UserinfoMergeTests(GuardTestCase):
         self.assertEqual(page.code, 401)
         self.assertNoSessionCookie(page, browser)
 
+    def test_userinfo_without_a_string_sub(self):
+        """
+        A userinfo answer without a sub, or whose sub is not a non-empty
+        string, is the same refused login as one about another subject: 401
+        with the same login_failed page and the state cookie cleared (it was
+        a 502 "unexpected answer"), the reason logged, no session.
+        """
+        from twisted.logger import globalLogPublisher
+
+        events: List[Dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        h = Harness(self, make_config(oidc={"userinfo": True}))
+        mismatch = h.browser()
+        params = h.authorize(mismatch)
+        code = h.idp.issue_code(nonce=params["nonce"], code_verifier_challenge=params["code_challenge"],
+                                userinfo_claims={"sub": "someone-else"})
+        expected = mismatch.navigate(
+            "/oidc/callback?" + urlencode({"code": code, "state": params["state"]}))
+        for sub in (None, 42, "", ["user-1"], {"id": "user-1"}, True):
+            browser = h.browser()
+            params = h.authorize(browser)
+            code = h.idp.issue_code(nonce=params["nonce"],
+                                    code_verifier_challenge=params["code_challenge"],
+                                    userinfo_claims={"sub": sub})
+            page = browser.navigate(
+                "/oidc/callback?" + urlencode({"code": code, "state": params["state"]}))
+            self.assertEqual((page.code, page.body), (expected.code, expected.body), repr(sub))
+            self.assertEqual(page.code, 401)
+            self.assertNoSessionCookie(page, browser)
+            self.assertEqual(state_cookies(browser), [], repr(sub))
+        reasons = [e.get("reason") for e in events
+                   if e.get("log_format", "").startswith("login failed: {reason}")]
+        self.assertEqual(reasons, ["userinfo_sub_mismatch"] + ["userinfo_sub_missing"] * 6)
+        self.assertEqual(self.flushLoggedErrors(), [])
+
 
 class Leaf(RecordingUpstream):
     """A leaf of an embedding application's resource tree."""
