@@ -40,6 +40,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 from . import identity as identity  # re-exported: oidcproxy.guard.identity
 from .config import Config, RouteConfig
 from .cookies import (
+    CHUNK_SIZE,
     CookieSpec,
     CookieTooLarge,
     chunk_names,
@@ -56,7 +57,17 @@ from .pages import render_error
 from .provider import ClientAuth, Provider, ProviderError, make_http_client
 from .refresh import Refresher
 from .routes import BadRequestTarget, RouteMatch, RouteTable, normalise_path
-from .session import LIVE, ISessionStore, Session, SessionStoreUnavailable, new_session_id, session_state
+from .session import (
+    LIVE,
+    ISessionStore,
+    Session,
+    SessionStoreUnavailable,
+    claims_in_use,
+    kept_claims,
+    new_session_id,
+    session_state,
+    size_report,
+)
 from .stores.cookie import CookieStore
 from .tokens import (
     IDTokenValidator,
@@ -242,6 +253,7 @@ class OIDCGuard(Resource):
         self._public_origin = "/".join(self._public.split("/", 3)[:3]).encode("ascii")
 
         self._managed = _managed_headers(config)
+        self._claim_names = claims_in_use(config)
 
         oidc = config.oidc
         self._oidc = oidc
@@ -376,6 +388,7 @@ class OIDCGuard(Resource):
         self._config = config
         self._routes = routes
         self._managed = _managed_headers(config)
+        self._claim_names = claims_in_use(config)
         self._wrapped = wrapped
         self._warn_insecure()
         if csrf_changed:
@@ -879,9 +892,13 @@ class OIDCGuard(Resource):
                 renew = sliding
                 if not sliding and value is not None and value != read_cookie(
                         self._session_cookie, request.received_cookies):
-                    self._add_cookies_on_write(request, set_cookie_headers(
-                        self._session_cookie, value, int(session.expires - now),
-                        chunk_names(self._session_cookie, request.received_cookies)))
+                    try:
+                        self._add_cookies_on_write(
+                            request, self._session_cookie_headers(request, session, value, now))
+                    except CookieTooLarge:
+                        # Served on the refreshed tokens; the browser keeps
+                        # its cookie (the next refresh is due again).
+                        self._too_large(session, value, "refresh not kept")
             elif outcome.store_unavailable:
                 # No refresh (the store could not lock or be read): the
                 # access token is served while it is valid, then 503.
@@ -906,9 +923,13 @@ class OIDCGuard(Resource):
                 session = attr.evolve(session, expires=self._sliding_expiry(session.created, now))
             # A store that cannot save ends as a 503 (see _unexpected).
             value = await self._store.save(session)
-            self._add_cookies_on_write(request, set_cookie_headers(
-                self._session_cookie, value, int(session.expires - now),
-                chunk_names(self._session_cookie, request.received_cookies)))
+            try:
+                self._add_cookies_on_write(
+                    request, self._session_cookie_headers(request, session, value, now))
+            except CookieTooLarge:
+                # Served; the browser keeps its cookie (the idle clock in it
+                # does not move).
+                self._too_large(session, value, "session not renewed")
         if route.session_expiry_headers:
             hints = [(b"x-auth-session-expires-in", str(max(0, int(session.expires - now))))]
             if idle > 0:
@@ -963,14 +984,76 @@ class OIDCGuard(Resource):
         return False
 
     def _validate_refreshed(self, id_token: str, keys: Any) -> Dict[str, Any]:
-        """A refreshed ID token: the usual checks, without a nonce."""
+        """
+        A refreshed ID token: the usual checks, without a nonce; the claims
+        the session keeps of it (see L{_session_claims}).
+        """
         assert self._provider is not None and self._provider.metadata is not None
         validator = self._validator_for(self._provider.metadata.id_token_signing_alg_values_supported)
         try:
-            return validator.validate(id_token, keys, None)
+            return self._session_claims(validator.validate(id_token, keys, None))
         except TokenError as e:
             self._metrics.token_invalid("id_token", e.reason)
             raise
+
+    def _session_claims(self, claims: Dict[str, Any]) -> Dict[str, Any]:
+        """
+        The claims a session keeps: all of them, or with C{session.claims =
+        "used"} only those the proxy reads (L{claims_in_use}).
+        """
+        if self._config.session.claims == "used":
+            return kept_claims(claims, self._claim_names)
+        return claims
+
+    def _session_cookie_headers(self, request: Request, session: Session, value: str,
+                                now: float) -> List[bytes]:
+        """
+        The Set-Cookie values of a session's cookie (replacing the chunks the
+        request carried).
+
+        @raise CookieTooLarge: the value needs more than max_cookie_chunks
+            cookies, or more than max_cookie_bytes in all.
+        """
+        if len(value) > self._max_cookie_bytes:
+            raise CookieTooLarge(f"{len(value)} bytes; at most {self._max_cookie_bytes}")
+        return set_cookie_headers(
+            self._session_cookie, value, int(session.expires - now),
+            chunk_names(self._session_cookie, request.received_cookies))
+
+    def _too_large(self, session: Session, value: str, what: str) -> None:
+        """
+        Log why a session does not fit in the session cookie: its size and
+        the limit, what in it is large, and what would make it fit.
+        """
+        s = self._config.session
+        limit = min(s.max_cookie_chunks * CHUNK_SIZE, self._max_cookie_bytes)
+        with_tokens = s.store_tokens
+        report, largest = size_report(session, with_tokens)
+        fixes = ['session.store = "redis" (the cookie then holds only a session id)']
+        if s.claims == "all":
+            kept = kept_claims(session.claims, self._claim_names)
+            fixes.append(
+                f'session.claims = "used" (the claims would take '
+                f'{len(json.dumps(kept, separators=(",", ":"))):,} bytes: only those the '
+                "[headers], the routes' rules and allow-lists and username_claim read)")
+        if with_tokens and session.id_token:
+            fixes.append("session.store_tokens = false (the tokens stay out of the cookie: "
+                         f"the ID token alone is {len(session.id_token):,} bytes; no token "
+                         "forwarding, refresh or id_token_hint then)")
+        if s.max_cookie_chunks * CHUNK_SIZE <= self._max_cookie_bytes:
+            fixes.append(f"raise session.max_cookie_chunks (now {s.max_cookie_chunks}, of "
+                         f"{CHUNK_SIZE} bytes each; at most 20) as far as the browsers', load "
+                         "balancers' and upstream's limits on the Cookie header allow")
+        else:
+            fixes.append("pass a larger max_cookie_bytes to the guard, with a Site that accepts "
+                         "request headers that large")
+        log.warn(
+            "{what}: the session of {sub} does not fit in the session cookie: {size:,} bytes "
+            "sealed, at most {limit:,}; the largest part: {largest}; it holds {report}. "
+            "What helps: {fixes}",
+            what=what, sub=session.sub, size=len(value), limit=limit,
+            largest=largest[0].replace("_", " ") if largest else "-", report=report,
+            fixes="; or ".join(fixes))
 
     def _set_identity(self, request: Request, session: Session) -> None:
         # For a WebSocket, which logout of this session closes.
@@ -1256,7 +1339,7 @@ class OIDCGuard(Resource):
         session = Session(
             id=new_session_id(),
             sub=claims["sub"],
-            claims=claims,
+            claims=self._session_claims(claims),
             created=now,
             last_seen=now,
             expires=self._sliding_expiry(now, now) if self._config.session.sliding
@@ -1280,18 +1363,19 @@ class OIDCGuard(Resource):
             self._metrics.login_failed("session_store_unavailable")
             self._store_unavailable(request, e, cookies=cookies)
             return
-        present = chunk_names(self._session_cookie, request.received_cookies)
         try:
-            session_cookies = set_cookie_headers(
-                self._session_cookie, value, int(session.expires - now), present)
-            if len(value) > self._max_cookie_bytes:
-                raise CookieTooLarge(f"{len(value)} bytes")
+            session_cookies = self._session_cookie_headers(request, session, value, now)
         except CookieTooLarge:
-            log.warn("login failed: the session does not fit in the cookies "
-                     "(set session.store_tokens = false or raise session.max_cookie_chunks)")
+            # The IdP's answer is more than the cookie store can hold: a
+            # fault of what the IdP sent, for the administrator to act on
+            # (the log line says how); never a 500 and no use retrying.
+            self._too_large(session, value, "login failed")
             self._metrics.login_failed("session_too_large")
-            self._finish(request, 500, "session_too_large",
-                         "The session is too large to be stored.", cookies=cookies)
+            self._finish(request, 502, "session_too_large",
+                         "You signed in, but the identity provider sent more about you than "
+                         "this site can keep in its session cookie, so the sign-in cannot be "
+                         "completed. Please tell the site's administrator: the proxy's log "
+                         "says what to change.", cookies=cookies)
             return
         log.info("login of {sub}", sub=session.sub)
         self._metrics.login_completed()

@@ -1264,15 +1264,15 @@ class ChunkedSessionTests(GuardTestCase):
         """
         Embedded in a plain Twisted Site (16 KiB of request headers), a
         session larger than max_cookie_bytes (12 KiB by default) is refused at
-        login with the session_too_large page — never handed out as cookies
-        the server would then drop on every request. (The proxy's own site
-        raises both limits; tests/test_server.py pins that side.)
+        login with the session_too_large page (502) — never handed out as
+        cookies the server would then drop on every request. (The proxy's own
+        site raises both limits; tests/test_server.py pins that side.)
         """
         h = Harness(self)
         browser = h.browser()
         page = h.login(browser, claims={"blob": "y" * 5500})
-        self.assertEqual(page.code, 500, page.body)
-        self.assertIn(b"too large", page.body)
+        self.assertEqual(page.code, 502, page.body)
+        self.assertIn(b"more about you than this site can keep", page.body)
         self.assertEqual(session_cookie_names(browser), [])
 
     def test_session_within_max_cookie_bytes_is_accepted_back(self):
@@ -1294,8 +1294,8 @@ class ChunkedSessionTests(GuardTestCase):
     def test_session_too_large(self):
         """
         A session that does not fit in session.max_cookie_chunks cookies is
-        the documented C{session_too_large} 500 ("The session is too large to
-        be stored."), with the state cookie deleted, not an unexpected error.
+        the documented C{session_too_large} 502 page, with the state cookie
+        deleted, not an unexpected error.
         """
         h = Harness(self, make_config(session={"max_cookie_chunks": 1}))
         browser = h.browser()
@@ -1304,9 +1304,9 @@ class ChunkedSessionTests(GuardTestCase):
                                 code_verifier_challenge=params["code_challenge"])
         page = browser.navigate("/oidc/callback?" + urlencode({"code": code, "state": params["state"]}))
         unexpected = self.flushLoggedErrors(CookieTooLarge)
-        self.assertEqual(page.code, 500)
+        self.assertEqual(page.code, 502)
         self.assertNoSessionCookie(page, browser)
-        self.assertIn(b"The session is too large to be stored.", page.body)
+        self.assertIn(b"more about you than this site can keep", page.body)
         self.assertEqual(state_cookies(browser), [])
         self.assertEqual(unexpected, [])
 
