@@ -1359,7 +1359,6 @@ class OIDCGuard(Resource):
             value = await store.save(session)
         except SessionStoreUnavailable as e:
             # The code is spent: the user starts again once the store is back.
-            log.warn("login failed: the session store is unavailable")
             self._metrics.login_failed("session_store_unavailable")
             self._store_unavailable(request, e, cookies=cookies)
             return
