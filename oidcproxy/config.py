@@ -256,6 +256,9 @@ class SessionConfig:
     same_site: str = "Lax"
     store_tokens: bool = True
     max_cookie_chunks: int = 5
+    claims: str = "all"
+    """C{all}: the session keeps every claim; C{used}: only those the proxy reads (see
+    L{oidcproxy.session.claims_in_use})."""
     refresh: str = "on_expiry"
     """C{off}, C{on_expiry} (within C{refresh_leeway} of the access token's expiry) or C{interval}."""
     refresh_leeway: float = 60.0
@@ -1102,6 +1105,7 @@ def _session(t: _Table) -> SessionConfig:
         same_site=t.choice("same_site", ("Lax", "Strict", "None"), "Lax"),
         store_tokens=t.boolean("store_tokens", True),
         max_cookie_chunks=t.integer("max_cookie_chunks", 5, minimum=1, maximum=20),
+        claims=t.choice("claims", ("all", "used"), "all"),
         refresh=t.choice("refresh", ("off", "on_expiry", "interval"), "on_expiry"),
         refresh_leeway=t.duration("refresh_leeway", 60.0),
         refresh_interval=t.duration("refresh_interval", 300.0, positive=True),

@@ -40,6 +40,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 from . import identity as identity  # re-exported: oidcproxy.guard.identity
 from .config import Config, RouteConfig
 from .cookies import (
+    CHUNK_SIZE,
     CookieSpec,
     CookieTooLarge,
     chunk_names,
@@ -56,7 +57,17 @@ from .pages import render_error
 from .provider import ClientAuth, Provider, ProviderError, make_http_client
 from .refresh import Refresher
 from .routes import BadRequestTarget, RouteMatch, RouteTable, normalise_path
-from .session import LIVE, ISessionStore, Session, SessionStoreUnavailable, new_session_id, session_state
+from .session import (
+    LIVE,
+    ISessionStore,
+    Session,
+    SessionStoreUnavailable,
+    claims_in_use,
+    kept_claims,
+    new_session_id,
+    session_state,
+    size_report,
+)
 from .stores.cookie import CookieStore
 from .tokens import (
     _HMAC_ALGORITHMS,
@@ -189,9 +200,10 @@ class OIDCGuard(Resource):
     @param provider: the IdP client (default: built from C{config.oidc}).
     @param store: the session store (default: the encrypted cookie store).
     @param revocations: for a store that cannot delete sessions (the cookie
-        store), a revocation list (C{mark_revoked}, C{revoked_at}, C{lock})
-        that back-channel logout writes and every request checks (default: in
-        Redis when C{[redis]} is configured).
+        store), a revocation list (C{mark_revoked}, C{revoked_at}, C{lock};
+        by C{sub}, C{sid} or C{session_id}) that every logout (local and
+        back-channel) writes and every request checks (default: in Redis when
+        C{[redis]} is configured).
     @param max_cookie_bytes: the largest session cookie (all chunks) handed
         out. The default fits a plain Twisted C{Site}, whose request headers
         may not exceed 16 KiB in all; the proxy's own site takes more and
@@ -248,6 +260,7 @@ class OIDCGuard(Resource):
         self._public_origin = "/".join(self._public.split("/", 3)[:3]).encode("ascii")
 
         self._managed = _managed_headers(config)
+        self._claim_names = claims_in_use(config)
 
         oidc = config.oidc
         self._oidc = oidc
@@ -382,6 +395,7 @@ class OIDCGuard(Resource):
         self._config = config
         self._routes = routes
         self._managed = _managed_headers(config)
+        self._claim_names = claims_in_use(config)
         self._wrapped = wrapped
         self._warn_insecure()
         if csrf_changed:
@@ -451,19 +465,50 @@ class OIDCGuard(Resource):
         self._metrics.request(label, 499 if isinstance(result, Failure) else request.code)
 
     def _unexpected(self, failure: Any, request: Request) -> None:
+        if failure.check(SessionStoreUnavailable):
+            # A store fault is a dependency's, never a bug: wherever on the
+            # request's way the store could not answer, the answer is a 503.
+            self._store_unavailable(request, failure.value)
+            return
         log.failure("unexpected error while handling a request", failure)
         if request.finished or getattr(request, "_disconnected", False):
             return
         if request.startedWriting:
-            # Part of an answer is out: cut the connection rather than let
-            # the client wait forever or take a truncated body for whole.
-            transport = getattr(request, "transport", None)
-            if transport is not None and hasattr(transport, "abortConnection"):
-                transport.abortConnection()
-            else:
-                request.loseConnection()
+            self._abort(request)
             return
         self._finish(request, 500, "internal_error", "Something went wrong on our side.")
+
+    @staticmethod
+    def _abort(request: Request) -> None:
+        """
+        Part of an answer is out: cut the connection rather than let the
+        client wait forever or take a truncated body for whole.
+        """
+        transport = getattr(request, "transport", None)
+        if transport is not None and hasattr(transport, "abortConnection"):
+            transport.abortConnection()
+        else:
+            request.loseConnection()
+
+    def _store_unavailable(self, request: Request, error: BaseException,
+                           message: str = "Sessions are temporarily unavailable. "
+                                          "Please try again shortly.",
+                           cookies: Sequence[bytes] = (),
+                           as_json: Optional[bool] = None) -> None:
+        """
+        The session store (or the revocation list) could not answer: one
+        warning line (no traceback) and 503 with C{Retry-After} (JSON for API
+        clients, a page for browsers); the session and its cookie are left
+        alone.
+        """
+        log.warn("session store unavailable: {error}", error=str(error) or type(error).__name__)
+        if request.finished or getattr(request, "_disconnected", False):
+            return
+        if request.startedWriting:
+            self._abort(request)
+            return
+        self._finish(request, 503, "session_store_unavailable", message,
+                     {b"retry-after": b"5"}, cookies, as_json)
 
     def _finish(self, request: Request, code: int, error: str, message: str,
                 headers: Optional[Dict[bytes, bytes]] = None,
@@ -874,7 +919,8 @@ class OIDCGuard(Resource):
         if session is not None:
             state = session_state(session, self._clock.seconds(), self._config.session.idle_timeout)
             if state == LIVE and self._revocations is not None:
-                revoked = await self._revocations.revoked_at(sub=session.sub, sid=session.sid)
+                revoked = await self._revocations.revoked_at(
+                    sub=session.sub, sid=session.sid, session_id=session.id)
                 if revoked is not None and revoked >= session.created:
                     state = "revoked"
             if state == LIVE:
@@ -890,17 +936,34 @@ class OIDCGuard(Resource):
         """L{_session}, or None once a 503 is answered because the store cannot."""
         try:
             return await self._session(request)
-        except SessionStoreUnavailable:
-            self._finish(request, 503, "session_store_unavailable",
-                         "Sessions are temporarily unavailable. Please try again shortly.")
+        except SessionStoreUnavailable as e:
+            self._store_unavailable(request, e)
             return None
 
     async def _forget(self, session: Session) -> None:
+        """Drop a session that has ended anyway (expired, idle, revoked, refused at refresh)."""
         assert self._store is not None
         try:
             await self._store.delete(session)
         except SessionStoreUnavailable:
             log.warn("could not delete an ended session from the store")
+
+    async def _end_session(self, session: Session) -> None:
+        """
+        End a live session for good (logout, a new login in its browser):
+        delete it from the store and, with a revocation list (cookie
+        sessions with Redis), revoke its id there, until the latest a copy
+        of its cookie could still be valid, so that no copy of the cookie
+        works any more.
+
+        @raise SessionStoreUnavailable: the store or the list could not do it.
+        """
+        assert self._store is not None
+        await self._store.delete(session)
+        if self._revocations is not None:
+            lifetime = self._config.session.lifetime
+            ttl = max(session.expires, session.created + lifetime) - self._clock.seconds()
+            await self._revocations.mark_revoked(session_id=session.id, ttl=max(1.0, ttl))
 
     async def _authenticated(self, request: Request, match: RouteMatch, session: Session) -> None:
         now = self._clock.seconds()
@@ -913,6 +976,10 @@ class OIDCGuard(Resource):
         refresher = self._refresher
         if refresher is not None and refresher.due(session, now):
             outcome = await refresher.refresh(session)
+            if outcome.session is not None and outcome.store_unavailable:
+                # Not served on tokens the store does not hold yet (the next
+                # request of the session saves them); a 503 (see _unexpected).
+                raise SessionStoreUnavailable("a refreshed session could not be saved")
             if outcome.ended:
                 await self._forget(session)
                 present = chunk_names(self._session_cookie, request.received_cookies)
@@ -927,9 +994,19 @@ class OIDCGuard(Resource):
                 renew = sliding
                 if not sliding and value is not None and value != read_cookie(
                         self._session_cookie, request.received_cookies):
-                    self._add_cookies_on_write(request, set_cookie_headers(
-                        self._session_cookie, value, int(session.expires - now),
-                        chunk_names(self._session_cookie, request.received_cookies)))
+                    try:
+                        self._add_cookies_on_write(
+                            request, self._session_cookie_headers(request, session, value, now))
+                    except CookieTooLarge:
+                        # Served on the refreshed tokens; the browser keeps
+                        # its cookie (the next refresh is due again).
+                        self._too_large(session, value, "refresh not kept")
+            elif outcome.store_unavailable:
+                # No refresh (the store could not lock or be read): the
+                # access token is served while it is valid, then 503.
+                expires = session.access_token_expires
+                if expires is not None and now >= expires:
+                    raise SessionStoreUnavailable("no refresh: the session store did not answer")
             elif not self._usable_during_outage(session, now):
                 self._finish(request, 503, "idp_unavailable",
                              "The identity provider cannot be reached to renew your session. "
@@ -946,10 +1023,15 @@ class OIDCGuard(Resource):
             session = session.touched(now)
             if sliding:
                 session = attr.evolve(session, expires=self._sliding_expiry(session.created, now))
+            # A store that cannot save ends as a 503 (see _unexpected).
             value = await self._store.save(session)
-            self._add_cookies_on_write(request, set_cookie_headers(
-                self._session_cookie, value, int(session.expires - now),
-                chunk_names(self._session_cookie, request.received_cookies)))
+            try:
+                self._add_cookies_on_write(
+                    request, self._session_cookie_headers(request, session, value, now))
+            except CookieTooLarge:
+                # Served; the browser keeps its cookie (the idle clock in it
+                # does not move).
+                self._too_large(session, value, "session not renewed")
         if route.session_expiry_headers:
             hints = [(b"x-auth-session-expires-in", str(max(0, int(session.expires - now))))]
             if idle > 0:
@@ -1004,14 +1086,76 @@ class OIDCGuard(Resource):
         return False
 
     def _validate_refreshed(self, id_token: str, keys: Any) -> Dict[str, Any]:
-        """A refreshed ID token: the usual checks, without a nonce."""
+        """
+        A refreshed ID token: the usual checks, without a nonce; the claims
+        the session keeps of it (see L{_session_claims}).
+        """
         assert self._provider is not None and self._provider.metadata is not None
         validator = self._validator_for(self._provider.metadata.id_token_signing_alg_values_supported)
         try:
-            return validator.validate(id_token, keys, None)
+            return self._session_claims(validator.validate(id_token, keys, None))
         except TokenError as e:
             self._metrics.token_invalid("id_token", e.reason)
             raise
+
+    def _session_claims(self, claims: Dict[str, Any]) -> Dict[str, Any]:
+        """
+        The claims a session keeps: all of them, or with C{session.claims =
+        "used"} only those the proxy reads (L{claims_in_use}).
+        """
+        if self._config.session.claims == "used":
+            return kept_claims(claims, self._claim_names)
+        return claims
+
+    def _session_cookie_headers(self, request: Request, session: Session, value: str,
+                                now: float) -> List[bytes]:
+        """
+        The Set-Cookie values of a session's cookie (replacing the chunks the
+        request carried).
+
+        @raise CookieTooLarge: the value needs more than max_cookie_chunks
+            cookies, or more than max_cookie_bytes in all.
+        """
+        if len(value) > self._max_cookie_bytes:
+            raise CookieTooLarge(f"{len(value)} bytes; at most {self._max_cookie_bytes}")
+        return set_cookie_headers(
+            self._session_cookie, value, int(session.expires - now),
+            chunk_names(self._session_cookie, request.received_cookies))
+
+    def _too_large(self, session: Session, value: str, what: str) -> None:
+        """
+        Log why a session does not fit in the session cookie: its size and
+        the limit, what in it is large, and what would make it fit.
+        """
+        s = self._config.session
+        limit = min(s.max_cookie_chunks * CHUNK_SIZE, self._max_cookie_bytes)
+        with_tokens = s.store_tokens
+        report, largest = size_report(session, with_tokens)
+        fixes = ['session.store = "redis" (the cookie then holds only a session id)']
+        if s.claims == "all":
+            kept = kept_claims(session.claims, self._claim_names)
+            fixes.append(
+                f'session.claims = "used" (the claims would take '
+                f'{len(json.dumps(kept, separators=(",", ":"))):,} bytes: only those the '
+                "[headers], the routes' rules and allow-lists and username_claim read)")
+        if with_tokens and session.id_token:
+            fixes.append("session.store_tokens = false (the tokens stay out of the cookie: "
+                         f"the ID token alone is {len(session.id_token):,} bytes; no token "
+                         "forwarding, refresh or id_token_hint then)")
+        if s.max_cookie_chunks * CHUNK_SIZE <= self._max_cookie_bytes:
+            fixes.append(f"raise session.max_cookie_chunks (now {s.max_cookie_chunks}, of "
+                         f"{CHUNK_SIZE} bytes each; at most 20) as far as the browsers', load "
+                         "balancers' and upstream's limits on the Cookie header allow")
+        else:
+            fixes.append("pass a larger max_cookie_bytes to the guard, with a Site that accepts "
+                         "request headers that large")
+        log.warn(
+            "{what}: the session of {sub} does not fit in the session cookie: {size:,} bytes "
+            "sealed, at most {limit:,}; the largest part: {largest}; it holds {report}. "
+            "What helps: {fixes}",
+            what=what, sub=session.sub, size=len(value), limit=limit,
+            largest=largest[0].replace("_", " ") if largest else "-", report=report,
+            fixes="; or ".join(fixes))
 
     def _set_identity(self, request: Request, session: Session) -> None:
         # For a WebSocket, which logout of this session closes.
@@ -1262,7 +1406,13 @@ class OIDCGuard(Resource):
                 raise
             if self._oidc is not None and self._oidc.userinfo and access_token:
                 info = await provider.userinfo(access_token)
-                if info.get("sub") != claims["sub"]:
+                # OIDC Core 5.3.2: the UserInfo answer's sub must be the ID
+                # token's; one without a (string) sub proves no more than one
+                # about someone else: the same refused login (401).
+                info_sub = info.get("sub")
+                if not isinstance(info_sub, str) or not info_sub:
+                    raise TokenError("userinfo_sub_missing", "the userinfo answer has no sub")
+                if info_sub != claims["sub"]:
                     raise TokenError("userinfo_sub_mismatch",
                                      "the userinfo answer is about another subject")
                 merged = dict(info)
@@ -1292,7 +1442,7 @@ class OIDCGuard(Resource):
         session = Session(
             id=new_session_id(),
             sub=claims["sub"],
-            claims=claims,
+            claims=self._session_claims(claims),
             created=now,
             last_seen=now,
             expires=self._sliding_expiry(now, now) if self._config.session.sliding
@@ -1308,28 +1458,26 @@ class OIDCGuard(Resource):
         try:
             old, _ = await self._session(request)
             if old is not None:
-                await self._forget(old)
+                await self._end_session(old)
             value = await store.save(session)
-        except SessionStoreUnavailable:
+        except SessionStoreUnavailable as e:
             # The code is spent: the user starts again once the store is back.
-            log.warn("login failed: the session store is unavailable")
             self._metrics.login_failed("session_store_unavailable")
-            self._finish(request, 503, "session_store_unavailable",
-                         "Sessions are temporarily unavailable. Please try again shortly.",
-                         cookies=cookies)
+            self._store_unavailable(request, e, cookies=cookies)
             return
-        present = chunk_names(self._session_cookie, request.received_cookies)
         try:
-            session_cookies = set_cookie_headers(
-                self._session_cookie, value, int(session.expires - now), present)
-            if len(value) > self._max_cookie_bytes:
-                raise CookieTooLarge(f"{len(value)} bytes")
+            session_cookies = self._session_cookie_headers(request, session, value, now)
         except CookieTooLarge:
-            log.warn("login failed: the session does not fit in the cookies "
-                     "(set session.store_tokens = false or raise session.max_cookie_chunks)")
+            # The IdP's answer is more than the cookie store can hold: a
+            # fault of what the IdP sent, for the administrator to act on
+            # (the log line says how); never a 500 and no use retrying.
+            self._too_large(session, value, "login failed")
             self._metrics.login_failed("session_too_large")
-            self._finish(request, 500, "session_too_large",
-                         "The session is too large to be stored.", cookies=cookies)
+            self._finish(request, 502, "session_too_large",
+                         "You signed in, but the identity provider sent more about you than "
+                         "this site can keep in its session cookie, so the sign-in cannot be "
+                         "completed. Please tell the site's administrator: the proxy's log "
+                         "says what to change.", cookies=cookies)
             return
         log.info("login of {sub}", sub=session.sub)
         self._metrics.login_completed()
@@ -1449,7 +1597,15 @@ class OIDCGuard(Resource):
         session, cookies = loaded
         location = self._landing_after_logout(target)
         if session is not None:
-            await self._forget(session)
+            try:
+                await self._end_session(session)
+            except SessionStoreUnavailable as e:
+                # Nothing is ended and the cookie is kept: the user can log
+                # out again, rather than believe a copy of the cookie dead.
+                self._store_unavailable(
+                    request, e, "You are not logged out yet: sessions are temporarily "
+                                "unavailable. Please try again shortly.")
+                return
             log.info("logout of {sub}", sub=session.sub)
             self._close_sockets(session_id=session.id)
             await self._revoke(session)
@@ -1597,9 +1753,8 @@ class OIDCGuard(Resource):
             self._finish(request, e.status if e.status in (503, 504) else 502, "idp_unavailable",
                          "The identity provider's keys could not be loaded.", as_json=True)
             return
-        except SessionStoreUnavailable:
-            self._finish(request, 503, "session_store_unavailable",
-                         "Sessions are temporarily unavailable.", as_json=True)
+        except SessionStoreUnavailable as e:
+            self._store_unavailable(request, e, as_json=True)
             return
         sid = claims.get("sid")
         sub = claims.get("sub")
@@ -1610,9 +1765,8 @@ class OIDCGuard(Resource):
                 await (store.mark_revoked(sid=sid, ttl=self._config.session.lifetime) if sid
                        else store.mark_revoked(sub=sub, ttl=self._config.session.lifetime))
                 count = "all"
-        except SessionStoreUnavailable:
-            self._finish(request, 503, "session_store_unavailable",
-                         "Sessions are temporarily unavailable.", as_json=True)
+        except SessionStoreUnavailable as e:
+            self._store_unavailable(request, e, as_json=True)
             return
         log.info("back-channel logout: {count} session(s) ended", count=count)
         if sid:

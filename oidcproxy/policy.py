@@ -75,7 +75,18 @@ from __future__ import annotations
 
 import difflib
 import json
-from typing import Any, Dict, FrozenSet, List, Mapping, NoReturn, Optional, Sequence, Tuple
+from typing import (
+    Any,
+    Dict,
+    FrozenSet,
+    Iterator,
+    List,
+    Mapping,
+    NoReturn,
+    Optional,
+    Sequence,
+    Tuple,
+)
 
 import attr
 
@@ -89,6 +100,9 @@ _VALUE_MAX = 60
 _LIST_MAX = 80
 
 Claims = Optional[Mapping[str, Any]]
+
+ClaimPath = Tuple[str, Tuple[str, ...]]
+"""A claim a policy reads: its token (C{"id_token"} or C{"access_token"}) and its path."""
 
 
 class RuleSyntaxError(ValueError):
@@ -239,6 +253,10 @@ class _Node:
     def trace(self, idc: Claims, acc: Claims, depth: int, out: List[str]) -> bool:
         raise NotImplementedError()
 
+    def claim_paths(self) -> Iterator[ClaimPath]:
+        """The claims this node (and the nodes under it) read."""
+        raise NotImplementedError()
+
 
 def _wrap(node: _Node, prec: int) -> str:
     return f"({node.text})" if node.prec <= prec else node.text
@@ -273,6 +291,9 @@ class _Function(_Node):
         result = self.test(idc, acc)
         out.append(f"{'  ' * depth}{self.text}: {_tf(result)} ({self.detail(idc, acc)})")
         return result
+
+    def claim_paths(self) -> Iterator[ClaimPath]:
+        yield ("access_token" if self.access else "id_token", self.path)
 
     def __repr__(self) -> str:
         token = "access" if self.access else "id"
@@ -433,6 +454,10 @@ class _And(_Node):
         out[at] = f"{'  ' * depth}{self.text}: {_tf(result)}"
         return result
 
+    def claim_paths(self) -> Iterator[ClaimPath]:
+        for child in self.children:
+            yield from child.claim_paths()
+
     def __repr__(self) -> str:
         return f"And({', '.join(repr(c) for c in self.children)})"
 
@@ -471,6 +496,10 @@ class _Or(_Node):
         out[at] = f"{'  ' * depth}{self.text}: {_tf(result)}"
         return result
 
+    def claim_paths(self) -> Iterator[ClaimPath]:
+        for child in self.children:
+            yield from child.claim_paths()
+
     def __repr__(self) -> str:
         return f"Or({', '.join(repr(c) for c in self.children)})"
 
@@ -497,6 +526,9 @@ class _Not(_Node):
         result = not self.child.trace(idc, acc, depth + 1, out)
         out[at] = f"{'  ' * depth}{self.text}: {_tf(result)}"
         return result
+
+    def claim_paths(self) -> Iterator[ClaimPath]:
+        return self.child.claim_paths()
 
     def __repr__(self) -> str:
         return f"Not({self.child!r})"
@@ -546,6 +578,9 @@ class _GroupsCheck(_Check):
                     return True
         return False
 
+    def claim_paths(self) -> Iterator[ClaimPath]:
+        yield ("id_token", ("groups",))
+
     def message(self, idc: Claims) -> str:
         v = _lookup(idc, ("groups",))
         text = f"groups is {_render(v)}"
@@ -572,6 +607,11 @@ class _EmailCheck(_Check):
             self.text = "allowed_emails"
         else:
             self.text = "allowed_email_domains"
+
+    def claim_paths(self) -> Iterator[ClaimPath]:
+        yield ("id_token", ("email",))
+        if self.verify:
+            yield ("id_token", ("email_verified",))
 
     def listed(self, email: str) -> bool:
         """Whether C{email} is allowed by the lists, verification aside."""
@@ -931,6 +971,15 @@ class Policy:
     def rule(self) -> Optional[str]:
         """The rule in canonical form (one space around operators, backticks), or None."""
         return None if self._rule is None else self._rule.text
+
+    def claim_paths(self) -> FrozenSet[ClaimPath]:
+        """
+        Every claim the rule and the allow-lists read, whatever the claims
+        of a request: C{(token, path)} with C{token} C{"id_token"} (the
+        session's claims) or C{"access_token"}, and C{path} the claim's name
+        split at its unescaped dots (C{("realm_access", "roles")}).
+        """
+        return frozenset(path for check in self._checks for path in check.claim_paths())
 
     @property
     def always_allows(self) -> bool:

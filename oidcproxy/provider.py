@@ -1111,10 +1111,14 @@ class Provider:
         The userinfo claims for an access token.
 
         Signed or encrypted userinfo answers (C{application/jwt}) are not
-        supported: 502 C{unsupported_userinfo}.
+        supported: 502 C{unsupported_userinfo}. Whose claims they are (the
+        C{sub}, missing or not) is for the caller to judge against the ID
+        token: a wrong or missing subject is a refused login, not a bad
+        answer from the IdP.
 
         @raise ProviderError: 502 C{no_userinfo_endpoint}, C{bad_status},
-            C{bad_userinfo}, C{unsupported_userinfo}, C{bad_json}...
+            C{bad_userinfo} (not a JSON object), C{unsupported_userinfo},
+            C{bad_json}...
         """
         metadata = self._require_metadata()
         if metadata.userinfo_endpoint is None:
@@ -1130,9 +1134,6 @@ class Provider:
         document = _parse_json(answer, "userinfo endpoint")
         if not isinstance(document, dict):
             raise ProviderError(502, "bad_userinfo", "the userinfo answer is not a JSON object")
-        sub = document.get("sub")
-        if not isinstance(sub, str) or not sub.strip():
-            raise ProviderError(502, "bad_userinfo", "the userinfo answer has no 'sub'")
         return document
 
     # -- HTTP

@@ -13,6 +13,13 @@ Outcomes (L{RefreshOutcome}): a refreshed session; the session ended (the
 IdP said C{invalid_grant}, or the new ID token is about someone else); or
 the IdP could not be reached (the caller serves the request while the old
 access token is valid, or within the configured outage grace, else 503).
+
+A session store that cannot answer (for the lock, to read what another
+process stored, or to save the refreshed session) never fails the refresh
+with an error: the outcome says so (C{store_unavailable}) and the caller
+answers 503. A refreshed session that could not be saved is kept here (with
+the recently refreshed ones) and saved by the next refresh of the same
+session, so the new tokens are not lost when the store comes back.
 """
 
 from __future__ import annotations
@@ -50,12 +57,21 @@ class RefreshOutcome:
     """The IdP (or the lock's store) could not be reached: the old session is unchanged."""
     cookie_value: Optional[str] = None
     """The store's cookie value for the refreshed session, when the browser needs a new one."""
+    store_unavailable: bool = False
+    """
+    The session store could not answer: for the lock or another process's
+    result (then C{session} is None and C{unavailable} is set), or to save
+    the refreshed C{session} (which is then not to be served: the store does
+    not hold it yet).
+    """
 
 
 def _outcome(result: Any) -> str:
     """A refresh's outcome as a metrics label."""
     if not isinstance(result, RefreshOutcome):
         return "error"
+    if result.store_unavailable:
+        return "store_unavailable"
     if result.session is not None:
         return "success"
     return "ended" if result.ended else "unavailable"
@@ -128,6 +144,8 @@ class Refresher:
         now = self._clock.seconds()
         recent = self._recent.get(key)
         if recent is not None and now - recent[0] < _RECENT_TTL:
+            if recent[1].store_unavailable:
+                return Deferred.fromCoroutine(self._save_again(key, recent[1]))
             return Deferred.fromCoroutine(self._done(recent[1]))
         held = self._held.get(key)
         if held is not None:
@@ -171,6 +189,21 @@ class Refresher:
     async def _done(self, outcome: RefreshOutcome) -> RefreshOutcome:
         return outcome
 
+    async def _save_again(self, key: Tuple[str, str], outcome: RefreshOutcome) -> RefreshOutcome:
+        """Save a refreshed session the store could not take before; its outcome once saved."""
+        assert outcome.session is not None
+        try:
+            value = await self._store.save(outcome.session)
+        except SessionStoreUnavailable as e:
+            log.warn("could not store a refreshed session (again): {error}", error=str(e))
+            return outcome
+        saved = attr.evolve(outcome, store_unavailable=False, cookie_value=value)
+        recent = self._recent.get(key)
+        if recent is not None and recent[1] is outcome:
+            self._recent[key] = (recent[0], saved)
+        log.info("refreshed session of {sub} stored", sub=outcome.session.sub)
+        return saved
+
     def _remember(self, key: Tuple[str, str], outcome: RefreshOutcome) -> None:
         now = self._clock.seconds()
         recent = self._recent
@@ -189,14 +222,19 @@ class Refresher:
         name = "refresh:" + _hash(session.id)
         try:
             token = await lock(name, self._lease)
-        except SessionStoreUnavailable:
-            return RefreshOutcome(None, unavailable=True)
+        except SessionStoreUnavailable as e:
+            log.warn("could not take a refresh lock: {error}", error=str(e))
+            return RefreshOutcome(None, unavailable=True, store_unavailable=True)
         if token is None:
             return await self._wait_for_other(session)
         uncertain = False
         try:
             # Another process may have refreshed just before we took the lock.
-            newer = await self._newer(session)
+            try:
+                newer = await self._newer(session)
+            except SessionStoreUnavailable as e:
+                log.warn("could not read the session before a refresh: {error}", error=str(e))
+                return RefreshOutcome(None, unavailable=True, store_unavailable=True)
             if newer is not None:
                 return RefreshOutcome(newer)
             outcome = await self._grant(session)
@@ -233,8 +271,10 @@ class Refresher:
             await deferLater(self._clock, _POLL, lambda: None)
             try:
                 newer = await self._newer(session)
-            except SessionStoreUnavailable:
-                return RefreshOutcome(None, unavailable=True)
+            except SessionStoreUnavailable as e:
+                log.warn("could not read a session refreshed by another process: {error}",
+                         error=str(e))
+                return RefreshOutcome(None, unavailable=True, store_unavailable=True)
             if newer is not None:
                 return RefreshOutcome(newer)
         log.warn("a refresh in another process did not finish within its lease")
@@ -292,12 +332,14 @@ class Refresher:
             refresh_token=tokens.get("refresh_token") or session.refresh_token,
             last_seen=now,
         )
-        value = None
         try:
             value = await self._store.save(refreshed)
-        except SessionStoreUnavailable:
-            # The new tokens exist only here now: the request is served with
-            # them, and the next request refreshes again if it must.
-            log.warn("could not store a refreshed session")
+        except SessionStoreUnavailable as e:
+            # The new tokens exist only here now (the refresh token may have
+            # been rotated): kept with the recent refreshes, they are saved
+            # by the next request of this session (see refresh).
+            log.warn("session of {sub} refreshed but not stored yet: {error}", sub=session.sub,
+                     error=str(e))
+            return RefreshOutcome(refreshed, store_unavailable=True)
         log.info("session of {sub} refreshed", sub=session.sub)
         return RefreshOutcome(refreshed, cookie_value=value)

@@ -12,13 +12,15 @@ import json
 import math
 import secrets
 import time
-from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, FrozenSet, List, Optional, Tuple
 
 import attr
 from zope.interface import Interface
 
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
+
+    from .config import Config
 
 
 LIVE = "live"
@@ -227,6 +229,83 @@ class OpenedSessions:
 
 def _key_size(key: Any) -> int:
     return len(key) if isinstance(key, str) else sum(len(k) for k in key)
+
+
+PROXY_CLAIMS = ("sub", "iss", "aud", "azp", "sid", "exp", "iat", "auth_time", "acr", "amr",
+                "email_verified")
+"""
+The claims a session keeps with C{session.claims = "used"} whatever the
+configuration: the subject and issuer (a refreshed ID token must name the
+same), the OP session (back-channel logout), the times and the
+authentication context (how and when the user signed in), and
+C{email_verified} (an e-mail header or allow-list means little without it).
+"""
+
+
+def claims_in_use(config: Config) -> FrozenSet[str]:
+    """
+    The names of the top-level claims the proxy reads from a session with
+    C{config}: L{PROXY_CLAIMS}, every claim C{[headers]} tries, the
+    C{username_claim}, and every ID-token claim the routes' rules and
+    allow-lists read (C{access_token.*} rules read the access token, which a
+    session keeps apart). A dotted name (C{realm_access.roles}) keeps both
+    the claim of that very name and the object it reaches into.
+    """
+    names = set(PROXY_CLAIMS)
+
+    def add(name: str) -> None:
+        names.add(name)
+        names.add(name.split(".", 1)[0])
+
+    for _, candidates in config.headers:
+        for claim in candidates:
+            add(claim)
+    add(config.username_claim)
+    for route in config.routes:
+        if route.policy is not None:
+            names.update(path[0] for token, path in route.policy.claim_paths()
+                         if token == "id_token")
+    return frozenset(names)
+
+
+def kept_claims(claims: Dict[str, Any], names: FrozenSet[str]) -> Dict[str, Any]:
+    """C{claims} without the top-level claims not in C{names}."""
+    return {name: value for name, value in claims.items() if name in names}
+
+
+def _json_size(value: Any) -> int:
+    """Bytes of C{value} as L{Session.to_bytes} writes it."""
+    try:
+        return len(json.dumps(value, separators=(",", ":"), allow_nan=False))
+    except (TypeError, ValueError):
+        return 0
+
+
+def _shown(name: str) -> str:
+    """A claim name fit for a log line: printable and at most 40 characters."""
+    name = "".join(c if c.isprintable() else "?" for c in name)
+    return name if len(name) <= 40 else name[:39] + "\u2026"
+
+
+def size_report(session: Session, with_tokens: bool = True) -> Tuple[str, List[str]]:
+    """
+    What makes C{session} large, without a value in it: its claims' size
+    and the largest of them by name, then each token's size (when the store
+    keeps the tokens); and the parts by size, largest first (C{"claims"},
+    C{"id_token"}, C{"access_token"}, C{"refresh_token"}).
+    """
+    claims = _json_size(session.claims)
+    largest = sorted(((_json_size(v), k) for k, v in session.claims.items()), reverse=True)[:3]
+    parts = [(claims, "claims")]
+    text = f"claims {claims:,} bytes (largest: " + \
+        ", ".join(f"{_shown(k)} {n:,}" for n, k in largest) + ")"
+    if with_tokens:
+        for name in ("id_token", "access_token", "refresh_token"):
+            token = getattr(session, name)
+            if token:
+                parts.append((len(token), name))
+                text += f", {name.replace('_', ' ').replace('id ', 'ID ')} {len(token):,} bytes"
+    return text, [name for _, name in sorted(parts, reverse=True)]
 
 
 def new_session_id() -> str:

@@ -35,8 +35,9 @@ class Options(usage.Options):
          "Serve with this many processes (overrides the config's `workers`)."],
     ]
     optFlags = [
-        ["check", None, "Validate the configuration, print 'config OK' or every problem, "
-                        "and exit 0 or 1 without listening."],
+        ["check", None, "Validate the configuration, print 'config OK' (and any "
+                        "'warning:' lines) or every problem, and exit 0 or 1 without "
+                        "listening."],
         ["version", None, "Print the version and exit."],
         ["demo", None, "Try it out: the proxy, a development identity provider (NOT for "
                        "production) and an echo application, on loopback only; no --config."],
@@ -131,10 +132,16 @@ def _build(options: Options, reactor: Any) -> Any:
 
 
 def check(options: Options, out: Any = None) -> int:
-    """Validate the configuration: print the verdict, return the exit status."""
+    """
+    Validate the configuration: print the verdict, then a C{warning:} line
+    for each setting that works but is probably unwise (see
+    L{oidcproxy.lint}; they do not change the exit status); return the exit
+    status.
+    """
     from twisted.internet.testing import MemoryReactorClock
 
     from .config import ConfigError
+    from .lint import config_warnings
 
     out = out or sys.stdout
     try:
@@ -144,6 +151,8 @@ def check(options: Options, out: Any = None) -> int:
             print(line, file=out)
         return 1
     print("config OK", file=out)
+    for warning in config_warnings(service.config):
+        print(f"warning: {warning}", file=out)
     if options["claims"]:
         return _check_claims(service.config, options["claims"], options["path"], out)
     return 0

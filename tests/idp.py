@@ -178,7 +178,8 @@ class FakeIdP(Resource):
         @param code_verifier_challenge: the S256 challenge the authorization
             request carried; the token request must bring its verifier.
         @param userinfo_claims: claims the userinfo endpoint adds (or
-            changes, C{sub} included) for this login's access token.
+            changes, C{sub} included; None removes one) for this login's
+            access token.
         @param id_token_changes: ID token claims to set (None removes one).
         """
         code = "code-" + secrets.token_urlsafe(12)
@@ -190,7 +191,9 @@ class FakeIdP(Resource):
             challenge=code_verifier_challenge,
             with_at_hash=with_at_hash,
             id_token_changes=dict(id_token_changes),
-            userinfo={"sub": sub, **dict(claims or {}), **dict(userinfo_claims or {})},
+            userinfo={k: v for k, v in {"sub": sub, **dict(claims or {}),
+                                        **dict(userinfo_claims or {})}.items()
+                      if v is not None},
         )
         return code
 

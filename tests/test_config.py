@@ -580,6 +580,17 @@ class LoginConfigTests(SynchronousTestCase):
         ])
 
 
+    def test_session_claims(self):
+        """session.claims: "all" (the default) or "used"; anything else names the key."""
+        data = _login()
+        self.assertEqual(parse_config(data, "x.toml").session.claims, "all")
+        data["session"] = {"secrets": ["k" * 32], "claims": "used"}
+        self.assertEqual(parse_config(data, "x.toml").session.claims, "used")
+        data["session"] = {"secrets": ["k" * 32], "claims": "some"}
+        self.assertEqual(self.problems(data),
+                         ["session.claims: 'some' is not one of 'all', 'used'"])
+
+
 class RedisConfigTests(SynchronousTestCase):
     def test_defaults_and_keys(self):
         """[redis] keys: URL, credentials as secrets, prefix, pool, timeouts, sentinel."""

@@ -107,6 +107,8 @@ class Harness:
         network), instead of C{wrapped}.
     @param memory_store: keep sessions in a L{MemoryStore} (default: the
         guard's own, the stateless cookie store).
+    @param store: makes the session store from the harness's Clock (instead
+        of C{memory_store}).
     @param start: start the guard (loads discovery and keys) as the service does.
     @param guard_kwargs: more arguments of the L{OIDCGuard}.
     """
@@ -121,6 +123,7 @@ class Harness:
         iss_parameter_supported: bool = False,
         discovery_status: int = 200,
         start: bool = True,
+        store: Optional[Callable[[Clock], Any]] = None,
         **guard_kwargs: Any,
     ) -> None:
         self.case = case
@@ -144,7 +147,8 @@ class Harness:
         self.app = App()
         if build is not None:
             wrapped = build(self)
-        self.store = MemoryStore(self.clock) if memory_store else None
+        self.store = store(self.clock) if store is not None else \
+            MemoryStore(self.clock) if memory_store else None
         self.guard = OIDCGuard(self.config, wrapped if wrapped is not None else self.app,
                                self.clock, provider=self.provider, store=self.store,
                                **guard_kwargs)
@@ -1263,15 +1267,15 @@ class ChunkedSessionTests(GuardTestCase):
         """
         Embedded in a plain Twisted Site (16 KiB of request headers), a
         session larger than max_cookie_bytes (12 KiB by default) is refused at
-        login with the session_too_large page — never handed out as cookies
-        the server would then drop on every request. (The proxy's own site
-        raises both limits; tests/test_server.py pins that side.)
+        login with the session_too_large page (502) — never handed out as
+        cookies the server would then drop on every request. (The proxy's own
+        site raises both limits; tests/test_server.py pins that side.)
         """
         h = Harness(self)
         browser = h.browser()
         page = h.login(browser, claims={"blob": "y" * 5500})
-        self.assertEqual(page.code, 500, page.body)
-        self.assertIn(b"too large", page.body)
+        self.assertEqual(page.code, 502, page.body)
+        self.assertIn(b"more about you than this site can keep", page.body)
         self.assertEqual(session_cookie_names(browser), [])
 
     def test_session_within_max_cookie_bytes_is_accepted_back(self):
@@ -1293,8 +1297,8 @@ class ChunkedSessionTests(GuardTestCase):
     def test_session_too_large(self):
         """
         A session that does not fit in session.max_cookie_chunks cookies is
-        the documented C{session_too_large} 500 ("The session is too large to
-        be stored."), with the state cookie deleted, not an unexpected error.
+        the documented C{session_too_large} 502 page, with the state cookie
+        deleted, not an unexpected error.
         """
         h = Harness(self, make_config(session={"max_cookie_chunks": 1}))
         browser = h.browser()
@@ -1303,9 +1307,9 @@ class ChunkedSessionTests(GuardTestCase):
                                 code_verifier_challenge=params["code_challenge"])
         page = browser.navigate("/oidc/callback?" + urlencode({"code": code, "state": params["state"]}))
         unexpected = self.flushLoggedErrors(CookieTooLarge)
-        self.assertEqual(page.code, 500)
+        self.assertEqual(page.code, 502)
         self.assertNoSessionCookie(page, browser)
-        self.assertIn(b"The session is too large to be stored.", page.body)
+        self.assertIn(b"more about you than this site can keep", page.body)
         self.assertEqual(state_cookies(browser), [])
         self.assertEqual(unexpected, [])
 
@@ -1394,6 +1398,42 @@ class UserinfoMergeTests(GuardTestCase):
         page = browser.navigate("/oidc/callback?" + urlencode({"code": code, "state": params["state"]}))
         self.assertEqual(page.code, 401)
         self.assertNoSessionCookie(page, browser)
+
+    def test_userinfo_without_a_string_sub(self):
+        """
+        A userinfo answer without a sub, or whose sub is not a non-empty
+        string, is the same refused login as one about another subject: 401
+        with the same login_failed page and the state cookie cleared (it was
+        a 502 "unexpected answer"), the reason logged, no session.
+        """
+        from twisted.logger import globalLogPublisher
+
+        events: List[Dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        h = Harness(self, make_config(oidc={"userinfo": True}))
+        mismatch = h.browser()
+        params = h.authorize(mismatch)
+        code = h.idp.issue_code(nonce=params["nonce"], code_verifier_challenge=params["code_challenge"],
+                                userinfo_claims={"sub": "someone-else"})
+        expected = mismatch.navigate(
+            "/oidc/callback?" + urlencode({"code": code, "state": params["state"]}))
+        for sub in (None, 42, "", ["user-1"], {"id": "user-1"}, True):
+            browser = h.browser()
+            params = h.authorize(browser)
+            code = h.idp.issue_code(nonce=params["nonce"],
+                                    code_verifier_challenge=params["code_challenge"],
+                                    userinfo_claims={"sub": sub})
+            page = browser.navigate(
+                "/oidc/callback?" + urlencode({"code": code, "state": params["state"]}))
+            self.assertEqual((page.code, page.body), (expected.code, expected.body), repr(sub))
+            self.assertEqual(page.code, 401)
+            self.assertNoSessionCookie(page, browser)
+            self.assertEqual(state_cookies(browser), [], repr(sub))
+        reasons = [e.get("reason") for e in events
+                   if e.get("log_format", "").startswith("login failed: {reason}")]
+        self.assertEqual(reasons, ["userinfo_sub_mismatch"] + ["userinfo_sub_missing"] * 6)
+        self.assertEqual(self.flushLoggedErrors(), [])
 
 
 class Leaf(RecordingUpstream):

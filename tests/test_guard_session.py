@@ -367,6 +367,98 @@ class RevocationListTests(SynchronousTestCase):
         self.assertEqual(old.get("/x", headers=API).code, 401)
         self.assertEqual(new.get("/x", headers=API).code, 200)
 
+    def logout(self, browser: Any) -> Any:
+        return browser.request(b"POST", "/oidc/logout", headers={b"origin": [APP.encode()]})
+
+    def test_logout_revokes_a_copy_of_the_cookie(self):
+        """
+        A local logout revokes the session itself in the list: a copy of its
+        cookie taken before gets 401 (and is cleared), a navigation with it
+        goes to the login; another session of the same user and other users'
+        sessions live on.
+        """
+        h = self.harness()
+        alice = logged_in(h, sub="alice")
+        other_device = logged_in(h, sub="alice")
+        bob = logged_in(h, sub="bob")
+        copy = h.browser()
+        copy.jar = dict(alice.jar)
+        self.assertEqual(copy.get("/x", headers=API).code, 200)
+        page = self.logout(alice)
+        self.assertEqual(page.code, 303)
+        self.assertTrue(page.cookie(SESSION_COOKIE).deletes)
+        page = copy.get("/x", headers=API)
+        self.assertEqual(page.code, 401)
+        self.assertTrue(page.cookie(SESSION_COOKIE).deletes)
+        self.assertEqual(other_device.get("/x", headers=API).code, 200)
+        self.assertEqual(bob.get("/x", headers=API).code, 200)
+
+    def test_logged_out_copy_goes_to_login(self):
+        """A browser navigation with a copy of a logged-out session's cookie is sent to the IdP."""
+        h = self.harness()
+        alice = logged_in(h, sub="alice")
+        copy = h.browser()
+        copy.jar = dict(alice.jar)
+        self.assertEqual(self.logout(alice).code, 303)
+        page = copy.navigate("/x")
+        self.assertEqual(page.code, 302)
+        self.assertTrue(page.location.startswith(ISSUER + "/authorize?"))
+        self.assertEqual(len(h.app.requests), 0)
+
+    def test_revocation_kept_as_long_as_a_copy_could_live(self):
+        """The session's id is revoked for what is left of its lifetime (8 h from login)."""
+        h = self.harness()
+        marked: List[Dict[str, Any]] = []
+        mark = self.revocations.mark_revoked
+
+        def recording(**kwargs: Any) -> Any:
+            marked.append(kwargs)
+            return mark(**kwargs)
+
+        self.revocations.mark_revoked = recording  # type: ignore[method-assign]
+        alice = logged_in(h, sub="alice")
+        session_id = open_session(alice.jar[SESSION_COOKIE]).id
+        h.clock.advance(3600)
+        self.assertEqual(self.logout(alice).code, 303)
+        self.assertEqual(marked, [{"session_id": session_id, "ttl": 7 * 3600.0}])
+
+    def test_new_login_revokes_the_old_session(self):
+        """A new login in the same browser ends its old session: a copy of the old cookie fails."""
+        h = self.harness()
+        alice = logged_in(h, sub="alice")
+        copy = h.browser()
+        copy.jar = dict(alice.jar)
+        h.clock.advance(1)
+        self.assertEqual(h.login(alice, path="/oidc/login", sub="alice").code, 302)
+        self.assertEqual(copy.get("/x", headers=API).code, 401)
+        self.assertEqual(alice.get("/x", headers=API).code, 200)
+
+    def test_logout_with_the_list_unavailable(self):
+        """
+        The list cannot take the revocation: 503 saying the user is not
+        logged out yet, the cookie kept (so the logout can be done again),
+        nothing revoked at the IdP; once the list is back the logout works.
+        """
+        from twisted.internet import defer
+
+        from oidcproxy.session import SessionStoreUnavailable
+
+        h = self.harness()
+        alice = logged_in(h, sub="alice")
+        mark = self.revocations.mark_revoked
+        self.revocations.mark_revoked = lambda **kw: defer.fail(  # type: ignore[method-assign]
+            SessionStoreUnavailable("down"))
+        page = self.logout(alice)
+        self.assertEqual(page.code, 503)
+        self.assertIn(b"not logged out", page.body)
+        self.assertIsNone(page.cookie(SESSION_COOKIE))
+        self.assertEqual(alice.get("/x", headers=API).code, 200)
+        self.revocations.mark_revoked = mark  # type: ignore[method-assign]
+        copy = h.browser()
+        copy.jar = dict(alice.jar)
+        self.assertEqual(self.logout(alice).code, 303)
+        self.assertEqual(copy.get("/x", headers=API).code, 401)
+
     def test_list_unavailable_is_503(self):
         """A revocation list that cannot answer: 503, not a logout and not a pass."""
         from twisted.internet import defer
@@ -379,3 +471,228 @@ class RevocationListTests(SynchronousTestCase):
         page = browser.get("/x", headers=API)
         self.assertEqual(page.code, 503)
         self.assertIsNone(page.cookie(SESSION_COOKIE))
+
+
+class FaultyStore(MemoryStore):
+    """
+    A L{MemoryStore} (with its locks, indexes and revocation list) whose
+    calls fail as those of an unavailable Redis do, with
+    L{SessionStoreUnavailable}, once L{fail} says so.
+    """
+
+    METHODS = ("load", "save", "delete", "delete_by", "lock", "unlock", "mark_revoked",
+               "revoked_at")
+
+    def __init__(self, clock: Any) -> None:
+        super().__init__(clock)
+        self.down: Dict[str, int] = {}
+
+    def fail(self, method: str, after: int = 0) -> None:
+        """Make calls to C{method} fail, after C{after} more that succeed."""
+        assert method in self.METHODS, method
+        self.down[method] = after
+
+    def back(self) -> None:
+        self.down.clear()
+
+    def __getattribute__(self, name: str) -> Any:
+        attribute = super().__getattribute__(name)
+        if name not in FaultyStore.METHODS:
+            return attribute
+        down = super().__getattribute__("down")
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            from twisted.internet import defer
+
+            from oidcproxy.session import SessionStoreUnavailable
+
+            if name in down:
+                if down[name] == 0:
+                    return defer.fail(SessionStoreUnavailable(f"Redis {name} failed: down"))
+                down[name] -= 1
+            return attribute(*args, **kwargs)
+
+        return call
+
+
+class StoreFaultTests(SynchronousTestCase):
+    """
+    A session store that cannot answer, at each of its calls on a request's
+    way: a 503 with Retry-After (JSON for API clients, a page for browsers),
+    one warning line without a traceback, and the session cookie left alone;
+    never a 500.
+    """
+
+    def setUp(self):
+        from twisted.logger import globalLogPublisher
+
+        self.events: List[Dict[str, Any]] = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+
+    def harness(self, **config: Any) -> Harness:
+        self.store: FaultyStore = None  # type: ignore[assignment]
+
+        def make(clock: Any) -> FaultyStore:
+            self.store = FaultyStore(clock)
+            return self.store
+
+        return Harness(self, config=make_config(**config) if config else None, store=make)
+
+    def assertStore503(self, page: Any, navigate: bool = False, error: str = "down") -> None:
+        from twisted.logger import LogLevel
+
+        self.assertEqual(page.code, 503, page.body)
+        self.assertEqual(page.header(b"retry-after"), b"5")
+        if navigate:
+            self.assertIn(b"text/html", page.header(b"content-type"))
+            self.assertIn(b"temporarily unavailable", page.body)
+        else:
+            self.assertEqual(page.json()["error"], "session_store_unavailable")
+        self.assertIsNone(page.cookie(SESSION_COOKIE))
+        self.assertIsNone(page.header(b"location"))
+        self.assertEqual(self.flushLoggedErrors(), [], "a traceback was logged")
+        warned = [e for e in self.events
+                  if e.get("log_format", "").startswith("session store unavailable")]
+        self.assertTrue(warned, "no warning line")
+        self.assertEqual(warned[-1]["log_level"], LogLevel.warn)
+        self.assertIn(error, warned[-1]["error"])
+        self.events.clear()
+
+    def test_load(self):
+        """The session cannot be loaded: 503 to an API call and to a navigation."""
+        h = self.harness()
+        browser = logged_in(h)
+        self.store.fail("load")
+        self.assertStore503(browser.get("/x", headers=API))
+        self.assertStore503(browser.navigate("/x"), navigate=True)
+        self.assertStore503(browser.get("/oidc/userinfo", headers=API))
+        self.assertEqual(h.app.requests, [])
+        self.store.back()
+        self.assertEqual(browser.get("/x", headers=API).code, 200)
+
+    def test_idle_timeout_renewal_save(self):
+        """
+        With idle_timeout, the renewal that moves the idle clock cannot be
+        saved: 503 (was a 500 with a traceback), nothing reaches the app;
+        the session still works once the store is back.
+        """
+        h = self.harness(session={"idle_timeout": "10m"})
+        browser = logged_in(h)
+        h.clock.advance(120)
+        self.store.fail("save")
+        self.assertStore503(browser.get("/x", headers=API))
+        self.assertStore503(browser.navigate("/x"), navigate=True)
+        self.assertEqual(h.app.requests, [])
+        self.store.back()
+        page = browser.get("/x", headers=API)
+        self.assertEqual(page.code, 200)
+        self.assertIsNotNone(page.cookie(SESSION_COOKIE))
+
+    def test_sliding_renewal_save(self):
+        """The same for a sliding session, whose expiry moves with each renewal."""
+        h = self.harness(session={"idle_timeout": "10m", "sliding": True})
+        browser = logged_in(h)
+        h.clock.advance(120)
+        self.store.fail("save")
+        self.assertStore503(browser.get("/x", headers=API))
+
+    def test_refresh_lock(self):
+        """
+        The refresh lock cannot be taken: the access token is served while
+        it is valid (the refresh is early), then 503 (not an IdP error).
+        """
+        h = self.harness()
+        browser = logged_in(h)
+        self.store.fail("lock")
+        h.clock.advance(NEAR_EXPIRY)
+        self.assertEqual(browser.get("/x", headers=API).code, 200)
+        h.clock.advance(60)
+        self.assertStore503(browser.get("/x", headers=API), error="no refresh")
+        self.assertEqual(h.idp.refresh_count, 0)
+        self.store.back()
+        self.assertEqual(browser.get("/x", headers=API).code, 200)
+        self.assertEqual(h.idp.refresh_count, 1)
+
+    def test_refresh_read_after_lock(self):
+        """
+        The lock is taken but the session cannot be read again (has another
+        process refreshed it?): served while the token is valid (was a 500
+        with a traceback), then 503; no refresh grant meanwhile.
+        """
+        h = self.harness()
+        browser = logged_in(h)
+        h.clock.advance(NEAR_EXPIRY)
+        # The request's own load passes; the refresher's fails.
+        self.store.fail("load", after=1)
+        page = browser.get("/x", headers=API)
+        self.assertEqual(page.code, 200, page.body)
+        self.assertEqual(self.flushLoggedErrors(), [])
+        h.clock.advance(60)
+        self.store.fail("load", after=1)
+        self.assertStore503(browser.get("/x", headers=API), error="no refresh")
+        self.assertEqual(h.idp.refresh_count, 0)
+
+    def test_refreshed_session_save(self):
+        """
+        The IdP refreshed the tokens but the store cannot save them: 503 (the
+        request is not served on tokens the store does not hold); once the
+        store is back the next request saves them and is served with the
+        new access token, without a second grant.
+        """
+        h = self.harness(oidc={"pass_access_token": "header"})
+        browser = logged_in(h)
+        h.clock.advance(NEAR_EXPIRY)
+        self.store.fail("save")
+        self.assertStore503(browser.get("/x", headers=API), error="refreshed session")
+        self.assertEqual(h.app.requests, [])
+        self.assertEqual(h.idp.refresh_count, 1)
+        self.store.back()
+        h.clock.advance(5)
+        page = browser.get("/x", headers=API)
+        self.assertEqual(page.code, 200, page.body)
+        new = h.idp.issued[-1]["access_token"]
+        self.assertEqual(h.app.header(b"x-forwarded-access-token"), [new.encode()])
+        self.assertEqual(h.idp.refresh_count, 1)
+        stored = self.successResultOf(self.store.load(browser.jar[SESSION_COOKIE]))
+        self.assertEqual(stored.access_token, new)
+
+    def test_backchannel_logout(self):
+        """Back-channel logout: the jti lock or the deletion cannot be done: 503 JSON."""
+        h = self.harness()
+        logged_in(h, claims={"sid": "sid-1"})
+        tokens = BackchannelTests()
+        tokens.sent = []
+        for method in ("lock", "delete_by"):
+            self.store.fail(method)
+            token = tokens.logout_token(h, sid="sid-1", sub="user-1", jti=f"jti-{method}")
+            page = tokens.post(h, token)
+            self.assertStore503(page)
+            self.store.back()
+
+    def test_callback_save(self):
+        """The session of a login cannot be saved: 503 with Retry-After, no session cookie."""
+        h = self.harness()
+        self.store.fail("save")
+        browser = h.browser()
+        self.assertStore503(h.login(browser), navigate=True)
+
+    def test_logout_delete(self):
+        """
+        Logout cannot delete the session: 503 saying the user is not logged
+        out yet, the cookie kept and the session still usable (a copy of it
+        would be too: no false "logged out"); once the store is back the
+        logout ends it.
+        """
+        h = self.harness()
+        browser = logged_in(h)
+        self.store.fail("delete")
+        page = browser.request(b"POST", "/oidc/logout", headers={b"origin": [APP.encode()]})
+        self.assertStore503(page, navigate=True, error="down")
+        self.store.back()
+        self.assertEqual(browser.get("/x", headers=API).code, 200)
+        copy = h.browser()
+        copy.jar = dict(browser.jar)
+        page = browser.request(b"POST", "/oidc/logout", headers={b"origin": [APP.encode()]})
+        self.assertEqual(page.code, 303)
+        self.assertEqual(copy.get("/x", headers=API).code, 401)

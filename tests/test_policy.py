@@ -911,3 +911,33 @@ class ExplainTests(SynchronousTestCase):
             lines = p.explain(*claims)
             head = f"{p.rule}: {'true' if expected else 'false'}"
             self.assertTrue(lines[0] == head or lines[0].startswith(head + " ("), (rule, lines))
+
+
+class ClaimPathsTests(SynchronousTestCase):
+    def test_rule_and_allow_lists(self):
+        """
+        claim_paths lists every claim the rule (under &&, ||, !) and the
+        allow-lists read, with the token it is read from, whatever the
+        claims of a request.
+        """
+        policy = Policy.parse(
+            "Contains(`groups`, `a`) || (!Equals(`access_token.scope`, `x`) && "
+            "OneOf(`realm_access.roles`, `q`) && Prefix(`https://x\\.com/r`, `z`)) && "
+            "SplitContains(`id_token.dept`, `,`, `d`)",
+            allowed_emails=["a@example.com"])
+        self.assertEqual(policy.claim_paths(), frozenset({
+            ("id_token", ("groups",)), ("access_token", ("scope",)),
+            ("id_token", ("realm_access", "roles")), ("id_token", ("https://x.com/r",)),
+            ("id_token", ("dept",)), ("id_token", ("email",)),
+            ("id_token", ("email_verified",)),
+        }))
+
+    def test_allow_lists_only(self):
+        """Groups and e-mail lists read groups, email and (unless told not to) email_verified."""
+        self.assertEqual(Policy.parse(allowed_groups=["g"]).claim_paths(),
+                         frozenset({("id_token", ("groups",))}))
+        self.assertEqual(
+            Policy.parse(allowed_email_domains=["example.com"],
+                         require_email_verified=False).claim_paths(),
+            frozenset({("id_token", ("email",))}))
+        self.assertEqual(Policy.parse().claim_paths(), frozenset())

@@ -333,4 +333,71 @@ class CrossProcessTests(SynchronousTestCase):
 
         h.store.lock = down
         self.assertEqual(self.successResultOf(h.refresher.refresh(session())),
-                         RefreshOutcome(None, unavailable=True))
+                         RefreshOutcome(None, unavailable=True, store_unavailable=True))
+
+
+class StoreFaultTests(SynchronousTestCase):
+    """
+    A session store that cannot answer, at each of the refresher's calls to
+    it: the outcome says so (never a failed Deferred), and no grant is lost.
+    """
+
+    def setUp(self):
+        _patch_peek(self)
+
+    def test_read_after_the_lock_fails(self):
+        """
+        The lock is taken but the stored session cannot be read (did another
+        process refresh it?): no grant, store_unavailable, the lock released.
+        """
+        h = Harness(LockingStore)
+        h.store.load = lambda value: defer.fail(SessionStoreUnavailable("down"))
+        outcome = self.successResultOf(h.refresher.refresh(session()))
+        self.assertEqual(outcome, RefreshOutcome(None, unavailable=True, store_unavailable=True))
+        self.assertEqual(h.refresher.grants, 0)
+        self.assertEqual(h.store.locks, {})
+
+    def test_waiting_for_another_process_fails(self):
+        """The lock is held elsewhere and the store stops answering: store_unavailable."""
+        h = Harness(LockingStore, lease=10.0)
+        s = session()
+        h.store.locks["refresh:" + _hash(s.id)] = "other"
+        d = h.refresher.refresh(s)
+        h.store.load = lambda value: defer.fail(SessionStoreUnavailable("down"))
+        h.clock.advance(0.1)
+        self.assertEqual(self.successResultOf(d),
+                         RefreshOutcome(None, unavailable=True, store_unavailable=True))
+
+    def test_refreshed_session_not_saved_then_saved(self):
+        """
+        The IdP granted the refresh but the store cannot save the refreshed
+        session: the outcome carries it with store_unavailable (not to be
+        served); the next refresh of the same session, once the store is
+        back, saves it without a second grant (the refresh token may have
+        been rotated).
+        """
+        h = Harness(NoLockStore)
+        s = session()
+        save = h.store.save
+        h.store.save = lambda session: defer.fail(SessionStoreUnavailable("down"))
+        d = h.refresher.refresh(s)
+        h.answer(refresh_token="rt-2")
+        first = self.successResultOf(d)
+        self.assertTrue(first.store_unavailable)
+        self.assertEqual(first.session.refresh_token, "rt-2")
+        self.assertIsNone(self.successResultOf(h.store.load(s.id)))
+
+        h.clock.advance(2)
+        again = self.successResultOf(h.refresher.refresh(s))
+        self.assertTrue(again.store_unavailable, "the store is still down")
+
+        h.store.save = save
+        h.clock.advance(2)
+        saved = self.successResultOf(h.refresher.refresh(s))
+        self.assertFalse(saved.store_unavailable)
+        self.assertEqual(saved.session, first.session)
+        self.assertEqual(saved.cookie_value, s.id)
+        self.assertEqual(self.successResultOf(h.store.load(s.id)).refresh_token, "rt-2")
+        self.assertEqual(h.refresher.grants, 1)
+        self.assertFalse(self.successResultOf(h.refresher.refresh(s)).store_unavailable)
+        self.assertEqual(h.refresher.grants, 1)

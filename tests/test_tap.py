@@ -67,9 +67,18 @@ class CheckTests(SynchronousTestCase):
         return tap.check(o, out), out.getvalue()
 
     def test_check_ok(self):
-        """--check on a valid config prints 'config OK' and returns 0."""
+        """
+        --check on a valid config prints 'config OK' and returns 0; the
+        shipped example keeps the default X-Forwarded-User mapping, which
+        takes preferred_username first, and gets the one warning about it.
+        """
         use_example_env(self)
-        self.assertEqual(self.run_check(EXAMPLE), (0, "config OK\n"))
+        status, out = self.run_check(EXAMPLE)
+        lines = out.splitlines()
+        self.assertEqual((status, lines[0]), (0, "config OK"))
+        self.assertEqual(len(lines), 2, lines)
+        self.assertTrue(lines[1].startswith(
+            "warning: headers.X-Forwarded-User takes preferred_username"), lines[1])
 
     def test_check_reports_each_problem(self):
         """--check on a bad config prints one line per problem and returns 1."""
@@ -261,7 +270,7 @@ class CheckClaimsTests(SynchronousTestCase):
         claims = self.write('{"id_token": {"sub": "a", "groups": ["admins"]},'
                             ' "access_token": {"scope": "read"}}', ".json")
         status, out = self.run_check("--claims", claims)
-        lines = out.splitlines()
+        lines = [line for line in out.splitlines() if not line.startswith("warning: ")]
         self.assertEqual(status, 0)
         self.assertEqual(lines[0], "config OK")
         self.assertTrue(lines[1].startswith("routes[0] (*/admin, auth = session): denied: "),
@@ -308,3 +317,122 @@ class CheckClaimsTests(SynchronousTestCase):
         self.assertEqual(tap.check(o, out), 1)
         self.assertIn("routes[0].rule: expected", out.getvalue())
         self.assertIn("at position 18: Contains(`groups` `admins`)", out.getvalue())
+
+
+class CheckWarningsTests(SynchronousTestCase):
+    """
+    --check warns (C{warning:} lines after C{config OK}, exit status still
+    0) when authorization or the identity headers are keyed on a claim users
+    can change, like preferred_username.
+    """
+
+    BASE = (
+        'public_url = "https://app.example"\n'
+        '[oidc]\nissuer = "https://idp.example"\nclient_id = "c"\nclient_secret = "s"\n'
+        '[session]\nsecrets = ["' + "k" * 32 + '"]\n'
+    )
+
+    def run_check(self, text: str, *args: str):
+        with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:
+            f.write(text)
+        self.addCleanup(os.unlink, f.name)
+        o = tap.Options()
+        o.parseOptions(["--config", f.name, "--check", *args])
+        out = io.StringIO()
+        return tap.check(o, out), out.getvalue().splitlines()
+
+    def route(self, rule: str = "", auth: str = "session", path: str = "/") -> str:
+        text = f'[[routes]]\npath = "{path}"\nupstream = "http://127.0.0.1:9"\nauth = "{auth}"\n'
+        return text + (f"rule = {rule!r}\n" if rule else "")
+
+    def test_default_headers(self):
+        """Without [headers], X-Forwarded-User takes preferred_username first: one warning
+        naming the header, saying why and suggesting sub or a verified email."""
+        status, lines = self.run_check(self.BASE + self.route())
+        self.assertEqual(status, 0)
+        self.assertEqual(lines[0], "config OK")
+        self.assertEqual(len(lines), 2, lines)
+        warning = lines[1]
+        self.assertTrue(warning.startswith(
+            "warning: headers.X-Forwarded-User takes preferred_username "
+            "(of: preferred_username, sub): "), warning)
+        self.assertIn("can change it and it is not unique", warning)
+        self.assertIn('map it to "sub"', warning)
+        self.assertIn("email_verified", warning)
+
+    def test_rule_keyed_on_preferred_username(self):
+        """A route rule reading preferred_username (ID or access token) is named, with why
+        and what to key it on instead."""
+        headers = '[headers]\nX-Forwarded-User = "sub"\n'
+        status, lines = self.run_check(
+            self.BASE + headers
+            + self.route("OneOf(`preferred_username`, `alice`, `bob`)", path="/admin")
+            + self.route("Equals(`access_token.preferred_username`, `svc`)", auth="bearer",
+                         path="/api")
+            + self.route())
+        self.assertEqual(status, 0)
+        self.assertEqual(lines[0], "config OK")
+        self.assertEqual(len(lines), 3, lines)
+        self.assertTrue(lines[1].startswith(
+            "warning: routes[0] (*/admin): the rule authorizes on preferred_username: "),
+            lines[1])
+        self.assertTrue(lines[2].startswith(
+            "warning: routes[1] (*/api): the rule authorizes on "
+            "access_token.preferred_username: "), lines[2])
+        for line in lines[1:]:
+            self.assertIn("key it on sub, or on email together with "
+                          "Equals(`email_verified`, `true`)", line)
+
+    def test_explicit_header_mapping(self):
+        """A [headers] mapping that tries preferred_username for any header is named."""
+        headers = '[headers]\nX-Forwarded-User = "sub"\nX-Login = ["email", "preferred_username"]\n'
+        status, lines = self.run_check(self.BASE + headers + self.route())
+        self.assertEqual(status, 0)
+        self.assertEqual(len(lines), 2, lines)
+        self.assertTrue(lines[1].startswith(
+            "warning: headers.X-Login takes preferred_username (of: email, preferred_username)"),
+            lines[1])
+
+    def test_nothing_keyed_on_it(self):
+        """Headers and rules on sub, email and groups: no warning, exactly 'config OK'."""
+        headers = ('[headers]\nX-Forwarded-User = "sub"\nX-Forwarded-Email = "email"\n'
+                   'X-Forwarded-Groups = "groups"\n')
+        status, lines = self.run_check(
+            self.BASE + headers
+            + self.route("Contains(`groups`, `admins`) && Equals(`email_verified`, `true`)")
+            + self.route(path="/public", auth="none"))
+        self.assertEqual((status, lines), (0, ["config OK"]))
+
+    def test_public_routes_only(self):
+        """Identity headers never sent (every route public): no warning about them."""
+        status, lines = self.run_check(self.BASE + self.route(auth="none"))
+        self.assertEqual((status, lines), (0, ["config OK"]))
+
+    def test_warnings_with_claims(self):
+        """With --claims the warnings come after 'config OK', before the verdicts; status 0."""
+        claims = tempfile.NamedTemporaryFile("w", suffix=".json", delete=False)
+        claims.write('{"sub": "a", "preferred_username": "alice"}')
+        claims.close()
+        self.addCleanup(os.unlink, claims.name)
+        status, lines = self.run_check(
+            self.BASE + self.route("Equals(`preferred_username`, `alice`)"),
+            "--claims", claims.name)
+        self.assertEqual(status, 0)
+        self.assertEqual(lines[0], "config OK")
+        self.assertTrue(all(line.startswith("warning: ") for line in lines[1:3]), lines)
+        self.assertTrue(lines[3].startswith("routes[0] (*/, auth = session): allowed"), lines)
+
+    def test_makeService_check_exit_status(self):
+        """twistd oidcproxy --check with only warnings exits 0 (SystemExit(0))."""
+        with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:
+            f.write(self.BASE + self.route("Equals(`preferred_username`, `alice`)"))
+        self.addCleanup(os.unlink, f.name)
+        o = tap.Options()
+        o.parseOptions(["--config", f.name, "--check"])
+        import contextlib
+
+        with contextlib.redirect_stdout(io.StringIO()) as out:
+            with self.assertRaises(SystemExit) as exited:
+                tap.makeService(o)
+        self.assertEqual(exited.exception.code, 0)
+        self.assertIn("warning: routes[0]", out.getvalue())

@@ -84,16 +84,22 @@ class MemoryStore:
         return succeed(None)
 
     def mark_revoked(self, *, sub: Optional[str] = None, sid: Optional[str] = None,
-                     ttl: float = 86400.0) -> Deferred[None]:
-        """Remember that sessions of C{sub} (or C{sid}) created up to now have ended."""
+                     session_id: Optional[str] = None, ttl: float = 86400.0) -> Deferred[None]:
+        """
+        Remember that sessions of C{sub} (or C{sid}), or the session
+        C{session_id}, created up to now have ended.
+        """
         now = self._clock.seconds()
-        for key in (("sub", sub), ("sid", sid)):
+        for key in (("sub", sub), ("sid", sid), ("session", session_id)):
             if key[1]:
                 self._revoked[key] = now
         return succeed(None)
 
-    def revoked_at(self, *, sub: str, sid: Optional[str] = None) -> Deferred[Optional[float]]:
-        times = [t for key, t in self._revoked.items() if key in (("sub", sub), ("sid", sid))]
+    def revoked_at(self, *, sub: str, sid: Optional[str] = None,
+                   session_id: Optional[str] = None) -> Deferred[Optional[float]]:
+        wanted = [("sub", sub)] + ([("sid", sid)] if sid else []) + \
+            ([("session", session_id)] if session_id else [])
+        times = [self._revoked[key] for key in wanted if key in self._revoked]
         return succeed(max(times) if times else None)
 
     def prune(self) -> int:

@@ -410,16 +410,19 @@ class RedisStore:
         return f"{self._prefix}revoked:{kind}:{hashed(value)}"
 
     def mark_revoked(self, *, sub: Optional[str] = None, sid: Optional[str] = None,
-                     ttl: float = 86400.0) -> Deferred[None]:
+                     session_id: Optional[str] = None, ttl: float = 86400.0) -> Deferred[None]:
         """
-        Remember for C{ttl} seconds that every session of C{sub} (or of
-        C{sid}) created up to now has ended: the cookie store cannot delete
-        a session, so the guard checks this list instead.
+        Remember for C{ttl} seconds that every session of C{sub}, of the OP
+        session C{sid}, or the session C{session_id} itself, created up to
+        now has ended: the cookie store cannot delete a session, so the guard
+        checks this list instead. (Names are hashed in Redis: a session id is
+        a credential.)
         """
         now = self._clock.seconds()
         seconds = max(1, math.ceil(ttl))
         keys = ([self._revoked_key("sub", sub)] if sub else []) + \
-            ([self._revoked_key("sid", sid)] if sid else [])
+            ([self._revoked_key("sid", sid)] if sid else []) + \
+            ([self._revoked_key("session", session_id)] if session_id else [])
 
         async def mark() -> None:
             for key in keys:
@@ -427,9 +430,15 @@ class RedisStore:
 
         return self._run("a revocation", mark)
 
-    def revoked_at(self, *, sub: str, sid: Optional[str] = None) -> Deferred[Optional[float]]:
-        """The latest time sessions of C{sub} or C{sid} were revoked, or None."""
-        keys = [self._revoked_key("sub", sub)] + ([self._revoked_key("sid", sid)] if sid else [])
+    def revoked_at(self, *, sub: str, sid: Optional[str] = None,
+                   session_id: Optional[str] = None) -> Deferred[Optional[float]]:
+        """
+        The latest time sessions of C{sub}, of C{sid} or the session
+        C{session_id} were revoked, or None (one round trip).
+        """
+        keys = [self._revoked_key("sub", sub)] + \
+            ([self._revoked_key("sid", sid)] if sid else []) + \
+            ([self._revoked_key("session", session_id)] if session_id else [])
 
         async def check() -> Optional[float]:
             values = await self._command("MGET", *keys)

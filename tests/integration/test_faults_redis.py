@@ -193,3 +193,119 @@ class RedisFaultTests(TestCase):
         await self.assertServes(client, stack, alice, "the first session at the end")
         report(MODULE, f"out of memory after {junk} junk values: reads 200, login 503, "
                        "then login 200")
+
+    def assertRetryAfter(self, response: IResponse, what: str) -> None:
+        self.assertEqual(response.headers.getRawHeaders(b"retry-after"), [b"5"], what)
+
+    async def test_idle_renewal_with_redis_refusing_writes(self) -> None:
+        """
+        With idle_timeout, a request due to move the idle clock while Redis
+        refuses writes (out of memory, reads still work): 503 with
+        Retry-After for an API call and for a navigation (it was a 500 with
+        a traceback), no traceback in the proxy's log; once Redis takes
+        writes again the same cookie is served and renewed.
+        """
+        stack = await start_fault_stack(
+            self, redis=DURABLE + ["--maxmemory", "4mb", "--maxmemory-policy", "noeviction"],
+            session={"idle_timeout": "20s"})
+        assert stack.redis is not None
+        client = WebClient(self)
+        alice = await log_in(self, stack, user_name(0))
+        # A renewal is due min(60 s, idle_timeout / 4) after the last one.
+        await procs.sleep(5.2)
+        await fill_until_oom(stack.redis)
+        for navigate in (False, True):
+            response, body = await api_get(client, stack.proxy, alice.cookie, navigate=navigate,
+                                           path=PROTECTED if navigate else "/some/api")
+            self.assertStoreUnavailable(response, body, navigate, "renewal refused by redis")
+            self.assertRetryAfter(response, "renewal refused by redis")
+        log = stack.proxy.log()
+        self.assertIn("session store unavailable", log)
+        self.assertNotIn("Traceback", log)
+        self.assertNotIn("unexpected error", log)
+        await free_junk(stack.redis)
+        response, body = await api_get(client, stack.proxy, alice.cookie)
+        self.assertEqual(response.code, 200, body[:300])
+        self.assertEqual(identity_of(body), [alice.user])
+        renewed = [v for v in response.headers.getRawHeaders(b"set-cookie", [])
+                   if v.startswith(COOKIE.encode("ascii") + b"=")]
+        self.assertEqual(len(renewed), 1, response.headers.getRawHeaders(b"set-cookie"))
+        report(MODULE, "idle renewal with redis refusing writes: 503, then 200 once freed")
+
+    async def refresh_due(self, stack: FaultStack) -> Tuple[LoggedIn, Deferred]:
+        """
+        Log in (the OP's access tokens live 30 s, the proxy refreshes 28 s
+        before expiry), stall the token endpoint for 2 s and send a request
+        once a refresh is due: that request, whose grant is in flight 0.7 s
+        later.
+        """
+        client = WebClient(self)
+        alice = await log_in(self, stack, user_name(0))
+        logged_in = time.monotonic()
+        await stack.op_hook(self, "token-stall?seconds=2")
+        # Due 2 s after the tokens were issued (before the login's last step).
+        await procs.sleep(max(0.0, logged_in + 2.2 - time.monotonic()))
+        pending = Deferred.fromCoroutine(api_get(client, stack.proxy, alice.cookie))
+        # The proxy has loaded the session, locked and sent the grant by now.
+        await procs.sleep(0.7)
+        return alice, pending
+
+    def assertNoTraceback(self, stack: FaultStack) -> None:
+        log = stack.proxy.log()
+        self.assertNotIn("Traceback", log)
+        self.assertNotIn("unexpected error", log)
+
+    async def test_refresh_answer_with_redis_killed(self) -> None:
+        """
+        Redis killed while the token endpoint answers a refresh: the
+        refreshed session cannot be saved, so the request gets 503 with
+        Retry-After (not a 500, and not served on tokens Redis does not
+        hold). Once Redis is back (with the old session), the next request
+        saves the refreshed session and is served, with one refresh grant
+        in all and none refused (rotated refresh tokens: a token spent
+        twice would be refused and end the session).
+        """
+        stack = await start_fault_stack(self, redis=DURABLE, session={"refresh_leeway": "28s"},
+                                        access_token_ttl=30, rotate_refresh_tokens=True)
+        assert stack.redis is not None
+        op = stack.op
+        alice, pending = await self.refresh_due(stack)
+        await stack.redis.kill()
+        response, body = await pending
+        self.assertStoreUnavailable(response, body, False, "refresh answer with redis killed")
+        self.assertRetryAfter(response, "refresh answer with redis killed")
+        await stack.op_hook(self, "token-stall?seconds=0")
+        await stack.redis.restart()
+        client = WebClient(self)
+        recovered = await until_serving(client, stack.proxy, alice.cookie)
+        self.assertIn("refreshed session of user1 stored", stack.proxy.log())
+        self.assertEqual(len(op.events("grant.success", "refresh_token")), 1, stack.describe())
+        self.assertEqual(op.events("grant.error"), [], stack.describe())
+        self.assertNoTraceback(stack)
+        report(MODULE, f"refresh answer with redis killed: 503, served again {recovered:.2f}s "
+                       "after the restart with the refreshed session, one grant")
+
+    async def test_refresh_answer_with_redis_hung(self) -> None:
+        """
+        Redis stopped (SIGSTOP) while the token endpoint answers a refresh:
+        503 with Retry-After once the save's command timeout has passed (not
+        a 500); after SIGCONT the session is served again, and no grant was
+        refused by the OP (the rotated refresh token was never spent twice).
+        """
+        stack = await start_fault_stack(self, redis=DURABLE, session={"refresh_leeway": "28s"},
+                                        access_token_ttl=30, rotate_refresh_tokens=True)
+        assert stack.redis is not None
+        alice, pending = await self.refresh_due(stack)
+        stack.redis.pause()
+        try:
+            response, body = await pending
+        finally:
+            stack.redis.resume()
+        self.assertStoreUnavailable(response, body, False, "refresh answer with redis hung")
+        self.assertRetryAfter(response, "refresh answer with redis hung")
+        await stack.op_hook(self, "token-stall?seconds=0")
+        recovered = await until_serving(WebClient(self), stack.proxy, alice.cookie)
+        self.assertEqual(stack.op.events("grant.error"), [], stack.describe())
+        self.assertNoTraceback(stack)
+        report(MODULE, f"refresh answer with redis hung: 503, served again {recovered:.2f}s "
+                       "after SIGCONT")

@@ -359,6 +359,24 @@ class RedisStoreTests(TestCase):
         ttl = await self.redis("TTL", keys[0])
         self.assertTrue(0 < int(ttl) <= 60, ttl)
 
+    async def test_revocation_of_one_session(self) -> None:
+        """
+        mark_revoked(session_id=...) revokes that session only (not the
+        user's others), under a hashed name (a session id is a credential),
+        for the TTL given; revoked_at asks for the sub, sid and session id in
+        one round trip.
+        """
+        one, two = new_session_id(), new_session_id()
+        await self.store.mark_revoked(session_id=one, ttl=120)
+        at = await self.store.revoked_at(sub="alice", sid="sid-1", session_id=one)
+        self.assertIsInstance(at, float)
+        self.assertIsNone(await self.store.revoked_at(sub="alice", sid="sid-1", session_id=two))
+        self.assertIsNone(await self.store.revoked_at(sub="alice"))
+        keys = await self.redis("KEYS", "*")
+        self.assertEqual(keys, [f"{PREFIX}revoked:session:{hashed(one)}"])
+        ttl = await self.redis("TTL", keys[0])
+        self.assertTrue(60 < int(ttl) <= 120, ttl)
+
 
 class RecordingRedis:
     """A stand-in pool that records commands and never answers."""

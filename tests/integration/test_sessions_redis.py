@@ -32,6 +32,7 @@ from twisted.trial.unittest import TestCase
 from twisted.web.iweb import IResponse
 
 from tests.integration import procs
+from tests.integration.faults import redis_command
 from tests.integration.redis_server import RedisServer, start_redis
 from tests.integration.stack import (
     ALICE,
@@ -383,6 +384,33 @@ class SessionsRedisTests(TestCase):
         report(f"redis restarted empty: answers {seen}; settled after "
                + ", ".join(f"{k} {v:.3f}s" for k, v in settled.items()))
         self.assertNotIn(500, [code for _, code in seen])
+
+    async def test_cookie_sessions_logout_revokes_copies(self) -> None:
+        """
+        Cookie sessions with a [redis] table (the revocation list): a logout
+        through proxy B revokes the session itself, so a copy of its cookie
+        taken before gets 401 on both proxies at once; alice's other session
+        (a second login) and the list's keys for it are untouched.
+        """
+        shared = await start_shared(self, session={"store": "cookie"})
+        client = WebClient(self)
+        first = await self.log_in(shared, client)
+        self.assertGreater(len(first), 200, "not a sealed cookie session")
+        client.jar.forget(shared.a.url, COOKIE)
+        second = await self.log_in(shared, client)
+        self.assertNotEqual(first, second)
+        for proxy, name in ((shared.a, "A"), (shared.b, "B")):
+            await self.assertWorks(client, proxy, first, f"the first session on {name}")
+
+        await self.log_out(client, shared, shared.b, first)
+        for proxy, name in ((shared.a, "A"), (shared.b, "B")):
+            await self.assertRefused(client, proxy, first,
+                                     f"a copy of the logged-out cookie on {name}")
+            await self.assertWorks(client, proxy, second, f"the other session on {name}")
+        reply = redis_command(shared.redis, b"EVAL",
+                              b"return #redis.call('KEYS', 'oidcproxy:revoked:session:*')", b"0")
+        self.assertEqual(reply, b":1\r\n")
+        report("cookie sessions: a logout revoked its session id; copies refused on A and B")
 
     async def test_backchannel_logout_ends_sessions_on_both_proxies(self) -> None:
         """
