@@ -55,7 +55,7 @@ from .metrics import Metrics, NullMetrics
 from .pages import render_error
 from .provider import ClientAuth, Provider, ProviderError, make_http_client
 from .refresh import Refresher
-from .routes import BadRequestTarget, RouteMatch, RouteTable, normalise_path
+from .routes import BadRequestTarget, RouteMatch, RouteTable, normalise_path, request_host, split_target
 from .session import LIVE, ISessionStore, Session, SessionStoreUnavailable, new_session_id, session_state
 from .stores.cookie import CookieStore
 from .tokens import (
@@ -66,7 +66,13 @@ from .tokens import (
     TokenError,
     peek_header,
 )
-from .upstream import canonical_header, is_trusted, request_host_header
+from .upstream import (
+    canonical_header,
+    drop_connection_named,
+    is_trusted,
+    request_authority,
+    request_host_header,
+)
 from .websocket import header_tokens
 
 log = Logger()
@@ -476,7 +482,8 @@ class OIDCGuard(Resource):
         # matched in, even if a reload swaps both while it waits.
         setattr(request, "oidcproxy_wrapped", self._wrapped)  # noqa: B010 - read by _pass
         try:
-            host = request_host_header(request)
+            # One authority from here on: an absolute-form target's replaces Host.
+            host = request_authority(request)
             early = getattr(request, "oidcproxy_early_match", None)
             if early is not None and early[0] is self._routes and early[1] == host \
                     and early[2] == request.uri:
@@ -485,8 +492,7 @@ class OIDCGuard(Resource):
             else:
                 match = self._routes.match(host, request.uri)
             path = match.path if match is not None else \
-                normalise_path(request.uri.split(b"?", 1)[0]) if request.uri.startswith(b"/") \
-                else ""
+                normalise_path(split_target(request.uri)[1].split(b"?", 1)[0])
         except BadRequestTarget as e:
             log.info("refused request target: {reason}", reason=e.reason)
             self._finish(request, 400, "bad_request", f"Bad request target: {e.reason}.")
@@ -494,6 +500,9 @@ class OIDCGuard(Resource):
         # Read before the managed headers are stripped (Authorization is one
         # of them when the proxy forwards the session's access token that way).
         authorization = request.requestHeaders.getRawHeaders(b"authorization")
+        # The headers the client's Connection names go before ours are set,
+        # so that naming ours there removes nothing of the proxy's.
+        drop_connection_named(request.requestHeaders)
         # Whatever happens next, the client's copies of our headers and our
         # cookies never go further.
         self._managed.strip(request)
@@ -1544,38 +1553,43 @@ class OIDCGuard(Resource):
             return True, next(iter(found), None)
 
         ok_method, method = described(b"x-forwarded-method", b"x-original-method")
-        ok_host, host = described(b"x-forwarded-host")
-        # X-Original-URL is absolute (nginx's $scheme://$host$request_uri): its path and query
-        # must agree with the other spellings of the original URI.
-        urls = headers.getRawHeaders(b"x-original-url", [])
-        url_targets: Set[bytes] = set()
-        for url in urls:
-            if not url:
-                continue
-            if url.startswith(b"/"):
-                url_targets.add(url)
-            else:
-                scheme_end = url.find(b"://")
-                slash = url.find(b"/", scheme_end + 3) if scheme_end != -1 else -1
-                url_targets.add(url[slash:] if slash != -1 else b"/")
-        ok_uri, uri = described(b"x-forwarded-uri", b"x-original-uri")
-        if url_targets:
-            if uri is not None:
-                url_targets.add(uri)
-            ok_uri = ok_uri and len(url_targets) == 1
-            uri = next(iter(url_targets))
-        if not (ok_method and ok_host and ok_uri):
+        # The original URI in origin form (its path and query), and the host
+        # it was for: X-Forwarded-Host, or the authority of an absolute URI
+        # (X-Original-URL is nginx's $scheme://$host$request_uri). Every
+        # spelling given must agree: one authority decides the route.
+        targets: Set[bytes] = set()
+        hosts: Set[str] = set()
+        try:
+            for name in (b"x-forwarded-uri", b"x-original-uri", b"x-original-url"):
+                for value in headers.getRawHeaders(name, []):
+                    if not value and name == b"x-original-url":
+                        continue
+                    authority, target = split_target(value)
+                    if authority is not None:
+                        hosts.add(request_host(authority) or "")
+                    targets.add(target)
+            for value in headers.getRawHeaders(b"x-forwarded-host", []):
+                named = request_host(value)
+                if named is not None:
+                    hosts.add(named)
+        except BadRequestTarget as e:
+            self._finish(request, 400, "bad_request", f"Bad original URL: {e.reason}.",
+                         as_json=True)
+            return
+        if not ok_method or len(targets) > 1 or len(hosts) > 1:
             log.warn("forward-auth request refused: conflicting descriptions of the original request")
             self._finish(request, 400, "bad_request",
                          "The headers describing the original request disagree.", as_json=True)
             return
         method = method or b"GET"
-        if uri is None:
+        if not targets:
             self._finish(request, 400, "bad_request",
                          "X-Forwarded-Uri (or X-Original-URL) is required.", as_json=True)
             return
+        uri = targets.pop()
+        host = hosts.pop().encode("ascii") if hosts else request_host_header(request)
         try:
-            match = self._routes.match(host or request_host_header(request), uri)
+            match = self._routes.match(host, uri)
         except BadRequestTarget as e:
             self._finish(request, 400, "bad_request", f"Bad original URL: {e.reason}.",
                          as_json=True)

@@ -25,7 +25,8 @@ import attr
 
 from oidcproxy.config import RouteConfig
 
-__all__ = ["BadRequestTarget", "RouteMatch", "RouteTable", "normalise_path", "request_host"]
+__all__ = ["BadRequestTarget", "RouteMatch", "RouteTable", "normalise_path", "request_host",
+           "split_target"]
 
 
 class BadRequestTarget(Exception):
@@ -244,6 +245,41 @@ def request_host(host_header: Optional[bytes]) -> Optional[str]:
     return name
 
 
+# -- targets ---------------------------------------------------------------------
+
+
+def split_target(raw_target: bytes) -> Tuple[Optional[bytes], bytes]:
+    """
+    The authority of an absolute-form request target (C{http://host:port/p?q})
+    and its origin-form rest (C{/p?q}); C{(None, raw_target)} for an
+    origin-form target. RFC 9112 3.2.2: with an absolute-form target the
+    authority is the host the request is for, and C{Host} is ignored.
+
+    @raise BadRequestTarget: neither form, or an absolute form without a
+        host. The authority itself is checked by L{request_host}.
+    """
+    if raw_target[:1] == b"/":
+        return None, raw_target
+    scheme = raw_target[:8].lower()
+    if scheme.startswith(b"http://"):
+        start = 7
+    elif scheme.startswith(b"https://"):
+        start = 8
+    else:
+        raise BadRequestTarget("unsupported request-target form")
+    end = len(raw_target)
+    for separator in (b"/", b"?"):
+        at = raw_target.find(separator, start, end)
+        if at != -1:
+            end = at
+    if end == start:
+        raise BadRequestTarget("absolute-form target without a host")
+    rest = raw_target[end:]
+    if rest[:1] != b"/":
+        rest = b"/" + rest
+    return raw_target[start:end], rest
+
+
 # -- the table -------------------------------------------------------------------
 
 
@@ -387,27 +423,9 @@ class RouteTable:
         leftover = raw_target.translate(None, _TARGET_OK)
         if leftover:
             raise _bad_bytes(leftover, "request target")
-        if raw_target[0] == 0x2F:  # "/": origin-form
-            rest = raw_target
-        else:
-            scheme = raw_target[:8].lower()
-            if scheme.startswith(b"http://"):
-                start = 7
-            elif scheme.startswith(b"https://"):
-                start = 8
-            else:
-                raise BadRequestTarget("unsupported request-target form")
-            end = len(raw_target)
-            for separator in (b"/", b"?"):
-                at = raw_target.find(separator, start, end)
-                if at != -1:
-                    end = at
-            if end == start:
-                raise BadRequestTarget("absolute-form target without a host")
-            host_header = raw_target[start:end]
-            rest = raw_target[end:]
-            if rest[:1] != b"/":
-                rest = b"/" + rest
+        authority, rest = split_target(raw_target)
+        if authority is not None:
+            host_header = authority
         mark = rest.find(b"?")
         if mark == -1:
             raw_path, query = rest, None

@@ -665,3 +665,58 @@ class ConfigAndWiringTests(SynchronousTestCase):
         self.assertTrue(service.reload())
         self.assertIs(service.site.proxy.sockets, sockets)  # type: ignore[attr-defined]
         self.assertEqual(sockets.limit, 9)
+
+
+def raw_upgrade(target: str, host: bytes, cookie: Optional[bytes] = None,
+                extra: Tuple[bytes, ...] = ()) -> bytes:
+    """L{upgrade_request} with another Host (and target)."""
+    return upgrade_request(target, cookie, extra).replace(b"Host: app.test", b"Host: " + host, 1)
+
+
+class AbsoluteFormTests(SynchronousTestCase):
+    def test_upgrade_follows_the_target_authority(self):
+        """
+        An upgrade with an absolute-form target is routed by the target's
+        host, and that host (not the client's Host) is the upstream's Host
+        with pass_host_header, X-Forwarded-Host and Forwarded host=.
+        """
+        w = WSHarness(self, routes=[
+            {"host": "admin.example.test", "path": "/", "upstream": "http://up.test"},
+            {"path": "/", "upstream": "http://up.test", "auth": "none", "pass_host_header": True}])
+        w.client().send(raw_upgrade("http://www.example.test/ws", b"admin.example.test"))
+        sent = w.endpoint.transport.value()
+        self.assertEqual(head_lines(sent)[0], b"GET /ws HTTP/1.1")
+        self.assertEqual(header(sent, b"host"), [b"www.example.test"])
+        self.assertEqual(header(sent, b"x-forwarded-host"), [b"www.example.test"])
+        self.assertEqual(header(sent, b"forwarded"),
+                         [b'for=192.0.2.7;proto=http;host="www.example.test"'])
+        self.assertNotIn(b"admin.example.test", sent)
+
+    def test_upgrade_to_the_protected_authority(self):
+        """The absolute-form target naming the session host: 401, whatever Host says."""
+        w = WSHarness(self, routes=[
+            {"host": "admin.example.test", "path": "/", "upstream": "http://up.test"},
+            {"path": "/", "upstream": "http://up.test", "auth": "none"}])
+        client = w.client()
+        client.send(raw_upgrade("http://admin.example.test/ws", b"www.example.test"))
+        self.assertEqual(client.status(), 401)
+        self.assertEqual(w.endpoint.routes, [])
+
+
+class ConnectionHeaderTests(SynchronousTestCase):
+    def test_identity_named_in_connection_still_sent(self):
+        """
+        Connection: Upgrade, X-Forwarded-User: the upgrade still happens and
+        the upstream still gets the proxy's identity header; a header of the
+        client's that Connection names does not go upstream.
+        """
+        w = WSHarness(self)
+        client = w.upgrade(w.login(), extra=(
+            b"Connection: X-Forwarded-User, X-Forwarded-For, x-private", b"X-Private: 1"))
+        sent = w.endpoint.transport.value()
+        self.assertEqual(header(sent, b"x-forwarded-user"), [b"alice"])
+        self.assertEqual(header(sent, b"x-forwarded-for"), [b"192.0.2.7"])
+        self.assertEqual(header(sent, b"x-private"), [])
+        self.assertEqual(header(sent, b"connection"), [b"Upgrade"])
+        w.endpoint.protocol.dataReceived(SWITCH)
+        self.assertEqual(client.status(), 101)
