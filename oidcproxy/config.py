@@ -173,6 +173,8 @@ class RouteConfig:
     cors_preflight: bool = False
     """Let CORS preflights (OPTIONS with Access-Control-Request-Method) through unauthenticated."""
     session_expiry_headers: bool = False
+    case_insensitive: bool = False
+    """Match C{path} in any ASCII case (for upstreams that serve paths case-insensitively)."""
     policy: Any = attr.ib(default=None, eq=False, repr=False)
     """The compiled L{oidcproxy.policy.Policy} of C{rule} and the allow-lists."""
 
@@ -359,6 +361,8 @@ class Config:
     max_websockets: int = 1000
     """Upgraded (WebSocket) connections open at once in one process; more get 503."""
     access_log: bool = True
+    case_insensitive_routes: bool = False
+    """The C{case_insensitive} of routes that do not set it."""
     upstream: UpstreamSettings = UpstreamSettings()
     routes: Tuple[RouteConfig, ...] = ()
     oidc: Optional[OIDCConfig] = None
@@ -798,7 +802,8 @@ def _readable_file(path: str) -> str:
     return path
 
 
-def _route(t: _Table, index: int, defaults: UpstreamSettings) -> Optional[RouteConfig]:
+def _route(t: _Table, index: int, defaults: UpstreamSettings,
+           case_insensitive: bool = False) -> Optional[RouteConfig]:
     """The route, or None when its path is invalid (so no other check trips on it)."""
     path = t.string("path", None, required=True, check=_route_prefix)
     host = t.string("host", None, check=_route_host)
@@ -849,6 +854,7 @@ def _route(t: _Table, index: int, defaults: UpstreamSettings) -> Optional[RouteC
         methods=methods,
         cors_preflight=t.boolean("cors_preflight", False),
         session_expiry_headers=t.boolean("session_expiry_headers", False),
+        case_insensitive=t.boolean("case_insensitive", case_insensitive),
         policy=policy,
     )
 
@@ -1266,6 +1272,7 @@ def parse_config(data: Dict[str, Any], source: str) -> Config:
     max_websockets = top.integer("max_websockets", defaults.max_websockets, minimum=1)
     access_log = top.boolean("access_log", True)
     username_claim = top.string("username_claim", "sub")
+    case_insensitive = top.boolean("case_insensitive_routes", False)
 
     upstream_table = top.table("upstream")
     upstream = UpstreamSettings()
@@ -1275,23 +1282,29 @@ def parse_config(data: Dict[str, Any], source: str) -> Config:
 
     routes = []
     for i, rt in enumerate(top.tables("routes")):
-        route = _route(rt, i, upstream)
+        route = _route(rt, i, upstream, case_insensitive)
         rt.done()
         if route is not None:
             routes.append(route)
     if not top.has("routes"):
         top.problem("routes", "at least one [[routes]] entry is required")
     seen: Dict[Tuple[Optional[str], str], int] = {}
+    folded: Dict[Tuple[Optional[str], str], RouteConfig] = {}
     for r in routes:
         key = (r.host, r.path)
+        where = f"on {'host ' + r.host if r.host else 'every host'}"
         if key in seen:
-            problems.add(
-                f"{r.name}.path",
-                f"{r.path!r} on {'host ' + r.host if r.host else 'every host'} "
-                f"is already routed by routes[{seen[key]}]",
-            )
+            problems.add(f"{r.name}.path", f"{r.path!r} {where} is already routed by "
+                         f"routes[{seen[key]}]")
         seen[key] = r.index
-        if prefix and (r.path == prefix or r.path.startswith(prefix + "/")):
+        other = folded.setdefault((r.host, r.path.lower()), r)
+        if other.path != r.path and (other.case_insensitive or r.case_insensitive):
+            problems.add(f"{r.name}.path", f"{r.path!r} {where} differs only in case from "
+                         f"routes[{other.index}]'s {other.path!r}, and one of them is "
+                         "case_insensitive: spell both the same or merge them")
+        # A case-insensitive route would take the endpoints' paths in another case.
+        path, inside = (r.path.lower(), prefix.lower()) if r.case_insensitive else (r.path, prefix)
+        if prefix and (path == inside or path.startswith(inside + "/")):
             problems.add(f"{r.name}.path", f"{r.path!r} is inside endpoints_prefix {prefix!r}")
 
     oidc = None
@@ -1403,6 +1416,7 @@ def parse_config(data: Dict[str, Any], source: str) -> Config:
         keepalive_timeout=keepalive,
         max_websockets=max_websockets,
         access_log=access_log,
+        case_insensitive_routes=case_insensitive,
         upstream=upstream,
         routes=tuple(routes),
         oidc=oidc,

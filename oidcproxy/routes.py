@@ -367,6 +367,30 @@ class _Bucket:
         return self.anyhost
 
 
+def _pick_either(spelled: _Bucket, folded: _Bucket, host: Optional[str]) -> Optional[_Route]:
+    """
+    L{_Bucket.pick} over the routes of one prefix in two buckets: those
+    spelled exactly as the request's path (case-sensitive ones) and the
+    case-insensitive ones. The host decides first (exact, then wildcard,
+    then any host); at the same rank the exact spelling wins.
+    """
+    if host is not None:
+        for bucket in (spelled, folded):
+            found = bucket.exact.get(host)
+            if found is not None:
+                return found
+        if spelled.wildcard or folded.wildcard:
+            dot = host.find(".")
+            while dot != -1:
+                suffix = host[dot + 1 :]
+                for bucket in (spelled, folded):
+                    found = bucket.wildcard.get(suffix)
+                    if found is not None:
+                        return found
+                dot = host.find(".", dot + 1)
+    return spelled.anyhost if spelled.anyhost is not None else folded.anyhost
+
+
 class RouteTable:
     """
     The configured routes, ready for matching.
@@ -375,30 +399,55 @@ class RouteTable:
     exact host beats a wildcard host (the longer suffix first), which beats a
     route for every host. Two routes with the same host and prefix: the first
     one given wins.
+
+    A route with C{case_insensitive} matches its prefix in any ASCII case
+    (C{/ADMIN/x} and C{/Admin/x} for C{/admin}); the others only as spelled.
+    At the same prefix length and host rank, a route spelled exactly as the
+    request's path wins over a case-insensitive one.
     """
 
     def __init__(self, routes: Sequence[RouteConfig]) -> None:
         self.routes: Tuple[RouteConfig, ...] = tuple(routes)
         self._buckets: Dict[str, _Bucket] = {}
+        # Case-insensitive routes, by their prefix in lower case. A prefix
+        # without letters reads the same in every case: it stays above.
+        self._folded: Dict[str, _Bucket] = {}
         for config in routes:
             route = _Route(config)
-            bucket = self._buckets.get(route.prefix)
+            key = route.prefix
+            buckets = self._buckets
+            if config.case_insensitive and key.lower() != key.upper():
+                key = key.lower()
+                buckets = self._folded
+            bucket = buckets.get(key)
             if bucket is None:
-                bucket = self._buckets[route.prefix] = _Bucket()
+                bucket = buckets[key] = _Bucket()
             bucket.add(route)
         self._root = self._buckets.get("/")
-        self._lengths: Tuple[int, ...] = tuple(
-            sorted({len(prefix) for prefix in self._buckets if prefix != "/"}, reverse=True)
-        )
+        self._lengths: Tuple[int, ...] = tuple(sorted(
+            {len(prefix) for prefix in (*self._buckets, *self._folded) if prefix != "/"},
+            reverse=True))
         self._encoded_slashes = any(config.allow_encoded_slashes for config in routes)
 
     def _find(self, host: Optional[str], path: str) -> Optional[_Route]:
         size = len(path)
         buckets = self._buckets
+        folded = self._folded
         for length in self._lengths:
             if length > size or (length < size and path[length] != "/"):
                 continue
-            bucket = buckets.get(path[:length])
+            head = path[:length]
+            bucket = buckets.get(head)
+            if folded:
+                # ASCII case folding: the path is ASCII (every other byte
+                # is refused or percent-encoded by then).
+                other = folded.get(head.lower())
+                if other is not None:
+                    found = other.pick(host) if bucket is None \
+                        else _pick_either(bucket, other, host)
+                    if found is not None:
+                        return found
+                    continue
             if bucket is not None:
                 found = bucket.pick(host)
                 if found is not None:
