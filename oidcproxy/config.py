@@ -175,6 +175,9 @@ class RouteConfig:
     session_expiry_headers: bool = False
     case_insensitive: bool = False
     """Match C{path} in any ASCII case (for upstreams that serve paths case-insensitively)."""
+    websocket_origins: Optional[Tuple[str, ...]] = None
+    """Origins (besides public_url's) whose pages may open WebSockets here with the session
+    cookie, normalised by L{origin_of}; None: the top-level C{websocket_origins}."""
     policy: Any = attr.ib(default=None, eq=False, repr=False)
     """The compiled L{oidcproxy.policy.Policy} of C{rule} and the allow-lists."""
 
@@ -363,6 +366,8 @@ class Config:
     access_log: bool = True
     case_insensitive_routes: bool = False
     """The C{case_insensitive} of routes that do not set it."""
+    websocket_origins: Tuple[str, ...] = ()
+    """Origins besides public_url's allowed to open session-authenticated WebSockets."""
     upstream: UpstreamSettings = UpstreamSettings()
     routes: Tuple[RouteConfig, ...] = ()
     oidc: Optional[OIDCConfig] = None
@@ -501,6 +506,33 @@ def _route_host(text: str) -> str:
     if not host or not all(_HOST_LABEL.match(label) for label in labels):
         raise ValueError(f"{text!r} is not a host name or a '*.example.com' wildcard")
     return host
+
+
+def origin_of(text: str) -> str:
+    """
+    A browser origin as browsers serialise it in C{Origin}: C{scheme://host}
+    with C{:port} unless it is the scheme's default, in lower case.
+
+    @raise ValueError: not an http(s) origin (a path, user information, a
+        query, no host, a bad port, C{null}).
+    """
+    parts = urlsplit(text)
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{text!r} is not an http(s) origin (scheme://host[:port])")
+    if parts.username is not None or parts.password is not None or parts.path \
+            or parts.query or parts.fragment or "?" in text or "#" in text:
+        raise ValueError(f"{text!r} is not an origin: scheme://host[:port] without a path")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"{text!r} has an invalid port") from None
+    scheme = parts.scheme.lower()
+    host = parts.hostname.lower()
+    if ":" in host:
+        host = f"[{host}]"
+    if port is not None and port != {"http": 80, "https": 443}[scheme]:
+        return f"{scheme}://{host}:{port}"
+    return f"{scheme}://{host}"
 
 
 def _network(text: str) -> IPNetwork:
@@ -855,6 +887,8 @@ def _route(t: _Table, index: int, defaults: UpstreamSettings,
         cors_preflight=t.boolean("cors_preflight", False),
         session_expiry_headers=t.boolean("session_expiry_headers", False),
         case_insensitive=t.boolean("case_insensitive", case_insensitive),
+        websocket_origins=t.strings("websocket_origins", (), check=origin_of)
+        if t.has("websocket_origins") else None,
         policy=policy,
     )
 
@@ -1273,6 +1307,7 @@ def parse_config(data: Dict[str, Any], source: str) -> Config:
     access_log = top.boolean("access_log", True)
     username_claim = top.string("username_claim", "sub")
     case_insensitive = top.boolean("case_insensitive_routes", False)
+    websocket_origins = top.strings("websocket_origins", (), check=origin_of)
 
     upstream_table = top.table("upstream")
     upstream = UpstreamSettings()
@@ -1417,6 +1452,7 @@ def parse_config(data: Dict[str, Any], source: str) -> Config:
         max_websockets=max_websockets,
         access_log=access_log,
         case_insensitive_routes=case_insensitive,
+        websocket_origins=websocket_origins,
         upstream=upstream,
         routes=tuple(routes),
         oidc=oidc,

@@ -38,7 +38,7 @@ from twisted.web.resource import IResource, Resource, getChildForRequest
 from twisted.web.server import NOT_DONE_YET, Request
 
 from . import identity as identity  # re-exported: oidcproxy.guard.identity
-from .config import Config, RouteConfig
+from .config import Config, RouteConfig, origin_of
 from .cookies import (
     CookieSpec,
     CookieTooLarge,
@@ -810,6 +810,8 @@ class OIDCGuard(Resource):
             log.warn("could not delete an ended session from the store")
 
     async def _authenticated(self, request: Request, match: RouteMatch, session: Session) -> None:
+        if not self._websocket_origin_allowed(request, match.route):
+            return
         now = self._clock.seconds()
         if self._csrf is not None and not self._csrf_passed(request, session, now):
             return
@@ -865,6 +867,50 @@ class OIDCGuard(Resource):
             self._add_headers_on_write(request, [], hints)
         self._set_identity(request, session)
         self._pass(request, match)
+
+    def _websocket_origin_allowed(self, request: Request, route: RouteConfig) -> bool:
+        """
+        Cross-site WebSocket hijacking: a browser sends the session cookie
+        with the WebSocket handshake of any page that opens one (C{SameSite}
+        stops only cross-site ones, and C{None} not even those), and the
+        socket is not bound by CORS. Its C{Origin} says whose page it is: a
+        cookie-authenticated upgrade passes with public_url's origin or one
+        of C{websocket_origins}, else gets 403 (C{null} and malformed ones
+        too). Without C{Origin} it passes: browsers always send one with a
+        WebSocket handshake, so the client is not a browser that a foreign
+        page could drive.
+        """
+        headers = request.requestHeaders
+        if b"websocket" not in header_tokens(headers, b"upgrade"):
+            return True
+        values = headers.getRawHeaders(b"origin")
+        if values is None:
+            return True
+        allowed = route.websocket_origins if route.websocket_origins is not None \
+            else self._config.websocket_origins
+        if len(values) == 1:
+            try:
+                seen = origin_of(values[0].decode("ascii"))
+            except ValueError:  # UnicodeDecodeError too
+                seen = None
+            if seen is not None and (seen in allowed or seen == self._own_origin()):
+                return True
+        shown = "".join(chr(c) if 0x20 <= c < 0x7F else "?" for c in b", ".join(values)[:200])
+        log.warn("WebSocket upgrade on {route} refused: Origin {origin} is neither public_url's "
+                 "nor in websocket_origins", route=route.name, origin=shown)
+        _decided(request, "origin_refused")
+        self._metrics.websocket_upgrade("origin_refused")
+        self._finish(request, 403, "websocket_origin_refused",
+                     "WebSocket connections are accepted only from this site's own pages "
+                     "(or the origins in websocket_origins).", as_json=True)
+        return False
+
+    def _own_origin(self) -> Optional[str]:
+        """public_url's origin as a browser sends it in C{Origin}; None without public_url."""
+        try:
+            return origin_of(self._public_origin.decode("ascii")) if self._public else None
+        except ValueError:
+            return None
 
     def _sliding_expiry(self, created: float, now: float) -> float:
         """A sliding session's end: idle_timeout from now, never beyond lifetime from login."""
