@@ -27,7 +27,7 @@ import json
 import re
 from collections import OrderedDict
 from html import escape
-from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 from urllib.parse import unquote_to_bytes
 
 import attr
@@ -42,6 +42,7 @@ from .config import Config, RouteConfig, origin_of
 from .cookies import (
     CookieSpec,
     CookieTooLarge,
+    OwnedNames,
     chunk_names,
     clear_cookie_headers,
     read_cookie,
@@ -247,6 +248,10 @@ class OIDCGuard(Resource):
         self._public_origin = "/".join(self._public.split("/", 3)[:3]).encode("ascii")
 
         self._managed = _managed_headers(config)
+        self._owned: Optional[OwnedNames] = None
+        """The proxy's cookie names in Set-Cookie (see L{_owned_cookies})."""
+        self._owned_logged: Set[str] = set()
+        """Routes whose answer tried to set one of them (logged once each)."""
 
         oidc = config.oidc
         self._oidc = oidc
@@ -381,6 +386,8 @@ class OIDCGuard(Resource):
         self._config = config
         self._routes = routes
         self._managed = _managed_headers(config)
+        self._owned = None
+        self._owned_logged.clear()
         self._wrapped = wrapped
         self._warn_insecure()
         if csrf_changed:
@@ -711,39 +718,47 @@ class OIDCGuard(Resource):
                               headers: Sequence[Tuple[bytes, str]] = ()) -> None:
         """
         Send C{cookies} (and C{headers}) with whatever answer the wrapped
-        resource gives, beside its own. Twisted writes the C{Set-Cookie}
-        header as the answer's first bytes go out (replacing it with
-        C{request.cookies} when the application used C{addCookie}), so ours
-        are merged in right then.
+        resource gives, beside its own (see L{_AnswerHeaders}).
         """
         if not cookies and not headers:
             return
-        pending: Optional[Tuple[List[bytes], List[Tuple[bytes, str]]]] = \
-            getattr(request, "oidcproxy_pending_headers", None)
-        if pending is None:
-            pending = ([], [])
-            setattr(request, "oidcproxy_pending_headers", pending)  # noqa: B010
-            our_cookies, our_headers = pending
-            original = request.write
+        pending = _answer_headers(request)
+        pending.cookies.extend(cookies)
+        pending.headers.extend(headers)
 
-            def write(data: bytes) -> None:
-                del request.write  # back to the method: merge only once
-                if not request.startedWriting:
-                    out = request.responseHeaders
-                    if our_cookies and request.cookies:
-                        request.cookies.extend(
-                            c for c in our_cookies if c not in request.cookies)
-                    elif our_cookies:
-                        existing = out.getRawHeaders(b"set-cookie", [])
-                        out.setRawHeaders(b"set-cookie", [
-                            *existing, *(c for c in our_cookies if c not in existing)])
-                    for name, value in our_headers:
-                        out.setRawHeaders(name, [value.encode("ascii")])
-                original(data)
+    def _owned_cookies(self) -> OwnedNames:
+        """The names of the session cookie (and chunks), the state cookies and the CSRF cookie."""
+        if self._owned is None:
+            names = [self._session_cookie.name]
+            if self._csrf is not None:
+                names.append(self._csrf.cookie.name)
+            prefixes = [self._config.state_cookie.name] if self._login is not None else []
+            self._owned = OwnedNames(names, prefixes)
+        return self._owned
 
-            request.write = write  # type: ignore[method-assign]
-        pending[0].extend(cookies)
-        pending[1].extend(headers)
+    def _refuse_owned_cookies(self, request: Request, route: RouteConfig) -> None:
+        """
+        From here on the wrapped resource answers: none of its C{Set-Cookie}
+        may set one of the proxy's cookies (an upstream replacing the
+        session cookie would log the browser in as someone else, or pin a
+        session on it). Each is dropped; the first of each route is logged.
+        """
+        owned = self._owned_cookies()
+        logged = self._owned_logged
+
+        def keep(value: bytes) -> bool:
+            name = owned.claimed(value)
+            if name is None:
+                return True
+            if route.name not in logged:
+                logged.add(route.name)
+                shown = "".join(chr(c) if 0x21 <= c < 0x7F else "?" for c in name[:64])
+                log.warn("{route} answered a Set-Cookie for the proxy's own cookie {name}: "
+                         "dropped (this and any later ones of this route; logged once)",
+                         route=route.name, name=shown)
+            return False
+
+        _answer_headers(request).keep = keep
 
     def _pass(self, request: Request, match: RouteMatch) -> None:
         """Hand the request to the wrapped resource (the route is known)."""
@@ -752,6 +767,7 @@ class OIDCGuard(Resource):
         if getattr(request, "oidcproxy_forward_auth", None) is not None:
             self._forward_auth_allowed(request)
             return
+        self._refuse_owned_cookies(request, match.route)
         # The wrapped tree is walked along the path the decision was made on,
         # not along Twisted's own split of the raw path (which keeps dot
         # segments: /admin/../public would walk into "admin").
@@ -1658,6 +1674,57 @@ class OIDCGuard(Resource):
             if canonical_header(name) in self._managed.canonical:
                 out.setRawHeaders(name, values)
         self._respond(request, 200, b"text/plain; charset=utf-8", b"")
+
+
+class _AnswerHeaders:
+    """
+    What the guard changes in the wrapped resource's answer, applied as its
+    first bytes go out: Twisted writes the headers then (replacing
+    C{Set-Cookie} with C{request.cookies} when the application used
+    C{addCookie}). The C{Set-Cookie} values C{keep} refuses are dropped,
+    then the guard's C{cookies} and C{headers} are added. Kept on the
+    request as C{oidcproxy_pending_headers}: the WebSocket path, which
+    writes a C{101}'s head itself, reads it too.
+    """
+
+    def __init__(self) -> None:
+        self.cookies: List[bytes] = []
+        self.headers: List[Tuple[bytes, str]] = []
+        self.keep: Optional[Callable[[bytes], bool]] = None
+
+    def apply(self, request: Request) -> None:
+        out = request.responseHeaders
+        sent: List[bytes] = list(request.cookies or out.getRawHeaders(b"set-cookie", []))
+        if self.keep is not None:
+            sent = [c for c in sent if self.keep(c)]
+        sent.extend(c for c in self.cookies if c not in sent)
+        # All in the header: Twisted leaves it alone when request.cookies is empty.
+        del request.cookies[:]
+        if sent:
+            out.setRawHeaders(b"set-cookie", sent)
+        else:
+            out.removeHeader(b"set-cookie")
+        for name, value in self.headers:
+            out.setRawHeaders(name, [value.encode("ascii")])
+
+
+def _answer_headers(request: Request) -> _AnswerHeaders:
+    """The request's L{_AnswerHeaders}, hooked to its first write once."""
+    pending: Optional[_AnswerHeaders] = getattr(request, "oidcproxy_pending_headers", None)
+    if pending is None:
+        pending = _AnswerHeaders()
+        setattr(request, "oidcproxy_pending_headers", pending)  # noqa: B010
+        original = request.write
+        hooked = pending
+
+        def write(data: bytes) -> None:
+            del request.write  # back to the method: once only
+            if not request.startedWriting:
+                hooked.apply(request)
+            original(data)
+
+        request.write = write  # type: ignore[method-assign]
+    return pending
 
 
 class _StaticKeys:

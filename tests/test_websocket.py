@@ -722,6 +722,38 @@ class ConnectionHeaderTests(SynchronousTestCase):
         self.assertEqual(client.status(), 101)
 
 
+OWNED_SET_COOKIES = (b"__Host-oidcproxy=forged; Path=/; Secure", b"OIDCPROXY_1=x",
+                     b"__host-oidcproxy_state_abc=x")
+
+
+class OwnCookieTests(SynchronousTestCase):
+    def test_101_cannot_set_the_proxys_cookies(self):
+        """
+        An upstream's 101 carrying Set-Cookie for the session cookie (any
+        case, a chunk, a state cookie) reaches the browser without them;
+        its other cookies pass.
+        """
+        w = WSHarness(self)
+        client = w.upgrade(w.login())
+        w.endpoint.protocol.dataReceived(SWITCH.replace(b"\r\n\r\n", b"".join(
+            b"\r\nSet-Cookie: " + c for c in (*OWNED_SET_COOKIES, b"app=1; Path=/")) + b"\r\n\r\n"))
+        head = client.received()
+        self.assertEqual(client.status(), 101)
+        self.assertEqual(header(head, b"set-cookie"), [b"app=1; Path=/"])
+        logged = [e for e in w.events if "own cookie" in e.get("log_format", "")]
+        self.assertEqual(len(logged), 1)
+
+    def test_non_101_cannot_set_the_proxys_cookies(self):
+        """The same for an upstream that answers the upgrade with something else."""
+        w = WSHarness(self)
+        client = w.upgrade(w.login())
+        w.endpoint.protocol.dataReceived(
+            b"HTTP/1.1 403 Forbidden\r\nSet-Cookie: __Host-oidcproxy=forged\r\n"
+            b"Set-Cookie: app=1\r\nContent-Length: 0\r\n\r\n")
+        self.assertEqual(client.status(), 403)
+        self.assertEqual(header(client.received(), b"set-cookie"), [b"app=1"])
+
+
 def bearer_token(w: WSHarness) -> bytes:
     from .idp import ISSUER
     from .test_guard import CLIENT_ID
