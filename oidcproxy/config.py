@@ -173,6 +173,11 @@ class RouteConfig:
     cors_preflight: bool = False
     """Let CORS preflights (OPTIONS with Access-Control-Request-Method) through unauthenticated."""
     session_expiry_headers: bool = False
+    case_insensitive: bool = False
+    """Match C{path} in any ASCII case (for upstreams that serve paths case-insensitively)."""
+    websocket_origins: Optional[Tuple[str, ...]] = None
+    """Origins (besides public_url's) whose pages may open WebSockets here with the session
+    cookie, normalised by L{origin_of}; None: the top-level C{websocket_origins}."""
     policy: Any = attr.ib(default=None, eq=False, repr=False)
     """The compiled L{oidcproxy.policy.Policy} of C{rule} and the allow-lists."""
 
@@ -370,6 +375,10 @@ class Config:
     max_websockets: int = 1000
     """Upgraded (WebSocket) connections open at once in one process; more get 503."""
     access_log: bool = True
+    case_insensitive_routes: bool = False
+    """The C{case_insensitive} of routes that do not set it."""
+    websocket_origins: Tuple[str, ...] = ()
+    """Origins besides public_url's allowed to open session-authenticated WebSockets."""
     upstream: UpstreamSettings = UpstreamSettings()
     routes: Tuple[RouteConfig, ...] = ()
     oidc: Optional[OIDCConfig] = None
@@ -508,6 +517,33 @@ def _route_host(text: str) -> str:
     if not host or not all(_HOST_LABEL.match(label) for label in labels):
         raise ValueError(f"{text!r} is not a host name or a '*.example.com' wildcard")
     return host
+
+
+def origin_of(text: str) -> str:
+    """
+    A browser origin as browsers serialise it in C{Origin}: C{scheme://host}
+    with C{:port} unless it is the scheme's default, in lower case.
+
+    @raise ValueError: not an http(s) origin (a path, user information, a
+        query, no host, a bad port, C{null}).
+    """
+    parts = urlsplit(text)
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{text!r} is not an http(s) origin (scheme://host[:port])")
+    if parts.username is not None or parts.password is not None or parts.path \
+            or parts.query or parts.fragment or "?" in text or "#" in text:
+        raise ValueError(f"{text!r} is not an origin: scheme://host[:port] without a path")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"{text!r} has an invalid port") from None
+    scheme = parts.scheme.lower()
+    host = parts.hostname.lower()
+    if ":" in host:
+        host = f"[{host}]"
+    if port is not None and port != {"http": 80, "https": 443}[scheme]:
+        return f"{scheme}://{host}:{port}"
+    return f"{scheme}://{host}"
 
 
 def _network(text: str) -> IPNetwork:
@@ -809,7 +845,8 @@ def _readable_file(path: str) -> str:
     return path
 
 
-def _route(t: _Table, index: int, defaults: UpstreamSettings) -> Optional[RouteConfig]:
+def _route(t: _Table, index: int, defaults: UpstreamSettings,
+           case_insensitive: bool = False) -> Optional[RouteConfig]:
     """The route, or None when its path is invalid (so no other check trips on it)."""
     path = t.string("path", None, required=True, check=_route_prefix)
     host = t.string("host", None, check=_route_host)
@@ -860,6 +897,9 @@ def _route(t: _Table, index: int, defaults: UpstreamSettings) -> Optional[RouteC
         methods=methods,
         cors_preflight=t.boolean("cors_preflight", False),
         session_expiry_headers=t.boolean("session_expiry_headers", False),
+        case_insensitive=t.boolean("case_insensitive", case_insensitive),
+        websocket_origins=t.strings("websocket_origins", (), check=origin_of)
+        if t.has("websocket_origins") else None,
         policy=policy,
     )
 
@@ -1323,6 +1363,8 @@ def parse_config(data: Dict[str, Any], source: str) -> Config:
     max_websockets = top.integer("max_websockets", defaults.max_websockets, minimum=1)
     access_log = top.boolean("access_log", True)
     username_claim = top.string("username_claim", "sub")
+    case_insensitive = top.boolean("case_insensitive_routes", False)
+    websocket_origins = top.strings("websocket_origins", (), check=origin_of)
 
     upstream_table = top.table("upstream")
     upstream = UpstreamSettings()
@@ -1332,23 +1374,29 @@ def parse_config(data: Dict[str, Any], source: str) -> Config:
 
     routes = []
     for i, rt in enumerate(top.tables("routes")):
-        route = _route(rt, i, upstream)
+        route = _route(rt, i, upstream, case_insensitive)
         rt.done()
         if route is not None:
             routes.append(route)
     if not top.has("routes"):
         top.problem("routes", "at least one [[routes]] entry is required")
     seen: Dict[Tuple[Optional[str], str], int] = {}
+    folded: Dict[Tuple[Optional[str], str], RouteConfig] = {}
     for r in routes:
         key = (r.host, r.path)
+        where = f"on {'host ' + r.host if r.host else 'every host'}"
         if key in seen:
-            problems.add(
-                f"{r.name}.path",
-                f"{r.path!r} on {'host ' + r.host if r.host else 'every host'} "
-                f"is already routed by routes[{seen[key]}]",
-            )
+            problems.add(f"{r.name}.path", f"{r.path!r} {where} is already routed by "
+                         f"routes[{seen[key]}]")
         seen[key] = r.index
-        if prefix and (r.path == prefix or r.path.startswith(prefix + "/")):
+        other = folded.setdefault((r.host, r.path.lower()), r)
+        if other.path != r.path and (other.case_insensitive or r.case_insensitive):
+            problems.add(f"{r.name}.path", f"{r.path!r} {where} differs only in case from "
+                         f"routes[{other.index}]'s {other.path!r}, and one of them is "
+                         "case_insensitive: spell both the same or merge them")
+        # A case-insensitive route would take the endpoints' paths in another case.
+        path, inside = (r.path.lower(), prefix.lower()) if r.case_insensitive else (r.path, prefix)
+        if prefix and (path == inside or path.startswith(inside + "/")):
             problems.add(f"{r.name}.path", f"{r.path!r} is inside endpoints_prefix {prefix!r}")
 
     oidc = None
@@ -1462,6 +1510,8 @@ def parse_config(data: Dict[str, Any], source: str) -> Config:
         keepalive_timeout=keepalive,
         max_websockets=max_websockets,
         access_log=access_log,
+        case_insensitive_routes=case_insensitive,
+        websocket_origins=websocket_origins,
         upstream=upstream,
         routes=tuple(routes),
         oidc=oidc,

@@ -12,7 +12,7 @@ L{CHUNK_SIZE}.
 from __future__ import annotations
 
 import re
-from typing import Container, Iterable, List, Mapping, Optional, Sequence
+from typing import Container, FrozenSet, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import attr
 
@@ -272,3 +272,59 @@ def strip_cookies(cookie_header_values: Sequence[bytes], names: Container[bytes]
         if rewritten:
             kept_values.append(rewritten)
     return kept_values
+
+
+_NAME_PREFIXES = ("__host-", "__secure-")
+
+
+def _folded(name: bytes) -> str:
+    """A cookie name in lower case, without blanks and C{__Host-}/C{__Secure-} prefixes."""
+    text = name.decode("latin-1").strip(" \t").lower()
+    while text.startswith(_NAME_PREFIXES):
+        text = text.split("-", 1)[1]
+    return text
+
+
+class OwnedNames:
+    """
+    The proxy's cookie names, to refuse them in C{Set-Cookie} headers it did
+    not write (an upstream's, an embedded application's).
+
+    Matching is stricter than any browser: case-insensitive, with or without
+    a C{__Host-}/C{__Secure-} prefix (also in another case), and for a
+    nameless cookie (C{Set-Cookie: =NAME=x}, which browsers send back as
+    C{NAME=x}) on the name inside its value.
+
+    @param names: base names (the session cookie, the CSRF cookie), owned
+        as they are and with a chunk suffix (C{_1}, C{_2}, ...).
+    @param prefixes: base names owned with any C{_suffix} (the state
+        cookies, C{<name>_<state>}).
+    """
+
+    def __init__(self, names: Iterable[str], prefixes: Iterable[str] = ()) -> None:
+        self._names: FrozenSet[str] = frozenset(_folded(n.encode("latin-1")) for n in names)
+        self._prefixes: Tuple[str, ...] = tuple(
+            _folded(p.encode("latin-1")) + "_" for p in prefixes)
+
+    def owns(self, name: bytes) -> bool:
+        """Whether a cookie of this name would be taken for one of the proxy's."""
+        folded = _folded(name)
+        if folded in self._names or (self._prefixes and folded.startswith(self._prefixes)):
+            return True
+        base, sep, index = folded.rpartition("_")
+        return bool(sep) and index.isdigit() and base in self._names
+
+    def claimed(self, set_cookie: bytes) -> Optional[bytes]:
+        """
+        The name of one of the proxy's cookies that the C{Set-Cookie} header
+        value C{set_cookie} would set, or None.
+        """
+        pair = set_cookie.split(b";", 1)[0]
+        name, equals, value = pair.partition(b"=")
+        if self.owns(name):
+            return name.strip(b" \t")
+        if equals and not name.strip(b" \t"):
+            inner = value.partition(b"=")[0]
+            if self.owns(inner):
+                return inner.strip(b" \t")
+        return None

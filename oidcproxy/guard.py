@@ -27,7 +27,7 @@ import json
 import re
 from collections import OrderedDict
 from html import escape
-from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 from urllib.parse import unquote_to_bytes
 
 import attr
@@ -38,11 +38,12 @@ from twisted.web.resource import IResource, Resource, getChildForRequest
 from twisted.web.server import NOT_DONE_YET, Request
 
 from . import identity as identity  # re-exported: oidcproxy.guard.identity
-from .config import Config, RouteConfig
+from .config import Config, RouteConfig, origin_of
 from .cookies import (
     CHUNK_SIZE,
     CookieSpec,
     CookieTooLarge,
+    OwnedNames,
     chunk_names,
     clear_cookie_headers,
     read_cookie,
@@ -56,7 +57,7 @@ from .metrics import Metrics, NullMetrics
 from .pages import render_error
 from .provider import ClientAuth, Provider, ProviderError, make_http_client
 from .refresh import Refresher
-from .routes import BadRequestTarget, RouteMatch, RouteTable, normalise_path
+from .routes import BadRequestTarget, RouteMatch, RouteTable, normalise_path, request_host, split_target
 from .session import (
     LIVE,
     ISessionStore,
@@ -79,7 +80,13 @@ from .tokens import (
     TokenError,
     peek_header,
 )
-from .upstream import canonical_header, is_trusted, request_host_header
+from .upstream import (
+    canonical_header,
+    drop_connection_named,
+    is_trusted,
+    request_authority,
+    request_host_header,
+)
 from .websocket import header_tokens
 
 log = Logger()
@@ -261,6 +268,10 @@ class OIDCGuard(Resource):
 
         self._managed = _managed_headers(config)
         self._claim_names = claims_in_use(config)
+        self._owned: Optional[OwnedNames] = None
+        """The proxy's cookie names in Set-Cookie (see L{_owned_cookies})."""
+        self._owned_logged: Set[str] = set()
+        """Routes whose answer tried to set one of them (logged once each)."""
 
         oidc = config.oidc
         self._oidc = oidc
@@ -396,6 +407,8 @@ class OIDCGuard(Resource):
         self._routes = routes
         self._managed = _managed_headers(config)
         self._claim_names = claims_in_use(config)
+        self._owned = None
+        self._owned_logged.clear()
         self._wrapped = wrapped
         self._warn_insecure()
         if csrf_changed:
@@ -531,7 +544,8 @@ class OIDCGuard(Resource):
         # matched in, even if a reload swaps both while it waits.
         setattr(request, "oidcproxy_wrapped", self._wrapped)  # noqa: B010 - read by _pass
         try:
-            host = request_host_header(request)
+            # One authority from here on: an absolute-form target's replaces Host.
+            host = request_authority(request)
             early = getattr(request, "oidcproxy_early_match", None)
             if early is not None and early[0] is self._routes and early[1] == host \
                     and early[2] == request.uri:
@@ -540,8 +554,7 @@ class OIDCGuard(Resource):
             else:
                 match = self._routes.match(host, request.uri)
             path = match.path if match is not None else \
-                normalise_path(request.uri.split(b"?", 1)[0]) if request.uri.startswith(b"/") \
-                else ""
+                normalise_path(split_target(request.uri)[1].split(b"?", 1)[0])
         except BadRequestTarget as e:
             log.info("refused request target: {reason}", reason=e.reason)
             self._finish(request, 400, "bad_request", f"Bad request target: {e.reason}.")
@@ -549,6 +562,9 @@ class OIDCGuard(Resource):
         # Read before the managed headers are stripped (Authorization is one
         # of them when the proxy forwards the session's access token that way).
         authorization = request.requestHeaders.getRawHeaders(b"authorization")
+        # The headers the client's Connection names go before ours are set,
+        # so that naming ours there removes nothing of the proxy's.
+        drop_connection_named(request.requestHeaders)
         # Whatever happens next, the client's copies of our headers and our
         # cookies never go further.
         self._managed.strip(request)
@@ -849,39 +865,47 @@ class OIDCGuard(Resource):
                               headers: Sequence[Tuple[bytes, str]] = ()) -> None:
         """
         Send C{cookies} (and C{headers}) with whatever answer the wrapped
-        resource gives, beside its own. Twisted writes the C{Set-Cookie}
-        header as the answer's first bytes go out (replacing it with
-        C{request.cookies} when the application used C{addCookie}), so ours
-        are merged in right then.
+        resource gives, beside its own (see L{_AnswerHeaders}).
         """
         if not cookies and not headers:
             return
-        pending: Optional[Tuple[List[bytes], List[Tuple[bytes, str]]]] = \
-            getattr(request, "oidcproxy_pending_headers", None)
-        if pending is None:
-            pending = ([], [])
-            setattr(request, "oidcproxy_pending_headers", pending)  # noqa: B010
-            our_cookies, our_headers = pending
-            original = request.write
+        pending = _answer_headers(request)
+        pending.cookies.extend(cookies)
+        pending.headers.extend(headers)
 
-            def write(data: bytes) -> None:
-                del request.write  # back to the method: merge only once
-                if not request.startedWriting:
-                    out = request.responseHeaders
-                    if our_cookies and request.cookies:
-                        request.cookies.extend(
-                            c for c in our_cookies if c not in request.cookies)
-                    elif our_cookies:
-                        existing = out.getRawHeaders(b"set-cookie", [])
-                        out.setRawHeaders(b"set-cookie", [
-                            *existing, *(c for c in our_cookies if c not in existing)])
-                    for name, value in our_headers:
-                        out.setRawHeaders(name, [value.encode("ascii")])
-                original(data)
+    def _owned_cookies(self) -> OwnedNames:
+        """The names of the session cookie (and chunks), the state cookies and the CSRF cookie."""
+        if self._owned is None:
+            names = [self._session_cookie.name]
+            if self._csrf is not None:
+                names.append(self._csrf.cookie.name)
+            prefixes = [self._config.state_cookie.name] if self._login is not None else []
+            self._owned = OwnedNames(names, prefixes)
+        return self._owned
 
-            request.write = write  # type: ignore[method-assign]
-        pending[0].extend(cookies)
-        pending[1].extend(headers)
+    def _refuse_owned_cookies(self, request: Request, route: RouteConfig) -> None:
+        """
+        From here on the wrapped resource answers: none of its C{Set-Cookie}
+        may set one of the proxy's cookies (an upstream replacing the
+        session cookie would log the browser in as someone else, or pin a
+        session on it). Each is dropped; the first of each route is logged.
+        """
+        owned = self._owned_cookies()
+        logged = self._owned_logged
+
+        def keep(value: bytes) -> bool:
+            name = owned.claimed(value)
+            if name is None:
+                return True
+            if route.name not in logged:
+                logged.add(route.name)
+                shown = "".join(chr(c) if 0x21 <= c < 0x7F else "?" for c in name[:64])
+                log.warn("{route} answered a Set-Cookie for the proxy's own cookie {name}: "
+                         "dropped (this and any later ones of this route; logged once)",
+                         route=route.name, name=shown)
+            return False
+
+        _answer_headers(request).keep = keep
 
     def _pass(self, request: Request, match: RouteMatch) -> None:
         """Hand the request to the wrapped resource (the route is known)."""
@@ -890,6 +914,7 @@ class OIDCGuard(Resource):
         if getattr(request, "oidcproxy_forward_auth", None) is not None:
             self._forward_auth_allowed(request)
             return
+        self._refuse_owned_cookies(request, match.route)
         # The wrapped tree is walked along the path the decision was made on,
         # not along Twisted's own split of the raw path (which keeps dot
         # segments: /admin/../public would walk into "admin").
@@ -966,6 +991,8 @@ class OIDCGuard(Resource):
             await self._revocations.mark_revoked(session_id=session.id, ttl=max(1.0, ttl))
 
     async def _authenticated(self, request: Request, match: RouteMatch, session: Session) -> None:
+        if not self._websocket_origin_allowed(request, match.route):
+            return
         now = self._clock.seconds()
         if self._csrf is not None and not self._csrf_passed(request, session, now):
             return
@@ -1040,6 +1067,50 @@ class OIDCGuard(Resource):
             self._add_headers_on_write(request, [], hints)
         self._set_identity(request, session)
         self._pass(request, match)
+
+    def _websocket_origin_allowed(self, request: Request, route: RouteConfig) -> bool:
+        """
+        Cross-site WebSocket hijacking: a browser sends the session cookie
+        with the WebSocket handshake of any page that opens one (C{SameSite}
+        stops only cross-site ones, and C{None} not even those), and the
+        socket is not bound by CORS. Its C{Origin} says whose page it is: a
+        cookie-authenticated upgrade passes with public_url's origin or one
+        of C{websocket_origins}, else gets 403 (C{null} and malformed ones
+        too). Without C{Origin} it passes: browsers always send one with a
+        WebSocket handshake, so the client is not a browser that a foreign
+        page could drive.
+        """
+        headers = request.requestHeaders
+        if b"websocket" not in header_tokens(headers, b"upgrade"):
+            return True
+        values = headers.getRawHeaders(b"origin")
+        if values is None:
+            return True
+        allowed = route.websocket_origins if route.websocket_origins is not None \
+            else self._config.websocket_origins
+        if len(values) == 1:
+            try:
+                seen = origin_of(values[0].decode("ascii"))
+            except ValueError:  # UnicodeDecodeError too
+                seen = None
+            if seen is not None and (seen in allowed or seen == self._own_origin()):
+                return True
+        shown = "".join(chr(c) if 0x20 <= c < 0x7F else "?" for c in b", ".join(values)[:200])
+        log.warn("WebSocket upgrade on {route} refused: Origin {origin} is neither public_url's "
+                 "nor in websocket_origins", route=route.name, origin=shown)
+        _decided(request, "origin_refused")
+        self._metrics.websocket_upgrade("origin_refused")
+        self._finish(request, 403, "websocket_origin_refused",
+                     "WebSocket connections are accepted only from this site's own pages "
+                     "(or the origins in websocket_origins).", as_json=True)
+        return False
+
+    def _own_origin(self) -> Optional[str]:
+        """public_url's origin as a browser sends it in C{Origin}; None without public_url."""
+        try:
+            return origin_of(self._public_origin.decode("ascii")) if self._public else None
+        except ValueError:
+            return None
 
     def _sliding_expiry(self, created: float, now: float) -> float:
         """A sliding session's end: idle_timeout from now, never beyond lifetime from login."""
@@ -1805,38 +1876,43 @@ class OIDCGuard(Resource):
             return True, next(iter(found), None)
 
         ok_method, method = described(b"x-forwarded-method", b"x-original-method")
-        ok_host, host = described(b"x-forwarded-host")
-        # X-Original-URL is absolute (nginx's $scheme://$host$request_uri): its path and query
-        # must agree with the other spellings of the original URI.
-        urls = headers.getRawHeaders(b"x-original-url", [])
-        url_targets: Set[bytes] = set()
-        for url in urls:
-            if not url:
-                continue
-            if url.startswith(b"/"):
-                url_targets.add(url)
-            else:
-                scheme_end = url.find(b"://")
-                slash = url.find(b"/", scheme_end + 3) if scheme_end != -1 else -1
-                url_targets.add(url[slash:] if slash != -1 else b"/")
-        ok_uri, uri = described(b"x-forwarded-uri", b"x-original-uri")
-        if url_targets:
-            if uri is not None:
-                url_targets.add(uri)
-            ok_uri = ok_uri and len(url_targets) == 1
-            uri = next(iter(url_targets))
-        if not (ok_method and ok_host and ok_uri):
+        # The original URI in origin form (its path and query), and the host
+        # it was for: X-Forwarded-Host, or the authority of an absolute URI
+        # (X-Original-URL is nginx's $scheme://$host$request_uri). Every
+        # spelling given must agree: one authority decides the route.
+        targets: Set[bytes] = set()
+        hosts: Set[str] = set()
+        try:
+            for name in (b"x-forwarded-uri", b"x-original-uri", b"x-original-url"):
+                for value in headers.getRawHeaders(name, []):
+                    if not value and name == b"x-original-url":
+                        continue
+                    authority, target = split_target(value)
+                    if authority is not None:
+                        hosts.add(request_host(authority) or "")
+                    targets.add(target)
+            for value in headers.getRawHeaders(b"x-forwarded-host", []):
+                named = request_host(value)
+                if named is not None:
+                    hosts.add(named)
+        except BadRequestTarget as e:
+            self._finish(request, 400, "bad_request", f"Bad original URL: {e.reason}.",
+                         as_json=True)
+            return
+        if not ok_method or len(targets) > 1 or len(hosts) > 1:
             log.warn("forward-auth request refused: conflicting descriptions of the original request")
             self._finish(request, 400, "bad_request",
                          "The headers describing the original request disagree.", as_json=True)
             return
         method = method or b"GET"
-        if uri is None:
+        if not targets:
             self._finish(request, 400, "bad_request",
                          "X-Forwarded-Uri (or X-Original-URL) is required.", as_json=True)
             return
+        uri = targets.pop()
+        host = hosts.pop().encode("ascii") if hosts else request_host_header(request)
         try:
-            match = self._routes.match(host or request_host_header(request), uri)
+            match = self._routes.match(host, uri)
         except BadRequestTarget as e:
             self._finish(request, 400, "bad_request", f"Bad original URL: {e.reason}.",
                          as_json=True)
@@ -1859,6 +1935,57 @@ class OIDCGuard(Resource):
             if canonical_header(name) in self._managed.canonical:
                 out.setRawHeaders(name, values)
         self._respond(request, 200, b"text/plain; charset=utf-8", b"")
+
+
+class _AnswerHeaders:
+    """
+    What the guard changes in the wrapped resource's answer, applied as its
+    first bytes go out: Twisted writes the headers then (replacing
+    C{Set-Cookie} with C{request.cookies} when the application used
+    C{addCookie}). The C{Set-Cookie} values C{keep} refuses are dropped,
+    then the guard's C{cookies} and C{headers} are added. Kept on the
+    request as C{oidcproxy_pending_headers}: the WebSocket path, which
+    writes a C{101}'s head itself, reads it too.
+    """
+
+    def __init__(self) -> None:
+        self.cookies: List[bytes] = []
+        self.headers: List[Tuple[bytes, str]] = []
+        self.keep: Optional[Callable[[bytes], bool]] = None
+
+    def apply(self, request: Request) -> None:
+        out = request.responseHeaders
+        sent: List[bytes] = list(request.cookies or out.getRawHeaders(b"set-cookie", []))
+        if self.keep is not None:
+            sent = [c for c in sent if self.keep(c)]
+        sent.extend(c for c in self.cookies if c not in sent)
+        # All in the header: Twisted leaves it alone when request.cookies is empty.
+        del request.cookies[:]
+        if sent:
+            out.setRawHeaders(b"set-cookie", sent)
+        else:
+            out.removeHeader(b"set-cookie")
+        for name, value in self.headers:
+            out.setRawHeaders(name, [value.encode("ascii")])
+
+
+def _answer_headers(request: Request) -> _AnswerHeaders:
+    """The request's L{_AnswerHeaders}, hooked to its first write once."""
+    pending: Optional[_AnswerHeaders] = getattr(request, "oidcproxy_pending_headers", None)
+    if pending is None:
+        pending = _AnswerHeaders()
+        setattr(request, "oidcproxy_pending_headers", pending)  # noqa: B010
+        original = request.write
+        hooked = pending
+
+        def write(data: bytes) -> None:
+            del request.write  # back to the method: once only
+            if not request.startedWriting:
+                hooked.apply(request)
+            original(data)
+
+        request.write = write  # type: ignore[method-assign]
+    return pending
 
 
 class _StaticKeys:

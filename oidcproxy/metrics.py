@@ -79,7 +79,8 @@ class NullMetrics:
         """
         An upgrade request ended its handshake: C{upgraded}, C{refused} (the
         upstream answered without 101), C{upstream_failed} (502),
-        C{upstream_timeout} (504), C{over_capacity} (503) or C{client_gone}.
+        C{upstream_timeout} (504), C{over_capacity} (503), C{client_gone} or
+        C{origin_refused} (403: a session upgrade from a foreign page).
         """
 
     def websocket_open(self, delta: int) -> None:

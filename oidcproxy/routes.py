@@ -25,7 +25,8 @@ import attr
 
 from oidcproxy.config import RouteConfig
 
-__all__ = ["BadRequestTarget", "RouteMatch", "RouteTable", "normalise_path", "request_host"]
+__all__ = ["BadRequestTarget", "RouteMatch", "RouteTable", "normalise_path", "request_host",
+           "split_target"]
 
 
 class BadRequestTarget(Exception):
@@ -244,6 +245,41 @@ def request_host(host_header: Optional[bytes]) -> Optional[str]:
     return name
 
 
+# -- targets ---------------------------------------------------------------------
+
+
+def split_target(raw_target: bytes) -> Tuple[Optional[bytes], bytes]:
+    """
+    The authority of an absolute-form request target (C{http://host:port/p?q})
+    and its origin-form rest (C{/p?q}); C{(None, raw_target)} for an
+    origin-form target. RFC 9112 3.2.2: with an absolute-form target the
+    authority is the host the request is for, and C{Host} is ignored.
+
+    @raise BadRequestTarget: neither form, or an absolute form without a
+        host. The authority itself is checked by L{request_host}.
+    """
+    if raw_target[:1] == b"/":
+        return None, raw_target
+    scheme = raw_target[:8].lower()
+    if scheme.startswith(b"http://"):
+        start = 7
+    elif scheme.startswith(b"https://"):
+        start = 8
+    else:
+        raise BadRequestTarget("unsupported request-target form")
+    end = len(raw_target)
+    for separator in (b"/", b"?"):
+        at = raw_target.find(separator, start, end)
+        if at != -1:
+            end = at
+    if end == start:
+        raise BadRequestTarget("absolute-form target without a host")
+    rest = raw_target[end:]
+    if rest[:1] != b"/":
+        rest = b"/" + rest
+    return raw_target[start:end], rest
+
+
 # -- the table -------------------------------------------------------------------
 
 
@@ -331,6 +367,30 @@ class _Bucket:
         return self.anyhost
 
 
+def _pick_either(spelled: _Bucket, folded: _Bucket, host: Optional[str]) -> Optional[_Route]:
+    """
+    L{_Bucket.pick} over the routes of one prefix in two buckets: those
+    spelled exactly as the request's path (case-sensitive ones) and the
+    case-insensitive ones. The host decides first (exact, then wildcard,
+    then any host); at the same rank the exact spelling wins.
+    """
+    if host is not None:
+        for bucket in (spelled, folded):
+            found = bucket.exact.get(host)
+            if found is not None:
+                return found
+        if spelled.wildcard or folded.wildcard:
+            dot = host.find(".")
+            while dot != -1:
+                suffix = host[dot + 1 :]
+                for bucket in (spelled, folded):
+                    found = bucket.wildcard.get(suffix)
+                    if found is not None:
+                        return found
+                dot = host.find(".", dot + 1)
+    return spelled.anyhost if spelled.anyhost is not None else folded.anyhost
+
+
 class RouteTable:
     """
     The configured routes, ready for matching.
@@ -339,30 +399,55 @@ class RouteTable:
     exact host beats a wildcard host (the longer suffix first), which beats a
     route for every host. Two routes with the same host and prefix: the first
     one given wins.
+
+    A route with C{case_insensitive} matches its prefix in any ASCII case
+    (C{/ADMIN/x} and C{/Admin/x} for C{/admin}); the others only as spelled.
+    At the same prefix length and host rank, a route spelled exactly as the
+    request's path wins over a case-insensitive one.
     """
 
     def __init__(self, routes: Sequence[RouteConfig]) -> None:
         self.routes: Tuple[RouteConfig, ...] = tuple(routes)
         self._buckets: Dict[str, _Bucket] = {}
+        # Case-insensitive routes, by their prefix in lower case. A prefix
+        # without letters reads the same in every case: it stays above.
+        self._folded: Dict[str, _Bucket] = {}
         for config in routes:
             route = _Route(config)
-            bucket = self._buckets.get(route.prefix)
+            key = route.prefix
+            buckets = self._buckets
+            if config.case_insensitive and key.lower() != key.upper():
+                key = key.lower()
+                buckets = self._folded
+            bucket = buckets.get(key)
             if bucket is None:
-                bucket = self._buckets[route.prefix] = _Bucket()
+                bucket = buckets[key] = _Bucket()
             bucket.add(route)
         self._root = self._buckets.get("/")
-        self._lengths: Tuple[int, ...] = tuple(
-            sorted({len(prefix) for prefix in self._buckets if prefix != "/"}, reverse=True)
-        )
+        self._lengths: Tuple[int, ...] = tuple(sorted(
+            {len(prefix) for prefix in (*self._buckets, *self._folded) if prefix != "/"},
+            reverse=True))
         self._encoded_slashes = any(config.allow_encoded_slashes for config in routes)
 
     def _find(self, host: Optional[str], path: str) -> Optional[_Route]:
         size = len(path)
         buckets = self._buckets
+        folded = self._folded
         for length in self._lengths:
             if length > size or (length < size and path[length] != "/"):
                 continue
-            bucket = buckets.get(path[:length])
+            head = path[:length]
+            bucket = buckets.get(head)
+            if folded:
+                # ASCII case folding: the path is ASCII (every other byte
+                # is refused or percent-encoded by then).
+                other = folded.get(head.lower())
+                if other is not None:
+                    found = other.pick(host) if bucket is None \
+                        else _pick_either(bucket, other, host)
+                    if found is not None:
+                        return found
+                    continue
             if bucket is not None:
                 found = bucket.pick(host)
                 if found is not None:
@@ -387,27 +472,9 @@ class RouteTable:
         leftover = raw_target.translate(None, _TARGET_OK)
         if leftover:
             raise _bad_bytes(leftover, "request target")
-        if raw_target[0] == 0x2F:  # "/": origin-form
-            rest = raw_target
-        else:
-            scheme = raw_target[:8].lower()
-            if scheme.startswith(b"http://"):
-                start = 7
-            elif scheme.startswith(b"https://"):
-                start = 8
-            else:
-                raise BadRequestTarget("unsupported request-target form")
-            end = len(raw_target)
-            for separator in (b"/", b"?"):
-                at = raw_target.find(separator, start, end)
-                if at != -1:
-                    end = at
-            if end == start:
-                raise BadRequestTarget("absolute-form target without a host")
-            host_header = raw_target[start:end]
-            rest = raw_target[end:]
-            if rest[:1] != b"/":
-                rest = b"/" + rest
+        authority, rest = split_target(raw_target)
+        if authority is not None:
+            host_header = authority
         mark = rest.find(b"?")
         if mark == -1:
             raw_path, query = rest, None

@@ -35,7 +35,7 @@ from zope.interface import implementer
 from .config import IPNetwork, RouteConfig, UpstreamSettings
 from .metrics import NullMetrics
 from .pages import render_error
-from .routes import BadRequestTarget, RouteMatch, RouteTable
+from .routes import BadRequestTarget, RouteMatch, RouteTable, request_host, split_target
 from .tls import ClientCertificatePolicy, client_certificate, describe_tls_error, trust_root
 from .websocket import SocketRegistry, WebSocketProxy, is_websocket_upgrade
 
@@ -55,6 +55,17 @@ HOP_BY_HOP = frozenset(
         b"proxy-authorization",
     ]
 )
+
+# Connection options still acted on once the client's hop-by-hop headers are
+# gone: the connection's persistence and a WebSocket upgrade.
+_CONNECTION_KEPT = frozenset([b"close", b"keep-alive", b"upgrade"])
+
+# Never removed because a client's Connection names them: the proxy has used
+# them already (Host chose the route; Content-Length and Transfer-Encoding
+# framed the body), and Upgrade is how a WebSocket asks to be one. Each is
+# recomputed or dropped on the way upstream anyway.
+_NOT_CONNECTION_NAMED = frozenset(
+    [b"host", b"content-length", b"transfer-encoding", b"upgrade", b"connection"])
 
 # Set by the proxy from what it knows; a client's copy is dropped unless the
 # peer is a trusted proxy.
@@ -127,6 +138,53 @@ def request_host_header(request: Request) -> Optional[bytes]:
     if len(hosts) != 1:
         raise BadRequestTarget("several Host headers")
     return hosts[0]
+
+
+def request_authority(request: Request) -> Optional[bytes]:
+    """
+    The authority a request is for, made its one C{Host} header: with an
+    absolute-form target (C{GET http://host/path}) the target's authority,
+    which replaces the C{Host} the client sent (RFC 9112 3.2.2: a server
+    ignores that Host, and a proxy replaces it); else the C{Host} header.
+    Everything after this reads one value: the route, C{X-Forwarded-Host},
+    C{Forwarded: host=}, the C{Host} passed with C{pass_host_header}.
+
+    @raise BadRequestTarget: no or several C{Host} headers (see
+        L{request_host_header}), a malformed absolute-form authority.
+    """
+    host = request_host_header(request)
+    authority, _ = split_target(request.uri) if request.uri else (None, b"")
+    if authority is None:
+        return host
+    request_host(authority)
+    if authority != host:
+        request.requestHeaders.setRawHeaders(b"host", [authority])
+    return authority
+
+
+def drop_connection_named(headers: Headers) -> None:
+    """
+    Remove the headers that the client's C{Connection} header names as
+    hop-by-hop (RFC 9110 7.6.1), and keep of C{Connection} only the options
+    still acted on (C{close}, C{keep-alive}, C{upgrade}).
+
+    Run on the client's headers before the proxy adds its own (identity,
+    forwarding, C{Authorization}): a client naming those in C{Connection}
+    removes only its own copies, never the proxy's. Running it again
+    changes nothing.
+    """
+    values = headers.getRawHeaders(b"connection")
+    if not values:
+        return
+    tokens = [t.strip().lower() for v in values for t in v.split(b",")]
+    for name in set(tokens) - _CONNECTION_KEPT - _NOT_CONNECTION_NAMED:
+        if name:
+            headers.removeHeader(name)
+    kept = [t for t in dict.fromkeys(tokens) if t in _CONNECTION_KEPT]
+    if kept:
+        headers.setRawHeaders(b"connection", [b", ".join(kept)])
+    else:
+        headers.removeHeader(b"connection")
 
 
 def _peer_host(request: Request) -> Optional[str]:
@@ -413,12 +471,14 @@ class UpstreamProxy(Resource):
             # A guard in front has routed the request already.
             return self.forward(request, match)
         try:
-            match = self._routes.match(request_host_header(request), request.uri)
+            match = self._routes.match(request_authority(request), request.uri)
         except BadRequestTarget as e:
             log.info("refused request target: {reason}", reason=e.reason)
             return render_error(request, 400, "bad_request", f"Bad request target: {e.reason}.")
         if match is None:
             return render_error(request, 404, "not_found", "No route matches this URL.")
+        # Without a guard in front, the hop-by-hop headers a client names go here.
+        drop_connection_named(request.requestHeaders)
         return self.forward(request, match)
 
     def forward(self, request: Request, match: RouteMatch) -> Any:
@@ -458,14 +518,15 @@ class UpstreamProxy(Resource):
         return NOT_DONE_YET
 
     def _upstream_headers(self, request: Request, match: RouteMatch) -> Headers:
+        # The headers the client's Connection named are gone already (see
+        # drop_connection_named): what it names now is the proxy's own.
         incoming = request.requestHeaders
-        connection_named = _connection_tokens(incoming)
         peer = _peer_host(request)
         trusted = is_trusted(peer, self._trusted)
         out = Headers()
         for name, values in incoming.getAllRawHeaders():
             lower = name.lower()
-            if lower in HOP_BY_HOP or lower in connection_named or lower in _REQUEST_RECOMPUTED:
+            if lower in HOP_BY_HOP or lower in _REQUEST_RECOMPUTED:
                 continue
             canonical = canonical_header(lower)
             if canonical in FORWARDING_HEADERS or canonical in HOP_BY_HOP:

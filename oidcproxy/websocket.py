@@ -660,10 +660,15 @@ class _Upgrade:
             return
         self._stop_timer()
         named = header_tokens(raw, b"connection")
+        # The guard's filter of the answer's Set-Cookie (the proxy's own
+        # cookie names), which request.write would apply to any other answer.
+        keep = getattr(getattr(request, "oidcproxy_pending_headers", None), "keep", None)
         lines = [b"HTTP/1.1 101 " + (reason or b"Switching Protocols")]
         for name, value in headers:
             lower = name.lower()
             if lower in HOP_BY_HOP or lower in named or lower == b"content-length":
+                continue
+            if lower == b"set-cookie" and keep is not None and not keep(value):
                 continue
             lines.append(name + b": " + value)
         lines.append(b"Upgrade: " + b", ".join(raw.getRawHeaders(b"upgrade", [])))
@@ -762,12 +767,10 @@ def _guard_headers(request: Any) -> List[bytes]:
     101 as they would with any answer.
     """
     lines = [b"Set-Cookie: " + c for c in request.responseHeaders.getRawHeaders(b"set-cookie", [])]
-    pending: Optional[Tuple[List[bytes], List[Tuple[bytes, str]]]] = \
-        getattr(request, "oidcproxy_pending_headers", None)
+    pending = getattr(request, "oidcproxy_pending_headers", None)
     if pending is not None:
-        cookies, headers = pending
-        lines.extend(b"Set-Cookie: " + c for c in cookies)
-        lines.extend(name + b": " + value.encode("ascii") for name, value in headers)
+        lines.extend(b"Set-Cookie: " + c for c in pending.cookies)
+        lines.extend(name + b": " + value.encode("ascii") for name, value in pending.headers)
     return lines
 
 

@@ -132,21 +132,27 @@ SCENARIOS = [
 ]
 
 
+def check_upstream(failures: Failures, label: str, got: Dict[str, Any], identity: bool,
+                   tokens: bool, fixture: Fixture, spoofed: Sequence[bytes]) -> None:
+    """The upstream got exactly the proxy's value of each of C{spoofed}, or nothing."""
+    for name in spoofed:
+        expected: List[bytes] = []
+        if name in IDENTITY and identity:
+            expected = IDENTITY[name]
+        elif name in TOKEN_HEADERS and tokens:
+            expected = fixture.tokens[name]
+        elif name in FORWARDING:
+            expected = FORWARDING[name]
+        found = seen(got, name)
+        ok = [v for _, v in found] == expected and all(n == name for n, _ in found)
+        failures.check(ok, label, name, f"upstream got {found}, expected {expected}")
+
+
 class SpoofingTests(SynchronousTestCase):
     def check_upstream(self, failures: Failures, label: str, got: Dict[str, Any],
                        identity: bool, tokens: bool, fixture: Fixture,
                        spoofed: Sequence[bytes]) -> None:
-        for name in spoofed:
-            expected: List[bytes] = []
-            if name in IDENTITY and identity:
-                expected = IDENTITY[name]
-            elif name in TOKEN_HEADERS and tokens:
-                expected = fixture.tokens[name]
-            elif name in FORWARDING:
-                expected = FORWARDING[name]
-            found = seen(got, name)
-            ok = [v for _, v in found] == expected and all(n == name for n, _ in found)
-            failures.check(ok, label, name, f"upstream got {found}, expected {expected}")
+        check_upstream(failures, label, got, identity, tokens, fixture, spoofed)
 
     def test_every_spelling_on_every_route(self):
         """
@@ -323,3 +329,180 @@ class OverrideTests(SynchronousTestCase):
             self.assertEqual(status, 400, lines)
             self.assertEqual(header_of(headers, b"location"), [])
         self.assertEqual(stack.upstream.requests, [])
+
+
+ADMIN = "admin.example.test"
+WWW = "www.example.test"
+HOST_ROUTES = [
+    {"host": ADMIN, "path": "/", "upstream": "http://up.test", "auth": "session"},
+    {"host": ADMIN, "path": "/passed", "upstream": "http://up.test", "auth": "session",
+     "pass_host_header": True},
+    {"path": "/passed", "upstream": "http://up.test", "auth": "none", "pass_host_header": True},
+    {"path": "/", "upstream": "http://up.test", "auth": "none"},
+]
+
+
+class AuthorityTests(SynchronousTestCase):
+    """
+    One authority per request (RFC 9112 3.2.2): an absolute-form target's
+    authority replaces the client's Host, so the host that chose the route
+    is the one every header sent upstream names.
+    """
+
+    def stack(self) -> Stack:
+        return Stack(self, config=make_config(routes=HOST_ROUTES, trusted_proxies=[PROXY_PEER]))
+
+    def send(self, stack: Stack, target: str, host: str, extra: bytes = b"",
+             peer: str = PEER) -> Tuple[int, Optional[Dict[str, Any]]]:
+        before = len(stack.upstream.requests)
+        out = stack.raw(b"GET " + target.encode() + b" HTTP/1.1\r\nHost: " + host.encode()
+                        + b"\r\nAccept: application/json\r\n" + extra + b"\r\n", peer)
+        status = parse_response(out)[0]
+        after = stack.upstream.requests[before:]
+        return status, after[0] if after else None
+
+    def test_absolute_form_authority_is_forwarded(self):
+        """
+        GET http://www.../secret with Host: admin... is routed to www's
+        public route, and the upstream hears of www only: X-Forwarded-Host,
+        Forwarded host=, not the Host the client sent.
+        """
+        stack = self.stack()
+        status, got = self.send(stack, f"http://{WWW}/secret", ADMIN)
+        self.assertEqual(status, 200)
+        assert got is not None
+        self.assertEqual(seen(got, b"x-forwarded-host"), [(b"x-forwarded-host", WWW.encode())])
+        self.assertEqual([v for _, v in seen(got, b"forwarded")],
+                         [b"for=" + PEER.encode() + b';proto=http;host="' + WWW.encode() + b'"'])
+        self.assertEqual([v for _, v in seen(got, b"host")], [b"up.test"])
+        self.assertNotIn(ADMIN.encode(), b" ".join(v for _, v in got["headers"]))
+
+    def test_absolute_form_to_the_protected_host(self):
+        """The other way round: the target's admin host needs a login whatever Host says."""
+        stack = self.stack()
+        status, got = self.send(stack, f"http://{ADMIN}/secret", WWW)
+        self.assertEqual((status, got), (401, None))
+
+    def test_pass_host_header_sends_the_routed_authority(self):
+        """With pass_host_header the upstream's Host is the target's authority, port and all."""
+        stack = self.stack()
+        status, got = self.send(stack, f"http://{WWW}:8443/passed/x", ADMIN)
+        self.assertEqual(status, 200)
+        assert got is not None
+        self.assertEqual([v for _, v in seen(got, b"host")], [WWW.encode() + b":8443"])
+        self.assertEqual([v for _, v in seen(got, b"x-forwarded-host")],
+                         [WWW.encode() + b":8443"])
+
+    def test_origin_form_unchanged(self):
+        """An origin-form request keeps its Host: routed and forwarded by it."""
+        stack = self.stack()
+        status, got = self.send(stack, "/passed/x", WWW)
+        self.assertEqual(status, 200)
+        assert got is not None
+        self.assertEqual([v for _, v in seen(got, b"host")], [WWW.encode()])
+        self.assertEqual(self.send(stack, "/secret", ADMIN), (401, None))
+
+    def test_malformed_authority_refused(self):
+        """An absolute-form authority that is no host name is a 400, before anything else."""
+        stack = self.stack()
+        for target in (f"http://user@{WWW}/x", f"http://{WWW}:x/x", "http://[::1/x"):
+            self.assertEqual(self.send(stack, target, WWW), (400, None), target)
+
+    def test_forward_auth_original_url_authority_routes(self):
+        """
+        Forward auth with nginx's absolute X-Original-URL and no
+        X-Forwarded-Host: the URL's host chooses the route, not the Host of
+        the auth request itself.
+        """
+        stack = self.stack()
+        status, got = self.send(stack, "/oidc/auth", "oidcproxy.internal",
+                                f"X-Original-URL: http://{ADMIN}/secret\r\n".encode(),
+                                peer=PROXY_PEER)
+        self.assertEqual((status, got), (401, None))
+        status, _ = self.send(stack, "/oidc/auth", "oidcproxy.internal",
+                              f"X-Original-URL: http://{WWW}/secret\r\n".encode(),
+                              peer=PROXY_PEER)
+        self.assertEqual(status, 200)
+
+    def test_forward_auth_authorities_must_agree(self):
+        """
+        X-Forwarded-Host and the authority of an absolute original URI
+        (X-Original-URL, X-Forwarded-Uri, X-Original-URI) naming different
+        hosts: 400, whichever of them names the public one. The same host
+        with another port or case agrees.
+        """
+        stack = self.stack()
+        failures = Failures(self, "forward-auth authorities")
+        for lines in (
+                f"X-Forwarded-Host: {ADMIN}\r\nX-Original-URL: http://{WWW}/secret\r\n",
+                f"X-Forwarded-Host: {WWW}\r\nX-Original-URL: http://{ADMIN}/secret\r\n",
+                f"X-Forwarded-Host: {ADMIN}\r\nX-Forwarded-Uri: http://{WWW}/secret\r\n",
+                f"X-Forwarded-Host: {ADMIN}\r\nX-Original-URI: https://{WWW}/secret\r\n",
+                f"X-Original-URL: http://{ADMIN}/secret\r\nX-Forwarded-Uri: http://{WWW}/secret\r\n"):
+            status, _ = self.send(stack, "/oidc/auth", "oidcproxy.internal", lines.encode(),
+                                  peer=PROXY_PEER)
+            failures.check(status == 400, "disagree", lines, f"answered {status}")
+        for lines in (
+                f"X-Forwarded-Host: {ADMIN}\r\nX-Original-URL: http://{ADMIN.upper()}:8443/secret\r\n",
+                f"X-Forwarded-Host: {ADMIN}:443\r\nX-Forwarded-Uri: /secret\r\n"):
+            status, _ = self.send(stack, "/oidc/auth", "oidcproxy.internal", lines.encode(),
+                                  peer=PROXY_PEER)
+            failures.check(status == 401, "agree", lines, f"answered {status}")
+        failures.done(7)
+
+
+class ConnectionTests(SynchronousTestCase):
+    """
+    Headers a client names in Connection are hop-by-hop for the client's
+    copies only: naming the proxy's own headers there never removes them.
+    """
+
+    def connection_lines(self, names: Sequence[bytes], casing: str) -> bytes:
+        spelled = [getattr(n.decode("ascii"), casing)().encode("ascii") for n in names]
+        return (b"Connection: keep-alive, " + b", ".join(spelled) + b", X-Private\r\n"
+                + b"X-Private: secret\r\nX-Kept: 1\r\n")
+
+    def test_managed_headers_named_in_connection(self):
+        """
+        Every identity, token and forwarding header named in Connection
+        (lower, upper, title case; one Connection line or several) still
+        reaches the upstream with the proxy's value, on every kind of route;
+        the client's own X-Private named there does not, X-Kept does.
+        """
+        fixture = Fixture(self)
+        failures = Failures(self, "Connection-named managed headers")
+        names = [*MANAGED, *FORWARDING]
+        for label, method, target, with_cookie, extra, identity, tokens in SCENARIOS:
+            more = [fixture.bearer if isinstance(line, str) else line for line in extra]
+            for casing in ("lower", "upper", "title"):
+                lines = self.connection_lines(names, casing)
+                _, _, got = fixture.send(request(method, target, fixture.cookie if with_cookie
+                                                 else None, lines, more))
+                if got is None:
+                    failures.check(False, label, casing, "never reached the upstream")
+                    continue
+                check_upstream(failures, f"{label} {casing}", got, identity, tokens, fixture, names)
+                failures.check(seen(got, b"x-private") == [], label, casing,
+                               f"X-Private went upstream: {seen(got, b'x-private')}")
+                failures.check(seen(got, b"x-kept") == [(b"x-kept", b"1")], label, casing,
+                               f"X-Kept: {seen(got, b'x-kept')}")
+        failures.done(len(SCENARIOS) * 3 * 3)
+
+    def test_authorization_named_in_connection(self):
+        """
+        With pass_access_token = "authorization" the proxy's Authorization
+        (the session's access token) reaches the upstream although the
+        client named Authorization in Connection.
+        """
+        stack = Stack(self, config=make_config(routes=ROUTES,
+                                               oidc={"pass_access_token": "authorization"}))
+        cookie = stack.logged_in(claims=CLAIMS).cookie_header()
+        assert cookie is not None
+        token = stack.idp.issued[-1]["access_token"].encode()
+        for value in (b"Authorization", b"authorization", b"AUTHORIZATION, close"):
+            before = len(stack.upstream.requests)
+            stack.raw(request(b"GET", "/app/x", cookie, b"Connection: " + value + b"\r\n"
+                              b"Authorization: Bearer mallory\r\n"))
+            [got] = stack.upstream.requests[before:]
+            self.assertEqual([v for _, v in seen(got, b"authorization")], [b"Bearer " + token],
+                             value)

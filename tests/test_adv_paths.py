@@ -19,7 +19,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from oidcproxy.routes import BadRequestTarget, RouteTable, normalise_path
 
-from .adversarial import Failures, Stack, parse_response
+from .adversarial import Failures, Stack, casings, header_of, parse_response
+from .test_guard import make_config
 
 DOTS = ["..", "%2e%2e", "%2E%2E", ".%2e", "%2e.", "..;", "..;x=1", ".%2E;", "..%3B", "%2e%2e%3b",
         "..%00", "..%2f", ".", "%2e", "...", "..%5c"]
@@ -134,3 +135,62 @@ class PathConfusionTests(SynchronousTestCase):
         out = stack.raw(b"GET /http://;@evil.test HTTP/1.1\r\nHost: app.test\r\n"
                         b"Accept: application/json\r\n\r\n")
         self.assertEqual(parse_response(out)[0], 401)
+
+
+CASE_ROUTES = [
+    {"path": "/admin", "upstream": "http://up.test", "auth": "session"},
+    {"path": "/", "upstream": "http://up.test", "auth": "none"},
+]
+
+
+class CaseTests(SynchronousTestCase):
+    """
+    An upstream that serves paths case-insensitively (IIS, Spring with
+    case-insensitive matching) serves C{/ADMIN/} as C{/admin/}: the protected
+    route must be matched in every case too.
+    """
+
+    def send(self, stack: Stack, path: str, api: bool) -> Tuple[int, List[bytes], int]:
+        before = len(stack.upstream.requests)
+        accept = b"application/json" if api else b"text/html"
+        out = stack.raw(b"GET " + path.encode() + b" HTTP/1.1\r\nHost: app.test\r\n"
+                        b"Accept: " + accept + b"\r\n\r\n")
+        status, headers, _ = parse_response(out)
+        return status, header_of(headers, b"location"), len(stack.upstream.requests) - before
+
+    def check(self, stack: Stack, failures: Failures, label: str) -> None:
+        for word in casings("admin"):
+            for path in (f"/{word}/", f"/{word}", f"/{word}/x?y=1", f"/x/../{word};p=1/z"):
+                status, _, reached = self.send(stack, path, api=True)
+                failures.check((status, reached) == (401, 0), label, path,
+                               f"API: {status}, {reached} upstream request(s)")
+                status, location, reached = self.send(stack, path, api=False)
+                failures.check(status == 302 and reached == 0 and bool(location), label, path,
+                               f"browser: {status} {location}, {reached} upstream request(s)")
+
+    def test_route_key_closes_the_bypass(self):
+        """With case_insensitive = true on the route, /ADMIN/ (any case) needs the login."""
+        routes = [{**CASE_ROUTES[0], "case_insensitive": True}, CASE_ROUTES[1]]
+        stack = Stack(self, config=make_config(routes=routes))
+        failures = Failures(self, "case-insensitive route")
+        self.check(stack, failures, "route key")
+        failures.done(60)
+
+    def test_top_level_default_closes_the_bypass(self):
+        """case_insensitive_routes = true does the same for every route."""
+        stack = Stack(self, config=make_config(routes=CASE_ROUTES, case_insensitive_routes=True))
+        failures = Failures(self, "case_insensitive_routes")
+        self.check(stack, failures, "top level")
+        failures.done(60)
+        status, _, reached = self.send(stack, "/Public/x", api=True)
+        self.assertEqual((status, reached), (200, 1))
+        self.assertEqual(stack.upstream.requests[-1]["uri"], b"/Public/x")
+
+    def test_case_sensitive_default(self):
+        """
+        Without it, matching is case-sensitive (RFC 3986 paths): /ADMIN/ is
+        another path, served by the public route — what README warns about.
+        """
+        stack = Stack(self, config=make_config(routes=CASE_ROUTES))
+        self.assertEqual(self.send(stack, "/ADMIN/", api=True)[::2], (200, 1))
+        self.assertEqual(self.send(stack, "/admin/", api=True)[::2], (401, 0))

@@ -845,3 +845,118 @@ class RewriteTests(_Helpers):
                 upstream_target=b"/base/xA?%2e=/..",
             ),
         )
+
+
+class CaseInsensitiveTests(_Helpers):
+    """Routes with C{case_insensitive}: their prefix matches in any ASCII case."""
+
+    def test_matches_any_case(self) -> None:
+        """/ADMIN, /Admin/x and /admin;x=1/y reach the case-insensitive /admin route."""
+        table = RouteTable([route(0, "/"), route(1, "/admin", case_insensitive=True)])
+        for target in (b"/admin", b"/ADMIN", b"/Admin/x", b"/aDmIn/", b"/ADMIN;x=1/y",
+                       b"/%41dmin/x", b"http://h/ADMIN/x"):
+            self.assertEqual(self.matchIndex(table, target, b"h"), 1, target)
+        for target in (b"/ADMINx", b"/adminx", b"/x/ADMIN"):
+            self.assertEqual(self.matchIndex(table, target, b"h"), 0, target)
+
+    def test_case_sensitive_by_default(self) -> None:
+        """Without it, another case is another path: /ADMIN goes to the / route."""
+        table = RouteTable([route(0, "/"), route(1, "/admin")])
+        self.assertEqual(self.matchIndex(table, b"/ADMIN/x"), 0)
+        self.assertEqual(self.matchIndex(table, b"/admin/x"), 1)
+
+    def test_upstream_gets_the_clients_path(self) -> None:
+        """The path goes upstream as the client spelled it (normalised)."""
+        table = RouteTable([route(0, "/ADMIN", case_insensitive=True)])
+        found = table.match(None, b"/aDmin/./X%7e?q=1")
+        assert found is not None
+        self.assertEqual((found.path, found.upstream_target), ("/aDmin/X~", b"/aDmin/X~?q=1"))
+
+    def test_prefix_stripped_whatever_its_case(self) -> None:
+        """strip_prefix and replace_prefix remove the prefix in the case the client used."""
+        table = RouteTable([
+            route(0, "/api", case_insensitive=True, strip_prefix=True),
+            route(1, "/Old/Path", case_insensitive=True, replace_prefix="/new"),
+        ])
+        for target, expected in ((b"/API/v1", b"/v1"), (b"/Api", b"/"), (b"/aPI;x/v1", b"/v1"),
+                                 (b"/old/PATH/x", b"/new/x"), (b"/OLD/path", b"/new")):
+            found = table.match(None, target)
+            assert found is not None
+            self.assertEqual(found.upstream_target, expected, target)
+
+    def test_longest_prefix_with_mixed_routes(self) -> None:
+        """
+        Case-sensitive and case-insensitive routes together: the longest
+        prefix still wins, whichever kind it is.
+        """
+        table = RouteTable([
+            route(0, "/"),
+            route(1, "/app", case_insensitive=True),
+            route(2, "/app/Public"),
+            route(3, "/app/public/deep", case_insensitive=True),
+        ])
+        for target, index in ((b"/APP/x", 1), (b"/app/Public/x", 2), (b"/APP/Public/x", 1),
+                              (b"/app/PUBLIC/x", 1), (b"/App/PUBLIC/DEEP/x", 3),
+                              (b"/app/Public/deep", 3), (b"/other", 0)):
+            self.assertEqual(self.matchIndex(table, target), index, target)
+
+    def test_host_rank_before_spelling(self) -> None:
+        """
+        At one prefix, the host decides first (exact, wildcard, any), then
+        an exactly spelled route beats a case-insensitive one.
+        """
+        table = RouteTable([
+            route(0, "/"),
+            route(1, "/Admin"),
+            route(2, "/admin", host="a.example", case_insensitive=True),
+            route(3, "/admin", host="*.example", case_insensitive=True),
+            route(4, "/ADMIN", host="b.example"),
+        ])
+        for host, target, index in ((b"a.example", b"/Admin", 2), (b"c.example", b"/Admin", 3),
+                                    (b"other", b"/Admin", 1), (b"other", b"/ADMIN", 0),
+                                    (b"b.example", b"/ADMIN", 4), (b"b.example", b"/admin", 3)):
+            self.assertEqual(self.matchIndex(table, target, host), index, (host, target))
+
+    def test_prefix_without_letters(self) -> None:
+        """A prefix without letters matches the same either way."""
+        table = RouteTable([route(0, "/"), route(1, "/v1-2", case_insensitive=True),
+                            route(2, "/_9")])
+        self.assertEqual(self.matchIndex(table, b"/v1-2/x"), 1)
+        self.assertEqual(self.matchIndex(table, b"/V1-2/x"), 1)
+        self.assertEqual(self.matchIndex(table, b"/_9/x"), 2)
+
+    def test_config_keys(self) -> None:
+        """
+        case_insensitive_routes sets the default, a route's case_insensitive
+        overrides it; routes differing only in case are refused when one is
+        case-insensitive, and so is one that would take endpoints_prefix's
+        paths in another case.
+        """
+        from oidcproxy.config import ConfigError, parse_config
+
+        def parse(top: dict, *routes: dict) -> object:
+            return parse_config({**top, "routes": [{"upstream": UPSTREAM, "auth": "none", **r}
+                                                   for r in routes]}, "t.toml")
+
+        config = parse({"case_insensitive_routes": True}, {"path": "/a"},
+                       {"path": "/b", "case_insensitive": False})
+        self.assertEqual([r.case_insensitive for r in config.routes], [True, False])  # type: ignore[attr-defined]
+        self.assertTrue(config.case_insensitive_routes)  # type: ignore[attr-defined]
+        config = parse({}, {"path": "/a"}, {"path": "/b", "case_insensitive": True})
+        self.assertEqual([r.case_insensitive for r in config.routes], [False, True])  # type: ignore[attr-defined]
+        self.assertEqual(str(parse({}, {"path": "/Admin"}, {"path": "/admin"}).routes[0].path),  # type: ignore[attr-defined]
+                         "/Admin")
+        for top, routes, key in (
+                ({}, ({"path": "/admin", "case_insensitive": True}, {"path": "/Admin"}),
+                 "routes[1].path"),
+                ({"case_insensitive_routes": True}, ({"path": "/Admin"}, {"path": "/admin"}),
+                 "routes[1].path"),
+                ({}, ({"path": "/OIDC", "case_insensitive": True},), "routes[0].path"),
+                ({"case_insensitive_routes": "yes"}, ({"path": "/"},), "case_insensitive_routes"),
+                ({}, ({"path": "/", "case_insensitive": 1},), "routes[0].case_insensitive")):
+            with self.assertRaises(ConfigError) as caught:
+                parse(top, *routes)
+            self.assertIn(key + ":", str(caught.exception), (top, routes))
+        # Another host, or both case-sensitive: no conflict.
+        parse({}, {"path": "/admin", "case_insensitive": True},
+              {"path": "/Admin", "host": "other.example"})

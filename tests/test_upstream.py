@@ -22,7 +22,13 @@ from twisted.web.test.requesthelper import DummyChannel
 
 from oidcproxy.config import RouteConfig, UpstreamSettings
 from oidcproxy.routes import RouteTable
-from oidcproxy.upstream import UpstreamClient, UpstreamProxy, _BodyRelay, canonical_header
+from oidcproxy.upstream import (
+    UpstreamClient,
+    UpstreamProxy,
+    _BodyRelay,
+    canonical_header,
+    drop_connection_named,
+)
 
 from .fakes import FailingAgent, HangingAgent, RecordingUpstream
 
@@ -610,3 +616,98 @@ class CachedEndpointsTests(SynchronousTestCase):
 
         self.assertRaises(SchemeNotSupported, self.endpoints().endpointForURI,
                           URI.fromBytes(b"ftp://app.internal/"))
+
+
+class AbsoluteFormTests(SynchronousTestCase):
+    """
+    The proxy used alone (no guard in front): an absolute-form target's
+    authority is the request's one host (RFC 9112 3.2.2), for the route and
+    for every header that names the host upstream.
+    """
+
+    def send(self, h: ProxyHarness, target: bytes, host: bytes) -> Request:
+        channel = DummyChannel()
+        channel.site = Site(h.proxy)
+        request = Request(channel, False)
+        request.gotLength(0)
+        request.requestHeaders.setRawHeaders(b"host", [host])
+        request.requestReceived(b"GET", target, b"HTTP/1.1")
+        h.flush()
+        return request
+
+    def test_authority_routes_and_is_forwarded(self):
+        """Host: admin with http://www/x: www's route, and www in Host, X-Forwarded-Host, Forwarded."""
+        h = ProxyHarness([route(0, "/", host="admin.example", pass_host_header=True),
+                          route(1, "/", upstream=UP + "/www", pass_host_header=True)])
+        self.send(h, b"http://www.example:8080/x", b"admin.example")
+        seen = h.upstream.requests[0]
+        self.assertEqual(seen["uri"], b"/www/x")
+        self.assertEqual(h.upstream.header(b"host"), [b"www.example:8080"])
+        self.assertEqual(h.upstream.header(b"x-forwarded-host"), [b"www.example:8080"])
+        self.assertEqual(h.upstream.header(b"forwarded"),
+                         [b'for=192.168.1.1;proto=http;host="www.example:8080"'])
+
+    def test_default_host_header_unchanged(self):
+        """Without pass_host_header the upstream still gets its own Host."""
+        h = ProxyHarness()
+        self.send(h, b"http://www.example/x", b"admin.example")
+        self.assertEqual(h.upstream.header(b"host"), [b"upstream.test:9000"])
+        self.assertEqual(h.upstream.header(b"x-forwarded-host"), [b"www.example"])
+
+    def test_bad_authority_400(self):
+        """A malformed absolute-form authority is refused before the Host is touched."""
+        h = ProxyHarness()
+        request = self.send(h, b"http://a@www.example/x", b"admin.example")
+        self.assertEqual(request.code, 400)
+        self.assertEqual(request.requestHeaders.getRawHeaders(b"host"), [b"admin.example"])
+        self.assertEqual(h.upstream.requests, [])
+
+
+class ConnectionHeaderTests(SynchronousTestCase):
+    """The proxy used alone: what a client's Connection names, and what it cannot name away."""
+
+    def test_forwarding_headers_named_in_connection(self):
+        """X-Forwarded-* and Forwarded named in Connection are still the proxy's own."""
+        h = ProxyHarness()
+        h.fetch(self, url="http://public.example/", headers=Headers({
+            b"connection": [b"X-Forwarded-For, x-forwarded-proto", b"X-FORWARDED-HOST, Forwarded"],
+            b"x-forwarded-for": [b"6.6.6.6"],
+        }))
+        self.assertEqual(h.upstream.header(b"x-forwarded-for"), [b"127.0.0.1"])
+        self.assertEqual(h.upstream.header(b"x-forwarded-proto"), [b"http"])
+        self.assertEqual(h.upstream.header(b"x-forwarded-host"), [b"public.example"])
+        self.assertEqual(h.upstream.header(b"forwarded"),
+                         [b'for=127.0.0.1;proto=http;host="public.example"'])
+
+    def test_host_named_in_connection(self):
+        """Connection: Host removes nothing: the request is routed, and pass_host_header works."""
+        h = ProxyHarness([route(pass_host_header=True)])
+        response, _ = h.fetch(self, url="http://public.example/",
+                              headers=Headers({b"connection": [b"Host, Content-Length"]}))
+        self.assertEqual(response.code, 200)
+        self.assertEqual(h.upstream.header(b"host"), [b"public.example"])
+
+
+class DropConnectionNamedTests(SynchronousTestCase):
+    """L{drop_connection_named} on its own."""
+
+    def test_removes_named_keeps_options(self):
+        """Named headers go (any case); Connection keeps close, keep-alive and upgrade."""
+        headers = Headers({b"connection": [b"Keep-Alive, X-A", b"x-b , Upgrade,close,,"],
+                           b"x-a": [b"1"], b"X-B": [b"2"], b"upgrade": [b"websocket"],
+                           b"keep-alive": [b"timeout=5"], b"x-c": [b"3"]})
+        drop_connection_named(headers)
+        self.assertFalse(headers.hasHeader(b"x-a"))
+        self.assertFalse(headers.hasHeader(b"x-b"))
+        self.assertEqual(headers.getRawHeaders(b"x-c"), [b"3"])
+        self.assertEqual(headers.getRawHeaders(b"upgrade"), [b"websocket"])
+        self.assertEqual(headers.getRawHeaders(b"connection"), [b"keep-alive, upgrade, close"])
+        before = list(headers.getAllRawHeaders())
+        drop_connection_named(headers)
+        self.assertEqual(list(headers.getAllRawHeaders()), before)
+
+    def test_nothing_left(self):
+        """A Connection naming only headers is removed itself."""
+        headers = Headers({b"connection": [b"x-a"], b"x-a": [b"1"]})
+        drop_connection_named(headers)
+        self.assertEqual(list(headers.getAllRawHeaders()), [])

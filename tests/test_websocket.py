@@ -665,3 +665,226 @@ class ConfigAndWiringTests(SynchronousTestCase):
         self.assertTrue(service.reload())
         self.assertIs(service.site.proxy.sockets, sockets)  # type: ignore[attr-defined]
         self.assertEqual(sockets.limit, 9)
+
+
+def raw_upgrade(target: str, host: bytes, cookie: Optional[bytes] = None,
+                extra: Tuple[bytes, ...] = ()) -> bytes:
+    """L{upgrade_request} with another Host (and target)."""
+    return upgrade_request(target, cookie, extra).replace(b"Host: app.test", b"Host: " + host, 1)
+
+
+class AbsoluteFormTests(SynchronousTestCase):
+    def test_upgrade_follows_the_target_authority(self):
+        """
+        An upgrade with an absolute-form target is routed by the target's
+        host, and that host (not the client's Host) is the upstream's Host
+        with pass_host_header, X-Forwarded-Host and Forwarded host=.
+        """
+        w = WSHarness(self, routes=[
+            {"host": "admin.example.test", "path": "/", "upstream": "http://up.test"},
+            {"path": "/", "upstream": "http://up.test", "auth": "none", "pass_host_header": True}])
+        w.client().send(raw_upgrade("http://www.example.test/ws", b"admin.example.test"))
+        sent = w.endpoint.transport.value()
+        self.assertEqual(head_lines(sent)[0], b"GET /ws HTTP/1.1")
+        self.assertEqual(header(sent, b"host"), [b"www.example.test"])
+        self.assertEqual(header(sent, b"x-forwarded-host"), [b"www.example.test"])
+        self.assertEqual(header(sent, b"forwarded"),
+                         [b'for=192.0.2.7;proto=http;host="www.example.test"'])
+        self.assertNotIn(b"admin.example.test", sent)
+
+    def test_upgrade_to_the_protected_authority(self):
+        """The absolute-form target naming the session host: 401, whatever Host says."""
+        w = WSHarness(self, routes=[
+            {"host": "admin.example.test", "path": "/", "upstream": "http://up.test"},
+            {"path": "/", "upstream": "http://up.test", "auth": "none"}])
+        client = w.client()
+        client.send(raw_upgrade("http://admin.example.test/ws", b"www.example.test"))
+        self.assertEqual(client.status(), 401)
+        self.assertEqual(w.endpoint.routes, [])
+
+
+class ConnectionHeaderTests(SynchronousTestCase):
+    def test_identity_named_in_connection_still_sent(self):
+        """
+        Connection: Upgrade, X-Forwarded-User: the upgrade still happens and
+        the upstream still gets the proxy's identity header; a header of the
+        client's that Connection names does not go upstream.
+        """
+        w = WSHarness(self)
+        client = w.upgrade(w.login(), extra=(
+            b"Connection: X-Forwarded-User, X-Forwarded-For, x-private", b"X-Private: 1"))
+        sent = w.endpoint.transport.value()
+        self.assertEqual(header(sent, b"x-forwarded-user"), [b"alice"])
+        self.assertEqual(header(sent, b"x-forwarded-for"), [b"192.0.2.7"])
+        self.assertEqual(header(sent, b"x-private"), [])
+        self.assertEqual(header(sent, b"connection"), [b"Upgrade"])
+        w.endpoint.protocol.dataReceived(SWITCH)
+        self.assertEqual(client.status(), 101)
+
+
+OWNED_SET_COOKIES = (b"__Host-oidcproxy=forged; Path=/; Secure", b"OIDCPROXY_1=x",
+                     b"__host-oidcproxy_state_abc=x")
+
+
+class OwnCookieTests(SynchronousTestCase):
+    def test_101_cannot_set_the_proxys_cookies(self):
+        """
+        An upstream's 101 carrying Set-Cookie for the session cookie (any
+        case, a chunk, a state cookie) reaches the browser without them;
+        its other cookies pass.
+        """
+        w = WSHarness(self)
+        client = w.upgrade(w.login())
+        w.endpoint.protocol.dataReceived(SWITCH.replace(b"\r\n\r\n", b"".join(
+            b"\r\nSet-Cookie: " + c for c in (*OWNED_SET_COOKIES, b"app=1; Path=/")) + b"\r\n\r\n"))
+        head = client.received()
+        self.assertEqual(client.status(), 101)
+        self.assertEqual(header(head, b"set-cookie"), [b"app=1; Path=/"])
+        logged = [e for e in w.events if "own cookie" in e.get("log_format", "")]
+        self.assertEqual(len(logged), 1)
+
+    def test_non_101_cannot_set_the_proxys_cookies(self):
+        """The same for an upstream that answers the upgrade with something else."""
+        w = WSHarness(self)
+        client = w.upgrade(w.login())
+        w.endpoint.protocol.dataReceived(
+            b"HTTP/1.1 403 Forbidden\r\nSet-Cookie: __Host-oidcproxy=forged\r\n"
+            b"Set-Cookie: app=1\r\nContent-Length: 0\r\n\r\n")
+        self.assertEqual(client.status(), 403)
+        self.assertEqual(header(client.received(), b"set-cookie"), [b"app=1"])
+
+
+def bearer_token(w: WSHarness) -> bytes:
+    from .idp import ISSUER
+    from .test_guard import CLIENT_ID
+
+    now = int(w.clock.seconds())
+    # An access token shows it is one (scope): under the default audience a
+    # JWT without such a mark is taken for an ID token and refused.
+    return w.h.idp.id_token({"iss": ISSUER, "aud": CLIENT_ID, "sub": "svc", "iat": now,
+                             "exp": now + 300, "scope": "openid"}).encode("ascii")
+
+
+class OriginTests(SynchronousTestCase):
+    """
+    Cross-site WebSocket hijacking: a cookie-authenticated upgrade must come
+    from public_url's origin or one of websocket_origins.
+    """
+
+    def refused(self, w: WSHarness, client: Client) -> None:
+        self.assertEqual(client.status(), 403)
+        body = client.received().split(b"\r\n\r\n", 1)[1]
+        self.assertIn(b'"websocket_origin_refused"', body)
+        self.assertEqual(w.endpoint.routes, [])
+        self.assertEqual(len(w.sockets), 0)
+
+    def test_own_origin_passes(self):
+        """public_url's origin, as browsers send it (and in other cases, with the default port)."""
+        for origin in (b"https://app.test", b"HTTPS://App.Test:443"):
+            w = WSHarness(self)
+            client = w.upgrade(w.login(), extra=(b"Origin: " + origin,))
+            w.endpoint.protocol.dataReceived(SWITCH)
+            self.assertEqual(client.status(), 101, origin)
+
+    def test_foreign_origin_refused(self):
+        """
+        Another site's page, a look-alike, another scheme or port, C{null},
+        a malformed or doubled Origin: 403 JSON, nothing upstream, one log
+        line naming the route and the origin, counted as origin_refused.
+        """
+        for lines in ((b"Origin: https://evil.test",), (b"Origin: https://app.test.evil.test",),
+                      (b"Origin: http://app.test",), (b"Origin: https://app.test:8443",),
+                      (b"Origin: null",), (b"Origin: https://app.test/x",),
+                      (b"Origin: https://app.test", b"Origin: https://evil.test"),
+                      (b"Origin: \xffhttps://app.test",)):
+            w = WSHarness(self)
+            client = w.upgrade(w.login(), extra=lines)
+            self.refused(w, client)
+            logged = [e for e in w.events if "WebSocket upgrade on" in e.get("log_format", "")]
+            self.assertEqual(len(logged), 1, lines)
+            self.assertEqual(logged[0]["route"], "routes[0]")
+            counted = w.h.guard.metrics.registry.get_sample_value(  # type: ignore[attr-defined]
+                "oidcproxy_websocket_upgrades_total", {"result": "origin_refused"})
+            self.assertEqual(counted, 1.0)
+
+    def test_missing_origin_passes(self):
+        """No Origin (not a browser, which always sends one): the session is enough."""
+        w = WSHarness(self)
+        client = w.upgrade(w.login())
+        w.endpoint.protocol.dataReceived(SWITCH)
+        self.assertEqual(client.status(), 101)
+
+    def test_configured_origins(self):
+        """
+        Top-level websocket_origins are allowed besides public_url's; a
+        route's own list replaces them there.
+        """
+        w = WSHarness(self, websocket_origins=["https://other.test:8443"], routes=[
+            {"path": "/r", "upstream": "http://up.test", "websocket_origins": ["https://r.test"]},
+            {"path": "/", "upstream": "http://up.test"}])
+        browser = w.login()
+        for path, origin, allowed in (("/ws", b"https://other.test:8443", True),
+                                      ("/ws", b"https://r.test", False),
+                                      ("/r/ws", b"https://r.test", True),
+                                      ("/r/ws", b"https://app.test", True),
+                                      ("/r/ws", b"https://other.test:8443", False)):
+            before = len(w.endpoint.routes)
+            client = w.upgrade(browser, path=path, extra=(b"Origin: " + origin,))
+            if allowed:
+                self.assertEqual(len(w.endpoint.routes), before + 1, (path, origin))
+            else:
+                self.assertEqual(client.status(), 403, (path, origin))
+                self.assertEqual(len(w.endpoint.routes), before, (path, origin))
+
+    def test_bearer_and_public_upgrades_not_checked(self):
+        """No cookie, no hijacking: bearer-authenticated and public upgrades pass any Origin."""
+        w = WSHarness(self, routes=[
+            {"path": "/api", "upstream": "http://up.test", "auth": "bearer"},
+            {"path": "/open", "upstream": "http://up.test", "auth": "none"},
+            {"path": "/", "upstream": "http://up.test"}])
+        evil = b"Origin: https://evil.test"
+        w.upgrade(path="/api/ws", extra=(evil, b"Authorization: Bearer " + bearer_token(w)))
+        w.upgrade(path="/open/ws", extra=(evil,))
+        self.assertEqual(len(w.endpoint.routes), 2)
+
+    def test_session_or_optional_with_cookie_checked(self):
+        """On optional and session_or_bearer routes a cookie-authenticated upgrade is checked."""
+        for auth in ("optional", "session_or_bearer"):
+            w = WSHarness(self, routes=[{"path": "/x", "upstream": "http://up.test", "auth": auth},
+                                        {"path": "/", "upstream": "http://up.test"}])
+            client = w.upgrade(w.login(), path="/x/ws", extra=(b"Origin: https://evil.test",))
+            self.refused(w, client)
+
+
+class OriginConfigTests(SynchronousTestCase):
+    def test_keys(self):
+        """
+        websocket_origins at the top level and on a route, normalised the
+        way browsers send Origin (lower case, no default port); a route
+        without the key has None (the top level's apply).
+        """
+        c = make_config(websocket_origins=["HTTPS://Other.Example:443", "http://[::1]:8080"],
+                        routes=[{"path": "/r", "upstream": "http://up.test",
+                                 "websocket_origins": []},
+                                {"path": "/", "upstream": "http://up.test"}])
+        self.assertEqual(c.websocket_origins, ("https://other.example", "http://[::1]:8080"))
+        self.assertEqual([r.websocket_origins for r in c.routes], [(), None])
+        self.assertEqual(make_config().websocket_origins, ())
+
+    def test_errors(self):
+        """Anything but an http(s) origin is refused, naming the key and the entry."""
+        from oidcproxy.config import ConfigError
+
+        for value in ("https://other.example/", "https://other.example/app", "other.example",
+                      "ftp://other.example", "null", "https://u@other.example",
+                      "https://other.example:x", "https://other.example?x"):
+            with self.assertRaises(ConfigError) as caught:
+                make_config(websocket_origins=[value])
+            self.assertIn("websocket_origins[0]:", str(caught.exception), value)
+            with self.assertRaises(ConfigError) as caught:
+                make_config(routes=[{"path": "/", "upstream": "http://up.test",
+                                     "websocket_origins": ["https://ok.example", value]}])
+            self.assertIn("routes[0].websocket_origins[1]:", str(caught.exception), value)
+        with self.assertRaises(ConfigError) as caught:
+            make_config(websocket_origins="https://other.example")
+        self.assertIn("websocket_origins:", str(caught.exception))

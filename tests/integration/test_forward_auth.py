@@ -67,12 +67,21 @@ NGINX_SITE = os.path.join(procs.HERE, "nginx_forward_auth.conf")
 DENIED = "/root-only/page"
 """A route for group C{root} only: alice (admins, staff) is denied."""
 
+ADMIN_HOST = "admin.test"
+"""On this host C{/public} needs a login (a host-specific route); on others it is open."""
+
 EXTRA_ROUTES = """
 [[routes]]
 path = "/root-only"
 upstream = "{upstream}"
 auth = "session"
 allowed_groups = ["root"]
+
+[[routes]]
+host = "admin.test"
+path = "/public"
+upstream = "{upstream}"
+auth = "session"
 """
 
 IDENTITY_HEADERS = ("x-forwarded-user", "x-forwarded-email", "x-forwarded-groups")
@@ -652,3 +661,25 @@ class AuthEndpointTests(TestCase):
                 "GET", stack.proxy.url + "/oidc/auth", headers={**API, **front, **sent},
                 keep_cookies=False)
             self.assertEqual(response.code, 400, f"{sent}: {response.code} {body!r}")
+
+    async def test_original_url_authority_decides(self) -> None:
+        """
+        The host of an absolute X-Original-URL (nginx's
+        C{$scheme://$host$request_uri}) chooses the route, not the Host of
+        the auth request itself: C{/public/x} on L{ADMIN_HOST} needs a login.
+        An X-Forwarded-Host naming another host than that URL is refused
+        (400) rather than judged on either; the same host agrees.
+        """
+        stack = await start_forward_auth(self)
+        client = WebClient(self)
+        url = f"http://{ADMIN_HOST}/public/x"
+        for sent, code in (({"X-Original-URL": url}, 401),
+                           ({"X-Original-URL": url, "X-Forwarded-Host": "127.0.0.1"}, 400),
+                           ({"X-Original-URL": stack.public + "/public/x",
+                             "X-Forwarded-Host": ADMIN_HOST}, 400),
+                           ({"X-Original-URL": url, "X-Forwarded-Host": ADMIN_HOST}, 401),
+                           ({"X-Original-URL": stack.public + "/public/x"}, 200)):
+            response, body = await client.request(
+                "GET", stack.proxy.url + "/oidc/auth",
+                headers={**API, "X-Original-Method": "GET", **sent}, keep_cookies=False)
+            self.assertEqual(response.code, code, f"{sent}: {response.code} {body!r}")

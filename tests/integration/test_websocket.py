@@ -48,6 +48,8 @@ TRANSFER = 50 * MB
 RSS_GROWTH_LIMIT = 30 * 1000 * 1000
 CONCURRENT = 200
 SSE_TIMEOUT = 1.0
+OTHER_ORIGIN = "http://other.test:8080"
+"""The one origin besides public_url's allowed to open session-authenticated sockets."""
 
 
 class WSServer:
@@ -98,6 +100,7 @@ def proxy_config(port: int, op: OpenIDProvider, ws: WSServer) -> str:
     return f"""\
 public_url = "http://127.0.0.1:{port}"
 listen = ["tcp:{port}:interface=127.0.0.1"]
+websocket_origins = ["{OTHER_ORIGIN}"]
 
 [oidc]
 issuer = "{op.issuer}"
@@ -238,6 +241,39 @@ class WebSocketTests(TestCase):
         self.assertEqual(len(stack.ws.handshakes("/echo")), 1)
         log = stack.proxy.log()
         self.assertRegex(log, r'"GET /ws/headers" 101 \d+ ')
+
+    async def test_origin_checked_for_session_sockets(self) -> None:
+        """
+        Cross-site WebSocket hijacking: with the session cookie, a handshake
+        whose Origin is another site's gets 403 and never reaches the
+        upstream; the proxy's own origin, one in websocket_origins, and none
+        at all (not a browser) open the socket.
+        """
+        stack = await start_stack(self)
+
+        def attempts() -> Dict[str, Any]:
+            out: Dict[str, Any] = {}
+            for label, origin in (("own", stack.proxy.url), ("listed", OTHER_ORIGIN),
+                                  ("none", None), ("foreign", "http://evil.test"),
+                                  ("null", "null")):
+                try:
+                    with stack.connect("/ws/echo", origin=origin) as ws:
+                        ws.send(label)
+                        out[label] = ws.recv(timeout=10)
+                except InvalidStatus as e:
+                    out[label] = e.response.status_code
+            return out
+
+        try:
+            out = await in_thread(attempts)
+        except (ConnectionClosed, OSError, TimeoutError) as e:
+            raise AssertionError(f"{e!r}\n{stack.describe()}") from None
+        self.assertEqual(out, {"own": "own", "listed": "listed", "none": "none",
+                               "foreign": 403, "null": 403})
+        self.assertEqual(len(stack.ws.handshakes("/echo")), 3)
+        log = stack.proxy.log()
+        self.assertIn("Origin http://evil.test is neither", log)
+        self.assertNotIn("Traceback", log)
 
     async def test_large_transfer_bounded_memory(self) -> None:
         """50 MB each way through one socket; the proxy's RSS grows by less than 30 MB."""
