@@ -69,6 +69,16 @@ async def start_demo(testcase: TestCase, *extra: str) -> Demo:
 
     try:
         urls = await procs.poll(addresses, procs.START_DEADLINE, what="the demo's port file")
+        # The port file is written once the ports listen; the proxy loads
+        # its provider's discovery document and keys just after (a 503 until
+        # then, which a slow machine shows): wait for readiness.
+        client = WebClient(testcase)
+
+        async def ready() -> Optional[bool]:
+            response, _ = await client.request("GET", urls[0] + "/oidc/ready", keep_cookies=False)
+            return response.code == 200 or None
+
+        await procs.poll_async(ready, procs.START_DEADLINE, what="the demo's /oidc/ready")
     except AssertionError as e:
         raise AssertionError(f"{e}\n{child.describe()}") from None
     return Demo(child, urls)
