@@ -88,6 +88,9 @@ class NullMetrics:
     def websocket_bytes(self, direction: str, count: int) -> None:
         """C{count} bytes relayed C{to_upstream} or C{to_client} over an upgraded connection."""
 
+    def client_connections(self, delta: int) -> None:
+        """A client's HTTP connection opened (+1) or closed (-1)."""
+
 
 class Metrics(NullMetrics):
     """
@@ -141,6 +144,10 @@ class Metrics(NullMetrics):
             "oidcproxy_websockets_open", "Upgraded (WebSocket) connections open now.", registry=r,
             # With workers = N: the sum over the live workers.
             multiprocess_mode="livesum")
+        self._client_connections = Gauge(
+            "oidcproxy_client_connections_open", "Client HTTP connections open now, "
+            "idle or not (an upgraded one counts in oidcproxy_websockets_open instead).",
+            registry=r, multiprocess_mode="livesum")
         self._ws_bytes = Counter(
             "oidcproxy_websocket_bytes", "Bytes relayed over upgraded connections, by direction "
             "(to_upstream, to_client).", ["direction"], registry=r)
@@ -189,6 +196,9 @@ class Metrics(NullMetrics):
 
     def websocket_bytes(self, direction: str, count: int) -> None:
         self._ws_bytes.labels(direction).inc(count)
+
+    def client_connections(self, delta: int) -> None:
+        self._client_connections.inc(delta)
 
     def render(self) -> bytes:
         """The registry in the Prometheus text format."""

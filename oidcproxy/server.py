@@ -47,10 +47,16 @@ class ProxyRequest(server.Request):
     _early: Tuple[Optional[bytes], Optional[bytes], Any] = (None, None, None)
     oidcproxy_early_match: Any = None
 
+    def __init__(self, channel: HTTPChannel, *args: Any, **kwargs: Any) -> None:
+        super().__init__(channel, *args, **kwargs)
+        site = getattr(channel, "site", None)
+        if isinstance(site, ProxySite):
+            # From the request line's arrival, as nginx's $request_time.
+            self.started = site.clock.seconds()
+
     def gotLength(self, length: Optional[int]) -> None:
         site = getattr(self.channel, "site", None)
         if isinstance(site, ProxySite):
-            self.started = site.clock.seconds()
             # The request line has been parsed but not yet handed to us; the
             # channel keeps it until the body is in. Without it we fall back
             # to the largest limit of any route (the render-time check is
@@ -116,10 +122,26 @@ class ProxyRequest(server.Request):
 
     def connectionLost(self, reason: Failure) -> None:
         was_finished = self.finished or self._refused
-        site = getattr(self.channel, "site", None)
+        channel = self.channel
+        site = getattr(channel, "site", None)
+        if self.path is None:
+            # The connection closed before the request was whole (request
+            # line, headers or body cut off, or a malformed request line): it
+            # never reached process(). It is named by what did arrive.
+            command, target, route = self._early
+            if command is None:
+                command = getattr(channel, "_command", None)
+                target = getattr(channel, "_path", None)
+            self.method = command or b"-"
+            self.path = (target or b"-").split(b"?", 1)[0]
+            if route is not None:
+                self.oidcproxy_route = route
         super().connectionLost(reason)
-        if not was_finished and isinstance(site, ProxySite) and getattr(self, "method", None):
-            site.log_request(self, client_closed=True)
+        if not was_finished and isinstance(site, ProxySite):
+            # 499 when the client left first; the status of the answer the
+            # channel gave itself (400, 431, ...) when it closed the connection.
+            answered = getattr(channel, "answered", None)
+            site.log_request(self, status=answered if answered is not None else 499)
 
 
 def _client(request: Any) -> str:
@@ -134,6 +156,12 @@ class ProxyChannel(HTTPChannel):
     track of its open channels, so that a shutdown can drain them.
     """
 
+    answered: Optional[int] = None
+    """
+    The status of the answer the channel gave itself before closing (400 for
+    a malformed request, 431 for an over-long line), for the access log.
+    """
+
     def connectionMade(self) -> None:
         super().connectionMade()
         site = getattr(self, "site", None)
@@ -141,10 +169,14 @@ class ProxyChannel(HTTPChannel):
             site.channel_opened(self)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        super().connectionLost(reason)
-        site = getattr(self, "site", None)
-        if isinstance(site, ProxySite):
-            site.channel_closed(self)
+        try:
+            super().connectionLost(reason)
+        finally:
+            # Whatever a request's clean-up raised: a connection that is
+            # gone is never counted (nor waited for by a drain) again.
+            site = getattr(self, "site", None)
+            if isinstance(site, ProxySite):
+                site.channel_closed(self)
 
     def lineLengthExceeded(self, line: bytes) -> None:
         """
@@ -152,10 +184,24 @@ class ProxyChannel(HTTPChannel):
         Cookie or Authorization header): Twisted would only drop the
         connection, which a browser shows as a network error. Say why first.
         """
+        self.refuse(431, b"Request Header Fields Too Large")
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        # Twisted's answer to a malformed request (line, header, chunked
+        # body), with its length and the close said, and its status noted.
+        self.refuse(400, b"Bad Request")
+
+    def refuse(self, code: int, phrase: bytes) -> None:
+        """
+        Answer C{code} with no body and close the connection: for a request
+        the site never sees (malformed, over-long). Once per connection.
+        """
         transport: Any = self.transport
-        transport.write(b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
-                        b"Content-Length: 0\r\nConnection: close\r\n\r\n")
-        transport.loseConnection()
+        if self.answered is None:
+            self.answered = code
+            transport.write(b"HTTP/1.1 %d %s\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                            % (code, phrase))
+        self.loseConnection()
 
 
 class ProxySite(server.Site):
@@ -202,9 +248,12 @@ class ProxySite(server.Site):
             # Accepted just before the listener closed: nothing to finish.
             channel.transport.loseConnection()  # type: ignore[union-attr]
         self._channels.add(channel)
+        self.metrics.client_connections(1)
 
     def channel_closed(self, channel: HTTPChannel) -> None:
-        self._channels.discard(channel)
+        if channel in self._channels:
+            self._channels.remove(channel)
+            self.metrics.client_connections(-1)
         if self._drained is not None and not self._channels:
             drained, self._drained = self._drained, None
             drained.callback(0)
@@ -274,20 +323,29 @@ class ProxySite(server.Site):
     def log(self, request: Any) -> None:
         self.log_request(request)
 
-    def log_request(self, request: Any, client_closed: bool = False) -> None:
+    def log_request(self, request: Any, status: Optional[int] = None) -> None:
+        """
+        One access-log event for C{request}, with C{status} (default: the
+        code it was answered with). A request that never got its method and
+        path logs C{-} for them.
+        """
         if not self.access_log:
             return
         started = getattr(request, "started", None)
         duration_ms = round((self.clock.seconds() - started) * 1000, 1) if started is not None else 0.0
         route = getattr(request, "oidcproxy_route", None)
-        path = request.path.decode("ascii", "backslashreplace")
-        status: Any = 499 if client_closed else request.code
+        raw_path = getattr(request, "path", None)
+        path = raw_path.decode("ascii", "backslashreplace") if raw_path is not None else "-"
+        method = request.method.decode("ascii", "backslashreplace") \
+            if raw_path is not None else "-"
+        if status is None:
+            status = request.code
         who = getattr(request, "oidcproxy_identity", None)
         fields = dict(
             user=getattr(request, "oidcproxy_user", None) or (who.sub if who is not None else "-"),
             auth=getattr(request, "oidcproxy_auth", "-"),
             client=_client(request),
-            method=request.method.decode("ascii", "backslashreplace"),
+            method=method,
             path=path,
             status=status,
             bytes=request.sentLength,

@@ -6,16 +6,17 @@ through a real HTTP channel on a string transport.
 from __future__ import annotations
 
 from twisted.internet.address import IPv4Address
-from twisted.internet.error import ConnectionDone
+from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.logger import globalLogPublisher
+from twisted.logger import LogLevel, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from oidcproxy.config import RouteConfig, UpstreamSettings
+from oidcproxy.metrics import Metrics
 from oidcproxy.routes import RouteTable
 from oidcproxy.server import ProxySite
 from oidcproxy.service import body_limit_for
@@ -57,11 +58,14 @@ def limits():
 
 
 class SiteHarness:
-    def __init__(self, case, resource=None, access_log=True):
+    def __init__(self, case, resource=None, access_log=True, body_limit=None, metrics=None,
+                 **site_options):
         self.clock = Clock()
         self.resource = resource or Recorder()
-        self.site = ProxySite(self.resource, clock=self.clock, body_limit=limits(),
-                              access_log=access_log, reactor=self.clock)
+        self.site = ProxySite(self.resource, clock=self.clock,
+                              body_limit=body_limit if body_limit is not None else limits(),
+                              access_log=access_log, reactor=self.clock, metrics=metrics,
+                              **site_options)
         self.events = []
         globalLogPublisher.addObserver(self.events.append)
         case.addCleanup(globalLogPublisher.removeObserver, self.events.append)
@@ -75,6 +79,31 @@ class SiteHarness:
 
     def access(self):
         return [e for e in self.events if e.get("log_namespace") == "oidcproxy.access"]
+
+    def errors(self):
+        """Events logged at error level or above, or with a traceback."""
+        return [e for e in self.events
+                if e.get("log_failure") is not None or
+                e.get("log_level") in (LogLevel.error, LogLevel.critical)]
+
+    def connect(self, address=("192.0.2.7", 5555)):
+        """Open another connection to the site; its channel and transport."""
+        peer = IPv4Address("TCP", *address)
+        channel = self.site.buildProtocol(peer)
+        transport = StringTransport(peerAddress=peer)
+        channel.makeConnection(transport)
+        return channel, transport
+
+
+def large_limit(host, target):
+    """Every body up to 200 MB is accepted early (the route decides later)."""
+    return 200_000_000, None, None
+
+
+def gauge(metrics, name, labels=None):
+    """The value of metric C{name} in C{metrics}' registry (0 when absent)."""
+    value = metrics.registry.get_sample_value(name, labels or {})
+    return 0 if value is None else value
 
 
 class EarlyBodyLimitTests(SynchronousTestCase):
@@ -284,3 +313,115 @@ class AccessLogTests(SynchronousTestCase):
         h = SiteHarness(self, access_log=False)
         h.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
         self.assertEqual(h.access(), [])
+
+
+class AbortedRequestTests(SynchronousTestCase):
+    """
+    A connection that closes before its request is whole is forgotten by the
+    site, logged once without a traceback, and never blocks a drain: the
+    three ways in are a body cut short, a malformed request line and headers
+    cut off.
+    """
+
+    def abort(self, data, reason=ConnectionLost):
+        metrics = Metrics()
+        h = SiteHarness(self, body_limit=large_limit, metrics=metrics)
+        self.assertEqual(gauge(metrics, "oidcproxy_client_connections_open"), 1)
+        h.send(data)
+        h.channel.connectionLost(Failure(reason()))
+        self.assertEqual(h.site.open_connections, 0)
+        self.assertEqual(gauge(metrics, "oidcproxy_client_connections_open"), 0)
+        self.assertEqual(h.errors(), [])
+        self.assertEqual(self.flushLoggedErrors(), [])
+        self.assertEqual(h.resource.requests, [])
+        return h
+
+    def logged(self, h):
+        return [(e["method"], e["path"], e["status"], e["route"]) for e in h.access()]
+
+    def test_body_cut_short(self):
+        """A POST promising 100,000 bytes that sends 8 KB and closes: 499, method and path named."""
+        h = self.abort(b"POST /public/?q=SECRET HTTP/1.1\r\nHost: a\r\n"
+                       b"Content-Length: 100000\r\n\r\n" + b"x" * 8192)
+        self.assertEqual(self.logged(h), [("POST", "/public/", 499, "-")])
+        self.assertNotIn("SECRET", repr(h.access()))
+
+    def test_body_cut_short_names_the_route(self):
+        """The early match names the route of a body cut short."""
+        h = SiteHarness(self)
+        h.send(b"POST /big/x HTTP/1.1\r\nHost: a\r\nContent-Length: 900\r\n\r\n" + b"x" * 10)
+        h.channel.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.logged(h), [("POST", "/big/x", 499, "routes[1]")])
+        self.assertEqual(h.site.open_connections, 0)
+
+    def test_malformed_request_line(self):
+        """A malformed request line is answered 400 and closed; logged as 400 with '-' fields."""
+        h = self.abort(b"GARBAGE\r\n")
+        self.assertTrue(h.transport.value().startswith(b"HTTP/1.1 400 Bad Request\r\n"))
+        self.assertIn(b"Connection: close\r\n", h.transport.value())
+        self.assertEqual(self.logged(h), [("-", "-", 400, "-")])
+
+    def test_malformed_header(self):
+        """A header line without a colon is answered 400; the request line names it in the log."""
+        h = self.abort(b"GET /x HTTP/1.1\r\nHost: a\r\nno colon here\r\n\r\n")
+        self.assertTrue(h.transport.value().startswith(b"HTTP/1.1 400 "))
+        self.assertEqual(self.logged(h), [("GET", "/x", 400, "-")])
+
+    def test_headers_cut_off(self):
+        """Headers cut off mid-line, then the close: 499 with the request line's method and path."""
+        h = self.abort(b"GET /partial?x=1 HTTP/1.1\r\nHost: a\r\nX-Half: va")
+        self.assertEqual(self.logged(h), [("GET", "/partial", 499, "-")])
+        self.assertEqual(h.transport.value(), b"")
+
+    def test_request_line_cut_off(self):
+        """A connection closed inside its request line has no request: nothing to log."""
+        h = self.abort(b"GET /no-end-of-li")
+        self.assertEqual(h.access(), [])
+
+    def test_over_long_header_line(self):
+        """An over-long header line: 431, closed, logged as 431."""
+        h = SiteHarness(self)
+        h.send(b"GET /long HTTP/1.1\r\nHost: a\r\nX-Big: " + b"b" * 20000)
+        self.assertTrue(h.transport.value().startswith(b"HTTP/1.1 431 "))
+        h.channel.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.logged(h), [("GET", "/long", 431, "-")])
+        self.assertEqual(h.site.open_connections, 0)
+
+    def test_many_aborted_connections_leave_nothing(self):
+        """A thousand aborted connections of the three kinds leave no channel behind."""
+        h = SiteHarness(self, body_limit=large_limit)
+        kinds = [
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 100000\r\n\r\n" + b"x" * 8192,
+            b"\x16\x03\x01 not http\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nX-Cut: ",
+        ]
+        for i in range(1000):
+            channel, _ = h.connect(("192.0.2.9", 1000 + i))
+            channel.dataReceived(kinds[i % 3])
+            channel.connectionLost(Failure(ConnectionLost()))
+        h.channel.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(h.site.open_connections, 0)
+        self.assertEqual(len(h.access()), 1000)
+        self.assertEqual(h.errors(), [])
+        self.assertEqual(self.successResultOf(h.site.drain(30)), 0)
+
+    def test_drain_not_blocked(self):
+        """After such connections closed, a drain finishes at once."""
+        h = self.abort(b"GET / HTTP/1.1\r\nHost: a\r\nX-Cut: ")
+        self.assertEqual(self.successResultOf(h.site.drain(30)), 0)
+
+    def test_channel_forgotten_whatever_its_requests_raise(self):
+        """
+        Even if a request's clean-up raised, the channel is forgotten: a
+        drain never waits for a connection that is gone.
+        """
+        h = SiteHarness(self, Recorder(hang=True))
+        h.send(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+
+        def broken(*args, **kwargs):
+            raise RuntimeError("logging broke")
+
+        h.site.log_request = broken
+        self.assertRaises(RuntimeError, h.channel.connectionLost, Failure(ConnectionDone()))
+        self.assertEqual(h.site.open_connections, 0)
+        self.assertEqual(self.successResultOf(h.site.drain(30)), 0)
