@@ -31,7 +31,7 @@ from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 from urllib.parse import unquote_to_bytes
 
 import attr
-from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, maybeDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import IResource, Resource, getChildForRequest
@@ -431,6 +431,9 @@ class OIDCGuard(Resource):
         request.notifyFinish().addBoth(self._count_request, request)
         d = Deferred.fromCoroutine(self._handle(request))
         d.addErrback(self._unexpected, request)
+        # A client that leaves while the guard waits (for the store, a
+        # refresh, the IdP) cancels the wait: its request goes no further.
+        request.notifyFinish().addErrback(lambda _: d.cancel())
         return NOT_DONE_YET
 
     def _count_request(self, result: Any, request: Request) -> None:
@@ -441,8 +444,12 @@ class OIDCGuard(Resource):
         self._metrics.request(label, 499 if isinstance(result, Failure) else request.code)
 
     def _unexpected(self, failure: Any, request: Request) -> None:
+        gone = getattr(request, "_disconnected", False)
+        if gone and failure.check(CancelledError):
+            # Our own cancellation when the client went away (see render).
+            return
         log.failure("unexpected error while handling a request", failure)
-        if request.finished or getattr(request, "_disconnected", False):
+        if request.finished or gone:
             return
         if request.startedWriting:
             # Part of an answer is out: cut the connection rather than let
