@@ -96,6 +96,7 @@ def build_site(
         reactor=reactor,
         max_header_size=max_header_size(config),
         metrics=metrics,
+        limits=config.client_limits,
     )
     site.proxy = proxy  # type: ignore[attr-defined]
     site.guard = guard  # type: ignore[attr-defined]
@@ -273,17 +274,20 @@ def startup_checks(config: Config, reactor: Any) -> None:
             fatal(problem)
 
 
-class SighupHandler:
+class SignalHandler:
     """
-    Call C{callback} in the reactor's thread on SIGHUP. Installed only under
-    a real reactor and in the main thread (not in tests, not when embedded
-    in a thread); L{uninstall} puts the previous handler back.
+    Call C{callback} in the reactor's thread on each of the signals
+    C{signums}. Installed only under a real reactor and in the main thread
+    (not in tests, not when embedded in a thread); L{uninstall} puts the
+    previous handlers back.
     """
 
-    def __init__(self, reactor: Any, callback: Callable[[], Any]) -> None:
+    def __init__(self, reactor: Any, callback: Callable[[], Any],
+                 signums: Sequence[int] = (signal.SIGHUP,)) -> None:
         self._reactor = reactor
         self._callback = callback
-        self._previous: Any = None
+        self._signums = tuple(signums)
+        self._previous: List[Any] = []
         self.installed = False
 
     def install(self) -> None:
@@ -293,17 +297,24 @@ class SighupHandler:
                 threading.current_thread() is not threading.main_thread():
             return
 
-        def on_sighup(signum: int, frame: Any) -> None:
+        def on_signal(signum: int, frame: Any) -> None:
             self._reactor.callFromThread(self._callback)
 
-        self._previous = signal.signal(signal.SIGHUP, on_sighup)
+        self._previous = [signal.signal(signum, on_signal) for signum in self._signums]
         self.installed = True
 
     def uninstall(self) -> None:
         if self.installed:
-            previous = self._previous
-            signal.signal(signal.SIGHUP, previous if previous is not None else signal.SIG_DFL)
+            for signum, previous in zip(self._signums, self._previous):
+                signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
             self.installed = False
+
+
+class SighupHandler(SignalHandler):
+    """Call C{callback} in the reactor's thread on SIGHUP (see L{SignalHandler})."""
+
+    def __init__(self, reactor: Any, callback: Callable[[], Any]) -> None:
+        super().__init__(reactor, callback, (signal.SIGHUP,))
 
 
 RESTART_KEYS = (
@@ -358,6 +369,8 @@ class ProxyService(MultiService):
         self._reactor = reactor
         self._client_factory = client_factory
         self._sighup = SighupHandler(reactor, self.reload)
+        self._stop_signals = SignalHandler(reactor, self._abort_drain,
+                                           (signal.SIGTERM, signal.SIGINT))
         self.site = build_site(config, reactor, client_factory=client_factory,
                                metrics=self.metrics)
         self.site.guard.worker_id = worker_id  # type: ignore[attr-defined]
@@ -446,6 +459,7 @@ class ProxyService(MultiService):
         old_proxy: UpstreamProxy = site.proxy  # type: ignore[attr-defined]
         site.guard.reconfigure(merged, routes, proxy)  # type: ignore[attr-defined]
         site.body_limit = body_limit_for(routes, merged.upstream.max_body_size)
+        site.limits = merged.client_limits
         site.proxy = proxy  # type: ignore[attr-defined]
         self.config = merged
         # Its in-flight requests finish on it; then its pools are closed.
@@ -481,6 +495,10 @@ class ProxyService(MultiService):
         assert self._port_file is not None
         write_port_file(self._port_file, [ls.port for ls in self.listeners if ls.port])
 
+    def _abort_drain(self) -> None:
+        log.info("stop signal received again: ending the drain now")
+        self.site.abort_drain()
+
     def stopService(self) -> Any:
         """
         Stop accepting, let the requests in flight finish (up to
@@ -491,10 +509,15 @@ class ProxyService(MultiService):
 
         notify("STOPPING=1")
         self._sighup.uninstall()
+        # Twisted's own handler would only try to stop the stopping reactor
+        # again (ReactorNotRunning): another SIGTERM or SIGINT cuts the drain
+        # short instead.
+        self._stop_signals.install()
         d = maybeDeferred(super().stopService)
         d.addCallback(lambda _: self.site.drain(self.config.drain_timeout))
 
         def close(_: object) -> Any:
+            self._stop_signals.uninstall()
             self.site.guard.stop()  # type: ignore[attr-defined]
             proxy: UpstreamProxy = self.site.proxy  # type: ignore[attr-defined]
             guard: Any = self.site.guard  # type: ignore[attr-defined]
