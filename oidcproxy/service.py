@@ -6,6 +6,7 @@ site, and the upstream pools, built from a validated L{Config}.
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import sys
 import tempfile
@@ -253,16 +254,69 @@ def fatal(message: str) -> NoReturn:
     raise SystemExit(1)
 
 
+FD_RESERVE = 256
+"""Open files besides the connections: listeners, logs, Redis, the IdP, idle upstream connections."""
+
+
+def descriptors_needed(config: Config) -> int:
+    """
+    The open files one process may need at its limits: a client connection
+    and its upstream connection each, a WebSocket and its upstream
+    connection each, and L{FD_RESERVE}.
+    """
+    return 2 * (config.client_limits.max_connections + config.max_websockets) + FD_RESERVE
+
+
+def descriptor_warning(config: Config, limit: int) -> Optional[str]:
+    """
+    A warning when a process allowed C{limit} open files cannot hold what
+    C{config} lets in (L{descriptors_needed}); None when it can.
+    """
+    needed = descriptors_needed(config)
+    if limit == resource.RLIM_INFINITY or limit >= needed:
+        return None
+    return (f"max_client_connections = {config.client_limits.max_connections} and "
+            f"max_websockets = {config.max_websockets} may need {needed} open files, but this "
+            f"process may open only {limit} (RLIMIT_NOFILE; under systemd: LimitNOFILE=): "
+            "raise the limit or lower max_client_connections")
+
+
+def raise_descriptor_limit(config: Config) -> Optional[str]:
+    """
+    Raise this process's soft limit of open files towards what C{config}
+    may need (no further than the hard limit): systemd starts services with
+    a soft limit of 1,024 and a much higher hard one. The warning of
+    L{descriptor_warning} when the limit stays too low.
+    """
+    needed = descriptors_needed(config)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return None
+    target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    if target > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            target = soft
+        else:
+            log.info("open files limit raised from {soft} to {target}", soft=soft, target=target)
+    return descriptor_warning(config, target)
+
+
 def startup_checks(config: Config, reactor: Any) -> None:
     """
     Before anything listens (under a real reactor, which is not running yet):
-    a configured Redis must answer, or the start fails with one line naming
-    the cause and exit status 1.
+    the open files limit is raised to fit the connection caps (a warning
+    when it cannot be); a configured Redis must answer, or the start fails
+    with one line naming the cause and exit status 1.
     """
     from twisted.internet.base import ReactorBase
 
     if not isinstance(reactor, ReactorBase):
         return
+    warning = raise_descriptor_limit(config)
+    if warning is not None:
+        log.warn("{warning}", warning=warning)
     uses_redis = config.redis is not None and (
         config.session.store == "redis" or config.oidc is not None)
     if uses_redis:

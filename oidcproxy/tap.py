@@ -130,11 +130,17 @@ def _build(options: Options, reactor: Any) -> Any:
         raise ConfigError(options["config"], [f"cannot set up the proxy: {e}"]) from None
 
 
-def check(options: Options, out: Any = None) -> int:
-    """Validate the configuration: print the verdict, return the exit status."""
+def check(options: Options, out: Any = None, err: Any = None) -> int:
+    """
+    Validate the configuration: print the verdict on C{out} (standard
+    output) and warnings on C{err} (standard error); return the exit status.
+    """
+    import resource
+
     from twisted.internet.testing import MemoryReactorClock
 
     from .config import ConfigError
+    from .service import descriptor_warning
 
     out = out or sys.stdout
     try:
@@ -144,6 +150,10 @@ def check(options: Options, out: Any = None) -> int:
             print(line, file=out)
         return 1
     print("config OK", file=out)
+    warning = descriptor_warning(service.config, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
+    if warning is not None:
+        # The proxy raises its soft limit up to the hard one when it starts.
+        print(f"warning: {warning}", file=err or sys.stderr)
     if options["claims"]:
         return _check_claims(service.config, options["claims"], options["path"], out)
     return 0

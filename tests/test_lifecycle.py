@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import resource
 import signal
 import socket
 import sys
@@ -25,7 +26,15 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from oidcproxy.config import MAX_WORKERS, AdminConfig, ConfigError, MetricsConfig, Secret, parse_config
-from oidcproxy.service import AdoptedListenerService, ListenError, ProxyService, _tls_options, fatal
+from oidcproxy.service import (
+    AdoptedListenerService,
+    ListenError,
+    ProxyService,
+    _tls_options,
+    descriptors_needed,
+    fatal,
+    raise_descriptor_limit,
+)
 from oidcproxy.workers import READY_KEY, RESTART_DELAYS, SPEC_VARIABLE, WorkerPool, main
 from tests.test_server import Recorder, SiteHarness, large_limit
 
@@ -203,6 +212,56 @@ class ServiceStopTests(SynchronousTestCase):
 
 
 CONFIG_ROUTES = [{"path": "/", "upstream": "http://127.0.0.1:9000", "auth": "none"}]
+
+
+class DescriptorLimitTests(SynchronousTestCase):
+    """The open files limit, raised at start to fit the connection caps."""
+
+    def limits(self, soft, hard, refuse=False):
+        state = {"limits": (soft, hard)}
+
+        def setrlimit(which, value):
+            self.assertEqual(which, resource.RLIMIT_NOFILE)
+            if refuse:
+                raise ValueError("not allowed")
+            state["limits"] = value
+
+        self.patch(resource, "getrlimit", lambda which: state["limits"])
+        self.patch(resource, "setrlimit", setrlimit)
+        return state
+
+    def config(self, **keys):
+        return parse_config({"routes": CONFIG_ROUTES, **keys}, "t.toml")
+
+    def test_needed(self):
+        """Two descriptors per client connection and per WebSocket, and a reserve."""
+        self.assertEqual(descriptors_needed(self.config()), 2 * (10000 + 1000) + 256)
+        self.assertEqual(descriptors_needed(
+            self.config(max_client_connections=100, max_websockets=10)), 476)
+
+    def test_soft_limit_raised(self):
+        """systemd's soft limit of 1,024 is raised to what is needed, under the hard limit."""
+        state = self.limits(1024, 524288)
+        self.assertIsNone(raise_descriptor_limit(self.config()))
+        self.assertEqual(state["limits"], (22256, 524288))
+
+    def test_soft_limit_already_enough(self):
+        state = self.limits(65536, 65536)
+        self.assertIsNone(raise_descriptor_limit(self.config()))
+        self.assertEqual(state["limits"], (65536, 65536))
+
+    def test_hard_limit_too_low(self):
+        """Raised as far as the hard limit goes; the warning names the keys and the limit."""
+        state = self.limits(1024, 4096)
+        warning = raise_descriptor_limit(self.config())
+        self.assertEqual(state["limits"], (4096, 4096))
+        self.assertIn("may need 22256 open files, but this process may open only 4096", warning)
+
+    def test_raise_refused(self):
+        state = self.limits(1024, 524288, refuse=True)
+        warning = raise_descriptor_limit(self.config())
+        self.assertEqual(state["limits"], (1024, 524288))
+        self.assertIn("may open only 1024", warning)
 
 
 class FatalTests(SynchronousTestCase):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import os
+import resource
 import sys
 import tempfile
 
@@ -60,16 +61,35 @@ class OptionsTests(SynchronousTestCase):
 
 
 class CheckTests(SynchronousTestCase):
-    def run_check(self, path):
+    def run_check(self, path, nofile=(1024, 1 << 20)):
+        """--check on C{path}, in a process allowed C{nofile} open files (soft, hard)."""
+        self.patch(resource, "getrlimit", lambda which: nofile)
         o = tap.Options()
         o.parseOptions(["--config", path, "--check"])
-        out = io.StringIO()
-        return tap.check(o, out), out.getvalue()
+        out, err = io.StringIO(), io.StringIO()
+        status = tap.check(o, out, err)
+        self.warnings = err.getvalue()
+        return status, out.getvalue()
 
     def test_check_ok(self):
         """--check on a valid config prints 'config OK' and returns 0."""
         use_example_env(self)
         self.assertEqual(self.run_check(EXAMPLE), (0, "config OK\n"))
+        self.assertEqual(self.warnings, "")
+
+    def test_check_warns_about_the_open_files_limit(self):
+        """
+        --check warns on standard error (status still 0) when the connection
+        caps need more open files than the process may have (its hard limit:
+        the proxy raises its soft limit up to it when it starts).
+        """
+        use_example_env(self)
+        self.assertEqual(self.run_check(EXAMPLE, nofile=(1024, 4096)), (0, "config OK\n"))
+        self.assertEqual(self.warnings.splitlines(), [
+            "warning: max_client_connections = 10000 and max_websockets = 1000 may need 22256 "
+            "open files, but this process may open only 4096 (RLIMIT_NOFILE; under systemd: "
+            "LimitNOFILE=): raise the limit or lower max_client_connections",
+        ])
 
     def test_check_reports_each_problem(self):
         """--check on a bad config prints one line per problem and returns 1."""
