@@ -516,8 +516,8 @@ class ProxySite(server.Site):
             return succeed(0)
         d: Deferred[int] = Deferred()
         self._drained = d
-        log.info("draining: {busy} request(s) in flight, up to {timeout}s; {closed} other "
-                 "connection(s) closed", busy=busy, timeout=timeout,
+        log.info("draining {busy} connection(s) with requests in flight for up to {timeout}s; "
+                 "{closed} other connection(s) closed", busy=busy, timeout=timeout,
                  closed=len(self._channels) - busy)
 
         self._drain_call = self.clock.callLater(timeout, self._cut, "drain timeout")

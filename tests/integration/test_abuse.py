@@ -16,6 +16,7 @@ import json
 import os
 import resource
 import signal
+import sys
 import time
 from typing import Any, Callable, Dict, List, Optional, Set
 from unittest import SkipTest
@@ -25,6 +26,7 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import LoopingCall
+from twisted.internet.utils import getProcessOutput
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
@@ -372,6 +374,27 @@ class AbortedConnectionTests(AbuseTestCase):
         self.assertNotIn("draining", proxy.log())
 
 
+MEASURE = """
+import http.client, json, sys, time
+port, duration = int(sys.argv[1]), float(sys.argv[2])
+answers, end = [], time.monotonic() + duration
+while time.monotonic() < end or not answers:
+    started = time.monotonic()
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.request("GET", "/echo")
+        response = connection.getresponse()
+        response.read()
+        answers.append([response.status, time.monotonic() - started])
+    except OSError as e:
+        answers.append([repr(e), time.monotonic() - started])
+    finally:
+        connection.close()
+    time.sleep(0.2)
+print(json.dumps(answers))
+"""
+"""Normal requests for a while, one every 0.2 s: their statuses and latencies, as JSON."""
+
 BACKLOG_LISTEN = "tcp:0:interface=127.0.0.1:backlog=4096"
 """A listener whose kernel queue takes a whole batch of connections at once."""
 
@@ -394,11 +417,12 @@ class SlowClientTests(AbuseTestCase):
         made while they are open. Returns once all are closed.
         """
         clients = await open_all(self, proxy.port, count, Dripper(self, 1.0).make)
-        opened = time.monotonic()
-        latencies = []
-        while time.monotonic() - opened < self.HEADER_TIMEOUT - 0.5:
-            latencies.append(await self.get_ok(proxy))
-            await procs.sleep(0.2)
+        # Measured from a process of its own: this one is busy with the attack.
+        measured = getProcessOutput(sys.executable, [
+            "-c", MEASURE, str(proxy.port), str(self.HEADER_TIMEOUT - 0.5)], env=procs.child_env())
+        answers = json.loads(await measured)
+        self.assertEqual({status for status, _ in answers}, {200}, answers)
+        latencies = [seconds for _, seconds in answers]
         await DeferredList([c.lost for c in clients])
         late = [c.lost_at - c.connected_at for c in clients]
         # Generous for a loaded machine: without the deadline they would
@@ -443,8 +467,9 @@ class SlowClientTests(AbuseTestCase):
                   f"{after / MB:.1f} MB")
         print(report)
         # A normal request takes milliseconds; the bound leaves room for a
-        # machine shared with other work.
-        self.assertLess(max(latencies), 3.0, report)
+        # machine shared with other work (the 3,000 deadlines fire within
+        # about a second of each other, and each is an answer and a close).
+        self.assertLess(max(latencies), 5.0, report)
         self.assertLess(after - baseline, self.RSS_GROWTH_LIMIT, report)
 
     async def test_sigterm_with_slow_header_connections_open(self) -> None:
