@@ -361,6 +361,35 @@ class MetricsConfig:
 
 
 @attr.s(frozen=True, auto_attribs=True)
+class ClientLimits:
+    """
+    What one process allows its clients: how long they may take to send a
+    request, and how many connections they may hold open. The top-level keys
+    C{client_header_timeout}, C{client_body_timeout}, C{client_body_min_rate},
+    C{max_client_connections} and C{max_client_connections_per_address}.
+    """
+
+    header_timeout: float = 30.0
+    """
+    Seconds for a request line and its headers, from the connection's
+    opening (first request) or the request's first byte (later ones). Like
+    nginx's C{client_header_timeout} (60 s) and Apache's C{mod_reqtimeout}
+    (20-40 s).
+    """
+    body_timeout: float = 20.0
+    """Seconds for a request body before C{body_min_rate} applies; 0: no deadline for bodies."""
+    body_min_rate: int = 500
+    """
+    Each this many bytes of body received buy one more second (as
+    C{mod_reqtimeout}'s C{MinRate}); 0: C{body_timeout} is the whole body's.
+    """
+    max_connections: int = 10000
+    """Client connections open at once (upgraded ones not counted); more are refused with 503."""
+    max_per_address: int = 0
+    """Client connections open at once from one IP address; 0: no such cap."""
+
+
+@attr.s(frozen=True, auto_attribs=True)
 class Config:
     source: str
     listen: Tuple[str, ...] = ("tcp:8080:interface=127.0.0.1",)
@@ -372,6 +401,7 @@ class Config:
     drain_timeout: float = 30.0
     """On SIGTERM: seconds the requests in flight get to finish before their connections are cut."""
     keepalive_timeout: float = 75.0
+    client_limits: ClientLimits = ClientLimits()
     max_websockets: int = 1000
     """Upgraded (WebSocket) connections open at once in one process; more get 503."""
     access_log: bool = True
@@ -1342,6 +1372,23 @@ def _check_login_paths(problems: _Problems, oidc: OIDCConfig, public_url: Option
                      "SameSite=None without Secure): set secure = true and an https public_url")
 
 
+def _client_limits(top: _Table) -> ClientLimits:
+    """The top-level keys that bound what a client may hold and how slowly it may send."""
+    d = ClientLimits()
+    limits = ClientLimits(
+        header_timeout=top.duration("client_header_timeout", d.header_timeout, positive=True),
+        body_timeout=top.duration("client_body_timeout", d.body_timeout),
+        body_min_rate=top.size("client_body_min_rate", d.body_min_rate),
+        max_connections=top.integer("max_client_connections", d.max_connections, minimum=1),
+        max_per_address=top.integer("max_client_connections_per_address", d.max_per_address),
+    )
+    if limits.max_per_address > limits.max_connections:
+        top.problem("max_client_connections_per_address",
+                    f"{limits.max_per_address} is above max_client_connections "
+                    f"({limits.max_connections})")
+    return limits
+
+
 def parse_config(data: Dict[str, Any], source: str) -> Config:
     """
     Validate a parsed TOML document.
@@ -1360,6 +1407,7 @@ def parse_config(data: Dict[str, Any], source: str) -> Config:
     workers = top.integer("workers", 1, minimum=1, maximum=MAX_WORKERS)
     drain_timeout = top.duration("drain_timeout", defaults.drain_timeout)
     keepalive = top.duration("keepalive_timeout", defaults.keepalive_timeout, positive=True)
+    client_limits = _client_limits(top)
     max_websockets = top.integer("max_websockets", defaults.max_websockets, minimum=1)
     access_log = top.boolean("access_log", True)
     username_claim = top.string("username_claim", "sub")
@@ -1508,6 +1556,7 @@ def parse_config(data: Dict[str, Any], source: str) -> Config:
         workers=workers,
         drain_timeout=drain_timeout,
         keepalive_timeout=keepalive,
+        client_limits=client_limits,
         max_websockets=max_websockets,
         access_log=access_log,
         case_insensitive_routes=case_insensitive,

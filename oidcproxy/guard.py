@@ -31,7 +31,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 from urllib.parse import unquote_to_bytes
 
 import attr
-from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, maybeDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import IResource, Resource, getChildForRequest
@@ -468,6 +468,9 @@ class OIDCGuard(Resource):
         request.notifyFinish().addBoth(self._count_request, request)
         d = Deferred.fromCoroutine(self._handle(request))
         d.addErrback(self._unexpected, request)
+        # A client that leaves while the guard waits (for the store, a
+        # refresh, the IdP) cancels the wait: its request goes no further.
+        request.notifyFinish().addErrback(lambda _: d.cancel())
         return NOT_DONE_YET
 
     def _count_request(self, result: Any, request: Request) -> None:
@@ -478,13 +481,17 @@ class OIDCGuard(Resource):
         self._metrics.request(label, 499 if isinstance(result, Failure) else request.code)
 
     def _unexpected(self, failure: Any, request: Request) -> None:
+        gone = getattr(request, "_disconnected", False)
+        if gone and failure.check(CancelledError):
+            # Our own cancellation when the client went away (see render).
+            return
         if failure.check(SessionStoreUnavailable):
             # A store fault is a dependency's, never a bug: wherever on the
             # request's way the store could not answer, the answer is a 503.
             self._store_unavailable(request, failure.value)
             return
         log.failure("unexpected error while handling a request", failure)
-        if request.finished or getattr(request, "_disconnected", False):
+        if request.finished or gone:
             return
         if request.startedWriting:
             self._abort(request)

@@ -89,6 +89,18 @@ class NullMetrics:
     def websocket_bytes(self, direction: str, count: int) -> None:
         """C{count} bytes relayed C{to_upstream} or C{to_client} over an upgraded connection."""
 
+    def client_connections(self, delta: int) -> None:
+        """A client's HTTP connection opened (+1) or closed (-1)."""
+
+    def client_connection_refused(self, limit: str) -> None:
+        """
+        A new client connection was refused (503) because C{limit} was reached:
+        C{max_client_connections} or C{max_client_connections_per_address}.
+        """
+
+    def client_timeout(self, phase: str) -> None:
+        """A client was closed for not sending its request's C{headers} or C{body} in time."""
+
 
 class Metrics(NullMetrics):
     """
@@ -142,6 +154,18 @@ class Metrics(NullMetrics):
             "oidcproxy_websockets_open", "Upgraded (WebSocket) connections open now.", registry=r,
             # With workers = N: the sum over the live workers.
             multiprocess_mode="livesum")
+        self._client_connections = Gauge(
+            "oidcproxy_client_connections_open", "Client HTTP connections open now, "
+            "idle or not (an upgraded one counts in oidcproxy_websockets_open instead).",
+            registry=r, multiprocess_mode="livesum")
+        self._client_refused = Counter(
+            "oidcproxy_client_connections_refused", "Client connections refused with 503 at "
+            "once, by the limit reached (max_client_connections, "
+            "max_client_connections_per_address).", ["limit"], registry=r)
+        self._client_timeouts = Counter(
+            "oidcproxy_client_timeouts", "Clients closed for not sending their request in time, "
+            "by phase (headers: client_header_timeout; body: client_body_timeout and "
+            "client_body_min_rate).", ["phase"], registry=r)
         self._ws_bytes = Counter(
             "oidcproxy_websocket_bytes", "Bytes relayed over upgraded connections, by direction "
             "(to_upstream, to_client).", ["direction"], registry=r)
@@ -190,6 +214,15 @@ class Metrics(NullMetrics):
 
     def websocket_bytes(self, direction: str, count: int) -> None:
         self._ws_bytes.labels(direction).inc(count)
+
+    def client_connections(self, delta: int) -> None:
+        self._client_connections.inc(delta)
+
+    def client_connection_refused(self, limit: str) -> None:
+        self._client_refused.labels(limit).inc()
+
+    def client_timeout(self, phase: str) -> None:
+        self._client_timeouts.labels(phase).inc()
 
     def render(self) -> bytes:
         """The registry in the Prometheus text format."""

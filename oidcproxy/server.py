@@ -1,16 +1,17 @@
 """
 The HTTP server side: a L{Site} whose requests refuse an oversized body as
-soon as its length shows, and which writes one structured access-log event
-per request.
+soon as its length shows, whose clients get deadlines to send their requests
+and a cap on their connections, which drains at shutdown, and which writes
+one structured access-log event per request.
 """
 
 from __future__ import annotations
 
 import io
-from typing import Any, Callable, Optional, Set, Tuple
+from typing import Any, Callable, Dict, Optional, Set, Tuple
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -18,11 +19,18 @@ from twisted.web import server
 from twisted.web.http import HTTPChannel
 from twisted.web.resource import IResource
 
+from .config import ClientLimits
 from .metrics import NullMetrics
 from .pages import error_body
 
 access_log = Logger(namespace="oidcproxy.access")
 log = Logger()
+
+ABORT_AFTER = 10.0
+"""Seconds a connection the proxy closes gets to take its last answer before it is cut."""
+
+REFUSAL_LOG_INTERVAL = 10.0
+"""At most one log line per this many seconds about refused connections."""
 
 BodyLimit = Callable[[Optional[bytes], Optional[bytes]], Tuple[int, Any, Any]]
 """
@@ -36,8 +44,9 @@ class ProxyRequest(server.Request):
     """
     A request that knows when it started and refuses a body over its route's
     limit before reading it: on C{Content-Length}, or as the running count of
-    a chunked body passes the limit. The early answer is written straight to
-    the connection, which is then closed: the rest of the body is never read.
+    a chunked body passes the limit. The early answer is written by the
+    channel, which then closes the connection: the rest of the body is
+    never read.
     """
 
     started: Optional[float] = None
@@ -47,10 +56,16 @@ class ProxyRequest(server.Request):
     _early: Tuple[Optional[bytes], Optional[bytes], Any] = (None, None, None)
     oidcproxy_early_match: Any = None
 
+    def __init__(self, channel: HTTPChannel, *args: Any, **kwargs: Any) -> None:
+        super().__init__(channel, *args, **kwargs)
+        site = getattr(channel, "site", None)
+        if isinstance(site, ProxySite):
+            # From the request line's arrival, as nginx's $request_time.
+            self.started = site.clock.seconds()
+
     def gotLength(self, length: Optional[int]) -> None:
         site = getattr(self.channel, "site", None)
         if isinstance(site, ProxySite):
-            self.started = site.clock.seconds()
             # The request line has been parsed but not yet handed to us; the
             # channel keeps it until the body is in. Without it we fall back
             # to the largest limit of any route (the render-time check is
@@ -85,13 +100,6 @@ class ProxyRequest(server.Request):
             f"The request body is larger than {self._limit} bytes.",
             b"json" in accept,
         )
-        head = (
-            b"HTTP/1.1 413 Content Too Large\r\n"
-            b"Content-Type: " + content_type + b"\r\n"
-            b"Content-Length: " + str(len(body)).encode("ascii") + b"\r\n"
-            b"Cache-Control: no-store\r\n"
-            b"Connection: close\r\n\r\n"
-        )
         site: Any = getattr(self.channel, "site", None)
         if isinstance(site, ProxySite):
             # For the access log: this request never reaches process().
@@ -105,9 +113,9 @@ class ProxyRequest(server.Request):
             site.log_request(self)
             # The guard counts every other request; this one never reaches it.
             site.metrics.request(route.name if route is not None else "-", 413)
-        transport: Any = self.channel.transport
-        transport.write(head + body)
-        transport.loseConnection()
+        channel: Any = self.channel
+        channel.refuse(413, b"Content Too Large",
+                       b"Content-Type: " + content_type + b"\r\nCache-Control: no-store\r\n", body)
 
     def process(self) -> None:
         if self._refused:
@@ -116,10 +124,66 @@ class ProxyRequest(server.Request):
 
     def connectionLost(self, reason: Failure) -> None:
         was_finished = self.finished or self._refused
-        site = getattr(self.channel, "site", None)
+        channel = self.channel
+        site = getattr(channel, "site", None)
+        if self.path is None:
+            # The connection closed before the request was whole (request
+            # line, headers or body cut off, or a malformed request line): it
+            # never reached process(). It is named by what did arrive.
+            command, target, route = self._early
+            if command is None:
+                command = getattr(channel, "_command", None)
+                target = getattr(channel, "_path", None)
+            self.method = command or b"-"
+            self.path = (target or b"-").split(b"?", 1)[0]
+            if route is not None:
+                self.oidcproxy_route = route
         super().connectionLost(reason)
-        if not was_finished and isinstance(site, ProxySite) and getattr(self, "method", None):
-            site.log_request(self, client_closed=True)
+        if not was_finished and isinstance(site, ProxySite):
+            # 499 when the client left first; the status of the answer the
+            # channel gave itself (400, 431, ...) when it closed the connection.
+            answered = getattr(channel, "answered", None)
+            site.log_request(self, status=answered if answered is not None else 499)
+
+
+def _peer_host(channel: HTTPChannel) -> Optional[str]:
+    """The client's IP address; None for a peer without one (a UNIX socket)."""
+    peer = channel.transport.getPeer() if channel.transport is not None else None
+    host = getattr(peer, "host", None)
+    return host if isinstance(host, str) else None
+
+
+class _RefusalLog:
+    """
+    The log lines about refused connections: the first at once, then at
+    most one per L{REFUSAL_LOG_INTERVAL} seconds, each counting the refusals
+    since the previous one, by limit.
+    """
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self._clock = clock
+        self._pending: Dict[str, int] = {}
+        self._last: Optional[float] = None
+        self._flush: Optional[IDelayedCall] = None
+
+    def add(self, limit: str) -> None:
+        self._pending[limit] = self._pending.get(limit, 0) + 1
+        now = self._clock.seconds()
+        if self._last is None or now - self._last >= REFUSAL_LOG_INTERVAL:
+            self._write()
+        elif self._flush is None:
+            self._flush = self._clock.callLater(self._last + REFUSAL_LOG_INTERVAL - now,
+                                                self._write)
+
+    def _write(self) -> None:
+        if self._flush is not None and self._flush.active():
+            self._flush.cancel()
+        self._flush = None
+        self._last = self._clock.seconds()
+        pending, self._pending = self._pending, {}
+        log.warn("refused {count} client connection(s) with 503: {limits} reached",
+                 count=sum(pending.values()),
+                 limits="; ".join(f"{limit} ({n})" for limit, n in sorted(pending.items())))
 
 
 def _client(request: Any) -> str:
@@ -129,22 +193,146 @@ def _client(request: Any) -> str:
 
 class ProxyChannel(HTTPChannel):
     """
-    An HTTP/1.1 channel whose header limits the site sets: a chunked session
-    cookie must fit in the one C{Cookie} line browsers send. The site keeps
-    track of its open channels, so that a shutdown can drain them.
+    An HTTP/1.1 channel whose limits the site sets: the header size (a
+    chunked session cookie must fit in the one C{Cookie} line browsers
+    send), and deadlines for a client to send its request (L{ClientLimits}).
+    The site keeps track of its open channels, so that a shutdown can drain
+    them.
+
+    A request goes through the phases C{headers} (until its headers are in),
+    C{body} (while a body is read) and C{handling} (the site has it, until
+    its answer is sent); between requests a keep-alive connection is
+    C{idle}, under Twisted's idle timeout (C{keepalive_timeout}). The header
+    deadline runs from the connection's opening for its first request and
+    from the first byte of each later one.
     """
+
+    answered: Optional[int] = None
+    """
+    The status of the answer the channel gave itself before closing (400 for
+    a malformed request, 431 for an over-long line, 408 for a client too
+    slow, 503 when refused), for the access log.
+    """
+    phase = "headers"
+    _deadline: Optional[IDelayedCall] = None
+    _abort_call: Optional[IDelayedCall] = None
+    _received = 0
+    """Bytes of the current request received (C{headers} phase: whether any came)."""
+    _body_received = 0
+    _body_started = 0.0
 
     def connectionMade(self) -> None:
         super().connectionMade()
         site = getattr(self, "site", None)
-        if isinstance(site, ProxySite):
-            site.channel_opened(self)
+        if isinstance(site, ProxySite) and site.channel_opened(self):
+            self._arm(site.limits.header_timeout)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.phase == "idle":
+            # The first byte of the next request on a keep-alive connection.
+            self.phase = "headers"
+            self._received = 0
+            site = getattr(self, "site", None)
+            if isinstance(site, ProxySite):
+                self._arm(site.limits.header_timeout)
+        self._received += len(data)
+        super().dataReceived(data)
+
+    def rawDataReceived(self, data: bytes) -> None:
+        if self.phase == "body":
+            self._body_received += len(data)
+        super().rawDataReceived(data)
+
+    def allHeadersReceived(self) -> None:
+        super().allHeadersReceived()
+        site = getattr(self, "site", None)
+        if self.length != 0 and isinstance(site, ProxySite):
+            self.phase = "body"
+            self._body_received = 0
+            self._body_started = site.clock.seconds()
+            self._arm(site.limits.body_timeout)
+        else:
+            self._disarm()
+
+    def allContentReceived(self) -> None:
+        # Set first: the request may be answered (and the next one begun)
+        # before this returns.
+        self.phase = "handling"
+        self._disarm()
+        super().allContentReceived()
+
+    def requestDone(self, request: Any) -> None:
+        if self.persistent:
+            # Any pipelined bytes are replayed from here, as new data.
+            self.phase = "idle"
+        super().requestDone(request)
+
+    def _arm(self, seconds: float) -> None:
+        """Start the deadline of the current phase (none when C{seconds} is 0)."""
+        self._disarm()
+        site = getattr(self, "site", None)
+        if seconds > 0 and isinstance(site, ProxySite):
+            self._deadline = site.clock.callLater(seconds, self._deadline_passed)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            if self._deadline.active():
+                self._deadline.cancel()
+            self._deadline = None
+
+    def close_unfinished(self) -> None:
+        """
+        At shutdown, a connection without a request in flight: closed at
+        once, with a 503 when part of a request came (it was not served).
+        """
+        if getattr(self.transport, "disconnecting", False):
+            return  # closing already
+        if self.phase == "body" or (self.phase == "headers" and self._received):
+            self.refuse(503, b"Service Unavailable", b"Retry-After: 5\r\n")
+        else:
+            self._disarm()
+            self.loseConnection()
+            self._abort_later()
+
+    def stop_deadlines(self) -> None:
+        """The connection is no longer ours (a WebSocket took it over)."""
+        self._disarm()
+        self.phase = "handling"
+
+    def _deadline_passed(self) -> None:
+        self._deadline = None
+        site = getattr(self, "site", None)
+        if not isinstance(site, ProxySite) or self.phase not in ("headers", "body"):
+            return
+        limits = site.limits
+        if self.phase == "body" and limits.body_min_rate > 0:
+            # mod_reqtimeout's MinRate: each body_min_rate bytes received
+            # buy one more second.
+            allowed = limits.body_timeout + self._body_received / limits.body_min_rate
+            elapsed = site.clock.seconds() - self._body_started
+            if elapsed < allowed:
+                self._deadline = site.clock.callLater(allowed - elapsed, self._deadline_passed)
+                return
+        site.client_timed_out(self, self.phase)
+        if self.phase == "headers" and not self._received:
+            # Nothing of a request arrived: there is nothing to answer.
+            self.loseConnection()
+            self._abort_later()
+        else:
+            self.refuse(408, b"Request Timeout")
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        super().connectionLost(reason)
-        site = getattr(self, "site", None)
-        if isinstance(site, ProxySite):
-            site.channel_closed(self)
+        self._disarm()
+        if self._abort_call is not None and self._abort_call.active():
+            self._abort_call.cancel()
+        try:
+            super().connectionLost(reason)
+        finally:
+            # Whatever a request's clean-up raised: a connection that is
+            # gone is never counted (nor waited for by a drain) again.
+            site = getattr(self, "site", None)
+            if isinstance(site, ProxySite):
+                site.channel_closed(self)
 
     def lineLengthExceeded(self, line: bytes) -> None:
         """
@@ -152,21 +340,55 @@ class ProxyChannel(HTTPChannel):
         Cookie or Authorization header): Twisted would only drop the
         connection, which a browser shows as a network error. Say why first.
         """
+        self.refuse(431, b"Request Header Fields Too Large")
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        # Twisted's answer to a malformed request (line, header, chunked
+        # body), with its length and the close said, and its status noted.
+        self.refuse(400, b"Bad Request")
+
+    def refuse(self, code: int, phrase: bytes, headers: bytes = b"", body: bytes = b"") -> None:
+        """
+        Answer C{code} with C{body} (and the raw header lines C{headers},
+        each ending in CRLF) and close the connection: for a request the
+        site never sees (malformed, over-long, too large, too slow, refused).
+        Once per connection.
+        """
+        self._disarm()
         transport: Any = self.transport
-        transport.write(b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
-                        b"Content-Length: 0\r\nConnection: close\r\n\r\n")
-        transport.loseConnection()
+        if self.answered is None:
+            self.answered = code
+            transport.write(b"HTTP/1.1 %d %s\r\n%sContent-Length: %d\r\nConnection: close\r\n\r\n%s"
+                            % (code, phrase, headers, len(body), body))
+        self.loseConnection()
+        self._abort_later()
+
+    def _abort_later(self) -> None:
+        """
+        A client that reads nothing could keep a closing connection open
+        (its unsent answers filling the buffers): cut it after a while.
+        """
+        # Twisted's idle timeout has nothing left to do either.
+        self.setTimeout(None)
+        site = getattr(self, "site", None)
+        if self._abort_call is None and isinstance(site, ProxySite):
+            transport: Any = self.transport
+            self._abort_call = site.clock.callLater(ABORT_AFTER, transport.abortConnection)
 
 
 class ProxySite(server.Site):
     """
     A L{Site} for the proxy: L{ProxyRequest}s, an idle timeout for keep-alive
-    connections, and an access log of structured events that never include a
-    query string, a cookie or an C{Authorization} value.
+    connections, deadlines and connection caps for clients (L{ClientLimits}),
+    and an access log of structured events that never include a query
+    string, a cookie or an C{Authorization} value.
 
     @param body_limit: C{(host header, raw request target) -> max body bytes}.
     @param metrics: counts the requests refused before they reach the
-        resource (an L{oidcproxy.metrics.Metrics}; the guard counts the rest).
+        resource (an L{oidcproxy.metrics.Metrics}; the guard counts the rest),
+        the open client connections, the refused ones and the timeouts.
+    @param limits: what clients may hold and how slowly they may send;
+        replaced on reload (for the connections and deadlines to come).
     """
 
     requestFactory = ProxyRequest
@@ -182,6 +404,7 @@ class ProxySite(server.Site):
         reactor: Any = None,
         max_header_size: int = 16384,
         metrics: Optional[NullMetrics] = None,
+        limits: Optional[ClientLimits] = None,
     ) -> None:
         super().__init__(resource, timeout=keepalive_timeout, reactor=reactor)
         self.metrics = metrics if metrics is not None else NullMetrics()
@@ -189,80 +412,140 @@ class ProxySite(server.Site):
         self.clock = clock
         self.body_limit = body_limit
         self.access_log = access_log
+        self.limits = limits if limits is not None else ClientLimits()
         # Twisted's default version banner is not for strangers.
         self.displayTracebacks = False
-        self._channels: Set[HTTPChannel] = set()
+        self._channels: Set[ProxyChannel] = set()
+        self._per_address: Dict[str, int] = {}
+        self._refusals = _RefusalLog(clock)
         self._drained: Optional[Deferred[int]] = None
+        self._drain_call: Optional[IDelayedCall] = None
         self.draining = False
 
-    # -- graceful shutdown -------------------------------------------------------
+    # -- client connections ------------------------------------------------------
 
-    def channel_opened(self, channel: HTTPChannel) -> None:
+    def channel_opened(self, channel: ProxyChannel) -> bool:
+        """
+        Count a new connection. False when it is not to be served: refused
+        (over a cap: answered 503 and closed) or accepted during a drain.
+        """
         if self.draining:
             # Accepted just before the listener closed: nothing to finish.
             channel.transport.loseConnection()  # type: ignore[union-attr]
+            self._add(channel, None)
+            return False
+        limits = self.limits
+        address = _peer_host(channel) if limits.max_per_address else None
+        if len(self._channels) >= limits.max_connections:
+            self._refuse(channel, "max_client_connections", limits.max_connections)
+            return False
+        if address is not None and self._per_address.get(address, 0) >= limits.max_per_address:
+            self._refuse(channel, "max_client_connections_per_address", limits.max_per_address)
+            return False
+        self._add(channel, address)
+        return True
+
+    def _add(self, channel: ProxyChannel, address: Optional[str]) -> None:
         self._channels.add(channel)
+        if address is not None:
+            self._per_address[address] = self._per_address.get(address, 0) + 1
+            channel.oidcproxy_address = address  # type: ignore[attr-defined]
+        self.metrics.client_connections(1)
 
-    def channel_closed(self, channel: HTTPChannel) -> None:
-        self._channels.discard(channel)
+    def _refuse(self, channel: ProxyChannel, limit: str, value: int) -> None:
+        self.metrics.client_connection_refused(limit)
+        self._refusals.add(f"{limit} = {value}")
+        channel.refuse(503, b"Service Unavailable", b"Retry-After: 5\r\n")
+
+    def channel_closed(self, channel: Any) -> None:
+        if channel in self._channels:
+            self._channels.remove(channel)
+            address = getattr(channel, "oidcproxy_address", None)
+            if address is not None:
+                left = self._per_address.pop(address, 1) - 1
+                if left > 0:
+                    self._per_address[address] = left
+            self.metrics.client_connections(-1)
         if self._drained is not None and not self._channels:
-            drained, self._drained = self._drained, None
-            drained.callback(0)
+            self._drain_done(0)
 
-    def forget_channel(self, channel: HTTPChannel) -> None:
+    def client_timed_out(self, channel: ProxyChannel, phase: str) -> None:
+        """C{channel}'s client did not send its request's C{phase} in time: it is closed."""
+        self.metrics.client_timeout(phase)
+
+    def forget_channel(self, channel: Any) -> None:
         """
         C{channel}'s connection was taken over by another protocol (a
-        WebSocket splice): a drain no longer waits for it.
+        WebSocket splice): no deadline applies to it any more, and a drain
+        no longer waits for it.
         """
+        stop: Any = getattr(channel, "stop_deadlines", None)
+        if stop is not None:
+            stop()
         self.channel_closed(channel)
 
     @property
     def open_connections(self) -> int:
         return len(self._channels)
 
+    # -- graceful shutdown -------------------------------------------------------
+
     def drain(self, timeout: float) -> Deferred[int]:
         """
         Finish the requests in flight, then close their connections; close
-        idle keep-alive connections at once. Call it once the listeners have
-        stopped accepting.
+        the others at once: idle keep-alive connections, and those whose
+        client has not sent its whole request yet (answered 503 when part of
+        one came). Call it once the listeners have stopped accepting.
 
         @param timeout: seconds to wait for the requests in flight; then their
-            connections are aborted.
-        @return: a Deferred firing with the number of connections aborted
-            when every connection is closed.
+            connections are aborted and the drain ends, whether or not they
+            report closed.
+        @return: a Deferred firing with the number of connections aborted,
+            when every connection is closed or the timeout has passed.
         """
         self.draining = True
-        aborted = 0
+        busy = 0
         for channel in list(self._channels):
-            if channel.requests:
+            if channel.phase == "handling":
                 # Close the connection once its current response is sent.
                 channel.persistent = False
+                busy += 1
             else:
-                channel.loseConnection()
+                channel.close_unfinished()
         if not self._channels:
             return succeed(0)
         d: Deferred[int] = Deferred()
         self._drained = d
-        log.info("draining {count} connection(s) for up to {timeout}s",
-                 count=len(self._channels), timeout=timeout)
+        log.info("draining {busy} connection(s) with requests in flight for up to {timeout}s; "
+                 "{closed} other connection(s) closed", busy=busy, timeout=timeout,
+                 closed=len(self._channels) - busy)
 
-        def give_up() -> None:
-            nonlocal aborted
-            left = list(self._channels)
-            aborted = len(left)
-            log.warn("drain timeout: aborting {count} connection(s) with requests in flight",
-                     count=aborted)
-            for channel in left:
-                channel.transport.abortConnection()  # type: ignore[union-attr]
+        self._drain_call = self.clock.callLater(timeout, self._cut, "drain timeout")
+        return d
 
-        call = self.clock.callLater(timeout, give_up)
+    def abort_drain(self) -> None:
+        """End a drain in progress at once, aborting what is left (a second SIGTERM)."""
+        if self._drain_call is not None and self._drain_call.active():
+            self._drain_call.cancel()
+            self._cut("drain cut short")
 
-        def done(_: object) -> int:
-            if call.active():
-                call.cancel()
-            return aborted
+    def _cut(self, why: str) -> None:
+        self._drain_call = None
+        left = list(self._channels)
+        log.warn("{why}: aborting {count} connection(s) with requests in flight",
+                 why=why, count=len(left))
+        for channel in left:
+            channel.transport.abortConnection()  # type: ignore[union-attr]
+        # Done now, whether or not the aborted connections report closed.
+        self._drain_done(len(left))
 
-        return d.addCallback(done)
+    def _drain_done(self, aborted: int) -> None:
+        call, self._drain_call = self._drain_call, None
+        if call is not None and call.active():
+            call.cancel()
+        drained, self._drained = self._drained, None
+        if drained is not None:
+            drained.callback(aborted)
 
     def buildProtocol(self, addr: Any) -> Any:
         channel = super().buildProtocol(addr)
@@ -274,20 +557,29 @@ class ProxySite(server.Site):
     def log(self, request: Any) -> None:
         self.log_request(request)
 
-    def log_request(self, request: Any, client_closed: bool = False) -> None:
+    def log_request(self, request: Any, status: Optional[int] = None) -> None:
+        """
+        One access-log event for C{request}, with C{status} (default: the
+        code it was answered with). A request that never got its method and
+        path logs C{-} for them.
+        """
         if not self.access_log:
             return
         started = getattr(request, "started", None)
         duration_ms = round((self.clock.seconds() - started) * 1000, 1) if started is not None else 0.0
         route = getattr(request, "oidcproxy_route", None)
-        path = request.path.decode("ascii", "backslashreplace")
-        status: Any = 499 if client_closed else request.code
+        raw_path = getattr(request, "path", None)
+        path = raw_path.decode("ascii", "backslashreplace") if raw_path is not None else "-"
+        method = request.method.decode("ascii", "backslashreplace") \
+            if raw_path is not None else "-"
+        if status is None:
+            status = request.code
         who = getattr(request, "oidcproxy_identity", None)
         fields = dict(
             user=getattr(request, "oidcproxy_user", None) or (who.sub if who is not None else "-"),
             auth=getattr(request, "oidcproxy_auth", "-"),
             client=_client(request),
-            method=request.method.decode("ascii", "backslashreplace"),
+            method=method,
             path=path,
             status=status,
             bytes=request.sentLength,

@@ -6,6 +6,7 @@ site, and the upstream pools, built from a validated L{Config}.
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import sys
 import tempfile
@@ -96,6 +97,7 @@ def build_site(
         reactor=reactor,
         max_header_size=max_header_size(config),
         metrics=metrics,
+        limits=config.client_limits,
     )
     site.proxy = proxy  # type: ignore[attr-defined]
     site.guard = guard  # type: ignore[attr-defined]
@@ -252,16 +254,69 @@ def fatal(message: str) -> NoReturn:
     raise SystemExit(1)
 
 
+FD_RESERVE = 256
+"""Open files besides the connections: listeners, logs, Redis, the IdP, idle upstream connections."""
+
+
+def descriptors_needed(config: Config) -> int:
+    """
+    The open files one process may need at its limits: a client connection
+    and its upstream connection each, a WebSocket and its upstream
+    connection each, and L{FD_RESERVE}.
+    """
+    return 2 * (config.client_limits.max_connections + config.max_websockets) + FD_RESERVE
+
+
+def descriptor_warning(config: Config, limit: int) -> Optional[str]:
+    """
+    A warning when a process allowed C{limit} open files cannot hold what
+    C{config} lets in (L{descriptors_needed}); None when it can.
+    """
+    needed = descriptors_needed(config)
+    if limit == resource.RLIM_INFINITY or limit >= needed:
+        return None
+    return (f"max_client_connections = {config.client_limits.max_connections} and "
+            f"max_websockets = {config.max_websockets} may need {needed} open files, but this "
+            f"process may open only {limit} (RLIMIT_NOFILE; under systemd: LimitNOFILE=): "
+            "raise the limit or lower max_client_connections")
+
+
+def raise_descriptor_limit(config: Config) -> Optional[str]:
+    """
+    Raise this process's soft limit of open files towards what C{config}
+    may need (no further than the hard limit): systemd starts services with
+    a soft limit of 1,024 and a much higher hard one. The warning of
+    L{descriptor_warning} when the limit stays too low.
+    """
+    needed = descriptors_needed(config)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return None
+    target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    if target > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            target = soft
+        else:
+            log.info("open files limit raised from {soft} to {target}", soft=soft, target=target)
+    return descriptor_warning(config, target)
+
+
 def startup_checks(config: Config, reactor: Any) -> None:
     """
     Before anything listens (under a real reactor, which is not running yet):
-    a configured Redis must answer, or the start fails with one line naming
-    the cause and exit status 1.
+    the open files limit is raised to fit the connection caps (a warning
+    when it cannot be); a configured Redis must answer, or the start fails
+    with one line naming the cause and exit status 1.
     """
     from twisted.internet.base import ReactorBase
 
     if not isinstance(reactor, ReactorBase):
         return
+    warning = raise_descriptor_limit(config)
+    if warning is not None:
+        log.warn("{warning}", warning=warning)
     uses_redis = config.redis is not None and (
         config.session.store == "redis" or config.oidc is not None)
     if uses_redis:
@@ -273,17 +328,20 @@ def startup_checks(config: Config, reactor: Any) -> None:
             fatal(problem)
 
 
-class SighupHandler:
+class SignalHandler:
     """
-    Call C{callback} in the reactor's thread on SIGHUP. Installed only under
-    a real reactor and in the main thread (not in tests, not when embedded
-    in a thread); L{uninstall} puts the previous handler back.
+    Call C{callback} in the reactor's thread on each of the signals
+    C{signums}. Installed only under a real reactor and in the main thread
+    (not in tests, not when embedded in a thread); L{uninstall} puts the
+    previous handlers back.
     """
 
-    def __init__(self, reactor: Any, callback: Callable[[], Any]) -> None:
+    def __init__(self, reactor: Any, callback: Callable[[], Any],
+                 signums: Sequence[int] = (signal.SIGHUP,)) -> None:
         self._reactor = reactor
         self._callback = callback
-        self._previous: Any = None
+        self._signums = tuple(signums)
+        self._previous: List[Any] = []
         self.installed = False
 
     def install(self) -> None:
@@ -293,17 +351,24 @@ class SighupHandler:
                 threading.current_thread() is not threading.main_thread():
             return
 
-        def on_sighup(signum: int, frame: Any) -> None:
+        def on_signal(signum: int, frame: Any) -> None:
             self._reactor.callFromThread(self._callback)
 
-        self._previous = signal.signal(signal.SIGHUP, on_sighup)
+        self._previous = [signal.signal(signum, on_signal) for signum in self._signums]
         self.installed = True
 
     def uninstall(self) -> None:
         if self.installed:
-            previous = self._previous
-            signal.signal(signal.SIGHUP, previous if previous is not None else signal.SIG_DFL)
+            for signum, previous in zip(self._signums, self._previous):
+                signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
             self.installed = False
+
+
+class SighupHandler(SignalHandler):
+    """Call C{callback} in the reactor's thread on SIGHUP (see L{SignalHandler})."""
+
+    def __init__(self, reactor: Any, callback: Callable[[], Any]) -> None:
+        super().__init__(reactor, callback, (signal.SIGHUP,))
 
 
 RESTART_KEYS = (
@@ -358,6 +423,8 @@ class ProxyService(MultiService):
         self._reactor = reactor
         self._client_factory = client_factory
         self._sighup = SighupHandler(reactor, self.reload)
+        self._stop_signals = SignalHandler(reactor, self._abort_drain,
+                                           (signal.SIGTERM, signal.SIGINT))
         self.site = build_site(config, reactor, client_factory=client_factory,
                                metrics=self.metrics)
         self.site.guard.worker_id = worker_id  # type: ignore[attr-defined]
@@ -446,6 +513,7 @@ class ProxyService(MultiService):
         old_proxy: UpstreamProxy = site.proxy  # type: ignore[attr-defined]
         site.guard.reconfigure(merged, routes, proxy)  # type: ignore[attr-defined]
         site.body_limit = body_limit_for(routes, merged.upstream.max_body_size)
+        site.limits = merged.client_limits
         site.proxy = proxy  # type: ignore[attr-defined]
         self.config = merged
         # Its in-flight requests finish on it; then its pools are closed.
@@ -481,6 +549,10 @@ class ProxyService(MultiService):
         assert self._port_file is not None
         write_port_file(self._port_file, [ls.port for ls in self.listeners if ls.port])
 
+    def _abort_drain(self) -> None:
+        log.info("stop signal received again: ending the drain now")
+        self.site.abort_drain()
+
     def stopService(self) -> Any:
         """
         Stop accepting, let the requests in flight finish (up to
@@ -491,10 +563,15 @@ class ProxyService(MultiService):
 
         notify("STOPPING=1")
         self._sighup.uninstall()
+        # Twisted's own handler would only try to stop the stopping reactor
+        # again (ReactorNotRunning): another SIGTERM or SIGINT cuts the drain
+        # short instead.
+        self._stop_signals.install()
         d = maybeDeferred(super().stopService)
         d.addCallback(lambda _: self.site.drain(self.config.drain_timeout))
 
         def close(_: object) -> Any:
+            self._stop_signals.uninstall()
             self.site.guard.stop()  # type: ignore[attr-defined]
             proxy: UpstreamProxy = self.site.proxy  # type: ignore[attr-defined]
             guard: Any = self.site.guard  # type: ignore[attr-defined]

@@ -131,17 +131,21 @@ def _build(options: Options, reactor: Any) -> Any:
         raise ConfigError(options["config"], [f"cannot set up the proxy: {e}"]) from None
 
 
-def check(options: Options, out: Any = None) -> int:
+def check(options: Options, out: Any = None, err: Any = None) -> int:
     """
-    Validate the configuration: print the verdict, then a C{warning:} line
-    for each setting that works but is probably unwise (see
-    L{oidcproxy.lint}; they do not change the exit status); return the exit
-    status.
+    Validate the configuration: print the verdict on C{out} (standard
+    output), then on C{err} (standard error) a C{warning:} line for each
+    setting that works but is probably unwise (see L{oidcproxy.lint}) and
+    for an open-files limit too low for the connection caps; warnings do
+    not change the exit status, which is returned.
     """
+    import resource
+
     from twisted.internet.testing import MemoryReactorClock
 
     from .config import ConfigError
     from .lint import config_warnings
+    from .service import descriptor_warning
 
     out = out or sys.stdout
     try:
@@ -151,8 +155,12 @@ def check(options: Options, out: Any = None) -> int:
             print(line, file=out)
         return 1
     print("config OK", file=out)
-    for warning in config_warnings(service.config):
-        print(f"warning: {warning}", file=out)
+    err = err or sys.stderr
+    warnings = config_warnings(service.config)
+    # The proxy raises its soft open-files limit up to the hard one when it starts.
+    files = descriptor_warning(service.config, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
+    for warning in [*warnings, *([files] if files is not None else [])]:
+        print(f"warning: {warning}", file=err)
     if options["claims"]:
         return _check_claims(service.config, options["claims"], options["path"], out)
     return 0

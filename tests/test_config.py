@@ -12,6 +12,7 @@ import tempfile
 from twisted.trial.unittest import SynchronousTestCase
 
 from oidcproxy.config import (
+    ClientLimits,
     ConfigError,
     Secret,
     UpstreamSettings,
@@ -705,3 +706,54 @@ class TokenConfigTests(SynchronousTestCase):
         ]
         for bearer, expected in cases:
             self.assertEqual(self.problems(self.bearer(**bearer)), [expected], bearer)
+
+
+class ClientLimitsConfigTests(SynchronousTestCase):
+    """The top-level keys bounding what clients may hold and how slowly they may send."""
+
+    def problems(self, **keys):
+        e = self.assertRaises(ConfigError, parse_config, dict(MINIMAL, **keys), "/etc/x.toml")
+        return e.problems
+
+    def test_defaults(self):
+        """Header deadline 30 s; body: 20 s, then 500 bytes a second; 10,000 connections."""
+        self.assertEqual(parse_config(MINIMAL, "x.toml").client_limits, ClientLimits(
+            header_timeout=30.0, body_timeout=20.0, body_min_rate=500, max_connections=10000,
+            max_per_address=0))
+
+    def test_values(self):
+        c = parse_config(dict(MINIMAL, client_header_timeout="10s", client_body_timeout="0s",
+                              client_body_min_rate="1KB", max_client_connections=500,
+                              max_client_connections_per_address=20), "x.toml")
+        self.assertEqual(c.client_limits, ClientLimits(
+            header_timeout=10.0, body_timeout=0.0, body_min_rate=1000, max_connections=500,
+            max_per_address=20))
+
+    def test_header_timeout_errors(self):
+        self.assertEqual(self.problems(client_header_timeout="0s"),
+                         ["client_header_timeout: '0s' must be longer than zero"])
+        self.assertEqual(self.problems(client_header_timeout=30),
+                         ['client_header_timeout: expected a duration string like "30s", '
+                          "got a number (30)"])
+
+    def test_body_errors(self):
+        self.assertEqual(self.problems(client_body_timeout="soon", client_body_min_rate="fast"), [
+            "client_body_timeout: 'soon' is not a duration; use a number and a unit "
+            '(ms, s, m, h, d), like "30s"',
+            "client_body_min_rate: 'fast' is not a size; use bytes or a unit "
+            "(KB, MB, GB, KiB, MiB, GiB)",
+        ])
+
+    def test_connection_cap_errors(self):
+        self.assertEqual(self.problems(max_client_connections=0),
+                         ["max_client_connections: 0 is out of range; expected >= 1"])
+        self.assertEqual(self.problems(max_client_connections_per_address=-1),
+                         ["max_client_connections_per_address: -1 is out of range; expected >= 0"])
+        self.assertEqual(
+            self.problems(max_client_connections=100, max_client_connections_per_address=101),
+            ["max_client_connections_per_address: 101 is above max_client_connections (100)"])
+
+    def test_example_file_has_the_defaults(self):
+        """etc/oidcproxy.toml documents the defaults."""
+        use_example_env(self)
+        self.assertEqual(load_config(EXAMPLE).client_limits, ClientLimits())

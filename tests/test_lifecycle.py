@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import resource
 import signal
 import socket
 import sys
@@ -25,9 +26,17 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from oidcproxy.config import MAX_WORKERS, AdminConfig, ConfigError, MetricsConfig, Secret, parse_config
-from oidcproxy.service import AdoptedListenerService, ListenError, ProxyService, _tls_options, fatal
+from oidcproxy.service import (
+    AdoptedListenerService,
+    ListenError,
+    ProxyService,
+    _tls_options,
+    descriptors_needed,
+    fatal,
+    raise_descriptor_limit,
+)
 from oidcproxy.workers import READY_KEY, RESTART_DELAYS, SPEC_VARIABLE, WorkerPool, main
-from tests.test_server import Recorder, SiteHarness
+from tests.test_server import Recorder, SiteHarness, large_limit
 
 from .pki import make_pki
 
@@ -90,6 +99,67 @@ class DrainTests(SynchronousTestCase):
         channel.makeConnection(transport)
         self.assertTrue(transport.disconnecting)
 
+    def test_partial_request_closed_at_once(self):
+        """
+        A client still sending its headers has no request in flight: the
+        drain answers 503 and closes at once, and does not wait for it.
+        """
+        h = SiteHarness(self)
+        h.send(b"GET /slow HTTP/1.1\r\nHost: a\r\nX-Drip: ")
+        d = h.site.drain(30)
+        out = h.transport.value()
+        self.assertTrue(out.startswith(b"HTTP/1.1 503 Service Unavailable\r\n"), out)
+        self.assertIn(b"Retry-After: 5\r\n", out)
+        self.assertTrue(h.transport.disconnecting)
+        h.channel.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.successResultOf(d), 0)
+        self.assertEqual([(e["path"], e["status"]) for e in h.access()], [("/slow", 503)])
+
+    def test_body_upload_closed_at_once(self):
+        """A body still coming is not a request in flight either: 503, closed at once."""
+        h = SiteHarness(self, body_limit=large_limit)
+        h.send(b"POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: 100000\r\n\r\nabc")
+        d = h.site.drain(30)
+        self.assertTrue(h.transport.value().startswith(b"HTTP/1.1 503 "))
+        self.assertTrue(h.transport.disconnecting)
+        h.channel.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.successResultOf(d), 0)
+        self.assertEqual(h.resource.requests, [])
+
+    def test_silent_connection_closed_without_answer(self):
+        """A connection that sent nothing is closed at once, with nothing written."""
+        h = SiteHarness(self)
+        h.site.drain(30)
+        self.assertTrue(h.transport.disconnecting)
+        self.assertEqual(h.transport.value(), b"")
+
+    def test_drain_ends_at_its_timeout_whatever_is_left(self):
+        """
+        At the timeout the drain ends, even if the aborted connections never
+        report closed (the process must exit).
+        """
+        h = SiteHarness(self, resource=Recorder(hang=True))
+        request_on(h)
+        d = h.site.drain(5)
+        h.clock.advance(5)
+        self.assertTrue(h.transport.disconnected)
+        self.assertEqual(self.successResultOf(d), 1)
+        # Its close, reported late, changes nothing.
+        h.channel.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(h.site.open_connections, 0)
+
+    def test_abort_drain(self):
+        """abort_drain (a second SIGTERM) ends the drain at once, aborting what is left."""
+        h = SiteHarness(self, resource=Recorder(hang=True))
+        request_on(h)
+        d = h.site.drain(30)
+        self.assertNoResult(d)
+        h.site.abort_drain()
+        self.assertTrue(h.transport.disconnected)
+        self.assertEqual(self.successResultOf(d), 1)
+        # The drain's own timeout is gone.
+        self.assertEqual([c for c in h.clock.getDelayedCalls() if c.getTime() == 30], [])
+
     def test_forgotten_channel_not_waited_for(self):
         """A connection taken over by another protocol (a WebSocket) does not hold up the drain."""
         h = SiteHarness(self, resource=Recorder(hang=True))
@@ -142,6 +212,56 @@ class ServiceStopTests(SynchronousTestCase):
 
 
 CONFIG_ROUTES = [{"path": "/", "upstream": "http://127.0.0.1:9000", "auth": "none"}]
+
+
+class DescriptorLimitTests(SynchronousTestCase):
+    """The open files limit, raised at start to fit the connection caps."""
+
+    def limits(self, soft, hard, refuse=False):
+        state = {"limits": (soft, hard)}
+
+        def setrlimit(which, value):
+            self.assertEqual(which, resource.RLIMIT_NOFILE)
+            if refuse:
+                raise ValueError("not allowed")
+            state["limits"] = value
+
+        self.patch(resource, "getrlimit", lambda which: state["limits"])
+        self.patch(resource, "setrlimit", setrlimit)
+        return state
+
+    def config(self, **keys):
+        return parse_config({"routes": CONFIG_ROUTES, **keys}, "t.toml")
+
+    def test_needed(self):
+        """Two descriptors per client connection and per WebSocket, and a reserve."""
+        self.assertEqual(descriptors_needed(self.config()), 2 * (10000 + 1000) + 256)
+        self.assertEqual(descriptors_needed(
+            self.config(max_client_connections=100, max_websockets=10)), 476)
+
+    def test_soft_limit_raised(self):
+        """systemd's soft limit of 1,024 is raised to what is needed, under the hard limit."""
+        state = self.limits(1024, 524288)
+        self.assertIsNone(raise_descriptor_limit(self.config()))
+        self.assertEqual(state["limits"], (22256, 524288))
+
+    def test_soft_limit_already_enough(self):
+        state = self.limits(65536, 65536)
+        self.assertIsNone(raise_descriptor_limit(self.config()))
+        self.assertEqual(state["limits"], (65536, 65536))
+
+    def test_hard_limit_too_low(self):
+        """Raised as far as the hard limit goes; the warning names the keys and the limit."""
+        state = self.limits(1024, 4096)
+        warning = raise_descriptor_limit(self.config())
+        self.assertEqual(state["limits"], (4096, 4096))
+        self.assertIn("may need 22256 open files, but this process may open only 4096", warning)
+
+    def test_raise_refused(self):
+        state = self.limits(1024, 524288, refuse=True)
+        warning = raise_descriptor_limit(self.config())
+        self.assertEqual(state["limits"], (1024, 524288))
+        self.assertIn("may open only 1024", warning)
 
 
 class FatalTests(SynchronousTestCase):

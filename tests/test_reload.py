@@ -184,6 +184,16 @@ class ReloadTests(SynchronousTestCase):
         self.request("GET", "/x")
         self.assertEqual(self.upstream.requests[-1]["uri"], b"/new/x")
 
+    def test_client_limits_applied(self) -> None:
+        """The limits on clients apply from the reload on, with no restart warning."""
+        service = self.start(PUBLIC)
+        with open(self.path, "w", encoding="utf-8") as f:
+            f.write('client_header_timeout = "5s"\nmax_client_connections = 7\n' + HEAD + PUBLIC)
+        self.assertTrue(service.reload())
+        self.assertEqual((service.site.limits.header_timeout, service.site.limits.max_connections),
+                         (5.0, 7))
+        self.assertEqual(self.messages("warn"), [])
+
     def test_restart_changes(self) -> None:
         """Sections added or removed are named whole."""
         self.write(PUBLIC)

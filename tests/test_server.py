@@ -6,16 +6,17 @@ through a real HTTP channel on a string transport.
 from __future__ import annotations
 
 from twisted.internet.address import IPv4Address
-from twisted.internet.error import ConnectionDone
+from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.logger import globalLogPublisher
+from twisted.logger import LogLevel, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from oidcproxy.config import RouteConfig, UpstreamSettings
+from oidcproxy.config import ClientLimits, RouteConfig, UpstreamSettings
+from oidcproxy.metrics import Metrics
 from oidcproxy.routes import RouteTable
 from oidcproxy.server import ProxySite
 from oidcproxy.service import body_limit_for
@@ -57,11 +58,14 @@ def limits():
 
 
 class SiteHarness:
-    def __init__(self, case, resource=None, access_log=True):
+    def __init__(self, case, resource=None, access_log=True, body_limit=None, metrics=None,
+                 **site_options):
         self.clock = Clock()
         self.resource = resource or Recorder()
-        self.site = ProxySite(self.resource, clock=self.clock, body_limit=limits(),
-                              access_log=access_log, reactor=self.clock)
+        self.site = ProxySite(self.resource, clock=self.clock,
+                              body_limit=body_limit if body_limit is not None else limits(),
+                              access_log=access_log, reactor=self.clock, metrics=metrics,
+                              **site_options)
         self.events = []
         globalLogPublisher.addObserver(self.events.append)
         case.addCleanup(globalLogPublisher.removeObserver, self.events.append)
@@ -75,6 +79,31 @@ class SiteHarness:
 
     def access(self):
         return [e for e in self.events if e.get("log_namespace") == "oidcproxy.access"]
+
+    def errors(self):
+        """Events logged at error level or above, or with a traceback."""
+        return [e for e in self.events
+                if e.get("log_failure") is not None or
+                e.get("log_level") in (LogLevel.error, LogLevel.critical)]
+
+    def connect(self, address=("192.0.2.7", 5555)):
+        """Open another connection to the site; its channel and transport."""
+        peer = IPv4Address("TCP", *address)
+        channel = self.site.buildProtocol(peer)
+        transport = StringTransport(peerAddress=peer)
+        channel.makeConnection(transport)
+        return channel, transport
+
+
+def large_limit(host, target):
+    """Every body up to 200 MB is accepted early (the route decides later)."""
+    return 200_000_000, None, None
+
+
+def gauge(metrics, name, labels=None):
+    """The value of metric C{name} in C{metrics}' registry (0 when absent)."""
+    value = metrics.registry.get_sample_value(name, labels or {})
+    return 0 if value is None else value
 
 
 class EarlyBodyLimitTests(SynchronousTestCase):
@@ -284,3 +313,398 @@ class AccessLogTests(SynchronousTestCase):
         h = SiteHarness(self, access_log=False)
         h.send(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
         self.assertEqual(h.access(), [])
+
+
+class AbortedRequestTests(SynchronousTestCase):
+    """
+    A connection that closes before its request is whole is forgotten by the
+    site, logged once without a traceback, and never blocks a drain: the
+    three ways in are a body cut short, a malformed request line and headers
+    cut off.
+    """
+
+    def abort(self, data, reason=ConnectionLost):
+        metrics = Metrics()
+        h = SiteHarness(self, body_limit=large_limit, metrics=metrics)
+        self.assertEqual(gauge(metrics, "oidcproxy_client_connections_open"), 1)
+        h.send(data)
+        h.channel.connectionLost(Failure(reason()))
+        self.assertEqual(h.site.open_connections, 0)
+        self.assertEqual(gauge(metrics, "oidcproxy_client_connections_open"), 0)
+        self.assertEqual(h.errors(), [])
+        self.assertEqual(self.flushLoggedErrors(), [])
+        self.assertEqual(h.resource.requests, [])
+        return h
+
+    def logged(self, h):
+        return [(e["method"], e["path"], e["status"], e["route"]) for e in h.access()]
+
+    def test_body_cut_short(self):
+        """A POST promising 100,000 bytes that sends 8 KB and closes: 499, method and path named."""
+        h = self.abort(b"POST /public/?q=SECRET HTTP/1.1\r\nHost: a\r\n"
+                       b"Content-Length: 100000\r\n\r\n" + b"x" * 8192)
+        self.assertEqual(self.logged(h), [("POST", "/public/", 499, "-")])
+        self.assertNotIn("SECRET", repr(h.access()))
+
+    def test_body_cut_short_names_the_route(self):
+        """The early match names the route of a body cut short."""
+        h = SiteHarness(self)
+        h.send(b"POST /big/x HTTP/1.1\r\nHost: a\r\nContent-Length: 900\r\n\r\n" + b"x" * 10)
+        h.channel.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.logged(h), [("POST", "/big/x", 499, "routes[1]")])
+        self.assertEqual(h.site.open_connections, 0)
+
+    def test_malformed_request_line(self):
+        """A malformed request line is answered 400 and closed; logged as 400 with '-' fields."""
+        h = self.abort(b"GARBAGE\r\n")
+        self.assertTrue(h.transport.value().startswith(b"HTTP/1.1 400 Bad Request\r\n"))
+        self.assertIn(b"Connection: close\r\n", h.transport.value())
+        self.assertEqual(self.logged(h), [("-", "-", 400, "-")])
+
+    def test_malformed_header(self):
+        """A header line without a colon is answered 400; the request line names it in the log."""
+        h = self.abort(b"GET /x HTTP/1.1\r\nHost: a\r\nno colon here\r\n\r\n")
+        self.assertTrue(h.transport.value().startswith(b"HTTP/1.1 400 "))
+        self.assertEqual(self.logged(h), [("GET", "/x", 400, "-")])
+
+    def test_headers_cut_off(self):
+        """Headers cut off mid-line, then the close: 499 with the request line's method and path."""
+        h = self.abort(b"GET /partial?x=1 HTTP/1.1\r\nHost: a\r\nX-Half: va")
+        self.assertEqual(self.logged(h), [("GET", "/partial", 499, "-")])
+        self.assertEqual(h.transport.value(), b"")
+
+    def test_request_line_cut_off(self):
+        """A connection closed inside its request line has no request: nothing to log."""
+        h = self.abort(b"GET /no-end-of-li")
+        self.assertEqual(h.access(), [])
+
+    def test_over_long_header_line(self):
+        """An over-long header line: 431, closed, logged as 431."""
+        h = SiteHarness(self)
+        h.send(b"GET /long HTTP/1.1\r\nHost: a\r\nX-Big: " + b"b" * 20000)
+        self.assertTrue(h.transport.value().startswith(b"HTTP/1.1 431 "))
+        h.channel.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.logged(h), [("GET", "/long", 431, "-")])
+        self.assertEqual(h.site.open_connections, 0)
+
+    def test_many_aborted_connections_leave_nothing(self):
+        """A thousand aborted connections of the three kinds leave no channel behind."""
+        h = SiteHarness(self, body_limit=large_limit)
+        kinds = [
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 100000\r\n\r\n" + b"x" * 8192,
+            b"\x16\x03\x01 not http\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nX-Cut: ",
+        ]
+        for i in range(1000):
+            channel, _ = h.connect(("192.0.2.9", 1000 + i))
+            channel.dataReceived(kinds[i % 3])
+            channel.connectionLost(Failure(ConnectionLost()))
+        h.channel.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(h.site.open_connections, 0)
+        self.assertEqual(len(h.access()), 1000)
+        self.assertEqual(h.errors(), [])
+        self.assertEqual(self.successResultOf(h.site.drain(30)), 0)
+
+    def test_drain_not_blocked(self):
+        """After such connections closed, a drain finishes at once."""
+        h = self.abort(b"GET / HTTP/1.1\r\nHost: a\r\nX-Cut: ")
+        self.assertEqual(self.successResultOf(h.site.drain(30)), 0)
+
+    def test_channel_forgotten_whatever_its_requests_raise(self):
+        """
+        Even if a request's clean-up raised, the channel is forgotten: a
+        drain never waits for a connection that is gone.
+        """
+        h = SiteHarness(self, Recorder(hang=True))
+        h.send(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+
+        def broken(*args, **kwargs):
+            raise RuntimeError("logging broke")
+
+        h.site.log_request = broken
+        self.assertRaises(RuntimeError, h.channel.connectionLost, Failure(ConnectionDone()))
+        self.assertEqual(h.site.open_connections, 0)
+        self.assertEqual(self.successResultOf(h.site.drain(30)), 0)
+
+
+def sample(metrics, name, **labels):
+    """The value of a labelled counter/gauge sample in C{metrics} (0 when absent)."""
+    return gauge(metrics, name, labels)
+
+
+class ClientDeadlineTests(SynchronousTestCase):
+    """
+    Deadlines for a client to send its request: the request line and headers
+    (client_header_timeout), the body (client_body_timeout, then
+    client_body_min_rate), on the site's clock.
+    """
+
+    def harness(self, resource=None, **limits):
+        self.metrics = Metrics()
+        return SiteHarness(self, resource, body_limit=large_limit, metrics=self.metrics,
+                           limits=ClientLimits(**limits))
+
+    def timeouts(self, phase):
+        return sample(self.metrics, "oidcproxy_client_timeouts_total", phase=phase)
+
+    def assertTimedOut(self, h, phase):
+        out = h.transport.value()
+        self.assertTrue(out.startswith(b"HTTP/1.1 408 Request Timeout\r\n"), out)
+        self.assertIn(b"Connection: close\r\n", out)
+        self.assertTrue(h.transport.disconnecting)
+        self.assertEqual(self.timeouts(phase), 1)
+        h.channel.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(h.site.open_connections, 0)
+        self.assertEqual(h.errors(), [])
+
+    def test_headers_deadline(self):
+        """Headers not in within client_header_timeout: 408, closed, counted, logged as 408."""
+        h = self.harness(header_timeout=30)
+        h.send(b"GET /slow?q=1 HTTP/1.1\r\nHost: a\r\n")
+        h.clock.advance(29.9)
+        self.assertEqual(h.transport.value(), b"")
+        self.assertFalse(h.transport.disconnecting)
+        h.clock.advance(0.2)
+        self.assertTimedOut(h, "headers")
+        self.assertEqual([(e["method"], e["path"], e["status"]) for e in h.access()],
+                         [("GET", "/slow", 408)])
+        self.assertEqual(h.resource.requests, [])
+
+    def test_headers_deadline_is_not_reset_by_trickling(self):
+        """A header line every few seconds does not keep the connection open (slowloris)."""
+        h = self.harness(header_timeout=30)
+        h.send(b"GET / HTTP/1.1\r\n")
+        for i in range(10):
+            h.clock.advance(2.9)
+            h.send(b"X-Drip-%d: x\r\n" % i)
+        self.assertFalse(h.transport.disconnecting)
+        h.clock.advance(1.1)
+        self.assertTimedOut(h, "headers")
+
+    def test_silent_connection(self):
+        """A connection that sends nothing is closed at the header deadline, with no answer."""
+        h = self.harness(header_timeout=30)
+        h.clock.advance(30)
+        self.assertEqual(h.transport.value(), b"")
+        self.assertTrue(h.transport.disconnecting)
+        self.assertEqual(self.timeouts("headers"), 1)
+        h.channel.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(h.access(), [])
+
+    def test_headers_in_time(self):
+        """Headers sent within the deadline: served, and nothing fires afterwards."""
+        h = self.harness(Recorder(hang=True), header_timeout=30)
+        h.clock.advance(29)
+        h.send(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.assertEqual(len(h.resource.requests), 1)
+        # The site has the request: no client deadline while it is answered.
+        h.clock.advance(300)
+        self.assertFalse(h.transport.disconnecting)
+        self.assertEqual(self.timeouts("headers"), 0)
+
+    def test_keepalive_request_deadline_from_its_first_byte(self):
+        """
+        Between requests the keep-alive idle timeout rules; the next
+        request's header deadline starts with its first byte.
+        """
+        h = self.harness(header_timeout=30)
+        h.send(b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.assertTrue(h.transport.value().startswith(b"HTTP/1.1 200 "))
+        h.transport.clear()
+        h.clock.advance(60)  # idle, under keepalive_timeout (75 s)
+        self.assertFalse(h.transport.disconnecting)
+        h.send(b"GET /2 HTTP/1.1\r\n")
+        h.clock.advance(29.9)
+        self.assertFalse(h.transport.disconnecting)
+        h.clock.advance(0.2)
+        self.assertTimedOut(h, "headers")
+
+    def test_keepalive_idle_timeout_unchanged(self):
+        """An idle keep-alive connection is closed at keepalive_timeout, without an answer."""
+        h = self.harness(header_timeout=30)
+        h.send(b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\n")
+        h.transport.clear()
+        h.clock.advance(74.9)
+        self.assertFalse(h.transport.disconnecting)
+        h.clock.advance(0.2)
+        self.assertTrue(h.transport.disconnecting)
+        self.assertEqual(h.transport.value(), b"")
+        self.assertEqual(self.timeouts("headers"), 0)
+
+    def test_pipelined_request_after_an_answer(self):
+        """A request pipelined behind a slow one gets its header deadline once it is read."""
+        resource = Recorder(hang=True)
+        h = self.harness(resource, header_timeout=30)
+        h.send(b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\nGET /2 HTTP/1.1\r\nHost")
+        h.clock.advance(100)
+        self.assertFalse(h.transport.disconnecting)
+        resource.requests[0].finish()
+        h.clock.advance(29.9)
+        self.assertFalse(h.transport.disconnecting)
+        h.clock.advance(0.2)
+        self.assertTrue(h.transport.disconnecting)
+        self.assertEqual(self.timeouts("headers"), 1)
+
+    def test_websocket_handshake_headers(self):
+        """An upgrade request is an ordinary request until then: the same header deadline."""
+        h = self.harness(header_timeout=30)
+        h.send(b"GET /socket HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n")
+        h.clock.advance(30)
+        self.assertTimedOut(h, "headers")
+
+    def test_body_min_rate(self):
+        """
+        After client_body_timeout, each client_body_min_rate bytes buy one
+        second: 1,000 bytes at 500 B/s after a 20 s grace run out at 22 s.
+        """
+        h = self.harness(body_timeout=20, body_min_rate=500)
+        h.send(b"POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: 100000\r\n\r\n" + b"x" * 1000)
+        h.clock.advance(21.9)
+        self.assertEqual(h.transport.value(), b"")
+        h.clock.advance(0.2)
+        self.assertTimedOut(h, "body")
+        self.assertEqual([(e["method"], e["path"], e["status"]) for e in h.access()],
+                         [("POST", "/up", 408)])
+        self.assertEqual(h.resource.requests, [])
+
+    def test_body_at_the_rate_is_read(self):
+        """A body that keeps coming at more than the minimum rate is read whole, however long."""
+        h = self.harness(body_timeout=20, body_min_rate=500)
+        h.send(b"POST /up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for _ in range(120):
+            h.clock.advance(1)
+            h.send(b"258\r\n" + b"y" * 600 + b"\r\n")
+        h.send(b"0\r\n\r\n")
+        self.assertTrue(h.transport.value().startswith(b"HTTP/1.1 200 "), h.transport.value()[:80])
+        self.assertEqual(len(h.resource.bodies[0]), 72000)
+        self.assertEqual(self.timeouts("body"), 0)
+
+    def test_body_timeout_alone_is_a_total(self):
+        """client_body_min_rate = 0: client_body_timeout is the whole body's deadline."""
+        h = self.harness(body_timeout=20, body_min_rate=0)
+        h.send(b"POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: 100000\r\n\r\n")
+        for _ in range(19):
+            h.clock.advance(1)
+            h.send(b"z" * 4000)
+        self.assertFalse(h.transport.disconnecting)
+        h.clock.advance(1)
+        self.assertTimedOut(h, "body")
+
+    def test_body_deadline_off(self):
+        """client_body_timeout = 0: a body may trickle (only the idle timeout applies)."""
+        h = self.harness(body_timeout=0)
+        h.send(b"POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: 100000\r\n\r\n")
+        for _ in range(60):
+            h.clock.advance(60)
+            h.send(b"a")
+        self.assertFalse(h.transport.disconnecting)
+        self.assertEqual(self.timeouts("body"), 0)
+
+    def test_no_408_after_an_early_413(self):
+        """A body refused early (413) gets no 408 later, whatever the client does."""
+        h = SiteHarness(self, limits=ClientLimits(body_timeout=5, body_min_rate=0))
+        h.send(b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+               b"80\r\n" + b"z" * 128 + b"\r\n")
+        h.clock.advance(60)
+        out = h.transport.value()
+        self.assertTrue(out.startswith(b"HTTP/1.1 413 "), out)
+        self.assertNotIn(b"408", out)
+
+    def test_closing_connection_is_cut_after_a_while(self):
+        """A timed-out client that reads nothing is cut ten seconds later."""
+        h = self.harness(header_timeout=30)
+        h.send(b"GET / HTTP/1.1\r\n")
+        h.clock.advance(30)
+        self.assertTrue(h.transport.disconnecting)
+        self.assertFalse(h.transport.disconnected)
+        h.clock.advance(10)
+        self.assertTrue(h.transport.disconnected)
+
+
+class ConnectionLimitTests(SynchronousTestCase):
+    """max_client_connections and max_client_connections_per_address."""
+
+    def harness(self, **limits):
+        self.metrics = Metrics()
+        return SiteHarness(self, metrics=self.metrics, limits=ClientLimits(**limits))
+
+    def refused(self, limit):
+        return sample(self.metrics, "oidcproxy_client_connections_refused_total", limit=limit)
+
+    def warnings(self, h):
+        return [e for e in h.events if e.get("log_level") == LogLevel.warn]
+
+    def assertRefused(self, transport):
+        out = transport.value()
+        self.assertTrue(out.startswith(b"HTTP/1.1 503 Service Unavailable\r\n"), out)
+        self.assertIn(b"Retry-After: 5\r\n", out)
+        self.assertIn(b"Connection: close\r\n", out)
+        self.assertTrue(transport.disconnecting)
+
+    def test_max_client_connections(self):
+        """Above max_client_connections a new connection gets 503 at once; counted and logged."""
+        h = self.harness(max_connections=2)
+        second, _ = h.connect(("192.0.2.8", 1))
+        third, transport = h.connect(("192.0.2.9", 1))
+        self.assertRefused(transport)
+        self.assertEqual(h.site.open_connections, 2)
+        self.assertEqual(gauge(self.metrics, "oidcproxy_client_connections_open"), 2)
+        self.assertEqual(self.refused("max_client_connections"), 1)
+        [warning] = self.warnings(h)
+        self.assertEqual(warning["count"], 1)
+        self.assertIn("max_client_connections = 2", warning["limits"])
+        # The refused connection's close changes no count; a slot freed is taken again.
+        third.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(h.site.open_connections, 2)
+        second.connectionLost(Failure(ConnectionDone()))
+        fourth, transport = h.connect(("192.0.2.10", 1))
+        self.assertFalse(transport.disconnecting)
+        fourth.dataReceived(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 200 "))
+
+    def test_refused_connection_has_no_deadline(self):
+        """A refused connection is not timed: only its close is waited for (and then cut)."""
+        h = self.harness(max_connections=1)
+        _, transport = h.connect(("192.0.2.9", 1))
+        h.clock.advance(100)
+        # Only the connection that was served timed out.
+        self.assertEqual(sample(self.metrics, "oidcproxy_client_timeouts_total", phase="headers"), 1)
+        self.assertTrue(transport.disconnected)
+
+    def test_per_address(self):
+        """max_client_connections_per_address caps one IP address; others are served."""
+        h = self.harness(max_connections=100, max_per_address=2)  # h's own: 192.0.2.7
+        h.connect(("192.0.2.7", 2))
+        third, transport = h.connect(("192.0.2.7", 3))
+        self.assertRefused(transport)
+        self.assertEqual(self.refused("max_client_connections_per_address"), 1)
+        _, other = h.connect(("192.0.2.99", 1))
+        self.assertFalse(other.disconnecting)
+        h.channel.connectionLost(Failure(ConnectionDone()))
+        _, again = h.connect(("192.0.2.7", 4))
+        self.assertFalse(again.disconnecting)
+
+    def test_per_address_ignores_unix_peers(self):
+        """Peers without an IP address (a UNIX socket) are not capped per address."""
+        from twisted.internet.address import UNIXAddress
+
+        h = self.harness(max_connections=100, max_per_address=1)
+        for _ in range(3):
+            channel = h.site.buildProtocol(UNIXAddress(None))
+            transport = StringTransport(peerAddress=UNIXAddress(None))
+            channel.makeConnection(transport)
+            self.assertFalse(transport.disconnecting)
+        self.assertEqual(h.site.open_connections, 4)
+
+    def test_refusals_logged_at_most_every_ten_seconds(self):
+        """The first refusal is logged at once; the next ones in one line ten seconds later."""
+        h = self.harness(max_connections=1)
+        for i in range(5):
+            h.connect(("192.0.2.9", i))
+            h.clock.advance(1)
+        self.assertEqual([w["count"] for w in self.warnings(h)], [1])
+        h.clock.advance(5)
+        self.assertEqual([w["count"] for w in self.warnings(h)], [1, 4])
+        h.clock.advance(60)
+        self.assertEqual(len(self.warnings(h)), 2)
+        self.assertEqual(self.refused("max_client_connections"), 5)

@@ -17,7 +17,7 @@ from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from oidcproxy.config import parse_config
-from oidcproxy.service import ProxyService
+from oidcproxy.service import ProxyService, descriptors_needed
 from oidcproxy.systemd import notify
 
 from .helpers import set_env
@@ -295,6 +295,10 @@ class UnitFileTests(SynchronousTestCase):
             f"session-key:{credentials}/session-key",
         ])
         self.assertNotIn("AmbientCapabilities", settings)
+        # Room for the open files the default connection caps may need.
+        defaults = parse_config({"routes": [{"path": "/", "upstream": "http://127.0.0.1:9",
+                                             "auth": "none"}]}, "t.toml")
+        self.assertGreaterEqual(int(settings["LimitNOFILE"][0]), descriptors_needed(defaults))
 
     def test_service(self):
         """oidcproxy.service: Type=notify, the twistd command, credentials, sandboxing."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import os
+import resource
 import sys
 import tempfile
 
@@ -60,11 +61,15 @@ class OptionsTests(SynchronousTestCase):
 
 
 class CheckTests(SynchronousTestCase):
-    def run_check(self, path):
+    def run_check(self, path, nofile=(1024, 1 << 20)):
+        """--check on C{path}, in a process allowed C{nofile} open files (soft, hard)."""
+        self.patch(resource, "getrlimit", lambda which: nofile)
         o = tap.Options()
         o.parseOptions(["--config", path, "--check"])
-        out = io.StringIO()
-        return tap.check(o, out), out.getvalue()
+        out, err = io.StringIO(), io.StringIO()
+        status = tap.check(o, out, err)
+        self.warnings = err.getvalue()
+        return status, out.getvalue()
 
     def test_check_ok(self):
         """
@@ -74,11 +79,25 @@ class CheckTests(SynchronousTestCase):
         """
         use_example_env(self)
         status, out = self.run_check(EXAMPLE)
-        lines = out.splitlines()
-        self.assertEqual((status, lines[0]), (0, "config OK"))
-        self.assertEqual(len(lines), 2, lines)
-        self.assertTrue(lines[1].startswith(
-            "warning: headers.X-Forwarded-User takes preferred_username"), lines[1])
+        self.assertEqual((status, out), (0, "config OK\n"))
+        warnings = self.warnings.splitlines()
+        self.assertEqual(len(warnings), 1, warnings)
+        self.assertTrue(warnings[0].startswith(
+            "warning: headers.X-Forwarded-User takes preferred_username"), warnings[0])
+
+    def test_check_warns_about_the_open_files_limit(self):
+        """
+        --check warns on standard error (status still 0) when the connection
+        caps need more open files than the process may have (its hard limit:
+        the proxy raises its soft limit up to it when it starts).
+        """
+        use_example_env(self)
+        self.assertEqual(self.run_check(EXAMPLE, nofile=(1024, 4096)), (0, "config OK\n"))
+        self.assertEqual(self.warnings.splitlines()[1:], [
+            "warning: max_client_connections = 10000 and max_websockets = 1000 may need 22256 "
+            "open files, but this process may open only 4096 (RLIMIT_NOFILE; under systemd: "
+            "LimitNOFILE=): raise the limit or lower max_client_connections",
+        ])
 
     def test_check_reports_each_problem(self):
         """--check on a bad config prints one line per problem and returns 1."""
@@ -321,8 +340,8 @@ class CheckClaimsTests(SynchronousTestCase):
 
 class CheckWarningsTests(SynchronousTestCase):
     """
-    --check warns (C{warning:} lines after C{config OK}, exit status still
-    0) when authorization or the identity headers are keyed on a claim users
+    --check warns (C{warning:} lines on standard error after C{config OK},
+    exit status still 0) when authorization or the identity headers are keyed on a claim users
     can change, like preferred_username.
     """
 
@@ -338,8 +357,11 @@ class CheckWarningsTests(SynchronousTestCase):
         self.addCleanup(os.unlink, f.name)
         o = tap.Options()
         o.parseOptions(["--config", f.name, "--check", *args])
+        # Plenty of open files: no warning about the limit. The verdict
+        # (standard output) and the warnings (standard error) in one stream.
+        self.patch(resource, "getrlimit", lambda which: (1 << 20, 1 << 20))
         out = io.StringIO()
-        return tap.check(o, out), out.getvalue().splitlines()
+        return tap.check(o, out, out), out.getvalue().splitlines()
 
     def route(self, rule: str = "", auth: str = "session", path: str = "/") -> str:
         text = f'[[routes]]\npath = "{path}"\nupstream = "http://127.0.0.1:9"\nauth = "{auth}"\n'
@@ -431,8 +453,10 @@ class CheckWarningsTests(SynchronousTestCase):
         o.parseOptions(["--config", f.name, "--check"])
         import contextlib
 
-        with contextlib.redirect_stdout(io.StringIO()) as out:
+        with contextlib.redirect_stdout(io.StringIO()) as out, \
+                contextlib.redirect_stderr(io.StringIO()) as err:
             with self.assertRaises(SystemExit) as exited:
                 tap.makeService(o)
         self.assertEqual(exited.exception.code, 0)
-        self.assertIn("warning: routes[0]", out.getvalue())
+        self.assertEqual(out.getvalue(), "config OK\n")
+        self.assertIn("warning: routes[0]", err.getvalue())

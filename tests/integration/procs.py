@@ -308,11 +308,12 @@ def config_text(routes: str, **top: Any) -> str:
     return "\n".join(lines) + "\n\n" + routes
 
 
-async def start_proxy(testcase: TestCase, config: str) -> Proxy:
+async def start_proxy(testcase: TestCase, config: str,
+                      listen: str = "tcp:0:interface=127.0.0.1") -> Proxy:
     """
     Start C{twistd -n oidcproxy} with the configuration text C{config},
-    listening on a free loopback port; it is stopped when the test is cleaned
-    up.
+    listening on C{listen} (a free loopback port; a test may add options such
+    as C{backlog}); it is stopped when the test is cleaned up.
     """
     workdir = _workdir(testcase)
     config_path = os.path.join(workdir, "oidcproxy.toml")
@@ -322,7 +323,7 @@ async def start_proxy(testcase: TestCase, config: str) -> Proxy:
     args = twistd_command() + [
         "-n", "--pidfile=", "oidcproxy",
         "--config", config_path,
-        "--listen", "tcp:0:interface=127.0.0.1",
+        "--listen", listen,
         "--port-file", port_file,
     ]
     child = Child("proxy", args, workdir)
