@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import math
 import os
 import re
 import sys
@@ -439,6 +440,9 @@ def parse_duration(text: str) -> float:
         raise ValueError(
             f"{text!r} is not a duration; use a number and a unit (ms, s, m, h, d), like \"30s\""
         )
+    if not math.isfinite(total):
+        # A number too long for a float: infinite, which no timer or cookie can take.
+        raise ValueError(f"{text!r} is too long a duration")
     return total
 
 

@@ -48,6 +48,19 @@ class ParseHelpersTests(SynchronousTestCase):
         for text in ["30", "s", "", "5 m", "1w", "-1s", "1s ", "h1"]:
             self.assertRaises(ValueError, parse_duration, text)
 
+    def test_infinite_duration(self):
+        """
+        A number too long for a float is refused, not read as an infinite
+        duration (a session lifetime of infinity broke every login).
+        """
+        for text in ["1" * 400 + "s", "9" * 309 + "ms", "2" * 305 + "d"]:
+            e = self.assertRaises(ValueError, parse_duration, text)
+            self.assertIn("too long a duration", str(e))
+        e = self.assertRaises(ConfigError, parse_config,
+                              dict(MINIMAL, session={"lifetime": "1" * 400 + "s"}), "x.toml")
+        self.assertEqual(len(e.problems), 1)
+        self.assertTrue(e.problems[0].startswith("session.lifetime: "), e.problems)
+
     def test_sizes(self):
         """Sizes: bytes, decimal units, binary units."""
         cases = {"10MB": 10_000_000, "1KB": 1000, "4KiB": 4096, "1GiB": 1 << 30,
