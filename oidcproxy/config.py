@@ -709,6 +709,11 @@ def _resolve_secret(problems: _Problems, keypath: str, value: Any) -> Optional[S
             f"unknown secret reference {kind!r}; use env, file or credential with a string",
         )
         return None
+    if any(c < " " or c == "\x7f" for c in ref):
+        # No file or variable is named so; open() would raise on a NUL, and a
+        # newline would split the error message over lines.
+        problems.add(keypath, f"{kind} name {ref!r} holds a control character")
+        return None
     if kind == "env":
         env = os.environ.get(ref)
         if env is None:

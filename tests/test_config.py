@@ -426,6 +426,26 @@ class SecretTests(SynchronousTestCase):
             e = self.assertRaises(ConfigError, self.config, ref, env)
             self.assertEqual(e.problems, [expected], ref)
 
+    def test_control_characters_in_references(self):
+        """
+        A variable, file or credential name with a control character (a NUL,
+        a newline) is a one-line error, not a traceback from open() or a
+        message split over lines.
+        """
+        cases = [
+            ({"file": "/tmp/a\x00b"}, {},
+             "oidc.client_secret: file name '/tmp/a\\x00b' holds a control character"),
+            ({"credential": "k\x00"}, {"CREDENTIALS_DIRECTORY": "/tmp"},
+             "oidc.client_secret: credential name 'k\\x00' holds a control character"),
+            ({"env": "A\nB"}, {}, "oidc.client_secret: env name 'A\\nB' holds a control character"),
+            ({"file": "/tmp/x\ny"}, {},
+             "oidc.client_secret: file name '/tmp/x\\ny' holds a control character"),
+        ]
+        for ref, env, expected in cases:
+            e = self.assertRaises(ConfigError, self.config, ref, env)
+            self.assertEqual(e.problems, [expected], ref)
+            self.assertEqual(len(str(e).splitlines()), 1, ref)
+
     def test_empty_secrets_are_errors(self):
         """An empty literal, variable or file is never an empty secret."""
         empty = self.write("empty", "\n")
