@@ -1440,4 +1440,7 @@ def load_config(path: str) -> Config:
         raise ConfigError(path, [f"cannot read the file: {e.strerror or e}"]) from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(path, [f"TOML syntax error: {e}"]) from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(path, [f"not UTF-8 text: byte 0x{e.object[e.start]:02x} at offset {e.start}"]) \
+            from None
     return parse_config(data, path)

@@ -347,6 +347,15 @@ class ErrorTests(SynchronousTestCase):
         self.assertTrue(e.problems[0].startswith("TOML syntax error: "), e.problems)
         self.assertIn(f.name, str(e))
 
+    def test_not_utf8(self):
+        """A file that is not UTF-8 is a one-line config error, not a traceback."""
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write(b'workers = 1\n# caf\xe9\n')
+        e = self.assertRaises(ConfigError, load_config, path)
+        self.assertEqual(e.problems, ["not UTF-8 text: byte 0xe9 at offset 17"])
+        self.assertIn(path, str(e))
+
     def test_missing_file(self):
         """An unreadable file is a config error naming the file."""
         e = self.assertRaises(ConfigError, load_config, "/nonexistent/oidcproxy.toml")
