@@ -537,6 +537,9 @@ class _Table:
         self._known: List[str] = []
 
     def keypath(self, key: str) -> str:
+        if not key.isprintable():
+            # A quoted TOML key may hold a newline: the message stays one line.
+            key = repr(key)
         return f"{self._path}.{key}" if self._path else key
 
     def has(self, key: str) -> bool:

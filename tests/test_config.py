@@ -259,6 +259,20 @@ class ErrorTests(SynchronousTestCase):
             ],
         )
 
+    def test_key_with_control_characters(self):
+        """A quoted key holding a newline is shown escaped: every problem stays one line."""
+        problems = self.problems({"a\nb": 1, "upstream": {"x\u2028y": 1},
+                                  "headers": {"X-A\rB": "sub"}, "routes": [_route()]})
+        self.assertEqual(
+            sorted(problems),
+            [
+                "'a\\nb': unknown key",
+                "headers.'X-A\\rB': 'X-A\\rB' is not a valid header name",
+                "upstream.'x\\u2028y': unknown key",
+            ],
+        )
+        self.assertTrue(all(len(p.splitlines()) == 1 for p in problems), problems)
+
     def test_routes_required(self):
         """A config without routes is refused."""
         self.assertEqual(self.problems({}), ["routes: at least one [[routes]] entry is required"])
