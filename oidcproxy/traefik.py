@@ -177,6 +177,13 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
+def _printable(text: str) -> str:
+    """C{text} with each non-printable character (a newline...) escaped: one line, as written."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 class _Options:
     """
     A mapping of Traefik options: case-insensitive lookups that remember
@@ -456,7 +463,7 @@ class _Importer:
         """Paths oidcproxy answers itself (callback, login, logout) -> the option."""
 
     def warn(self, where: str, message: str) -> None:
-        line = f"{where}: {message}"
+        line = _printable(f"{where}: {message}")
         if line not in self.warnings:
             self.warnings.append(line)
 

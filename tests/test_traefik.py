@@ -683,6 +683,15 @@ class RouteTests(SynchronousTestCase, WarningsMixin):
         self.assertEqual([r["path"] for r in routes], ["/b"])
         self.assertWarned(w, "spec.routes[0].match", "cannot read")
 
+    def test_warning_with_newline_one_line(self):
+        """
+        Input text with a newline (here a host) is shown escaped: each warning
+        stays one line of the listing on stderr.
+        """
+        routes, w = self.routes(route("Host(`a\nb`) && PathPrefix(`/a`)"), route("PathPrefix(`/b`)"))
+        self.assertWarned(w, "Host(`a\\nb`)")
+        self.assertTrue(all(len(line.splitlines()) == 1 for line in w), w)
+
     def test_too_many_alternatives(self):
         """A match expanding to more than 32 routes is skipped and named."""
         many = " && ".join(f"(Path(`/a{i}`) || Path(`/b{i}`))" for i in range(6))
