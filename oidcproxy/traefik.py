@@ -560,7 +560,10 @@ class _Importer:
         text = value.strip()
         if text.startswith("/"):
             return None, text
-        parts = urlsplit(text if "://" in text else "//" + text)
+        try:
+            parts = urlsplit(text if "://" in text else "//" + text)
+        except ValueError:  # an unbalanced "[" or "]" in the host
+            parts = urlsplit("")
         scheme = parts.scheme or self.scheme
         if scheme not in ("http", "https") or not parts.hostname:
             self.warn(where, f"{value!r} is not a path, host/path or http(s) URL; not carried over")

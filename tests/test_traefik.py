@@ -543,6 +543,13 @@ class OptionTests(SynchronousTestCase, WarningsMixin):
         self.assertNotIn("logout_path", data["oidc"])
         self.assertWarned(w, f"{MW}.logoutUrl", "'ftp://x/y'")
 
+    def test_unbalanced_bracket_url(self):
+        """A URL whose host has an unbalanced bracket is named, not a traceback."""
+        for url in ("https://[::1/cb", "[app.example.com/cb", "https://app]/cb"):
+            data, w, _ = simple({"redirectUrl": url, "logoutUrl": url})
+            self.assertWarned(w, f"{MW}.redirectUrl", repr(url), "not carried over")
+            self.assertWarned(w, f"{MW}.logoutUrl", repr(url), "not carried over")
+
     def test_state_cookie(self):
         """sameSite strict would break logins: Lax; maxAge 0 is refused; bad names named."""
         data, w, _ = simple({"stateCookie": {"sameSite": "strict", "maxAge": 0, "name": "a b",
