@@ -9,9 +9,11 @@
 #   - a CPython venv (.venv-cpython) with the project and the checkers;
 #   - a PyPy venv (.venv-pypy) with the project (cryptography<44, see
 #     constraints-pypy.txt).
-#   - hypothesis (requirements-test.txt) in both.
+#   - hypothesis (requirements-test.txt) in both, and atheris in the CPython
+#     one (requirements-dev.txt).
 # Then: ruff, the documents' reStructuredText, mypy, every test on CPython,
-# the unit tests on PyPy. The property tests (tests/test_prop_*.py) run in Hypothesis's
+# the fuzz targets on CPython for a bounded time (tests/fuzz/run.py), the unit
+# tests on PyPy. The property tests (tests/test_prop_*.py) run in Hypothesis's
 # "ci" profile (HYPOTHESIS_PROFILE=long searches longer).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -79,6 +81,10 @@ cpython_status=${PIPESTATUS[0]}
 grep -ho 'LOGIN_ROUND_TRIP_MS=.*' /tmp/_trial_cpython/test.log 2>/dev/null || true
 hypothesis_cases /tmp/_trial_cpython
 
+step "fuzz targets on CPython (atheris, 5 s each)"
+.venv-cpython/bin/python tests/fuzz/run.py --seconds 5
+fuzz_status=$?
+
 step "unit tests on PyPy ($(.venv-pypy/bin/python -c 'import sys; print(sys.version.split()[0], "/ PyPy", ".".join(map(str, sys.pypy_version_info[:3])))'))"
 .venv-pypy/bin/python -m twisted.trial --temp-directory=/tmp/_trial_pypy -j2 $unit_modules \
     2>&1 | tee "$logs/pypy.log"
@@ -97,8 +103,9 @@ read -r c_ok c_bad < <(count "$logs/cpython.log")
 read -r p_ok p_bad < <(count "$logs/pypy.log")
 [ "$cpython_status" -eq 0 ] || c_bad=$((c_bad > 0 ? c_bad : 1))
 [ "$pypy_status" -eq 0 ] || p_bad=$((p_bad > 0 ? p_bad : 1))
+[ "$fuzz_status" -eq 0 ] || c_bad=$((c_bad + 1))  # a fuzz crash counts as a failed test
 echo
 echo "cpython: $c_ok passed, $c_bad failed"
 echo "pypy: $p_ok passed, $p_bad failed"
 echo "total: $((c_ok + p_ok)) passed, $((c_bad + p_bad)) failed"
-[ "$cpython_status" -eq 0 ] && [ "$pypy_status" -eq 0 ]
+[ "$cpython_status" -eq 0 ] && [ "$pypy_status" -eq 0 ] && [ "$fuzz_status" -eq 0 ]
