@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import math
 import os
 import re
 import sys
@@ -489,6 +490,9 @@ def parse_duration(text: str) -> float:
         raise ValueError(
             f"{text!r} is not a duration; use a number and a unit (ms, s, m, h, d), like \"30s\""
         )
+    if not math.isfinite(total):
+        # A number too long for a float: infinite, which no timer or cookie can take.
+        raise ValueError(f"{text!r} is too long a duration")
     return total
 
 
@@ -610,6 +614,9 @@ class _Table:
         self._known: List[str] = []
 
     def keypath(self, key: str) -> str:
+        if not key.isprintable():
+            # A quoted TOML key may hold a newline: the message stays one line.
+            key = repr(key)
         return f"{self._path}.{key}" if self._path else key
 
     def has(self, key: str) -> bool:
@@ -781,6 +788,11 @@ def _resolve_secret(problems: _Problems, keypath: str, value: Any) -> Optional[S
             keypath,
             f"unknown secret reference {kind!r}; use env, file or credential with a string",
         )
+        return None
+    if any(c < " " or c == "\x7f" for c in ref):
+        # No file or variable is named so; open() would raise on a NUL, and a
+        # newline would split the error message over lines.
+        problems.add(keypath, f"{kind} name {ref!r} holds a control character")
         return None
     if kind == "env":
         env = os.environ.get(ref)
@@ -1589,4 +1601,7 @@ def load_config(path: str) -> Config:
         raise ConfigError(path, [f"cannot read the file: {e.strerror or e}"]) from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(path, [f"TOML syntax error: {e}"]) from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(path, [f"not UTF-8 text: byte 0x{e.object[e.start]:02x} at offset {e.start}"]) \
+            from None
     return parse_config(data, path)

@@ -142,8 +142,9 @@ def header_value(value: Any) -> Optional[bytes]:
     dropped (None). Non-ASCII values, and values that could be mistaken for an
     encoded one, are sent as an RFC 2047 encoded word: C{=?UTF-8?B?<base64 of
     the UTF-8>?=}; so are values containing C{=?} anywhere (an RFC 2047
-    decoder would otherwise read part of them as encoded) and list items that
-    contain a comma.
+    decoder would otherwise read part of them as encoded), list items that
+    contain a comma, and values and items that start or end with a space
+    (HTTP parsers strip those: C{" admin"} would arrive as C{admin}).
     """
     if isinstance(value, bool):
         return b"true" if value else b"false"
@@ -169,7 +170,8 @@ _CONTROL = re.compile("[\x00-\x1f\x7f]")
 def _encode_text(text: str, comma: bool) -> Optional[bytes]:
     if _CONTROL.search(text):
         return None
-    if text.isascii() and "=?" not in text and not (comma and "," in text):
+    if text.isascii() and "=?" not in text and not (comma and "," in text) and \
+            text.strip(" ") == text:
         return text.encode("ascii")
     return b"=?UTF-8?B?" + base64.b64encode(text.encode("utf-8", "replace")) + b"?="
 

@@ -177,6 +177,13 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
+def _printable(text: str) -> str:
+    """C{text} with each non-printable character (a newline...) escaped: one line, as written."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 class _Options:
     """
     A mapping of Traefik options: case-insensitive lookups that remember
@@ -456,7 +463,7 @@ class _Importer:
         """Paths oidcproxy answers itself (callback, login, logout) -> the option."""
 
     def warn(self, where: str, message: str) -> None:
-        line = f"{where}: {message}"
+        line = _printable(f"{where}: {message}")
         if line not in self.warnings:
             self.warnings.append(line)
 
@@ -553,7 +560,10 @@ class _Importer:
         text = value.strip()
         if text.startswith("/"):
             return None, text
-        parts = urlsplit(text if "://" in text else "//" + text)
+        try:
+            parts = urlsplit(text if "://" in text else "//" + text)
+        except ValueError:  # an unbalanced "[" or "]" in the host
+            parts = urlsplit("")
         scheme = parts.scheme or self.scheme
         if scheme not in ("http", "https") or not parts.hostname:
             self.warn(where, f"{value!r} is not a path, host/path or http(s) URL; not carried over")

@@ -9,8 +9,12 @@
 #   - a CPython venv (.venv-cpython) with the project and the checkers;
 #   - a PyPy venv (.venv-pypy) with the project (cryptography<44, see
 #     constraints-pypy.txt).
+#   - hypothesis (requirements-test.txt) in both, and atheris in the CPython
+#     one (requirements-dev.txt).
 # Then: ruff, the documents' reStructuredText, mypy, every test on CPython,
-# the unit tests on PyPy.
+# the fuzz targets on CPython for a bounded time (tests/fuzz/run.py), the unit
+# tests on PyPy. The property tests (tests/test_prop_*.py) run in Hypothesis's
+# "ci" profile (HYPOTHESIS_PROFILE=long searches longer).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -48,7 +52,7 @@ step "PyPy venv"
 [ -x .venv-pypy/bin/python ] || pypy3 -m venv .venv-pypy
 .venv-pypy/bin/python -m pip install -q --disable-pip-version-check -U pip
 .venv-pypy/bin/python -m pip install -q --disable-pip-version-check --prefer-binary \
-    -c constraints-pypy.txt .
+    -c constraints-pypy.txt . -r requirements-test.txt
 
 step "ruff"
 .venv-cpython/bin/ruff check oidcproxy tests twisted setup.py bench
@@ -63,6 +67,11 @@ step "mypy"
 
 unit_modules=$(cd tests && ls test_*.py | sed 's/\.py$//; s/^/tests./')
 
+hypothesis_cases() {  # what the property tests wrote in trial's directories (tests/props.py)
+    cat "$1"/hypothesis-cases.txt "$1"/*/hypothesis-cases.txt 2>/dev/null \
+        | awk '{n+=$2; t++} END {printf "hypothesis: %d generated cases in %d property tests\n", n, t}'
+}
+
 logs=$(mktemp -d)
 set +e  # run both suites whatever the first one says; the summary decides
 step "all tests on CPython ($(.venv-cpython/bin/python -V))"
@@ -70,11 +79,17 @@ step "all tests on CPython ($(.venv-cpython/bin/python -V))"
     2>&1 | tee "$logs/cpython.log"
 cpython_status=${PIPESTATUS[0]}
 grep -ho 'LOGIN_ROUND_TRIP_MS=.*' /tmp/_trial_cpython/test.log 2>/dev/null || true
+hypothesis_cases /tmp/_trial_cpython
+
+step "fuzz targets on CPython (atheris, 5 s each)"
+.venv-cpython/bin/python tests/fuzz/run.py --seconds 5
+fuzz_status=$?
 
 step "unit tests on PyPy ($(.venv-pypy/bin/python -c 'import sys; print(sys.version.split()[0], "/ PyPy", ".".join(map(str, sys.pypy_version_info[:3])))'))"
 .venv-pypy/bin/python -m twisted.trial --temp-directory=/tmp/_trial_pypy -j2 $unit_modules \
     2>&1 | tee "$logs/pypy.log"
 pypy_status=${PIPESTATUS[0]}
+hypothesis_cases /tmp/_trial_pypy
 set -e
 
 count() {  # successes and failures from trial's summary line
@@ -88,8 +103,9 @@ read -r c_ok c_bad < <(count "$logs/cpython.log")
 read -r p_ok p_bad < <(count "$logs/pypy.log")
 [ "$cpython_status" -eq 0 ] || c_bad=$((c_bad > 0 ? c_bad : 1))
 [ "$pypy_status" -eq 0 ] || p_bad=$((p_bad > 0 ? p_bad : 1))
+[ "$fuzz_status" -eq 0 ] || c_bad=$((c_bad + 1))  # a fuzz crash counts as a failed test
 echo
 echo "cpython: $c_ok passed, $c_bad failed"
 echo "pypy: $p_ok passed, $p_bad failed"
 echo "total: $((c_ok + p_ok)) passed, $((c_bad + p_bad)) failed"
-[ "$cpython_status" -eq 0 ] && [ "$pypy_status" -eq 0 ]
+[ "$cpython_status" -eq 0 ] && [ "$pypy_status" -eq 0 ] && [ "$fuzz_status" -eq 0 ]

@@ -49,6 +49,19 @@ class ParseHelpersTests(SynchronousTestCase):
         for text in ["30", "s", "", "5 m", "1w", "-1s", "1s ", "h1"]:
             self.assertRaises(ValueError, parse_duration, text)
 
+    def test_infinite_duration(self):
+        """
+        A number too long for a float is refused, not read as an infinite
+        duration (a session lifetime of infinity broke every login).
+        """
+        for text in ["1" * 400 + "s", "9" * 309 + "ms", "2" * 305 + "d"]:
+            e = self.assertRaises(ValueError, parse_duration, text)
+            self.assertIn("too long a duration", str(e))
+        e = self.assertRaises(ConfigError, parse_config,
+                              dict(MINIMAL, session={"lifetime": "1" * 400 + "s"}), "x.toml")
+        self.assertEqual(len(e.problems), 1)
+        self.assertTrue(e.problems[0].startswith("session.lifetime: "), e.problems)
+
     def test_sizes(self):
         """Sizes: bytes, decimal units, binary units."""
         cases = {"10MB": 10_000_000, "1KB": 1000, "4KiB": 4096, "1GiB": 1 << 30,
@@ -247,6 +260,20 @@ class ErrorTests(SynchronousTestCase):
             ],
         )
 
+    def test_key_with_control_characters(self):
+        """A quoted key holding a newline is shown escaped: every problem stays one line."""
+        problems = self.problems({"a\nb": 1, "upstream": {"x\u2028y": 1},
+                                  "headers": {"X-A\rB": "sub"}, "routes": [_route()]})
+        self.assertEqual(
+            sorted(problems),
+            [
+                "'a\\nb': unknown key",
+                "headers.'X-A\\rB': 'X-A\\rB' is not a valid header name",
+                "upstream.'x\\u2028y': unknown key",
+            ],
+        )
+        self.assertTrue(all(len(p.splitlines()) == 1 for p in problems), problems)
+
     def test_routes_required(self):
         """A config without routes is refused."""
         self.assertEqual(self.problems({}), ["routes: at least one [[routes]] entry is required"])
@@ -335,6 +362,15 @@ class ErrorTests(SynchronousTestCase):
         self.assertTrue(e.problems[0].startswith("TOML syntax error: "), e.problems)
         self.assertIn(f.name, str(e))
 
+    def test_not_utf8(self):
+        """A file that is not UTF-8 is a one-line config error, not a traceback."""
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write(b'workers = 1\n# caf\xe9\n')
+        e = self.assertRaises(ConfigError, load_config, path)
+        self.assertEqual(e.problems, ["not UTF-8 text: byte 0xe9 at offset 17"])
+        self.assertIn(path, str(e))
+
     def test_missing_file(self):
         """An unreadable file is a config error naming the file."""
         e = self.assertRaises(ConfigError, load_config, "/nonexistent/oidcproxy.toml")
@@ -413,6 +449,26 @@ class SecretTests(SynchronousTestCase):
         for ref, env, expected in cases:
             e = self.assertRaises(ConfigError, self.config, ref, env)
             self.assertEqual(e.problems, [expected], ref)
+
+    def test_control_characters_in_references(self):
+        """
+        A variable, file or credential name with a control character (a NUL,
+        a newline) is a one-line error, not a traceback from open() or a
+        message split over lines.
+        """
+        cases = [
+            ({"file": "/tmp/a\x00b"}, {},
+             "oidc.client_secret: file name '/tmp/a\\x00b' holds a control character"),
+            ({"credential": "k\x00"}, {"CREDENTIALS_DIRECTORY": "/tmp"},
+             "oidc.client_secret: credential name 'k\\x00' holds a control character"),
+            ({"env": "A\nB"}, {}, "oidc.client_secret: env name 'A\\nB' holds a control character"),
+            ({"file": "/tmp/x\ny"}, {},
+             "oidc.client_secret: file name '/tmp/x\\ny' holds a control character"),
+        ]
+        for ref, env, expected in cases:
+            e = self.assertRaises(ConfigError, self.config, ref, env)
+            self.assertEqual(e.problems, [expected], ref)
+            self.assertEqual(len(str(e).splitlines()), 1, ref)
 
     def test_empty_secrets_are_errors(self):
         """An empty literal, variable or file is never an empty secret."""

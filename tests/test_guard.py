@@ -1082,6 +1082,13 @@ class HeaderValueTests(SynchronousTestCase):
         (["x", 7], b"x,7"),
         (["\u00e9"], _encoded("\u00e9")),
         ("a,b", b"a,b"),
+        # Blanks around a value or an item would be stripped by the upstream's
+        # parser: " admin" must not arrive as "admin".
+        (" admin", _encoded(" admin")),
+        ("admin ", _encoded("admin ")),
+        (" ", _encoded(" ")),
+        ("a b", b"a b"),
+        (["users", " admins"], b"users," + _encoded(" admins")),
         ({"a": 1}, None),
         (None, None),
     ]
@@ -1104,6 +1111,16 @@ class HeaderValueTests(SynchronousTestCase):
         browser = h.logged_in(claims={"preferred_username": "J\u00fcrgen"})
         browser.navigate("/x")
         self.assertEqual(h.app.header(b"x-forwarded-user"), [_encoded("J\u00fcrgen")])
+
+    def test_blank_edged_claim_sent_encoded(self):
+        """
+        A claim with a leading blank reaches the app as an encoded word, so
+        no HTTP parser can strip it into another user's name.
+        """
+        h = Harness(self)
+        browser = h.logged_in(claims={"preferred_username": " admin"})
+        browser.navigate("/x")
+        self.assertEqual(h.app.header(b"x-forwarded-user"), [_encoded(" admin")])
 
 
 # -- 17. proxy mode ---------------------------------------------------------------------------------

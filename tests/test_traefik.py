@@ -543,6 +543,13 @@ class OptionTests(SynchronousTestCase, WarningsMixin):
         self.assertNotIn("logout_path", data["oidc"])
         self.assertWarned(w, f"{MW}.logoutUrl", "'ftp://x/y'")
 
+    def test_unbalanced_bracket_url(self):
+        """A URL whose host has an unbalanced bracket is named, not a traceback."""
+        for url in ("https://[::1/cb", "[app.example.com/cb", "https://app]/cb"):
+            data, w, _ = simple({"redirectUrl": url, "logoutUrl": url})
+            self.assertWarned(w, f"{MW}.redirectUrl", repr(url), "not carried over")
+            self.assertWarned(w, f"{MW}.logoutUrl", repr(url), "not carried over")
+
     def test_state_cookie(self):
         """sameSite strict would break logins: Lax; maxAge 0 is refused; bad names named."""
         data, w, _ = simple({"stateCookie": {"sameSite": "strict", "maxAge": 0, "name": "a b",
@@ -682,6 +689,15 @@ class RouteTests(SynchronousTestCase, WarningsMixin):
         routes, w = self.routes(route("PathPrefix(`/a`"), route("PathPrefix(`/b`)"))
         self.assertEqual([r["path"] for r in routes], ["/b"])
         self.assertWarned(w, "spec.routes[0].match", "cannot read")
+
+    def test_warning_with_newline_one_line(self):
+        """
+        Input text with a newline (here a host) is shown escaped: each warning
+        stays one line of the listing on stderr.
+        """
+        routes, w = self.routes(route("Host(`a\nb`) && PathPrefix(`/a`)"), route("PathPrefix(`/b`)"))
+        self.assertWarned(w, "Host(`a\\nb`)")
+        self.assertTrue(all(len(line.splitlines()) == 1 for line in w), w)
 
     def test_too_many_alternatives(self):
         """A match expanding to more than 32 routes is skipped and named."""
