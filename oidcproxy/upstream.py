@@ -33,7 +33,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
 from .admission import LogThrottle, QueueFull, SlotQueue
-from .config import IPNetwork, RouteConfig, UpstreamSettings
+from .config import QUEUE_MULTIPLE, IPNetwork, RouteConfig, UpstreamSettings
 from .metrics import NullMetrics
 from .pages import render_error
 from .routes import BadRequestTarget, RouteMatch, RouteTable, request_host, split_target
@@ -269,7 +269,7 @@ class UpstreamClient:
     line of waiting ones (the pool itself only caps idle connections).
 
     @param max_queued: requests that may wait for one of C{max_connections};
-        None: four times C{max_connections}.
+        None: L{QUEUE_MULTIPLE} times C{max_connections}.
     """
 
     def __init__(self, agent: IAgent, max_connections: int,
@@ -280,7 +280,8 @@ class UpstreamClient:
         self.pool = pool
         self.endpoints = endpoints
         self.slots = SlotQueue(
-            max_connections, max_queued if max_queued is not None else 4 * max_connections)
+            max_connections,
+            max_queued if max_queued is not None else QUEUE_MULTIPLE * max_connections)
 
     @classmethod
     def build(cls, reactor: Any, settings: UpstreamSettings) -> UpstreamClient:

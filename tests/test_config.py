@@ -90,13 +90,13 @@ class SchemaTests(SynchronousTestCase):
 
     def test_upstream_queue(self):
         """
-        max_queued defaults to 4 x max_connections (of the same table or
+        max_queued defaults to 16 x max_connections (of the same table or
         inherited), may be 0; queue_timeout defaults to 5 s; both inherit
         from [upstream] and a route overrides them.
         """
         c = parse_config(MINIMAL, "x.toml")
         self.assertEqual((c.routes[0].settings.queue_limit, c.routes[0].settings.queue_timeout),
-                         (1024, 5.0))
+                         (4096, 5.0))
         c = parse_config(
             {
                 "upstream": {"max_connections": 4, "queue_timeout": "2s"},
@@ -106,7 +106,7 @@ class SchemaTests(SynchronousTestCase):
             "x.toml",
         )
         self.assertEqual([(r.settings.queue_limit, r.settings.queue_timeout) for r in c.routes],
-                         [(16, 2.0), (40, 2.0), (0, 0.5)])
+                         [(64, 2.0), (160, 2.0), (0, 0.5)])
         c = parse_config({"upstream": {"max_queued": 100}, "routes": [_route(max_connections=1)]},
                          "x.toml")
         self.assertEqual(c.routes[0].settings.queue_limit, 100)

@@ -432,12 +432,12 @@ class QueueTests(SynchronousTestCase):
         self.assertNoResult(first)
         self.assertEqual(self.successResultOf(second).code, 503)
 
-    def test_default_line_is_four_times_max_connections(self):
-        """Without max_queued, 4 x max_connections requests wait; the next gets 503."""
+    def test_default_line_is_sixteen_times_max_connections(self):
+        """Without max_queued, 16 x max_connections requests wait; the next gets 503."""
         h = self.harness(max_connections=2)
-        answers = [h.client.get(f"http://proxy.test/{i}") for i in range(11)]
+        answers = [h.client.get(f"http://proxy.test/{i}") for i in range(35)]
         h.flush()
-        self.assertEqual((len(self.agent.pending), self.slots.waiting), (2, 8))
+        self.assertEqual((len(self.agent.pending), self.slots.waiting), (2, 32))
         self.assertEqual(self.successResultOf(answers[-1]).code, 503)
         for d in answers[:-1]:
             self.assertNoResult(d)
