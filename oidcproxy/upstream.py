@@ -734,7 +734,6 @@ class _Exchange:
         request.write(body)
         request.finish()
 
-
     def _refuse(self, reason: str) -> None:
         """503: the line for this upstream's slots was full, or the wait too long."""
         route, proxy = self._route, self._proxy
