@@ -4,6 +4,7 @@ run (see bench/README.rst).
 
     bench/run [--quick] [--duration S] [--repeats N] [--with-apache] [--json FILE]
     bench/run --profile [--profile-seconds S]
+    bench/run --overload [--overload-seconds S]
 
 C{bench/run} installs what is missing and runs this file with the project's
 CPython venv. Everything listens on 127.0.0.1 on free ports; every process
@@ -1160,6 +1161,11 @@ def main(argv: Sequence[str]) -> int:
                         help="--memory: requests per second per proxy in the fixed-rate run (100)")
     parser.add_argument("--memory-bytes", type=int, default=100_000_000,
                         help="--memory: bytes each streaming client sends or receives (100 MB)")
+    parser.add_argument("--overload", action="store_true",
+                        help="instead: 10x the connections a slowed upstream can serve, "
+                             "against a normal run")
+    parser.add_argument("--overload-seconds", type=float, default=10.0,
+                        help="--overload: seconds of each wrk run (10)")
     args = parser.parse_args(argv)
     if args.duration is None:
         args.duration = 1.0 if args.quick else 3.0
@@ -1168,8 +1174,10 @@ def main(argv: Sequence[str]) -> int:
     args.login_duration = max(1.0, min(3.0, args.duration))
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
-    if sum((args.profile, args.scale, args.memory)) > 1:
-        parser.error("--profile, --scale and --memory are separate runs: one at a time")
+    if sum((args.profile, args.scale, args.memory, args.overload)) > 1:
+        parser.error("--profile, --scale, --memory and --overload are separate runs: one at a time")
+    if args.overload_seconds < 1:
+        parser.error("--overload-seconds must be at least 1")
     if args.scale_sessions <= 1_000 or args.populate_processes < 1:
         parser.error("--scale-sessions must be above 1,000 and --populate-processes at least 1")
     if args.memory_minutes <= 1 or args.memory_rate <= 0 or args.memory_bytes < 1_000_000:
@@ -1188,7 +1196,11 @@ def main(argv: Sequence[str]) -> int:
         if args.profile:
             print(profile(args, children, workdir))
             return 0
-        if args.scale or args.memory:
+        if args.overload:
+            import overload
+
+            outcome = overload.overload(args, children, workdir)
+        elif args.scale or args.memory:
             import extras
 
             outcome = (extras.scale if args.scale else extras.memory)(args, children, workdir)

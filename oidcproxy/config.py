@@ -113,6 +113,18 @@ class Secret:
         return hash(self._value)
 
 
+QUEUE_MULTIPLE = 16
+"""
+The default C{max_queued}, in C{max_connections}: generous, because the time
+bound (C{queue_timeout}) is what keeps waits short. A line that refuses at
+once while its upstream is merely busy makes clients that retry at once (a
+loop, a load balancer) spend the proxy's CPU on refusals: with 4 x,
+C{bench/run --overload} saw the requests that got through fall to a fifth of
+the upstream's capacity at 10 x the connections, where a line bounded in
+time only kept it. A waiting request costs about 11 KB with its connection.
+"""
+
+
 @attr.s(frozen=True, auto_attribs=True)
 class UpstreamSettings:
     """
@@ -127,7 +139,11 @@ class UpstreamSettings:
     max_body_size: int = 10_000_000
     """Largest request body accepted, in bytes (413 above)."""
     max_connections: int = 256
-    """Concurrent requests in flight to one upstream; more wait their turn."""
+    """Concurrent requests in flight to one upstream; more wait their turn (see C{max_queued})."""
+    max_queued: Optional[int] = None
+    """Requests waiting for one of C{max_connections}; more get 503 at once. None: L{QUEUE_MULTIPLE} x."""
+    queue_timeout: float = 5.0
+    """Seconds a request may wait for one of C{max_connections} (503 after); at most C{timeout}."""
     max_idle_connections: int = 64
     """Idle keep-alive connections kept per upstream."""
     ca_bundle: Optional[str] = None
@@ -143,6 +159,13 @@ class UpstreamSettings:
     """Seconds an upgraded connection may stay open; None: C{session.lifetime}; 0: no limit."""
     stream_idle_timeout: float = 300.0
     """Seconds without a byte of a response body (once its headers are in) before it is cut; 0: off."""
+
+    @property
+    def queue_limit(self) -> int:
+        """C{max_queued}, or its default: L{QUEUE_MULTIPLE} times C{max_connections}."""
+        if self.max_queued is not None:
+            return self.max_queued
+        return QUEUE_MULTIPLE * self.max_connections
 
 
 @attr.s(frozen=True, auto_attribs=True)
@@ -213,6 +236,10 @@ class OIDCConfig:
     userinfo: bool = False
     timeout: float = 5.0
     max_response_size: int = 1_000_000
+    max_concurrent_requests: int = 64
+    """Requests to the IdP in flight at once; more wait (at most C{timeout}) in a line of
+    C{max_queued_requests}, beyond which they fail at once (503)."""
+    max_queued_requests: int = 256
     jwks_cache_ttl: float = 3600.0
     jwks_min_refresh_interval: float = 60.0
     ca_bundle: Optional[str] = None
@@ -840,11 +867,20 @@ def _resolve_secret(problems: _Problems, keypath: str, value: Any) -> Optional[S
 
 
 def _upstream_settings(t: _Table, base: UpstreamSettings) -> UpstreamSettings:
+    timeout = t.duration("timeout", base.timeout, positive=True)
+    queue_timeout = t.duration("queue_timeout", -1.0, positive=True)  # -1: not set, or refused
+    if queue_timeout < 0:
+        queue_timeout = base.queue_timeout
+    elif queue_timeout > timeout:
+        t.problem("queue_timeout", f"{queue_timeout:g}s is longer than timeout ({timeout:g}s), "
+                  "which a request's wait counts against")
     return UpstreamSettings(
-        timeout=t.duration("timeout", base.timeout, positive=True),
+        timeout=timeout,
         connect_timeout=t.duration("connect_timeout", base.connect_timeout, positive=True),
         max_body_size=t.size("max_body_size", base.max_body_size),
         max_connections=t.integer("max_connections", base.max_connections, minimum=1),
+        max_queued=t.integer("max_queued", 0) if t.has("max_queued") else base.max_queued,
+        queue_timeout=queue_timeout,
         max_idle_connections=t.integer("max_idle_connections", base.max_idle_connections),
         ca_bundle=t.string("ca_bundle", base.ca_bundle, check=_readable_file),
         **_client_certificate(t, base),
@@ -871,6 +907,8 @@ _UPSTREAM_KEYS = (
     "connect_timeout",
     "max_body_size",
     "max_connections",
+    "max_queued",
+    "queue_timeout",
     "max_idle_connections",
     "ca_bundle",
     "client_cert",
@@ -1049,6 +1087,8 @@ def _oidc(t: _Table) -> OIDCConfig:
         userinfo=t.boolean("userinfo", False),
         timeout=t.duration("timeout", 5.0, positive=True),
         max_response_size=t.size("max_response_size", 1_000_000),
+        max_concurrent_requests=t.integer("max_concurrent_requests", 64, minimum=1),
+        max_queued_requests=t.integer("max_queued_requests", 256),
         jwks_cache_ttl=t.duration("jwks_cache_ttl", 3600.0, positive=True),
         jwks_min_refresh_interval=t.duration("jwks_min_refresh_interval", 60.0),
         ca_bundle=t.string("ca_bundle", None, check=_readable_file),

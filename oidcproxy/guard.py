@@ -341,6 +341,8 @@ class OIDCGuard(Resource):
                     jwks_min_refresh=oidc.jwks_min_refresh_interval,
                     metrics=self._metrics,
                     max_retries=oidc.max_retries,
+                    max_concurrent_requests=oidc.max_concurrent_requests,
+                    max_queued_requests=oidc.max_queued_requests,
                 )
             self._provider = provider
             state = config.state_cookie
@@ -1514,7 +1516,8 @@ class OIDCGuard(Resource):
                 503: "The identity provider cannot be reached yet. Please try again shortly.",
                 504: "The identity provider did not answer in time. Please try again.",
             }.get(status, "The identity provider gave an unexpected answer. Please try again.")
-            self._finish(request, status, "login_failed", message, cookies=cookies)
+            self._finish(request, status, "login_failed", message,
+                         {b"retry-after": b"5"} if status == 503 else None, cookies=cookies)
             return
 
         now = self._clock.seconds()

@@ -45,6 +45,13 @@ class NullMetrics:
     def upstream_latency(self, route: str, seconds: float) -> None:
         """The upstream of C{route} sent its response headers C{seconds} after the request went out."""
 
+    def upstream_queue_rejected(self, route: str, reason: str) -> None:
+        """
+        A request for C{route} got 503 without going upstream: every slot
+        (C{max_connections}) was taken and the line of waiting requests was
+        C{full}, or it waited longer than C{queue_timeout} (C{timeout}).
+        """
+
     def login_started(self) -> None:
         """A browser was sent to the IdP's authorization endpoint."""
 
@@ -118,6 +125,11 @@ class Metrics(NullMetrics):
         self._upstream = Histogram(
             "oidcproxy_upstream_latency_seconds", "Time from sending a request upstream to "
             "its response headers, by route.", ["route"], registry=r, buckets=_LATENCY_BUCKETS)
+        self._upstream_rejected = Counter(
+            "oidcproxy_upstream_queue_rejected", "Requests answered 503 without going upstream "
+            "because every connection to it was busy, by route and reason (full: the line of "
+            "waiting requests was full; timeout: waited queue_timeout).", ["route", "reason"],
+            registry=r)
         self._logins_started = Counter(
             "oidcproxy_logins_started", "Browsers sent to the IdP to log in.", registry=r)
         self._logins_completed = Counter(
@@ -175,6 +187,9 @@ class Metrics(NullMetrics):
 
     def upstream_latency(self, route: str, seconds: float) -> None:
         self._upstream.labels(route).observe(max(0.0, seconds))
+
+    def upstream_queue_rejected(self, route: str, reason: str) -> None:
+        self._upstream_rejected.labels(route, reason).inc()
 
     def login_started(self) -> None:
         self._logins_started.inc()

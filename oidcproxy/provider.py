@@ -21,6 +21,12 @@ Every request to the provider:
   - must answer JSON (502 C{bad_json}), except for a successful revocation,
     whose body is ignored (RFC 7009, 2.2);
   - never follows redirects (a redirect is a bad answer);
+  - waits for one of C{max_concurrent_requests} slots when that many are
+    in flight, in a line of at most C{max_queued_requests}, for at most
+    C{timeout} (then the deadline starts again for the request itself): a
+    request beyond the line, or that waited that long, fails with 503
+    C{busy} without reaching the provider, so a login or refresh storm, or
+    a slow provider, cannot pile up connections and requests without bound;
   - is made at most once per call, unless C{max_retries} allows more for the
     idempotent ones (discovery, JWKS, userinfo) after a transport failure, a
     timeout or a 5xx/429 answer, with a Clock-driven backoff; discovery and
@@ -58,6 +64,7 @@ from twisted.web import error as weberror
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 
+from .admission import QueueFull, SlotQueue
 from .config import ENDPOINT_KEYS
 from .flight import fire_waiters
 from .metrics import NullMetrics
@@ -432,6 +439,12 @@ class _PendingCall:
     def __init__(self) -> None:
         self.deferred: Optional[Deferred[_Answer]] = None
         self.cancelled_by: Optional[str] = None
+        self.admitted = False
+        """Whether it got one of C{max_concurrent_requests} (else it waited, or was turned away)."""
+        self.timer: Optional[IDelayedCall] = None
+        """Its deadline: first for the wait for a slot, then for the request."""
+        self.admitted_at: Optional[float] = None
+        """When it got its slot after waiting for one."""
 
     def cancel(self, why: str) -> None:
         if self.cancelled_by is None and self.deferred is not None and not self.deferred.called:
@@ -559,6 +572,8 @@ class Provider:
         metrics: Optional[NullMetrics] = None,
         max_retries: int = 0,
         retry_backoff: float = 0.5,
+        max_concurrent_requests: int = 64,
+        max_queued_requests: int = 256,
     ) -> None:
         """
         @param issuer: the issuer identifier, exactly as the provider spells it.
@@ -577,6 +592,11 @@ class Provider:
             request is made after a transport failure, a timeout or a 5xx or
             429 answer; the waits between attempts are C{retry_backoff},
             then twice as long each time.
+        @param max_concurrent_requests: requests to the provider in flight
+            at once; more wait their turn, for at most C{timeout} (503
+            C{busy} then); one that got its turn has C{timeout} from then.
+        @param max_queued_requests: requests that may wait; one more fails
+            at once with 503 C{busy}.
 
         @raise ValueError: a bad issuer, endpoint or setting.
         """
@@ -598,6 +618,10 @@ class Provider:
             raise ValueError("max_retries must be a non-negative integer")
         if not retry_backoff >= 0:
             raise ValueError("retry_backoff must not be negative")
+        for setting, count, least in (("max_concurrent_requests", max_concurrent_requests, 1),
+                                      ("max_queued_requests", max_queued_requests, 0)):
+            if isinstance(count, bool) or not isinstance(count, int) or count < least:
+                raise ValueError(f"{setting} must be an integer of at least {least}")
 
         overrides: Dict[str, Any] = {}
         for name, value in (endpoints or {}).items():
@@ -650,6 +674,7 @@ class Provider:
         self._ready_waiters: List[Deferred[Provider]] = []
         self._calls: Set[_PendingCall] = set()
         self._metrics = metrics if metrics is not None else NullMetrics()
+        self._slots = SlotQueue(max_concurrent_requests, max_queued_requests)
 
     # -- life cycle
 
@@ -1214,16 +1239,21 @@ class Provider:
         headers = headers.copy() if headers is not None else Headers()
         headers.setRawHeaders(b"accept", [accept])
         call = _PendingCall()
-        d = Deferred.fromCoroutine(self._transfer(what, method, url, headers, body, params))
+        started = self._clock.seconds()
+        d = Deferred.fromCoroutine(self._admitted(call, what, method, url, headers, body, params))
         call.deferred = d
         self._calls.add(call)
-        timer = self._clock.callLater(self._timeout, call.cancel, "timeout")
-        started = self._clock.seconds()
+        timer = call.timer = self._clock.callLater(self._timeout, call.cancel, "timeout")
         answer: Optional[_Answer] = None
         try:
             answer = await d
             return answer
         except (CancelledError, ProviderError):
+            if call.cancelled_by == "timeout" and not call.admitted:
+                raise ProviderError(
+                    503, "busy", f"the {what} request waited {self._timeout}s for one of the "
+                    f"{self._slots.slots} requests to the provider in flight "
+                    "(max_concurrent_requests) and was not made") from None
             if call.cancelled_by == "timeout":
                 raise ProviderError(
                     504, "timeout", f"no complete answer from the {what} within {self._timeout}s"
@@ -1237,7 +1267,8 @@ class Provider:
             self._calls.discard(call)
             if timer.active():
                 timer.cancel()
-            self._count_request(what, call, answer, started)
+            self._count_request(what, call, answer,
+                                started if call.admitted_at is None else call.admitted_at)
 
     def _count_request(self, what: str, call: _PendingCall, answer: Optional[_Answer],
                        started: float) -> None:
@@ -1246,10 +1277,47 @@ class Provider:
             return
         if answer is not None:
             outcome = "ok" if 200 <= answer.code < 300 else "http_error"
+        elif not call.admitted:
+            outcome = "busy"
         else:
             outcome = "timeout" if call.cancelled_by == "timeout" else "error"
         endpoint = what.split()[0].lower()  # discovery, jwks, token, userinfo, ...
         self._metrics.idp_request(endpoint, outcome, self._clock.seconds() - started)
+
+    async def _admitted(
+        self,
+        call: _PendingCall,
+        what: str,
+        method: str,
+        url: str,
+        headers: Headers,
+        body: Optional[bytes],
+        params: Optional[Mapping[str, str]],
+    ) -> _Answer:
+        """
+        L{_transfer} once one of the C{max_concurrent_requests} slots is free.
+        A request that had to wait for one gets its whole deadline from then
+        on: one sent with little time left would be cut off while the
+        provider still works on it, which under load would waste the
+        provider's capacity on answers nobody waits for.
+        """
+        slot = self._slots.acquire()
+        waited = not slot.called
+        try:
+            await slot
+        except QueueFull:
+            raise ProviderError(
+                503, "busy", f"the {what} request was not made: {self._slots.slots} requests to "
+                f"the provider are in flight and {self._slots.max_waiting} wait "
+                "(max_concurrent_requests, max_queued_requests)") from None
+        call.admitted = True
+        if waited and call.timer is not None and call.timer.active():
+            call.admitted_at = self._clock.seconds()
+            call.timer.reset(self._timeout)
+        try:
+            return await self._transfer(what, method, url, headers, body, params)
+        finally:
+            self._slots.release()
 
     async def _transfer(
         self,

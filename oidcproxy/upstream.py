@@ -15,7 +15,7 @@ import ipaddress
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from twisted.internet import error as ierror
-from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore, succeed
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.interfaces import IConsumer, IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Cooperator
@@ -32,7 +32,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
-from .config import IPNetwork, RouteConfig, UpstreamSettings
+from .admission import LogThrottle, QueueFull, SlotQueue
+from .config import QUEUE_MULTIPLE, IPNetwork, RouteConfig, UpstreamSettings
 from .metrics import NullMetrics
 from .pages import render_error
 from .routes import BadRequestTarget, RouteMatch, RouteTable, request_host, split_target
@@ -97,6 +98,9 @@ UNTRUSTED_OVERRIDES = frozenset(
 
 # Never copied from the client request: recomputed for the upstream hop.
 _REQUEST_RECOMPUTED = frozenset([b"host", b"content-length", b"expect"])
+
+RETRY_AFTER = b"5"
+"""Seconds a client refused for want of an upstream slot is told to wait (C{Retry-After})."""
 
 # Bodies up to this size are in memory already; send them in one write.
 _SMALL_BODY = 256 * 1024
@@ -261,17 +265,23 @@ class QuietPool(HTTPConnectionPool):
 class UpstreamClient:
     """
     One upstream origin and its settings: the L{Agent}, its persistent
-    connection pool, and the cap on concurrent requests (the pool itself only
-    caps idle connections).
+    connection pool, and the cap on concurrent requests with its bounded
+    line of waiting ones (the pool itself only caps idle connections).
+
+    @param max_queued: requests that may wait for one of C{max_connections};
+        None: L{QUEUE_MULTIPLE} times C{max_connections}.
     """
 
     def __init__(self, agent: IAgent, max_connections: int,
                  pool: Optional[HTTPConnectionPool] = None,
-                 endpoints: Optional[CachedEndpoints] = None) -> None:
+                 endpoints: Optional[CachedEndpoints] = None,
+                 max_queued: Optional[int] = None) -> None:
         self.agent = agent
         self.pool = pool
         self.endpoints = endpoints
-        self.semaphore = DeferredSemaphore(max_connections)
+        self.slots = SlotQueue(
+            max_connections,
+            max_queued if max_queued is not None else QUEUE_MULTIPLE * max_connections)
 
     @classmethod
     def build(cls, reactor: Any, settings: UpstreamSettings) -> UpstreamClient:
@@ -280,7 +290,7 @@ class UpstreamClient:
         pool.retryAutomatically = True
         endpoints = CachedEndpoints(reactor, tls_policy(settings), settings.connect_timeout)
         agent = Agent.usingEndpointFactory(reactor, endpoints, pool=pool)
-        return cls(agent, settings.max_connections, pool, endpoints)
+        return cls(agent, settings.max_connections, pool, endpoints, settings.queue_limit)
 
     def close(self) -> Deferred:
         if self.pool is None:
@@ -358,6 +368,7 @@ def _client_key(route: RouteConfig) -> Tuple[Any, ...]:
         origin(route.upstream),
         s.connect_timeout,
         s.max_connections,
+        s.queue_limit,
         s.max_idle_connections,
         s.ca_bundle,
         s.client_cert,
@@ -423,6 +434,7 @@ class UpstreamProxy(Resource):
         )
         self._in_flight = 0
         self._retired: Optional[Deferred] = None
+        self._refusals = LogThrottle(self._clock)
 
     def close(self) -> Deferred:
         """Close idle upstream connections and open WebSockets (at shutdown)."""
@@ -567,8 +579,13 @@ class UpstreamProxy(Resource):
 class _Exchange:
     """
     One request's trip upstream and back. Owns the timeout, the concurrency
-    slot, the cancellation when the client goes away, and the mapping of
-    failures to 502/504.
+    slot (and the wait for one), the cancellation when the client goes away,
+    and the mapping of failures to 502/503/504.
+
+    While every slot of the upstream is taken the request waits in a bounded
+    line: when the line is full, or the request has waited C{queue_timeout}
+    (or its whole C{timeout}, if shorter), it is answered 503 with
+    C{Retry-After} without having gone upstream.
     """
 
     def __init__(
@@ -592,17 +609,32 @@ class _Exchange:
         self._client_gone = False
         self._timed_out = False
         self._holding_slot = False
+        self._queued_at: Optional[float] = None
+        self._queue_expired = False
         self._relay: Optional[_BodyRelay] = None
-        self._timer: Optional[IDelayedCall] = proxy._clock.callLater(
-            route.settings.timeout, self._timeout
-        )
-        self._pending: Optional[Deferred] = upstream.semaphore.acquire()
-        self._pending.addCallbacks(self._send, self._failed)
+        self._timer: Optional[IDelayedCall] = None
+        settings = route.settings
+        pending = upstream.slots.acquire()
+        if not pending.called:
+            # In line for a slot: the timer bounds the wait first.
+            self._queued_at = proxy._clock.seconds()
+            self._timer = proxy._clock.callLater(
+                min(settings.queue_timeout, settings.timeout), self._timeout)
+        self._pending: Optional[Deferred] = pending
+        pending.addCallbacks(self._send, self._failed)
         request.notifyFinish().addErrback(self._gone)
 
     def _send(self, _: Any) -> None:
         self._holding_slot = True
-        self._sent_at = self._proxy._clock.seconds()
+        now = self._sent_at = self._proxy._clock.seconds()
+        timeout = self._route.settings.timeout
+        if self._queued_at is None:
+            self._timer = self._proxy._clock.callLater(timeout, self._timeout)
+        else:
+            # Out of the line: what is left of the route's timeout applies.
+            if self._timer is not None and self._timer.active():
+                self._timer.reset(max(0.0, timeout - (now - self._queued_at)))
+            self._queued_at = None
         d = self._upstream.agent.request(
             self._request.method, self._url, self._headers, self._producer
         )
@@ -613,11 +645,14 @@ class _Exchange:
         """Give the concurrency slot back, once, when the exchange is over."""
         if self._holding_slot:
             self._holding_slot = False
-            self._upstream.semaphore.release()
+            self._upstream.slots.release()
 
     def _timeout(self) -> None:
         self._timer = None
-        self._timed_out = True
+        if self._queued_at is not None:
+            self._queue_expired = True
+        else:
+            self._timed_out = True
         if self._pending is not None:
             self._pending.cancel()
 
@@ -678,6 +713,9 @@ class _Exchange:
             return
         request = self._request
         route = self._route
+        if self._queue_expired or failure.check(QueueFull):
+            self._refuse("timeout" if self._queue_expired else "full")
+            return
         if self._timed_out or failure.check(ierror.TimeoutError):
             why = "no response within the timeout" if self._timed_out else "connect timeout"
             log.warn(
@@ -693,6 +731,28 @@ class _Exchange:
             )
             body = render_error(request, 502, "bad_gateway",
                                 "The upstream server could not be reached or gave a bad answer.")
+        request.write(body)
+        request.finish()
+
+    def _refuse(self, reason: str) -> None:
+        """503: the line for this upstream's slots was full, or the wait too long."""
+        route, proxy = self._route, self._proxy
+        proxy._metrics.upstream_queue_rejected(route.name, reason)
+        held_back = proxy._refusals.allow((route.name, reason))
+        if held_back is not None:
+            settings = route.settings
+            why = (f"{settings.queue_limit} requests already wait" if reason == "full" else
+                   f"no connection free within {min(settings.queue_timeout, settings.timeout):g}s")
+            log.warn(
+                "upstream {upstream} of {route} is at max_connections ({limit}): 503, {why} "
+                "({held_back} more such 503s since the last line)",
+                upstream=route.upstream, route=route.name, limit=settings.max_connections,
+                why=why, held_back=held_back,
+            )
+        request = self._request
+        body = render_error(request, 503, "upstream_busy",
+                            "The upstream server is busy. Please try again shortly.",
+                            {b"retry-after": RETRY_AFTER})
         request.write(body)
         request.finish()
 

@@ -102,6 +102,29 @@ class SchemaTests(SynchronousTestCase):
         self.assertEqual(c.routes[0].settings.max_connections, 4)
         self.assertEqual(c.routes[1].settings.timeout, 10.0)
 
+    def test_upstream_queue(self):
+        """
+        max_queued defaults to 16 x max_connections (of the same table or
+        inherited), may be 0; queue_timeout defaults to 5 s; both inherit
+        from [upstream] and a route overrides them.
+        """
+        c = parse_config(MINIMAL, "x.toml")
+        self.assertEqual((c.routes[0].settings.queue_limit, c.routes[0].settings.queue_timeout),
+                         (4096, 5.0))
+        c = parse_config(
+            {
+                "upstream": {"max_connections": 4, "queue_timeout": "2s"},
+                "routes": [_route(), _route(path="/b", max_connections=10),
+                           _route(path="/c", max_queued=0, queue_timeout="500ms")],
+            },
+            "x.toml",
+        )
+        self.assertEqual([(r.settings.queue_limit, r.settings.queue_timeout) for r in c.routes],
+                         [(64, 2.0), (160, 2.0), (0, 0.5)])
+        c = parse_config({"upstream": {"max_queued": 100}, "routes": [_route(max_connections=1)]},
+                         "x.toml")
+        self.assertEqual(c.routes[0].settings.queue_limit, 100)
+
     def test_route_fields(self):
         """Route keys are parsed: prefix normalised, host lower-cased, upstream slash dropped."""
         c = parse_config(
@@ -288,6 +311,31 @@ class ErrorTests(SynchronousTestCase):
                 "routes[0].max_connections: expected an integer, got a string ('4')",
             ],
         )
+
+    def test_upstream_queue_errors(self):
+        """
+        max_queued is a non-negative integer; queue_timeout a positive
+        duration, at most the timeout of the same table (an inherited one is
+        cut to the route's timeout instead).
+        """
+        problems = self.problems({
+            "upstream": {"queue_timeout": "90s"},
+            "routes": [_route(max_queued=-1), _route(path="/b", queue_timeout="0s"),
+                       _route(path="/c", timeout="10s", queue_timeout="11s"),
+                       _route(path="/d", max_queued="many")],
+        })
+        self.assertEqual(problems, [
+            "upstream.queue_timeout: 90s is longer than timeout (60s), which a request's "
+            "wait counts against",
+            "routes[0].max_queued: -1 is out of range; expected >= 0",
+            "routes[1].queue_timeout: '0s' must be longer than zero",
+            "routes[2].queue_timeout: 11s is longer than timeout (10s), which a request's "
+            "wait counts against",
+            "routes[3].max_queued: expected an integer, got a string ('many')",
+        ])
+        c = parse_config({"upstream": {"queue_timeout": "20s"}, "routes": [_route(timeout="10s")]},
+                         "x.toml")
+        self.assertEqual(c.routes[0].settings.queue_timeout, 20.0)  # waits at most 10 s
 
     def test_duplicate_route(self):
         """Two routes with the same host and path are refused."""

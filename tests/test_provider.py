@@ -1129,6 +1129,158 @@ class TokenTests(SynchronousTestCase):
             self.assertNotIn(secret, text)
 
 
+class ConcurrencyTests(SynchronousTestCase):
+    """
+    At most max_concurrent_requests requests to the IdP in flight; up to
+    max_queued_requests more wait, within their deadline; beyond that 503
+    C{busy} at once, without reaching the IdP.
+    """
+
+    def storm(self, h: Harness, count: int) -> List[Deferred]:
+        h.idp.handlers[TOKEN_PATH] = lambda r: HOLD
+        calls = [Deferred.fromCoroutine(h.provider.exchange_code(f"code-{i}", REDIRECT_URI,
+                                                                 VERIFIER))
+                 for i in range(count)]
+        h.flush()
+        return calls
+
+    def busy(self, d: Deferred) -> ProviderError:
+        error = self.failureResultOf(d, ProviderError).value
+        self.assertEqual((error.status, error.reason), (503, "busy"))
+        return error
+
+    def test_login_storm_is_bounded(self):
+        """
+        With the default limits, 1,000 code exchanges at once against an IdP
+        that does not answer: 64 reach it, 256 wait, the other 680 get 503
+        at once (without them, all 1,000 were sent).
+        """
+        h = _ready(self)
+        calls = self.storm(h, 1000)
+        self.assertEqual(h.idp.count(TOKEN_PATH), 64)
+        for d in calls[:320]:
+            self.assertNoResult(d)
+        for d in calls[320:]:
+            self.busy(d)
+
+    def test_line_moves_on_answers(self):
+        """The waiting requests go out, in order, as the ones in flight are answered."""
+        h = _ready(self, max_concurrent_requests=2, max_queued_requests=3)
+        calls = self.storm(h, 10)
+        self.assertEqual(h.idp.count(TOKEN_PATH), 2)
+        for d in calls[5:]:
+            self.busy(d)
+        h.idp.release(TOKENS)
+        h.flush()
+        self.assertEqual([self.successResultOf(d) for d in calls[:2]], [TOKENS, TOKENS])
+        self.assertEqual([f[1] for s in h.idp.seen if s.path == TOKEN_PATH
+                          for f in s.form() if f[0] == "code"],
+                         ["code-0", "code-1", "code-2", "code-3"])
+        h.idp.release(TOKENS)
+        h.flush()
+        h.idp.release(TOKENS)
+        h.flush()
+        self.assertEqual([self.successResultOf(d) for d in calls[2:5]], [TOKENS] * 3)
+        self.assertEqual(h.idp.count(TOKEN_PATH), 5)
+        self.assertEqual(h.clock.getDelayedCalls(), [])
+
+    def test_wait_bounded_by_timeout(self):
+        """
+        A request that waits the timeout for a slot fails with 503 busy (not
+        504: the IdP never saw it), counted as C{busy}; one that got its slot
+        after waiting has the whole timeout from then for its answer.
+        """
+        from oidcproxy.metrics import Metrics
+
+        metrics = Metrics()
+        h = _ready(self, max_concurrent_requests=1, timeout=5.0, metrics=metrics)
+        first, second, third = self.storm(h, 3)
+        h.clock.advance(4.0)
+        h.idp.release(TOKENS)
+        h.flush()
+        self.assertEqual(self.successResultOf(first), TOKENS)
+        self.assertEqual(h.idp.count(TOKEN_PATH), 2)  # the second went out at 4 s
+        h.clock.advance(1.0)
+        h.flush()
+        self.busy(third)
+        h.clock.advance(3.9)
+        h.flush()
+        self.assertNoResult(second)  # 8.9 s after it was asked for, 4.9 s after it went out
+        h.idp.release(TOKENS)
+        h.flush()
+        self.assertEqual(self.successResultOf(second), TOKENS)
+        self.assertEqual(h.idp.count(TOKEN_PATH), 2)
+        self.assertEqual(h.clock.getDelayedCalls(), [])
+        text = metrics.render().decode("utf-8")
+        self.assertIn('oidcproxy_idp_request_seconds_count{endpoint="token",outcome="busy"} 1.0',
+                      text)
+        self.assertIn('oidcproxy_idp_request_seconds_count{endpoint="token",outcome="ok"} 2.0',
+                      text)
+        # The second is timed from when it went out, not from when it was asked for.
+        self.assertIn('oidcproxy_idp_request_seconds_bucket{endpoint="token",le="5.0",outcome="ok"} '
+                      '2.0', text)
+
+    def test_waited_then_timed_out(self):
+        """A request that got its slot late and then gets no answer in time: 504 after its timeout."""
+        h = _ready(self, max_concurrent_requests=1, timeout=5.0)
+        first, second = self.storm(h, 2)
+        h.clock.advance(5.0)
+        h.flush()
+        self.assertEqual(self.failureResultOf(first, ProviderError).value.status, 504)
+        self.assertEqual(h.idp.count(TOKEN_PATH), 2)
+        h.clock.advance(4.9)
+        h.flush()
+        self.assertNoResult(second)
+        h.clock.advance(0.1)
+        h.flush()
+        self.assertEqual(self.failureResultOf(second, ProviderError).value.status, 504)
+
+    def test_no_line(self):
+        """max_queued_requests = 0: a request that finds every slot taken fails at once."""
+        h = _ready(self, max_concurrent_requests=1, max_queued_requests=0)
+        first, second = self.storm(h, 2)
+        self.assertNoResult(first)
+        self.busy(second)
+
+    def test_cancelled_waiter_leaves_the_line(self):
+        """A caller that cancels while waiting leaves the line; the slot goes to the next."""
+        from twisted.internet.defer import CancelledError
+
+        h = _ready(self, max_concurrent_requests=1, max_queued_requests=1)
+        first, second = self.storm(h, 2)
+        second.cancel()
+        self.failureResultOf(second, CancelledError)
+        third = self.storm(h, 1)[0]  # the place in line is free again
+        self.assertNoResult(third)
+        h.idp.release(TOKENS)
+        h.flush()
+        self.assertEqual(self.successResultOf(first), TOKENS)
+        h.idp.release(TOKENS)
+        h.flush()
+        self.assertEqual(self.successResultOf(third), TOKENS)
+        self.assertEqual(h.idp.count(TOKEN_PATH), 2)
+        self.assertEqual(h.clock.getDelayedCalls(), [])
+
+    def test_stop_ends_the_line(self):
+        """stop() fails the waiting requests too (503 stopped), leaving nothing behind."""
+        h = _ready(self, max_concurrent_requests=1)
+        first, second = self.storm(h, 2)
+        h.provider.stop()
+        h.flush()
+        for d in (first, second):
+            self.assertEqual(self.failureResultOf(d, ProviderError).value.reason, "stopped")
+        self.assertEqual(h.clock.getDelayedCalls(), [])
+        self.assertEqual(h.provider._slots.waiting, 0)
+
+    def test_bad_limits(self):
+        """The limits are integers: at least 1 in flight, at least 0 waiting."""
+        auth = ClientAuth(CLIENT_ID, client_secret=CLIENT_SECRET)
+        for kwargs in ({"max_concurrent_requests": 0}, {"max_queued_requests": -1},
+                       {"max_concurrent_requests": 2.5}, {"max_queued_requests": True}):
+            self.assertRaises(ValueError, Provider, ISSUER, auth, StubTreq(FakeIdP()), Clock(),
+                              **kwargs)
+
+
 # -- userinfo ----------------------------------------------------------------
 
 

@@ -43,7 +43,7 @@ def route(index=0, path="/", upstream=UP, **kw: Any) -> RouteConfig:
 class ProxyHarness:
     """A proxy in front of one in-memory upstream or agent."""
 
-    def __init__(self, routes=None, upstream=None, agent=None, trusted=()):
+    def __init__(self, routes=None, upstream=None, agent=None, trusted=(), metrics=None):
         self.clock = Clock()
         self.upstream = upstream if upstream is not None else RecordingUpstream()
         self.agent = agent if agent is not None else RequestTraversalAgent(self.upstream)
@@ -51,7 +51,9 @@ class ProxyHarness:
             RouteTable(routes or [route()]),
             self.clock,
             [ipaddress.ip_network(t) for t in trusted],
-            client_factory=lambda r: UpstreamClient(self.agent, r.settings.max_connections),
+            client_factory=lambda r: UpstreamClient(self.agent, r.settings.max_connections,
+                                                    max_queued=r.settings.queue_limit),
+            metrics=metrics,
         )
         self.client = StubTreq(self.proxy)
 
@@ -367,6 +369,203 @@ class ConcurrencyTests(SynchronousTestCase):
             Clock(), client_factory=factory,
         )
         self.assertEqual(built, [0, 2, 4])
+
+
+def _rejected(metrics, reason, name="routes[0]"):
+    """The count of C{oidcproxy_upstream_queue_rejected_total} for route C{name} and C{reason}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(metrics.render().decode("utf-8")):
+        for s in family.samples:
+            if s.name == "oidcproxy_upstream_queue_rejected_total" and \
+                    s.labels == {"route": name, "reason": reason}:
+                return s.value
+    return 0.0
+
+
+class QueueTests(SynchronousTestCase):
+    """
+    Requests beyond max_connections wait in a bounded line, for a bounded
+    time; beyond either bound they get 503 with Retry-After at once, without
+    going upstream.
+    """
+
+    def harness(self, **settings):
+        from oidcproxy.metrics import Metrics
+
+        self.agent = HangingAgent()
+        self.metrics = Metrics()
+        settings.setdefault("max_connections", 1)
+        h = ProxyHarness([route(settings=UpstreamSettings(**settings))], agent=self.agent,
+                         metrics=self.metrics)
+        self.slots = h.proxy._clients[0].slots
+        return h
+
+    def test_full_line_503_at_once(self):
+        """
+        With max_connections busy and max_queued waiting, the next request
+        gets 503 (JSON for an API client) with Retry-After at once, is counted
+        by reason, and never reaches the upstream.
+        """
+        h = self.harness(max_queued=2, timeout=100.0, queue_timeout=50.0)
+        waiting = [h.client.get(f"http://proxy.test/{i}") for i in range(3)]
+        h.flush()
+        self.assertEqual((len(self.agent.pending), self.slots.waiting), (1, 2))
+        refused = h.client.get("http://proxy.test/x", headers={b"accept": [b"application/json"]})
+        h.flush()
+        response = self.successResultOf(refused)
+        self.assertEqual(response.code, 503)
+        self.assertEqual(response.headers.getRawHeaders(b"retry-after"), [b"5"])
+        body = json.loads(self.successResultOf(h.client.content(response)))
+        self.assertEqual(body["error"], "upstream_busy")
+        self.assertEqual(_rejected(self.metrics, "full"), 1.0)
+        self.assertEqual(len(self.agent.pending), 1)
+        for d in waiting:
+            self.assertNoResult(d)
+
+    def test_no_line(self):
+        """max_queued = 0: a request that finds every slot busy gets 503 at once."""
+        h = self.harness(max_queued=0)
+        first = h.client.get("http://proxy.test/1")
+        second = h.client.get("http://proxy.test/2")
+        h.flush()
+        self.assertNoResult(first)
+        self.assertEqual(self.successResultOf(second).code, 503)
+
+    def test_default_line_is_sixteen_times_max_connections(self):
+        """Without max_queued, 16 x max_connections requests wait; the next gets 503."""
+        h = self.harness(max_connections=2)
+        answers = [h.client.get(f"http://proxy.test/{i}") for i in range(35)]
+        h.flush()
+        self.assertEqual((len(self.agent.pending), self.slots.waiting), (2, 32))
+        self.assertEqual(self.successResultOf(answers[-1]).code, 503)
+        for d in answers[:-1]:
+            self.assertNoResult(d)
+
+    def test_wait_bounded_by_queue_timeout(self):
+        """
+        A request that waits queue_timeout for a slot gets 503 with
+        Retry-After (counted as a timeout), leaves the line and never goes
+        upstream; nothing is left scheduled for it.
+        """
+        h = self.harness(timeout=60.0, queue_timeout=3.0)
+        first = h.client.get("http://proxy.test/1")
+        second = h.client.get("http://proxy.test/2")
+        h.flush()
+        h.clock.advance(2.9)
+        h.flush()
+        self.assertNoResult(second)
+        h.clock.advance(0.2)
+        h.flush()
+        response = self.successResultOf(second)
+        self.assertEqual(response.code, 503)
+        self.assertEqual(response.headers.getRawHeaders(b"retry-after"), [b"5"])
+        self.assertEqual(_rejected(self.metrics, "timeout"), 1.0)
+        self.assertEqual((len(self.agent.pending), self.slots.waiting), (1, 0))
+        self.assertNoResult(first)
+        self.assertEqual(len(h.clock.getDelayedCalls()), 1)  # the first one's timeout
+
+    def test_wait_bounded_by_timeout(self):
+        """A queue_timeout longer than the route's timeout: the timeout bounds the wait (503)."""
+        from oidcproxy.metrics import Metrics
+
+        agent, metrics = HangingAgent(), Metrics()
+        # Two routes sharing the upstream's slots: the first holds the only one.
+        h = ProxyHarness([
+            route(0, "/", settings=UpstreamSettings(max_connections=1, timeout=100.0)),
+            route(1, "/short", settings=UpstreamSettings(max_connections=1, timeout=2.0,
+                                                         queue_timeout=5.0)),
+        ], agent=agent, metrics=metrics)
+        h.client.get("http://proxy.test/1")
+        second = h.client.get("http://proxy.test/short/2")
+        h.flush()
+        h.clock.advance(1.9)
+        h.flush()
+        self.assertNoResult(second)
+        h.clock.advance(0.1)
+        h.flush()
+        self.assertEqual(self.successResultOf(second).code, 503)
+        self.assertEqual(_rejected(metrics, "timeout", "routes[1]"), 1.0)
+        self.assertEqual(len(agent.pending), 1)
+
+    def test_waited_time_counts_against_timeout(self):
+        """
+        A request that got its slot after waiting has what is left of the
+        route's timeout for the upstream's answer (504 then), not a new one.
+        """
+        h = self.harness(timeout=10.0, queue_timeout=5.0)
+        h.client.get("http://proxy.test/1")
+        second = h.client.get("http://proxy.test/2")
+        h.flush()
+        h.clock.advance(3.0)
+        self.agent.pending[0].errback(ConnectionRefusedError())
+        h.flush()
+        self.assertEqual(len(self.agent.pending), 2)
+        h.clock.advance(6.9)
+        h.flush()
+        self.assertNoResult(second)
+        h.clock.advance(0.2)
+        h.flush()
+        self.assertEqual(self.successResultOf(second).code, 504)
+        self.assertEqual(_rejected(self.metrics, "timeout"), 0.0)
+
+    def test_slot_handed_on_in_order(self):
+        """A slot given back goes to the request that has waited longest."""
+        h = self.harness(timeout=100.0)
+        for i in range(3):
+            h.client.get(f"http://proxy.test/{i}")
+            h.flush()
+        self.agent.pending[0].errback(ConnectionRefusedError())
+        h.flush()
+        self.assertEqual(len(self.agent.pending), 2)
+        self.assertEqual(self.slots.waiting, 1)
+
+    def test_client_gone_while_queued_leaves_the_line(self):
+        """
+        A client that goes away while its request waits takes it out of the
+        line at once: its place and its timer are gone, and the slot goes to
+        the next one.
+        """
+        h = self.harness(max_queued=1, timeout=100.0, queue_timeout=50.0)
+        _real_request(h.proxy)
+        _, second = _real_request(h.proxy)
+        self.assertEqual(self.slots.waiting, 1)
+        second.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.slots.waiting, 0)
+        self.assertEqual(len(h.clock.getDelayedCalls()), 1)  # the first one's timeout
+        _, third = _real_request(h.proxy)
+        self.assertEqual(self.slots.waiting, 1)  # the place was free
+        self.agent.pending[0].errback(ConnectionRefusedError())
+        self.assertEqual(len(self.agent.pending), 2)
+        self.assertEqual(self.slots.waiting, 0)
+        self.assertEqual(_rejected(self.metrics, "full") + _rejected(self.metrics, "timeout"), 0)
+
+    def test_refusals_logged_once_per_interval(self):
+        """
+        A flood of refusals writes one warning line per route and reason every
+        10 s, which says how many it held back.
+        """
+        from twisted.logger import globalLogPublisher
+
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        h = self.harness(max_queued=0, timeout=100.0)
+        h.client.get("http://proxy.test/busy")
+        for i in range(50):
+            h.client.get(f"http://proxy.test/{i}")
+        h.flush()
+        lines = [e for e in events if e.get("route") == "routes[0]"]
+        self.assertEqual(len(lines), 1)
+        self.assertEqual(lines[0]["held_back"], 0)
+        self.assertEqual(lines[0]["log_level"].name, "warn")
+        h.clock.advance(10.0)
+        h.client.get("http://proxy.test/again")
+        h.flush()
+        lines = [e for e in events if e.get("route") == "routes[0]"]
+        self.assertEqual(len(lines), 2)
+        self.assertEqual(lines[1]["held_back"], 49)
+        self.assertEqual(_rejected(self.metrics, "full"), 51.0)
 
 
 def _real_request(proxy, path=b"/", method=b"GET"):

@@ -566,6 +566,88 @@ class RedisFaultTests(TestCase):
         self.assertEqual(await self.store.load(again.id), again)
 
 
+class RedisFloodTests(TestCase):
+    """
+    Many operations at once, more than the pool has connections: txredisapi
+    pipelines every command on a connection picked at random (none waits for
+    a free connection while the pool is connected), so a flood is served at
+    Redis's pace while it answers; while it does not, every operation fails
+    with SessionStoreUnavailable at its deadline and leaves nothing behind
+    (no caller waiting for a connection, no reply awaited), so the number
+    waiting is bounded by the operations started within one command_timeout.
+    """
+
+    FLOOD = 2000
+
+    async def setUp(self) -> None:
+        self.server = await start_redis(self)
+        self.pool = pool_for(self, self.server.url)  # 2 connections
+        self.store = store_for(self.pool)
+        self.session = session_now()
+        await self.store.save(self.session)
+
+    async def flood(self) -> Tuple[List[Any], float]:
+        """
+        C{FLOOD} loads at once; their results (or failures), and how long the
+        last took after the last was started (starting them takes a while).
+        """
+        from twisted.internet.defer import DeferredList
+
+        started = time.monotonic()
+        calls = [self.store.load(self.session.id) for _ in range(self.FLOOD)]
+        last_started = time.monotonic()
+        results = await DeferredList(calls, consumeErrors=True)
+        elapsed = time.monotonic() - last_started
+        print(f"REDIS_FLOOD starting {self.FLOOD} loads took {last_started - started:.3f}s")
+        return [value if ok else value.value for ok, value in results], elapsed
+
+    async def test_flood_served(self) -> None:
+        """While Redis answers, a flood of loads on two connections is served in full."""
+        results, elapsed = await self.flood()
+        print(f"REDIS_FLOOD {self.FLOOD} loads on 2 connections: served {elapsed:.3f}s after the "
+              "last was started")
+        self.assertEqual(results, [self.session] * self.FLOOD)
+
+    async def test_flood_while_hung(self) -> None:
+        """
+        Redis hung (SIGSTOP): a flood of loads fails with
+        SessionStoreUnavailable within the timeout, every one of them; then
+        nothing waits for a connection or a reply, and the store works
+        again once Redis does.
+        """
+        self.server.pause()
+        try:
+            results, elapsed = await self.flood()
+            print(f"REDIS_FLOOD {self.FLOOD} loads, Redis paused: all failed {elapsed:.3f}s after "
+                  "the last was started")
+            self.assertEqual({type(r) for r in results}, {SessionStoreUnavailable})
+            self.assertLess(elapsed, TIMEOUT + SLACK)
+            self.assertEqual(peekers(self.pool), [])
+            await procs.poll(lambda: pending_replies(self.pool) == 0, TIMEOUT + SLACK,
+                             what="hung connections to be dropped")
+        finally:
+            self.server.resume()
+        self.assertEqual(await until_works(lambda: self.store.load(self.session.id), RECOVERY,
+                                           "after SIGCONT"), self.session)
+
+    async def test_flood_while_down(self) -> None:
+        """
+        Redis gone (killed): a flood of loads waits for a connection at most
+        the timeout, then fails with SessionStoreUnavailable, leaving no
+        caller waiting in the pool.
+        """
+        await self.server.kill()
+        # Once the pool has noticed: the loads wait for a connection.
+        await procs.poll(lambda: self.pool._factory.size == 0, TIMEOUT + SLACK,
+                         what="the pool to lose its connections")
+        results, elapsed = await self.flood()
+        print(f"REDIS_FLOOD {self.FLOOD} loads, Redis killed: all failed {elapsed:.3f}s after "
+              "the last was started")
+        self.assertEqual({type(r) for r in results}, {SessionStoreUnavailable})
+        self.assertLess(elapsed, TIMEOUT + SLACK)
+        self.assertEqual(peekers(self.pool), [])
+
+
 class RedisPasswordFaultTests(TestCase):
     """Faults while a new connection authenticates."""
 
