@@ -11,7 +11,11 @@ setup(
     long_description_content_type="text/x-rst",
     license="MIT",
     python_requires=">=3.9",
-    packages=["oidcproxy", "oidcproxy.stores", "twisted.plugins"],
+    packages=[
+        "oidcproxy", "oidcproxy.core", "oidcproxy.config", "oidcproxy.sessions",
+        "oidcproxy.sessions.stores", "oidcproxy.oidc", "oidcproxy.proxy", "oidcproxy.web",
+        "oidcproxy.tools", "twisted.plugins",
+    ],
     package_data={"twisted": ["plugins/oidcproxy_plugin.py"]},
     install_requires=[
         # 24.7 fixed the HTTP request-smuggling and pipelining CVEs
@@ -33,7 +37,7 @@ setup(
         "PyYAML>=6.0",
     ],
     entry_points={
-        "console_scripts": ["oidcproxy-import-traefik = oidcproxy.traefik:main"],
+        "console_scripts": ["oidcproxy-import-traefik = oidcproxy.tools.traefik:main"],
     },
     classifiers=[
         "Framework :: Twisted",

@@ -43,7 +43,7 @@ def cookie_values(header: str) -> Dict[str, str]:
 
 def session_value(config: Any, header: str) -> str:
     """The session cookie's value (its chunks joined, as the proxy reads them)."""
-    from oidcproxy.cookies import CookieSpec
+    from oidcproxy.sessions.cookies import CookieSpec
 
     spec = CookieSpec(name=config.session.cookie_name, secure=False)
     cookies = cookie_values(header)
@@ -60,7 +60,7 @@ def session_value(config: Any, header: str) -> str:
 
 
 def sealer_of(config: Any) -> Any:
-    from oidcproxy.crypto import Sealer
+    from oidcproxy.sessions.crypto import Sealer
 
     return Sealer([secret.reveal().encode("utf-8") for secret in config.session.secrets])
 
@@ -74,8 +74,8 @@ def sizes(config: Any, header: str) -> Dict[str, Any]:
     from twisted.internet.defer import Deferred
     from twisted.python.failure import Failure
 
-    from oidcproxy.cookies import CHUNK_SIZE
-    from oidcproxy.stores.cookie import CookieStore
+    from oidcproxy.sessions.cookies import CHUNK_SIZE
+    from oidcproxy.sessions.stores.cookie import CookieStore
 
     value = session_value(config, header)
     sealer = sealer_of(config)
@@ -101,8 +101,8 @@ def sizes(config: Any, header: str) -> Dict[str, Any]:
 
 async def populate(reactor: Any, config: Any, header: str, count: int, concurrency: int,
                    tag: str) -> Dict[str, Any]:
-    from oidcproxy.session import new_session_id
-    from oidcproxy.stores.redis import RedisStore, build_redis
+    from oidcproxy.sessions.session import new_session_id
+    from oidcproxy.sessions.stores.redis import RedisStore, build_redis
 
     redis = config.redis
     if redis is None or config.session.store != "redis":

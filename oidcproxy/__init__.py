@@ -10,7 +10,7 @@ __version__ = "0.1.0.dev0"
 
 def identity(request):
     """
-    The L{oidcproxy.guard.Identity} (sub, claims, access token, ...) that an
+    The L{oidcproxy.web.guard.Identity} (sub, claims, access token, ...) that an
     C{OIDCGuard} established for C{request}, or None (public route, or a
     request the guard did not see). For applications embedded behind the guard.
     """

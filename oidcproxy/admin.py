@@ -23,7 +23,7 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from .session import Session, SessionStoreUnavailable
+from .sessions.session import Session, SessionStoreUnavailable
 
 log = Logger()
 

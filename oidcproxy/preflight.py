@@ -97,7 +97,7 @@ def check_redis(redis: RedisConfig) -> Optional[str]:
     @return: None when Redis answered C{PONG}; otherwise the reason, naming
         the address.
     """
-    from .stores.redis import _parse_url
+    from .sessions.stores.redis import _parse_url
 
     tls, host, port, url_user, url_password, _db = _parse_url(redis.url)
     username = redis.username if redis.username is not None else url_user

@@ -22,12 +22,12 @@ from twisted.logger import Logger
 from twisted.web.resource import IResource
 
 from .config import Config, ConfigError, RouteConfig, load_config
-from .cookies import CHUNK_SIZE
-from .metrics import Metrics
-from .routes import BadRequestTarget, RouteTable
-from .server import BodyLimit, ProxySite
-from .upstream import UpstreamClient, UpstreamProxy
-from .websocket import SocketRegistry
+from .core.metrics import Metrics
+from .proxy.routes import BadRequestTarget, RouteTable
+from .proxy.upstream import UpstreamClient, UpstreamProxy
+from .proxy.websocket import SocketRegistry
+from .sessions.cookies import CHUNK_SIZE
+from .web.server import BodyLimit, ProxySite
 
 log = Logger()
 
@@ -76,7 +76,7 @@ def build_site(
     behind it, the access log; all counting in C{metrics} (default: a
     L{Metrics} of their own).
     """
-    from .guard import OIDCGuard
+    from .web.guard import OIDCGuard
 
     if metrics is None:
         metrics = Metrics()
@@ -447,7 +447,7 @@ class ProxyService(MultiService):
             self.listeners.append(AdoptedListenerService(reactor, fd, description, factory,
                                                          family))
         if config.metrics is not None and worker_id is None:
-            from .metrics import metrics_site
+            from .core.metrics import metrics_site
 
             self.listeners.append(ListenerService(reactor, config.metrics.listen,
                                                   metrics_site(self.metrics, reactor)))

@@ -89,10 +89,10 @@ class Options(usage.Options):
 
 def _build_demo(options: Options, reactor: Any) -> Any:
     """
-    The demo's service (L{oidcproxy.demo}), or one line on stderr and exit
+    The demo's service (L{oidcproxy.tools.demo}), or one line on stderr and exit
     status 1 when its endpoint is not on loopback or cannot be bound.
     """
-    from .demo import make_demo_service
+    from .tools.demo import make_demo_service
 
     listen = options["listen"][0] if options["listen"] else None
     try:
@@ -174,7 +174,7 @@ def _check_claims(config: Any, claims_file: str, path: Optional[str], out: Any) 
     """
     import json
 
-    from .routes import BadRequestTarget, RouteTable
+    from .proxy.routes import BadRequestTarget, RouteTable
 
     try:
         with open(claims_file, encoding="utf-8") as f:

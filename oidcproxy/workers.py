@@ -219,7 +219,7 @@ class WorkerPool(Service):
         from prometheus_client import CollectorRegistry, Counter
         from prometheus_client.multiprocess import MultiProcessCollector
 
-        from .metrics import MetricsSite
+        from .core.metrics import MetricsSite
 
         self._metrics_dir = tempfile.mkdtemp(prefix="oidcproxy-metrics-")
         registry = CollectorRegistry()

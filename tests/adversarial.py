@@ -33,15 +33,16 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from oidcproxy.config import Config
-from oidcproxy.crypto import Sealer
-from oidcproxy.guard import OIDCGuard
-from oidcproxy.login import STATE_PURPOSE, LoginAttempt
-from oidcproxy.provider import ClientAuth, Provider
-from oidcproxy.routes import RouteTable
-from oidcproxy.server import ProxySite
+from oidcproxy.oidc.login import STATE_PURPOSE, LoginAttempt
+from oidcproxy.oidc.provider import ClientAuth, Provider
+from oidcproxy.proxy.headers import canonical_header
+from oidcproxy.proxy.routes import RouteTable
+from oidcproxy.proxy.upstream import UpstreamClient, UpstreamProxy
 from oidcproxy.service import body_limit_for, max_header_size
-from oidcproxy.stores.memory import MemoryStore
-from oidcproxy.upstream import UpstreamClient, UpstreamProxy, canonical_header
+from oidcproxy.sessions.crypto import Sealer
+from oidcproxy.sessions.stores.memory import MemoryStore
+from oidcproxy.web.guard import OIDCGuard
+from oidcproxy.web.server import ProxySite
 
 from .fakes import RecordingUpstream
 from .idp import ISSUER, Browser, FakeIdP, Network, Page, public_jwk

@@ -32,7 +32,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from oidcproxy.upstream import BytesProducer
+from oidcproxy.core.httpclient import BytesProducer
 
 ISSUER = "https://idp.test"
 AUTHORIZATION_ENDPOINT = ISSUER + "/authorize"

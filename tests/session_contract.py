@@ -34,7 +34,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from zope.interface.verify import verifyObject
 
-from oidcproxy.session import ISessionStore, Session, new_session_id
+from oidcproxy.sessions.session import ISessionStore, Session, new_session_id
 
 if TYPE_CHECKING:
     from twisted.trial.unittest import SynchronousTestCase

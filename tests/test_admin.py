@@ -13,8 +13,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from oidcproxy.admin import AdminResource, handle
 from oidcproxy.config import ConfigError, parse_config
-from oidcproxy.session import Session, SessionStoreUnavailable
-from oidcproxy.stores.memory import MemoryStore
+from oidcproxy.sessions.session import Session, SessionStoreUnavailable
+from oidcproxy.sessions.stores.memory import MemoryStore
 
 TOKEN = "admin-token-0123456789"
 AUTH = {b"authorization": [b"Bearer " + TOKEN.encode()]}

@@ -16,9 +16,9 @@ from typing import Dict
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from oidcproxy.crypto import Sealer
-from oidcproxy.login import STATE_PURPOSE
-from oidcproxy.stores.cookie import PURPOSE as SESSION_PURPOSE
+from oidcproxy.oidc.login import STATE_PURPOSE
+from oidcproxy.sessions.crypto import Sealer
+from oidcproxy.sessions.stores.cookie import PURPOSE as SESSION_PURPOSE
 
 from .adversarial import API, CLIENT_ID, ISSUER, Failures, Stack, parse_response
 from .idp import Browser

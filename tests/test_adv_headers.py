@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from oidcproxy.upstream import UNTRUSTED_OVERRIDES, canonical_header
+from oidcproxy.proxy.headers import UNTRUSTED_OVERRIDES, canonical_header
 
 from .adversarial import (
     CLIENT_ID,

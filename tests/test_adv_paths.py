@@ -17,7 +17,7 @@ from typing import List, Tuple
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from oidcproxy.routes import BadRequestTarget, RouteTable, normalise_path
+from oidcproxy.proxy.routes import BadRequestTarget, RouteTable, normalise_path
 
 from .adversarial import Failures, Stack, casings, header_of, parse_response
 from .test_guard import make_config

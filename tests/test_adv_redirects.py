@@ -180,7 +180,7 @@ class CorpusTests(SynchronousTestCase):
         the state is a safe same-origin path (or C{/}), and the callback's
         Location stays on C{https://app.test}.
         """
-        from oidcproxy.login import safe_return_to
+        from oidcproxy.oidc.login import safe_return_to
 
         stack = Stack(self)
         browser = stack.browser()

@@ -1,5 +1,5 @@
 """
-Tests for L{oidcproxy.bearer}: the C{Authorization} header, JWT access
+Tests for L{oidcproxy.oidc.bearer}: the C{Authorization} header, JWT access
 tokens, introspection of opaque tokens, and the verified-token cache.
 
 The provider is a real L{Provider} talking to the fake IdP of
@@ -18,9 +18,9 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from oidcproxy.bearer import BearerValidator, bearer_token
-from oidcproxy.provider import ClientAuth, Provider, ProviderError, ProviderMetadata
-from oidcproxy.tokens import MAX_TOKEN_SIZE, JWTVerifier, TokenError
+from oidcproxy.oidc.bearer import BearerValidator, bearer_token
+from oidcproxy.oidc.provider import ClientAuth, Provider, ProviderError, ProviderMetadata
+from oidcproxy.oidc.tokens import MAX_TOKEN_SIZE, JWTVerifier, TokenError
 from tests.test_provider import (
     AUTHORIZATION_ENDPOINT,
     CLIENT_ID,
@@ -568,7 +568,7 @@ class CacheTests(_Base):
 
     def test_unused_entries_dropped(self):
         """A validation unused for CACHE_IDLE is dropped: the cache holds the tokens in use."""
-        from oidcproxy.bearer import CACHE_IDLE
+        from oidcproxy.oidc.bearer import CACHE_IDLE
 
         env = self.env()
         busy, idle = (access_token(at_claims(jti=j, exp=NOW + 3 * CACHE_IDLE)) for j in ("b", "i"))

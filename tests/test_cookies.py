@@ -1,5 +1,5 @@
 """
-Tests for L{oidcproxy.cookies}.
+Tests for L{oidcproxy.sessions.cookies}.
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from typing import Dict, List
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from oidcproxy.cookies import (
+from oidcproxy.sessions.cookies import (
     CHUNK_SIZE,
     CookieSpec,
     CookieTooLarge,

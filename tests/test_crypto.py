@@ -1,5 +1,5 @@
 """
-Tests for L{oidcproxy.crypto.Sealer}.
+Tests for L{oidcproxy.sessions.crypto.Sealer}.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from twisted.trial.unittest import SynchronousTestCase
 
-from oidcproxy.crypto import MAX_TOKEN_LENGTH, Sealer
+from oidcproxy.sessions.crypto import MAX_TOKEN_LENGTH, Sealer
 
 K1 = bytes(range(32))
 K2 = b"another secret that is long enough!"

@@ -1,6 +1,6 @@
 """
 Tests for the CSRF protection of the application (C{[csrf]}): the token
-(L{oidcproxy.csrf}) and what the guard does with it, for each auth mode and
+(L{oidcproxy.web.csrf}) and what the guard does with it, for each auth mode and
 at the forward-auth endpoint.
 """
 
@@ -10,8 +10,8 @@ from typing import Any, Dict, List
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from oidcproxy.cookies import CookieSpec
-from oidcproxy.csrf import CSRFProtection
+from oidcproxy.sessions.cookies import CookieSpec
+from oidcproxy.web.csrf import CSRFProtection
 
 from .idp import Browser
 from .test_guard import API, APP, SESSION_COOKIE, Harness, make_config

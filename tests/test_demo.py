@@ -1,5 +1,5 @@
 """
-Tests for L{oidcproxy.demo}: the development OpenID Provider's endpoints with
+Tests for L{oidcproxy.tools.demo}: the development OpenID Provider's endpoints with
 good and bad input, the echo application, the whole login through the guard
 in memory, and C{--demo} in the twistd plugin (loopback only).
 
@@ -27,8 +27,12 @@ from twisted.logger import globalLogPublisher
 from twisted.python import usage
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from oidcproxy import demo, tap
-from oidcproxy.demo import (
+from oidcproxy import tap
+from oidcproxy.oidc.provider import ClientAuth, Provider
+from oidcproxy.oidc.tokens import IDTokenValidator, JWTVerifier, KeySet
+from oidcproxy.service import ProxyService
+from oidcproxy.tools import demo
+from oidcproxy.tools.demo import (
     BANNER,
     BROWSER_COOKIE,
     CODE_LIFETIME,
@@ -40,10 +44,7 @@ from oidcproxy.demo import (
     demo_config,
     parse_loopback_endpoint,
 )
-from oidcproxy.guard import OIDCGuard
-from oidcproxy.provider import ClientAuth, Provider
-from oidcproxy.service import ProxyService
-from oidcproxy.tokens import IDTokenValidator, JWTVerifier, KeySet
+from oidcproxy.web.guard import OIDCGuard
 
 from .idp import SIGNING_KEY, Browser, Network, Page, s256
 

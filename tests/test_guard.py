@@ -1,5 +1,5 @@
 """
-Tests for L{oidcproxy.guard}: the authenticating wrapper, driven end to end
+Tests for L{oidcproxy.web.guard}: the authenticating wrapper, driven end to end
 in memory.
 
 A fake identity provider (L{tests.idp.FakeIdP}) is reached by the real
@@ -23,15 +23,16 @@ from twisted.web.client import ResponseFailed, ResponseNeverReceived
 from twisted.web.resource import Resource
 
 from oidcproxy.config import Config, parse_config
-from oidcproxy.cookies import CookieTooLarge
-from oidcproxy.crypto import Sealer
-from oidcproxy.guard import OIDCGuard, header_value, identity
-from oidcproxy.provider import ClientAuth, Provider
-from oidcproxy.routes import RouteTable
-from oidcproxy.session import Session
-from oidcproxy.stores.cookie import PURPOSE as SESSION_PURPOSE
-from oidcproxy.stores.memory import MemoryStore
-from oidcproxy.upstream import UpstreamClient, UpstreamProxy, canonical_header
+from oidcproxy.oidc.provider import ClientAuth, Provider
+from oidcproxy.proxy.headers import canonical_header
+from oidcproxy.proxy.routes import RouteTable
+from oidcproxy.proxy.upstream import UpstreamClient, UpstreamProxy
+from oidcproxy.sessions.cookies import CookieTooLarge
+from oidcproxy.sessions.crypto import Sealer
+from oidcproxy.sessions.session import Session
+from oidcproxy.sessions.stores.cookie import PURPOSE as SESSION_PURPOSE
+from oidcproxy.sessions.stores.memory import MemoryStore
+from oidcproxy.web.guard import OIDCGuard, header_value, identity
 
 from .fakes import RecordingUpstream
 from .idp import (
@@ -941,7 +942,7 @@ class LogoutTests(GuardTestCase):
         """
         With the stateless cookie store, logout cannot revoke a cookie value:
         a copy of the cookie replayed after logout still authenticates until
-        the session's own expiry (documented in L{oidcproxy.stores.cookie}).
+        the session's own expiry (documented in L{oidcproxy.sessions.stores.cookie}).
         """
         h = Harness(self)
         browser = h.logged_in()
@@ -1374,7 +1375,7 @@ class StoreTests(GuardTestCase):
         """
         from twisted.internet.defer import fail
 
-        from oidcproxy.session import SessionStoreUnavailable
+        from oidcproxy.sessions.session import SessionStoreUnavailable
 
         h = Harness(self, memory_store=True)
         assert h.store is not None

@@ -13,7 +13,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from oidcproxy.cookies import OwnedNames
+from oidcproxy.sessions.cookies import OwnedNames
 
 from .adversarial import ROUTES, Stack, header_of, parse_response
 from .test_guard import SESSION_COOKIE, STATE_PREFIX, Harness, make_config

@@ -1,5 +1,5 @@
 """
-Tests for L{oidcproxy.guard.OIDCGuard} when the client goes away while the
+Tests for L{oidcproxy.web.guard.OIDCGuard} when the client goes away while the
 guard waits (for the session store, a refresh, the IdP's introspection or
 token endpoint): the wait is cancelled, the wrapped resource is never
 rendered, nothing is written, and nothing is logged as an error.
@@ -23,7 +23,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.server import NOT_DONE_YET
 
-from oidcproxy.server import ProxySite
+from oidcproxy.web.server import ProxySite
 
 from .idp import ISSUER
 from .test_guard import CLIENT_ID, Harness, make_config

@@ -11,7 +11,7 @@ from urllib.parse import urlencode
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from oidcproxy.stores.memory import MemoryStore
+from oidcproxy.sessions.stores.memory import MemoryStore
 
 from .idp import ISSUER
 from .test_guard import API, APP, CLIENT_ID, SESSION_COOKIE, Harness, make_config, open_session
@@ -298,7 +298,7 @@ class MemoryStoreIndexTests(SynchronousTestCase):
         """The memory store finds sessions by sub/sid and has leased locks, like Redis."""
         from twisted.internet.task import Clock
 
-        from oidcproxy.session import Session
+        from oidcproxy.sessions.session import Session
 
         clock = Clock()
         store = MemoryStore(clock)
@@ -441,7 +441,7 @@ class RevocationListTests(SynchronousTestCase):
         """
         from twisted.internet import defer
 
-        from oidcproxy.session import SessionStoreUnavailable
+        from oidcproxy.sessions.session import SessionStoreUnavailable
 
         h = self.harness()
         alice = logged_in(h, sub="alice")
@@ -463,7 +463,7 @@ class RevocationListTests(SynchronousTestCase):
         """A revocation list that cannot answer: 503, not a logout and not a pass."""
         from twisted.internet import defer
 
-        from oidcproxy.session import SessionStoreUnavailable
+        from oidcproxy.sessions.session import SessionStoreUnavailable
 
         h = self.harness()
         browser = logged_in(h)
@@ -504,7 +504,7 @@ class FaultyStore(MemoryStore):
         def call(*args: Any, **kwargs: Any) -> Any:
             from twisted.internet import defer
 
-            from oidcproxy.session import SessionStoreUnavailable
+            from oidcproxy.sessions.session import SessionStoreUnavailable
 
             if name in down:
                 if down[name] == 0:

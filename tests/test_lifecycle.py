@@ -1,5 +1,5 @@
 """
-Tests for the proxy's life cycle: the drain of L{oidcproxy.server.ProxySite}
+Tests for the proxy's life cycle: the drain of L{oidcproxy.web.server.ProxySite}
 at shutdown, L{oidcproxy.service.ProxyService}'s stop sequence, serving on
 inherited sockets (L{oidcproxy.service.AdoptedListenerService}) and the
 parent of several workers (L{oidcproxy.workers.WorkerPool}), driven with a
@@ -596,8 +596,8 @@ class OneRouteMatchTests(SynchronousTestCase):
     def test_matched_once(self):
         from twisted.internet.defer import Deferred
 
+        from oidcproxy.proxy.upstream import UpstreamClient
         from oidcproxy.service import build_site
-        from oidcproxy.upstream import UpstreamClient
 
         class Agent:
             def __init__(self):

@@ -1,6 +1,6 @@
 """
 Tests for observability: the guard's C{/oidc/health} and C{/oidc/ready}
-endpoints, the Prometheus metrics of L{oidcproxy.metrics} (read back with
+endpoints, the Prometheus metrics of L{oidcproxy.core.metrics} (read back with
 C{prometheus_client}'s own parser) and the C{[metrics]} listener.
 
 The guard runs in the in-memory harness of L{tests.test_guard} (the fake IdP
@@ -25,16 +25,16 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from oidcproxy.config import ConfigError, parse_config
-from oidcproxy.crypto import Sealer
-from oidcproxy.guard import OIDCGuard
-from oidcproxy.metrics import Metrics, NullMetrics, metrics_site
-from oidcproxy.provider import ClientAuth, Provider
-from oidcproxy.routes import RouteTable
-from oidcproxy.server import ProxySite
+from oidcproxy.core.metrics import Metrics, NullMetrics, metrics_site
+from oidcproxy.oidc.provider import ClientAuth, Provider
+from oidcproxy.proxy.routes import RouteTable
+from oidcproxy.proxy.upstream import UpstreamClient, UpstreamProxy
 from oidcproxy.service import ProxyService, body_limit_for
-from oidcproxy.session import SessionStoreUnavailable
-from oidcproxy.stores.redis import RedisStore
-from oidcproxy.upstream import UpstreamClient, UpstreamProxy
+from oidcproxy.sessions.crypto import Sealer
+from oidcproxy.sessions.session import SessionStoreUnavailable
+from oidcproxy.sessions.stores.redis import RedisStore
+from oidcproxy.web.guard import OIDCGuard
+from oidcproxy.web.server import ProxySite
 
 from .fakes import RecordingUpstream, never_answer
 from .idp import ISSUER, KEY_ID

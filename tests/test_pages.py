@@ -1,5 +1,5 @@
 """
-Tests for L{oidcproxy.pages}: HTML for browsers, JSON for API clients,
+Tests for L{oidcproxy.core.pages}: HTML for browsers, JSON for API clients,
 nothing reflected, no version banner.
 """
 
@@ -10,7 +10,7 @@ import json
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.test.requesthelper import DummyRequest
 
-from oidcproxy.pages import render_error, wants_json
+from oidcproxy.core.pages import render_error, wants_json
 
 
 def request(accept=None, method=b"GET"):

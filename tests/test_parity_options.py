@@ -22,11 +22,11 @@ from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from oidcproxy.config import Config, ConfigError
-from oidcproxy.crypto import Sealer
-from oidcproxy.guard import OIDCGuard
-from oidcproxy.provider import ClientAuth, Provider, ProviderError
-from oidcproxy.stores.memory import MemoryStore
-from oidcproxy.stores.redis import RedisStore
+from oidcproxy.oidc.provider import ClientAuth, Provider, ProviderError
+from oidcproxy.sessions.crypto import Sealer
+from oidcproxy.sessions.stores.memory import MemoryStore
+from oidcproxy.sessions.stores.redis import RedisStore
+from oidcproxy.web.guard import OIDCGuard
 
 from .idp import AUTHORIZATION_ENDPOINT, ISSUER, FakeIdP, Network
 from .test_guard import (
@@ -559,7 +559,7 @@ class UsernameClaimTests(SynchronousTestCase):
         from twisted.internet.address import IPv4Address
         from twisted.test.proto_helpers import StringTransport
 
-        from oidcproxy.server import ProxySite
+        from oidcproxy.web.server import ProxySite
 
         h = BuiltHarness(self, make_config(username_claim="email"))
         browser = h.logged_in(sub="u-1", claims={"email": "a@x.test"})
@@ -698,8 +698,8 @@ class RetryTests(SynchronousTestCase):
 class IdPTLSTests(SynchronousTestCase):
     def test_client_certificate_policy(self):
         """client_cert and client_key make the IdP client present that certificate."""
-        from oidcproxy.provider import make_http_client
-        from oidcproxy.tls import ClientCertificatePolicy
+        from oidcproxy.core.tls import ClientCertificatePolicy
+        from oidcproxy.oidc.provider import make_http_client
 
         files = pki(self)
         client = make_http_client(Clock(), files["ca"], client_cert=files["client"],
@@ -710,8 +710,8 @@ class IdPTLSTests(SynchronousTestCase):
 
     def test_insecure_policy(self):
         """insecure_skip_verify makes the IdP client verify nothing."""
-        from oidcproxy.provider import make_http_client
-        from oidcproxy.tls import UnverifiedPolicy
+        from oidcproxy.core.tls import UnverifiedPolicy
+        from oidcproxy.oidc.provider import make_http_client
 
         client = make_http_client(Clock(), insecure_skip_verify=True)
         self.assertIsInstance(client._agent._endpointFactory._policyForHTTPS,  # type: ignore[attr-defined]

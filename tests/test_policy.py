@@ -1,5 +1,5 @@
 """
-Tests for L{oidcproxy.policy}.
+Tests for L{oidcproxy.config.policy}.
 """
 
 # The project targets Python 3.9 and spells optional types Optional[X] (UP007 is
@@ -12,8 +12,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import attr
 from twisted.trial.unittest import SynchronousTestCase
 
-from oidcproxy import policy as policy_module
-from oidcproxy.policy import MAX_DEPTH, Decision, Policy, RuleSyntaxError
+from oidcproxy.config import policy as policy_module
+from oidcproxy.config.policy import MAX_DEPTH, Decision, Policy, RuleSyntaxError
 
 # -- claims shaped like what real identity providers send ------------------------
 

@@ -1,5 +1,5 @@
 """
-Properties of the cookie code (L{oidcproxy.cookies}) on generated values and
+Properties of the cookie code (L{oidcproxy.sessions.cookies}) on generated values and
 Cookie headers: chunking round-trips through a browser and Twisted's Cookie
 parser, reassembly refuses every malformed or oversized chunk set, and the
 proxy's cookies never reach the upstream.
@@ -15,7 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.http import Request
 from twisted.web.test.requesthelper import DummyChannel
 
-from oidcproxy.cookies import (
+from oidcproxy.sessions.cookies import (
     CHUNK_SIZE,
     CookieSpec,
     CookieTooLarge,
@@ -24,7 +24,7 @@ from oidcproxy.cookies import (
     set_cookie_headers,
     strip_cookies,
 )
-from oidcproxy.crypto import Sealer
+from oidcproxy.sessions.crypto import Sealer
 
 from .props import given, scaled
 

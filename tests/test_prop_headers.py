@@ -1,5 +1,5 @@
 """
-Properties of the identity-header encoding (L{oidcproxy.guard.header_value})
+Properties of the identity-header encoding (L{oidcproxy.web.guard.header_value})
 on generated claim values: a value is safe on the wire (ASCII, no control
 byte) and the upstream reads back exactly the claim, list items included.
 """
@@ -14,7 +14,7 @@ from hypothesis import example
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from oidcproxy.guard import header_value
+from oidcproxy.web.guard import header_value
 
 from .props import given
 

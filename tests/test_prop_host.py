@@ -1,5 +1,5 @@
 """
-Properties of the Host/authority parser (L{oidcproxy.routes.request_host}),
+Properties of the Host/authority parser (L{oidcproxy.proxy.routes.request_host}),
 on generated values.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from oidcproxy.routes import BadRequestTarget, request_host
+from oidcproxy.proxy.routes import BadRequestTarget, request_host
 
 from .props import given
 

@@ -1,6 +1,6 @@
 """
 Properties of the request-target parser and path normalisation
-(L{oidcproxy.routes.normalise_path}, L{oidcproxy.routes.RouteTable.match}),
+(L{oidcproxy.proxy.routes.normalise_path}, L{oidcproxy.proxy.routes.RouteTable.match}),
 on generated targets.
 """
 
@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from oidcproxy.config import RouteConfig
-from oidcproxy.routes import BadRequestTarget, RouteMatch, RouteTable, normalise_path
+from oidcproxy.proxy.routes import BadRequestTarget, RouteMatch, RouteTable, normalise_path
 
 from .props import given, scaled
 

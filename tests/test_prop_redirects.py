@@ -1,6 +1,6 @@
 """
 Properties of the redirect-target checks on generated targets: whatever
-L{oidcproxy.login.safe_return_to} keeps, and wherever the login's and the
+L{oidcproxy.oidc.login.safe_return_to} keeps, and wherever the login's and the
 logout's C{rd} send a browser, a browser's resolution of it stays on the
 public URL's origin.
 """
@@ -13,7 +13,7 @@ from hypothesis import example
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from oidcproxy.login import safe_return_to
+from oidcproxy.oidc.login import safe_return_to
 
 from .adversarial import APP, Stack, extra_redirects, open_state
 from .idp import Page

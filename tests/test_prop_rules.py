@@ -1,5 +1,5 @@
 """
-Properties of the claim-rule language (L{oidcproxy.policy}) on generated
+Properties of the claim-rule language (L{oidcproxy.config.policy}) on generated
 rules and claims: the parser parses or raises L{RuleSyntaxError} with a
 position, the canonical form parses back to the same rule, and evaluating a
 rule never raises, whatever the claims.
@@ -13,7 +13,7 @@ from hypothesis import example
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from oidcproxy.policy import Decision, Policy, RuleSyntaxError
+from oidcproxy.config.policy import Decision, Policy, RuleSyntaxError
 
 from .props import given, scaled
 

@@ -1,5 +1,5 @@
 """
-Properties of the Traefik Hub importer (L{oidcproxy.traefik}) on generated
+Properties of the Traefik Hub importer (L{oidcproxy.tools.traefik}) on generated
 input: mutations of tests/data/traefik/*.yaml as data and as text, and
 generated IngressRoute rules. Each gives an ImportResult whose TOML parses,
 or the importer's one-line TraefikImportError; never a traceback.
@@ -16,7 +16,7 @@ import yaml
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from oidcproxy.traefik import ImportResult, TraefikImportError, convert, load_documents
+from oidcproxy.tools.traefik import ImportResult, TraefikImportError, convert, load_documents
 
 from .props import given, scaled
 from .test_prop_config import walk

@@ -1,5 +1,5 @@
 """
-Tests for L{oidcproxy.provider}: discovery, the JWKS cache, the token,
+Tests for L{oidcproxy.oidc.provider}: discovery, the JWKS cache, the token,
 userinfo and revocation endpoints, the RP-initiated logout URL, and the HTTP
 client.
 
@@ -35,15 +35,15 @@ from twisted.web.client import Agent
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
-from oidcproxy import provider as provider_module
-from oidcproxy.provider import (
+from oidcproxy.oidc import provider as provider_module
+from oidcproxy.oidc.provider import (
     ClientAuth,
     Provider,
     ProviderError,
     ProviderMetadata,
     make_http_client,
 )
-from oidcproxy.tokens import KeySet
+from oidcproxy.oidc.tokens import KeySet
 
 ISSUER = "https://idp.test/realms/main"
 BASE = ISSUER
@@ -242,7 +242,7 @@ class Harness:
 
 def capture_logs(case: SynchronousTestCase) -> List[Dict[str, Any]]:
     events: List[Dict[str, Any]] = []
-    case.patch(provider_module, "log", Logger(namespace="oidcproxy.provider", observer=events.append))
+    case.patch(provider_module, "log", Logger(namespace="oidcproxy.oidc.provider", observer=events.append))
     return events
 
 
@@ -1190,7 +1190,7 @@ class ConcurrencyTests(SynchronousTestCase):
         504: the IdP never saw it), counted as C{busy}; one that got its slot
         after waiting has the whole timeout from then for its answer.
         """
-        from oidcproxy.metrics import Metrics
+        from oidcproxy.core.metrics import Metrics
 
         metrics = Metrics()
         h = _ready(self, max_concurrent_requests=1, timeout=5.0, metrics=metrics)

@@ -1,5 +1,5 @@
 """
-Tests for L{oidcproxy.refresh.Refresher}: one grant per session at a time,
+Tests for L{oidcproxy.oidc.refresh.Refresher}: one grant per session at a time,
 within a process and across processes, and what each IdP answer does to the
 session.
 """
@@ -13,11 +13,11 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from oidcproxy.provider import ProviderError
-from oidcproxy.refresh import Refresher, RefreshOutcome, _hash
-from oidcproxy.session import Session, SessionStoreUnavailable
-from oidcproxy.stores.memory import MemoryStore
-from oidcproxy.tokens import TokenError
+from oidcproxy.oidc.provider import ProviderError
+from oidcproxy.oidc.refresh import Refresher, RefreshOutcome, _hash
+from oidcproxy.oidc.tokens import TokenError
+from oidcproxy.sessions.session import Session, SessionStoreUnavailable
+from oidcproxy.sessions.stores.memory import MemoryStore
 
 NOW = 1_000_000.0
 
@@ -102,7 +102,7 @@ class Harness:
 
 def _patch_peek(case: SynchronousTestCase) -> None:
     # The fake ID tokens are names, not JWTs: look at their "header" as empty.
-    import oidcproxy.refresh as refresh_module
+    import oidcproxy.oidc.refresh as refresh_module
 
     case.patch(refresh_module, "peek_header", lambda token: {})
 

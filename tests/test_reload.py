@@ -15,8 +15,8 @@ from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from oidcproxy.config import load_config
+from oidcproxy.proxy.upstream import UpstreamClient
 from oidcproxy.service import ProxyService, restart_changes
-from oidcproxy.upstream import UpstreamClient
 
 from .fakes import RecordingUpstream
 

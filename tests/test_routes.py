@@ -1,5 +1,5 @@
 """
-Tests for L{oidcproxy.routes}.
+Tests for L{oidcproxy.proxy.routes}.
 """
 
 # The project targets Python 3.9 and spells optional types Optional[X] (UP007 is
@@ -12,7 +12,7 @@ from typing import Optional, Sequence
 from twisted.trial.unittest import SynchronousTestCase
 
 from oidcproxy.config import RouteConfig
-from oidcproxy.routes import (
+from oidcproxy.proxy.routes import (
     BadRequestTarget,
     RouteMatch,
     RouteTable,

@@ -1,5 +1,5 @@
 """
-Tests for L{oidcproxy.server}: the early 413 and the access log, driven
+Tests for L{oidcproxy.web.server}: the early 413 and the access log, driven
 through a real HTTP channel on a string transport.
 """
 
@@ -16,10 +16,10 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from oidcproxy.config import ClientLimits, RouteConfig, UpstreamSettings
-from oidcproxy.metrics import Metrics
-from oidcproxy.routes import RouteTable
-from oidcproxy.server import ProxySite
+from oidcproxy.core.metrics import Metrics
+from oidcproxy.proxy.routes import RouteTable
 from oidcproxy.service import body_limit_for
+from oidcproxy.web.server import ProxySite
 
 
 class Recorder(Resource):
@@ -36,7 +36,7 @@ class Recorder(Resource):
         self.bodies.append(request.content.read())
         request.oidcproxy_route = RouteConfig(index=3, path="/", upstream="http://up:1")
         if request.path == b"/who":
-            from oidcproxy.guard import Identity
+            from oidcproxy.web.guard import Identity
 
             request.oidcproxy_identity = Identity(sub="alice", claims={})
             request.oidcproxy_auth = "session"

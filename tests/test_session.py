@@ -1,5 +1,5 @@
 """
-Tests for L{oidcproxy.session}: serialisation, copies, state and ids.
+Tests for L{oidcproxy.sessions.session}: serialisation, copies, state and ids.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Any, Dict
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from oidcproxy.session import Session, new_session_id, session_state
+from oidcproxy.sessions.session import Session, new_session_id, session_state
 
 
 def full_session() -> Session:
@@ -259,7 +259,7 @@ class OpenedSessionsTests(SynchronousTestCase):
                        expires=2.0)
 
     def test_hit_and_lru(self):
-        from oidcproxy.session import OpenedSessions
+        from oidcproxy.sessions.session import OpenedSessions
 
         cache = OpenedSessions(max_entries=2)
         a, b, c = self.session(1), self.session(2), self.session(3)
@@ -274,7 +274,7 @@ class OpenedSessionsTests(SynchronousTestCase):
 
     def test_working_set_only(self):
         """An entry unused for the ttl is gone: memory follows the active sessions."""
-        from oidcproxy.session import OpenedSessions
+        from oidcproxy.sessions.session import OpenedSessions
 
         now = [100.0]
         cache = OpenedSessions(ttl=60.0, clock=lambda: now[0])
@@ -293,7 +293,7 @@ class OpenedSessionsTests(SynchronousTestCase):
         self.assertEqual(len(cache), 1)
 
     def test_bounded_by_size(self):
-        from oidcproxy.session import OpenedSessions
+        from oidcproxy.sessions.session import OpenedSessions
 
         cache = OpenedSessions(max_entries=100, max_chars=1000)
         for n in range(10):
@@ -305,8 +305,8 @@ class OpenedSessionsTests(SynchronousTestCase):
 
     def test_cookie_store_opens_once(self):
         """The same cookie value gives the same session without opening it again."""
-        from oidcproxy.crypto import Sealer
-        from oidcproxy.stores.cookie import CookieStore
+        from oidcproxy.sessions.crypto import Sealer
+        from oidcproxy.sessions.stores.cookie import CookieStore
 
         sealer = Sealer([b"k" * 32])
         store = CookieStore(sealer)

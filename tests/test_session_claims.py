@@ -12,7 +12,7 @@ from urllib.parse import urlencode
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from oidcproxy.session import PROXY_CLAIMS, claims_in_use, kept_claims
+from oidcproxy.sessions.session import PROXY_CLAIMS, claims_in_use, kept_claims
 
 from .idp import ISSUER
 from .test_guard import (

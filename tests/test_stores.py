@@ -1,5 +1,5 @@
 """
-Tests for L{oidcproxy.stores.memory} and L{oidcproxy.stores.cookie}: the
+Tests for L{oidcproxy.sessions.stores.memory} and L{oidcproxy.sessions.stores.cookie}: the
 shared L{SessionStoreContract} plus what is particular to each store.
 """
 
@@ -10,10 +10,10 @@ import json
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from oidcproxy.crypto import Sealer
-from oidcproxy.session import Session
-from oidcproxy.stores.cookie import CookieStore
-from oidcproxy.stores.memory import MemoryStore
+from oidcproxy.sessions.crypto import Sealer
+from oidcproxy.sessions.session import Session
+from oidcproxy.sessions.stores.cookie import CookieStore
+from oidcproxy.sessions.stores.memory import MemoryStore
 
 from .session_contract import START, SessionStoreContract, make_session
 

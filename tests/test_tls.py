@@ -1,5 +1,5 @@
 """
-Tests for L{oidcproxy.tls}: loading a client certificate, the policy that
+Tests for L{oidcproxy.core.tls}: loading a client certificate, the policy that
 presents it (with the server's chain and name still verified), and the log
 wording of TLS failures. In memory: handshakes run over memory BIOs.
 """
@@ -19,8 +19,8 @@ from twisted.web.client import BrowserLikePolicyForHTTPS, ResponseNeverReceived
 from twisted.web.iweb import IPolicyForHTTPS
 
 from oidcproxy.config import UpstreamSettings
-from oidcproxy.tls import ClientCertificatePolicy, client_certificate, describe_tls_error
-from oidcproxy.upstream import UpstreamClient
+from oidcproxy.core.tls import ClientCertificatePolicy, client_certificate, describe_tls_error
+from oidcproxy.proxy.upstream import UpstreamClient
 
 from .pki import make_pki
 
@@ -248,18 +248,18 @@ class DescribeTLSErrorTests(SynchronousTestCase):
 
     def test_upstream_log_reason(self) -> None:
         """The upstream's 502 log line carries the TLS reason inside Agent's wrapper."""
-        from oidcproxy.upstream import _describe_failure
+        from oidcproxy.proxy.connect import describe_failure
 
         error = SSL.Error([("SSL routines", "", "certificate verify failed")])
         failure = Failure(ResponseNeverReceived([Failure(error)]))
         self.assertEqual(
-            _describe_failure(failure),
+            describe_failure(failure),
             "TLS: certificate verify failed (unknown CA, or an expired or otherwise invalid certificate)",
         )
 
     def test_provider_reason(self) -> None:
         """Failures talking to the IdP name the TLS problem too."""
-        from oidcproxy.provider import _describe_failure
+        from oidcproxy.oidc.provider import _describe_failure
 
         error = SSL.Error([("SSL routines", "", "certificate verify failed")])
         self.assertTrue(

@@ -1,5 +1,5 @@
 """
-Tests for L{oidcproxy.tokens}: JWKS loading, signature verification, and ID
+Tests for L{oidcproxy.oidc.tokens}: JWKS loading, signature verification, and ID
 token and logout token validation.
 
 Every token is minted here with fresh keys. Each refusal test breaks exactly
@@ -25,7 +25,7 @@ from twisted.internet.task import Clock
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from oidcproxy.tokens import (
+from oidcproxy.oidc.tokens import (
     BACKCHANNEL_LOGOUT_EVENT,
     MAX_TOKEN_SIZE,
     IDTokenValidator,
@@ -195,11 +195,11 @@ class _Base(SynchronousTestCase):
 
 
 def warning_texts(events: List[Dict[str, Any]]) -> List[str]:
-    """The text of the warnings L{oidcproxy.tokens} logged among C{events}."""
+    """The text of the warnings L{oidcproxy.oidc.tokens} logged among C{events}."""
     return [
         formatEvent(e)
         for e in events
-        if e.get("log_level") == LogLevel.warn and e.get("log_namespace") == "oidcproxy.tokens"
+        if e.get("log_level") == LogLevel.warn and e.get("log_namespace") == "oidcproxy.oidc.tokens"
     ]
 
 

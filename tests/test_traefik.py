@@ -1,5 +1,5 @@
 """
-Tests for L{oidcproxy.traefik}: Traefik Hub OIDC middleware YAML in, oidcproxy
+Tests for L{oidcproxy.tools.traefik}: Traefik Hub OIDC middleware YAML in, oidcproxy
 TOML out, with everything that does not carry over listed, never dropped.
 """
 
@@ -15,7 +15,7 @@ import yaml
 from twisted.trial.unittest import SynchronousTestCase
 
 from oidcproxy.config import load_config, parse_config
-from oidcproxy.traefik import (
+from oidcproxy.tools.traefik import (
     TraefikImportError,
     convert,
     load_documents,

@@ -1,5 +1,5 @@
 """
-Tests for L{oidcproxy.upstream.UpstreamProxy}, driven in memory: treq's
+Tests for L{oidcproxy.proxy.upstream.UpstreamProxy}, driven in memory: treq's
 C{StubTreq} plays the client, a C{RequestTraversalAgent} carries the proxied
 request to a recording upstream resource, and time is a L{Clock}.
 """
@@ -21,14 +21,9 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 from twisted.web.test.requesthelper import DummyChannel
 
 from oidcproxy.config import RouteConfig, UpstreamSettings
-from oidcproxy.routes import RouteTable
-from oidcproxy.upstream import (
-    UpstreamClient,
-    UpstreamProxy,
-    _BodyRelay,
-    canonical_header,
-    drop_connection_named,
-)
+from oidcproxy.proxy.headers import canonical_header, drop_connection_named
+from oidcproxy.proxy.routes import RouteTable
+from oidcproxy.proxy.upstream import UpstreamClient, UpstreamProxy, _BodyRelay
 
 from .fakes import FailingAgent, HangingAgent, RecordingUpstream
 
@@ -391,7 +386,7 @@ class QueueTests(SynchronousTestCase):
     """
 
     def harness(self, **settings):
-        from oidcproxy.metrics import Metrics
+        from oidcproxy.core.metrics import Metrics
 
         self.agent = HangingAgent()
         self.metrics = Metrics()
@@ -467,7 +462,7 @@ class QueueTests(SynchronousTestCase):
 
     def test_wait_bounded_by_timeout(self):
         """A queue_timeout longer than the route's timeout: the timeout bounds the wait (503)."""
-        from oidcproxy.metrics import Metrics
+        from oidcproxy.core.metrics import Metrics
 
         agent, metrics = HangingAgent(), Metrics()
         # Two routes sharing the upstream's slots: the first holds the only one.
@@ -777,7 +772,7 @@ class CachedEndpointsTests(SynchronousTestCase):
         from twisted.internet.testing import MemoryReactorClock
         from twisted.web.client import BrowserLikePolicyForHTTPS
 
-        from oidcproxy.upstream import CachedEndpoints
+        from oidcproxy.proxy.connect import CachedEndpoints
 
         return CachedEndpoints(MemoryReactorClock(), BrowserLikePolicyForHTTPS(), 3.0)
 

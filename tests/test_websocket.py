@@ -1,5 +1,5 @@
 """
-Tests for L{oidcproxy.websocket}: WebSocket upgrades through the guard and
+Tests for L{oidcproxy.proxy.websocket}: WebSocket upgrades through the guard and
 the upstream proxy, driven in memory. The client is a real HTTP channel of a
 L{ProxySite} on a string transport; the upstream connection is a string
 transport too, handed out by a fake endpoint; time is the harness's Clock.
@@ -23,18 +23,13 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 from twisted.web.test.requesthelper import DummyChannel
 
 from oidcproxy.config import UpstreamSettings
-from oidcproxy.metrics import Metrics
-from oidcproxy.routes import RouteTable
-from oidcproxy.server import ProxySite
+from oidcproxy.core.metrics import Metrics
+from oidcproxy.proxy.headers import is_websocket_upgrade
+from oidcproxy.proxy.routes import RouteTable
+from oidcproxy.proxy.upstream import UpstreamClient, UpstreamProxy
+from oidcproxy.proxy.websocket import MAX_HEAD, SocketRegistry, _ChunkedBody, parse_response_head
 from oidcproxy.service import body_limit_for
-from oidcproxy.upstream import UpstreamClient, UpstreamProxy
-from oidcproxy.websocket import (
-    MAX_HEAD,
-    SocketRegistry,
-    _ChunkedBody,
-    is_websocket_upgrade,
-    parse_response_head,
-)
+from oidcproxy.web.server import ProxySite
 
 from .fakes import HangingAgent, RecordingUpstream
 from .test_guard import APP, Harness, make_config

@@ -36,10 +36,9 @@ def child(name: str, seconds: int, work: str) -> None:
     import atheris
 
     with atheris.instrument_imports(include=["oidcproxy"]):
-        import oidcproxy.cookies
-        import oidcproxy.login
-        import oidcproxy.policy
-        import oidcproxy.routes  # noqa: F401
+        import oidcproxy.config.policy
+        import oidcproxy.oidc.login
+        import oidcproxy.proxy.routes  # noqa: F401
     from tests.fuzz.targets import TARGETS
 
     target = TARGETS[name]

@@ -15,11 +15,11 @@ from twisted.web.http import Request
 from twisted.web.test.requesthelper import DummyChannel
 
 from oidcproxy.config import RouteConfig
-from oidcproxy.cookies import CookieSpec, chunk_names, read_cookie, strip_cookies
-from oidcproxy.crypto import Sealer
-from oidcproxy.login import safe_return_to
-from oidcproxy.policy import Policy, RuleSyntaxError
-from oidcproxy.routes import BadRequestTarget, RouteTable, normalise_path
+from oidcproxy.config.policy import Policy, RuleSyntaxError
+from oidcproxy.oidc.login import safe_return_to
+from oidcproxy.proxy.routes import BadRequestTarget, RouteTable, normalise_path
+from oidcproxy.sessions.cookies import CookieSpec, chunk_names, read_cookie, strip_cookies
+from oidcproxy.sessions.crypto import Sealer
 from tests.urls import browser_resolve, origin
 
 __all__ = ["TARGETS"]

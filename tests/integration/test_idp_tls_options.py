@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 from twisted.internet import reactor
 
-from oidcproxy.provider import ClientAuth, Provider, ProviderError, make_http_client
+from oidcproxy.oidc.provider import ClientAuth, Provider, ProviderError, make_http_client
 from tests.integration.test_tls import VERIFY_FAILED, PKITestCase, start_tls_server
 
 

@@ -1,5 +1,5 @@
 """
-Integration tests of L{oidcproxy.stores.redis} against real C{redis-server}
+Integration tests of L{oidcproxy.sessions.stores.redis} against real C{redis-server}
 child processes (L{tests.integration.redis_server}): the shared session store
 contract, what Redis holds, the indexes and locks, faults made with process
 control (SIGSTOP, SIGKILL, restart), authentication, databases and TLS.
@@ -22,9 +22,9 @@ from twisted.internet.utils import getProcessOutputAndValue
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
-from oidcproxy.crypto import Sealer
-from oidcproxy.session import Session, SessionStoreUnavailable, new_session_id
-from oidcproxy.stores.redis import RedisStore, build_redis, hashed
+from oidcproxy.sessions.crypto import Sealer
+from oidcproxy.sessions.session import Session, SessionStoreUnavailable, new_session_id
+from oidcproxy.sessions.stores.redis import RedisStore, build_redis, hashed
 from tests.integration import procs
 from tests.integration.redis_server import (
     RedisServer,
@@ -463,7 +463,7 @@ class ImportTests(TestCase):
     async def test_no_txredisapi_at_import(self) -> None:
         code = (
             "import sys\n"
-            "import oidcproxy.stores.redis\n"
+            "import oidcproxy.sessions.stores.redis\n"
             "print('txredisapi' in sys.modules, 'twisted.internet.reactor' in sys.modules)\n"
         )
         env = dict(os.environ)
@@ -523,7 +523,7 @@ class RedisFaultTests(TestCase):
         works again once it resumes; the metrics count the PINGs and the
         timeout.
         """
-        from oidcproxy.metrics import Metrics
+        from oidcproxy.core.metrics import Metrics
 
         metrics = Metrics()
         store = store_for(self.pool, metrics=metrics)

@@ -39,7 +39,7 @@ from twisted.web.client import (
 )
 from twisted.web.resource import Resource
 
-from oidcproxy.provider import ClientAuth, Provider, ProviderError, make_http_client
+from oidcproxy.oidc.provider import ClientAuth, Provider, ProviderError, make_http_client
 from tests.integration import procs
 from tests.pki import make_pki
 

@@ -1,7 +1,7 @@
 """
 L{OIDCGuard}: the authenticating wrapper around any C{IResource}.
 
-In the proxy it wraps L{oidcproxy.upstream.UpstreamProxy}; embedded in an
+In the proxy it wraps L{oidcproxy.proxy.upstream.UpstreamProxy}; embedded in an
 existing Twisted server it wraps the application's own resource, which reads
 the user with L{identity}. Per request it:
 
@@ -37,9 +37,40 @@ from twisted.python.failure import Failure
 from twisted.web.resource import IResource, Resource, getChildForRequest
 from twisted.web.server import NOT_DONE_YET, Request
 
-from . import identity as identity  # re-exported: oidcproxy.guard.identity
-from .config import Config, RouteConfig, origin_of
-from .cookies import (
+from .. import identity as identity  # re-exported: oidcproxy.web.guard.identity
+from ..config import Config, RouteConfig, origin_of
+from ..core.metrics import Metrics, NullMetrics
+from ..core.pages import render_error
+from ..oidc.login import LoginFlow, safe_return_to
+from ..oidc.provider import ClientAuth, Provider, ProviderError, make_http_client
+from ..oidc.refresh import Refresher
+from ..oidc.tokens import (
+    _HMAC_ALGORITHMS,
+    ASYMMETRIC_ALGORITHMS,
+    IDTokenValidator,
+    JWTVerifier,
+    KeySet,
+    LogoutTokenValidator,
+    TokenError,
+    peek_header,
+)
+from ..proxy.headers import (
+    canonical_header,
+    drop_connection_named,
+    header_tokens,
+    is_trusted,
+    request_authority,
+    request_host_header,
+)
+from ..proxy.routes import (
+    BadRequestTarget,
+    RouteMatch,
+    RouteTable,
+    normalise_path,
+    request_host,
+    split_target,
+)
+from ..sessions.cookies import (
     CHUNK_SIZE,
     CookieSpec,
     CookieTooLarge,
@@ -50,15 +81,8 @@ from .cookies import (
     set_cookie_headers,
     strip_cookies,
 )
-from .crypto import Sealer
-from .csrf import SAFE_METHODS, CSRFProtection
-from .login import LoginFlow, safe_return_to
-from .metrics import Metrics, NullMetrics
-from .pages import render_error
-from .provider import ClientAuth, Provider, ProviderError, make_http_client
-from .refresh import Refresher
-from .routes import BadRequestTarget, RouteMatch, RouteTable, normalise_path, request_host, split_target
-from .session import (
+from ..sessions.crypto import Sealer
+from ..sessions.session import (
     LIVE,
     ISessionStore,
     Session,
@@ -69,25 +93,8 @@ from .session import (
     session_state,
     size_report,
 )
-from .stores.cookie import CookieStore
-from .tokens import (
-    _HMAC_ALGORITHMS,
-    ASYMMETRIC_ALGORITHMS,
-    IDTokenValidator,
-    JWTVerifier,
-    KeySet,
-    LogoutTokenValidator,
-    TokenError,
-    peek_header,
-)
-from .upstream import (
-    canonical_header,
-    drop_connection_named,
-    is_trusted,
-    request_authority,
-    request_host_header,
-)
-from .websocket import header_tokens
+from ..sessions.stores.cookie import CookieStore
+from .csrf import SAFE_METHODS, CSRFProtection
 
 log = Logger()
 
@@ -618,7 +625,7 @@ class OIDCGuard(Resource):
             self._pass(request, match)
             return
         if route.auth in ("bearer", "session_or_bearer", "optional"):
-            from .bearer import bearer_token
+            from ..oidc.bearer import bearer_token
 
             try:
                 token = bearer_token(authorization)
@@ -755,7 +762,7 @@ class OIDCGuard(Resource):
         @raise ProviderError: 503 C{not_ready} while the IdP's metadata (which
             names the keys) is not loaded; and see L{_external_validator}.
         """
-        from .bearer import BearerValidator
+        from ..oidc.bearer import BearerValidator
 
         provider, oidc = self._provider, self._oidc
         if provider is None or oidc is None:
@@ -795,7 +802,7 @@ class OIDCGuard(Resource):
         @raise ProviderError: 503 C{not_ready} when its C{jwks_file} cannot be
             loaded (tried again on the next request).
         """
-        from .bearer import BearerValidator
+        from ..oidc.bearer import BearerValidator
 
         if self._bearer is None:
             b, oidc = self._config.bearer, self._oidc
@@ -2039,7 +2046,7 @@ def _build_store(config: Config, sealer: Sealer, reactor: Any,
 def _build_redis_store(config: Config, sealer: Sealer, reactor: Any,
                        metrics: Optional[NullMetrics] = None) -> Any:
     """A Redis store from C{[redis]}."""
-    from .stores.redis import RedisStore, build_redis
+    from ..sessions.stores.redis import RedisStore, build_redis
 
     r = config.redis
     assert r is not None

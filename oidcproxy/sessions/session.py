@@ -20,7 +20,7 @@ from zope.interface import Interface
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
 
-    from .config import Config
+    from ..config import Config
 
 
 LIVE = "live"

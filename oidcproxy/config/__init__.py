@@ -203,7 +203,7 @@ class RouteConfig:
     """Origins (besides public_url's) whose pages may open WebSockets here with the session
     cookie, normalised by L{origin_of}; None: the top-level C{websocket_origins}."""
     policy: Any = attr.ib(default=None, eq=False, repr=False)
-    """The compiled L{oidcproxy.policy.Policy} of C{rule} and the allow-lists."""
+    """The compiled L{oidcproxy.config.policy.Policy} of C{rule} and the allow-lists."""
 
     @property
     def name(self) -> str:
@@ -291,7 +291,7 @@ class SessionConfig:
     max_cookie_chunks: int = 5
     claims: str = "all"
     """C{all}: the session keeps every claim; C{used}: only those the proxy reads (see
-    L{oidcproxy.session.claims_in_use})."""
+    L{oidcproxy.sessions.session.claims_in_use})."""
     refresh: str = "on_expiry"
     """C{off}, C{on_expiry} (within C{refresh_leeway} of the access token's expiry) or C{interval}."""
     refresh_leeway: float = 60.0
@@ -1147,7 +1147,7 @@ def _usable_hmac_key(value: str) -> bool:
 def _landing_page(text: str) -> str:
     """A path (a safe same-origin return-to) or an absolute http(s) URL."""
     if text.startswith("/"):
-        from .login import safe_return_to
+        from ..oidc.login import safe_return_to
 
         if safe_return_to(text) is None:
             raise ValueError(f"{text!r} is not a plain same-origin path")

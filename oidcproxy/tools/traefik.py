@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 
 import attr
 
-from .config import HTTP_METHODS, RESERVED_AUTH_PARAMS, _cookie_name, _http_url, _route_host, _route_prefix
+from ..config import HTTP_METHODS, RESERVED_AUTH_PARAMS, _cookie_name, _http_url, _route_host, _route_prefix
 
 __all__ = [
     "Document",
@@ -1154,7 +1154,7 @@ class _Importer:
                     rule: Optional[str]) -> None:
         rule_ok = True
         if rule is not None:
-            from .policy import Policy, RuleSyntaxError
+            from ..config.policy import Policy, RuleSyntaxError
 
             try:
                 Policy.parse(rule)

@@ -14,7 +14,7 @@ it is sent to the provider's introspection endpoint (RFC 7662), otherwise it
 is refused.
 
 Every refusal is a L{TokenError} with a stable C{reason} (the caller answers
-401); the signature and structure codes are those of L{oidcproxy.tokens}:
+401); the signature and structure codes are those of L{oidcproxy.oidc.tokens}:
 
 ==========================================================  ==============================
 Rule                                                        C{reason}
@@ -22,8 +22,8 @@ Rule                                                        C{reason}
 L{bearer_token}: several C{Authorization} headers, no       C{malformed_authorization}
 token after C{Bearer }, characters outside C{b64token}
 not a non-empty ASCII C{str} of at most L{MAX_TOKEN_SIZE}   C{malformed}
-bytes; a JWT that does not parse (see L{oidcproxy.tokens})
-C{alg} not allowed, C{crit} header, unknown C{kid}, no or   as in L{oidcproxy.tokens}
+bytes; a JWT that does not parse (see L{oidcproxy.oidc.tokens})
+C{alg} not allowed, C{crit} header, unknown C{kid}, no or   as in L{oidcproxy.oidc.tokens}
 ambiguous key, bad signature                                (C{alg_not_allowed}...)
 a C{typ} header other than C{at+jwt},                       C{bad_typ}
 C{application/at+jwt} or C{JWT} (any case)
@@ -116,7 +116,7 @@ from typing import Any, Dict, FrozenSet, List, Optional, Sequence, Tuple
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 
-from .flight import fire_waiters
+from ..core.flight import fire_waiters
 from .provider import Provider
 from .tokens import (
     _HMAC_ALGORITHMS,

@@ -19,9 +19,9 @@ from twisted.web import server
 from twisted.web.http import HTTPChannel
 from twisted.web.resource import IResource
 
-from .config import ClientLimits
-from .metrics import NullMetrics
-from .pages import error_body
+from ..config import ClientLimits
+from ..core.metrics import NullMetrics
+from ..core.pages import error_body
 
 access_log = Logger(namespace="oidcproxy.access")
 log = Logger()
@@ -385,7 +385,7 @@ class ProxySite(server.Site):
 
     @param body_limit: C{(host header, raw request target) -> max body bytes}.
     @param metrics: counts the requests refused before they reach the
-        resource (an L{oidcproxy.metrics.Metrics}; the guard counts the rest),
+        resource (an L{oidcproxy.core.metrics.Metrics}; the guard counts the rest),
         the open client connections, the refused ones and the timeouts.
     @param limits: what clients may hold and how slowly they may send;
         replaced on reload (for the connections and deadlines to come).

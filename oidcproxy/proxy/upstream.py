@@ -11,90 +11,44 @@ client that goes away cancels its upstream request.
 
 from __future__ import annotations
 
-import ipaddress
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 from twisted.internet import error as ierror
-from twisted.internet.defer import CancelledError, Deferred, succeed
-from twisted.internet.interfaces import IConsumer, IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import Cooperator
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web import client
-from twisted.web._newclient import HTTP11ClientProtocol
 from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, ResponseDone
-from twisted.web.error import SchemeNotSupported
 from twisted.web.http import NO_BODY_CODES, PotentialDataLoss
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IAgentEndpointFactory, IBodyProducer, IResponse
+from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IBodyProducer, IResponse
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
-from .admission import LogThrottle, QueueFull, SlotQueue
-from .config import QUEUE_MULTIPLE, IPNetwork, RouteConfig, UpstreamSettings
-from .metrics import NullMetrics
-from .pages import render_error
-from .routes import BadRequestTarget, RouteMatch, RouteTable, request_host, split_target
-from .tls import ClientCertificatePolicy, client_certificate, describe_tls_error, trust_root
-from .websocket import SocketRegistry, WebSocketProxy, is_websocket_upgrade
+from ..config import QUEUE_MULTIPLE, IPNetwork, RouteConfig, UpstreamSettings
+from ..core.admission import LogThrottle, QueueFull, SlotQueue
+from ..core.httpclient import BytesProducer, QuietPool
+from ..core.metrics import NullMetrics
+from ..core.pages import render_error
+from .connect import CachedEndpoints, describe_failure, origin, tls_policy
+from .headers import (
+    FORWARDING_HEADERS,
+    HOP_BY_HOP,
+    UNTRUSTED_OVERRIDES,
+    canonical_header,
+    connection_tokens,
+    drop_connection_named,
+    is_trusted,
+    is_websocket_upgrade,
+    request_authority,
+)
+from .routes import BadRequestTarget, RouteMatch, RouteTable
+from .websocket import SocketRegistry, WebSocketProxy
 
 log = Logger()
-
-# RFC 9110 7.6.1: never forwarded; plus whatever Connection names.
-HOP_BY_HOP = frozenset(
-    [
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-    ]
-)
-
-# Connection options still acted on once the client's hop-by-hop headers are
-# gone: the connection's persistence and a WebSocket upgrade.
-_CONNECTION_KEPT = frozenset([b"close", b"keep-alive", b"upgrade"])
-
-# Never removed because a client's Connection names them: the proxy has used
-# them already (Host chose the route; Content-Length and Transfer-Encoding
-# framed the body), and Upgrade is how a WebSocket asks to be one. Each is
-# recomputed or dropped on the way upstream anyway.
-_NOT_CONNECTION_NAMED = frozenset(
-    [b"host", b"content-length", b"transfer-encoding", b"upgrade", b"connection"])
-
-# Set by the proxy from what it knows; a client's copy is dropped unless the
-# peer is a trusted proxy.
-FORWARDING_HEADERS = frozenset(
-    [b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded"]
-)
-
-# Headers that upstream frameworks (IIS, Symfony, Spring, nginx setups) use to
-# override the request URL or the client address. From an untrusted client they
-# would let the upstream route differently than we authorised: dropped.
-UNTRUSTED_OVERRIDES = frozenset(
-    [
-        b"x-original-url",
-        b"x-rewrite-url",
-        b"x-forwarded-prefix",
-        b"x-forwarded-port",
-        b"x-forwarded-server",
-        b"x-forwarded-uri",
-        b"x-forwarded-path",
-        b"x-forwarded-ssl",
-        b"x-forwarded-scheme",
-        b"x-original-host",
-        b"x-host",
-        b"x-real-ip",
-        b"x-client-ip",
-        b"true-client-ip",
-    ]
-)
 
 # Never copied from the client request: recomputed for the upstream hop.
 _REQUEST_RECOMPUTED = frozenset([b"host", b"content-length", b"expect"])
@@ -104,91 +58,6 @@ RETRY_AFTER = b"5"
 
 # Bodies up to this size are in memory already; send them in one write.
 _SMALL_BODY = 256 * 1024
-
-
-def canonical_header(name: bytes) -> bytes:
-    """
-    The spelling-insensitive form of a header name: many servers (CGI, WSGI,
-    PHP, some Go and Java stacks) treat C{X_Forwarded_For} and
-    C{x.forwarded.for} as C{X-Forwarded-For}, so a header the proxy manages
-    must be removed under all of them.
-    """
-    return name.lower().replace(b"_", b"-").replace(b".", b"-")
-
-
-def is_trusted(peer: Optional[str], trusted: Sequence[IPNetwork]) -> bool:
-    if not peer or not trusted:
-        return False
-    try:
-        ip = ipaddress.ip_address(peer)
-    except ValueError:
-        return False
-    return any(ip in net for net in trusted)
-
-
-def request_host_header(request: Request) -> Optional[bytes]:
-    """
-    The request's one C{Host} header. Several are refused (RFC 9112 3.2: a
-    front end and a back end could each pick a different one), and so is an
-    HTTP/1.1 request without one.
-
-    @raise BadRequestTarget: no or several C{Host} headers.
-    """
-    hosts = request.requestHeaders.getRawHeaders(b"host")
-    if hosts is None:
-        if request.clientproto == b"HTTP/1.1":
-            raise BadRequestTarget("missing Host header")
-        return None
-    if len(hosts) != 1:
-        raise BadRequestTarget("several Host headers")
-    return hosts[0]
-
-
-def request_authority(request: Request) -> Optional[bytes]:
-    """
-    The authority a request is for, made its one C{Host} header: with an
-    absolute-form target (C{GET http://host/path}) the target's authority,
-    which replaces the C{Host} the client sent (RFC 9112 3.2.2: a server
-    ignores that Host, and a proxy replaces it); else the C{Host} header.
-    Everything after this reads one value: the route, C{X-Forwarded-Host},
-    C{Forwarded: host=}, the C{Host} passed with C{pass_host_header}.
-
-    @raise BadRequestTarget: no or several C{Host} headers (see
-        L{request_host_header}), a malformed absolute-form authority.
-    """
-    host = request_host_header(request)
-    authority, _ = split_target(request.uri) if request.uri else (None, b"")
-    if authority is None:
-        return host
-    request_host(authority)
-    if authority != host:
-        request.requestHeaders.setRawHeaders(b"host", [authority])
-    return authority
-
-
-def drop_connection_named(headers: Headers) -> None:
-    """
-    Remove the headers that the client's C{Connection} header names as
-    hop-by-hop (RFC 9110 7.6.1), and keep of C{Connection} only the options
-    still acted on (C{close}, C{keep-alive}, C{upgrade}).
-
-    Run on the client's headers before the proxy adds its own (identity,
-    forwarding, C{Authorization}): a client naming those in C{Connection}
-    removes only its own copies, never the proxy's. Running it again
-    changes nothing.
-    """
-    values = headers.getRawHeaders(b"connection")
-    if not values:
-        return
-    tokens = [t.strip().lower() for v in values for t in v.split(b",")]
-    for name in set(tokens) - _CONNECTION_KEPT - _NOT_CONNECTION_NAMED:
-        if name:
-            headers.removeHeader(name)
-    kept = [t for t in dict.fromkeys(tokens) if t in _CONNECTION_KEPT]
-    if kept:
-        headers.setRawHeaders(b"connection", [b", ".join(kept)])
-    else:
-        headers.removeHeader(b"connection")
 
 
 def _peer_host(request: Request) -> Optional[str]:
@@ -202,64 +71,6 @@ def _forwarded_node(host: Optional[str]) -> str:
     if ":" in host:
         return f'"[{host}]"'
     return host
-
-
-@implementer(IBodyProducer)
-class BytesProducer:
-    """A request body that is already in memory, written at once (no reactor needed)."""
-
-    def __init__(self, body: bytes) -> None:
-        self._body = body
-        self.length = len(body)
-
-    def startProducing(self, consumer: IConsumer) -> Deferred:
-        consumer.write(self._body)
-        return succeed(None)
-
-    def pauseProducing(self) -> None:
-        pass
-
-    def resumeProducing(self) -> None:
-        pass
-
-    def stopProducing(self) -> None:
-        pass
-
-
-class _ClientProtocol(HTTP11ClientProtocol):
-    """
-    Twisted's response parser keeps the C{Connection} header to itself, so
-    the headers an upstream names there as hop-by-hop could not be removed.
-    This protocol hands the header to the response it delivers (as
-    C{oidcproxy_connection}).
-    """
-
-    def request(self, request: Any) -> Deferred:
-        d = super().request(request)
-        parser = getattr(self, "_parser", None)
-        connection = getattr(parser, "connHeaders", None)
-        if connection is not None:
-            def attach(response: Any) -> Any:
-                response.oidcproxy_connection = connection.getRawHeaders(b"connection", [])
-                return response
-
-            d.addCallback(attach)
-        return d
-
-
-class _QuietFactory(client._HTTP11ClientFactory):
-    # One "Starting factory"/"Stopping factory" line per upstream connection
-    # is noise in the log and costs time on the hot path.
-    noisy = False
-
-    def buildProtocol(self, addr: Any) -> _ClientProtocol:
-        return _ClientProtocol(self._quiescentCallback)
-
-
-class QuietPool(HTTPConnectionPool):
-    """A connection pool that does not log two lines per new connection."""
-
-    _factory = _QuietFactory
 
 
 class UpstreamClient:
@@ -298,70 +109,6 @@ class UpstreamClient:
         return self.pool.closeCachedConnections()
 
 
-@implementer(IAgentEndpointFactory)
-class CachedEndpoints:
-    """
-    The Agent's connection endpoints, made once per origin rather than per
-    request: Agent asks for one with every request, even when its pool has
-    an idle connection, and building a C{HostnameEndpoint} runs the host
-    name through IDNA each time. IP literals (C{http://[::1]:8080}) get a
-    plain TCP endpoint, which needs neither IDNA nor a resolver.
-    """
-
-    def __init__(self, reactor: Any, policy: Any, connect_timeout: float) -> None:
-        self._reactor = reactor
-        self.policy = policy
-        self._timeout = connect_timeout
-        self._cache: Dict[Tuple[bytes, bytes, int], Any] = {}
-
-    def endpointForURI(self, uri: Any) -> Any:
-        key = (uri.scheme, uri.host, uri.port)
-        endpoint = self._cache.get(key)
-        if endpoint is None:
-            endpoint = self._cache[key] = self._endpoint(uri.scheme, uri.host, uri.port)
-        return endpoint
-
-    def _endpoint(self, scheme: bytes, host: bytes, port: int) -> Any:
-        from twisted.internet.endpoints import (
-            HostnameEndpoint,
-            TCP4ClientEndpoint,
-            TCP6ClientEndpoint,
-            wrapClientTLS,
-        )
-
-        if scheme not in (b"http", b"https"):
-            raise SchemeNotSupported(f"unsupported scheme: {scheme!r}")
-        text = host.decode("ascii")
-        try:
-            address = ipaddress.ip_address(text)
-        except ValueError:
-            endpoint: Any = HostnameEndpoint(self._reactor, host, port, timeout=self._timeout)
-        else:
-            kind = TCP6ClientEndpoint if address.version == 6 else TCP4ClientEndpoint
-            endpoint = kind(self._reactor, text, port, timeout=self._timeout)
-        if scheme == b"https":
-            endpoint = wrapClientTLS(self.policy.creatorForNetloc(host, port), endpoint)
-        return endpoint
-
-
-def tls_policy(settings: UpstreamSettings) -> Any:
-    """
-    How https upstreams are verified, and the client certificate shown to
-    them: C{ca_bundle} (default: the system's CAs), C{client_cert} and
-    C{client_key}. Shared by the Agent and the WebSocket path.
-    """
-    trusted = trust_root(settings.ca_bundle) if settings.ca_bundle else None
-    if settings.client_cert and settings.client_key:
-        certificate, chain = client_certificate(settings.client_cert, settings.client_key)
-        return ClientCertificatePolicy(certificate, chain, trust_root=trusted)
-    return client.BrowserLikePolicyForHTTPS(trustRoot=trusted)
-
-
-def origin(url: str) -> str:
-    """C{scheme://host:port} of a URL (the upstream's base path removed)."""
-    return "/".join(url.split("/", 3)[:3])
-
-
 def _client_key(route: RouteConfig) -> Tuple[Any, ...]:
     s = route.settings
     return (
@@ -387,9 +134,9 @@ class UpstreamProxy(Resource):
     @param client_factory: builds the L{UpstreamClient} of a route; routes with
         the same origin and settings share one. Tests inject agents here.
     @param metrics: times the upstream answers per route (an
-        L{oidcproxy.metrics.Metrics}; default: nothing is counted).
+        L{oidcproxy.core.metrics.Metrics}; default: nothing is counted).
     @param sockets: the process's WebSocket registry
-        (L{oidcproxy.websocket.SocketRegistry}), shared by the proxies a
+        (L{oidcproxy.proxy.websocket.SocketRegistry}), shared by the proxies a
         reload replaces and read by the guard to close a user's sockets at
         logout (default: one of its own).
     @param endpoints: builds the connection of a WebSocket upgrade to a
@@ -686,7 +433,7 @@ class _Exchange:
         out.removeHeader(b"server")
         out.removeHeader(b"content-type")
         setattr(request, "defaultContentType", None)  # noqa: B010
-        connection_named = _connection_tokens(response.headers)
+        connection_named = connection_tokens(response.headers)
         named = getattr(response, "oidcproxy_connection", None)
         if named:
             connection_named = connection_named | frozenset(
@@ -727,7 +474,7 @@ class _Exchange:
         else:
             log.warn(
                 "upstream {upstream} of {route} failed: {reason}",
-                upstream=route.upstream, route=route.name, reason=_describe_failure(failure),
+                upstream=route.upstream, route=route.name, reason=describe_failure(failure),
             )
             body = render_error(request, 502, "bad_gateway",
                                 "The upstream server could not be reached or gave a bad answer.")
@@ -755,33 +502,6 @@ class _Exchange:
                             {b"retry-after": RETRY_AFTER})
         request.write(body)
         request.finish()
-
-
-def _connection_tokens(headers: Headers) -> frozenset:
-    """The header names that a C{Connection} header declares hop-by-hop."""
-    values = headers.getRawHeaders(b"connection")
-    if not values:
-        return frozenset()
-    return frozenset(t.strip().lower() for v in values for t in v.split(b","))
-
-
-def _describe_failure(failure: Failure) -> str:
-    """A one-line reason without URLs, headers or bodies."""
-    reasons: List[Failure] = getattr(failure.value, "reasons", None) or [failure]
-    parts = []
-    for r in reasons:
-        value = r.value
-        if isinstance(value, CancelledError):
-            parts.append("cancelled")
-        elif isinstance(value, ierror.ConnectionRefusedError):
-            parts.append("connection refused")
-        elif isinstance(value, ierror.DNSLookupError):
-            parts.append("DNS lookup failed")
-        elif isinstance(value, ierror.ConnectError):
-            parts.append(f"connect failed ({type(value).__name__})")
-        else:
-            parts.append(describe_tls_error(value) or type(value).__name__)
-    return ", ".join(parts)
 
 
 @implementer(IPushProducer)
@@ -882,7 +602,7 @@ class _BodyRelay(Protocol):
         log.warn(
             "upstream {upstream} of {route} broke off the response: {reason}",
             upstream=self._route.upstream, route=self._route.name,
-            reason=_describe_failure(reason),
+            reason=describe_failure(reason),
         )
         if not getattr(request, "startedWriting", True):
             request.write(render_error(request, 502, "bad_gateway",

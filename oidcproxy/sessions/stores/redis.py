@@ -42,17 +42,17 @@ from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from ...core.metrics import NullMetrics
+from ...core.tls import trust_root
 from ..crypto import Sealer
-from ..metrics import NullMetrics
 from ..session import ISessionStore, OpenedSessions, Session, SessionStoreUnavailable
-from ..tls import trust_root
 
 log = Logger()
 
 T = TypeVar("T")
 
 _SESSION_ID = re.compile(r"[A-Za-z0-9_-]{43}\Z")
-"""What L{oidcproxy.session.new_session_id} makes; anything else is refused unasked."""
+"""What L{oidcproxy.sessions.session.new_session_id} makes; anything else is refused unasked."""
 
 PURPOSE_PREFIX = b"redis-session:"
 
@@ -140,7 +140,7 @@ class RedisStore:
     @param command_timeout: seconds each operation may take, waiting for a
         connection included.
     @param metrics: counts errors and times commands (an
-        L{oidcproxy.metrics.Metrics}; default: nothing is counted).
+        L{oidcproxy.core.metrics.Metrics}; default: nothing is counted).
     """
 
     def __init__(

@@ -64,11 +64,12 @@ from twisted.web import error as weberror
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 
-from .admission import QueueFull, SlotQueue
-from .config import ENDPOINT_KEYS
-from .flight import fire_waiters
-from .metrics import NullMetrics
-from .tls import (
+from ..config import ENDPOINT_KEYS
+from ..core.admission import QueueFull, SlotQueue
+from ..core.flight import fire_waiters
+from ..core.httpclient import BytesProducer, QuietPool
+from ..core.metrics import NullMetrics
+from ..core.tls import (
     ClientCertificatePolicy,
     UnverifiedPolicy,
     client_certificate,
@@ -76,7 +77,6 @@ from .tls import (
     trust_root,
 )
 from .tokens import KeySet, TokenError
-from .upstream import BytesProducer, QuietPool
 
 __all__ = [
     "ClientAuth",
@@ -369,7 +369,7 @@ def make_http_client(
 
     @param client_cert: with C{client_key}, the client certificate presented
         to a provider that asks for one (mutual TLS); see
-        L{oidcproxy.tls.client_certificate}.
+        L{oidcproxy.core.tls.client_certificate}.
     @param insecure_skip_verify: accept any server certificate (for tests
         against a provider with a self-signed certificate only).
     @raise ValueError: C{ca_bundle} holds no certificate; a bad client
@@ -587,7 +587,7 @@ class Provider:
             they override what the provider says.
         @param discovery_params: extra query parameters of the discovery request.
         @param metrics: times the requests and counts JWKS refetches (an
-            L{oidcproxy.metrics.Metrics}; default: nothing is counted).
+            L{oidcproxy.core.metrics.Metrics}; default: nothing is counted).
         @param max_retries: how many more times a discovery, JWKS or userinfo
             request is made after a transport failure, a timeout or a 5xx or
             429 answer; the waits between attempts are C{retry_backoff},

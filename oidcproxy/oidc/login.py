@@ -22,8 +22,8 @@ from urllib.parse import unquote_to_bytes, urlencode, urlsplit
 
 import attr
 
-from .cookies import CookieSpec, clear_cookie_headers, set_cookie_headers
-from .crypto import Sealer
+from ..sessions.cookies import CookieSpec, clear_cookie_headers, set_cookie_headers
+from ..sessions.crypto import Sealer
 
 STATE_PURPOSE = b"state"
 MAX_RETURN_TO = 2048
@@ -128,7 +128,7 @@ class LoginAttempt:
 class StateNames:
     """
     A container of the state cookies' names, for
-    L{oidcproxy.cookies.strip_cookies}: every name made of the state cookie's
+    L{oidcproxy.sessions.cookies.strip_cookies}: every name made of the state cookie's
     wire name, C{_} and a suffix.
     """
 

@@ -33,9 +33,9 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
-from .metrics import NullMetrics
+from ..core.metrics import NullMetrics
+from ..sessions.session import Session, SessionStoreUnavailable
 from .provider import Provider, ProviderError
-from .session import Session, SessionStoreUnavailable
 from .tokens import TokenError, peek_header
 
 log = Logger()
@@ -94,7 +94,7 @@ class Refresher:
     @param lease: how long a cross-process refresh lock is held at most; longer
         than the IdP timeout.
     @param metrics: counts each refresh by outcome (an
-        L{oidcproxy.metrics.Metrics}; default: nothing is counted).
+        L{oidcproxy.core.metrics.Metrics}; default: nothing is counted).
     """
 
     def __init__(

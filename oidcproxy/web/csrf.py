@@ -29,7 +29,7 @@ from typing import List, Mapping, Optional, Sequence
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from .cookies import CookieSpec, clear_cookie_headers, set_cookie_headers
+from ..sessions.cookies import CookieSpec, clear_cookie_headers, set_cookie_headers
 
 SAFE_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE"})
 """Methods that pass without a token (and get the cookie). Every other one needs it."""

@@ -50,14 +50,15 @@ from twisted.internet.interfaces import IDelayedCall, IPushProducer, IStreamClie
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.http import HTTPChannel
 from twisted.web.http_headers import Headers
 from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
-from .config import RouteConfig, UpstreamSettings
-from .metrics import NullMetrics
-from .pages import render_error
+from ..config import RouteConfig, UpstreamSettings
+from ..core.metrics import NullMetrics
+from ..core.pages import render_error
+from .connect import describe_failure, tls_policy
+from .headers import HOP_BY_HOP, header_tokens, is_websocket_upgrade
 from .routes import RouteMatch
 
 log = Logger()
@@ -74,26 +75,6 @@ _BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 
 EndpointFactory = Callable[[RouteConfig], IStreamClientEndpoint]
 """Builds the connection to a route's upstream (tests inject their own)."""
-
-
-def header_tokens(headers: Headers, name: bytes) -> frozenset:
-    """The comma-separated tokens of header C{name}, lower case."""
-    return frozenset(t.strip().lower() for v in headers.getRawHeaders(name, []) for t in v.split(b","))
-
-
-def is_websocket_upgrade(request: Any) -> bool:
-    """
-    Whether C{request} asks for a WebSocket (RFC 6455 4.1): an HTTP/1.1 GET
-    with C{Connection: Upgrade} and C{Upgrade: websocket}, on an HTTP/1.1
-    channel (HTTP/2 has no C{Upgrade}).
-    """
-    if request.method != b"GET" or request.clientproto != b"HTTP/1.1":
-        return False
-    if not isinstance(getattr(request, "channel", None), HTTPChannel):
-        return False
-    headers = request.requestHeaders
-    return b"upgrade" in header_tokens(headers, b"connection") and \
-        b"websocket" in header_tokens(headers, b"upgrade")
 
 
 def parse_response_head(head: bytes) -> Tuple[int, bytes, List[Tuple[bytes, bytes]]]:
@@ -224,7 +205,6 @@ class UpstreamEndpoints:
         self._policies: Dict[Tuple[Optional[str], ...], Any] = {}
 
     def _policy(self, settings: UpstreamSettings) -> Any:
-        from .upstream import tls_policy
 
         key = (settings.ca_bundle, settings.client_cert, settings.client_key)
         if key not in self._policies:
@@ -302,7 +282,7 @@ class SocketRegistry:
 
 class WebSocketProxy:
     """
-    The upgrade path of L{oidcproxy.upstream.UpstreamProxy}.
+    The upgrade path of L{oidcproxy.proxy.upstream.UpstreamProxy}.
 
     @param clock: for the handshake timeout, the lifetime and close timers.
     @param sockets: the process's registry (shared with the guard for logout).
@@ -439,9 +419,8 @@ class _Upgrade:
         if failure.check(ierror.TimeoutError):
             self._fail(504, "upstream_timeout", "connect timeout")
         else:
-            from .upstream import _describe_failure
 
-            self._fail(502, "upstream_failed", _describe_failure(failure))
+            self._fail(502, "upstream_failed", describe_failure(failure))
 
     def upstream_connected(self, upstream: _UpstreamSide) -> None:
         self._connecting = None
@@ -534,10 +513,9 @@ class _Upgrade:
     def upstream_lost(self, reason: Failure) -> None:
         state = self.state
         if state == "waiting":
-            from .upstream import _describe_failure
 
             self._fail(502, "upstream_failed",
-                       "closed before answering (" + _describe_failure(reason) + ")")
+                       "closed before answering (" + describe_failure(reason) + ")")
         elif state == "answering":
             self._answer_lost()
         elif state == "open":
@@ -578,7 +556,6 @@ class _Upgrade:
         out.removeHeader(b"server")
         out.removeHeader(b"content-type")
         setattr(request, "defaultContentType", None)  # noqa: B010
-        from .upstream import HOP_BY_HOP
 
         named = header_tokens(raw, b"connection")
         for name, value in headers:
@@ -642,7 +619,6 @@ class _Upgrade:
 
     def _switch(self, reason: bytes, headers: List[Tuple[bytes, bytes]], rest: bytes) -> None:
         """The upstream said 101: relay it and splice the two connections."""
-        from .upstream import HOP_BY_HOP
 
         raw = Headers()
         for name, value in headers:

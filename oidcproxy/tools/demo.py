@@ -53,8 +53,8 @@ from twisted.logger import Logger
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Site
 
-from .config import Config, parse_config
-from .service import ListenError, ListenerService, ProxyService
+from ..config import Config, parse_config
+from ..service import ListenError, ListenerService, ProxyService
 
 __all__ = [
     "DEFAULT_LISTEN",

@@ -1,0 +1,1 @@
+"""What every layer uses: metrics counters, shared waiters, TLS contexts, error pages."""

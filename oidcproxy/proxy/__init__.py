@@ -1,0 +1,1 @@
+"""The proxy engine: routes, the streaming upstream, the WebSocket splice."""

@@ -1,0 +1,105 @@
+"""
+How the proxy reaches its upstreams: the TLS policy of a route (CA bundle,
+client certificate), connection endpoints made once per origin, and a
+one-line description of a failed connection. Shared by the streaming proxy
+and the WebSocket splice.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any, Dict, List, Tuple
+
+from twisted.internet import error as ierror
+from twisted.internet.defer import CancelledError
+from twisted.python.failure import Failure
+from twisted.web import client
+from twisted.web.error import SchemeNotSupported
+from twisted.web.iweb import IAgentEndpointFactory
+from zope.interface import implementer
+
+from ..config import UpstreamSettings
+from ..core.tls import ClientCertificatePolicy, client_certificate, describe_tls_error, trust_root
+
+
+@implementer(IAgentEndpointFactory)
+class CachedEndpoints:
+    """
+    The Agent's connection endpoints, made once per origin rather than per
+    request: Agent asks for one with every request, even when its pool has
+    an idle connection, and building a C{HostnameEndpoint} runs the host
+    name through IDNA each time. IP literals (C{http://[::1]:8080}) get a
+    plain TCP endpoint, which needs neither IDNA nor a resolver.
+    """
+
+    def __init__(self, reactor: Any, policy: Any, connect_timeout: float) -> None:
+        self._reactor = reactor
+        self.policy = policy
+        self._timeout = connect_timeout
+        self._cache: Dict[Tuple[bytes, bytes, int], Any] = {}
+
+    def endpointForURI(self, uri: Any) -> Any:
+        key = (uri.scheme, uri.host, uri.port)
+        endpoint = self._cache.get(key)
+        if endpoint is None:
+            endpoint = self._cache[key] = self._endpoint(uri.scheme, uri.host, uri.port)
+        return endpoint
+
+    def _endpoint(self, scheme: bytes, host: bytes, port: int) -> Any:
+        from twisted.internet.endpoints import (
+            HostnameEndpoint,
+            TCP4ClientEndpoint,
+            TCP6ClientEndpoint,
+            wrapClientTLS,
+        )
+
+        if scheme not in (b"http", b"https"):
+            raise SchemeNotSupported(f"unsupported scheme: {scheme!r}")
+        text = host.decode("ascii")
+        try:
+            address = ipaddress.ip_address(text)
+        except ValueError:
+            endpoint: Any = HostnameEndpoint(self._reactor, host, port, timeout=self._timeout)
+        else:
+            kind = TCP6ClientEndpoint if address.version == 6 else TCP4ClientEndpoint
+            endpoint = kind(self._reactor, text, port, timeout=self._timeout)
+        if scheme == b"https":
+            endpoint = wrapClientTLS(self.policy.creatorForNetloc(host, port), endpoint)
+        return endpoint
+
+
+def tls_policy(settings: UpstreamSettings) -> Any:
+    """
+    How https upstreams are verified, and the client certificate shown to
+    them: C{ca_bundle} (default: the system's CAs), C{client_cert} and
+    C{client_key}. Shared by the Agent and the WebSocket path.
+    """
+    trusted = trust_root(settings.ca_bundle) if settings.ca_bundle else None
+    if settings.client_cert and settings.client_key:
+        certificate, chain = client_certificate(settings.client_cert, settings.client_key)
+        return ClientCertificatePolicy(certificate, chain, trust_root=trusted)
+    return client.BrowserLikePolicyForHTTPS(trustRoot=trusted)
+
+
+def origin(url: str) -> str:
+    """C{scheme://host:port} of a URL (the upstream's base path removed)."""
+    return "/".join(url.split("/", 3)[:3])
+
+
+def describe_failure(failure: Failure) -> str:
+    """A one-line reason without URLs, headers or bodies."""
+    reasons: List[Failure] = getattr(failure.value, "reasons", None) or [failure]
+    parts = []
+    for r in reasons:
+        value = r.value
+        if isinstance(value, CancelledError):
+            parts.append("cancelled")
+        elif isinstance(value, ierror.ConnectionRefusedError):
+            parts.append("connection refused")
+        elif isinstance(value, ierror.DNSLookupError):
+            parts.append("DNS lookup failed")
+        elif isinstance(value, ierror.ConnectError):
+            parts.append(f"connect failed ({type(value).__name__})")
+        else:
+            parts.append(describe_tls_error(value) or type(value).__name__)
+    return ", ".join(parts)

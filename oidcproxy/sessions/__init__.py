@@ -1,0 +1,1 @@
+"""Sessions: the model, sealing, cookie chunking, and the stores."""

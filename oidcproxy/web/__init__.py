@@ -1,0 +1,1 @@
+"""The guard: dispatch, endpoints, identity headers, CSRF, the HTTP server side."""
