@@ -84,12 +84,10 @@ it, or a value taken from it.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 import json
 import math
-import re
 from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Optional, Sequence, Tuple
 
 import attr
@@ -101,6 +99,8 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from jwt.algorithms import HMACAlgorithm
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+
+from ..core.encoding import b64url_decode, b64url_encode
 
 __all__ = [
     "BACKCHANNEL_LOGOUT_EVENT",
@@ -168,8 +168,6 @@ _AT_HASH_FUNCTIONS: Dict[str, Callable[[bytes], Any]] = {
     "EdDSA": hashlib.sha512,
 }
 
-_BASE64URL = re.compile(r"[A-Za-z0-9_-]*")
-
 # Everything malformed input can make the parsers and pyjwt raise.
 _DECODE_ERRORS = (
     ValueError,  # includes json.JSONDecodeError, UnicodeDecodeError, binascii.Error
@@ -198,25 +196,6 @@ class TokenError(Exception):
 
     def __str__(self) -> str:
         return f"{self.reason}: {self.detail}"
-
-
-def _b64url_decode(segment: str) -> bytes:
-    """
-    Decode one unpadded base64url segment strictly: only the URL-safe
-    alphabet, no C{=}, and the canonical encoding of what it decodes to.
-
-    @raise ValueError: on anything else.
-    """
-    if len(segment) % 4 == 1 or _BASE64URL.fullmatch(segment) is None:
-        raise ValueError("not base64url")
-    data = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
-    if base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii") != segment:
-        raise ValueError("not canonical base64url")
-    return data
-
-
-def _b64url_encode(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
 def _object_without_duplicates(pairs: List[Tuple[str, Any]]) -> Dict[str, Any]:
@@ -274,9 +253,9 @@ def _split(token: Any) -> Tuple[Dict[str, Any], bytes]:
         raise TokenError("malformed", "The token does not have exactly three segments.")
     header_segment, payload_segment, signature_segment = segments
     try:
-        header_bytes = _b64url_decode(header_segment)
-        payload = _b64url_decode(payload_segment)
-        _b64url_decode(signature_segment)
+        header_bytes = b64url_decode(header_segment)
+        payload = b64url_decode(payload_segment)
+        b64url_decode(signature_segment)
     except ValueError:
         raise TokenError("malformed", "A token segment is not valid base64url.") from None
     try:
@@ -578,7 +557,7 @@ def _at_hash(alg: str, access_token: str) -> Optional[str]:
     except UnicodeEncodeError:
         return None
     digest = function(data).digest()
-    return _b64url_encode(digest[: len(digest) // 2])
+    return b64url_encode(digest[: len(digest) // 2])
 
 
 def _check_sub(sub: Any) -> None:

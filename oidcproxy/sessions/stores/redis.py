@@ -26,7 +26,6 @@ L{build_redis} imports it, when it is called.
 
 from __future__ import annotations
 
-import base64
 import collections
 import hashlib
 import math
@@ -42,6 +41,7 @@ from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from ...core.encoding import b64url_encode
 from ...core.metrics import NullMetrics
 from ...core.tls import trust_root
 from ..crypto import Sealer
@@ -117,7 +117,7 @@ return 0
 def hashed(text: str) -> str:
     """URL-safe base64 (unpadded) of the SHA-256 of C{text}: how Redis names ids, subs and sids."""
     digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
-    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+    return b64url_encode(digest)
 
 
 def _positive(name: str, value: float) -> float:
