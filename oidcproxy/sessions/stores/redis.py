@@ -159,7 +159,7 @@ class RedisStore:
         self._prefix = key_prefix
         self._timeout = _positive("command_timeout", command_timeout)
         self._metrics = metrics if metrics is not None else NullMetrics()
-        self._opened = OpenedSessions()
+        self._opened = OpenedSessions(clock)
 
     # keys
 
