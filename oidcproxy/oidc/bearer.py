@@ -118,18 +118,9 @@ from twisted.internet.interfaces import IReactorTime
 
 from ..core.cache import BoundedCache
 from ..core.flight import fire_waiters
+from .jws import HMAC_ALGORITHMS, MAX_KID_LENGTH, MAX_TOKEN_SIZE, JWTVerifier, KeySet, TokenError, peek_header
 from .provider import Provider
-from .tokens import (
-    _HMAC_ALGORITHMS,
-    MAX_KID_LENGTH,
-    MAX_TOKEN_SIZE,
-    JWTVerifier,
-    KeySet,
-    TokenError,
-    _ClaimsValidator,
-    _number,
-    peek_header,
-)
+from .tokens import ClaimsValidator, finite_number
 
 __all__ = ["BearerValidator", "bearer_token"]
 
@@ -214,7 +205,7 @@ def _audiences(value: Any) -> Optional[List[str]]:
     return None
 
 
-class BearerValidator(_ClaimsValidator):
+class BearerValidator(ClaimsValidator):
     """
     Validates access tokens presented as C{Authorization: Bearer <token>}.
 
@@ -270,7 +261,7 @@ class BearerValidator(_ClaimsValidator):
             raise ValueError("audiences must be a non-empty sequence of strings")
         if not all(isinstance(a, str) and a for a in audiences):
             raise ValueError("audiences must be non-empty strings")
-        cache_for = _number(introspection_cache)
+        cache_for = finite_number(introspection_cache)
         if cache_for is None or cache_for < 0:
             raise ValueError("introspection_cache must be a finite number of seconds, at least 0")
         if isinstance(cache_size, bool) or not isinstance(cache_size, int) or cache_size < 0:
@@ -343,7 +334,7 @@ class BearerValidator(_ClaimsValidator):
             isinstance(kid, str) and len(kid) <= MAX_KID_LENGTH
         ):
             kid = None
-        if header["alg"] in self.verifier.algorithms & _HMAC_ALGORITHMS:
+        if header["alg"] in self.verifier.algorithms & HMAC_ALGORITHMS:
             # Checked with the configured secret only: the provider's keys
             # are not needed (nor waited for).
             keys = _NO_KEYS
@@ -351,7 +342,7 @@ class BearerValidator(_ClaimsValidator):
             keys = await self._provider.keys_for(kid)
         header, claims = self.verifier.verify(token, keys)
         self._check_jwt(header, claims)
-        exp = _number(claims["exp"])
+        exp = finite_number(claims["exp"])
         assert exp is not None  # _check_times made sure
         self._store(key, claims, exp)
         return claims
@@ -438,7 +429,7 @@ class BearerValidator(_ClaimsValidator):
                 raise TokenError("bad_client_id",
                                  "The token was issued to a client that is not accepted here.")
         valid_until = now + self.introspection_cache
-        exp = _number(answer.get("exp"))
+        exp = finite_number(answer.get("exp"))
         if exp is not None:
             valid_until = min(valid_until, exp)
         self._store(key, answer, valid_until)

@@ -76,7 +76,7 @@ from ..core.tls import (
     describe_tls_error,
     trust_root,
 )
-from .tokens import KeySet, TokenError
+from .jws import KeySet, TokenError
 
 __all__ = [
     "ClientAuth",

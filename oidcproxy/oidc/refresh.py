@@ -35,8 +35,8 @@ from twisted.logger import Logger
 from ..core.cache import BoundedCache
 from ..core.metrics import NullMetrics
 from ..sessions.session import Session, SessionStoreUnavailable
+from .jws import TokenError, peek_header
 from .provider import Provider, ProviderError
-from .tokens import TokenError, peek_header
 
 log = Logger()
 
