@@ -108,7 +108,7 @@ async def populate(reactor: Any, config: Any, header: str, count: int, concurren
     redis = config.redis
     if redis is None or config.session.store != "redis":
         raise SystemExit("sessions.py: the configuration has no Redis session store")
-    pool = build_redis(redis.url, password=redis.password.reveal() if redis.password else None,
+    pool = build_redis(reactor, redis.url, password=redis.password.reveal() if redis.password else None,
                        username=redis.username, pool_size=4, connect_timeout=redis.connect_timeout,
                        command_timeout=30.0)
     store = RedisStore(pool, sealer_of(config), reactor, key_prefix=redis.key_prefix,

@@ -2051,7 +2051,7 @@ def _build_redis_store(config: Config, sealer: Sealer, reactor: Any,
     r = config.redis
     assert r is not None
     pool = build_redis(
-        r.url,
+        reactor, r.url,
         password=r.password.reveal() if r.password else None,
         username=r.username,
         pool_size=r.pool_size,
