@@ -50,8 +50,9 @@ from __future__ import annotations
 from typing import Any, Dict, List, Mapping, Optional
 
 from treq.client import HTTPClient
-from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -166,8 +167,7 @@ class Provider:
 
         self._running = False
         self._loading: Optional[Deferred[None]] = None
-        self._retry_call: Optional[IDelayedCall] = None
-        self._retry_delay = self._retry_initial
+        """The background loading (L{start}) until it is done or stopped."""
         self._ready_waiters: List[Deferred[Provider]] = []
 
     # -- life cycle
@@ -186,11 +186,10 @@ class Provider:
         if self._running:
             return
         self._running = True
-        self._retry_delay = self._retry_initial
         if self.ready:
             self._fire_ready()
             return
-        self._attempt()
+        self._loading = Deferred.fromCoroutine(self._keep_loading())
 
     def stop(self) -> None:
         """
@@ -198,9 +197,9 @@ class Provider:
         (their callers get 503 C{stopped}). Cached keys stay usable.
         """
         self._running = False
-        if self._retry_call is not None and self._retry_call.active():
-            self._retry_call.cancel()
-        self._retry_call = None
+        loading, self._loading = self._loading, None
+        if loading is not None:
+            loading.cancel()
         self._transport.stop()
 
     def when_ready(self) -> Deferred[Provider]:
@@ -217,35 +216,37 @@ class Provider:
             if not d.called:
                 d.callback(self)
 
-    def _attempt(self) -> None:
-        self._retry_call = None
-        if not self._running or self._loading is not None:
-            return
-        d = Deferred.fromCoroutine(self._load())
-        self._loading = d
-        d.addCallbacks(self._loaded, self._load_failed)
+    async def _keep_loading(self) -> None:
+        """
+        Load until loaded, waiting C{retry_initial} seconds after a failure,
+        then twice as long each time up to C{retry_max}; L{stop} ends it.
+        Every failure is logged; none is the caller's.
+        """
+        delay = self._retry_initial
+        while True:
+            loaded = await Deferred.fromCoroutine(self._load()).addCallbacks(
+                self._loaded, self._not_loaded, errbackArgs=(delay,))
+            if loaded or not self._running:
+                return
+            try:
+                await deferLater(self._clock, delay, lambda: None)
+            except CancelledError:
+                return
+            delay = min(delay * 2, self._retry_max)
 
-    async def _load(self) -> None:
-        if self.metadata is None:
-            self.metadata = await self._discover()
-        await self._keys.fetch()
-
-    def _loaded(self, _: object) -> None:
-        self._loading = None
-        self._retry_delay = self._retry_initial
+    def _loaded(self, _: object) -> bool:
         log.info(
             "OpenID provider {issuer} ready: {count} signing key(s)",
             issuer=self.issuer,
             count=len(self._keys.keys.keys) if self._keys.keys is not None else 0,
         )
         self._fire_ready()
+        return True
 
-    def _load_failed(self, failure: Failure) -> None:
-        self._loading = None
-        if not self._running:
-            return
-        delay = self._retry_delay
-        self._retry_delay = min(delay * 2, self._retry_max)
+    def _not_loaded(self, failure: Failure, delay: float) -> bool:
+        """Log why loading failed (not when stopping), to be tried again in C{delay} seconds."""
+        if not self._running or failure.check(CancelledError):
+            return False
         if failure.check(ProviderError):
             error = failure.value
             assert isinstance(error, ProviderError)
@@ -263,7 +264,12 @@ class Provider:
                 issuer=self.issuer,
                 delay=delay,
             )
-        self._retry_call = self._clock.callLater(delay, self._attempt)
+        return False
+
+    async def _load(self) -> None:
+        if self.metadata is None:
+            self.metadata = await self._discover()
+        await self._keys.fetch()
 
     async def _discover(self) -> ProviderMetadata:
         return await discover(self._transport, self.issuer, self._discovery_params, self._overrides)

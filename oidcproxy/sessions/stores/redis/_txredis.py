@@ -254,36 +254,43 @@ class SentinelEndpoint:
                  held=f" ({held} more like it held back)" if held else "")
 
     def _discover(self) -> Deferred[Tuple[str, int]]:
+        """
+        The master's address, from the first Sentinel that names a healthy
+        one; the others' questions are then withdrawn. Fails with
+        L{txredisapi.MasterNotFoundError} when none did within the
+        manager's C{discovery_timeout} (of the clock).
+        """
         manager = self._factory.sentinel_manager
         name = self._factory.service_name
         asked: List[Deferred[Any]] = []
 
-        def finish() -> None:
-            if timer.active():
-                timer.cancel()
+        def withdraw(_: Any = None) -> None:
             for d in asked:
                 d.cancel()
 
-        result: Deferred[Tuple[str, int]] = Deferred(lambda _: finish())
+        result: Deferred[Tuple[str, int]] = Deferred(withdraw)
 
         def answered(masters: Any) -> None:
             state = masters.get(name) if isinstance(masters, dict) else None
             if result.called or not state or not manager.check_master_state(state):
                 return
-            # Read before anything is ended: an answer without a usable
+            # Read before anything is withdrawn: an answer without a usable
             # address fails here (logged by _unanswered), and the others,
             # or the deadline, still decide.
             address = (state["ip"], int(state["port"]))
-            finish()
+            withdraw()
             result.callback(address)
 
-        def timed_out() -> None:
-            finish()
-            result.errback(txredisapi.MasterNotFoundError(
-                f"no Sentinel named a healthy master {name!r} in time"))
+        def no_master(outcome: Any, timeout: float) -> Any:
+            if not isinstance(outcome, Failure):
+                return outcome
+            raise txredisapi.MasterNotFoundError(
+                f"no Sentinel named a healthy master {name!r} in time")
 
-        timer = self._clock.callLater(manager.discovery_timeout, timed_out)
+        result.addTimeout(manager.discovery_timeout, self._clock, onTimeoutCancel=no_master)
         for sentinel in manager.sentinels:
+            if result.called:
+                break
             asked.append(sentinel.sentinel_masters().addCallback(answered)
                          .addErrback(self._unanswered, sentinel))
         return result
