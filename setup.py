@@ -13,7 +13,8 @@ setup(
     python_requires=">=3.9",
     packages=[
         "oidcproxy", "oidcproxy.core", "oidcproxy.config", "oidcproxy.sessions",
-        "oidcproxy.sessions.stores", "oidcproxy.oidc", "oidcproxy.proxy", "oidcproxy.web",
+        "oidcproxy.sessions.stores", "oidcproxy.sessions.stores.redis", "oidcproxy.oidc",
+        "oidcproxy.proxy", "oidcproxy.web",
         "oidcproxy.tools", "twisted.plugins",
     ],
     package_data={"twisted": ["plugins/oidcproxy_plugin.py"]},

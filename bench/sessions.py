@@ -72,6 +72,7 @@ def result(values: Dict[str, Any]) -> None:
 
 def sizes(config: Any, header: str) -> Dict[str, Any]:
     from twisted.internet.defer import Deferred
+    from twisted.internet.task import Clock
     from twisted.python.failure import Failure
 
     from oidcproxy.sessions.cookies import CHUNK_SIZE
@@ -88,8 +89,8 @@ def sizes(config: Any, header: str) -> Dict[str, Any]:
             raise SystemExit(f"sessions.py: the cookie store did not open the session: {found!r}")
         return found[0]
 
-    session = now(CookieStore(sealer).load(value))
-    lean = now(CookieStore(sealer, store_tokens=False).save(session))
+    session = now(CookieStore(sealer, Clock()).load(value))
+    lean = now(CookieStore(sealer, Clock(), store_tokens=False).save(session))
     return {
         "with_tokens_bytes": len(value),
         "with_tokens_chunks": math.ceil(len(value) / CHUNK_SIZE),
@@ -107,7 +108,7 @@ async def populate(reactor: Any, config: Any, header: str, count: int, concurren
     redis = config.redis
     if redis is None or config.session.store != "redis":
         raise SystemExit("sessions.py: the configuration has no Redis session store")
-    pool = build_redis(redis.url, password=redis.password.reveal() if redis.password else None,
+    pool = build_redis(reactor, redis.url, password=redis.password.reveal() if redis.password else None,
                        username=redis.username, pool_size=4, connect_timeout=redis.connect_timeout,
                        command_timeout=30.0)
     store = RedisStore(pool, sealer_of(config), reactor, key_prefix=redis.key_prefix,

@@ -14,6 +14,7 @@ import ssl
 from typing import Any, List, Optional, Sequence, Tuple, Union
 
 from .config import RedisConfig
+from .sessions.stores.redis import parse_redis_url
 
 Reply = Union[str, bytes, int, None, List[Any], "RedisReplyError"]
 
@@ -97,11 +98,10 @@ def check_redis(redis: RedisConfig) -> Optional[str]:
     @return: None when Redis answered C{PONG}; otherwise the reason, naming
         the address.
     """
-    from .sessions.stores.redis import _parse_url
-
-    tls, host, port, url_user, url_password, _db = _parse_url(redis.url)
-    username = redis.username if redis.username is not None else url_user
-    password = redis.password.reveal() if redis.password is not None else url_password
+    url = parse_redis_url(redis.url)
+    tls, host, port = url.tls, url.host, url.port
+    username = redis.username if redis.username is not None else url.username
+    password = redis.password.reveal() if redis.password is not None else url.password
     timeouts = (redis.connect_timeout, redis.command_timeout)
     if redis.sentinel:
         found = _master_from_sentinels(redis.sentinel, redis.master_name or "", tls,

@@ -585,6 +585,17 @@ class CacheTests(_Base):
         self.accepted(env, idle)
         self.assertEqual(env.verify_calls, calls + 1)
 
+    def test_unused_entry_lapses_without_other_traffic(self):
+        """A validation unused for CACHE_IDLE is not served again, even when nothing else was cached since."""
+        from oidcproxy.oidc.bearer import CACHE_IDLE
+
+        env = self.env()
+        token = access_token(at_claims(exp=NOW + 3 * CACHE_IDLE))
+        self.accepted(env, token)
+        env.clock.advance(CACHE_IDLE)
+        self.accepted(env, token)
+        self.assertEqual(env.verify_calls, 2)
+
     def test_failures_not_cached(self):
         """A refused token is checked again every time; so is one refused because the IdP was down."""
         env = self.env()
@@ -613,7 +624,8 @@ class CacheTests(_Base):
         self.accepted(env, token)
         (key,) = env.validator._cache.keys()
         self.assertEqual(len(key), 32)
-        self.assertNotIn(token.encode(), repr(env.validator._cache).encode())
+        self.assertNotIn(token.encode(), key)
+        self.assertNotIn(token, repr(env.validator._cache.peek(key)))
 
 
 # -- opaque tokens: introspection -----------------------------------------------

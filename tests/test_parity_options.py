@@ -449,11 +449,10 @@ class SlidingSessionTests(SynchronousTestCase):
     def test_redis_ttl_follows(self):
         """In Redis the entry's TTL is the sliding expiry too (idle window, capped by lifetime)."""
         redis = RecordingRedis()
-        store = RedisStore(redis, Sealer([b"r" * 32]), None)  # type: ignore[arg-type]
         h = BuiltHarness(self, make_config(session=dict(self.SLIDING, store="redis"),
                                            redis={"url": "redis://127.0.0.1:6379/0"}),
                          start=False)
-        store._clock = h.clock
+        store = RedisStore(redis, Sealer([b"r" * 32]), h.clock)
         h.guard = OIDCGuard(h.config, h.app, h.clock, store=store, idp_http=h.stub)
         self.addCleanup(h.guard.stop)
         h.guard.start()
@@ -471,11 +470,10 @@ class SlidingSessionTests(SynchronousTestCase):
     def test_redis_ttl_capped_by_lifetime(self):
         """Near the end of the lifetime the TTL is what the lifetime has left."""
         redis = RecordingRedis()
-        store = RedisStore(redis, Sealer([b"r" * 32]), None)  # type: ignore[arg-type]
         h = BuiltHarness(self, make_config(session=dict(self.SLIDING, store="redis"),
                                            redis={"url": "redis://127.0.0.1:6379/0"}),
                          start=False)
-        store._clock = h.clock
+        store = RedisStore(redis, Sealer([b"r" * 32]), h.clock)
         h.guard = OIDCGuard(h.config, h.app, h.clock, store=store, idp_http=h.stub)
         self.addCleanup(h.guard.stop)
         h.guard.start()

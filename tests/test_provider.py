@@ -35,7 +35,9 @@ from twisted.web.client import Agent
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
+from oidcproxy.oidc import jwks as jwks_module
 from oidcproxy.oidc import provider as provider_module
+from oidcproxy.oidc import transport as transport_module
 from oidcproxy.oidc.provider import (
     ClientAuth,
     Provider,
@@ -241,8 +243,10 @@ class Harness:
 
 
 def capture_logs(case: SynchronousTestCase) -> List[Dict[str, Any]]:
+    """What the provider's modules log from now on (kept from the global log, and from trial)."""
     events: List[Dict[str, Any]] = []
-    case.patch(provider_module, "log", Logger(namespace="oidcproxy.oidc.provider", observer=events.append))
+    for module in (provider_module, transport_module, jwks_module):
+        case.patch(module, "log", Logger(namespace=module.__name__, observer=events.append))
     return events
 
 
@@ -1270,7 +1274,7 @@ class ConcurrencyTests(SynchronousTestCase):
         for d in (first, second):
             self.assertEqual(self.failureResultOf(d, ProviderError).value.reason, "stopped")
         self.assertEqual(h.clock.getDelayedCalls(), [])
-        self.assertEqual(h.provider._slots.waiting, 0)
+        self.assertEqual(h.provider._transport.slots.waiting, 0)
 
     def test_bad_limits(self):
         """The limits are integers: at least 1 in flight, at least 0 waiting."""
@@ -1326,6 +1330,20 @@ class UserinfoTests(SynchronousTestCase):
         h.provider.metadata = ProviderMetadata(ISSUER, AUTHORIZATION_ENDPOINT, TOKEN_ENDPOINT, JWKS_URI)
         error = self.failureResultOf(h.run(h.provider.userinfo("AT-1")), ProviderError).value
         self.assertEqual((error.status, error.reason), (502, "no_userinfo_endpoint"))
+
+    def test_dropped_body_noted(self):
+        """
+        An answer whose Content-Length is over the limit is dropped unread:
+        the failed reading of its body is logged (at debug level), not lost.
+        """
+        events = capture_logs(self)
+        h = _ready(self, max_response_size=2000)
+        h.idp.handlers[USERINFO_PATH] = lambda r: answer({"sub": "u", "x": "y" * 2000})
+        error = self.failureResultOf(h.run(h.provider.userinfo("AT-1")), ProviderError).value
+        self.assertEqual(error.reason, "response_too_large")
+        dropped = [e for e in events if "dropped unread" in e.get("log_format", "")]
+        self.assertEqual(len(dropped), 1)
+        self.assertIn("userinfo endpoint", logged_text(dropped))
 
     def test_too_large_and_timeout(self):
         h = _ready(self, max_response_size=2000, timeout=2.0)

@@ -8,9 +8,10 @@ import base64
 import json
 from typing import Any, Dict
 
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from oidcproxy.sessions.session import Session, new_session_id, session_state
+from oidcproxy.sessions.session import OpenedSessions, Session, new_session_id, session_state
 
 
 def full_session() -> Session:
@@ -259,9 +260,7 @@ class OpenedSessionsTests(SynchronousTestCase):
                        expires=2.0)
 
     def test_hit_and_lru(self):
-        from oidcproxy.sessions.session import OpenedSessions
-
-        cache = OpenedSessions(max_entries=2)
+        cache = OpenedSessions(Clock(), max_entries=2)
         a, b, c = self.session(1), self.session(2), self.session(3)
         cache.put("a", 1, a)
         cache.put("b", 1, b)
@@ -274,28 +273,25 @@ class OpenedSessionsTests(SynchronousTestCase):
 
     def test_working_set_only(self):
         """An entry unused for the ttl is gone: memory follows the active sessions."""
-        from oidcproxy.sessions.session import OpenedSessions
-
-        now = [100.0]
-        cache = OpenedSessions(ttl=60.0, clock=lambda: now[0])
+        clock = Clock()
+        clock.advance(100)
+        cache = OpenedSessions(clock, ttl=60.0)
         a, b = self.session(1), self.session(2)
         cache.put("a", 1, a)
-        now[0] += 59
+        clock.advance(59)
         self.assertIs(cache.get("a"), a)  # used: another 60 s from now
         cache.put("b", 1, b)
-        now[0] += 59
+        clock.advance(59)
         self.assertIs(cache.get("a"), a)
-        now[0] += 2  # "b" unused for 61 s
+        clock.advance(2)  # "b" unused for 61 s
         self.assertIsNone(cache.get("b"))
         cache.put("c", 1, self.session(3))
-        now[0] += 61
+        clock.advance(61)
         cache.put("d", 1, self.session(4))  # a put drops what went stale
         self.assertEqual(len(cache), 1)
 
     def test_bounded_by_size(self):
-        from oidcproxy.sessions.session import OpenedSessions
-
-        cache = OpenedSessions(max_entries=100, max_chars=1000)
+        cache = OpenedSessions(Clock(), max_entries=100, max_chars=1000)
         for n in range(10):
             cache.put("k" * 200 + str(n), 201, self.session(n))
         self.assertLessEqual(len(cache), 4)
@@ -309,7 +305,7 @@ class OpenedSessionsTests(SynchronousTestCase):
         from oidcproxy.sessions.stores.cookie import CookieStore
 
         sealer = Sealer([b"k" * 32])
-        store = CookieStore(sealer)
+        store = CookieStore(sealer, Clock())
         value = self.successResultOf(store.save(self.session(1)))
         opened = []
         unseal = sealer.unseal
@@ -321,3 +317,26 @@ class OpenedSessionsTests(SynchronousTestCase):
         self.assertEqual(len(opened), 1)
         # A tampered value is still opened (and refused), never served from the cache.
         self.assertIsNone(self.successResultOf(store.load(value[:-2] + "AA")))
+
+    def test_cookie_store_cache_on_its_clock(self):
+        """
+        The store's cache of opened values lapses on the clock the store is
+        given: a value unused for 60 s of it is opened again.
+        """
+        from oidcproxy.sessions.crypto import Sealer
+        from oidcproxy.sessions.stores.cookie import CookieStore
+
+        sealer = Sealer([b"k" * 32])
+        clock = Clock()
+        store = CookieStore(sealer, clock)
+        value = self.successResultOf(store.save(self.session(1)))
+        opened = []
+        unseal = sealer.unseal
+        sealer.unseal = lambda v, p: opened.append(v) or unseal(v, p)  # type: ignore[method-assign]
+        self.successResultOf(store.load(value))
+        clock.advance(59)
+        self.successResultOf(store.load(value))
+        self.assertEqual(len(opened), 1)
+        clock.advance(60)
+        self.assertEqual(self.successResultOf(store.load(value)), self.session(1))
+        self.assertEqual(len(opened), 2)

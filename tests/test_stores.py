@@ -95,16 +95,16 @@ class CookieStoreTests(SessionStoreContract, SynchronousTestCase):
     server_side = False
 
     def make_store(self) -> CookieStore:
-        return CookieStore(Sealer([K1]))
+        return CookieStore(Sealer([K1]), self.clock)
 
 
 class CookieStoreSpecificTests(SynchronousTestCase):
     """What is particular to L{CookieStore}."""
 
     def setUp(self) -> None:
-        clock = Clock()
-        clock.advance(START)
-        self.session = make_session(clock)
+        self.clock = Clock()
+        self.clock.advance(START)
+        self.session = make_session(self.clock)
 
     def save(self, store: CookieStore, session: Session) -> str:
         return self.successResultOf(store.save(session))
@@ -115,22 +115,22 @@ class CookieStoreSpecificTests(SynchronousTestCase):
     def test_value_is_sealed_session(self) -> None:
         """The value is the session's bytes sealed for purpose C{b"session"}."""
         sealer = Sealer([K1])
-        value = self.save(CookieStore(sealer), self.session)
+        value = self.save(CookieStore(sealer, self.clock), self.session)
         self.assertEqual(sealer.unseal(value, b"session"), self.session.to_bytes())
 
     def test_rotation(self) -> None:
         """A value sealed with [k1] loads in a store configured with [k2, k1]."""
-        value = self.save(CookieStore(Sealer([K1])), self.session)
-        self.assertEqual(self.load(CookieStore(Sealer([K2, K1])), value), self.session)
+        value = self.save(CookieStore(Sealer([K1]), self.clock), self.session)
+        self.assertEqual(self.load(CookieStore(Sealer([K2, K1]), self.clock), value), self.session)
 
     def test_other_secret(self) -> None:
         """A value sealed with another secret loads as no session."""
-        value = self.save(CookieStore(Sealer([K2])), self.session)
-        self.assertIsNone(self.load(CookieStore(Sealer([K1])), value))
+        value = self.save(CookieStore(Sealer([K2]), self.clock), self.session)
+        self.assertIsNone(self.load(CookieStore(Sealer([K1]), self.clock), value))
 
     def test_store_tokens_false(self) -> None:
         """With C{store_tokens=False} the saved session has no tokens, the rest intact."""
-        store = CookieStore(Sealer([K1]), store_tokens=False)
+        store = CookieStore(Sealer([K1]), self.clock, store_tokens=False)
         loaded = self.load(store, self.save(store, self.session))
         self.assertEqual(loaded, self.session.without_tokens())
         self.assertEqual(loaded.sid, "op-session-1")  # type: ignore[attr-defined]
@@ -138,8 +138,8 @@ class CookieStoreSpecificTests(SynchronousTestCase):
     def test_store_tokens_false_smaller(self) -> None:
         """Without tokens the value does not contain them at all (it is shorter)."""
         sealer = Sealer([K1])
-        with_tokens = self.save(CookieStore(sealer), self.session)
-        without = self.save(CookieStore(sealer, store_tokens=False), self.session)
+        with_tokens = self.save(CookieStore(sealer, self.clock), self.session)
+        without = self.save(CookieStore(sealer, self.clock, store_tokens=False), self.session)
         plaintext = sealer.unseal(without, b"session")
         assert plaintext is not None
         self.assertNotIn(b"refresh-token-value", plaintext)
@@ -149,7 +149,7 @@ class CookieStoreSpecificTests(SynchronousTestCase):
         """A session's bytes sealed for purpose C{b"state"} do not load as a session."""
         sealer = Sealer([K1])
         value = sealer.seal(self.session.to_bytes(), b"state")
-        self.assertIsNone(self.load(CookieStore(sealer), value))
+        self.assertIsNone(self.load(CookieStore(sealer, self.clock), value))
 
     def test_sealed_malformed_session(self) -> None:
         """A correctly sealed value whose content is not a session loads as None."""
@@ -157,16 +157,16 @@ class CookieStoreSpecificTests(SynchronousTestCase):
         data = json.loads(self.session.to_bytes())
         del data["sub"]
         value = sealer.seal(json.dumps(data).encode(), b"session")
-        self.assertIsNone(self.load(CookieStore(sealer), value))
+        self.assertIsNone(self.load(CookieStore(sealer, self.clock), value))
 
     def test_fresh_value_per_save(self) -> None:
         """Saving the same session twice gives two different values (fresh nonces)."""
-        store = CookieStore(Sealer([K1]))
+        store = CookieStore(Sealer([K1]), self.clock)
         self.assertNotEqual(self.save(store, self.session), self.save(store, self.session))
 
     def test_unserialisable_claims_fail(self) -> None:
         """A session whose claims are not JSON-able fails the save Deferred instead of raising."""
-        store = CookieStore(Sealer([K1]))
+        store = CookieStore(Sealer([K1]), self.clock)
         bad = Session(
             id="x", sub="s", claims={"when": object()}, created=START, last_seen=START, expires=START + 1
         )

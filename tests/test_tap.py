@@ -11,7 +11,7 @@ import sys
 import tempfile
 
 from twisted.internet.error import CannotListenError
-from twisted.internet.testing import MemoryReactor
+from twisted.internet.testing import MemoryReactor, MemoryReactorClock
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -250,7 +250,7 @@ class AdminListenerTests(SynchronousTestCase):
             "admin": {"token": "t" * 20, "listen": "tcp:9099:interface=127.0.0.1"},
             "routes": [{"path": "/", "upstream": "http://127.0.0.1:9"}],
         }, "t.toml")
-        reactor = MemoryReactor()
+        reactor = MemoryReactorClock()  # the Redis pool's timers run on it
         service = ProxyService(config, reactor, ["tcp:8081:interface=127.0.0.1"])
         self.assertEqual([ls.description for ls in service.listeners],
                          ["tcp:8081:interface=127.0.0.1", "tcp:9099:interface=127.0.0.1"])

@@ -259,10 +259,10 @@ class DescribeTLSErrorTests(SynchronousTestCase):
 
     def test_provider_reason(self) -> None:
         """Failures talking to the IdP name the TLS problem too."""
-        from oidcproxy.oidc.provider import _describe_failure
+        from oidcproxy.oidc.transport import describe_failure
 
         error = SSL.Error([("SSL routines", "", "certificate verify failed")])
         self.assertTrue(
-            _describe_failure(ResponseNeverReceived([Failure(error)])).startswith(
+            describe_failure(ResponseNeverReceived([Failure(error)])).startswith(
                 "ResponseNeverReceived: TLS: certificate verify failed")
         )

@@ -195,11 +195,11 @@ class _Base(SynchronousTestCase):
 
 
 def warning_texts(events: List[Dict[str, Any]]) -> List[str]:
-    """The text of the warnings L{oidcproxy.oidc.tokens} logged among C{events}."""
+    """The text of the warnings L{oidcproxy.oidc.jws} (the JWKS loading) logged among C{events}."""
     return [
         formatEvent(e)
         for e in events
-        if e.get("log_level") == LogLevel.warn and e.get("log_namespace") == "oidcproxy.oidc.tokens"
+        if e.get("log_level") == LogLevel.warn and e.get("log_namespace") == "oidcproxy.oidc.jws"
     ]
 
 

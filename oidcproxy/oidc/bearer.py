@@ -88,8 +88,9 @@ with its reason; the token is never logged.
 
 B{The cache.} Validating a JWT costs a signature check; introspecting an
 opaque token a round trip to the provider. Successful validations are kept
-in a bounded LRU map keyed by the SHA-256 of the token (the token itself is
-never kept), each until a I{valid-until} time: the token's C{exp} for a JWT,
+in a bounded LRU map (L{oidcproxy.core.cache.BoundedCache}) keyed by the
+SHA-256 of the token (the token itself is never kept), each until a
+I{valid-until} time: the token's C{exp} for a JWT,
 C{min(exp, now + introspection_cache)} for an opaque token (a revoked opaque
 token is thus believed for at most C{introspection_cache} seconds). An entry
 past its time is dropped when next looked up; the least recently used entry
@@ -110,25 +111,16 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections import OrderedDict
-from typing import Any, Dict, FrozenSet, List, Optional, Sequence, Tuple
+from typing import Any, Dict, FrozenSet, List, Optional, Sequence
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 
+from ..core.cache import BoundedCache
 from ..core.flight import fire_waiters
+from .jws import HMAC_ALGORITHMS, MAX_KID_LENGTH, MAX_TOKEN_SIZE, JWTVerifier, KeySet, TokenError, peek_header
 from .provider import Provider
-from .tokens import (
-    _HMAC_ALGORITHMS,
-    MAX_KID_LENGTH,
-    MAX_TOKEN_SIZE,
-    JWTVerifier,
-    KeySet,
-    TokenError,
-    _ClaimsValidator,
-    _number,
-    peek_header,
-)
+from .tokens import ClaimsValidator, finite_number
 
 __all__ = ["BearerValidator", "bearer_token"]
 
@@ -158,9 +150,9 @@ _INTROSPECTED_ACCESS_TYPES = frozenset({
 _AUTH_SCHEME = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _TOKEN68 = re.compile(rb"[A-Za-z0-9\-._~+/]+=*")
 
-# A cache entry: the claims (None: the provider said "inactive"), the time
-# until which they are believed, and when the entry was last used.
-_Entry = Tuple[Optional[Dict[str, Any]], float, float]
+# What the cache's lookup answers for a token it does not hold (a cached
+# None means the provider said "inactive").
+_MISS = object()
 
 _NO_KEYS = KeySet(())
 
@@ -213,7 +205,7 @@ def _audiences(value: Any) -> Optional[List[str]]:
     return None
 
 
-class BearerValidator(_ClaimsValidator):
+class BearerValidator(ClaimsValidator):
     """
     Validates access tokens presented as C{Authorization: Bearer <token>}.
 
@@ -269,7 +261,7 @@ class BearerValidator(_ClaimsValidator):
             raise ValueError("audiences must be a non-empty sequence of strings")
         if not all(isinstance(a, str) and a for a in audiences):
             raise ValueError("audiences must be non-empty strings")
-        cache_for = _number(introspection_cache)
+        cache_for = finite_number(introspection_cache)
         if cache_for is None or cache_for < 0:
             raise ValueError("introspection_cache must be a finite number of seconds, at least 0")
         if isinstance(cache_size, bool) or not isinstance(cache_size, int) or cache_size < 0:
@@ -285,7 +277,8 @@ class BearerValidator(_ClaimsValidator):
         self.cache_hits = 0
         self.cache_misses = 0
         self._provider = provider
-        self._cache: OrderedDict[bytes, _Entry] = OrderedDict()
+        self._cache: BoundedCache[bytes, Optional[Dict[str, Any]]] = BoundedCache(
+            clock, cache_size, idle=CACHE_IDLE)
         self._introspecting: Dict[bytes, List[Deferred[Dict[str, Any]]]] = {}
 
     async def validate(self, token: str) -> Dict[str, Any]:
@@ -308,18 +301,13 @@ class BearerValidator(_ClaimsValidator):
             raise TokenError("malformed", "The token holds characters that are not ASCII.") from None
         key = hashlib.sha256(data).digest()
 
-        entry = self._cache.get(key)
-        if entry is not None:
-            claims, valid_until, _ = entry
-            now = self.clock.seconds()
-            if now < valid_until:
-                self._cache[key] = (claims, valid_until, now)
-                self._cache.move_to_end(key)
-                self.cache_hits += 1
-                if claims is None:
-                    raise _inactive()
-                return dict(claims)
-            del self._cache[key]
+        cached = self._cache.get(key, _MISS)
+        if cached is not _MISS:
+            self.cache_hits += 1
+            if cached is None:
+                raise _inactive()
+            assert isinstance(cached, dict)
+            return dict(cached)
         self.cache_misses += 1
 
         if token.count(".") == 2:
@@ -331,18 +319,10 @@ class BearerValidator(_ClaimsValidator):
     # -- the cache
 
     def _store(self, key: bytes, claims: Optional[Dict[str, Any]], valid_until: float) -> None:
-        now = self.clock.seconds()
-        if self.cache_size == 0 or valid_until <= now:
+        """Keep C{claims} (None: "inactive") until C{valid_until}, unless that has passed."""
+        if valid_until <= self.clock.seconds():
             return
-        cache = self._cache
-        cache[key] = (claims, valid_until, now)
-        cache.move_to_end(key)
-        # Least recently used first: drop while over the size or unused for long.
-        while cache:
-            _, (_, _, used) = next(iter(cache.items()))
-            if len(cache) <= self.cache_size and now - used < CACHE_IDLE:
-                break
-            cache.popitem(last=False)
+        self._cache.put(key, claims, until=valid_until)
 
     # -- JWT access tokens
 
@@ -354,7 +334,7 @@ class BearerValidator(_ClaimsValidator):
             isinstance(kid, str) and len(kid) <= MAX_KID_LENGTH
         ):
             kid = None
-        if header["alg"] in self.verifier.algorithms & _HMAC_ALGORITHMS:
+        if header["alg"] in self.verifier.algorithms & HMAC_ALGORITHMS:
             # Checked with the configured secret only: the provider's keys
             # are not needed (nor waited for).
             keys = _NO_KEYS
@@ -362,7 +342,7 @@ class BearerValidator(_ClaimsValidator):
             keys = await self._provider.keys_for(kid)
         header, claims = self.verifier.verify(token, keys)
         self._check_jwt(header, claims)
-        exp = _number(claims["exp"])
+        exp = finite_number(claims["exp"])
         assert exp is not None  # _check_times made sure
         self._store(key, claims, exp)
         return claims
@@ -449,7 +429,7 @@ class BearerValidator(_ClaimsValidator):
                 raise TokenError("bad_client_id",
                                  "The token was issued to a client that is not accepted here.")
         valid_until = now + self.introspection_cache
-        exp = _number(answer.get("exp"))
+        exp = finite_number(answer.get("exp"))
         if exp is not None:
             valid_until = min(valid_until, exp)
         self._store(key, answer, valid_until)

@@ -11,7 +11,6 @@ the PKCE verifier, the return-to path and the time the attempt started.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 import json
@@ -22,6 +21,7 @@ from urllib.parse import unquote_to_bytes, urlencode, urlsplit
 
 import attr
 
+from ..core.encoding import b64url_encode
 from ..sessions.cookies import CookieSpec, clear_cookie_headers, set_cookie_headers
 from ..sessions.crypto import Sealer
 
@@ -30,14 +30,9 @@ MAX_RETURN_TO = 2048
 """Longer return-to targets are refused (not truncated)."""
 
 
-
-def _b64(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
-
-
 def pkce_challenge(verifier: str) -> str:
     """The S256 code challenge of a PKCE code verifier (RFC 7636 4.2)."""
-    return _b64(hashlib.sha256(verifier.encode("ascii")).digest())
+    return b64url_encode(hashlib.sha256(verifier.encode("ascii")).digest())
 
 
 _UNSAFE_CHARS = frozenset('\\"<>`')

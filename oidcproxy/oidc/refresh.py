@@ -25,7 +25,6 @@ session, so the new tokens are not lost when the store comes back.
 from __future__ import annotations
 
 import hashlib
-from collections import OrderedDict
 from typing import Any, Callable, Dict, Optional, Tuple
 
 import attr
@@ -33,10 +32,11 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
+from ..core.cache import BoundedCache
 from ..core.metrics import NullMetrics
 from ..sessions.session import Session, SessionStoreUnavailable
+from .jws import TokenError, peek_header
 from .provider import Provider, ProviderError
-from .tokens import TokenError, peek_header
 
 log = Logger()
 
@@ -122,7 +122,8 @@ class Refresher:
         self._inflight: Dict[Tuple[str, str], Deferred] = {}
         self._held: Dict[Tuple[str, str], float] = {}
         """Refresh tokens whose grant may have happened unseen, until when none is sent again."""
-        self._recent: OrderedDict[Tuple[str, str], Tuple[float, RefreshOutcome]] = OrderedDict()
+        self._recent: BoundedCache[Tuple[str, str], RefreshOutcome] = BoundedCache(clock, _RECENT)
+        """Refreshed sessions, each for L{_RECENT_TTL} seconds, oldest out first."""
         self.grants = 0
         """Refresh grants sent by this process (for tests and metrics)."""
 
@@ -142,11 +143,11 @@ class Refresher:
         """Fires with a L{RefreshOutcome}; never errbacks for expected failures."""
         key = (session.id, _hash(session.refresh_token))
         now = self._clock.seconds()
-        recent = self._recent.get(key)
-        if recent is not None and now - recent[0] < _RECENT_TTL:
-            if recent[1].store_unavailable:
-                return Deferred.fromCoroutine(self._save_again(key, recent[1]))
-            return Deferred.fromCoroutine(self._done(recent[1]))
+        recent = self._recent.peek(key)
+        if recent is not None:
+            if recent.store_unavailable:
+                return Deferred.fromCoroutine(self._save_again(key, recent))
+            return Deferred.fromCoroutine(self._done(recent))
         held = self._held.get(key)
         if held is not None:
             if now < held:
@@ -198,22 +199,13 @@ class Refresher:
             log.warn("could not store a refreshed session (again): {error}", error=str(e))
             return outcome
         saved = attr.evolve(outcome, store_unavailable=False, cookie_value=value)
-        recent = self._recent.get(key)
-        if recent is not None and recent[1] is outcome:
-            self._recent[key] = (recent[0], saved)
+        if self._recent.peek(key) is outcome:
+            self._recent.replace(key, saved)
         log.info("refreshed session of {sub} stored", sub=outcome.session.sub)
         return saved
 
     def _remember(self, key: Tuple[str, str], outcome: RefreshOutcome) -> None:
-        now = self._clock.seconds()
-        recent = self._recent
-        recent[key] = (now, outcome)
-        recent.move_to_end(key)
-        while recent:
-            oldest_key, (when, _) = next(iter(recent.items()))
-            if len(recent) <= _RECENT and now - when < _RECENT_TTL:
-                break
-            del recent[oldest_key]
+        self._recent.put(key, outcome, until=self._clock.seconds() + _RECENT_TTL)
 
     async def _refresh(self, session: Session) -> RefreshOutcome:
         lock = getattr(self._store, "lock", None)

@@ -1,14 +1,16 @@
 """
-Verify signed JWTs and validate OpenID Connect ID tokens and back-channel
-logout tokens.
+Validate OpenID Connect ID tokens and back-channel logout tokens: their
+signature through L{oidcproxy.oidc.jws} (structure, keys, the C{alg}
+allow-list), then every claim here, against the injected clock.
 
 Everything here is synchronous and pure: keys arrive as a L{KeySet} built
 from an already fetched JWKS document, and time comes from an injected
 L{IReactorTime}, never from C{time.time()}. Fetching and caching the JWKS
 (and refetching it when a token names an unknown key) is the caller's job.
 
-Signatures are checked with pyjwt's L{jwt.PyJWS}, which checks no claim at
-all; every claim is checked here, against the injected clock.
+The names tests and callers know from here (L{KeySet}, L{JWTVerifier},
+L{TokenError}, L{peek_header}, the algorithm sets) are those of
+L{oidcproxy.oidc.jws}, imported again.
 
 L{IDTokenValidator} checks ID tokens (OpenID Connect Core 1.0, 3.1.3.7);
 L{LogoutTokenValidator} checks logout tokens (OpenID Connect Back-Channel
@@ -84,70 +86,48 @@ it, or a value taken from it.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
-import json
 import math
-import re
-from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional
 
-import attr
-import jwt
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePublicKey
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
-from jwt.algorithms import HMACAlgorithm
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
+
+from ..core.encoding import b64url_encode
+from .jws import (
+    ASYMMETRIC_ALGORITHMS,
+    HMAC_ALGORITHMS,
+    MAX_KID_LENGTH,
+    MAX_TOKEN_SIZE,
+    SUPPORTED_ALGORITHMS,
+    JWTVerifier,
+    KeySet,
+    TokenError,
+    peek_header,
+)
 
 __all__ = [
+    "ASYMMETRIC_ALGORITHMS",
     "BACKCHANNEL_LOGOUT_EVENT",
+    "HMAC_ALGORITHMS",
     "MAX_KID_LENGTH",
     "MAX_TOKEN_SIZE",
     "SUPPORTED_ALGORITHMS",
+    "ClaimsValidator",
     "IDTokenValidator",
     "JWTVerifier",
     "KeySet",
     "LogoutTokenValidator",
     "TokenError",
+    "finite_number",
     "peek_header",
 ]
 
-log = Logger()
-
-MAX_TOKEN_SIZE = 64 * 1024
-"""The largest token, in bytes, that is even looked at."""
-
-MAX_KID_LENGTH = 256
-"""The longest C{kid} header accepted, in characters."""
+_HMAC_ALGORITHMS = HMAC_ALGORITHMS
+"""The former name of L{HMAC_ALGORITHMS} (the guard still imports it)."""
 
 MAX_SUB_LENGTH = 255
 """The longest C{sub} claim accepted (OpenID Connect Core 1.0, 2)."""
-
-MIN_RSA_KEY_BITS = 2048
-"""JWKS RSA keys shorter than this are skipped (RFC 7518, 3.3)."""
-
-_RSA_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"})
-# cryptography's curve names, with the one algorithm each can verify.
-_EC_ALGORITHM_BY_CURVE_NAME = {
-    "secp256r1": "ES256",
-    "secp384r1": "ES384",
-    "secp521r1": "ES512",
-    "secp256k1": "ES256K",
-}
-_HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
-ASYMMETRIC_ALGORITHMS = _RSA_ALGORITHMS | frozenset(_EC_ALGORITHM_BY_CURVE_NAME.values()) | {"EdDSA"}
-SUPPORTED_ALGORITHMS = ASYMMETRIC_ALGORITHMS | _HMAC_ALGORITHMS
-"""Every C{alg} a L{JWTVerifier} can be configured with."""
-
-# The curves accepted in a JWKS, by C{kty} and C{crv}, with the one algorithm
-# each can verify. Ed448 is left out: OpenID Connect defines no at_hash for it.
-_ALGORITHM_BY_CURVE: Dict[str, Dict[str, str]] = {
-    "EC": {"P-256": "ES256", "P-384": "ES384", "P-521": "ES512", "secp256k1": "ES256K"},
-    "OKP": {"Ed25519": "EdDSA"},
-}
 
 # OpenID Connect Core 1.0, 3.1.3.6: the hash of the ID token's signature
 # algorithm; EdDSA (Ed25519, the only EdDSA curve accepted here) uses SHA-512.
@@ -168,391 +148,8 @@ _AT_HASH_FUNCTIONS: Dict[str, Callable[[bytes], Any]] = {
     "EdDSA": hashlib.sha512,
 }
 
-_BASE64URL = re.compile(r"[A-Za-z0-9_-]*")
 
-# Everything malformed input can make the parsers and pyjwt raise.
-_DECODE_ERRORS = (
-    ValueError,  # includes json.JSONDecodeError, UnicodeDecodeError, binascii.Error
-    TypeError,
-    KeyError,
-    OverflowError,
-    RecursionError,
-    jwt.PyJWTError,
-)
-
-
-class TokenError(Exception):
-    """
-    A token (or a JWKS document) was refused.
-
-    @ivar reason: a stable snake_case code for logs and metrics; see the
-        module docstring for the full list.
-    @ivar detail: a human sentence. It never contains the token, any part of
-        it, or any value taken from it.
-    """
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(reason, detail)
-        self.reason = reason
-        self.detail = detail
-
-    def __str__(self) -> str:
-        return f"{self.reason}: {self.detail}"
-
-
-def _b64url_decode(segment: str) -> bytes:
-    """
-    Decode one unpadded base64url segment strictly: only the URL-safe
-    alphabet, no C{=}, and the canonical encoding of what it decodes to.
-
-    @raise ValueError: on anything else.
-    """
-    if len(segment) % 4 == 1 or _BASE64URL.fullmatch(segment) is None:
-        raise ValueError("not base64url")
-    data = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
-    if base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii") != segment:
-        raise ValueError("not canonical base64url")
-    return data
-
-
-def _b64url_encode(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def _object_without_duplicates(pairs: List[Tuple[str, Any]]) -> Dict[str, Any]:
-    result: Dict[str, Any] = {}
-    for name, value in pairs:
-        if name in result:
-            raise ValueError("duplicate member name")
-        result[name] = value
-    return result
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError("number out of range")
-    return value
-
-
-def _no_constants(text: str) -> Any:
-    raise ValueError("NaN and Infinity are not JSON")
-
-
-def _json_object(data: bytes) -> Dict[str, Any]:
-    """
-    Parse strict UTF-8 JSON that must be an object: no duplicate member
-    names, no C{NaN}/C{Infinity}, no number that overflows a float.
-
-    @raise ValueError: (or C{RecursionError}) when it is anything else.
-    """
-    value = json.loads(
-        data.decode("utf-8"),
-        object_pairs_hook=_object_without_duplicates,
-        parse_float=_finite_float,
-        parse_constant=_no_constants,
-    )
-    if not isinstance(value, dict):
-        raise ValueError("not a JSON object")
-    return value
-
-
-def _split(token: Any) -> Tuple[Dict[str, Any], bytes]:
-    """
-    The structural checks of L{peek_header}; also returns the decoded (not
-    yet parsed) payload.
-    """
-    if not isinstance(token, str):
-        raise TokenError("malformed", "The token is not a string.")
-    # A JWS in compact form is pure ASCII, so characters are bytes here.
-    if len(token) > MAX_TOKEN_SIZE:
-        raise TokenError("malformed", f"The token is larger than {MAX_TOKEN_SIZE} bytes.")
-    if not token.isascii():
-        raise TokenError("malformed", "The token holds characters that are not ASCII.")
-    segments = token.split(".")
-    if len(segments) != 3:
-        raise TokenError("malformed", "The token does not have exactly three segments.")
-    header_segment, payload_segment, signature_segment = segments
-    try:
-        header_bytes = _b64url_decode(header_segment)
-        payload = _b64url_decode(payload_segment)
-        _b64url_decode(signature_segment)
-    except ValueError:
-        raise TokenError("malformed", "A token segment is not valid base64url.") from None
-    try:
-        header = _json_object(header_bytes)
-    except (ValueError, RecursionError):
-        raise TokenError("malformed", "The token header is not a JSON object.") from None
-    if not isinstance(header.get("alg"), str):
-        raise TokenError("malformed", "The token header has no string 'alg'.")
-    return header, payload
-
-
-def peek_header(token: str) -> Dict[str, Any]:
-    """
-    Return the header of C{token} after structural checks only: the
-    signature is B{not} verified, so nothing in it may be trusted.
-
-    The token must be a C{str} of at most L{MAX_TOKEN_SIZE} bytes with
-    exactly three dot-separated segments, the header and payload valid
-    base64url (unpadded, canonical), the header a JSON object with a string
-    C{alg}.
-
-    @raise TokenError: with reason C{malformed}.
-    """
-    return _split(token)[0]
-
-
-def _algorithms_for_key(public_key: Any) -> FrozenSet[str]:
-    """The algorithms a public key of this type and curve can verify."""
-    if isinstance(public_key, RSAPublicKey):
-        return _RSA_ALGORITHMS
-    if isinstance(public_key, EllipticCurvePublicKey):
-        alg = _EC_ALGORITHM_BY_CURVE_NAME.get(public_key.curve.name)
-        return frozenset({alg}) if alg else frozenset()
-    if isinstance(public_key, Ed25519PublicKey):
-        return frozenset({"EdDSA"})
-    return frozenset()
-
-
-def _declared_alg(key: jwt.PyJWK) -> Optional[str]:
-    """
-    The C{alg} member of the JWK a L{jwt.PyJWK} was made from, or None.
-
-    pyjwt offers no public accessor that tells a declared C{alg} from one it
-    inferred; when its internals change, fall back to the algorithm the key
-    is bound to, which is the stricter reading.
-    """
-    data = getattr(key, "_jwk_data", None)
-    if isinstance(data, dict):
-        alg = data.get("alg")
-        return alg if isinstance(alg, str) else None
-    return key.algorithm_name
-
-
-def _describe(index: int, member: Any) -> str:
-    """Name a JWKS member for a log line: its index and, if any, its kid."""
-    kid = member.get("kid") if isinstance(member, dict) else None
-    if isinstance(kid, str):
-        shown = kid if len(kid) <= 64 else kid[:64] + "..."
-        return f"#{index} (kid {shown!r})"
-    return f"#{index}"
-
-
-def _load_jwk(member: Any) -> jwt.PyJWK:
-    """
-    Turn one JWKS member into a verification key.
-
-    @raise ValueError: naming why the member is unusable.
-    """
-    if not isinstance(member, dict):
-        raise ValueError("not a JSON object")
-    kty = member.get("kty")
-    if kty == "oct":
-        raise ValueError("symmetric keys are never taken from a JWKS")
-    crv = member.get("crv")
-    if kty == "RSA":
-        fitting = _RSA_ALGORITHMS
-        default = "RS256"
-    elif isinstance(kty, str) and kty in _ALGORITHM_BY_CURVE:
-        if not isinstance(crv, str) or crv not in _ALGORITHM_BY_CURVE[kty]:
-            raise ValueError("missing or unsupported crv")
-        default = _ALGORITHM_BY_CURVE[kty][crv]
-        fitting = frozenset({default})
-    else:
-        raise ValueError("missing or unsupported kty")
-    if "d" in member:
-        raise ValueError("it holds private key material")
-    kid = member.get("kid")
-    if kid is not None and not isinstance(kid, str):
-        raise ValueError("kid is not a string")
-    use = member.get("use")
-    if use is not None and use != "sig":
-        raise ValueError("use is not 'sig'")
-    key_ops = member.get("key_ops")
-    if key_ops is not None and (not isinstance(key_ops, list) or "verify" not in key_ops):
-        raise ValueError("key_ops does not allow 'verify'")
-    alg = member.get("alg")
-    if alg is not None and (not isinstance(alg, str) or alg not in ASYMMETRIC_ALGORITHMS):
-        raise ValueError("missing or unsupported alg")
-    if alg is not None and alg not in fitting:
-        raise ValueError("its alg does not fit its key type or curve")
-    try:
-        key = jwt.PyJWK(member, algorithm=alg or default)
-    except (jwt.PyJWTError, ValueError, TypeError, KeyError, OverflowError, UnsupportedAlgorithm):
-        raise ValueError("its key members are missing or invalid") from None
-    if not fitting <= _algorithms_for_key(key.key):
-        raise ValueError("its key does not fit its kty and crv")
-    if isinstance(key.key, RSAPublicKey) and key.key.key_size < MIN_RSA_KEY_BITS:
-        raise ValueError(f"RSA key shorter than {MIN_RSA_KEY_BITS} bits")
-    return key
-
-
-def _key_tuple(keys: Iterable[jwt.PyJWK]) -> Tuple[jwt.PyJWK, ...]:
-    return tuple(keys)
-
-
-@attr.s(frozen=True)
-class KeySet:
-    """
-    The public signing keys of an issuer, in JWKS order.
-
-    @ivar keys: the usable keys.
-    """
-
-    keys: Tuple[jwt.PyJWK, ...] = attr.ib(converter=_key_tuple)
-    _usable: Tuple[FrozenSet[str], ...] = attr.ib(init=False, repr=False, eq=False)
-
-    def __attrs_post_init__(self) -> None:
-        usable = []
-        for key in self.keys:
-            algorithms = _algorithms_for_key(key.key)
-            declared = _declared_alg(key)
-            if declared is not None:
-                algorithms = algorithms & {declared}
-            usable.append(algorithms)
-        object.__setattr__(self, "_usable", tuple(usable))
-
-    @classmethod
-    def from_jwks(cls, document: Any) -> KeySet:
-        """
-        Build a key set from the parsed JSON of a C{jwks_uri} answer.
-
-        Members that cannot be used to verify signatures (not an object, an
-        unknown or symmetric C{kty}, missing or invalid key members, an
-        unsupported C{alg}, a C{use} other than C{sig}, C{key_ops} without
-        C{verify}, private key material, a short RSA key) are skipped with a
-        warning naming the member and why.
-
-        @raise TokenError: C{bad_jwks} if C{document} is not C{{"keys": [...]}}.
-        """
-        if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
-            raise TokenError("bad_jwks", 'The JWKS document is not an object with a "keys" list.')
-        keys = []
-        for index, member in enumerate(document["keys"]):
-            try:
-                keys.append(_load_jwk(member))
-            except ValueError as e:
-                log.warn(
-                    "JWKS key {which} skipped: {why}",
-                    which=_describe(index, member),
-                    why=str(e),
-                )
-        if not keys:
-            log.warn("JWKS holds no usable signing key")
-        return cls(tuple(keys))
-
-    def candidates(self, kid: Optional[str], alg: str) -> List[jwt.PyJWK]:
-        """
-        The keys that can verify a token signed with C{alg}: the key type
-        and curve fit C{alg}, and the key's own C{alg}, if any, is C{alg}.
-        With a C{kid}, only the keys with that C{kid}.
-        """
-        return [
-            key
-            for key, usable in zip(self.keys, self._usable)
-            if alg in usable and (kid is None or key.key_id == kid)
-        ]
-
-    def has_kid(self, kid: str) -> bool:
-        """Whether any key has this C{kid}, whatever its algorithm."""
-        return any(key.key_id == kid for key in self.keys)
-
-
-class JWTVerifier:
-    """
-    Signature verification shared by ID tokens and JWT access tokens.
-
-    @ivar algorithms: the allow-list of C{alg} values.
-    """
-
-    def __init__(self, algorithms: Sequence[str], hmac_secret: Optional[bytes] = None) -> None:
-        """
-        @param algorithms: the allow-list, from L{SUPPORTED_ALGORITHMS}.
-        @param hmac_secret: the client secret; required (and only used) when
-            an C{HS*} algorithm is allowed.
-
-        @raise ValueError: on an empty list, C{none} in any case, an unknown
-            algorithm, or C{HS*} without a usable secret.
-        """
-        if isinstance(algorithms, str):
-            raise ValueError("algorithms must be a sequence of names, not one string")
-        allowed = frozenset(algorithms)
-        if not allowed:
-            raise ValueError("at least one algorithm must be allowed")
-        for name in sorted(allowed, key=str):
-            if not isinstance(name, str):
-                raise ValueError("algorithm names must be strings")
-            if name.lower() == "none":
-                raise ValueError("the 'none' algorithm can never be allowed")
-            if name not in SUPPORTED_ALGORITHMS:
-                raise ValueError(f"unsupported algorithm {name!r}")
-        if allowed & _HMAC_ALGORITHMS:
-            if not hmac_secret or not isinstance(hmac_secret, bytes):
-                raise ValueError("HS256/HS384/HS512 need a non-empty hmac_secret (bytes)")
-            try:
-                HMACAlgorithm(HMACAlgorithm.SHA256).prepare_key(hmac_secret)
-            except jwt.InvalidKeyError:
-                raise ValueError("hmac_secret looks like an asymmetric key or a JWK") from None
-        self.algorithms: FrozenSet[str] = allowed
-        self._hmac_secret = hmac_secret
-        self._jws = jwt.PyJWS(algorithms=sorted(allowed))
-
-    def _signature_ok(self, token: str, key: Any, alg: str) -> bool:
-        try:
-            self._jws.decode_complete(token, key=key, algorithms=[alg])
-        except jwt.InvalidSignatureError:
-            return False
-        except jwt.InvalidKeyError:
-            # This key cannot verify this algorithm: it does not verify.
-            return False
-        except _DECODE_ERRORS:
-            raise TokenError("malformed", "The token could not be decoded.") from None
-        return True
-
-    def verify(self, token: str, keys: KeySet) -> Tuple[Dict[str, Any], Dict[str, Any]]:
-        """
-        Check the structure and the signature of C{token}; claims are not
-        checked at all.
-
-        @return: C{(header, claims)}.
-        @raise TokenError: see the module docstring.
-        """
-        header, payload = _split(token)
-        alg = header["alg"]
-        if alg not in self.algorithms:
-            raise TokenError("alg_not_allowed", "The token's algorithm is not allowed.")
-        if "crit" in header:
-            raise TokenError("crit_header", "The token has critical header extensions.")
-        kid = header.get("kid")
-        if "kid" in header and (not isinstance(kid, str) or len(kid) > MAX_KID_LENGTH):
-            raise TokenError("malformed", "The token's key id is not a short string.")
-
-        if alg in _HMAC_ALGORITHMS:
-            # Only ever the configured secret: a JWKS key is never an HMAC key.
-            verified = self._signature_ok(token, self._hmac_secret, alg)
-        else:
-            candidates = keys.candidates(kid, alg)
-            if not candidates:
-                if kid is not None:
-                    raise TokenError("unknown_kid", "No key of the issuer has the token's key id.")
-                raise TokenError("no_key", "No key of the issuer fits the token's algorithm.")
-            if len(candidates) > 1 and kid is None:
-                raise TokenError(
-                    "ambiguous_key", "The token names no key id and several keys fit its algorithm."
-                )
-            verified = any(self._signature_ok(token, key.key, alg) for key in candidates)
-        if not verified:
-            raise TokenError("bad_signature", "The token's signature does not verify.")
-
-        try:
-            claims = _json_object(payload)
-        except (ValueError, RecursionError):
-            raise TokenError("malformed", "The token payload is not a JSON object.") from None
-        return header, claims
-
-
-def _number(value: Any) -> Optional[float]:
+def finite_number(value: Any) -> Optional[float]:
     """C{value} as a finite float if it is an int or float (not a bool)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
@@ -578,7 +175,7 @@ def _at_hash(alg: str, access_token: str) -> Optional[str]:
     except UnicodeEncodeError:
         return None
     digest = function(data).digest()
-    return _b64url_encode(digest[: len(digest) // 2])
+    return b64url_encode(digest[: len(digest) // 2])
 
 
 def _check_sub(sub: Any) -> None:
@@ -612,13 +209,13 @@ def _check_sid(sid: Any) -> None:
 
 def _max_age(value: Any) -> float:
     """A validator's C{max_age}: a positive finite number of seconds."""
-    seconds = _number(value)
+    seconds = finite_number(value)
     if seconds is None or seconds <= 0:
         raise ValueError("max_age must be a positive finite number of seconds")
     return seconds
 
 
-class _ClaimsValidator:
+class ClaimsValidator:
     """
     What ID tokens and logout tokens share: the settings, and the issuer,
     audience and time checks of OpenID Connect Core 1.0, 3.1.3.7.
@@ -636,7 +233,7 @@ class _ClaimsValidator:
             raise ValueError("issuer must be a non-empty string")
         if not isinstance(client_id, str) or not client_id:
             raise ValueError("client_id must be a non-empty string")
-        leeway_value = _number(leeway)
+        leeway_value = finite_number(leeway)
         if leeway_value is None or leeway_value < 0:
             raise ValueError("leeway must be a finite number of seconds, at least 0")
         self.issuer = issuer
@@ -679,13 +276,13 @@ class _ClaimsValidator:
         leeway = self.leeway
 
         if exp_required or "exp" in claims:
-            exp = _number(claims.get("exp"))
+            exp = finite_number(claims.get("exp"))
             if exp is None:
                 raise TokenError("bad_exp", "The expiry time is missing or not a number.")
             if now >= exp + leeway:
                 raise TokenError("expired", "The token has expired.")
 
-        iat = _number(claims.get("iat"))
+        iat = finite_number(claims.get("iat"))
         if iat is None:
             raise TokenError("bad_iat", "The issue time is missing or not a number.")
         if iat > now + leeway:
@@ -694,14 +291,14 @@ class _ClaimsValidator:
             raise TokenError("iat_too_old", "The token was issued too long ago.")
 
         if "nbf" in claims:
-            nbf = _number(claims["nbf"])
+            nbf = finite_number(claims["nbf"])
             if nbf is None:
                 raise TokenError("bad_nbf", "The not-before time is not a number.")
             if now < nbf - leeway:
                 raise TokenError("not_yet_valid", "The token is not valid yet.")
 
 
-class IDTokenValidator(_ClaimsValidator):
+class IDTokenValidator(ClaimsValidator):
     """
     Validate OpenID Connect ID tokens (OpenID Connect Core 1.0, 3.1.3.7).
 
@@ -790,7 +387,7 @@ BACKCHANNEL_LOGOUT_EVENT = "http://schemas.openid.net/event/backchannel-logout"
 _LOGOUT_TYPES = frozenset({"logout+jwt", "application/logout+jwt", "jwt"})
 
 
-class LogoutTokenValidator(_ClaimsValidator):
+class LogoutTokenValidator(ClaimsValidator):
     """
     Validate logout tokens (OpenID Connect Back-Channel Logout 1.0, 2.6).
 

@@ -17,16 +17,16 @@ every value sealed with it has expired.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import os
-import re
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from ..core.encoding import b64url_decode, b64url_encode
 
 VERSION = b"\x01"
 MIN_SECRET_LENGTH = 32
@@ -40,7 +40,6 @@ _HKDF_INFO = b"oidcproxy aead v1"
 _KEY_ID_PREFIX = b"oidcproxy key id"
 _HEADER_LENGTH = len(VERSION) + KEY_ID_LENGTH + NONCE_LENGTH
 _MIN_RAW_LENGTH = _HEADER_LENGTH + TAG_LENGTH
-_BASE64URL = re.compile(r"[A-Za-z0-9_-]+\Z")
 
 
 def derive_key(secret: bytes) -> bytes:
@@ -52,27 +51,6 @@ def derive_key(secret: bytes) -> bytes:
 def key_id(key: bytes) -> bytes:
     """The 4-byte identifier of a derived key, written in front of each sealed value."""
     return hashlib.sha256(_KEY_ID_PREFIX + key).digest()[:KEY_ID_LENGTH]
-
-
-def _b64encode(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
-
-
-def _b64decode(text: str) -> Optional[bytes]:
-    """
-    Strict unpadded URL-safe base64: only the alphabet, no padding, and only
-    the canonical spelling (the unused low bits of the last character must be
-    zero), so one byte string has exactly one accepted text.
-    """
-    if not _BASE64URL.match(text) or len(text) % 4 == 1:
-        return None
-    try:
-        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-    except ValueError:  # binascii.Error
-        return None
-    if _b64encode(raw) != text:
-        return None
-    return raw
 
 
 class Sealer:
@@ -124,7 +102,7 @@ class Sealer:
         header = VERSION + self._seal_key_id
         nonce = os.urandom(NONCE_LENGTH)
         sealed = self._seal_aead.encrypt(nonce, plaintext, header + purpose)
-        return _b64encode(header + nonce + sealed)
+        return b64url_encode(header + nonce + sealed)
 
     def unseal(self, token: str, purpose: bytes) -> Optional[bytes]:
         """
@@ -138,8 +116,12 @@ class Sealer:
         """
         if not isinstance(token, str) or len(token) > MAX_TOKEN_LENGTH:
             return None
-        raw = _b64decode(token)
-        if raw is None or len(raw) < _MIN_RAW_LENGTH or raw[:1] != VERSION:
+        try:
+            # Strict: one sealed value has exactly one accepted spelling.
+            raw = b64url_decode(token)
+        except ValueError:
+            return None
+        if len(raw) < _MIN_RAW_LENGTH or raw[:1] != VERSION:
             return None
         kid = raw[1 : 1 + KEY_ID_LENGTH]
         candidates = self._keys.get(kid)

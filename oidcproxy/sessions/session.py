@@ -11,11 +11,13 @@ from __future__ import annotations
 import json
 import math
 import secrets
-import time
-from typing import TYPE_CHECKING, Any, Callable, Dict, FrozenSet, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, FrozenSet, List, Optional, Tuple
 
 import attr
+from twisted.internet.interfaces import IReactorTime
 from zope.interface import Interface
+
+from ..core.cache import BoundedCache
 
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
@@ -175,60 +177,31 @@ class OpenedSessions:
     sessions are immutable, so a cached one is as good as a fresh one; the
     expiry, idle and revocation checks still run on every request.
 
-    It holds the working set only: an entry not used for C{ttl} seconds is
-    dropped, so memory follows the sessions active in the last minute, not
-    every session ever seen; and it is bounded in entries and in characters
-    of the values kept (the sessions take about as much again), least
-    recently used first out.
+    It holds the working set only: an entry not used for C{ttl} seconds (of
+    C{clock}) is dropped, so memory follows the sessions active in the last
+    minute, not every session ever seen; and it is bounded in entries and in
+    characters of the values kept (the sessions take about as much again),
+    least recently used first out. A value larger than a quarter of
+    C{max_chars} is not kept at all.
     """
 
-    def __init__(self, max_entries: int = 2048, max_chars: int = 4_000_000, ttl: float = 60.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        from collections import OrderedDict
-
-        self._entries: OrderedDict[Any, Tuple[Session, float]] = OrderedDict()
-        self._chars = 0
-        self._max_entries = max_entries
+    def __init__(self, clock: IReactorTime, max_entries: int = 2048, max_chars: int = 4_000_000,
+                 ttl: float = 60.0) -> None:
         self._max_chars = max_chars
-        self._ttl = ttl
-        self._clock = clock
+        self._cache: BoundedCache[Any, Session] = BoundedCache(
+            clock, max_entries, idle=ttl, max_weight=max_chars)
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._cache)
 
     def get(self, key: Any) -> Optional[Session]:
-        entry = self._entries.get(key)
-        if entry is None:
-            return None
-        now = self._clock()
-        if now - entry[1] >= self._ttl:
-            self._drop(key)
-            return None
-        self._entries[key] = (entry[0], now)
-        self._entries.move_to_end(key)
-        return entry[0]
+        return self._cache.get(key)
 
     def put(self, key: Any, size: int, session: Session) -> None:
-        if key in self._entries or size > self._max_chars // 4:
+        """Keep C{session} under C{key}; C{size}: the characters of the value it was opened from."""
+        if size > self._max_chars // 4:
             return
-        now = self._clock()
-        self._entries[key] = (session, now)
-        self._chars += size
-        entries = self._entries
-        while entries:
-            oldest_key, (_, used) = next(iter(entries.items()))
-            if now - used < self._ttl and len(entries) <= self._max_entries \
-                    and self._chars <= self._max_chars:
-                break
-            self._drop(oldest_key)
-
-    def _drop(self, key: Any) -> None:
-        del self._entries[key]
-        self._chars -= _key_size(key)
-
-
-def _key_size(key: Any) -> int:
-    return len(key) if isinstance(key, str) else sum(len(k) for k in key)
+        self._cache.put(key, session, weight=size)
 
 
 PROXY_CLAIMS = ("sub", "iss", "aud", "azp", "sid", "exp", "iat", "auth_time", "acr", "amr",

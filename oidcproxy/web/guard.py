@@ -2040,7 +2040,7 @@ def _build_store(config: Config, sealer: Sealer, reactor: Any,
     s = config.session
     if s.store == "redis" and config.redis is not None:
         return _build_redis_store(config, sealer, reactor, metrics)
-    return CookieStore(sealer, store_tokens=s.store_tokens)
+    return CookieStore(sealer, reactor, store_tokens=s.store_tokens)
 
 
 def _build_redis_store(config: Config, sealer: Sealer, reactor: Any,
@@ -2051,7 +2051,7 @@ def _build_redis_store(config: Config, sealer: Sealer, reactor: Any,
     r = config.redis
     assert r is not None
     pool = build_redis(
-        r.url,
+        reactor, r.url,
         password=r.password.reveal() if r.password else None,
         username=r.username,
         pool_size=r.pool_size,

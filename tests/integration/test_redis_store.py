@@ -49,7 +49,7 @@ def pool_for(testcase: TestCase, url: str, **settings: Any) -> Any:
     settings.setdefault("pool_size", 2)
     settings.setdefault("command_timeout", TIMEOUT)
     settings.setdefault("connect_timeout", TIMEOUT)
-    pool = build_redis(url, **settings)
+    pool = build_redis(reactor, url, **settings)
     testcase.addCleanup(pool.disconnect)
     return pool
 
@@ -446,7 +446,7 @@ class RedisStoreUnitTests(SynchronousTestCase):
         ]
         for url, settings in bad:
             with self.assertRaises(ValueError, msg=f"{url} {settings}"):
-                build_redis(url, **settings)
+                build_redis(reactor, url, **settings)
 
     def test_hashed(self) -> None:
         """Keys name ids by the unpadded URL-safe base64 of their SHA-256."""

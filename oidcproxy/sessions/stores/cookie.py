@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Optional
 
 from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
 from ..crypto import Sealer
@@ -22,15 +23,16 @@ PURPOSE = b"session"
 class CookieStore:
     """
     @param sealer: seals and opens the cookie values.
+    @param clock: the time source of the cache of opened values.
     @param store_tokens: keep the OP's tokens in the cookie; when C{False}
         the session is saved L{without tokens<Session.without_tokens>}, which
         keeps the cookie small.
     """
 
-    def __init__(self, sealer: Sealer, store_tokens: bool = True) -> None:
+    def __init__(self, sealer: Sealer, clock: IReactorTime, store_tokens: bool = True) -> None:
         self._sealer = sealer
         self._store_tokens = store_tokens
-        self._opened = OpenedSessions()
+        self._opened = OpenedSessions(clock)
 
     def load(self, cookie_value: str) -> Deferred[Optional[Session]]:
         session = self._opened.get(cookie_value)

@@ -20,34 +20,26 @@ error, a lost connection or a deadline passed fails the Deferred with
 L{SessionStoreUnavailable}; C{None} from L{RedisStore.load} always means
 "there is no such session".
 
-txredisapi installs the global reactor when it is imported, so only
-L{build_redis} imports it, when it is called.
+The connection pool comes from L{oidcproxy.sessions.stores.redis.pool.build_redis}.
 """
 
 from __future__ import annotations
 
-import base64
-import collections
 import hashlib
 import math
 import re
 import secrets
-import types
-from typing import Any, Callable, Coroutine, List, Optional, Sequence, Tuple, TypeVar
-from urllib.parse import unquote, urlsplit
+from typing import Any, Callable, Coroutine, List, Optional, Sequence, TypeVar
 
 from twisted.internet.defer import CancelledError, Deferred, fail, maybeDeferred, succeed
 from twisted.internet.defer import TimeoutError as DeferredTimeoutError
-from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
-from twisted.logger import Logger
+from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
-from ...core.metrics import NullMetrics
-from ...core.tls import trust_root
-from ..crypto import Sealer
-from ..session import ISessionStore, OpenedSessions, Session, SessionStoreUnavailable
-
-log = Logger()
+from ....core.encoding import b64url_encode
+from ....core.metrics import NullMetrics
+from ...crypto import Sealer
+from ...session import ISessionStore, OpenedSessions, Session, SessionStoreUnavailable
 
 T = TypeVar("T")
 
@@ -117,10 +109,15 @@ return 0
 def hashed(text: str) -> str:
     """URL-safe base64 (unpadded) of the SHA-256 of C{text}: how Redis names ids, subs and sids."""
     digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()
-    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+    return b64url_encode(digest)
 
 
-def _positive(name: str, value: float) -> float:
+def positive_seconds(name: str, value: float) -> float:
+    """
+    C{value} as a float.
+
+    @raise ValueError: naming C{name}, for anything but a positive finite number.
+    """
     if isinstance(value, bool) or not isinstance(value, (int, float)) or \
             not math.isfinite(value) or value <= 0:
         raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
@@ -157,9 +154,9 @@ class RedisStore:
         self._sealer = sealer
         self._clock = clock
         self._prefix = key_prefix
-        self._timeout = _positive("command_timeout", command_timeout)
+        self._timeout = positive_seconds("command_timeout", command_timeout)
         self._metrics = metrics if metrics is not None else NullMetrics()
-        self._opened = OpenedSessions()
+        self._opened = OpenedSessions(clock)
 
     # keys
 
@@ -377,7 +374,7 @@ class RedisStore:
             C{None} while someone else holds it.
         """
         try:
-            lease_ms = max(1, math.ceil(_positive("lease", lease) * 1000))
+            lease_ms = max(1, math.ceil(positive_seconds("lease", lease) * 1000))
         except ValueError:
             return fail()
         key = self._lock_key(name)
@@ -451,328 +448,3 @@ class RedisStore:
             return max(times) if times else None
 
         return self._run("a revocation check", check)
-
-
-# -- the connection pool ------------------------------------------------------------------
-
-
-def _parse_url(url: str) -> Tuple[bool, str, int, Optional[str], Optional[str], Optional[int]]:
-    """C{(tls, host, port, username, password, db)} of a redis:// or rediss:// URL."""
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    if scheme not in ("redis", "rediss"):
-        raise ValueError(f"{url!r}: a Redis URL starts with redis:// or rediss://")
-    host = parts.hostname
-    if not host:
-        raise ValueError(f"{url!r}: no host")
-    try:
-        port = parts.port or 6379
-    except ValueError:
-        raise ValueError(f"{url!r}: the port is not a number from 1 to 65535") from None
-    username = unquote(parts.username) if parts.username else None
-    password = unquote(parts.password) if parts.password else None
-    path = parts.path.strip("/")
-    if path and not path.isdigit():
-        raise ValueError(f"{url!r}: the path names a database by number (/0, /1, ...)")
-    if parts.query or parts.fragment:
-        raise ValueError(f"{url!r}: query and fragment are not understood")
-    return scheme == "rediss", host, port, username, password, int(path) if path else None
-
-
-def build_redis(
-    url: str,
-    *,
-    password: Optional[str] = None,
-    username: Optional[str] = None,
-    db: Optional[int] = None,
-    pool_size: int = 10,
-    connect_timeout: float = 2.0,
-    command_timeout: float = 2.0,
-    ca_bundle: Optional[str] = None,
-    sentinel: Optional[Sequence[Tuple[str, int]]] = None,
-    master_name: Optional[str] = None,
-) -> Any:
-    """
-    A lazy txredisapi connection pool for L{RedisStore}: it is returned at
-    once and connects (and reconnects, with backoff, forever) in the
-    background, so the proxy starts while Redis is down.
-
-    @param url: C{redis://[user:password@]host[:port][/db]}; C{rediss://} for
-        TLS, which verifies the server's certificate and its name (the URL's
-        host) against C{ca_bundle}, or the platform's trust store. With
-        C{sentinel}, only the scheme, credentials and database are used.
-    @param password: overrides the URL's; C{username} selects an ACL user.
-    @param db: the database number; overrides the URL's.
-    @param connect_timeout: seconds a TCP connection attempt may take.
-    @param command_timeout: seconds a reply may take; a connection with a
-        reply overdue (a hung server, a dead network path) is aborted and
-        replaced.
-    @param ca_bundle: PEM file of the CAs trusted for rediss://.
-    @param sentinel: C{(host, port)} of Redis Sentinels; the pool then
-        connects to the master they name C{master_name} (checking its ROLE),
-        and follows failovers. The Sentinels are asked without a password;
-        with rediss:// they are reached over TLS too, each verified under its
-        own host, and the master under the address Sentinel announces (its
-        certificate must name it).
-    @return: the pool (a txredisapi connection handler); C{disconnect()}
-        closes it.
-    @raise ValueError: a bad URL or setting.
-    """
-    tls, host, port, url_username, url_password, url_db = _parse_url(url)
-    password = password if password is not None else url_password
-    username = username if username is not None else url_username
-    db = db if db is not None else url_db
-    if isinstance(db, bool) or not isinstance(db, (int, type(None))) or (db is not None and db < 0):
-        raise ValueError(f"db must be a database number, not {db!r}")
-    if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1:
-        raise ValueError(f"pool_size must be at least 1, not {pool_size!r}")
-    connect_timeout = _positive("connect_timeout", connect_timeout)
-    command_timeout = _positive("command_timeout", command_timeout)
-    if ca_bundle is not None and not tls:
-        raise ValueError("ca_bundle is for rediss:// URLs; this one is not TLS")
-    if sentinel is not None:
-        sentinels = [(str(h), int(p)) for h, p in sentinel]
-        if not sentinels or not master_name:
-            raise ValueError("sentinel needs at least one (host, port) and a master_name")
-    elif master_name is not None:
-        raise ValueError("master_name is only used with sentinel")
-
-    trusted = trust_root(ca_bundle) if ca_bundle is not None else None
-    from twisted.internet import reactor
-
-    kinds = _pool_classes(reactor)
-
-    def endpoint(host: str, port: int) -> IStreamClientEndpoint:
-        from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-        from twisted.internet.ssl import optionsForClientTLS
-
-        plain = HostnameEndpoint(reactor, host, port, timeout=connect_timeout)
-        if not tls:
-            return plain
-        return wrapClientTLS(optionsForClientTLS(host, trustRoot=trusted), plain)
-
-    settings = dict(
-        dbid=db, poolsize=pool_size, isLazy=True, charset="utf-8", password=password,
-        username=username, replyTimeout=None, convertNumbers=False,
-    )
-    if sentinel is None:
-        factory = kinds.Factory(f"{host}:{port}", handler=kinds.Handler, **settings)
-        kinds.prepare(factory, command_timeout)
-        factory.startConnecting(endpoint(host, port))
-        return factory.handler
-
-    import txredisapi
-
-    manager = txredisapi.Sentinel([])
-    # Sentinels are asked afresh before every connection attempt; if none
-    # answers in time, the attempt fails and is retried with backoff.
-    manager.discovery_timeout = connect_timeout + command_timeout
-    for s_host, s_port in sentinels:
-        s_factory = kinds.Factory(f"{s_host}:{s_port}", handler=kinds.Handler, dbid=None,
-                                  poolsize=1, isLazy=True, charset="utf-8",
-                                  convertNumbers=False)
-        kinds.prepare(s_factory, command_timeout)
-        s_factory.startConnecting(endpoint(s_host, s_port))
-        manager.sentinels.append(s_factory.handler)
-    factory = kinds.SentinelFactory(
-        sentinel_manager=manager, service_name=master_name, is_master=True, uuid=None,
-        handler=kinds.Handler, **settings,
-    )
-    kinds.prepare(factory, command_timeout, manager.disconnect)
-    factory.startConnecting(kinds.SentinelEndpoint(factory, endpoint))
-    return factory.handler
-
-
-def _pool_classes(reactor: Any) -> Any:
-    """
-    txredisapi's classes with the changes L{RedisStore} needs, defined on
-    demand because importing txredisapi installs the global reactor.
-
-      - A reply overdue by C{command_timeout} aborts its connection (which is
-        then replaced). txredisapi's own C{replyTimeout} is defused when the
-        caller cancels the command (as L{RedisStore}'s deadline does), so a
-        dead connection would stay in the pool.
-      - Failing AUTH or SELECT on a new connection (also a mere timeout, or
-        the server restarting meanwhile) does not stop the pool for good: it
-        keeps reconnecting with backoff, so it recovers once Redis does.
-      - A caller that stops waiting for a free connection (a deadline passed
-        while Redis is down) is forgotten at once instead of piling up until
-        Redis is back.
-    """
-    import txredisapi
-
-    class Protocol(txredisapi.RedisProtocol):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self._overdue: Any = collections.deque()
-
-        def execute_command(self, *args: Any, **kwargs: Any) -> Any:
-            result = super().execute_command(*args, **kwargs)
-            # Only reached when the command was written: one reply is due.
-            timeout = getattr(self.factory, "command_timeout", None)
-            call = None
-            if timeout and kwargs.get("apply_timeout", True):
-                call = reactor.callLater(timeout, self._reply_overdue, args[0], timeout)
-            self._overdue.append(call)
-            return result
-
-        def replyReceived(self, reply: Any) -> None:
-            if self._overdue:
-                call = self._overdue.popleft()
-                if call is not None and call.active():
-                    call.cancel()
-            super().replyReceived(reply)
-
-        def _reply_overdue(self, command: Any, timeout: float) -> None:
-            log.warn(
-                "Redis did not answer {command} within {timeout} s: dropping the connection",
-                command=command if isinstance(command, str) else repr(command), timeout=timeout,
-            )
-            self.transport.abortConnection()
-
-        def connectionLost(self, reason: Any) -> None:
-            overdue, self._overdue = self._overdue, collections.deque()
-            for call in overdue:
-                if call is not None and call.active():
-                    call.cancel()
-            super().connectionLost(reason)
-
-    class SentinelProtocol(Protocol):
-        """
-        Checks that the server Sentinel named is (still) the master before
-        the pool uses the connection. txredisapi's SentinelRedisProtocol does
-        the same but sends AUTH without waiting for its reply, whose failure
-        then goes unhandled.
-        """
-
-        def connectionMade(self) -> Any:
-            async def check() -> None:
-                try:
-                    if self.password is not None:
-                        await self.auth(self.password, self.username)
-                    role = await self.role()
-                except txredisapi.RedisError as e:  # a refused password, a lost connection, ...
-                    log.warn("Redis (named by Sentinel): cannot check the role: {error}", error=e)
-                    self.transport.loseConnection()
-                    return
-                if not role or role[0] != "master":
-                    log.warn("Redis (named by Sentinel) is not the master (any more); reconnecting")
-                    self.transport.loseConnection()
-                    return
-                await Protocol.connectionMade(self)
-
-            return Deferred.fromCoroutine(check())
-
-    class Queue(txredisapi.PeekableQueue):
-        def peek(self) -> Any:
-            if self.pending:
-                return super().peek()
-            d: Deferred[Any] = Deferred(self._forget)
-            self.peekers.append(d)
-            return d
-
-        def _forget(self, d: Any) -> None:
-            if d in self.peekers:
-                self.peekers.remove(d)
-
-    def prepare(factory: Any, command_timeout: float, extra_on_disconnect: Any = None) -> None:
-        factory.command_timeout = command_timeout
-        factory.extra_on_disconnect = extra_on_disconnect
-        factory.connectionQueue = Queue()
-        # A lazy pool's "ready" Deferred has no listener: a failure reported
-        # through it must not become an unhandled error.
-        factory.deferred.addErrback(lambda _: None)
-
-    def stop_trying(factory: Any) -> Any:
-        # txredisapi calls this when AUTH or SELECT fails on a new connection,
-        # which it closes; the slot reconnects later (with backoff) instead
-        # of giving up for good.
-        log.warn("Redis: the new connection could not be set up (AUTH/SELECT); retrying")
-        return succeed(None)
-
-    class Factory(txredisapi.RedisFactory):
-        protocol = Protocol
-        initialDelay = 0.5
-        maxDelay = 5.0
-        stopTrying = stop_trying
-
-    class SentinelFactory(txredisapi.SentinelConnectionFactory):
-        protocol = SentinelProtocol
-        maxDelay = 5.0
-        stopTrying = stop_trying
-
-    class Handler(txredisapi.ConnectionHandler):
-        def disconnect(self) -> Any:
-            from twisted.internet.defer import gatherResults
-
-            extra = self._factory.extra_on_disconnect
-            done = [self._factory.disconnect()]
-            if extra is not None:
-                done.append(extra())
-            return gatherResults(done, consumeErrors=True)
-
-    @implementer(IStreamClientEndpoint)
-    class SentinelEndpoint:
-        """
-        Asks the Sentinels for the master before every connection attempt,
-        and drops the pool's connections when it has moved. txredisapi's own
-        endpoint does the same but cannot do TLS, uses its maximal retry
-        delay as the connect timeout, and leaves its discovery timer behind
-        when the attempt is cancelled.
-        """
-
-        def __init__(self, factory: Any, endpoint: Callable[[str, int], Any]) -> None:
-            self._factory = factory
-            self._endpoint = endpoint
-            self._master: Optional[Tuple[str, int]] = None
-
-        def _discover(self) -> Deferred[Tuple[str, int]]:
-            manager = self._factory.sentinel_manager
-            name = self._factory.service_name
-            asked: List[Deferred[Any]] = []
-
-            def finish() -> None:
-                if timer.active():
-                    timer.cancel()
-                for d in asked:
-                    d.cancel()
-
-            result: Deferred[Tuple[str, int]] = Deferred(lambda _: finish())
-
-            def answered(masters: Any) -> None:
-                state = masters.get(name) if isinstance(masters, dict) else None
-                if result.called or not state or not manager.check_master_state(state):
-                    return
-                finish()
-                result.callback((state["ip"], int(state["port"])))
-
-            def timed_out() -> None:
-                finish()
-                result.errback(txredisapi.MasterNotFoundError(
-                    f"no Sentinel named a healthy master {name!r} in time"))
-
-            timer = reactor.callLater(manager.discovery_timeout, timed_out)
-            for sentinel in manager.sentinels:
-                asked.append(sentinel.sentinel_masters().addCallbacks(answered, lambda _: None))
-            return result
-
-        def connect(self, protocolFactory: Any) -> Any:
-            def found(address: Tuple[str, int]) -> Any:
-                if self._master is not None and self._master != address:
-                    log.info("Redis master moved to {host}:{port}", host=address[0], port=address[1])
-                    for conn in list(self._factory.pool):
-                        conn.transport.loseConnection()
-                self._master = address
-                return self._endpoint(address[0], address[1]).connect(protocolFactory)
-
-            def failed(failure: Any) -> Any:
-                if not failure.check(CancelledError):
-                    log.warn("Redis Sentinel: {error}", error=failure.getErrorMessage())
-                return failure
-
-            return self._discover().addCallbacks(found, failed)
-
-    return types.SimpleNamespace(
-        Factory=Factory, SentinelFactory=SentinelFactory, Handler=Handler,
-        SentinelEndpoint=SentinelEndpoint, prepare=prepare,
-    )
