@@ -24,7 +24,8 @@ setup(
         "Twisted[tls]>=24.7.0",
         "treq>=23.11.0",
         "pyjwt[crypto]>=2.8.0",
-        "txredisapi>=1.4.10",
+        # 1.6.0: the connection pool slots (startConnecting) the Redis store builds on.
+        "txredisapi>=1.6.0",
         # Prometheus metrics: the exposition format and a Twisted
         # MetricsResource for the [metrics] listener. 0.17 is the oldest
         # tested (and typed).
