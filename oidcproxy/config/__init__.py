@@ -21,6 +21,9 @@ from urllib.parse import urlsplit
 import attr
 from twisted.logger import Logger
 
+from ..core.urls import safe_return_to
+from .policy import Policy, RuleSyntaxError
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on PyPy 3.9
@@ -939,8 +942,6 @@ def _route(t: _Table, index: int, defaults: UpstreamSettings,
     verified = t.boolean("require_email_verified", True)
     policy = None
     if rule is not None or groups or emails or domains:
-        from .policy import Policy, RuleSyntaxError
-
         if auth == "none":
             t.problem("auth", '"none" cannot be combined with rule or allowed_* (nobody is known)')
         try:
@@ -1147,8 +1148,6 @@ def _usable_hmac_key(value: str) -> bool:
 def _landing_page(text: str) -> str:
     """A path (a safe same-origin return-to) or an absolute http(s) URL."""
     if text.startswith("/"):
-        from ..oidc.login import safe_return_to
-
         if safe_return_to(text) is None:
             raise ValueError(f"{text!r} is not a plain same-origin path")
         return text
