@@ -31,7 +31,11 @@ from urllib.parse import urlsplit
 
 import attr
 
-from ..config import HTTP_METHODS, RESERVED_AUTH_PARAMS, _cookie_name, _http_url, _route_host, _route_prefix
+from ..config import HTTP_METHODS, RESERVED_AUTH_PARAMS
+from ..config import cookie_name as _cookie_name
+from ..config import http_url as _http_url
+from ..config import route_host as _route_host
+from ..config import route_prefix as _route_prefix
 
 __all__ = [
     "Document",
