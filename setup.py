@@ -12,7 +12,7 @@ setup(
     license="MIT",
     python_requires=">=3.9",
     packages=[
-        "oidcproxy", "oidcproxy.core", "oidcproxy.config", "oidcproxy.sessions",
+        "oidcproxy", "oidcproxy.core", "oidcproxy.config", "oidcproxy.config.policy", "oidcproxy.sessions",
         "oidcproxy.sessions.stores", "oidcproxy.oidc", "oidcproxy.proxy", "oidcproxy.web",
         "oidcproxy.tools", "twisted.plugins",
     ],
