@@ -14,7 +14,7 @@ setup(
     packages=[
         "oidcproxy", "oidcproxy.core", "oidcproxy.config", "oidcproxy.config.policy", "oidcproxy.sessions",
         "oidcproxy.sessions.stores", "oidcproxy.oidc", "oidcproxy.proxy", "oidcproxy.web",
-        "oidcproxy.tools", "twisted.plugins",
+        "oidcproxy.tools", "oidcproxy.tools.traefik", "twisted.plugins",
     ],
     package_data={"twisted": ["plugins/oidcproxy_plugin.py"]},
     install_requires=[
@@ -35,6 +35,10 @@ setup(
         'tomli>=1.1.0; python_version < "3.11"',
         # oidcproxy-import-traefik reads Kubernetes YAML (safe_load_all only).
         "PyYAML>=6.0",
+        # oidcproxy-import-traefik writes its TOML with tomli-w: a correct,
+        # maintained TOML writer instead of our own escaping rules. 1.0 has
+        # the API used (dumps); 1.2.0 installs on PyPy 3.9 (pure Python).
+        "tomli-w>=1.0.0",
     ],
     entry_points={
         "console_scripts": ["oidcproxy-import-traefik = oidcproxy.tools.traefik:main"],
