@@ -14,7 +14,7 @@ setup(
     packages=[
         "oidcproxy", "oidcproxy.core", "oidcproxy.config", "oidcproxy.config.policy", "oidcproxy.sessions",
         "oidcproxy.sessions.stores", "oidcproxy.oidc", "oidcproxy.proxy", "oidcproxy.web",
-        "oidcproxy.tools", "oidcproxy.tools.traefik", "twisted.plugins",
+        "oidcproxy.tools", "oidcproxy.tools.demo", "oidcproxy.tools.traefik", "twisted.plugins",
     ],
     package_data={"twisted": ["plugins/oidcproxy_plugin.py"]},
     install_requires=[
