@@ -9,9 +9,8 @@ listed on stderr, never dropped silently.
 
 The work is done by pure functions: L{load_documents} (YAML text to
 L{Document}s, with PyYAML's C{safe_load_all} only) and L{convert} (documents
-to an L{ImportResult}: the TOML text and the warnings). PyYAML is imported
-only when documents are loaded, so the package and the twistd plugin never
-load it.
+to an L{ImportResult}: the TOML text and the warnings). Nothing outside
+this tool imports it, so the package and the twistd plugin never load PyYAML.
 
 Traefik Hub's option names are matched case-insensitively (its configuration
 is decoded like Go's C{encoding/json} does), so C{clientId} and C{clientID}

@@ -1,8 +1,8 @@
 """
 Reading the input: Kubernetes objects from YAML (PyYAML's C{safe_load_all}
-only, imported here so that the package and the twistd plugin never load
-it), and Traefik options read case-insensitively, with a warning for each
-value of the wrong type.
+only; nothing outside this tool imports it, so the package and the twistd
+plugin never load it), and Traefik options read case-insensitively, with a
+warning for each value of the wrong type.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import re
 from typing import Any, Callable, Dict, List, Mapping, Optional, Set, Tuple
 
 import attr
+import yaml
 
 SECRET_URN = "urn:k8s:secret:"
 
@@ -76,8 +77,6 @@ def load_documents(text: str, source: str) -> List[Document]:
     @raise TraefikImportError: the text is not valid YAML, or a document is
         not a mapping.
     """
-    import yaml
-
     try:
         parsed = list(yaml.safe_load_all(text))
     except yaml.YAMLError as e:
