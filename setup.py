@@ -1,4 +1,4 @@
-from setuptools import setup
+from setuptools import find_packages, setup
 
 with open("README.rst", encoding="utf-8") as f:
     long_description = f.read()
@@ -11,12 +11,8 @@ setup(
     long_description_content_type="text/x-rst",
     license="MIT",
     python_requires=">=3.9",
-    packages=[
-        "oidcproxy", "oidcproxy.core", "oidcproxy.config", "oidcproxy.sessions",
-        "oidcproxy.sessions.stores", "oidcproxy.sessions.stores.redis", "oidcproxy.oidc",
-        "oidcproxy.proxy", "oidcproxy.web",
-        "oidcproxy.tools", "twisted.plugins",
-    ],
+    # Every layer of the package (oidcproxy.*), and the twistd plugin.
+    packages=[*find_packages(include=["oidcproxy", "oidcproxy.*"]), "twisted.plugins"],
     package_data={"twisted": ["plugins/oidcproxy_plugin.py"]},
     install_requires=[
         # 24.7 fixed the HTTP request-smuggling and pipelining CVEs
@@ -37,6 +33,10 @@ setup(
         'tomli>=1.1.0; python_version < "3.11"',
         # oidcproxy-import-traefik reads Kubernetes YAML (safe_load_all only).
         "PyYAML>=6.0",
+        # oidcproxy-import-traefik writes its TOML with tomli-w: a correct,
+        # maintained TOML writer instead of our own escaping rules. 1.0 has
+        # the API used (dumps); 1.2.0 installs on PyPy 3.9 (pure Python).
+        "tomli-w>=1.0.0",
     ],
     entry_points={
         "console_scripts": ["oidcproxy-import-traefik = oidcproxy.tools.traefik:main"],

@@ -41,7 +41,8 @@ from .. import identity as identity  # re-exported: oidcproxy.web.guard.identity
 from ..config import Config, RouteConfig, origin_of
 from ..core.metrics import Metrics, NullMetrics
 from ..core.pages import render_error
-from ..oidc.login import LoginFlow, safe_return_to
+from ..core.urls import safe_return_to
+from ..oidc.login import LoginFlow
 from ..oidc.provider import ClientAuth, Provider, ProviderError, make_http_client
 from ..oidc.refresh import Refresher
 from ..oidc.tokens import (
