@@ -566,6 +566,22 @@ class LoginConfigTests(SynchronousTestCase):
     def problems(self, data):
         return self.assertRaises(ConfigError, parse_config, data, "x.toml").problems
 
+    def test_names_ending_in_a_line_feed(self):
+        """
+        Header names, cookie names, route hosts and the cookie domain are
+        checked whole: a trailing newline (which a C{$}-anchored pattern lets
+        through) is refused, one problem each.
+        """
+        data = _login()
+        data["headers"] = {"X-User\n": "sub"}
+        data["session"] = dict(data["session"], cookie_name="sid\n", cookie_domain="example.com\n")
+        data["routes"] = [{"path": "/", "upstream": "http://127.0.0.1:9000",
+                           "host": "app.example.com\n"}]
+        problems = self.problems(data)
+        self.assertEqual(len(problems), 4, problems)
+        for key in ("headers", "session.cookie_name", "session.cookie_domain", "routes[0].host"):
+            self.assertTrue(any(p.startswith(key) for p in problems), (key, problems))
+
     def test_login_defaults(self):
         """A minimal login config gets the documented defaults."""
         c = parse_config(_login(), "x.toml")

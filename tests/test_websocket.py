@@ -530,6 +530,15 @@ class UnitTests(SynchronousTestCase):
                                            (b"X-A", b"2")]))
         self.assertRaises(ValueError, parse_response_head, b"HTTP/1.1 101 OK\r\nX: a\x00b")
 
+    def test_parse_head_no_line_feed_in_names(self):
+        """
+        A bare LF at the end of a header name or of the status line is
+        refused: it would be written into the client's answer head.
+        """
+        for head in (b"HTTP/1.1 101 OK\r\nUpgrade: websocket\r\nX-Evil\n: v",
+                     b"HTTP/1.1 101 OK\n\r\nUpgrade: websocket"):
+            self.assertRaises(ValueError, parse_response_head, head)
+
     def test_chunked_decoder(self):
         """Chunks split anywhere decode to the body; malformed sizes are errors."""
         body = b"4\r\nWiki\r\n5;ext=1\r\npedia\r\n0\r\nTrailer: x\r\n\r\n"

@@ -31,7 +31,7 @@ _SIZE_UNITS = {
     "MiB": 1024**2,
     "GiB": 1024**3,
 }
-_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
 def parse_duration(text: str) -> float:
@@ -107,14 +107,14 @@ def route_prefix(text: str) -> str:
     return text.rstrip("/") or "/"
 
 
-_HOST_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
+_HOST_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?")
 
 
 def route_host(text: str) -> str:
     """A host name or a C{*.example.com} wildcard, returned in lower case."""
     host = text.lower()
     labels = host[2:].split(".") if host.startswith("*.") else host.split(".")
-    if not host or not all(_HOST_LABEL.match(label) for label in labels):
+    if not host or not all(_HOST_LABEL.fullmatch(label) for label in labels):
         raise ValueError(f"{text!r} is not a host name or a '*.example.com' wildcard")
     return host
 
@@ -163,21 +163,22 @@ def readable_file(path: str) -> str:
 
 def header_name(text: str) -> str:
     """An HTTP header name (an RFC 9110 token)."""
-    if not _TOKEN.match(text):
+    if not _TOKEN.fullmatch(text):
         raise ValueError(f"{text!r} is not a valid header name")
     return text
 
 
 def cookie_name(text: str) -> str:
     """A cookie name (an RFC 9110 token)."""
-    if not _TOKEN.match(text):
+    if not _TOKEN.fullmatch(text):
         raise ValueError(f"{text!r} is not a valid cookie name")
     return text
 
 
 def cookie_domain(text: str) -> str:
-    """A cookie C{Domain}: a host name, without a leading dot."""
-    if not text or any(c in text for c in ";, \t") or text.startswith("."):
+    """A cookie C{Domain}: a host name (letters, digits, hyphens, dots), without a leading dot."""
+    labels = text.lower().split(".")
+    if not text or not all(_HOST_LABEL.fullmatch(label) for label in labels):
         raise ValueError(f"{text!r} is not a cookie domain (a host name without a leading dot)")
     return text
 
@@ -208,7 +209,7 @@ def http_method(text: str) -> str:
 def email_domain(text: str) -> str:
     """A domain name of an allow-list, returned in lower case without a final dot."""
     domain = text.lower().rstrip(".")
-    if not domain or "@" in domain or not all(_HOST_LABEL.match(x) for x in domain.split(".")):
+    if not domain or "@" in domain or not all(_HOST_LABEL.fullmatch(x) for x in domain.split(".")):
         raise ValueError(f"{text!r} is not a domain name")
     return domain
 

@@ -69,8 +69,8 @@ MAX_HEAD = 64 * 1024
 CLOSE_GRACE = 10.0
 """Seconds a closing side gets to flush what it still has to send before it is aborted."""
 
-_TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
-_STATUS_LINE = re.compile(rb"^HTTP/1\.[01] ([1-5][0-9][0-9])(?: ([\t\x20-\x7e\x80-\xff]*))?$")
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_STATUS_LINE = re.compile(rb"HTTP/1\.[01] ([1-5][0-9][0-9])(?: ([\t\x20-\x7e\x80-\xff]*))?")
 _BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 
 EndpointFactory = Callable[[RouteConfig], IStreamClientEndpoint]
@@ -86,13 +86,13 @@ def parse_response_head(head: bytes) -> Tuple[int, bytes, List[Tuple[bytes, byte
         folding included: a proxy must not guess what it meant).
     """
     lines = head.split(b"\r\n")
-    status = _STATUS_LINE.match(lines[0])
+    status = _STATUS_LINE.fullmatch(lines[0])
     if status is None:
         raise ValueError("malformed status line")
     headers = []
     for line in lines[1:]:
         name, colon, value = line.partition(b":")
-        if not colon or not _TOKEN.match(name):
+        if not colon or not _TOKEN.fullmatch(name):
             raise ValueError("malformed header line")
         value = value.strip(b" \t")
         if _BAD_VALUE.search(value):

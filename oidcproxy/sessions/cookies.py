@@ -45,7 +45,7 @@ class CookieTooLarge(Exception):
 
 
 def _check_name(instance: object, attribute: attr.Attribute, value: str) -> None:
-    if not isinstance(value, str) or not _TOKEN.match(value):
+    if not isinstance(value, str) or not _TOKEN.fullmatch(value):
         raise ValueError(f"cookie name {value!r} is not a token")
 
 
