@@ -18,6 +18,7 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
+from ...core.encoding import b64url_encode
 from .accounts import DemoClient, DemoUser, same
 from .pages import BadRequest, read_form, send, send_json
 from .records import REFRESH_LIFETIME, TOKEN_LIFETIME, Grant, Ledger
@@ -25,12 +26,8 @@ from .records import REFRESH_LIFETIME, TOKEN_LIFETIME, Grant, Ledger
 _PKCE_VERIFIER = re.compile(r"[A-Za-z0-9\-._~]{43,128}")
 
 
-def _b64(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
-
-
 def _s256(verifier: str) -> str:
-    return _b64(hashlib.sha256(verifier.encode("ascii")).digest())
+    return b64url_encode(hashlib.sha256(verifier.encode("ascii")).digest())
 
 
 class OAuthError(Exception):
@@ -230,7 +227,7 @@ class TokenEndpoint:
         id_claims: Dict[str, Any] = {
             "iss": self.issuer, "sub": user.sub, "aud": self.client.client_id,
             "iat": now, "exp": now + TOKEN_LIFETIME, "auth_time": auth_time, "sid": sid,
-            "at_hash": _b64(digest[:16]), **profile,
+            "at_hash": b64url_encode(digest[:16]), **profile,
         }
         if nonce is not None:
             id_claims["nonce"] = nonce
