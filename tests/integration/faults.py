@@ -246,6 +246,17 @@ def session_keys(server: RedisServer) -> int:
     return int(reply[1:].strip())
 
 
+def session_keys_without_expiry(server: RedisServer) -> int:
+    """How many session values in Redis have no time to live (would never expire)."""
+    reply = redis_command(server, b"EVAL",
+                          b"local n = 0 "
+                          b"for _, k in ipairs(redis.call('KEYS', 'oidcproxy:s:*')) do "
+                          b"if redis.call('TTL', k) < 0 then n = n + 1 end end "
+                          b"return n", b"0")
+    assert reply.startswith(b":"), reply
+    return int(reply[1:].strip())
+
+
 async def fill_until_oom(server: RedisServer, limit: int = 100_000) -> int:
     """
     Write junk values until Redis (with C{--maxmemory} and C{noeviction})

@@ -1,0 +1,120 @@
+"""
+One request's state while the proxy handles it, carried by the request as a
+component: twisted.web's L{Request} is L{Componentized}, so the parts that
+handle a request (the site, the guard, the upstream, the WebSocket splice,
+the access log, an embedding application) share one L{RequestContext}
+through L{context} / L{peek} instead of attributes set on the request.
+
+The context is filled top to bottom: the site matches the route early (to
+bound the body), the guard records its decision, the identity and the
+session, and what the answer must carry (cookies, headers, which of the
+wrapped resource's own C{Set-Cookie} values are refused); the upstream
+records the route it served; the access log reads it all at the end.
+
+This module is in the bottom layer, so the values it holds whose types are
+defined above it (a route, an identity, a session) are typed C{Any} here and
+documented with their real types.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, List, Optional, Tuple
+
+import attr
+from zope.interface import Interface
+
+__all__ = ["IRequestContext", "RequestContext", "context", "peek"]
+
+
+class IRequestContext(Interface):
+    """The component key under which a request carries its L{RequestContext}."""
+
+
+@attr.s(auto_attribs=True, slots=True)
+class RequestContext:
+    """
+    @ivar early_match: the L{oidcproxy.proxy.routes.RouteMatch} the site
+        found before the body arrived (to apply the route's body limit), or
+        None; the guard uses it instead of matching again.
+    @ivar match: the L{oidcproxy.proxy.routes.RouteMatch} the guard decided
+        on: a reverse proxy behind the guard forwards to it without matching.
+    @ivar route: the L{oidcproxy.config.RouteConfig} that served the request
+        (for the access log and the metrics).
+    @ivar decision: what the guard decided (C{"session"}, C{"bearer"},
+        C{"anonymous"}, C{"public"}, ...), or None before it decided.
+    @ivar identity: the authenticated L{oidcproxy.Identity}, or None.
+    @ivar session: the L{oidcproxy.sessions.Session} the request came with.
+    @ivar user: the user name for the access log, or None.
+    @ivar auth: how the request was authenticated, for the access log.
+    @ivar endpoint: the name of the guard's own endpoint that answers (login,
+        callback, ...), or None when the wrapped resource answers.
+    @ivar cookies: C{Set-Cookie} values the answer carries besides the
+        wrapped resource's own.
+    @ivar headers: other (name, value) headers the answer carries, replacing
+        the wrapped resource's of the same name.
+    @ivar keep_cookie: refuses (returns False for) a C{Set-Cookie} value of
+        the wrapped resource's answer that must not reach the client (one
+        that sets a cookie of the proxy's own), or None: all are kept.
+    @ivar answer_applied: whether L{apply_answer} ran.
+    """
+
+    early_match: Any = None
+    match: Any = None
+    route: Any = None
+    decision: Optional[str] = None
+    identity: Any = None
+    session: Any = None
+    user: Optional[str] = None
+    auth: str = "-"
+    endpoint: Optional[str] = None
+    cookies: List[bytes] = attr.Factory(list)
+    headers: List[Tuple[bytes, bytes]] = attr.Factory(list)
+    keep_cookie: Optional[Callable[[bytes], bool]] = None
+    answer_applied: bool = False
+
+    def apply_answer(self, request: Any) -> None:
+        """
+        Put what the guard adds to the answer into C{request}'s response
+        headers, once, just before they are written: the C{Set-Cookie}
+        values L{keep_cookie} refuses are dropped (from the header and from
+        C{request.cookies}, which Twisted writes as C{Set-Cookie} too), then
+        L{cookies} are added and L{headers} set.
+        """
+        if self.answer_applied:
+            return
+        self.answer_applied = True
+        if not self.cookies and not self.headers and self.keep_cookie is None:
+            return
+        out = request.responseHeaders
+        sent: List[bytes] = list(request.cookies or out.getRawHeaders(b"set-cookie", []))
+        if self.keep_cookie is not None:
+            sent = [c for c in sent if self.keep_cookie(c)]
+        sent.extend(c for c in self.cookies if c not in sent)
+        # All in the header: Twisted leaves it alone when request.cookies is empty.
+        del request.cookies[:]
+        if sent:
+            out.setRawHeaders(b"set-cookie", sent)
+        else:
+            out.removeHeader(b"set-cookie")
+        for name, value in self.headers:
+            out.setRawHeaders(name, [value])
+
+    def kept_cookies(self, values: List[bytes]) -> List[bytes]:
+        """The C{Set-Cookie} values of C{values} that L{keep_cookie} lets through."""
+        keep = self.keep_cookie
+        return list(values) if keep is None else [v for v in values if keep(v)]
+
+
+def context(request: Any) -> RequestContext:
+    """C{request}'s L{RequestContext}, made and set on it the first time."""
+    found: Optional[RequestContext] = request.getComponent(IRequestContext)
+    if found is None:
+        found = RequestContext()
+        request.setComponent(IRequestContext, found)
+    return found
+
+
+def peek(request: Any) -> Optional[RequestContext]:
+    """C{request}'s L{RequestContext}, or None when nothing has made one."""
+    getter = getattr(request, "getComponent", None)
+    return None if getter is None else getter(IRequestContext)

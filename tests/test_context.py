@@ -1,0 +1,84 @@
+"""The per-request context: one component on the request, applied once to the answer."""
+
+from __future__ import annotations
+
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.server import Request
+from twisted.web.test.requesthelper import DummyChannel
+
+from oidcproxy.core.context import IRequestContext, RequestContext, context, peek
+
+
+def _request() -> Request:
+    return Request(DummyChannel())
+
+
+class ContextTests(SynchronousTestCase):
+    def test_made_once_and_kept_as_component(self) -> None:
+        """context() makes the context the first time and returns the same one after."""
+        request = _request()
+        self.assertIsNone(peek(request))
+        made = context(request)
+        self.assertIsInstance(made, RequestContext)
+        self.assertIs(context(request), made)
+        self.assertIs(peek(request), made)
+        self.assertIs(request.getComponent(IRequestContext), made)
+
+    def test_no_attributes_on_the_request(self) -> None:
+        """The context is a component: the request gains no attribute of ours."""
+        request = _request()
+        before = set(vars(request))
+        context(request).user = "alice"
+        self.assertEqual({n for n in set(vars(request)) - before if "oidcproxy" in n}, set())
+
+    def test_apply_answer_filters_adds_and_sets_once(self) -> None:
+        """
+        Refused Set-Cookie values are dropped (header and request.cookies),
+        the guard's cookies are added without doubles, its headers replace
+        the resource's; a second apply changes nothing.
+        """
+        request = _request()
+        request.responseHeaders.setRawHeaders(b"set-cookie", [b"app=1", b"session=evil"])
+        request.responseHeaders.setRawHeaders(b"x-auth-session-expires-in", [b"1"])
+        ctx = context(request)
+        ctx.keep_cookie = lambda value: not value.startswith(b"session=")
+        ctx.cookies.extend([b"session=good", b"app=1"])
+        ctx.headers.append((b"x-auth-session-expires-in", b"60"))
+        ctx.apply_answer(request)
+        headers = request.responseHeaders
+        self.assertEqual(headers.getRawHeaders(b"set-cookie"), [b"app=1", b"session=good"])
+        self.assertEqual(headers.getRawHeaders(b"x-auth-session-expires-in"), [b"60"])
+        ctx.cookies.append(b"late=1")
+        ctx.apply_answer(request)
+        self.assertEqual(headers.getRawHeaders(b"set-cookie"), [b"app=1", b"session=good"])
+
+    def test_apply_answer_takes_add_cookie_values(self) -> None:
+        """Cookies set with request.addCookie are filtered too, and written once."""
+        request = _request()
+        request.addCookie(b"session", b"evil")
+        request.addCookie(b"app", b"2")
+        ctx = context(request)
+        ctx.keep_cookie = lambda value: not value.startswith(b"session=")
+        ctx.apply_answer(request)
+        self.assertEqual(request.cookies, [])
+        self.assertEqual(request.responseHeaders.getRawHeaders(b"set-cookie"), [b"app=2"])
+
+    def test_removes_set_cookie_when_all_refused(self) -> None:
+        request = _request()
+        request.responseHeaders.setRawHeaders(b"set-cookie", [b"session=evil"])
+        ctx = context(request)
+        ctx.keep_cookie = lambda value: False
+        ctx.apply_answer(request)
+        self.assertFalse(request.responseHeaders.hasHeader(b"set-cookie"))
+
+    def test_nothing_to_apply_leaves_headers(self) -> None:
+        request = _request()
+        request.addCookie(b"app", b"3")
+        context(request).apply_answer(request)
+        self.assertEqual(len(request.cookies), 1)
+
+    def test_kept_cookies(self) -> None:
+        ctx = RequestContext()
+        self.assertEqual(ctx.kept_cookies([b"a=1"]), [b"a=1"])
+        ctx.keep_cookie = lambda value: value != b"a=1"
+        self.assertEqual(ctx.kept_cookies([b"a=1", b"b=2"]), [b"b=2"])
