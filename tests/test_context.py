@@ -63,6 +63,21 @@ class ContextTests(SynchronousTestCase):
         self.assertEqual(request.cookies, [])
         self.assertEqual(request.responseHeaders.getRawHeaders(b"set-cookie"), [b"app=2"])
 
+    def test_apply_answer_keeps_header_and_add_cookie_values(self) -> None:
+        """
+        Twisted writes both the Set-Cookie header and request.cookies: both
+        survive (in the header), neither twice.
+        """
+        request = _request()
+        request.responseHeaders.setRawHeaders(b"set-cookie", [b"a=1"])
+        request.addCookie(b"b", b"2")
+        ctx = context(request)
+        ctx.cookies.append(b"c=3")
+        ctx.apply_answer(request)
+        self.assertEqual(request.cookies, [])
+        self.assertEqual(request.responseHeaders.getRawHeaders(b"set-cookie"),
+                         [b"a=1", b"b=2", b"c=3"])
+
     def test_removes_set_cookie_when_all_refused(self) -> None:
         request = _request()
         request.responseHeaders.setRawHeaders(b"set-cookie", [b"session=evil"])

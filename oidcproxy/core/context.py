@@ -77,7 +77,8 @@ class RequestContext:
         Put what the guard adds to the answer into C{request}'s response
         headers, once, just before they are written: the C{Set-Cookie}
         values L{keep_cookie} refuses are dropped (from the header and from
-        C{request.cookies}, which Twisted writes as C{Set-Cookie} too), then
+        C{request.cookies}, which Twisted writes as C{Set-Cookie} besides the
+        header's), then
         L{cookies} are added and L{headers} set.
         """
         if self.answer_applied:
@@ -86,7 +87,7 @@ class RequestContext:
         if not self.cookies and not self.headers and self.keep_cookie is None:
             return
         out = request.responseHeaders
-        sent: List[bytes] = list(request.cookies or out.getRawHeaders(b"set-cookie", []))
+        sent: List[bytes] = out.getRawHeaders(b"set-cookie", []) + list(request.cookies)
         if self.keep_cookie is not None:
             sent = [c for c in sent if self.keep_cookie(c)]
         sent.extend(c for c in self.cookies if c not in sent)
