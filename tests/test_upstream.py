@@ -22,8 +22,9 @@ from twisted.web.test.requesthelper import DummyChannel
 
 from oidcproxy.config import RouteConfig, UpstreamSettings
 from oidcproxy.proxy.headers import canonical_header, drop_connection_named
+from oidcproxy.proxy.relay import BodyRelay
 from oidcproxy.proxy.routes import RouteTable
-from oidcproxy.proxy.upstream import UpstreamClient, UpstreamProxy, _BodyRelay
+from oidcproxy.proxy.upstream import UpstreamClient, UpstreamProxy
 
 from .fakes import FailingAgent, HangingAgent, RecordingUpstream
 
@@ -598,7 +599,7 @@ class DisconnectTests(SynchronousTestCase):
 
 
 class FakeRequest:
-    """Just what L{_BodyRelay} uses of a request."""
+    """Just what L{BodyRelay} uses of a request."""
 
     def __init__(self):
         self.producer = None
@@ -642,7 +643,7 @@ class BodyRelayTests(SynchronousTestCase):
     def relay(self):
         request = FakeRequest()
         done = []
-        relay = _BodyRelay(request, route(), lambda: done.append(True))
+        relay = BodyRelay(request, route(), lambda: done.append(True))
         transport = FakeProducerTransport()
         relay.makeConnection(transport)
         return request, relay, transport, done

@@ -27,7 +27,8 @@ from oidcproxy.core.metrics import Metrics
 from oidcproxy.proxy.headers import is_websocket_upgrade
 from oidcproxy.proxy.routes import RouteTable
 from oidcproxy.proxy.upstream import UpstreamClient, UpstreamProxy
-from oidcproxy.proxy.websocket import MAX_HEAD, SocketRegistry, _ChunkedBody, parse_response_head
+from oidcproxy.proxy.websocket import MAX_HEAD, SocketRegistry, parse_response_head
+from oidcproxy.proxy.websocket.head import ChunkedBody
 from oidcproxy.service import body_limit_for
 from oidcproxy.web.server import ProxySite
 
@@ -542,14 +543,14 @@ class UnitTests(SynchronousTestCase):
     def test_chunked_decoder(self):
         """Chunks split anywhere decode to the body; malformed sizes are errors."""
         body = b"4\r\nWiki\r\n5;ext=1\r\npedia\r\n0\r\nTrailer: x\r\n\r\n"
-        decoder = _ChunkedBody()
+        decoder = ChunkedBody()
         out: List[bytes] = []
         done = False
         for i in range(len(body)):
             pieces, done = decoder.feed(body[i:i + 1])
             out.extend(pieces)
         self.assertEqual((b"".join(out), done), (b"Wikipedia", True))
-        self.assertRaises(ValueError, _ChunkedBody().feed, b"zz\r\n")
+        self.assertRaises(ValueError, ChunkedBody().feed, b"zz\r\n")
 
 
 class StreamTests(SynchronousTestCase):
