@@ -21,6 +21,7 @@ from twisted.web.server import Request
 
 from ..config import RouteConfig
 from ..core.admission import LogThrottle, QueueFull
+from ..core.context import peek
 from ..core.metrics import NullMetrics
 from ..core.pages import render_error
 from .client import UpstreamClient
@@ -149,16 +150,23 @@ class Exchange:
         # Twisted's defaults: the upstream's answer speaks for itself.
         out.removeHeader(b"server")
         out.removeHeader(b"content-type")
-        setattr(request, "defaultContentType", None)  # noqa: B010
+        request.defaultContentType = None
+        # The pool's protocol has removed what the upstream's Connection
+        # named already (Twisted keeps that header to itself); a response
+        # from elsewhere may still carry it.
         connection_named = connection_tokens(response.headers)
-        named = getattr(response, "oidcproxy_connection", None)
-        if named:
-            connection_named = connection_named | frozenset(
-                t.strip().lower() for v in named for t in v.split(b","))
+        # The guard refuses the upstream's Set-Cookie values for the proxy's
+        # own cookies; dropped here too, for a site whose requests do not
+        # apply the context's answer.
+        found = peek(request)
         for name, values in response.headers.getAllRawHeaders():
             lower = name.lower()
             if lower in HOP_BY_HOP or lower in connection_named:
                 continue
+            if lower == b"set-cookie" and found is not None:
+                values = found.kept_cookies(values)
+                if not values:
+                    continue
             out.setRawHeaders(name, values)
         # Agent keeps Content-Length to itself (except for HEAD) and tells the
         # body length instead: pass it on, so the client gets a sized response

@@ -32,6 +32,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from ..config import IPNetwork, RouteConfig
 from ..core.admission import LogThrottle
+from ..core.context import context, peek
 from ..core.httpclient import BytesProducer
 from ..core.metrics import NullMetrics
 from ..core.pages import render_error
@@ -149,7 +150,7 @@ class UpstreamProxy(Resource):
         self._maybe_retire()
 
     def render(self, request: Request) -> Any:
-        match: Optional[RouteMatch] = getattr(request, "oidcproxy_match", None)
+        match = _guard_match(request)
         if match is not None:
             # A guard in front has routed the request already.
             return self.forward(request, match)
@@ -170,7 +171,7 @@ class UpstreamProxy(Resource):
         Used by L{render}, and by a guard that has already matched the route.
         """
         route = match.route
-        setattr(request, "oidcproxy_route", route)  # noqa: B010 - read by the access log
+        context(request).route = route
         if request.method == b"CONNECT":
             return render_error(request, 405, "method_not_allowed", "CONNECT is not proxied.")
         if route.settings.websockets and is_websocket_upgrade(request):
@@ -201,3 +202,13 @@ class UpstreamProxy(Resource):
         Exchange(request, route, self._clients[route.index], target, headers, producer,
                  self._clock, self._metrics, self._refusals)
         return NOT_DONE_YET
+
+
+def _guard_match(request: Request) -> Optional[RouteMatch]:
+    """The route a guard in front has matched the request to, or None."""
+    found = peek(request)
+    if found is not None and found.match is not None:
+        return found.match
+    # Until the guard sets the context: the attribute it sets today.
+    legacy: Optional[RouteMatch] = getattr(request, "oidcproxy_match", None)
+    return legacy

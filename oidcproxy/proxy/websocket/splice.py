@@ -22,6 +22,7 @@ from twisted.web.server import Request
 from zope.interface import implementer
 
 from ...config import RouteConfig
+from ...core.context import RequestContext
 from ...core.metrics import NullMetrics
 from ..headers import HOP_BY_HOP, header_tokens
 
@@ -62,17 +63,18 @@ class ClientSide(SpliceSide):
         self._splice.from_client(data)
 
 
-def switching_head(request: Any, reason: bytes, headers: List[Tuple[bytes, bytes]],
-                   raw: Headers) -> bytes:
+def switching_head(request: Any, guard: RequestContext, reason: bytes,
+                   headers: List[Tuple[bytes, bytes]], raw: Headers) -> bytes:
     """
     The C{101} the client gets: the upstream's answer C{headers} (C{raw}
-    holds the same) less the hop-by-hop ones, with the upgrade, then the
-    headers the guard meant to add to this request's answer.
+    holds the same) less the hop-by-hop ones and the C{Set-Cookie} values
+    the guard refuses (the proxy's own cookie names), with the upgrade;
+    then the C{Set-Cookie} and other headers the guard meant to add to this
+    request's answer (C{guard}, its context: a refreshed session cookie,
+    say), as they would go out with any answer.
     """
     named = header_tokens(raw, b"connection")
-    # The guard's filter of the answer's Set-Cookie (the proxy's own
-    # cookie names), which request.write would apply to any other answer.
-    keep = getattr(getattr(request, "oidcproxy_pending_headers", None), "keep", None)
+    keep = guard.keep_cookie
     lines = [b"HTTP/1.1 101 " + (reason or b"Switching Protocols")]
     for name, value in headers:
         lower = name.lower()
@@ -83,22 +85,11 @@ def switching_head(request: Any, reason: bytes, headers: List[Tuple[bytes, bytes
         lines.append(name + b": " + value)
     lines.append(b"Upgrade: " + b", ".join(raw.getRawHeaders(b"upgrade", [])))
     lines.append(b"Connection: Upgrade")
-    lines.extend(_guard_headers(request))
+    lines.extend(b"Set-Cookie: " + c
+                 for c in request.responseHeaders.getRawHeaders(b"set-cookie", []))
+    lines.extend(b"Set-Cookie: " + c for c in guard.cookies)
+    lines.extend(name + b": " + value for name, value in guard.headers)
     return b"\r\n".join(lines) + b"\r\n\r\n"
-
-
-def _guard_headers(request: Any) -> List[bytes]:
-    """
-    The C{Set-Cookie} and other headers the guard meant to add to this
-    request's answer (a refreshed session cookie, say): they go out with the
-    101 as they would with any answer.
-    """
-    lines = [b"Set-Cookie: " + c for c in request.responseHeaders.getRawHeaders(b"set-cookie", [])]
-    pending = getattr(request, "oidcproxy_pending_headers", None)
-    if pending is not None:
-        lines.extend(b"Set-Cookie: " + c for c in pending.cookies)
-        lines.extend(name + b": " + value.encode("ascii") for name, value in pending.headers)
-    return lines
 
 
 class Splice:
@@ -151,8 +142,13 @@ class Splice:
         client = ClientSide(self)
         self._client = client
         self._channel = channel
-        setattr(channel, "dataReceived", client.dataReceived)  # noqa: B010
-        setattr(channel, "connectionLost", self._client_lost)  # noqa: B010
+        # The channel stays the transport's protocol (under TLS and behind
+        # Twisted's protocol-negotiating wrapper too); these instance
+        # attributes shadow its methods until the socket ends. The same two
+        # assignments as Twisted's own WebSocket server makes, in
+        # HTTPChannel._protocolUpgradeForWebsockets (private, so not called).
+        channel.dataReceived = client.dataReceived
+        channel.connectionLost = self._client_lost
         transport.unregisterProducer()
         forget = getattr(getattr(channel, "site", None), "forget_channel", None)
         if forget is not None:
@@ -228,8 +224,9 @@ class Splice:
     def _client_lost(self, reason: Failure) -> None:
         """The client's connection is gone: the socket ends, and so does its request."""
         channel = self._channel
-        delattr(channel, "dataReceived")
-        delattr(channel, "connectionLost")
+        # The channel's own methods again, for its clean-up below.
+        del channel.dataReceived
+        del channel.connectionLost
         self.close("client")
         self._stop_grace(self._client)
         request = self._request

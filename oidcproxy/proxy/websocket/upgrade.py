@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any, Callable, Dict, List, Optional, Tuple
 from urllib.parse import urlsplit
 
+import attr
 from twisted.internet import error as ierror
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, connectProtocol, wrapClientTLS
@@ -22,6 +23,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.server import NOT_DONE_YET, Request
 
 from ...config import RouteConfig, UpstreamSettings
+from ...core.context import RequestContext, peek
 from ...core.metrics import NullMetrics
 from ...core.pages import render_error
 from ..connect import describe_failure, tls_policy
@@ -106,9 +108,9 @@ class WebSocketProxy:
         host = urlsplit(route.upstream).netloc.encode("ascii")
         head = request_head(request.method, match.upstream_target, host, headers,
                             b", ".join(incoming.getRawHeaders(b"upgrade", [])))
-        session = getattr(request, "oidcproxy_session", None)
-        who = getattr(request, "oidcproxy_identity", None)
-        upgrade = _Upgrade(self, request, route, head)
+        guard = _guard_context(request)
+        session, who = guard.session, guard.identity
+        upgrade = _Upgrade(self, request, route, head, guard)
         if not self.sockets.add(upgrade, getattr(session, "id", None),
                                 getattr(session, "sid", None), getattr(who, "sub", None)):
             log.warn("WebSocket refused on {route}: max_websockets ({limit}) are open",
@@ -144,8 +146,10 @@ class _Upgrade:
     """
 
     def __init__(self, owner: WebSocketProxy, request: Request, route: RouteConfig,
-                 head: bytes) -> None:
+                 head: bytes, guard: RequestContext) -> None:
         self._owner = owner
+        self._guard = guard
+        self._client_went = False
         self._clock = owner.clock
         self._metrics = owner.metrics
         self._request = request
@@ -201,6 +205,7 @@ class _Upgrade:
 
     def _client_gone(self, reason: Failure) -> None:
         """The client went away before the 101 (or during a non-101 answer)."""
+        self._client_went = True
         if self.state in ("connecting", "waiting"):
             self._metrics.websocket_upgrade("client_gone")
         self._end_handshake()
@@ -223,7 +228,7 @@ class _Upgrade:
         self._metrics.websocket_upgrade(result)
         self._end_handshake()
         request = self._request
-        if request.finished or getattr(request, "_disconnected", False):
+        if request.finished or self._client_went:
             return
         if code == 504:
             body = render_error(request, 504, "upstream_timeout",
@@ -304,12 +309,15 @@ class _Upgrade:
         out = request.responseHeaders
         out.removeHeader(b"server")
         out.removeHeader(b"content-type")
-        setattr(request, "defaultContentType", None)  # noqa: B010
+        request.defaultContentType = None
 
         named = header_tokens(raw, b"connection")
+        keep = self._guard.keep_cookie
         for name, value in headers:
             lower = name.lower()
             if lower in HOP_BY_HOP or lower in named:
+                continue
+            if lower == b"set-cookie" and keep is not None and not keep(value):
                 continue
             out.addRawHeader(name, value)
         self.state = "answering"
@@ -342,7 +350,7 @@ class _Upgrade:
         if self._upstream is not None:
             # The connection was opened for the upgrade only: not reused.
             self._upstream.transport.loseConnection()
-        if not request.finished and not getattr(request, "_disconnected", False):
+        if not request.finished and not self._client_went:
             request.finish()
 
     def _answer_lost(self) -> None:
@@ -359,7 +367,7 @@ class _Upgrade:
         request.unregisterProducer()
         if self._upstream is not None:
             self._upstream.transport.abortConnection()
-        if not getattr(request, "_disconnected", False) and not request.finished:
+        if not self._client_went and not request.finished:
             transport: Any = request.channel.transport if request.channel is not None else None
             if transport is not None:
                 transport.abortConnection()
@@ -391,7 +399,8 @@ class _Upgrade:
         splice = Splice(request, upstream, self._route, self._clock, self._metrics,
                         self._spliced_end)
         self._splice = splice
-        splice.start(channel, transport, switching_head(request, reason, headers, raw),
+        splice.start(channel, transport,
+                     switching_head(request, self._guard, reason, headers, raw),
                      reason, lifetime)
         if rest:
             splice.from_upstream(rest)
@@ -410,3 +419,19 @@ class _Upgrade:
             self._fail(502, "upstream_failed", f"closed during the handshake ({why})")
         elif self._splice is not None:
             self._splice.close(why)
+
+
+def _guard_context(request: Request) -> RequestContext:
+    """What the guard in front recorded for the request: its context."""
+    found = peek(request) or RequestContext()
+    # Until the guard sets the context: the attributes it sets today.
+    pending = getattr(request, "oidcproxy_pending_headers", None)
+    session = getattr(request, "oidcproxy_session", None)
+    who = getattr(request, "oidcproxy_identity", None)
+    if pending is None and session is None and who is None:
+        return found
+    return attr.evolve(
+        found, session=session, identity=who,
+        keep_cookie=getattr(pending, "keep", None),
+        cookies=list(getattr(pending, "cookies", [])),
+        headers=[(n, v.encode("ascii")) for n, v in getattr(pending, "headers", [])])
