@@ -15,7 +15,7 @@ from typing import Any, Callable, List, NoReturn, Optional, Sequence, Tuple
 
 import attr
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
@@ -23,6 +23,7 @@ from twisted.web.resource import IResource
 
 from .config import Config, ConfigError, RouteConfig, load_config
 from .core.metrics import Metrics
+from .core.settle import all_settled
 from .proxy.routes import BadRequestTarget, RouteTable
 from .proxy.upstream import UpstreamClient, UpstreamProxy
 from .proxy.websocket import SocketRegistry
@@ -532,9 +533,8 @@ class ProxyService(MultiService):
         except ListenError as e:
             # One clear line for the operator, not a traceback.
             fatal(str(e))
-        DeferredList([ls.listening for ls in self.listeners]).addCallback(
-            lambda _: self._listening()
-        )
+        all_settled([(ls.description, ls.listening) for ls in self.listeners], log,
+                    "listening").addCallback(lambda _: self._listening())
 
     def _listening(self) -> None:
         """Every listener is up: write the port file, then tell systemd."""
@@ -575,7 +575,8 @@ class ProxyService(MultiService):
             self.site.guard.stop()  # type: ignore[attr-defined]
             proxy: UpstreamProxy = self.site.proxy  # type: ignore[attr-defined]
             guard: Any = self.site.guard  # type: ignore[attr-defined]
-            return DeferredList([maybeDeferred(proxy.close), maybeDeferred(guard.close)])
+            return all_settled([("the upstream proxy", maybeDeferred(proxy.close)),
+                                ("the guard", maybeDeferred(guard.close))], log, "closing")
 
         d.addCallback(close)
         return d

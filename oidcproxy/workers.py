@@ -33,13 +33,14 @@ import tempfile
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
 from twisted.logger import Logger, eventFromJSON, globalLogPublisher
 from twisted.python.failure import Failure
 
 from .config import Config
+from .core.settle import all_settled
 
 log = Logger()
 
@@ -358,7 +359,9 @@ class WorkerPool(Service):
         running = [w for w in self.workers.values() if not w.ended.called]
         self._signal_all("TERM")
         kill = self.clock.callLater(self.config.drain_timeout + KILL_GRACE, self._kill_all)
-        d: Deferred[Any] = DeferredList([w.ended for w in running]) if running else succeed(None)
+        d: Deferred[Any] = all_settled(
+            [(f"worker {w.number}", w.ended) for w in running], log, "stopping") \
+            if running else succeed(None)
 
         def done(_: object) -> None:
             if kill.active():
