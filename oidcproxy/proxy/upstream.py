@@ -205,7 +205,13 @@ class UpstreamProxy(Resource):
 
 
 def _guard_match(request: Request) -> Optional[RouteMatch]:
-    """The route a guard in front has matched the request to, or None."""
+    """
+    The route a guard in front has matched the request to (the context's
+    C{match}), or None.
+
+    Until the guard sets the context, the attribute it sets on the request
+    today stands in for it; this fallback goes when the guard does.
+    """
     found = peek(request)
     if found is not None and found.match is not None:
         return found.match

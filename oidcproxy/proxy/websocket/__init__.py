@@ -19,7 +19,8 @@ instead of the Agent's:
      a 504.
 
 The modules, in that order: L{upgrade <oidcproxy.proxy.websocket.upgrade>}
-(the handshake, steps 1 to 3, and a non-101 answer), L{head
+(the handshake, steps 1 to 3, and a non-101 answer; the connection of step
+1 is made by L{oidcproxy.proxy.connect.UpstreamEndpoints}), L{head
 <oidcproxy.proxy.websocket.head>} (the HTTP/1.1 heads and body framing it
 parses itself), L{splice <oidcproxy.proxy.websocket.splice>} (the two
 connections after the 101: bytes copied both ways, never parsed as frames,
@@ -30,10 +31,11 @@ closes those of a session at logout, and of a user or IdP session at
 back-channel logout.
 """
 
+from ..connect import EndpointFactory, UpstreamEndpoints
 from ..headers import is_websocket_upgrade
 from .head import MAX_HEAD, parse_response_head
 from .registry import SocketRegistry
-from .upgrade import EndpointFactory, UpstreamEndpoints, WebSocketProxy
+from .upgrade import WebSocketProxy
 
 __all__ = ["MAX_HEAD", "EndpointFactory", "SocketRegistry", "UpstreamEndpoints", "WebSocketProxy",
            "is_websocket_upgrade", "parse_response_head"]

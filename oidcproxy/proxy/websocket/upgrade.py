@@ -9,69 +9,33 @@ reset before it, is a 502, and no head within the route's C{timeout} a 504.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 from urllib.parse import urlsplit
 
 import attr
 from twisted.internet import error as ierror
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import HostnameEndpoint, connectProtocol, wrapClientTLS
-from twisted.internet.interfaces import IDelayedCall, IStreamClientEndpoint
+from twisted.internet.endpoints import connectProtocol
+from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 from twisted.web.server import NOT_DONE_YET, Request
 
-from ...config import RouteConfig, UpstreamSettings
+from ...config import RouteConfig
 from ...core.context import RequestContext, peek
 from ...core.metrics import NullMetrics
 from ...core.pages import render_error
-from ..connect import describe_failure, tls_policy
+from ..connect import EndpointFactory, UpstreamEndpoints, describe_failure
 from ..headers import HOP_BY_HOP, header_tokens
 from ..routes import RouteMatch
 from .head import MAX_HEAD, ChunkedBody, SizedBody, parse_response_head, request_head
 from .registry import SocketRegistry
 from .splice import Splice, SpliceSide, switching_head
 
-__all__ = ["EndpointFactory", "UpstreamEndpoints", "WebSocketProxy"]
+__all__ = ["WebSocketProxy"]
 
 log = Logger()
-
-EndpointFactory = Callable[[RouteConfig], IStreamClientEndpoint]
-"""Builds the connection to a route's upstream (tests inject their own)."""
-
-
-class UpstreamEndpoints:
-    """
-    The default L{EndpointFactory}: a C{HostnameEndpoint} to the route's
-    upstream with its C{connect_timeout}, wrapped in TLS for https upstreams
-    with the same trust settings (C{ca_bundle}, client certificate) as the
-    route's Agent. The TLS policy is built once per set of settings.
-    """
-
-    def __init__(self, reactor: Any) -> None:
-        self._reactor = reactor
-        self._policies: Dict[Tuple[Optional[str], ...], Any] = {}
-
-    def _policy(self, settings: UpstreamSettings) -> Any:
-
-        key = (settings.ca_bundle, settings.client_cert, settings.client_key)
-        if key not in self._policies:
-            self._policies[key] = tls_policy(settings)
-        return self._policies[key]
-
-    def __call__(self, route: RouteConfig) -> IStreamClientEndpoint:
-        parts = urlsplit(route.upstream)
-        host = parts.hostname or ""
-        https = parts.scheme == "https"
-        port = parts.port or (443 if https else 80)
-        endpoint: IStreamClientEndpoint = HostnameEndpoint(
-            self._reactor, host, port, timeout=route.settings.connect_timeout)
-        if https:
-            creator = self._policy(route.settings).creatorForNetloc(host.encode("idna"), port)
-            endpoint = wrapClientTLS(creator, endpoint)
-        return endpoint
-
 
 class WebSocketProxy:
     """
@@ -80,7 +44,7 @@ class WebSocketProxy:
     @param clock: for the handshake timeout, the lifetime and close timers.
     @param sockets: the process's registry (shared with the guard for logout).
     @param endpoints: the connection to a route's upstream (default:
-        L{UpstreamEndpoints}).
+        L{oidcproxy.proxy.connect.UpstreamEndpoints}).
     """
 
     def __init__(self, clock: Any, sockets: SocketRegistry,
@@ -422,7 +386,12 @@ class _Upgrade:
 
 
 def _guard_context(request: Request) -> RequestContext:
-    """What the guard in front recorded for the request: its context."""
+    """
+    What the guard in front recorded for the request: its context.
+
+    Until the guard sets the context, the attributes it sets on the request
+    today stand in for it; this fallback goes when the guard does.
+    """
     found = peek(request) or RequestContext()
     # Until the guard sets the context: the attributes it sets today.
     pending = getattr(request, "oidcproxy_pending_headers", None)
