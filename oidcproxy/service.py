@@ -15,7 +15,7 @@ from typing import Any, Callable, List, NoReturn, Optional, Sequence, Tuple
 
 import attr
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
@@ -23,6 +23,7 @@ from twisted.web.resource import IResource
 
 from .config import Config, ConfigError, RouteConfig, load_config
 from .core.metrics import Metrics
+from .core.settle import all_settled
 from .proxy.routes import BadRequestTarget, RouteTable
 from .proxy.upstream import UpstreamClient, UpstreamProxy
 from .proxy.websocket import SocketRegistry
@@ -303,17 +304,13 @@ def raise_descriptor_limit(config: Config) -> Optional[str]:
     return descriptor_warning(config, target)
 
 
-def startup_checks(config: Config, reactor: Any) -> None:
+def startup_checks(config: Config) -> None:
     """
-    Before anything listens (under a real reactor, which is not running yet):
-    the open files limit is raised to fit the connection caps (a warning
-    when it cannot be); a configured Redis must answer, or the start fails
-    with one line naming the cause and exit status 1.
+    Before anything listens, in a process the proxy owns (the reactor is
+    not running yet): the open files limit is raised to fit the connection
+    caps (a warning when it cannot be); a configured Redis must answer, or
+    the start fails with one line naming the cause and exit status 1.
     """
-    from twisted.internet.base import ReactorBase
-
-    if not isinstance(reactor, ReactorBase):
-        return
     warning = raise_descriptor_limit(config)
     if warning is not None:
         log.warn("{warning}", warning=warning)
@@ -331,9 +328,9 @@ def startup_checks(config: Config, reactor: Any) -> None:
 class SignalHandler:
     """
     Call C{callback} in the reactor's thread on each of the signals
-    C{signums}. Installed only under a real reactor and in the main thread
-    (not in tests, not when embedded in a thread); L{uninstall} puts the
-    previous handlers back.
+    C{signums}. Its owner installs it only in a process of its own, and it
+    installs itself only in the main thread (not when embedded in a
+    thread); L{uninstall} puts the previous handlers back.
     """
 
     def __init__(self, reactor: Any, callback: Callable[[], Any],
@@ -345,10 +342,7 @@ class SignalHandler:
         self.installed = False
 
     def install(self) -> None:
-        from twisted.internet.base import ReactorBase
-
-        if self.installed or not isinstance(self._reactor, ReactorBase) or \
-                threading.current_thread() is not threading.main_thread():
+        if self.installed or threading.current_thread() is not threading.main_thread():
             return
 
         def on_signal(signum: int, frame: Any) -> None:
@@ -407,6 +401,12 @@ class ProxyService(MultiService):
     @param config_path: the file C{config} was read from, read again by
         L{reload} (on SIGHUP); None: C{config.source}.
     @param client_factory: the upstream clients (for tests; see L{build_site}).
+    @param own_process: whether the service runs the process it is in (under
+        twistd, or as a worker): then it makes the start-up checks before
+        listening (L{startup_checks}; a worker's parent has made them) and
+        handles SIGHUP (reload) and a second SIGTERM or SIGINT (end the
+        drain). False, the default, for a service that is a part of a
+        program: it leaves the process's limits and signals alone.
     """
 
     def __init__(self, config: Config, reactor: Any, listen: Sequence[str],
@@ -414,8 +414,10 @@ class ProxyService(MultiService):
                  client_factory: Optional[Callable[[RouteConfig], UpstreamClient]] = None,
                  adopted: Sequence[Tuple[int, str, str, int]] = (),
                  worker_id: Optional[int] = None,
+                 own_process: bool = False,
                  ) -> None:
         super().__init__()
+        self.own_process = own_process
         self.config = config
         self.config_path = config_path if config_path is not None else config.source
         self.metrics = Metrics()
@@ -463,7 +465,8 @@ class ProxyService(MultiService):
         self._install_sighup()
 
     def _install_sighup(self) -> None:
-        self._sighup.install()
+        if self.own_process:
+            self._sighup.install()
 
     def reload(self) -> bool:
         """
@@ -525,16 +528,15 @@ class ProxyService(MultiService):
         return True
 
     def privilegedStartService(self) -> None:
-        if self.worker_id is None:
-            startup_checks(self.config, self._reactor)
+        if self.own_process and self.worker_id is None:
+            startup_checks(self.config)
         try:
             super().privilegedStartService()
         except ListenError as e:
             # One clear line for the operator, not a traceback.
             fatal(str(e))
-        DeferredList([ls.listening for ls in self.listeners]).addCallback(
-            lambda _: self._listening()
-        )
+        all_settled([(ls.description, ls.listening) for ls in self.listeners], log,
+                    "listening").addCallback(lambda _: self._listening())
 
     def _listening(self) -> None:
         """Every listener is up: write the port file, then tell systemd."""
@@ -566,7 +568,8 @@ class ProxyService(MultiService):
         # Twisted's own handler would only try to stop the stopping reactor
         # again (ReactorNotRunning): another SIGTERM or SIGINT cuts the drain
         # short instead.
-        self._stop_signals.install()
+        if self.own_process:
+            self._stop_signals.install()
         d = maybeDeferred(super().stopService)
         d.addCallback(lambda _: self.site.drain(self.config.drain_timeout))
 
@@ -575,7 +578,8 @@ class ProxyService(MultiService):
             self.site.guard.stop()  # type: ignore[attr-defined]
             proxy: UpstreamProxy = self.site.proxy  # type: ignore[attr-defined]
             guard: Any = self.site.guard  # type: ignore[attr-defined]
-            return DeferredList([maybeDeferred(proxy.close), maybeDeferred(guard.close)])
+            return all_settled([("the upstream proxy", maybeDeferred(proxy.close)),
+                                ("the guard", maybeDeferred(guard.close))], log, "closing")
 
         d.addCallback(close)
         return d

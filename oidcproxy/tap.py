@@ -96,7 +96,8 @@ def _build_demo(options: Options, reactor: Any) -> Any:
 
     listen = options["listen"][0] if options["listen"] else None
     try:
-        return make_demo_service(reactor, listen, port_file=options["port-file"])
+        return make_demo_service(reactor, listen, port_file=options["port-file"],
+                                 own_process=True)
     except (ValueError, OSError) as e:
         print(f"oidcproxy: {e}", file=sys.stderr)
         raise SystemExit(1) from None
@@ -123,25 +124,28 @@ def _build(options: Options, reactor: Any) -> Any:
         from .workers import WorkerPool
 
         return WorkerPool(config, reactor, listen, config_path=options["config"],
-                          port_file=options["port-file"])
+                          port_file=options["port-file"], own_process=True)
     try:
         return ProxyService(config, reactor, listen, port_file=options["port-file"],
-                            config_path=options["config"])
+                            config_path=options["config"], own_process=True)
     except (ValueError, TypeError, OSError) as e:
         raise ConfigError(options["config"], [f"cannot set up the proxy: {e}"]) from None
 
 
-def check(options: Options, out: Any = None, err: Any = None) -> int:
+def check(options: Options, out: Any = None, err: Any = None, *, reactor: Any) -> int:
     """
     Validate the configuration: print the verdict on C{out} (standard
     output), then on C{err} (standard error) a C{warning:} line for each
     setting that works but is probably unwise (see L{oidcproxy.lint}) and
     for an open-files limit too low for the connection caps; warnings do
     not change the exit status, which is returned.
+
+    @param reactor: the reactor the service would run on. The service is
+        built on it, as a start would, so that what cannot be set up (an
+        unreadable key or CA bundle) is reported; but nothing is started,
+        and the check is over before the reactor runs.
     """
     import resource
-
-    from twisted.internet.testing import MemoryReactorClock
 
     from .config import ConfigError
     from .lint import config_warnings
@@ -149,7 +153,7 @@ def check(options: Options, out: Any = None, err: Any = None) -> int:
 
     out = out or sys.stdout
     try:
-        service = _build(options, MemoryReactorClock())
+        service = _build(options, reactor)
     except ConfigError as e:
         for line in e.lines():
             print(line, file=out)
@@ -227,7 +231,7 @@ def makeService(options: Options) -> Any:
     if options["demo"]:
         return _build_demo(options, reactor)
     if options["check"]:
-        raise SystemExit(check(options))
+        raise SystemExit(check(options, reactor=reactor))
     try:
         return _build(options, reactor)
     except ConfigError as e:

@@ -33,13 +33,14 @@ import tempfile
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
 from twisted.logger import Logger, eventFromJSON, globalLogPublisher
 from twisted.python.failure import Failure
 
 from .config import Config
+from .core.settle import all_settled
 
 log = Logger()
 
@@ -141,12 +142,17 @@ class WorkerPool(Service):
 
     @param listen: the proxy's endpoint strings.
     @param spawn: C{reactor.spawnProcess}-like callable (for tests).
+    @param own_process: whether the pool runs the process it is in (under
+        twistd): then it makes the start-up checks before listening and
+        reloads on SIGHUP (see L{oidcproxy.service.ProxyService}).
     """
 
     def __init__(self, config: Config, reactor: Any, listen: Sequence[str], *,
                  config_path: str, port_file: Optional[str] = None,
-                 spawn: Any = None, executable: Optional[str] = None) -> None:
+                 spawn: Any = None, executable: Optional[str] = None,
+                 own_process: bool = False) -> None:
         self.config = config
+        self.own_process = own_process
         self.config_path = config_path
         self.clock = reactor
         self._reactor = reactor
@@ -174,7 +180,8 @@ class WorkerPool(Service):
         from .service import ListenError, fatal, startup_checks
 
         super().privilegedStartService()
-        startup_checks(self.config, self._reactor)
+        if self.own_process:
+            startup_checks(self.config)
         wanted = [(d, "proxy") for d in self._listen]
         if self.config.admin is not None:
             wanted.append((self.config.admin.listen, "admin"))
@@ -238,7 +245,8 @@ class WorkerPool(Service):
         super().startService()
         for number in range(1, self.config.workers + 1):
             self._start_worker(number)
-        self._sighup.install()
+        if self.own_process:
+            self._sighup.install()
 
     def _start_worker(self, number: int) -> None:
         self._restarts.pop(number, None)
@@ -358,7 +366,9 @@ class WorkerPool(Service):
         running = [w for w in self.workers.values() if not w.ended.called]
         self._signal_all("TERM")
         kill = self.clock.callLater(self.config.drain_timeout + KILL_GRACE, self._kill_all)
-        d: Deferred[Any] = DeferredList([w.ended for w in running]) if running else succeed(None)
+        d: Deferred[Any] = all_settled(
+            [(f"worker {w.number}", w.ended) for w in running], log, "stopping") \
+            if running else succeed(None)
 
         def done(_: object) -> None:
             if kill.active():
@@ -479,7 +489,7 @@ def main(environ: Optional[Dict[str, str]] = None) -> None:
     adopted = [(int(fd), str(description), str(kind), int(family))
                for fd, description, kind, family in spec["listeners"]]
     service = ProxyService(config, reactor, [], config_path=spec["config"],
-                           adopted=adopted, worker_id=number)
+                           adopted=adopted, worker_id=number, own_process=True)
     service.privilegedStartService()
     service.startService()
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)

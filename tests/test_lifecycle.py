@@ -572,7 +572,7 @@ class CheckTests(SynchronousTestCase):
         options = Options()
         options.parseOptions(["--config", path, "--check"])
         out = io.StringIO()
-        self.assertEqual(check(options, out), 0)
+        self.assertEqual(check(options, out, reactor=MemoryReactorClock()), 0)
         self.assertEqual(out.getvalue(), "config OK\n")
 
 

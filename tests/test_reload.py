@@ -202,8 +202,8 @@ class ReloadTests(SynchronousTestCase):
             f.write('listen = ["tcp:1"]\n' + HEAD + '[metrics]\n' + PUBLIC)
         self.assertEqual(restart_changes(a, load_config(self.path)), ["listen", "metrics"])
 
-    def test_sighup_only_with_real_reactor(self) -> None:
-        """On a MemoryReactor no signal handler is installed."""
+    def test_no_sighup_handler_unless_own_process(self) -> None:
+        """A service not told it runs its own process installs no signal handler."""
         import signal
 
         before = signal.getsignal(signal.SIGHUP)

@@ -67,7 +67,7 @@ class CheckTests(SynchronousTestCase):
         o = tap.Options()
         o.parseOptions(["--config", path, "--check"])
         out, err = io.StringIO(), io.StringIO()
-        status = tap.check(o, out, err)
+        status = tap.check(o, out, err, reactor=MemoryReactorClock())
         self.warnings = err.getvalue()
         return status, out.getvalue()
 
@@ -282,7 +282,7 @@ class CheckClaimsTests(SynchronousTestCase):
         o = tap.Options()
         o.parseOptions(["--config", self.config_file(), "--check", *args])
         out = io.StringIO()
-        return tap.check(o, out), out.getvalue()
+        return tap.check(o, out, reactor=MemoryReactorClock()), out.getvalue()
 
     def test_every_route(self):
         """--check --claims prints each route's verdict and the trace of its rule."""
@@ -333,7 +333,7 @@ class CheckClaimsTests(SynchronousTestCase):
         o = tap.Options()
         o.parseOptions(["--config", path, "--check"])
         out = io.StringIO()
-        self.assertEqual(tap.check(o, out), 1)
+        self.assertEqual(tap.check(o, out, reactor=MemoryReactorClock()), 1)
         self.assertIn("routes[0].rule: expected", out.getvalue())
         self.assertIn("at position 18: Contains(`groups` `admins`)", out.getvalue())
 
@@ -361,7 +361,7 @@ class CheckWarningsTests(SynchronousTestCase):
         # (standard output) and the warnings (standard error) in one stream.
         self.patch(resource, "getrlimit", lambda which: (1 << 20, 1 << 20))
         out = io.StringIO()
-        return tap.check(o, out, out), out.getvalue().splitlines()
+        return tap.check(o, out, out, reactor=MemoryReactorClock()), out.getvalue().splitlines()
 
     def route(self, rule: str = "", auth: str = "session", path: str = "/") -> str:
         text = f'[[routes]]\npath = "{path}"\nupstream = "http://127.0.0.1:9"\nauth = "{auth}"\n'

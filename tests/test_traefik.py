@@ -12,6 +12,7 @@ import sys
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import yaml
+from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
 from oidcproxy.config import load_config, parse_config
@@ -240,7 +241,7 @@ class SeedTests(SynchronousTestCase, WarningsMixin):
         options = Options()
         options.parseOptions(["--config", self.write(self.convert_seed().toml), "--check"])
         out = io.StringIO()
-        self.assertEqual(check(options, out), 0, out.getvalue())
+        self.assertEqual(check(options, out, reactor=MemoryReactorClock()), 0, out.getvalue())
         self.assertEqual(out.getvalue(), "config OK\n")
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from typing import Any
+from typing import Any, List
 
 from treq.testing import RequestTraversalAgent, StubTreq
 from twisted.internet.error import ConnectionDone, ConnectionRefusedError, TimeoutError
@@ -17,13 +17,16 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import ResponseFailed
 from twisted.web.http_headers import Headers
+from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 from twisted.web.test.requesthelper import DummyChannel
 
 from oidcproxy.config import RouteConfig, UpstreamSettings
+from oidcproxy.core.context import RequestContext, context
 from oidcproxy.proxy.headers import canonical_header, drop_connection_named
+from oidcproxy.proxy.relay import BodyRelay
 from oidcproxy.proxy.routes import RouteTable
-from oidcproxy.proxy.upstream import UpstreamClient, UpstreamProxy, _BodyRelay
+from oidcproxy.proxy.upstream import UpstreamClient, UpstreamProxy
 
 from .fakes import FailingAgent, HangingAgent, RecordingUpstream
 
@@ -598,7 +601,7 @@ class DisconnectTests(SynchronousTestCase):
 
 
 class FakeRequest:
-    """Just what L{_BodyRelay} uses of a request."""
+    """Just what L{BodyRelay} uses of a request."""
 
     def __init__(self):
         self.producer = None
@@ -642,7 +645,7 @@ class BodyRelayTests(SynchronousTestCase):
     def relay(self):
         request = FakeRequest()
         done = []
-        relay = _BodyRelay(request, route(), lambda: done.append(True))
+        relay = BodyRelay(request, route(), lambda: done.append(True))
         transport = FakeProducerTransport()
         relay.makeConnection(transport)
         return request, relay, transport, done
@@ -880,6 +883,84 @@ class ConnectionHeaderTests(SynchronousTestCase):
                               headers=Headers({b"connection": [b"Host, Content-Length"]}))
         self.assertEqual(response.code, 200)
         self.assertEqual(h.upstream.header(b"host"), [b"public.example"])
+
+
+class _GuardStandIn(Resource):
+    """Fills each request's context as a guard in front would, then hands it to C{proxy}."""
+
+    isLeaf = True
+
+    def __init__(self, proxy: UpstreamProxy, fill: Any) -> None:
+        super().__init__()
+        self.proxy = proxy
+        self.fill = fill
+        self.contexts: List[RequestContext] = []
+
+    def render(self, request: Request) -> Any:
+        found = context(request)
+        self.fill(found)
+        self.contexts.append(found)
+        return self.proxy.render(request)
+
+
+class RequestContextTests(SynchronousTestCase):
+    """What the proxy reads from and writes to the request's context."""
+
+    def guarded(self, fill: Any, routes: Any = None, upstream: Any = None):
+        h = ProxyHarness(routes, upstream=upstream)
+        stand_in = _GuardStandIn(h.proxy, fill)
+        h.client = StubTreq(stand_in)
+        return h, stand_in
+
+    def test_forwards_to_the_guards_match(self):
+        """The route a guard in front matched (the context's match) is the one served."""
+        routes = [route(), route(1, "/api", strip_prefix=True)]
+        decided = RouteTable(routes).match(b"proxy.test", b"/api/v1")
+
+        def fill(found: RequestContext) -> None:
+            found.match = decided
+
+        h, _ = self.guarded(fill, routes)
+        h.fetch(self, url="http://proxy.test/elsewhere")
+        self.assertEqual(h.upstream.requests[0]["uri"], b"/v1")
+
+    def test_records_the_route_served(self):
+        """The route that served the request is in its context (for the access log)."""
+        routes = [route(), route(1, "/api")]
+        h, stand_in = self.guarded(lambda found: None, routes)
+        h.fetch(self, url="http://proxy.test/api/x")
+        self.assertIs(stand_in.contexts[0].route, routes[1])
+
+    def test_refused_set_cookie_values_dropped(self):
+        """
+        The upstream's Set-Cookie values the context's keep_cookie refuses
+        (cookies of the proxy's own) do not reach the client; the others do.
+        """
+        def handler(request: Request) -> bytes:
+            request.responseHeaders.setRawHeaders(
+                b"set-cookie", [b"oidcproxy=forged", b"app=1", b"oidcproxy_state=x"])
+            return b"ok"
+
+        def fill(found: RequestContext) -> None:
+            found.keep_cookie = lambda value: not value.startswith(b"oidcproxy")
+
+        h, _ = self.guarded(fill, upstream=RecordingUpstream(handler))
+        response, body = h.fetch(self)
+        self.assertEqual(body, b"ok")
+        self.assertEqual(response.headers.getRawHeaders(b"set-cookie"), [b"app=1"])
+
+    def test_all_set_cookie_values_refused(self):
+        """When every Set-Cookie value is refused, the header is not sent at all."""
+        def handler(request: Request) -> bytes:
+            request.responseHeaders.setRawHeaders(b"set-cookie", [b"oidcproxy=forged"])
+            return b"ok"
+
+        def fill(found: RequestContext) -> None:
+            found.keep_cookie = lambda value: False
+
+        h, _ = self.guarded(fill, upstream=RecordingUpstream(handler))
+        response, _ = h.fetch(self)
+        self.assertIsNone(response.headers.getRawHeaders(b"set-cookie"))
 
 
 class DropConnectionNamedTests(SynchronousTestCase):

@@ -7,12 +7,14 @@ transport too, handed out by a fake endpoint; time is the harness's Clock.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any, Dict, List, Optional, Tuple
 
 from treq.testing import RequestTraversalAgent
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionDone, ConnectionLost, ConnectionRefusedError
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
@@ -23,11 +25,13 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 from twisted.web.test.requesthelper import DummyChannel
 
 from oidcproxy.config import UpstreamSettings
+from oidcproxy.core.context import RequestContext, context
 from oidcproxy.core.metrics import Metrics
 from oidcproxy.proxy.headers import is_websocket_upgrade
 from oidcproxy.proxy.routes import RouteTable
 from oidcproxy.proxy.upstream import UpstreamClient, UpstreamProxy
-from oidcproxy.proxy.websocket import MAX_HEAD, SocketRegistry, _ChunkedBody, parse_response_head
+from oidcproxy.proxy.websocket import MAX_HEAD, SocketRegistry, parse_response_head
+from oidcproxy.proxy.websocket.head import ChunkedBody
 from oidcproxy.service import body_limit_for
 from oidcproxy.web.server import ProxySite
 
@@ -542,14 +546,14 @@ class UnitTests(SynchronousTestCase):
     def test_chunked_decoder(self):
         """Chunks split anywhere decode to the body; malformed sizes are errors."""
         body = b"4\r\nWiki\r\n5;ext=1\r\npedia\r\n0\r\nTrailer: x\r\n\r\n"
-        decoder = _ChunkedBody()
+        decoder = ChunkedBody()
         out: List[bytes] = []
         done = False
         for i in range(len(body)):
             pieces, done = decoder.feed(body[i:i + 1])
             out.extend(pieces)
         self.assertEqual((b"".join(out), done), (b"Wikipedia", True))
-        self.assertRaises(ValueError, _ChunkedBody().feed, b"zz\r\n")
+        self.assertRaises(ValueError, ChunkedBody().feed, b"zz\r\n")
 
 
 class StreamTests(SynchronousTestCase):
@@ -753,6 +757,90 @@ class OwnCookieTests(SynchronousTestCase):
         client = w.upgrade(w.login())
         w.endpoint.protocol.dataReceived(
             b"HTTP/1.1 403 Forbidden\r\nSet-Cookie: __Host-oidcproxy=forged\r\n"
+            b"Set-Cookie: app=1\r\nContent-Length: 0\r\n\r\n")
+        self.assertEqual(client.status(), 403)
+        self.assertEqual(header(client.received(), b"set-cookie"), [b"app=1"])
+
+
+class _GuardStandIn(Resource):
+    """Fills each request's context as a guard in front would, then hands it to C{proxy}."""
+
+    isLeaf = True
+
+    def __init__(self, proxy: UpstreamProxy, fill: Any) -> None:
+        super().__init__()
+        self.proxy = proxy
+        self.fill = fill
+
+    def render(self, request: Request) -> Any:
+        self.fill(context(request))
+        return self.proxy.render(request)
+
+
+class ContextTests(SynchronousTestCase):
+    """The upgrade path reads what the guard decided from the request's context."""
+
+    def harness(self, fill: Any) -> Tuple[FakeEndpoint, SocketRegistry, ProxySite]:
+        clock = Clock()
+        endpoint = FakeEndpoint()
+        sockets = SocketRegistry(10, HOUR)
+        routes = RouteTable([route(upstream="http://up.test")])
+        proxy = UpstreamProxy(routes, clock, sockets=sockets, endpoints=endpoint,
+                              client_factory=lambda r: UpstreamClient(HangingAgent(), 10))
+        site = ProxySite(_GuardStandIn(proxy, fill), clock=clock,
+                         body_limit=body_limit_for(routes, 10_000), reactor=clock)
+        return endpoint, sockets, site
+
+    def test_socket_registered_under_the_contexts_session(self):
+        """The socket is kept under the context's session id, IdP session and user."""
+        def fill(found: RequestContext) -> None:
+            found.session = SimpleNamespace(id="session-1", sid="idp-1")
+            found.identity = SimpleNamespace(sub="alice")
+
+        endpoint, sockets, site = self.harness(fill)
+        clients = []
+        for _ in range(3):
+            clients.append(Client(site))
+            clients[-1].send(upgrade_request())
+            endpoint.protocol.dataReceived(SWITCH)
+        self.assertEqual([c.status() for c in clients], [101, 101, 101])
+        self.assertEqual(sockets.close(session_id="session-2", sid="idp-2", sub="bob"), 0)
+        self.assertEqual(sockets.close(session_id="session-1"), 3)
+        self.assertTrue(all(c.transport.disconnecting for c in clients))
+
+    def test_101_carries_the_contexts_answer(self):
+        """
+        The 101 drops the upstream's Set-Cookie values the context refuses
+        and carries the context's own cookies and headers.
+        """
+        def fill(found: RequestContext) -> None:
+            found.keep_cookie = lambda value: not value.startswith(b"oidcproxy=")
+            found.cookies.append(b"oidcproxy=refreshed; Path=/")
+            found.headers.append((b"X-Guard", b"1"))
+
+        endpoint, _, site = self.harness(fill)
+        client = Client(site)
+        client.send(upgrade_request())
+        endpoint.protocol.dataReceived(SWITCH.replace(
+            b"\r\n\r\n", b"\r\nSet-Cookie: oidcproxy=forged\r\nSet-Cookie: app=1\r\n\r\n"))
+        head = client.received()
+        self.assertEqual(client.status(), 101)
+        self.assertEqual(header(head, b"set-cookie"), [b"app=1", b"oidcproxy=refreshed; Path=/"])
+        self.assertEqual(header(head, b"x-guard"), [b"1"])
+
+    def test_non_101_drops_refused_cookies(self):
+        """
+        An answer other than 101 drops the Set-Cookie values the context
+        refuses, even on a site whose requests do not apply the context.
+        """
+        def fill(found: RequestContext) -> None:
+            found.keep_cookie = lambda value: not value.startswith(b"oidcproxy=")
+
+        endpoint, _, site = self.harness(fill)
+        client = Client(site)
+        client.send(upgrade_request())
+        endpoint.protocol.dataReceived(
+            b"HTTP/1.1 403 Forbidden\r\nSet-Cookie: oidcproxy=forged\r\n"
             b"Set-Cookie: app=1\r\nContent-Length: 0\r\n\r\n")
         self.assertEqual(client.status(), 403)
         self.assertEqual(header(client.received(), b"set-cookie"), [b"app=1"])

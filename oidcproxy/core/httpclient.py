@@ -1,7 +1,8 @@
 """
 The shared parts of the HTTP clients (to upstreams and to the IdP): a
-request body already in memory, and a connection pool that keeps the
-upstream's C{Connection} header and does not log every connection.
+request body already in memory, and a connection pool that drops the
+headers a response's C{Connection} header names and does not log every
+connection.
 """
 
 from __future__ import annotations
@@ -42,9 +43,9 @@ class BytesProducer:
 class _ClientProtocol(HTTP11ClientProtocol):
     """
     Twisted's response parser keeps the C{Connection} header to itself, so
-    the headers an upstream names there as hop-by-hop could not be removed.
-    This protocol hands the header to the response it delivers (as
-    C{oidcproxy_connection}).
+    the headers an upstream names there as hop-by-hop (RFC 9110 7.6.1: they
+    concern this connection only) would reach whoever reads the response:
+    this protocol removes them from the response it delivers.
     """
 
     def request(self, request: Any) -> Deferred:
@@ -52,11 +53,15 @@ class _ClientProtocol(HTTP11ClientProtocol):
         parser = getattr(self, "_parser", None)
         connection = getattr(parser, "connHeaders", None)
         if connection is not None:
-            def attach(response: Any) -> Any:
-                response.oidcproxy_connection = connection.getRawHeaders(b"connection", [])
+            def drop_named(response: Any) -> Any:
+                for value in connection.getRawHeaders(b"connection", []):
+                    for token in value.split(b","):
+                        name = token.strip()
+                        if name:
+                            response.headers.removeHeader(name)
                 return response
 
-            d.addCallback(attach)
+            d.addCallback(drop_named)
         return d
 
 

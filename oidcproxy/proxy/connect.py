@@ -1,24 +1,33 @@
 """
 How the proxy reaches its upstreams: the TLS policy of a route (CA bundle,
-client certificate), connection endpoints made once per origin, and a
+client certificate), the Agent's connection endpoints made once per origin,
+the endpoints of the WebSocket path (its own connection per upgrade), and a
 one-line description of a failed connection. Shared by the streaming proxy
-and the WebSocket splice.
+and the WebSocket path.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from typing import Any, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
+from urllib.parse import urlsplit
 
 from twisted.internet import error as ierror
 from twisted.internet.defer import CancelledError
+from twisted.internet.endpoints import (
+    HostnameEndpoint,
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+    wrapClientTLS,
+)
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.python.failure import Failure
 from twisted.web import client
 from twisted.web.error import SchemeNotSupported
 from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
-from ..config import UpstreamSettings
+from ..config import RouteConfig, UpstreamSettings
 from ..core.tls import ClientCertificatePolicy, client_certificate, describe_tls_error, trust_root
 
 
@@ -46,13 +55,6 @@ class CachedEndpoints:
         return endpoint
 
     def _endpoint(self, scheme: bytes, host: bytes, port: int) -> Any:
-        from twisted.internet.endpoints import (
-            HostnameEndpoint,
-            TCP4ClientEndpoint,
-            TCP6ClientEndpoint,
-            wrapClientTLS,
-        )
-
         if scheme not in (b"http", b"https"):
             raise SchemeNotSupported(f"unsupported scheme: {scheme!r}")
         text = host.decode("ascii")
@@ -65,6 +67,41 @@ class CachedEndpoints:
             endpoint = kind(self._reactor, text, port, timeout=self._timeout)
         if scheme == b"https":
             endpoint = wrapClientTLS(self.policy.creatorForNetloc(host, port), endpoint)
+        return endpoint
+
+
+EndpointFactory = Callable[[RouteConfig], IStreamClientEndpoint]
+"""Builds the connection to a route's upstream (tests inject their own)."""
+
+
+class UpstreamEndpoints:
+    """
+    The WebSocket path's default L{EndpointFactory}: a C{HostnameEndpoint} to the route's
+    upstream with its C{connect_timeout}, wrapped in TLS for https upstreams
+    with the same trust settings (C{ca_bundle}, client certificate) as the
+    route's Agent. The TLS policy is built once per set of settings.
+    """
+
+    def __init__(self, reactor: Any) -> None:
+        self._reactor = reactor
+        self._policies: Dict[Tuple[Optional[str], ...], Any] = {}
+
+    def _policy(self, settings: UpstreamSettings) -> Any:
+        key = (settings.ca_bundle, settings.client_cert, settings.client_key)
+        if key not in self._policies:
+            self._policies[key] = tls_policy(settings)
+        return self._policies[key]
+
+    def __call__(self, route: RouteConfig) -> IStreamClientEndpoint:
+        parts = urlsplit(route.upstream)
+        host = parts.hostname or ""
+        https = parts.scheme == "https"
+        port = parts.port or (443 if https else 80)
+        endpoint: IStreamClientEndpoint = HostnameEndpoint(
+            self._reactor, host, port, timeout=route.settings.connect_timeout)
+        if https:
+            creator = self._policy(route.settings).creatorForNetloc(host.encode("idna"), port)
+            endpoint = wrapClientTLS(creator, endpoint)
         return endpoint
 
 

@@ -277,7 +277,8 @@ class _Banner(Service):
 
 def make_demo_service(reactor: Any, listen: Optional[str] = None,
                       port_file: Optional[str] = None,
-                      signing_key: Optional[rsa.RSAPrivateKey] = None) -> ProxyService:
+                      signing_key: Optional[rsa.RSAPrivateKey] = None,
+                      own_process: bool = False) -> ProxyService:
     """
     Bind the proxy's socket (C{listen}, default L{DEFAULT_LISTEN}) and two
     more on ephemeral ports of 127.0.0.1, for the
@@ -287,6 +288,8 @@ def make_demo_service(reactor: Any, listen: Optional[str] = None,
     @param port_file: written once all three listen: the proxy's, the
         provider's and the echo application's address, one a line.
     @param signing_key: the provider's RSA key (default: a new one).
+    @param own_process: the service runs the process it is in (under twistd;
+        see L{ProxyService}).
     @raise ValueError: C{listen} is not a loopback TCP endpoint.
     @raise OSError: a socket cannot be bound.
     """
@@ -314,7 +317,7 @@ def make_demo_service(reactor: Any, listen: Optional[str] = None,
     echo = EchoUpstream([name for name, _ in config.headers] + ["X-Forwarded-Access-Token"],
                         public_url=proxy_url, endpoints_prefix=config.endpoints_prefix)
 
-    service = ProxyService(config, reactor, [], port_file=port_file)
+    service = ProxyService(config, reactor, [], port_file=port_file, own_process=own_process)
     factories = (service.site, _QuietSite(provider.resource(), reactor=reactor),
                  _QuietSite(echo, reactor=reactor))
     for sock, factory in zip(sockets, factories):

@@ -1,0 +1,229 @@
+"""
+One request's trip to its upstream and back: the wait for a connection
+slot, the request through the route's L{Agent}, the answer's head copied to
+the client and its body handed to a L{BodyRelay}; the timeout, the
+cancellation when the client goes away, and the 502/503/504 answers.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from twisted.internet import error as ierror
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.http import NO_BODY_CODES
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer, IResponse
+from twisted.web.server import Request
+
+from ..config import RouteConfig
+from ..core.admission import LogThrottle, QueueFull
+from ..core.context import peek
+from ..core.metrics import NullMetrics
+from ..core.pages import render_error
+from .client import UpstreamClient
+from .connect import describe_failure
+from .headers import HOP_BY_HOP, connection_tokens
+from .relay import BodyRelay, Discard
+
+__all__ = ["RETRY_AFTER", "Exchange"]
+
+log = Logger()
+
+RETRY_AFTER = b"5"
+"""Seconds a client refused for want of an upstream slot is told to wait (C{Retry-After})."""
+
+
+class Exchange:
+    """
+    One request's trip upstream and back. Owns the timeout, the concurrency
+    slot (and the wait for one), the cancellation when the client goes away,
+    and the mapping of failures to 502/503/504.
+
+    While every slot of the upstream is taken the request waits in a bounded
+    line: when the line is full, or the request has waited C{queue_timeout}
+    (or its whole C{timeout}, if shorter), it is answered 503 with
+    C{Retry-After} without having gone upstream.
+    """
+
+    def __init__(
+        self,
+        request: Request,
+        route: RouteConfig,
+        upstream: UpstreamClient,
+        url: bytes,
+        headers: Headers,
+        producer: Optional[IBodyProducer],
+        clock: IReactorTime,
+        metrics: NullMetrics,
+        refusals: LogThrottle,
+    ) -> None:
+        self._clock = clock
+        self._metrics = metrics
+        self._refusals = refusals
+        self._request = request
+        self._route = route
+        self._upstream = upstream
+        self._sent_at = 0.0
+        self._url = url
+        self._headers = headers
+        self._producer = producer
+        self._client_gone = False
+        self._timed_out = False
+        self._holding_slot = False
+        self._queued_at: Optional[float] = None
+        self._queue_expired = False
+        self._relay: Optional[BodyRelay] = None
+        self._timer: Optional[IDelayedCall] = None
+        settings = route.settings
+        pending = upstream.slots.acquire()
+        if not pending.called:
+            # In line for a slot: the timer bounds the wait first.
+            self._queued_at = clock.seconds()
+            self._timer = clock.callLater(
+                min(settings.queue_timeout, settings.timeout), self._timeout)
+        self._pending: Optional[Deferred] = pending
+        pending.addCallbacks(self._send, self._failed)
+        request.notifyFinish().addErrback(self._gone)
+
+    def _send(self, _: Any) -> None:
+        self._holding_slot = True
+        now = self._sent_at = self._clock.seconds()
+        timeout = self._route.settings.timeout
+        if self._queued_at is None:
+            self._timer = self._clock.callLater(timeout, self._timeout)
+        else:
+            # Out of the line: what is left of the route's timeout applies.
+            if self._timer is not None and self._timer.active():
+                self._timer.reset(max(0.0, timeout - (now - self._queued_at)))
+            self._queued_at = None
+        d = self._upstream.agent.request(
+            self._request.method, self._url, self._headers, self._producer
+        )
+        self._pending = d
+        d.addCallbacks(self._response, self._failed)
+
+    def _release(self) -> None:
+        """Give the concurrency slot back, once, when the exchange is over."""
+        if self._holding_slot:
+            self._holding_slot = False
+            self._upstream.slots.release()
+
+    def _timeout(self) -> None:
+        self._timer = None
+        if self._queued_at is not None:
+            self._queue_expired = True
+        else:
+            self._timed_out = True
+        if self._pending is not None:
+            self._pending.cancel()
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def _gone(self, reason: Failure) -> None:
+        """The client went away: cancel whatever is in flight upstream."""
+        self._client_gone = True
+        self._stop_timer()
+        if self._pending is not None:
+            self._pending.cancel()
+        if self._relay is not None:
+            self._relay.stop()
+
+    def _response(self, response: IResponse) -> None:
+        self._pending = None
+        self._stop_timer()
+        self._metrics.upstream_latency(
+            self._route.name, self._clock.seconds() - self._sent_at)
+        request = self._request
+        if self._client_gone:
+            response.deliverBody(Discard())
+            self._release()
+            return
+        request.setResponseCode(response.code, response.phrase)
+        out = request.responseHeaders
+        # Twisted's defaults: the upstream's answer speaks for itself.
+        out.removeHeader(b"server")
+        out.removeHeader(b"content-type")
+        request.defaultContentType = None
+        # The pool's protocol has removed what the upstream's Connection
+        # named already (Twisted keeps that header to itself); a response
+        # from elsewhere may still carry it.
+        connection_named = connection_tokens(response.headers)
+        # The guard refuses the upstream's Set-Cookie values for the proxy's
+        # own cookies; dropped here too, for a site whose requests do not
+        # apply the context's answer.
+        found = peek(request)
+        for name, values in response.headers.getAllRawHeaders():
+            lower = name.lower()
+            if lower in HOP_BY_HOP or lower in connection_named:
+                continue
+            if lower == b"set-cookie" and found is not None:
+                values = found.kept_cookies(values)
+                if not values:
+                    continue
+            out.setRawHeaders(name, values)
+        # Agent keeps Content-Length to itself (except for HEAD) and tells the
+        # body length instead: pass it on, so the client gets a sized response
+        # rather than a chunked one.
+        if response.length is not UNKNOWN_LENGTH and response.code not in NO_BODY_CODES \
+                and request.method != b"HEAD":
+            out.setRawHeaders(b"content-length", [b"%d" % response.length])
+        self._relay = BodyRelay(request, self._route, self._release, self._clock)
+        response.deliverBody(self._relay)
+
+    def _failed(self, failure: Failure) -> None:
+        self._pending = None
+        self._stop_timer()
+        self._release()
+        if self._client_gone:
+            return
+        request = self._request
+        route = self._route
+        if self._queue_expired or failure.check(QueueFull):
+            self._refuse("timeout" if self._queue_expired else "full")
+            return
+        if self._timed_out or failure.check(ierror.TimeoutError):
+            why = "no response within the timeout" if self._timed_out else "connect timeout"
+            log.warn(
+                "upstream {upstream} of {route} timed out: {why}",
+                upstream=route.upstream, route=route.name, why=why,
+            )
+            body = render_error(request, 504, "upstream_timeout",
+                                "The upstream server did not answer in time.")
+        else:
+            log.warn(
+                "upstream {upstream} of {route} failed: {reason}",
+                upstream=route.upstream, route=route.name, reason=describe_failure(failure),
+            )
+            body = render_error(request, 502, "bad_gateway",
+                                "The upstream server could not be reached or gave a bad answer.")
+        request.write(body)
+        request.finish()
+
+    def _refuse(self, reason: str) -> None:
+        """503: the line for this upstream's slots was full, or the wait too long."""
+        route = self._route
+        self._metrics.upstream_queue_rejected(route.name, reason)
+        held_back = self._refusals.allow((route.name, reason))
+        if held_back is not None:
+            settings = route.settings
+            why = (f"{settings.queue_limit} requests already wait" if reason == "full" else
+                   f"no connection free within {min(settings.queue_timeout, settings.timeout):g}s")
+            log.warn(
+                "upstream {upstream} of {route} is at max_connections ({limit}): 503, {why} "
+                "({held_back} more such 503s since the last line)",
+                upstream=route.upstream, route=route.name, limit=settings.max_connections,
+                why=why, held_back=held_back,
+            )
+        request = self._request
+        body = render_error(request, 503, "upstream_busy",
+                            "The upstream server is busy. Please try again shortly.",
+                            {b"retry-after": RETRY_AFTER})
+        request.write(body)
+        request.finish()

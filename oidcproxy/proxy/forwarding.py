@@ -1,0 +1,96 @@
+"""
+The request headers that go upstream: the client's end-to-end ones, then
+what the proxy says about the hop it received (C{X-Forwarded-*},
+C{Forwarded}). Shared by the streaming proxy and the WebSocket upgrade.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+from twisted.web.http_headers import Headers
+from twisted.web.server import Request
+
+from ..config import IPNetwork
+from .headers import (
+    FORWARDING_HEADERS,
+    HOP_BY_HOP,
+    UNTRUSTED_OVERRIDES,
+    canonical_header,
+    is_trusted,
+)
+from .routes import RouteMatch
+
+__all__ = ["upstream_headers"]
+
+# Never copied from the client request: recomputed for the upstream hop.
+_REQUEST_RECOMPUTED = frozenset([b"host", b"content-length", b"expect"])
+
+
+def _peer_host(request: Request) -> Optional[str]:
+    peer = request.getClientAddress()
+    return getattr(peer, "host", None)
+
+
+def _forwarded_node(host: Optional[str]) -> str:
+    if host is None:
+        return "unknown"
+    if ":" in host:
+        return f'"[{host}]"'
+    return host
+
+
+def upstream_headers(request: Request, match: RouteMatch,
+                     trusted_proxies: Sequence[IPNetwork]) -> Headers:
+    """
+    The headers C{request} carries to the upstream of C{match}: its own,
+    less the hop-by-hop ones and the forwarding ones (believed only from
+    C{trusted_proxies}), plus the proxy's C{X-Forwarded-For},
+    C{X-Forwarded-Proto}, C{X-Forwarded-Host} and C{Forwarded}.
+
+    The headers the client's C{Connection} named are gone already (see
+    L{oidcproxy.proxy.headers.drop_connection_named}): what it names now is
+    the proxy's own.
+    """
+    incoming = request.requestHeaders
+    peer = _peer_host(request)
+    trusted = is_trusted(peer, trusted_proxies)
+    out = Headers()
+    for name, values in incoming.getAllRawHeaders():
+        lower = name.lower()
+        if lower in HOP_BY_HOP or lower in _REQUEST_RECOMPUTED:
+            continue
+        canonical = canonical_header(lower)
+        if canonical in FORWARDING_HEADERS or canonical in HOP_BY_HOP:
+            continue
+        if not trusted and canonical in UNTRUSTED_OVERRIDES:
+            continue
+        out.setRawHeaders(name, values)
+
+    client_host = incoming.getRawHeaders(b"host", [b""])[0]
+    proto = b"https" if request.isSecure() else b"http"
+    xff = [peer.encode("ascii")] if peer else []
+    if trusted:
+        previous = incoming.getRawHeaders(b"x-forwarded-for")
+        if previous:
+            xff = [b", ".join([*previous, *xff])]
+        proto = (incoming.getRawHeaders(b"x-forwarded-proto") or [proto])[0]
+        client_host = (incoming.getRawHeaders(b"x-forwarded-host") or [client_host])[0]
+    if xff:
+        out.setRawHeaders(b"x-forwarded-for", [b", ".join(xff)])
+    out.setRawHeaders(b"x-forwarded-proto", [proto])
+    if client_host:
+        out.setRawHeaders(b"x-forwarded-host", [client_host])
+    own_node = "for={};proto={}".format(
+        _forwarded_node(peer), "https" if request.isSecure() else "http"
+    ).encode("ascii")
+    host_value = incoming.getRawHeaders(b"host", [b""])[0]
+    if host_value and all(0x21 <= c < 0x7F and c != 0x22 for c in host_value):
+        own_node += b';host="' + host_value + b'"'
+    forwarded = [own_node]
+    if trusted:
+        forwarded = [*incoming.getRawHeaders(b"forwarded", []), *forwarded]
+    out.setRawHeaders(b"forwarded", [b", ".join(forwarded)])
+    if match.route.pass_host_header and host_value:
+        out.setRawHeaders(b"host", [host_value])
+    return out
