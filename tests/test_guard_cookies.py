@@ -14,6 +14,7 @@ from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from oidcproxy.sessions.cookies import OwnedNames
+from oidcproxy.web.server import ProxyRequest
 
 from .adversarial import ROUTES, Stack, header_of, parse_response
 from .test_guard import SESSION_COOKIE, STATE_PREFIX, Harness, make_config
@@ -165,6 +166,9 @@ class EmbeddedAppTests(SynchronousTestCase):
         """
         h = Harness(self, config=make_config(csrf={}))
         browser = h.logged_in()
+        # The proxy's request class applies the guard's refusals to the
+        # answer (a plain Request trusts the application: see below).
+        browser.agent._serverFactory.requestFactory = ProxyRequest
 
         def action(request: Any) -> None:
             request.addCookie(SESSION_COOKIE, "forged", path="/")

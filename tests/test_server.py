@@ -16,9 +16,11 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from oidcproxy.config import ClientLimits, RouteConfig, UpstreamSettings
+from oidcproxy.core.context import context
 from oidcproxy.core.metrics import Metrics
 from oidcproxy.proxy.routes import RouteTable
 from oidcproxy.service import body_limit_for
+from oidcproxy.web.identity import Identity
 from oidcproxy.web.server import ProxySite
 
 
@@ -34,12 +36,11 @@ class Recorder(Resource):
     def render(self, request):
         self.requests.append(request)
         self.bodies.append(request.content.read())
-        request.oidcproxy_route = RouteConfig(index=3, path="/", upstream="http://up:1")
+        ctx = context(request)
+        ctx.route = RouteConfig(index=3, path="/", upstream="http://up:1")
         if request.path == b"/who":
-            from oidcproxy.web.guard import Identity
-
-            request.oidcproxy_identity = Identity(sub="alice", claims={})
-            request.oidcproxy_auth = "session"
+            ctx.identity = Identity(sub="alice", claims={})
+            ctx.auth = "session"
         if self.hang:
             return NOT_DONE_YET
         return b"ok"

@@ -56,6 +56,15 @@ class RequestContext:
         the wrapped resource's answer that must not reach the client (one
         that sets a cookie of the proxy's own), or None: all are kept.
     @ivar answer_applied: whether L{apply_answer} ran.
+    @ivar forward_auth: for a forward-auth check, whether a browser without
+        a session is sent to log in (C{?redirect=1}); None: not one.
+    @ivar method: the method the guard judges when it is not the request's
+        own (a forward-auth check judges the original request's), or None.
+    @ivar wrapped: the resource the guard hands the request to: the one of
+        the route table the request was matched in, even if a reload swaps
+        both while the request waits.
+    @ivar gone: the client went away before the answer was complete: nothing
+        more is written.
     """
 
     early_match: Any = None
@@ -71,6 +80,10 @@ class RequestContext:
     headers: List[Tuple[bytes, bytes]] = attr.Factory(list)
     keep_cookie: Optional[Callable[[bytes], bool]] = None
     answer_applied: bool = False
+    forward_auth: Optional[bool] = None
+    method: Optional[bytes] = None
+    wrapped: Any = None
+    gone: bool = False
 
     def apply_answer(self, request: Any) -> None:
         """
