@@ -186,6 +186,31 @@ class EmbeddedAppTests(SynchronousTestCase):
         self.assertEqual(browser.get("/x").code, 200)
 
 
+class PlainRequestTests(SynchronousTestCase):
+    def test_guard_cookies_survive_a_replaced_header(self):
+        """
+        Embedded in a Site with twisted.web's own Request, the guard's cookies
+        (the CSRF cookie here) are in request.cookies before the application
+        renders: they go out beside its addCookie ones, even when it
+        replaces the Set-Cookie header; its own cookies are not filtered.
+        """
+        h = Harness(self, config=make_config(csrf={}))
+        browser = h.logged_in()
+        browser.jar.pop(CSRF_COOKIE, None)
+
+        def action(request: Any) -> None:
+            request.responseHeaders.setRawHeaders(b"set-cookie", [b"replaced=1"])
+            request.addCookie(b"app", b"2")
+            request.addCookie(SESSION_COOKIE, b"mine", path=b"/")
+
+        h.app.action = action
+        page = browser.get("/x")
+        values = [f"{c.name}={c.value}" for c in page.set_cookies]
+        self.assertIn("app=2", values)
+        self.assertIn(SESSION_COOKIE + "=mine", values)
+        self.assertTrue([v for v in values if v.startswith(CSRF_COOKIE + "=")], values)
+
+
 class OwnedNamesTests(SynchronousTestCase):
     """L{OwnedNames} on its own."""
 

@@ -12,10 +12,10 @@ from typing import Dict, Optional, Sequence
 from twisted.logger import Logger
 from twisted.web.server import Request
 
-from ..core.context import context, peek
+from ..core.context import RequestContext, context, peek
 from ..core.pages import render_error
 
-__all__ = ["abort", "add_cookies", "client_gone", "decided", "deny", "finish", "redirect",
+__all__ = ["abort", "add_cookies", "client_gone", "decided", "deny", "finish", "hand_over", "redirect",
            "respond", "store_unavailable"]
 
 log = Logger()
@@ -132,3 +132,21 @@ def deny(request: Request, cookies: Sequence[bytes] = ()) -> None:
     decided(request, "unauthenticated")
     finish(request, 401, "unauthenticated", "Authentication is required.",
            {b"www-authenticate": b'Bearer realm="oidcproxy"'}, cookies, as_json=True)
+
+
+def hand_over(request: Request, ctx: RequestContext) -> None:
+    """
+    For a request of another class than L{oidcproxy.web.server.ProxyRequest} (the guard embedded
+    in someone else's C{Site}), which does not apply the context to its
+    answer: the guard's cookies go into C{request.cookies} now, beside any
+    the application adds with C{addCookie} (Twisted writes that list as
+    the C{Set-Cookie} header, in place of the header's own values, so an
+    application that sets the header itself cannot drop the guard's
+    cookies; its header values give way to the list when there is one), and
+    the guard's headers into the response headers. An embedded in-process
+    application is trusted with its own C{Set-Cookie}: it is not filtered.
+    """
+    request.cookies.extend(ctx.cookies)
+    for name, value in ctx.headers:
+        request.responseHeaders.setRawHeaders(name, [value])
+    ctx.answer_applied = True

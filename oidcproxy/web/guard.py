@@ -44,7 +44,7 @@ from ..oidc.tokens import TokenError
 from ..proxy.headers import drop_connection_named, request_authority
 from ..proxy.routes import BadRequestTarget, RouteMatch, RouteTable, normalise_path, split_target
 from ..sessions.session import ISessionStore, Session, SessionStoreUnavailable
-from .answers import abort, decided, deny, finish, store_unavailable
+from .answers import abort, decided, deny, finish, hand_over, store_unavailable
 from .bearer_auth import BearerAuth
 from .endpoints.backchannel import BackchannelLogoutEndpoint
 from .endpoints.callback import CallbackEndpoint
@@ -56,7 +56,7 @@ from .endpoints.userinfo import UserinfoEndpoint
 from .headers import header_value, pass_session_tokens, set_identity_headers
 from .identity import Identity, identity, set_user
 from .parts import GuardParts, GuardState
-from .requests import is_browser_navigation, is_preflight, judged_method
+from .requests import is_browser_navigation, is_preflight, judged_method, target_below_mount
 from .server import ProxyRequest
 from .session_auth import SessionAuth
 
@@ -256,7 +256,7 @@ class OIDCGuard(Resource):
         try:
             # One authority from here on: an absolute-form target's replaces Host.
             host = request_authority(request)
-            target = _target_below_mount(request)
+            target = target_below_mount(request)
             early = ctx.early_match
             if early is not None and early[0] is routes and early[1] == host \
                     and early[2] == target:
@@ -395,7 +395,7 @@ class OIDCGuard(Resource):
         request.postpath = [unquote_to_bytes(segment)
                             for segment in match.path.encode("ascii")[1:].split(b"/")]
         if not isinstance(request, ProxyRequest):
-            _hand_over_answer(request, ctx)
+            hand_over(request, ctx)
         _legacy_proxy_attributes(request, ctx)
         request.render(getChildForRequest(ctx.wrapped, request))
 
@@ -410,36 +410,6 @@ class OIDCGuard(Resource):
         closed = sockets.close(**which)
         if closed:
             log.info("logout closed {count} WebSocket(s)", count=closed)
-
-
-def _target_below_mount(request: Request) -> bytes:
-    """
-    The request target as the guard routes it: below the path it is mounted
-    at (the segments traversal put in C{request.prepath}); at the root of a
-    site, the target itself.
-    """
-    depth = len(request.prepath or ())
-    if not depth:
-        return request.uri
-    _, target = split_target(request.uri)
-    path, sep, query = target.partition(b"?")
-    return b"/" + b"/".join(path.split(b"/")[1 + depth:]) + sep + query
-
-
-def _hand_over_answer(request: Request, ctx: RequestContext) -> None:
-    """
-    For a request of another class than L{ProxyRequest} (the guard embedded
-    in someone else's C{Site}), which does not apply the context to its
-    answer: the guard's cookies go into C{request.cookies} (Twisted writes
-    them as C{Set-Cookie} besides the header's, so an application that
-    replaces that header cannot lose them) and its headers into the
-    response headers, now. An embedded in-process application is trusted
-    with its own C{Set-Cookie}: it is not filtered.
-    """
-    request.cookies.extend(ctx.cookies)
-    for name, value in ctx.headers:
-        request.responseHeaders.setRawHeaders(name, [value])
-    ctx.answer_applied = True
 
 
 class _LegacyAnswerHeaders:

@@ -13,9 +13,10 @@ from twisted.web.server import Request
 from ..core.context import peek
 from ..core.urls import safe_return_to
 from ..proxy.headers import header_tokens
+from ..proxy.routes import split_target
 
 __all__ = ["arg", "is_browser_navigation", "is_preflight", "judged_method", "mount_path",
-           "peer", "return_to"]
+           "peer", "return_to", "target_below_mount"]
 
 
 def judged_method(request: Request) -> bytes:
@@ -88,3 +89,17 @@ def mount_path(request: Request) -> str:
     """
     return "".join("/" + quote_from_bytes(segment, safe="!$&'()*+,;=:@")
                    for segment in request.prepath or ())
+
+
+def target_below_mount(request: Request) -> bytes:
+    """
+    The request target as the guard routes it: below the path it is mounted
+    at (the segments traversal put in C{request.prepath}); at the root of a
+    site, the target itself.
+    """
+    depth = len(request.prepath or ())
+    if not depth:
+        return request.uri
+    _, target = split_target(request.uri)
+    path, sep, query = target.partition(b"?")
+    return b"/" + b"/".join(path.split(b"/")[1 + depth:]) + sep + query
