@@ -101,8 +101,11 @@ class RequestContext:
             return
         out = request.responseHeaders
         sent: List[bytes] = out.getRawHeaders(b"set-cookie", []) + list(request.cookies)
-        if self.keep_cookie is not None:
-            sent = [c for c in sent if self.keep_cookie(c)]
+        keep = self.keep_cookie
+        if keep is not None:
+            # The guard's own values may be there already (handed over in
+            # request.cookies): they are not the wrapped resource's to refuse.
+            sent = [c for c in sent if c in self.cookies or keep(c)]
         sent.extend(c for c in self.cookies if c not in sent)
         # All in the header: Twisted leaves it alone when request.cookies is empty.
         del request.cookies[:]

@@ -145,8 +145,10 @@ def hand_over(request: Request, ctx: RequestContext) -> None:
     cookies; its header values give way to the list when there is one), and
     the guard's headers into the response headers. An embedded in-process
     application is trusted with its own C{Set-Cookie}: it is not filtered.
+    A wrapped resource that applies the context itself before it writes
+    (L{RequestContext.apply_answer}) still can: the values handed over are
+    merged, not doubled.
     """
     request.cookies.extend(ctx.cookies)
     for name, value in ctx.headers:
         request.responseHeaders.setRawHeaders(name, [value])
-    ctx.answer_applied = True
