@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any, List
 from urllib.parse import urlencode
 
+from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 
@@ -142,3 +143,29 @@ class RootTests(SynchronousTestCase):
         page = h.browser().get("/public/a/b", headers=API)
         self.assertEqual(page.code, 200)
         self.assertEqual(walked, [([], [b"public", b"a", b"b"])])
+
+    def test_public_url_without_the_mount_warned_once(self):
+        """Mounted at /app while public_url is the bare origin: one warning naming both."""
+        events: List[Any] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        h = Harness(self)
+        root = Resource()
+        root.putChild(b"app", h.guard)
+        browser = Browser(h.network, root, SITE)
+        browser.get("/app/public/x", headers=API)
+        browser.get("/app/public/y", headers=API)
+        warned = [e for e in events if "is mounted at" in e.get("log_format", "")]
+        self.assertEqual(len(warned), 1)
+        self.assertEqual((warned[0]["mount"], warned[0]["public"]), ("/app", SITE))
+
+    def test_mounted_as_named_not_warned(self):
+        events: List[Any] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        h = Harness(self, make_config(public_url=PUBLIC_URL))
+        root = Resource()
+        root.putChild(b"app", h.guard)
+        Browser(h.network, root, SITE).get("/app/public/x", headers=API)
+        self.assertEqual([e for e in events if "is mounted at" in e.get("log_format", "")], [])
+

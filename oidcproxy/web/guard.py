@@ -18,11 +18,9 @@ request it:
      sent to the IdP (L{endpoints.login}), anything else gets 401.
      Unauthenticated requests never reach the wrapped resource.
 
-All per-request state lives in the request's
-L{oidcproxy.core.context.RequestContext}. Expected failures (bad input, IdP
-errors) get their own status and page; anything unexpected is logged with
-its traceback and answered 500 without details. A client that goes away
-while the guard waits cancels the wait; nothing is written to it after.
+Per-request state lives in the request's L{oidcproxy.core.context.RequestContext}.
+Expected failures get their own status and page; anything unexpected is logged
+and answered 500 without details. A client that leaves cancels the guard's wait.
 """
 
 from __future__ import annotations
@@ -56,7 +54,13 @@ from .endpoints.userinfo import UserinfoEndpoint
 from .headers import header_value, pass_session_tokens, set_identity_headers
 from .identity import Identity, identity, set_user
 from .parts import GuardParts, GuardState
-from .requests import is_browser_navigation, is_preflight, judged_method, target_below_mount
+from .requests import (
+    is_browser_navigation,
+    is_preflight,
+    judged_method,
+    mount_path,
+    target_below_mount,
+)
 from .server import ProxyRequest
 from .session_auth import SessionAuth
 
@@ -257,6 +261,8 @@ class OIDCGuard(Resource):
             # One authority from here on: an absolute-form target's replaces Host.
             host = request_authority(request)
             target = target_below_mount(request)
+            if request.prepath:
+                self._state.note_mount(mount_path(request))
             early = ctx.early_match
             if early is not None and early[0] is routes and early[1] == host \
                     and early[2] == target:

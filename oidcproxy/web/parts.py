@@ -6,9 +6,11 @@ by L{oidcproxy.assemble}) and what its units share while it runs
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Set
+from urllib.parse import urlsplit
 
 import attr
+from twisted.logger import Logger
 
 from ..config import Config
 from ..core.metrics import NullMetrics
@@ -22,6 +24,8 @@ from .headers import HeaderNames, managed_headers
 from .idtokens import IdTokens
 
 __all__ = ["GuardParts", "GuardState"]
+
+log = Logger()
 
 
 @attr.s(auto_attribs=True, eq=False)
@@ -75,8 +79,23 @@ class GuardState:
         self.metrics = parts.metrics
         self.cookies = CookieRules(config, parts.login, max_cookie_bytes)
         self.managed: HeaderNames = managed_headers(config)
+        self._mounts_seen: Set[str] = set()
         self.worker_id: Optional[int] = None
         """The worker number when several processes serve (shown by the health endpoint)."""
+
+    def note_mount(self, mount: str) -> None:
+        """
+        The guard serves below C{mount}: say once when public_url does not
+        name that path (the IdP would send logins back past the guard).
+        """
+        if mount in self._mounts_seen:
+            return
+        self._mounts_seen.add(mount)
+        if not urlsplit(self.public).path.endswith(mount):
+            log.warn("the guard is mounted at {mount}, but public_url {public} does not end "
+                     "with it: its redirect_uri and landing pages miss the guard; set "
+                     "public_url to the URL of the mount point", mount=mount,
+                     public=self.public or "(unset)")
 
     def reconfigure(self, config: Config, routes: RouteTable) -> None:
         """Take a reloaded configuration and its routes (the parts stay as they were built)."""
