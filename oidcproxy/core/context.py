@@ -90,9 +90,9 @@ class RequestContext:
         Put what the guard adds to the answer into C{request}'s response
         headers, once, just before they are written: the C{Set-Cookie}
         values L{keep_cookie} refuses are dropped (from the header and from
-        C{request.cookies}, which Twisted writes as C{Set-Cookie} besides the
-        header's), then
-        L{cookies} are added and L{headers} set.
+        C{request.cookies}, which Twisted writes as the C{Set-Cookie} header
+        in place of the header's own values when it is not empty: both are
+        merged into the header), then L{cookies} are added and L{headers} set.
         """
         if self.answer_applied:
             return

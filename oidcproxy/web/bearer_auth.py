@@ -21,7 +21,7 @@ from ..oidc.tokens import ASYMMETRIC_ALGORITHMS, HMAC_ALGORITHMS, JWTVerifier, K
 from ..proxy.routes import RouteMatch
 from .answers import decided, deny, finish
 from .headers import passes_client_authorization, set_identity_headers
-from .identity import Identity, set_user
+from .identity import Identity, user_name
 from .parts import GuardState
 from .rules import authorized
 
@@ -243,9 +243,10 @@ class BearerAuth:
             str(claims.get("client_id", ""))
         if not authorized(request, match.route, sub, claims, claims):
             return False
-        context(request).identity = Identity(
+        ctx = context(request)
+        ctx.identity = Identity(
             sub=sub, claims=claims, access_token=token, expires=claims.get("exp"))
-        set_user(request, state.config.username_claim, claims, sub)
+        ctx.user = user_name(state.config.username_claim, claims, sub)
         decided(request, "bearer", unless_decided=True)
         if authorization and passes_client_authorization(state.config):
             # Stripped with the managed headers (pass_access_token =

@@ -14,7 +14,7 @@ from twisted.logger import Logger
 from twisted.web.server import Request
 
 from ..config import Config, RouteConfig
-from ..core.context import context
+from ..core.context import RequestContext
 from ..oidc.login import LoginFlow
 from ..sessions.cookies import (
     CHUNK_SIZE,
@@ -94,6 +94,7 @@ class CookieRules:
         self.max_cookie_bytes = max_cookie_bytes
         self.config = config
         self.csrf = csrf_protection(config, self.session)
+        self._own = self._own_cookies()
         self._claim_names = claims_in_use(config)
         self._owned: Optional[OwnedNames] = None
         self._owned_logged: Set[str] = set()
@@ -103,6 +104,7 @@ class CookieRules:
         """Take a reloaded configuration's C{[csrf]} (the session cookie stays as built)."""
         if config.csrf != self.config.csrf:
             self.csrf = csrf_protection(config, self.session)
+            self._own = self._own_cookies()
         self.config = config
         self._claim_names = claims_in_use(config)
         self._owned = None
@@ -110,15 +112,18 @@ class CookieRules:
 
     # -- the request ------------------------------------------------------------
 
+    def _own_cookies(self) -> _OwnCookies:
+        names = [self.session.wire_name.encode("ascii")]
+        if self.csrf is not None:
+            names.append(self.csrf.cookie.wire_name.encode("ascii"))
+        return _OwnCookies(names, self.login)
+
     def strip_own(self, request: Request) -> None:
         """Remove the proxy's cookies from C{request}'s C{Cookie} header."""
         values = request.requestHeaders.getRawHeaders(b"cookie")
         if not values:
             return
-        names = [self.session.wire_name.encode("ascii")]
-        if self.csrf is not None:
-            names.append(self.csrf.cookie.wire_name.encode("ascii"))
-        kept = strip_cookies(values, _OwnCookies(names, self.login))
+        kept = strip_cookies(values, self._own)
         if kept:
             request.requestHeaders.setRawHeaders(b"cookie", kept)
         else:
@@ -136,7 +141,7 @@ class CookieRules:
             self._owned = OwnedNames(names, prefixes)
         return self._owned
 
-    def refuse_owned(self, request: Request, route: RouteConfig) -> None:
+    def refuse_owned(self, ctx: RequestContext, route: RouteConfig) -> None:
         """
         From here on the wrapped resource answers: none of its C{Set-Cookie}
         may set one of the proxy's cookies (an upstream replacing the
@@ -158,7 +163,7 @@ class CookieRules:
                          route=route.name, name=shown)
             return False
 
-        context(request).keep_cookie = keep
+        ctx.keep_cookie = keep
 
     # -- the session cookie ---------------------------------------------------------
 

@@ -52,7 +52,7 @@ from .endpoints.login import LoginEndpoint
 from .endpoints.logout import LogoutEndpoint
 from .endpoints.userinfo import UserinfoEndpoint
 from .headers import header_value, pass_session_tokens, set_identity_headers
-from .identity import Identity, identity, set_user
+from .identity import Identity, identity, user_name
 from .parts import GuardParts, GuardState
 from .requests import (
     is_browser_navigation,
@@ -217,8 +217,7 @@ class OIDCGuard(Resource):
         # Passed on to the resource of the route table it was matched in,
         # even if a reload swaps both while it waits.
         ctx.wrapped = self._wrapped
-        finished = request.notifyFinish()
-        finished.addBoth(self._count_request, request)
+        request.notifyFinish().addBoth(self._count_request, request, ctx)
         d = Deferred.fromCoroutine(self._handle(request, ctx))
         d.addErrback(self._unexpected, request, ctx)
 
@@ -232,9 +231,8 @@ class OIDCGuard(Resource):
         request.notifyFinish().addErrback(left)
         return NOT_DONE_YET
 
-    def _count_request(self, result: Any, request: Request) -> None:
+    def _count_request(self, result: Any, request: Request, ctx: RequestContext) -> None:
         """Count an answered request (499: the client went away first) by route or endpoint."""
-        ctx = context(request)
         label = ctx.endpoint or (ctx.route.name if ctx.route is not None else "-")
         self._state.metrics.request(label, 499 if isinstance(result, Failure) else request.code)
 
@@ -335,7 +333,7 @@ class OIDCGuard(Resource):
             return
         if route.auth == "none" or (route.cors_preflight and is_preflight(request)):
             decided(request, "public")
-            self._pass(request, match)
+            self._pass(request, ctx, match)
             return
         if route.auth in ("bearer", "session_or_bearer", "optional"):
             try:
@@ -345,7 +343,7 @@ class OIDCGuard(Resource):
                 return
             if token is not None:
                 if await self._bearer.admit(request, match, token, authorization):
-                    self._pass(request, match)
+                    self._pass(request, ctx, match)
                 return
             if route.auth == "bearer":
                 deny(request)
@@ -358,34 +356,32 @@ class OIDCGuard(Resource):
             if route.auth == "optional":
                 decided(request, "anonymous")
                 ctx.cookies.extend(clear)
-                self._pass(request, match)
+                self._pass(request, ctx, match)
                 return
             await self._login.unauthenticated(request, match, clear)
             return
         admitted, cleared = await self._sessions.admit(request, match, session)
         if admitted is not None:
-            self._set_identity(request, admitted)
-            self._pass(request, match)
+            self._set_identity(request, ctx, admitted)
+            self._pass(request, ctx, match)
         elif cleared is not None:
             await self._login.unauthenticated(request, match, cleared)
 
-    def _set_identity(self, request: Request, session: Session) -> None:
+    def _set_identity(self, request: Request, ctx: RequestContext, session: Session) -> None:
         """The identity of a session: for the access log, the application and the upstream."""
         config = self._state.config
-        ctx = context(request)
         # For a WebSocket, which logout of this session closes.
         ctx.session = session
         ctx.identity = Identity(
             sub=session.sub, claims=session.claims, access_token=session.access_token,
             id_token=session.id_token, expires=session.expires)
-        set_user(request, config.username_claim, session.claims, session.sub)
+        ctx.user = user_name(config.username_claim, session.claims, session.sub)
         decided(request, "session", unless_decided=True)
         set_identity_headers(request, config, session.claims)
         pass_session_tokens(request, config, session.access_token, session.id_token)
 
-    def _pass(self, request: Request, match: RouteMatch) -> None:
+    def _pass(self, request: Request, ctx: RequestContext, match: RouteMatch) -> None:
         """Hand the request to the wrapped resource (the route is known)."""
-        ctx = context(request)
         ctx.match = match
         ctx.route = match.route
         if ctx.forward_auth is not None:
@@ -393,7 +389,7 @@ class OIDCGuard(Resource):
             return
         if ctx.gone or request.finished:
             return
-        self._state.cookies.refuse_owned(request, match.route)
+        self._state.cookies.refuse_owned(ctx, match.route)
         # The wrapped tree is walked, from where the guard is mounted, along
         # the path the decision was made on, not along Twisted's own split
         # of the raw path (which keeps dot segments: /admin/../public would

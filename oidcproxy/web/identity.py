@@ -5,16 +5,13 @@ applications with L{identity}, and the user name the access log shows.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Dict, Optional
+from typing import Any, Dict, Optional
 
 import attr
 
-from ..core.context import context, peek
+from ..core.context import peek
 
-if TYPE_CHECKING:
-    from twisted.web.server import Request
-
-__all__ = ["Identity", "claim", "identity", "set_user"]
+__all__ = ["Identity", "claim", "identity", "user_name"]
 
 _MAX_USER_LENGTH = 256
 
@@ -52,7 +49,7 @@ def claim(claims: Dict[str, Any], path: str) -> Any:
     return value
 
 
-def set_user(request: Request, username_claim: str, claims: Dict[str, Any], sub: str) -> None:
+def user_name(username_claim: str, claims: Dict[str, Any], sub: str) -> str:
     """The access log's user: the username_claim's value, or the sub without it."""
     name = claim(claims, username_claim)
     if isinstance(name, (int, float)) and not isinstance(name, bool):
@@ -63,4 +60,4 @@ def set_user(request: Request, username_claim: str, claims: Dict[str, Any], sub:
     name = name[:_MAX_USER_LENGTH]
     if not name.isprintable():
         name = "".join(c if c.isprintable() else "?" for c in name)
-    context(request).user = name
+    return name
