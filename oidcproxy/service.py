@@ -77,7 +77,7 @@ def build_site(
     behind it, the access log; all counting in C{metrics} (default: a
     L{Metrics} of their own).
     """
-    from .web.guard import OIDCGuard
+    from .assemble import OIDCGuard
 
     if metrics is None:
         metrics = Metrics()

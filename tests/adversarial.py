@@ -32,6 +32,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
+from oidcproxy import OIDCGuard
 from oidcproxy.config import Config
 from oidcproxy.oidc.login import STATE_PURPOSE, LoginAttempt
 from oidcproxy.oidc.provider import ClientAuth, Provider
@@ -41,7 +42,6 @@ from oidcproxy.proxy.upstream import UpstreamClient, UpstreamProxy
 from oidcproxy.service import body_limit_for, max_header_size
 from oidcproxy.sessions.crypto import Sealer
 from oidcproxy.sessions.stores.memory import MemoryStore
-from oidcproxy.web.guard import OIDCGuard
 from oidcproxy.web.server import ProxySite
 
 from .fakes import RecordingUpstream

@@ -97,3 +97,26 @@ class ContextTests(SynchronousTestCase):
         self.assertEqual(ctx.kept_cookies([b"a=1"]), [b"a=1"])
         ctx.keep_cookie = lambda value: value != b"a=1"
         self.assertEqual(ctx.kept_cookies([b"a=1", b"b=2"]), [b"b=2"])
+
+    def test_handed_over_cookies_not_refused(self):
+        """
+        The guard's own cookies already in request.cookies (handed over to an
+        embedded resource) are merged once and never taken for the wrapped
+        resource's refused ones.
+        """
+        request = _request()
+        ctx = context(request)
+        seen = []
+
+        def keep(value: bytes) -> bool:
+            seen.append(value)
+            return not value.startswith(b"session=")
+
+        ctx.keep_cookie = keep
+        ctx.cookies.append(b"session=good")
+        request.cookies.extend(ctx.cookies)
+        request.responseHeaders.setRawHeaders(b"set-cookie", [b"app=1", b"session=evil"])
+        ctx.apply_answer(request)
+        self.assertEqual(request.responseHeaders.getRawHeaders(b"set-cookie"),
+                         [b"app=1", b"session=good"])
+        self.assertEqual(seen, [b"app=1", b"session=evil"])

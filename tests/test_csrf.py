@@ -168,7 +168,7 @@ class GuardTests(SynchronousTestCase):
         """A header that is not the cookie's token is refused, even a valid token."""
         h = harness(self)
         browser = self.logged_in(h)
-        other = h.guard._csrf.token("another-session")
+        other = h.guard._state.cookies.csrf.token("another-session")
         page = browser.request(b"POST", "/x", headers={b"x-csrf-token": [other.encode()],
                                                        **API})
         self.assertEqual(page.code, 403)
@@ -305,7 +305,7 @@ class GuardTests(SynchronousTestCase):
         h = Harness(self, make_config(routes=ROUTES))
         browser = h.logged_in()
         new = make_config(routes=ROUTES, csrf={})
-        h.guard.reconfigure(new, h.guard._routes, h.app)
+        h.guard.reconfigure(new, h.guard.routes, h.app)
         self.assertEqual(browser.request(b"POST", "/x", headers=API).code, 403)
 
 

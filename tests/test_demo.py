@@ -27,7 +27,7 @@ from twisted.logger import globalLogPublisher
 from twisted.python import usage
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from oidcproxy import tap
+from oidcproxy import OIDCGuard, tap
 from oidcproxy.oidc.provider import ClientAuth, Provider
 from oidcproxy.oidc.tokens import IDTokenValidator, JWTVerifier, KeySet
 from oidcproxy.service import ProxyService
@@ -44,7 +44,6 @@ from oidcproxy.tools.demo import (
     demo_config,
     parse_loopback_endpoint,
 )
-from oidcproxy.web.guard import OIDCGuard
 
 from .idp import SIGNING_KEY, Browser, Network, Page, s256
 

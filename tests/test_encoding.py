@@ -54,3 +54,14 @@ class DecodeTests(SynchronousTestCase):
     def test_refuses_non_text(self):
         self.assertRaises(ValueError, b64url_decode, b"YQ")  # type: ignore[arg-type]
         self.assertRaises(ValueError, b64url_decode, None)  # type: ignore[arg-type]
+
+
+class LenientTests(SynchronousTestCase):
+    def test_lenient_takes_what_strict_refuses(self):
+        """Padding and stray low bits pass the lenient decoder (a JWT payload's reading)."""
+        from oidcproxy.core.encoding import b64url_decode_lenient
+
+        self.assertEqual(b64url_decode_lenient("YQ=="), b"a")
+        self.assertEqual(b64url_decode_lenient("YR"), b"a")
+        self.assertEqual(b64url_decode_lenient("eyJhIjoxfQ"), b'{"a":1}')
+        self.assertRaises(ValueError, b64url_decode_lenient, "a")

@@ -22,6 +22,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import ResponseFailed, ResponseNeverReceived
 from twisted.web.resource import Resource
 
+from oidcproxy import OIDCGuard, identity
 from oidcproxy.config import Config, parse_config
 from oidcproxy.oidc.provider import ClientAuth, Provider
 from oidcproxy.proxy.headers import canonical_header
@@ -32,7 +33,7 @@ from oidcproxy.sessions.crypto import Sealer
 from oidcproxy.sessions.session import Session
 from oidcproxy.sessions.stores.cookie import PURPOSE as SESSION_PURPOSE
 from oidcproxy.sessions.stores.memory import MemoryStore
-from oidcproxy.web.guard import OIDCGuard, header_value, identity
+from oidcproxy.web.headers import header_value
 
 from .fakes import RecordingUpstream
 from .idp import (

@@ -11,6 +11,8 @@ from typing import Any, Dict
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from oidcproxy.core.context import context
+
 from .idp import ISSUER
 from .test_guard import API, CLIENT_ID, Harness, make_config
 
@@ -68,7 +70,7 @@ class RuleTests(SynchronousTestCase):
         access log's auth field."""
         h = harness(self)
         seen = []
-        h.app.action = lambda request: seen.append(getattr(request, "oidcproxy_auth", None))
+        h.app.action = lambda request: seen.append(context(request).auth)
         alice = h.logged_in(sub="alice", claims=ALICE)
         bob = h.logged_in(sub="bob", claims=BOB)
         alice.get("/admin/x", headers=API)

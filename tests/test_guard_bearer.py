@@ -16,6 +16,8 @@ from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 
+from oidcproxy.web.bearer_auth import JWKS_FILE_RETRY
+
 from .adversarial import ROUTES as ADVERSARIAL_ROUTES
 from .adversarial import Stack, parse_response
 from .idp import ISSUER, Browser, public_jwk
@@ -280,6 +282,9 @@ class NotLoadedTests(SynchronousTestCase):
         self.assertTrue(logged(events, "bearer.jwks_file {path} cannot be loaded"))
         with open(f.name, "w") as out:
             json.dump({"keys": [public_jwk()]}, out)
+        # Read again on the clock, never while a request waits.
+        self.assertUnavailable(h.browser().get("/api/x", headers=bearer(token)))
+        h.clock.advance(JWKS_FILE_RETRY)
         self.assertEqual(h.browser().get("/api/x", headers=bearer(token)).code, 200)
 
     def test_invalid_token_still_401(self):

@@ -14,6 +14,7 @@ from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from oidcproxy.sessions.cookies import OwnedNames
+from oidcproxy.web.server import ProxyRequest
 
 from .adversarial import ROUTES, Stack, header_of, parse_response
 from .test_guard import SESSION_COOKIE, STATE_PREFIX, Harness, make_config
@@ -165,6 +166,9 @@ class EmbeddedAppTests(SynchronousTestCase):
         """
         h = Harness(self, config=make_config(csrf={}))
         browser = h.logged_in()
+        # The proxy's request class applies the guard's refusals to the
+        # answer (a plain Request trusts the application: see below).
+        browser.agent._serverFactory.requestFactory = ProxyRequest
 
         def action(request: Any) -> None:
             request.addCookie(SESSION_COOKIE, "forged", path="/")
@@ -180,6 +184,31 @@ class EmbeddedAppTests(SynchronousTestCase):
         self.assertIn("app=1", values)
         self.assertTrue([v for v in values if v.startswith(CSRF_COOKIE + "=")], values)
         self.assertEqual(browser.get("/x").code, 200)
+
+
+class PlainRequestTests(SynchronousTestCase):
+    def test_guard_cookies_survive_a_replaced_header(self):
+        """
+        Embedded in a Site with twisted.web's own Request, the guard's cookies
+        (the CSRF cookie here) are in request.cookies before the application
+        renders: they go out beside its addCookie ones, even when it
+        replaces the Set-Cookie header; its own cookies are not filtered.
+        """
+        h = Harness(self, config=make_config(csrf={}))
+        browser = h.logged_in()
+        browser.jar.pop(CSRF_COOKIE, None)
+
+        def action(request: Any) -> None:
+            request.responseHeaders.setRawHeaders(b"set-cookie", [b"replaced=1"])
+            request.addCookie(b"app", b"2")
+            request.addCookie(SESSION_COOKIE, b"mine", path=b"/")
+
+        h.app.action = action
+        page = browser.get("/x")
+        values = [f"{c.name}={c.value}" for c in page.set_cookies]
+        self.assertIn("app=2", values)
+        self.assertIn(SESSION_COOKIE + "=mine", values)
+        self.assertTrue([v for v in values if v.startswith(CSRF_COOKIE + "=")], values)
 
 
 class OwnedNamesTests(SynchronousTestCase):

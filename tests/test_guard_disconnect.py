@@ -11,7 +11,7 @@ test can close the client's connection at the moment it chooses.
 from __future__ import annotations
 
 import json
-from typing import Any, List
+from typing import Any, Callable, List
 from urllib.parse import urlencode
 
 from twisted.internet.address import IPv4Address
@@ -23,6 +23,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.server import NOT_DONE_YET
 
+from oidcproxy.sessions.stores.memory import MemoryStore
 from oidcproxy.web.server import ProxySite
 
 from .idp import ISSUER
@@ -45,9 +46,9 @@ class Client:
         self.transport = StringTransport(peerAddress=peer)
         self.channel.makeConnection(self.transport)
 
-    def send(self, target: str, *headers: bytes) -> None:
+    def send(self, target: str, *headers: bytes, method: bytes = b"GET") -> None:
         self.channel.dataReceived(
-            b"GET " + target.encode("ascii") + b" HTTP/1.1\r\nHost: app.test\r\n" +
+            method + b" " + target.encode("ascii") + b" HTTP/1.1\r\nHost: app.test\r\n" +
             b"".join(h + b"\r\n" for h in headers) + b"\r\n")
         self.h.network.pump()
 
@@ -93,7 +94,7 @@ def finished(request: Any) -> List[Any]:
     return outcome
 
 
-class ClientGoneTests(SynchronousTestCase):
+class LeavingTestCase(SynchronousTestCase):
     def assertNothingAfterLeaving(self, h: Harness, client: Client, rendered: int) -> None:
         self.assertEqual(len(h.app.requests), rendered, "the wrapped resource was rendered")
         self.assertEqual(client.transport.value(), b"")
@@ -101,6 +102,8 @@ class ClientGoneTests(SynchronousTestCase):
         self.assertEqual(self.flushLoggedErrors(), [])
         self.assertEqual(client.site.open_connections, 0)
 
+
+class ClientGoneTests(LeavingTestCase):
     def test_store_load(self):
         """A session load still pending when the client leaves is cancelled; nothing follows."""
         h = Harness(self, memory_store=True)
@@ -197,3 +200,105 @@ class ClientGoneTests(SynchronousTestCase):
         client.leave()
         self.assertEqual(len(h.app.requests), 1)
         self.assertEqual(client.errors(), [])
+
+
+def holding(cancelled: List[Deferred]) -> Callable[..., Deferred]:
+    """A store method that never answers; its Deferreds go to C{cancelled} when cancelled."""
+    def method(*args: Any, **kwargs: Any) -> Deferred:
+        return Deferred(cancelled.append)
+    return method
+
+
+class MoreWaitingPointsTests(LeavingTestCase):
+    """The other places where the guard waits for the store or the IdP."""
+
+    def test_revocation_list(self):
+        """A revocation check still pending when the client leaves is cancelled."""
+        h = Harness(self, start=False)
+        revocations = MemoryStore(h.clock)
+        h.guard.parts.revocations = revocations
+        h.guard.start()
+        h.network.pump()
+        browser = h.logged_in()
+        rendered = len(h.app.requests)
+        cancelled: List[Deferred] = []
+        revocations.revoked_at = holding(cancelled)  # type: ignore[method-assign]
+        client = Client(self, h)
+        client.send("/x", cookie(browser))
+        client.leave()
+        self.assertEqual(len(cancelled), 1)
+        self.assertNothingAfterLeaving(h, client, rendered)
+
+    def test_session_save_at_callback(self):
+        """The new session's save, pending when the browser leaves the callback, is cancelled."""
+        h = Harness(self, memory_store=True)
+        browser = h.browser()
+        params = h.authorize(browser)
+        code = h.idp.issue_code(nonce=params["nonce"],
+                                code_verifier_challenge=params["code_challenge"])
+        cancelled: List[Deferred] = []
+        h.store.save = holding(cancelled)  # type: ignore[method-assign,union-attr]
+        client = Client(self, h)
+        client.send("/oidc/callback?" + urlencode({"code": code, "state": params["state"]}),
+                    cookie(browser), b"Accept: text/html")
+        self.assertEqual(client.transport.value(), b"")
+        client.leave()
+        self.assertEqual(len(cancelled), 1)
+        self.assertNothingAfterLeaving(h, client, 0)
+
+    def test_userinfo_at_callback(self):
+        """The IdP's UserInfo call at the callback, pending when the browser leaves, is cancelled."""
+        h = Harness(self, make_config(oidc={"userinfo": True}))
+        browser = h.browser()
+        params = h.authorize(browser)
+        code = h.idp.issue_code(nonce=params["nonce"],
+                                code_verifier_challenge=params["code_challenge"])
+        held: List[Any] = []
+        render = h.idp.render
+
+        def render_holding(request: Any) -> Any:
+            if request.path.endswith(b"/userinfo"):
+                held.append(request)
+                return NOT_DONE_YET
+            return render(request)
+
+        h.idp.render = render_holding  # type: ignore[method-assign]
+        client = Client(self, h)
+        client.send("/oidc/callback?" + urlencode({"code": code, "state": params["state"]}),
+                    cookie(browser), b"Accept: text/html")
+        self.assertEqual(len(held), 1)
+        at_idp = finished(held[0])
+        client.leave()
+        self.assertEqual(len(at_idp), 1)
+        self.assertIsInstance(at_idp[0], Failure)
+        self.assertNothingAfterLeaving(h, client, 0)
+
+    def test_logout_delete(self):
+        """A logout whose session delete is pending when the browser leaves: cancelled."""
+        h = Harness(self, memory_store=True)
+        browser = h.logged_in()
+        rendered = len(h.app.requests)
+        cancelled: List[Deferred] = []
+        h.store.delete = holding(cancelled)  # type: ignore[method-assign,union-attr]
+        client = Client(self, h)
+        client.send("/oidc/logout", cookie(browser), b"Origin: https://app.test",
+                    b"Content-Length: 0", method=b"POST")
+        client.leave()
+        self.assertEqual(len(cancelled), 1)
+        self.assertNothingAfterLeaving(h, client, rendered)
+
+    def test_ready_ping(self):
+        """A readiness check waiting for Redis's PING when the client leaves: cancelled."""
+        h = Harness(self)
+        cancelled: List[Deferred] = []
+
+        class Revocations:
+            ping = staticmethod(holding(cancelled))
+
+        h.guard.parts.revocations = Revocations()
+        client = Client(self, h)
+        client.send("/oidc/ready")
+        client.leave()
+        self.assertEqual(len(cancelled), 1)
+        self.assertNothingAfterLeaving(h, client, 0)
+

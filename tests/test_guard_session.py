@@ -326,7 +326,7 @@ class RevocationListTests(SynchronousTestCase):
 
         h = Harness(self, start=False)
         self.revocations = MemoryStore(Clock())
-        h.guard._revocations = self.revocations
+        h.guard.parts.revocations = self.revocations
         self.revocations._clock = h.clock
         h.guard.start()
         h.network.pump()

@@ -610,7 +610,7 @@ class OneRouteMatchTests(SynchronousTestCase):
         agent = Agent()
         reactor = MemoryReactorClock()
         site = build_site(CONFIG, reactor, client_factory=lambda route: UpstreamClient(agent, 10))
-        table = site.guard._routes
+        table = site.guard.routes
         calls = []
         original = table.match
 

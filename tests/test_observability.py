@@ -24,6 +24,7 @@ from twisted.internet.testing import MemoryReactor, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from oidcproxy import OIDCGuard
 from oidcproxy.config import ConfigError, parse_config
 from oidcproxy.core.metrics import Metrics, NullMetrics, metrics_site
 from oidcproxy.oidc.provider import ClientAuth, Provider
@@ -33,7 +34,6 @@ from oidcproxy.service import ProxyService, body_limit_for
 from oidcproxy.sessions.crypto import Sealer
 from oidcproxy.sessions.session import SessionStoreUnavailable
 from oidcproxy.sessions.stores.redis import RedisStore
-from oidcproxy.web.guard import OIDCGuard
 from oidcproxy.web.server import ProxySite
 
 from .fakes import RecordingUpstream, never_answer

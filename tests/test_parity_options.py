@@ -21,12 +21,13 @@ from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
+from oidcproxy import OIDCGuard
 from oidcproxy.config import Config, ConfigError
+from oidcproxy.core.context import context
 from oidcproxy.oidc.provider import ClientAuth, Provider, ProviderError
 from oidcproxy.sessions.crypto import Sealer
 from oidcproxy.sessions.stores.memory import MemoryStore
 from oidcproxy.sessions.stores.redis import RedisStore
-from oidcproxy.web.guard import OIDCGuard
 
 from .idp import AUTHORIZATION_ENDPOINT, ISSUER, FakeIdP, Network
 from .test_guard import (
@@ -85,7 +86,7 @@ class BuiltHarness(Harness):
         self.store = store
         self.guard = OIDCGuard(self.config, self.app, self.clock, store=store,
                                idp_http=self.stub)
-        self.provider = self.guard._provider  # type: ignore[assignment]
+        self.provider = self.guard.parts.provider  # type: ignore[assignment]
         case.addCleanup(self.guard.stop)
         if start:
             self.guard.start()
@@ -127,7 +128,7 @@ class RequestParameterTests(SynchronousTestCase):
     def test_discovery_params_reach_the_discovery_request(self):
         """oidc.discovery_params are the discovery request's query (and no other request's)."""
         h = BuiltHarness(self, make_config(oidc={"discovery_params": {"p": "B2C_1_signin"}}))
-        self.assertTrue(h.guard._provider.ready)
+        self.assertTrue(h.guard.parts.provider.ready)
         discovery = [u for u in h.idp.uris if u.startswith(b"/.well-known/")]
         self.assertEqual(discovery, [b"/.well-known/openid-configuration?p=B2C_1_signin"])
         self.assertEqual([u for u in h.idp.uris if u.startswith(b"/jwks")], [b"/jwks"])
@@ -515,7 +516,7 @@ class SlidingSessionTests(SynchronousTestCase):
 class UsernameClaimTests(SynchronousTestCase):
     def user_of(self, h: Harness, browser: Any, path: str = "/x", **kwargs: Any) -> Any:
         seen: List[Any] = []
-        h.app.action = lambda request: seen.append(getattr(request, "oidcproxy_user", None))
+        h.app.action = lambda request: seen.append(context(request).user)
         browser.get(path, headers=kwargs.pop("headers", API), **kwargs)
         return seen[-1]
 
@@ -684,7 +685,7 @@ class RetryTests(SynchronousTestCase):
         h.network.pump()
         h.clock.advance(0.5)
         h.network.pump()
-        self.assertTrue(h.guard._provider.ready)
+        self.assertTrue(h.guard.parts.provider.ready)
 
     def test_validation(self):
         """max_retries is an integer from 0 to 10."""
@@ -745,7 +746,7 @@ class IdPTLSTests(SynchronousTestCase):
         h = BuiltHarness(self, config)
         warned = [m for m in messages(events) if "insecure_skip_verify is on" in m]
         self.assertEqual(len(warned), 1)
-        h.guard.reconfigure(config, h.guard._routes, h.app)
+        h.guard.reconfigure(config, h.guard.routes, h.app)
         warned = [m for m in messages(events) if "insecure_skip_verify is on" in m]
         self.assertEqual(len(warned), 2)
 

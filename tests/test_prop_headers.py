@@ -14,7 +14,7 @@ from hypothesis import example
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from oidcproxy.web.guard import header_value
+from oidcproxy.web.headers import header_value
 
 from .props import given
 

@@ -177,7 +177,7 @@ class ReloadTests(SynchronousTestCase):
                     + PUBLIC.replace("/root", "/new"))
         self.assertTrue(service.reload())
         self.assertEqual(service.config.oidc.client_id, "CLIENT")  # type: ignore[union-attr]
-        self.assertEqual(service.site.guard._config.oidc.client_id,  # type: ignore[attr-defined]
+        self.assertEqual(service.site.guard.config.oidc.client_id,  # type: ignore[attr-defined]
                          "CLIENT")
         self.assertEqual(self.messages("warn"),
                          ["restart to apply: oidc.client_id, session.lifetime"])

@@ -5,6 +5,8 @@ through a real HTTP channel on a string transport.
 
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.task import Clock
@@ -16,9 +18,11 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from oidcproxy.config import ClientLimits, RouteConfig, UpstreamSettings
+from oidcproxy.core.context import context
 from oidcproxy.core.metrics import Metrics
 from oidcproxy.proxy.routes import RouteTable
 from oidcproxy.service import body_limit_for
+from oidcproxy.web.identity import Identity
 from oidcproxy.web.server import ProxySite
 
 
@@ -34,12 +38,11 @@ class Recorder(Resource):
     def render(self, request):
         self.requests.append(request)
         self.bodies.append(request.content.read())
-        request.oidcproxy_route = RouteConfig(index=3, path="/", upstream="http://up:1")
+        ctx = context(request)
+        ctx.route = RouteConfig(index=3, path="/", upstream="http://up:1")
         if request.path == b"/who":
-            from oidcproxy.web.guard import Identity
-
-            request.oidcproxy_identity = Identity(sub="alice", claims={})
-            request.oidcproxy_auth = "session"
+            ctx.identity = Identity(sub="alice", claims={})
+            ctx.auth = "session"
         if self.hang:
             return NOT_DONE_YET
         return b"ok"
@@ -708,3 +711,38 @@ class ConnectionLimitTests(SynchronousTestCase):
         h.clock.advance(60)
         self.assertEqual(len(self.warnings(h)), 2)
         self.assertEqual(self.refused("max_client_connections"), 5)
+
+
+class AnswerContextTests(SynchronousTestCase):
+    """ProxyRequest applies what the guard put in the request context, before its first write."""
+
+    def request(self) -> Any:
+        from twisted.web.test.requesthelper import DummyChannel
+
+        from oidcproxy.web.server import ProxyRequest
+
+        request = ProxyRequest(DummyChannel(), False)
+        request.method, request.uri, request.clientproto = b"GET", b"/", b"HTTP/1.1"
+        return request
+
+    def test_applied_before_the_first_write(self):
+        """Refused Set-Cookie values dropped, the guard's cookies and headers added."""
+        request = self.request()
+        ctx = context(request)
+        ctx.keep_cookie = lambda value: not value.startswith(b"session=")
+        ctx.cookies.append(b"session=good")
+        ctx.headers.append((b"x-auth-session-expires-in", b"60"))
+        request.responseHeaders.setRawHeaders(b"set-cookie", [b"session=evil", b"app=1"])
+        request.write(b"x")
+        self.assertEqual(request.responseHeaders.getRawHeaders(b"set-cookie"),
+                         [b"app=1", b"session=good"])
+        self.assertEqual(request.responseHeaders.getRawHeaders(b"x-auth-session-expires-in"),
+                         [b"60"])
+        self.assertTrue(ctx.answer_applied)
+
+    def test_without_a_context(self):
+        """A request the guard never saw is written as it is."""
+        request = self.request()
+        request.responseHeaders.setRawHeaders(b"set-cookie", [b"session=x"])
+        request.write(b"x")
+        self.assertEqual(request.responseHeaders.getRawHeaders(b"set-cookie"), [b"session=x"])

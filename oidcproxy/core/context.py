@@ -56,6 +56,15 @@ class RequestContext:
         the wrapped resource's answer that must not reach the client (one
         that sets a cookie of the proxy's own), or None: all are kept.
     @ivar answer_applied: whether L{apply_answer} ran.
+    @ivar forward_auth: for a forward-auth check, whether a browser without
+        a session is sent to log in (C{?redirect=1}); None: not one.
+    @ivar method: the method the guard judges when it is not the request's
+        own (a forward-auth check judges the original request's), or None.
+    @ivar wrapped: the resource the guard hands the request to: the one of
+        the route table the request was matched in, even if a reload swaps
+        both while the request waits.
+    @ivar gone: the client went away before the answer was complete: nothing
+        more is written.
     """
 
     early_match: Any = None
@@ -71,15 +80,19 @@ class RequestContext:
     headers: List[Tuple[bytes, bytes]] = attr.Factory(list)
     keep_cookie: Optional[Callable[[bytes], bool]] = None
     answer_applied: bool = False
+    forward_auth: Optional[bool] = None
+    method: Optional[bytes] = None
+    wrapped: Any = None
+    gone: bool = False
 
     def apply_answer(self, request: Any) -> None:
         """
         Put what the guard adds to the answer into C{request}'s response
         headers, once, just before they are written: the C{Set-Cookie}
         values L{keep_cookie} refuses are dropped (from the header and from
-        C{request.cookies}, which Twisted writes as C{Set-Cookie} besides the
-        header's), then
-        L{cookies} are added and L{headers} set.
+        C{request.cookies}, which Twisted writes as the C{Set-Cookie} header
+        in place of the header's own values when it is not empty: both are
+        merged into the header), then L{cookies} are added and L{headers} set.
         """
         if self.answer_applied:
             return
@@ -88,8 +101,11 @@ class RequestContext:
             return
         out = request.responseHeaders
         sent: List[bytes] = out.getRawHeaders(b"set-cookie", []) + list(request.cookies)
-        if self.keep_cookie is not None:
-            sent = [c for c in sent if self.keep_cookie(c)]
+        keep = self.keep_cookie
+        if keep is not None:
+            # The guard's own values may be there already (handed over in
+            # request.cookies): they are not the wrapped resource's to refuse.
+            sent = [c for c in sent if c in self.cookies or keep(c)]
         sent.extend(c for c in self.cookies if c not in sent)
         # All in the header: Twisted leaves it alone when request.cookies is empty.
         del request.cookies[:]

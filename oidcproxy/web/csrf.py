@@ -20,7 +20,6 @@ signs and all of them verify.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 import secrets
@@ -29,6 +28,7 @@ from typing import List, Mapping, Optional, Sequence
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from ..core.encoding import b64url_decode, b64url_encode
 from ..sessions.cookies import CookieSpec, clear_cookie_headers, set_cookie_headers
 
 SAFE_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE"})
@@ -41,16 +41,12 @@ _HKDF_INFO = b"oidcproxy csrf v1"
 _NONCE_BYTES = 16
 
 
-def _b64(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
-
-
 def _unb64(text: str) -> Optional[bytes]:
+    """The bytes of canonical unpadded base64url C{text}; None for anything else."""
     try:
-        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-    except ValueError:  # binascii.Error
+        return b64url_decode(text)
+    except ValueError:
         return None
-    return raw if _b64(raw) == text else None
 
 
 def _derive(secret: bytes) -> bytes:
@@ -82,7 +78,7 @@ class CSRFProtection:
     def token(self, session_id: str) -> str:
         """A fresh token for the session C{session_id}."""
         nonce = secrets.token_bytes(_NONCE_BYTES)
-        return _b64(nonce) + "." + _b64(self._mac(self._keys[0], session_id, nonce))
+        return b64url_encode(nonce) + "." + b64url_encode(self._mac(self._keys[0], session_id, nonce))
 
     def valid(self, token: Optional[str], session_id: str) -> bool:
         """Whether C{token} was made (with any configured secret) for C{session_id}."""

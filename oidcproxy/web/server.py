@@ -20,8 +20,10 @@ from twisted.web.http import HTTPChannel
 from twisted.web.resource import IResource
 
 from ..config import ClientLimits
+from ..core.context import context, peek
 from ..core.metrics import NullMetrics
 from ..core.pages import error_body
+from .refusals import RefusalLog
 
 access_log = Logger(namespace="oidcproxy.access")
 log = Logger()
@@ -29,14 +31,11 @@ log = Logger()
 ABORT_AFTER = 10.0
 """Seconds a connection the proxy closes gets to take its last answer before it is cut."""
 
-REFUSAL_LOG_INTERVAL = 10.0
-"""At most one log line per this many seconds about refused connections."""
-
 BodyLimit = Callable[[Optional[bytes], Optional[bytes]], Tuple[int, Any, Any]]
 """
 C{(host header, raw request target) -> (max body bytes, route or None, match)}:
-the match is C{(route table, host, target, RouteMatch)} or None, kept on the
-request as C{oidcproxy_early_match} for the guard.
+the match is C{(route table, host, target, RouteMatch)} or None, kept in the
+request's context (C{early_match}) for the guard.
 """
 
 
@@ -47,6 +46,10 @@ class ProxyRequest(server.Request):
     a chunked body passes the limit. The early answer is written by the
     channel, which then closes the connection: the rest of the body is
     never read.
+
+    Before its first bytes go out, the answer gets what the guard added to
+    the request's context (cookies, headers, refused C{Set-Cookie} values):
+    see L{RequestContext.apply_answer}.
     """
 
     started: Optional[float] = None
@@ -54,7 +57,6 @@ class ProxyRequest(server.Request):
     _received = 0
     _limit: Optional[int] = None
     _early: Tuple[Optional[bytes], Optional[bytes], Any] = (None, None, None)
-    oidcproxy_early_match: Any = None
 
     def __init__(self, channel: HTTPChannel, *args: Any, **kwargs: Any) -> None:
         super().__init__(channel, *args, **kwargs)
@@ -71,7 +73,7 @@ class ProxyRequest(server.Request):
             # to the largest limit of any route (the render-time check is
             # authoritative either way).
             target = getattr(self.channel, "_path", None)
-            self._limit, route, self.oidcproxy_early_match = site.body_limit(
+            self._limit, route, context(self).early_match = site.body_limit(
                 self.requestHeaders.getRawHeaders(b"host", [None])[0], target)
             self._early = (getattr(self.channel, "_command", None), target, route)
             if length is not None and length > self._limit:
@@ -107,7 +109,7 @@ class ProxyRequest(server.Request):
             self.method = command or b"-"
             self.path = (target or b"-").split(b"?", 1)[0]
             if route is not None:
-                self.oidcproxy_route = route
+                context(self).route = route
             self.code = 413
             self.sentLength = len(body)
             site.log_request(self)
@@ -121,6 +123,13 @@ class ProxyRequest(server.Request):
         if self._refused:
             return
         super().process()
+
+    def write(self, data: bytes) -> None:
+        if not self.startedWriting:
+            ctx = peek(self)
+            if ctx is not None:
+                ctx.apply_answer(self)
+        super().write(data)
 
     def connectionLost(self, reason: Failure) -> None:
         was_finished = self.finished or self._refused
@@ -137,7 +146,7 @@ class ProxyRequest(server.Request):
             self.method = command or b"-"
             self.path = (target or b"-").split(b"?", 1)[0]
             if route is not None:
-                self.oidcproxy_route = route
+                context(self).route = route
         super().connectionLost(reason)
         if not was_finished and isinstance(site, ProxySite):
             # 499 when the client left first; the status of the answer the
@@ -151,39 +160,6 @@ def _peer_host(channel: HTTPChannel) -> Optional[str]:
     peer = channel.transport.getPeer() if channel.transport is not None else None
     host = getattr(peer, "host", None)
     return host if isinstance(host, str) else None
-
-
-class _RefusalLog:
-    """
-    The log lines about refused connections: the first at once, then at
-    most one per L{REFUSAL_LOG_INTERVAL} seconds, each counting the refusals
-    since the previous one, by limit.
-    """
-
-    def __init__(self, clock: IReactorTime) -> None:
-        self._clock = clock
-        self._pending: Dict[str, int] = {}
-        self._last: Optional[float] = None
-        self._flush: Optional[IDelayedCall] = None
-
-    def add(self, limit: str) -> None:
-        self._pending[limit] = self._pending.get(limit, 0) + 1
-        now = self._clock.seconds()
-        if self._last is None or now - self._last >= REFUSAL_LOG_INTERVAL:
-            self._write()
-        elif self._flush is None:
-            self._flush = self._clock.callLater(self._last + REFUSAL_LOG_INTERVAL - now,
-                                                self._write)
-
-    def _write(self) -> None:
-        if self._flush is not None and self._flush.active():
-            self._flush.cancel()
-        self._flush = None
-        self._last = self._clock.seconds()
-        pending, self._pending = self._pending, {}
-        log.warn("refused {count} client connection(s) with 503: {limits} reached",
-                 count=sum(pending.values()),
-                 limits="; ".join(f"{limit} ({n})" for limit, n in sorted(pending.items())))
 
 
 def _client(request: Any) -> str:
@@ -207,6 +183,8 @@ class ProxyChannel(HTTPChannel):
     from the first byte of each later one.
     """
 
+    oidcproxy_address: Optional[str] = None
+    """The client's address, while counted against C{max_client_connections_per_address}."""
     answered: Optional[int] = None
     """
     The status of the answer the channel gave itself before closing (400 for
@@ -417,7 +395,7 @@ class ProxySite(server.Site):
         self.displayTracebacks = False
         self._channels: Set[ProxyChannel] = set()
         self._per_address: Dict[str, int] = {}
-        self._refusals = _RefusalLog(clock)
+        self._refusals = RefusalLog(clock)
         self._drained: Optional[Deferred[int]] = None
         self._drain_call: Optional[IDelayedCall] = None
         self.draining = False
@@ -449,7 +427,7 @@ class ProxySite(server.Site):
         self._channels.add(channel)
         if address is not None:
             self._per_address[address] = self._per_address.get(address, 0) + 1
-            channel.oidcproxy_address = address  # type: ignore[attr-defined]
+            channel.oidcproxy_address = address
         self.metrics.client_connections(1)
 
     def _refuse(self, channel: ProxyChannel, limit: str, value: int) -> None:
@@ -460,7 +438,7 @@ class ProxySite(server.Site):
     def channel_closed(self, channel: Any) -> None:
         if channel in self._channels:
             self._channels.remove(channel)
-            address = getattr(channel, "oidcproxy_address", None)
+            address = channel.oidcproxy_address
             if address is not None:
                 left = self._per_address.pop(address, 1) - 1
                 if left > 0:
@@ -567,17 +545,18 @@ class ProxySite(server.Site):
             return
         started = getattr(request, "started", None)
         duration_ms = round((self.clock.seconds() - started) * 1000, 1) if started is not None else 0.0
-        route = getattr(request, "oidcproxy_route", None)
+        ctx = peek(request)
+        route = ctx.route if ctx is not None else None
         raw_path = getattr(request, "path", None)
         path = raw_path.decode("ascii", "backslashreplace") if raw_path is not None else "-"
         method = request.method.decode("ascii", "backslashreplace") \
             if raw_path is not None else "-"
         if status is None:
             status = request.code
-        who = getattr(request, "oidcproxy_identity", None)
+        who = ctx.identity if ctx is not None else None
         fields = dict(
-            user=getattr(request, "oidcproxy_user", None) or (who.sub if who is not None else "-"),
-            auth=getattr(request, "oidcproxy_auth", "-"),
+            user=(ctx.user if ctx is not None else None) or (who.sub if who is not None else "-"),
+            auth=ctx.auth if ctx is not None else "-",
             client=_client(request),
             method=method,
             path=path,

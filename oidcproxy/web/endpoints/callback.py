@@ -1,0 +1,219 @@
+"""
+The login callback: the IdP sends the browser back with a code (or an
+error). The state cookie of the attempt is checked and cleared, the code
+exchanged, the ID token validated (and the UserInfo answer merged), and a
+new session handed out; the browser goes back where it started.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict
+
+from twisted.logger import Logger
+from twisted.web.server import Request
+
+from ...core.cache import BoundedCache
+from ...oidc.provider import ProviderError
+from ...oidc.tokens import TokenError, peek_header
+from ...sessions.cookies import CookieTooLarge
+from ...sessions.session import Session, SessionStoreUnavailable, new_session_id
+from ..answers import finish, redirect, store_unavailable
+from ..parts import GuardState
+from ..requests import arg
+from ..session_auth import SessionAuth
+from .login import MAX_PENDING, LoginEndpoint
+
+__all__ = ["CallbackEndpoint"]
+
+log = Logger()
+
+_SINGLE = (b"state", b"code", b"error", b"iss", b"error_description")
+"""The callback's parameters that may appear once at most."""
+
+
+class CallbackEndpoint:
+    """The login callback of one guard."""
+
+    def __init__(self, state: GuardState, sessions: SessionAuth, login: LoginEndpoint) -> None:
+        self._state = state
+        self._sessions = sessions
+        self._login = login
+        self._consumed: BoundedCache[str, bool] = BoundedCache(state.clock, MAX_PENDING)
+        """The states used here (this process): each comes back once."""
+
+    def _consume(self, attempt_state: str) -> bool:
+        """Remember a consumed state; False if seen before."""
+        self._login.returned(attempt_state)
+        if self._consumed.get(attempt_state) is not None:
+            return False
+        until = self._state.clock.seconds() + self._state.config.state_cookie.max_age
+        self._consumed.put(attempt_state, True, until=until)
+        return True
+
+    async def render(self, request: Request) -> None:
+        state = self._state
+        parts, metrics = state.parts, state.metrics
+        provider, login, store = parts.provider, parts.login, parts.store
+        if provider is None or login is None or store is None:
+            finish(request, 404, "not_found", "No route matches this URL.")
+            return
+        if request.method != b"GET":
+            finish(request, 405, "method_not_allowed", "The callback takes GET only.",
+                   {b"allow": b"GET"})
+            return
+        args = request.args
+        for key in _SINGLE:
+            if len(args.get(key, [])) > 1:
+                log.info("callback refused: duplicated parameter {name}", name=key.decode())
+                metrics.login_failed("bad_callback")
+                finish(request, 400, "bad_callback", "The login answer is malformed.")
+                return
+        given = arg(args, b"state")
+        attempt, reason, cookies = (None, "missing_state", []) if not given else \
+            login.consume(request.received_cookies, given)
+        error = arg(args, b"error")
+        if error is not None:
+            shown = error if error.replace("_", "").isalnum() and len(error) <= 64 else "error"
+            log.info("login refused by the identity provider: {error}", error=shown)
+            metrics.login_failed("idp_refused")
+            finish(request, 403, "login_refused",
+                   f"The identity provider refused the login ({shown}).", cookies=cookies)
+            return
+        if attempt is None:
+            log.info("login failed: {reason}", reason=reason)
+            metrics.login_failed(reason)
+            finish(request, 401 if given else 400, "login_failed",
+                   "This login attempt is unknown or has expired. Please start again.",
+                   cookies=cookies)
+            return
+        if not self._consume(attempt.state):
+            log.info("login failed: {reason}", reason="state_replayed")
+            metrics.login_failed("state_replayed")
+            finish(request, 401, "login_failed", "This login attempt was already used.",
+                   cookies=cookies)
+            return
+        try:
+            tokens, claims = await self._tokens(request, attempt)
+        except TokenError as e:
+            log.warn("login failed: {reason}: {detail}", reason=e.reason, detail=e.detail)
+            metrics.login_failed(e.reason)
+            finish(request, 401, "login_failed",
+                   "The login could not be verified. Please start again.", cookies=cookies)
+            return
+        except ProviderError as e:
+            log.warn("login failed: identity provider: {reason}: {detail}",
+                     reason=e.reason, detail=e.detail)
+            metrics.login_failed("idp_" + e.reason)
+            status = e.status if e.status in (401, 502, 503, 504) else 502
+            message = {
+                401: "The login could not be completed. Please start again.",
+                503: "The identity provider cannot be reached yet. Please try again shortly.",
+                504: "The identity provider did not answer in time. Please try again.",
+            }.get(status, "The identity provider gave an unexpected answer. Please try again.")
+            finish(request, status, "login_failed", message,
+                   {b"retry-after": b"5"} if status == 503 else None, cookies=cookies)
+            return
+
+        now = state.clock.seconds()
+        session = self._session(tokens, claims, now)
+        # A fresh session id on every login (no fixation); the old session,
+        # if any, is ended.
+        try:
+            old, _ = await self._sessions.load(request)
+            if old is not None:
+                await self._sessions.end(old)
+            value = await store.save(session)
+        except SessionStoreUnavailable as e:
+            # The code is spent: the user starts again once the store is back.
+            metrics.login_failed("session_store_unavailable")
+            store_unavailable(request, e, cookies=cookies)
+            return
+        try:
+            session_cookies = state.cookies.session_headers(request, session, value, now)
+        except CookieTooLarge:
+            # The IdP's answer is more than the cookie store can hold: a
+            # fault of what the IdP sent, for the administrator to act on
+            # (the log line says how); never a 500 and no use retrying.
+            state.cookies.too_large(session, value, "login failed")
+            metrics.login_failed("session_too_large")
+            finish(request, 502, "session_too_large",
+                   "You signed in, but the identity provider sent more about you than "
+                   "this site can keep in its session cookie, so the sign-in cannot be "
+                   "completed. Please tell the site's administrator: the proxy's log "
+                   "says what to change.", cookies=cookies)
+            return
+        log.info("login of {sub}", sub=session.sub)
+        metrics.login_completed()
+        redirect(request, self._landing(attempt.return_to), [*cookies, *session_cookies])
+
+    async def _tokens(self, request: Request, attempt: Any) -> Any:
+        """
+        The token endpoint's answer for the callback's code, and the claims
+        of its ID token (merged with the UserInfo answer when configured).
+
+        @raise TokenError: the answer or a token is not valid.
+        @raise ProviderError: the IdP could not be asked.
+        """
+        state = self._state
+        provider, id_tokens, oidc = state.parts.provider, state.parts.id_tokens, state.config.oidc
+        assert provider is not None and id_tokens is not None
+        args = request.args
+        metadata = provider.metadata
+        if metadata is None:
+            raise ProviderError(503, "not_ready", "discovery has not succeeded yet")
+        iss = arg(args, b"iss")
+        if (iss is not None or metadata.authorization_response_iss_parameter_supported) \
+                and iss != metadata.issuer:
+            raise TokenError("bad_callback_iss", "the iss parameter is not the issuer")
+        code = arg(args, b"code")
+        if not code:
+            raise TokenError("missing_code", "the callback has no code")
+        tokens = await provider.exchange_code(
+            code, state.config.redirect_uri or "", attempt.code_verifier)
+        id_token = tokens["id_token"]
+        access_token = tokens.get("access_token")
+        kid = peek_header(id_token).get("kid")
+        keys = await provider.keys_for(kid if isinstance(kid, str) else None)
+        claims = id_tokens.validate(id_token, keys, attempt.nonce, access_token)
+        if oidc is not None and oidc.userinfo and access_token:
+            info = await provider.userinfo(access_token)
+            # OIDC Core 5.3.2: the UserInfo answer's sub must be the ID
+            # token's; one without a (string) sub proves no more than one
+            # about someone else: the same refused login (401).
+            info_sub = info.get("sub")
+            if not isinstance(info_sub, str) or not info_sub:
+                raise TokenError("userinfo_sub_missing", "the userinfo answer has no sub")
+            if info_sub != claims["sub"]:
+                raise TokenError("userinfo_sub_mismatch",
+                                 "the userinfo answer is about another subject")
+            merged = dict(info)
+            merged.update(claims)
+            claims = merged
+        return tokens, claims
+
+    def _session(self, tokens: Dict[str, Any], claims: Dict[str, Any], now: float) -> Session:
+        """The new session of a login."""
+        state = self._state
+        id_tokens = state.parts.id_tokens
+        assert id_tokens is not None
+        s = state.config.session
+        expires_in = tokens.get("expires_in")
+        return Session(
+            id=new_session_id(),
+            sub=claims["sub"],
+            claims=id_tokens.session_claims(claims),
+            created=now,
+            last_seen=now,
+            expires=self._sessions.sliding_expiry(now, now) if s.sliding else now + s.lifetime,
+            id_token=tokens["id_token"],
+            access_token=tokens.get("access_token"),
+            access_token_expires=now + expires_in if isinstance(expires_in, int) else None,
+            refresh_token=tokens.get("refresh_token"),
+            sid=claims.get("sid") if isinstance(claims.get("sid"), str) else None,
+        )
+
+    def _landing(self, target: str) -> str:
+        """post_login_redirect_url when configured (a path on public_url, or a URL), else the return-to."""
+        oidc = self._state.config.oidc
+        fixed = oidc.post_login_redirect_url if oidc is not None else None
+        return self._state.absolute(fixed or target)

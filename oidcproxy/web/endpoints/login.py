@@ -1,0 +1,132 @@
+"""
+Starting a login: a browser without a session is sent to the IdP's
+authorization endpoint (with a state cookie for the attempt), from the
+login endpoint or from any protected page it navigated to.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+from urllib.parse import parse_qs, urlsplit
+
+from twisted.web.server import Request
+
+from ...core.cache import BoundedCache
+from ...core.context import peek
+from ...core.urls import safe_return_to
+from ...proxy.routes import RouteMatch
+from ..answers import decided, deny, finish, redirect
+from ..parts import GuardState
+from ..requests import is_browser_navigation, mount_path, return_to
+
+__all__ = ["LoginEndpoint", "MAX_PENDING"]
+
+MAX_PENDING = 10_000
+"""The most login attempts counted as pending (and states remembered as used)."""
+
+
+class LoginEndpoint:
+    """
+    Sends browsers to log in, and counts the attempts out and not back yet
+    (C{oidcproxy_login_attempts_pending}).
+    """
+
+    def __init__(self, state: GuardState) -> None:
+        self._state = state
+        self._pending: BoundedCache[str, float] = BoundedCache(state.clock, MAX_PENDING)
+        """Login attempts started here and not back yet: state -> started."""
+        self._prune: Any = None
+
+    def here(self) -> bool:
+        """Whether C{endpoints_prefix + "/login"} starts logins (not with login_url or disable_login)."""
+        oidc = self._state.config.oidc
+        return oidc is None or not (oidc.disable_login or oidc.login_url)
+
+    async def render(self, request: Request) -> None:
+        """The login endpoint: GET (or HEAD) starts a login coming back to C{rd}."""
+        if request.method not in (b"GET", b"HEAD"):
+            finish(request, 405, "method_not_allowed", "Login starts with GET.",
+                   {b"allow": b"GET, HEAD"})
+            return
+        await self.start(request, return_to(request))
+
+    async def unauthenticated(self, request: Request, match: RouteMatch,
+                              clear: Sequence[bytes]) -> None:
+        """
+        A request without a session where one is needed: a browser's
+        navigation goes to log in (and comes back here), anything else gets 401.
+        """
+        ctx = peek(request)
+        if not is_browser_navigation(request) or (ctx is not None and ctx.forward_auth is False):
+            deny(request, clear)
+            return
+        oidc = self._state.config.oidc
+        if oidc is not None and (oidc.disable_login or oidc.login_url):
+            # Logins start elsewhere (login_url), or not at all here.
+            decided(request, "unauthenticated")
+            message = "Authentication is required."
+            if oidc.login_url:
+                message += f" Log in at {mount_path(request)}{oidc.login_url}."
+            finish(request, 401, "unauthenticated", message,
+                   {b"www-authenticate": b'Bearer realm="oidcproxy"'}, clear)
+            return
+        target = match.path
+        if match.query is not None:
+            target += "?" + match.query.decode("ascii")
+        await self.start(request, safe_return_to(target) or "/", clear)
+
+    async def start(self, request: Request, target: str, cookies: Sequence[bytes] = ()) -> None:
+        """Send the browser to the IdP, to come back to C{target} (a path)."""
+        state = self._state
+        provider, login = state.parts.provider, state.parts.login
+        if provider is None or login is None:
+            deny(request, cookies)
+            return
+        metadata = provider.metadata if provider.ready else None
+        if metadata is None:
+            state.metrics.login_failed("idp_not_ready")
+            finish(request, 503, "idp_unavailable",
+                   "The identity provider cannot be reached yet. Please try again shortly.",
+                   {b"retry-after": b"5"}, cookies)
+            return
+        location, state_cookies = login.start(
+            request.received_cookies, target, metadata.authorization_endpoint)
+        decided(request, "login")
+        state.metrics.login_started()
+        self._started(location)
+        redirect(request, location, [*cookies, *state_cookies])
+
+    # -- the attempts out --------------------------------------------------------------
+
+    def _started(self, location: str) -> None:
+        """Count the attempt whose authorization URL is C{location} until it comes back or expires."""
+        states = parse_qs(urlsplit(location).query).get("state")
+        if not states:
+            return
+        now = self._state.clock.seconds()
+        self._pending.put(states[0], now, until=now + self._state.config.state_cookie.max_age)
+        self._update()
+
+    def returned(self, state: str) -> None:
+        """The attempt of C{state} came back (used or not)."""
+        if self._pending.peek(state) is not None:
+            self._pending.pop(state)
+            self._state.metrics.login_attempts_pending(len(self._pending))
+
+    def _update(self) -> None:
+        """Drop the attempts older than the state cookie's max_age; update the gauge."""
+        pending = self._pending
+        pending.prune()
+        self._state.metrics.login_attempts_pending(len(pending))
+        call = self._prune
+        if len(pending) and (call is None or not call.active()):
+            started = pending.peek(pending.keys()[0])
+            assert started is not None
+            wait = max(0.0, started + self._state.config.state_cookie.max_age
+                       - self._state.clock.seconds())
+            self._prune = self._state.clock.callLater(wait, self._update)
+
+    def stop(self) -> None:
+        if self._prune is not None and self._prune.active():
+            self._prune.cancel()
+        self._prune = None

@@ -1,0 +1,138 @@
+"""
+Logout: GET shows a confirmation form (a link alone cannot log anyone out);
+a same-origin POST ends the session (store, revocation list, its
+WebSockets), revokes its tokens at the IdP, clears the cookies and sends the
+browser to the IdP's logout or the landing page.
+"""
+
+from __future__ import annotations
+
+from html import escape
+from typing import Callable, Optional
+
+from twisted.logger import Logger
+from twisted.web.server import Request
+
+from ...oidc.provider import ProviderError
+from ...sessions.session import Session, SessionStoreUnavailable
+from ..answers import finish, redirect, respond, store_unavailable
+from ..parts import GuardState
+from ..requests import mount_path, return_to
+from ..session_auth import SessionAuth
+
+__all__ = ["LogoutEndpoint", "same_origin"]
+
+log = Logger()
+
+
+def same_origin(request: Request, public_origin: bytes) -> bool:
+    """
+    CSRF check for state-changing endpoints: a browser's cross-site POST
+    carries an C{Origin} (and C{Sec-Fetch-Site}) that gives it away.
+    """
+    headers = request.requestHeaders
+    origin = headers.getRawHeaders(b"origin")
+    if origin is not None and origin[0] != public_origin:
+        return False
+    site = headers.getRawHeaders(b"sec-fetch-site")
+    return not (site is not None and site[0] not in (b"same-origin", b"none"))
+
+
+class LogoutEndpoint:
+    """
+    The logout endpoint of one guard.
+
+    @param close_sockets: closes the WebSockets of the sessions a logout
+        ends (by C{session_id}, C{sid} or C{sub}).
+    """
+
+    def __init__(self, state: GuardState, sessions: SessionAuth,
+                 close_sockets: Callable[..., None]) -> None:
+        self._state = state
+        self._sessions = sessions
+        self._close_sockets = close_sockets
+
+    async def render(self, request: Request) -> None:
+        state = self._state
+        target = return_to(request)
+        if request.method in (b"GET", b"HEAD"):
+            self._page(request, target)
+            return
+        if request.method != b"POST":
+            finish(request, 405, "method_not_allowed", "Log out with POST.",
+                   {b"allow": b"GET, HEAD, POST"})
+            return
+        if not same_origin(request, state.public_origin):
+            log.info("logout refused: cross-site request")
+            finish(request, 403, "cross_site", "Cross-site logout requests are refused.")
+            return
+        loaded = await self._sessions.load_or_503(request)
+        if loaded is None:
+            return
+        session, _ = loaded
+        location = self._landing(target)
+        if session is not None:
+            try:
+                await self._sessions.end(session)
+            except SessionStoreUnavailable as e:
+                # Nothing is ended and the cookie is kept: the user can log
+                # out again, rather than believe a copy of the cookie dead.
+                store_unavailable(
+                    request, e, "You are not logged out yet: sessions are temporarily "
+                                "unavailable. Please try again shortly.")
+                return
+            log.info("logout of {sub}", sub=session.sub)
+            self._close_sockets(session_id=session.id)
+            await self._revoke(session)
+            idp_logout = self._end_session_url(session, location)
+            if idp_logout is not None:
+                location = idp_logout
+        cookies = state.cookies.clear_session(request)
+        csrf = state.cookies.csrf
+        if csrf is not None:
+            cookies += csrf.clear_headers(request.received_cookies)
+        redirect(request, location, cookies, code=303)
+
+    def _landing(self, rd: str) -> str:
+        """post_logout_redirect_url when configured (a path on public_url, or a URL), else rd."""
+        oidc = self._state.config.oidc
+        fixed = oidc.post_logout_redirect_url if oidc is not None else None
+        return self._state.absolute(fixed or rd)
+
+    async def _revoke(self, session: Session) -> None:
+        """RFC 7009: revoke the session's tokens at the IdP, when it can and we should."""
+        provider = self._state.parts.provider
+        if provider is None or provider.metadata is None or \
+                not provider.metadata.revocation_endpoint or \
+                not self._state.config.session.revoke_on_logout:
+            return
+        for token, hint in ((session.refresh_token, "refresh_token"),
+                            (session.access_token, "access_token")):
+            if not token:
+                continue
+            try:
+                await provider.revoke(token, hint)
+            except ProviderError as e:
+                log.warn("could not revoke the {hint} at logout: {reason}: {detail}",
+                         hint=hint, reason=e.reason, detail=e.detail)
+
+    def _end_session_url(self, session: Session, local: str) -> Optional[str]:
+        """The IdP's RP-initiated logout URL, coming back to C{local}; None when off or unknown."""
+        provider, oidc = self._state.parts.provider, self._state.config.oidc
+        if provider is None or oidc is None or not oidc.end_session:
+            return None
+        return provider.end_session_url(session.id_token, local)
+
+    def _page(self, request: Request, target: str) -> None:
+        """A confirmation form posting to this endpoint, where the guard is mounted."""
+        action = escape(mount_path(request) + self._state.config.logout_path)
+        page = (
+            '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>Log out</title>'
+            '<meta name="viewport" content="width=device-width, initial-scale=1"></head>'
+            '<body style="font-family: system-ui, sans-serif; max-width: 40em; margin: 4em auto">'
+            f'<form method="post" action="{action}">'
+            f'<input type="hidden" name="rd" value="{escape(target)}">'
+            '<p>Log out of this site?</p><button type="submit">Log out</button></form>'
+            "</body></html>"
+        ).encode()
+        respond(request, 200, b"text/html; charset=utf-8", page)

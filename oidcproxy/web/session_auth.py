@@ -1,0 +1,295 @@
+"""
+The session path: a request's session loaded from its cookie and checked
+server-side (lifetime, idle time, revocation), the WebSocket origin and CSRF
+checks of a cookie-authenticated request, the refresh of its tokens near
+expiry (and what an IdP outage allows), and the sliding renewal of the
+session cookie.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional, Tuple
+
+import attr
+from twisted.logger import Logger
+from twisted.web.server import Request
+
+from ..config import RouteConfig, origin_of
+from ..core.context import context
+from ..proxy.headers import header_tokens
+from ..proxy.routes import RouteMatch
+from ..sessions.cookies import CookieTooLarge, read_cookie
+from ..sessions.session import LIVE, Session, SessionStoreUnavailable, session_state
+from .answers import decided, finish, store_unavailable
+from .csrf import SAFE_METHODS
+from .parts import GuardState
+from .requests import judged_method
+from .rules import authorized, unverified_claims
+
+__all__ = ["Loaded", "SessionAuth"]
+
+log = Logger()
+
+Loaded = Tuple[Optional[Session], List[bytes]]
+"""A live session, or None and the Set-Cookie values that clear a dead one."""
+
+
+class SessionAuth:
+    """The session path of one guard."""
+
+    def __init__(self, state: GuardState) -> None:
+        self._state = state
+
+    # -- loading ----------------------------------------------------------------
+
+    async def load(self, request: Request) -> Loaded:
+        """
+        The request's live session, or None and the Set-Cookie values that
+        clear a dead one (tampered, unknown, expired, idle, revoked).
+
+        @raise SessionStoreUnavailable: the store or the revocation list did not answer.
+        """
+        state, parts = self._state, self._state.parts
+        cookies = request.received_cookies
+        spec = state.cookies.session
+        present = state.cookies.present(request)
+        if not present or parts.store is None:
+            return None, []
+        value = read_cookie(spec, cookies)
+        session = None
+        if value is not None:
+            session = await parts.store.load(value)
+        if session is not None:
+            now = state.clock.seconds()
+            status = session_state(session, now, state.config.session.idle_timeout)
+            if status == LIVE and parts.revocations is not None:
+                revoked = await parts.revocations.revoked_at(
+                    sub=session.sub, sid=session.sid, session_id=session.id)
+                if revoked is not None and revoked >= session.created:
+                    status = "revoked"
+            if status == LIVE:
+                return session, []
+            log.info("session ended: {state}", state=status)
+            await self.forget(session)
+            session = None
+        return None, state.cookies.clear_session(request)
+
+    async def load_or_503(self, request: Request) -> Optional[Loaded]:
+        """L{load}, or None once a 503 is answered because the store cannot."""
+        try:
+            return await self.load(request)
+        except SessionStoreUnavailable as e:
+            store_unavailable(request, e)
+            return None
+
+    async def forget(self, session: Session) -> None:
+        """Drop a session that has ended anyway (expired, idle, revoked, refused at refresh)."""
+        store = self._state.parts.store
+        assert store is not None
+        try:
+            await store.delete(session)
+        except SessionStoreUnavailable:
+            log.warn("could not delete an ended session from the store")
+
+    async def end(self, session: Session) -> None:
+        """
+        End a live session for good (logout, a new login in its browser):
+        delete it from the store and, with a revocation list (cookie
+        sessions with Redis), revoke its id there, until the latest a copy
+        of its cookie could still be valid, so that no copy of the cookie
+        works any more.
+
+        @raise SessionStoreUnavailable: the store or the list could not do it.
+        """
+        parts = self._state.parts
+        assert parts.store is not None
+        await parts.store.delete(session)
+        if parts.revocations is not None:
+            lifetime = self._state.config.session.lifetime
+            ttl = max(session.expires, session.created + lifetime) - self._state.clock.seconds()
+            await parts.revocations.mark_revoked(session_id=session.id, ttl=max(1.0, ttl))
+
+    def sliding_expiry(self, created: float, now: float) -> float:
+        """A sliding session's end: idle_timeout from now, never beyond lifetime from login."""
+        s = self._state.config.session
+        return min(created + s.lifetime, now + s.idle_timeout)
+
+    # -- an authenticated request -----------------------------------------------------
+
+    async def admit(self, request: Request, match: RouteMatch,
+                    session: Session) -> Tuple[Optional[Session], Optional[List[bytes]]]:
+        """
+        The checks and upkeep of a request with a live session: its
+        WebSocket origin, its CSRF token, a refresh when due, the route's
+        rule, the sliding renewal and the expiry hints.
+
+        @return: C{(session, None)}: the request goes on as C{session};
+            C{(None, cookies)}: the session ended at refresh (the request is
+            unauthenticated now; C{cookies} clear it); C{(None, None)}: it
+            is answered.
+        @raise SessionStoreUnavailable: the store could not lock, load or
+            save where the request cannot be served without it.
+        """
+        state = self._state
+        config, cookies = state.config, state.cookies
+        if not self.websocket_origin_allowed(request, match.route):
+            return None, None
+        now = state.clock.seconds()
+        if cookies.csrf is not None and not self.csrf_passed(request, session, now):
+            return None, None
+        idle = config.session.idle_timeout
+        sliding = config.session.sliding
+        # Due on the session as it was loaded (a refresh resets last_seen).
+        renew = idle > 0 and now - session.last_seen >= min(60.0, idle / 4)
+        refresher = state.parts.refresher
+        if refresher is not None and refresher.due(session, now):
+            outcome = await refresher.refresh(session)
+            if outcome.session is not None and outcome.store_unavailable:
+                # Not served on tokens the store does not hold yet (the next
+                # request of the session saves them); a 503.
+                raise SessionStoreUnavailable("a refreshed session could not be saved")
+            if outcome.ended:
+                await self.forget(session)
+                return None, cookies.clear_session(request)
+            if outcome.session is not None:
+                session = outcome.session
+                value = outcome.cookie_value
+                # The refresh saved it seen now; a sliding one is saved again
+                # below with its new expiry (and one cookie set for both).
+                renew = sliding
+                if not sliding and value is not None and value != read_cookie(
+                        cookies.session, request.received_cookies):
+                    self._set_cookie(request, session, value, now, "refresh not kept")
+            elif outcome.store_unavailable:
+                # No refresh (the store could not lock or be read): the
+                # access token is served while it is valid, then 503.
+                expires = session.access_token_expires
+                if expires is not None and now >= expires:
+                    raise SessionStoreUnavailable("no refresh: the session store did not answer")
+            elif not self.usable_during_outage(session, now):
+                finish(request, 503, "idp_unavailable",
+                       "The identity provider cannot be reached to renew your session. "
+                       "Please try again shortly.", {b"retry-after": b"5"})
+                return None, None
+        route = match.route
+        if route.policy is not None and not authorized(
+                request, route, session.sub, session.claims, unverified_claims(session)):
+            return None, None
+        if renew:
+            # Keep the idle clock (which lives inside the session) moving;
+            # a sliding session's expiry (cookie, Redis TTL) moves with it.
+            store = state.parts.store
+            assert store is not None
+            session = session.touched(now)
+            if sliding:
+                session = attr.evolve(session, expires=self.sliding_expiry(session.created, now))
+            # A store that cannot save ends as a 503.
+            value = await store.save(session)
+            # Served either way; when it does not fit, the browser keeps its
+            # cookie (the idle clock in it does not move).
+            self._set_cookie(request, session, value, now, "session not renewed")
+        if route.session_expiry_headers:
+            ctx_headers = [(b"x-auth-session-expires-in",
+                            str(max(0, int(session.expires - now))).encode("ascii"))]
+            if idle > 0:
+                ctx_headers.append((b"x-auth-idle-expires-in",
+                                    str(max(0, int(session.last_seen + idle - now)))
+                                    .encode("ascii")))
+            context(request).headers.extend(ctx_headers)
+        return session, None
+
+    def _set_cookie(self, request: Request, session: Session, value: str, now: float,
+                    what: str) -> None:
+        """Send the session's new cookie with the answer (unless it is too large: logged)."""
+        cookies = self._state.cookies
+        try:
+            context(request).cookies.extend(
+                cookies.session_headers(request, session, value, now))
+        except CookieTooLarge:
+            cookies.too_large(session, value, what)
+
+    def websocket_origin_allowed(self, request: Request, route: RouteConfig) -> bool:
+        """
+        Cross-site WebSocket hijacking: a browser sends the session cookie
+        with the WebSocket handshake of any page that opens one (C{SameSite}
+        stops only cross-site ones, and C{None} not even those), and the
+        socket is not bound by CORS. Its C{Origin} says whose page it is: a
+        cookie-authenticated upgrade passes with public_url's origin or one
+        of C{websocket_origins}, else gets 403 (C{null} and malformed ones
+        too). Without C{Origin} it passes: browsers always send one with a
+        WebSocket handshake, so the client is not a browser that a foreign
+        page could drive.
+        """
+        headers = request.requestHeaders
+        if b"websocket" not in header_tokens(headers, b"upgrade"):
+            return True
+        values = headers.getRawHeaders(b"origin")
+        if values is None:
+            return True
+        state = self._state
+        allowed = route.websocket_origins if route.websocket_origins is not None \
+            else state.config.websocket_origins
+        if len(values) == 1:
+            try:
+                seen = origin_of(values[0].decode("ascii"))
+            except ValueError:  # UnicodeDecodeError too
+                seen = None
+            if seen is not None and (seen in allowed or seen == self._own_origin()):
+                return True
+        shown = "".join(chr(c) if 0x20 <= c < 0x7F else "?" for c in b", ".join(values)[:200])
+        log.warn("WebSocket upgrade on {route} refused: Origin {origin} is neither public_url's "
+                 "nor in websocket_origins", route=route.name, origin=shown)
+        decided(request, "origin_refused")
+        state.metrics.websocket_upgrade("origin_refused")
+        finish(request, 403, "websocket_origin_refused",
+               "WebSocket connections are accepted only from this site's own pages "
+               "(or the origins in websocket_origins).", as_json=True)
+        return False
+
+    def _own_origin(self) -> Optional[str]:
+        """public_url's origin as a browser sends it in C{Origin}; None without public_url."""
+        state = self._state
+        try:
+            return origin_of(state.public_origin.decode("ascii")) if state.public else None
+        except ValueError:
+            return None
+
+    def csrf_passed(self, request: Request, session: Session, now: float) -> bool:
+        """
+        The CSRF check of a session-authenticated request: a safe method
+        passes (and gets a token cookie when it has none of this session);
+        any other needs the header matching the cookie, or gets 403.
+        """
+        csrf = self._state.cookies.csrf
+        assert csrf is not None
+        cookies = request.received_cookies
+        issue = csrf.cookie_headers(cookies, session.id, int(session.expires - now))
+        if judged_method(request) in SAFE_METHODS:
+            context(request).cookies.extend(issue)
+            return True
+        reason = csrf.refusal(cookies, request.requestHeaders.getRawHeaders(
+            csrf.header_name.encode("ascii")), session.id)
+        if reason is None:
+            return True
+        log.info("CSRF check failed for {sub}: {reason}", sub=session.sub, reason=reason)
+        decided(request, "csrf_refused")
+        finish(request, 403, "csrf_token_invalid",
+               f"This request needs the {csrf.header_name} header holding the CSRF token "
+               f"of the {csrf.cookie.wire_name} cookie.", cookies=issue)
+        return False
+
+    def usable_during_outage(self, session: Session, now: float) -> bool:
+        """
+        The IdP could not renew the tokens: serve while the access token is
+        still valid, then for up to session.idp_outage_grace after it expired.
+        """
+        expires = session.access_token_expires
+        if expires is None or now < expires:
+            return True
+        grace = self._state.config.session.idp_outage_grace
+        if grace > 0 and now < expires + grace:
+            log.warn("serving {sub} with an expired access token: the IdP is unreachable "
+                     "(idp_outage_grace)", sub=session.sub)
+            return True
+        return False
+
