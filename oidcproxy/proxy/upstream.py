@@ -150,7 +150,8 @@ class UpstreamProxy(Resource):
         self._maybe_retire()
 
     def render(self, request: Request) -> Any:
-        match = _guard_match(request)
+        found = peek(request)
+        match = found.match if found is not None else None
         if match is not None:
             # A guard in front has routed the request already.
             return self.forward(request, match)
@@ -202,19 +203,3 @@ class UpstreamProxy(Resource):
         Exchange(request, route, self._clients[route.index], target, headers, producer,
                  self._clock, self._metrics, self._refusals)
         return NOT_DONE_YET
-
-
-def _guard_match(request: Request) -> Optional[RouteMatch]:
-    """
-    The route a guard in front has matched the request to (the context's
-    C{match}), or None.
-
-    Until the guard sets the context, the attribute it sets on the request
-    today stands in for it; this fallback goes when the guard does.
-    """
-    found = peek(request)
-    if found is not None and found.match is not None:
-        return found.match
-    # Until the guard sets the context: the attribute it sets today.
-    legacy: Optional[RouteMatch] = getattr(request, "oidcproxy_match", None)
-    return legacy

@@ -25,7 +25,7 @@ and answered 500 without details. A client that leaves cancels the guard's wait.
 
 from __future__ import annotations
 
-from typing import Any, List, Optional, Sequence
+from typing import Any, Optional, Sequence
 from urllib.parse import unquote_to_bytes
 
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, maybeDeferred
@@ -398,7 +398,6 @@ class OIDCGuard(Resource):
                             for segment in match.path.encode("ascii")[1:].split(b"/")]
         if not isinstance(request, ProxyRequest):
             hand_over(request, ctx)
-        _legacy_proxy_attributes(request, ctx)
         request.render(getChildForRequest(ctx.wrapped, request))
 
     def _close_sockets(self, **which: Any) -> None:
@@ -412,33 +411,3 @@ class OIDCGuard(Resource):
         closed = sockets.close(**which)
         if closed:
             log.info("logout closed {count} WebSocket(s)", count=closed)
-
-
-class _LegacyAnswerHeaders:
-    """The former per-request answer headers, as the WebSocket splice reads them."""
-
-    def __init__(self, ctx: RequestContext) -> None:
-        self._ctx = ctx
-
-    @property
-    def cookies(self) -> List[bytes]:
-        return self._ctx.cookies
-
-    @property
-    def headers(self) -> List[Any]:
-        return [(name, value.decode("ascii")) for name, value in self._ctx.headers]
-
-    @property
-    def keep(self) -> Any:
-        return self._ctx.keep_cookie
-
-
-def _legacy_proxy_attributes(request: Request, ctx: RequestContext) -> None:
-    """
-    The request attributes proxy/ still reads (the match, the session, the
-    identity, the answer's headers). Removed when proxy/ reads the context.
-    """
-    setattr(request, "oidcproxy_match", ctx.match)  # noqa: B010
-    setattr(request, "oidcproxy_session", ctx.session)  # noqa: B010
-    setattr(request, "oidcproxy_identity", ctx.identity)  # noqa: B010
-    setattr(request, "oidcproxy_pending_headers", _LegacyAnswerHeaders(ctx))  # noqa: B010

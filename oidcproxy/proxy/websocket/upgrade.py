@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import Any, List, Optional, Tuple
 from urllib.parse import urlsplit
 
-import attr
 from twisted.internet import error as ierror
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import connectProtocol
@@ -72,7 +71,7 @@ class WebSocketProxy:
         host = urlsplit(route.upstream).netloc.encode("ascii")
         head = request_head(request.method, match.upstream_target, host, headers,
                             b", ".join(incoming.getRawHeaders(b"upgrade", [])))
-        guard = _guard_context(request)
+        guard = peek(request) or RequestContext()
         session, who = guard.session, guard.identity
         upgrade = _Upgrade(self, request, route, head, guard)
         if not self.sockets.add(upgrade, getattr(session, "id", None),
@@ -383,24 +382,3 @@ class _Upgrade:
             self._fail(502, "upstream_failed", f"closed during the handshake ({why})")
         elif self._splice is not None:
             self._splice.close(why)
-
-
-def _guard_context(request: Request) -> RequestContext:
-    """
-    What the guard in front recorded for the request: its context.
-
-    Until the guard sets the context, the attributes it sets on the request
-    today stand in for it; this fallback goes when the guard does.
-    """
-    found = peek(request) or RequestContext()
-    # Until the guard sets the context: the attributes it sets today.
-    pending = getattr(request, "oidcproxy_pending_headers", None)
-    session = getattr(request, "oidcproxy_session", None)
-    who = getattr(request, "oidcproxy_identity", None)
-    if pending is None and session is None and who is None:
-        return found
-    return attr.evolve(
-        found, session=session, identity=who,
-        keep_cookie=getattr(pending, "keep", None),
-        cookies=list(getattr(pending, "cookies", [])),
-        headers=[(n, v.encode("ascii")) for n, v in getattr(pending, "headers", [])])
