@@ -44,9 +44,8 @@ from oidcproxy.sessions.crypto import Sealer
 from oidcproxy.sessions.stores.memory import MemoryStore
 from oidcproxy.web.server import ProxySite
 
-from .fakes import RecordingUpstream
+from .fakes import APP, CLIENT_ID, CLIENT_SECRET, SECRET, START, RecordingUpstream, make_config
 from .idp import ISSUER, Browser, FakeIdP, Network, Page, public_jwk
-from .test_guard import APP, CLIENT_ID, CLIENT_SECRET, SECRET, START, make_config
 
 __all__ = ["APP", "CLIENT_ID", "CLIENT_SECRET", "ISSUER", "SECRET"]
 

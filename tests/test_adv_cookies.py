@@ -21,8 +21,8 @@ from oidcproxy.sessions.crypto import Sealer
 from oidcproxy.sessions.stores.cookie import PURPOSE as SESSION_PURPOSE
 
 from .adversarial import API, CLIENT_ID, ISSUER, Failures, Stack, parse_response
+from .fakes import SECRET, SESSION_COOKIE, STATE_PREFIX
 from .idp import Browser
-from .test_guard import SECRET, SESSION_COOKIE, STATE_PREFIX
 
 BIG_CLAIMS = {"groups": [f"group-{i:04d}-{'x' * 40}" for i in range(50)]}
 

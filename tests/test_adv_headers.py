@@ -30,7 +30,7 @@ from .adversarial import (
     parse_response,
     spellings,
 )
-from .test_guard import make_config
+from .fakes import make_config
 
 PEER = "192.0.2.7"
 PROXY_PEER = "192.0.2.99"

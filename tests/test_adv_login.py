@@ -18,8 +18,8 @@ from urllib.parse import urlencode
 from twisted.trial.unittest import SynchronousTestCase
 
 from .adversarial import MARKUP, Failures, Stack, reflected_markup
+from .fakes import SESSION_COOKIE, STATE_PREFIX, open_session
 from .idp import AUTHORIZATION_ENDPOINT, Browser, Page, authorize_params, split_location
-from .test_guard import SESSION_COOKIE, STATE_PREFIX, open_session
 
 EXPECTED_PARAMS = {"response_type", "client_id", "redirect_uri", "scope", "state", "nonce",
                    "code_challenge", "code_challenge_method"}

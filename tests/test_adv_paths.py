@@ -20,7 +20,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from oidcproxy.proxy.routes import BadRequestTarget, RouteTable, normalise_path
 
 from .adversarial import Failures, Stack, casings, header_of, parse_response
-from .test_guard import make_config
+from .fakes import make_config
 
 DOTS = ["..", "%2e%2e", "%2E%2E", ".%2e", "%2e.", "..;", "..;x=1", ".%2E;", "..%3B", "%2e%2e%3b",
         "..%00", "..%2f", ".", "%2e", "...", "..%5c"]

@@ -36,8 +36,8 @@ from .adversarial import (
     redirect_inputs,
     reflected_markup,
 )
+from .fakes import STATE_PREFIX
 from .idp import AUTHORIZATION_ENDPOINT, ISSUER, Page, authorize_params
-from .test_guard import STATE_PREFIX
 
 INPUTS = redirect_inputs()
 FORM = {b"content-type": [b"application/x-www-form-urlencoded"]}

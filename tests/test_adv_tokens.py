@@ -42,8 +42,8 @@ from .adversarial import (
     casings,
     parse_response,
 )
+from .fakes import SESSION_COOKIE, make_config
 from .idp import KEY_ID, SIGNING_KEY
-from .test_guard import SESSION_COOKIE, make_config
 
 ATTACKER = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 EC_KEY = ec.generate_private_key(ec.SECP256R1())

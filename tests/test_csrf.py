@@ -13,8 +13,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from oidcproxy.sessions.cookies import CookieSpec
 from oidcproxy.web.csrf import CSRFProtection
 
+from .fakes import API, APP, SESSION_COOKIE, GuardStack, make_config
 from .idp import Browser
-from .test_guard import API, APP, SESSION_COOKIE, Harness, make_config
 from .test_guard_authz import access_token, bearer
 from .test_parity_options import callback, problems
 
@@ -85,9 +85,9 @@ class TokenTests(SynchronousTestCase):
         self.assertEqual(p.refusal({name: other}, [other], SESSION_ID), "invalid_token")
 
 
-def harness(case: SynchronousTestCase, csrf: Any = None, **config: Any) -> Harness:
+def harness(case: SynchronousTestCase, csrf: Any = None, **config: Any) -> GuardStack:
     config.setdefault("routes", ROUTES)
-    return Harness(case, make_config(csrf=csrf if csrf is not None else {}, **config))
+    return GuardStack(case, make_config(csrf=csrf if csrf is not None else {}, **config))
 
 
 def with_token(browser: Browser, name: bytes = b"x-csrf-token", **extra: Any) -> Dict[bytes, Any]:
@@ -98,7 +98,7 @@ def with_token(browser: Browser, name: bytes = b"x-csrf-token", **extra: Any) ->
 
 
 class GuardTests(SynchronousTestCase):
-    def logged_in(self, h: Harness) -> Browser:
+    def logged_in(self, h: GuardStack) -> Browser:
         browser = h.logged_in()
         page = browser.get("/", headers=API)
         self.assertEqual(page.code, 200)
@@ -248,7 +248,7 @@ class GuardTests(SynchronousTestCase):
 
     def test_off_without_the_table(self):
         """Without [csrf] nothing is checked and no cookie is set (the control case)."""
-        h = Harness(self, make_config(routes=ROUTES))
+        h = GuardStack(self, make_config(routes=ROUTES))
         browser = h.logged_in()
         page = browser.request(b"POST", "/x", headers=API)
         self.assertEqual(page.code, 200)
@@ -302,7 +302,7 @@ class GuardTests(SynchronousTestCase):
 
     def test_reload_turns_it_on(self):
         """A reload that adds [csrf] applies it (no restart needed)."""
-        h = Harness(self, make_config(routes=ROUTES))
+        h = GuardStack(self, make_config(routes=ROUTES))
         browser = h.logged_in()
         new = make_config(routes=ROUTES, csrf={})
         h.guard.reconfigure(new, h.guard.routes, h.app)

@@ -9,8 +9,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from oidcproxy.web.endpoints.backchannel import BackchannelLogoutEndpoint
 
+from .fakes import CLIENT_ID, GuardStack
 from .idp import ISSUER
-from .test_guard import CLIENT_ID, Harness
 from .units import UnitRequest, state_of
 
 EVENT = {"http://schemas.openid.net/event/backchannel-logout": {}}
@@ -18,7 +18,7 @@ EVENT = {"http://schemas.openid.net/event/backchannel-logout": {}}
 
 class BackchannelTests(SynchronousTestCase):
     def setUp(self) -> None:
-        self.h = Harness(self, memory_store=True)
+        self.h = GuardStack(self, memory_store=True)
         self.closed: List[Dict[str, Any]] = []
         self.endpoint = BackchannelLogoutEndpoint(state_of(self.h),
                                                   lambda **w: self.closed.append(w))
@@ -63,7 +63,7 @@ class BackchannelTests(SynchronousTestCase):
 
     def test_needs_redis(self):
         """Cookie sessions without a revocation list: 501."""
-        h = Harness(self)
+        h = GuardStack(self)
         request = UnitRequest(b"POST", b"/oidc/backchannel-logout")
         endpoint = BackchannelLogoutEndpoint(state_of(h), lambda **w: None)
         self.successResultOf(Deferred.fromCoroutine(endpoint.render(request)))

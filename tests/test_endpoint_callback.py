@@ -11,13 +11,13 @@ from oidcproxy.web.endpoints.callback import CallbackEndpoint
 from oidcproxy.web.endpoints.login import LoginEndpoint
 from oidcproxy.web.session_auth import SessionAuth
 
-from .test_guard import APP, SESSION_COOKIE, Harness
+from .fakes import APP, SESSION_COOKIE, GuardStack
 from .units import UnitRequest, session_cookie, state_of
 
 
 class CallbackTests(SynchronousTestCase):
     def setUp(self) -> None:
-        self.h = Harness(self, memory_store=True)
+        self.h = GuardStack(self, memory_store=True)
         state = state_of(self.h)
         self.callback = CallbackEndpoint(state, SessionAuth(state), LoginEndpoint(state))
 

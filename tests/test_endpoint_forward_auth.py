@@ -10,13 +10,13 @@ from twisted.trial.unittest import SynchronousTestCase
 from oidcproxy.core.context import context
 from oidcproxy.web.endpoints.forward_auth import ForwardAuthEndpoint
 
-from .test_guard import Harness, make_config
+from .fakes import GuardStack, make_config
 from .units import UnitRequest, state_of
 
 
 class ForwardAuthTests(SynchronousTestCase):
     def setUp(self) -> None:
-        self.h = Harness(self, make_config(trusted_proxies=["127.0.0.1"]))
+        self.h = GuardStack(self, make_config(trusted_proxies=["127.0.0.1"]))
         self.judged: List[Any] = []
 
         async def route_request(request: Any, match: Any,

@@ -8,7 +8,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from oidcproxy.sessions.session import SessionStoreUnavailable
 from oidcproxy.web.endpoints.health import HealthEndpoints
 
-from .test_guard import Harness
+from .fakes import GuardStack
 from .units import UnitRequest, state_of
 
 
@@ -25,7 +25,7 @@ class Pinged:
 class HealthTests(SynchronousTestCase):
     def test_ok_with_the_worker(self):
         """/health is 200 with the worker number, never cached."""
-        h = Harness(self)
+        h = GuardStack(self)
         state = state_of(h)
         state.worker_id = 3
         request = UnitRequest(b"GET", b"/oidc/health")
@@ -35,19 +35,19 @@ class HealthTests(SynchronousTestCase):
 
     def test_get_only(self):
         request = UnitRequest(b"POST", b"/oidc/health")
-        HealthEndpoints(state_of(Harness(self))).health(request)
+        HealthEndpoints(state_of(GuardStack(self))).health(request)
         self.assertEqual((request.code, request.header(b"allow")), (405, b"GET, HEAD"))
 
 
 class ReadyTests(SynchronousTestCase):
-    def ready(self, h: Harness) -> UnitRequest:
+    def ready(self, h: GuardStack) -> UnitRequest:
         request = UnitRequest(b"GET", b"/oidc/ready")
         self.successResultOf(Deferred.fromCoroutine(HealthEndpoints(state_of(h)).ready(request)))
         return request
 
     def test_ready(self):
         """The IdP's metadata and keys loaded, Redis answering: 200."""
-        h = Harness(self)
+        h = GuardStack(self)
         h.guard.parts.revocations = Pinged(succeed(None))
         request = self.ready(h)
         self.assertEqual(request.code, 200)
@@ -55,7 +55,7 @@ class ReadyTests(SynchronousTestCase):
 
     def test_not_ready(self):
         """Keys not loaded and Redis silent: 503 naming both."""
-        h = Harness(self, start=False)
+        h = GuardStack(self, start=False)
         h.guard.parts.revocations = Pinged(fail(SessionStoreUnavailable("down")))
         request = self.ready(h)
         self.assertEqual(request.code, 503)

@@ -9,8 +9,8 @@ from oidcproxy.core.context import context
 from oidcproxy.core.metrics import Metrics
 from oidcproxy.web.endpoints.login import LoginEndpoint
 
+from .fakes import STATE_PREFIX, GuardStack, make_config
 from .idp import AUTHORIZATION_ENDPOINT, NAVIGATE_HEADERS
-from .test_guard import STATE_PREFIX, Harness, make_config
 from .test_observability import value
 from .units import UnitRequest, state_of
 
@@ -22,7 +22,7 @@ def run(case: SynchronousTestCase, coroutine: object) -> None:
 class LoginEndpointTests(SynchronousTestCase):
     def test_redirects_to_the_idp(self):
         """GET: 302 to the authorization endpoint with a state cookie; decided "login"."""
-        h = Harness(self)
+        h = GuardStack(self)
         request = UnitRequest(b"GET", b"/oidc/login", args={b"rd": [b"/back"]})
         run(self, LoginEndpoint(state_of(h)).render(request))
         self.assertEqual(request.code, 302)
@@ -32,12 +32,12 @@ class LoginEndpointTests(SynchronousTestCase):
 
     def test_get_only(self):
         request = UnitRequest(b"POST", b"/oidc/login")
-        run(self, LoginEndpoint(state_of(Harness(self))).render(request))
+        run(self, LoginEndpoint(state_of(GuardStack(self))).render(request))
         self.assertEqual(request.code, 405)
 
     def test_idp_not_ready(self):
         """Before discovery: 503 with Retry-After, no state cookie."""
-        h = Harness(self, start=False)
+        h = GuardStack(self, start=False)
         request = UnitRequest(b"GET", b"/oidc/login")
         run(self, LoginEndpoint(state_of(h)).render(request))
         self.assertEqual((request.code, request.header(b"retry-after")), (503, b"5"))
@@ -46,7 +46,7 @@ class LoginEndpointTests(SynchronousTestCase):
     def test_pending_attempts_counted_until_they_expire(self):
         """An attempt out counts as pending until the state cookie's max_age passes."""
         metrics = Metrics()
-        h = Harness(self, metrics=metrics)
+        h = GuardStack(self, metrics=metrics)
         login = LoginEndpoint(state_of(h))
         self.addCleanup(login.stop)
         run(self, login.render(UnitRequest(b"GET", b"/oidc/login")))
@@ -56,19 +56,19 @@ class LoginEndpointTests(SynchronousTestCase):
 
 
 class UnauthenticatedTests(SynchronousTestCase):
-    def match(self, h: Harness) -> object:
+    def match(self, h: GuardStack) -> object:
         match = state_of(h).routes.match(b"app.test", b"/x?q=1")
         assert match is not None
         return match
 
     def test_navigation_goes_to_log_in(self):
-        h = Harness(self)
+        h = GuardStack(self)
         request = UnitRequest(b"GET", b"/x", headers=NAVIGATE_HEADERS)
         run(self, LoginEndpoint(state_of(h)).unauthenticated(request, self.match(h), []))
         self.assertEqual(request.code, 302)
 
     def test_api_client_gets_401(self):
-        h = Harness(self)
+        h = GuardStack(self)
         request = UnitRequest(b"GET", b"/x", headers={b"accept": [b"application/json"]})
         run(self, LoginEndpoint(state_of(h)).unauthenticated(request, self.match(h), [b"c=; Max-Age=0"]))
         self.assertEqual(request.code, 401)
@@ -76,7 +76,7 @@ class UnauthenticatedTests(SynchronousTestCase):
 
     def test_login_elsewhere(self):
         """With login_url a navigation gets 401 naming it."""
-        h = Harness(self, make_config(oidc={"login_url": "/signin"}))
+        h = GuardStack(self, make_config(oidc={"login_url": "/signin"}))
         request = UnitRequest(b"GET", b"/x", headers=NAVIGATE_HEADERS)
         run(self, LoginEndpoint(state_of(h)).unauthenticated(request, self.match(h), []))
         self.assertEqual(request.code, 401)

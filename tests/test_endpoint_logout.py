@@ -10,13 +10,13 @@ from twisted.trial.unittest import SynchronousTestCase
 from oidcproxy.web.endpoints.logout import LogoutEndpoint, same_origin
 from oidcproxy.web.session_auth import SessionAuth
 
-from .test_guard import APP, SESSION_COOKIE, Harness
+from .fakes import APP, SESSION_COOKIE, GuardStack
 from .units import UnitRequest, session_cookie, state_of
 
 
 class LogoutTests(SynchronousTestCase):
     def setUp(self) -> None:
-        self.h = Harness(self, memory_store=True)
+        self.h = GuardStack(self, memory_store=True)
         state = state_of(self.h)
         self.closed: List[Dict[str, Any]] = []
         self.logout = LogoutEndpoint(state, SessionAuth(state), lambda **w: self.closed.append(w))

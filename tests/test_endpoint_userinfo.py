@@ -8,12 +8,12 @@ from twisted.trial.unittest import SynchronousTestCase
 from oidcproxy.web.endpoints.userinfo import UserinfoEndpoint
 from oidcproxy.web.session_auth import SessionAuth
 
-from .test_guard import USER_CLAIMS, Harness
+from .fakes import USER_CLAIMS, GuardStack
 from .units import UnitRequest, session_cookie, state_of
 
 
 class UserinfoTests(SynchronousTestCase):
-    def ask(self, h: Harness, request: UnitRequest) -> UnitRequest:
+    def ask(self, h: GuardStack, request: UnitRequest) -> UnitRequest:
         state = state_of(h)
         d = Deferred.fromCoroutine(UserinfoEndpoint(state, SessionAuth(state)).render(request))
         self.successResultOf(d)
@@ -21,7 +21,7 @@ class UserinfoTests(SynchronousTestCase):
 
     def test_session(self):
         """With a session: its sub, claims and expiry, never its tokens."""
-        h = Harness(self)
+        h = GuardStack(self)
         browser = h.logged_in(claims=USER_CLAIMS)
         request = self.ask(h, UnitRequest(b"GET", b"/oidc/userinfo", headers=session_cookie(browser)))
         self.assertEqual(request.code, 200)
@@ -31,9 +31,9 @@ class UserinfoTests(SynchronousTestCase):
         self.assertNotIn(b"access_token", request.body)
 
     def test_no_session(self):
-        request = self.ask(Harness(self), UnitRequest(b"GET", b"/oidc/userinfo"))
+        request = self.ask(GuardStack(self), UnitRequest(b"GET", b"/oidc/userinfo"))
         self.assertEqual(request.code, 401)
 
     def test_get_only(self):
-        request = self.ask(Harness(self), UnitRequest(b"DELETE", b"/oidc/userinfo"))
+        request = self.ask(GuardStack(self), UnitRequest(b"DELETE", b"/oidc/userinfo"))
         self.assertEqual(request.code, 405)

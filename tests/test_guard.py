@@ -13,202 +13,46 @@ from __future__ import annotations
 
 import base64
 import json
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Dict, List
 from urllib.parse import urlencode
 
-from treq.testing import RequestTraversalAgent, StubTreq
-from twisted.internet.task import Clock
+from treq.testing import RequestTraversalAgent
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import ResponseFailed, ResponseNeverReceived
 from twisted.web.resource import Resource
 
-from oidcproxy import OIDCGuard, identity
-from oidcproxy.config import Config, parse_config
-from oidcproxy.oidc.provider import ClientAuth, Provider
 from oidcproxy.proxy.headers import canonical_header
 from oidcproxy.proxy.routes import RouteTable
 from oidcproxy.proxy.upstream import UpstreamClient, UpstreamProxy
 from oidcproxy.sessions.cookies import CookieTooLarge
-from oidcproxy.sessions.crypto import Sealer
-from oidcproxy.sessions.session import Session
-from oidcproxy.sessions.stores.cookie import PURPOSE as SESSION_PURPOSE
-from oidcproxy.sessions.stores.memory import MemoryStore
 from oidcproxy.web.headers import header_value
 
-from .fakes import RecordingUpstream
+from .fakes import (
+    API,
+    CLIENT_ID,
+    CLIENT_SECRET,
+    SESSION_COOKIE,
+    START,
+    STATE_PREFIX,
+    USER_CLAIMS,
+    GuardStack,
+    RecordingUpstream,
+    make_config,
+    open_session,
+    session_cookie_names,
+    state_cookies,
+)
 from .idp import (
     AUTHORIZATION_ENDPOINT,
     ISSUER,
     Browser,
-    FakeIdP,
-    Network,
     Page,
     authorize_params,
     split_location,
 )
 
-APP = "https://app.test"
-CLIENT_ID = "app-client"
-CLIENT_SECRET = "s3cret-value"
-SECRET = "x" * 32
-SESSION_COOKIE = "__Host-oidcproxy"
-STATE_PREFIX = "__Host-oidcproxy_state_"
-START = 1_700_000_000.0
-"""The Clock's time when a test begins (epoch seconds)."""
-
-API = {b"accept": [b"application/json"]}
 IDENTITY_HEADERS = (b"x-forwarded-user", b"x-forwarded-email", b"x-forwarded-groups",
                     b"x-forwarded-access-token")
-
-
-def make_config(**changes: Any) -> Config:
-    """
-    The test configuration, as the TOML file would give it; a table in
-    C{changes} is merged into the default one, anything else replaces.
-    """
-    data: Dict[str, Any] = {
-        "public_url": APP,
-        "oidc": {"issuer": ISSUER, "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET},
-        "session": {"secrets": [SECRET]},
-        "routes": [
-            {"path": "/", "auth": "session", "upstream": "http://up.test"},
-            {"path": "/public", "auth": "none", "upstream": "http://up.test"},
-        ],
-    }
-    for key, value in changes.items():
-        if isinstance(value, dict) and isinstance(data.get(key), dict):
-            data[key] = {**data[key], **value}
-        else:
-            data[key] = value
-    return parse_config(data, "t.toml")
-
-
-class App(RecordingUpstream):
-    """The embedding application: records requests and what L{identity} says."""
-
-    def __init__(self) -> None:
-        super().__init__(self._answer)
-        self.identities: List[Any] = []
-        self.action: Optional[Callable[[Any], Any]] = None
-        """Called with each request before the answer (set by tests)."""
-
-    def _answer(self, request: Any) -> bytes:
-        self.identities.append(identity(request))
-        if self.action is not None:
-            self.action(request)
-        request.setHeader(b"content-type", b"text/plain")
-        return b"hello from the app"
-
-
-class Harness:
-    """
-    A guard (with its IdP, provider and Clock) and a way to make browsers.
-
-    @param wrapped: the guarded resource (default: an L{App}).
-    @param build: makes the guarded resource from the harness (its Clock and
-        network), instead of C{wrapped}.
-    @param memory_store: keep sessions in a L{MemoryStore} (default: the
-        guard's own, the stateless cookie store).
-    @param store: makes the session store from the harness's Clock (instead
-        of C{memory_store}).
-    @param start: start the guard (loads discovery and keys) as the service does.
-    @param guard_kwargs: more arguments of the L{OIDCGuard}.
-    """
-
-    def __init__(
-        self,
-        case: SynchronousTestCase,
-        config: Optional[Config] = None,
-        wrapped: Any = None,
-        build: Optional[Callable[[Harness], Any]] = None,
-        memory_store: bool = False,
-        iss_parameter_supported: bool = False,
-        discovery_status: int = 200,
-        start: bool = True,
-        store: Optional[Callable[[Clock], Any]] = None,
-        **guard_kwargs: Any,
-    ) -> None:
-        self.case = case
-        self.clock = Clock()
-        self.clock.advance(START)
-        self.config = config or make_config()
-        self.network = Network()
-        self.idp = FakeIdP(self.clock, CLIENT_ID, CLIENT_SECRET,
-                           iss_parameter_supported=iss_parameter_supported)
-        self.idp.discovery_status = discovery_status
-        oidc = self.config.oidc
-        assert oidc is not None
-        self.stub = self.network.add(StubTreq(self.idp))
-        self.provider = Provider(
-            ISSUER,
-            ClientAuth(client_id=CLIENT_ID, client_secret=CLIENT_SECRET),
-            self.stub,
-            self.clock,
-            timeout=oidc.timeout,
-        )
-        self.app = App()
-        if build is not None:
-            wrapped = build(self)
-        self.store = store(self.clock) if store is not None else \
-            MemoryStore(self.clock) if memory_store else None
-        self.guard = OIDCGuard(self.config, wrapped if wrapped is not None else self.app,
-                               self.clock, provider=self.provider, store=self.store,
-                               **guard_kwargs)
-        case.addCleanup(self.guard.stop)
-        if start:
-            self.guard.start()
-            self.network.pump()
-
-    def browser(self) -> Browser:
-        return Browser(self.network, self.guard, APP)
-
-    def authorize(self, browser: Browser, path: str = "/") -> Dict[str, str]:
-        """Navigate to C{path} and return the parameters of the IdP redirect."""
-        page = browser.navigate(path)
-        self.case.assertEqual(page.code, 302, page.body)
-        base, _ = split_location(page)
-        self.case.assertEqual(base, AUTHORIZATION_ENDPOINT)
-        return authorize_params(page)
-
-    def login(self, browser: Browser, path: str = "/", sub: str = "user-1",
-              claims: Optional[Dict[str, Any]] = None, **issue: Any) -> Page:
-        """A whole login started at C{path}; the callback's answer."""
-        params = self.authorize(browser, path)
-        code = self.idp.issue_code(
-            nonce=params["nonce"], sub=sub, claims=claims,
-            code_verifier_challenge=params["code_challenge"], **issue)
-        return browser.navigate("/oidc/callback?" + urlencode({"code": code, "state": params["state"]}))
-
-    def logged_in(self, sub: str = "user-1", claims: Optional[Dict[str, Any]] = None) -> Browser:
-        browser = self.browser()
-        page = self.login(browser, sub=sub, claims=claims)
-        self.case.assertEqual(page.code, 302, page.body)
-        self.case.assertIn(SESSION_COOKIE, browser.jar)
-        return browser
-
-
-def state_cookies(browser: Browser) -> List[str]:
-    return sorted(name for name in browser.jar if name.startswith(STATE_PREFIX))
-
-
-def session_cookie_names(browser: Browser) -> List[str]:
-    return sorted(n for n in browser.jar if n.startswith(SESSION_COOKIE) and not n.startswith(STATE_PREFIX))
-
-
-def open_session(value: str) -> Session:
-    """The session inside a session cookie value (the test knows the secret)."""
-    plain = Sealer([SECRET.encode("ascii")]).unseal(value, SESSION_PURPOSE)
-    assert plain is not None
-    session = Session.from_bytes(plain)
-    assert session is not None
-    return session
-
-
-USER_CLAIMS = {
-    "preferred_username": "alice",
-    "email": "alice@example.test",
-    "groups": ["a", "b"],
-}
 
 
 class GuardTestCase(SynchronousTestCase):
@@ -244,7 +88,7 @@ class PublicRouteTests(GuardTestCase):
         own cookies (session chunks and state cookies), while other cookies
         reach the app byte for byte.
         """
-        h = Harness(self)
+        h = GuardStack(self)
         browser = h.browser()
         cookie = (b"a=1; __Host-oidcproxy=forged; __Host-oidcproxy_1=chunk;"
                   b"  b = 2 ;__Host-oidcproxy_state_abc=q; c=3")
@@ -286,7 +130,7 @@ class APIClientTests(GuardTestCase):
         error and C{WWW-Authenticate: Bearer realm="oidcproxy"}; no state
         cookie is minted and the app sees nothing.
         """
-        h = Harness(self)
+        h = GuardStack(self)
         for what, method, extra in self.VARIANTS:
             browser = h.browser()
             page = browser.request(method, "/private", headers={**API, **extra},
@@ -305,7 +149,7 @@ class APIClientTests(GuardTestCase):
         401 (not a login redirect) when they are XHR, cors/no-cors fetches or
         POSTs: no state cookie, nothing reaches the app.
         """
-        h = Harness(self)
+        h = GuardStack(self)
         for what, method, extra in self.VARIANTS[1:]:
             browser = h.browser()
             headers = {b"accept": [b"text/html,application/xhtml+xml,*/*;q=0.8"], **extra}
@@ -328,7 +172,7 @@ class LoginRedirectTests(GuardTestCase):
         nonce; C{Cache-Control: no-store}; and a state cookie named after the
         state (HttpOnly; Secure; SameSite=Lax; Path=/; Max-Age=600).
         """
-        h = Harness(self)
+        h = GuardStack(self)
         browser = h.browser()
         page = browser.navigate("/dash?tab=1")
         self.assertEqual(page.code, 302)
@@ -373,7 +217,7 @@ class LoginTests(GuardTestCase):
         The token request carried the code, redirect_uri, PKCE verifier and
         Basic client authentication.
         """
-        h = Harness(self)
+        h = GuardStack(self)
         browser = h.browser()
         params = h.authorize(browser, "/dash?tab=1&x=%2F")
         state_name = STATE_PREFIX + params["state"]
@@ -434,7 +278,7 @@ class LoginTests(GuardTestCase):
 
     def test_user_header_falls_back_to_sub(self):
         """Without preferred_username, X-Forwarded-User is the sub; absent claims send no header."""
-        h = Harness(self)
+        h = GuardStack(self)
         browser = h.logged_in(sub="sub-42", claims={})
         browser.navigate("/x")
         self.assertEqual(h.app.header(b"x-forwarded-user"), [b"sub-42"])
@@ -443,7 +287,7 @@ class LoginTests(GuardTestCase):
 
     def test_client_identity_headers_replaced_after_login(self):
         """A logged-in user's own X-Forwarded-* copies are replaced by the session's values."""
-        h = Harness(self)
+        h = GuardStack(self)
         browser = h.logged_in(claims=USER_CLAIMS)
         browser.navigate("/x", headers={b"x_forwarded_user": [b"admin"],
                                         b"X-Forwarded-User": [b"admin"],
@@ -465,7 +309,7 @@ class CallbackFailureTests(GuardTestCase):
 
     def test_missing_state(self):
         """A callback without state is 400."""
-        h = Harness(self)
+        h = GuardStack(self)
         browser = h.browser()
         h.authorize(browser)
         page = browser.navigate("/oidc/callback?code=abc")
@@ -474,7 +318,7 @@ class CallbackFailureTests(GuardTestCase):
 
     def test_unknown_state(self):
         """A state this browser has no attempt for is 401."""
-        h = Harness(self)
+        h = GuardStack(self)
         browser = h.browser()
         h.authorize(browser)
         page = browser.navigate("/oidc/callback?code=abc&state=unknownstate123")
@@ -483,7 +327,7 @@ class CallbackFailureTests(GuardTestCase):
 
     def test_state_cookie_of_another_attempt(self):
         """A state cookie carrying another attempt (moved under this state's name) is 401."""
-        h = Harness(self)
+        h = GuardStack(self)
         browser = h.browser()
         first = h.authorize(browser)
         second = h.authorize(browser)
@@ -496,7 +340,7 @@ class CallbackFailureTests(GuardTestCase):
 
     def test_state_of_another_browser(self):
         """A callback whose state was started in another browser is 401."""
-        h = Harness(self)
+        h = GuardStack(self)
         victim, attacker = h.browser(), h.browser()
         params = h.authorize(attacker)
         h.authorize(victim)
@@ -506,7 +350,7 @@ class CallbackFailureTests(GuardTestCase):
 
     def test_expired_attempt(self):
         """An attempt older than state_cookie.max_age (600 s) is 401."""
-        h = Harness(self)
+        h = GuardStack(self)
         browser = h.browser()
         params = h.authorize(browser)
         code = h.idp.issue_code(nonce=params["nonce"], code_verifier_challenge=params["code_challenge"])
@@ -523,7 +367,7 @@ class CallbackFailureTests(GuardTestCase):
         The same callback (URL and state cookie) used a second time is 401,
         and the code is not sent to the IdP again.
         """
-        h = Harness(self)
+        h = GuardStack(self)
         browser = h.browser()
         params = h.authorize(browser)
         state_name = STATE_PREFIX + params["state"]
@@ -540,7 +384,7 @@ class CallbackFailureTests(GuardTestCase):
 
     def test_duplicated_parameters(self):
         """A callback with two state or two code parameters is 400."""
-        h = Harness(self)
+        h = GuardStack(self)
         for query in ("code={code}&code=other&state={state}", "code={code}&state={state}&state={state}"):
             browser = h.browser()
             params = h.authorize(browser)
@@ -554,7 +398,7 @@ class CallbackFailureTests(GuardTestCase):
         C{?error=access_denied&error_description=<script>...} is 403 and the
         page holds no markup from the query.
         """
-        h = Harness(self)
+        h = GuardStack(self)
         browser = h.browser()
         params = h.authorize(browser)
         page = browser.navigate("/oidc/callback?" + urlencode({
@@ -579,7 +423,7 @@ class CallbackFailureTests(GuardTestCase):
 
     def test_wrong_nonce(self):
         """An ID token whose nonce is not the attempt's is 401."""
-        h = Harness(self)
+        h = GuardStack(self)
         browser = h.browser()
         params = h.authorize(browser)
         code = h.idp.issue_code(nonce="another-nonce", code_verifier_challenge=params["code_challenge"])
@@ -589,7 +433,7 @@ class CallbackFailureTests(GuardTestCase):
 
     def test_wrong_iss_parameter(self):
         """With RFC 9207 advertised, a missing or wrong iss parameter is 401; the right one works."""
-        h = Harness(self, iss_parameter_supported=True)
+        h = GuardStack(self, iss_parameter_supported=True)
         for iss in ("https://evil.test", None):
             browser = h.browser()
             params = h.authorize(browser)
@@ -609,7 +453,7 @@ class CallbackFailureTests(GuardTestCase):
 
     def test_invalid_grant(self):
         """A code the token endpoint refuses (invalid_grant) is 401."""
-        h = Harness(self)
+        h = GuardStack(self)
         browser = h.browser()
         params = h.authorize(browser)
         page = browser.navigate("/oidc/callback?" + urlencode({"code": "never-issued",
@@ -619,7 +463,7 @@ class CallbackFailureTests(GuardTestCase):
 
     def test_pkce_verifier_checked(self):
         """A code bound to another PKCE challenge is refused by the IdP: 401."""
-        h = Harness(self)
+        h = GuardStack(self)
         browser = h.browser()
         params = h.authorize(browser)
         code = h.idp.issue_code(nonce=params["nonce"], code_verifier_challenge="A" * 43)
@@ -628,7 +472,7 @@ class CallbackFailureTests(GuardTestCase):
 
     def test_token_endpoint_hangs(self):
         """A token endpoint that never answers: after the provider timeout, 504."""
-        h = Harness(self, make_config(oidc={"timeout": "5s"}))
+        h = GuardStack(self, make_config(oidc={"timeout": "5s"}))
         h.idp.hold_token_requests = True
         browser = h.browser()
         params = h.authorize(browser)
@@ -656,7 +500,7 @@ class NotReadyTests(GuardTestCase):
         While discovery fails, a browser on a protected route gets 503 with
         Retry-After (no state cookie); public routes still work.
         """
-        h = Harness(self, discovery_status=500)
+        h = GuardStack(self, discovery_status=500)
         self.assertFalse(h.provider.ready)
         browser = h.browser()
         page = browser.navigate("/private")
@@ -681,7 +525,7 @@ class NotReadyTests(GuardTestCase):
 class LifetimeTests(GuardTestCase):
     def test_lifetime_ends_session(self):
         """After session.lifetime the cookie no longer works: login redirect, cookie cleared."""
-        h = Harness(self, make_config(session={"lifetime": "1h"}))
+        h = GuardStack(self, make_config(session={"lifetime": "1h"}))
         browser = h.logged_in()
         h.clock.advance(3599)
         self.assertEqual(browser.navigate("/x").code, 200)
@@ -694,7 +538,7 @@ class LifetimeTests(GuardTestCase):
 
     def test_lifetime_ends_session_for_api(self):
         """An expired session on an API request: 401 and the cookie cleared."""
-        h = Harness(self, make_config(session={"lifetime": "1h"}))
+        h = GuardStack(self, make_config(session={"lifetime": "1h"}))
         browser = h.logged_in()
         h.clock.advance(3600)
         page = browser.get("/x", headers=API)
@@ -706,7 +550,7 @@ class LifetimeTests(GuardTestCase):
         With idle_timeout, activity within it keeps the session alive (the
         guard re-issues the cookie); inactivity beyond it ends the session.
         """
-        h = Harness(self, make_config(session={"idle_timeout": "10m"}))
+        h = GuardStack(self, make_config(session={"idle_timeout": "10m"}))
         browser = h.logged_in()
         first = browser.jar[SESSION_COOKIE]
         h.clock.advance(300)
@@ -729,7 +573,7 @@ class LifetimeTests(GuardTestCase):
 
     def test_idle_timeout_old_cookie(self):
         """The cookie from before the re-issue lapses after idle_timeout from its own last use."""
-        h = Harness(self, make_config(session={"idle_timeout": "10m"}))
+        h = GuardStack(self, make_config(session={"idle_timeout": "10m"}))
         browser = h.logged_in()
         old = browser.jar[SESSION_COOKIE]
         h.clock.advance(300)
@@ -762,7 +606,7 @@ class BadCookieTests(GuardTestCase):
         browser is sent to login, an API client gets 401, the cookie is
         cleared, and never a 500.
         """
-        h = Harness(self)
+        h = GuardStack(self)
         good = h.logged_in().jar[SESSION_COOKIE]
         for what, value in self.variants(good).items():
             browser = h.browser()
@@ -781,7 +625,7 @@ class BadCookieTests(GuardTestCase):
 
     def test_stray_chunk_without_base(self):
         """A chunk cookie without its base cookie is no session and is cleared."""
-        h = Harness(self)
+        h = GuardStack(self)
         browser = h.browser()
         browser.jar[SESSION_COOKIE + "_1"] = "abc"
         page = browser.get("/x", headers=API)
@@ -800,7 +644,7 @@ class FixationTests(GuardTestCase):
         is replaced after login by a new one, with a new session id, for the
         user who logged in.
         """
-        h = Harness(self)
+        h = GuardStack(self)
         attacker = h.logged_in(sub="attacker")
         planted = attacker.jar[SESSION_COOKIE]
 
@@ -821,7 +665,7 @@ class FixationTests(GuardTestCase):
 
     def test_login_replaces_garbage_session_cookie(self):
         """A pre-set (invalid) session cookie value is replaced at login."""
-        h = Harness(self)
+        h = GuardStack(self)
         browser = h.browser()
         browser.jar[SESSION_COOKIE] = "chosen-by-the-attacker"
         page = h.login(browser)
@@ -835,7 +679,7 @@ class FixationTests(GuardTestCase):
 class StateCookieLimitTests(GuardTestCase):
     def test_at_most_five_state_cookies(self):
         """Seven logins started in one browser leave only the five newest state cookies."""
-        h = Harness(self)
+        h = GuardStack(self)
         browser = h.browser()
         states = []
         for _ in range(7):
@@ -849,7 +693,7 @@ class StateCookieLimitTests(GuardTestCase):
 
     def test_configured_max_count(self):
         """state_cookie.max_count is honoured."""
-        h = Harness(self, make_config(state_cookie={"max_count": 2}))
+        h = GuardStack(self, make_config(state_cookie={"max_count": 2}))
         browser = h.browser()
         states = []
         for _ in range(4):
@@ -862,7 +706,7 @@ class StateCookieLimitTests(GuardTestCase):
 
 
 class ReturnToTests(GuardTestCase):
-    def login_via(self, h: Harness, rd_query: str) -> Page:
+    def login_via(self, h: GuardStack, rd_query: str) -> Page:
         browser = h.browser()
         page = browser.navigate("/oidc/login?" + rd_query)
         params = self.assertLoginRedirect(page)
@@ -871,7 +715,7 @@ class ReturnToTests(GuardTestCase):
 
     def test_login_endpoint_rd(self):
         """/oidc/login?rd=/x?y=1 lands on /x?y=1 after login."""
-        h = Harness(self)
+        h = GuardStack(self)
         page = self.login_via(h, "rd=/x?y=1")
         self.assertEqual(page.location, "https://app.test/x?y=1")
         page = self.login_via(h, urlencode({"rd": "/x?y=1"}))
@@ -879,7 +723,7 @@ class ReturnToTests(GuardTestCase):
 
     def test_login_endpoint_unsafe_rd(self):
         """Off-site rd values (//evil.com, https://evil.com, /\\evil.com) land on /."""
-        h = Harness(self)
+        h = GuardStack(self)
         for rd in ("//evil.com", "https://evil.com", "/\\evil.com", "/%2F/evil.com", "/%5Cevil.com"):
             page = self.login_via(h, urlencode({"rd": rd}))
             self.assertEqual(page.location, "https://app.test/", rd)
@@ -894,7 +738,7 @@ class ReturnToTests(GuardTestCase):
 class LogoutTests(GuardTestCase):
     def test_get_shows_a_form(self):
         """GET /oidc/logout shows a POST form and does not log out."""
-        h = Harness(self)
+        h = GuardStack(self)
         browser = h.logged_in()
         page = browser.navigate("/oidc/logout?rd=/bye")
         self.assertEqual(page.code, 200)
@@ -906,7 +750,7 @@ class LogoutTests(GuardTestCase):
 
     def test_cross_site_post_refused(self):
         """A POST with a foreign Origin (or Sec-Fetch-Site: cross-site) is 403; the session lives on."""
-        h = Harness(self)
+        h = GuardStack(self)
         browser = h.logged_in()
         for headers in ({b"origin": [b"https://evil.test"]},
                         {b"origin": [b"null"]},
@@ -922,7 +766,7 @@ class LogoutTests(GuardTestCase):
         A same-origin POST answers 303 to the (safe) rd, clears the session
         cookie, and the browser is logged out.
         """
-        h = Harness(self)
+        h = GuardStack(self)
         browser = h.logged_in()
         page = browser.request(b"POST", "/oidc/logout", headers={
             b"origin": [b"https://app.test"], b"sec-fetch-site": [b"same-origin"],
@@ -945,7 +789,7 @@ class LogoutTests(GuardTestCase):
         a copy of the cookie replayed after logout still authenticates until
         the session's own expiry (documented in L{oidcproxy.sessions.stores.cookie}).
         """
-        h = Harness(self)
+        h = GuardStack(self)
         browser = h.logged_in()
         copy = browser.jar[SESSION_COOKIE]
         page = browser.request(b"POST", "/oidc/logout", headers={b"origin": [b"https://app.test"]})
@@ -961,7 +805,7 @@ class LogoutTests(GuardTestCase):
 class UserinfoTests(GuardTestCase):
     def test_userinfo_with_session(self):
         """/oidc/userinfo answers the sub, claims and expiry as JSON, and no token at all."""
-        h = Harness(self)
+        h = GuardStack(self)
         browser = h.logged_in(claims=USER_CLAIMS)
         page = browser.get("/oidc/userinfo", headers=API)
         self.assertEqual(page.code, 200)
@@ -980,7 +824,7 @@ class UserinfoTests(GuardTestCase):
 
     def test_userinfo_without_session(self):
         """Without a session /oidc/userinfo is 401 JSON."""
-        h = Harness(self)
+        h = GuardStack(self)
         page = h.browser().get("/oidc/userinfo", headers=API)
         self.assertEqual(page.code, 401)
         self.assertEqual(page.json()["error"], "unauthenticated")
@@ -993,7 +837,7 @@ class UserinfoTests(GuardTestCase):
 class PathTests(GuardTestCase):
     def test_dot_segments_reach_the_endpoint(self):
         """/public/../oidc/userinfo is answered by the endpoint, not proxied."""
-        h = Harness(self)
+        h = GuardStack(self)
         page = h.browser().get("/public/../oidc/userinfo", headers=API)
         self.assertEqual(page.code, 401)
         browser = h.logged_in()
@@ -1006,7 +850,7 @@ class PathTests(GuardTestCase):
 
     def test_unknown_endpoint(self):
         """/oidc/unknown (and /oidc itself) is 404."""
-        h = Harness(self)
+        h = GuardStack(self)
         for path in ("/oidc/unknown", "/oidc", "/oidc/"):
             page = h.browser().navigate(path)
             self.assertEqual(page.code, 404, path)
@@ -1014,7 +858,7 @@ class PathTests(GuardTestCase):
 
     def test_encoded_slash(self):
         """/a%2Fb is 400, for anyone."""
-        h = Harness(self)
+        h = GuardStack(self)
         self.assertEqual(h.browser().navigate("/a%2Fb").code, 400)
         self.assertEqual(h.logged_in().navigate("/a%2Fb").code, 400)
         self.assertEqual(h.browser().navigate("/public/a%2Fb").code, 400)
@@ -1027,7 +871,7 @@ class PathTests(GuardTestCase):
 class AccessTokenTests(GuardTestCase):
     def test_header_mode(self):
         """pass_access_token = "header" sends the access token in X-Forwarded-Access-Token."""
-        h = Harness(self, make_config(oidc={"pass_access_token": "header"}))
+        h = GuardStack(self, make_config(oidc={"pass_access_token": "header"}))
         browser = h.logged_in()
         browser.navigate("/x", headers={b"x-forwarded-access-token": [b"forged"],
                                         b"authorization": [b"Basic Zm9vOmJhcg=="]})
@@ -1037,7 +881,7 @@ class AccessTokenTests(GuardTestCase):
 
     def test_authorization_mode(self):
         """pass_access_token = "authorization" replaces the client's Authorization with Bearer <token>."""
-        h = Harness(self, make_config(oidc={"pass_access_token": "authorization"}))
+        h = GuardStack(self, make_config(oidc={"pass_access_token": "authorization"}))
         browser = h.logged_in()
         browser.navigate("/x", headers={b"authorization": [b"Basic Zm9vOmJhcg=="]})
         token = h.idp.issued[0]["access_token"].encode("ascii")
@@ -1046,7 +890,7 @@ class AccessTokenTests(GuardTestCase):
 
     def test_authorization_mode_public_route(self):
         """In "authorization" mode a client's Authorization never reaches a public route either."""
-        h = Harness(self, make_config(oidc={"pass_access_token": "authorization"}))
+        h = GuardStack(self, make_config(oidc={"pass_access_token": "authorization"}))
         h.browser().get("/public/x", headers={b"authorization": [b"Bearer forged"]})
         self.assertEqual(h.app.header(b"authorization"), [])
 
@@ -1109,7 +953,7 @@ class HeaderValueTests(SynchronousTestCase):
 
     def test_non_ascii_claim_sent_encoded(self):
         """A non-ASCII claim reaches the app RFC 2047-encoded."""
-        h = Harness(self)
+        h = GuardStack(self)
         browser = h.logged_in(claims={"preferred_username": "J\u00fcrgen"})
         browser.navigate("/x")
         self.assertEqual(h.app.header(b"x-forwarded-user"), [_encoded("J\u00fcrgen")])
@@ -1119,7 +963,7 @@ class HeaderValueTests(SynchronousTestCase):
         A claim with a leading blank reaches the app as an encoded word, so
         no HTTP parser can strip it into another user's name.
         """
-        h = Harness(self)
+        h = GuardStack(self)
         browser = h.logged_in(claims={"preferred_username": " admin"})
         browser.navigate("/x")
         self.assertEqual(h.app.header(b"x-forwarded-user"), [_encoded(" admin")])
@@ -1142,14 +986,14 @@ class ProxyModeTests(GuardTestCase):
 
         self.patch(proxy_routes, "match", spy)
 
-        def build(h: Harness) -> UpstreamProxy:
+        def build(h: GuardStack) -> UpstreamProxy:
             def client_factory(route: Any) -> UpstreamClient:
                 agent = h.network.add(RequestTraversalAgent(upstream))
                 return UpstreamClient(agent, route.settings.max_connections)
 
             return UpstreamProxy(proxy_routes, h.clock, client_factory=client_factory)
 
-        h = Harness(self, config, build=build)
+        h = GuardStack(self, config, build=build)
         return h, upstream, matched
 
     def test_proxy_mode(self):
@@ -1198,7 +1042,7 @@ class UnexpectedErrorTests(GuardTestCase):
 
     def test_provider_raises_during_callback(self):
         """An unexpected exception during the callback is logged and answered 500 without details."""
-        h = Harness(self)
+        h = GuardStack(self)
         browser = h.browser()
         params = h.authorize(browser)
         code = h.idp.issue_code(nonce=params["nonce"], code_verifier_challenge=params["code_challenge"])
@@ -1213,7 +1057,7 @@ class UnexpectedErrorTests(GuardTestCase):
 
     def test_wrapped_traversal_raises(self):
         """An exception in the wrapped resource's traversal is logged and answered 500 without details."""
-        h = Harness(self, wrapped=Exploding())
+        h = GuardStack(self, wrapped=Exploding())
         page = h.browser().navigate("/public/x")
         self.assertQuiet500(page)
 
@@ -1224,7 +1068,7 @@ class UnexpectedErrorTests(GuardTestCase):
         connection is finished or aborted) rather than hang, and the error is
         logged.
         """
-        h = Harness(self)
+        h = GuardStack(self)
 
         def partial_then_fail(request: Any) -> None:
             request.write(b"partial")
@@ -1248,7 +1092,7 @@ class ChunkedSessionTests(GuardTestCase):
         work together, never reach the app, and shrink back (the stale chunk
         is deleted) when a later login makes a smaller session.
         """
-        h = Harness(self)
+        h = GuardStack(self)
         browser = h.browser()
         page = h.login(browser, claims={"blob": "y" * 1500})
         self.assertEqual(page.code, 302, page.body)
@@ -1272,7 +1116,7 @@ class ChunkedSessionTests(GuardTestCase):
 
     def test_logout_clears_every_chunk(self):
         """Logout deletes the base cookie and every chunk."""
-        h = Harness(self)
+        h = GuardStack(self)
         browser = h.browser()
         h.login(browser, claims={"blob": "y" * 1500})
         self.assertEqual(len(session_cookie_names(browser)), 2)
@@ -1290,7 +1134,7 @@ class ChunkedSessionTests(GuardTestCase):
         cookies the server would then drop on every request. (The proxy's own
         site raises both limits; tests/test_server.py pins that side.)
         """
-        h = Harness(self)
+        h = GuardStack(self)
         browser = h.browser()
         page = h.login(browser, claims={"blob": "y" * 5500})
         self.assertEqual(page.code, 502, page.body)
@@ -1299,7 +1143,7 @@ class ChunkedSessionTests(GuardTestCase):
 
     def test_session_within_max_cookie_bytes_is_accepted_back(self):
         """A session just under the limit (several chunks) is usable on the next request."""
-        h = Harness(self)
+        h = GuardStack(self)
         browser = h.browser()
         page = h.login(browser, claims={"blob": "y" * 2200})
         self.assertEqual(page.code, 302, page.body)
@@ -1319,7 +1163,7 @@ class ChunkedSessionTests(GuardTestCase):
         the documented C{session_too_large} 502 page, with the state cookie
         deleted, not an unexpected error.
         """
-        h = Harness(self, make_config(session={"max_cookie_chunks": 1}))
+        h = GuardStack(self, make_config(session={"max_cookie_chunks": 1}))
         browser = h.browser()
         params = h.authorize(browser)
         code = h.idp.issue_code(nonce=params["nonce"], claims={"blob": "z" * 5000},
@@ -1336,7 +1180,7 @@ class ChunkedSessionTests(GuardTestCase):
 class StoreTests(GuardTestCase):
     def test_memory_store_logout_revokes(self):
         """With a server-side store, a cookie replayed after logout no longer works."""
-        h = Harness(self, memory_store=True)
+        h = GuardStack(self, memory_store=True)
         browser = h.logged_in()
         copy = browser.jar[SESSION_COOKIE]
         assert h.store is not None
@@ -1353,7 +1197,7 @@ class StoreTests(GuardTestCase):
 
     def test_memory_store_login_ends_old_session(self):
         """Logging in again ends the session the browser had (server-side)."""
-        h = Harness(self, memory_store=True)
+        h = GuardStack(self, memory_store=True)
         browser = h.logged_in()
         old = browser.jar[SESSION_COOKIE]
         params = self.assertLoginRedirect(browser.navigate("/oidc/login"))
@@ -1378,7 +1222,7 @@ class StoreTests(GuardTestCase):
 
         from oidcproxy.sessions.session import SessionStoreUnavailable
 
-        h = Harness(self, memory_store=True)
+        h = GuardStack(self, memory_store=True)
         assert h.store is not None
         h.store.save = lambda session: fail(  # type: ignore[method-assign]
             SessionStoreUnavailable("down"))
@@ -1393,7 +1237,7 @@ class StoreTests(GuardTestCase):
 class UserinfoMergeTests(GuardTestCase):
     def test_userinfo_claims_merged(self):
         """With oidc.userinfo, userinfo claims are added; the ID token's win on conflicts."""
-        h = Harness(self, make_config(oidc={"userinfo": True}))
+        h = GuardStack(self, make_config(oidc={"userinfo": True}))
         browser = h.browser()
         params = h.authorize(browser)
         code = h.idp.issue_code(
@@ -1409,7 +1253,7 @@ class UserinfoMergeTests(GuardTestCase):
 
     def test_userinfo_other_subject(self):
         """A userinfo answer about another subject fails the login (401)."""
-        h = Harness(self, make_config(oidc={"userinfo": True}))
+        h = GuardStack(self, make_config(oidc={"userinfo": True}))
         browser = h.browser()
         params = h.authorize(browser)
         code = h.idp.issue_code(nonce=params["nonce"], code_verifier_challenge=params["code_challenge"],
@@ -1430,7 +1274,7 @@ class UserinfoMergeTests(GuardTestCase):
         events: List[Dict[str, Any]] = []
         globalLogPublisher.addObserver(events.append)
         self.addCleanup(globalLogPublisher.removeObserver, events.append)
-        h = Harness(self, make_config(oidc={"userinfo": True}))
+        h = GuardStack(self, make_config(oidc={"userinfo": True}))
         mismatch = h.browser()
         params = h.authorize(mismatch)
         code = h.idp.issue_code(nonce=params["nonce"], code_verifier_challenge=params["code_challenge"],
@@ -1462,7 +1306,7 @@ class Leaf(RecordingUpstream):
 class EmbeddingTests(GuardTestCase):
     def test_app_cookies_and_reissued_session_both_sent(self):
         """The app's own cookies and the guard's re-issued session cookie both reach the browser."""
-        h = Harness(self, make_config(session={"idle_timeout": "10m"}))
+        h = GuardStack(self, make_config(session={"idle_timeout": "10m"}))
         browser = h.logged_in()
         h.app.action = lambda request: request.addCookie(b"app", b"1", path=b"/")
         h.clock.advance(120)
@@ -1481,7 +1325,7 @@ class EmbeddingTests(GuardTestCase):
         public, admin = Leaf(), Leaf()
         root.putChild(b"public", public)
         root.putChild(b"admin", admin)
-        h = Harness(self, wrapped=root)
+        h = GuardStack(self, wrapped=root)
         targets = ["/admin/../public/x", "/admin/%2e%2e/public/x", "/admin/./../public/x"]
         for target in targets:
             h.browser().get(target, headers=API)
@@ -1495,7 +1339,7 @@ class EmbeddingTests(GuardTestCase):
         public, admin = Leaf(), Leaf()
         root.putChild(b"public", public)
         root.putChild(b"admin", admin)
-        h = Harness(self, wrapped=root)
+        h = GuardStack(self, wrapped=root)
         self.assertEqual(h.browser().get("/admin/x", headers=API).code, 401)
         self.assertEqual(h.browser().get("/public/x", headers=API).code, 200)
         browser = h.logged_in()

@@ -13,8 +13,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from oidcproxy.core.context import context
 
+from .fakes import API, CLIENT_ID, GuardStack, make_config
 from .idp import ISSUER
-from .test_guard import API, CLIENT_ID, Harness, make_config
 
 ROUTES = [
     {"path": "/admin", "upstream": "http://up.test", "rule": "Contains(`groups`, `admins`)"},
@@ -36,8 +36,8 @@ ALICE = {"email": "alice@example.com", "email_verified": True, "groups": ["admin
 BOB = {"email": "bob@evil.test", "email_verified": True, "groups": ["staff"]}
 
 
-def harness(case: SynchronousTestCase, **config: Any) -> Harness:
-    return Harness(case, config=make_config(routes=ROUTES, **config))
+def harness(case: SynchronousTestCase, **config: Any) -> GuardStack:
+    return GuardStack(case, config=make_config(routes=ROUTES, **config))
 
 
 class RuleTests(SynchronousTestCase):
@@ -153,7 +153,7 @@ class ModeTests(SynchronousTestCase):
         self.assertIsNone(browser.get("/x", headers=API).header(b"x-auth-session-expires-in"))
 
 
-def access_token(h: Harness, **claims: Any) -> str:
+def access_token(h: GuardStack, **claims: Any) -> str:
     now = int(h.clock.seconds())
     body: Dict[str, Any] = {"iss": ISSUER, "aud": CLIENT_ID, "sub": "svc", "iat": now,
                             "exp": now + 300, "scope": "read"}
@@ -254,7 +254,7 @@ class ExternalIssuerTests(SynchronousTestCase):
 class ForwardAuthTests(SynchronousTestCase):
     TRUSTED = {"trusted_proxies": ["127.0.0.1"]}
 
-    def fa(self, h: Harness, uri: str, headers: Dict[bytes, Any] = None, query: str = "",
+    def fa(self, h: GuardStack, uri: str, headers: Dict[bytes, Any] = None, query: str = "",
            method: bytes = b"GET") -> Any:
         base = {b"x-forwarded-method": [method], b"x-forwarded-host": [b"app.test"],
                 b"x-forwarded-uri": [uri.encode()]}

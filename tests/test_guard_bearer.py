@@ -20,9 +20,9 @@ from oidcproxy.web.bearer_auth import JWKS_FILE_RETRY
 
 from .adversarial import ROUTES as ADVERSARIAL_ROUTES
 from .adversarial import Stack, parse_response
+from .fakes import API, CLIENT_ID, CLIENT_SECRET, SESSION_COOKIE, GuardStack, make_config
 from .idp import ISSUER, Browser, public_jwk
 from .test_adv_tokens import hmac_signed, sign
-from .test_guard import API, CLIENT_ID, CLIENT_SECRET, SESSION_COOKIE, Harness, make_config
 from .test_guard_authz import ROUTES
 
 BEARER_HMAC_SECRET = "a-bearer-hmac-secret-of-32-bytes-or-more"
@@ -58,16 +58,16 @@ def logged(events: List[Dict[str, Any]], start: str) -> List[Dict[str, Any]]:
     return [e for e in events if e.get("log_format", "").startswith(start)]
 
 
-def harness(case: SynchronousTestCase, **config: Any) -> Harness:
+def harness(case: SynchronousTestCase, **config: Any) -> GuardStack:
     guard_kwargs = config.pop("guard_kwargs", {})
     start = config.pop("start", True)
     oidc = config.pop("oidc", {})
-    return Harness(case, config=make_config(routes=ROUTES, trusted_proxies=["127.0.0.1"],
+    return GuardStack(case, config=make_config(routes=ROUTES, trusted_proxies=["127.0.0.1"],
                                             oidc=oidc, **config),
                    start=start, **guard_kwargs)
 
 
-def forward_auth(h: Harness, uri: str, headers: Optional[Dict[bytes, Any]] = None,
+def forward_auth(h: GuardStack, uri: str, headers: Optional[Dict[bytes, Any]] = None,
                  browser: Optional[Browser] = None) -> Any:
     base = {b"x-forwarded-method": [b"GET"], b"x-forwarded-host": [b"app.test"],
             b"x-forwarded-uri": [uri.encode()]}
@@ -235,7 +235,7 @@ class NotLoadedTests(SynchronousTestCase):
         h.network.pump()
         self.assertEqual(h.browser().get("/api/x", headers=bearer(token)).code, 200)
 
-    def external(self, gateway: Resource, **bearer_config: Any) -> Harness:
+    def external(self, gateway: Resource, **bearer_config: Any) -> GuardStack:
         settings = {"issuer": GATEWAY, "audiences": ["orders"], **bearer_config}
         return harness(self, bearer=settings, guard_kwargs={"bearer_keys_http": StubTreq(gateway)})
 

@@ -17,7 +17,7 @@ from oidcproxy.sessions.cookies import OwnedNames
 from oidcproxy.web.server import ProxyRequest
 
 from .adversarial import ROUTES, Stack, header_of, parse_response
-from .test_guard import SESSION_COOKIE, STATE_PREFIX, Harness, make_config
+from .fakes import SESSION_COOKIE, STATE_PREFIX, GuardStack, make_config
 
 CSRF_COOKIE = "__Host-oidcproxy_csrf"
 
@@ -164,7 +164,7 @@ class EmbeddedAppTests(SynchronousTestCase):
         own Set-Cookie header of a state cookie, are dropped; its other
         cookies go out with the guard's.
         """
-        h = Harness(self, config=make_config(csrf={}))
+        h = GuardStack(self, config=make_config(csrf={}))
         browser = h.logged_in()
         # The proxy's request class applies the guard's refusals to the
         # answer (a plain Request trusts the application: see below).
@@ -194,7 +194,7 @@ class PlainRequestTests(SynchronousTestCase):
         renders: they go out beside its addCookie ones, even when it
         replaces the Set-Cookie header; its own cookies are not filtered.
         """
-        h = Harness(self, config=make_config(csrf={}))
+        h = GuardStack(self, config=make_config(csrf={}))
         browser = h.logged_in()
         browser.jar.pop(CSRF_COOKIE, None)
 

@@ -26,8 +26,8 @@ from twisted.web.server import NOT_DONE_YET
 from oidcproxy.sessions.stores.memory import MemoryStore
 from oidcproxy.web.server import ProxySite
 
+from .fakes import CLIENT_ID, GuardStack, make_config
 from .idp import ISSUER
-from .test_guard import CLIENT_ID, Harness, make_config
 from .test_guard_session import NEAR_EXPIRY
 from .test_server import large_limit
 
@@ -35,7 +35,7 @@ from .test_server import large_limit
 class Client:
     """One client connection to the guard, through a L{ProxySite}."""
 
-    def __init__(self, case: SynchronousTestCase, h: Harness) -> None:
+    def __init__(self, case: SynchronousTestCase, h: GuardStack) -> None:
         self.h = h
         self.site = ProxySite(h.guard, clock=h.clock, body_limit=large_limit, reactor=h.clock)
         self.events: List[Any] = []
@@ -67,7 +67,7 @@ def cookie(browser: Any) -> bytes:
     return b"Cookie: " + browser.cookie_header()
 
 
-def hold_introspection(h: Harness) -> List[Any]:
+def hold_introspection(h: GuardStack) -> List[Any]:
     """
     Make the fake IdP advertise an introspection endpoint that never
     answers; the list of the requests it holds.
@@ -95,7 +95,7 @@ def finished(request: Any) -> List[Any]:
 
 
 class LeavingTestCase(SynchronousTestCase):
-    def assertNothingAfterLeaving(self, h: Harness, client: Client, rendered: int) -> None:
+    def assertNothingAfterLeaving(self, h: GuardStack, client: Client, rendered: int) -> None:
         self.assertEqual(len(h.app.requests), rendered, "the wrapped resource was rendered")
         self.assertEqual(client.transport.value(), b"")
         self.assertEqual(client.errors(), [])
@@ -106,7 +106,7 @@ class LeavingTestCase(SynchronousTestCase):
 class ClientGoneTests(LeavingTestCase):
     def test_store_load(self):
         """A session load still pending when the client leaves is cancelled; nothing follows."""
-        h = Harness(self, memory_store=True)
+        h = GuardStack(self, memory_store=True)
         browser = h.logged_in()
         rendered = len(h.app.requests)
         cancelled: List[Deferred] = []
@@ -125,7 +125,7 @@ class ClientGoneTests(LeavingTestCase):
         wait is cancelled, and when the IdP answers at last, the wrapped
         resource is still not rendered for the gone client.
         """
-        h = Harness(self)
+        h = GuardStack(self)
         browser = h.logged_in()
         rendered = len(h.app.requests)
         h.clock.advance(NEAR_EXPIRY)
@@ -151,7 +151,7 @@ class ClientGoneTests(LeavingTestCase):
         config = make_config(
             routes=[{"path": "/api", "auth": "bearer", "upstream": "http://up.test"}],
             bearer={"introspection": True})
-        h = Harness(self, config, start=False)
+        h = GuardStack(self, config, start=False)
         held = hold_introspection(h)
         h.guard.start()
         h.network.pump()
@@ -175,7 +175,7 @@ class ClientGoneTests(LeavingTestCase):
 
     def test_token_exchange_at_callback(self):
         """A code exchange in flight when the browser leaves the callback is cancelled at the IdP."""
-        h = Harness(self)
+        h = GuardStack(self)
         browser = h.browser()
         params = h.authorize(browser)
         code = h.idp.issue_code(nonce=params["nonce"],
@@ -193,7 +193,7 @@ class ClientGoneTests(LeavingTestCase):
 
     def test_answered_request_not_cancelled(self):
         """A request the guard answered is not touched when its connection closes later."""
-        h = Harness(self)
+        h = GuardStack(self)
         client = Client(self, h)
         client.send("/public/x")
         self.assertTrue(client.transport.value().startswith(b"HTTP/1.1 200 "))
@@ -214,7 +214,7 @@ class MoreWaitingPointsTests(LeavingTestCase):
 
     def test_revocation_list(self):
         """A revocation check still pending when the client leaves is cancelled."""
-        h = Harness(self, start=False)
+        h = GuardStack(self, start=False)
         revocations = MemoryStore(h.clock)
         h.guard.parts.revocations = revocations
         h.guard.start()
@@ -231,7 +231,7 @@ class MoreWaitingPointsTests(LeavingTestCase):
 
     def test_session_save_at_callback(self):
         """The new session's save, pending when the browser leaves the callback, is cancelled."""
-        h = Harness(self, memory_store=True)
+        h = GuardStack(self, memory_store=True)
         browser = h.browser()
         params = h.authorize(browser)
         code = h.idp.issue_code(nonce=params["nonce"],
@@ -248,7 +248,7 @@ class MoreWaitingPointsTests(LeavingTestCase):
 
     def test_userinfo_at_callback(self):
         """The IdP's UserInfo call at the callback, pending when the browser leaves, is cancelled."""
-        h = Harness(self, make_config(oidc={"userinfo": True}))
+        h = GuardStack(self, make_config(oidc={"userinfo": True}))
         browser = h.browser()
         params = h.authorize(browser)
         code = h.idp.issue_code(nonce=params["nonce"],
@@ -275,7 +275,7 @@ class MoreWaitingPointsTests(LeavingTestCase):
 
     def test_logout_delete(self):
         """A logout whose session delete is pending when the browser leaves: cancelled."""
-        h = Harness(self, memory_store=True)
+        h = GuardStack(self, memory_store=True)
         browser = h.logged_in()
         rendered = len(h.app.requests)
         cancelled: List[Deferred] = []
@@ -289,7 +289,7 @@ class MoreWaitingPointsTests(LeavingTestCase):
 
     def test_ready_ping(self):
         """A readiness check waiting for Redis's PING when the client leaves: cancelled."""
-        h = Harness(self)
+        h = GuardStack(self)
         cancelled: List[Deferred] = []
 
         class Revocations:

@@ -17,8 +17,8 @@ from twisted.web.resource import Resource
 
 from oidcproxy import identity
 
+from .fakes import API, SESSION_COOKIE, GuardStack, make_config
 from .idp import AUTHORIZATION_ENDPOINT, Browser, authorize_params, split_location
-from .test_guard import API, SESSION_COOKIE, Harness, make_config
 
 SITE = "https://app.test"
 PUBLIC_URL = SITE + "/app"
@@ -46,7 +46,7 @@ class MountedTests(SynchronousTestCase):
              "upstream": "http://up.test"},
             {"path": "/public", "auth": "none", "upstream": "http://up.test"},
         ])
-        self.h = Harness(self, config)
+        self.h = GuardStack(self, config)
         self.walked: List[Any] = []
         self.h.app.action = lambda request: self.walked.append(
             (list(request.prepath), list(request.postpath), identity(request)))
@@ -136,7 +136,7 @@ class MountedTests(SynchronousTestCase):
 class RootTests(SynchronousTestCase):
     def test_root_mounted_walks_from_the_root(self):
         """At a site's root the wrapped resource gets the whole path, as before."""
-        h = Harness(self)
+        h = GuardStack(self)
         walked: List[Any] = []
         h.app.action = lambda request: walked.append((list(request.prepath),
                                                       list(request.postpath)))
@@ -149,7 +149,7 @@ class RootTests(SynchronousTestCase):
         events: List[Any] = []
         globalLogPublisher.addObserver(events.append)
         self.addCleanup(globalLogPublisher.removeObserver, events.append)
-        h = Harness(self)
+        h = GuardStack(self)
         root = Resource()
         root.putChild(b"app", h.guard)
         browser = Browser(h.network, root, SITE)
@@ -163,7 +163,7 @@ class RootTests(SynchronousTestCase):
         events: List[Any] = []
         globalLogPublisher.addObserver(events.append)
         self.addCleanup(globalLogPublisher.removeObserver, events.append)
-        h = Harness(self, make_config(public_url=PUBLIC_URL))
+        h = GuardStack(self, make_config(public_url=PUBLIC_URL))
         root = Resource()
         root.putChild(b"app", h.guard)
         Browser(h.network, root, SITE).get("/app/public/x", headers=API)

@@ -13,14 +13,14 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from oidcproxy.sessions.stores.memory import MemoryStore
 
+from .fakes import API, APP, CLIENT_ID, SESSION_COOKIE, GuardStack, make_config, open_session
 from .idp import ISSUER
-from .test_guard import API, APP, CLIENT_ID, SESSION_COOKIE, Harness, make_config, open_session
 
 NEAR_EXPIRY = 300 - 60 + 1
 """Seconds after login when the 300 s access token is within the 60 s leeway."""
 
 
-def logged_in(h: Harness, claims: Dict[str, Any] = None, sub: str = "user-1") -> Any:
+def logged_in(h: GuardStack, claims: Dict[str, Any] = None, sub: str = "user-1") -> Any:
     return h.logged_in(sub=sub, claims=claims)
 
 
@@ -31,7 +31,7 @@ LEASE = 2 * 5.0 + 5.0
 class RefreshTests(SynchronousTestCase):
     def test_refresh_before_expiry(self):
         """Near the access token's expiry the guard refreshes, then serves with the new token."""
-        h = Harness(self, config=make_config(oidc={"pass_access_token": "header"}))
+        h = GuardStack(self, config=make_config(oidc={"pass_access_token": "header"}))
         browser = logged_in(h)
         first = h.idp.issued[-1]["access_token"]
         h.clock.advance(NEAR_EXPIRY)
@@ -47,7 +47,7 @@ class RefreshTests(SynchronousTestCase):
 
     def test_no_refresh_while_fresh(self):
         """A fresh access token is not refreshed."""
-        h = Harness(self)
+        h = GuardStack(self)
         browser = logged_in(h)
         h.clock.advance(100)
         self.assertEqual(browser.navigate("/x").code, 200)
@@ -55,7 +55,7 @@ class RefreshTests(SynchronousTestCase):
 
     def test_concurrent_requests_one_grant(self):
         """Twenty requests of one session at once, token expiring: exactly one refresh grant."""
-        h = Harness(self)
+        h = GuardStack(self)
         browser = logged_in(h)
         h.clock.advance(NEAR_EXPIRY)
         pending = [browser.send(b"GET", f"/x{i}", headers=API) for i in range(20)]
@@ -66,7 +66,7 @@ class RefreshTests(SynchronousTestCase):
     def test_old_cookie_after_refresh_uses_new_tokens(self):
         """A request with the pre-refresh cookie gets the refreshed tokens, no second grant
         (with rotation, a second grant would fail and end the session)."""
-        h = Harness(self)
+        h = GuardStack(self)
         browser = logged_in(h)
         old_jar = dict(browser.jar)
         h.clock.advance(NEAR_EXPIRY)
@@ -78,7 +78,7 @@ class RefreshTests(SynchronousTestCase):
 
     def test_invalid_grant_ends_session(self):
         """invalid_grant ends the session: browsers go to login, API clients get 401."""
-        h = Harness(self)
+        h = GuardStack(self)
         browser = logged_in(h)
         h.idp.refresh_error = (400, "invalid_grant")
         h.clock.advance(NEAR_EXPIRY)
@@ -94,7 +94,7 @@ class RefreshTests(SynchronousTestCase):
         while the access token is still valid: served; the refresh token is
         not sent again within the refresh lease, then it is.
         """
-        h = Harness(self)
+        h = GuardStack(self)
         browser = logged_in(h)
         h.idp.refresh_error = (500, "server_error")
         h.clock.advance(NEAR_EXPIRY)
@@ -107,7 +107,7 @@ class RefreshTests(SynchronousTestCase):
 
     def test_idp_down_token_expired_503(self):
         """The IdP failing after the access token expired: 503, the session kept."""
-        h = Harness(self)
+        h = GuardStack(self)
         browser = logged_in(h)
         h.idp.refresh_error = (500, "server_error")
         h.clock.advance(301)
@@ -122,7 +122,7 @@ class RefreshTests(SynchronousTestCase):
 
     def test_outage_grace(self):
         """With session.idp_outage_grace, an expired access token is served for that long."""
-        h = Harness(self, config=make_config(session={"idp_outage_grace": "10m"}))
+        h = GuardStack(self, config=make_config(session={"idp_outage_grace": "10m"}))
         browser = logged_in(h)
         h.idp.refresh_error = (500, "server_error")
         h.clock.advance(301)
@@ -132,7 +132,7 @@ class RefreshTests(SynchronousTestCase):
 
     def test_refresh_for_another_subject_ends(self):
         """A refresh whose ID token names another subject ends the session."""
-        h = Harness(self)
+        h = GuardStack(self)
         browser = logged_in(h)
         h.idp.refresh_sub = "someone-else"
         h.clock.advance(NEAR_EXPIRY)
@@ -140,16 +140,16 @@ class RefreshTests(SynchronousTestCase):
 
     def test_refresh_off(self):
         """session.refresh = "off": no refresh; the session lives on its own lifetime."""
-        h = Harness(self, config=make_config(session={"refresh": "off"}))
+        h = GuardStack(self, config=make_config(session={"refresh": "off"}))
         browser = logged_in(h)
         h.clock.advance(400)
         self.assertEqual(browser.get("/x", headers=API).code, 200)
         self.assertEqual(h.idp.refresh_count, 0)
 
 
-def with_logout_endpoints(case: SynchronousTestCase, **config: Any) -> Harness:
+def with_logout_endpoints(case: SynchronousTestCase, **config: Any) -> GuardStack:
     """A harness whose IdP advertises end_session_endpoint and revocation_endpoint."""
-    h = Harness(case, config=make_config(**config) if config else None, start=False)
+    h = GuardStack(case, config=make_config(**config) if config else None, start=False)
     h.idp.advertise_logout = True
     h.guard.start()
     h.network.pump()
@@ -157,7 +157,7 @@ def with_logout_endpoints(case: SynchronousTestCase, **config: Any) -> Harness:
 
 
 class LogoutTests(SynchronousTestCase):
-    def logout(self, h: Harness, browser: Any) -> Any:
+    def logout(self, h: GuardStack, browser: Any) -> Any:
         return browser.request(b"POST", "/oidc/logout?rd=/bye",
                                headers={b"origin": [APP.encode()]})
 
@@ -199,17 +199,17 @@ class LogoutTests(SynchronousTestCase):
 
     def test_without_idp_support(self):
         """An IdP without end_session/revocation endpoints: local logout, nothing sent."""
-        h = Harness(self)
+        h = GuardStack(self)
         page = self.logout(h, logged_in(h))
         self.assertEqual(page.location, APP + "/bye")
         self.assertEqual(h.idp.revoked, [])
 
 
 class BackchannelTests(SynchronousTestCase):
-    def harness(self) -> Harness:
-        return Harness(self, memory_store=True)
+    def harness(self) -> GuardStack:
+        return GuardStack(self, memory_store=True)
 
-    def logout_token(self, h: Harness, **claims: Any) -> str:
+    def logout_token(self, h: GuardStack, **claims: Any) -> str:
         now = int(h.clock.seconds())
         body: Dict[str, Any] = {
             "iss": ISSUER, "aud": CLIENT_ID, "iat": now, "jti": f"jti-{len(self.sent)}",
@@ -223,7 +223,7 @@ class BackchannelTests(SynchronousTestCase):
     def setUp(self):
         self.sent: List[str] = []
 
-    def post(self, h: Harness, token: str) -> Any:
+    def post(self, h: GuardStack, token: str) -> Any:
         self.sent.append(token)
         client = h.browser()
         return client.request(
@@ -287,7 +287,7 @@ class BackchannelTests(SynchronousTestCase):
 
     def test_cookie_store_501(self):
         """With the stateless cookie store the endpoint answers 501 and says why."""
-        h = Harness(self)
+        h = GuardStack(self)
         page = self.post(h, self.logout_token(h, sub="alice"))
         self.assertEqual(page.code, 501)
         self.assertIn("redis", page.json()["message"])
@@ -321,10 +321,10 @@ class MemoryStoreIndexTests(SynchronousTestCase):
 class RevocationListTests(SynchronousTestCase):
     """Cookie sessions with a revocation list (in Redis in production; a memory store here)."""
 
-    def harness(self) -> Harness:
+    def harness(self) -> GuardStack:
         from twisted.internet.task import Clock
 
-        h = Harness(self, start=False)
+        h = GuardStack(self, start=False)
         self.revocations = MemoryStore(Clock())
         h.guard.parts.revocations = self.revocations
         self.revocations._clock = h.clock
@@ -332,13 +332,13 @@ class RevocationListTests(SynchronousTestCase):
         h.network.pump()
         return h
 
-    def post(self, h: Harness, token: str) -> Any:
+    def post(self, h: GuardStack, token: str) -> Any:
         return h.browser().request(
             b"POST", "/oidc/backchannel-logout",
             headers={b"content-type": [b"application/x-www-form-urlencoded"]},
             body=urlencode({"logout_token": token}).encode())
 
-    def logout_token(self, h: Harness, jti: str, **claims: Any) -> str:
+    def logout_token(self, h: GuardStack, jti: str, **claims: Any) -> str:
         body = {"iss": ISSUER, "aud": CLIENT_ID, "iat": int(h.clock.seconds()), "jti": jti,
                 "events": {"http://schemas.openid.net/event/backchannel-logout": {}}, **claims}
         return h.idp.id_token(body)
@@ -530,14 +530,14 @@ class StoreFaultTests(SynchronousTestCase):
         globalLogPublisher.addObserver(self.events.append)
         self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
 
-    def harness(self, **config: Any) -> Harness:
+    def harness(self, **config: Any) -> GuardStack:
         self.store: FaultyStore = None  # type: ignore[assignment]
 
         def make(clock: Any) -> FaultyStore:
             self.store = FaultyStore(clock)
             return self.store
 
-        return Harness(self, config=make_config(**config) if config else None, store=make)
+        return GuardStack(self, config=make_config(**config) if config else None, store=make)
 
     def assertStore503(self, page: Any, navigate: bool = False, error: str = "down") -> None:
         from twisted.logger import LogLevel

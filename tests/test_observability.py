@@ -24,10 +24,8 @@ from twisted.internet.testing import MemoryReactor, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from oidcproxy import OIDCGuard
 from oidcproxy.config import ConfigError, parse_config
 from oidcproxy.core.metrics import Metrics, NullMetrics, metrics_site
-from oidcproxy.oidc.provider import ClientAuth, Provider
 from oidcproxy.proxy.routes import RouteTable
 from oidcproxy.proxy.upstream import UpstreamClient, UpstreamProxy
 from oidcproxy.service import ProxyService, body_limit_for
@@ -36,9 +34,15 @@ from oidcproxy.sessions.session import SessionStoreUnavailable
 from oidcproxy.sessions.stores.redis import RedisStore
 from oidcproxy.web.server import ProxySite
 
-from .fakes import RecordingUpstream, never_answer
+from .fakes import (
+    API,
+    USER_CLAIMS,
+    GuardStack,
+    RecordingUpstream,
+    make_config,
+    never_answer,
+)
 from .idp import ISSUER, KEY_ID
-from .test_guard import API, CLIENT_ID, CLIENT_SECRET, USER_CLAIMS, Harness, make_config
 
 Samples = Dict[Tuple[str, Tuple[Tuple[str, str], ...]], float]
 
@@ -72,26 +76,18 @@ class FlakyStore:
 
 
 def metered(case: SynchronousTestCase, config: Any = None, build: Any = None,
-            store: Any = None, discovery_status: int = 200) -> Tuple[Harness, Metrics]:
+            store: Any = None, discovery_status: int = 200) -> Tuple[GuardStack, Metrics]:
     """
-    The harness of L{tests.test_guard}, its guard (and provider) rebuilt to
-    count in a L{Metrics} of their own; started, discovery done.
+    A L{GuardStack} whose guard (and provider) count in a L{Metrics} of
+    their own; started, discovery done.
 
-    @param build: makes the guarded resource from the harness and the metrics.
+    @param build: makes the guarded resource from the stack and the metrics.
+    @param store: the session store (default: the cookie store).
     """
     metrics = Metrics()
-    h = Harness(case, config, discovery_status=discovery_status, start=False,
-                memory_store=store is not None)
-    oidc = h.config.oidc
-    assert oidc is not None
-    h.provider = Provider(ISSUER, ClientAuth(client_id=CLIENT_ID, client_secret=CLIENT_SECRET),
-                          h.stub, h.clock, timeout=oidc.timeout, metrics=metrics)
-    wrapped = build(h, metrics) if build is not None else h.app
-    h.guard = OIDCGuard(h.config, wrapped, h.clock, provider=h.provider, store=store,
-                        metrics=metrics)
-    case.addCleanup(h.guard.stop)
-    h.guard.start()
-    h.network.pump()
+    h = GuardStack(case, config, discovery_status=discovery_status, metrics=metrics,
+                   build=(lambda h: build(h, metrics)) if build is not None else None,
+                   store=(lambda clock: store) if store is not None else None)
     return h, metrics
 
 
@@ -197,7 +193,7 @@ class ReadyTests(SynchronousTestCase):
 # -- metrics ---------------------------------------------------------------------------------
 
 
-def callback(h: Harness, browser: Any, params: Dict[str, str], **issue: Any) -> Any:
+def callback(h: GuardStack, browser: Any, params: Dict[str, str], **issue: Any) -> Any:
     issue.setdefault("nonce", params["nonce"])
     code = h.idp.issue_code(claims=USER_CLAIMS, code_verifier_challenge=params["code_challenge"],
                             **issue)
@@ -312,7 +308,7 @@ class RequestMetricsTests(SynchronousTestCase):
         """
         upstream = RecordingUpstream()
 
-        def build(h: Harness, metrics: Metrics) -> UpstreamProxy:
+        def build(h: GuardStack, metrics: Metrics) -> UpstreamProxy:
             def client_factory(route: Any) -> UpstreamClient:
                 agent = h.network.add(RequestTraversalAgent(upstream))
                 return UpstreamClient(agent, route.settings.max_connections)
@@ -506,7 +502,7 @@ class RegistryTests(SynchronousTestCase):
 
     def test_default_metrics(self):
         """A guard given none makes its own; the parts default to a no-op."""
-        h = Harness(self)
+        h = GuardStack(self)
         self.assertIsInstance(h.guard.metrics, Metrics)
         h.browser().get("/oidc/health")
         metrics = h.guard.metrics

@@ -18,12 +18,11 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from oidcproxy.config import ConfigError
 
-from .test_guard import make_config
-from .test_parity_options import BuiltHarness
+from .fakes import GuardStack, make_config
 
 
 class IdPLimitTests(SynchronousTestCase):
-    def callbacks(self, h: BuiltHarness, count: int) -> List[Any]:
+    def callbacks(self, h: GuardStack, count: int) -> List[Any]:
         """C{count} browsers come back from the IdP at once; their pending callbacks."""
         pending = []
         for _ in range(count):
@@ -52,7 +51,7 @@ class IdPLimitTests(SynchronousTestCase):
         when the first exchange times out (504); the second waiter, which
         waited oidc.timeout, gets 503 with Retry-After.
         """
-        h = BuiltHarness(self, make_config(oidc={
+        h = GuardStack(self, make_config(oidc={
             "timeout": "5s", "max_concurrent_requests": 1, "max_queued_requests": 2}))
         h.idp.hold_token_requests = True
         first, second = self.callbacks(h, 2)

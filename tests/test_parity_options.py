@@ -15,33 +15,31 @@ from __future__ import annotations
 from typing import Any, Dict, List, Optional
 from urllib.parse import urlencode
 
-from treq.testing import StubTreq
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from oidcproxy import OIDCGuard
-from oidcproxy.config import Config, ConfigError
+from oidcproxy.config import ConfigError
 from oidcproxy.core.context import context
-from oidcproxy.oidc.provider import ClientAuth, Provider, ProviderError
+from oidcproxy.oidc.provider import ProviderError
 from oidcproxy.sessions.crypto import Sealer
 from oidcproxy.sessions.stores.memory import MemoryStore
 from oidcproxy.sessions.stores.redis import RedisStore
 
-from .idp import AUTHORIZATION_ENDPOINT, ISSUER, FakeIdP, Network
-from .test_guard import (
+from .fakes import (
     API,
     APP,
     CLIENT_ID,
     CLIENT_SECRET,
     SESSION_COOKIE,
     START,
-    App,
-    Harness,
+    GuardStack,
+    ProviderStack,
     make_config,
     open_session,
 )
+from .idp import AUTHORIZATION_ENDPOINT, FakeIdP
 from .test_tls import pki
 
 
@@ -67,32 +65,6 @@ class RecordingIdP(FakeIdP):
         return sum(1 for uri in self.uris if uri.split(b"?", 1)[0] == path)
 
 
-class BuiltHarness(Harness):
-    """
-    A L{Harness} whose guard builds its provider from the configuration
-    (C{discovery_params}, C{max_retries}, ...), talking to a L{RecordingIdP}.
-    """
-
-    def __init__(self, case: SynchronousTestCase, config: Optional[Config] = None,
-                 store: Any = None, start: bool = True) -> None:
-        self.case = case
-        self.clock = Clock()
-        self.clock.advance(START)
-        self.config = config or make_config()
-        self.network = Network()
-        self.idp = RecordingIdP(self.clock)
-        self.stub = self.network.add(StubTreq(self.idp))
-        self.app = App()
-        self.store = store
-        self.guard = OIDCGuard(self.config, self.app, self.clock, store=store,
-                               idp_http=self.stub)
-        self.provider = self.guard.parts.provider  # type: ignore[assignment]
-        case.addCleanup(self.guard.stop)
-        if start:
-            self.guard.start()
-            self.network.pump()
-
-
 def problems(**changes: Any) -> List[str]:
     """The problems C{make_config(**changes)} reports."""
     try:
@@ -115,7 +87,7 @@ def messages(events: List[Dict[str, Any]]) -> List[str]:
     return [formatEvent(e) for e in events]
 
 
-def callback(h: Harness, browser: Any, params: Dict[str, str], **issue: Any) -> Any:
+def callback(h: GuardStack, browser: Any, params: Dict[str, str], **issue: Any) -> Any:
     code = h.idp.issue_code(nonce=params["nonce"], code_verifier_challenge=params["code_challenge"],
                             **issue)
     return browser.navigate("/oidc/callback?" + urlencode({"code": code, "state": params["state"]}))
@@ -127,7 +99,7 @@ def callback(h: Harness, browser: Any, params: Dict[str, str], **issue: Any) -> 
 class RequestParameterTests(SynchronousTestCase):
     def test_discovery_params_reach_the_discovery_request(self):
         """oidc.discovery_params are the discovery request's query (and no other request's)."""
-        h = BuiltHarness(self, make_config(oidc={"discovery_params": {"p": "B2C_1_signin"}}))
+        h = GuardStack(self, make_config(oidc={"discovery_params": {"p": "B2C_1_signin"}}), idp=RecordingIdP)
         self.assertTrue(h.guard.parts.provider.ready)
         discovery = [u for u in h.idp.uris if u.startswith(b"/.well-known/")]
         self.assertEqual(discovery, [b"/.well-known/openid-configuration?p=B2C_1_signin"])
@@ -135,14 +107,14 @@ class RequestParameterTests(SynchronousTestCase):
 
     def test_auth_params_added(self):
         """oidc.auth_params go into the authorization request."""
-        h = BuiltHarness(self, make_config(oidc={"auth_params": {"prompt": "consent",
-                                                                 "acr_values": "mfa"}}))
+        h = GuardStack(self, make_config(oidc={"auth_params": {"prompt": "consent",
+                                                                 "acr_values": "mfa"}}), idp=RecordingIdP)
         params = h.authorize(h.browser())
         self.assertEqual((params["prompt"], params["acr_values"]), ("consent", "mfa"))
 
     def test_empty_prompt_removes_the_parameter(self):
         """An empty value (prompt = "") sends no prompt at all, not an empty one."""
-        h = BuiltHarness(self, make_config(oidc={"auth_params": {"prompt": ""}}))
+        h = GuardStack(self, make_config(oidc={"auth_params": {"prompt": ""}}), idp=RecordingIdP)
         page = h.browser().navigate("/")
         self.assertEqual(page.code, 302)
         self.assertTrue(page.location.startswith(AUTHORIZATION_ENDPOINT + "?"))
@@ -155,19 +127,20 @@ class RequestParameterTests(SynchronousTestCase):
 class LandingPageTests(SynchronousTestCase):
     def test_post_login_redirect_path(self):
         """post_login_redirect_url (a path) replaces the return-to after login."""
-        h = BuiltHarness(self, make_config(oidc={"post_login_redirect_url": "/welcome?new=1"}))
+        h = GuardStack(self, make_config(oidc={"post_login_redirect_url": "/welcome?new=1"}),
+                       idp=RecordingIdP)
         page = h.login(h.browser(), path="/deep/page")
         self.assertEqual((page.code, page.location), (302, APP + "/welcome?new=1"))
 
     def test_post_login_redirect_absolute(self):
         """An absolute post_login_redirect_url on public_url's origin is used as it is."""
-        h = BuiltHarness(self, make_config(oidc={"post_login_redirect_url": APP + "/home"}))
+        h = GuardStack(self, make_config(oidc={"post_login_redirect_url": APP + "/home"}), idp=RecordingIdP)
         page = h.login(h.browser(), path="/deep/page")
         self.assertEqual(page.location, APP + "/home")
 
     def test_return_to_without_it(self):
         """Without post_login_redirect_url the browser lands where the login started."""
-        h = BuiltHarness(self)
+        h = GuardStack(self, idp=RecordingIdP)
         self.assertEqual(h.login(h.browser(), path="/deep/page").location, APP + "/deep/page")
 
     def test_post_login_redirect_validation(self):
@@ -184,7 +157,7 @@ class LandingPageTests(SynchronousTestCase):
 
     def test_post_logout_redirect_without_idp_logout(self):
         """post_logout_redirect_url is where the logout lands, whatever its rd said."""
-        h = BuiltHarness(self, make_config(oidc={"post_logout_redirect_url": "/bye"}))
+        h = GuardStack(self, make_config(oidc={"post_logout_redirect_url": "/bye"}), idp=RecordingIdP)
         browser = h.logged_in()
         page = browser.request(b"POST", "/oidc/logout?rd=/elsewhere",
                                headers={b"origin": [APP.encode()]})
@@ -192,7 +165,8 @@ class LandingPageTests(SynchronousTestCase):
 
     def test_post_logout_redirect_at_the_idp(self):
         """With IdP logout it is the post_logout_redirect_uri sent there (a path made absolute)."""
-        h = BuiltHarness(self, make_config(oidc={"post_logout_redirect_url": "/bye"}), start=False)
+        h = GuardStack(self, make_config(oidc={"post_logout_redirect_url": "/bye"}), start=False,
+                       idp=RecordingIdP)
         h.idp.advertise_logout = True
         h.guard.start()
         h.network.pump()
@@ -221,8 +195,8 @@ class LandingPageTests(SynchronousTestCase):
 
 
 class LoginURLTests(SynchronousTestCase):
-    def harness(self) -> BuiltHarness:
-        return BuiltHarness(self, make_config(oidc={"login_url": "/signin"}))
+    def harness(self) -> GuardStack:
+        return GuardStack(self, make_config(oidc={"login_url": "/signin"}), idp=RecordingIdP)
 
     def test_navigation_gets_401(self):
         """With login_url, a browser navigation without a session gets 401, no redirect."""
@@ -253,7 +227,7 @@ class LoginURLTests(SynchronousTestCase):
 
     def test_disable_login(self):
         """disable_login: navigations get 401 and no endpoint starts a login."""
-        h = BuiltHarness(self, make_config(oidc={"disable_login": True}))
+        h = GuardStack(self, make_config(oidc={"disable_login": True}), idp=RecordingIdP)
         browser = h.browser()
         self.assertEqual(browser.navigate("/x").code, 401)
         self.assertEqual(browser.navigate("/oidc/login").code, 404)
@@ -261,7 +235,7 @@ class LoginURLTests(SynchronousTestCase):
 
     def test_default_still_redirects(self):
         """Without either, a navigation is sent to the IdP (the control case)."""
-        h = BuiltHarness(self)
+        h = GuardStack(self, idp=RecordingIdP)
         self.assertEqual(h.browser().navigate("/x").code, 302)
 
     def test_validation(self):
@@ -280,7 +254,7 @@ class LoginURLTests(SynchronousTestCase):
 class LogoutPathTests(SynchronousTestCase):
     def test_logout_path(self):
         """logout_path is the logout endpoint (its page posts to it); the prefix's is gone."""
-        h = BuiltHarness(self, make_config(oidc={"logout_path": "/signout"}))
+        h = GuardStack(self, make_config(oidc={"logout_path": "/signout"}), idp=RecordingIdP)
         browser = h.logged_in()
         page = browser.get("/signout")
         self.assertEqual(page.code, 200)
@@ -305,9 +279,9 @@ class LogoutPathTests(SynchronousTestCase):
 class StateCookieTests(SynchronousTestCase):
     def test_attributes(self):
         """name, path, domain, same_site, secure, http_only and max_age shape the state cookie."""
-        h = BuiltHarness(self, make_config(state_cookie={
+        h = GuardStack(self, make_config(state_cookie={
             "name": "st", "path": "/oidc", "domain": "app.test", "same_site": "None",
-            "secure": True, "http_only": False, "max_age": "2m"}))
+            "secure": True, "http_only": False, "max_age": "2m"}), idp=RecordingIdP)
         browser = h.browser()
         page = browser.navigate("/x")
         state = page.location_query()["state"][0]
@@ -324,7 +298,7 @@ class StateCookieTests(SynchronousTestCase):
 
     def test_defaults(self):
         """By default: __Host- prefixed, Path=/, HttpOnly, SameSite=Lax, Max-Age=600."""
-        h = BuiltHarness(self)
+        h = GuardStack(self, idp=RecordingIdP)
         page = h.browser().navigate("/x")
         state = page.location_query()["state"][0]
         cookie = page.cookie("__Host-oidcproxy_state_" + state)
@@ -334,7 +308,7 @@ class StateCookieTests(SynchronousTestCase):
 
     def test_not_secure(self):
         """secure = false: no Secure flag and no security prefix."""
-        h = BuiltHarness(self, make_config(state_cookie={"secure": False}))
+        h = GuardStack(self, make_config(state_cookie={"secure": False}), idp=RecordingIdP)
         page = h.browser().navigate("/x")
         state = page.location_query()["state"][0]
         cookie = page.cookie("oidcproxy_state_" + state)
@@ -342,7 +316,7 @@ class StateCookieTests(SynchronousTestCase):
 
     def test_max_age_ends_the_attempt(self):
         """An attempt older than state_cookie.max_age is refused at the callback."""
-        h = BuiltHarness(self, make_config(state_cookie={"max_age": "2m"}))
+        h = GuardStack(self, make_config(state_cookie={"max_age": "2m"}), idp=RecordingIdP)
         browser = h.browser()
         params = h.authorize(browser)
         h.clock.advance(121)
@@ -411,7 +385,7 @@ class SlidingSessionTests(SynchronousTestCase):
 
     def test_login_cookie_lasts_the_idle_window(self):
         """With sliding, the login's cookie expires after idle_timeout, not lifetime."""
-        h = BuiltHarness(self, make_config(session=self.SLIDING))
+        h = GuardStack(self, make_config(session=self.SLIDING), idp=RecordingIdP)
         browser = h.browser()
         page = h.login(browser)
         self.assertEqual(max_age(page), 1200)
@@ -419,7 +393,7 @@ class SlidingSessionTests(SynchronousTestCase):
 
     def test_activity_pushes_the_expiry(self):
         """Each request within the window moves the cookie's expiry to idle_timeout from now."""
-        h = BuiltHarness(self, make_config(session=self.SLIDING))
+        h = GuardStack(self, make_config(session=self.SLIDING), idp=RecordingIdP)
         browser = h.logged_in()
         h.clock.advance(600)
         page = browser.get("/x", headers=API)
@@ -428,7 +402,7 @@ class SlidingSessionTests(SynchronousTestCase):
 
     def test_never_beyond_lifetime(self):
         """Active all along, the session still ends lifetime after login."""
-        h = BuiltHarness(self, make_config(session=self.SLIDING))
+        h = GuardStack(self, make_config(session=self.SLIDING), idp=RecordingIdP)
         browser = h.logged_in()
         for _ in range(5):
             h.clock.advance(600)
@@ -439,7 +413,7 @@ class SlidingSessionTests(SynchronousTestCase):
 
     def test_fixed_without_sliding(self):
         """Without sliding the cookie's expiry stays lifetime after login, whatever the activity."""
-        h = BuiltHarness(self, make_config(session={"idle_timeout": "20m", "lifetime": "1h"}))
+        h = GuardStack(self, make_config(session={"idle_timeout": "20m", "lifetime": "1h"}), idp=RecordingIdP)
         browser = h.browser()
         self.assertEqual(max_age(h.login(browser)), 3600)
         h.clock.advance(600)
@@ -450,14 +424,10 @@ class SlidingSessionTests(SynchronousTestCase):
     def test_redis_ttl_follows(self):
         """In Redis the entry's TTL is the sliding expiry too (idle window, capped by lifetime)."""
         redis = RecordingRedis()
-        h = BuiltHarness(self, make_config(session=dict(self.SLIDING, store="redis"),
+        h = GuardStack(self, make_config(session=dict(self.SLIDING, store="redis"),
                                            redis={"url": "redis://127.0.0.1:6379/0"}),
-                         start=False)
-        store = RedisStore(redis, Sealer([b"r" * 32]), h.clock)
-        h.guard = OIDCGuard(h.config, h.app, h.clock, store=store, idp_http=h.stub)
-        self.addCleanup(h.guard.stop)
-        h.guard.start()
-        h.network.pump()
+                       store=lambda clock: RedisStore(redis, Sealer([b"r" * 32]), clock),
+                       idp=RecordingIdP)
         browser = h.logged_in()
         self.assertEqual(redis.ttls, [1200_000])
         h.clock.advance(600)
@@ -471,14 +441,10 @@ class SlidingSessionTests(SynchronousTestCase):
     def test_redis_ttl_capped_by_lifetime(self):
         """Near the end of the lifetime the TTL is what the lifetime has left."""
         redis = RecordingRedis()
-        h = BuiltHarness(self, make_config(session=dict(self.SLIDING, store="redis"),
+        h = GuardStack(self, make_config(session=dict(self.SLIDING, store="redis"),
                                            redis={"url": "redis://127.0.0.1:6379/0"}),
-                         start=False)
-        store = RedisStore(redis, Sealer([b"r" * 32]), h.clock)
-        h.guard = OIDCGuard(h.config, h.app, h.clock, store=store, idp_http=h.stub)
-        self.addCleanup(h.guard.stop)
-        h.guard.start()
-        h.network.pump()
+                       store=lambda clock: RedisStore(redis, Sealer([b"r" * 32]), clock),
+                       idp=RecordingIdP)
         browser = h.logged_in()
         for _ in range(5):
             h.clock.advance(600)
@@ -493,7 +459,7 @@ class SlidingSessionTests(SynchronousTestCase):
 
     def test_cookie_secure_false(self):
         """session.cookie_secure = false: no Secure flag (and no __Host- prefix) on https."""
-        h = BuiltHarness(self, make_config(session={"cookie_secure": False}))
+        h = GuardStack(self, make_config(session={"cookie_secure": False}), idp=RecordingIdP)
         page = h.login(h.browser())
         cookie = page.cookie("oidcproxy")
         self.assertIsNotNone(cookie, [c.name for c in page.set_cookies])
@@ -514,7 +480,7 @@ class SlidingSessionTests(SynchronousTestCase):
 
 
 class UsernameClaimTests(SynchronousTestCase):
-    def user_of(self, h: Harness, browser: Any, path: str = "/x", **kwargs: Any) -> Any:
+    def user_of(self, h: GuardStack, browser: Any, path: str = "/x", **kwargs: Any) -> Any:
         seen: List[Any] = []
         h.app.action = lambda request: seen.append(context(request).user)
         browser.get(path, headers=kwargs.pop("headers", API), **kwargs)
@@ -522,25 +488,25 @@ class UsernameClaimTests(SynchronousTestCase):
 
     def test_default_is_sub(self):
         """Without username_claim the access log's user is the sub."""
-        h = BuiltHarness(self)
+        h = GuardStack(self, idp=RecordingIdP)
         browser = h.logged_in(sub="u-1", claims={"email": "a@x.test"})
         self.assertEqual(self.user_of(h, browser), "u-1")
 
     def test_claim(self):
         """username_claim names the claim shown as the user."""
-        h = BuiltHarness(self, make_config(username_claim="email"))
+        h = GuardStack(self, make_config(username_claim="email"), idp=RecordingIdP)
         browser = h.logged_in(sub="u-1", claims={"email": "a@x.test"})
         self.assertEqual(self.user_of(h, browser), "a@x.test")
 
     def test_missing_claim_falls_back_to_sub(self):
         """A session without that claim shows its sub."""
-        h = BuiltHarness(self, make_config(username_claim="email"))
+        h = GuardStack(self, make_config(username_claim="email"), idp=RecordingIdP)
         browser = h.logged_in(sub="u-1")
         self.assertEqual(self.user_of(h, browser), "u-1")
 
     def test_control_characters_replaced(self):
         """A claim value cannot break the access log line."""
-        h = BuiltHarness(self, make_config(username_claim="name"))
+        h = GuardStack(self, make_config(username_claim="name"), idp=RecordingIdP)
         browser = h.logged_in(sub="u-1", claims={"name": "eve\nFAKE LINE"})
         self.assertEqual(self.user_of(h, browser), "eve?FAKE LINE")
 
@@ -548,8 +514,8 @@ class UsernameClaimTests(SynchronousTestCase):
         """A bearer-authenticated request shows its token's claim."""
         from .test_guard_authz import access_token, bearer
 
-        h = BuiltHarness(self, make_config(username_claim="client_id", routes=[
-            {"path": "/", "upstream": "http://up.test", "auth": "session_or_bearer"}]))
+        h = GuardStack(self, make_config(username_claim="client_id", routes=[
+            {"path": "/", "upstream": "http://up.test", "auth": "session_or_bearer"}]), idp=RecordingIdP)
         token = access_token(h, client_id="svc-client")
         self.assertEqual(self.user_of(h, h.browser(), headers=bearer(token)), "svc-client")
 
@@ -560,7 +526,7 @@ class UsernameClaimTests(SynchronousTestCase):
 
         from oidcproxy.web.server import ProxySite
 
-        h = BuiltHarness(self, make_config(username_claim="email"))
+        h = GuardStack(self, make_config(username_claim="email"), idp=RecordingIdP)
         browser = h.logged_in(sub="u-1", claims={"email": "a@x.test"})
         events = captured_log(self)
         site = ProxySite(h.guard, clock=h.clock, body_limit=lambda host, target: (100, None, None),
@@ -578,14 +544,9 @@ class UsernameClaimTests(SynchronousTestCase):
 
 class RetryTests(SynchronousTestCase):
     def provider(self, max_retries: int) -> Any:
-        clock = Clock()
-        idp = RecordingIdP(clock)
-        network = Network()
-        stub = network.add(StubTreq(idp))
-        provider = Provider(ISSUER, ClientAuth(client_id=CLIENT_ID, client_secret=CLIENT_SECRET),
-                            stub, clock, max_retries=max_retries)
-        self.addCleanup(provider.stop)
-        return provider, idp, network, clock
+        stack = ProviderStack(RecordingIdP, start=False, max_retries=max_retries)
+        self.addCleanup(stack.provider.stop)
+        return stack.provider, stack.idp, stack.network, stack.clock
 
     def test_discovery_retried(self):
         """A discovery request answered 503 is made again after the backoff (0.5 s)."""
@@ -679,7 +640,7 @@ class RetryTests(SynchronousTestCase):
 
     def test_config_reaches_the_guards_provider(self):
         """oidc.max_retries is the provider's: the guard's discovery is retried."""
-        h = BuiltHarness(self, make_config(oidc={"max_retries": 2}), start=False)
+        h = GuardStack(self, make_config(oidc={"max_retries": 2}), start=False, idp=RecordingIdP)
         h.idp.failures[b"/.well-known/openid-configuration"] = 1
         h.guard.start()
         h.network.pump()
@@ -743,7 +704,7 @@ class IdPTLSTests(SynchronousTestCase):
         """insecure_skip_verify logs a warning at every start and every reload."""
         events = captured_log(self)
         config = make_config(oidc={"insecure_skip_verify": True})
-        h = BuiltHarness(self, config)
+        h = GuardStack(self, config, idp=RecordingIdP)
         warned = [m for m in messages(events) if "insecure_skip_verify is on" in m]
         self.assertEqual(len(warned), 1)
         h.guard.reconfigure(config, h.guard.routes, h.app)
@@ -753,19 +714,16 @@ class IdPTLSTests(SynchronousTestCase):
     def test_no_warning_by_default(self):
         """Without it, nothing is said."""
         events = captured_log(self)
-        BuiltHarness(self)
+        GuardStack(self, idp=RecordingIdP)
         self.assertEqual([m for m in messages(events) if "insecure_skip_verify" in m], [])
 
 
 class StoreUsedTests(SynchronousTestCase):
     def test_memory_store_sliding(self):
         """Sliding works with any store: a memory store's session moves too."""
-        store = MemoryStore(Clock())
-        h = BuiltHarness(self, make_config(session=SlidingSessionTests.SLIDING), store=store,
-                         start=False)
-        store._clock = h.clock
-        h.guard.start()
-        h.network.pump()
+        h = GuardStack(self, make_config(session=SlidingSessionTests.SLIDING), store=MemoryStore,
+                       idp=RecordingIdP)
+        store = h.store
         browser = h.logged_in()
         h.clock.advance(600)
         browser.get("/x", headers=API)

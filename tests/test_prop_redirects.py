@@ -16,9 +16,9 @@ from twisted.trial.unittest import SynchronousTestCase
 from oidcproxy.oidc.login import safe_return_to
 
 from .adversarial import APP, Stack, extra_redirects, open_state
+from .fakes import STATE_PREFIX
 from .idp import Page
 from .props import given, scaled
-from .test_guard import STATE_PREFIX
 from .urls import browser_resolve, origin
 
 PUBLIC = APP + "/"

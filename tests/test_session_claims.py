@@ -14,16 +14,16 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from oidcproxy.sessions.session import PROXY_CLAIMS, claims_in_use, kept_claims
 
-from .idp import ISSUER
-from .test_guard import (
+from .fakes import (
     API,
     SESSION_COOKIE,
-    Harness,
+    GuardStack,
     make_config,
     open_session,
     session_cookie_names,
     state_cookies,
 )
+from .idp import ISSUER
 
 GROUPS = [f"team-{i:04d}" for i in range(2000)]
 """What some IdPs put in an ID token: 2,000 groups (24 KB of JSON, 32 KB in the ID token)."""
@@ -78,7 +78,7 @@ class TooLargeTests(SynchronousTestCase):
         globalLogPublisher.addObserver(self.events.append)
         self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
 
-    def callback(self, h: Harness, headers: Dict[bytes, List[bytes]], **claims: Any) -> Any:
+    def callback(self, h: GuardStack, headers: Dict[bytes, List[bytes]], **claims: Any) -> Any:
         browser = h.browser()
         params = h.authorize(browser)
         code = h.idp.issue_code(nonce=params["nonce"], sub="alice", claims=claims,
@@ -114,7 +114,7 @@ class TooLargeTests(SynchronousTestCase):
         the session's size and the limit, the largest part (the ID token),
         the large claim, and every fix.
         """
-        h = Harness(self)
+        h = GuardStack(self)
         browser, page = self.callback(h, HTML, groups=GROUPS)
         self.assertRefused(browser, page, as_json=False)
         line = self.too_large_line()
@@ -133,7 +133,7 @@ class TooLargeTests(SynchronousTestCase):
     def test_limit_from_max_cookie_chunks(self):
         """In the proxy (max_cookie_bytes from the chunks) the fix names max_cookie_chunks."""
         config = make_config(session={"max_cookie_chunks": 2})
-        h = Harness(self, config=config)
+        h = GuardStack(self, config=config)
         browser, page = self.callback(h, HTML, groups=GROUPS)
         self.assertRefused(browser, page, as_json=False)
         line = self.too_large_line()
@@ -145,7 +145,7 @@ class TooLargeTests(SynchronousTestCase):
         Without tokens in the cookie the claims are the large part: the log
         says so and how small session.claims = "used" would make them.
         """
-        h = Harness(self, config=make_config(session={"store_tokens": False}))
+        h = GuardStack(self, config=make_config(session={"store_tokens": False}))
         browser, page = self.callback(h, HTML, groups=GROUPS, picture="p" * 10_000)
         self.assertRefused(browser, page, as_json=False)
         line = self.too_large_line()
@@ -158,7 +158,7 @@ class TooLargeTests(SynchronousTestCase):
         session.claims = "used" but the ID token (with its 2,000 groups) is
         stored: still a 502, and the log points at the ID token.
         """
-        h = Harness(self, config=make_config(session={"claims": "used"},
+        h = GuardStack(self, config=make_config(session={"claims": "used"},
                                              headers={"X-Forwarded-User": "sub"}))
         browser, page = self.callback(h, HTML, groups=GROUPS)
         self.assertRefused(browser, page, as_json=False)
@@ -181,7 +181,7 @@ ROLES_CONFIG = dict(
 class UsedClaimsTests(SynchronousTestCase):
     """session.claims = "used": a session with 2,000 groups fits, headers and rules work."""
 
-    def login(self, h: Harness, **claims: Any) -> Any:
+    def login(self, h: GuardStack, **claims: Any) -> Any:
         browser = h.browser()
         page = h.login(browser, sub=claims.pop("sub", "alice"), claims=claims)
         self.assertEqual(page.code, 302, page.body)
@@ -194,7 +194,7 @@ class UsedClaimsTests(SynchronousTestCase):
         one cookie, the identity headers and the route rule see the claims
         they use, and neither the app nor /oidc/userinfo sees the groups.
         """
-        h = Harness(self, config=make_config(**ROLES_CONFIG))
+        h = GuardStack(self, config=make_config(**ROLES_CONFIG))
         alice = self.login(h, groups=GROUPS, roles=["admin", "dev"],
                            preferred_username="alice", picture="https://x/a.png")
         self.assertEqual(session_cookie_names(alice), [SESSION_COOKIE])
@@ -217,7 +217,7 @@ class UsedClaimsTests(SynchronousTestCase):
 
     def test_all_claims_by_default(self):
         """Without the opt-in every claim is kept (what an embedded app or /userinfo shows)."""
-        h = Harness(self)
+        h = GuardStack(self)
         alice = self.login(h, picture="https://x/a.png", preferred_username="alice")
         self.assertEqual(open_session(alice.jar[SESSION_COOKIE]).claims["picture"],
                          "https://x/a.png")
@@ -228,7 +228,7 @@ class UsedClaimsTests(SynchronousTestCase):
         the used ones (any store: here a server-side one, which keeps the
         refresh token).
         """
-        h = Harness(self, config=make_config(session={"claims": "used"}), memory_store=True)
+        h = GuardStack(self, config=make_config(session={"claims": "used"}), memory_store=True)
         alice = self.login(h, groups=["a"], preferred_username="alice", picture="x")
         for grant in h.idp.refresh_grants.values():
             grant.claims.update(groups=["a", "b"], picture="p" * 30_000)
@@ -256,7 +256,7 @@ class RefreshTooLargeTests(SynchronousTestCase):
         events: List[Dict[str, Any]] = []
         globalLogPublisher.addObserver(events.append)
         self.addCleanup(globalLogPublisher.removeObserver, events.append)
-        h = Harness(self)
+        h = GuardStack(self)
         browser = h.browser()
         self.assertEqual(h.login(browser, sub="alice").code, 302)
         before = browser.jar[SESSION_COOKIE]

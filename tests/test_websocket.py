@@ -35,8 +35,7 @@ from oidcproxy.proxy.websocket.head import ChunkedBody
 from oidcproxy.service import body_limit_for
 from oidcproxy.web.server import ProxySite
 
-from .fakes import HangingAgent, RecordingUpstream
-from .test_guard import APP, Harness, make_config
+from .fakes import APP, HangingAgent, ProxyStack, RecordingUpstream, fake_idp, make_config
 from .test_upstream import ProxyHarness, _real_request, route
 
 SWITCH = (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -124,19 +123,12 @@ class WSHarness:
         self.metrics = Metrics()
         self.sockets = SocketRegistry(limit, lifetime, self.metrics)
         self.agent = HangingAgent()
-        cfg = make_config(**config)
-
-        def build(h: Harness) -> UpstreamProxy:
-            return UpstreamProxy(
-                RouteTable(h.config.routes), h.clock, metrics=self.metrics, sockets=self.sockets,
-                endpoints=self.endpoint,
-                client_factory=lambda r: UpstreamClient(self.agent, 10))
-
-        self.h = Harness(case, config=cfg, build=build, memory_store=memory_store)
+        self.h = ProxyStack(case, make_config(**config), idp=fake_idp, agent=self.agent,
+                            metrics=self.metrics, memory_store=memory_store,
+                            proxy_kwargs={"sockets": self.sockets, "endpoints": self.endpoint},
+                            body_limit=10_000, access_log=True)
         self.clock = self.h.clock
-        self.site = ProxySite(self.h.guard, clock=self.clock,
-                              body_limit=body_limit_for(RouteTable(cfg.routes), 10_000),
-                              reactor=self.clock, metrics=self.metrics)
+        self.site = self.h.site
         self.events: List[Dict[str, Any]] = []
         globalLogPublisher.addObserver(self.events.append)
         case.addCleanup(globalLogPublisher.removeObserver, self.events.append)
@@ -465,8 +457,8 @@ class LogoutTests(SynchronousTestCase):
         """Back-channel logout by sid closes the sockets of that IdP session."""
         from urllib.parse import urlencode
 
+        from .fakes import CLIENT_ID
         from .idp import ISSUER
-        from .test_guard import CLIENT_ID
 
         w = WSHarness(self, memory_store=True)
         client = w.open_socket()
@@ -847,8 +839,8 @@ class ContextTests(SynchronousTestCase):
 
 
 def bearer_token(w: WSHarness) -> bytes:
+    from .fakes import CLIENT_ID
     from .idp import ISSUER
-    from .test_guard import CLIENT_ID
 
     now = int(w.clock.seconds())
     # An access token shows it is one (scope): under the default audience a

@@ -1,7 +1,7 @@
 """
 Driving one unit of the guard (an endpoint, the session or bearer path)
 directly: its L{GuardState} is a guard's, built the production way by a
-L{tests.test_guard.Harness}, and its requests are real twisted.web requests
+L{tests.fakes.GuardStack}, and its requests are real twisted.web requests
 made here, answered in memory.
 """
 
@@ -16,7 +16,7 @@ from twisted.web.test.requesthelper import DummyChannel
 
 from oidcproxy.web.parts import GuardState
 
-from .test_guard import Harness
+from .fakes import GuardStack
 
 
 class UnitRequest(Request):
@@ -54,10 +54,9 @@ class UnitRequest(Request):
         return self.responseHeaders.getRawHeaders(b"set-cookie", [])
 
 
-def state_of(h: Harness) -> GuardState:
+def state_of(h: GuardStack) -> GuardState:
     """The state the units of C{h}'s guard share."""
-    state: GuardState = h.guard._state
-    return state
+    return h.state
 
 
 def session_cookie(browser: Any) -> Dict[bytes, Sequence[bytes]]:
