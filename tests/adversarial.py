@@ -3,12 +3,12 @@ Shared parts of the adversarial suite (C{tests/test_adv_*.py}): the whole
 proxy in memory, generators of hostile inputs, and helpers that name the
 input in every failure message.
 
-L{Stack} is the proxy as the service builds it: an L{OIDCGuard} in front of an
-L{UpstreamProxy} whose only upstream is a L{RecordingUpstream} (every request's
-method, target and headers, repeats included), with a L{HostileIdP} behind a
-real L{Provider}, all on one L{Clock}. Requests go in either through a
-L{Browser} (treq's in-memory agent) or as raw bytes through a real
-L{ProxySite} channel on a L{StringTransport}, where the exact bytes matter
+The proxy under attack is L{tests.fakes.ProxyStack}: the guard in front of
+the upstream proxy whose only upstream is a L{RecordingUpstream} (every
+request's method, target and headers, repeats included), with a
+L{HostileIdP} behind the real IdP client, all on one Clock. Requests go in
+either through a browser (treq's in-memory agent) or as raw bytes through a
+real L{ProxySite} channel (C{ProxyStack.raw}), where the exact bytes matter
 (absolute-form targets, duplicate or odd header names, header limits).
 
 The open-redirect corpus is oauth2-proxy's C{testdata/openredirects.txt} (MIT
@@ -19,33 +19,20 @@ be given in C{$OIDCPROXY_REDIRECT_CORPUS}.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 import random
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Sequence, Tuple
 from urllib.parse import quote, unquote
 
-from treq.testing import RequestTraversalAgent, StubTreq
-from twisted.internet.address import IPv4Address
-from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from oidcproxy import OIDCGuard
-from oidcproxy.config import Config
 from oidcproxy.oidc.login import STATE_PURPOSE, LoginAttempt
-from oidcproxy.oidc.provider import ClientAuth, Provider
 from oidcproxy.proxy.headers import canonical_header
-from oidcproxy.proxy.routes import RouteTable
-from oidcproxy.proxy.upstream import UpstreamClient, UpstreamProxy
-from oidcproxy.service import body_limit_for, max_header_size
 from oidcproxy.sessions.crypto import Sealer
-from oidcproxy.sessions.stores.memory import MemoryStore
-from oidcproxy.web.server import ProxySite
 
-from .fakes import APP, CLIENT_ID, CLIENT_SECRET, SECRET, START, RecordingUpstream, make_config
-from .idp import ISSUER, Browser, FakeIdP, Network, Page, public_jwk
+from .fakes import APP, CLIENT_ID, CLIENT_SECRET, PROXY_ROUTES, SECRET
+from .idp import ISSUER, Page
 
 __all__ = ["APP", "CLIENT_ID", "CLIENT_SECRET", "ISSUER", "SECRET"]
 
@@ -61,15 +48,7 @@ PUBLIC_ORIGIN_ROOT = APP + "/"
 
 API = {b"accept": [b"application/json"]}
 
-ROUTES = [
-    {"path": "/public", "upstream": "http://up.test", "auth": "none"},
-    {"path": "/opt", "upstream": "http://up.test", "auth": "optional"},
-    {"path": "/cors", "upstream": "http://up.test", "cors_preflight": True},
-    {"path": "/api", "upstream": "http://up.test", "auth": "bearer"},
-    {"path": "/mixed", "upstream": "http://up.test", "auth": "session_or_bearer"},
-    {"path": "/small", "upstream": "http://up.test", "auth": "none", "max_body_size": 1024},
-    {"path": "/", "upstream": "http://up.test"},
-]
+ROUTES = PROXY_ROUTES
 
 
 # -- inputs ------------------------------------------------------------------------------
@@ -252,147 +231,6 @@ def spellings(name: str) -> List[str]:
 def same_header(name: bytes, wanted: bytes) -> bool:
     """Whether C{name} is C{wanted} to an upstream that folds case, C{_} and C{.}."""
     return canonical_header(name) == canonical_header(wanted)
-
-
-# -- the IdP ---------------------------------------------------------------------------
-
-
-class HostileIdP(FakeIdP):
-    """
-    The fake IdP with hooks for a hostile one: C{forge} replaces the ID
-    token it would sign (at login and refresh) with anything; C{extra_keys}
-    go into its JWKS beside its own key.
-    """
-
-    def __init__(self, clock: Any, client_id: str, client_secret: Optional[str] = None) -> None:
-        super().__init__(clock, client_id, client_secret)
-        self.forge: Optional[Callable[[Dict[str, Any]], str]] = None
-        self.extra_keys: List[Dict[str, Any]] = []
-        self.jwks_fetches = 0
-
-    def id_token(self, claims: Any, kid: Optional[str] = None) -> str:
-        if self.forge is not None:
-            return self.forge(dict(claims))
-        return super().id_token(claims) if kid is None else super().id_token(claims, kid)
-
-    def render(self, request: Any) -> Any:
-        if request.path == b"/jwks":
-            self.jwks_fetches += 1
-            return self._json(request, 200, {"keys": [public_jwk(), *self.extra_keys]})
-        return super().render(request)
-
-
-# -- the proxy ---------------------------------------------------------------------------
-
-
-class Stack:
-    """
-    The proxy, whole and in memory (see the module docstring).
-
-    @param config: default: L{make_config} with L{ROUTES}.
-    @param memory_store: sessions in a L{MemoryStore} (needed for
-        back-channel logout); default: the stateless cookie store.
-    @param trusted: peers whose forwarding headers are believed (default:
-        the configuration's C{trusted_proxies}).
-    @param idp_logout: the IdP advertises end_session and revocation endpoints.
-    @param jwks_extra: more public JWKs in the IdP's JWKS, beside its own.
-    """
-
-    def __init__(self, case: SynchronousTestCase, config: Optional[Config] = None,
-                 memory_store: bool = False, trusted: Sequence[str] = (),
-                 idp_logout: bool = False, jwks_extra: Sequence[Dict[str, Any]] = ()) -> None:
-        self.case = case
-        self.clock = Clock()
-        self.clock.advance(START)
-        self.config = config or make_config(routes=ROUTES)
-        self.network = Network()
-        self.idp = HostileIdP(self.clock, CLIENT_ID, CLIENT_SECRET)
-        self.idp.advertise_logout = idp_logout
-        self.idp.extra_keys = list(jwks_extra)
-        self.stub = self.network.add(StubTreq(self.idp))
-        oidc = self.config.oidc
-        assert oidc is not None
-        self.provider = Provider(ISSUER, ClientAuth(client_id=CLIENT_ID, client_secret=CLIENT_SECRET),
-                                 self.stub, self.clock, timeout=oidc.timeout,
-                                 jwks_min_refresh=oidc.jwks_min_refresh_interval)
-        self.upstream = RecordingUpstream()
-        routes = RouteTable(self.config.routes)
-        trusted_nets = [ipaddress.ip_network(t) for t in trusted] or list(self.config.trusted_proxies)
-
-        def client_factory(route: Any) -> UpstreamClient:
-            agent = self.network.add(RequestTraversalAgent(self.upstream))
-            return UpstreamClient(agent, route.settings.max_connections)
-
-        self.proxy = UpstreamProxy(routes, self.clock, trusted_nets, client_factory=client_factory)
-        self.store = MemoryStore(self.clock) if memory_store else None
-        self.guard = OIDCGuard(self.config, self.proxy, self.clock, provider=self.provider,
-                               store=self.store, routes=routes,
-                               max_cookie_bytes=self.config.session.max_cookie_chunks * 3800)
-        self.site = ProxySite(self.guard, clock=self.clock,
-                              body_limit=body_limit_for(routes, self.config.upstream.max_body_size),
-                              access_log=False, reactor=self.clock,
-                              max_header_size=max_header_size(self.config))
-        case.addCleanup(self.guard.stop)
-        self.guard.start()
-        self.network.pump()
-        assert self.provider.ready, "the fake IdP did not load"
-
-    # -- clients
-
-    def browser(self) -> Browser:
-        return Browser(self.network, self.guard, APP)
-
-    def login(self, browser: Optional[Browser] = None, path: str = "/", sub: str = "user-1",
-              claims: Optional[Dict[str, Any]] = None, **issue: Any) -> Tuple[Browser, Page]:
-        """A whole login started by navigating to C{path}: the browser and the callback's page."""
-        from urllib.parse import urlencode
-
-        from .idp import authorize_params
-
-        browser = browser or self.browser()
-        start = browser.navigate(path)
-        self.case.assertEqual(start.code, 302, start.body)
-        params = authorize_params(start)
-        code = self.idp.issue_code(nonce=params["nonce"], sub=sub, claims=claims,
-                                   code_verifier_challenge=params.get("code_challenge"), **issue)
-        page = browser.navigate("/oidc/callback?" + urlencode({"code": code, "state": params["state"]}))
-        return browser, page
-
-    def logged_in(self, sub: str = "user-1", claims: Optional[Dict[str, Any]] = None) -> Browser:
-        browser, page = self.login(sub=sub, claims=claims)
-        self.case.assertEqual(page.code, 302, page.body)
-        return browser
-
-    def raw(self, data: bytes, peer: str = "192.0.2.7") -> bytes:
-        """
-        Send C{data} on a new connection of the real HTTP channel (from
-        C{peer}), let everything settle, and return every byte answered.
-        """
-        address = IPv4Address("TCP", peer, 40000)
-        channel = self.site.buildProtocol(address)
-        transport = StringTransport(peerAddress=address,
-                                    hostAddress=IPv4Address("TCP", "10.0.0.1", 443))
-        channel.makeConnection(transport)
-        channel.dataReceived(data)
-        self.network.pump()
-        self.clock.advance(0)
-        self.network.pump()
-        out = transport.value()
-        if not transport.disconnecting:
-            channel.connectionLost(ConnectionDoneFailure())
-        return out
-
-    # -- reading what happened
-
-    def upstream_since(self, count: int) -> List[Dict[str, Any]]:
-        return self.upstream.requests[count:]
-
-
-def ConnectionDoneFailure() -> Any:
-    from twisted.internet.error import ConnectionDone
-    from twisted.python.failure import Failure
-
-    return Failure(ConnectionDone())
 
 
 def parse_response(data: bytes) -> Tuple[int, List[Tuple[bytes, bytes]], bytes]:

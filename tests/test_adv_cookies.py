@@ -20,14 +20,14 @@ from oidcproxy.oidc.login import STATE_PURPOSE
 from oidcproxy.sessions.crypto import Sealer
 from oidcproxy.sessions.stores.cookie import PURPOSE as SESSION_PURPOSE
 
-from .adversarial import API, CLIENT_ID, ISSUER, Failures, Stack, parse_response
-from .fakes import SECRET, SESSION_COOKIE, STATE_PREFIX
+from .adversarial import API, CLIENT_ID, ISSUER, Failures, parse_response
+from .fakes import SECRET, SESSION_COOKIE, STATE_PREFIX, ProxyStack
 from .idp import Browser
 
 BIG_CLAIMS = {"groups": [f"group-{i:04d}-{'x' * 40}" for i in range(50)]}
 
 
-def refused(stack: Stack, browser: Browser, jar: Dict[str, str]) -> tuple:
+def refused(stack: ProxyStack, browser: Browser, jar: Dict[str, str]) -> tuple:
     """The API answer for C{jar}, and whether anything reached the upstream."""
     browser.jar.clear()
     browser.jar.update(jar)
@@ -39,7 +39,7 @@ def refused(stack: Stack, browser: Browser, jar: Dict[str, str]) -> tuple:
 class SessionCookieTests(SynchronousTestCase):
     def test_tampered_truncated_rekeyed(self):
         """Every altered session cookie is refused (401) and cleared; nothing goes upstream."""
-        stack = Stack(self)
+        stack = ProxyStack(self)
         good = stack.logged_in().jar[SESSION_COOKIE]
         other_key = Sealer([b"y" * 32])
         plain = Sealer([SECRET.encode()]).unseal(good, SESSION_PURPOSE)
@@ -70,7 +70,7 @@ class SessionCookieTests(SynchronousTestCase):
 
     def test_chunks_reordered_and_too_many(self):
         """A chunked session with chunks swapped, missing or far too many: 401, never a 500."""
-        stack = Stack(self)
+        stack = ProxyStack(self)
         browser = stack.logged_in(claims=BIG_CLAIMS)
         chunks = {k: v for k, v in browser.jar.items() if k.startswith(SESSION_COOKIE)
                   and not k.startswith(STATE_PREFIX)}
@@ -91,8 +91,8 @@ class SessionCookieTests(SynchronousTestCase):
 
     def test_cross_proxy_cookie(self):
         """A session cookie of another proxy (another secret) is refused here."""
-        other = Stack(self, config=None)
-        here = Stack(self)
+        other = ProxyStack(self, config=None)
+        here = ProxyStack(self)
         # Same secret in the test config: a different one is the real case.
         value = other.logged_in().jar[SESSION_COOKIE]
         plain = Sealer([SECRET.encode()]).unseal(value, SESSION_PURPOSE)
@@ -108,11 +108,11 @@ class StateCookieTests(SynchronousTestCase):
         Two hundred state cookies (garbage and stale): the next login still
         works, and the browser is left with at most max_count of them.
         """
-        stack = Stack(self)
+        stack = ProxyStack(self)
         browser = stack.browser()
         for i in range(200):
             browser.jar[f"{STATE_PREFIX}{secrets.token_urlsafe(8)}"] = "garbage" if i % 2 else ""
-        _, page = stack.login(browser)
+        page = stack.login(browser)
         self.assertEqual(page.code, 302)
         self.assertIn(SESSION_COOKIE, browser.jar)
         left = [n for n in browser.jar if n.startswith(STATE_PREFIX)]
@@ -122,7 +122,7 @@ class StateCookieTests(SynchronousTestCase):
 class LimitTests(SynchronousTestCase):
     def test_header_limits(self):
         """A Cookie or header line over the site's limit gets 431, too many headers 400; never upstream."""
-        stack = Stack(self)
+        stack = ProxyStack(self)
         failures = Failures(self, "header limits")
         limit = stack.site.max_header_size
         for label, data in (
@@ -143,7 +143,7 @@ class LimitTests(SynchronousTestCase):
 
     def test_large_body_small_cap(self):
         """A body over the route's 1 KiB cap: 413 before it is read, by length or chunked."""
-        stack = Stack(self)
+        stack = ProxyStack(self)
         for data in (
             b"POST /small/x HTTP/1.1\r\nHost: app.test\r\nContent-Length: 5000\r\n\r\n" + b"z" * 5000,
             b"POST /small/x HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -161,7 +161,7 @@ class LimitTests(SynchronousTestCase):
         Two hundred bearer tokens naming unknown keys: all 401, and the JWKS
         is refetched at most once per jwks_min_refresh_interval.
         """
-        stack = Stack(self)
+        stack = ProxyStack(self)
         browser = stack.browser()
         fetches = stack.idp.jwks_fetches
         now = int(stack.clock.seconds())

@@ -25,12 +25,11 @@ from .adversarial import (
     ISSUER,
     ROUTES,
     Failures,
-    Stack,
     header_of,
     parse_response,
     spellings,
 )
-from .fakes import make_config
+from .fakes import ProxyStack, make_config
 
 PEER = "192.0.2.7"
 PROXY_PEER = "192.0.2.99"
@@ -82,7 +81,7 @@ def seen(upstream_request: Dict[str, Any], name: bytes) -> List[Tuple[bytes, byt
             if canonical_header(n) == canonical_header(name)]
 
 
-def access_token(stack: Stack, **claims: Any) -> str:
+def access_token(stack: ProxyStack, **claims: Any) -> str:
     now = int(stack.clock.seconds())
     body = {"iss": ISSUER, "aud": CLIENT_ID, "sub": "svc", "iat": now, "exp": now + 300,
             "scope": "read", "preferred_username": "alice", "email": "alice@example.test",
@@ -95,7 +94,7 @@ class Fixture:
     """A stack, a logged-in session's cookie and a bearer token."""
 
     def __init__(self, case: SynchronousTestCase) -> None:
-        self.stack = Stack(case, config=config())
+        self.stack = ProxyStack(case, config=config())
         browser = self.stack.logged_in(claims=CLAIMS)
         cookie = browser.cookie_header()
         assert cookie is not None
@@ -307,7 +306,7 @@ class OverrideTests(SynchronousTestCase):
         """
         routes = [{"host": "public.test", "path": "/", "upstream": "http://up.test", "auth": "none"},
                   *ROUTES]
-        stack = Stack(self, config=make_config(routes=routes))
+        stack = ProxyStack(self, config=make_config(routes=routes))
         for line in (b"X-Forwarded-Host: public.test", b"X-Host: public.test",
                      b"X-Original-Host: public.test", b"Forwarded: host=public.test",
                      b"X_Forwarded_Host: public.test"):
@@ -321,7 +320,7 @@ class OverrideTests(SynchronousTestCase):
 
     def test_duplicate_host_refused(self):
         """Two Host headers (or two spellings a folding upstream would merge) are refused with 400."""
-        stack = Stack(self)
+        stack = ProxyStack(self)
         for lines in (b"Host: app.test\r\nHost: public.test\r\n",
                       b"Host: app.test\r\nhost: app.test\r\n"):
             out = stack.raw(b"GET /public/x HTTP/1.1\r\n" + lines + b"\r\n")
@@ -349,10 +348,10 @@ class AuthorityTests(SynchronousTestCase):
     is the one every header sent upstream names.
     """
 
-    def stack(self) -> Stack:
-        return Stack(self, config=make_config(routes=HOST_ROUTES, trusted_proxies=[PROXY_PEER]))
+    def stack(self) -> ProxyStack:
+        return ProxyStack(self, config=make_config(routes=HOST_ROUTES, trusted_proxies=[PROXY_PEER]))
 
-    def send(self, stack: Stack, target: str, host: str, extra: bytes = b"",
+    def send(self, stack: ProxyStack, target: str, host: str, extra: bytes = b"",
              peer: str = PEER) -> Tuple[int, Optional[Dict[str, Any]]]:
         before = len(stack.upstream.requests)
         out = stack.raw(b"GET " + target.encode() + b" HTTP/1.1\r\nHost: " + host.encode()
@@ -494,7 +493,7 @@ class ConnectionTests(SynchronousTestCase):
         (the session's access token) reaches the upstream although the
         client named Authorization in Connection.
         """
-        stack = Stack(self, config=make_config(routes=ROUTES,
+        stack = ProxyStack(self, config=make_config(routes=ROUTES,
                                                oidc={"pass_access_token": "authorization"}))
         cookie = stack.logged_in(claims=CLAIMS).cookie_header()
         assert cookie is not None

@@ -17,8 +17,8 @@ from urllib.parse import urlencode
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from .adversarial import MARKUP, Failures, Stack, reflected_markup
-from .fakes import SESSION_COOKIE, STATE_PREFIX, open_session
+from .adversarial import MARKUP, Failures, reflected_markup
+from .fakes import SESSION_COOKIE, STATE_PREFIX, ProxyStack, open_session
 from .idp import AUTHORIZATION_ENDPOINT, Browser, Page, authorize_params, split_location
 
 EXPECTED_PARAMS = {"response_type", "client_id", "redirect_uri", "scope", "state", "nonce",
@@ -31,7 +31,7 @@ def no_session(page: Page) -> bool:
 
 
 class CallbackTests(SynchronousTestCase):
-    def start(self, stack: Stack, browser: Browser) -> Tuple[Dict[str, str], str]:
+    def start(self, stack: ProxyStack, browser: Browser) -> Tuple[Dict[str, str], str]:
         params = authorize_params(browser.navigate("/x"))
         code = stack.idp.issue_code(nonce=params["nonce"],
                                     code_verifier_challenge=params["code_challenge"])
@@ -39,7 +39,7 @@ class CallbackTests(SynchronousTestCase):
 
     def test_bad_callbacks(self):
         """Every malformed or mismatched callback gets its fixed status, and no session."""
-        stack = Stack(self)
+        stack = ProxyStack(self)
         failures = Failures(self, "bad callbacks")
 
         def other_first(state: str) -> str:
@@ -81,7 +81,7 @@ class CallbackTests(SynchronousTestCase):
 
     def test_unknown_code_is_401(self):
         """A code the IdP does not know (invalid_grant) is a failed login (401), never 500."""
-        stack = Stack(self)
+        stack = ProxyStack(self)
         browser = stack.browser()
         params, _ = self.start(stack, browser)
         page = browser.navigate("/oidc/callback?" + urlencode({"state": params["state"],
@@ -90,7 +90,7 @@ class CallbackTests(SynchronousTestCase):
 
     def test_replayed_and_expired(self):
         """A used callback URL cannot log in again; neither can one older than the state's max age."""
-        stack = Stack(self)
+        stack = ProxyStack(self)
         browser = stack.browser()
         params, code = self.start(stack, browser)
         url = "/oidc/callback?" + urlencode({"code": code, "state": params["state"]})
@@ -111,7 +111,7 @@ class CallbackTests(SynchronousTestCase):
 
     def test_error_markup_escaped(self):
         """?error= and error_description with markup: 403 page, the markup never reflected."""
-        stack = Stack(self)
+        stack = ProxyStack(self)
         browser = stack.browser()
         failures = Failures(self, "error markup")
         for markup in MARKUP:
@@ -128,7 +128,7 @@ class CallbackTests(SynchronousTestCase):
         A victim opening the callback URL of the attacker's own login (the
         attacker's state and code) is not logged in as the attacker.
         """
-        stack = Stack(self)
+        stack = ProxyStack(self)
         attacker = stack.browser()
         params, code = self.start(stack, attacker)
         url = "/oidc/callback?" + urlencode({"code": code, "state": params["state"]})
@@ -150,7 +150,7 @@ class FixationTests(SynchronousTestCase):
         attacker's valid session, stray chunks, a value for another cookie),
         the login sets a fresh session of the victim.
         """
-        stack = Stack(self)
+        stack = ProxyStack(self)
         attacker = stack.logged_in(sub="attacker")
         planted_value = attacker.jar[SESSION_COOKIE]
         plants: List[Tuple[str, Dict[str, str]]] = [
@@ -194,7 +194,7 @@ class AuthorizationRequestTests(SynchronousTestCase):
         to the protected URL, or as headers cannot change what goes to the IdP:
         exactly the proxy's own parameters, each once.
         """
-        stack = Stack(self)
+        stack = ProxyStack(self)
         failures = Failures(self, "authorization request")
         browser = stack.browser()
         for name, value in self.INJECTED.items():
@@ -245,7 +245,7 @@ class BackgroundRequestTests(SynchronousTestCase):
 
     def test_background_requests_mint_no_state(self):
         """Requests that are not top-level navigations get 401 and no Set-Cookie at all."""
-        stack = Stack(self)
+        stack = ProxyStack(self)
         failures = Failures(self, "background requests")
         browser = stack.browser()
         for _ in range(3):
@@ -259,7 +259,7 @@ class BackgroundRequestTests(SynchronousTestCase):
 
     def test_state_cookie_flood_capped(self):
         """Fifty navigations in a row leave at most max_count state cookies in the browser."""
-        stack = Stack(self)
+        stack = ProxyStack(self)
         browser = stack.browser()
         for _ in range(50):
             browser.navigate("/x")

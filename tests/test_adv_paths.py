@@ -19,8 +19,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from oidcproxy.proxy.routes import BadRequestTarget, RouteTable, normalise_path
 
-from .adversarial import Failures, Stack, casings, header_of, parse_response
-from .fakes import make_config
+from .adversarial import Failures, casings, header_of, parse_response
+from .fakes import ProxyStack, make_config
 
 DOTS = ["..", "%2e%2e", "%2E%2E", ".%2e", "%2e.", "..;", "..;x=1", ".%2E;", "..%3B", "%2e%2e%3b",
         "..%00", "..%2f", ".", "%2e", "...", "..%5c"]
@@ -68,7 +68,7 @@ def _public(table: RouteTable, target: bytes) -> Tuple[bool, str]:
 
 
 class PathConfusionTests(SynchronousTestCase):
-    def run_table(self, stack: Stack, failures: Failures, form: str) -> None:
+    def run_table(self, stack: ProxyStack, failures: Failures, form: str) -> None:
         table = RouteTable(stack.config.routes)
         for path in PATHS:
             try:
@@ -95,7 +95,7 @@ class PathConfusionTests(SynchronousTestCase):
 
     def test_origin_form(self):
         """Every generated path, origin form: 400, 401 with nothing upstream, or the public route."""
-        stack = Stack(self)
+        stack = ProxyStack(self)
         failures = Failures(self, "path confusion (origin form)")
         self.run_table(stack, failures, "origin")
         failures.done(len(PATHS))
@@ -103,14 +103,14 @@ class PathConfusionTests(SynchronousTestCase):
 
     def test_absolute_form(self):
         """The same paths in absolute-form request targets."""
-        stack = Stack(self)
+        stack = ProxyStack(self)
         failures = Failures(self, "path confusion (absolute form)")
         self.run_table(stack, failures, "absolute")
         failures.done(len(PATHS))
 
     def test_controls(self):
         """The table is not vacuous: plain public paths pass, plain protected ones get 401."""
-        stack = Stack(self)
+        stack = ProxyStack(self)
         for path, status, upstream in (("/public/x", 200, b"/public/x"),
                                        ("/public/a/../b", 200, b"/public/b"),
                                        ("/public/%7Euser", 200, b"/public/~user"),
@@ -131,7 +131,7 @@ class PathConfusionTests(SynchronousTestCase):
         """
         self.assertEqual(normalise_path(b"/http://;@evil.test"), "/http:/;@evil.test")
         self.assertEqual(normalise_path(b"/public//;/../admin"), "/public/admin")
-        stack = Stack(self)
+        stack = ProxyStack(self)
         out = stack.raw(b"GET /http://;@evil.test HTTP/1.1\r\nHost: app.test\r\n"
                         b"Accept: application/json\r\n\r\n")
         self.assertEqual(parse_response(out)[0], 401)
@@ -150,7 +150,7 @@ class CaseTests(SynchronousTestCase):
     route must be matched in every case too.
     """
 
-    def send(self, stack: Stack, path: str, api: bool) -> Tuple[int, List[bytes], int]:
+    def send(self, stack: ProxyStack, path: str, api: bool) -> Tuple[int, List[bytes], int]:
         before = len(stack.upstream.requests)
         accept = b"application/json" if api else b"text/html"
         out = stack.raw(b"GET " + path.encode() + b" HTTP/1.1\r\nHost: app.test\r\n"
@@ -158,7 +158,7 @@ class CaseTests(SynchronousTestCase):
         status, headers, _ = parse_response(out)
         return status, header_of(headers, b"location"), len(stack.upstream.requests) - before
 
-    def check(self, stack: Stack, failures: Failures, label: str) -> None:
+    def check(self, stack: ProxyStack, failures: Failures, label: str) -> None:
         for word in casings("admin"):
             for path in (f"/{word}/", f"/{word}", f"/{word}/x?y=1", f"/x/../{word};p=1/z"):
                 status, _, reached = self.send(stack, path, api=True)
@@ -171,14 +171,14 @@ class CaseTests(SynchronousTestCase):
     def test_route_key_closes_the_bypass(self):
         """With case_insensitive = true on the route, /ADMIN/ (any case) needs the login."""
         routes = [{**CASE_ROUTES[0], "case_insensitive": True}, CASE_ROUTES[1]]
-        stack = Stack(self, config=make_config(routes=routes))
+        stack = ProxyStack(self, config=make_config(routes=routes))
         failures = Failures(self, "case-insensitive route")
         self.check(stack, failures, "route key")
         failures.done(60)
 
     def test_top_level_default_closes_the_bypass(self):
         """case_insensitive_routes = true does the same for every route."""
-        stack = Stack(self, config=make_config(routes=CASE_ROUTES, case_insensitive_routes=True))
+        stack = ProxyStack(self, config=make_config(routes=CASE_ROUTES, case_insensitive_routes=True))
         failures = Failures(self, "case_insensitive_routes")
         self.check(stack, failures, "top level")
         failures.done(60)
@@ -191,6 +191,6 @@ class CaseTests(SynchronousTestCase):
         Without it, matching is case-sensitive (RFC 3986 paths): /ADMIN/ is
         another path, served by the public route — what README warns about.
         """
-        stack = Stack(self, config=make_config(routes=CASE_ROUTES))
+        stack = ProxyStack(self, config=make_config(routes=CASE_ROUTES))
         self.assertEqual(self.send(stack, "/ADMIN/", api=True)[::2], (200, 1))
         self.assertEqual(self.send(stack, "/admin/", api=True)[::2], (401, 0))

@@ -26,7 +26,6 @@ from .adversarial import (
     PUBLIC_ORIGIN_ROOT,
     SAFE_TARGETS,
     Failures,
-    Stack,
     corpus,
     extra_redirects,
     header_of,
@@ -36,7 +35,7 @@ from .adversarial import (
     redirect_inputs,
     reflected_markup,
 )
-from .fakes import STATE_PREFIX
+from .fakes import STATE_PREFIX, ProxyStack
 from .idp import AUTHORIZATION_ENDPOINT, ISSUER, Page, authorize_params
 
 INPUTS = redirect_inputs()
@@ -70,7 +69,7 @@ class CorpusTests(SynchronousTestCase):
         /oidc/login?rd=X: the IdP redirect is made, and the return-to sealed
         in the state cookie is exactly C{/}.
         """
-        stack = Stack(self)
+        stack = ProxyStack(self)
         browser = stack.browser()
         failures = Failures(self, "login rd")
         for label, value in INPUTS:
@@ -88,7 +87,7 @@ class CorpusTests(SynchronousTestCase):
         The return-to carried through the state: after the callback the final
         Location is exactly C{https://app.test/} (a sample of every class).
         """
-        stack = Stack(self)
+        stack = ProxyStack(self)
         failures = Failures(self, "callback landing")
         browser = stack.browser()
         for label, value in iter_pairs(INPUTS, 9):
@@ -105,7 +104,7 @@ class CorpusTests(SynchronousTestCase):
 
     def test_logout_form_rd_refused(self):
         """GET /oidc/logout?rd=X: the confirmation form carries C{rd} = C{/}, nothing else."""
-        stack = Stack(self)
+        stack = ProxyStack(self)
         browser = stack.browser()
         failures = Failures(self, "logout form rd")
         expected = b'<input type="hidden" name="rd" value="/">'
@@ -117,7 +116,7 @@ class CorpusTests(SynchronousTestCase):
 
     def test_logout_rd_refused(self):
         """POST /oidc/logout with rd=X (form body or query): 303 to exactly C{https://app.test/}."""
-        stack = Stack(self)
+        stack = ProxyStack(self)
         browser = stack.browser()
         failures = Failures(self, "logout rd")
         for index, (label, value) in enumerate(INPUTS):
@@ -136,7 +135,7 @@ class CorpusTests(SynchronousTestCase):
         With RP-initiated logout the IdP is told to come back to exactly
         C{https://app.test/} (post_logout_redirect_uri), whatever rd said.
         """
-        stack = Stack(self, memory_store=True, idp_logout=True)
+        stack = ProxyStack(self, memory_store=True, idp_logout=True)
         failures = Failures(self, "post-logout redirect")
         browser = stack.browser()
         for label, value in iter_pairs(INPUTS, 23):
@@ -154,7 +153,7 @@ class CorpusTests(SynchronousTestCase):
 
     def test_safe_targets_kept(self):
         """The controls: safe same-origin paths are kept exactly, everywhere."""
-        stack = Stack(self, memory_store=True, idp_logout=True)
+        stack = ProxyStack(self, memory_store=True, idp_logout=True)
         for target, expected in SAFE_TARGETS:
             expected = expected or target
             browser = stack.browser()
@@ -182,7 +181,7 @@ class CorpusTests(SynchronousTestCase):
         """
         from oidcproxy.oidc.login import safe_return_to
 
-        stack = Stack(self)
+        stack = ProxyStack(self)
         browser = stack.browser()
         failures = Failures(self, "navigation return-to")
         for label, value in iter_pairs(INPUTS, 3):
@@ -206,7 +205,7 @@ class AbsoluteFormTests(SynchronousTestCase):
         real channel): the login's return-to is the path only and the
         redirect goes to the IdP, never to that host.
         """
-        stack = Stack(self)
+        stack = ProxyStack(self)
         failures = Failures(self, "absolute-form")
         hosts = [b"evil.test", b"www.whitelisteddomain.tld", b"app.test@evil.test", b"127.0.0.1",
                  b"[::1]", b"evil.test:443", b"app.test"]
@@ -224,7 +223,7 @@ class AbsoluteFormTests(SynchronousTestCase):
         failures.done(80)
 
 
-def _pages(stack: Stack, markup: str) -> List[Tuple[str, Page]]:
+def _pages(stack: ProxyStack, markup: str) -> List[Tuple[str, Page]]:
     """Every page the guard itself writes, with C{markup} in every input that reaches it."""
     from urllib.parse import quote
 
@@ -269,7 +268,7 @@ class ReflectionTests(SynchronousTestCase):
         the proxy's own (logout form, callback errors, 4xx pages, the login
         redirect's body) never comes back unescaped.
         """
-        stack = Stack(self)
+        stack = ProxyStack(self)
         failures = Failures(self, "reflection")
         for markup in MARKUP:
             before = len(stack.upstream.requests)
@@ -286,7 +285,7 @@ class ReflectionTests(SynchronousTestCase):
         redirect, its return-to refused) or a second Host (400) is never
         reflected.
         """
-        stack = Stack(self)
+        stack = ProxyStack(self)
         failures = Failures(self, "raw reflection")
         for markup in MARKUP:
             raw = markup.encode("utf-8")
@@ -305,7 +304,7 @@ class ReflectionTests(SynchronousTestCase):
 
     def test_api_clients_get_json_errors(self):
         """The same inputs from an API client give JSON errors that hold no markup either."""
-        stack = Stack(self)
+        stack = ProxyStack(self)
         b = stack.browser()
         for markup in MARKUP:
             page = b.get("/oidc/callback?error=" + urlencode({"x": markup})[2:], headers=API)

@@ -38,11 +38,10 @@ from .adversarial import (
     CLIENT_SECRET,
     ISSUER,
     Failures,
-    Stack,
     casings,
     parse_response,
 )
-from .fakes import SESSION_COOKIE, make_config
+from .fakes import SESSION_COOKIE, ProxyStack, make_config
 from .idp import KEY_ID, SIGNING_KEY
 
 ATTACKER = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -235,13 +234,13 @@ def cases() -> List[Case]:
 CASES = cases()
 
 
-def logout_claims(stack: Stack, jti: str) -> Dict[str, Any]:
+def logout_claims(stack: ProxyStack, jti: str) -> Dict[str, Any]:
     now = int(stack.clock.seconds())
     return {"iss": ISSUER, "aud": CLIENT_ID, "iat": now, "jti": jti, "sub": "user-1",
             "sid": "sid-1", "events": {"http://schemas.openid.net/event/backchannel-logout": {}}}
 
 
-def access_claims(stack: Stack) -> Dict[str, Any]:
+def access_claims(stack: ProxyStack) -> Dict[str, Any]:
     now = int(stack.clock.seconds())
     return {"iss": ISSUER, "aud": CLIENT_ID, "sub": "svc", "iat": now, "exp": now + 300,
             "scope": "read"}
@@ -261,8 +260,8 @@ def expected(path: str, accepted: bool, label: str) -> Tuple[int, ...]:
 
 
 class TokenTableTests(SynchronousTestCase):
-    def run_path(self, path: str, attempt: Callable[[Stack, Forge, int], Tuple[int, bool]],
-                 stack: Stack) -> None:
+    def run_path(self, path: str, attempt: Callable[[ProxyStack, Forge, int], Tuple[int, bool]],
+                 stack: ProxyStack) -> None:
         failures = Failures(self, f"tokens at the {path}")
         for index, (label, forge, paths, accepted) in enumerate(CASES):
             if path not in paths:
@@ -279,10 +278,10 @@ class TokenTableTests(SynchronousTestCase):
 
     def test_callback(self):
         """ID tokens at the callback: refused ones give 401 and no session cookie."""
-        stack = Stack(self)
+        stack = ProxyStack(self)
         browser = stack.browser()
 
-        def attempt(stack: Stack, forge: Forge, _: int) -> Tuple[int, bool]:
+        def attempt(stack: ProxyStack, forge: Forge, _: int) -> Tuple[int, bool]:
             browser.jar.clear()
             stack.idp.forge = None
             start = browser.navigate("/x")
@@ -302,10 +301,10 @@ class TokenTableTests(SynchronousTestCase):
 
     def test_refresh(self):
         """ID tokens at a refresh: a refused one ends the session (401), never a 500."""
-        stack = Stack(self, memory_store=True)
+        stack = ProxyStack(self, memory_store=True)
         browser = stack.browser()
 
-        def attempt(stack: Stack, forge: Forge, _: int) -> Tuple[int, bool]:
+        def attempt(stack: ProxyStack, forge: Forge, _: int) -> Tuple[int, bool]:
             browser.jar.clear()
             stack.idp.forge = None
             stack.login(browser)
@@ -323,10 +322,10 @@ class TokenTableTests(SynchronousTestCase):
 
     def test_bearer(self):
         """Access tokens on a bearer route: refused ones get 401 with a Bearer challenge."""
-        stack = Stack(self)
+        stack = ProxyStack(self)
         browser = stack.browser()
 
-        def attempt(stack: Stack, forge: Forge, _: int) -> Tuple[int, bool]:
+        def attempt(stack: ProxyStack, forge: Forge, _: int) -> Tuple[int, bool]:
             token = forge(access_claims(stack))
             if len(token) > 60_000:
                 out = stack.raw(b"GET /api/x HTTP/1.1\r\nHost: app.test\r\nAuthorization: Bearer "
@@ -342,11 +341,11 @@ class TokenTableTests(SynchronousTestCase):
 
     def test_backchannel_logout(self):
         """Logout tokens: refused ones get 400 and end no session."""
-        stack = Stack(self, memory_store=True)
+        stack = ProxyStack(self, memory_store=True)
         browser = stack.browser()
         poster = stack.browser()
 
-        def attempt(stack: Stack, forge: Forge, index: int) -> Tuple[int, bool]:
+        def attempt(stack: ProxyStack, forge: Forge, index: int) -> Tuple[int, bool]:
             browser.jar.clear()
             stack.login(browser, claims={"sid": "sid-1"})
             token = forge(logout_claims(stack, f"jti-{index}"))
@@ -364,7 +363,7 @@ class KeyChoiceTests(SynchronousTestCase):
         """Without a kid and with several keys of the same type, every token is refused."""
         other = json.loads(RSAAlgorithm.to_jwk(ATTACKER.public_key()))
         other.update({"kid": "second", "use": "sig", "alg": "RS256"})
-        stack = Stack(self, jwks_extra=[other])
+        stack = ProxyStack(self, jwks_extra=[other])
         no_kid = sign(access_claims(stack), kid=DROP)
         page = stack.browser().get("/api/x", headers={b"authorization": [b"Bearer " + no_kid.encode()],
                                                       b"accept": [b"application/json"]})
@@ -375,19 +374,19 @@ class KeyChoiceTests(SynchronousTestCase):
         self.assertEqual(page.code, 200)
         browser = stack.browser()
         stack.idp.forge = lambda c: sign(c, kid=DROP)
-        _, page = stack.login(browser)
+        page = stack.login(browser)
         self.assertEqual(page.code, 401)
 
     def test_userinfo_other_subject(self):
         """UserInfo about another sub than the ID token's: the login fails (401)."""
-        stack = Stack(self, config=make_config(oidc={"userinfo": True}))
-        _, page = stack.login(userinfo_claims={"sub": "someone-else"})
+        stack = ProxyStack(self, config=make_config(oidc={"userinfo": True}))
+        page = stack.login(stack.browser(), userinfo_claims={"sub": "someone-else"})
         self.assertEqual(page.code, 401)
         self.assertTrue(all(c.deletes for c in page.set_cookies if c.name == SESSION_COOKIE))
 
     def test_refresh_for_another_subject(self):
         """A refresh answering with an ID token of another sub ends the session."""
-        stack = Stack(self, memory_store=True)
+        stack = ProxyStack(self, memory_store=True)
         browser = stack.logged_in()
         stack.idp.refresh_sub = "someone-else"
         stack.clock.advance(NEAR_EXPIRY)

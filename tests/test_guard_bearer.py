@@ -19,8 +19,8 @@ from twisted.web.resource import Resource
 from oidcproxy.web.bearer_auth import JWKS_FILE_RETRY
 
 from .adversarial import ROUTES as ADVERSARIAL_ROUTES
-from .adversarial import Stack, parse_response
-from .fakes import API, CLIENT_ID, CLIENT_SECRET, SESSION_COOKIE, GuardStack, make_config
+from .adversarial import parse_response
+from .fakes import API, CLIENT_ID, CLIENT_SECRET, SESSION_COOKIE, GuardStack, ProxyStack, make_config
 from .idp import ISSUER, Browser, public_jwk
 from .test_adv_tokens import hmac_signed, sign
 from .test_guard_authz import ROUTES
@@ -394,7 +394,7 @@ class AuthorizationSpoofingTests(SynchronousTestCase):
     def test_every_route(self):
         from .test_adv_headers import CLAIMS, request
 
-        stack = Stack(self, config=make_config(
+        stack = ProxyStack(self, config=make_config(
             routes=ADVERSARIAL_ROUTES,
             oidc={"pass_access_token": "authorization"}))
         browser = stack.logged_in(claims=CLAIMS)
@@ -444,14 +444,14 @@ WEEK = 7 * 86400
 class IDTokenAgeTests(SynchronousTestCase):
     """oidc.iat_slack (10 minutes) plus the leeway bounds how old an ID token's iat may be."""
 
-    def login(self, stack: Stack, **id_token: Any) -> Any:
+    def login(self, stack: ProxyStack, **id_token: Any) -> Any:
         browser = stack.browser()
-        _, page = stack.login(browser, **id_token)
+        page = stack.login(browser, **id_token)
         return browser, page
 
     def test_week_old_at_the_callback(self):
         """iat a week ago, exp ahead: the login fails (401), the reason logged, no session."""
-        stack = Stack(self)
+        stack = ProxyStack(self)
         events = capture_log(self)
         now = int(stack.clock.seconds())
         browser, page = self.login(stack, iat=now - WEEK, exp=now + 3600)
@@ -462,7 +462,7 @@ class IDTokenAgeTests(SynchronousTestCase):
 
     def test_boundary(self):
         """iat_slack + leeway ago passes; one second more does not; iat_slack is configurable."""
-        stack = Stack(self)
+        stack = ProxyStack(self)
         now = int(stack.clock.seconds())
         _, page = self.login(stack, iat=now - 600 - 60, exp=now + 3600)
         self.assertEqual(page.code, 302)
@@ -472,7 +472,7 @@ class IDTokenAgeTests(SynchronousTestCase):
         _, page = self.login(stack, iat=now + 61, exp=now + 3600)
         self.assertEqual(page.code, 401)
 
-        stack = Stack(self, config=make_config(
+        stack = ProxyStack(self, config=make_config(
             routes=[{"path": "/", "upstream": "http://up.test"}],
             oidc={"iat_slack": "2m", "leeway": "10s"}))
         now = int(stack.clock.seconds())
@@ -482,7 +482,7 @@ class IDTokenAgeTests(SynchronousTestCase):
         self.assertEqual(page.code, 401)
 
     def refresh_stack(self) -> Any:
-        stack = Stack(self, memory_store=True)
+        stack = ProxyStack(self, memory_store=True)
         now = int(stack.clock.seconds())
         browser, page = self.login(stack, exp=now + WEEK)
         self.assertEqual(page.code, 302)
@@ -522,20 +522,20 @@ class IDTokenAgeTests(SynchronousTestCase):
 class LogoutTokenAgeTests(SynchronousTestCase):
     """Logout tokens: the same iat_slack; a jti is remembered for as long as its token could pass."""
 
-    def post(self, stack: Stack, token: str) -> int:
+    def post(self, stack: ProxyStack, token: str) -> int:
         page = stack.browser().request(
             b"POST", "/oidc/backchannel-logout",
             headers={b"content-type": [b"application/x-www-form-urlencoded"]},
             body=urlencode({"logout_token": token}).encode())
         return page.code
 
-    def logout_token(self, stack: Stack, iat: int, jti: str) -> str:
+    def logout_token(self, stack: ProxyStack, iat: int, jti: str) -> str:
         return sign({"iss": ISSUER, "aud": CLIENT_ID, "iat": iat, "jti": jti, "sid": "sid-1",
                      "events": {"http://schemas.openid.net/event/backchannel-logout": {}}})
 
     def test_age(self):
         """iat_slack + leeway ago: 200; one second older: 400, and the session lives on."""
-        stack = Stack(self, memory_store=True)
+        stack = ProxyStack(self, memory_store=True)
         browser = stack.logged_in(claims={"sid": "sid-1"})
         now = int(stack.clock.seconds())
         self.assertEqual(self.post(stack, self.logout_token(stack, now - 661, "old")), 400)
@@ -545,7 +545,7 @@ class LogoutTokenAgeTests(SynchronousTestCase):
 
     def test_configured_slack(self):
         """oidc.iat_slack = "1m": a logout token two minutes old is refused."""
-        stack = Stack(self, memory_store=True, config=make_config(
+        stack = ProxyStack(self, memory_store=True, config=make_config(
             routes=[{"path": "/", "upstream": "http://up.test"}], oidc={"iat_slack": "1m"}))
         now = int(stack.clock.seconds())
         self.assertEqual(self.post(stack, self.logout_token(stack, now - 121, "a")), 400)
@@ -556,7 +556,7 @@ class LogoutTokenAgeTests(SynchronousTestCase):
         A token issued a leeway ahead of our clock passes for iat_slack + 2 x
         leeway: replayed just before that ends, it is still refused.
         """
-        stack = Stack(self, memory_store=True)
+        stack = ProxyStack(self, memory_store=True)
         now = int(stack.clock.seconds())
         token = self.logout_token(stack, now + 60, "ahead")
         self.assertEqual(self.post(stack, token), 200)

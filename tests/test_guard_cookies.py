@@ -16,8 +16,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from oidcproxy.sessions.cookies import OwnedNames
 from oidcproxy.web.server import ProxyRequest
 
-from .adversarial import ROUTES, Stack, header_of, parse_response
-from .fakes import SESSION_COOKIE, STATE_PREFIX, GuardStack, make_config
+from .adversarial import ROUTES, header_of, parse_response
+from .fakes import SESSION_COOKIE, STATE_PREFIX, GuardStack, ProxyStack, make_config
 
 CSRF_COOKIE = "__Host-oidcproxy_csrf"
 
@@ -93,7 +93,7 @@ class Logged:
 
 class UpstreamSetCookieTests(SynchronousTestCase):
     def setUp(self) -> None:
-        self.stack = Stack(self, config=config())
+        self.stack = ProxyStack(self, config=config())
         browser = self.stack.logged_in()
         cookie = browser.cookie_header()
         assert cookie is not None

@@ -15,8 +15,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from oidcproxy.oidc.login import safe_return_to
 
-from .adversarial import APP, Stack, extra_redirects, open_state
-from .fakes import STATE_PREFIX
+from .adversarial import APP, extra_redirects, open_state
+from .fakes import STATE_PREFIX, ProxyStack
 from .idp import Page
 from .props import given, scaled
 from .urls import browser_resolve, origin
@@ -65,7 +65,7 @@ class GuardRedirectTests(SynchronousTestCase):
     """The login's and logout's C{rd} through the whole guard."""
 
     def setUp(self) -> None:
-        self.stack = Stack(self)
+        self.stack = ProxyStack(self)
         self.browser = self.stack.browser()
 
     @given(TARGETS)
