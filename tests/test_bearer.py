@@ -15,12 +15,12 @@ from typing import Any, Dict, List, Optional
 
 from cryptography.hazmat.primitives.asymmetric import ec
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from oidcproxy.oidc.bearer import BearerValidator, bearer_token
 from oidcproxy.oidc.provider import ClientAuth, Provider, ProviderError, ProviderMetadata
 from oidcproxy.oidc.tokens import MAX_TOKEN_SIZE, JWTVerifier, TokenError
+from tests.fakes import START, clock_at
 from tests.test_provider import (
     AUTHORIZATION_ENDPOINT,
     CLIENT_ID,
@@ -37,12 +37,13 @@ from tests.test_provider import (
     KEY_B,
     TOKEN_ENDPOINT,
     FailingHTTP,
-    Harness,
     answer,
+    provider_stack,
 )
 from tests.test_tokens import public_jwk, sign_raw
 
-NOW = 1_700_000_000
+NOW = int(START)
+"""The fixture stack's Clock when a test begins."""
 API = "https://api.test"
 OTHER_API = "urn:orders"
 EC_KEY = ec.generate_private_key(ec.SECP256R1())
@@ -99,15 +100,15 @@ class Env:
 
     def __init__(self, start: bool = True, introspection_answer: Any = ACTIVE, **kwargs: Any) -> None:
         provider_kwargs = kwargs.pop("provider", {})
-        self.h = Harness(start=False, endpoints={"introspection_endpoint": INTROSPECTION_ENDPOINT},
-                         **provider_kwargs)
+        self.h = provider_stack(start=False,
+                                endpoints={"introspection_endpoint": INTROSPECTION_ENDPOINT},
+                                **provider_kwargs)
         self.idp = self.h.idp
         self.clock = self.h.clock
         self.provider = self.h.provider
         self.idp.handlers[JWKS_PATH] = lambda r: answer({"keys": [JWK_A, JWK_EC]})
         self.introspection_answer = introspection_answer
         self.idp.handlers[INTROSPECTION_PATH] = lambda r: answer(self.introspection_answer)
-        self.clock.advance(NOW)
         if start:
             self.provider.start()
             self.h.flush()
@@ -869,8 +870,7 @@ class IntrospectionTests(_Base):
         self.assertEqual(env.introspections(), 4)
 
     def test_idp_unreachable(self):
-        clock = Clock()
-        clock.advance(NOW)
+        clock = clock_at(NOW)
         http = FailingHTTP()
         provider = Provider(
             ISSUER, ClientAuth(CLIENT_ID, client_secret=CLIENT_SECRET), http, clock, discovery=False,

@@ -47,6 +47,8 @@ from oidcproxy.oidc.provider import (
 )
 from oidcproxy.oidc.tokens import KeySet
 
+from .fakes import ProviderStack
+
 ISSUER = "https://idp.test/realms/main"
 BASE = ISSUER
 TOKEN_ENDPOINT = BASE + "/protocol/token"
@@ -166,7 +168,7 @@ class FakeIdP(Resource):
 
     isLeaf = True
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Any = None) -> None:
         super().__init__()
         self.seen: List[Seen] = []
         self.held: List[Any] = []
@@ -218,28 +220,14 @@ class FakeIdP(Resource):
             request.finish()
 
 
-class Harness:
-    """A provider talking to a fake IdP through StubTreq, on a Clock."""
-
-    def __init__(self, client: Optional[ClientAuth] = None, start: bool = True, **kwargs: Any) -> None:
-        self.idp = FakeIdP()
-        self.stub = StubTreq(self.idp)
-        self.clock = Clock()
-        self.client = client or ClientAuth(CLIENT_ID, client_secret=CLIENT_SECRET)
-        self.issuer = kwargs.pop("issuer", ISSUER)
-        self.provider = Provider(self.issuer, self.client, self.stub, self.clock, **kwargs)
-        if start:
-            self.provider.start()
-            self.flush()
-
-    def flush(self) -> None:
-        for _ in range(3):
-            self.stub.flush()
-
-    def run(self, coroutine: Any) -> Deferred:
-        d = Deferred.fromCoroutine(coroutine)
-        self.flush()
-        return d
+def provider_stack(client: Optional[ClientAuth] = None, **kwargs: Any) -> ProviderStack:
+    """
+    The IdP client part of the fixture stack over this module's L{FakeIdP}:
+    for L{ISSUER} (unless told) as L{CLIENT_ID} (unless C{client} is given).
+    """
+    kwargs.setdefault("issuer", ISSUER)
+    return ProviderStack(FakeIdP, client=client or ClientAuth(CLIENT_ID, client_secret=CLIENT_SECRET),
+                         **kwargs)
 
 
 def capture_logs(case: SynchronousTestCase) -> List[Dict[str, Any]]:
@@ -384,7 +372,7 @@ class ClientAuthTests(SynchronousTestCase):
 class DiscoveryTests(SynchronousTestCase):
     def test_success(self):
         """start() loads the discovery document, then the JWKS; when_ready fires with the provider."""
-        h = Harness(start=False)
+        h = provider_stack(start=False)
         ready = h.provider.when_ready()
         self.assertFalse(h.provider.ready)
         self.assertNoResult(ready)
@@ -407,7 +395,7 @@ class DiscoveryTests(SynchronousTestCase):
 
     def test_trailing_slash_issuer(self):
         """An issuer ending in '/' loses exactly that one slash before the well-known path."""
-        h = Harness(start=False, issuer=ISSUER + "/")
+        h = provider_stack(start=False, issuer=ISSUER + "/")
         h.idp.handlers[DISCOVERY_PATH] = lambda r: answer(discovery_document(issuer=ISSUER + "/"))
         h.provider.start()
         h.flush()
@@ -418,7 +406,7 @@ class DiscoveryTests(SynchronousTestCase):
         """A document for another issuer (even one slash off) never makes the provider ready."""
         for document_issuer in ["https://evil.test/realms/main", ISSUER + "/"]:
             events = capture_logs(self)
-            h = Harness(start=False)
+            h = provider_stack(start=False)
             h.idp.handlers[DISCOVERY_PATH] = lambda r, i=document_issuer: answer(
                 discovery_document(issuer=i)
             )
@@ -443,7 +431,7 @@ class DiscoveryTests(SynchronousTestCase):
         ]
         for result, reason in cases:
             events = capture_logs(self)
-            h = Harness(start=False)
+            h = provider_stack(start=False)
             h.idp.handlers[DISCOVERY_PATH] = lambda r, result=result: result
             h.provider.start()
             h.flush()
@@ -456,7 +444,7 @@ class DiscoveryTests(SynchronousTestCase):
     def test_backoff_while_down(self):
         """While the IdP is down, retries come after 1, 2, 4, ... seconds, capped; then it is ready."""
         events = capture_logs(self)
-        h = Harness(start=False, retry_initial=1.0, retry_max=20.0)
+        h = provider_stack(start=False, retry_initial=1.0, retry_max=20.0)
         h.idp.handlers[DISCOVERY_PATH] = lambda r: answer(b"down", code=503, content_type="text/plain")
         ready = h.provider.when_ready()
         h.provider.start()
@@ -501,7 +489,7 @@ class DiscoveryTests(SynchronousTestCase):
 
     def test_jwks_failure_retries_only_jwks(self):
         """Once discovery succeeded only the JWKS is retried."""
-        h = Harness(start=False)
+        h = provider_stack(start=False)
         h.idp.handlers[JWKS_PATH] = lambda r: answer({"keys": "nope"})
         h.provider.start()
         h.flush()
@@ -520,7 +508,7 @@ class DiscoveryTests(SynchronousTestCase):
 
     def test_discovery_params(self):
         """discovery_params are query parameters of the discovery request (and only of it)."""
-        h = Harness(discovery_params={"p": "B2C_1_signin", "x": "a b&c"})
+        h = provider_stack(discovery_params={"p": "B2C_1_signin", "x": "a b&c"})
         discovery = h.idp.seen[0]
         self.assertEqual(discovery.path, DISCOVERY_PATH)
         self.assertEqual(discovery.args, {b"p": [b"B2C_1_signin"], b"x": [b"a b&c"]})
@@ -528,7 +516,7 @@ class DiscoveryTests(SynchronousTestCase):
 
     def test_manual_endpoints(self):
         """Without discovery the metadata come from `endpoints` and only the JWKS is fetched."""
-        h = Harness(
+        h = provider_stack(
             start=False,
             discovery=False,
             endpoints={
@@ -568,7 +556,7 @@ class DiscoveryTests(SynchronousTestCase):
 
     def test_endpoints_override_discovery(self):
         other = "https://tokens.test/token"
-        h = Harness(endpoints={"token_endpoint": other})
+        h = provider_stack(endpoints={"token_endpoint": other})
         md = h.provider.metadata
         assert md is not None
         self.assertEqual(md.token_endpoint, other)
@@ -576,7 +564,7 @@ class DiscoveryTests(SynchronousTestCase):
 
     def test_stop(self):
         """stop() cancels the retry timer and the request in flight; nothing happens afterwards."""
-        h = Harness(start=False)
+        h = provider_stack(start=False)
         h.idp.handlers[DISCOVERY_PATH] = lambda r: answer(b"", code=500)
         h.provider.start()
         h.flush()
@@ -584,7 +572,7 @@ class DiscoveryTests(SynchronousTestCase):
         h.provider.stop()
         self.assertEqual(h.clock.getDelayedCalls(), [])
 
-        h = Harness(start=False)
+        h = provider_stack(start=False)
         h.idp.handlers[DISCOVERY_PATH] = lambda r: HOLD
         h.provider.start()
         h.flush()
@@ -602,7 +590,7 @@ class DiscoveryTests(SynchronousTestCase):
     def test_discovery_timeout_retried(self):
         """A hanging discovery request times out, is cancelled, and is retried later."""
         events = capture_logs(self)
-        h = Harness(start=False, timeout=5.0)
+        h = provider_stack(start=False, timeout=5.0)
         h.idp.handlers[DISCOVERY_PATH] = lambda r: HOLD
         h.provider.start()
         h.flush()
@@ -621,13 +609,13 @@ class DiscoveryTests(SynchronousTestCase):
 
 class KeysTests(SynchronousTestCase):
     def test_not_ready(self):
-        h = Harness(start=False)
+        h = provider_stack(start=False)
         f = self.failureResultOf(h.run(h.provider.keys_for("kid-a")), ProviderError)
         self.assertEqual((f.value.status, f.value.reason), (503, "not_ready"))
 
     def test_ttl(self):
         """Keys are served from the cache until jwks_ttl passes, then refetched."""
-        h = Harness(jwks_ttl=600.0)
+        h = provider_stack(jwks_ttl=600.0)
         self.assertEqual(h.idp.count(JWKS_PATH), 1)
         first = self.successResultOf(h.run(h.provider.keys_for(None)))
         h.idp.handlers[JWKS_PATH] = lambda r: answer({"keys": [JWK_B]})
@@ -645,7 +633,7 @@ class KeysTests(SynchronousTestCase):
 
     def test_unknown_kid_flood(self):
         """100 calls with unknown kids: one refetch per jwks_min_refresh interval, no more."""
-        h = Harness(jwks_min_refresh=60.0)
+        h = provider_stack(jwks_min_refresh=60.0)
         h.clock.advance(60)  # the start-up load was a fetch too
         h.idp.handlers[JWKS_PATH] = lambda r: answer({"keys": [JWK_A, JWK_B]})
         results = [h.run(h.provider.keys_for(f"unknown-{i}")) for i in range(100)]
@@ -671,7 +659,7 @@ class KeysTests(SynchronousTestCase):
         Keys rotated just after the start-up load are found at once: the load
         does not count against jwks_min_refresh, the refetches do.
         """
-        h = Harness(jwks_min_refresh=60.0)
+        h = provider_stack(jwks_min_refresh=60.0)
         h.idp.handlers[JWKS_PATH] = lambda r: answer({"keys": [JWK_A, JWK_B]})
         keys = self.successResultOf(h.run(h.provider.keys_for("kid-b")))
         self.assertTrue(keys.has_kid("kid-b"))
@@ -685,7 +673,7 @@ class KeysTests(SynchronousTestCase):
 
     def test_single_flight(self):
         """Two concurrent callers share one fetch and get the same keys."""
-        h = Harness(jwks_ttl=600.0)
+        h = provider_stack(jwks_ttl=600.0)
         h.clock.advance(600)
         h.idp.handlers[JWKS_PATH] = lambda r: HOLD
         one = h.run(h.provider.keys_for(None))
@@ -704,7 +692,7 @@ class KeysTests(SynchronousTestCase):
         self.assertEqual(h.idp.count(JWKS_PATH), 2)
 
     def test_cancelled_caller_does_not_cancel_shared_fetch(self):
-        h = Harness(jwks_ttl=600.0)
+        h = provider_stack(jwks_ttl=600.0)
         h.clock.advance(600)
         h.idp.handlers[JWKS_PATH] = lambda r: HOLD
         one = h.run(h.provider.keys_for(None))
@@ -724,7 +712,7 @@ class KeysTests(SynchronousTestCase):
             lambda r: answer({"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}),
         ]:
             events = capture_logs(self)
-            h = Harness(jwks_ttl=600.0, jwks_min_refresh=60.0)
+            h = provider_stack(jwks_ttl=600.0, jwks_min_refresh=60.0)
             cached = self.successResultOf(h.run(h.provider.keys_for(None)))
             h.idp.handlers[JWKS_PATH] = failing
             h.clock.advance(600)
@@ -739,7 +727,7 @@ class KeysTests(SynchronousTestCase):
             self.assertTrue(self.successResultOf(h.run(h.provider.keys_for(None))).has_kid("kid-b"))
 
     def test_failed_refetch_timeout_keeps_cached_keys(self):
-        h = Harness(jwks_ttl=600.0)
+        h = provider_stack(jwks_ttl=600.0)
         cached = self.successResultOf(h.run(h.provider.keys_for(None)))
         h.clock.advance(600)
         h.idp.handlers[JWKS_PATH] = lambda r: HOLD
@@ -766,17 +754,17 @@ class FailingHTTP:
         return d
 
 
-def _ready(case: SynchronousTestCase, **kwargs: Any) -> Harness:
-    h = Harness(**kwargs)
+def _ready(case: SynchronousTestCase, **kwargs: Any) -> ProviderStack:
+    h = provider_stack(**kwargs)
     case.assertTrue(h.provider.ready)
     return h
 
 
 class TokenTests(SynchronousTestCase):
-    def exchange(self, h: Harness, verifier: Optional[str] = VERIFIER) -> Deferred:
+    def exchange(self, h: ProviderStack, verifier: Optional[str] = VERIFIER) -> Deferred:
         return h.run(h.provider.exchange_code(CODE, REDIRECT_URI, verifier))
 
-    def failure(self, h: Harness, d: Deferred) -> ProviderError:
+    def failure(self, h: ProviderStack, d: Deferred) -> ProviderError:
         error = self.failureResultOf(d, ProviderError).value
         for secret in (CODE, VERIFIER, CLIENT_SECRET, "RT-1"):
             self.assertNotIn(secret, error.detail)
@@ -848,7 +836,6 @@ class TokenTests(SynchronousTestCase):
         client = ClientAuth(CLIENT_ID, method="private_key_jwt", private_key_pem=_pem(CLIENT_KEY),
                             private_key_id="client-key-1")
         h = _ready(self, client=client)
-        h.clock.advance(1_700_000_000)
         self.successResultOf(self.exchange(h))
         seen = h.idp.last(TOKEN_PATH)
         form = seen.form()
@@ -890,7 +877,7 @@ class TokenTests(SynchronousTestCase):
         self.assertNotIn("kid", header)
 
     def test_not_ready(self):
-        h = Harness(start=False)
+        h = provider_stack(start=False)
         error = self.failure(h, self.exchange(h))
         self.assertEqual((error.status, error.reason), (503, "not_ready"))
         self.assertEqual(h.idp.seen, [])
@@ -1140,7 +1127,7 @@ class ConcurrencyTests(SynchronousTestCase):
     C{busy} at once, without reaching the IdP.
     """
 
-    def storm(self, h: Harness, count: int) -> List[Deferred]:
+    def storm(self, h: ProviderStack, count: int) -> List[Deferred]:
         h.idp.handlers[TOKEN_PATH] = lambda r: HOLD
         calls = [Deferred.fromCoroutine(h.provider.exchange_code(f"code-{i}", REDIRECT_URI,
                                                                  VERIFIER))
@@ -1361,16 +1348,17 @@ class UserinfoTests(SynchronousTestCase):
 # -- logout: revocation and RP-initiated logout --------------------------------
 
 
-def _revoking(case: SynchronousTestCase, **kwargs: Any) -> Harness:
+def _revoking(case: SynchronousTestCase, **kwargs: Any) -> ProviderStack:
     """A ready provider whose revocation endpoint comes from the configuration."""
     return _ready(case, endpoints={"revocation_endpoint": REVOCATION_ENDPOINT}, **kwargs)
 
 
 class RevocationTests(SynchronousTestCase):
-    def revoke(self, h: Harness, token: str = "RT-1", hint: Optional[str] = "refresh_token") -> Deferred:
+    def revoke(self, h: ProviderStack, token: str = "RT-1",
+               hint: Optional[str] = "refresh_token") -> Deferred:
         return h.run(h.provider.revoke(token, hint))
 
-    def failure(self, h: Harness, d: Deferred) -> ProviderError:
+    def failure(self, h: ProviderStack, d: Deferred) -> ProviderError:
         error = self.failureResultOf(d, ProviderError).value
         for secret in ("RT-1", CLIENT_SECRET):
             self.assertNotIn(secret, error.detail)
@@ -1447,7 +1435,6 @@ class RevocationTests(SynchronousTestCase):
         """private_key_jwt: a fresh assertion whose audience is the token endpoint (the AS)."""
         client = ClientAuth(CLIENT_ID, method="private_key_jwt", private_key_pem=_pem(CLIENT_KEY))
         h = _revoking(self, client=client)
-        h.clock.advance(1_700_000_000)
         self.successResultOf(self.revoke(h))
         form = h.idp.last(REVOCATION_PATH).form()
         self.assertEqual(
@@ -1563,7 +1550,7 @@ class RevocationTests(SynchronousTestCase):
 
     def test_endpoint_from_discovery(self):
         """The revocation_endpoint of the discovery document is used."""
-        h = Harness(start=False)
+        h = provider_stack(start=False)
         h.idp.handlers[DISCOVERY_PATH] = lambda r: answer(
             discovery_document(revocation_endpoint=REVOCATION_ENDPOINT))
         h.provider.start()
@@ -1573,7 +1560,7 @@ class RevocationTests(SynchronousTestCase):
 
     def test_not_ready(self):
         """Before discovery: 503 not_ready."""
-        h = Harness(start=False, endpoints={"revocation_endpoint": REVOCATION_ENDPOINT})
+        h = provider_stack(start=False, endpoints={"revocation_endpoint": REVOCATION_ENDPOINT})
         error = self.failure(h, self.revoke(h))
         self.assertEqual((error.status, error.reason), (503, "not_ready"))
         self.assertEqual(h.idp.seen, [])
@@ -1659,7 +1646,7 @@ class EndSessionURLTests(SynchronousTestCase):
 
     def test_no_endpoint(self):
         """No end_session_endpoint in the metadata: None."""
-        h = Harness(start=False)
+        h = provider_stack(start=False)
         h.idp.handlers[DISCOVERY_PATH] = lambda r: answer(discovery_document(end_session_endpoint=_DROP))
         h.provider.start()
         h.flush()
@@ -1668,7 +1655,7 @@ class EndSessionURLTests(SynchronousTestCase):
 
     def test_metadata_not_loaded(self):
         """Before discovery succeeded: None, and nothing is requested."""
-        h = Harness(start=False)
+        h = provider_stack(start=False)
         self.assertIsNone(h.provider.end_session_url("T", "https://app.test/"))
         self.assertEqual(h.idp.seen, [])
 
@@ -1676,9 +1663,9 @@ class EndSessionURLTests(SynchronousTestCase):
         """Without discovery: the configured end_session_endpoint, or None without one."""
         endpoints = {"authorization_endpoint": AUTHORIZATION_ENDPOINT, "token_endpoint": TOKEN_ENDPOINT,
                      "jwks_uri": JWKS_URI}
-        h = Harness(start=False, discovery=False, endpoints=endpoints)
+        h = provider_stack(start=False, discovery=False, endpoints=endpoints)
         self.assertIsNone(h.provider.end_session_url("T", None))
-        h = Harness(start=False, discovery=False,
+        h = provider_stack(start=False, discovery=False,
                     endpoints=dict(endpoints, end_session_endpoint=END_SESSION_ENDPOINT))
         self.assertEqual(h.provider.end_session_url("T", None),
                          END_SESSION_ENDPOINT + "?id_token_hint=T&client_id=a%3Ab")
@@ -1830,7 +1817,7 @@ INTROSPECTION_PATH = b"/realms/main/protocol/token/introspect"
 ACTIVE = {"active": True, "sub": "user-1", "scope": "api", "exp": 2_000_000_000, "client_id": "api-client"}
 
 
-def _introspecting(case: SynchronousTestCase, result: Any = None, **kwargs: Any) -> Harness:
+def _introspecting(case: SynchronousTestCase, result: Any = None, **kwargs: Any) -> ProviderStack:
     """A ready provider whose introspection endpoint comes from the configuration."""
     h = _ready(case, endpoints={"introspection_endpoint": INTROSPECTION_ENDPOINT}, **kwargs)
     h.idp.handlers[INTROSPECTION_PATH] = lambda r: answer(ACTIVE) if result is None else result
@@ -1838,10 +1825,10 @@ def _introspecting(case: SynchronousTestCase, result: Any = None, **kwargs: Any)
 
 
 class IntrospectionTests(SynchronousTestCase):
-    def introspect(self, h: Harness, token: str = "AT-1") -> Deferred:
+    def introspect(self, h: ProviderStack, token: str = "AT-1") -> Deferred:
         return h.run(h.provider.introspect(token))
 
-    def failure(self, h: Harness, d: Deferred) -> ProviderError:
+    def failure(self, h: ProviderStack, d: Deferred) -> ProviderError:
         error = self.failureResultOf(d, ProviderError).value
         for secret in ("AT-1", CLIENT_SECRET):
             self.assertNotIn(secret, error.detail)
@@ -1890,7 +1877,6 @@ class IntrospectionTests(SynchronousTestCase):
         """A fresh assertion whose audience is the token endpoint (the authorization server)."""
         client = ClientAuth(CLIENT_ID, method="private_key_jwt", private_key_pem=_pem(CLIENT_KEY))
         h = _introspecting(self, client=client)
-        h.clock.advance(1_700_000_000)
         self.successResultOf(self.introspect(h))
         form = h.idp.last(INTROSPECTION_PATH).form()
         self.assertEqual(
@@ -1980,7 +1966,7 @@ class IntrospectionTests(SynchronousTestCase):
         self.assertEqual(len(h.idp.seen), before)
 
     def test_endpoint_from_discovery(self):
-        h = Harness(start=False)
+        h = provider_stack(start=False)
         h.idp.handlers[DISCOVERY_PATH] = lambda r: answer(
             discovery_document(introspection_endpoint=INTROSPECTION_ENDPOINT))
         h.idp.handlers[INTROSPECTION_PATH] = lambda r: answer(ACTIVE)
@@ -1990,7 +1976,7 @@ class IntrospectionTests(SynchronousTestCase):
         self.assertEqual(h.idp.count(INTROSPECTION_PATH), 1)
 
     def test_not_ready(self):
-        h = Harness(start=False, endpoints={"introspection_endpoint": INTROSPECTION_ENDPOINT})
+        h = provider_stack(start=False, endpoints={"introspection_endpoint": INTROSPECTION_ENDPOINT})
         error = self.failure(h, self.introspect(h))
         self.assertEqual((error.status, error.reason), (503, "not_ready"))
         self.assertEqual(h.idp.seen, [])

@@ -6,37 +6,20 @@ session.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict
 
 import attr
 from twisted.internet import defer
-from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from oidcproxy.oidc.provider import ProviderError
-from oidcproxy.oidc.refresh import Refresher, RefreshOutcome, _hash
+from oidcproxy.oidc.refresh import RefreshOutcome, _hash
 from oidcproxy.oidc.tokens import TokenError
 from oidcproxy.sessions.session import Session, SessionStoreUnavailable
-from oidcproxy.sessions.stores.memory import MemoryStore
 
-NOW = 1_000_000.0
+from .fakes import START, LockingStore, NoLockStore, RefresherStack
 
-
-class FakeProvider:
-    """The token endpoint, answering each refresh when the test says so."""
-
-    def __init__(self) -> None:
-        self.pending: List[defer.Deferred] = []
-        self.refresh_tokens: List[str] = []
-
-    def refresh(self, refresh_token: str) -> defer.Deferred:
-        self.refresh_tokens.append(refresh_token)
-        d: defer.Deferred = defer.Deferred()
-        self.pending.append(d)
-        return d
-
-    def keys_for(self, kid: Optional[str]) -> defer.Deferred:
-        return defer.succeed("keys")
+NOW = START
 
 
 ID_TOKENS: Dict[str, Dict[str, Any]] = {
@@ -61,45 +44,6 @@ def session(**kw: Any) -> Session:
     return Session(**base)
 
 
-class NoLockStore(MemoryStore):
-    """A store that cannot lock (like the cookie store): single-process coordination only."""
-
-    lock = None  # type: ignore[assignment]
-
-
-class LockingStore(MemoryStore):
-    """A MemoryStore with the Redis store's cross-process lock."""
-
-    def __init__(self, clock: Clock) -> None:
-        super().__init__(clock)
-        self.locks: Dict[str, str] = {}
-
-    def lock(self, name: str, lease: float) -> defer.Deferred:
-        if name in self.locks:
-            return defer.succeed(None)
-        self.locks[name] = "token"
-        return defer.succeed("token")
-
-    def unlock(self, name: str, token: str) -> defer.Deferred:
-        if self.locks.get(name) == token:
-            del self.locks[name]
-        return defer.succeed(None)
-
-
-class Harness:
-    def __init__(self, store_class: Any = NoLockStore, **kw: Any) -> None:
-        self.clock = Clock()
-        self.clock.advance(NOW)
-        self.provider = FakeProvider()
-        self.store = store_class(self.clock)
-        self.refresher = Refresher(self.provider, validate, self.store, self.clock, **kw)
-
-    def answer(self, index: int = -1, **tokens: Any) -> None:
-        body = {"access_token": "at-2", "token_type": "Bearer", "expires_in": 300}
-        body.update(tokens)
-        self.provider.pending[index].callback(body)
-
-
 def _patch_peek(case: SynchronousTestCase) -> None:
     # The fake ID tokens are names, not JWTs: look at their "header" as empty.
     import oidcproxy.oidc.refresh as refresh_module
@@ -110,20 +54,21 @@ def _patch_peek(case: SynchronousTestCase) -> None:
 class DueTests(SynchronousTestCase):
     def test_on_expiry(self):
         """on_expiry: due within refresh_leeway of the access token's expiry, not before."""
-        r = Harness(leeway=60.0).refresher
+        r = RefresherStack(validate, leeway=60.0).refresher
         self.assertFalse(r.due(session(access_token_expires=NOW + 61), NOW))
         self.assertTrue(r.due(session(access_token_expires=NOW + 60), NOW))
         self.assertTrue(r.due(session(access_token_expires=NOW - 5), NOW))
 
     def test_off_and_no_refresh_token(self):
         """Never due when off, or without a refresh token."""
-        self.assertFalse(Harness(mode="off").refresher.due(session(access_token_expires=NOW), NOW))
-        self.assertFalse(Harness().refresher.due(
+        off = RefresherStack(validate, mode="off").refresher
+        self.assertFalse(off.due(session(access_token_expires=NOW), NOW))
+        self.assertFalse(RefresherStack(validate).refresher.due(
             session(access_token_expires=NOW, refresh_token=None), NOW))
 
     def test_interval(self):
         """interval: also due once the session has not been renewed for refresh_interval."""
-        r = Harness(mode="interval", interval=300.0).refresher
+        r = RefresherStack(validate, mode="interval", interval=300.0).refresher
         self.assertFalse(r.due(session(access_token_expires=NOW + 3600, last_seen=NOW - 299), NOW))
         self.assertTrue(r.due(session(access_token_expires=NOW + 3600, last_seen=NOW - 300), NOW))
 
@@ -134,7 +79,7 @@ class GrantTests(SynchronousTestCase):
 
     def test_refreshed_session(self):
         """A refresh replaces the tokens, rotates the refresh token, merges new ID token claims."""
-        h = Harness()
+        h = RefresherStack(validate)
         d = h.refresher.refresh(session())
         h.answer(refresh_token="rt-2", id_token="id-alice")
         outcome = self.successResultOf(d)
@@ -149,14 +94,14 @@ class GrantTests(SynchronousTestCase):
 
     def test_refresh_token_kept_without_rotation(self):
         """Without a new refresh token the old one is kept."""
-        h = Harness()
+        h = RefresherStack(validate)
         d = h.refresher.refresh(session())
         h.answer()
         self.assertEqual(self.successResultOf(d).session.refresh_token, "rt-1")
 
     def test_invalid_grant_ends_the_session(self):
         """invalid_grant ends the session."""
-        h = Harness()
+        h = RefresherStack(validate)
         d = h.refresher.refresh(session())
         h.provider.pending[0].errback(ProviderError(401, "token_error", "x", "invalid_grant"))
         self.assertEqual(self.successResultOf(d), RefreshOutcome(None, ended=True))
@@ -166,21 +111,21 @@ class GrantTests(SynchronousTestCase):
         for error in [ProviderError(502, "bad_token_response", "500"),
                       ProviderError(504, "timeout", "slow"),
                       ProviderError(502, "unreachable", "refused")]:
-            h = Harness()
+            h = RefresherStack(validate)
             d = h.refresher.refresh(session())
             h.provider.pending[0].errback(error)
             self.assertEqual(self.successResultOf(d), RefreshOutcome(None, unavailable=True))
 
     def test_id_token_for_another_subject_ends(self):
         """A refreshed ID token about someone else ends the session."""
-        h = Harness()
+        h = RefresherStack(validate)
         d = h.refresher.refresh(session())
         h.answer(id_token="id-mallory")
         self.assertEqual(self.successResultOf(d), RefreshOutcome(None, ended=True))
 
     def test_invalid_id_token_ends(self):
         """A refreshed ID token that fails validation ends the session."""
-        h = Harness()
+        h = RefresherStack(validate)
         d = h.refresher.refresh(session())
         h.answer(id_token="forged")
         self.assertEqual(self.successResultOf(d), RefreshOutcome(None, ended=True))
@@ -193,7 +138,7 @@ class SingleFlightTests(SynchronousTestCase):
     def test_fifty_concurrent_requests_one_grant(self):
         """50 concurrent refreshes of one session send one grant and all get its result —
         even when the first caller awaits its Deferred (which takes its result away)."""
-        h = Harness()
+        h = RefresherStack(validate)
         s = session()
         first = h.refresher.refresh(s)
         awaited = []
@@ -213,7 +158,7 @@ class SingleFlightTests(SynchronousTestCase):
     def test_old_session_after_refresh_gets_the_new_one(self):
         """A request still carrying the old session just after a refresh does not spend the
         refresh token again: it gets the refreshed session (for a minute, in this process)."""
-        h = Harness(NoLockStore)
+        h = RefresherStack(validate, NoLockStore)
         s = session()
         d = h.refresher.refresh(s)
         h.answer(refresh_token="rt-2")
@@ -233,7 +178,7 @@ class SingleFlightTests(SynchronousTestCase):
         (meanwhile: unavailable, the caller serves the old access token or
         503); then it is.
         """
-        h = Harness(lease=15.0)
+        h = RefresherStack(validate, lease=15.0)
         d = h.refresher.refresh(session())
         h.provider.pending[0].errback(ProviderError(504, "timeout", "slow"))
         self.assertTrue(self.successResultOf(d).unavailable)
@@ -247,7 +192,7 @@ class SingleFlightTests(SynchronousTestCase):
 
     def test_refused_grant_may_be_retried(self):
         """An error answer from the IdP (not invalid_grant) is certain: the next request tries again."""
-        h = Harness(lease=15.0)
+        h = RefresherStack(validate, lease=15.0)
         d = h.refresher.refresh(session())
         h.provider.pending[0].errback(ProviderError(400, "token_error", "no", oauth_error="invalid_client"))
         self.assertTrue(self.successResultOf(d).unavailable)
@@ -261,7 +206,7 @@ class CrossProcessTests(SynchronousTestCase):
 
     def test_lock_kept_after_an_unanswered_grant(self):
         """No other process may send the refresh token while the IdP may still grant it."""
-        h = Harness(LockingStore, lease=15.0)
+        h = RefresherStack(validate, LockingStore, lease=15.0)
         s = session()
         h.store.save(s)
         d = h.refresher.refresh(s)
@@ -270,7 +215,7 @@ class CrossProcessTests(SynchronousTestCase):
         self.assertIn("refresh:" + _hash(s.id), h.store.locks)
 
     def test_lock_released_after_an_answer(self):
-        h = Harness(LockingStore, lease=15.0)
+        h = RefresherStack(validate, LockingStore, lease=15.0)
         s = session()
         h.store.save(s)
         d = h.refresher.refresh(s)
@@ -280,7 +225,7 @@ class CrossProcessTests(SynchronousTestCase):
 
     def test_lock_held_elsewhere_waits_for_the_result(self):
         """With the lock held by another process, no grant is sent; the stored result is used."""
-        h = Harness(LockingStore, lease=10.0)
+        h = RefresherStack(validate, LockingStore, lease=10.0)
         s = session()
         h.store.locks["refresh:" + _hash(s.id)] = "other"
         d = h.refresher.refresh(s)
@@ -295,7 +240,7 @@ class CrossProcessTests(SynchronousTestCase):
 
     def test_lock_never_released_gives_unavailable(self):
         """A refresh elsewhere that does not finish within the lease: unavailable, not a hang."""
-        h = Harness(LockingStore, lease=1.0)
+        h = RefresherStack(validate, LockingStore, lease=1.0)
         s = session()
         h.store.locks["refresh:" + _hash(s.id)] = "other"
         d = h.refresher.refresh(s)
@@ -305,7 +250,7 @@ class CrossProcessTests(SynchronousTestCase):
 
     def test_refreshed_just_before_the_lock(self):
         """Having taken the lock, a session already refreshed by another process is used as is."""
-        h = Harness(LockingStore)
+        h = RefresherStack(validate, LockingStore)
         s = session()
         newer = attr.evolve(s, refresh_token="rt-other", access_token="at-other")
         h.store.save(newer)
@@ -316,7 +261,7 @@ class CrossProcessTests(SynchronousTestCase):
 
     def test_lock_released_after_grant(self):
         """The lock is released once the refreshed session is stored."""
-        h = Harness(LockingStore)
+        h = RefresherStack(validate, LockingStore)
         h.store.save(session())
         d = h.refresher.refresh(session())
         self.assertEqual(len(h.store.locks), 1)
@@ -326,7 +271,7 @@ class CrossProcessTests(SynchronousTestCase):
 
     def test_lock_store_down(self):
         """A store that cannot lock makes the refresh unavailable (503 upstream), not a crash."""
-        h = Harness(LockingStore)
+        h = RefresherStack(validate, LockingStore)
 
         def down(name: str, lease: float) -> defer.Deferred:
             return defer.fail(SessionStoreUnavailable("down"))
@@ -350,7 +295,7 @@ class StoreFaultTests(SynchronousTestCase):
         The lock is taken but the stored session cannot be read (did another
         process refresh it?): no grant, store_unavailable, the lock released.
         """
-        h = Harness(LockingStore)
+        h = RefresherStack(validate, LockingStore)
         h.store.load = lambda value: defer.fail(SessionStoreUnavailable("down"))
         outcome = self.successResultOf(h.refresher.refresh(session()))
         self.assertEqual(outcome, RefreshOutcome(None, unavailable=True, store_unavailable=True))
@@ -359,7 +304,7 @@ class StoreFaultTests(SynchronousTestCase):
 
     def test_waiting_for_another_process_fails(self):
         """The lock is held elsewhere and the store stops answering: store_unavailable."""
-        h = Harness(LockingStore, lease=10.0)
+        h = RefresherStack(validate, LockingStore, lease=10.0)
         s = session()
         h.store.locks["refresh:" + _hash(s.id)] = "other"
         d = h.refresher.refresh(s)
@@ -376,7 +321,7 @@ class StoreFaultTests(SynchronousTestCase):
         back, saves it without a second grant (the refresh token may have
         been rotated).
         """
-        h = Harness(NoLockStore)
+        h = RefresherStack(validate, NoLockStore)
         s = session()
         save = h.store.save
         h.store.save = lambda session: defer.fail(SessionStoreUnavailable("down"))
