@@ -390,7 +390,7 @@ class GuardStack(IdPStack):
         params = self.authorize(browser, path)
         code = self.idp.issue_code(
             nonce=params["nonce"], sub=sub, claims=claims,
-            code_verifier_challenge=params.get("code_challenge"), **issue)
+            code_verifier_challenge=params["code_challenge"], **issue)
         return browser.navigate("/oidc/callback?" + urlencode({"code": code, "state": params["state"]}))
 
     def logged_in(self, sub: str = "user-1", claims: Optional[Dict[str, Any]] = None) -> Browser:
