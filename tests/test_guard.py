@@ -2,11 +2,12 @@
 Tests for L{oidcproxy.web.guard}: the authenticating wrapper, driven end to end
 in memory.
 
-A fake identity provider (L{tests.idp.FakeIdP}) is reached by the real
-L{Provider} through treq's C{StubTreq}; a "browser" drives the guard through a
-C{RequestTraversalAgent} and keeps its cookies itself; the guard wraps a
-L{RecordingUpstream} (embedding mode) or an L{UpstreamProxy} (proxy mode).
-Time is a L{Clock} shared by the guard, the provider and the IdP.
+The parts come from L{tests.fakes.GuardStack}: a fake identity provider
+(L{tests.idp.FakeIdP}) is reached by the real L{Provider} through treq's
+C{StubTreq}; a "browser" drives the guard through a C{RequestTraversalAgent}
+and keeps its cookies itself; the guard wraps a L{RecordingUpstream}
+(embedding mode) or an L{UpstreamProxy} (proxy mode). Time is a L{Clock}
+shared by the guard, the provider and the IdP.
 """
 
 from __future__ import annotations
