@@ -44,6 +44,7 @@ from zope.interface import implementer
 from oidcproxy import identity
 from oidcproxy.assemble import OIDCGuard
 from oidcproxy.config import Config, parse_config
+from oidcproxy.core.context import RequestContext, context
 from oidcproxy.oidc.provider import ClientAuth, Provider
 from oidcproxy.oidc.refresh import Refresher
 from oidcproxy.proxy.routes import RouteTable
@@ -577,3 +578,24 @@ def open_session(value: str) -> Session:
     session = Session.from_bytes(plain)
     assert session is not None
     return session
+
+
+class GuardStandIn(Resource):
+    """
+    Fills each request's context (C{fill(context)}) as a guard in front
+    would, then hands the request to C{proxy}; keeps the contexts it filled.
+    """
+
+    isLeaf = True
+
+    def __init__(self, proxy: Any, fill: Callable[[RequestContext], Any]) -> None:
+        super().__init__()
+        self.proxy = proxy
+        self.fill = fill
+        self.contexts: List[RequestContext] = []
+
+    def render(self, request: Any) -> Any:
+        found = context(request)
+        self.fill(found)
+        self.contexts.append(found)
+        return self.proxy.render(request)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from typing import Any, List
+from typing import Any
 
 from treq.testing import RequestTraversalAgent, StubTreq
 from twisted.internet.error import ConnectionDone, ConnectionRefusedError, TimeoutError
@@ -17,18 +17,17 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import ResponseFailed
 from twisted.web.http_headers import Headers
-from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 from twisted.web.test.requesthelper import DummyChannel
 
 from oidcproxy.config import RouteConfig, UpstreamSettings
-from oidcproxy.core.context import RequestContext, context
+from oidcproxy.core.context import RequestContext
 from oidcproxy.proxy.headers import canonical_header, drop_connection_named
 from oidcproxy.proxy.relay import BodyRelay
 from oidcproxy.proxy.routes import RouteTable
 from oidcproxy.proxy.upstream import UpstreamClient, UpstreamProxy
 
-from .fakes import FailingAgent, HangingAgent, RecordingUpstream
+from .fakes import FailingAgent, GuardStandIn, HangingAgent, RecordingUpstream
 
 UP = "http://upstream.test:9000"
 
@@ -885,30 +884,12 @@ class ConnectionHeaderTests(SynchronousTestCase):
         self.assertEqual(h.upstream.header(b"host"), [b"public.example"])
 
 
-class _GuardStandIn(Resource):
-    """Fills each request's context as a guard in front would, then hands it to C{proxy}."""
-
-    isLeaf = True
-
-    def __init__(self, proxy: UpstreamProxy, fill: Any) -> None:
-        super().__init__()
-        self.proxy = proxy
-        self.fill = fill
-        self.contexts: List[RequestContext] = []
-
-    def render(self, request: Request) -> Any:
-        found = context(request)
-        self.fill(found)
-        self.contexts.append(found)
-        return self.proxy.render(request)
-
-
 class RequestContextTests(SynchronousTestCase):
     """What the proxy reads from and writes to the request's context."""
 
     def guarded(self, fill: Any, routes: Any = None, upstream: Any = None):
         h = ProxyHarness(routes, upstream=upstream)
-        stand_in = _GuardStandIn(h.proxy, fill)
+        stand_in = GuardStandIn(h.proxy, fill)
         h.client = StubTreq(stand_in)
         return h, stand_in
 

@@ -25,7 +25,7 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 from twisted.web.test.requesthelper import DummyChannel
 
 from oidcproxy.config import UpstreamSettings
-from oidcproxy.core.context import RequestContext, context
+from oidcproxy.core.context import RequestContext
 from oidcproxy.core.metrics import Metrics
 from oidcproxy.proxy.headers import is_websocket_upgrade
 from oidcproxy.proxy.routes import RouteTable
@@ -35,7 +35,7 @@ from oidcproxy.proxy.websocket.head import ChunkedBody
 from oidcproxy.service import body_limit_for
 from oidcproxy.web.server import ProxySite
 
-from .fakes import APP, HangingAgent, ProxyStack, RecordingUpstream, fake_idp, make_config
+from .fakes import APP, GuardStandIn, HangingAgent, ProxyStack, RecordingUpstream, fake_idp, make_config
 from .test_upstream import ProxyHarness, _real_request, route
 
 SWITCH = (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -754,21 +754,6 @@ class OwnCookieTests(SynchronousTestCase):
         self.assertEqual(header(client.received(), b"set-cookie"), [b"app=1"])
 
 
-class _GuardStandIn(Resource):
-    """Fills each request's context as a guard in front would, then hands it to C{proxy}."""
-
-    isLeaf = True
-
-    def __init__(self, proxy: UpstreamProxy, fill: Any) -> None:
-        super().__init__()
-        self.proxy = proxy
-        self.fill = fill
-
-    def render(self, request: Request) -> Any:
-        self.fill(context(request))
-        return self.proxy.render(request)
-
-
 class ContextTests(SynchronousTestCase):
     """The upgrade path reads what the guard decided from the request's context."""
 
@@ -779,7 +764,7 @@ class ContextTests(SynchronousTestCase):
         routes = RouteTable([route(upstream="http://up.test")])
         proxy = UpstreamProxy(routes, clock, sockets=sockets, endpoints=endpoint,
                               client_factory=lambda r: UpstreamClient(HangingAgent(), 10))
-        site = ProxySite(_GuardStandIn(proxy, fill), clock=clock,
+        site = ProxySite(GuardStandIn(proxy, fill), clock=clock,
                          body_limit=body_limit_for(routes, 10_000), reactor=clock)
         return endpoint, sockets, site
 
