@@ -98,6 +98,14 @@ class ContextTests(SynchronousTestCase):
         ctx.keep_cookie = lambda value: value != b"a=1"
         self.assertEqual(ctx.kept_cookies([b"a=1", b"b=2"]), [b"b=2"])
 
+    def test_refuses_cookie(self) -> None:
+        """Without a C{keep_cookie} nothing is refused; with one, what it says no to."""
+        ctx = RequestContext()
+        self.assertFalse(ctx.refuses_cookie(b"a=1"))
+        ctx.keep_cookie = lambda value: value != b"a=1"
+        self.assertTrue(ctx.refuses_cookie(b"a=1"))
+        self.assertFalse(ctx.refuses_cookie(b"b=2"))
+
     def test_handed_over_cookies_not_refused(self):
         """
         The guard's own cookies already in request.cookies (handed over to an

@@ -116,10 +116,14 @@ class RequestContext:
         for name, value in self.headers:
             out.setRawHeaders(name, [value])
 
+    def refuses_cookie(self, value: bytes) -> bool:
+        """Whether L{keep_cookie} refuses the C{Set-Cookie} value C{value}."""
+        keep = self.keep_cookie
+        return keep is not None and not keep(value)
+
     def kept_cookies(self, values: List[bytes]) -> List[bytes]:
         """The C{Set-Cookie} values of C{values} that L{keep_cookie} lets through."""
-        keep = self.keep_cookie
-        return list(values) if keep is None else [v for v in values if keep(v)]
+        return [v for v in values if not self.refuses_cookie(v)]
 
 
 def context(request: Any) -> RequestContext:

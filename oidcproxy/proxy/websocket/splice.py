@@ -74,13 +74,12 @@ def switching_head(request: Any, guard: RequestContext, reason: bytes,
     say), as they would go out with any answer.
     """
     named = header_tokens(raw, b"connection")
-    keep = guard.keep_cookie
     lines = [b"HTTP/1.1 101 " + (reason or b"Switching Protocols")]
     for name, value in headers:
         lower = name.lower()
         if lower in HOP_BY_HOP or lower in named or lower == b"content-length":
             continue
-        if lower == b"set-cookie" and keep is not None and not keep(value):
+        if lower == b"set-cookie" and guard.refuses_cookie(value):
             continue
         lines.append(name + b": " + value)
     lines.append(b"Upgrade: " + b", ".join(raw.getRawHeaders(b"upgrade", [])))

@@ -275,12 +275,11 @@ class _Upgrade:
         request.defaultContentType = None
 
         named = header_tokens(raw, b"connection")
-        keep = self._guard.keep_cookie
         for name, value in headers:
             lower = name.lower()
             if lower in HOP_BY_HOP or lower in named:
                 continue
-            if lower == b"set-cookie" and keep is not None and not keep(value):
+            if lower == b"set-cookie" and self._guard.refuses_cookie(value):
                 continue
             out.addRawHeader(name, value)
         self.state = "answering"
