@@ -456,8 +456,13 @@ class ProxyService(MultiService):
         for listener in self.listeners:
             listener.setServiceParent(self)
         self._port_file = port_file
+        self._privileged_started = False
 
     def startService(self) -> None:
+        if not self._privileged_started:
+            # The twist runner only calls startService (twistd calls
+            # privilegedStartService first): listen now, or nothing would.
+            self.privilegedStartService()
         super().startService()
         # Discovery and JWKS load in the background: the proxy serves public
         # routes at once and answers 503 to logins until the IdP is reachable.
@@ -528,6 +533,7 @@ class ProxyService(MultiService):
         return True
 
     def privilegedStartService(self) -> None:
+        self._privileged_started = True
         if self.own_process and self.worker_id is None:
             startup_checks(self.config)
         try:

@@ -7,6 +7,7 @@ and composes the service. C{--check} validates the configuration and exits.
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any, List, Optional
 
@@ -70,7 +71,7 @@ class Options(usage.Options):
         if self["demo"]:
             self._check_demo()
         elif not self["config"]:
-            raise usage.UsageError("--config FILE is required")
+            raise missing_config()
         if (self["claims"] or self["path"]) and not self["check"]:
             raise usage.UsageError("--claims and --path go with --check")
         if self["path"] and not self["claims"]:
@@ -85,6 +86,22 @@ class Options(usage.Options):
                                    "own configuration")
         if len(self["listen"]) > 1:
             raise usage.UsageError("--demo listens on one endpoint: give --listen once")
+
+
+def missing_config() -> SystemExit:
+    """
+    The refusal to start without C{--config}: two plain lines on standard
+    error and exit status 1 (twistd's for a usage error), not a
+    L{usage.UsageError}, which twistd would print after the whole C{--help}
+    text and behind its own command line (C{venv/bin/twistd --pidfile=:}).
+    """
+    runner = os.path.basename(sys.argv[0]) if sys.argv else ""
+    runner = runner if runner in ("twist", "twistd") else "twistd"
+    return SystemExit(
+        "oidcproxy: --config FILE is required (the TOML configuration file; "
+        "etc/oidcproxy.toml in the source is an example, and --demo runs without one)\n"
+        f"see: {runner} oidcproxy --help"
+    )
 
 
 def _build_demo(options: Options, reactor: Any) -> Any:

@@ -173,12 +173,14 @@ class WorkerPool(Service):
 
         self._sighup = SighupHandler(reactor, self.reload)
         self.restarts = 0
+        self._privileged_started = False
 
     # -- start --------------------------------------------------------------------
 
     def privilegedStartService(self) -> None:
         from .service import ListenError, fatal, startup_checks
 
+        self._privileged_started = True
         super().privilegedStartService()
         if self.own_process:
             startup_checks(self.config)
@@ -242,6 +244,9 @@ class WorkerPool(Service):
         self._metrics_port = self._listen_now(description, MetricsSite(root, reactor=self._reactor))
 
     def startService(self) -> None:
+        if self.own_process and not self._privileged_started:
+            # Under twist, which only calls startService: bind the sockets now.
+            self.privilegedStartService()
         super().startService()
         for number in range(1, self.config.workers + 1):
             self._start_worker(number)

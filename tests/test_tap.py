@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import os
 import resource
+import subprocess
 import sys
 import tempfile
 
@@ -22,7 +23,8 @@ from oidcproxy.service import ListenError, ListenerService, ProxyService
 from .helpers import use_example_env
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-EXAMPLE = os.path.join(os.path.dirname(HERE), "etc", "oidcproxy.toml")
+ROOT = os.path.dirname(HERE)
+EXAMPLE = os.path.join(ROOT, "etc", "oidcproxy.toml")
 CONFIG = parse_config(
     {"routes": [{"path": "/", "upstream": "http://127.0.0.1:9", "auth": "none"}]}, "t.toml"
 )
@@ -30,8 +32,10 @@ CONFIG = parse_config(
 
 class OptionsTests(SynchronousTestCase):
     def test_config_required(self):
-        """--config is required."""
-        self.assertRaises(usage.UsageError, tap.Options().parseOptions, [])
+        """--config is required: a plain refusal with exit status 1, not twistd's usage text."""
+        e = self.assertRaises(SystemExit, tap.Options().parseOptions, [])
+        self.assertNotIsInstance(e, usage.UsageError)
+        self.assertTrue(str(e.code).startswith("oidcproxy: --config FILE is required ("), e.code)
 
     def test_listen_repeatable(self):
         """--listen may be given several times; parsing has no side effects."""
@@ -58,6 +62,44 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(makers["oidcproxy"].description,
                          "OpenID Connect authenticating reverse proxy")
         self.assertIs(makers["oidcproxy"].options, tap.Options)
+
+
+class CommandLineTests(SynchronousTestCase):
+    """The plugin's refusals as a user sees them: the real runners, in a child process."""
+
+    def run_plugin(self, runner, *args):
+        """C{runner oidcproxy args}, with this checkout's code; its status, stdout, stderr."""
+        script = os.path.join(os.path.dirname(sys.executable), runner)
+        if not os.access(script, os.X_OK):
+            self.fail(f"no {runner} script beside {sys.executable}")
+        env = dict(os.environ, PYTHONPATH=ROOT)
+        workdir = self.mktemp()
+        os.makedirs(workdir)
+        done = subprocess.run([script, *args], cwd=workdir,
+                              env=env, stdin=subprocess.DEVNULL, capture_output=True,
+                              timeout=60, text=True)
+        return done.returncode, done.stdout, done.stderr
+
+    def test_twistd_without_config(self):
+        """
+        twistd oidcproxy without --config prints two plain lines on stderr (the
+        refusal and where help is), not the --help text behind twistd's own
+        command line, and exits 1 as twistd does for its usage errors.
+        """
+        status, out, err = self.run_plugin("twistd", "--pidfile=", "oidcproxy")
+        self.assertEqual(status, 1)
+        self.assertEqual(out, "")
+        self.assertEqual(err.splitlines(), [
+            "oidcproxy: --config FILE is required (the TOML configuration file; "
+            "etc/oidcproxy.toml in the source is an example, and --demo runs without one)",
+            "see: twistd oidcproxy --help",
+        ])
+
+    def test_twist_without_config(self):
+        """Under twist the same refusal points to twist's --help, also with status 1."""
+        status, out, err = self.run_plugin("twist", "oidcproxy")
+        self.assertEqual((status, out), (1, ""))
+        self.assertEqual(err.splitlines()[-1], "see: twist oidcproxy --help")
 
 
 class CheckTests(SynchronousTestCase):
@@ -110,10 +152,10 @@ class CheckTests(SynchronousTestCase):
         self.assertEqual(
             out.splitlines(),
             [
+                f"config: bogus: unknown key (in {f.name})",
                 f"config: routes[0].upstream: is required (in {f.name})",
                 f"config: routes[0].timeout: 'x' is not a duration; use a number and a unit "
                 f'(ms, s, m, h, d), like "30s" (in {f.name})',
-                f"config: bogus: unknown key (in {f.name})",
             ],
         )
 

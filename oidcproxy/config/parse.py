@@ -6,6 +6,7 @@ order of the tables here, before one L{ConfigError} lists them all.
 
 from __future__ import annotations
 
+import re
 import sys
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple, TypeVar
 
@@ -51,11 +52,43 @@ def load_config(path: str) -> Config:
     except OSError as e:
         raise ConfigError(path, [f"cannot read the file: {e.strerror or e}"]) from None
     except tomllib.TOMLDecodeError as e:
-        raise ConfigError(path, [f"TOML syntax error: {e}"]) from None
+        raise ConfigError(path, [toml_problem(str(e))]) from None
     except UnicodeDecodeError as e:
         raise ConfigError(path, [f"not UTF-8 text: byte 0x{e.object[e.start]:02x} at offset {e.start}"]) \
             from None
     return parse_config(data, path)
+
+
+_TOML_WHERE = re.compile(r"(?s)(.*) \(at (?:line (\d+), column (\d+)|end of document)\)")
+
+_UNTERMINATED = {
+    # tomllib's and tomli's words for a string cut short, in plain ones.
+    "Illegal character '\\n'": 'unterminated string: a closing " is missing',
+    "Found invalid character '\\n'": "unterminated string: a closing ' is missing",
+    "Unterminated string": 'unterminated string: a closing " is missing',
+    "Expected \"'\"": "unterminated string: a closing ' is missing",
+    "Expected \"'''\"": "unterminated string: a closing ''' is missing",
+}
+
+
+def toml_problem(message: str) -> str:
+    """
+    A TOML syntax error as a problem: where it is, then what (tomllib's or
+    tomli's words, but a string cut short by the end of its line or the
+    file is called an unterminated string: both parsers call it an illegal
+    character, the newline).
+    """
+    m = _TOML_WHERE.fullmatch(message)
+    if m is None:
+        return f"TOML syntax error: {message}"
+    what, line, column = m.groups()
+    plain = _UNTERMINATED.get(what)
+    if line is None:
+        return f"TOML syntax error at the end of the file: {plain or what}"
+    if plain is not None:
+        # The column is the end of the line, where the string was found open.
+        return f"TOML syntax error on line {line}: {plain}"
+    return f"TOML syntax error on line {line}, column {column}: {what}"
 
 
 def parse_config(data: Dict[str, Any], source: str) -> Config:

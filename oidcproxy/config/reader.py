@@ -36,13 +36,30 @@ class ConfigError(Exception):
 
 
 class Problems:
-    """The problems found so far, each C{"key.path: what is wrong"}."""
+    """
+    The problems found so far, each C{"key.path: what is wrong"}.
+
+    Unknown keys come first in L{items}, whichever table they are in: a
+    misspelt key is often the cause of the problems after it (C{upstrem}
+    leaves C{upstream} missing, C{[odic]} leaves the routes without an
+    C{[oidc]} table), and the cause should be read before its consequences.
+    """
 
     def __init__(self) -> None:
-        self.items: List[str] = []
+        self._unknown: List[str] = []
+        self._others: List[str] = []
+
+    @property
+    def items(self) -> List[str]:
+        """Every problem: the unknown keys, then the others, each in the order found."""
+        return self._unknown + self._others
 
     def add(self, keypath: str, message: str) -> None:
-        self.items.append(f"{keypath}: {message}" if keypath else message)
+        self._others.append(f"{keypath}: {message}" if keypath else message)
+
+    def unknown(self, keypath: str, message: str) -> None:
+        """An unknown key (listed before the other problems)."""
+        self._unknown.append(f"{keypath}: {message}")
 
 
 _MISSING: Any = object()
@@ -212,7 +229,7 @@ class Table:
             if key not in self._known:
                 hint = difflib.get_close_matches(key, self._known, n=1)
                 extra = f"; did you mean {hint[0]!r}?" if hint else ""
-                self.problem(key, f"unknown key{extra}")
+                self._problems.unknown(self.keypath(key), f"unknown key{extra}")
 
 
 def describe(value: Any) -> str:

@@ -31,6 +31,7 @@ _SIZE_UNITS = {
     "MiB": 1024**2,
     "GiB": 1024**3,
 }
+_HOST_PORT = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\]):\d{1,5}(?:/\S*)?")
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
@@ -81,7 +82,7 @@ def http_url(text: str) -> str:
     """An absolute http(s) URL with a host, without user information, query or fragment."""
     parts = urlsplit(text)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"{text!r} is not an http(s) URL")
+        raise ValueError(f"{text!r} is not an http(s) URL{_scheme_hint(text)}")
     if parts.username or parts.password:
         raise ValueError(f"{text!r} must not contain user information")
     if parts.query or parts.fragment:
@@ -91,6 +92,16 @@ def http_url(text: str) -> str:
     except ValueError:
         raise ValueError(f"{text!r} has an invalid port") from None
     return text
+
+
+def _scheme_hint(text: str) -> str:
+    """
+    For a C{host:port} written without its scheme (C{127.0.0.1:9000},
+    C{backend:80}), the suggestion to add C{http://}; else nothing.
+    """
+    if _HOST_PORT.fullmatch(text):
+        return f"; did you mean 'http://{text}'?"
+    return ""
 
 
 def route_prefix(text: str) -> str:
@@ -129,7 +140,8 @@ def origin_of(text: str) -> str:
     """
     parts = urlsplit(text)
     if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"{text!r} is not an http(s) origin (scheme://host[:port])")
+        raise ValueError(f"{text!r} is not an http(s) origin (scheme://host[:port])"
+                         f"{_scheme_hint(text)}")
     if parts.username is not None or parts.password is not None or parts.path \
             or parts.query or parts.fragment or "?" in text or "#" in text:
         raise ValueError(f"{text!r} is not an origin: scheme://host[:port] without a path")
