@@ -411,6 +411,30 @@ def log_line(**event) -> bytes:
 
 
 class WorkerPoolTests(SynchronousTestCase):
+    def test_start_alone_binds_first(self):
+        """
+        twist calls only startService: a pool running its own process then
+        binds its sockets (and makes the start-up checks) before the workers
+        start on them; twistd's order binds them once.
+        """
+        from oidcproxy import service as service_module
+
+        checked = []
+        self.patch(service_module, "startup_checks", checked.append)
+        for twistd in (False, True):
+            spawn = Spawner()
+            pool = WorkerPool(attr.evolve(CONFIG, workers=2), Clock(), ["tcp:8080"],
+                              config_path="/etc/oidcproxy.toml", spawn=spawn,
+                              executable="/usr/bin/python3", own_process=True)
+            bound = []
+            pool._bind = lambda description, bound=bound: bound.append(description) or FakePort(5)
+            if twistd:
+                pool.privilegedStartService()
+            pool.startService()
+            self.assertEqual(bound, ["tcp:8080"])
+            self.assertEqual([child_fds[3] for _, _, _, _, child_fds, _ in spawn.spawned], [5, 5])
+        self.assertEqual(len(checked), 2)
+
     def test_starts_n_workers_with_the_sockets(self):
         pool, clock, spawn, _ = pool_for(self, workers=3)
         pool.startService()

@@ -233,6 +233,20 @@ class ServiceTests(SynchronousTestCase):
             self.assertEqual(f.read(), "0.0.0.0:8081\n0.0.0.0:8082\n")
         self.assertEqual([p[0] for p in reactor.tcpServers], [8081, 8082])
 
+    def test_start_alone_listens(self):
+        """
+        twist calls only startService (twistd calls privilegedStartService
+        first): the listeners open then; in twistd's order they open once.
+        """
+        for twistd in (False, True):
+            reactor = MemoryReactor()
+            service = ProxyService(CONFIG, reactor, ["tcp:8081"])
+            if twistd:
+                service.privilegedStartService()
+            service.startService()
+            self.assertEqual([p[0] for p in reactor.tcpServers], [8081])
+            self.successResultOf(service.stopService())
+
     def test_stop_stops_listening(self):
         """Stopping the service stops its listeners."""
         reactor = MemoryReactor()
