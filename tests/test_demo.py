@@ -45,6 +45,7 @@ from oidcproxy.tools.demo import (
     parse_loopback_endpoint,
 )
 
+from .fakes import SECRET
 from .idp import SIGNING_KEY, Browser, Network, Page, s256
 
 PROXY = "http://127.0.0.1:8080"
@@ -52,7 +53,7 @@ ISSUER = "http://127.0.0.1:8081"
 ECHO = "http://127.0.0.1:8082"
 CALLBACK = PROXY + "/oidc/callback"
 CLIENT_SECRET = "demo-client-secret-for-the-tests"
-SESSION_SECRET = "s" * 32
+SESSION_SECRET = SECRET
 VERIFIER = "v" * 43
 START = 1_700_000_000.0
 FORM = {b"content-type": [b"application/x-www-form-urlencoded"]}
