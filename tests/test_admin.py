@@ -109,3 +109,14 @@ class AdminConfigTests(SynchronousTestCase):
         ])
         e = self.assertRaises(ConfigError, parse_config, dict(self.BASE, admin={}), "x.toml")
         self.assertEqual(e.problems, ["admin.token: is required"])
+
+    def test_token_measured_decoded(self):
+        """16 hex digits are 8 bytes, not 16 characters: refused; 16 decoded bytes pass."""
+        e = self.assertRaises(ConfigError, parse_config,
+                              dict(self.BASE, admin={"token": "9f" * 8}), "x.toml")
+        self.assertEqual(e.problems, [
+            "admin.token: the token from the config file is too short: 8 bytes once decoded "
+            "from hex, at least 16 are needed; make one with: python3 -c 'import secrets; "
+            "print(secrets.token_hex(32))'"])
+        c = parse_config(dict(self.BASE, admin={"token": "9f0e" * 8}), "x.toml")
+        self.assertEqual(c.admin.token.reveal(), "9f0e" * 8)
