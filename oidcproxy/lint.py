@@ -67,8 +67,7 @@ def secret_warnings(config: Config) -> List[str]:
     lines = []
     for key, secret in named:
         why = weak_secret(secret.reveal()) if secret is not None else None
-        if why is not None:
-            assert secret is not None
+        if secret is not None and why is not None:
             lines.append(f"{key}: the secret from {secret.origin} {why}")
     return lines
 
