@@ -6,9 +6,10 @@ configuration is still valid: the exit status stays 0).
 
 from __future__ import annotations
 
-from typing import List
+from typing import List, Optional, Tuple
 
-from .config import Config, RouteConfig
+from .config import Config, RouteConfig, Secret
+from .config.secrets import weak_secret
 
 MUTABLE_CLAIMS = ("preferred_username",)
 """
@@ -25,10 +26,10 @@ _WHY = ("at many identity providers users can change it and it is not unique "
 def config_warnings(config: Config) -> List[str]:
     """
     The warnings of C{config}, one line each, without the C{warning:}
-    prefix: identity headers and route rules keyed on a claim in
-    L{MUTABLE_CLAIMS}.
+    prefix: secrets that look easy to guess (L{secret_warnings}), identity
+    headers and route rules keyed on a claim in L{MUTABLE_CLAIMS}.
     """
-    lines: List[str] = []
+    lines = secret_warnings(config)
     authenticated = [r for r in config.routes if r.auth != "none"]
     if authenticated:
         for header, candidates in config.headers:
@@ -50,6 +51,24 @@ def config_warnings(config: Config) -> List[str]:
                     f"{_where(route)}: the rule authorizes on {claim}: {_WHY}, so the rule "
                     f"can let one user in as another; key it on sub, or on email together "
                     f"with Equals(`email_verified`, `true`)")
+    return lines
+
+
+def secret_warnings(config: Config) -> List[str]:
+    """
+    The secrets of C{config} long enough to be accepted that still look easy
+    to guess (L{weak_secret}), one line each naming the key and where the
+    secret came from, never its value. The proxy logs them when it starts.
+    """
+    named: List[Tuple[str, Optional[Secret]]] = [
+        (f"session.secrets[{i}]", s) for i, s in enumerate(config.session.secrets)]
+    named.append(("bearer.hmac_secret", config.bearer.hmac_secret))
+    named.append(("admin.token", config.admin.token if config.admin is not None else None))
+    lines = []
+    for key, secret in named:
+        why = weak_secret(secret.reveal()) if secret is not None else None
+        if secret is not None and why is not None:
+            lines.append(f"{key}: the secret from {secret.origin} {why}")
     return lines
 
 

@@ -24,6 +24,7 @@ from twisted.web.resource import IResource
 from .config import Config, ConfigError, RouteConfig, load_config
 from .core.metrics import Metrics
 from .core.settle import all_settled
+from .lint import secret_warnings
 from .proxy.routes import BadRequestTarget, RouteTable
 from .proxy.upstream import UpstreamClient, UpstreamProxy
 from .proxy.websocket import SocketRegistry
@@ -307,10 +308,13 @@ def raise_descriptor_limit(config: Config) -> Optional[str]:
 def startup_checks(config: Config) -> None:
     """
     Before anything listens, in a process the proxy owns (the reactor is
-    not running yet): the open files limit is raised to fit the connection
-    caps (a warning when it cannot be); a configured Redis must answer, or
-    the start fails with one line naming the cause and exit status 1.
+    not running yet): secrets that look easy to guess are logged as
+    warnings; the open files limit is raised to fit the connection caps (a
+    warning when it cannot be); a configured Redis must answer, or the start
+    fails with one line naming the cause and exit status 1.
     """
+    for weak in secret_warnings(config):
+        log.warn("config: {warning}", warning=weak)
     warning = raise_descriptor_limit(config)
     if warning is not None:
         log.warn("{warning}", warning=warning)

@@ -74,7 +74,10 @@ __all__ = ["ISSUER"]
 APP = "https://app.test"
 CLIENT_ID = "app-client"
 CLIENT_SECRET = "s3cret-value"
-SECRET = "x" * 32
+SECRET = "c42dacc28d67d200a5823db137cd1860cc3092b2e09cf874b5dab1201d1d3876"
+"""A session secret as the config takes it: 32 random bytes in hex."""
+OTHER_SECRET = "ac5129861f4829c394932ecba50aa5fa554f80fe2b688be4c9c6ffb074b5f1b7"
+"""A second one (rotation, another deployment)."""
 SESSION_COOKIE = "__Host-oidcproxy"
 STATE_PREFIX = "__Host-oidcproxy_state_"
 START = 1_700_000_000.0

@@ -98,12 +98,25 @@ class AdminConfigTests(SynchronousTestCase):
                          ("tcp:9091:interface=127.0.0.1", TOKEN))
 
     def test_admin_needs_redis_and_a_token(self):
-        """The admin API needs the Redis store, and a token of 16+ characters."""
+        """The admin API needs the Redis store, and a token of 16+ bytes."""
         data = dict(self.BASE, admin={"token": "short"}, session={})
         e = self.assertRaises(ConfigError, parse_config, data, "x.toml")
         self.assertEqual(e.problems, [
             'admin: the session admin API needs session.store = "redis"',
-            "admin.token: the token from the config file is shorter than 16 characters",
+            "admin.token: the token from the config file is too short: 5 bytes of UTF-8 text, "
+            "at least 16 are needed; make one with: python3 -c 'import secrets; "
+            "print(secrets.token_hex(32))'",
         ])
         e = self.assertRaises(ConfigError, parse_config, dict(self.BASE, admin={}), "x.toml")
         self.assertEqual(e.problems, ["admin.token: is required"])
+
+    def test_token_measured_decoded(self):
+        """16 hex digits are 8 bytes, not 16 characters: refused; 16 decoded bytes pass."""
+        e = self.assertRaises(ConfigError, parse_config,
+                              dict(self.BASE, admin={"token": "9f" * 8}), "x.toml")
+        self.assertEqual(e.problems, [
+            "admin.token: the token from the config file is too short: 8 bytes once decoded "
+            "from hex, at least 16 are needed; make one with: python3 -c 'import secrets; "
+            "print(secrets.token_hex(32))'"])
+        c = parse_config(dict(self.BASE, admin={"token": "9f0e" * 8}), "x.toml")
+        self.assertEqual(c.admin.token.reveal(), "9f0e" * 8)

@@ -22,6 +22,7 @@ from oidcproxy.config import (
     parse_size,
 )
 
+from .fakes import OTHER_SECRET, SECRET
 from .helpers import use_example_env
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -537,8 +538,37 @@ class SecretTests(SynchronousTestCase):
             ConfigError, parse_config, dict(MINIMAL, session={"secrets": ["short"]}), "x.toml"
         )
         self.assertEqual(
-            e.problems, ["session.secrets[0]: the secret from the config file is shorter than 32 bytes"]
+            e.problems, ["session.secrets[0]: the secret from the config file is too short: 5 "
+                         "bytes of UTF-8 text, at least 32 are needed; make one with: python3 -c "
+                         "'import secrets; print(secrets.token_hex(32))'"]
         )
+
+    def test_session_secrets_decoded_length(self):
+        """
+        32 characters are not 32 bytes when they are hex or base64: the
+        secrets are measured once decoded, and 32 decoded bytes pass.
+        """
+        sixteen = "3f" * 8 + "a1b2c3d4e5f60718"  # 16 bytes, 32 hex digits
+        cases = [
+            (sixteen + "09192a3b4c5d6e7f", "24 bytes once decoded from hex"),
+            ("a" * 32, "16 bytes once decoded from hex"),
+            ("x" * 32, "24 bytes once decoded from base64"),
+            ("yMnKy8zNzs_Q0dLT1NXW19jZ2tvc3d7f4OHi4-Tl5g==", "31 bytes once decoded from base64url"),
+            ("yMnKy8zNzs_Q0dLT1NXW19jZ2tvc3d7f4OHi4-Tl5g", "31 bytes once decoded from base64url"),
+            ("ZGVmZ2hpamtsbW5vcHFyc3R1dnd4eXp7fH1+f4CBgoM=", None),  # 32 bytes in base64
+            ("ZGVmZ2hpamtsbW5vcHFyc3R1dnd4eXp7fH1-f4CBgoM", None),  # and unpadded base64url
+            ("correct horse battery staple, 35 B", None),  # UTF-8 text
+        ]
+        for secret, measured in cases:
+            data = dict(MINIMAL, session={"secrets": [SECRET, secret]})
+            if measured is None:
+                self.assertEqual(parse_config(data, "x.toml").session.secrets[1].reveal(), secret)
+                continue
+            e = self.assertRaises(ConfigError, parse_config, data, "x.toml")
+            self.assertEqual(e.problems, [
+                f"session.secrets[1]: the secret from the config file is too short: {measured}, "
+                "at least 32 are needed; make one with: python3 -c 'import secrets; "
+                "print(secrets.token_hex(32))'"])
 
     def test_redis_store_needs_redis(self):
         """session.store = "redis" without a [redis] table is refused."""
@@ -551,7 +581,7 @@ class SecretTests(SynchronousTestCase):
 LOGIN = {
     "public_url": "https://app.example.com/",
     "oidc": {"issuer": "https://idp.example.com", "client_id": "proxy", "client_secret": "s"},
-    "session": {"secrets": ["k" * 32]},
+    "session": {"secrets": [SECRET]},
     "routes": [{"path": "/", "upstream": "http://127.0.0.1:9000"}],
 }
 
@@ -679,7 +709,7 @@ class LoginConfigTests(SynchronousTestCase):
     def test_session_and_state_cookie_keys(self):
         """Session cookie attributes and the state cookie table are validated."""
         data = _login()
-        data["session"] = {"secrets": ["k" * 32], "same_site": "Strict", "cookie_domain":
+        data["session"] = {"secrets": [SECRET], "same_site": "Strict", "cookie_domain":
                            "example.com", "store_tokens": False, "max_cookie_chunks": 3}
         data["state_cookie"] = {"name": "st", "max_age": "5m", "max_count": 2}
         c = parse_config(data, "x.toml")
@@ -688,7 +718,7 @@ class LoginConfigTests(SynchronousTestCase):
                          ("Strict", "example.com", False, 3))
         self.assertEqual((c.state_cookie.name, c.state_cookie.max_age, c.state_cookie.max_count),
                          ("st", 300.0, 2))
-        data["session"] = {"secrets": ["k" * 32], "same_site": "lax", "cookie_domain": ".x.com",
+        data["session"] = {"secrets": [SECRET], "same_site": "lax", "cookie_domain": ".x.com",
                            "max_cookie_chunks": 0}
         data["state_cookie"] = {"name": "a b", "max_count": 50}
         self.assertEqual(self.problems(data), [
@@ -705,9 +735,9 @@ class LoginConfigTests(SynchronousTestCase):
         """session.claims: "all" (the default) or "used"; anything else names the key."""
         data = _login()
         self.assertEqual(parse_config(data, "x.toml").session.claims, "all")
-        data["session"] = {"secrets": ["k" * 32], "claims": "used"}
+        data["session"] = {"secrets": [SECRET], "claims": "used"}
         self.assertEqual(parse_config(data, "x.toml").session.claims, "used")
-        data["session"] = {"secrets": ["k" * 32], "claims": "some"}
+        data["session"] = {"secrets": [SECRET], "claims": "some"}
         self.assertEqual(self.problems(data),
                          ["session.claims: 'some' is not one of 'all', 'used'"])
 
@@ -758,7 +788,7 @@ class RedisConfigTests(SynchronousTestCase):
                           s.revoke_on_logout), ("interval", 600.0, 30.0, 900.0, False))
 
 
-HMAC_SECRET = "h" * 32
+HMAC_SECRET = OTHER_SECRET
 
 
 class TokenConfigTests(SynchronousTestCase):
@@ -808,7 +838,13 @@ class TokenConfigTests(SynchronousTestCase):
              "bearer.hmac_secret: must not be the client secret: whoever holds it (the IdP, every "
              "instance of this client) could sign access tokens for any user"),
             (dict(algorithms=["HS512"], hmac_secret="short"),
-             "bearer.hmac_secret: is shorter than 32 bytes (from the config file)"),
+             "bearer.hmac_secret: the secret from the config file is too short: 5 bytes of UTF-8 "
+             "text, at least 32 are needed; make one with: python3 -c 'import secrets; "
+             "print(secrets.token_hex(32))'"),
+            (dict(algorithms=["HS512"], hmac_secret=SECRET[:62]),
+             "bearer.hmac_secret: the secret from the config file is too short: 31 bytes once "
+             "decoded from hex, at least 32 are needed; make one with: python3 -c 'import "
+             "secrets; print(secrets.token_hex(32))'"),
             (dict(algorithms=["HS256"], hmac_secret=pem),
              "bearer.hmac_secret: looks like a key (PEM, SSH or JWK), not a shared secret "
              "(from the config file)"),

@@ -16,6 +16,7 @@ import json
 import re
 import socket
 import sys
+from datetime import datetime, timezone
 from typing import Any, Dict, List, Optional
 from urllib.parse import parse_qs, urlencode, urlsplit
 
@@ -44,7 +45,9 @@ from oidcproxy.tools.demo import (
     demo_config,
     parse_loopback_endpoint,
 )
+from oidcproxy.tools.demo.echo import token_lifetime
 
+from .fakes import SECRET
 from .idp import SIGNING_KEY, Browser, Network, Page, s256
 
 PROXY = "http://127.0.0.1:8080"
@@ -52,7 +55,7 @@ ISSUER = "http://127.0.0.1:8081"
 ECHO = "http://127.0.0.1:8082"
 CALLBACK = PROXY + "/oidc/callback"
 CLIENT_SECRET = "demo-client-secret-for-the-tests"
-SESSION_SECRET = "s" * 32
+SESSION_SECRET = SECRET
 VERIFIER = "v" * 43
 START = 1_700_000_000.0
 FORM = {b"content-type": [b"application/x-www-form-urlencoded"]}
@@ -539,6 +542,38 @@ class EchoTests(SynchronousTestCase):
             self.assertIn(link, page.body)
         self.assertIn(b"not for production", page.body)
 
+    def test_token_lifetime(self):
+        """The lifetime shown comes from the token's iat and exp; nothing without them."""
+        def token(**claims: Any) -> str:
+            return "e30." + base64.urlsafe_b64encode(
+                json.dumps(claims).encode()).decode().rstrip("=") + ".sig"
+
+        self.assertEqual(token_lifetime(token(iat=1_700_000_000, exp=1_700_000_300)),
+                         "valid for 5 minutes, until 22:18:20 UTC")
+        self.assertEqual(token_lifetime(token(iat=0, exp=7200)), "valid for 2 hours, until "
+                         "02:00:00 UTC")
+        self.assertEqual(token_lifetime(token(iat=0, exp=61)), "valid for 61 seconds, until "
+                         "00:01:01 UTC")
+        for bad in ["opaque", "a.!!!.c", token(iat=1), token(iat="1", exp=2),
+                    token(iat=10, exp=5), token(iat=True, exp=300), "e30.W10.x",
+                    token(iat=0, exp=10**20)]:
+            self.assertIsNone(token_lifetime(bad), bad)
+
+    def test_curl_with_lifetime(self):
+        """The page shows the forwarded access token in a curl command, with how long it lasts."""
+        access = "e30." + base64.urlsafe_b64encode(
+            b'{"iat": 1700000000, "exp": 1700000300}').decode().rstrip("=") + ".sig"
+        browser = Browser(Network(), EchoUpstream(
+            ["X-Forwarded-User", "X-Forwarded-Access-Token"], public_url=PROXY), ECHO)
+        page = browser.navigate("/", headers={
+            b"x-forwarded-user": [b"alice"], b"x-forwarded-access-token": [access.encode()]})
+        self.assertIn(f"curl -H 'Authorization: Bearer {access}' {PROXY}/api/".encode(), page.body)
+        self.assertIn(b"This token is valid for 5 minutes, until 22:18:20 UTC", page.body)
+        page = browser.navigate("/", headers={
+            b"x-forwarded-user": [b"alice"], b"x-forwarded-access-token": [b"opaque"]})
+        self.assertIn(b"curl -H 'Authorization: Bearer opaque'", page.body)
+        self.assertNotIn(b"This token is", page.body)
+
     def test_json(self):
         """With Accept: application/json the same, as JSON."""
         page = self.browser.get("/x", headers={**JSON, b"x-forwarded-groups": [b"a,b"]})
@@ -621,6 +656,20 @@ class DemoLoginTests(SynchronousTestCase):
         page = self.echo(api, "/api/x", headers={b"authorization": [b"Bearer " + token.encode()]})
         self.assertEqual(page.code, 200, page.body)
         self.assertEqual(page.json()["identity"]["X-Forwarded-User"], "alice")
+
+    def test_page_says_how_long_the_token_lasts(self):
+        """
+        The echo page's curl command comes with the token's lifetime and end,
+        from its own iat and exp: the demo's tokens last 5 minutes.
+        """
+        browser = self.login("alice", "wonderland")
+        page = browser.navigate("/")
+        token = self.echo(browser, "/").json()["identity"]["X-Forwarded-Access-Token"]
+        self.assertIn(f"Authorization: Bearer {token}".encode(), page.body)
+        claims = jwt.decode(token, options={"verify_signature": False})
+        until = datetime.fromtimestamp(claims["exp"], timezone.utc).strftime("%H:%M:%S")
+        self.assertEqual(TOKEN_LIFETIME, 300)
+        self.assertIn(f"This token is valid for 5 minutes, until {until} UTC".encode(), page.body)
 
     def test_public_page_needs_no_login(self):
         """/public/ reaches the echo application without a login and without identity."""

@@ -20,12 +20,21 @@ from oidcproxy.web.bearer_auth import JWKS_FILE_RETRY
 
 from .adversarial import ROUTES as ADVERSARIAL_ROUTES
 from .adversarial import parse_response
-from .fakes import API, CLIENT_ID, CLIENT_SECRET, SESSION_COOKIE, GuardStack, ProxyStack, make_config
+from .fakes import (
+    API,
+    CLIENT_ID,
+    CLIENT_SECRET,
+    OTHER_SECRET,
+    SESSION_COOKIE,
+    GuardStack,
+    ProxyStack,
+    make_config,
+)
 from .idp import ISSUER, Browser, public_jwk
 from .test_adv_tokens import hmac_signed, sign
 from .test_guard_authz import ROUTES
 
-BEARER_HMAC_SECRET = "a-bearer-hmac-secret-of-32-bytes-or-more"
+BEARER_HMAC_SECRET = OTHER_SECRET
 GATEWAY = "https://gateway.test"
 
 

@@ -15,16 +15,18 @@ import resource
 import signal
 import socket
 import sys
+from typing import Any, Dict, List
 
 import attr
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone, ProcessDone, ProcessTerminated
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
-from twisted.logger import LogLevel, eventAsJSON, globalLogPublisher
+from twisted.logger import Logger, LogLevel, eventAsJSON, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
+from oidcproxy import service as service_module
 from oidcproxy.config import MAX_WORKERS, AdminConfig, ConfigError, MetricsConfig, Secret, parse_config
 from oidcproxy.service import (
     AdoptedListenerService,
@@ -34,10 +36,12 @@ from oidcproxy.service import (
     descriptors_needed,
     fatal,
     raise_descriptor_limit,
+    startup_checks,
 )
 from oidcproxy.workers import READY_KEY, RESTART_DELAYS, SPEC_VARIABLE, WorkerPool, main
 from tests.test_server import Recorder, SiteHarness, large_limit
 
+from .fakes import SECRET
 from .pki import make_pki
 
 
@@ -262,6 +266,27 @@ class DescriptorLimitTests(SynchronousTestCase):
         warning = raise_descriptor_limit(self.config())
         self.assertEqual(state["limits"], (1024, 524288))
         self.assertIn("may open only 1024", warning)
+
+
+class WeakSecretLogTests(SynchronousTestCase):
+    """The start logs the warnings of C{--check} on secrets that look easy to guess."""
+
+    def test_logged_at_start(self):
+        self.patch(service_module, "raise_descriptor_limit", lambda config: None)
+        events: List[Dict[str, Any]] = []
+        self.patch(service_module, "log", Logger(observer=events.append))
+        weak = "0123456789abcdef" * 4
+        startup_checks(parse_config({"routes": CONFIG_ROUTES,
+                                     "session": {"secrets": [SECRET, weak]}}, "t.toml"))
+        self.assertEqual([(e["log_level"], formatEvent(e)) for e in events], [
+            (LogLevel.warn, "config: session.secrets[1]: the secret from the config file has only "
+             "8 distinct byte values in its 32 bytes once decoded from hex: it looks easy to "
+             "guess; make a random one with: python3 -c 'import secrets; "
+             "print(secrets.token_hex(32))'")])
+        events.clear()
+        startup_checks(parse_config({"routes": CONFIG_ROUTES, "session": {"secrets": [SECRET]}},
+                                    "t.toml"))
+        self.assertEqual(events, [])
 
 
 class FatalTests(SynchronousTestCase):

@@ -36,6 +36,7 @@ from oidcproxy.web.server import ProxySite
 
 from .fakes import (
     API,
+    SECRET,
     USER_CLAIMS,
     GuardStack,
     RecordingUpstream,
@@ -521,7 +522,7 @@ class RegistryTests(SynchronousTestCase):
 SERVICE_CONFIG = {
     "public_url": "https://app.example",
     "oidc": {"issuer": "https://idp.example", "client_id": "c", "client_secret": "s"},
-    "session": {"secrets": ["k" * 32]},
+    "session": {"secrets": [SECRET]},
     "routes": [{"path": "/", "upstream": "http://127.0.0.1:9"}],
 }
 

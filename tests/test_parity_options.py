@@ -12,7 +12,7 @@ the IdP.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 from urllib.parse import urlencode
 
 from twisted.internet.defer import Deferred, succeed
@@ -521,22 +521,102 @@ class UsernameClaimTests(SynchronousTestCase):
 
     def test_access_log_line(self):
         """The access log writes the guard's user."""
-        from twisted.internet.address import IPv4Address
-        from twisted.test.proto_helpers import StringTransport
-
-        from oidcproxy.web.server import ProxySite
-
         h = GuardStack(self, make_config(username_claim="email"), idp=RecordingIdP)
         browser = h.logged_in(sub="u-1", claims={"email": "a@x.test"})
-        events = captured_log(self)
-        site = ProxySite(h.guard, clock=h.clock, body_limit=lambda host, target: (100, None, None),
-                         reactor=h.clock)
-        channel = site.buildProtocol(IPv4Address("TCP", "192.0.2.7", 5555))
-        channel.makeConnection(StringTransport())
-        channel.dataReceived(b"GET /x HTTP/1.1\r\nHost: app.test\r\nAccept: application/json\r\n"
-                             b"Cookie: " + browser.cookie_header() + b"\r\n\r\n")
-        access = [e for e in events if e.get("log_namespace") == "oidcproxy.access"]
+        access = access_log(self, h, b"GET /x HTTP/1.1\r\nHost: app.test\r\n"
+                            b"Accept: application/json\r\n"
+                            b"Cookie: " + browser.cookie_header() + b"\r\n\r\n")
         self.assertEqual([e["user"] for e in access], ["a@x.test"])
+
+
+def access_log(case: SynchronousTestCase, h: GuardStack, raw: bytes) -> List[Dict[str, Any]]:
+    """The access-log events of the raw HTTP/1.1 C{raw} sent to C{h}'s guard through a site."""
+    from twisted.internet.address import IPv4Address
+    from twisted.test.proto_helpers import StringTransport
+
+    from oidcproxy.web.server import ProxySite
+
+    events = captured_log(case)
+    site = ProxySite(h.guard, clock=h.clock, body_limit=lambda host, target: (100, None, None),
+                     reactor=h.clock)
+    channel = site.buildProtocol(IPv4Address("TCP", "192.0.2.7", 5555))
+    channel.makeConnection(StringTransport())
+    channel.dataReceived(raw)
+    return [e for e in events if e.get("log_namespace") == "oidcproxy.access"]
+
+
+class RefusedUserTests(SynchronousTestCase):
+    """
+    A request the guard refuses with 403 although it knows who sent it (a
+    claim rule, the CSRF check, the WebSocket origin check) names the user
+    in the access log, as an allowed one does.
+    """
+
+    ROUTES = [
+        {"path": "/admin", "upstream": "http://up.test", "rule": "Contains(`groups`, `admins`)"},
+        {"path": "/api", "upstream": "http://up.test", "auth": "bearer",
+         "rule": "Equals(`access_token.scope`, `write`)"},
+        {"path": "/", "upstream": "http://up.test"},
+    ]
+
+    def refused(self, h: GuardStack, lines: List[bytes]) -> Tuple[int, str, str]:
+        raw = b"\r\n".join([*lines, b"Host: app.test", b"Content-Length: 0", b"", b""])
+        (event,) = access_log(self, h, raw)
+        self.assertEqual(h.app.requests, [])
+        return event["status"], event["user"], event["auth"]
+
+    def session(self, **config: Any) -> Tuple[GuardStack, bytes]:
+        h = GuardStack(self, make_config(username_claim="email", routes=self.ROUTES, **config),
+                       idp=RecordingIdP)
+        browser = h.logged_in(sub="u-1", claims={"email": "a@x.test", "groups": ["staff"]})
+        h.app.requests.clear()
+        return h, b"Cookie: " + browser.cookie_header()
+
+    def test_rule(self):
+        h, cookie = self.session()
+        self.assertEqual(
+            self.refused(h, [b"GET /admin HTTP/1.1", b"Accept: application/json", cookie]),
+            (403, "a@x.test", "denied"))
+
+    def test_rule_on_a_bearer_token(self):
+        from .test_guard_authz import access_token
+
+        h = GuardStack(self, make_config(username_claim="client_id", routes=self.ROUTES),
+                       idp=RecordingIdP)
+        token = access_token(h, client_id="svc-client").encode("ascii")
+        self.assertEqual(
+            self.refused(h, [b"GET /api/x HTTP/1.1", b"Accept: application/json",
+                             b"Authorization: Bearer " + token]),
+            (403, "svc-client", "denied"))
+
+    def test_csrf(self):
+        h, cookie = self.session(csrf={})
+        self.assertEqual(
+            self.refused(h, [b"POST /x HTTP/1.1", b"Accept: application/json", cookie]),
+            (403, "a@x.test", "csrf_refused"))
+
+    def test_not_once_the_session_ended(self):
+        """A session that ends at refresh names nobody: the request is unauthenticated."""
+        from .test_guard_session import NEAR_EXPIRY
+
+        h = GuardStack(self)
+        browser = h.logged_in(sub="u-1")
+        h.app.requests.clear()
+        h.idp.refresh_error = (400, "invalid_grant")
+        h.clock.advance(NEAR_EXPIRY)
+        self.assertEqual(
+            self.refused(h, [b"GET /x HTTP/1.1", b"Accept: application/json",
+                             b"Cookie: " + browser.cookie_header()]),
+            (401, "-", "unauthenticated"))
+
+    def test_websocket_origin(self):
+        h, cookie = self.session()
+        self.assertEqual(
+            self.refused(h, [b"GET /ws HTTP/1.1", b"Upgrade: websocket", b"Connection: Upgrade",
+                             b"Sec-WebSocket-Version: 13",
+                             b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+                             b"Origin: https://evil.test", cookie]),
+            (403, "a@x.test", "origin_refused"))
 
 
 # -- the IdP client: retries, TLS ---------------------------------------------------------

@@ -21,6 +21,7 @@ from oidcproxy.config import parse_config
 from oidcproxy.service import ProxyService
 from oidcproxy.workers import WorkerPool
 
+from .fakes import SECRET
 from .test_tap import EXAMPLE, use_example_env
 
 CONFIG = parse_config(
@@ -118,7 +119,7 @@ class CheckReactorTests(SynchronousTestCase):
             f.write('public_url = "https://app.example"\n'
                     '[oidc]\nissuer = "https://idp.example"\nclient_id = "c"\n'
                     'client_secret = "s"\n'
-                    '[session]\nstore = "redis"\nsecrets = ["' + "k" * 32 + '"]\n'
+                    '[session]\nstore = "redis"\nsecrets = ["' + SECRET + '"]\n'
                     '[redis]\nurl = "redis://127.0.0.1:1/0"\n'
                     '[[routes]]\npath = "/"\nupstream = "http://127.0.0.1:9"\n')
         options = tap.Options()

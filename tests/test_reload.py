@@ -18,11 +18,11 @@ from oidcproxy.config import load_config
 from oidcproxy.proxy.upstream import UpstreamClient
 from oidcproxy.service import ProxyService, restart_changes
 
-from .fakes import RecordingUpstream
+from .fakes import SECRET, RecordingUpstream
 
 HEAD = (
     '[oidc]\nissuer = "https://idp.example"\nclient_id = "CLIENT"\nclient_secret = "s"\n'
-    '[session]\nsecrets = ["' + "k" * 32 + '"]\n'
+    '[session]\nsecrets = ["' + SECRET + '"]\n'
 )
 PUBLIC = '[[routes]]\npath = "/"\nupstream = "http://app.invalid/root"\nauth = "none"\n'
 

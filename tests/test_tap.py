@@ -20,6 +20,7 @@ from oidcproxy import tap
 from oidcproxy.config import parse_config
 from oidcproxy.service import ListenError, ListenerService, ProxyService
 
+from .fakes import SECRET
 from .helpers import use_example_env
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -301,9 +302,9 @@ class AdminListenerTests(SynchronousTestCase):
         config = parse_config({
             "public_url": "https://app.example",
             "oidc": {"issuer": "https://idp.example", "client_id": "c", "client_secret": "s"},
-            "session": {"store": "redis", "secrets": ["k" * 32]},
+            "session": {"store": "redis", "secrets": [SECRET]},
             "redis": {"url": "redis://127.0.0.1:1/0", "command_timeout": "100ms"},
-            "admin": {"token": "t" * 20, "listen": "tcp:9099:interface=127.0.0.1"},
+            "admin": {"token": SECRET, "listen": "tcp:9099:interface=127.0.0.1"},
             "routes": [{"path": "/", "upstream": "http://127.0.0.1:9"}],
         }, "t.toml")
         reactor = MemoryReactorClock()  # the Redis pool's timers run on it
@@ -320,7 +321,7 @@ class CheckClaimsTests(SynchronousTestCase):
         text = (
             'public_url = "https://app.example"\n'
             '[oidc]\nissuer = "https://idp.example"\nclient_id = "c"\nclient_secret = "s"\n'
-            '[session]\nsecrets = ["' + "k" * 32 + '"]\n'
+            '[session]\nsecrets = ["' + SECRET + '"]\n'
             '[[routes]]\npath = "/admin"\nupstream = "http://127.0.0.1:9"\n'
             'rule = "Contains(`groups`, `admins`) && Equals(`access_token.scope`, `write`)"\n'
             '[[routes]]\npath = "/"\nupstream = "http://127.0.0.1:9"\n'
@@ -404,7 +405,7 @@ class CheckWarningsTests(SynchronousTestCase):
     BASE = (
         'public_url = "https://app.example"\n'
         '[oidc]\nissuer = "https://idp.example"\nclient_id = "c"\nclient_secret = "s"\n'
-        '[session]\nsecrets = ["' + "k" * 32 + '"]\n'
+        '[session]\nsecrets = ["' + SECRET + '"]\n'
     )
 
     def run_check(self, text: str, *args: str):
@@ -460,6 +461,19 @@ class CheckWarningsTests(SynchronousTestCase):
         for line in lines[1:]:
             self.assertIn("key it on sub, or on email together with "
                           "Equals(`email_verified`, `true`)", line)
+
+    def test_weak_secret(self):
+        """A secret long enough but easy to guess: a warning naming the key, not its value."""
+        headers = '[headers]\nX-Forwarded-User = "sub"\n'
+        weak = "0123456789abcdef" * 4  # 32 bytes of hex with 8 distinct values
+        base = self.BASE.replace(f'secrets = ["{SECRET}"]', f'secrets = ["{SECRET}", "{weak}"]')
+        status, lines = self.run_check(base + headers + self.route())
+        self.assertEqual(status, 0)
+        self.assertEqual(lines, [
+            "config OK",
+            "warning: session.secrets[1]: the secret from the config file has only 8 distinct "
+            "byte values in its 32 bytes once decoded from hex: it looks easy to guess; make a "
+            "random one with: python3 -c 'import secrets; print(secrets.token_hex(32))'"])
 
     def test_explicit_header_mapping(self):
         """A [headers] mapping that tries preferred_username for any header is named."""

@@ -27,6 +27,8 @@ from oidcproxy.tools.traefik import (
     toml_value,
 )
 
+from .fakes import SECRET
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on PyPy 3.9
@@ -214,7 +216,7 @@ class SeedTests(SynchronousTestCase, WarningsMixin):
         text = _read(SEED).replace("MY_ISSUER_URL", "https://idp.example.com/realms/apps")
         result = self.convert_seed(text)
         self.credentials(**{"oidc-client-client_secret": "my-oauth-client-secret",
-                            "session-key": "k" * 32})
+                            "session-key": SECRET})
         config = load_config(self.write(result.toml))
         self.assertEqual(config.public_url, "https://oidcproxy.invalid")
         self.assertEqual(config.oidc.issuer, "https://idp.example.com/realms/apps")
@@ -237,7 +239,7 @@ class SeedTests(SynchronousTestCase, WarningsMixin):
         """
         from oidcproxy.tap import Options, check
 
-        self.credentials(**{"oidc-client-client_secret": "s", "session-key": "k" * 32})
+        self.credentials(**{"oidc-client-client_secret": "s", "session-key": SECRET})
         options = Options()
         options.parseOptions(["--config", self.write(self.convert_seed().toml), "--check"])
         out = io.StringIO()
@@ -361,7 +363,7 @@ class FullExampleTests(SynchronousTestCase, WarningsMixin):
             with open(os.path.join(directory, name + ".pem"), "w") as f:
                 f.write("PEM\n")
         data = tomllib.loads(self.result.toml.replace("/etc/oidcproxy/", directory + "/"))
-        data["session"]["secrets"] = ["k" * 32]
+        data["session"]["secrets"] = [SECRET]
         data["oidc"]["client_secret"] = "client-secret"
         data["redis"]["password"] = "redis-password"
         config = parse_config(data, "full.toml")

@@ -35,7 +35,16 @@ from oidcproxy.proxy.websocket.head import ChunkedBody
 from oidcproxy.service import body_limit_for
 from oidcproxy.web.server import ProxySite
 
-from .fakes import APP, GuardStandIn, HangingAgent, ProxyStack, RecordingUpstream, fake_idp, make_config
+from .fakes import (
+    APP,
+    SECRET,
+    GuardStandIn,
+    HangingAgent,
+    ProxyStack,
+    RecordingUpstream,
+    fake_idp,
+    make_config,
+)
 from .test_upstream import ProxyHarness, _real_request, route
 
 SWITCH = (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -652,7 +661,7 @@ class ConfigAndWiringTests(SynchronousTestCase):
         os.close(fd)
         self.addCleanup(os.unlink, path)
         base = ('[oidc]\nissuer = "https://idp.example"\nclient_id = "C"\nclient_secret = "s"\n'
-                '[session]\nsecrets = ["' + "k" * 32 + '"]\nlifetime = "2h"\n'
+                '[session]\nsecrets = ["' + SECRET + '"]\nlifetime = "2h"\n'
                 '[[routes]]\npath = "/"\nupstream = "http://app.invalid"\nauth = "none"\n')
         with open(path, "w", encoding="utf-8") as f:
             f.write("max_websockets = 7\n" + base)

@@ -27,6 +27,7 @@ from .schema import (
     StateCookieConfig,
     UpstreamSettings,
 )
+from .secrets import MIN_KEY_BYTES, short_secret
 from .values import absolute_path, http_url, one_of, readable_file
 
 # The namespace of the whole configuration layer, as before it had modules.
@@ -201,7 +202,7 @@ def read_bearer(t: Table, oidc: Optional[OIDCConfig]) -> BearerConfig:
     return bearer
 
 
-MIN_HMAC_SECRET_BYTES = 32
+MIN_HMAC_SECRET_BYTES = MIN_KEY_BYTES
 """RFC 7518, 3.2: an HS256 key has at least 256 bits."""
 
 
@@ -222,12 +223,13 @@ def _bearer_hmac(t: Table, bearer: BearerConfig, oidc: Optional[OIDCConfig]) -> 
         t.problem("hmac_secret", "is used only with an HS* algorithm in bearer.algorithms")
         return
     value = secret.reveal()
+    short = short_secret(value, MIN_HMAC_SECRET_BYTES)
     if oidc is not None and oidc.client_secret is not None and \
             value == oidc.client_secret.reveal():
         t.problem("hmac_secret", "must not be the client secret: whoever holds it (the IdP, every "
                   "instance of this client) could sign access tokens for any user")
-    elif len(value.encode("utf-8")) < MIN_HMAC_SECRET_BYTES:
-        t.problem("hmac_secret", f"is shorter than {MIN_HMAC_SECRET_BYTES} bytes (from {secret.origin})")
+    elif short is not None:
+        t.problem("hmac_secret", f"the secret from {secret.origin} is {short}")
     elif value.lstrip().startswith("{") or not _usable_hmac_key(value):
         t.problem("hmac_secret", f"looks like a key (PEM, SSH or JWK), not a shared secret "
                   f"(from {secret.origin})")

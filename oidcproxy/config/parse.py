@@ -26,6 +26,7 @@ from .schema import (
     StateCookieConfig,
     UpstreamSettings,
 )
+from .secrets import short_secret
 from .session import read_csrf, read_redis, read_session, read_state_cookie
 from .values import endpoint_prefix, endpoint_string, header_name, http_url, network, origin_of
 
@@ -194,8 +195,9 @@ def _admin(top: Table, session: SessionConfig) -> Optional[AdminConfig]:
         top.problem("admin", 'the session admin API needs session.store = "redis"')
     if token is None:
         return None
-    if len(token.reveal()) < 16:
-        top.problem("admin.token", f"the token from {token.origin} is shorter than 16 characters")
+    short = short_secret(token.reveal(), 16)
+    if short is not None:
+        top.problem("admin.token", f"the token from {token.origin} is {short}")
     return AdminConfig(token=token, listen=listen)
 
 

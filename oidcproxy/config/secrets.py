@@ -6,8 +6,11 @@ configuration is loaded.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
-from typing import Any
+import re
+from typing import Any, NamedTuple, Optional
 
 
 class Secret:
@@ -72,6 +75,91 @@ def read_secret(value: Any) -> Secret:
     if not text:
         raise ValueError(f"{origin} is empty")
     return Secret(text, origin)
+
+
+MIN_KEY_BYTES = 32
+"""A key's secret holds at least 256 bits (RFC 7518, 3.2 for HS256; AES-256)."""
+
+MAKE_ONE = "python3 -c 'import secrets; print(secrets.token_hex(32))'"
+"""The command the messages on secrets suggest (64 hex digits: 32 random bytes)."""
+
+MIN_DISTINCT_BYTES = 16
+"""Fewer distinct byte values than this in a secret's bytes earn a warning."""
+
+_HEX = re.compile(r"(?:[0-9a-fA-F]{2})+")
+_BASE64 = re.compile(r"[A-Za-z0-9+/]+={0,2}")
+_BASE64URL = re.compile(r"[A-Za-z0-9_-]+={0,2}")
+
+
+class SecretBytes(NamedTuple):
+    """The bytes a secret's text stands for, and the form they were read in."""
+
+    data: bytes
+    form: str
+    """C{"hex"}, C{"base64"}, C{"base64url"} or C{"text"} (its UTF-8 bytes)."""
+
+
+def secret_bytes(text: str) -> SecretBytes:
+    """
+    What a secret is worth, in bytes: hex (an even number of hex digits) is
+    decoded, then base64 or base64url (padded or not) when it decodes
+    cleanly; any other text counts its UTF-8 bytes. Only the strength checks
+    use this: keys are derived from the text as written.
+    """
+    if _HEX.fullmatch(text):
+        return SecretBytes(bytes.fromhex(text), "hex")
+    if _BASE64.fullmatch(text):
+        form, altchars = "base64", None
+    elif _BASE64URL.fullmatch(text):
+        form, altchars = "base64url", b"-_"
+    else:
+        return SecretBytes(text.encode("utf-8"), "text")
+    if (text.endswith("=") and len(text) % 4) or len(text) % 4 == 1:
+        return SecretBytes(text.encode("utf-8"), "text")
+    try:
+        data = base64.b64decode(text + "=" * (-len(text) % 4), altchars=altchars, validate=True)
+    except binascii.Error:
+        return SecretBytes(text.encode("utf-8"), "text")
+    return SecretBytes(data, form)
+
+
+def _measured(value: SecretBytes) -> str:
+    size = f"{len(value.data)} byte{'' if len(value.data) == 1 else 's'}"
+    if value.form == "text":
+        return f"{size} of UTF-8 text"
+    return f"{size} once decoded from {value.form}"
+
+
+def short_secret(text: str, minimum: int = MIN_KEY_BYTES) -> Optional[str]:
+    """
+    None when the secret C{text} holds at least C{minimum} bytes (see
+    L{secret_bytes}), else the problem in one line that holds no secret.
+    """
+    value = secret_bytes(text)
+    if len(value.data) >= minimum:
+        return None
+    return (f"too short: {_measured(value)}, at least {minimum} are needed; "
+            f"make one with: {MAKE_ONE}")
+
+
+def weak_secret(text: str) -> Optional[str]:
+    """
+    A warning (one line, no secret in it) when the secret C{text} looks easy
+    to guess although long enough: one character repeated, or fewer than
+    L{MIN_DISTINCT_BYTES} distinct byte values in a secret of at least
+    L{MIN_KEY_BYTES} bytes; None otherwise.
+    """
+    if len(set(text)) == 1:
+        why = "is one character repeated"
+    else:
+        value = secret_bytes(text)
+        distinct = len(set(value.data))
+        # Random bytes repeat some values: only a key's length (which 32
+        # random bytes fill with about 30 values) is held to the count.
+        if distinct >= MIN_DISTINCT_BYTES or len(value.data) < MIN_KEY_BYTES:
+            return None
+        why = f"has only {distinct} distinct byte values in its {_measured(value)}"
+    return f"{why}: it looks easy to guess; make a random one with: {MAKE_ONE}"
 
 
 def _credential_path(name: str) -> str:

@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 from .reader import Table
 from .schema import CSRFConfig, RedisConfig, SessionConfig, StateCookieConfig
+from .secrets import short_secret
 from .values import absolute_path, cookie_domain, cookie_name, header_name, parse_duration, readable_file
 
 
@@ -18,8 +19,9 @@ def read_session(t: Table) -> SessionConfig:
     """The C{[session]} table: the session cookie, lifetimes, refresh and the store."""
     secrets = t.secrets("secrets")
     for i, s in enumerate(secrets):
-        if len(s.reveal().encode("utf-8")) < 32:
-            t.problem(f"secrets[{i}]", f"the secret from {s.origin} is shorter than 32 bytes")
+        short = short_secret(s.reveal())
+        if short is not None:
+            t.problem(f"secrets[{i}]", f"the secret from {s.origin} is {short}")
     return SessionConfig(
         store=t.choice("store", ("cookie", "redis"), "cookie"),
         secrets=secrets,

@@ -241,12 +241,13 @@ class BearerAuth:
             return False
         sub = claims.get("sub") if isinstance(claims.get("sub"), str) else \
             str(claims.get("client_id", ""))
+        ctx = context(request)
+        # Named in the access log even when the rule refuses the token.
+        ctx.user = user_name(state.config.username_claim, claims, sub)
         if not authorized(request, match.route, sub, claims, claims):
             return False
-        ctx = context(request)
         ctx.identity = Identity(
             sub=sub, claims=claims, access_token=token, expires=claims.get("exp"))
-        ctx.user = user_name(state.config.username_claim, claims, sub)
         decided(request, "bearer", unless_decided=True)
         if authorization and passes_client_authorization(state.config):
             # Stripped with the managed headers (pass_access_token =

@@ -22,6 +22,7 @@ from ..sessions.cookies import CookieTooLarge, read_cookie
 from ..sessions.session import LIVE, Session, SessionStoreUnavailable, session_state
 from .answers import decided, finish, store_unavailable
 from .csrf import SAFE_METHODS
+from .identity import user_name
 from .parts import GuardState
 from .requests import judged_method
 from .rules import authorized, unverified_claims
@@ -132,6 +133,9 @@ class SessionAuth:
         """
         state = self._state
         config, cookies = state.config, state.cookies
+        # Named before any check: the access log of a refused request
+        # (written as it is answered) shows whose it was.
+        self._name_user(request, session)
         if not self.websocket_origin_allowed(request, match.route):
             return None, None
         now = state.clock.seconds()
@@ -150,9 +154,11 @@ class SessionAuth:
                 raise SessionStoreUnavailable("a refreshed session could not be saved")
             if outcome.ended:
                 await self.forget(session)
+                context(request).user = None  # no session any more: a login follows
                 return None, cookies.clear_session(request)
             if outcome.session is not None:
                 session = outcome.session
+                self._name_user(request, session)
                 value = outcome.cookie_value
                 # The refresh saved it seen now; a sliding one is saved again
                 # below with its new expiry (and one cookie set for both).
@@ -197,6 +203,11 @@ class SessionAuth:
                                     .encode("ascii")))
             context(request).headers.extend(ctx_headers)
         return session, None
+
+    def _name_user(self, request: Request, session: Session) -> None:
+        """The access log's user for a request of C{session}, allowed or refused."""
+        context(request).user = user_name(
+            self._state.config.username_claim, session.claims, session.sub)
 
     def _set_cookie(self, request: Request, session: Session, value: str, now: float,
                     what: str) -> None:

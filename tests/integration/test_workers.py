@@ -22,6 +22,7 @@ from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
+from tests.fakes import SECRET
 from tests.integration import procs, stack
 
 
@@ -270,7 +271,7 @@ client_secret = "s"
 
 [session]
 store = "redis"
-secrets = ["{'x' * 32}"]
+secrets = ["{SECRET}"]
 
 [redis]
 url = "redis://127.0.0.1:{port}/0"

@@ -4,12 +4,46 @@ The demo's application behind the proxy: it shows what it received.
 
 from __future__ import annotations
 
+import json
+from datetime import datetime, timezone
 from html import escape
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from twisted.web.resource import Resource
 
+from ...core.encoding import b64url_decode_lenient
 from .pages import page, send, send_json
+
+
+def token_lifetime(token: str) -> Optional[str]:
+    """
+    How long the JWT C{token} is valid, from its own C{iat} and C{exp}
+    claims (the signature is not checked: the page only shows it), as
+    C{"valid for 5 minutes, until 07:50:00 UTC"}; None when it has not both.
+    """
+    try:
+        claims = json.loads(b64url_decode_lenient(token.split(".")[1]))
+    except (IndexError, ValueError, TypeError, RecursionError):
+        return None
+    if not isinstance(claims, dict):
+        return None
+    iat, exp = claims.get("iat"), claims.get("exp")
+    if not isinstance(iat, int) or not isinstance(exp, int) or isinstance(iat, bool) or \
+            isinstance(exp, bool) or exp < iat:
+        return None
+    try:
+        until = datetime.fromtimestamp(exp, timezone.utc).strftime("%H:%M:%S UTC")
+    except (OverflowError, OSError, ValueError):
+        return None
+    return f"valid for {_duration(exp - iat)}, until {until}"
+
+
+def _duration(seconds: int) -> str:
+    for unit, size in (("hour", 3600), ("minute", 60)):
+        if seconds >= size and seconds % size == 0:
+            count = seconds // size
+            return f"{count} {unit}{'' if count == 1 else 's'}"
+    return f"{seconds} second{'' if seconds == 1 else 's'}"
 
 
 class EchoUpstream(Resource):
@@ -61,10 +95,15 @@ class EchoUpstream(Resource):
         token = identity.get("X-Forwarded-Access-Token")
         api = ""
         if token:
+            lifetime = token_lifetime(token)
+            expiry = (f"<p>This token is {escape(lifetime)} (its <code>iat</code> and "
+                      "<code>exp</code> claims): after that <code>/api/</code> refuses it; "
+                      "reload this page for a fresh one (the proxy refreshes the session's "
+                      "tokens).</p>") if lifetime else ""
             api = ("<h2>Try the API route</h2><p><code>/api/</code> takes bearer tokens only. "
                    "With the access token the proxy forwarded:</p>"
                    f"<pre>curl -H 'Authorization: Bearer {escape(token)}' "
-                   f"{escape(self._public_url)}/api/</pre>")
+                   f"{escape(self._public_url)}/api/</pre>{expiry}")
         body = (
             f"<p><b>{escape(method)} {escape(path)}</b> reached the application.</p>{who}{links}"
             f"<h2>Request headers received</h2><table><tr><th>header</th><th>value</th></tr>"
