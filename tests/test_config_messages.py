@@ -64,7 +64,7 @@ class ProblemOrderTests(CheckCase):
             'public_url = "https://proxy.example.com"\n'
             '[[routes]]\npath = "/"\nupstream = "http://127.0.0.1:9"\ntimeout = "x"\n'
             + OIDC.replace("[oidc]", "[odic]")
-            + '[session]\nsecrets = ["0123456789abcdef0123456789abcdef"]\nlifetim = "8h"\n'
+            + '[session]\nsecrets = ["c42dacc28d67d200a5823db137cd1860cc3092b2e09cf874b5dab1201d1d3876"]\nlifetim = "8h"\n'
         )
         self.assertEqual([line.split(":")[1].strip() for line in lines], [
             "session.lifetim", "odic", "routes[0].timeout", "routes[0].auth",
@@ -150,7 +150,7 @@ class HostPortTests(CheckCase):
             "routes": [{"path": "/", "upstream": "http://127.0.0.1:9"}],
             "oidc": {"issuer": "idp:8080", "client_id": "c", "client_secret": "s",
                      "post_logout_redirect_url": "localhost:3000/bye"},
-            "session": {"secrets": ["0123456789abcdef0123456789abcdef"]},
+            "session": {"secrets": ["c42dacc28d67d200a5823db137cd1860cc3092b2e09cf874b5dab1201d1d3876"]},
         }
         e = self.assertRaises(ConfigError, parse_config, data, "t.toml")
         hinted = [p for p in e.problems if "did you mean 'http://" in p]
