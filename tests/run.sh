@@ -89,8 +89,8 @@ step "PyPy venv"
 step "ruff"
 .venv-cpython/bin/ruff check oidcproxy tests twisted setup.py bench
 
-step "reStructuredText (README.rst, NEWS.rst, bench/README.rst)"
-for doc in README.rst NEWS.rst bench/README.rst; do
+step "reStructuredText (README.rst, NEWS.rst, bench/README.rst, tests/data/README.rst)"
+for doc in README.rst NEWS.rst bench/README.rst tests/data/README.rst; do
     .venv-cpython/bin/python -m docutils --halt=warning "$doc" > /dev/null
 done
 
