@@ -31,9 +31,10 @@ from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from twisted.trial.unittest import TestCase
 
+from tests.helpers import require_module, require_program
+
 # The OP, the proxy on a known port and the browser-like HTTP client live in
 # tests.integration.stack (shared with test_sessions_redis); re-exported here.
-from tests.helpers import require_module, require_program
 from tests.integration.stack import (  # noqa: F401
     ALICE,
     BOB,
