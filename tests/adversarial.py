@@ -12,9 +12,8 @@ real L{ProxySite} channel (C{ProxyStack.raw}), where the exact bytes matter
 (absolute-form targets, duplicate or odd header names, header limits).
 
 The open-redirect corpus is oauth2-proxy's C{testdata/openredirects.txt} (MIT
-licence), read where the workplace keeps it (C{../shared/testdata/} beside
-the checkout) rather than copied into this repository; another location can
-be given in C{$OIDCPROXY_REDIRECT_CORPUS}.
+licence), kept in this repository as L{CORPUS}; C{tests/data/README.rst}
+says where it comes from and gives oauth2-proxy's licence.
 """
 
 from __future__ import annotations
@@ -37,11 +36,8 @@ from .idp import ISSUER, Page
 __all__ = ["APP", "CLIENT_ID", "CLIENT_SECRET", "ISSUER", "SECRET"]
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-CORPUS_PLACES = [
-    os.environ.get("OIDCPROXY_REDIRECT_CORPUS", ""),
-    os.path.join(os.path.dirname(os.path.dirname(HERE)), "shared", "testdata", "openredirects.txt"),
-    "/work/shared/testdata/openredirects.txt",
-]
+CORPUS = os.path.join(HERE, "data", "openredirects.txt")
+"""The open-redirect corpus: one payload a line (oauth2-proxy's, see tests/data/README.rst)."""
 
 PUBLIC_ORIGIN_ROOT = APP + "/"
 """Where every refused redirect lands: the configured public URL's root."""
@@ -55,14 +51,8 @@ ROUTES = PROXY_ROUTES
 
 
 def corpus() -> List[str]:
-    """Every line of the open-redirect corpus (the test is skipped, saying why, without it)."""
-    from twisted.trial.unittest import SkipTest
-
-    found = [p for p in CORPUS_PLACES if p and os.path.isfile(p)]
-    if not found:
-        raise SkipTest("the open-redirect corpus openredirects.txt is not at any of "
-                       + ", ".join(p for p in CORPUS_PLACES if p))
-    with open(found[0], encoding="utf-8") as f:
+    """Every line of the open-redirect corpus, L{CORPUS}."""
+    with open(CORPUS, encoding="utf-8") as f:
         lines = f.read().split("\n")
     return lines[:-1] if lines and lines[-1] == "" else lines
 

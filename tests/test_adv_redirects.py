@@ -14,6 +14,8 @@ kept exactly, so the tables cannot pass by refusing everything.
 
 from __future__ import annotations
 
+import hashlib
+import os
 from typing import Any, List, Tuple
 from urllib.parse import parse_qs, urlencode, urlsplit
 
@@ -22,6 +24,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from .adversarial import (
     API,
     APP,
+    CORPUS,
     MARKUP,
     PUBLIC_ORIGIN_ROOT,
     SAFE_TARGETS,
@@ -63,6 +66,21 @@ class CorpusTests(SynchronousTestCase):
         self.assertTrue({"backslash", "control", "userinfo", "#@", "?@", "numeric", "look-alike",
                          "script", "over-long"} <= labels, labels)
         self.assertGreater(len(INPUTS), 3000)
+
+    def test_corpus_in_the_repository(self):
+        """
+        The corpus is read from tests/data/ of this checkout, the copy whose
+        origin and licence tests/data/README.rst gives (its SHA-256 there).
+        """
+        data = os.path.dirname(CORPUS)
+        self.assertEqual(data, os.path.join(os.path.dirname(os.path.abspath(__file__)), "data"))
+        with open(CORPUS, "rb") as f:
+            digest = hashlib.sha256(f.read()).hexdigest()
+        with open(os.path.join(data, "README.rst"), encoding="utf-8") as f:
+            readme = f.read()
+        self.assertIn(digest, readme)
+        self.assertIn("testdata/openredirects.txt", readme)
+        self.assertIn("Permission is hereby granted, free of charge", readme)
 
     def test_login_rd_refused(self):
         """

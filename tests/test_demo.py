@@ -26,7 +26,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import globalLogPublisher
 from twisted.python import usage
-from twisted.trial.unittest import SkipTest, SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase
 
 from oidcproxy import OIDCGuard, tap
 from oidcproxy.oidc.provider import ClientAuth, Provider
@@ -48,6 +48,7 @@ from oidcproxy.tools.demo import (
 from oidcproxy.tools.demo.echo import token_lifetime
 
 from .fakes import SECRET
+from .helpers import missing
 from .idp import SIGNING_KEY, Browser, Network, Page, s256
 
 PROXY = "http://127.0.0.1:8080"
@@ -864,7 +865,8 @@ class TapDemoTests(SynchronousTestCase):
             service = demo.make_demo_service(MemoryReactorClock(), "tcp:0:interface=\\:\\:1",
                                              signing_key=SIGNING_KEY)
         except OSError as e:
-            raise SkipTest(f"no IPv6 loopback here: {e}") from None
+            raise missing(f"no IPv6 loopback (::1) here, so the IPv6 listener cannot be "
+                          f"tested: {e}") from None
         for listener in service.listeners:
             self.addCleanup(listener.stopService)
         config = service.config

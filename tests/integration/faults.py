@@ -75,7 +75,7 @@ async def concurrently(calls: Sequence[Awaitable[Any]], limit: Optional[int] = N
 
     try:
         return await gatherResults([run(c) for c in calls], consumeErrors=True)
-    except FirstError as e:  # unwrapped: the failure itself, a SkipTest stays a skip
+    except FirstError as e:  # unwrapped: the failure itself, an allowed skip stays a skip
         e.subFailure.raiseException()
         raise
 

@@ -12,45 +12,44 @@ C{Ready to accept connections}. Fault tests pause it (SIGSTOP), resume it
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 from typing import List, Optional, Sequence
 
-from twisted.trial.unittest import SkipTest, TestCase
+from twisted.trial.unittest import TestCase
 
+from tests.helpers import missing, require_program
 from tests.integration import procs
 
-REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 START_DEADLINE = 10.0
 PORT_ATTEMPTS = 5
 
 
-def redis_available() -> Optional[str]:
-    """None when redis-server can be run; otherwise why not (a skip reason)."""
-    if not os.access(REDIS_SERVER, os.X_OK):
-        return f"{REDIS_SERVER} is not installed"
-    return None
+def require_redis() -> str:
+    """The redis-server executable, or the test fails (or skips) saying to install it."""
+    return require_program("redis-server", "redis-server")
 
 
-def tls_unavailable() -> Optional[str]:
-    """None when this redis-server build speaks TLS; otherwise why not (a skip reason)."""
-    missing = redis_available()
-    if missing:
-        return missing
+def require_tls_redis() -> str:
+    """
+    The redis-server executable, when its build speaks TLS (Debian's does);
+    otherwise the test fails (or skips) saying so.
+    """
+    server = require_redis()
     # A build without TLS refuses the tls-* options: "Bad directive or wrong
-    # number of arguments". --test-memory would run; asking for the TLS
-    # options' help through a config check that exits at once is enough.
+    # number of arguments". Asking for them with files that do not exist
+    # makes any build exit at once, with one message or the other.
     result = subprocess.run(
-        [REDIS_SERVER, "--port", "0", "--tls-port", "0", "--save", "", "--loglevel", "warning",
+        [server, "--port", "0", "--tls-port", "0", "--save", "", "--loglevel", "warning",
          "--tls-cert-file", "/nonexistent", "--tls-key-file", "/nonexistent"],
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         timeout=10, check=False,
     )
     output = result.stdout.decode("utf-8", "replace")
     if "Bad directive" in output or "wrong number of arguments" in output:
-        return "this redis-server was built without TLS (no --tls-port)"
-    return None
+        raise missing(f"{server} was built without TLS (no --tls-port): "
+                      f"apt-get install redis-server (Debian's build has TLS)")
+    return server
 
 
 class RedisServer:
@@ -85,7 +84,7 @@ class RedisServer:
         return self.child.pid
 
     def _args(self) -> List[str]:
-        args = [REDIS_SERVER]
+        args = [require_redis()]
         if self.sentinel_conf is not None:
             args += [self.sentinel_conf, "--sentinel"]
         args += ["--port", str(self.port), "--bind", self.host, "--dir", self.workdir,
@@ -164,14 +163,12 @@ def _workdir(testcase: TestCase) -> str:
 
 async def start_redis(testcase: TestCase, *extra: str, tls_args: Sequence[str] = ()) -> RedisServer:
     """
-    Start a redis-server for C{testcase} (skipping the test when there is
-    none); stopped at cleanup. C{extra}: more command-line options
+    Start a redis-server for C{testcase} (the test fails, saying to install
+    it, when there is none); stopped at cleanup. C{extra}: more command-line options
     (C{"--requirepass", "secret"}). C{tls_args}: the C{--tls-*} file options,
     to listen with TLS on C{server.tls_port} as well.
     """
-    missing = redis_available()
-    if missing:
-        raise SkipTest(missing)
+    require_redis()
     server = RedisServer(testcase, _workdir(testcase), extra, tls_args)
     testcase.addCleanup(server.stop)
     await server.start()

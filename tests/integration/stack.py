@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import shutil
 import socket
 import time
 from email.utils import parsedate_to_datetime
@@ -29,11 +28,12 @@ from urllib.parse import urljoin, urlsplit
 import attr
 from treq.client import HTTPClient
 from twisted.internet import reactor
-from twisted.trial.unittest import SkipTest, TestCase
+from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 
+from tests.helpers import require_file, require_program
 from tests.integration import procs
 
 OP_DIR = os.path.join(procs.HERE, "op")
@@ -62,26 +62,14 @@ ALICE = {"login": "alice", "email": "alice@example.com", "groups": "admins,staff
 BOB = {"login": "bob", "email": "bob@example.com", "groups": "staff"}
 
 
-def _missing(reason: str) -> Exception:
-    """
-    Skip for a missing part — except in CI (CI=true), where tests/run.sh has
-    installed every part, so a missing one is a failure, not a skip.
-    """
-    if os.environ.get("CI"):
-        return RuntimeError(f"CI: {reason}")
-    return SkipTest(reason)
-
-
 def require_op() -> str:
-    """The node executable, or skip: the OP needs Node.js and its node_modules."""
-    node = shutil.which("node")
-    if node is None:
-        raise _missing("Node.js (node) is not installed; the test OP (oidc-provider) needs it")
-    if not os.path.isfile(OP_PACKAGE):
-        raise _missing(
-            f"oidc-provider is not installed in {OP_DIR}/node_modules; "
-            f"run `npm ci` there (tests/run.sh does)"
-        )
+    """
+    The node executable, once Node.js and the OP's node_modules are both here;
+    otherwise the test fails (or skips, see L{tests.helpers.missing}).
+    """
+    node = require_program("node", "nodejs")
+    require_file(OP_PACKAGE, f"oidc-provider is not installed; run `npm ci` in {OP_DIR} "
+                             f"(tests/run.sh does)")
     return node
 
 

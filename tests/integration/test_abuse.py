@@ -19,7 +19,6 @@ import signal
 import sys
 import time
 from typing import Any, Callable, Dict, List, Optional, Set
-from unittest import SkipTest
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredList
@@ -30,6 +29,7 @@ from twisted.internet.utils import getProcessOutput
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
+from tests.helpers import missing
 from tests.integration import procs
 from tests.integration.test_proxy_process import MB, RSSMonitor, http_client
 
@@ -253,7 +253,8 @@ def raise_descriptor_limit(needed: int) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < needed:
         if hard != resource.RLIM_INFINITY and hard < needed:
-            raise SkipTest(f"needs {needed} open files; the hard limit is {hard}")
+            raise missing(f"needs {needed} open files; the hard limit is {hard} "
+                          f"(as root: ulimit -Hn {needed})")
         resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
 
 

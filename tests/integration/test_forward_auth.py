@@ -16,16 +16,15 @@ with treq.
 
 Each test starts its own OP, upstream, proxy and nginx (C{nginx -p <tmp>},
 in the foreground, every path under the test's temporary directory) on free
-loopback ports and stops them at cleanup. They skip where nginx, Node.js or
-the OP's node_modules are missing (fail under CI=true, like the other
-integration tests); C{apt-get install nginx} brings nginx.
+loopback ports and stops them at cleanup. Where nginx, Node.js or the OP's
+node_modules are missing they fail, saying what to install (see
+L{tests.helpers}); C{tests/run.sh} installs them all.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 from urllib.parse import parse_qs, urlsplit
 
@@ -38,6 +37,7 @@ from twisted.internet.protocol import Protocol
 from twisted.trial.unittest import TestCase
 from twisted.web.iweb import IResponse
 
+from tests.helpers import require_program
 from tests.integration import procs
 from tests.integration.stack import (
     ALICE,
@@ -48,7 +48,6 @@ from tests.integration.stack import (
     STEP_TIMEOUT,
     OpenIDProvider,
     WebClient,
-    _missing,
     browse,
     fill_login,
     header_values,
@@ -60,7 +59,6 @@ from tests.integration.stack import (
     start_proxy,
 )
 
-NGINX = "/usr/sbin/nginx"
 NGINX_SITE = os.path.join(procs.HERE, "nginx_forward_auth.conf")
 """The README's nginx configuration, with placeholders (C{@@APP@@}, ...) for the addresses."""
 
@@ -88,11 +86,8 @@ IDENTITY_HEADERS = ("x-forwarded-user", "x-forwarded-email", "x-forwarded-groups
 
 
 def require_nginx() -> str:
-    """The nginx executable (with the auth_request module), or skip."""
-    path = NGINX if os.access(NGINX, os.X_OK) else shutil.which("nginx")
-    if path is None:
-        raise _missing("nginx is not installed: apt-get install nginx")
-    return path
+    """The nginx executable (Debian's has the auth_request module), or fail saying so."""
+    return require_program("nginx", "nginx")
 
 
 def nginx_site(public_port: int, proxy_port: int, upstream_port: int) -> str:

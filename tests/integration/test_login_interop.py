@@ -10,9 +10,9 @@ scripted HTTP client (treq, cookies kept per origin here, the OP's
 development login and consent forms parsed from its HTML), and by headless
 Chromium driven by selenium.
 
-They skip, with the reason, where Node.js and the OP's node_modules
-(C{npm ci} in tests/integration/op), or Chromium, chromedriver and selenium,
-are missing; C{tests/run.sh} installs them all.
+Where Node.js and the OP's node_modules (C{npm ci} in tests/integration/op),
+or Chromium, chromedriver and selenium, are missing they fail, saying what
+to install (see L{tests.helpers}); C{tests/run.sh} installs them all.
 
 Each login prints its round trip (the first request of the protected page to
 the upstream's answer) on stderr as C{LOGIN_ROUND_TRIP_MS=<ms> client=<name>}.
@@ -31,6 +31,8 @@ from twisted.internet.threads import deferToThread
 from twisted.logger import Logger
 from twisted.trial.unittest import TestCase
 
+from tests.helpers import require_module, require_program
+
 # The OP, the proxy on a known port and the browser-like HTTP client live in
 # tests.integration.stack (shared with test_sessions_redis); re-exported here.
 from tests.integration.stack import (  # noqa: F401
@@ -48,7 +50,6 @@ from tests.integration.stack import (  # noqa: F401
     OriginCookieJar,
     Stack,
     WebClient,
-    _missing,
     browse,
     fill_login,
     header_values,
@@ -90,14 +91,10 @@ def report_round_trip(client: str, seconds: float) -> None:
 
 
 def require_chromium() -> None:
-    """Skip unless Chromium, chromedriver and selenium are all here."""
-    missing = [path for path in (CHROMIUM, CHROMEDRIVER) if not os.access(path, os.X_OK)]
-    if missing:
-        raise _missing(f"{' and '.join(missing)} missing: apt-get install chromium chromium-driver")
-    try:
-        import selenium  # noqa: F401
-    except ImportError:
-        raise _missing("selenium is not installed (pip install -r requirements-dev.txt)") from None
+    """Chromium, chromedriver and selenium are all here, or the test fails saying which is not."""
+    require_program("chromium", "chromium", path=CHROMIUM)
+    require_program("chromedriver", "chromium-driver", path=CHROMEDRIVER)
+    require_module("selenium", "pip install -r requirements-dev.txt (tests/run.sh does)")
 
 
 # -- the tests -----------------------------------------------------------------------

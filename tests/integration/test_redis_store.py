@@ -20,7 +20,7 @@ from typing import Any, Awaitable, Callable, Dict, List, Sequence, Tuple
 from twisted.internet import reactor
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.logger import globalLogPublisher
-from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from oidcproxy.sessions.crypto import Sealer
 from oidcproxy.sessions.session import Session, SessionStoreUnavailable, new_session_id
@@ -28,9 +28,9 @@ from oidcproxy.sessions.stores.redis import RedisStore, build_redis, hashed
 from tests.integration import procs
 from tests.integration.redis_server import (
     RedisServer,
+    require_tls_redis,
     start_redis,
     start_sentinel,
-    tls_unavailable,
 )
 from tests.session_contract import SessionStoreContract, make_session
 
@@ -886,11 +886,10 @@ async def start_tls_redis(testcase: TestCase) -> Tuple[RedisServer, Dict[str, st
     """
     A redis-server listening with TLS too (C{tls_port}), its certificate for
     "localhost" from a throwaway CA; and the PEM files (L{_write_pki}).
-    Skips the test when this redis-server has no TLS.
+    The test fails (or skips, see L{tests.helpers.missing}) when this
+    redis-server has no TLS.
     """
-    reason = tls_unavailable()
-    if reason:
-        raise SkipTest(reason)
+    require_tls_redis()
     directory = os.path.abspath(testcase.mktemp())
     os.makedirs(directory)
     pki = _write_pki(directory)

@@ -85,7 +85,7 @@ async def concurrently(calls: List[Awaitable[Any]]) -> List[Any]:
         return await gatherResults(
             [Deferred.fromCoroutine(c) for c in calls],  # type: ignore[arg-type]
             consumeErrors=True)
-    except FirstError as e:  # unwrapped: a SkipTest must stay a skip
+    except FirstError as e:  # unwrapped: a failure stays a failure, an allowed skip a skip
         e.subFailure.raiseException()
         raise
 

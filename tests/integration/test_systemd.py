@@ -30,6 +30,7 @@ from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
+from tests.helpers import require_program
 from tests.integration import procs
 
 ETC = os.path.join(procs.ROOT, "etc")
@@ -254,9 +255,7 @@ class UnitFileTests(TestCase):
         C{systemd-analyze verify} finds no problem in the three unit files (the
         twistd path replaced by an existing one, which verify insists on).
         """
-        analyze = shutil.which("systemd-analyze")
-        if analyze is None:
-            raise self.skipTest("systemd-analyze is not installed (apt-get install systemd)")
+        analyze = require_program("systemd-analyze", "systemd")
         directory = os.path.abspath(self.mktemp())
         os.makedirs(directory)
         executable = procs.twistd_command()[0]

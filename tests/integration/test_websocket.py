@@ -5,8 +5,9 @@ C{websockets} library: L{tests.integration.ws_server} as its own process, its
 client in a thread), with sessions from a real login at the test OpenID
 Provider (C{oidc-provider}, see L{tests.integration.stack}).
 
-They skip, with the reason, where Node.js or the OP's node_modules are
-missing (C{tests/run.sh} installs them).
+Where Node.js, the OP's node_modules or the websockets library are missing
+they fail, saying what to install (see L{tests.helpers}); C{tests/run.sh}
+installs them all.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ import time
 from typing import Any, Dict, List, Optional, Tuple
 
 from twisted.internet.threads import deferToThread
-from twisted.trial.unittest import SkipTest, TestCase
+from twisted.trial.unittest import TestCase
 
+from tests.helpers import require_module
 from tests.integration import procs
 from tests.integration.stack import (
     OpenIDProvider,
@@ -36,11 +38,10 @@ from tests.integration.stack import (
 )
 
 try:
-    import websockets
     from websockets.exceptions import ConnectionClosed, InvalidStatus
     from websockets.sync.client import connect
-except ImportError:  # pragma: no cover - requirements-dev.txt installs it
-    websockets = None
+except ImportError:  # pragma: no cover - requirements-dev.txt installs it; start_stack says so
+    pass
 
 WS_SERVER = os.path.join(procs.HERE, "ws_server.py")
 MB = 1024 * 1024
@@ -159,8 +160,7 @@ class Stack:
 
 async def start_stack(testcase: TestCase) -> Stack:
     """OP, WebSocket server and proxy, and the session cookie of a real login as alice."""
-    if websockets is None:
-        raise SkipTest("the websockets library is not installed (requirements-dev.txt)")
+    require_module("websockets", "pip install -r requirements-dev.txt (tests/run.sh does)")
     require_op()
     reserved = reserve_port()
     try:
