@@ -283,6 +283,21 @@ class ErrorTests(SynchronousTestCase):
             ],
         )
 
+    def test_invalid_route_path_leaves_other_keys_known(self):
+        """
+        A route whose path is invalid still reads its other keys: they are
+        checked, and none is called unknown.
+        """
+        problems = self.problems({"routes": [_route(path="api", pass_host_header=True,
+                                                    policy_mode="enfoce")]})
+        self.assertEqual(
+            problems,
+            [
+                "routes[0].path: 'api' must start with '/'",
+                "routes[0].policy_mode: 'enfoce' is not one of 'enforce', 'audit'",
+            ],
+        )
+
     def test_key_with_control_characters(self):
         """A quoted key holding a newline is shown escaped: every problem stays one line."""
         problems = self.problems({"a\nb": 1, "upstream": {"x\u2028y": 1},
