@@ -195,7 +195,7 @@ class Table:
         return self._secret(self.keypath(key), self._data[key])
 
     def secrets(self, key: str, *, doc: str = "") -> Tuple[Secret, ...]:
-        self.declare(key, "list of secrets", (), doc=doc)
+        self.declare(key, "list of secrets", doc=doc)
         values = self._raw(key, (list,), "a list of secrets", _MISSING)
         if values is _MISSING:
             return ()
