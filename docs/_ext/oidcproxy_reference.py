@@ -40,7 +40,7 @@ def _heading(title: str, underline: str) -> List[str]:
 
 def _default(key: Key) -> str:
     if key.inherits is not None:
-        return f"the route's :key:`{key.inherits}`"
+        return f"as :key:`{key.inherits}`"
     if key.required:
         return "none: required"
     literal = key.default_toml()
@@ -58,7 +58,7 @@ def _kind(key: Key) -> str:
     if key.kind == "list of secrets":
         return "list of secrets"
     if key.free:
-        return "table of strings"
+        return "table"
     return key.kind
 
 
@@ -96,8 +96,11 @@ def config_reference_lines(keys: Optional[List[Key]] = None) -> List[str]:
         else:
             title = f"[[{head.path}]]" if head.kind == "array of tables" else f"[{head.path}]"
             lines += _heading(title, "-")
-            lines += [f".. config:: {head.path}", "", "   :Type: " + head.kind, ""]
-            lines += _indent(head.doc) + [""]
+            if head.free:
+                lines += config_key_lines(head)
+            else:
+                lines += [f".. config:: {head.path}", "", "   :Type: " + head.kind, ""]
+                lines += _indent(head.doc) + [""]
         for key in members:
             lines += config_key_lines(key)
     return lines

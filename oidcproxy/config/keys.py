@@ -203,7 +203,7 @@ def tables(keys: Sequence[Key]) -> List[Tuple[Optional[Key], List[Key]]]:
     groups: Dict[str, List[Key]] = {"": []}
     heads: Dict[str, Key] = {}
     for key in keys:
-        if key.is_table:
+        if key.is_table or (key.free and not key.table):  # [headers]: a table of its own
             heads[key.path] = key
             groups.setdefault(key.path, [])
         else:
