@@ -7,14 +7,18 @@ etc/oidcproxy.toml: the same keys, the same defaults.
 from __future__ import annotations
 
 import ast
+import io
 import os
 import re
+import resource
 import sys
 from typing import Any, Dict, List, Set
 
+from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
-from oidcproxy.config import ConfigError, load_config, parse_config, parse_duration, parse_size
+from oidcproxy import tap
+from oidcproxy.config import ConfigError, parse_config, parse_duration, parse_size
 from oidcproxy.config.keys import Key, config_keys, format_duration, format_size, toml_value
 from oidcproxy.tools.traefik.names import HUB_NAMES, hub_option
 
@@ -199,10 +203,14 @@ class ExampleTests(SynchronousTestCase):
         self.assertEqual(wrong, [])
 
     def test_example_passes_check(self):
-        """The example as shipped loads (what --check does first)."""
+        """The example as shipped passes C{--check}."""
         use_example_env(self)
-        config = load_config(EXAMPLE)
-        self.assertEqual(config.source, EXAMPLE)
+        self.patch(resource, "getrlimit", lambda which: (1024, 1 << 20))
+        options = tap.Options()
+        options.parseOptions(["--config", EXAMPLE, "--check"])
+        out, err = io.StringIO(), io.StringIO()
+        status = tap.check(options, out, err, reactor=MemoryReactorClock())
+        self.assertEqual((status, out.getvalue()), (0, "config OK\n"), err.getvalue())
 
     def test_uncommenting_knows_every_line(self):
         """The lines put back are the example's keys and tables, no prose."""
