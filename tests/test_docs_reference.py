@@ -154,6 +154,17 @@ class ReferenceTests(SynchronousTestCase):
         self.assertEqual(set(HUB_NAMES) - set(self.keys), set())
         self.assertEqual(hub_option("oidc.timeout"), "timeoutSeconds")
 
+    def test_example_hub_names_are_the_tables(self):
+        """
+        Each "Traefik Hub: name" the example's comments give is a name of the
+        table (in any case, as Traefik Hub reads them: clientID is clientId).
+        """
+        with open(EXAMPLE, encoding="utf-8") as f:
+            named = set(re.findall(r"Traefik Hub: ([A-Za-z][A-Za-z.]*[A-Za-z])", f.read()))
+        self.assertGreater(len(named), 30)
+        table = {name.lower() for name in HUB_NAMES.values()}
+        self.assertEqual({name for name in named if name.lower() not in table}, set())
+
     def test_default_formats_read_back(self):
         """The reference writes durations and sizes in a form the parser reads back."""
         for seconds in (0.0, 0.5, 1.0, 75.0, 90.0, 600.0, 3600.0, 28800.0, 86400.0, 5400.0):
