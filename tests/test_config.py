@@ -212,6 +212,10 @@ class SchemaTests(SynchronousTestCase):
         text = text.replace('{ credential = "admin-token" }', '"admin-token-0123456789"')
         # jwks_uri and jwks_file are alternatives: keep the URL.
         text = text.replace('jwks_file = "/etc/oidcproxy/gateway-jwks.json"', "")
+        # hmac_secret needs an HS* algorithm; the state cookie's domain, an https public_url.
+        text = text.replace('hmac_secret = { file = "/etc/oidcproxy/bearer-hmac-secret" }', "")
+        text = text.replace('domain = "example.com"                  #', "#")
+        text = text.replace("sentinel = []", 'sentinel = ["10.0.0.1:26379", "10.0.0.2:26379"]')
         text = text.replace('audiences = []', 'audiences = ["orders-api"]')
         text = text.replace('store = "cookie"  ', 'store = "redis"  ')
         # ca_bundle is for TLS only: try the rediss:// spelling of the URL.
@@ -281,6 +285,21 @@ class ErrorTests(SynchronousTestCase):
                 "listn: unknown key; did you mean 'listen'?",
                 "routes[0].upstreem: unknown key; did you mean 'upstream'?",
                 "upstream.timout: unknown key; did you mean 'timeout'?",
+            ],
+        )
+
+    def test_invalid_route_path_leaves_other_keys_known(self):
+        """
+        A route whose path is invalid still reads its other keys: they are
+        checked, and none is called unknown.
+        """
+        problems = self.problems({"routes": [_route(path="api", pass_host_header=True,
+                                                    policy_mode="enfoce")]})
+        self.assertEqual(
+            problems,
+            [
+                "routes[0].path: 'api' must start with '/'",
+                "routes[0].policy_mode: 'enfoce' is not one of 'enforce', 'audit'",
             ],
         )
 

@@ -20,6 +20,8 @@ from oidcproxy import tap
 from oidcproxy.config import ConfigError, load_config, parse_config
 from oidcproxy.config.parse import toml_problem
 
+from .fakes import SECRET
+
 OIDC = (
     '[oidc]\nissuer = "https://idp.example.com"\nclient_id = "proxy"\n'
     'client_secret = "a-client-secret"\n'
@@ -64,7 +66,7 @@ class ProblemOrderTests(CheckCase):
             'public_url = "https://proxy.example.com"\n'
             '[[routes]]\npath = "/"\nupstream = "http://127.0.0.1:9"\ntimeout = "x"\n'
             + OIDC.replace("[oidc]", "[odic]")
-            + '[session]\nsecrets = ["c42dacc28d67d200a5823db137cd1860cc3092b2e09cf874b5dab1201d1d3876"]\nlifetim = "8h"\n'
+            + f'[session]\nsecrets = ["{SECRET}"]\nlifetim = "8h"\n'
         )
         self.assertEqual([line.split(":")[1].strip() for line in lines], [
             "session.lifetim", "odic", "routes[0].timeout", "routes[0].auth",
@@ -150,7 +152,7 @@ class HostPortTests(CheckCase):
             "routes": [{"path": "/", "upstream": "http://127.0.0.1:9"}],
             "oidc": {"issuer": "idp:8080", "client_id": "c", "client_secret": "s",
                      "post_logout_redirect_url": "localhost:3000/bye"},
-            "session": {"secrets": ["c42dacc28d67d200a5823db137cd1860cc3092b2e09cf874b5dab1201d1d3876"]},
+            "session": {"secrets": [SECRET]},
         }
         e = self.assertRaises(ConfigError, parse_config, data, "t.toml")
         hinted = [p for p in e.problems if "did you mean 'http://" in p]

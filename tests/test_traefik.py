@@ -21,6 +21,7 @@ from oidcproxy.tools.traefik import (
     convert,
     load_documents,
     main,
+    names,
     parse_rule,
     toml_key,
     toml_string,
@@ -399,6 +400,21 @@ class OptionTests(SynchronousTestCase, WarningsMixin):
         b, _, _ = simple({"clientID": "x"})
         self.assertEqual(a["oidc"]["client_id"], "x")
         self.assertEqual(a, b)
+
+    def test_option_names_from_the_names_table(self):
+        """
+        The importer reads each option by the name oidcproxy.tools.traefik.names
+        gives it (the table the configuration reference shows): renamed there,
+        the option is read under the new name and the old one is unknown.
+        """
+        renamed = dict(names.HUB_NAMES, **{"oidc.max_retries": "clientConfig.retries",
+                                          "state_cookie.max_age": "stateCookie.lifetime"})
+        self.patch(names, "HUB_NAMES", renamed)
+        data, w, _ = simple({"clientConfig": {"retries": 3, "maxRetries": 1},
+                             "stateCookie": {"lifetime": 120}})
+        self.assertEqual(data["oidc"]["max_retries"], 3)
+        self.assertEqual(data["state_cookie"]["max_age"], "2m")
+        self.assertWarned(w, f"{MW}.clientConfig.maxRetries", "not an option")
 
     def test_unknown_option(self):
         """An option not on the reference page is named, not dropped silently."""

@@ -28,7 +28,7 @@ from .schema import (
     UpstreamSettings,
 )
 from .secrets import MIN_KEY_BYTES, short_secret
-from .values import absolute_path, http_url, one_of, readable_file
+from .values import absolute_path, http_url, readable_file
 
 # The namespace of the whole configuration layer, as before it had modules.
 log = Logger(namespace="oidcproxy.config")
@@ -36,24 +36,34 @@ log = Logger(namespace="oidcproxy.config")
 
 def read_oidc(t: Table) -> OIDCConfig:
     """The C{[oidc]} table: the issuer, this client's credentials and its endpoints."""
-    issuer = t.string("issuer", "https://invalid", required=True, check=http_url)
-    scopes: Tuple[str, ...] = t.strings("scopes", ("openid", "email", "profile"))
+    issuer = t.string("issuer", "https://invalid", required=True, check=http_url, doc=(
+        "The IdP's issuer URL; it must equal the discovery document's ``issuer`` exactly."))
+    scopes: Tuple[str, ...] = t.strings("scopes", ("openid", "email", "profile"), doc=(
+        "The scopes requested at login; must include ``openid``."))
     if "openid" not in scopes:
         t.problem("scopes", "must include 'openid'")
-    method = t.choice("token_endpoint_auth_method", CLIENT_AUTH_METHODS, "client_secret_basic")
-    secret = t.secret("client_secret")
-    private_key = t.secret("private_key")
+    method = t.choice("token_endpoint_auth_method", CLIENT_AUTH_METHODS, "client_secret_basic",
+                      doc="How this client authenticates at the token endpoint; ``none``: a "
+                      "public client (PKCE required).")
+    secret = t.secret("client_secret", doc=(
+        "The client secret; required with ``client_secret_basic`` and ``client_secret_post``."))
+    private_key = t.secret("private_key", doc=(
+        "The PEM private key of ``private_key_jwt`` (a secret)."))
     if method in ("client_secret_basic", "client_secret_post") and not t.has("client_secret"):
         t.problem("client_secret", f"is required with token_endpoint_auth_method = {method!r}")
     if method == "private_key_jwt" and not t.has("private_key"):
         t.problem("private_key", "is required with token_endpoint_auth_method = 'private_key_jwt'")
-    pkce = t.boolean("pkce", True)
+    pkce = t.boolean("pkce", True, doc="PKCE (S256) on every login; required for a public client.")
     if method == "none" and not pkce:
         t.problem("pkce", "must be true for a public client (token_endpoint_auth_method = 'none')")
-    discovery = t.boolean("discovery", True)
+    discovery = t.boolean("discovery", True, doc=(
+        "Fetch ``{issuer}/.well-known/openid-configuration``; ``false``: the endpoints below "
+        "are given by hand."))
     endpoints = []
     for key in ENDPOINT_KEYS:
-        url = t.string(key, None, check=http_url)
+        url = t.string(key, None, check=http_url, doc=(
+            f"The IdP's ``{key}``, over the discovered one; with ``discovery = false`` "
+            "``authorization_endpoint``, ``token_endpoint`` and ``jwks_uri`` are required."))
         if url is not None:
             endpoints.append((key, url))
     if not discovery:
@@ -62,41 +72,68 @@ def read_oidc(t: Table) -> OIDCConfig:
             if key not in present:
                 t.problem(key, "is required when discovery = false")
     algorithms: Tuple[str, ...] = t.strings(
-        "id_token_algorithms", (), check=lambda a: one_of(a, ID_TOKEN_ALGORITHMS)
-    )
+        "id_token_algorithms", (), choices=ID_TOKEN_ALGORITHMS,
+        doc="The ID tokens' allowed signature algorithms; ``[]``: the IdP's advertised "
+        "asymmetric ones. HS256/384/512 only when listed (they need ``client_secret``).")
     if any(a.startswith("HS") for a in algorithms) and secret is None:
         t.problem("id_token_algorithms", "HS* algorithms need a client_secret")
     extra = _oidc_parity(t, issuer)
     return OIDCConfig(
         issuer=issuer,
-        client_id=t.string("client_id", "", required=True),
+        client_id=t.string("client_id", "", required=True, doc=(
+            "This client's id at the IdP.")),
         client_secret=secret,
         scopes=scopes,
         pkce=pkce,
         token_endpoint_auth_method=method,
         private_key=private_key,
-        private_key_id=t.string("private_key_id", None),
+        private_key_id=t.string("private_key_id", None, doc="The ``kid`` of ``private_key``."),
         private_key_alg=t.choice("private_key_alg", ("RS256", "RS384", "RS512", "PS256",
-                                                     "ES256", "ES384", "ES512"), "RS256"),
+                                                     "ES256", "ES384", "ES512"), "RS256",
+                                 doc="The signature algorithm of ``private_key_jwt``."),
         discovery=discovery,
-        discovery_params=_string_table(t, "discovery_params"),
+        discovery_params=_string_table(t, "discovery_params", doc=(
+            "Extra query parameters of the discovery request, e.g. ``{ p = \"B2C_1_signin\" }``.")),
         endpoints=tuple(endpoints),
-        auth_params=_string_table(t, "auth_params", _not_reserved),
+        auth_params=_string_table(t, "auth_params", _not_reserved, doc=(
+            "Extra static authorization parameters, e.g. ``{ prompt = \"login\" }``; an empty "
+            "value sends none of that name. The ones the proxy sets itself are refused.")),
         id_token_algorithms=algorithms,
-        leeway=t.duration("leeway", 60.0),
-        iat_slack=t.duration("iat_slack", 600.0, positive=True),
-        userinfo=t.boolean("userinfo", False),
-        timeout=t.duration("timeout", 5.0, positive=True),
-        max_response_size=t.size("max_response_size", 1_000_000),
-        max_concurrent_requests=t.integer("max_concurrent_requests", 64, minimum=1),
-        max_queued_requests=t.integer("max_queued_requests", 256),
-        jwks_cache_ttl=t.duration("jwks_cache_ttl", 3600.0, positive=True),
-        jwks_min_refresh_interval=t.duration("jwks_min_refresh_interval", 60.0),
-        ca_bundle=t.string("ca_bundle", None, check=readable_file),
-        callback_path=t.string("callback_path", None, check=absolute_path),
-        pass_access_token=t.choice("pass_access_token", ("none", "authorization", "header"), "none"),
-        pass_id_token=t.boolean("pass_id_token", False),
-        end_session=t.boolean("end_session", True),
+        leeway=t.duration("leeway", 60.0, doc="Clock skew allowed on ``exp``, ``iat``, ``nbf``."),
+        iat_slack=t.duration("iat_slack", 600.0, positive=True, doc=(
+            "An ID token or logout token issued longer ago than this (plus ``leeway``) is "
+            "refused, whatever its ``exp``.")),
+        userinfo=t.boolean("userinfo", False, doc=(
+            "Also fetch the UserInfo endpoint at login (its ``sub`` must match).")),
+        timeout=t.duration("timeout", 5.0, positive=True, doc=(
+            "Every request to the IdP must be answered within this (504 after).")),
+        max_response_size=t.size("max_response_size", 1_000_000, doc=(
+            "Larger IdP answers are refused (502).")),
+        max_concurrent_requests=t.integer("max_concurrent_requests", 64, minimum=1, doc=(
+            "Requests to the IdP in flight at once (token, refresh, userinfo, introspection, "
+            "revocation, discovery, JWKS); more wait their turn.")),
+        max_queued_requests=t.integer("max_queued_requests", 256, doc=(
+            "At most this many wait, each at most ``timeout``; beyond: 503 with "
+            "``Retry-After``, the IdP never asked.")),
+        jwks_cache_ttl=t.duration("jwks_cache_ttl", 3600.0, positive=True, doc=(
+            "Refetch the IdP's keys this often.")),
+        jwks_min_refresh_interval=t.duration("jwks_min_refresh_interval", 60.0, doc=(
+            "A token with an unknown ``kid`` refetches the keys at most this often.")),
+        ca_bundle=t.string("ca_bundle", None, check=readable_file, doc=(
+            "CAs for the IdP; unset: the system's.")),
+        callback_path=t.string("callback_path", None, check=absolute_path,
+                               default_text='endpoints_prefix + "/callback"', doc=(
+                                   "Where the IdP sends the browser back; register "
+                                   "``public_url`` + this path at the IdP.")),
+        pass_access_token=t.choice("pass_access_token", ("none", "authorization", "header"), "none",
+                                   doc="Pass the session's access token upstream: "
+                                   "``authorization``, as ``Authorization: Bearer``; ``header``, "
+                                   "as ``X-Forwarded-Access-Token``."),
+        pass_id_token=t.boolean("pass_id_token", False, doc=(
+            "Pass the session's ID token upstream as ``X-Forwarded-Id-Token``.")),
+        end_session=t.boolean("end_session", True, doc=(
+            "Logout also logs out at the IdP (RP-initiated logout with ``id_token_hint``) when "
+            "it advertises an ``end_session_endpoint``.")),
         **extra,
     )
 
@@ -106,8 +143,13 @@ def _oidc_parity(t: Table, issuer: str) -> Dict[str, Any]:
     The C{[oidc]} keys of the landing pages, where logins start, and the
     IdP client's retries and TLS (the names Traefik Hub's importer emits).
     """
-    old = t.string("post_logout_redirect_uri", None, check=_landing_page)
-    new = t.string("post_logout_redirect_url", None, check=_landing_page)
+    old = t.string("post_logout_redirect_uri", None, check=_landing_page, doc=(
+        "The former name of ``post_logout_redirect_url``, still read with a deprecation "
+        "warning."))
+    new = t.string("post_logout_redirect_url", None, check=_landing_page,
+                   default_text="public_url + the logout's rd", doc=(
+                       "A fixed landing page after logout (register it at the IdP): the IdP "
+                       "sends the browser back there, or the proxy does without IdP logout."))
     if t.has("post_logout_redirect_uri"):
         if t.has("post_logout_redirect_url"):
             t.problem("post_logout_redirect_uri", "is the former name of post_logout_redirect_url; "
@@ -115,13 +157,19 @@ def _oidc_parity(t: Table, issuer: str) -> Dict[str, Any]:
         else:
             log.warn("config: {key} is deprecated; rename it to post_logout_redirect_url",
                      key=t.keypath("post_logout_redirect_uri"))
-    login_url = t.string("login_url", None, check=absolute_path)
-    disable_login = t.boolean("disable_login", False)
+    login_url = t.string("login_url", None, check=absolute_path, doc=(
+        "Only this path starts a login (``?rd=/path`` to land there); every other "
+        "unauthenticated request gets 401."))
+    disable_login = t.boolean("disable_login", False, doc=(
+        "Never start a login here, answer 401 (another proxy logs users in); not with "
+        "``login_url``."))
     if login_url is not None and disable_login:
         t.problem("disable_login", "cannot be combined with login_url (one starts logins at one "
                   "path, the other never starts any)")
     certificate = client_certificate(t, UpstreamSettings())
-    insecure = t.boolean("insecure_skip_verify", False)
+    insecure = t.boolean("insecure_skip_verify", False, doc=(
+        "Do **not** verify the IdP's certificate (tests only; https issuers only; a warning at "
+        "every start and reload; not with ``ca_bundle``)."))
     if insecure and not issuer.startswith("https://"):
         t.problem("insecure_skip_verify", "only makes sense with an https issuer "
                   f"({issuer!r} is not TLS)")
@@ -129,11 +177,18 @@ def _oidc_parity(t: Table, issuer: str) -> Dict[str, Any]:
         t.problem("insecure_skip_verify", "cannot be combined with ca_bundle")
     return {
         "post_logout_redirect_url": new if new is not None else old,
-        "post_login_redirect_url": t.string("post_login_redirect_url", None, check=_landing_page),
+        "post_login_redirect_url": t.string("post_login_redirect_url", None, check=_landing_page,
+                                            default_text="the page the login started from",
+                                            doc="A fixed landing page after login: a path or "
+                                            "a URL on public_url's origin."),
         "login_url": login_url,
         "disable_login": disable_login,
-        "logout_path": t.string("logout_path", None, check=absolute_path),
-        "max_retries": t.integer("max_retries", 0, minimum=0, maximum=10),
+        "logout_path": t.string("logout_path", None, check=absolute_path,
+                                default_text='endpoints_prefix + "/logout"',
+                                doc="The path of the logout endpoint."),
+        "max_retries": t.integer("max_retries", 0, minimum=0, maximum=10, doc=(
+            "Retries of a failed discovery, JWKS or UserInfo request (transport error, "
+            "timeout, 5xx, 429) after 0.5 s, 1 s, 2 s ...; never of a token request.")),
         "insecure_skip_verify": insecure,
         **certificate,
     }
@@ -148,10 +203,10 @@ def _landing_page(text: str) -> str:
     return http_url(text)
 
 
-def _string_table(t: Table, key: str, check_key: Optional[Callable[[str], Any]] = None
-                  ) -> Tuple[Tuple[str, str], ...]:
+def _string_table(t: Table, key: str, check_key: Optional[Callable[[str], Any]] = None, *,
+                  doc: str) -> Tuple[Tuple[str, str], ...]:
     """A table of string values, like C{auth_params = { prompt = "login" }}."""
-    table = t.table(key)
+    table = t.table(key, doc=doc)
     if table is None:
         return ()
     out = []
@@ -178,15 +233,31 @@ def _not_reserved(name: str) -> str:
 def read_bearer(t: Table, oidc: Optional[OIDCConfig]) -> BearerConfig:
     """The C{[bearer]} table; C{oidc} is None without an C{[oidc]} table."""
     bearer = BearerConfig(
-        audiences=t.strings("audiences", ()),
-        introspection=t.boolean("introspection", False),
-        introspection_cache=t.duration("introspection_cache", 60.0),
-        cache_size=t.integer("cache_size", 10_000, minimum=1),
-        issuer=t.string("issuer", None, check=http_url),
-        jwks_uri=t.string("jwks_uri", None, check=http_url),
-        jwks_file=t.string("jwks_file", None, check=readable_file),
-        algorithms=t.strings("algorithms", (), check=lambda a: one_of(a, ID_TOKEN_ALGORITHMS)),
-        hmac_secret=t.secret("hmac_secret"),
+        audiences=t.strings("audiences", (), doc=(
+            "A token's ``aud`` must contain one of these; ``[]``: the client id, and then the "
+            "token must also show it is an access token (``typ`` ``at+jwt``, ``scope``/``scp``, "
+            "``client_id``/``cid``).")),
+        introspection=t.boolean("introspection", False, doc=(
+            "Check opaque tokens by RFC 7662 introspection at the IdP.")),
+        introspection_cache=t.duration("introspection_cache", 60.0, doc=(
+            "An introspection answer is kept this long at most (never past the token's "
+            "``exp``).")),
+        cache_size=t.integer("cache_size", 10_000, minimum=1, doc=(
+            "Verified tokens kept (up to their ``exp``).")),
+        issuer=t.string("issuer", None, check=http_url, default_text="oidc.issuer", doc=(
+            "Accept the tokens of this issuer instead of ``oidc.issuer``'s (``audiences`` is "
+            "then required).")),
+        jwks_uri=t.string("jwks_uri", None, check=http_url, doc=(
+            "That issuer's keys; unset: from its discovery document.")),
+        jwks_file=t.string("jwks_file", None, check=readable_file, doc=(
+            "That issuer's keys from a JWKS file (not with ``jwks_uri``).")),
+        algorithms=t.strings("algorithms", (), choices=ID_TOKEN_ALGORITHMS, doc=(
+            "The allowed algorithms; ``[]``: the asymmetric ones of "
+            "``oidc.id_token_algorithms`` or the IdP's advertised ones (another issuer's: every "
+            "asymmetric one). HS* only with ``hmac_secret``.")),
+        hmac_secret=t.secret("hmac_secret", doc=(
+            "The shared secret of HS* access tokens (at least 32 bytes, never the client "
+            "secret).")),
     )
     _bearer_hmac(t, bearer, oidc)
     if bearer.issuer is not None and bearer.issuer != (oidc.issuer if oidc else None):

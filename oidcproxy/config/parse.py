@@ -98,26 +98,48 @@ def parse_config(data: Dict[str, Any], source: str) -> Config:
 
     @raise ConfigError: with every problem found.
     """
-    problems = Problems()
-    top = Table(problems, data, "")
+    return read_config(Table(Problems(), data, ""), source)
+
+
+def read_config(top: Table, source: str) -> Config:
+    """
+    Read the document's top-level table C{top}: every key this reads is
+    declared with its documentation (the reference is recorded from here).
+
+    @raise ConfigError: with every problem found.
+    """
+    problems = top.problems
     settings = _top_level(top)
     upstream = _table(top, "upstream", lambda t: upstream_settings(t, UpstreamSettings()),
-                      UpstreamSettings())
+                      UpstreamSettings(), "Defaults for every route's upstream; each "
+                      "``[[routes]]`` entry may override any of them.")
     routes = read_routes(top, upstream, settings["case_insensitive_routes"],
                          settings["endpoints_prefix"])
-    oidc: Optional[OIDCConfig] = _table(top, "oidc", read_oidc, None)
-    session = _table(top, "session", read_session, SessionConfig())
-    redis = _table(top, "redis", read_redis, None)
+    oidc: Optional[OIDCConfig] = _table(
+        top, "oidc", read_oidc, None, "The identity provider and this client at it: needed by "
+        "every route whose ``auth`` is not ``\"none\"``.")
+    session = _table(top, "session", read_session, SessionConfig(),
+                     "The session cookie, the sessions' lifetimes and refresh, and where "
+                     "sessions are kept.")
+    redis = _table(top, "redis", read_redis, None,
+                   "The Redis server (or Sentinels) of ``session.store = \"redis\"``; with the "
+                   "cookie store, it holds the revocation list of logged-out sessions.")
     if session.store == "redis" and redis is None:
         problems.add("session.store", '"redis" needs a [redis] table with url')
-    bearer = _table(top, "bearer", lambda t: read_bearer(t, oidc), BearerConfig())
+    bearer = _table(top, "bearer", lambda t: read_bearer(t, oidc), BearerConfig(),
+                    "Access tokens on ``bearer``, ``session_or_bearer`` and ``optional`` routes.")
     admin = _admin(top, session)
-    metrics = _table(top, "metrics", _metrics, None)
-    state_cookie = _table(top, "state_cookie", read_state_cookie, StateCookieConfig())
-    csrf = _table(top, "csrf", read_csrf, None)
+    metrics = _table(top, "metrics", _metrics, None,
+                     "Prometheus metrics, ``GET /metrics`` on a listener of their own (no "
+                     "authentication: keep it on loopback or a private network).")
+    state_cookie = _table(top, "state_cookie", read_state_cookie, StateCookieConfig(),
+                          "The short-lived cookies of login attempts, one per attempt.")
+    csrf = _table(top, "csrf", read_csrf, None,
+                  "CSRF protection for the application (the table's presence turns it on): a "
+                  "double-submit cookie whose token unsafe session requests must carry in a header.")
     if csrf is not None and oidc is None:
         problems.add("csrf", "protects session logins, which need an [oidc] table")
-    headers = _table(top, "headers", _headers, Config(source).headers)
+    headers = _headers(top, Config(source).headers)
     top.done()
     _check_login(top, routes, oidc, session, settings["public_url"])
     if oidc is not None:
@@ -130,9 +152,9 @@ def parse_config(data: Dict[str, Any], source: str) -> Config:
                   admin=admin, metrics=metrics, bearer=bearer, headers=headers)
 
 
-def _table(top: Table, key: str, read: Callable[[Table], T], default: T) -> T:
+def _table(top: Table, key: str, read: Callable[[Table], T], default: T, doc: str) -> T:
     """Table C{key} read by C{read}, its unknown keys reported; C{default} when absent."""
-    table = top.table(key)
+    table = top.table(key, doc=doc)
     if table is None:
         return default
     value = read(table)
@@ -143,26 +165,66 @@ def _table(top: Table, key: str, read: Callable[[Table], T], default: T) -> T:
 def _top_level(top: Table) -> Dict[str, Any]:
     """The top-level keys, as keyword arguments of L{Config}."""
     defaults = Config(source="")
-    listen: Tuple[str, ...] = top.strings("listen", defaults.listen)
+    listen: Tuple[str, ...] = top.strings(
+        "listen", defaults.listen,
+        doc="Where to listen: Twisted endpoint strings (``tcp:8080:interface=127.0.0.1``, "
+        "``ssl:8443:privateKey=key.pem:certKey=cert.pem``, ``systemd:domain=INET:index=0``, "
+        "``unix:/run/oidcproxy/http.sock:mode=660``). ``--listen`` overrides it.")
     if top.has("listen") and not listen:
         top.problem("listen", "needs at least one endpoint (or use --listen)")
-    public_url = top.string("public_url", None, check=http_url)
+    public_url = top.string(
+        "public_url", None, check=http_url,
+        doc="The external base URL users see. The login's redirect URI (``public_url`` + the "
+        "callback path), the cookies' ``Secure`` flag and ``__Host-`` prefix and the return-to "
+        "checks come from it, never from the request's ``Host``. Required when a route needs "
+        "login.")
     return {
         "listen": listen,
         "public_url": public_url.rstrip("/") if public_url else None,
-        "trusted_proxies": top.strings("trusted_proxies", (), check=network),
-        "endpoints_prefix": top.string("endpoints_prefix", defaults.endpoints_prefix,
-                                       check=endpoint_prefix),
-        "workers": top.integer("workers", 1, minimum=1, maximum=MAX_WORKERS),
-        "drain_timeout": top.duration("drain_timeout", defaults.drain_timeout),
-        "keepalive_timeout": top.duration("keepalive_timeout", defaults.keepalive_timeout,
-                                          positive=True),
+        "trusted_proxies": top.strings(
+            "trusted_proxies", (), check=network,
+            doc="Peers whose ``X-Forwarded-*``, ``Forwarded`` and ``X-Real-IP`` headers are "
+            "believed and passed on; from any other peer they are dropped and the proxy sets "
+            "its own."),
+        "endpoints_prefix": top.string(
+            "endpoints_prefix", defaults.endpoints_prefix, check=endpoint_prefix,
+            doc="The prefix of the proxy's own endpoints (``/oidc/login``, ``/oidc/callback``, "
+            "``/oidc/logout``, ``/oidc/userinfo``, ``/oidc/health`` ...). No route may live "
+            "under it."),
+        "workers": top.integer(
+            "workers", 1, minimum=1, maximum=MAX_WORKERS,
+            doc="Processes serving requests (``--workers`` overrides it). Above 1, twistd binds "
+            "the listeners and starts this many workers serving on them, restarting one that "
+            "dies."),
+        "drain_timeout": top.duration(
+            "drain_timeout", defaults.drain_timeout,
+            doc="On SIGTERM: stop accepting, give the requests in flight this long to finish, "
+            "then cut what is left. Keep systemd's ``TimeoutStopSec`` above it."),
+        "keepalive_timeout": top.duration(
+            "keepalive_timeout", defaults.keepalive_timeout, positive=True,
+            doc="Close an idle client keep-alive connection after this long."),
         "client_limits": _client_limits(top),
-        "max_websockets": top.integer("max_websockets", defaults.max_websockets, minimum=1),
-        "access_log": top.boolean("access_log", True),
-        "username_claim": top.string("username_claim", "sub"),
-        "case_insensitive_routes": top.boolean("case_insensitive_routes", False),
-        "websocket_origins": top.strings("websocket_origins", (), check=origin_of),
+        "max_websockets": top.integer(
+            "max_websockets", defaults.max_websockets, minimum=1,
+            doc="Upgraded (WebSocket) connections open at once in this process; more get 503."),
+        "access_log": top.boolean(
+            "access_log", True,
+            doc="One structured access-log event per request (client, method, path without the "
+            "query, status, bytes, duration, route, upstream, user)."),
+        "username_claim": top.string(
+            "username_claim", "sub",
+            doc="The claim shown as the access log's user; the ``sub`` when a request's claims "
+            "lack it."),
+        "case_insensitive_routes": top.boolean(
+            "case_insensitive_routes", False,
+            doc="Match every route's path prefix in any ASCII case unless the route says "
+            "otherwise (``case_insensitive``): for upstreams that serve paths "
+            "case-insensitively."),
+        "websocket_origins": top.strings(
+            "websocket_origins", (), check=origin_of,
+            doc="Origins (besides ``public_url``'s) whose pages may open WebSockets with the "
+            "session cookie; a cookie-authenticated upgrade from any other origin gets 403. A "
+            "route's own list replaces this one."),
     }
 
 
@@ -170,11 +232,29 @@ def _client_limits(top: Table) -> ClientLimits:
     """The top-level keys that bound what a client may hold and how slowly it may send."""
     d = ClientLimits()
     limits = ClientLimits(
-        header_timeout=top.duration("client_header_timeout", d.header_timeout, positive=True),
-        body_timeout=top.duration("client_body_timeout", d.body_timeout),
-        body_min_rate=top.size("client_body_min_rate", d.body_min_rate),
-        max_connections=top.integer("max_client_connections", d.max_connections, minimum=1),
-        max_per_address=top.integer("max_client_connections_per_address", d.max_per_address),
+        header_timeout=top.duration(
+            "client_header_timeout", d.header_timeout, positive=True,
+            doc="A request line and its headers must be in within this (from the connection's "
+            "opening for its first request, from the first byte of each later one); past it: "
+            "408 and the connection is closed."),
+        body_timeout=top.duration(
+            "client_body_timeout", d.body_timeout,
+            doc="The time a request body gets before ``client_body_min_rate`` applies; "
+            '``"0s"``: no deadline for bodies.'),
+        body_min_rate=top.size(
+            "client_body_min_rate", d.body_min_rate,
+            doc="After ``client_body_timeout``, each this many bytes received buy one more "
+            "second (as Apache's ``mod_reqtimeout`` ``MinRate``); 0: ``client_body_timeout`` is "
+            "the whole body's deadline."),
+        max_connections=top.integer(
+            "max_client_connections", d.max_connections, minimum=1,
+            doc="Client connections open at once in this process (idle keep-alive ones "
+            "included, upgraded WebSockets not); above it a new connection gets 503 with "
+            "``Retry-After``. ``--check`` warns when the open-file limit is too low for it."),
+        max_per_address=top.integer(
+            "max_client_connections_per_address", d.max_per_address,
+            doc="At most this many of them from one IP address (0: no such cap). Not behind a "
+            "load balancer, whose address every connection would have."),
     )
     if limits.max_per_address > limits.max_connections:
         top.problem("max_client_connections_per_address",
@@ -185,11 +265,15 @@ def _client_limits(top: Table) -> ClientLimits:
 
 def _admin(top: Table, session: SessionConfig) -> Optional[AdminConfig]:
     """The C{[admin]} table, which needs the Redis store (its unknown keys come first)."""
-    t = top.table("admin")
+    t = top.table("admin", doc="The session admin API (Redis sessions only), on a listener of "
+                  "its own: list and end a user's sessions.")
     if t is None:
         return None
-    token = t.secret("token", required=True)
-    listen = t.string("listen", "tcp:9091:interface=127.0.0.1")
+    token = t.secret("token", required=True,
+                     doc="The bearer token every call must carry (a secret of 16 characters or "
+                     "more).")
+    listen = t.string("listen", "tcp:9091:interface=127.0.0.1",
+                      doc="The admin API's listener: keep it on loopback or a private network.")
     t.done()
     if session.store != "redis":
         top.problem("admin", 'the session admin API needs session.store = "redis"')
@@ -203,11 +287,19 @@ def _admin(top: Table, session: SessionConfig) -> Optional[AdminConfig]:
 
 def _metrics(t: Table) -> MetricsConfig:
     return MetricsConfig(listen=t.string("listen", "tcp:9102:interface=127.0.0.1",
-                                         check=endpoint_string))
+                                         check=endpoint_string,
+                                         doc="The metrics listener (a Twisted endpoint string)."))
 
 
-def _headers(t: Table) -> Tuple[Tuple[str, Tuple[str, ...]], ...]:
+def _headers(top: Table, default: Tuple[Tuple[str, Tuple[str, ...]], ...]
+             ) -> Tuple[Tuple[str, Tuple[str, ...]], ...]:
     """The C{[headers]} table: header name = a claim name or a list of them (first present wins)."""
+    t = top.table("headers", default=default, doc=(
+        "Identity headers: header name = a claim, or a list of claims (the first present wins). "
+        "Every header named here is first removed from the client's request, whatever its "
+        "spelling, on every route. The table replaces the default as a whole."))
+    if t is None:
+        return default
     out = []
     seen = set()
     for name, claims in t.items():
@@ -227,6 +319,7 @@ def _headers(t: Table) -> Tuple[Tuple[str, Tuple[str, ...]], ...]:
             t.problem(name, f"expected a claim name or a list of them, got {describe(claims)}")
             continue
         out.append((name, tuple(claims)))
+    t.done()
     return tuple(out)
 
 

@@ -10,7 +10,7 @@ import difflib
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, TypeVar
 
 from .secrets import Secret, read_secret
-from .values import parse_duration, parse_size
+from .values import one_of, parse_duration, parse_size
 
 T = TypeVar("T")
 
@@ -77,6 +77,10 @@ class Table:
         self._path = path
         self._known: List[str] = []
 
+    @property
+    def problems(self) -> Problems:
+        return self._problems
+
     def keypath(self, key: str) -> str:
         if not key.isprintable():
             # A quoted TOML key may hold a newline: the message stays one line.
@@ -112,22 +116,47 @@ class Table:
             self.problem(key, str(e))
             return default
 
+    def declare(self, key: str, kind: str, default: Any = None, *, doc: str,
+                default_text: Optional[str] = None, required: bool = False,
+                choices: Sequence[str] = (), bounds: str = "",
+                check: Optional[Callable[[Any], Any]] = None) -> None:
+        """
+        What a getter reads, for the reference (L{oidcproxy.config.keys}
+        records it; reading a file ignores it).
+
+        @param doc: what the key does, in reStructuredText.
+        @param default_text: the default in words, where the C{default}
+            passed to the getter stands for another key's value or a rule.
+        """
+
     def string(self, key: str, default: Any = None, required: bool = False,
-               check: Callable[[str], Any] = str) -> Any:
+               check: Callable[[str], Any] = str, *, doc: str = "",
+               default_text: Optional[str] = None) -> Any:
+        self.declare(key, "string", default, doc=doc, default_text=default_text,
+                     required=required, check=check)
         return self._parsed(key, (str,), "a string", default, check, required)
 
-    def boolean(self, key: str, default: bool) -> bool:
+    def boolean(self, key: str, default: bool, *, doc: str = "",
+                default_text: Optional[str] = None) -> bool:
+        self.declare(key, "boolean", default, doc=doc, default_text=default_text)
         return self._parsed(key, (bool,), "true or false", default, bool)
 
-    def integer(self, key: str, default: int, minimum: int = 0, maximum: Optional[int] = None) -> int:
+    def integer(self, key: str, default: int, minimum: int = 0, maximum: Optional[int] = None,
+                *, doc: str = "", default_text: Optional[str] = None) -> int:
+        bound = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
+        self.declare(key, "integer", default, doc=doc, default_text=default_text, bounds=bound)
+
         def check(v: int) -> int:
             if v < minimum or (maximum is not None and v > maximum):
-                bound = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
                 raise ValueError(f"{v} is out of range; expected {bound}")
             return v
         return self._parsed(key, (int,), "an integer", default, check)
 
-    def duration(self, key: str, default: float, positive: bool = False) -> float:
+    def duration(self, key: str, default: float, positive: bool = False, *, doc: str = "",
+                 default_text: Optional[str] = None) -> float:
+        self.declare(key, "duration", default, doc=doc, default_text=default_text,
+                     bounds="longer than zero" if positive else "")
+
         def check(v: str) -> float:
             seconds = parse_duration(v)
             if positive and seconds <= 0:
@@ -135,10 +164,13 @@ class Table:
             return seconds
         return self._parsed(key, (str,), 'a duration string like "30s"', default, check)
 
-    def size(self, key: str, default: int) -> int:
+    def size(self, key: str, default: int, *, doc: str = "") -> int:
+        self.declare(key, "size", default, doc=doc)
         return self._parsed(key, (str, int), 'a size like "10MB"', default, parse_size)
 
-    def choice(self, key: str, choices: Sequence[str], default: str) -> str:
+    def choice(self, key: str, choices: Sequence[str], default: str, *, doc: str = "") -> str:
+        self.declare(key, "choice", default, doc=doc, choices=choices)
+
         def check(v: str) -> str:
             if v not in choices:
                 raise ValueError(f"{v!r} is not one of {', '.join(map(repr, choices))}")
@@ -146,7 +178,15 @@ class Table:
         return self._parsed(key, (str,), "a string", default, check)
 
     def strings(self, key: str, default: Tuple[str, ...],
-                check: Callable[[str], T] = str) -> Tuple[T, ...]:  # type: ignore[assignment]
+                check: Callable[[str], T] = str,  # type: ignore[assignment]
+                *, choices: Sequence[str] = (), doc: str = "",
+                default_text: Optional[str] = None) -> Tuple[T, ...]:
+        """A list of strings, each passed to C{check} (or one of C{choices}, when given)."""
+        self.declare(key, "list of strings", default, doc=doc, default_text=default_text,
+                     choices=choices, check=check)
+        if choices:
+            def check(v: str) -> T:
+                return one_of(v, choices)  # type: ignore[return-value]
         values = self._raw(key, (list,), "a list of strings", _MISSING)
         if values is _MISSING:
             return default  # type: ignore[return-value]
@@ -162,7 +202,8 @@ class Table:
                 self.problem(where, str(e))
         return tuple(out)
 
-    def secret(self, key: str, required: bool = False) -> Optional[Secret]:
+    def secret(self, key: str, required: bool = False, *, doc: str = "") -> Optional[Secret]:
+        self.declare(key, "secret", doc=doc, required=required)
         self._known.append(key)
         if key not in self._data:
             if required:
@@ -170,7 +211,8 @@ class Table:
             return None
         return self._secret(self.keypath(key), self._data[key])
 
-    def secrets(self, key: str) -> Tuple[Secret, ...]:
+    def secrets(self, key: str, *, doc: str = "") -> Tuple[Secret, ...]:
+        self.declare(key, "list of secrets", doc=doc)
         values = self._raw(key, (list,), "a list of secrets", _MISSING)
         if values is _MISSING:
             return ()
@@ -188,8 +230,9 @@ class Table:
             self._problems.add(keypath, str(e))
             return None
 
-    def optional_boolean(self, key: str) -> Optional[bool]:
+    def optional_boolean(self, key: str, *, doc: str = "", default_text: str = "") -> Optional[bool]:
         """A boolean whose default depends on other keys: None when absent."""
+        self.declare(key, "boolean", None, doc=doc, default_text=default_text)
         if self.has(key):
             return self.boolean(key, False)
         self._known.append(key)
@@ -199,13 +242,16 @@ class Table:
         """The value as written, unchecked, for a check that needs another key's value."""
         return self._data.get(key, default)
 
-    def table(self, key: str) -> Optional[Table]:
+    def table(self, key: str, *, doc: str = "", default: Any = None) -> Optional[Table]:
+        """Table C{key}; C{default} is what stands for it when absent, for the reference."""
+        self.declare(key, "table", default, doc=doc)
         value = self._raw(key, (dict,), "a table", _MISSING)
         if value is _MISSING:
             return None
         return Table(self._problems, value, self.keypath(key))
 
-    def tables(self, key: str) -> List[Table]:
+    def tables(self, key: str, *, doc: str = "") -> List[Table]:
+        self.declare(key, "array of tables", doc=doc)
         values = self._raw(key, (list,), f"an array of tables ([[{key}]])", _MISSING)
         if values is _MISSING:
             return []

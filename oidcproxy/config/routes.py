@@ -10,7 +10,7 @@ from typing import Dict, Optional, Tuple
 
 from .policy import Policy, RuleSyntaxError
 from .reader import Table
-from .schema import AUTH_MODES, RouteConfig, UpstreamSettings
+from .schema import AUTH_MODES, QUEUE_MULTIPLE, RouteConfig, UpstreamSettings
 from .values import (
     email_domain,
     http_method,
@@ -25,8 +25,12 @@ from .values import (
 
 def upstream_settings(t: Table, base: UpstreamSettings) -> UpstreamSettings:
     """The upstream keys of C{t} (C{[upstream]} or a route), each defaulting to C{base}'s."""
-    timeout = t.duration("timeout", base.timeout, positive=True)
-    queue_timeout = t.duration("queue_timeout", -1.0, positive=True)  # -1: not set, or refused
+    timeout = t.duration("timeout", base.timeout, positive=True, doc=(
+        "From sending the request until the response headers arrive; 504 after."))
+    queue_timeout = t.duration(  # -1: not set, or refused
+        "queue_timeout", -1.0, positive=True, default_text=f'"{base.queue_timeout:g}s"', doc=(
+            "A request waits for a connection at most this long (and never beyond ``timeout``, "
+            "which the wait counts against); beyond: 503 with ``Retry-After``."))
     if queue_timeout < 0:
         queue_timeout = base.queue_timeout
     elif queue_timeout > timeout:
@@ -34,25 +38,44 @@ def upstream_settings(t: Table, base: UpstreamSettings) -> UpstreamSettings:
                   "which a request's wait counts against")
     return UpstreamSettings(
         timeout=timeout,
-        connect_timeout=t.duration("connect_timeout", base.connect_timeout, positive=True),
-        max_body_size=t.size("max_body_size", base.max_body_size),
-        max_connections=t.integer("max_connections", base.max_connections, minimum=1),
-        max_queued=t.integer("max_queued", 0) if t.has("max_queued") else base.max_queued,
+        connect_timeout=t.duration("connect_timeout", base.connect_timeout, positive=True, doc=(
+            "Establishing the TCP/TLS connection must take less than this; 504 after.")),
+        max_body_size=t.size("max_body_size", base.max_body_size, doc=(
+            "Larger request bodies get 413 before anything goes upstream.")),
+        max_connections=t.integer("max_connections", base.max_connections, minimum=1, doc=(
+            "Concurrent requests to one upstream; more wait their turn.")),
+        max_queued=t.integer("max_queued", 0, default_text=f"{QUEUE_MULTIPLE} x max_connections",
+                             doc="At most this many requests wait for a connection (0: none).")
+        if t.has("max_queued") else base.max_queued,
         queue_timeout=queue_timeout,
-        max_idle_connections=t.integer("max_idle_connections", base.max_idle_connections),
-        ca_bundle=t.string("ca_bundle", base.ca_bundle, check=readable_file),
+        max_idle_connections=t.integer("max_idle_connections", base.max_idle_connections, doc=(
+            "Idle keep-alive connections kept per upstream.")),
+        ca_bundle=t.string("ca_bundle", base.ca_bundle, check=readable_file, doc=(
+            "CAs for https upstreams; unset: the system's.")),
         **client_certificate(t, base),
-        websockets=t.boolean("websockets", base.websockets),
-        websocket_max_lifetime=t.duration("websocket_max_lifetime", 0.0)
+        websockets=t.boolean("websockets", base.websockets, doc=(
+            "Pass WebSocket upgrades through; ``false``: sent on as a plain request without "
+            "its ``Upgrade`` headers.")),
+        websocket_max_lifetime=t.duration("websocket_max_lifetime", 0.0,
+                                          default_text="session.lifetime", doc=(
+                                              "Close an open WebSocket after this long "
+                                              '(``"0s"``: never); session expiry does not cut '
+                                              "it."))
         if t.has("websocket_max_lifetime") else base.websocket_max_lifetime,
-        stream_idle_timeout=t.duration("stream_idle_timeout", base.stream_idle_timeout),
+        stream_idle_timeout=t.duration("stream_idle_timeout", base.stream_idle_timeout, doc=(
+            "Cut a streamed response (SSE, long poll) after this long without a byte once its "
+            'headers are in; ``"0s"``: off.')),
     )
 
 
 def client_certificate(t: Table, base: UpstreamSettings) -> Dict[str, Optional[str]]:
     """C{client_cert} and C{client_key}: a table that sets one sets both."""
-    cert = t.string("client_cert", base.client_cert, check=readable_file)
-    key = t.string("client_key", base.client_key, check=readable_file)
+    cert = t.string("client_cert", base.client_cert, check=readable_file, doc=(
+        "Mutual TLS: the client certificate presented when the server asks for one (PEM, "
+        "optionally followed by its intermediate CAs); with ``client_key``."))
+    key = t.string("client_key", base.client_key, check=readable_file, doc=(
+        "Mutual TLS: the certificate's unencrypted private key (may be the same file); with "
+        "``client_cert``."))
     for given, missing in (("client_cert", "client_key"), ("client_key", "client_cert")):
         if t.has(given) and not t.has(missing):
             t.problem(missing, f"is required with {given} (both or neither)")
@@ -63,15 +86,29 @@ def client_certificate(t: Table, base: UpstreamSettings) -> Dict[str, Optional[s
 def read_route(t: Table, index: int, defaults: UpstreamSettings,
                case_insensitive: bool = False) -> Optional[RouteConfig]:
     """The route, or None when its path is invalid (so no other check trips on it)."""
-    path = t.string("path", None, required=True, check=route_prefix)
-    host = t.string("host", None, check=route_host)
-    upstream = t.string("upstream", "http://invalid", required=True, check=http_url)
-    auth = t.choice("auth", AUTH_MODES, "session")
-    rule = t.string("rule", None)
-    groups: Tuple[str, ...] = t.strings("allowed_groups", ())
-    emails: Tuple[str, ...] = t.strings("allowed_emails", ())
-    domains: Tuple[str, ...] = t.strings("allowed_email_domains", (), check=email_domain)
-    verified = t.boolean("require_email_verified", True)
+    path = t.string("path", None, required=True, check=route_prefix, doc=(
+        "The path prefix, matched on segment boundaries (``/api`` matches ``/api``, ``/api/`` "
+        "and ``/api/x``, not ``/apix``); the longest matching prefix wins."))
+    host = t.string("host", None, check=route_host, default_text="any host", doc=(
+        "Only requests for this host (exact, or ``*.example.com``); a route with a host beats "
+        "one without."))
+    upstream = t.string("upstream", "http://invalid", required=True, check=http_url, doc=(
+        "Where requests go: an http or https URL, optionally with a base path."))
+    auth = t.choice("auth", AUTH_MODES, "session", doc=(
+        "``session``: browser login (401 for API clients); ``bearer``: access tokens only; "
+        "``session_or_bearer``: either; ``optional``: the identity when there is one; "
+        "``none``: public (identity headers still stripped)."))
+    rule = t.string("rule", None, doc=(
+        "A claim rule such as ``Contains(`groups`, `admins`)`` (see :doc:`rules`); a request "
+        "whose claims it refuses gets 403."))
+    groups: Tuple[str, ...] = t.strings("allowed_groups", (), doc=(
+        "The ``groups`` claim must contain one of these."))
+    emails: Tuple[str, ...] = t.strings("allowed_emails", (), doc=(
+        "The ``email`` claim must equal one of these (case-insensitive) ..."))
+    domains: Tuple[str, ...] = t.strings("allowed_email_domains", (), check=email_domain, doc=(
+        "... or be in one of these domains (or their subdomains)."))
+    verified = t.boolean("require_email_verified", True, doc=(
+        "The e-mail allow-lists need ``email_verified = true``."))
     policy = None
     if rule is not None or groups or emails or domains:
         if auth == "none":
@@ -81,40 +118,55 @@ def read_route(t: Table, index: int, defaults: UpstreamSettings,
                                   allowed_email_domains=domains, require_email_verified=verified)
         except RuleSyntaxError as e:
             t.problem("rule", str(e))
-    methods: Tuple[str, ...] = t.strings("methods", (), check=http_method)
-    strip = t.boolean("strip_prefix", False)
-    replace = t.string("replace_prefix", None, check=replacement_prefix)
+    methods: Tuple[str, ...] = t.strings("methods", (), check=http_method, doc=(
+        "The allowed methods, e.g. ``[\"GET\", \"HEAD\"]``; others get 405. ``[]``: any."))
+    strip = t.boolean("strip_prefix", False, doc=(
+        "Remove the path prefix before going upstream (``/api/x`` → ``/x``)."))
+    replace = t.string("replace_prefix", None, check=replacement_prefix, doc=(
+        "Replace the path prefix before going upstream (``/api/x`` → ``/v2/x``; ``\"\"`` "
+        "strips it); not with ``strip_prefix``."))
     if strip and replace is not None:
         t.problem("replace_prefix", "cannot be combined with strip_prefix = true")
     # Route-level upstream settings override the [upstream] defaults.
     settings = upstream_settings(t, defaults)
-    if path is None:
-        return None
-    return RouteConfig(
+    route = RouteConfig(
         index=index,
-        path=path,
+        path=path or "/",
         host=host,
         upstream=upstream.rstrip("/"),
         auth=auth,
         strip_prefix=strip,
         replace_prefix=replace,
-        pass_host_header=t.boolean("pass_host_header", False),
-        allow_encoded_slashes=t.boolean("allow_encoded_slashes", False),
+        pass_host_header=t.boolean("pass_host_header", False, doc=(
+            "Send the client's ``Host`` upstream instead of the upstream's.")),
+        allow_encoded_slashes=t.boolean("allow_encoded_slashes", False, doc=(
+            "Pass ``%2F`` and ``%5C`` upstream still encoded instead of answering 400.")),
         settings=settings,
         rule=rule,
         allowed_groups=groups,
         allowed_emails=emails,
         allowed_email_domains=domains,
         require_email_verified=verified,
-        policy_mode=t.choice("policy_mode", ("enforce", "audit"), "enforce"),
+        policy_mode=t.choice("policy_mode", ("enforce", "audit"), "enforce", doc=(
+            "``audit``: a refused request is logged as \"would deny\" and let through.")),
         methods=methods,
-        cors_preflight=t.boolean("cors_preflight", False),
-        session_expiry_headers=t.boolean("session_expiry_headers", False),
-        case_insensitive=t.boolean("case_insensitive", case_insensitive),
-        websocket_origins=t.strings("websocket_origins", (), check=origin_of)
+        cors_preflight=t.boolean("cors_preflight", False, doc=(
+            "Let CORS preflights (``OPTIONS`` with ``Access-Control-Request-Method``) through "
+            "unauthenticated.")),
+        session_expiry_headers=t.boolean("session_expiry_headers", False, doc=(
+            "Send ``X-Auth-Session-Expires-In`` and ``X-Auth-Idle-Expires-In`` upstream.")),
+        case_insensitive=t.boolean("case_insensitive", case_insensitive,
+                                   default_text="case_insensitive_routes", doc=(
+                                       "Match the path prefix in any ASCII case; the upstream "
+                                       "gets the client's spelling.")),
+        websocket_origins=t.strings("websocket_origins", (), check=origin_of,
+                                    default_text="the top-level websocket_origins", doc=(
+                                        "Replaces the top-level ``websocket_origins`` on this "
+                                        "route."))
         if t.has("websocket_origins") else None,
         policy=policy,
     )
+    return route if path is not None else None
 
 
 def read_routes(top: Table, upstream: UpstreamSettings, case_insensitive: bool,
@@ -125,7 +177,10 @@ def read_routes(top: Table, upstream: UpstreamSettings, case_insensitive: bool,
     one is matched in any case, a route inside the proxy's own C{prefix}.
     """
     routes = []
-    for i, rt in enumerate(top.tables("routes")):
+    routes_doc = ("The routes: each maps a path prefix (and optionally a host) to an upstream "
+                  "with its authentication and policy. A route may also set any key of "
+                  "``[upstream]``, which it then overrides. At least one is required.")
+    for i, rt in enumerate(top.tables("routes", doc=routes_doc)):
         route = read_route(rt, i, upstream, case_insensitive)
         rt.done()
         if route is not None:

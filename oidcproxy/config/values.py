@@ -105,7 +105,10 @@ def _scheme_hint(text: str) -> str:
 
 
 def route_prefix(text: str) -> str:
-    """A normalised path of plain characters, returned without its trailing C{/} (but C{/})."""
+    """
+    A path of plain characters starting with C{/}, normalised (no C{.}, C{..}
+    or C{//} segments); a trailing C{/} is dropped (but from C{/} itself).
+    """
     if not text.startswith("/"):
         raise ValueError(f"{text!r} must start with '/'")
     if any(c in text for c in "?#\\%") or any(ord(c) < 0x21 or ord(c) > 0x7E for c in text):
@@ -204,7 +207,7 @@ def endpoint_string(text: str) -> str:
 
 
 def endpoint_prefix(text: str) -> str:
-    """The prefix of the proxy's own endpoints: a L{route_prefix} other than C{/}."""
+    """A path as a route's C{path} (L{route_prefix}), other than C{/}."""
     prefix = route_prefix(text)
     if prefix == "/":
         raise ValueError("must not be '/': the proxy's endpoints need a prefix of their own")
@@ -227,14 +230,14 @@ def email_domain(text: str) -> str:
 
 
 def replacement_prefix(text: str) -> str:
-    """A route's C{replace_prefix}: a L{route_prefix}, or empty (the prefix is removed)."""
+    """A path as a route's C{path} (L{route_prefix}), or empty (the prefix is removed)."""
     if text == "":
         return text
     return route_prefix(text)
 
 
 def absolute_path(text: str) -> str:
-    """A path of the proxy's own (callback, logout, cookie path): as L{route_prefix}."""
+    """A path as a route's C{path} (L{route_prefix}), for the proxy's own paths and cookies."""
     return route_prefix(text)
 
 

@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 from ...config import RESERVED_AUTH_PARAMS, http_url, route_prefix
 from .documents import Document, Options, secret_urn, secret_value, yaml_type
 from .draft import Draft, duration
+from .names import hub_option
 
 PLACEHOLDER_HOST = "oidcproxy.invalid"
 """Host of a public_url that could not be worked out (RFC 2606: never resolves)."""
@@ -40,22 +41,23 @@ class OIDCImport:
         self.public_url_option = public_url_option
 
     def public(self, opts: Options, hosts: List[str]) -> None:
-        redirect = opts.string("redirectUrl")
+        option = hub_option("public_url")
+        redirect = opts.string(option)
         origin: Optional[str] = None
         path: Optional[str] = None
         if redirect is not None:
-            origin, path = self.split_url(opts.path("redirectUrl"), redirect)
+            origin, path = self.split_url(opts.path(option), redirect)
         if redirect is None:
-            self.warn(opts.path("redirectUrl"), "is required by Traefik Hub and missing; "
+            self.warn(opts.path(option), "is required by Traefik Hub and missing; "
                       "oidcproxy's default callback path is used")
         if self.public_url_option is not None:
             url = self.public_url_option.rstrip("/")
             comment = "from --public-url"
             if origin is not None and origin != url:
-                self.warn(opts.path("redirectUrl"), f"its origin {origin} differs from --public-url "
+                self.warn(opts.path(option), f"its origin {origin} differs from --public-url "
                           f"{url}; the callback is public_url + callback_path")
         elif origin is not None:
-            url, comment = origin, "from redirectUrl"
+            url, comment = origin, f"from {option}"
         elif len(hosts) == 1:
             url, comment = f"{self.draft.scheme}://{hosts[0]}", "from the IngressRoute's Host rule"
         else:
@@ -107,27 +109,28 @@ class OIDCImport:
         self.client_id(mw, opts)
         self.client_secret(opts)
         self.scopes(opts)
-        pkce = opts.boolean("pkce")
+        pkce = opts.boolean(hub_option("oidc.pkce"))
         if pkce is not None:
             self.draft.oidc.set("pkce", pkce)
         if self.draft.callback_path is not None:
-            self.oidc_path("callback_path", self.draft.callback_path, "redirectUrl")
+            self.oidc_path("callback_path", self.draft.callback_path, hub_option("oidc.callback_path"))
         self.parameters(opts)
         self.login_and_logout(opts)
         client = opts.table("clientConfig")
         if client is not None:
             self.client_config(client)
-        username = opts.string("usernameClaim")
+        username = opts.string(hub_option("username_claim"))
         if username is not None:
-            self.draft.top.set("username_claim", username, "from usernameClaim")
-        claims = opts.string("claims")
+            self.draft.top.set("username_claim", username, f"from {hub_option('username_claim')}")
+        claims = opts.string(hub_option("routes.rule"))
         return claims
 
     def issuer(self, opts: Options) -> None:
         o = self.draft.oidc
-        issuer = opts.string("issuer")
+        option = hub_option("oidc.issuer")
+        issuer = opts.string(option)
         if issuer is None:
-            self.warn(opts.path("issuer"), "is required and missing")
+            self.warn(opts.path(option), "is required and missing")
             o.set("issuer", "https://idp.example.com", "FIXME: the issuer URL")
             return
         try:
@@ -136,40 +139,43 @@ class OIDCImport:
         except ValueError as e:
             # A placeholder (SEED's MY_ISSUER_URL): a valid stand-in, so that
             # --check accepts the output, with the original in the comment.
-            self.warn(opts.path("issuer"),
+            self.warn(opts.path(option),
                       f"{e}; written as https://idp.invalid, put the IdP's issuer URL there")
             o.set("issuer", "https://idp.invalid",
                   f"FIXME: the IdP's issuer URL (the middleware said {_comment_safe(issuer)})")
 
     def client_secret(self, opts: Options) -> None:
         o = self.draft.oidc
-        secret = opts.string("clientSecret")
+        option = hub_option("oidc.client_secret")
+        secret = opts.string(option)
         if secret is not None:
-            o.set("client_secret", self.draft.secret(opts.path("clientSecret"), secret, "client-secret"),
+            o.set("client_secret", self.draft.secret(opts.path(option), secret, "client-secret"),
                   "a systemd credential: see the top of this file")
         else:
             o.set("token_endpoint_auth_method", "none", "no clientSecret: a public client (PKCE)")
 
     def scopes(self, opts: Options) -> None:
         o = self.draft.oidc
-        scopes = opts.get("scopes")
+        option = hub_option("oidc.scopes")
+        scopes = opts.get(option)
         if scopes is None:
             o.set("scopes", ["openid"], "Traefik Hub's default")
             return
         if isinstance(scopes, str):
             scopes = scopes.replace(",", " ").split()
         if not isinstance(scopes, list) or not all(isinstance(s, str) for s in scopes):
-            self.warn(opts.path("scopes"), f"expected a list of strings, got {yaml_type(scopes)}; "
+            self.warn(opts.path(option), f"expected a list of strings, got {yaml_type(scopes)}; "
                       "Traefik Hub's default [openid] is used")
             scopes = ["openid"]
         if "openid" not in scopes:
-            self.warn(opts.path("scopes"), "does not include openid, which oidcproxy requires; added")
+            self.warn(opts.path(option), "does not include openid, which oidcproxy requires; added")
             scopes = ["openid", *scopes]
         o.set("scopes", list(scopes))
 
     def parameters(self, opts: Options) -> None:
         """C{discoveryParams} and C{authParams}, without the parameters oidcproxy sets."""
-        for option, key in (("discoveryParams", "discovery_params"), ("authParams", "auth_params")):
+        for key in ("discovery_params", "auth_params"):
+            option = hub_option(f"oidc.{key}")
             params = opts.string_map(option)
             if params is None:
                 continue
@@ -183,20 +189,23 @@ class OIDCImport:
     def login_and_logout(self, opts: Options) -> None:
         """Where logins start, where logout is, where both land, and back-channel logout."""
         o = self.draft.oidc
-        login = opts.string("loginUrl")
-        disable = opts.boolean("disableLogin")
+        login_option = hub_option("oidc.login_url")
+        disable_option = hub_option("oidc.disable_login")
+        login = opts.string(login_option)
+        disable = opts.boolean(disable_option)
         if disable is not None:
             o.set("disable_login", disable)
         if login is not None and disable:
-            self.warn(opts.path("loginUrl"), "means nothing with disableLogin: true (no login is "
-                      "ever started); not carried over")
+            self.warn(opts.path(login_option), f"means nothing with {disable_option}: true (no "
+                      "login is ever started); not carried over")
         elif login is not None:
-            self.proxy_url("login_url", opts.path("loginUrl"), login, "loginUrl")
-        logout = opts.string("logoutUrl")
+            self.proxy_url("login_url", opts.path(login_option), login, login_option)
+        logout_option = hub_option("oidc.logout_path")
+        logout = opts.string(logout_option)
         if logout is not None:
-            self.proxy_url("logout_path", opts.path("logoutUrl"), logout, "logoutUrl")
-        for option, key in (("postLoginRedirectUrl", "post_login_redirect_url"),
-                            ("postLogoutRedirectUrl", "post_logout_redirect_url")):
+            self.proxy_url("logout_path", opts.path(logout_option), logout, logout_option)
+        for key in ("post_login_redirect_url", "post_logout_redirect_url"):
+            option = hub_option(f"oidc.{key}")
             value = opts.string(option)
             if value is not None:
                 url = self.landing_page(opts.path(option), value)
@@ -213,8 +222,8 @@ class OIDCImport:
                       "the sessions of the logout token's sid, or of its sub when it has none")
 
     def client_id(self, mw: Document, opts: Options) -> None:
-        value = opts.string("clientId")
-        where = opts.path("clientId")
+        value = opts.string(hub_option("oidc.client_id"))
+        where = opts.path(hub_option("oidc.client_id"))
         if value is None:
             self.warn(where, "is required and missing")
             self.draft.oidc.set("client_id", "FIXME", "FIXME: the client id registered at the IdP")
@@ -249,8 +258,8 @@ class OIDCImport:
 
     def client_config(self, client: Options) -> None:
         o = self.draft.oidc
-        timeout = client.get("timeoutSeconds")
-        name = "timeoutSeconds"
+        name = hub_option("oidc.timeout")
+        timeout = client.get(name)
         if timeout is None and client.get("timeout") is not None:
             name = "timeout"
         seconds = client.integer(name)
@@ -259,12 +268,13 @@ class OIDCImport:
                 o.set("timeout", duration(seconds), f"from clientConfig.{name}")
             else:
                 self.warn(client.path(name), "must be positive; not carried over")
-        retries = client.integer("maxRetries")
+        retries_option = hub_option("oidc.max_retries")
+        retries = client.integer(retries_option)
         if retries is not None:
             if retries < 0:
-                self.warn(client.path("maxRetries"), "must not be negative; not carried over")
+                self.warn(client.path(retries_option), "must not be negative; not carried over")
             elif retries > MAX_RETRIES:
-                self.warn(client.path("maxRetries"), f"oidcproxy retries at most {MAX_RETRIES} "
+                self.warn(client.path(retries_option), f"oidcproxy retries at most {MAX_RETRIES} "
                           f"times; {MAX_RETRIES} is used")
                 o.set("max_retries", MAX_RETRIES)
             else:
@@ -277,23 +287,24 @@ class OIDCImport:
     def client_tls(self, tls: Options) -> None:
         """C{clientConfig.tls}: the IdP's CA, a client certificate, or no verification."""
         o = self.draft.oidc
-        skip = tls.boolean("insecureSkipVerify")
-        values = {option: tls.string(option) for option in ("ca", "cert", "key")}
-        if skip and values["ca"]:
-            self.warn(tls.path("ca"), "is of no use with insecureSkipVerify (nothing is "
-                      "verified); not carried over")
-            values["ca"] = None
-        for one, other in (("cert", "key"), ("key", "cert")):
+        skip = tls.boolean(hub_option("oidc.insecure_skip_verify"))
+        ca, cert, key = (hub_option(f"oidc.{k}") for k in ("ca_bundle", "client_cert", "client_key"))
+        values = {option: tls.string(option) for option in (ca, cert, key)}
+        if skip and values[ca]:
+            self.warn(tls.path(ca), f"is of no use with {hub_option('oidc.insecure_skip_verify')} "
+                      "(nothing is verified); not carried over")
+            values[ca] = None
+        for one, other in ((cert, key), (key, cert)):
             if values[one] and not values[other]:
                 self.warn(tls.path(one), f"needs clientConfig.tls.{other} too (a client "
                           "certificate and its key); not carried over")
                 values[one] = None
-        for option, key, what in (("ca", "ca_bundle", "idp-ca"),
-                                  ("cert", "client_cert", "idp-client-cert"),
-                                  ("key", "client_key", "idp-client-key")):
+        for name, what in (("ca_bundle", "idp-ca"), ("client_cert", "idp-client-cert"),
+                           ("client_key", "idp-client-key")):
+            option = hub_option(f"oidc.{name}")
             value = values[option]
             if value:
-                o.set(key, self.draft.pem_file(tls.path(option), value, what),
+                o.set(name, self.draft.pem_file(tls.path(option), value, what),
                       f"FIXME: write clientConfig.tls.{option} here")
         if skip is not None:
             o.set("insecure_skip_verify", skip, "testing only: the IdP's certificate is not verified"
