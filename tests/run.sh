@@ -14,7 +14,8 @@
 #     constraints-pypy.txt).
 #   - hypothesis (requirements-test.txt) in both, and atheris in the CPython
 #     one (requirements-dev.txt).
-# Then: ruff, the documents' reStructuredText, mypy, every test on CPython,
+# Then: ruff, the documents' reStructuredText, the Sphinx documentation
+# (docs/, warnings as errors), mypy, every test on CPython,
 # the fuzz targets on CPython for a bounded time (tests/fuzz/run.py), the unit
 # tests on PyPy. The property tests (tests/test_prop_*.py) run in Hypothesis's
 # "ci" profile (HYPOTHESIS_PROFILE=long searches longer).
@@ -87,12 +88,15 @@ step "PyPy venv"
     -c constraints-pypy.txt . -r requirements-test.txt
 
 step "ruff"
-.venv-cpython/bin/ruff check oidcproxy tests twisted setup.py bench
+.venv-cpython/bin/ruff check oidcproxy tests twisted setup.py bench docs
 
 step "reStructuredText (README.rst, NEWS.rst, bench/README.rst, tests/data/README.rst)"
 for doc in README.rst NEWS.rst bench/README.rst tests/data/README.rst; do
     .venv-cpython/bin/python -m docutils --halt=warning "$doc" > /dev/null
 done
+
+step "documentation (Sphinx, warnings are errors) into _build/docs"
+PYTHONPATH="$ROOT" .venv-cpython/bin/sphinx-build -W --keep-going -q -b html docs "$ROOT/_build/docs"
 
 step "mypy"
 .venv-cpython/bin/mypy
