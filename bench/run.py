@@ -191,7 +191,7 @@ def child_env(source_tree: bool) -> Dict[str, str]:
     if source_tree:
         # Measure the working tree, not the copy installed in the venv.
         env["PYTHONPATH"] = ROOT
-    # PyPy runs as the README recommends: with its heap capped (without it,
+    # PyPy runs as docs/howto/pypy.rst recommends: with its heap capped (without it,
     # PyPy's collector lets resident memory grow by GBs under load). CPython
     # ignores the variable.
     env.setdefault("PYPY_GC_MAX", "256MB")

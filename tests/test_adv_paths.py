@@ -189,7 +189,7 @@ class CaseTests(SynchronousTestCase):
     def test_case_sensitive_default(self):
         """
         Without it, matching is case-sensitive (RFC 3986 paths): /ADMIN/ is
-        another path, served by the public route — what README warns about.
+        another path, served by the public route — what the routing documentation warns about.
         """
         stack = ProxyStack(self, config=make_config(routes=CASE_ROUTES))
         self.assertEqual(self.send(stack, "/ADMIN/", api=True)[::2], (200, 1))

@@ -1,10 +1,12 @@
 """
 The Python names the documentation tells users to import or call exist: a
-module moved inside the package must not leave README's examples broken.
+module moved inside the package must not leave the examples of README, of
+bench/README.rst or of any page under docs/ broken.
 """
 
 from __future__ import annotations
 
+import glob
 import importlib
 import os
 import re
@@ -13,20 +15,31 @@ from typing import List, Tuple
 from twisted.trial.unittest import SynchronousTestCase
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DOCS = ("README.rst", os.path.join("bench", "README.rst"))
+
+
+
+def _docs() -> List[str]:
+    """README, bench/README.rst and every page of the Sphinx site, relative to the checkout."""
+    pages = sorted(os.path.relpath(p, ROOT) for p in glob.glob(
+        os.path.join(ROOT, "docs", "**", "*.rst"), recursive=True))
+    return ["README.rst", os.path.join("bench", "README.rst"), *pages]
+
 
 _FROM_IMPORT = re.compile(r"^\s*from\s+(oidcproxy[\w.]*)\s+import\s+([\w, ]+)\s*$")
 NOT_PYTHON = {
     "oidcproxy.access": "the access log's namespace",
     "oidcproxy.socket": "the systemd socket unit",
+    "oidcproxy.toml": "the example configuration file",
 }
 """Dotted names the docs quote that are not Python names."""
 _DOTTED = re.compile(r"``(oidcproxy(?:\.\w+)+)(?:\([^`]*\))?``")
+_PY_DIRECTIVE = re.compile(r"^\s*\.\. py:(?:class|function|module):: (\w+(?:\.\w+)*)")
+"""A name the Python API page declares, relative to the last C{py:module}."""
 
 
 def _doc_lines() -> List[Tuple[str, int, str]]:
     found = []
-    for doc in DOCS:
+    for doc in _docs():
         path = os.path.join(ROOT, doc)
         with open(path, encoding="utf-8") as f:
             for number, line in enumerate(f, 1):
@@ -75,6 +88,31 @@ class DocumentedNamesTests(SynchronousTestCase):
                 if dotted not in NOT_PYTHON and not _resolve(dotted):
                     broken.append(f"{doc}:{number}: {dotted}")
         self.assertEqual(broken, [])
+
+    def test_documented_api_names(self) -> None:
+        """Every class and function the Python API page declares (C{.. py:class::}) exists."""
+        broken = []
+        seen = 0
+        module, module_doc = "", ""
+        for doc, number, line in _doc_lines():
+            if doc != module_doc:
+                module, module_doc = "", doc
+            m = _PY_DIRECTIVE.match(line)
+            if m is None:
+                continue
+            if ".. py:module::" in line:
+                module = m.group(1)
+                continue
+            seen += 1
+            dotted = f"{module}.{m.group(1)}" if module else m.group(1)
+            if not _resolve(dotted):
+                broken.append(f"{doc}:{number}: {dotted}")
+        self.assertGreater(seen, 0, "no py: directives found: the pattern is stale")
+        self.assertEqual(broken, [])
+
+    def test_every_page_is_read(self) -> None:
+        """The pages under docs/ are among the documents checked, not only README."""
+        self.assertIn(os.path.join("docs", "reference", "python-api.rst"), _docs())
 
     def test_public_api_at_the_package_root(self) -> None:
         """OIDCGuard, identity and Identity are importable from C{oidcproxy} itself."""

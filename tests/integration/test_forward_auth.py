@@ -4,7 +4,7 @@ real upstream app asks the real C{twistd oidcproxy} process (its
 C{/oidc/auth} endpoint) about every request, and the user logs in at the
 real OpenID Provider (panva's C{oidc-provider}, L{stack.OP_SCRIPT}).
 
-nginx runs the configuration the README shows, L{NGINX_SITE}
+nginx runs the configuration docs/howto/forward-auth.rst shows, L{NGINX_SITE}
 (C{nginx_forward_auth.conf}), with loopback ports filled in. nginx's address
 is the public URL (the proxy's C{public_url}, where the OP sends the browser
 back); the proxy trusts 127.0.0.1 as its front proxy.
@@ -60,7 +60,7 @@ from tests.integration.stack import (
 )
 
 NGINX_SITE = os.path.join(procs.HERE, "nginx_forward_auth.conf")
-"""The README's nginx configuration, with placeholders (C{@@APP@@}, ...) for the addresses."""
+"""The nginx configuration of docs/howto/forward-auth.rst, placeholders (C{@@APP@@}, ...) for addresses."""
 
 DENIED = "/root-only/page"
 """A route for group C{root} only: alice (admins, staff) is denied."""
@@ -91,7 +91,7 @@ def require_nginx() -> str:
 
 
 def nginx_site(public_port: int, proxy_port: int, upstream_port: int) -> str:
-    """The README's configuration for these ports; the app is the upstream's C{/echo}."""
+    """That configuration for these ports; the app is the upstream's C{/echo}."""
     with open(NGINX_SITE, encoding="utf-8") as f:
         text = f.read()
     for name, value in (("@@LISTEN@@", f"127.0.0.1:{public_port}"),
@@ -311,7 +311,7 @@ async def raw_get(port: int, target: str, headers: Dict[str, str]) -> Tuple[int,
 
 
 class NginxForwardAuthTests(TestCase):
-    """nginx auth_request with oidcproxy's /oidc/auth, as the README configures it."""
+    """nginx auth_request with oidcproxy's /oidc/auth, as docs/howto/forward-auth.rst configures it."""
 
     timeout = 60
 
