@@ -7,7 +7,7 @@ tomli-w writes every key and scalar, so quoting and escaping follow a
 maintained TOML writer. It writes neither comments nor inline tables (a
 table becomes a C{[section]}, an array spans several lines), and the
 output needs both: a comment after the value it is about, and secret
-references written as the README shows them (C{{ credential = "NAME" }}).
+references written as docs/reference/config-file.rst shows them (C{{ credential = "NAME" }}).
 So arrays and inline tables of those scalars are joined here, on one line.
 """
 
