@@ -331,14 +331,15 @@ class ParserTests(_TableTestCase):
 
     def test_str(self) -> None:
         """
-        C{str()} gives the message, the position and the rule, and a caret
-        under the offending character on the next line.
+        C{str()} gives the message and the position, then the rule on a line
+        of its own and a caret under the offending character on the next.
         """
         e = self.assertRaises(RuleSyntaxError, Policy.parse, "Equals(`a`, `b`) & Equals(`c`, `d`)")
         self.assertEqual(
             str(e),
-            "expected `&&`, got a single `&` at position 17: Equals(`a`, `b`) & Equals(`c`, `d`)\n"
-            + " " * 65 + "^",
+            "expected `&&`, got a single `&` at position 17:\n"
+            "    Equals(`a`, `b`) & Equals(`c`, `d`)\n"
+            + " " * (4 + 17) + "^",
         )
 
     def test_strMultiLine(self) -> None:
@@ -350,8 +351,9 @@ class ParserTests(_TableTestCase):
         self.assertEqual(e.position, 21)
         self.assertEqual(
             str(e),
-            "unknown function 'Nope' at position 21: Equals(`a`, `b`)  && Nope(`x`)\n"
-            + " " * 61 + "^",
+            "unknown function 'Nope' at position 21:\n"
+            "    Equals(`a`, `b`)  && Nope(`x`)\n"
+            + " " * (4 + 21) + "^",
         )
 
     def test_strAtEnd(self) -> None:
@@ -359,8 +361,9 @@ class ParserTests(_TableTestCase):
         e = self.assertRaises(RuleSyntaxError, Policy.parse, "(Equals(`a`, `b`)")
         self.assertEqual(
             str(e),
-            "expected `)`, got end of rule at position 17: (Equals(`a`, `b`)\n"
-            + " " * 63 + "^",
+            "expected `)`, got end of rule at position 17:\n"
+            "    (Equals(`a`, `b`)\n"
+            + " " * (4 + 17) + "^",
         )
 
     def test_notAString(self) -> None:

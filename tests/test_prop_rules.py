@@ -93,13 +93,19 @@ LISTS = st.lists(st.sampled_from(["admins", "x", "", "Example.com", "example.com
 
 
 def assertRuleError(case: SynchronousTestCase, error: RuleSyntaxError, rule: str) -> None:
-    """The error has a message and a position inside (or just past) the rule."""
+    """
+    The error has a message and a position inside (or just past) the rule,
+    the rule on a line of its own and a caret under that position.
+    """
     case.assertTrue(error.message)
     case.assertEqual(error.rule, rule)
     case.assertTrue(0 <= error.position <= len(rule), (error.position, len(rule)))
     lines = str(error).split("\n")
-    case.assertEqual(len(lines), 2, str(error))
-    case.assertTrue(lines[1].endswith("^"))
+    case.assertEqual(len(lines), 3, str(error))
+    case.assertTrue(lines[2].endswith("^"))
+    # The caret stands under the offending character of the rule's line.
+    case.assertEqual(lines[2].index("^") - 4, error.position)
+    case.assertEqual(len(lines[1]) - 4, len(rule))
 
 
 class ParserTests(SynchronousTestCase):

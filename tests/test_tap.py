@@ -392,7 +392,23 @@ class CheckClaimsTests(SynchronousTestCase):
         out = io.StringIO()
         self.assertEqual(tap.check(o, out, reactor=MemoryReactorClock()), 1)
         self.assertIn("routes[0].rule: expected", out.getvalue())
-        self.assertIn("at position 18: Contains(`groups` `admins`)", out.getvalue())
+        self.assertIn("at position 18:\n    Contains(`groups` `admins`)\n", out.getvalue())
+
+    def test_rule_syntax_error_caret(self):
+        """
+        The caret stands under the offending character of the rule as
+        --check prints it, whatever the key's name put before the message.
+        """
+        path = self.write(
+            'routes = [{ path = "/", upstream = "http://h", auth = "session", '
+            'rule = "Equals(`groups`, `a`) && Foo(`x`)" }]\n', ".toml")
+        o = tap.Options()
+        o.parseOptions(["--config", path, "--check"])
+        out = io.StringIO()
+        self.assertEqual(tap.check(o, out, reactor=MemoryReactorClock()), 1)
+        lines = out.getvalue().splitlines()
+        shown = next(i for i, line in enumerate(lines) if "Equals(`groups`" in line)
+        self.assertEqual(lines[shown + 1].index("^"), lines[shown].index("Foo"))
 
 
 class CheckWarningsTests(SynchronousTestCase):

@@ -31,10 +31,12 @@ class RuleSyntaxError(ValueError):
         self.rule = rule
 
     def __str__(self) -> str:
-        head = f"{self.message} at position {self.position}: "
-        # One character for one character, so the caret lines up.
+        # The rule and the caret on lines of their own, indented alike, so the
+        # caret lines up whatever is put before the message (the key's name
+        # in a configuration problem); one character for one character.
         shown = "".join(c if c.isprintable() else " " for c in self.rule)
-        return f"{head}{shown}\n{' ' * (len(head) + self.position)}^"
+        return (f"{self.message} at position {self.position}:\n"
+                f"    {shown}\n    {' ' * self.position}^")
 
 
 
