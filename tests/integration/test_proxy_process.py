@@ -378,7 +378,8 @@ class CommandLineTests(TestCase):
     async def test_check_bad_config_lists_every_problem(self) -> None:
         """
         C{--check} on a configuration with three problems exits 1 and prints
-        one line per problem, each naming its key path and the file.
+        one line per problem, each naming its key path and the file, the
+        unknown key first.
         """
         path = procs.write_config(self, (
             'listen = ["tcp:0:interface=127.0.0.1"]\n'
@@ -395,12 +396,12 @@ class CommandLineTests(TestCase):
         problems = [line for line in (out + err).splitlines() if line.startswith("config:")]
         self.assertEqual(len(problems), 3, out + err)
         for keypath, line in zip(
-            ("keepalive_timeout:", "routes[0].timout:", "routes[1].upstream:"), problems
+            ("routes[0].timout:", "keepalive_timeout:", "routes[1].upstream:"), problems
         ):
             self.assertIn(keypath, line)
             self.assertIn(path, line)
-        self.assertIn("duration", problems[0])
-        self.assertIn("unknown key", problems[1])
+        self.assertIn("unknown key", problems[0])
+        self.assertIn("duration", problems[1])
         self.assertIn("required", problems[2])
         self.assertNotIn("config OK", out + err)
 
