@@ -126,6 +126,7 @@ def _top_level(top: Table) -> Dict[str, Any]:
         "client_limits": _client_limits(top),
         "max_websockets": top.integer("max_websockets", defaults.max_websockets, minimum=1),
         "access_log": top.boolean("access_log", True),
+        "http2": top.boolean("http2", defaults.http2),
         "username_claim": top.string("username_claim", "sub"),
         "case_insensitive_routes": top.boolean("case_insensitive_routes", False),
         "websocket_origins": top.strings("websocket_origins", (), check=origin_of),
