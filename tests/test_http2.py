@@ -18,15 +18,16 @@ import h2.events
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from oidcproxy.config import ClientLimits
+from oidcproxy.config import ClientLimits, parse_config
 from oidcproxy.core.metrics import Metrics
+from oidcproxy.service import build_site
 from oidcproxy.web.channel import ProxyChannel
 from oidcproxy.web.http2 import ProxyH2Connection
 from oidcproxy.web.server import ProxySite
@@ -214,6 +215,14 @@ class NegotiationTests(SynchronousTestCase):
     def test_http2_off(self) -> None:
         """http2 = false: only http/1.1 is offered."""
         self.assertEqual(self.site(http2=False).acceptableProtocols(), [b"http/1.1"])
+
+    def test_config_reaches_the_site(self) -> None:
+        """The proxy's site offers what the http2 key says."""
+        for http2, offered in ((True, [b"h2", b"http/1.1"]), (False, [b"http/1.1"])):
+            config = parse_config({"http2": http2, "routes": [
+                {"path": "/", "auth": "none", "upstream": "http://up.test"}]}, "t.toml")
+            site = build_site(config, MemoryReactorClock())
+            self.assertEqual(site.acceptableProtocols(), offered)
 
     def test_h2_handshake_switches(self) -> None:
         """A handshake that chose h2 hands the connection to an HTTP/2 connection of the site."""
