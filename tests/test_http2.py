@@ -505,3 +505,63 @@ class ConnectionTests(SynchronousTestCase):
         h.clock.advance(30)
         self.assertEqual(self.successResultOf(d), 1)
         self.assertTrue(h.transport.disconnected)
+
+
+class BodyDeadlineTests(SynchronousTestCase):
+    """client_body_timeout and client_body_min_rate for the body of an HTTP/2 stream."""
+
+    def start(self, h: H2Harness, length: int = 1000) -> int:
+        return h.request(b"POST", b"/up?q=1", headers=((b"content-length", b"%d" % length),),
+                         end=False)
+
+    def test_late_body(self) -> None:
+        """
+        A body not in within client_body_timeout: 408 on its stream, the
+        stream reset, counted and logged; the connection goes on serving.
+        """
+        h = H2Harness(self, limits=ClientLimits(body_timeout=20, body_min_rate=0))
+        stream = self.start(h)
+        h.clock.advance(19)
+        h.pump()
+        self.assertNotIn(b":status", h.answers.get(stream, Answer()).headers)
+        h.clock.advance(1.5)
+        h.pump()
+        answer = h.answers[stream]
+        self.assertEqual(answer.status, 408)
+        self.assertEqual(answer.reset, h2.errors.ErrorCodes.NO_ERROR)
+        self.assertEqual(sample(h.metrics, "oidcproxy_client_timeouts_total", phase="body"), 1)
+        self.assertEqual([(e["method"], e["path"], e["status"]) for e in h.access()],
+                         [("POST", "/up", 408)])
+        self.assertEqual(h.resource.bodies, [])
+        again = h.request(b"GET", b"/down?n=1")
+        self.assertEqual(h.answers[again].body, b"d")
+        self.assertEqual(h.errors(), [])
+
+    def test_body_at_the_min_rate(self) -> None:
+        """Each client_body_min_rate bytes received buy one more second."""
+        h = H2Harness(self, limits=ClientLimits(body_timeout=20, body_min_rate=100))
+        stream = self.start(h, 3000)
+        for _ in range(29):
+            h.clock.advance(1)
+            h.send_body(stream, b"x" * 100, end=False)
+        h.send_body(stream, b"x" * 100)
+        h.pump()
+        self.assertEqual(h.answers[stream].status, 200)
+        self.assertEqual(h.resource.bodies, [b"x" * 3000])
+
+    def test_whole_body_stops_the_deadline(self) -> None:
+        """Once the body is in, the request may take as long as its answer takes."""
+        h = H2Harness(self, limits=ClientLimits(body_timeout=20))
+        stream = h.request(b"POST", b"/hang", b"x" * 10)
+        h.clock.advance(100)
+        h.pump()
+        self.assertNotIn(stream, h.answers)
+        self.assertEqual(len(h.resource.waiting), 1)
+
+    def test_no_deadline_for_bodiless_requests(self) -> None:
+        """A GET has no body to wait for."""
+        h = H2Harness(self, limits=ClientLimits(body_timeout=20))
+        h.request(b"GET", b"/hang")
+        h.clock.advance(100)
+        h.pump()
+        self.assertEqual(sample(h.metrics, "oidcproxy_client_timeouts_total", phase="body"), 0)

@@ -16,6 +16,8 @@ limit see them as they see HTTP/1.1 requests. Per connection:
     first request, and C{keepalive_timeout} is its idle timeout while no
     request is in flight (Twisted's would cut a connection whose requests
     wait quietly on a slow upstream);
+  - a stream's body has C{client_body_timeout} and C{client_body_min_rate}
+    (kept by its request: the stream is answered 408 and reset);
   - a drain closes it at once when idle, or once its requests in flight
     are answered; streams opened meanwhile are answered 503;
   - a stream answered before its client sent the whole request (401, 413)
@@ -81,7 +83,8 @@ class ProxyH2Connection(H2Connection):
 
     def timeoutConnection(self) -> None:
         if self.streams:
-            # Requests in flight: the connection is not idle.
+            # Requests in flight: the connection is not idle. (A stream
+            # whose body is late has its request's own deadline.)
             self.setTimeout(self.timeOut)
             return
         super().timeoutConnection()

@@ -17,7 +17,7 @@ from __future__ import annotations
 import io
 from typing import Any, Callable, List, Optional, Tuple
 
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import server
@@ -57,6 +57,10 @@ class ProxyRequest(server.Request):
     the request's context (cookies, headers, refused C{Set-Cookie} values):
     see L{RequestContext.apply_answer}.
 
+    Over HTTP/2 the request keeps its body's deadline (C{client_body_timeout}
+    and C{client_body_min_rate}, as L{ProxyChannel} does for HTTP/1.1): a
+    late body is answered 408 on its stream.
+
     Over HTTP/2 the request's C{transport} is its stream (Twisted leaves it
     None): cutting a broken answer off resets that stream, not the client's
     connection.
@@ -69,6 +73,8 @@ class ProxyRequest(server.Request):
     _received = 0
     _limit: Optional[int] = None
     _early: Tuple[Optional[bytes], Optional[bytes], Any] = (None, None, None)
+    _body_deadline: Optional[IDelayedCall] = None
+    _body_started = 0.0
 
     def __init__(self, channel: Any, *args: Any, **kwargs: Any) -> None:
         super().__init__(channel, *args, **kwargs)
@@ -99,6 +105,11 @@ class ProxyRequest(server.Request):
             if length is not None and length > self._limit:
                 self._refuse_too_large()
                 return
+            if self.stream_id is not None and length != 0 and site.limits.body_timeout > 0:
+                # Over HTTP/1.1 the channel keeps this deadline.
+                self._body_started = site.clock.seconds()
+                self._body_deadline = site.clock.callLater(site.limits.body_timeout,
+                                                           self._body_deadline_passed)
         super().gotLength(length)
 
     def handleContentChunk(self, data: bytes) -> None:
@@ -110,31 +121,69 @@ class ProxyRequest(server.Request):
             return
         super().handleContentChunk(data)
 
-    def _refuse_too_large(self) -> None:
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        self._stop_body_deadline()
+        super().requestReceived(command, path, version)
+
+    def _stop_body_deadline(self) -> None:
+        if self._body_deadline is not None:
+            if self._body_deadline.active():
+                self._body_deadline.cancel()
+            self._body_deadline = None
+
+    def _body_deadline_passed(self) -> None:
+        """The body of an HTTP/2 stream is late (as L{ProxyChannel}'s body deadline)."""
+        self._body_deadline = None
+        site = getattr(self.channel, "site", None)
+        if not isinstance(site, ProxySite) or self._refused or self.finished or self._disconnected:
+            return
+        limits = site.limits
+        if limits.body_min_rate > 0:
+            allowed = limits.body_timeout + self._received / limits.body_min_rate
+            elapsed = site.clock.seconds() - self._body_started
+            if elapsed < allowed:
+                self._body_deadline = site.clock.callLater(allowed - elapsed,
+                                                           self._body_deadline_passed)
+                return
+        site.client_timed_out(self.channel, "body")
+        self._stop_reading(408)
+        self._answer_on_stream(408, "request_timeout", "The request body did not arrive in time.")
+
+    def _stop_reading(self, code: int) -> Any:
+        """
+        The request is answered C{code} before it is whole: the rest of its
+        body is not read, and it never reaches process(). Named for the
+        access log and counted; the site (or None).
+        """
         self._refused = True
+        self._stop_body_deadline()
         # Whatever of the body is already buffered is dropped, not stored.
         self.content = io.BytesIO()
         # No "100 Continue" for a body we will not read.
         self.requestHeaders.removeHeader(b"expect")
         site: Any = getattr(self.channel, "site", None)
-        if isinstance(site, ProxySite):
-            # For the access log: this request never reaches process().
-            command, target, route = self._early
-            self.method = command or b"-"
-            self.path = (target or b"-").split(b"?", 1)[0]
-            if route is not None:
-                context(self).route = route
-            # The guard counts every other request; this one never reaches it.
-            site.metrics.request(route.name if route is not None else "-", 413)
+        if not isinstance(site, ProxySite):
+            return None
+        command, target, route = self._early
+        self.method = command or b"-"
+        self.path = (target or b"-").split(b"?", 1)[0]
+        if route is not None:
+            context(self).route = route
+        # The guard counts every other request; this one never reaches it.
+        site.metrics.request(route.name if route is not None else "-", code)
+        return site
+
+    def _refuse_too_large(self) -> None:
+        site = self._stop_reading(413)
+        detail = f"The request body is larger than {self._limit} bytes."
         if self.stream_id is not None:
             # An HTTP/2 stream may still be being set up (headers are read
             # one by one): answer once the stream is whole.
-            clock = site.clock if isinstance(site, ProxySite) else None
-            if clock is not None:
-                clock.callLater(0, self._answer_too_large)
+            if site is not None:
+                site.clock.callLater(0, self._answer_on_stream, 413, "body_too_large", detail)
             return
-        content_type, body = self._too_large_body()
-        if isinstance(site, ProxySite):
+        content_type, body = self._error_body(413, "body_too_large", detail)
+        if site is not None:
             self.code = 413
             self.sentLength = len(body)
             site.log_request(self)
@@ -142,18 +191,19 @@ class ProxyRequest(server.Request):
         channel.refuse(413, b"Content Too Large",
                        b"Content-Type: " + content_type + b"\r\nCache-Control: no-store\r\n", body)
 
-    def _too_large_body(self) -> Tuple[bytes, bytes]:
+    def _error_body(self, code: int, error: str, detail: str) -> Tuple[bytes, bytes]:
         accept = b",".join(self.requestHeaders.getRawHeaders(b"accept", [])).lower()
-        return error_body(413, "body_too_large",
-                          f"The request body is larger than {self._limit} bytes.",
-                          b"json" in accept)
+        return error_body(code, error, detail, b"json" in accept)
 
-    def _answer_too_large(self) -> None:
-        """The 413 of an HTTP/2 stream: this request's own answer (logged as it finishes)."""
+    def _answer_on_stream(self, code: int, error: str, detail: str) -> None:
+        """
+        The answer of an HTTP/2 stream not read to its end: this request's
+        own, logged as it finishes; the stream is reset once it is out.
+        """
         if self.finished or self._disconnected:
             return
-        content_type, body = self._too_large_body()
-        self.setResponseCode(413)
+        content_type, body = self._error_body(code, error, detail)
+        self.setResponseCode(code)
         self.setHeader(b"content-type", content_type)
         self.setHeader(b"cache-control", b"no-store")
         self.setHeader(b"content-length", b"%d" % len(body))
@@ -183,6 +233,7 @@ class ProxyRequest(server.Request):
         super().write(data)
 
     def connectionLost(self, reason: Failure) -> None:
+        self._stop_body_deadline()
         was_finished = self.finished or (self._refused and self.stream_id is None)
         channel = self.channel
         site = getattr(channel, "site", None)
