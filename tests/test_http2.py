@@ -117,6 +117,8 @@ class H2Harness:
         self.client.initiate_connection()
         self.answers: Dict[int, Answer] = {}
         self.goaway: Optional[int] = None
+        self.reading = True
+        """Whether the client opens flow-control windows for what it receives."""
         self.pump()
 
     def connect(self, address: Tuple[str, int] = ("192.0.2.7", 5555)) -> Tuple[TLSTransport, Any]:
@@ -159,7 +161,8 @@ class H2Harness:
                 answer.headers = dict(event.headers)
             elif isinstance(event, h2.events.DataReceived):
                 answer.body += event.data
-                self.client.acknowledge_received_data(event.flow_controlled_length, stream)
+                if self.reading:
+                    self.client.acknowledge_received_data(event.flow_controlled_length, stream)
             elif isinstance(event, h2.events.StreamEnded):
                 answer.ended = True
             elif isinstance(event, h2.events.StreamReset):
@@ -289,6 +292,24 @@ class RequestTests(SynchronousTestCase):
         h = H2Harness(self)
         stream = h.request(b"GET", b"/down?n=3000000")
         self.assertEqual(len(h.answers[stream].body), 3000000)
+        self.assertTrue(h.answers[stream].ended)
+
+    def test_stalled_download_waits_quietly(self) -> None:
+        """
+        A client that opens no window: the server waits with nothing due
+        (Twisted's loop alone would run again at once, for ever), and sends
+        the rest once the client reads again.
+        """
+        h = H2Harness(self)
+        h.reading = False
+        stream = h.request(b"GET", b"/down?n=300000")
+        received = len(h.answers[stream].body)
+        self.assertLess(received, 300000)
+        self.assertEqual([c for c in h.clock.getDelayedCalls() if c.getTime() <= h.clock.seconds()], [])
+        h.reading = True
+        h.client.acknowledge_received_data(received, stream)
+        h.pump()
+        self.assertEqual(len(h.answers[stream].body), 300000)
         self.assertTrue(h.answers[stream].ended)
 
     def test_too_large_by_length(self) -> None:

@@ -20,25 +20,30 @@ limit see them as they see HTTP/1.1 requests. Per connection:
     (kept by its request: the stream is answered 408 and reset);
   - a drain closes it at once when idle, or once its requests in flight
     are answered; streams opened meanwhile are answered 503;
+  - a stream whose client opens no flow-control window (it reads nothing)
+    waits without costing CPU: Twisted's sending loop would call itself
+    again at once for as long as such a stream has data queued (measured:
+    a third of a core for one stalled download);
   - a stream answered before its client sent the whole request (401, 413)
     is reset with C{NO_ERROR} once its answer is out, as RFC 9113 8.1 lets a
     server do, so that the client stops sending its body (Twisted would
     fail on the rest of it).
 
-Twisted's HTTP/2 server has no public hooks for the last two: they extend
-its C{_requestDone}, which every stream's end goes through; the tests of
-C{tests/test_http2.py} pin what they rely on.
+Twisted's HTTP/2 server has no public hooks for the last three: they
+extend its sending loop (C{_sendPrioritisedData}) and C{_requestDone},
+which every stream's end goes through; the tests of C{tests/test_http2.py}
+pin what they rely on.
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, Set
 
 import h2.errors
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
-from twisted.web._http2 import H2Connection
+from twisted.web._http2 import _END_STREAM_SENTINEL, H2Connection
 
 from .connections import ABORT_AFTER, ClientConnections
 
@@ -62,11 +67,43 @@ class ProxyH2Connection(H2Connection):
         if isinstance(site, ClientConnections) and site.limits.header_timeout > 0:
             self._deadline = site.clock.callLater(site.limits.header_timeout, self._deadline_passed)
 
+    def __init__(self, reactor: Any = None) -> None:
+        super().__init__(reactor=reactor)
+        self._parked: Set[int] = set()
+
     def dataReceived(self, data: bytes) -> None:
         super().dataReceived(data)
         if self._deadline is not None and self.conn.highest_inbound_stream_id > 0:
             # The first request's headers are in.
             self.stop_deadlines()
+        if self._parked:
+            self._unpark()
+
+    def _sendPrioritisedData(self, *args: Any) -> None:
+        # Park the streams with data queued but no window to send it in, so
+        # that the loop waits (for a stream to send, or a window) instead of
+        # calling itself again at once.
+        for streamID, queue in self._outboundStreamQueues.items():
+            if queue and queue[0] is not _END_STREAM_SENTINEL and streamID not in self._parked \
+                    and self.conn.local_flow_control_window(streamID) <= 0:
+                self._parked.add(streamID)
+                self.priority.block(streamID)
+        super()._sendPrioritisedData(*args)
+
+    def _unpark(self) -> None:
+        """After what the client sent (WINDOW_UPDATE, SETTINGS): wake the streams that may send again."""
+        woken = False
+        for streamID in list(self._parked):
+            if streamID not in self.streams:
+                self._parked.discard(streamID)
+            elif self.conn.local_flow_control_window(streamID) > 0:
+                self._parked.discard(streamID)
+                self.priority.unblock(streamID)
+                woken = True
+        waiting = self._sendingDeferred
+        if woken and waiting is not None:
+            self._sendingDeferred = None
+            waiting.callback(None)
 
     def stop_deadlines(self) -> None:
         if self._deadline is not None:
