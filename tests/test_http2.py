@@ -28,6 +28,7 @@ from twisted.web.server import NOT_DONE_YET
 from oidcproxy.config import ClientLimits, parse_config
 from oidcproxy.core.metrics import Metrics
 from oidcproxy.service import build_site
+from oidcproxy.web import server as server_module
 from oidcproxy.web.channel import ProxyChannel
 from oidcproxy.web.http2 import ProxyH2Connection
 from oidcproxy.web.server import ProxySite
@@ -214,6 +215,11 @@ class NegotiationTests(SynchronousTestCase):
     def test_alpn_offers_h2_first(self) -> None:
         """With Twisted's http2 extra installed, h2 is offered first, then http/1.1."""
         self.assertEqual(self.site().acceptableProtocols(), [b"h2", b"http/1.1"])
+
+    def test_without_twisted_http2(self) -> None:
+        """A Twisted that cannot speak HTTP/2 (no h2 installed): only http/1.1 is offered."""
+        self.patch(server_module, "H2_ENABLED", False)
+        self.assertEqual(self.site().acceptableProtocols(), [b"http/1.1"])
 
     def test_http2_off(self) -> None:
         """http2 = false: only http/1.1 is offered."""

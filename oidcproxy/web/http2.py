@@ -24,7 +24,10 @@ limit see them as they see HTTP/1.1 requests. Per connection:
     waits without costing CPU: Twisted's sending loop would call itself
     again at once for as long as such a stream has data queued (measured:
     a third of a core for one stalled download);
-  - a stream answered before its client sent the whole request (401, 413)
+  - an answer cut off (its upstream broke off) resets its stream with
+    C{INTERNAL_ERROR}, so the client does not take it for whole; the
+    connection goes on;
+  - a stream answered before its client sent the whole request (413, 408)
     is reset with C{NO_ERROR} once its answer is out, as RFC 9113 8.1 lets a
     server do, so that the client stops sending its body (Twisted would
     fail on the rest of it).
@@ -61,15 +64,15 @@ class ProxyH2Connection(H2Connection):
     _deadline: Optional[IDelayedCall] = None
     _abort_call: Optional[IDelayedCall] = None
 
+    def __init__(self, reactor: Any = None) -> None:
+        super().__init__(reactor=reactor)
+        self._parked: Set[int] = set()
+
     def connectionMade(self) -> None:
         super().connectionMade()
         site = self.site
         if isinstance(site, ClientConnections) and site.limits.header_timeout > 0:
             self._deadline = site.clock.callLater(site.limits.header_timeout, self._deadline_passed)
-
-    def __init__(self, reactor: Any = None) -> None:
-        super().__init__(reactor=reactor)
-        self._parked: Set[int] = set()
 
     def dataReceived(self, data: bytes) -> None:
         super().dataReceived(data)

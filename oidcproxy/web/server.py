@@ -59,11 +59,9 @@ class ProxyRequest(server.Request):
 
     Over HTTP/2 the request keeps its body's deadline (C{client_body_timeout}
     and C{client_body_min_rate}, as L{ProxyChannel} does for HTTP/1.1): a
-    late body is answered 408 on its stream.
-
-    Over HTTP/2 the request's C{transport} is its stream (Twisted leaves it
-    None): cutting a broken answer off resets that stream, not the client's
-    connection.
+    late body is answered 408 on its stream. Its C{transport} is its stream
+    (Twisted leaves it None): cutting a broken answer off resets that
+    stream, not the client's connection.
     """
 
     started: Optional[float] = None
