@@ -38,6 +38,11 @@ setup(
         # the API used (dumps); 1.2.0 installs on PyPy 3.9 (pure Python).
         "tomli-w>=1.0.0",
     ],
+    extras_require={
+        # HTTP/2 to clients on TLS listeners (ALPN h2): Twisted's own server,
+        # on the pure-Python h2 and priority packages (they install on PyPy 3.9 too).
+        "http2": ["Twisted[http2]>=24.7.0"],
+    },
     entry_points={
         "console_scripts": ["oidcproxy-import-traefik = oidcproxy.tools.traefik:main"],
     },

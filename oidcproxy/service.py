@@ -100,6 +100,7 @@ def build_site(
         max_header_size=max_header_size(config),
         metrics=metrics,
         limits=config.client_limits,
+        http2=config.http2,
     )
     site.proxy = proxy  # type: ignore[attr-defined]
     site.guard = guard  # type: ignore[attr-defined]
@@ -371,7 +372,7 @@ class SighupHandler(SignalHandler):
 
 RESTART_KEYS = (
     "listen", "public_url", "endpoints_prefix", "workers", "keepalive_timeout", "access_log",
-    "oidc", "session", "state_cookie", "redis", "admin", "metrics",
+    "http2", "oidc", "session", "state_cookie", "redis", "admin", "metrics",
 )
 """The top-level keys and sections a reload does not apply (they need a restart)."""
 

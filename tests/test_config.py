@@ -141,6 +141,13 @@ class SchemaTests(SynchronousTestCase):
             ("/api", "api.example.com", "https://up.internal/base", True, True, True),
         )
 
+    def test_http2(self):
+        """http2 is on unless set to false (then TLS listeners offer only http/1.1)."""
+        self.assertTrue(parse_config(MINIMAL, "x.toml").http2)
+        self.assertFalse(parse_config(dict(MINIMAL, http2=False), "x.toml").http2)
+        e = self.assertRaises(ConfigError, parse_config, dict(MINIMAL, http2="no"), "x.toml")
+        self.assertIn("http2", str(e))
+
     def test_trusted_proxies(self):
         """trusted_proxies takes addresses and networks."""
         c = parse_config(dict(MINIMAL, trusted_proxies=["10.0.0.0/8", "::1"]), "x.toml")

@@ -211,6 +211,11 @@ def _top_level(top: Table) -> Dict[str, Any]:
             "access_log", True,
             doc="One structured access-log event per request (client, method, path without the "
             "query, status, bytes, duration, route, upstream, user)."),
+        "http2": top.boolean(
+            "http2", defaults.http2,
+            doc="Offer HTTP/2 (``h2``) by ALPN on ``ssl:`` listeners when the ``h2`` package is "
+            "installed (``pip install oidcproxy[http2]``); false offers only HTTP/1.1. Needs a "
+            "restart."),
         "username_claim": top.string(
             "username_claim", "sub",
             doc="The claim shown as the access log's user; the ``sub`` when a request's claims "

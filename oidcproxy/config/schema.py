@@ -373,6 +373,8 @@ class Config:
     max_websockets: int = 1000
     """Upgraded (WebSocket) connections open at once in one process; more get 503."""
     access_log: bool = True
+    http2: bool = True
+    """Offer HTTP/2 (C{h2}) on TLS listeners when Twisted's C{http2} extra is installed."""
     case_insensitive_routes: bool = False
     """The C{case_insensitive} of routes that do not set it."""
     websocket_origins: Tuple[str, ...] = ()

@@ -3,33 +3,38 @@ The HTTP server side: a L{Site} whose requests refuse an oversized body as
 soon as its length shows, whose clients get deadlines to send their requests
 and a cap on their connections, which drains at shutdown, and which writes
 one structured access-log event per request.
+
+A client connection starts as an HTTP/1.1 L{ProxyChannel}; on a TLS listener
+whose handshake chose C{h2} (ALPN), an HTTP/2 connection takes it over
+(L{oidcproxy.web.http2}, when Twisted's C{http2} extra is installed). The
+requests are L{ProxyRequest}s either way: what they need of their request
+line they read from their channel's public C{command} and C{path} (an
+HTTP/2 stream's own, or what L{ProxyChannel} keeps of the request line).
 """
 
 from __future__ import annotations
 
 import io
-from typing import Any, Callable, Dict, Optional, Set, Tuple
+from typing import Any, Callable, List, Optional, Tuple
 
-from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import server
-from twisted.web.http import HTTPChannel
+from twisted.web.http import H2_ENABLED
 from twisted.web.resource import IResource
 
 from ..config import ClientLimits
 from ..core.context import context, peek
 from ..core.metrics import NullMetrics
 from ..core.pages import error_body
-from .refusals import RefusalLog
+from .channel import ProxyChannel
+from .connections import ClientConnections
+
+if H2_ENABLED:
+    from .http2 import switch_to_http2
 
 access_log = Logger(namespace="oidcproxy.access")
-log = Logger()
-
-ABORT_AFTER = 10.0
-"""Seconds a connection the proxy closes gets to take its last answer before it is cut."""
 
 BodyLimit = Callable[[Optional[bytes], Optional[bytes]], Tuple[int, Any, Any]]
 """
@@ -43,42 +48,66 @@ class ProxyRequest(server.Request):
     """
     A request that knows when it started and refuses a body over its route's
     limit before reading it: on C{Content-Length}, or as the running count of
-    a chunked body passes the limit. The early answer is written by the
-    channel, which then closes the connection: the rest of the body is
-    never read.
+    a chunked body passes the limit. Over HTTP/1.1 the early answer is
+    written by the channel, which then closes the connection: the rest of
+    the body is never read. Over HTTP/2 it is this request's answer, and the
+    stream is reset once it is out (the connection stays).
 
     Before its first bytes go out, the answer gets what the guard added to
     the request's context (cookies, headers, refused C{Set-Cookie} values):
     see L{RequestContext.apply_answer}.
+
+    Over HTTP/2 the request keeps its body's deadline (C{client_body_timeout}
+    and C{client_body_min_rate}, as L{ProxyChannel} does for HTTP/1.1): a
+    late body is answered 408 on its stream. Its C{transport} is its stream
+    (Twisted leaves it None): cutting a broken answer off resets that
+    stream, not the client's connection.
     """
 
     started: Optional[float] = None
+    stream_id: Optional[int] = None
+    """The HTTP/2 stream of the request; None over HTTP/1.1."""
     _refused = False
     _received = 0
     _limit: Optional[int] = None
     _early: Tuple[Optional[bytes], Optional[bytes], Any] = (None, None, None)
+    _body_deadline: Optional[IDelayedCall] = None
+    _body_started = 0.0
 
-    def __init__(self, channel: HTTPChannel, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, channel: Any, *args: Any, **kwargs: Any) -> None:
         super().__init__(channel, *args, **kwargs)
+        self.stream_id = getattr(channel, "streamID", None)
+        if self.stream_id is not None and self.transport is None:
+            self.transport = channel
         site = getattr(channel, "site", None)
         if isinstance(site, ProxySite):
             # From the request line's arrival, as nginx's $request_time.
             self.started = site.clock.seconds()
 
+    def _request_line(self) -> Tuple[Optional[bytes], Optional[bytes]]:
+        """
+        The method and raw target, before the channel hands them over with
+        the whole request (None until they arrived).
+        """
+        return getattr(self.channel, "command", None), getattr(self.channel, "path", None)
+
     def gotLength(self, length: Optional[int]) -> None:
         site = getattr(self.channel, "site", None)
         if isinstance(site, ProxySite):
-            # The request line has been parsed but not yet handed to us; the
-            # channel keeps it until the body is in. Without it we fall back
-            # to the largest limit of any route (the render-time check is
-            # authoritative either way).
-            target = getattr(self.channel, "_path", None)
+            # Without a target we fall back to the largest limit of any
+            # route (the render-time check is authoritative either way).
+            command, target = self._request_line()
             self._limit, route, context(self).early_match = site.body_limit(
                 self.requestHeaders.getRawHeaders(b"host", [None])[0], target)
-            self._early = (getattr(self.channel, "_command", None), target, route)
+            self._early = (command, target, route)
             if length is not None and length > self._limit:
                 self._refuse_too_large()
                 return
+            if self.stream_id is not None and length != 0 and site.limits.body_timeout > 0:
+                # Over HTTP/1.1 the channel keeps this deadline.
+                self._body_started = site.clock.seconds()
+                self._body_deadline = site.clock.callLater(site.limits.body_timeout,
+                                                           self._body_deadline_passed)
         super().gotLength(length)
 
     def handleContentChunk(self, data: bytes) -> None:
@@ -90,37 +119,107 @@ class ProxyRequest(server.Request):
             return
         super().handleContentChunk(data)
 
-    def _refuse_too_large(self) -> None:
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        self._stop_body_deadline()
+        super().requestReceived(command, path, version)
+
+    def _stop_body_deadline(self) -> None:
+        if self._body_deadline is not None:
+            if self._body_deadline.active():
+                self._body_deadline.cancel()
+            self._body_deadline = None
+
+    def _body_deadline_passed(self) -> None:
+        """The body of an HTTP/2 stream is late (as L{ProxyChannel}'s body deadline)."""
+        self._body_deadline = None
+        site = getattr(self.channel, "site", None)
+        if not isinstance(site, ProxySite) or self._refused or self.finished or self._disconnected:
+            return
+        limits = site.limits
+        if limits.body_min_rate > 0:
+            allowed = limits.body_timeout + self._received / limits.body_min_rate
+            elapsed = site.clock.seconds() - self._body_started
+            if elapsed < allowed:
+                self._body_deadline = site.clock.callLater(allowed - elapsed,
+                                                           self._body_deadline_passed)
+                return
+        site.client_timed_out(self.channel, "body")
+        self._stop_reading(408)
+        self._answer_on_stream(408, "request_timeout", "The request body did not arrive in time.")
+
+    def _stop_reading(self, code: int) -> Any:
+        """
+        The request is answered C{code} before it is whole: the rest of its
+        body is not read, and it never reaches process(). Named for the
+        access log and counted; the site (or None).
+        """
         self._refused = True
+        self._stop_body_deadline()
         # Whatever of the body is already buffered is dropped, not stored.
         self.content = io.BytesIO()
         # No "100 Continue" for a body we will not read.
         self.requestHeaders.removeHeader(b"expect")
-        accept = b",".join(self.requestHeaders.getRawHeaders(b"accept", [])).lower()
-        content_type, body = error_body(
-            413, "body_too_large",
-            f"The request body is larger than {self._limit} bytes.",
-            b"json" in accept,
-        )
         site: Any = getattr(self.channel, "site", None)
-        if isinstance(site, ProxySite):
-            # For the access log: this request never reaches process().
-            command, target, route = self._early
-            self.method = command or b"-"
-            self.path = (target or b"-").split(b"?", 1)[0]
-            if route is not None:
-                context(self).route = route
+        if not isinstance(site, ProxySite):
+            return None
+        command, target, route = self._early
+        self.method = command or b"-"
+        self.path = (target or b"-").split(b"?", 1)[0]
+        if route is not None:
+            context(self).route = route
+        # The guard counts every other request; this one never reaches it.
+        site.metrics.request(route.name if route is not None else "-", code)
+        return site
+
+    def _refuse_too_large(self) -> None:
+        site = self._stop_reading(413)
+        detail = f"The request body is larger than {self._limit} bytes."
+        if self.stream_id is not None:
+            # An HTTP/2 stream may still be being set up (headers are read
+            # one by one): answer once the stream is whole.
+            if site is not None:
+                site.clock.callLater(0, self._answer_on_stream, 413, "body_too_large", detail)
+            return
+        content_type, body = self._error_body(413, "body_too_large", detail)
+        if site is not None:
             self.code = 413
             self.sentLength = len(body)
             site.log_request(self)
-            # The guard counts every other request; this one never reaches it.
-            site.metrics.request(route.name if route is not None else "-", 413)
         channel: Any = self.channel
         channel.refuse(413, b"Content Too Large",
                        b"Content-Type: " + content_type + b"\r\nCache-Control: no-store\r\n", body)
 
+    def _error_body(self, code: int, error: str, detail: str) -> Tuple[bytes, bytes]:
+        accept = b",".join(self.requestHeaders.getRawHeaders(b"accept", [])).lower()
+        return error_body(code, error, detail, b"json" in accept)
+
+    def _answer_on_stream(self, code: int, error: str, detail: str) -> None:
+        """
+        The answer of an HTTP/2 stream not read to its end: this request's
+        own, logged as it finishes; the stream is reset once it is out.
+        """
+        if self.finished or self._disconnected:
+            return
+        content_type, body = self._error_body(code, error, detail)
+        self.setResponseCode(code)
+        self.setHeader(b"content-type", content_type)
+        self.setHeader(b"cache-control", b"no-store")
+        self.setHeader(b"content-length", b"%d" % len(body))
+        self.write(body)
+        self.finish()
+
     def process(self) -> None:
         if self._refused:
+            return
+        site = getattr(self.channel, "site", None)
+        if self.stream_id is not None and isinstance(site, ProxySite) and site.draining:
+            # A new stream on an HTTP/2 connection that waits to close: not
+            # served (over HTTP/1.1 the channel reads no further request).
+            self.site = site
+            self.setResponseCode(503)
+            self.setHeader(b"retry-after", b"5")
+            self.setHeader(b"content-length", b"0")
+            self.finish()
             return
         super().process()
 
@@ -132,7 +231,8 @@ class ProxyRequest(server.Request):
         super().write(data)
 
     def connectionLost(self, reason: Failure) -> None:
-        was_finished = self.finished or self._refused
+        self._stop_body_deadline()
+        was_finished = self.finished or (self._refused and self.stream_id is None)
         channel = self.channel
         site = getattr(channel, "site", None)
         if self.path is None:
@@ -141,8 +241,7 @@ class ProxyRequest(server.Request):
             # never reached process(). It is named by what did arrive.
             command, target, route = self._early
             if command is None:
-                command = getattr(channel, "_command", None)
-                target = getattr(channel, "_path", None)
+                command, target = self._request_line()
             self.method = command or b"-"
             self.path = (target or b"-").split(b"?", 1)[0]
             if route is not None:
@@ -155,206 +254,12 @@ class ProxyRequest(server.Request):
             site.log_request(self, status=answered if answered is not None else 499)
 
 
-def _peer_host(channel: HTTPChannel) -> Optional[str]:
-    """The client's IP address; None for a peer without one (a UNIX socket)."""
-    peer = channel.transport.getPeer() if channel.transport is not None else None
-    host = getattr(peer, "host", None)
-    return host if isinstance(host, str) else None
-
-
 def _client(request: Any) -> str:
     peer = request.getClientAddress()
     return str(getattr(peer, "host", "-"))
 
 
-class ProxyChannel(HTTPChannel):
-    """
-    An HTTP/1.1 channel whose limits the site sets: the header size (a
-    chunked session cookie must fit in the one C{Cookie} line browsers
-    send), and deadlines for a client to send its request (L{ClientLimits}).
-    The site keeps track of its open channels, so that a shutdown can drain
-    them.
-
-    A request goes through the phases C{headers} (until its headers are in),
-    C{body} (while a body is read) and C{handling} (the site has it, until
-    its answer is sent); between requests a keep-alive connection is
-    C{idle}, under Twisted's idle timeout (C{keepalive_timeout}). The header
-    deadline runs from the connection's opening for its first request and
-    from the first byte of each later one.
-    """
-
-    oidcproxy_address: Optional[str] = None
-    """The client's address, while counted against C{max_client_connections_per_address}."""
-    answered: Optional[int] = None
-    """
-    The status of the answer the channel gave itself before closing (400 for
-    a malformed request, 431 for an over-long line, 408 for a client too
-    slow, 503 when refused), for the access log.
-    """
-    phase = "headers"
-    _deadline: Optional[IDelayedCall] = None
-    _abort_call: Optional[IDelayedCall] = None
-    _received = 0
-    """Bytes of the current request received (C{headers} phase: whether any came)."""
-    _body_received = 0
-    _body_started = 0.0
-
-    def connectionMade(self) -> None:
-        super().connectionMade()
-        site = getattr(self, "site", None)
-        if isinstance(site, ProxySite) and site.channel_opened(self):
-            self._arm(site.limits.header_timeout)
-
-    def dataReceived(self, data: bytes) -> None:
-        if self.phase == "idle":
-            # The first byte of the next request on a keep-alive connection.
-            self.phase = "headers"
-            self._received = 0
-            site = getattr(self, "site", None)
-            if isinstance(site, ProxySite):
-                self._arm(site.limits.header_timeout)
-        self._received += len(data)
-        super().dataReceived(data)
-
-    def rawDataReceived(self, data: bytes) -> None:
-        if self.phase == "body":
-            self._body_received += len(data)
-        super().rawDataReceived(data)
-
-    def allHeadersReceived(self) -> None:
-        super().allHeadersReceived()
-        site = getattr(self, "site", None)
-        if self.length != 0 and isinstance(site, ProxySite):
-            self.phase = "body"
-            self._body_received = 0
-            self._body_started = site.clock.seconds()
-            self._arm(site.limits.body_timeout)
-        else:
-            self._disarm()
-
-    def allContentReceived(self) -> None:
-        # Set first: the request may be answered (and the next one begun)
-        # before this returns.
-        self.phase = "handling"
-        self._disarm()
-        super().allContentReceived()
-
-    def requestDone(self, request: Any) -> None:
-        if self.persistent:
-            # Any pipelined bytes are replayed from here, as new data.
-            self.phase = "idle"
-        super().requestDone(request)
-
-    def _arm(self, seconds: float) -> None:
-        """Start the deadline of the current phase (none when C{seconds} is 0)."""
-        self._disarm()
-        site = getattr(self, "site", None)
-        if seconds > 0 and isinstance(site, ProxySite):
-            self._deadline = site.clock.callLater(seconds, self._deadline_passed)
-
-    def _disarm(self) -> None:
-        if self._deadline is not None:
-            if self._deadline.active():
-                self._deadline.cancel()
-            self._deadline = None
-
-    def close_unfinished(self) -> None:
-        """
-        At shutdown, a connection without a request in flight: closed at
-        once, with a 503 when part of a request came (it was not served).
-        """
-        if getattr(self.transport, "disconnecting", False):
-            return  # closing already
-        if self.phase == "body" or (self.phase == "headers" and self._received):
-            self.refuse(503, b"Service Unavailable", b"Retry-After: 5\r\n")
-        else:
-            self._disarm()
-            self.loseConnection()
-            self._abort_later()
-
-    def stop_deadlines(self) -> None:
-        """The connection is no longer ours (a WebSocket took it over)."""
-        self._disarm()
-        self.phase = "handling"
-
-    def _deadline_passed(self) -> None:
-        self._deadline = None
-        site = getattr(self, "site", None)
-        if not isinstance(site, ProxySite) or self.phase not in ("headers", "body"):
-            return
-        limits = site.limits
-        if self.phase == "body" and limits.body_min_rate > 0:
-            # mod_reqtimeout's MinRate: each body_min_rate bytes received
-            # buy one more second.
-            allowed = limits.body_timeout + self._body_received / limits.body_min_rate
-            elapsed = site.clock.seconds() - self._body_started
-            if elapsed < allowed:
-                self._deadline = site.clock.callLater(allowed - elapsed, self._deadline_passed)
-                return
-        site.client_timed_out(self, self.phase)
-        if self.phase == "headers" and not self._received:
-            # Nothing of a request arrived: there is nothing to answer.
-            self.loseConnection()
-            self._abort_later()
-        else:
-            self.refuse(408, b"Request Timeout")
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self._disarm()
-        if self._abort_call is not None and self._abort_call.active():
-            self._abort_call.cancel()
-        try:
-            super().connectionLost(reason)
-        finally:
-            # Whatever a request's clean-up raised: a connection that is
-            # gone is never counted (nor waited for by a drain) again.
-            site = getattr(self, "site", None)
-            if isinstance(site, ProxySite):
-                site.channel_closed(self)
-
-    def lineLengthExceeded(self, line: bytes) -> None:
-        """
-        A request line or header line over the limit (an over-long URL,
-        Cookie or Authorization header): Twisted would only drop the
-        connection, which a browser shows as a network error. Say why first.
-        """
-        self.refuse(431, b"Request Header Fields Too Large")
-
-    def _respondToBadRequestAndDisconnect(self) -> None:
-        # Twisted's answer to a malformed request (line, header, chunked
-        # body), with its length and the close said, and its status noted.
-        self.refuse(400, b"Bad Request")
-
-    def refuse(self, code: int, phrase: bytes, headers: bytes = b"", body: bytes = b"") -> None:
-        """
-        Answer C{code} with C{body} (and the raw header lines C{headers},
-        each ending in CRLF) and close the connection: for a request the
-        site never sees (malformed, over-long, too large, too slow, refused).
-        Once per connection.
-        """
-        self._disarm()
-        transport: Any = self.transport
-        if self.answered is None:
-            self.answered = code
-            transport.write(b"HTTP/1.1 %d %s\r\n%sContent-Length: %d\r\nConnection: close\r\n\r\n%s"
-                            % (code, phrase, headers, len(body), body))
-        self.loseConnection()
-        self._abort_later()
-
-    def _abort_later(self) -> None:
-        """
-        A client that reads nothing could keep a closing connection open
-        (its unsent answers filling the buffers): cut it after a while.
-        """
-        # Twisted's idle timeout has nothing left to do either.
-        self.setTimeout(None)
-        site = getattr(self, "site", None)
-        if self._abort_call is None and isinstance(site, ProxySite):
-            transport: Any = self.transport
-            self._abort_call = site.clock.callLater(ABORT_AFTER, transport.abortConnection)
-
-
-class ProxySite(server.Site):
+class ProxySite(ClientConnections, server.Site):
     """
     A L{Site} for the proxy: L{ProxyRequest}s, an idle timeout for keep-alive
     connections, deadlines and connection caps for clients (L{ClientLimits}),
@@ -367,6 +272,9 @@ class ProxySite(server.Site):
         the open client connections, the refused ones and the timeouts.
     @param limits: what clients may hold and how slowly they may send;
         replaced on reload (for the connections and deadlines to come).
+    @param http2: offer HTTP/2 (C{h2}) in the TLS handshake (ALPN), when
+        Twisted can speak it (its C{http2} extra is installed); otherwise
+        only C{http/1.1} is offered.
     """
 
     requestFactory = ProxyRequest
@@ -383,6 +291,7 @@ class ProxySite(server.Site):
         max_header_size: int = 16384,
         metrics: Optional[NullMetrics] = None,
         limits: Optional[ClientLimits] = None,
+        http2: bool = True,
     ) -> None:
         super().__init__(resource, timeout=keepalive_timeout, reactor=reactor)
         self.metrics = metrics if metrics is not None else NullMetrics()
@@ -393,137 +302,20 @@ class ProxySite(server.Site):
         self.limits = limits if limits is not None else ClientLimits()
         # Twisted's default version banner is not for strangers.
         self.displayTracebacks = False
-        self._channels: Set[ProxyChannel] = set()
-        self._per_address: Dict[str, int] = {}
-        self._refusals = RefusalLog(clock)
-        self._drained: Optional[Deferred[int]] = None
-        self._drain_call: Optional[IDelayedCall] = None
+        self.http2 = http2 and H2_ENABLED
         self.draining = False
+        self._init_connections()
 
-    # -- client connections ------------------------------------------------------
+    def acceptableProtocols(self) -> List[bytes]:
+        """What this site offers in a TLS handshake (ALPN), preferred first."""
+        return [b"h2", b"http/1.1"] if self.http2 else [b"http/1.1"]
 
-    def channel_opened(self, channel: ProxyChannel) -> bool:
-        """
-        Count a new connection. False when it is not to be served: refused
-        (over a cap: answered 503 and closed) or accepted during a drain.
-        """
-        if self.draining:
-            # Accepted just before the listener closed: nothing to finish.
-            channel.transport.loseConnection()  # type: ignore[union-attr]
-            self._add(channel, None)
-            return False
-        limits = self.limits
-        address = _peer_host(channel) if limits.max_per_address else None
-        if len(self._channels) >= limits.max_connections:
-            self._refuse(channel, "max_client_connections", limits.max_connections)
-            return False
-        if address is not None and self._per_address.get(address, 0) >= limits.max_per_address:
-            self._refuse(channel, "max_client_connections_per_address", limits.max_per_address)
-            return False
-        self._add(channel, address)
-        return True
-
-    def _add(self, channel: ProxyChannel, address: Optional[str]) -> None:
-        self._channels.add(channel)
-        if address is not None:
-            self._per_address[address] = self._per_address.get(address, 0) + 1
-            channel.oidcproxy_address = address
-        self.metrics.client_connections(1)
-
-    def _refuse(self, channel: ProxyChannel, limit: str, value: int) -> None:
-        self.metrics.client_connection_refused(limit)
-        self._refusals.add(f"{limit} = {value}")
-        channel.refuse(503, b"Service Unavailable", b"Retry-After: 5\r\n")
-
-    def channel_closed(self, channel: Any) -> None:
-        if channel in self._channels:
-            self._channels.remove(channel)
-            address = channel.oidcproxy_address
-            if address is not None:
-                left = self._per_address.pop(address, 1) - 1
-                if left > 0:
-                    self._per_address[address] = left
-            self.metrics.client_connections(-1)
-        if self._drained is not None and not self._channels:
-            self._drain_done(0)
-
-    def client_timed_out(self, channel: ProxyChannel, phase: str) -> None:
-        """C{channel}'s client did not send its request's C{phase} in time: it is closed."""
-        self.metrics.client_timeout(phase)
-
-    def forget_channel(self, channel: Any) -> None:
-        """
-        C{channel}'s connection was taken over by another protocol (a
-        WebSocket splice): no deadline applies to it any more, and a drain
-        no longer waits for it.
-        """
-        stop: Any = getattr(channel, "stop_deadlines", None)
-        if stop is not None:
-            stop()
-        self.channel_closed(channel)
-
-    @property
-    def open_connections(self) -> int:
-        return len(self._channels)
-
-    # -- graceful shutdown -------------------------------------------------------
-
-    def drain(self, timeout: float) -> Deferred[int]:
-        """
-        Finish the requests in flight, then close their connections; close
-        the others at once: idle keep-alive connections, and those whose
-        client has not sent its whole request yet (answered 503 when part of
-        one came). Call it once the listeners have stopped accepting.
-
-        @param timeout: seconds to wait for the requests in flight; then their
-            connections are aborted and the drain ends, whether or not they
-            report closed.
-        @return: a Deferred firing with the number of connections aborted,
-            when every connection is closed or the timeout has passed.
-        """
-        self.draining = True
-        busy = 0
-        for channel in list(self._channels):
-            if channel.phase == "handling":
-                # Close the connection once its current response is sent.
-                channel.persistent = False
-                busy += 1
-            else:
-                channel.close_unfinished()
-        if not self._channels:
-            return succeed(0)
-        d: Deferred[int] = Deferred()
-        self._drained = d
-        log.info("draining {busy} connection(s) with requests in flight for up to {timeout}s; "
-                 "{closed} other connection(s) closed", busy=busy, timeout=timeout,
-                 closed=len(self._channels) - busy)
-
-        self._drain_call = self.clock.callLater(timeout, self._cut, "drain timeout")
-        return d
-
-    def abort_drain(self) -> None:
-        """End a drain in progress at once, aborting what is left (a second SIGTERM)."""
-        if self._drain_call is not None and self._drain_call.active():
-            self._drain_call.cancel()
-            self._cut("drain cut short")
-
-    def _cut(self, why: str) -> None:
-        self._drain_call = None
-        left = list(self._channels)
-        log.warn("{why}: aborting {count} connection(s) with requests in flight",
-                 why=why, count=len(left))
-        for channel in left:
-            channel.transport.abortConnection()  # type: ignore[union-attr]
-        # Done now, whether or not the aborted connections report closed.
-        self._drain_done(len(left))
-
-    def _drain_done(self, aborted: int) -> None:
-        call, self._drain_call = self._drain_call, None
-        if call is not None and call.active():
-            call.cancel()
-        drained, self._drained = self._drained, None
-        if drained is not None:
-            drained.callback(aborted)
+    def serve_http2(self, channel: Any) -> None:
+        if not self.http2:
+            # Not offered, so not chosen: a client that claims it anyway is cut.
+            channel.transport.abortConnection()
+            return
+        switch_to_http2(channel)
 
     def buildProtocol(self, addr: Any) -> Any:
         channel = super().buildProtocol(addr)

@@ -1,0 +1,420 @@
+"""
+Integration tests for HTTP/2: the real proxy process on an C{ssl:} listener
+(certificates from L{tests.pki}), and a client speaking HTTP/2 over a real
+TLS socket with the C{h2} package's client side (in a thread: it blocks),
+which offers C{h2} by ALPN as browsers do.
+
+Covered: ALPN chooses C{h2} (C{http/1.1} with C{http2 = false}, and for a
+client offering only C{http/1.1}); a public route; the login redirect of a
+session route (302 with its state cookie); a session route with a session
+cookie sealed by the test (it knows the secret); a bearer route without a
+token (401); a streamed upload and download of a few MB on one connection;
+an RST_STREAM in mid-request, which ends the upstream request as a client's
+disconnect does over HTTP/1.1; and a WebSocket upgrade over HTTP/1.1 on the
+same listener.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import socket
+import ssl
+import time
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+from cryptography.hazmat.primitives.asymmetric import rsa
+from jwt.algorithms import RSAAlgorithm
+from twisted.internet import reactor
+from twisted.internet.threads import deferToThread
+from twisted.trial.unittest import TestCase
+from twisted.web import server
+from twisted.web.resource import Resource
+from twisted.web.static import Data
+
+from oidcproxy.sessions.crypto import Sealer
+from oidcproxy.sessions.session import Session, new_session_id
+from tests.integration import procs
+from tests.integration.test_tls import endpoint_path, start_proxy
+from tests.integration.test_websocket import start_ws_server
+from tests.integration.upstream_app import bytes_sha256
+from tests.pki import make_pki
+
+SECRET = "h2-integration-session-secret-0123456789"
+PUBLIC_URL = "https://app.test"
+SESSION_COOKIE = "__Host-oidcproxy"
+"""The session cookie's name: public_url is https, the cookie has no Domain and path /."""
+TIMEOUT = 20.0
+
+
+class Answer:
+    """What arrived on one stream."""
+
+    def __init__(self) -> None:
+        self.headers: List[Tuple[bytes, bytes]] = []
+        self.body = bytearray()
+        self.ended = False
+        self.reset: Optional[int] = None
+
+    @property
+    def status(self) -> int:
+        return int(self.header(b":status") or b"0")
+
+    def header(self, name: bytes) -> Optional[bytes]:
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+    def headers_named(self, name: bytes) -> List[bytes]:
+        return [value for key, value in self.headers if key == name]
+
+
+class H2Client:
+    """
+    A blocking HTTP/2 client on one TLS connection to 127.0.0.1:C{port}
+    (verified against C{ca} as C{localhost}), offering C{alpn}.
+    """
+
+    def __init__(self, port: int, ca: str, alpn: Sequence[str] = ("h2", "http/1.1")) -> None:
+        context = ssl.create_default_context(cafile=ca)
+        context.set_alpn_protocols(list(alpn))
+        raw = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+        self.sock = context.wrap_socket(raw, server_hostname="localhost")
+        self.protocol = self.sock.selected_alpn_protocol()
+        self.conn = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=True, header_encoding=None))
+        self.answers: Dict[int, Answer] = {}
+        if self.protocol == "h2":
+            self.conn.initiate_connection()
+            self.flush()
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def flush(self) -> None:
+        data = self.conn.data_to_send()
+        if data:
+            self.sock.sendall(data)
+
+    def read(self) -> None:
+        """Read once from the socket and handle what came."""
+        data = self.sock.recv(65536)
+        if not data:
+            raise ConnectionError("the proxy closed the connection")
+        for event in self.conn.receive_data(data):
+            stream = getattr(event, "stream_id", 0)
+            answer = self.answers.setdefault(stream, Answer()) if stream else None
+            if isinstance(event, h2.events.ResponseReceived):
+                assert answer is not None
+                answer.headers = list(event.headers)
+            elif isinstance(event, h2.events.DataReceived):
+                assert answer is not None
+                answer.body += event.data
+                self.conn.acknowledge_received_data(event.flow_controlled_length, stream)
+            elif isinstance(event, h2.events.StreamEnded):
+                assert answer is not None
+                answer.ended = True
+            elif isinstance(event, h2.events.StreamReset):
+                assert answer is not None
+                answer.reset = event.error_code
+        self.flush()
+
+    def start(self, method: str, path: str, headers: Sequence[Tuple[str, str]] = (),
+              body: Optional[bytes] = None, end: bool = True) -> int:
+        """Send a request's headers (and its body, as flow control allows); its stream."""
+        stream = self.conn.get_next_available_stream_id()
+        fields = [(":method", method), (":path", path), (":authority", "app.test"),
+                  (":scheme", "https"), *headers]
+        self.conn.send_headers(stream, [(k.encode(), v.encode()) for k, v in fields],
+                               end_stream=body is None and end)
+        self.flush()
+        if body is not None:
+            self.send(stream, body, end)
+        return stream
+
+    def send(self, stream: int, body: bytes, end: bool = True) -> None:
+        view = memoryview(body)
+        while view:
+            window = min(self.conn.local_flow_control_window(stream),
+                         self.conn.max_outbound_frame_size)
+            if window <= 0:
+                self.read()  # wait for the proxy to open the window
+                continue
+            chunk, view = view[:window], view[window:]
+            self.conn.send_data(stream, bytes(chunk), end_stream=end and not view)
+            self.flush()
+        if end and not body:
+            self.conn.end_stream(stream)
+            self.flush()
+
+    def wait(self, stream: int) -> Answer:
+        """Read until C{stream} is answered whole (or reset)."""
+        while True:
+            answer = self.answers.get(stream)
+            if answer is not None and (answer.ended or answer.reset is not None):
+                return answer
+            self.read()
+
+    def request(self, method: str, path: str, headers: Sequence[Tuple[str, str]] = (),
+                body: Optional[bytes] = None) -> Answer:
+        return self.wait(self.start(method, path, headers, body))
+
+
+def session_cookie(sub: str = "alice") -> str:
+    """A session cookie value sealed with L{SECRET}, as the proxy seals one after a login."""
+    now = time.time()
+    session = Session(id=new_session_id(), sub=sub,
+                      claims={"sub": sub, "preferred_username": sub, "email": f"{sub}@example.com"},
+                      created=now, last_seen=now, expires=now + 3600)
+    return Sealer([SECRET.encode("ascii")]).seal(session.to_bytes(), b"session")
+
+
+def echo_headers(answer: Answer) -> Dict[str, str]:
+    echo = json.loads(bytes(answer.body))
+    return {name.lower(): value for name, value in echo["headers"]}
+
+
+class HTTP2Tests(TestCase):
+    """The proxy on an ssl: listener, with Twisted's http2 extra installed (the test venvs have it)."""
+
+    timeout = 120
+
+    async def start(self, *top: str, routes: str = "") -> int:
+        idp = self.start_idp()
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        self.pki = make_pki(directory)
+        self.upstream = await procs.start_upstream(self)
+        url = self.upstream.url
+        config = "\n".join([
+            f'public_url = "{PUBLIC_URL}"', *top, "",
+            "[oidc]", f'issuer = "{idp}"', 'client_id = "proxy"',
+            'client_secret = "client-secret"', "discovery = false",
+            f'authorization_endpoint = "{idp}/authorize"',
+            f'token_endpoint = "{idp}/token"', f'jwks_uri = "{idp}/jwks"', "",
+            "[session]", f'secrets = ["{SECRET}"]', "",
+            procs.route_config(url, path="/public", strip_prefix=True),
+            procs.route_config(url, path="/app", strip_prefix=True).replace(
+                'auth = "none"', 'auth = "session"'),
+            procs.route_config(url, path="/api", strip_prefix=True).replace(
+                'auth = "none"', 'auth = "bearer"'),
+            routes,
+        ])
+        files = self.pki
+        listen = (f"ssl:0:interface=127.0.0.1:privateKey={endpoint_path(files['server_chained_key'])}"
+                  f":certKey={endpoint_path(files['server_chained'])}"
+                  f":extraCertChain={endpoint_path(files['intermediate'])}")
+        self.proxy, port = await start_proxy(self, config, listen=listen)
+        return port
+
+    def start_idp(self) -> str:
+        """An IdP in this process that only has to be reachable: a key set of one RSA key. Its URL."""
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        jwk = json.loads(RSAAlgorithm.to_jwk(key.public_key()))
+        jwk.update(kid="k1", use="sig", alg="RS256")
+        jwks = Resource()
+        jwks.putChild(b"jwks", Data(json.dumps({"keys": [jwk]}).encode(), "application/json"))
+        site = server.Site(jwks)
+        site.log = lambda request: None  # type: ignore[method-assign]
+        port = reactor.listenTCP(0, site, interface="127.0.0.1")  # type: ignore[attr-defined]
+        self.addCleanup(port.stopListening)
+        return f"http://127.0.0.1:{port.getHost().port}"
+
+    def client(self, port: int, alpn: Sequence[str] = ("h2", "http/1.1")) -> H2Client:
+        client = H2Client(port, self.pki["ca"], alpn)
+        self.addCleanup(client.close)
+        return client
+
+    def log(self) -> str:
+        return self.proxy.stdout() + self.proxy.stderr()
+
+    async def test_routes_over_h2(self) -> None:
+        """
+        ALPN chooses h2; on one connection: a public route is proxied, a
+        session route without a session redirects to the IdP with a state
+        cookie, with a sealed session cookie it is proxied with the identity
+        headers, and a bearer route without a token answers 401.
+        """
+        port = await self.start()
+        cookie = session_cookie()
+
+        def walk() -> Dict[str, Any]:
+            client = self.client(port)
+            public = client.request("GET", "/public/echo?x=1")
+            navigate = [("accept", "text/html"), ("sec-fetch-mode", "navigate"),
+                        ("sec-fetch-dest", "document")]
+            deadline = time.monotonic() + TIMEOUT
+            login = client.request("GET", "/app/page", navigate)
+            while login.status == 503 and time.monotonic() < deadline:
+                # The proxy fetches the IdP's keys as it starts.
+                time.sleep(0.1)
+                login = client.request("GET", "/app/page", navigate)
+            session = client.request("GET", "/app/echo", [("cookie", f"{SESSION_COOKIE}={cookie}")])
+            bearer = client.request("GET", "/api/echo", [("accept", "application/json")])
+            return {"protocol": client.protocol, "public": public, "login": login,
+                    "session": session, "bearer": bearer}
+
+        got = await deferToThread(walk)
+        self.assertEqual(got["protocol"], "h2")
+        public = got["public"]
+        self.assertEqual(public.status, 200, bytes(public.body))
+        self.assertEqual(json.loads(bytes(public.body))["uri"], "/echo?x=1")
+        self.assertEqual(echo_headers(public)["x-forwarded-proto"], "https")
+
+        login = got["login"]
+        self.assertEqual(login.status, 302, bytes(login.body))
+        self.assertIn(b"/authorize?", login.header(b"location") or b"")
+        state_cookies = [c for c in login.headers_named(b"set-cookie") if b"state" in c.split(b"=")[0]]
+        self.assertEqual(len(state_cookies), 1, login.headers)
+        self.assertIn(b"HttpOnly", state_cookies[0])
+
+        session = got["session"]
+        self.assertEqual(session.status, 200, bytes(session.body))
+        headers = echo_headers(session)
+        self.assertEqual(headers["x-forwarded-user"], "alice")
+        self.assertEqual(headers["x-forwarded-email"], "alice@example.com")
+        self.assertNotIn(SESSION_COOKIE.lower(), headers.get("cookie", "").lower())
+
+        bearer = got["bearer"]
+        self.assertEqual(bearer.status, 401, bytes(bearer.body))
+        self.assertTrue((bearer.header(b"www-authenticate") or b"").startswith(b"Bearer"))
+
+        self.assertIn('"GET /public/echo" 200', self.log())
+        self.assertNotIn("Unhandled Error", self.log())
+        self.assertNotIn("Traceback", self.log())
+
+    async def test_streamed_upload_and_download(self) -> None:
+        """An upload and a download of 8 MB each cross whole on one HTTP/2 connection."""
+        port = await self.start()
+        size = 8 * 1024 * 1024
+        body = os.urandom(1024) * (size // 1024)
+
+        def transfer() -> Tuple[Answer, Answer]:
+            client = self.client(port)
+            up = client.request("POST", "/public/upload", [("content-type", "application/octet-stream")],
+                                body)
+            down = client.request("GET", f"/public/bytes?n={size}")
+            return up, down
+
+        up, down = await deferToThread(transfer)
+        self.assertEqual(up.status, 200, bytes(up.body))
+        digest = json.loads(bytes(up.body))
+        self.assertEqual((digest["length"], digest["sha256"]), (size, hashlib.sha256(body).hexdigest()))
+        self.assertEqual(down.status, 200)
+        self.assertEqual(len(down.body), size)
+        self.assertEqual(hashlib.sha256(down.body).hexdigest(), bytes_sha256(size))
+
+    async def test_reset_stream_ends_the_upstream_request(self) -> None:
+        """
+        An RST_STREAM while the upstream has not answered: the proxy ends its
+        upstream request (as for an HTTP/1.1 client that disconnects), and
+        the connection goes on serving.
+        """
+        port = await self.start()
+        client = self.client(port)
+
+        def hang() -> int:
+            return client.start("GET", "/public/hang")
+
+        stream = await deferToThread(hang)
+
+        async def arrived() -> Optional[bool]:
+            return any(r["uri"] == "/hang" for r in await self.events()) or None
+
+        await procs.poll_async(arrived, TIMEOUT, what="the request to reach the upstream")
+
+        def reset_and_go_on() -> Answer:
+            client.conn.reset_stream(stream, h2.errors.ErrorCodes.CANCEL)
+            client.flush()
+            return client.request("GET", "/public/echo")
+
+        after = await deferToThread(reset_and_go_on)
+        self.assertEqual(after.status, 200)
+
+        async def closed() -> Optional[Dict[str, Any]]:
+            for record in await self.events():
+                if record["uri"] == "/hang" and record["closed"] is not None:
+                    return record
+            return None
+
+        record = await procs.poll_async(closed, TIMEOUT, what="the upstream request to be closed")
+        self.assertFalse(record["finished"])
+        self.assertIn('"GET /public/hang" 499', self.log())
+
+    async def events(self) -> List[Dict[str, Any]]:
+        """What the upstream app recorded (asked over HTTP/1.1, straight)."""
+        def ask() -> List[Dict[str, Any]]:
+            with socket.create_connection(("127.0.0.1", self.upstream.port), timeout=TIMEOUT) as s:
+                s.sendall(b"GET /events HTTP/1.1\r\nHost: up\r\nConnection: close\r\n\r\n")
+                data = b""
+                while True:
+                    chunk = s.recv(65536)
+                    if not chunk:
+                        break
+                    data += chunk
+            head, _, body = data.partition(b"\r\n\r\n")
+            if b"chunked" in head.lower():
+                body = dechunk(body)
+            return json.loads(body)
+
+        return await deferToThread(ask)
+
+    async def test_http2_off(self) -> None:
+        """http2 = false: the same client gets http/1.1 from ALPN."""
+        port = await self.start("http2 = false")
+        client = await deferToThread(self.client, port)
+        self.assertEqual(client.protocol, "http/1.1")
+
+    async def test_http11_clients_and_websocket_upgrade(self) -> None:
+        """
+        With h2 offered, a client offering only http/1.1 is served HTTP/1.1,
+        and a WebSocket upgrade on the same listener is answered 101 (browsers
+        open WebSockets over HTTP/1.1).
+        """
+        ws = await start_ws_server(self)
+        port = await self.start(routes=procs.route_config(
+            f"http://127.0.0.1:{ws.port}", path="/ws", strip_prefix=True))
+
+        def http11(request: bytes) -> Tuple[Optional[str], bytes]:
+            client = self.client(port, alpn=("http/1.1",))
+            client.sock.sendall(request)
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = client.sock.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+            return client.protocol, data
+
+        protocol, head = await deferToThread(
+            http11, b"GET /public/echo HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n")
+        self.assertEqual(protocol, "http/1.1")
+        self.assertTrue(head.startswith(b"HTTP/1.1 200 "), head)
+
+        key = base64.b64encode(os.urandom(16))
+        _, head = await deferToThread(http11, (
+            b"GET /ws/echo HTTP/1.1\r\nHost: app.test\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: " + key + b"\r\n\r\n"))
+        self.assertTrue(head.startswith(b"HTTP/1.1 101 "), head)
+        accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+        self.assertIn(b"sec-websocket-accept: " + accept.lower(), head.lower())
+        self.assertEqual(len(ws.handshakes("/echo")), 1)
+
+
+def dechunk(body: bytes) -> bytes:
+    out = b""
+    while body:
+        size_line, _, rest = body.partition(b"\r\n")
+        size = int(size_line.split(b";")[0], 16)
+        if size == 0:
+            break
+        out += rest[:size]
+        body = rest[size + 2:]
+    return out
