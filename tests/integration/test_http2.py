@@ -40,13 +40,13 @@ from twisted.web.static import Data
 
 from oidcproxy.sessions.crypto import Sealer
 from oidcproxy.sessions.session import Session, new_session_id
+from tests.fakes import SECRET
 from tests.integration import procs
 from tests.integration.test_tls import endpoint_path, start_proxy
 from tests.integration.test_websocket import start_ws_server
 from tests.integration.upstream_app import bytes_sha256
 from tests.pki import make_pki
 
-SECRET = "h2-integration-session-secret-0123456789"
 PUBLIC_URL = "https://app.test"
 SESSION_COOKIE = "__Host-oidcproxy"
 """The session cookie's name: public_url is https, the cookie has no Domain and path /."""
