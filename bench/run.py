@@ -744,14 +744,20 @@ def run_logins(proxy: Proxy, duration: float, concurrency: int = LOGIN_CONCURREN
     }
 
 
+WARMUP_WINDOW = 3
+"""PyPy's warm-up ends when this many consecutive 1 s rates agree."""
+
+
 def warm_up(target: Target, args: argparse.Namespace, script: str) -> None:
     """
     Load before the measured rounds. CPython: C{args.warmup} seconds. PyPy:
-    until its JIT has settled, that is until two consecutive 1 s rates are
-    within C{args.pypy_settle} of each other (after at least
+    until its JIT has settled, that is until three consecutive 1 s rates are
+    within C{args.pypy_settle} of the highest of them (after at least
     C{args.warmup} * 2 seconds, and at most C{args.pypy_warmup_max}); the
     time it took is recorded, and reported, per scenario. A fixed second or
     two is not enough on PyPy: the rounds would measure the JIT's progress.
+    Two rates are not enough either: the JIT's progress has plateaus (C on
+    PyPy went 451, 394, 452, 588, 862, 878 and then 3,300 req/s).
     """
     if target.runtime != "pypy":
         run_wrk(target, args.warmup, script)
@@ -762,7 +768,8 @@ def warm_up(target: Target, args: argparse.Namespace, script: str) -> None:
     while True:
         rates.append(run_wrk(target, 1.0, script)["rps"])
         elapsed = time.monotonic() - started
-        settled = len(rates) >= 2 and abs(rates[-1] - rates[-2]) <= args.pypy_settle * max(rates[-2:])
+        last = rates[-WARMUP_WINDOW:]
+        settled = len(last) == WARMUP_WINDOW and max(last) - min(last) <= args.pypy_settle * max(last)
         if (settled and elapsed >= minimum) or elapsed >= args.pypy_warmup_max:
             break
     target.warmup_s = round(elapsed, 1)
@@ -1199,7 +1206,7 @@ def run(args: argparse.Namespace, children: Children, workdir: str,
             summarise(target)
     shared = by_side.pop("", {})
     settings = {"duration_s": args.duration, "repeats": args.repeats, "warmup_s": args.warmup,
-                "pypy_warmup": f"until two 1 s rates within {args.pypy_settle:.0%}, "
+                "pypy_warmup": f"until {WARMUP_WINDOW} 1 s rates within {args.pypy_settle:.0%}, "
                                f"at most {args.pypy_warmup_max:g}s",
                 "login_duration_s": args.login_duration, "wrk": f"-t{WRK_THREADS} "
                 f"-c{WRK_CONNECTIONS}", "login_concurrency": LOGIN_CONCURRENCY,
@@ -1328,7 +1335,174 @@ def compare(a: Dict[str, Dict[str, Dict[str, Any]]], b: Dict[str, Dict[str, Dict
 # -- profiles -------------------------------------------------------------------------------
 
 
+PROFILE_VENV = os.path.join(HERE, ".venv-profile")
+"""bench/requirements.txt installed (py-spy), by bench/run --profile."""
+PROFILE_PYPY_PATH = os.path.join(HERE, ".venv-profile-pypy")
+"""bench/requirements-pypy.txt installed (vmprof), by bench/run --profile."""
+SAMPLE_RATE = 250
+"""py-spy's samples per second."""
+
+
 def profile(args: argparse.Namespace, children: Children, workdir: str) -> str:
+    """
+    P and C profiled: by default sampled, on each runtime of --runtimes
+    (py-spy on CPython, vmprof on PyPy); with --profiler cprofile, on CPython
+    under cProfile.
+    """
+    if args.profiler == "cprofile":
+        return profile_cprofile(args, children, workdir)
+    return profile_sampled(args, children, workdir)
+
+
+def profile_sampled(args: argparse.Namespace, children: Children, workdir: str) -> str:
+    """
+    P and C on each runtime, each in a fresh proxy: warmed up as the normal
+    run does (PyPy until its rate settles), then C{args.profile_seconds} of
+    wrk load while a sampling profiler watches the serving process. Writes
+    C{profile-SCENARIO-RUNTIME.collapsed} (collapsed stacks, for any flame
+    graph tool) in the work directory and reports the top 25 functions by
+    own (self) samples, each with its package group, and the groups' shares.
+    """
+    runtimes = preflight(args)
+    py_spy = os.path.join(PROFILE_VENV, "bin", "py-spy")
+    if "cpython" in runtimes and not os.access(py_spy, os.X_OK):
+        raise BenchError(f"{py_spy} is missing: bench/run --profile installs bench/requirements.txt")
+    if "pypy" in runtimes and not os.path.isdir(os.path.join(PROFILE_PYPY_PATH, "vmprof")):
+        raise BenchError(f"vmprof is missing in {PROFILE_PYPY_PATH}: bench/run --profile installs "
+                         "bench/requirements-pypy.txt")
+    upstream, _ = start_nginx(children, workdir)
+    jwks_file, _ = bearer_material(workdir)
+    client_secret = secrets.token_urlsafe(24)
+    cases = [(scenario, path, runtime) for runtime in runtimes
+             for scenario, path in (("P", "/public/p"), ("C", "/app/c"))]
+    reserved = {(scenario, runtime): reserve_port() for scenario, _, runtime in cases}
+    issuer = start_op(children, [f"http://127.0.0.1:{s.getsockname()[1]}/oidc/callback"
+                                 for s in reserved.values()], client_secret)
+    script = os.path.join(workdir, "report.lua")
+    with open(script, "w", encoding="ascii") as f:
+        f.write(WRK_SCRIPT)
+    report = []
+    for scenario, path, runtime in cases:
+        name = f"profiled-{scenario}-{runtime}"
+        collapsed = os.path.join(workdir, f"profile-{scenario}-{runtime}.collapsed")
+        config = proxy_config(reserved[(scenario, runtime)].getsockname()[1], issuer, client_secret,
+                              secrets.token_urlsafe(32), "cookie", upstream, jwks_file)
+        command: Optional[List[str]] = None
+        env: Optional[Dict[str, str]] = None
+        vmprof_file = os.path.join(workdir, f"profile-{scenario}-{runtime}.vmprof")
+        if runtime == "pypy":
+            command = [RUNTIME_PYTHONS["pypy"], os.path.join(HERE, "vmprof_twistd.py"), vmprof_file]
+            env = child_env(source_tree=True)
+            env["PYTHONPATH"] = ROOT + os.pathsep + PROFILE_PYPY_PATH
+        proxy = start_proxy(children, workdir, name, runtime, reserved.pop((scenario, runtime)),
+                            config, command=command, env=env)
+        headers = {}
+        if scenario == "C":
+            headers["Cookie"] = browser.session_cookie(proxy.url + "/bench/login")
+        target = Target(scenario, runtime, proxy.url + path, headers, proxy)
+        problem = target.probe()
+        if problem:
+            raise BenchError(f"{target.key}: {problem}")
+        warm_up(target, args, script)
+        cpu_before = cpu_seconds(proxy.child.pid)
+        if runtime == "cpython":
+            sampler = subprocess.Popen(
+                [py_spy, "record", "--pid", str(proxy.child.pid), "--duration",
+                 str(max(1, round(args.profile_seconds))), "--rate", str(SAMPLE_RATE),
+                 "--format", "raw", "--full-filenames", "--nonblocking", "--output", collapsed],
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            result = run_wrk(target, args.profile_seconds, script)
+            cpu = cpu_seconds(proxy.child.pid) - cpu_before
+            try:
+                out = sampler.communicate(timeout=args.profile_seconds + 60)[0]
+            except subprocess.TimeoutExpired:
+                sampler.kill()
+                out = sampler.communicate()[0]
+            if sampler.returncode != 0 or not os.path.exists(collapsed):
+                raise BenchError(f"py-spy failed on {target.key}: "
+                                 f"{out.decode('utf-8', 'replace')[-1500:]}")
+            tool = f"py-spy {SAMPLE_RATE}/s, --nonblocking"
+        else:
+            os.kill(proxy.child.pid, signal.SIGUSR1)
+            result = run_wrk(target, args.profile_seconds, script)
+            os.kill(proxy.child.pid, signal.SIGUSR2)
+            cpu = cpu_seconds(proxy.child.pid) - cpu_before
+            proxy.child.stop()  # vmprof's file is complete once the process has stopped it
+            converted = subprocess.run(
+                [RUNTIME_PYTHONS["pypy"], os.path.join(HERE, "vmprof_collapse.py"), vmprof_file,
+                 collapsed], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT, env={**child_env(False), "PYTHONPATH": PROFILE_PYPY_PATH},
+                timeout=300, check=False)
+            if converted.returncode != 0:
+                raise BenchError(f"vmprof's profile of {target.key} could not be read: "
+                                 f"{converted.stdout.decode('utf-8', 'replace')[-1500:]}")
+            tool = "vmprof 1000/s of CPU time"
+        proxy.child.stop()
+        warm = f", after {target.warmup_s:g}s of warm-up" if target.warmup_s is not None else ""
+        report.append(f"=== {scenario} on {runtime}, sampled ({tool}): {result['rps']:,.0f} req/s "
+                      f"under the profiler ({result['requests']} requests in "
+                      f"{args.profile_seconds:g}s{warm}; {cpu:.1f}s of the proxy's CPU, "
+                      f"{cpu * 1000.0 / max(result['requests'], 1):.3f} ms per request); "
+                      f"{collapsed} ===\n" + self_time_report(collapsed))
+    report.append("(own samples: the innermost Python function of each sample; time in C "
+                  "functions counts in their Python caller, so untilConcludes is the socket's "
+                  "send/recv calls)")
+    return "\n\n".join(report)
+
+
+def package_group(path: str) -> str:
+    """ours / twisted / treq / stdlib / other, from a sampled frame's file name."""
+    if "/oidcproxy/" in path and "site-packages" not in path or path.startswith(HERE):
+        return "ours"
+    if "/twisted/" in path:
+        return "twisted"
+    if "/treq/" in path:
+        return "treq"
+    if "site-packages/" in path:
+        return "other"
+    if (path.startswith("<") or "/lib/python3" in path or "/lib/pypy3" in path
+            or path.startswith("/usr/lib/pypy")):
+        return "stdlib"
+    return "other"
+
+
+def parse_frame(frame: str) -> Tuple[str, str]:
+    """(function, file) of C{function (file:line)}."""
+    match = re.match(r"^(.*) \((.*?)(?::\d+)?\)$", frame)
+    if match is None:
+        return frame, ""
+    return match.group(1), match.group(2)
+
+
+def self_time_report(collapsed: str, top: int = 25) -> str:
+    """The top functions by own samples (the leaf of each stack), and the groups' shares."""
+    functions: Dict[Tuple[str, str], int] = {}
+    groups: Dict[str, int] = {}
+    total = 0
+    with open(collapsed, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            stack, _, count_text = line.rstrip("\n").rpartition(" ")
+            if not stack or not count_text.isdigit():
+                continue
+            count = int(count_text)
+            function, path = parse_frame(stack.split(";")[-1])
+            key = (function, path)
+            functions[key] = functions.get(key, 0) + count
+            group = package_group(path)
+            groups[group] = groups.get(group, 0) + count
+            total += count
+    if not total:
+        return "(no samples)"
+    lines = [f"{total} samples; own time by group: " + ", ".join(
+        f"{group} {100.0 * n / total:.1f}%" for group, n in sorted(groups.items(), key=lambda i: -i[1]))]
+    lines.append(f"top {top} functions by own samples:")
+    for (function, path), count in sorted(functions.items(), key=lambda i: -i[1])[:top]:
+        lines.append(f"{100.0 * count / total:5.1f}%  {package_group(path):<8} {function}  "
+                     f"({shorten_paths(path)})")
+    return "\n".join(lines)
+
+
+def profile_cprofile(args: argparse.Namespace, children: Children, workdir: str) -> str:
     """
     P and C on CPython under cProfile (twistd --profile): a fresh proxy per
     scenario, C{args.profile_seconds} of wrk load, then the top functions by
@@ -1439,8 +1613,9 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--warmup", type=float, default=None,
                         help="warm-up seconds per scenario, twice that on PyPy (default 2; --quick 1)")
     parser.add_argument("--pypy-warmup-max", type=float, default=30.0,
-                        help="PyPy's warm-up per scenario lasts until two consecutive 1 s rates "
-                             "are within --pypy-settle of each other, at most this long (30s)")
+                        help="PyPy's warm-up per scenario lasts until three consecutive 1 s "
+                             "rates are within --pypy-settle of each other, at most this long "
+                             "(30s)")
     parser.add_argument("--pypy-settle", type=float, default=0.10,
                         help="PyPy's warm-up: how close two 1 s rates must be (0.10: 10%%)")
     parser.add_argument("--compare", metavar="REF", default=None,
@@ -1457,7 +1632,11 @@ def main(argv: Sequence[str]) -> int:
                         help="write the results here (default bench/results/<time>.json)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, configs)")
     parser.add_argument("--profile", action="store_true",
-                        help="instead: profile P and C on CPython with cProfile")
+                        help="instead: profile P and C (sampled on each runtime of --runtimes: "
+                             "py-spy on CPython, vmprof on PyPy; or --profiler cprofile)")
+    parser.add_argument("--profiler", choices=("sample", "cprofile"), default="sample",
+                        help="--profile: sample (default; collapsed stacks kept in the work "
+                             "directory) or cprofile (CPython only, twistd --profile)")
     parser.add_argument("--profile-seconds", type=float, default=10.0)
     parser.add_argument("--scale", action="store_true",
                         help="instead: R with 1,000 and with --scale-sessions sessions in Redis")
@@ -1548,7 +1727,8 @@ def main(argv: Sequence[str]) -> int:
         children.stop_all()
         checkouts.remove()
         signal.signal(signal.SIGINT, signal.default_int_handler)
-        if args.keep or status not in (0, 130):
+        if args.keep or status not in (0, 130) or (
+                status == 0 and args.profile and args.profiler == "sample"):
             say(f"work directory kept: {workdir}")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
