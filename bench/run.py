@@ -653,6 +653,8 @@ class Target:
         self.side = side
         """With --compare, which revision: "A" or "B"; else (and for U and F) ""."""
         self.warmup_s: Optional[float] = None
+        """PyPy: seconds of load until its 1 s rate reached its settled level."""
+        self.warmup_settled = True
         self.warmup_rates: List[float] = []
         self.runtime = runtime
         self.url = url
@@ -745,15 +747,34 @@ def run_logins(proxy: Proxy, duration: float, concurrency: int = LOGIN_CONCURREN
 
 
 WARMUP_WINDOW = 3
-"""PyPy's warm-up ends when this many consecutive 1 s rates agree."""
+"""PyPy's warm-up looks at this many consecutive 1 s rates at a time."""
+
+
+def rates_settled(rates: Sequence[float], settle: float) -> bool:
+    """
+    Whether 1 s rates have stopped climbing: the last L{WARMUP_WINDOW} are
+    within C{settle} of the highest of them, or (on a machine noisier than
+    that) their median is no more than C{settle} above the median of the
+    L{WARMUP_WINDOW} before them.
+    """
+    last = rates[-WARMUP_WINDOW:]
+    if len(last) < WARMUP_WINDOW:
+        return False
+    if max(last) - min(last) <= settle * max(last):
+        return True
+    before = rates[-2 * WARMUP_WINDOW:-WARMUP_WINDOW]
+    return (len(before) == WARMUP_WINDOW
+            and statistics.median(last) <= (1 + settle) * statistics.median(before))
 
 
 def warm_up(target: Target, args: argparse.Namespace, script: str) -> None:
     """
     Load before the measured rounds. CPython: C{args.warmup} seconds. PyPy:
-    until its JIT has settled, that is until three consecutive 1 s rates are
-    within C{args.pypy_settle} of the highest of them (after at least
-    C{args.warmup} * 2 seconds, and at most C{args.pypy_warmup_max}); the
+    until its JIT has settled (L{rates_settled}: three consecutive 1 s rates
+    within C{args.pypy_settle} of the highest of them, or no longer climbing;
+    after at least C{args.pypy_warmup_min} seconds and twice C{args.warmup},
+    at most C{args.pypy_warmup_max}: before its JIT starts, PyPy's rate can be
+    flat for a few seconds at a tenth of what follows); the
     time it took is recorded, and reported, per scenario. A fixed second or
     two is not enough on PyPy: the rounds would measure the JIT's progress.
     Two rates are not enough either: the JIT's progress has plateaus (C on
@@ -763,17 +784,24 @@ def warm_up(target: Target, args: argparse.Namespace, script: str) -> None:
         run_wrk(target, args.warmup, script)
         return
     started = time.monotonic()
-    minimum = max(2.0, args.warmup * 2)
+    minimum = max(args.pypy_warmup_min, args.warmup * 2)
     rates = target.warmup_rates
+    ends: List[float] = []
     while True:
         rates.append(run_wrk(target, 1.0, script)["rps"])
         elapsed = time.monotonic() - started
-        last = rates[-WARMUP_WINDOW:]
-        settled = len(last) == WARMUP_WINDOW and max(last) - min(last) <= args.pypy_settle * max(last)
+        ends.append(elapsed)
+        settled = rates_settled(rates, args.pypy_settle)
         if (settled and elapsed >= minimum) or elapsed >= args.pypy_warmup_max:
             break
-    target.warmup_s = round(elapsed, 1)
-    say(f"warm-up {target.key}: {elapsed:.0f}s{'' if settled else ' (not settled: bounded)'}, "
+    # The finding: how long this process served below its settled rate (the
+    # end of the first second within --pypy-settle of the last seconds' median).
+    level = statistics.median(rates[-WARMUP_WINDOW:])
+    target.warmup_s = round(next(end for rate, end in zip(rates, ends)
+                                 if rate >= (1 - args.pypy_settle) * level), 1)
+    target.warmup_settled = settled
+    say(f"warm-up {target.key}: at {level:,.0f} req/s after {target.warmup_s:g}s "
+        f"({elapsed:.0f}s of warm-up{'' if settled else ', not settled: bounded'}), "
         f"1 s rates {', '.join(f'{r:,.0f}' for r in rates)}")
 
 
@@ -790,6 +818,7 @@ def summarise(target: Target) -> Dict[str, Any]:
     if target.warmup_s is not None:
         summary["warmup_s"] = target.warmup_s
         summary["warmup_rates"] = [round(r) for r in target.warmup_rates]
+        summary["warmup_settled"] = target.warmup_settled
     if target.problems:
         summary["problems"] = target.problems
     if target.scenario == "L":
@@ -1272,9 +1301,11 @@ def measure(target: Target, round_number: int, args: argparse.Namespace, script:
 
 def warmup_line(results: Dict[str, Dict[str, Dict[str, Any]]]) -> str:
     """PyPy's warm-up time per scenario (until its 1 s rates settled), as one line."""
-    parts = [f"{scenario} {s['warmup_s']:g}s" for scenario, by_runtime in results.items()
+    parts = [f"{scenario} {s['warmup_s']:g}s" + ("" if s.get("warmup_settled") else " (not settled)")
+             for scenario, by_runtime in results.items()
              for runtime, s in by_runtime.items() if s.get("warmup_s") is not None]
-    return ("\nPyPy warm-up until the rate settled: " + ", ".join(parts)) if parts else ""
+    return ("\nPyPy warm-up, seconds of load until the rate reached its settled level: "
+            + ", ".join(parts)) if parts else ""
 
 
 def compare(a: Dict[str, Dict[str, Dict[str, Any]]], b: Dict[str, Dict[str, Dict[str, Any]]],
@@ -1614,8 +1645,10 @@ def main(argv: Sequence[str]) -> int:
                         help="warm-up seconds per scenario, twice that on PyPy (default 2; --quick 1)")
     parser.add_argument("--pypy-warmup-max", type=float, default=30.0,
                         help="PyPy's warm-up per scenario lasts until three consecutive 1 s "
-                             "rates are within --pypy-settle of each other, at most this long "
-                             "(30s)")
+                             "rates are within --pypy-settle of each other or stop climbing, "
+                             "at most this long (30s)")
+    parser.add_argument("--pypy-warmup-min", type=float, default=10.0,
+                        help="PyPy's warm-up per scenario lasts at least this long (10s)")
     parser.add_argument("--pypy-settle", type=float, default=0.10,
                         help="PyPy's warm-up: how close two 1 s rates must be (0.10: 10%%)")
     parser.add_argument("--compare", metavar="REF", default=None,
@@ -1672,8 +1705,9 @@ def main(argv: Sequence[str]) -> int:
     if args.compare is not None and (args.profile or args.scale or args.memory or args.overload):
         parser.error("--compare measures the scenarios of a normal run: not with --profile, "
                      "--scale, --memory or --overload")
-    if args.pypy_warmup_max < 2 or not 0 < args.pypy_settle < 1:
-        parser.error("--pypy-warmup-max must be at least 2 and --pypy-settle between 0 and 1")
+    if not 0 <= args.pypy_warmup_min <= args.pypy_warmup_max or not 0 < args.pypy_settle < 1:
+        parser.error("--pypy-warmup-min must be between 0 and --pypy-warmup-max, "
+                     "--pypy-settle between 0 and 1")
     if sum((args.profile, args.scale, args.memory, args.overload)) > 1:
         parser.error("--profile, --scale, --memory and --overload are separate runs: one at a time")
     if args.overload_seconds < 1:
