@@ -1372,6 +1372,8 @@ PROFILE_PYPY_PATH = os.path.join(HERE, ".venv-profile-pypy")
 """bench/requirements-pypy.txt installed (vmprof), by bench/run --profile."""
 SAMPLE_RATE = 250
 """py-spy's samples per second."""
+VMPROF_PERIOD = 0.001
+"""vmprof's sampling period on PyPy, in seconds of CPU time (bench/vmprof_twistd.py)."""
 
 
 def profile(args: argparse.Namespace, children: Children, workdir: str) -> str:
@@ -1467,7 +1469,7 @@ def profile_sampled(args: argparse.Namespace, children: Children, workdir: str) 
             if converted.returncode != 0:
                 raise BenchError(f"vmprof's profile of {target.key} could not be read: "
                                  f"{converted.stdout.decode('utf-8', 'replace')[-1500:]}")
-            tool = "vmprof 1000/s of CPU time"
+            tool = f"vmprof every {1000 * VMPROF_PERIOD:g} ms of CPU time, at most the kernel's tick"
         proxy.child.stop()
         warm = f", after {target.warmup_s:g}s of warm-up" if target.warmup_s is not None else ""
         report.append(f"=== {scenario} on {runtime}, sampled ({tool}): {result['rps']:,.0f} req/s "
