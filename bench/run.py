@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import pstats
@@ -1359,6 +1360,12 @@ def compare(a: Dict[str, Dict[str, Dict[str, Any]]], b: Dict[str, Dict[str, Dict
                 f"{fmt(min(rb), digits) + '-' + fmt(max(rb), digits):>15}  {verdict}")
     lines.append("within the rounds' spread (noise): " + (", ".join(noise) or "none"))
     lines.append("beyond it (B/A): " + (", ".join(beyond) or "none"))
+    rounds = min((min(len(e["A rounds"]), len(e["B rounds"])) for e in out.values()), default=0)
+    if rounds:
+        chance = 2 * math.factorial(rounds) ** 2 / math.factorial(2 * rounds)
+        lines.append(f"(two equal revisions leave the {rounds} rounds' ranges apart by chance "
+                     f"{chance:.1%} of the time per scenario: a single 'beyond' among many "
+                     f"scenarios can be luck; --repeats 5 makes it {2 * 120 ** 2 / 3628800:.1%})")
     lines.append("(req/s, L logins/s: medians of the rounds; F is shared by both sides)")
     return out, lines
 
