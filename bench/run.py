@@ -3,7 +3,8 @@ The oidcproxy benchmark: one command, a bounded time, ratios measured in one
 run (see bench/README.rst).
 
     bench/run [--quick] [--duration S] [--repeats N] [--with-apache] [--json FILE]
-    bench/run --profile [--profile-seconds S]
+    bench/run --compare REF [--compare-to REF2] [--quick] [...]
+    bench/run --profile [--profile-seconds S] [--profiler sample|cprofile]
     bench/run --overload [--overload-seconds S]
 
 C{bench/run} installs what is missing and runs this file with the project's
@@ -1646,7 +1647,8 @@ def main(argv: Sequence[str]) -> int:
         prog="bench/run", description="oidcproxy benchmark: ratios measured in one run "
                                       "(see bench/README.rst)")
     parser.add_argument("--quick", action="store_true",
-                        help="a smoke run of about a minute (1s per scenario, 3 rounds)")
+                        help="a smoke run of about 3 minutes (1s per scenario, 3 rounds; "
+                             "PyPy is still warmed up until its rate settles)")
     parser.add_argument("--duration", type=float, default=None,
                         help="seconds of load per scenario and round (default 3; --quick 1)")
     parser.add_argument("--repeats", type=int, default=3, help="rounds; medians are reported (3)")
