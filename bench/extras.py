@@ -247,7 +247,7 @@ def scale(args: argparse.Namespace, children: Any, workdir: str) -> Dict[str, An
     with open(script, "w", encoding="ascii") as f:
         f.write(bench.WRK_SCRIPT)
     for target in targets:
-        bench.run_wrk(target, args.warmup * (2 if target.runtime == "pypy" else 1), script)
+        bench.warm_up(target, args, script)
     for round_number in range(args.repeats):
         shift = round_number % len(targets)
         for target in targets[shift:] + targets[:shift]:

@@ -3,7 +3,8 @@ The oidcproxy benchmark: one command, a bounded time, ratios measured in one
 run (see bench/README.rst).
 
     bench/run [--quick] [--duration S] [--repeats N] [--with-apache] [--json FILE]
-    bench/run --profile [--profile-seconds S]
+    bench/run --compare REF [--compare-to REF2] [--quick] [...]
+    bench/run --profile [--profile-seconds S] [--profiler sample|cprofile]
     bench/run --overload [--overload-seconds S]
 
 C{bench/run} installs what is missing and runs this file with the project's
@@ -15,9 +16,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import pstats
+import random
 import re
 import secrets
 import shutil
@@ -162,11 +165,37 @@ def wait_for(check: Callable[[], Any], timeout: float, what: str, child: Optiona
         time.sleep(interval)
 
 
+def _ephemeral_low() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range", encoding="ascii") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def reserve_port() -> socket.socket:
-    """A socket bound to a free loopback port; close it just before the port is used."""
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    s.bind(("127.0.0.1", 0))
-    return s
+    """
+    A socket bound to a free loopback port; close it just before the port is used.
+
+    The port is drawn at random from below the kernel's ephemeral range
+    (ip_local_port_range), not from port 0: between the close and the
+    child's own bind (a second or two of interpreter start-up), a port of
+    the ephemeral range can become the source port of any outgoing
+    connection on the machine (wrk's, the proxies', another test run's),
+    and the child then fails with "Address already in use". Ports below the
+    range are only ever taken by an explicit bind.
+    """
+    high = _ephemeral_low() - 1
+    low = max(10000, high - 12000)
+    for _ in range(500):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            s.bind(("127.0.0.1", random.randint(low, high)))
+        except OSError:
+            s.close()
+            continue
+        return s
+    raise BenchError(f"no free port found in {low}-{high}")
 
 
 def free_port() -> int:
@@ -184,13 +213,17 @@ def port_line(child: Child) -> Optional[int]:
     return None
 
 
-def child_env(source_tree: bool) -> Dict[str, str]:
+def child_env(source_tree: bool, tree: str = ROOT) -> Dict[str, str]:
+    """
+    The environment of a child; with C{source_tree}, its oidcproxy is the
+    one in C{tree} (the working tree, or a checkout of another revision for
+    --compare), not the copy installed in the venv.
+    """
     env = dict(os.environ)
     env["PYTHONUNBUFFERED"] = "1"
     env.pop("PYTHONPATH", None)
     if source_tree:
-        # Measure the working tree, not the copy installed in the venv.
-        env["PYTHONPATH"] = ROOT
+        env["PYTHONPATH"] = tree
     # PyPy runs as docs/howto/pypy.rst recommends: with its heap capped (without it,
     # PyPy's collector lets resident memory grow by GBs under load). CPython
     # ignores the variable.
@@ -258,8 +291,29 @@ def reachable(url: str, headers: Optional[Dict[str, str]] = None, status: int = 
 # -- the services ----------------------------------------------------------------
 
 
+def port_retried(start: Callable[[], Any], what: str, attempts: int = 3) -> Any:
+    """
+    C{start()}, again on a fresh port when the child it started lost its port
+    to another process ("Address already in use") before it could bind.
+    """
+    for attempt in range(attempts):
+        try:
+            return start()
+        except BenchError as e:
+            if "already in use" not in str(e) or attempt == attempts - 1:
+                raise
+            say(f"note: {what} lost its port to another process; retrying on another")
+    raise AssertionError("unreachable")
+
+
 def start_nginx(children: Children, workdir: str, locations: str = "") -> Tuple[str, Child]:
     """nginx as the upstream; C{locations}: more C{location} blocks for its server."""
+    result: Tuple[str, Child] = port_retried(
+        lambda: _start_nginx(children, workdir, locations), "nginx")
+    return result
+
+
+def _start_nginx(children: Children, workdir: str, locations: str) -> Tuple[str, Child]:
     port = free_port()
     prefix = os.path.join(workdir, "nginx")
     os.makedirs(os.path.join(prefix, "logs"), exist_ok=True)
@@ -294,11 +348,26 @@ http {{
     child = children.start("nginx", [shutil.which("nginx") or "/usr/sbin/nginx", "-p", prefix,
                                      "-c", conf, "-e", os.path.join(prefix, "logs", "error.log")])
     url = f"http://127.0.0.1:{port}"
-    wait_for(lambda: reachable(url + "/"), 10, "nginx to answer", child)
+    try:
+        wait_for(lambda: reachable(url + "/"), 10, "nginx to answer", child)
+    except BenchError as e:
+        # nginx says why (a port in use, say) in its error log, not on stdout.
+        try:
+            with open(os.path.join(prefix, "logs", "error.log"), encoding="utf-8",
+                      errors="replace") as f:
+                errors = f.read()[-2000:]
+        except OSError:
+            errors = ""
+        raise BenchError(f"{e}\nnginx's error log:\n{errors}") from None
     return url, child
 
 
 def start_redis(children: Children, workdir: str, name: str = "redis") -> str:
+    url: str = port_retried(lambda: _start_redis(children, workdir, name), name)
+    return url
+
+
+def _start_redis(children: Children, workdir: str, name: str) -> str:
     port = free_port()
     child = children.start(name, [shutil.which("redis-server") or "/usr/bin/redis-server",
                                      "--port", str(port), "--bind", "127.0.0.1", "--save", "",
@@ -456,16 +525,23 @@ class Proxy:
 
 def start_proxy(children: Children, workdir: str, name: str, runtime: str,
                 reserved: socket.socket, config: str, extra: Sequence[str] = (),
-                workers: int = 1) -> Proxy:
+                workers: int = 1, tree: str = ROOT,
+                command: Optional[Sequence[str]] = None,
+                env: Optional[Dict[str, str]] = None) -> Proxy:
+    """
+    A proxy of C{tree}'s code on C{runtime}, run by twistd (or by
+    C{command}, a launcher given twistd's arguments after it).
+    """
     port = int(reserved.getsockname()[1])
     path = os.path.join(workdir, f"{name}.toml")
     with open(path, "w", encoding="utf-8") as f:
         f.write(config)
     reserved.close()
     # The log observer the units in etc/ use.
-    child = children.start(name, [twistd(runtime), *extra, "-n", "--pidfile=",
+    child = children.start(name, [*(command or [twistd(runtime)]), *extra, "-n", "--pidfile=",
                                   "--logger=oidcproxy.logs.text", "oidcproxy",
-                                  "--config", path], env=child_env(source_tree=True))
+                                  "--config", path],
+                           env=env or child_env(source_tree=True, tree=tree))
     url = f"http://127.0.0.1:{port}"
 
     def ready() -> bool:
@@ -574,8 +650,14 @@ class Target:
     """One thing put under load: a scenario on a runtime."""
 
     def __init__(self, scenario: str, runtime: str, url: str, headers: Dict[str, str],
-                 proxy: Proxy) -> None:
+                 proxy: Proxy, side: str = "") -> None:
         self.scenario = scenario
+        self.side = side
+        """With --compare, which revision: "A" or "B"; else (and for U and F) ""."""
+        self.warmup_s: Optional[float] = None
+        """PyPy: seconds of load until its 1 s rate reached its settled level."""
+        self.warmup_settled = True
+        self.warmup_rates: List[float] = []
         self.runtime = runtime
         self.url = url
         self.headers = headers
@@ -586,7 +668,7 @@ class Target:
 
     @property
     def key(self) -> str:
-        return f"{self.scenario}/{self.runtime}"
+        return f"{self.scenario}/{self.runtime}" + (f"/{self.side}" if self.side else "")
 
     def probe(self) -> Optional[str]:
         """None when one request gets the upstream's answer; else what went wrong."""
@@ -666,6 +748,65 @@ def run_logins(proxy: Proxy, duration: float, concurrency: int = LOGIN_CONCURREN
     }
 
 
+WARMUP_WINDOW = 3
+"""PyPy's warm-up looks at this many consecutive 1 s rates at a time."""
+
+
+def rates_settled(rates: Sequence[float], settle: float) -> bool:
+    """
+    Whether 1 s rates have stopped climbing: the last L{WARMUP_WINDOW} are
+    within C{settle} of the highest of them, or (on a machine noisier than
+    that) their median is no more than C{settle} above the median of the
+    L{WARMUP_WINDOW} before them.
+    """
+    last = rates[-WARMUP_WINDOW:]
+    if len(last) < WARMUP_WINDOW:
+        return False
+    if max(last) - min(last) <= settle * max(last):
+        return True
+    before = rates[-2 * WARMUP_WINDOW:-WARMUP_WINDOW]
+    return (len(before) == WARMUP_WINDOW
+            and statistics.median(last) <= (1 + settle) * statistics.median(before))
+
+
+def warm_up(target: Target, args: argparse.Namespace, script: str) -> None:
+    """
+    Load before the measured rounds. CPython: C{args.warmup} seconds. PyPy:
+    until its JIT has settled (L{rates_settled}: three consecutive 1 s rates
+    within C{args.pypy_settle} of the highest of them, or no longer climbing;
+    after at least C{args.pypy_warmup_min} seconds and twice C{args.warmup},
+    at most C{args.pypy_warmup_max}: before its JIT starts, PyPy's rate can be
+    flat for a few seconds at a tenth of what follows); the
+    time it took is recorded, and reported, per scenario. A fixed second or
+    two is not enough on PyPy: the rounds would measure the JIT's progress.
+    Two rates are not enough either: the JIT's progress has plateaus (C on
+    PyPy went 451, 394, 452, 588, 862, 878 and then 3,300 req/s).
+    """
+    if target.runtime != "pypy":
+        run_wrk(target, args.warmup, script)
+        return
+    started = time.monotonic()
+    minimum = max(args.pypy_warmup_min, args.warmup * 2)
+    rates = target.warmup_rates
+    ends: List[float] = []
+    while True:
+        rates.append(run_wrk(target, 1.0, script)["rps"])
+        elapsed = time.monotonic() - started
+        ends.append(elapsed)
+        settled = rates_settled(rates, args.pypy_settle)
+        if (settled and elapsed >= minimum) or elapsed >= args.pypy_warmup_max:
+            break
+    # The finding: how long this process served below its settled rate (the
+    # end of the first second within --pypy-settle of the last seconds' median).
+    level = statistics.median(rates[-WARMUP_WINDOW:])
+    target.warmup_s = round(next(end for rate, end in zip(rates, ends)
+                                 if rate >= (1 - args.pypy_settle) * level), 1)
+    target.warmup_settled = settled
+    say(f"warm-up {target.key}: at {level:,.0f} req/s after {target.warmup_s:g}s "
+        f"({elapsed:.0f}s of warm-up{'' if settled else ', not settled: bounded'}), "
+        f"1 s rates {', '.join(f'{r:,.0f}' for r in rates)}")
+
+
 # -- results ---------------------------------------------------------------------------
 
 
@@ -676,6 +817,10 @@ def median_of(runs: Sequence[Dict[str, Any]], key: str) -> Optional[float]:
 
 def summarise(target: Target) -> Dict[str, Any]:
     summary: Dict[str, Any] = {"runs": target.runs, **target.rss}
+    if target.warmup_s is not None:
+        summary["warmup_s"] = target.warmup_s
+        summary["warmup_rates"] = [round(r) for r in target.warmup_rates]
+        summary["warmup_settled"] = target.warmup_settled
     if target.problems:
         summary["problems"] = target.problems
     if target.scenario == "L":
@@ -861,12 +1006,84 @@ def preflight(args: argparse.Namespace) -> List[str]:
     return runtimes
 
 
-def run(args: argparse.Namespace, children: Children, workdir: str) -> Dict[str, Any]:
+class Side:
+    """
+    One revision under test: the working tree (label "" without --compare),
+    or, with --compare, A (the REF given) and B (--compare-to, by default the
+    working tree), each from its own directory.
+    """
+
+    def __init__(self, label: str, tree: str, description: str) -> None:
+        self.label = label
+        self.tree = tree
+        self.description = description
+
+    def name(self, base: str) -> str:
+        return f"{self.label}-{base}" if self.label else base
+
+
+class Checkouts:
+    """Temporary git worktrees of other revisions, under the work directory."""
+
+    def __init__(self, workdir: str) -> None:
+        self.workdir = workdir
+        self.paths: List[str] = []
+
+    def add(self, ref: str, label: str) -> Side:
+        resolved = subprocess.run(["git", "-C", ROOT, "rev-parse", "--verify", "--quiet",
+                                   f"{ref}^{{commit}}"], stdout=subprocess.PIPE,
+                                  stderr=subprocess.DEVNULL, check=False)
+        commit = resolved.stdout.decode("ascii", "replace").strip()
+        if resolved.returncode != 0 or not commit:
+            raise BenchError(f"--compare: {ref!r} is not a revision of this repository")
+        path = os.path.join(self.workdir, f"tree-{label}")
+        self.paths.append(path)
+        added = subprocess.run(["git", "-C", ROOT, "worktree", "add", "--detach", path, commit],
+                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, check=False)
+        if added.returncode != 0:
+            raise BenchError(f"git worktree add {ref} failed: "
+                             f"{added.stdout.decode('utf-8', 'replace').strip()}")
+        subject = subprocess.run(["git", "-C", path, "log", "-1", "--format=%h %s"],
+                                 stdout=subprocess.PIPE, check=False).stdout.decode(
+                                     "utf-8", "replace").strip()
+        return Side(label, path, f"{ref} ({subject})")
+
+    def remove(self) -> None:
+        for path in self.paths:
+            subprocess.run(["git", "-C", ROOT, "worktree", "remove", "--force", path],
+                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, check=False)
+        if self.paths:
+            subprocess.run(["git", "-C", ROOT, "worktree", "prune"], stdin=subprocess.DEVNULL,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+        self.paths = []
+
+
+def sides_of(args: argparse.Namespace, checkouts: Checkouts) -> List[Side]:
+    if args.compare is None:
+        return [Side("", ROOT, "the working tree")]
+    a = checkouts.add(args.compare, "A")
+    if args.compare_to is None:
+        head = subprocess.run(["git", "-C", ROOT, "log", "-1", "--format=%h"],
+                              stdout=subprocess.PIPE, check=False).stdout.decode().strip()
+        b = Side("B", ROOT, f"the working tree (on {head})")
+    else:
+        b = checkouts.add(args.compare_to, "B")
+    return [a, b]
+
+
+def run(args: argparse.Namespace, children: Children, workdir: str,
+        checkouts: Optional[Checkouts] = None) -> Dict[str, Any]:
     runtimes = preflight(args)
     started = time.monotonic()
     info = machine()
+    sides = sides_of(args, checkouts or Checkouts(workdir))
     say(f"bench: {', '.join(runtimes)}; {args.repeats} rounds of {args.duration:g}s per scenario; "
         f"work directory {workdir}")
+    for side in sides:
+        if side.label:
+            say(f"side {side.label}: {side.description}")
     upstream, nginx = start_nginx(children, workdir)
     redis_url = start_redis(children, workdir)
     jwks_file, token = bearer_material(workdir)
@@ -876,15 +1093,18 @@ def run(args: argparse.Namespace, children: Children, workdir: str) -> Dict[str,
 
     # The proxies that will run, each on a port reserved now: the OP must
     # know every redirect URI before it starts.
-    plan: List[Tuple[str, str, str, int]] = []  # (name, runtime, store, workers)
-    for runtime in runtimes:
-        plan += [(f"cookie-{runtime}", runtime, "cookie", 1), (f"redis-{runtime}", runtime, "redis", 1)]
+    plan: List[Tuple[str, str, str, int, Side]] = []  # (name, runtime, store, workers, side)
+    for side in sides:
+        for runtime in runtimes:
+            plan += [(side.name(f"cookie-{runtime}"), runtime, "cookie", 1, side),
+                     (side.name(f"redis-{runtime}"), runtime, "redis", 1, side)]
     if not args.no_workers:
         problem = workers_refused(runtimes[0], workdir, upstream, jwks_file)
         if problem is None:
-            for runtime in runtimes:
-                plan += [(f"w2-cookie-{runtime}", runtime, "cookie", 2),
-                         (f"w2-redis-{runtime}", runtime, "redis", 2)]
+            for side in sides:
+                for runtime in runtimes:
+                    plan += [(side.name(f"w2-cookie-{runtime}"), runtime, "cookie", 2, side),
+                             (side.name(f"w2-redis-{runtime}"), runtime, "redis", 2, side)]
         else:
             unavailable["W"] = problem
             say(f"W: unavailable: {problem}")
@@ -908,8 +1128,9 @@ def run(args: argparse.Namespace, children: Children, workdir: str) -> Dict[str,
         floor_url, floor_child = start_floor(children, runtime, upstream)
         floor = Proxy(f"floor-{runtime}", runtime, floor_child, floor_url, 1)
         targets.append(Target("F", runtime, floor_url + "/f", {}, floor))
-    for name, runtime, store, workers in plan:
-        if workers != 1 and f"W/{runtime}" in unavailable:
+    for name, runtime, store, workers, side in plan:
+        w_key = side.name(f"W/{runtime}")
+        if workers != 1 and w_key in unavailable:
             reserved.pop(name).close()
             continue
         config = proxy_config(reserved[name].getsockname()[1], issuer, client_secret, session_secret,
@@ -918,16 +1139,16 @@ def run(args: argparse.Namespace, children: Children, workdir: str) -> Dict[str,
         say(f"starting {name}")
         try:
             proxy = start_proxy(children, workdir, name, runtime, reserved.pop(name), config,
-                                workers=workers)
+                                workers=workers, tree=side.tree)
             proxy.cookie, proxy.set_cookies = browser.login_cookies(proxy.url + "/bench/login")
         except (BenchError, OSError, browser.LoginFailed) as e:
             if workers == 1:
                 raise BenchError(f"{name}: {e}") from None
             # W is being built: a pool that does not start is reported, not fatal.
             first = str(e).splitlines()[0]
-            unavailable[f"W/{runtime}"] = (f"{name} did not start: {first} ({name}.log in the "
-                                           f"work directory; --keep keeps it)")
-            say(f"W/{runtime}: unavailable: {unavailable[f'W/{runtime}']}")
+            unavailable[w_key] = (f"{name} did not start: {first} ({name}.log in the "
+                                  f"work directory; --keep keeps it)")
+            say(f"{w_key}: unavailable: {unavailable[w_key]}")
             children.started[-1].stop()
             continue
         proxies[name] = proxy
@@ -936,34 +1157,53 @@ def run(args: argparse.Namespace, children: Children, workdir: str) -> Dict[str,
         proxies[name] = proxy = start_apache(children, workdir, name, reserved.pop(name), issuer,
                                              client_secret, upstream, redis_url if use_redis else None)
         proxy.cookie = browser.session_cookie(proxy.url + "/bench/login")
+    # Per scenario and runtime, the sides next to each other: a group is
+    # measured A B in one round and B A in the next.
+    groups: List[List[Target]] = [[target] for target in targets]
     for runtime in runtimes:
-        cookie_proxy, redis_proxy = proxies[f"cookie-{runtime}"], proxies[f"redis-{runtime}"]
-        targets += [
-            Target("P", runtime, cookie_proxy.url + "/public/p", {}, cookie_proxy),
-            Target("C", runtime, cookie_proxy.url + "/app/c", {"Cookie": cookie_proxy.cookie or ""},
-                   cookie_proxy),
-            Target("R", runtime, redis_proxy.url + "/app/r", {"Cookie": redis_proxy.cookie or ""},
-                   redis_proxy),
-            Target("B", runtime, cookie_proxy.url + "/api/b", {"Authorization": f"Bearer {token}"},
-                   cookie_proxy),
-        ]
-        for store, scenario in (("cookie", "WC"), ("redis", "WR")):
-            pool = proxies.get(f"w2-{store}-{runtime}")
-            if pool is not None:
-                targets.append(Target(scenario, runtime, pool.url + "/app/w",
-                                      {"Cookie": pool.cookie or ""}, pool))
+        per_side: List[List[Target]] = []
+        for side in sides:
+            cookie_proxy = proxies[side.name(f"cookie-{runtime}")]
+            redis_proxy = proxies[side.name(f"redis-{runtime}")]
+            mine = [
+                Target("P", runtime, cookie_proxy.url + "/public/p", {}, cookie_proxy, side.label),
+                Target("C", runtime, cookie_proxy.url + "/app/c",
+                       {"Cookie": cookie_proxy.cookie or ""}, cookie_proxy, side.label),
+                Target("R", runtime, redis_proxy.url + "/app/r",
+                       {"Cookie": redis_proxy.cookie or ""}, redis_proxy, side.label),
+                Target("B", runtime, cookie_proxy.url + "/api/b",
+                       {"Authorization": f"Bearer {token}"}, cookie_proxy, side.label),
+            ]
+            for store, scenario in (("cookie", "WC"), ("redis", "WR")):
+                pool = proxies.get(side.name(f"w2-{store}-{runtime}"))
+                if pool is not None:
+                    mine.append(Target(scenario, runtime, pool.url + "/app/w",
+                                       {"Cookie": pool.cookie or ""}, pool, side.label))
+            per_side.append(mine)
+        by_key: Dict[str, List[Target]] = {}
+        for mine in per_side:
+            for target in mine:
+                by_key.setdefault(f"{target.scenario}/{target.runtime}", []).append(target)
+        groups += list(by_key.values())
     for name, scenario in (("apache-cookie", "XC"), ("apache-redis", "XR")):
         if name in proxies:
             proxy = proxies[name]
-            targets.append(Target(scenario, "apache", proxy.url + "/app/x",
-                                  {"Cookie": proxy.cookie or ""}, proxy))
-    logins = [Target("L", runtime, "", {}, proxies[f"cookie-{runtime}"]) for runtime in runtimes]
+            groups.append([Target(scenario, "apache", proxy.url + "/app/x",
+                                  {"Cookie": proxy.cookie or ""}, proxy)])
+    for runtime in runtimes:
+        groups.append([Target("L", runtime, "", {}, proxies[side.name(f"cookie-{runtime}")],
+                              side.label) for side in sides])
+    everything = [target for group in groups for target in group]
     import extras
 
-    cookie_sizes = extras.cookie_sizes(proxies[f"cookie-{runtimes[0]}"], proxies[f"redis-{runtimes[0]}"],
-                                       os.path.join(workdir, f"cookie-{runtimes[0]}.toml"))
+    first = sides[-1]
+    cookie_sizes = extras.cookie_sizes(proxies[first.name(f"cookie-{runtimes[0]}")],
+                                       proxies[first.name(f"redis-{runtimes[0]}")],
+                                       os.path.join(workdir, f"{first.name('cookie-' + runtimes[0])}.toml"))
 
-    for target in targets:
+    for target in everything:
+        if target.scenario == "L":
+            continue
         problem = target.probe()
         if problem:
             raise BenchError(f"{target.key}: {problem}")
@@ -972,62 +1212,338 @@ def run(args: argparse.Namespace, children: Children, workdir: str) -> Dict[str,
     with open(script, "w", encoding="ascii") as f:
         f.write(WRK_SCRIPT)
     say(f"ready after {time.monotonic() - started:.0f}s; warming up")
-    for target in targets:
-        run_wrk(target, args.warmup * (2 if target.runtime == "pypy" else 1), script)
-    for target in logins:
-        run_logins(target.proxy, args.warmup)
+    for target in everything:
+        if target.scenario == "L":
+            run_logins(target.proxy, args.warmup)
+        else:
+            warm_up(target, args, script)
 
-    everything = targets + logins
     for round_number in range(args.repeats):
         # Interleaved: every scenario once per round, each round starting
-        # one further along, so no scenario always follows the same one.
-        shift = round_number % len(everything)
-        for target in everything[shift:] + everything[:shift]:
+        # one further along, so no scenario always follows the same one;
+        # the sides of one scenario alternate which goes first.
+        shift = round_number % len(groups)
+        for group in groups[shift:] + groups[:shift]:
+            for target in (group if round_number % 2 == 0 else list(reversed(group))):
+                measure(target, round_number, args, script)
+    for group in groups:
+        for target in group:
             if target.scenario == "L":
-                result = run_logins(target.proxy, args.login_duration)
-                target.runs.append(result)
-                say(f"round {round_number + 1}/{args.repeats} {target.key}: "
-                    f"{result['logins_per_s']:.1f} logins/s, "
-                    f"{fmt(result['cpu_ms_per_login'], 2)} ms CPU/login")
-                continue
-            result = run_wrk(target, args.duration, script)
-            problem = target.probe()
-            if problem and problem not in target.problems:
-                target.problems.append(problem)
-            target.runs.append(result)
-            target.measure_rss()
-            say(f"round {round_number + 1}/{args.repeats} {target.key}: {result['rps']:,.0f} req/s, "
-                f"p50 {result['p50_ms']:.2f} ms, p99 {result['p99_ms']:.2f} ms")
-    for target in logins:
-        target.measure_rss()
+                target.measure_rss()
 
-    results: Dict[str, Dict[str, Dict[str, Any]]] = {}
+    by_side: Dict[str, Dict[str, Dict[str, Dict[str, Any]]]] = {}
     for target in everything:
-        results.setdefault(target.scenario, {})[target.runtime] = summarise(target)
-    ratio = ratios(results)
-    return {
-        "machine": info,
-        "settings": {"duration_s": args.duration, "repeats": args.repeats, "warmup_s": args.warmup,
-                     "login_duration_s": args.login_duration, "wrk": f"-t{WRK_THREADS} "
-                     f"-c{WRK_CONNECTIONS}", "login_concurrency": LOGIN_CONCURRENCY,
-                     "upstream_body_bytes": len(UPSTREAM_BODY),
-                     "bearer": "RS256 JWT of a bench-generated key ([bearer] jwks_file)"},
-        "scenarios": {k: v for k, v in SCENARIOS.items() if k in results or k == "L"},
-        "results": results,
-        "ratios": ratio,
-        "unavailable": unavailable,
-        "cookie_sizes": cookie_sizes,
-        "elapsed_s": round(time.monotonic() - started, 1),
-        "table": table(results, unavailable, ratio) + "\n" + extras.cookie_line(cookie_sizes) + (
-            f"\nmachine: {info['cpu']}, {info['cores']} cores, load average {info['load_before']:.1f} "
-            f"at the start; CPython {info.get('cpython', '-')}, PyPy {info.get('pypy', '-')[:6]}"),
-    }
+        by_side.setdefault(target.side, {}).setdefault(target.scenario, {})[target.runtime] = \
+            summarise(target)
+    shared = by_side.pop("", {})
+    settings = {"duration_s": args.duration, "repeats": args.repeats, "warmup_s": args.warmup,
+                "pypy_warmup": f"until {WARMUP_WINDOW} 1 s rates within {args.pypy_settle:.0%}, "
+                               f"at most {args.pypy_warmup_max:g}s",
+                "login_duration_s": args.login_duration, "wrk": f"-t{WRK_THREADS} "
+                f"-c{WRK_CONNECTIONS}", "login_concurrency": LOGIN_CONCURRENCY,
+                "upstream_body_bytes": len(UPSTREAM_BODY),
+                "bearer": "RS256 JWT of a bench-generated key ([bearer] jwks_file)"}
+    machine_line = (f"machine: {info['cpu']}, {info['cores']} cores, load average "
+                    f"{info['load_before']:.1f} at the start; CPython {info.get('cpython', '-')}, "
+                    f"PyPy {info.get('pypy', '-')[:6]}")
+    outcome: Dict[str, Any] = {"machine": info, "settings": settings, "unavailable": unavailable,
+                               "cookie_sizes": cookie_sizes}
+    if not by_side:
+        results = shared
+        ratio = ratios(results)
+        outcome.update({
+            "scenarios": {k: v for k, v in SCENARIOS.items() if k in results or k == "L"},
+            "results": results, "ratios": ratio,
+            "table": table(results, unavailable, ratio) + warmup_line(results) + "\n"
+            + extras.cookie_line(cookie_sizes) + "\n" + machine_line})
+    else:
+        text = []
+        outcome["sides"] = {}
+        merged_by_side = {}
+        for side in sides:
+            merged = {**shared, **by_side.get(side.label, {})}
+            merged_by_side[side.label] = merged
+            ratio = ratios(merged)
+            outcome["sides"][side.label] = {"revision": side.description, "results": merged,
+                                            "ratios": ratio}
+            text.append(f"=== {side.label}: {side.description} ===\n"
+                        + table(merged, {k: v for k, v in unavailable.items()
+                                         if not k.startswith(("A-", "B-")) or
+                                         k.startswith(side.label + "-")}, ratio)
+                        + warmup_line(by_side.get(side.label, {})))
+        compared, lines = compare(merged_by_side["A"], merged_by_side["B"], runtimes)
+        outcome["comparison"] = compared
+        outcome["scenarios"] = {k: v for k, v in SCENARIOS.items()}
+        text.append(f"=== B/A: B = {sides[1].description}, A = {sides[0].description} ===\n"
+                    + "\n".join(lines))
+        text.append(extras.cookie_line(cookie_sizes) + "\n" + machine_line)
+        outcome["table"] = "\n\n".join(text)
+    outcome["elapsed_s"] = round(time.monotonic() - started, 1)
+    return outcome
+
+
+def measure(target: Target, round_number: int, args: argparse.Namespace, script: str) -> None:
+    """One round of C{target}: wrk (or logins for L), its result kept and said."""
+    if target.scenario == "L":
+        result = run_logins(target.proxy, args.login_duration)
+        target.runs.append(result)
+        say(f"round {round_number + 1}/{args.repeats} {target.key}: "
+            f"{result['logins_per_s']:.1f} logins/s, "
+            f"{fmt(result['cpu_ms_per_login'], 2)} ms CPU/login")
+        return
+    result = run_wrk(target, args.duration, script)
+    problem = target.probe()
+    if problem and problem not in target.problems:
+        target.problems.append(problem)
+    target.runs.append(result)
+    target.measure_rss()
+    say(f"round {round_number + 1}/{args.repeats} {target.key}: {result['rps']:,.0f} req/s, "
+        f"p50 {result['p50_ms']:.2f} ms, p99 {result['p99_ms']:.2f} ms")
+
+
+def warmup_line(results: Dict[str, Dict[str, Dict[str, Any]]]) -> str:
+    """PyPy's warm-up time per scenario (until its 1 s rates settled), as one line."""
+    parts = [f"{scenario} {s['warmup_s']:g}s" + ("" if s.get("warmup_settled") else " (not settled)")
+             for scenario, by_runtime in results.items()
+             for runtime, s in by_runtime.items() if s.get("warmup_s") is not None]
+    return ("\nPyPy warm-up, seconds of load until the rate reached its settled level: "
+            + ", ".join(parts)) if parts else ""
+
+
+def compare(a: Dict[str, Dict[str, Dict[str, Any]]], b: Dict[str, Dict[str, Dict[str, Any]]],
+            runtimes: Sequence[str]) -> Tuple[Dict[str, Any], List[str]]:
+    """
+    Per scenario and runtime: both medians, B/A, each side's ratio to F, and
+    whether the difference is within the rounds' spread: it is noise when the
+    range (lowest to highest round) of one side overlaps the other's.
+    """
+    out: Dict[str, Any] = {}
+    lines = [f"{'':<8}{'A':>9} {'B':>9} {'B/A':>6} {'A/F':>6} {'B/F':>6}  "
+             f"{'A rounds':>15} {'B rounds':>15}  verdict"]
+    noise: List[str] = []
+    beyond: List[str] = []
+    for runtime in runtimes:
+        floor = a.get("F", {}).get(runtime, {}).get("rps")
+        for scenario in ("P", "C", "R", "B", "WC", "WR", "L"):
+            sa, sb = a.get(scenario, {}).get(runtime), b.get(scenario, {}).get(runtime)
+            if not sa or not sb:
+                continue
+            key = "logins_per_s" if scenario == "L" else "rps"
+            ra = [run[key] for run in sa["runs"] if run.get(key) is not None]
+            rb = [run[key] for run in sb["runs"] if run.get(key) is not None]
+            ma, mb = sa.get(key), sb.get(key)
+            if not ra or not rb or not ma or mb is None:
+                continue
+            name = f"{scenario}/{runtime}"
+            if min(rb) > max(ra):
+                verdict = "B faster, beyond the spread"
+            elif min(ra) > max(rb):
+                verdict = "B slower, beyond the spread"
+            else:
+                verdict = "noise"
+            (noise if verdict == "noise" else beyond).append(
+                name if verdict == "noise" else f"{name} {mb / ma:.2f}x")
+            entry = {"A": round(ma, 1), "B": round(mb, 1), "B/A": round(mb / ma, 3),
+                     "A rounds": [round(r, 1) for r in ra], "B rounds": [round(r, 1) for r in rb],
+                     "verdict": verdict}
+            if scenario != "L" and floor:
+                entry["A/F"] = round(ma / floor, 3)
+                entry["B/F"] = round(mb / floor, 3)
+            for side, s in (("A", sa), ("B", sb)):
+                if s.get("warmup_s") is not None:
+                    entry[f"{side} warm-up s"] = s["warmup_s"]
+            out[name] = entry
+            digits = 1 if scenario == "L" else 0
+            lines.append(
+                f"{name:<8}{fmt(ma, digits):>9} {fmt(mb, digits):>9} {mb / ma:>6.3f} "
+                f"{fmt(entry.get('A/F'), 2):>6} {fmt(entry.get('B/F'), 2):>6}  "
+                f"{fmt(min(ra), digits) + '-' + fmt(max(ra), digits):>15} "
+                f"{fmt(min(rb), digits) + '-' + fmt(max(rb), digits):>15}  {verdict}")
+    lines.append("within the rounds' spread (noise): " + (", ".join(noise) or "none"))
+    lines.append("beyond it (B/A): " + (", ".join(beyond) or "none"))
+    rounds = min((min(len(e["A rounds"]), len(e["B rounds"])) for e in out.values()), default=0)
+    if rounds:
+        chance = 2 * math.factorial(rounds) ** 2 / math.factorial(2 * rounds)
+        lines.append(f"(two equal revisions leave the {rounds} rounds' ranges apart by chance "
+                     f"{chance:.1%} of the time per scenario: a single 'beyond' among many "
+                     f"scenarios can be luck; --repeats 5 makes it {2 * 120 ** 2 / 3628800:.1%})")
+    lines.append("(req/s, L logins/s: medians of the rounds; F is shared by both sides)")
+    return out, lines
 
 
 # -- profiles -------------------------------------------------------------------------------
 
 
+PROFILE_VENV = os.path.join(HERE, ".venv-profile")
+"""bench/requirements.txt installed (py-spy), by bench/run --profile."""
+PROFILE_PYPY_PATH = os.path.join(HERE, ".venv-profile-pypy")
+"""bench/requirements-pypy.txt installed (vmprof), by bench/run --profile."""
+SAMPLE_RATE = 250
+"""py-spy's samples per second."""
+VMPROF_PERIOD = 0.001
+"""vmprof's sampling period on PyPy, in seconds of CPU time (bench/vmprof_twistd.py)."""
+
+
 def profile(args: argparse.Namespace, children: Children, workdir: str) -> str:
+    """
+    P and C profiled: by default sampled, on each runtime of --runtimes
+    (py-spy on CPython, vmprof on PyPy); with --profiler cprofile, on CPython
+    under cProfile.
+    """
+    if args.profiler == "cprofile":
+        return profile_cprofile(args, children, workdir)
+    return profile_sampled(args, children, workdir)
+
+
+def profile_sampled(args: argparse.Namespace, children: Children, workdir: str) -> str:
+    """
+    P and C on each runtime, each in a fresh proxy: warmed up as the normal
+    run does (PyPy until its rate settles), then C{args.profile_seconds} of
+    wrk load while a sampling profiler watches the serving process. Writes
+    C{profile-SCENARIO-RUNTIME.collapsed} (collapsed stacks, for any flame
+    graph tool) in the work directory and reports the top 25 functions by
+    own (self) samples, each with its package group, and the groups' shares.
+    """
+    runtimes = preflight(args)
+    py_spy = os.path.join(PROFILE_VENV, "bin", "py-spy")
+    if "cpython" in runtimes and not os.access(py_spy, os.X_OK):
+        raise BenchError(f"{py_spy} is missing: bench/run --profile installs bench/requirements.txt")
+    if "pypy" in runtimes and not os.path.isdir(os.path.join(PROFILE_PYPY_PATH, "vmprof")):
+        raise BenchError(f"vmprof is missing in {PROFILE_PYPY_PATH}: bench/run --profile installs "
+                         "bench/requirements-pypy.txt")
+    upstream, _ = start_nginx(children, workdir)
+    jwks_file, _ = bearer_material(workdir)
+    client_secret = secrets.token_urlsafe(24)
+    cases = [(scenario, path, runtime) for runtime in runtimes
+             for scenario, path in (("P", "/public/p"), ("C", "/app/c"))]
+    reserved = {(scenario, runtime): reserve_port() for scenario, _, runtime in cases}
+    issuer = start_op(children, [f"http://127.0.0.1:{s.getsockname()[1]}/oidc/callback"
+                                 for s in reserved.values()], client_secret)
+    script = os.path.join(workdir, "report.lua")
+    with open(script, "w", encoding="ascii") as f:
+        f.write(WRK_SCRIPT)
+    report = []
+    for scenario, path, runtime in cases:
+        name = f"profiled-{scenario}-{runtime}"
+        collapsed = os.path.join(workdir, f"profile-{scenario}-{runtime}.collapsed")
+        config = proxy_config(reserved[(scenario, runtime)].getsockname()[1], issuer, client_secret,
+                              secrets.token_urlsafe(32), "cookie", upstream, jwks_file)
+        command: Optional[List[str]] = None
+        env: Optional[Dict[str, str]] = None
+        vmprof_file = os.path.join(workdir, f"profile-{scenario}-{runtime}.vmprof")
+        if runtime == "pypy":
+            command = [RUNTIME_PYTHONS["pypy"], os.path.join(HERE, "vmprof_twistd.py"), vmprof_file]
+            env = child_env(source_tree=True)
+            env["PYTHONPATH"] = ROOT + os.pathsep + PROFILE_PYPY_PATH
+        proxy = start_proxy(children, workdir, name, runtime, reserved.pop((scenario, runtime)),
+                            config, command=command, env=env)
+        headers = {}
+        if scenario == "C":
+            headers["Cookie"] = browser.session_cookie(proxy.url + "/bench/login")
+        target = Target(scenario, runtime, proxy.url + path, headers, proxy)
+        problem = target.probe()
+        if problem:
+            raise BenchError(f"{target.key}: {problem}")
+        warm_up(target, args, script)
+        cpu_before = cpu_seconds(proxy.child.pid)
+        if runtime == "cpython":
+            sampler = subprocess.Popen(
+                [py_spy, "record", "--pid", str(proxy.child.pid), "--duration",
+                 str(max(1, round(args.profile_seconds))), "--rate", str(SAMPLE_RATE),
+                 "--format", "raw", "--full-filenames", "--nonblocking", "--output", collapsed],
+                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            result = run_wrk(target, args.profile_seconds, script)
+            cpu = cpu_seconds(proxy.child.pid) - cpu_before
+            try:
+                out = sampler.communicate(timeout=args.profile_seconds + 60)[0]
+            except subprocess.TimeoutExpired:
+                sampler.kill()
+                out = sampler.communicate()[0]
+            if sampler.returncode != 0 or not os.path.exists(collapsed):
+                raise BenchError(f"py-spy failed on {target.key}: "
+                                 f"{out.decode('utf-8', 'replace')[-1500:]}")
+            tool = f"py-spy {SAMPLE_RATE}/s, --nonblocking"
+        else:
+            os.kill(proxy.child.pid, signal.SIGUSR1)
+            result = run_wrk(target, args.profile_seconds, script)
+            os.kill(proxy.child.pid, signal.SIGUSR2)
+            cpu = cpu_seconds(proxy.child.pid) - cpu_before
+            proxy.child.stop()  # vmprof's file is complete once the process has stopped it
+            converted = subprocess.run(
+                [RUNTIME_PYTHONS["pypy"], os.path.join(HERE, "vmprof_collapse.py"), vmprof_file,
+                 collapsed], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT, env={**child_env(False), "PYTHONPATH": PROFILE_PYPY_PATH},
+                timeout=300, check=False)
+            if converted.returncode != 0:
+                raise BenchError(f"vmprof's profile of {target.key} could not be read: "
+                                 f"{converted.stdout.decode('utf-8', 'replace')[-1500:]}")
+            tool = f"vmprof every {1000 * VMPROF_PERIOD:g} ms of CPU time, at most the kernel's tick"
+        proxy.child.stop()
+        warm = f", after {target.warmup_s:g}s of warm-up" if target.warmup_s is not None else ""
+        report.append(f"=== {scenario} on {runtime}, sampled ({tool}): {result['rps']:,.0f} req/s "
+                      f"under the profiler ({result['requests']} requests in "
+                      f"{args.profile_seconds:g}s{warm}; {cpu:.1f}s of the proxy's CPU, "
+                      f"{cpu * 1000.0 / max(result['requests'], 1):.3f} ms per request); "
+                      f"{collapsed} ===\n" + self_time_report(collapsed))
+    report.append("(own samples: the innermost Python function of each sample; time in C "
+                  "functions counts in their Python caller, so untilConcludes is the socket's "
+                  "send/recv calls)")
+    return "\n\n".join(report)
+
+
+def package_group(path: str) -> str:
+    """ours / twisted / treq / stdlib / other, from a sampled frame's file name."""
+    if "/oidcproxy/" in path and "site-packages" not in path or path.startswith(HERE):
+        return "ours"
+    if "/twisted/" in path:
+        return "twisted"
+    if "/treq/" in path:
+        return "treq"
+    if "site-packages/" in path:
+        return "other"
+    if (path.startswith("<") or "/lib/python3" in path or "/lib/pypy3" in path
+            or path.startswith("/usr/lib/pypy")):
+        return "stdlib"
+    return "other"
+
+
+def parse_frame(frame: str) -> Tuple[str, str]:
+    """(function, file) of C{function (file:line)}."""
+    match = re.match(r"^(.*) \((.*?)(?::\d+)?\)$", frame)
+    if match is None:
+        return frame, ""
+    return match.group(1), match.group(2)
+
+
+def self_time_report(collapsed: str, top: int = 25) -> str:
+    """The top functions by own samples (the leaf of each stack), and the groups' shares."""
+    functions: Dict[Tuple[str, str], int] = {}
+    groups: Dict[str, int] = {}
+    total = 0
+    with open(collapsed, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            stack, _, count_text = line.rstrip("\n").rpartition(" ")
+            if not stack or not count_text.isdigit():
+                continue
+            count = int(count_text)
+            function, path = parse_frame(stack.split(";")[-1])
+            key = (function, path)
+            functions[key] = functions.get(key, 0) + count
+            group = package_group(path)
+            groups[group] = groups.get(group, 0) + count
+            total += count
+    if not total:
+        return "(no samples)"
+    lines = [f"{total} samples; own time by group: " + ", ".join(
+        f"{group} {100.0 * n / total:.1f}%" for group, n in sorted(groups.items(), key=lambda i: -i[1]))]
+    lines.append(f"top {top} functions by own samples:")
+    for (function, path), count in sorted(functions.items(), key=lambda i: -i[1])[:top]:
+        lines.append(f"{100.0 * count / total:5.1f}%  {package_group(path):<8} {function}  "
+                     f"({shorten_paths(path)})")
+    return "\n".join(lines)
+
+
+def profile_cprofile(args: argparse.Namespace, children: Children, workdir: str) -> str:
     """
     P and C on CPython under cProfile (twistd --profile): a fresh proxy per
     scenario, C{args.profile_seconds} of wrk load, then the top functions by
@@ -1131,12 +1647,27 @@ def main(argv: Sequence[str]) -> int:
         prog="bench/run", description="oidcproxy benchmark: ratios measured in one run "
                                       "(see bench/README.rst)")
     parser.add_argument("--quick", action="store_true",
-                        help="a smoke run of about a minute (1s per scenario, 3 rounds)")
+                        help="a smoke run of about 3 minutes (1s per scenario, 3 rounds; "
+                             "PyPy is still warmed up until its rate settles)")
     parser.add_argument("--duration", type=float, default=None,
                         help="seconds of load per scenario and round (default 3; --quick 1)")
     parser.add_argument("--repeats", type=int, default=3, help="rounds; medians are reported (3)")
     parser.add_argument("--warmup", type=float, default=None,
                         help="warm-up seconds per scenario, twice that on PyPy (default 2; --quick 1)")
+    parser.add_argument("--pypy-warmup-max", type=float, default=30.0,
+                        help="PyPy's warm-up per scenario lasts until three consecutive 1 s "
+                             "rates are within --pypy-settle of each other or stop climbing, "
+                             "at most this long (30s)")
+    parser.add_argument("--pypy-warmup-min", type=float, default=10.0,
+                        help="PyPy's warm-up per scenario lasts at least this long (10s)")
+    parser.add_argument("--pypy-settle", type=float, default=0.10,
+                        help="PyPy's warm-up: how close two 1 s rates must be (0.10: 10%%)")
+    parser.add_argument("--compare", metavar="REF", default=None,
+                        help="measure git revision REF (side A) against --compare-to (side B), "
+                             "interleaved in one run: per scenario both medians, B/A and "
+                             "whether the difference is beyond the rounds' spread")
+    parser.add_argument("--compare-to", metavar="REF", default=None,
+                        help="--compare: side B (default: the working tree)")
     parser.add_argument("--runtimes", default="cpython,pypy", help="cpython,pypy (default both)")
     parser.add_argument("--with-apache", action="store_true",
                         help="also Apache httpd + mod_auth_openidc (scenario X)")
@@ -1145,7 +1676,11 @@ def main(argv: Sequence[str]) -> int:
                         help="write the results here (default bench/results/<time>.json)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, configs)")
     parser.add_argument("--profile", action="store_true",
-                        help="instead: profile P and C on CPython with cProfile")
+                        help="instead: profile P and C (sampled on each runtime of --runtimes: "
+                             "py-spy on CPython, vmprof on PyPy; or --profiler cprofile)")
+    parser.add_argument("--profiler", choices=("sample", "cprofile"), default="sample",
+                        help="--profile: sample (default; collapsed stacks kept in the work "
+                             "directory) or cprofile (CPython only, twistd --profile)")
     parser.add_argument("--profile-seconds", type=float, default=10.0)
     parser.add_argument("--scale", action="store_true",
                         help="instead: R with 1,000 and with --scale-sessions sessions in Redis")
@@ -1174,6 +1709,16 @@ def main(argv: Sequence[str]) -> int:
     args.login_duration = max(1.0, min(3.0, args.duration))
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
+    if args.compare is not None and args.repeats < 3:
+        parser.error("--compare needs --repeats 3 or more (the rounds' spread decides what is noise)")
+    if args.compare_to is not None and args.compare is None:
+        parser.error("--compare-to goes with --compare REF")
+    if args.compare is not None and (args.profile or args.scale or args.memory or args.overload):
+        parser.error("--compare measures the scenarios of a normal run: not with --profile, "
+                     "--scale, --memory or --overload")
+    if not 0 <= args.pypy_warmup_min <= args.pypy_warmup_max or not 0 < args.pypy_settle < 1:
+        parser.error("--pypy-warmup-min must be between 0 and --pypy-warmup-max, "
+                     "--pypy-settle between 0 and 1")
     if sum((args.profile, args.scale, args.memory, args.overload)) > 1:
         parser.error("--profile, --scale, --memory and --overload are separate runs: one at a time")
     if args.overload_seconds < 1:
@@ -1186,6 +1731,7 @@ def main(argv: Sequence[str]) -> int:
 
     workdir = tempfile.mkdtemp(prefix="oidcproxy-bench-")
     children = Children(workdir)
+    checkouts = Checkouts(workdir)
 
     def on_sigterm(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
@@ -1205,7 +1751,7 @@ def main(argv: Sequence[str]) -> int:
 
             outcome = (extras.scale if args.scale else extras.memory)(args, children, workdir)
         else:
-            outcome = run(args, children, workdir)
+            outcome = run(args, children, workdir, checkouts)
         print(outcome["table"])
         path = args.json or os.path.join(
             HERE, "results", time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + ".json")
@@ -1224,8 +1770,10 @@ def main(argv: Sequence[str]) -> int:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup
         children.stop_all()
+        checkouts.remove()
         signal.signal(signal.SIGINT, signal.default_int_handler)
-        if args.keep or status not in (0, 130):
+        if args.keep or status not in (0, 130) or (
+                status == 0 and args.profile and args.profiler == "sample"):
             say(f"work directory kept: {workdir}")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
