@@ -41,7 +41,9 @@ setup(
     extras_require={
         # HTTP/2 to clients on TLS listeners (ALPN h2): Twisted's own server,
         # on the pure-Python h2 and priority packages (they install on PyPy 3.9 too).
-        "http2": ["Twisted[http2]>=24.7.0"],
+        # Named with Twisted's own bounds for its http2 extra: "Twisted[http2]"
+        # sends pip's resolver too deep in a fresh PyPy 3.9 venv.
+        "http2": ["h2>=3.2,<5.0", "priority>=1.1.0,<2.0"],
     },
     entry_points={
         "console_scripts": ["oidcproxy-import-traefik = oidcproxy.tools.traefik:main"],
