@@ -278,6 +278,14 @@ class RequestTests(SynchronousTestCase):
                          ("GET", "/down", 200, "192.0.2.7"))
         self.assertEqual(h.errors(), [])
 
+    def test_access_log_says_http2(self) -> None:
+        """The access log's proto is HTTP/2, in the text line too."""
+        h = H2Harness(self)
+        h.request(b"GET", b"/down?n=1")
+        [event] = h.access()
+        self.assertEqual(event["proto"], "HTTP/2")
+        self.assertTrue(event["access_line"].endswith(" proto=HTTP/2"), event["access_line"])
+
     def test_many_streams_on_one_connection(self) -> None:
         """Several requests in flight at once on one connection, each answered on its stream."""
         h = H2Harness(self)
