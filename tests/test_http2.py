@@ -484,6 +484,31 @@ class ConnectionTests(SynchronousTestCase):
         h.pump()
         self.assertTrue(h.transport.disconnecting)
 
+    def test_pings_do_not_keep_it_open(self) -> None:
+        """Without a request in flight, PING frames do not restart the idle timeout."""
+        h = H2Harness(self, keepalive_timeout=75)
+        h.request(b"GET", b"/down?n=1")
+        for _ in range(3):
+            h.clock.advance(25)
+            h.client.ping(b"12345678")
+            h.pump()
+        h.clock.advance(1)
+        h.pump()
+        self.assertTrue(h.transport.disconnecting)
+
+    def test_idle_from_the_last_request(self) -> None:
+        """The idle timeout runs from the end of the last request."""
+        h = H2Harness(self, keepalive_timeout=75)
+        h.request(b"GET", b"/down?n=1")
+        h.clock.advance(70)
+        h.request(b"GET", b"/down?n=1")
+        h.clock.advance(70)
+        h.pump()
+        self.assertFalse(h.transport.disconnecting)
+        h.clock.advance(6)
+        h.pump()
+        self.assertTrue(h.transport.disconnecting)
+
     def test_not_idle_with_a_request_in_flight(self) -> None:
         """A request waiting quietly on a slow answer keeps its connection past keepalive_timeout."""
         h = H2Harness(self, keepalive_timeout=75)

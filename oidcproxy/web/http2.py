@@ -15,7 +15,12 @@ limit see them as they see HTTP/1.1 requests. Per connection:
   - its client has C{client_header_timeout} seconds for the headers of its
     first request, and C{keepalive_timeout} is its idle timeout while no
     request is in flight (Twisted's would cut a connection whose requests
-    wait quietly on a slow upstream);
+    wait quietly on a slow upstream), counted from the end of its last
+    request: frames other than requests (PING) do not keep it open;
+  - at most C{http2_max_concurrent_streams} requests in flight; a header
+    list over the proxy's header limit is answered 431 on its stream;
+    stream resets are a token bucket (rapid reset); a header block kept
+    open with CONTINUATION frames is cut off past twice the header limit;
   - a stream's body has C{client_body_timeout} and C{client_body_min_rate}
     (kept by its request: the stream is answered 408 and reset);
   - a drain closes it at once when idle, or once its requests in flight
@@ -200,6 +205,13 @@ class ProxyH2Connection(H2Connection):
             site.client_timed_out(self, "headers")
         self._close(h2.errors.ErrorCodes.NO_ERROR)
 
+    def resetTimeout(self) -> None:
+        # Twisted restarts the idle timeout on any frame; without a request in
+        # flight only a request does (PING, SETTINGS and WINDOW_UPDATE frames
+        # do not keep an idle connection open): see _requestDone.
+        if self.streams:
+            super().resetTimeout()
+
     def timeoutConnection(self) -> None:
         if self.streams:
             # Requests in flight: the connection is not idle. (A stream
@@ -238,6 +250,9 @@ class ProxyH2Connection(H2Connection):
             self._tryToWriteControlData()
         if self.draining and not self.streams and self._stillProducing:
             self._close(h2.errors.ErrorCodes.NO_ERROR)
+        elif not self.streams and not self._closing():
+            # Idle from now on.
+            self.setTimeout(self.timeOut)
 
     def _close(self, code: int) -> None:
         """GOAWAY, then close; cut after L{ABORT_AFTER} seconds if the client reads nothing."""
