@@ -112,7 +112,7 @@ class ProxyH2Connection(H2Connection):
 
     def dataReceived(self, data: bytes) -> None:
         super().dataReceived(data)
-        pending = self.conn.incoming_buffer._headers_buffer
+        pending = getattr(self.conn.incoming_buffer, "_headers_buffer", None)
         if pending and sum(len(frame.data) for frame in pending) > 2 * self.max_header_list:
             # A header block still open (CONTINUATION frames) that has grown
             # past what its decoding would accept: h2 alone would buffer 64
