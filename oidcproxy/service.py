@@ -101,6 +101,7 @@ def build_site(
         metrics=metrics,
         limits=config.client_limits,
         http2=config.http2,
+        http2_max_streams=config.http2_max_concurrent_streams,
     )
     site.proxy = proxy  # type: ignore[attr-defined]
     site.guard = guard  # type: ignore[attr-defined]
@@ -372,7 +373,7 @@ class SighupHandler(SignalHandler):
 
 RESTART_KEYS = (
     "listen", "public_url", "endpoints_prefix", "workers", "keepalive_timeout", "access_log",
-    "http2", "oidc", "session", "state_cookie", "redis", "admin", "metrics",
+    "http2", "http2_max_concurrent_streams", "oidc", "session", "state_cookie", "redis", "admin", "metrics",
 )
 """The top-level keys and sections a reload does not apply (they need a restart)."""
 

@@ -278,6 +278,14 @@ class RequestTests(SynchronousTestCase):
                          ("GET", "/down", 200, "192.0.2.7"))
         self.assertEqual(h.errors(), [])
 
+    def test_access_log_says_http2(self) -> None:
+        """The access log's proto is HTTP/2, in the text line too."""
+        h = H2Harness(self)
+        h.request(b"GET", b"/down?n=1")
+        [event] = h.access()
+        self.assertEqual(event["proto"], "HTTP/2")
+        self.assertTrue(event["access_line"].endswith(" proto=HTTP/2"), event["access_line"])
+
     def test_many_streams_on_one_connection(self) -> None:
         """Several requests in flight at once on one connection, each answered on its stream."""
         h = H2Harness(self)
@@ -473,6 +481,31 @@ class ConnectionTests(SynchronousTestCase):
         h = H2Harness(self, keepalive_timeout=75)
         h.request(b"GET", b"/down?n=1")
         h.clock.advance(76)
+        h.pump()
+        self.assertTrue(h.transport.disconnecting)
+
+    def test_pings_do_not_keep_it_open(self) -> None:
+        """Without a request in flight, PING frames do not restart the idle timeout."""
+        h = H2Harness(self, keepalive_timeout=75)
+        h.request(b"GET", b"/down?n=1")
+        for _ in range(3):
+            h.clock.advance(25)
+            h.client.ping(b"12345678")
+            h.pump()
+        h.clock.advance(1)
+        h.pump()
+        self.assertTrue(h.transport.disconnecting)
+
+    def test_idle_from_the_last_request(self) -> None:
+        """The idle timeout runs from the end of the last request."""
+        h = H2Harness(self, keepalive_timeout=75)
+        h.request(b"GET", b"/down?n=1")
+        h.clock.advance(70)
+        h.request(b"GET", b"/down?n=1")
+        h.clock.advance(70)
+        h.pump()
+        self.assertFalse(h.transport.disconnecting)
+        h.clock.advance(6)
         h.pump()
         self.assertTrue(h.transport.disconnecting)
 

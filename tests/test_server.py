@@ -220,6 +220,26 @@ class AccessLogTests(SynchronousTestCase):
         self.assertEqual([(e["path"], e["user"], e["auth"]) for e in h.access()],
                          [("/who", "alice", "session"), ("/anon", "-", "-")])
 
+    def test_protocol(self):
+        """
+        The access log says the protocol of the request line (in text and as
+        the proto field); '-' before a valid request line.
+        """
+        h = SiteHarness(self)
+        h.send(b"GET /one HTTP/1.1\r\nHost: a\r\n\r\n")
+        ten = SiteHarness(self)
+        ten.send(b"GET /ten HTTP/1.0\r\nHost: a\r\n\r\n")
+        big = SiteHarness(self)
+        big.send(b"POST /big/x HTTP/1.1\r\nHost: a\r\nContent-Length: 1001\r\n\r\n")
+        bad = SiteHarness(self)
+        bad.send(b"GET /bad\r\n\r\n")
+        bad.channel.connectionLost(Failure(ConnectionDone()))
+        events = h.access()  # h's observer saw every connection
+        self.assertEqual([(e["path"], e["status"], e["proto"]) for e in events],
+                         [("/one", 200, "HTTP/1.1"), ("/ten", 200, "HTTP/1.0"),
+                          ("/big/x", 413, "HTTP/1.1"), ("-", 400, "-")])
+        self.assertTrue(events[0]["access_line"].endswith(" proto=HTTP/1.1"), events[0]["access_line"])
+
     def test_json_log_observer(self):
         """--logger=oidcproxy.logs.json writes each event as one JSON line with its fields."""
         import io

@@ -216,6 +216,11 @@ def _top_level(top: Table) -> Dict[str, Any]:
             doc="Offer HTTP/2 (``h2``) by ALPN on ``ssl:`` listeners when the ``h2`` package is "
             "installed (``pip install oidcproxy[http2]``); false offers only HTTP/1.1. Needs a "
             "restart."),
+        "http2_max_concurrent_streams": top.integer(
+            "http2_max_concurrent_streams", defaults.http2_max_concurrent_streams, minimum=1,
+            doc="Requests one HTTP/2 connection may have in flight at once (advertised as "
+            "``SETTINGS_MAX_CONCURRENT_STREAMS``); a client that opens more loses the connection. "
+            "Its stream resets are capped too: twice this many at once, then 33 a second."),
         "username_claim": top.string(
             "username_claim", "sub",
             doc="The claim shown as the access log's user; the ``sub`` when a request's claims "

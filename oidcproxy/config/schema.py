@@ -375,6 +375,12 @@ class Config:
     access_log: bool = True
     http2: bool = True
     """Offer HTTP/2 (C{h2}) on TLS listeners when Twisted's C{http2} extra is installed."""
+    http2_max_concurrent_streams: int = 100
+    """
+    Requests one HTTP/2 connection may have in flight at once
+    (C{SETTINGS_MAX_CONCURRENT_STREAMS}): Apache's C{H2MaxSessionStreams}
+    and the C{h2} package's default (nginx: 128).
+    """
     case_insensitive_routes: bool = False
     """The C{case_insensitive} of routes that do not set it."""
     websocket_origins: Tuple[str, ...] = ()

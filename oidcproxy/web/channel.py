@@ -44,6 +44,8 @@ class ProxyChannel(HTTPChannel):
     """The method of the current request, once its request line is in (as C{H2Stream.command})."""
     path: Optional[bytes] = None
     """The raw target of the current request, once its request line is in (as C{H2Stream.path})."""
+    version: Optional[bytes] = None
+    """The protocol of the current request's line (C{HTTP/1.1}), once it is in."""
     _awaiting_line = True
     oidcproxy_address: Optional[str] = None
     """The client's address, while counted against C{max_client_connections_per_address}."""
@@ -82,7 +84,7 @@ class ProxyChannel(HTTPChannel):
         awaiting = self._awaiting_line and line != b""
         if awaiting:
             self._awaiting_line = False
-            self.command = self.path = None
+            self.command = self.path = self.version = None
         super().lineReceived(line)
         if awaiting and self.answered is None:
             # Twisted took it as a request line (a malformed one is
@@ -90,7 +92,7 @@ class ProxyChannel(HTTPChannel):
             # before the channel hands them over with the whole request.
             parts = line.split()
             if len(parts) == 3:
-                self.command, self.path = parts[0], parts[1]
+                self.command, self.path, self.version = parts
 
     def rawDataReceived(self, data: bytes) -> None:
         if self.phase == "body":

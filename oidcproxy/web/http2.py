@@ -15,7 +15,12 @@ limit see them as they see HTTP/1.1 requests. Per connection:
   - its client has C{client_header_timeout} seconds for the headers of its
     first request, and C{keepalive_timeout} is its idle timeout while no
     request is in flight (Twisted's would cut a connection whose requests
-    wait quietly on a slow upstream);
+    wait quietly on a slow upstream), counted from the end of its last
+    request: frames other than requests (PING) do not keep it open;
+  - at most C{http2_max_concurrent_streams} requests in flight; a header
+    list over the proxy's header limit is answered 431 on its stream;
+    stream resets are a token bucket (rapid reset); a header block kept
+    open with CONTINUATION frames is cut off past twice the header limit;
   - a stream's body has C{client_body_timeout} and C{client_body_min_rate}
     (kept by its request: the stream is answered 408 and reset);
   - a drain closes it at once when idle, or once its requests in flight
@@ -43,12 +48,19 @@ from __future__ import annotations
 from typing import Any, Optional, Set
 
 import h2.errors
+from h2.settings import SettingCodes, Settings
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 from twisted.web._http2 import _END_STREAM_SENTINEL, H2Connection
 
 from .connections import ABORT_AFTER, ClientConnections
+
+RESET_RATE = 33.0
+"""Stream resets by a client per second, past its burst (as Twisted 26's own bucket)."""
+
+HEADER_FIELD_OVERHEAD = 32
+"""What RFC 9113 (6.5.2) counts for each header field besides its name and value."""
 
 __all__ = ["ProxyH2Connection", "switch_to_http2"]
 
@@ -63,10 +75,34 @@ class ProxyH2Connection(H2Connection):
     """A drain is waiting for this connection's requests in flight."""
     _deadline: Optional[IDelayedCall] = None
     _abort_call: Optional[IDelayedCall] = None
+    max_header_list = 65536
+    """Header-list size (RFC 9113's count) above which a request is answered 431."""
 
     def __init__(self, reactor: Any = None) -> None:
         super().__init__(reactor=reactor)
         self._parked: Set[int] = set()
+        self._reset_burst = self._reset_tokens = 200.0
+        self._reset_time = self._reactor.seconds()
+
+    def set_limits(self, max_streams: int, max_header_list: int) -> None:
+        """
+        Before the connection starts: at most C{max_streams} requests in
+        flight, advertised with a header list of at most C{max_header_list}
+        (a larger one is answered 431 on its stream; one over twice that
+        closes the connection, as does a header block still growing past
+        it). Stream resets by the client: a burst of twice C{max_streams},
+        then Twisted's 33 a second.
+        """
+        self.max_header_list = max_header_list
+        self.conn.local_settings = Settings(client=False, initial_values={
+            SettingCodes.MAX_CONCURRENT_STREAMS: max_streams,
+            SettingCodes.MAX_HEADER_LIST_SIZE: max_header_list,
+        })
+        # HPACK's decoder refuses (and h2 closes the connection) past this;
+        # it must decode a block to keep the connection's compression state,
+        # so a request between the two gets its 431 on its own stream.
+        self.conn.decoder.max_header_list_size = 2 * max_header_list
+        self._reset_burst = self._reset_tokens = 2.0 * max_streams
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -76,11 +112,59 @@ class ProxyH2Connection(H2Connection):
 
     def dataReceived(self, data: bytes) -> None:
         super().dataReceived(data)
+        pending = getattr(self.conn.incoming_buffer, "_headers_buffer", None)
+        if pending and sum(len(frame.data) for frame in pending) > 2 * self.max_header_list:
+            # A header block still open (CONTINUATION frames) that has grown
+            # past what its decoding would accept: h2 alone would buffer 64
+            # frames (a MiB) before giving up.
+            self._close(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
+            return
         if self._deadline is not None and self.conn.highest_inbound_stream_id > 0:
             # The first request's headers are in.
             self.stop_deadlines()
         if self._parked:
             self._unpark()
+
+    def _closing(self) -> bool:
+        transport: Any = self.transport
+        return not self._stillProducing or transport is None or transport.disconnecting
+
+    def _requestReceived(self, event: Any) -> None:
+        if self._closing():
+            # Closed (a flood cut off) while the rest of what the client sent
+            # is read: Twisted would start the requests of the streams that
+            # follow, and never tell them their connection is gone.
+            return
+        super()._requestReceived(event)
+        size = sum(len(name) + len(value) + HEADER_FIELD_OVERHEAD for name, value in event.headers)
+        if size > self.max_header_list:
+            request = getattr(self.streams[event.stream_id], "_request", None)
+            refuse = getattr(request, "refuse_headers", None)
+            if refuse is not None:
+                refuse(self.max_header_list)
+
+    def _requestDataReceived(self, event: Any) -> None:
+        if event.stream_id in self.streams:
+            super()._requestDataReceived(event)
+
+    def _requestEnded(self, event: Any) -> None:
+        if event.stream_id in self.streams:
+            super()._requestEnded(event)
+
+    def _requestAborted(self, event: Any) -> None:
+        if event.stream_id not in self.streams:
+            return
+        super()._requestAborted(event)
+        # Rapid reset (CVE-2023-44487): a token bucket of stream resets.
+        # Twisted 26 has one too (a burst of 1,000), Twisted 25 none.
+        now = self._reactor.seconds()
+        self._reset_tokens = min(self._reset_burst,
+                                 self._reset_tokens + max(0.0, now - self._reset_time) * RESET_RATE)
+        self._reset_time = now
+        if self._reset_tokens < 1:
+            self._close(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
+        else:
+            self._reset_tokens -= 1
 
     def _sendPrioritisedData(self, *args: Any) -> None:
         # Park the streams with data queued but no window to send it in, so
@@ -121,6 +205,13 @@ class ProxyH2Connection(H2Connection):
             site.client_timed_out(self, "headers")
         self._close(h2.errors.ErrorCodes.NO_ERROR)
 
+    def resetTimeout(self) -> None:
+        # Twisted restarts the idle timeout on any frame; without a request in
+        # flight only a request does (PING, SETTINGS and WINDOW_UPDATE frames
+        # do not keep an idle connection open): see _requestDone.
+        if self.streams:
+            super().resetTimeout()
+
     def timeoutConnection(self) -> None:
         if self.streams:
             # Requests in flight: the connection is not idle. (A stream
@@ -159,6 +250,9 @@ class ProxyH2Connection(H2Connection):
             self._tryToWriteControlData()
         if self.draining and not self.streams and self._stillProducing:
             self._close(h2.errors.ErrorCodes.NO_ERROR)
+        elif not self.streams and not self._closing():
+            # Idle from now on.
+            self.setTimeout(self.timeOut)
 
     def _close(self, code: int) -> None:
         """GOAWAY, then close; cut after L{ABORT_AFTER} seconds if the client reads nothing."""
@@ -200,6 +294,8 @@ def switch_to_http2(channel: Any) -> ProxyH2Connection:
     connection.factory = channel.factory
     connection.timeOut = channel.timeOut
     connection.callLater = channel.callLater  # type: ignore[method-assign]
+    connection.set_limits(getattr(site, "http2_max_streams", 100),
+                          getattr(site, "max_header_size", ProxyH2Connection.max_header_list))
     channel.stop_deadlines()
     channel.setTimeout(None)
     transport.unregisterProducer()

@@ -189,6 +189,18 @@ class ProxyRequest(server.Request):
         channel.refuse(413, b"Content Too Large",
                        b"Content-Type: " + content_type + b"\r\nCache-Control: no-store\r\n", body)
 
+    def refuse_headers(self, limit: int) -> None:
+        """
+        An HTTP/2 request whose header list is over C{limit} bytes: 431 on
+        its stream (over HTTP/1.1 the channel answers an over-long line).
+        """
+        if self._refused:
+            return
+        site = self._stop_reading(431)
+        if site is not None:
+            site.clock.callLater(0, self._answer_on_stream, 431, "headers_too_large",
+                                 f"The request headers are larger than {limit} bytes.")
+
     def _error_body(self, code: int, error: str, detail: str) -> Tuple[bytes, bytes]:
         accept = b",".join(self.requestHeaders.getRawHeaders(b"accept", [])).lower()
         return error_body(code, error, detail, b"json" in accept)
@@ -254,6 +266,18 @@ class ProxyRequest(server.Request):
             site.log_request(self, status=answered if answered is not None else 499)
 
 
+def _proto(request: Any) -> str:
+    """The protocol a request came in (C{HTTP/1.1}, C{HTTP/2}); C{-} before a valid request line."""
+    if getattr(request, "stream_id", None) is not None:
+        return "HTTP/2"
+    proto = getattr(request, "clientproto", None)
+    if not (isinstance(proto, bytes) and proto.startswith(b"HTTP/")):
+        proto = getattr(request.channel, "version", None)
+    if isinstance(proto, bytes) and proto.startswith(b"HTTP/") and len(proto) <= 16:
+        return proto.decode("ascii", "backslashreplace")
+    return "-"
+
+
 def _client(request: Any) -> str:
     peer = request.getClientAddress()
     return str(getattr(peer, "host", "-"))
@@ -275,6 +299,8 @@ class ProxySite(ClientConnections, server.Site):
     @param http2: offer HTTP/2 (C{h2}) in the TLS handshake (ALPN), when
         Twisted can speak it (its C{http2} extra is installed); otherwise
         only C{http/1.1} is offered.
+    @param http2_max_streams: the requests one HTTP/2 connection may have in
+        flight at once (C{SETTINGS_MAX_CONCURRENT_STREAMS}).
     """
 
     requestFactory = ProxyRequest
@@ -292,6 +318,7 @@ class ProxySite(ClientConnections, server.Site):
         metrics: Optional[NullMetrics] = None,
         limits: Optional[ClientLimits] = None,
         http2: bool = True,
+        http2_max_streams: int = 100,
     ) -> None:
         super().__init__(resource, timeout=keepalive_timeout, reactor=reactor)
         self.metrics = metrics if metrics is not None else NullMetrics()
@@ -303,6 +330,7 @@ class ProxySite(ClientConnections, server.Site):
         # Twisted's default version banner is not for strangers.
         self.displayTracebacks = False
         self.http2 = http2 and H2_ENABLED
+        self.http2_max_streams = http2_max_streams
         self.draining = False
         self._init_connections()
 
@@ -357,6 +385,7 @@ class ProxySite(ClientConnections, server.Site):
             duration_ms=duration_ms,
             route=route.name if route is not None else "-",
             upstream=route.upstream if route is not None else "-",
+            proto=_proto(request),
         )
         # The text is made here, once: a format string of a dozen fields
         # costs every text observer a dozen formatting calls per request.
@@ -366,6 +395,6 @@ class ProxySite(ClientConnections, server.Site):
             access_line=(
                 f'{fields["client"]} "{fields["method"]} {path}" {status} {fields["bytes"]} '
                 f"{duration_ms}ms route={fields['route']} upstream={fields['upstream']} "
-                f"user={fields['user']} auth={fields['auth']}"),
+                f"user={fields['user']} auth={fields['auth']} proto={fields['proto']}"),
             **fields,
         )

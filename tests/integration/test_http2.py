@@ -10,8 +10,12 @@ session route (302 with its state cookie); a session route with a session
 cookie sealed by the test (it knows the secret); a bearer route without a
 token (401); a streamed upload and download of a few MB on one connection;
 an RST_STREAM in mid-request, which ends the upstream request as a client's
-disconnect does over HTTP/1.1; and a WebSocket upgrade over HTTP/1.1 on the
-same listener.
+disconnect does over HTTP/1.1; a WebSocket upgrade over HTTP/1.1 on the
+same listener; an SSE answer arriving event by event; CSRF (refused without
+the token, accepted with it; cookies in several fields); forward auth; 100 MB
+up and down with the proxy's peak RSS barely moving; a 431 on one stream;
+and the rapid-reset and CONTINUATION floods, cut off while another
+connection is served (the figures are printed).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import h2.connection
 import h2.errors
 import h2.events
 from cryptography.hazmat.primitives.asymmetric import rsa
+from hyperframe.frame import ContinuationFrame, HeadersFrame, RstStreamFrame
 from jwt.algorithms import RSAAlgorithm
 from twisted.internet import reactor
 from twisted.internet.threads import deferToThread
@@ -59,6 +64,8 @@ class Answer:
     def __init__(self) -> None:
         self.headers: List[Tuple[bytes, bytes]] = []
         self.body = bytearray()
+        self.chunks: List[Tuple[float, bytes]] = []
+        """Each piece of the body as it came, with its time (C{time.monotonic})."""
         self.ended = False
         self.reset: Optional[int] = None
 
@@ -82,7 +89,8 @@ class H2Client:
     (verified against C{ca} as C{localhost}), offering C{alpn}.
     """
 
-    def __init__(self, port: int, ca: str, alpn: Sequence[str] = ("h2", "http/1.1")) -> None:
+    def __init__(self, port: int, ca: str, alpn: Sequence[str] = ("h2", "http/1.1"),
+                 keep_body: bool = True) -> None:
         context = ssl.create_default_context(cafile=ca)
         context.set_alpn_protocols(list(alpn))
         raw = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
@@ -91,6 +99,10 @@ class H2Client:
         self.conn = h2.connection.H2Connection(
             h2.config.H2Configuration(client_side=True, header_encoding=None))
         self.answers: Dict[int, Answer] = {}
+        self.keep_body = keep_body
+        """Keep all that the bodies carry (else their first MiB, and their SHA-256 in C{received})."""
+        self.received: Dict[int, Any] = {}
+        self.goaway: Optional[int] = None
         if self.protocol == "h2":
             self.conn.initiate_connection()
             self.flush()
@@ -116,7 +128,11 @@ class H2Client:
                 answer.headers = list(event.headers)
             elif isinstance(event, h2.events.DataReceived):
                 assert answer is not None
-                answer.body += event.data
+                if self.keep_body or len(answer.body) < 2 ** 20:
+                    answer.body += event.data
+                    answer.chunks.append((time.monotonic(), event.data))
+                if not self.keep_body:
+                    self.received.setdefault(stream, hashlib.sha256()).update(event.data)
                 self.conn.acknowledge_received_data(event.flow_controlled_length, stream)
             elif isinstance(event, h2.events.StreamEnded):
                 assert answer is not None
@@ -124,6 +140,8 @@ class H2Client:
             elif isinstance(event, h2.events.StreamReset):
                 assert answer is not None
                 answer.reset = event.error_code
+            elif isinstance(event, h2.events.ConnectionTerminated):
+                self.goaway = event.error_code
         self.flush()
 
     def start(self, method: str, path: str, headers: Sequence[Tuple[str, str]] = (),
@@ -227,8 +245,9 @@ class HTTP2Tests(TestCase):
         self.addCleanup(port.stopListening)
         return f"http://127.0.0.1:{port.getHost().port}"
 
-    def client(self, port: int, alpn: Sequence[str] = ("h2", "http/1.1")) -> H2Client:
-        client = H2Client(port, self.pki["ca"], alpn)
+    def client(self, port: int, alpn: Sequence[str] = ("h2", "http/1.1"),
+               keep_body: bool = True) -> H2Client:
+        client = H2Client(port, self.pki["ca"], alpn, keep_body)
         self.addCleanup(client.close)
         return client
 
@@ -405,7 +424,257 @@ class HTTP2Tests(TestCase):
         self.assertTrue(head.startswith(b"HTTP/1.1 101 "), head)
         accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
         self.assertIn(b"sec-websocket-accept: " + accept.lower(), head.lower())
-        self.assertEqual(len(ws.handshakes("/echo")), 1)
+        # The server notes the handshake once its 101 is out: it may come after the 101.
+        handshakes = await procs.poll(lambda: ws.handshakes("/echo") or None, TIMEOUT,
+                                      what="the WebSocket server to note the handshake")
+        self.assertEqual(len(handshakes), 1)
+
+
+    async def test_sse_event_by_event(self) -> None:
+        """A text/event-stream answer arrives over h2 event by event, not at its end."""
+        ws = await start_ws_server(self)
+        port = await self.start(routes=procs.route_config(
+            f"http://127.0.0.1:{ws.sse_port}", path="/sse", strip_prefix=True,
+            stream_idle_timeout="5s"))
+
+        def listen() -> Tuple[float, Answer]:
+            client = self.client(port)
+            started = time.monotonic()
+            return started, client.request("GET", "/sse/events?n=3&every=0.5",
+                                           [("accept", "text/event-stream")])
+
+        started, answer = await deferToThread(listen)
+        self.assertEqual(answer.status, 200)
+        self.assertEqual(answer.header(b"content-type"), b"text/event-stream")
+        self.assertEqual(bytes(answer.body), b"data: event 0\n\ndata: event 1\n\ndata: event 2\n\n")
+        arrivals = [(round(at - started, 1), data) for at, data in answer.chunks if data]
+        self.assertEqual([data for _, data in arrivals],
+                         [b"data: event %d\n\n" % i for i in range(3)], arrivals)
+        # One every half second: the first one did not wait for the last.
+        self.assertGreaterEqual(arrivals[2][0] - arrivals[0][0], 0.8, arrivals)
+
+    async def test_csrf(self) -> None:
+        """
+        With [csrf], over h2: a session POST without the token is refused
+        (403), with the cookie's token in the header it goes through; the
+        cookies may come as separate cookie fields (RFC 9113 8.2.3), and the
+        upstream gets them as one Cookie header.
+        """
+        port = await self.start("[csrf]")
+        cookie = f"{SESSION_COOKIE}={session_cookie()}"
+
+        def walk() -> Dict[str, Answer]:
+            client = self.client(port)
+            page = client.request("GET", "/app/echo", [("cookie", cookie), ("cookie", "mine=1")])
+            token = ""
+            for header in page.headers_named(b"set-cookie"):
+                name, _, rest = header.decode().partition("=")
+                if name == "__Host-oidcproxy_csrf":
+                    token = rest.split(";")[0]
+            refused = client.request("POST", "/app/upload", [("cookie", cookie)], b"x")
+            accepted = client.request(
+                "POST", "/app/upload",
+                [("cookie", cookie), ("cookie", f"__Host-oidcproxy_csrf={token}"),
+                 ("x-csrf-token", token)], b"xyz")
+            return {"page": page, "refused": refused, "accepted": accepted}
+
+        got = await deferToThread(walk)
+        page = got["page"]
+        self.assertEqual(page.status, 200, bytes(page.body))
+        echo = json.loads(bytes(page.body))
+        cookies = [value for name, value in echo["headers"] if name.lower() == "cookie"]
+        self.assertEqual(cookies, ["mine=1"])
+        self.assertEqual(got["refused"].status, 403, bytes(got["refused"].body))
+        accepted = got["accepted"]
+        self.assertEqual(accepted.status, 200, bytes(accepted.body))
+        self.assertEqual(json.loads(bytes(accepted.body))["length"], 3)
+        self.assertIn("auth=csrf_refused proto=HTTP/2", self.log())
+
+    async def test_forward_auth(self) -> None:
+        """/oidc/auth answers over h2: 200 with the identity for a session, 401 without."""
+        port = await self.start('trusted_proxies = ["127.0.0.1/32"]')
+        described = [("x-forwarded-method", "GET"), ("x-forwarded-proto", "https"),
+                     ("x-forwarded-host", "app.test"), ("x-forwarded-uri", "/app/page")]
+
+        def ask() -> Tuple[Answer, Answer]:
+            client = self.client(port)
+            deadline = time.monotonic() + TIMEOUT
+            without = client.request("GET", "/oidc/auth", described)
+            while without.status == 503 and time.monotonic() < deadline:
+                time.sleep(0.1)  # the proxy fetches the IdP's keys as it starts
+                without = client.request("GET", "/oidc/auth", described)
+            cookie = [("cookie", f"{SESSION_COOKIE}={session_cookie('bob')}")]
+            return without, client.request("GET", "/oidc/auth", described + cookie)
+
+        without, with_session = await deferToThread(ask)
+        self.assertEqual(without.status, 401, bytes(without.body))
+        self.assertEqual(with_session.status, 200, bytes(with_session.body))
+        self.assertEqual(with_session.header(b"x-forwarded-user"), b"bob")
+        self.assertIn('"GET /oidc/auth" 200', self.log())
+
+    async def test_100_mb_up_and_down_streamed(self) -> None:
+        """
+        100 MB up and 100 MB down on one h2 connection cross whole, and the
+        proxy's peak RSS grows by far less than that: it streams them.
+        """
+        port = await self.start("[upstream]", "max_body_size = 200_000_000")
+        size = 100 * 1024 * 1024
+        body = os.urandom(1024 * 1024) * 100
+        # Warm up (first request, TLS, the upstream pool) before the baseline.
+        await deferToThread(lambda: self.client(port).request("GET", "/public/echo"))
+        before = peak_rss(self.proxy.pid)
+
+        def transfer() -> Tuple[Answer, Answer, Any]:
+            client = self.client(port, keep_body=False)
+            up = client.request("POST", "/public/upload",
+                                [("content-type", "application/octet-stream")], body)
+            down_stream = client.start("GET", f"/public/bytes?n={size}")
+            down = client.wait(down_stream)
+            return up, down, client.received[down_stream]
+
+        up, down, digest = await deferToThread(transfer)
+        grown = peak_rss(self.proxy.pid) - before
+        self.assertEqual(up.status, 200, bytes(up.body))
+        self.assertEqual(json.loads(bytes(up.body)),
+                         {"length": size, "sha256": hashlib.sha256(body).hexdigest()})
+        self.assertEqual(down.status, 200)
+        self.assertEqual(digest.hexdigest(), bytes_sha256(size))
+        print(f"\n100 MB up and down over h2: the proxy's peak RSS grew {grown / 2 ** 20:.1f} MiB")
+        self.assertLess(grown, 40 * 1024 * 1024)
+
+    async def test_rapid_reset_flood(self) -> None:
+        """
+        A client opening and resetting streams as fast as it can is cut off
+        (GOAWAY ENHANCE_YOUR_CALM); the proxy started about the reset
+        bucket's burst of requests (each cancelled: 499), and the upstream
+        saw no more; another connection is served meanwhile.
+        """
+        port = await self.start()
+        await deferToThread(lambda: self.client(port).request("GET", "/public/echo"))
+
+        def flood() -> Tuple[int, Optional[int], float]:
+            client = self.client(port)
+            # Settings acknowledged first: the raw frames use the client's own encoder.
+            client.request("GET", "/public/echo")
+            encoder = client.conn.encoder
+            first = client.conn.get_next_available_stream_id()
+            fields = [(b":method", b"GET"), (b":path", b"/public/hang"),
+                      (b":authority", b"app.test"), (b":scheme", b"https")]
+            sent = 0
+            started = time.monotonic()
+            client.sock.settimeout(0.001)
+            while client.goaway is None and sent < 100000:
+                frames = []
+                for _ in range(50):
+                    stream = first + 2 * sent
+                    headers = HeadersFrame(stream, encoder.encode(fields))
+                    headers.flags.add("END_HEADERS")
+                    headers.flags.add("END_STREAM")
+                    reset = RstStreamFrame(stream)
+                    reset.error_code = h2.errors.ErrorCodes.CANCEL
+                    frames += [headers.serialize(), reset.serialize()]
+                    sent += 1
+                try:
+                    client.sock.sendall(b"".join(frames))
+                    client.read()
+                except (socket.timeout, ssl.SSLWantReadError):
+                    continue
+                except (OSError, ConnectionError, h2.exceptions.ProtocolError):
+                    break
+            client.sock.settimeout(TIMEOUT)
+            while client.goaway is None:
+                try:
+                    client.read()
+                except (OSError, ConnectionError):
+                    break
+            return sent, client.goaway, time.monotonic() - started
+
+        sent, goaway, elapsed = await deferToThread(flood)
+        other = await deferToThread(lambda: self.client(port).request("GET", "/public/echo"))
+        self.assertEqual(other.status, 200)
+        self.assertEqual(goaway, h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
+        await procs.sleep(1)
+        hangs = [r for r in await self.events() if r["uri"] == "/hang"]
+        started = self.log().count('"GET /public/hang" 499')
+        print(f"\nrapid reset: {sent} HEADERS+RST_STREAM pairs written in {elapsed:.2f}s before "
+              f"the GOAWAY; the proxy started {started} requests, {len(hangs)} reached the upstream")
+        # The bucket: a burst of 200 (twice the default stream limit), refilled at 33 a second.
+        self.assertLessEqual(started, 201 + 33 * elapsed + 1)
+        self.assertLessEqual(len(hangs), started)
+        self.assertNotIn("Traceback", self.log())
+
+    async def test_continuation_flood(self) -> None:
+        """
+        A header block that never ends is cut off (GOAWAY ENHANCE_YOUR_CALM)
+        without the proxy holding it: its RSS barely moves, another
+        connection is served.
+        """
+        port = await self.start()
+        await deferToThread(lambda: self.client(port).request("GET", "/public/echo"))
+        before = peak_rss(self.proxy.pid)
+
+        def flood() -> Tuple[int, Optional[int], float]:
+            client = self.client(port)
+            # Settings acknowledged first: nothing of the client's may come
+            # between the HEADERS and its CONTINUATION frames.
+            client.request("GET", "/public/echo")
+            stream = client.conn.get_next_available_stream_id()
+            headers = HeadersFrame(stream, client.conn.encoder.encode(
+                [(b":method", b"GET"), (b":path", b"/public/echo"),
+                 (b":authority", b"app.test"), (b":scheme", b"https")]))
+            client.sock.sendall(headers.serialize())
+            frame = ContinuationFrame(stream, b"\x00" * 16384).serialize()
+            sent = 0
+            started = time.monotonic()
+            client.sock.settimeout(0.001)
+            while client.goaway is None and sent < 64 * 2 ** 20:
+                try:
+                    client.sock.sendall(frame)
+                    sent += 16384
+                    client.read()
+                except (socket.timeout, ssl.SSLWantReadError):
+                    continue
+                except (OSError, ConnectionError, h2.exceptions.ProtocolError):
+                    break
+            client.sock.settimeout(TIMEOUT)
+            while client.goaway is None:
+                try:
+                    client.read()
+                except (OSError, ConnectionError):
+                    break
+            return sent, client.goaway, time.monotonic() - started
+
+        sent, goaway, elapsed = await deferToThread(flood)
+        other = await deferToThread(lambda: self.client(port).request("GET", "/public/echo"))
+        self.assertEqual(other.status, 200)
+        self.assertEqual(goaway, h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
+        grown = peak_rss(self.proxy.pid) - before
+        print(f"\nCONTINUATION flood: {sent} bytes written in {elapsed:.2f}s before the GOAWAY; "
+              f"the proxy's peak RSS grew {grown / 1024:.0f} KiB")
+        self.assertLess(grown, 8 * 1024 * 1024)
+
+    async def test_header_list_over_the_limit(self) -> None:
+        """An over-long Cookie over h2: 431 on its stream, and the connection goes on."""
+        port = await self.start()
+
+        def ask() -> Tuple[Answer, Answer]:
+            client = self.client(port)
+            big = client.request("GET", "/public/echo", [("cookie", "c=" + "x" * 60000)])
+            return big, client.request("GET", "/public/echo")
+
+        big, after = await deferToThread(ask)
+        self.assertEqual(big.status, 431)
+        self.assertEqual(after.status, 200)
+        self.assertIn('"GET /public/echo" 431', self.log())
+
+
+def peak_rss(pid: int) -> int:
+    """The peak resident set size of process C{pid} (VmHWM), in bytes."""
+    with open(f"/proc/{pid}/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmHWM for process {pid}")
 
 
 def dechunk(body: bytes) -> bytes:

@@ -24,7 +24,7 @@ import json
 import os
 import sys
 import time
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Sequence
 from urllib.parse import parse_qs, urlsplit
 
 from twisted.internet.threads import deferToThread
@@ -268,7 +268,7 @@ class Browser:
         self.driver = driver
 
     @classmethod
-    async def start(cls, testcase: TestCase) -> Browser:
+    async def start(cls, testcase: TestCase, extra_args: Sequence[str] = ()) -> Browser:
         from selenium import webdriver
         from selenium.webdriver.chrome.options import Options
         from selenium.webdriver.chrome.service import Service
@@ -277,7 +277,7 @@ class Browser:
         os.makedirs(workdir)
         options = Options()
         options.binary_location = CHROMIUM
-        for arg in CHROMIUM_ARGS:
+        for arg in (*CHROMIUM_ARGS, *extra_args):
             options.add_argument(arg)
         options.add_argument(f"--user-data-dir={os.path.join(workdir, 'profile')}")
         # The driver is given: Selenium Manager (which downloads) never runs.
