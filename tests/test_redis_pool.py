@@ -109,6 +109,67 @@ class ReactorTests(SynchronousTestCase):
         pool.reactor.advance(10)
         self.assertFalse(transport.disconnected)
 
+    def test_one_deadline_timer_per_connection(self):
+        """Commands in flight on a connection share one reply-deadline timer, not one each."""
+        pool = Pool(self, command_timeout=1.5)
+        pool.connect()
+        timers = len(pool.reactor.getDelayedCalls())
+        sent = [pool.handler.execute_command("GET", f"k{i}") for i in range(50)]
+        self.assertEqual(len(pool.reactor.getDelayedCalls()), timers + 1)
+        pool.protocol.dataReceived(b"$-1\r\n" * 50)
+        self.assertEqual([self.successResultOf(d) for d in sent], [None] * 50)
+        self.assertEqual(len(pool.reactor.getDelayedCalls()), timers)
+
+    def test_each_reply_keeps_its_deadline(self):
+        """
+        Once a reply comes, the next command's own deadline counts: its
+        connection is dropped when that reply is overdue, not sooner.
+        """
+        events = capture(self)
+        pool = Pool(self, command_timeout=1.5)
+        transport = pool.connect()
+        ping = pool.handler.execute_command("PING")
+        pool.reactor.advance(1.0)
+        get = pool.handler.execute_command("GET", "k")
+        pool.reactor.advance(0.2)
+        pool.protocol.dataReceived(b"+PONG\r\n")
+        self.assertEqual(self.successResultOf(ping), "PONG")
+        pool.reactor.advance(1.2)
+        self.assertFalse(transport.disconnected)
+        pool.reactor.advance(0.1)
+        self.assertTrue(transport.disconnected)
+        self.assertEqual(texts(events),
+                         ["Redis did not answer GET within 1.5 s: dropping the connection"])
+        get.cancel()
+        self.failureResultOf(get)
+
+    def test_replies_read_together(self):
+        """
+        Replies that arrive together are all delivered at once, without
+        pausing the connection for a reactor turn per reply.
+        """
+        pool = Pool(self)
+        transport = pool.connect()
+        sent = [pool.handler.execute_command("GET", k) for k in ("a", "b", "c")]
+        pool.protocol.dataReceived(b"$3\r\none\r\n$3\r\ntwo\r\n$-1\r\n")
+        self.assertEqual([self.successResultOf(d) for d in sent], ["one", "two", None])
+        self.assertEqual(transport.producerState, "producing")
+
+    def test_lost_connection_fails_every_command(self):
+        """Every command still waiting for its reply fails when the connection is lost."""
+        from txredisapi import ConnectionError
+
+        events = capture(self)
+        pool = Pool(self, command_timeout=1.5)
+        transport = pool.connect()
+        sent = [pool.handler.execute_command("GET", k) for k in ("a", "b")]
+        transport.loseConnection()
+        pool.protocol.connectionLost(Failure(ConnectionRefusedError()))
+        for d in sent:
+            self.failureResultOf(d, ConnectionError)
+        pool.reactor.advance(2)  # their deadlines went with them
+        self.assertFalse([t for t in texts(events) if "did not answer" in t])
+
     def test_first_connection_refused_is_logged(self):
         """
         When the first connection's AUTH is refused, the reason (which only the

@@ -13,6 +13,8 @@ C{build_redis} was given (L{prepare} sets it).
     connection would stay in the pool. One timer per connection keeps these
     deadlines, and a command costs one Deferred (txredisapi's: three, and a
     timer).
+  - The replies that arrive together are all read at once, not one per
+    reactor turn.
   - A command goes straight to a free connection, without txredisapi's
     wait for one (a generator and two Deferreds per command), when one is
     free.
@@ -68,6 +70,22 @@ class Protocol(txredisapi.RedisProtocol):
         # txredisapi's protocol schedules on the global reactor (a class
         # attribute): this one on the factory's clock.
         return self.factory.clock.callLater(*args, **kwargs)
+
+    _rest = b""
+
+    def setLineMode(self, extra: bytes = b"") -> None:
+        # After each bulk reply, txredisapi pauses the connection and leaves
+        # the rest of what arrived (the next replies) to a timer, one reply
+        # per reactor turn: here dataReceived goes on with it at once.
+        self.line_mode = 1
+        if extra:
+            self._rest = extra
+
+    def dataReceived(self, data: bytes, unpause: bool = False) -> None:
+        super().dataReceived(data, unpause)
+        while self._rest and not self.paused:
+            rest, self._rest = self._rest, b""
+            super().dataReceived(rest)
 
     def execute_command(self, *args: Any, **kwargs: Any) -> Any:
         # As txredisapi's (pipelines, MULTI and post_proc included), but for
