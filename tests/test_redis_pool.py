@@ -155,6 +155,29 @@ class ReactorTests(SynchronousTestCase):
         self.assertEqual([self.successResultOf(d) for d in sent], ["one", "two", None])
         self.assertEqual(transport.producerState, "producing")
 
+    def test_replies_in_pieces(self):
+        """
+        Replies of every kind are read whatever pieces they arrive in (each
+        byte apart, or any two pieces).
+        """
+        from txredisapi import ResponseError
+
+        wire = (b"+OK\r\n:42\r\n$5\r\nh\xc3\xa9\r\n\r\n$-1\r\n*3\r\n$1\r\na\r\n*-1\r\n"
+                b":7\r\n*0\r\n-ERR wrong\r\n$0\r\n\r\n")
+        expected = ["OK", 42, "h\u00e9\r\n", None, ["a", None, 7], [], "wrong", ""]
+        cuts = [[wire[i:i + 1] for i in range(len(wire))]]
+        cuts += [[wire[:i], wire[i:]] for i in range(1, len(wire))]
+        for pieces in cuts:
+            pool = Pool(self)
+            pool.connect()
+            sent = [pool.handler.execute_command("X") for _ in expected]
+            for piece in pieces:
+                pool.protocol.dataReceived(piece)
+            got = [self.successResultOf(d) for d in sent[:6]]
+            self.assertEqual(got, expected[:6], pieces)
+            self.assertEqual(str(self.failureResultOf(sent[6], ResponseError).value), "ERR wrong")
+            self.assertEqual(self.successResultOf(sent[7]), "")
+
     def test_lost_connection_fails_every_command(self):
         """Every command still waiting for its reply fails when the connection is lost."""
         from txredisapi import ConnectionError
@@ -169,6 +192,19 @@ class ReactorTests(SynchronousTestCase):
             self.failureResultOf(d, ConnectionError)
         pool.reactor.advance(2)  # their deadlines went with them
         self.assertFalse([t for t in texts(events) if "did not answer" in t])
+
+    def test_commands_encoded_as_txredisapi_does(self):
+        """Text, bytes, numbers and non-ASCII text go out as txredisapi writes them."""
+        import txredisapi
+
+        pool = Pool(self)
+        transport = pool.connect()
+        args = ("EVAL", "return 1", 2, "k\u00e9y", b"\x00raw", 1.5, 1200000)
+        pool.handler.execute_command(*args)
+        reference = txredisapi.RedisProtocol(charset="utf-8")
+        self.assertEqual(transport.value(), reference._build_command(*args))
+        d = pool.handler.execute_command("GET", "\udc80")
+        self.failureResultOf(d, txredisapi.InvalidData)
 
     def test_first_connection_refused_is_logged(self):
         """

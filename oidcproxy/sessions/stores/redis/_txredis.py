@@ -59,33 +59,71 @@ class Protocol(txredisapi.RedisProtocol):
     that timer once per C{command_timeout}, not once per command.
     """
 
+    line_mode: int
+    bulk_length: int
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._waiting: Any = collections.deque()
         """(Deferred, command, deadline or None) of each command written, oldest first."""
         self._overdue: Any = None
         self._overdue_at = 0.0
+        self._buffer = bytearray()
 
     def callLater(self, *args: Any, **kwargs: Any) -> Any:
         # txredisapi's protocol schedules on the global reactor (a class
         # attribute): this one on the factory's clock.
         return self.factory.clock.callLater(*args, **kwargs)
 
-    _rest = b""
-
-    def setLineMode(self, extra: bytes = b"") -> None:
-        # After each bulk reply, txredisapi pauses the connection and leaves
-        # the rest of what arrived (the next replies) to a timer, one reply
-        # per reactor turn: here dataReceived goes on with it at once.
-        self.line_mode = 1
-        if extra:
-            self._rest = extra
-
     def dataReceived(self, data: bytes, unpause: bool = False) -> None:
-        super().dataReceived(data, unpause)
-        while self._rest and not self.paused:
-            rest, self._rest = self._rest, b""
-            super().dataReceived(rest)
+        # txredisapi's reading copies what is left of the packet at each
+        # line and each value, and after each value pauses the connection
+        # and leaves the rest to a timer, one reply per reactor turn. Here
+        # the packet is read once, by offsets, every reply in it at once;
+        # txredisapi's lineReceived and bulkDataReceived still read each
+        # reply (its multi-bulk, MULTI and number handling included).
+        buffer = self._buffer
+        buffer += data
+        pos, end = 0, len(buffer)
+        while pos < end and not self.paused:
+            if self.line_mode:
+                eol = buffer.find(b"\r\n", pos)
+                if eol < 0:
+                    if end - pos > self.MAX_LENGTH:
+                        del buffer[:]
+                        self.transport.loseConnection()
+                        return
+                    break
+                line = buffer[pos:eol].decode()
+                pos = eol + 2
+                self.lineReceived(line)  # a "$n" line leaves line mode for n bytes and CRLF
+            else:
+                size = self.bulk_length
+                if end - pos < size:
+                    break
+                value = bytes(buffer[pos:pos + size - 2])
+                pos += size
+                self.bulk_length = 0
+                self.line_mode = 1
+                self.bulkDataReceived(value)
+        del buffer[:pos]
+
+    def _build_command(self, *args: Any, **kwargs: Any) -> bytes:
+        # txredisapi's, but one join and no per-argument checks for the
+        # usual arguments (text and bytes); anything else takes its way.
+        parts = [b"*%d\r\n" % len(args)]
+        for arg in args:
+            if isinstance(arg, str) and self.charset is not None:
+                try:
+                    data = arg.encode(self.charset, self.errors)
+                except UnicodeEncodeError:
+                    return bytes(super()._build_command(*args, **kwargs))
+            elif isinstance(arg, bytes):
+                data = arg
+            else:
+                return bytes(super()._build_command(*args, **kwargs))
+            parts += (b"$%d\r\n" % len(data), data, b"\r\n")
+        return b"".join(parts)
 
     def execute_command(self, *args: Any, **kwargs: Any) -> Any:
         # As txredisapi's (pipelines, MULTI and post_proc included), but for
