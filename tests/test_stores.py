@@ -290,3 +290,30 @@ class RedisStoreRequestPathTests(SynchronousTestCase):
         d.cancel()
         self.failureResultOf(d, CancelledError)
         self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_opened_once_per_value(self) -> None:
+        """
+        A session is unsealed once while Redis holds the same value; a new
+        value under its id (a save, or anything written there) is opened
+        afresh, and one that does not open is no session, whatever was
+        opened before.
+        """
+        redis = CountingRedis()
+        clock = Clock()
+        sealer = Sealer([K1])
+        store = RedisStore(redis, sealer, clock)
+        opened = []
+        unseal = sealer.unseal
+        self.patch(sealer, "unseal", lambda *a: opened.append(1) or unseal(*a))
+        session = make_session(clock)
+        self.successResultOf(store.save(session))
+        for _ in range(3):
+            self.assertEqual(self.successResultOf(store.load(session.id)), session)
+        self.assertEqual(len(opened), 1)
+        touched = session.touched(clock.seconds() + 5)
+        self.successResultOf(store.save(touched))
+        self.assertEqual(self.successResultOf(store.load(session.id)), touched)
+        self.assertEqual(len(opened), 2)
+        key, value = next(iter(redis.values.items()))
+        redis.values[key] = value[:-1] + ("A" if value[-1] != "A" else "B")
+        self.assertIsNone(self.successResultOf(store.load(session.id)))

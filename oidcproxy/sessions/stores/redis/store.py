@@ -29,17 +29,18 @@ import hashlib
 import math
 import re
 import secrets
-from typing import Any, Callable, Coroutine, Dict, List, Optional, Sequence, TypeVar
+from typing import Any, Callable, Coroutine, Dict, List, Optional, Sequence, Tuple, TypeVar
 
 from twisted.internet.defer import CancelledError, Deferred, fail, maybeDeferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from ....core.cache import BoundedCache
 from ....core.encoding import b64url_encode
 from ....core.metrics import NullMetrics
 from ...crypto import Sealer
-from ...session import ISessionStore, OpenedSessions, Session, SessionStoreUnavailable
+from ...session import ISessionStore, Session, SessionStoreUnavailable
 
 T = TypeVar("T")
 
@@ -47,6 +48,13 @@ _SESSION_ID = re.compile(r"[A-Za-z0-9_-]{43}\Z")
 """What L{oidcproxy.sessions.session.new_session_id} makes; anything else is refused unasked."""
 
 PURPOSE_PREFIX = b"redis-session:"
+
+# The cache of opened sessions: as L{oidcproxy.sessions.session.OpenedSessions}
+# (the working set of the last minute, bounded in entries and characters; a
+# value over a quarter of the bound is not kept).
+_OPENED_ENTRIES = 2048
+_OPENED_CHARS = 4_000_000
+_OPENED_IDLE = 60.0
 
 # Each script is one round trip and atomic, and needs nothing newer than
 # Redis 2.6.12 (EXPIRE's NX/GT options would need 7.0). Some name keys they
@@ -156,7 +164,9 @@ class RedisStore:
         self._prefix = key_prefix
         self._timeout = positive_seconds("command_timeout", command_timeout)
         self._metrics = metrics if metrics is not None else NullMetrics()
-        self._opened = OpenedSessions(clock)
+        self._opened: BoundedCache[str, Tuple[str, Session]] = BoundedCache(
+            clock, _OPENED_ENTRIES, idle=_OPENED_IDLE, max_weight=_OPENED_CHARS)
+        """The sessions recently opened: H(id) to (the sealed value, the session)."""
         self._in_flight: Dict[Deferred[Any], List[Any]] = {}
         """Each operation in flight: [its deadline, what it is, whether it timed out]."""
         self._sweep: Optional[IDelayedCall] = None
@@ -275,17 +285,20 @@ class RedisStore:
         if not isinstance(value, str):
             return None
         # The value is still read from Redis every time (a logout or an admin
-        # deletion takes effect at once); only its opening is saved.
-        key = (hashed_id, value)
-        session = self._opened.get(key)
-        if session is not None:
-            return session
+        # deletion takes effect at once); only its opening is saved, under
+        # H(id) with the value it was opened from. (Keyed by the value itself,
+        # as the cookie store's is, each lookup hashed and compared kilobytes
+        # several times: a third of a load's cost on PyPy.)
+        opened = self._opened.get(hashed_id)
+        if opened is not None and opened[0] == value:
+            return opened[1]
         plaintext = self._sealer.unseal(value, PURPOSE_PREFIX + hashed_id.encode("ascii"))
         if plaintext is None:
             return None
         session = Session.from_bytes(plaintext)
-        if session is not None:
-            self._opened.put(key, len(hashed_id) + len(value), session)
+        size = len(hashed_id) + len(value)
+        if session is not None and size <= _OPENED_CHARS // 4:
+            self._opened.put(hashed_id, (value, session), weight=size)
         return session
 
     def close(self) -> Deferred[None]:
