@@ -85,7 +85,7 @@ class Protocol(txredisapi.RedisProtocol):
         buffer = self._buffer
         buffer += data
         pos, end = 0, len(buffer)
-        while pos < end and not self.paused:
+        while pos < end:
             if self.line_mode:
                 eol = buffer.find(b"\r\n", pos)
                 if eol < 0:
