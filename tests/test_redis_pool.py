@@ -109,6 +109,103 @@ class ReactorTests(SynchronousTestCase):
         pool.reactor.advance(10)
         self.assertFalse(transport.disconnected)
 
+    def test_one_deadline_timer_per_connection(self):
+        """Commands in flight on a connection share one reply-deadline timer, not one each."""
+        pool = Pool(self, command_timeout=1.5)
+        pool.connect()
+        timers = len(pool.reactor.getDelayedCalls())
+        sent = [pool.handler.execute_command("GET", f"k{i}") for i in range(50)]
+        self.assertEqual(len(pool.reactor.getDelayedCalls()), timers + 1)
+        pool.protocol.dataReceived(b"$-1\r\n" * 50)
+        self.assertEqual([self.successResultOf(d) for d in sent], [None] * 50)
+        self.assertEqual(len(pool.reactor.getDelayedCalls()), timers)
+
+    def test_each_reply_keeps_its_deadline(self):
+        """
+        Once a reply comes, the next command's own deadline counts: its
+        connection is dropped when that reply is overdue, not sooner.
+        """
+        events = capture(self)
+        pool = Pool(self, command_timeout=1.5)
+        transport = pool.connect()
+        ping = pool.handler.execute_command("PING")
+        pool.reactor.advance(1.0)
+        get = pool.handler.execute_command("GET", "k")
+        pool.reactor.advance(0.2)
+        pool.protocol.dataReceived(b"+PONG\r\n")
+        self.assertEqual(self.successResultOf(ping), "PONG")
+        pool.reactor.advance(1.2)
+        self.assertFalse(transport.disconnected)
+        pool.reactor.advance(0.1)
+        self.assertTrue(transport.disconnected)
+        self.assertEqual(texts(events),
+                         ["Redis did not answer GET within 1.5 s: dropping the connection"])
+        get.cancel()
+        self.failureResultOf(get)
+
+    def test_replies_read_together(self):
+        """
+        Replies that arrive together are all delivered at once, without
+        pausing the connection for a reactor turn per reply.
+        """
+        pool = Pool(self)
+        transport = pool.connect()
+        sent = [pool.handler.execute_command("GET", k) for k in ("a", "b", "c")]
+        pool.protocol.dataReceived(b"$3\r\none\r\n$3\r\ntwo\r\n$-1\r\n")
+        self.assertEqual([self.successResultOf(d) for d in sent], ["one", "two", None])
+        self.assertEqual(transport.producerState, "producing")
+
+    def test_replies_in_pieces(self):
+        """
+        Replies of every kind are read whatever pieces they arrive in (each
+        byte apart, or any two pieces).
+        """
+        from txredisapi import ResponseError
+
+        wire = (b"+OK\r\n:42\r\n$5\r\nh\xc3\xa9\r\n\r\n$-1\r\n*3\r\n$1\r\na\r\n*-1\r\n"
+                b":7\r\n*0\r\n-ERR wrong\r\n$0\r\n\r\n")
+        expected = ["OK", 42, "h\u00e9\r\n", None, ["a", None, 7], [], "wrong", ""]
+        cuts = [[wire[i:i + 1] for i in range(len(wire))]]
+        cuts += [[wire[:i], wire[i:]] for i in range(1, len(wire))]
+        for pieces in cuts:
+            pool = Pool(self)
+            pool.connect()
+            sent = [pool.handler.execute_command("X") for _ in expected]
+            for piece in pieces:
+                pool.protocol.dataReceived(piece)
+            got = [self.successResultOf(d) for d in sent[:6]]
+            self.assertEqual(got, expected[:6], pieces)
+            self.assertEqual(str(self.failureResultOf(sent[6], ResponseError).value), "ERR wrong")
+            self.assertEqual(self.successResultOf(sent[7]), "")
+
+    def test_lost_connection_fails_every_command(self):
+        """Every command still waiting for its reply fails when the connection is lost."""
+        from txredisapi import ConnectionError
+
+        events = capture(self)
+        pool = Pool(self, command_timeout=1.5)
+        transport = pool.connect()
+        sent = [pool.handler.execute_command("GET", k) for k in ("a", "b")]
+        transport.loseConnection()
+        pool.protocol.connectionLost(Failure(ConnectionRefusedError()))
+        for d in sent:
+            self.failureResultOf(d, ConnectionError)
+        pool.reactor.advance(2)  # their deadlines went with them
+        self.assertFalse([t for t in texts(events) if "did not answer" in t])
+
+    def test_commands_encoded_as_txredisapi_does(self):
+        """Text, bytes, numbers and non-ASCII text go out as txredisapi writes them."""
+        import txredisapi
+
+        pool = Pool(self)
+        transport = pool.connect()
+        args = ("EVAL", "return 1", 2, "k\u00e9y", b"\x00raw", 1.5, 1200000)
+        pool.handler.execute_command(*args)
+        reference = txredisapi.RedisProtocol(charset="utf-8")
+        self.assertEqual(transport.value(), reference._build_command(*args))
+        d = pool.handler.execute_command("GET", "\udc80")
+        self.failureResultOf(d, txredisapi.InvalidData)
+
     def test_first_connection_refused_is_logged(self):
         """
         When the first connection's AUTH is refused, the reason (which only the

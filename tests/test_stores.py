@@ -1,20 +1,25 @@
 """
 Tests for L{oidcproxy.sessions.stores.memory} and L{oidcproxy.sessions.stores.cookie}: the
-shared L{SessionStoreContract} plus what is particular to each store.
+shared L{SessionStoreContract} plus what is particular to each store; and what a
+request costs the L{oidcproxy.sessions.stores.redis} store.
 """
 
 from __future__ import annotations
 
 import json
+from typing import Any, Dict, List, Tuple
 
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from oidcproxy.sessions.crypto import Sealer
-from oidcproxy.sessions.session import Session
+from oidcproxy.sessions.session import Session, SessionStoreUnavailable, new_session_id
 from oidcproxy.sessions.stores.cookie import CookieStore
 from oidcproxy.sessions.stores.memory import MemoryStore
+from oidcproxy.sessions.stores.redis import RedisStore
 
+from .fakes import API, GuardStack, make_config
 from .session_contract import START, SessionStoreContract, make_session
 
 K1 = b"1" * 32
@@ -171,3 +176,144 @@ class CookieStoreSpecificTests(SynchronousTestCase):
             id="x", sub="s", claims={"when": object()}, created=START, last_seen=START, expires=START + 1
         )
         self.failureResultOf(store.save(bad), TypeError)
+
+
+# -- the Redis store's request path (a fake Redis; tests.integration.test_redis_store has the real one)
+
+
+class CountingRedis:
+    """
+    Enough of txredisapi for RedisStore: keeps values, records every
+    command, and answers at once, or (C{hold}) only when told to.
+    """
+
+    def __init__(self) -> None:
+        self.values: Dict[str, Any] = {}
+        self.commands: List[str] = []
+        self.hold = False
+        self.held: List[Deferred[Any]] = []
+
+    def execute_command(self, *args: Any) -> Deferred[Any]:
+        self.commands.append(args[0])
+        if self.hold:
+            d: Deferred[Any] = Deferred()
+            self.held.append(d)
+            return d
+        if args[0] == "EVAL" and "'SET'" in args[1]:
+            self.values[args[3]] = args[3 + args[2]]
+            return succeed(1)
+        if args[0] == "GET":
+            return succeed(self.values.get(args[1]))
+        if args[0] == "SET":  # a refresh lock
+            return succeed("OK")
+        return succeed(1)
+
+
+class RedisStoreRequestPathTests(SynchronousTestCase):
+    """What a request with a Redis session costs: Redis commands and timers."""
+
+    def guard(self, redis: CountingRedis, **session: Any) -> GuardStack:
+        config = make_config(session=dict(session, store="redis"),
+                             redis={"url": "redis://127.0.0.1:6379/0"})
+        return GuardStack(self, config, store=lambda clock: RedisStore(redis, Sealer([K1]), clock))
+
+    def test_one_command_per_request(self) -> None:
+        """A request with a Redis session sends Redis one command: the session's GET."""
+        redis = CountingRedis()
+        h = self.guard(redis)
+        browser = h.logged_in()
+        redis.commands.clear()
+        for _ in range(20):
+            h.clock.advance(1)
+            self.assertEqual(browser.get("/x", headers=API).code, 200)
+        self.assertEqual(redis.commands, ["GET"] * 20)
+
+    def test_idle_renewal_once_a_minute(self) -> None:
+        """
+        With idle_timeout, the session (whose idle clock is inside the
+        sealed value) is saved again at most once a minute: one request in
+        that minute sends a second command, the others one.
+        """
+        redis = CountingRedis()
+        h = self.guard(redis, idle_timeout="30m")
+        browser = h.logged_in()
+        redis.commands.clear()
+        for _ in range(20):
+            h.clock.advance(6)
+            self.assertEqual(browser.get("/x", headers=API).code, 200)
+        self.assertEqual(redis.commands.count("GET"), 20)
+        self.assertEqual(redis.commands.count("EVAL"), 2)
+        self.assertEqual(len(redis.commands), 22)
+
+    def store(self, timeout: float = 1.0) -> Tuple[RedisStore, CountingRedis, Clock]:
+        clock = Clock()
+        redis = CountingRedis()
+        redis.hold = True
+        return RedisStore(redis, Sealer([K1]), clock, command_timeout=timeout), redis, clock
+
+    def test_one_timer_for_many_loads(self) -> None:
+        """Loads in flight share one deadline timer; none is left once they are answered."""
+        store, redis, clock = self.store()
+        loads = [store.load(new_session_id()) for _ in range(100)]
+        self.assertEqual(len(clock.getDelayedCalls()), 1)
+        for d in redis.held:
+            d.callback(None)
+        self.assertEqual([self.successResultOf(d) for d in loads], [None] * 100)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_each_load_keeps_its_deadline(self) -> None:
+        """
+        Each load fails with SessionStoreUnavailable when its own
+        command_timeout has passed, not sooner, not later.
+        """
+        store, redis, clock = self.store(timeout=1.0)
+        first = store.load(new_session_id())
+        clock.advance(0.5)
+        second = store.load(new_session_id())
+        clock.advance(0.4)
+        redis.held[0].callback(None)  # the first is answered in time
+        third = store.load(new_session_id())
+        clock.advance(0.5999)
+        self.assertNoResult(second)
+        clock.advance(0.0001)
+        self.failureResultOf(second, SessionStoreUnavailable)
+        self.assertIsNone(self.successResultOf(first))
+        self.assertNoResult(third)
+        clock.advance(0.4)
+        self.failureResultOf(third, SessionStoreUnavailable)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_caller_cancel_is_not_a_timeout(self) -> None:
+        """A load its caller cancels fails with CancelledError, not as Redis unavailable."""
+        store, _, clock = self.store()
+        d = store.load(new_session_id())
+        d.cancel()
+        self.failureResultOf(d, CancelledError)
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_opened_once_per_value(self) -> None:
+        """
+        A session is unsealed once while Redis holds the same value; a new
+        value under its id (a save, or anything written there) is opened
+        afresh, and one that does not open is no session, whatever was
+        opened before.
+        """
+        redis = CountingRedis()
+        clock = Clock()
+        sealer = Sealer([K1])
+        store = RedisStore(redis, sealer, clock)
+        opened = []
+        unseal = sealer.unseal
+        self.patch(sealer, "unseal", lambda *a: opened.append(1) or unseal(*a))
+        session = make_session(clock)
+        self.successResultOf(store.save(session))
+        for _ in range(3):
+            self.assertEqual(self.successResultOf(store.load(session.id)), session)
+        self.assertEqual(len(opened), 1)
+        touched = session.touched(clock.seconds() + 5)
+        self.successResultOf(store.save(touched))
+        self.assertEqual(self.successResultOf(store.load(session.id)), touched)
+        self.assertEqual(len(opened), 2)
+        key, value = next(iter(redis.values.items()))
+        redis.values[key] = value[:-1] + ("A" if value[-1] != "A" else "B")
+        self.assertIsNone(self.successResultOf(store.load(session.id)))

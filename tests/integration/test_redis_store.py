@@ -101,7 +101,7 @@ def peekers(pool: Any) -> List[Any]:
 
 def pending_replies(pool: Any) -> int:
     """Replies the pool's connections still wait for (a hung connection must not keep them)."""
-    return sum(len(conn.replyQueue.waiting) for conn in pool._factory.pool)
+    return sum(len(conn._waiting) + len(conn.replyQueue.waiting) for conn in pool._factory.pool)
 
 
 class RedisStoreContractTests(SessionStoreContract, TestCase):

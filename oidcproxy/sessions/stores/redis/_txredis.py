@@ -10,7 +10,14 @@ C{build_redis} was given (L{prepare} sets it).
   - A reply overdue by C{command_timeout} aborts its connection (which is
     then replaced). txredisapi's own C{replyTimeout} is defused when the
     caller cancels the command (as L{RedisStore}'s deadline does), so a dead
-    connection would stay in the pool.
+    connection would stay in the pool. One timer per connection keeps these
+    deadlines, and a command costs one Deferred (txredisapi's: three, and a
+    timer).
+  - The replies that arrive together are all read at once, not one per
+    reactor turn.
+  - A command goes straight to a free connection, without txredisapi's
+    wait for one (a generator and two Deferreds per command), when one is
+    free.
   - Failing AUTH or SELECT on a new connection (also a mere timeout, or the
     server restarting meanwhile) does not stop the pool for good: it keeps
     reconnecting with backoff, so it recovers once Redis does.
@@ -28,7 +35,7 @@ from typing import Any, Callable, List, Optional, Tuple
 
 import txredisapi
 from twisted.application.internet import ClientService
-from twisted.internet.defer import CancelledError, Deferred, gatherResults, succeed
+from twisted.internet.defer import CancelledError, Deferred, gatherResults, maybeDeferred, succeed
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
@@ -41,33 +48,144 @@ log = Logger()
 
 
 class Protocol(txredisapi.RedisProtocol):
-    """A Redis connection that drops itself when a reply is overdue."""
+    """
+    A Redis connection that drops itself when a reply is overdue, and
+    answers its commands with one Deferred each.
+
+    txredisapi's own C{execute_command} makes three Deferreds and (with a
+    reply deadline) a timer per command; this one keeps the commands in
+    flight, in the order their replies come, with their deadlines, and one
+    timer per connection at the oldest deadline: a busy connection moves
+    that timer once per C{command_timeout}, not once per command.
+    """
+
+    line_mode: int
+    bulk_length: int
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._overdue: Any = collections.deque()
+        self._waiting: Any = collections.deque()
+        """(Deferred, command, deadline or None) of each command written, oldest first."""
+        self._overdue: Any = None
+        self._overdue_at = 0.0
+        self._buffer = bytearray()
 
     def callLater(self, *args: Any, **kwargs: Any) -> Any:
         # txredisapi's protocol schedules on the global reactor (a class
         # attribute): this one on the factory's clock.
         return self.factory.clock.callLater(*args, **kwargs)
 
+    def dataReceived(self, data: bytes, unpause: bool = False) -> None:
+        # txredisapi's reading copies what is left of the packet at each
+        # line and each value, and after each value pauses the connection
+        # and leaves the rest to a timer, one reply per reactor turn. Here
+        # the packet is read once, by offsets, every reply in it at once;
+        # txredisapi's lineReceived and bulkDataReceived still read each
+        # reply (its multi-bulk, MULTI and number handling included).
+        buffer = self._buffer
+        buffer += data
+        pos, end = 0, len(buffer)
+        while pos < end:
+            if self.line_mode:
+                eol = buffer.find(b"\r\n", pos)
+                if eol < 0:
+                    if end - pos > self.MAX_LENGTH:
+                        del buffer[:]
+                        self.transport.loseConnection()
+                        return
+                    break
+                line = buffer[pos:eol].decode()
+                pos = eol + 2
+                self.lineReceived(line)  # a "$n" line leaves line mode for n bytes and CRLF
+            else:
+                size = self.bulk_length
+                if end - pos < size:
+                    break
+                value = bytes(buffer[pos:pos + size - 2])
+                pos += size
+                self.bulk_length = 0
+                self.line_mode = 1
+                self.bulkDataReceived(value)
+        del buffer[:pos]
+
+    def _build_command(self, *args: Any, **kwargs: Any) -> bytes:
+        # txredisapi's, but one join and no per-argument checks for the
+        # usual arguments (text and bytes); anything else takes its way.
+        parts = [b"*%d\r\n" % len(args)]
+        for arg in args:
+            if isinstance(arg, str) and self.charset is not None:
+                try:
+                    data = arg.encode(self.charset, self.errors)
+                except UnicodeEncodeError:
+                    return bytes(super()._build_command(*args, **kwargs))
+            elif isinstance(arg, bytes):
+                data = arg
+            else:
+                return bytes(super()._build_command(*args, **kwargs))
+            parts += (b"$%d\r\n" % len(data), data, b"\r\n")
+        return b"".join(parts)
+
     def execute_command(self, *args: Any, **kwargs: Any) -> Any:
-        result = super().execute_command(*args, **kwargs)
-        # Only reached when the command was written: one reply is due.
+        # As txredisapi's (pipelines, MULTI and post_proc included), but for
+        # the replies and deadlines kept here; its replyTimeout is not used
+        # (build_redis leaves it out).
+        if self.connected == 0:
+            raise txredisapi.ConnectionError("Not connected")
+        command = self._build_command(*args)
+        if self.pipelining:
+            self.pipelined_commands.append(command)
+        else:
+            self.transport.write(command)
+        result: Deferred[Any] = Deferred()
         timeout = getattr(self.factory, "command_timeout", None)
-        call = None
+        deadline = None
         if timeout and kwargs.get("apply_timeout", True):
-            call = self.callLater(timeout, self._reply_overdue, args[0], timeout)
-        self._overdue.append(call)
+            deadline = self.factory.clock.seconds() + timeout
+            if self._overdue is None:
+                self._arm(deadline)
+        self._waiting.append((result, args[0], deadline))
+        if self.pipelining:
+            self.pipelined_replies.append(result)
+        post_proc = kwargs.get("post_proc")
+        if self.inMulti:
+            self.post_proc.append(post_proc)
+        elif callable(post_proc):
+            result.addCallback(post_proc)
         return result
 
     def replyReceived(self, reply: Any) -> None:
-        if self._overdue:
-            call = self._overdue.popleft()
-            if call is not None and call.active():
-                call.cancel()
-        super().replyReceived(reply)
+        if not self._waiting:  # nothing asked for it (txredisapi's subscribers)
+            super().replyReceived(reply)
+            return
+        result = self._waiting.popleft()[0]
+        if not self._waiting and self._overdue is not None:
+            self._overdue.cancel()
+            self._overdue = None
+        if result.called:  # cancelled by its caller
+            return
+        if isinstance(reply, Exception):
+            result.errback(reply)
+        else:
+            result.callback(reply)
+
+    def _arm(self, deadline: float) -> None:
+        self._overdue_at = deadline
+        self._overdue = self.callLater(max(0.0, deadline - self.factory.clock.seconds()),
+                                       self._check_overdue)
+
+    def _check_overdue(self) -> None:
+        """The oldest deadline has come: drop the connection if its reply is still due."""
+        self._overdue = None
+        # At least the time this timer was set for (the clock's float sums may fall short).
+        now = max(self.factory.clock.seconds(), self._overdue_at)
+        for _, command, deadline in self._waiting:
+            if deadline is None:
+                continue
+            if deadline > now:
+                self._arm(deadline)
+                return
+            self._reply_overdue(command, self.factory.command_timeout)
+            return
 
     def _reply_overdue(self, command: Any, timeout: float) -> None:
         log.warn(
@@ -77,11 +195,14 @@ class Protocol(txredisapi.RedisProtocol):
         self.transport.abortConnection()
 
     def connectionLost(self, reason: Any) -> None:
-        overdue, self._overdue = self._overdue, collections.deque()
-        for call in overdue:
-            if call is not None and call.active():
-                call.cancel()
+        waiting, self._waiting = self._waiting, collections.deque()
+        if self._overdue is not None:
+            self._overdue.cancel()
+            self._overdue = None
         super().connectionLost(reason)
+        for result, _, _ in waiting:
+            if not result.called:
+                result.errback(txredisapi.ConnectionError("Lost connection"))
 
 
 class SentinelProtocol(Protocol):
@@ -209,7 +330,21 @@ class SentinelFactory(_OnClock, txredisapi.SentinelConnectionFactory):
 
 
 class Handler(txredisapi.ConnectionHandler):
-    """The pool as its users see it; C{disconnect} closes the Sentinels' pools too."""
+    """
+    The pool as its users see it; C{disconnect} closes the Sentinels' pools
+    too.
+
+    A command goes straight to a free connection when there is one (the
+    first: several commands written in one reactor turn then leave in one
+    packet); only without one does it take txredisapi's way, which waits
+    for a connection (and drops dead ones).
+    """
+
+    def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        free = self._factory.connectionQueue.pending
+        if free and free[0].connected:
+            return maybeDeferred(free[0].execute_command, *args, **kwargs)
+        return self.__getattr__("execute_command")(*args, **kwargs)
 
     def disconnect(self) -> Any:
         extra = self._factory.extra_on_disconnect

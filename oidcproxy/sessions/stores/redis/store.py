@@ -29,17 +29,18 @@ import hashlib
 import math
 import re
 import secrets
-from typing import Any, Callable, Coroutine, List, Optional, Sequence, TypeVar
+from typing import Any, Callable, Coroutine, Dict, List, Optional, Sequence, Tuple, TypeVar
 
 from twisted.internet.defer import CancelledError, Deferred, fail, maybeDeferred, succeed
-from twisted.internet.defer import TimeoutError as DeferredTimeoutError
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from ....core.cache import BoundedCache
 from ....core.encoding import b64url_encode
 from ....core.metrics import NullMetrics
 from ...crypto import Sealer
-from ...session import ISessionStore, OpenedSessions, Session, SessionStoreUnavailable
+from ...session import ISessionStore, Session, SessionStoreUnavailable
 
 T = TypeVar("T")
 
@@ -47,6 +48,13 @@ _SESSION_ID = re.compile(r"[A-Za-z0-9_-]{43}\Z")
 """What L{oidcproxy.sessions.session.new_session_id} makes; anything else is refused unasked."""
 
 PURPOSE_PREFIX = b"redis-session:"
+
+# The cache of opened sessions: as L{oidcproxy.sessions.session.OpenedSessions}
+# (the working set of the last minute, bounded in entries and characters; a
+# value over a quarter of the bound is not kept).
+_OPENED_ENTRIES = 2048
+_OPENED_CHARS = 4_000_000
+_OPENED_IDLE = 60.0
 
 # Each script is one round trip and atomic, and needs nothing newer than
 # Redis 2.6.12 (EXPIRE's NX/GT options would need 7.0). Some name keys they
@@ -156,7 +164,13 @@ class RedisStore:
         self._prefix = key_prefix
         self._timeout = positive_seconds("command_timeout", command_timeout)
         self._metrics = metrics if metrics is not None else NullMetrics()
-        self._opened = OpenedSessions(clock)
+        self._opened: BoundedCache[str, Tuple[str, Session]] = BoundedCache(
+            clock, _OPENED_ENTRIES, idle=_OPENED_IDLE, max_weight=_OPENED_CHARS)
+        """The sessions recently opened: H(id) to (the sealed value, the session)."""
+        self._in_flight: Dict[Deferred[Any], List[Any]] = {}
+        """Each operation in flight: [its deadline, what it is, whether it timed out]."""
+        self._sweep: Optional[IDelayedCall] = None
+        self._sweep_at = 0.0
 
     # keys
 
@@ -182,35 +196,87 @@ class RedisStore:
     # plumbing
 
     def _run(self, what: str, operation: Callable[[], Coroutine[Any, Any, T]]) -> Deferred[T]:
-        """
-        Run C{operation} with the deadline; a timeout becomes
-        L{SessionStoreUnavailable}. A caller's cancel stays a
-        L{CancelledError}.
-        """
-        d: Deferred[T] = Deferred.fromCoroutine(operation())
-        d.addTimeout(self._timeout, self._clock)
+        """L{_deadline} on the coroutine C{operation}."""
+        return self._deadline(what, Deferred.fromCoroutine(operation()))
 
-        def timed_out(failure: Any) -> Any:
-            failure.trap(DeferredTimeoutError)
+    def _deadline(self, what: str, d: Deferred[T]) -> Deferred[T]:
+        """
+        Give C{d} the deadline: once C{command_timeout} has passed, it is
+        cancelled and fails with L{SessionStoreUnavailable}. A caller's
+        cancel stays a L{CancelledError}.
+
+        One timer serves every operation in flight (at the oldest deadline:
+        they all have the same timeout), instead of a timer per operation.
+        """
+        if d.called:
+            return d
+        deadline = self._clock.seconds() + self._timeout
+        entry = [deadline, what, False]
+        self._in_flight[d] = entry
+        if self._sweep is None:
+            self._sweep_at = deadline
+            self._sweep = self._clock.callLater(self._timeout, self._expire)
+        return d.addBoth(self._settled, d, entry)
+
+    def _settled(self, result: Any, d: Deferred[Any], entry: List[Any]) -> Any:
+        in_flight = self._in_flight
+        in_flight.pop(d, None)
+        if not in_flight and self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
+        if entry[2] and isinstance(result, Failure) and result.check(CancelledError):
             self._metrics.redis_error("timeout")
             raise SessionStoreUnavailable(
-                f"Redis did not complete {what} within {self._timeout:g} s"
-            ) from failure.value
+                f"Redis did not complete {entry[1]} within {self._timeout:g} s"
+            ) from result.value
+        return result
 
-        return d.addErrback(timed_out)
+    def _expire(self) -> None:
+        """Cancel the operations past their deadline; the timer moves to the next deadline."""
+        self._sweep = None
+        # At least the time the timer was set for (the clock's float sums may fall short).
+        now = max(self._clock.seconds(), self._sweep_at)
+        in_flight = self._in_flight
+        expired = []
+        while in_flight:
+            d, entry = next(iter(in_flight.items()))
+            if entry[0] > now:
+                self._sweep_at = entry[0]
+                self._sweep = self._clock.callLater(max(0.0, entry[0] - self._clock.seconds()),
+                                                    self._expire)
+                break
+            del in_flight[d]
+            entry[2] = True
+            expired.append(d)
+        # Cancelled once the timer is set again: their callbacks may start
+        # new operations, which then find it set.
+        for d in expired:
+            d.cancel()
+
+    def _send(self, *args: Any) -> Deferred[Any]:
+        """
+        One command: its reply, or L{SessionStoreUnavailable} for any
+        failure but a cancel (counted and timed in the metrics).
+        """
+        started = self._clock.seconds()
+        d: Deferred[Any] = maybeDeferred(self._redis.execute_command, *args)
+        return d.addCallbacks(self._replied, self._failed, callbackArgs=(args[0], started),
+                              errbackArgs=(args[0], started))
+
+    def _replied(self, reply: Any, command: str, started: float) -> Any:
+        self._metrics.redis_command(command, self._clock.seconds() - started)
+        return reply
+
+    def _failed(self, failure: Failure, command: str, started: float) -> Any:
+        if failure.check(CancelledError):
+            return failure
+        # txredisapi's errors, connection errors, WRONGTYPE, ...
+        self._metrics.redis_command(command, self._clock.seconds() - started)
+        self._metrics.redis_error("error")
+        raise SessionStoreUnavailable(f"Redis {command} failed: {failure.value}") from failure.value
 
     async def _command(self, *args: Any) -> Any:
-        started = self._clock.seconds()
-        try:
-            reply = await self._redis.execute_command(*args)
-        except CancelledError:
-            raise
-        except Exception as e:  # txredisapi's errors, connection errors, WRONGTYPE, ...
-            self._metrics.redis_command(args[0], self._clock.seconds() - started)
-            self._metrics.redis_error("error")
-            raise SessionStoreUnavailable(f"Redis {args[0]} failed: {e}") from e
-        self._metrics.redis_command(args[0], self._clock.seconds() - started)
-        return reply
+        return await self._send(*args)
 
     async def _eval(self, script: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         return await self._command("EVAL", script, len(keys), *keys, *args)
@@ -219,17 +285,20 @@ class RedisStore:
         if not isinstance(value, str):
             return None
         # The value is still read from Redis every time (a logout or an admin
-        # deletion takes effect at once); only its opening is saved.
-        key = (hashed_id, value)
-        session = self._opened.get(key)
-        if session is not None:
-            return session
+        # deletion takes effect at once); only its opening is saved, under
+        # H(id) with the value it was opened from. (Keyed by the value itself,
+        # as the cookie store's is, each lookup hashed and compared kilobytes
+        # several times: a third of a load's cost on PyPy.)
+        opened = self._opened.get(hashed_id)
+        if opened is not None and opened[0] == value:
+            return opened[1]
         plaintext = self._sealer.unseal(value, PURPOSE_PREFIX + hashed_id.encode("ascii"))
         if plaintext is None:
             return None
         session = Session.from_bytes(plaintext)
-        if session is not None:
-            self._opened.put(key, len(hashed_id) + len(value), session)
+        size = len(hashed_id) + len(value)
+        if session is not None and size <= _OPENED_CHARS // 4:
+            self._opened.put(hashed_id, (value, session), weight=size)
         return session
 
     def close(self) -> Deferred[None]:
@@ -265,16 +334,17 @@ class RedisStore:
         """
         if not isinstance(cookie_value, str) or not _SESSION_ID.match(cookie_value):
             return succeed(None)
+        # The request path: no coroutine, one Deferred and the callbacks on it.
+        hashed_id = hashed(cookie_value)
+        d = self._send("GET", self._session_key(hashed_id))
+        d.addCallback(self._loaded, hashed_id, cookie_value)
+        return self._deadline("a load", d)
 
-        async def load() -> Optional[Session]:
-            hashed_id = hashed(cookie_value)
-            value = await self._command("GET", self._session_key(hashed_id))
-            session = self._open(hashed_id, value)
-            if session is None or session.id != cookie_value:
-                return None
-            return session
-
-        return self._run("a load", load)
+    def _loaded(self, value: Any, hashed_id: str, cookie_value: str) -> Optional[Session]:
+        session = self._open(hashed_id, value)
+        if session is None or session.id != cookie_value:
+            return None
+        return session
 
     def save(self, session: Session) -> Deferred[str]:
         """
