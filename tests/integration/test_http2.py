@@ -27,7 +27,7 @@ import os
 import socket
 import ssl
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import h2.config
 import h2.connection
@@ -561,33 +561,24 @@ class HTTP2Tests(TestCase):
             fields = [(b":method", b"GET"), (b":path", b"/public/hang"),
                       (b":authority", b"app.test"), (b":scheme", b"https")]
             sent = 0
-            started = time.monotonic()
-            client.sock.settimeout(0.001)
-            while client.goaway is None and sent < 100000:
-                frames = []
-                for _ in range(50):
-                    stream = first + 2 * sent
-                    headers = HeadersFrame(stream, encoder.encode(fields))
-                    headers.flags.add("END_HEADERS")
-                    headers.flags.add("END_STREAM")
-                    reset = RstStreamFrame(stream)
-                    reset.error_code = h2.errors.ErrorCodes.CANCEL
-                    frames += [headers.serialize(), reset.serialize()]
-                    sent += 1
-                try:
-                    client.sock.sendall(b"".join(frames))
-                    client.read()
-                except (socket.timeout, ssl.SSLWantReadError):
-                    continue
-                except (OSError, ConnectionError, h2.exceptions.ProtocolError):
-                    break
-            client.sock.settimeout(TIMEOUT)
-            while client.goaway is None:
-                try:
-                    client.read()
-                except (OSError, ConnectionError):
-                    break
-            return sent, client.goaway, time.monotonic() - started
+
+            def batches() -> Iterator[bytes]:
+                nonlocal sent
+                while sent < 100000:
+                    frames = []
+                    for _ in range(50):
+                        stream = first + 2 * sent
+                        headers = HeadersFrame(stream, encoder.encode(fields))
+                        headers.flags.add("END_HEADERS")
+                        headers.flags.add("END_STREAM")
+                        reset = RstStreamFrame(stream)
+                        reset.error_code = h2.errors.ErrorCodes.CANCEL
+                        frames += [headers.serialize(), reset.serialize()]
+                        sent += 1
+                    yield b"".join(frames)
+
+            elapsed = write_until_goaway(client, batches())
+            return sent, client.goaway, elapsed
 
         sent, goaway, elapsed = await deferToThread(flood)
         other = await deferToThread(lambda: self.client(port).request("GET", "/public/echo"))
@@ -625,24 +616,15 @@ class HTTP2Tests(TestCase):
             client.sock.sendall(headers.serialize())
             frame = ContinuationFrame(stream, b"\x00" * 16384).serialize()
             sent = 0
-            started = time.monotonic()
-            client.sock.settimeout(0.001)
-            while client.goaway is None and sent < 64 * 2 ** 20:
-                try:
-                    client.sock.sendall(frame)
+
+            def frames() -> Iterator[bytes]:
+                nonlocal sent
+                while sent < 64 * 2 ** 20:
                     sent += 16384
-                    client.read()
-                except (socket.timeout, ssl.SSLWantReadError):
-                    continue
-                except (OSError, ConnectionError, h2.exceptions.ProtocolError):
-                    break
-            client.sock.settimeout(TIMEOUT)
-            while client.goaway is None:
-                try:
-                    client.read()
-                except (OSError, ConnectionError):
-                    break
-            return sent, client.goaway, time.monotonic() - started
+                    yield frame
+
+            elapsed = write_until_goaway(client, frames())
+            return sent, client.goaway, elapsed
 
         sent, goaway, elapsed = await deferToThread(flood)
         other = await deferToThread(lambda: self.client(port).request("GET", "/public/echo"))
@@ -666,6 +648,33 @@ class HTTP2Tests(TestCase):
         self.assertEqual(big.status, 431)
         self.assertEqual(after.status, 200)
         self.assertIn('"GET /public/echo" 431', self.log())
+
+
+def write_until_goaway(client: H2Client, chunks: Iterator[bytes]) -> float:
+    """
+    Write C{chunks} as fast as the connection takes them, reading what comes
+    back, until the server's GOAWAY, the connection's end or the last chunk;
+    then wait for the GOAWAY. The seconds it took.
+    """
+    started = time.monotonic()
+    client.sock.settimeout(0.001)
+    for chunk in chunks:
+        if client.goaway is not None:
+            break
+        try:
+            client.sock.sendall(chunk)
+            client.read()
+        except (socket.timeout, ssl.SSLWantReadError):
+            continue
+        except (OSError, ConnectionError, h2.exceptions.ProtocolError):
+            break
+    client.sock.settimeout(TIMEOUT)
+    while client.goaway is None:
+        try:
+            client.read()
+        except (OSError, ConnectionError):
+            break
+    return time.monotonic() - started
 
 
 def peak_rss(pid: int) -> int:
