@@ -328,6 +328,15 @@ async def start_proxy(testcase: TestCase, config: str,
     ]
     child = Child("proxy", args, workdir)
     testcase.addCleanup(child.stop)
+    return Proxy(child, await listening_port(child, port_file), config_path)
+
+
+async def listening_port(child: Child, port_file: str) -> int:
+    """
+    The loopback port the proxy C{child} wrote to C{port_file}
+    (C{--port-file}), once it has; fails with the child's output if it ends
+    first or takes longer than L{START_DEADLINE}.
+    """
 
     def port() -> Optional[int]:
         if os.path.exists(port_file):
@@ -340,11 +349,10 @@ async def start_proxy(testcase: TestCase, config: str,
                 raise AssertionError(f"unexpected port file content {text!r}")
             return int(number)
         if child.process.poll() is not None:
-            raise AssertionError("the proxy died at start")
+            raise AssertionError(f"the {child.name} died at start")
         return None
 
     try:
-        found = await poll(port, START_DEADLINE, what="the proxy's port file")
+        return await poll(port, START_DEADLINE, what=f"the {child.name}'s port file")
     except AssertionError as e:
         raise AssertionError(f"{e}\n{child.describe()}") from None
-    return Proxy(child, found, config_path)

@@ -161,21 +161,7 @@ async def start_proxy(testcase: TestCase, config: str,
     ]
     child = procs.Child("proxy", args, workdir)
     testcase.addCleanup(child.stop)
-
-    def port() -> Optional[int]:
-        if os.path.exists(port_file):
-            with open(port_file, encoding="ascii") as f:
-                first = f.read().splitlines()[0]
-            return int(first.rpartition(":")[2])
-        if child.process.poll() is not None:
-            raise AssertionError("the proxy died at start")
-        return None
-
-    try:
-        found = await procs.poll(port, procs.START_DEADLINE, what="the proxy's port file")
-    except AssertionError as e:
-        raise AssertionError(f"{e}\n{child.describe()}") from None
-    return child, found
+    return child, await procs.listening_port(child, port_file)
 
 
 async def log_line(child: procs.Child, *parts: str) -> str:

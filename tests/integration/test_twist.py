@@ -61,21 +61,7 @@ class TwistTests(TestCase):
             "--port-file", port_file,
         ], workdir)
         self.addCleanup(child.stop)
-
-        def port() -> Optional[int]:
-            if os.path.exists(port_file):
-                with open(port_file, encoding="ascii") as f:
-                    first = f.read().splitlines()[0]
-                return int(first.rpartition(":")[2])
-            if child.process.poll() is not None:
-                raise AssertionError(f"twist oidcproxy ended at start\n{child.describe()}")
-            return None
-
-        try:
-            found = await procs.poll(port, procs.START_DEADLINE, what="the proxy's port file")
-        except AssertionError as e:
-            raise AssertionError(f"{e}\n{child.describe()}") from None
-        return procs.Proxy(child, found, config_path)
+        return procs.Proxy(child, await procs.listening_port(child, port_file), config_path)
 
     async def health(self, proxy: procs.Proxy) -> Dict:
         response = await self.http.get(proxy.url + "/oidc/health", timeout=10)
