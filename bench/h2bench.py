@@ -19,7 +19,8 @@ client is the same on both sides of each ratio:
 Each keeps 50 requests in flight, as C{wrk -c50} does in the main run.
 The rounds are interleaved, PyPy is warmed up until its rate settles (as in
 the main run); reported: req/s, p50 and p99 (from h2load's per-request log),
-failed requests, and the ratios.
+the serving process's CPU time per request, failed requests, and the ratios
+of both.
 
 It uses bench/run.py's processes and helpers; bench/run.py imports it when
 it needs it.
@@ -188,6 +189,7 @@ def summarise(target: H2Target) -> Dict[str, Any]:
     summary: Dict[str, Any] = {
         "rps": bench.median_of(target.runs, "rps"), "p50_ms": bench.median_of(target.runs, "p50_ms"),
         "p99_ms": bench.median_of(target.runs, "p99_ms"),
+        "cpu_ms_per_req": bench.median_of(target.runs, "cpu_ms_per_req"),
         "rounds_rps": [round(r["rps"], 1) for r in target.runs],
         "failed": sum(r["failed"] for r in target.runs),
         "not_2xx": sum(r["not_2xx"] for r in target.runs),
@@ -263,11 +265,15 @@ def h2(args: argparse.Namespace, children: bench.Children, workdir: str) -> Dict
     for round_number in range(args.repeats):
         shift = round_number % len(targets)
         for target in targets[shift:] + targets[:shift]:
+            cpu_before = bench.cpu_seconds(target.process.pid)
             result = run_h2load(target, args.duration, log_file)
+            cpu = bench.cpu_seconds(target.process.pid) - cpu_before
+            result["cpu_ms_per_req"] = cpu * 1000.0 / result["requests"] if result["requests"] else None
             target.runs.append(result)
             say(f"round {round_number + 1}/{args.repeats} {target.key}: {result['rps']:,.0f} req/s, "
                 f"p50 {bench.fmt(result.get('p50_ms'), 2)} ms, "
-                f"p99 {bench.fmt(result.get('p99_ms'), 2)} ms")
+                f"p99 {bench.fmt(result.get('p99_ms'), 2)} ms, "
+                f"{bench.fmt(result['cpu_ms_per_req'], 3)} ms CPU/request")
 
     results: Dict[str, Dict[str, Dict[str, Any]]] = {}
     for target in targets:
@@ -276,21 +282,30 @@ def h2(args: argparse.Namespace, children: bench.Children, workdir: str) -> Dict
     for a, b in RATIOS:
         ratios[f"{a}/{b}"] = {runtime: _div(results[a][runtime]["rps"], results[b][runtime]["rps"])
                               for runtime in runtimes}
+    cpu_ratios = {f"{a}/{b}": {runtime: _div(results[a][runtime]["cpu_ms_per_req"],
+                                             results[b][runtime]["cpu_ms_per_req"])
+                               for runtime in runtimes}
+                  for a, b in RATIOS}
     if len(runtimes) == 2:
         for scenario, *_ in SCENARIOS:
             ratios[f"{scenario} PyPy/CPython"] = {"pypy": _div(results[scenario]["pypy"]["rps"],
                                                                results[scenario]["cpython"]["rps"])}
-    lines = [f"{'':4} {'runtime':8} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8}  load"]
+    lines = [f"{'':4} {'runtime':8} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'CPU ms':>7}  load"]
     for scenario, *_, what in SCENARIOS:
         for runtime in runtimes:
             s = results[scenario][runtime]
             mark = " !" if s["problems"] else "  "
             lines.append(f"{scenario:4} {runtime:8} {s['rps']:>9,.0f} {bench.fmt(s['p50_ms'], 2):>8} "
-                         f"{bench.fmt(s['p99_ms'], 2):>8}{mark}{s['load']}: {what}")
+                         f"{bench.fmt(s['p99_ms'], 2):>8} {bench.fmt(s['cpu_ms_per_req'], 3):>7}"
+                         f"{mark}{s['load']}: {what}")
+    lines.append("(CPU ms: the serving process's CPU time per request, utime + stime)")
     lines.append("")
     lines.append("ratios (req/s): " + "; ".join(
         f"{name} " + " ".join(f"{runtime} {bench.fmt(value, 2)}" for runtime, value in by.items())
         for name, by in ratios.items()))
+    lines.append("ratios (CPU per request): " + "; ".join(
+        f"{name} " + " ".join(f"{runtime} {bench.fmt(value, 2)}" for runtime, value in by.items())
+        for name, by in cpu_ratios.items()))
     warm = [f"{t.key} {t.warmup_s:g}s" + ("" if t.warmup_settled else " (not settled)")
             for t in targets if t.warmup_s is not None]
     if warm:
@@ -307,7 +322,7 @@ def h2(args: argparse.Namespace, children: bench.Children, workdir: str) -> Dict
                          "warmup_s": args.warmup, "h2load_threads": THREADS,
                          "upstream_body_bytes": len(bench.UPSTREAM_BODY)},
             "scenarios": {name: what for name, *_, what in SCENARIOS},
-            "results": results, "ratios": ratios, "table": "\n".join(lines),
+            "results": results, "ratios": ratios, "cpu_ratios": cpu_ratios, "table": "\n".join(lines),
             "elapsed_s": round(time.monotonic() - started, 1)}
 
 
