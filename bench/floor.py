@@ -5,9 +5,15 @@ nothing else -- no routes, no authentication, no access log, no header
 rewriting beyond what HTTP requires of a proxy.
 
     python bench/floor.py --upstream http://127.0.0.1:9000 [--port 0]
+        [--tls-cert CERT.pem --tls-key KEY.pem]
 
 It listens on 127.0.0.1 (port 0: any free port) and prints C{PORT <n>} on
-stdout once it listens. It stops on SIGTERM or SIGINT.
+stdout once it listens. It stops on SIGTERM or SIGINT. With C{--tls-cert}
+and C{--tls-key} it listens with TLS instead and offers C{h2} and
+C{http/1.1} in the handshake (ALPN), as oidcproxy's C{ssl:} listeners do:
+Twisted's C{Site} then serves HTTP/2 to clients that choose it, when the
+C{h2} package is installed (the floor of the HTTP/2 scenarios, C{bench/run
+--h2}).
 
 What it does per request is what a proxy cannot avoid: copy the end-to-end
 headers of the request, send it upstream on a pooled keep-alive connection,
@@ -111,12 +117,29 @@ class FloorProxy(Resource):
         request.finish()
 
 
+def tls_options(cert_path: str, key_path: str) -> Any:
+    """TLS server options offering C{h2} (when Twisted can serve it) and C{http/1.1}."""
+    from twisted.internet.ssl import CertificateOptions, PrivateCertificate
+    from twisted.web.http import H2_ENABLED
+
+    with open(cert_path, "rb") as f:
+        pem = f.read()
+    with open(key_path, "rb") as f:
+        pem += b"\n" + f.read()
+    pair = PrivateCertificate.loadPEM(pem)
+    protocols = [b"h2", b"http/1.1"] if H2_ENABLED else [b"http/1.1"]
+    return CertificateOptions(privateKey=pair.privateKey.original, certificate=pair.original,
+                              acceptableProtocols=protocols)
+
+
 def main(argv: List[str]) -> None:
     from twisted.internet import reactor
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--upstream", required=True, help="http://host:port of the upstream")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--tls-cert", default=None, help="PEM certificate: listen with TLS")
+    parser.add_argument("--tls-key", default=None, help="PEM private key of --tls-cert")
     args = parser.parse_args(argv)
 
     pool = HTTPConnectionPool(reactor, persistent=True)
@@ -126,8 +149,13 @@ def main(argv: List[str]) -> None:
     site = Site(FloorProxy(agent, args.upstream.encode("ascii")))
     site.noisy = False
     site.log = lambda request: None  # type: ignore[method-assign]  # no access log
-    port: Any = reactor.listenTCP(args.port, site, backlog=1024,  # type: ignore[arg-type]
-                                  interface="127.0.0.1")
+    port: Any
+    if args.tls_cert:
+        port = reactor.listenSSL(args.port, site, tls_options(args.tls_cert, args.tls_key),  # type: ignore[attr-defined]
+                                 backlog=1024, interface="127.0.0.1")
+    else:
+        port = reactor.listenTCP(args.port, site, backlog=1024,  # type: ignore[arg-type]
+                                 interface="127.0.0.1")
     sys.stdout.write(f"PORT {port.getHost().port}\n")
     sys.stdout.flush()
     reactor.run()

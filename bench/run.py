@@ -6,6 +6,7 @@ run (see bench/README.rst).
     bench/run --compare REF [--compare-to REF2] [--quick] [...]
     bench/run --profile [--profile-seconds S] [--profiler sample|cprofile]
     bench/run --overload [--overload-seconds S]
+    bench/run --h2 [--quick] [--runtimes ...]
 
 C{bench/run} installs what is missing and runs this file with the project's
 CPython venv. Everything listens on 127.0.0.1 on free ports; every process
@@ -1699,6 +1700,9 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--overload", action="store_true",
                         help="instead: 10x the connections a slowed upstream can serve, "
                              "against a normal run")
+    parser.add_argument("--h2", action="store_true",
+                        help="instead: HTTP/2 against HTTP/1.1 on the same TLS listener, and "
+                             "the TLS floor (h2load; about 5 minutes)")
     parser.add_argument("--overload-seconds", type=float, default=10.0,
                         help="--overload: seconds of each wrk run (10)")
     args = parser.parse_args(argv)
@@ -1713,14 +1717,16 @@ def main(argv: Sequence[str]) -> int:
         parser.error("--compare needs --repeats 3 or more (the rounds' spread decides what is noise)")
     if args.compare_to is not None and args.compare is None:
         parser.error("--compare-to goes with --compare REF")
-    if args.compare is not None and (args.profile or args.scale or args.memory or args.overload):
+    if args.compare is not None and (args.profile or args.scale or args.memory or args.overload
+                                     or args.h2):
         parser.error("--compare measures the scenarios of a normal run: not with --profile, "
-                     "--scale, --memory or --overload")
+                     "--scale, --memory, --overload or --h2")
     if not 0 <= args.pypy_warmup_min <= args.pypy_warmup_max or not 0 < args.pypy_settle < 1:
         parser.error("--pypy-warmup-min must be between 0 and --pypy-warmup-max, "
                      "--pypy-settle between 0 and 1")
-    if sum((args.profile, args.scale, args.memory, args.overload)) > 1:
-        parser.error("--profile, --scale, --memory and --overload are separate runs: one at a time")
+    if sum((args.profile, args.scale, args.memory, args.overload, args.h2)) > 1:
+        parser.error("--profile, --scale, --memory, --overload and --h2 are separate runs: "
+                     "one at a time")
     if args.overload_seconds < 1:
         parser.error("--overload-seconds must be at least 1")
     if args.scale_sessions <= 1_000 or args.populate_processes < 1:
@@ -1746,6 +1752,10 @@ def main(argv: Sequence[str]) -> int:
             import overload
 
             outcome = overload.overload(args, children, workdir)
+        elif args.h2:
+            import h2bench
+
+            outcome = h2bench.h2(args, children, workdir)
         elif args.scale or args.memory:
             import extras
 
