@@ -33,6 +33,7 @@ import h2.config
 import h2.connection
 import h2.errors
 import h2.events
+import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
 from hyperframe.frame import ContinuationFrame, HeadersFrame, RstStreamFrame
 from jwt.algorithms import RSAAlgorithm
@@ -234,7 +235,7 @@ class HTTP2Tests(TestCase):
 
     def start_idp(self) -> str:
         """An IdP in this process that only has to be reachable: a key set of one RSA key. Its URL."""
-        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        key = self.idp_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         jwk = json.loads(RSAAlgorithm.to_jwk(key.public_key()))
         jwk.update(kid="k1", use="sig", alg="RS256")
         jwks = Resource()
@@ -243,7 +244,16 @@ class HTTP2Tests(TestCase):
         site.log = lambda request: None  # type: ignore[method-assign]
         port = reactor.listenTCP(0, site, interface="127.0.0.1")  # type: ignore[attr-defined]
         self.addCleanup(port.stopListening)
-        return f"http://127.0.0.1:{port.getHost().port}"
+        self.idp = f"http://127.0.0.1:{port.getHost().port}"
+        return self.idp
+
+    def access_token(self) -> str:
+        """An access token of alice's for the proxy, signed by the IdP's key."""
+        now = int(time.time())
+        claims = {"iss": self.idp, "aud": "proxy", "sub": "alice", "email": "alice@example.com",
+                  "iat": now, "exp": now + 300}
+        return jwt.encode(claims, self.idp_key, algorithm="RS256",
+                          headers={"kid": "k1", "typ": "at+jwt"})
 
     def client(self, port: int, alpn: Sequence[str] = ("h2", "http/1.1"),
                keep_body: bool = True) -> H2Client:
@@ -259,10 +269,12 @@ class HTTP2Tests(TestCase):
         ALPN chooses h2; on one connection: a public route is proxied, a
         session route without a session redirects to the IdP with a state
         cookie, with a sealed session cookie it is proxied with the identity
-        headers, and a bearer route without a token answers 401.
+        headers, and a bearer route without a token answers 401, with a
+        valid token it is proxied with the token's identity.
         """
         port = await self.start()
         cookie = session_cookie()
+        token_of = self.access_token()
 
         def walk() -> Dict[str, Any]:
             client = self.client(port)
@@ -277,8 +289,9 @@ class HTTP2Tests(TestCase):
                 login = client.request("GET", "/app/page", navigate)
             session = client.request("GET", "/app/echo", [("cookie", f"{SESSION_COOKIE}={cookie}")])
             bearer = client.request("GET", "/api/echo", [("accept", "application/json")])
+            token = client.request("GET", "/api/echo", [("authorization", f"Bearer {token_of}")])
             return {"protocol": client.protocol, "public": public, "login": login,
-                    "session": session, "bearer": bearer}
+                    "session": session, "bearer": bearer, "token": token}
 
         got = await deferToThread(walk)
         self.assertEqual(got["protocol"], "h2")
@@ -304,6 +317,9 @@ class HTTP2Tests(TestCase):
         bearer = got["bearer"]
         self.assertEqual(bearer.status, 401, bytes(bearer.body))
         self.assertTrue((bearer.header(b"www-authenticate") or b"").startswith(b"Bearer"))
+        token = got["token"]
+        self.assertEqual(token.status, 200, bytes(token.body))
+        self.assertEqual(echo_headers(token)["x-forwarded-user"], "alice")
 
         self.assertIn('"GET /public/echo" 200', self.log())
         self.assertNotIn("Unhandled Error", self.log())

@@ -1,7 +1,7 @@
 """
 Headless Chromium logs in over HTTP/2: the real proxy process on an C{ssl:}
 listener (certificates from L{tests.pki}), with its sessions in a real
-redis-server, in front of the real upstream app, at the real OP of
+redis-server or in the cookie, in front of the real upstream app, at the real OP of
 L{tests.integration.test_login_interop} (C{oidc-provider}).
 
 Chromium is told to accept the test server's certificate by its public key
@@ -62,12 +62,30 @@ class LoginOverHTTP2Tests(TestCase):
         with alice's identity at the upstream: all of it over h2, the
         session kept in Redis.
         """
+        redis = await start_redis(self)
+        await self.log_in_over_h2(session={"store": "redis"}, redis={"url": redis.url})
+        # The session is in Redis (the cookie holds only its id).
+        self.assertGreaterEqual(await deferToThread(redis_keys, redis.port), 1)
+
+    async def test_login_with_cookie_sessions_over_h2(self) -> None:
+        """
+        The same login over h2 with the default store: the whole session in
+        the (encrypted, possibly chunked) cookie the browser sends back over
+        h2, where cookies may come in several header fields.
+        """
+        await self.log_in_over_h2()
+
+    async def log_in_over_h2(self, **settings: Any) -> None:
+        """
+        Log alice in with Chromium over h2 to a proxy configured with
+        C{settings} (tables of L{proxy_config}); check the page, the
+        protocol the browser and the access log saw, and no traceback.
+        """
         require_chromium()
         require_op()
         directory = os.path.abspath(self.mktemp())
         os.makedirs(directory)
         pki = make_pki(directory)
-        redis = await start_redis(self)
         reserved = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         reserved.bind(("127.0.0.1", 0))
         port = reserved.getsockname()[1]
@@ -78,8 +96,7 @@ class LoginOverHTTP2Tests(TestCase):
                   f":privateKey={endpoint_path(pki['server_chained_key'])}"
                   f":certKey={endpoint_path(pki['server_chained'])}"
                   f":extraCertChain={endpoint_path(pki['intermediate'])}")
-        config = proxy_config(port, op, upstream, public_url=base,
-                              session={"store": "redis"}, redis={"url": redis.url})
+        config = proxy_config(port, op, upstream, public_url=base, **settings)
         config = config.replace(f'listen = ["tcp:{port}:interface=127.0.0.1"]',
                                 f"listen = [{json.dumps(listen)}]")
         proxy = await self.start_proxy(reserved, config, pki["ca"])
@@ -102,8 +119,6 @@ class LoginOverHTTP2Tests(TestCase):
             self.assertTrue(lines, f"{request} not in the access log:\n{log}")
             self.assertTrue(all(line.endswith("proto=HTTP/2") for line in lines), lines)
         self.assertNotIn("proto=HTTP/1.1", log)
-        # The session is in Redis (the cookie holds only its id).
-        self.assertGreaterEqual(await deferToThread(redis_keys, redis.port), 1)
         self.assertNotIn("Traceback", log)
 
     async def start_proxy(self, reserved: socket.socket, config: str, ca: str) -> procs.Child:
