@@ -11,7 +11,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.logger import LogLevel, globalLogPublisher
+from twisted.logger import Logger, LogLevel, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
@@ -239,6 +239,35 @@ class AccessLogTests(SynchronousTestCase):
                          [("/one", 200, "HTTP/1.1"), ("/ten", 200, "HTTP/1.0"),
                           ("/big/x", 413, "HTTP/1.1"), ("-", 400, "-")])
         self.assertTrue(events[0]["access_line"].endswith(" proto=HTTP/1.1"), events[0]["access_line"])
+
+    def test_event_as_logger_info_makes_it(self):
+        """
+        The access event is the one C{Logger.info} makes (same keys, in the
+        same order, same values but the time): JSON observers write the same
+        line.
+        """
+        h = SiteHarness(self)
+        h.send(b"GET /who HTTP/1.1\r\nHost: a\r\n\r\n")
+        [event] = h.access()
+        made: list = []
+        # Observers may add to an event (trial's legacy one adds "message",
+        # "time", ...): the access log's own keys come first.
+        names = ["access_line", "user", "auth", "client", "method", "path", "status", "bytes",
+                 "duration_ms", "route", "upstream", "proto", "log_logger", "log_level",
+                 "log_namespace", "log_source", "log_format", "log_time"]
+        self.assertEqual(list(event)[:len(names)], names)
+        event = {k: event[k] for k in names}
+        fields = {k: v for k, v in event.items() if not k.startswith("log_")}
+        Logger(namespace="oidcproxy.access", observer=made.append).info("{access_line}", **fields)
+        [expected] = made
+        self.assertEqual(list(event), list(expected))
+        self.assertIsInstance(event["log_logger"], Logger)
+        self.assertEqual(event["log_logger"].namespace, "oidcproxy.access")
+        self.assertLess(abs(event["log_time"] - expected["log_time"]), 60)
+        self.assertEqual(
+            {k: v for k, v in event.items() if k not in ("log_time", "log_logger")},
+            {k: v for k, v in expected.items() if k not in ("log_time", "log_logger")})
+        self.assertEqual(formatEvent(event), formatEvent(expected))
 
     def test_json_log_observer(self):
         """--logger=oidcproxy.logs.json writes each event as one JSON line with its fields."""
