@@ -291,6 +291,59 @@ class AccessLogTests(SynchronousTestCase):
         self.assertEqual((event["path"], event["status"], event["user"],
                           event["log_namespace"]), ("/x", 200, "alice", "oidcproxy.access"))
 
+    def test_text_log_observer_one_field_formats(self):
+        """
+        Events whose format is one field (as the access log's) give the lines
+        of twistd's text observer whatever that field holds: text, a number,
+        nothing, an attribute, a conversion, with a traceback.
+        """
+        import io
+
+        from twisted.logger import formatEventAsClassicLogText, formatTime
+
+        from oidcproxy.logs import TextLogObserver
+
+        class Thing:
+            name = "thing"
+
+            def __str__(self):
+                return "a thing"
+
+        try:
+            raise ZeroDivisionError("division by zero")
+        except ZeroDivisionError:
+            failure = Failure()
+        base = {"log_time": 1795900000.25, "log_namespace": "oidcproxy.access",
+                "log_level": LogLevel.info}
+        events = [
+            {"log_format": "{access_line}", "access_line": 'a "GET /x" 200\nnext'},
+            {"log_format": "{access_line}", "access_line": ""},
+            {"log_format": "{access_line}", "access_line": 200},
+            {"log_format": "{access_line}", "access_line": Thing()},
+            {"log_format": "{access_line}"},
+            {"log_format": "{access_line.name}", "access_line": Thing()},
+            {"log_format": "{access_line!r}", "access_line": "x"},
+            {"log_format": "{access_line:>4}", "access_line": "x"},
+            {"log_format": "{0}", "0": "x"},
+            {"log_format": "{a}{b}", "a": "x", "b": "y", "a}{b": "z"},
+            {"log_format": "{{a}}", "a": "x", "{a}": "z"},
+            {"log_format": b"{access_line}", "access_line": "bytes format"},
+            {"log_format": "{access_line}", "access_line": "failed", "log_failure": failure},
+            {"log_format": "{access_line}", "access_line": "flat",
+             "log_flattened": {"access_line!:": "flattened", "access_line!s:": "flattened"}},
+        ]
+        events = [{**base, **event} for event in events]
+        out = io.StringIO()
+        observer = TextLogObserver(out)
+        for event in events:
+            observer(dict(event))
+        expected = "".join(formatEventAsClassicLogText(
+            dict(e), formatTime=lambda when: formatTime(when, "%Y-%m-%dT%H:%M:%S%z")) or ""
+            for e in events)
+        self.assertEqual(out.getvalue(), expected)
+        self.assertIn("flattened", expected)
+        self.assertIn("Unable to format event", expected)
+
     def test_text_log_observer_is_twistds_format(self):
         """
         --logger=oidcproxy.logs.text writes exactly the lines of twistd's own
