@@ -39,6 +39,25 @@ def text() -> Any:
     return TextLogObserver(sys.stdout)
 
 
+def _text(event: Dict[str, Any]) -> str:
+    """
+    C{eventAsText(event)} without time or system, traceback included. An
+    event whose format is one field holding text, and no failure (the access
+    log's: its line is made by the site), is that text, with no trip through
+    the formatter.
+    """
+    fmt = event.get("log_format")
+    if type(fmt) is str and fmt[:1] == "{" and fmt[-1:] == "}" and "log_failure" not in event \
+            and "log_flattened" not in event:
+        name = fmt[1:-1]
+        if name.isidentifier():
+            value = event.get(name)
+            if type(value) is str:
+                return value
+    return eventAsText(event, includeTraceback=True, includeTimestamp=False,
+                       includeSystem=False)
+
+
 @implementer(ILogObserver)
 class TextLogObserver:
     """
@@ -61,8 +80,7 @@ class TextLogObserver:
         return self._stamp
 
     def __call__(self, event: Dict[str, Any]) -> None:
-        text = eventAsText(event, includeTraceback=True, includeTimestamp=False,
-                           includeSystem=False)
+        text = _text(event)
         if not text:
             return
         system = event.get("log_system")

@@ -516,6 +516,61 @@ class RegistryTests(SynchronousTestCase):
         null.upstream_latency("r", 1.0)
 
 
+class PerRequestCostTests(SynchronousTestCase):
+    """
+    The metrics counted per request cost a look-up once their labels were
+    seen: C{labels()} (checks, conversions, a lock) runs once per label values.
+    """
+
+    def counting(self, metric: Any) -> Dict[Tuple[str, ...], int]:
+        calls: Dict[Tuple[str, ...], int] = {}
+        labels = metric.labels
+
+        def counted(*values: str) -> Any:
+            calls[values] = calls.get(values, 0) + 1
+            return labels(*values)
+
+        self.patch(metric, "labels", counted)
+        return calls
+
+    def test_requests_bound_once(self):
+        """Requests through the guard count right, with one labels() call per route and status."""
+        h, m = metered(self)
+        calls = self.counting(m._requests)
+        browser = h.browser()
+        for _ in range(3):
+            browser.get("/oidc/health")
+        browser.get("/oidc/nothing-here")
+        self.assertEqual(value(m, "oidcproxy_requests_total", route="oidc:health", status="200"),
+                         3.0)
+        self.assertEqual(value(m, "oidcproxy_requests_total", route="oidc:unknown", status="404"),
+                         1.0)
+        self.assertEqual(calls, {("oidc:health", "200"): 1, ("oidc:unknown", "404"): 1})
+
+    def test_histograms_bound_once(self):
+        """Upstream and Redis latencies: one labels() call per route and per command."""
+        m = Metrics()
+        upstream = self.counting(m._upstream)
+        redis = self.counting(m._redis_latency)
+        for seconds in (0.003, 0.02, -1.0):
+            m.upstream_latency("routes[0]", seconds)
+            m.redis_command("GET", seconds / 10)
+        m.upstream_latency("routes[1]", 0.5)
+        self.assertEqual(upstream, {("routes[0]",): 1, ("routes[1]",): 1})
+        self.assertEqual(redis, {("GET",): 1})
+        self.assertEqual(value(m, "oidcproxy_upstream_latency_seconds_count", route="routes[0]"), 3.0)
+        self.assertEqual(value(m, "oidcproxy_upstream_latency_seconds_bucket", route="routes[0]",
+                               le="0.005"), 2.0)
+        self.assertEqual(value(m, "oidcproxy_redis_command_seconds_count", command="GET"), 3.0)
+
+    def test_status_as_text(self):
+        """A status given as text counts in the same series as the number."""
+        m = Metrics()
+        m.request("r", 200)
+        m.request("r", "200")  # type: ignore[arg-type]
+        self.assertEqual(value(m, "oidcproxy_requests_total", route="r", status="200"), 2.0)
+
+
 # -- the [metrics] listener ---------------------------------------------------------------------
 
 

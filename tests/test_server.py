@@ -11,7 +11,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.logger import LogLevel, globalLogPublisher
+from twisted.logger import Logger, LogLevel, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
@@ -240,6 +240,35 @@ class AccessLogTests(SynchronousTestCase):
                           ("/big/x", 413, "HTTP/1.1"), ("-", 400, "-")])
         self.assertTrue(events[0]["access_line"].endswith(" proto=HTTP/1.1"), events[0]["access_line"])
 
+    def test_event_as_logger_info_makes_it(self):
+        """
+        The access event is the one C{Logger.info} makes (same keys, in the
+        same order, same values but the time): JSON observers write the same
+        line.
+        """
+        h = SiteHarness(self)
+        h.send(b"GET /who HTTP/1.1\r\nHost: a\r\n\r\n")
+        [event] = h.access()
+        made: list = []
+        # Observers may add to an event (trial's legacy one adds "message",
+        # "time", ...): the access log's own keys come first.
+        names = ["access_line", "user", "auth", "client", "method", "path", "status", "bytes",
+                 "duration_ms", "route", "upstream", "proto", "log_logger", "log_level",
+                 "log_namespace", "log_source", "log_format", "log_time"]
+        self.assertEqual(list(event)[:len(names)], names)
+        event = {k: event[k] for k in names}
+        fields = {k: v for k, v in event.items() if not k.startswith("log_")}
+        Logger(namespace="oidcproxy.access", observer=made.append).info("{access_line}", **fields)
+        [expected] = made
+        self.assertEqual(list(event), list(expected))
+        self.assertIsInstance(event["log_logger"], Logger)
+        self.assertEqual(event["log_logger"].namespace, "oidcproxy.access")
+        self.assertLess(abs(event["log_time"] - expected["log_time"]), 60)
+        self.assertEqual(
+            {k: v for k, v in event.items() if k not in ("log_time", "log_logger")},
+            {k: v for k, v in expected.items() if k not in ("log_time", "log_logger")})
+        self.assertEqual(formatEvent(event), formatEvent(expected))
+
     def test_json_log_observer(self):
         """--logger=oidcproxy.logs.json writes each event as one JSON line with its fields."""
         import io
@@ -261,6 +290,59 @@ class AccessLogTests(SynchronousTestCase):
         event = json.loads(lines[0])
         self.assertEqual((event["path"], event["status"], event["user"],
                           event["log_namespace"]), ("/x", 200, "alice", "oidcproxy.access"))
+
+    def test_text_log_observer_one_field_formats(self):
+        """
+        Events whose format is one field (as the access log's) give the lines
+        of twistd's text observer whatever that field holds: text, a number,
+        nothing, an attribute, a conversion, with a traceback.
+        """
+        import io
+
+        from twisted.logger import formatEventAsClassicLogText, formatTime
+
+        from oidcproxy.logs import TextLogObserver
+
+        class Thing:
+            name = "thing"
+
+            def __str__(self):
+                return "a thing"
+
+        try:
+            raise ZeroDivisionError("division by zero")
+        except ZeroDivisionError:
+            failure = Failure()
+        base = {"log_time": 1795900000.25, "log_namespace": "oidcproxy.access",
+                "log_level": LogLevel.info}
+        events = [
+            {"log_format": "{access_line}", "access_line": 'a "GET /x" 200\nnext'},
+            {"log_format": "{access_line}", "access_line": ""},
+            {"log_format": "{access_line}", "access_line": 200},
+            {"log_format": "{access_line}", "access_line": Thing()},
+            {"log_format": "{access_line}"},
+            {"log_format": "{access_line.name}", "access_line": Thing()},
+            {"log_format": "{access_line!r}", "access_line": "x"},
+            {"log_format": "{access_line:>4}", "access_line": "x"},
+            {"log_format": "{0}", "0": "x"},
+            {"log_format": "{a}{b}", "a": "x", "b": "y", "a}{b": "z"},
+            {"log_format": "{{a}}", "a": "x", "{a}": "z"},
+            {"log_format": b"{access_line}", "access_line": "bytes format"},
+            {"log_format": "{access_line}", "access_line": "failed", "log_failure": failure},
+            {"log_format": "{access_line}", "access_line": "flat",
+             "log_flattened": {"access_line!:": "flattened", "access_line!s:": "flattened"}},
+        ]
+        events = [{**base, **event} for event in events]
+        out = io.StringIO()
+        observer = TextLogObserver(out)
+        for event in events:
+            observer(dict(event))
+        expected = "".join(formatEventAsClassicLogText(
+            dict(e), formatTime=lambda when: formatTime(when, "%Y-%m-%dT%H:%M:%S%z")) or ""
+            for e in events)
+        self.assertEqual(out.getvalue(), expected)
+        self.assertIn("flattened", expected)
+        self.assertIn("Unable to format event", expected)
 
     def test_text_log_observer_is_twistds_format(self):
         """

@@ -18,7 +18,7 @@ L{metrics_site}.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Dict, Optional, Tuple
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from twisted.web.resource import Resource
@@ -31,6 +31,23 @@ _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.
 
 _REDIS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 """Redis commands: sub-millisecond on a LAN up to the command timeout (2 s by default)."""
+
+
+class _Children(Dict[Tuple[Any, ...], Any]):
+    """
+    The children of a labelled metric, by their label values: made by
+    C{labels()} the first time a key is asked for, then looked up. A
+    C{labels()} call checks and converts its values and takes a lock; a
+    request's counters are worth a dictionary look-up.
+    """
+
+    def __init__(self, metric: Any) -> None:
+        super().__init__()
+        self._metric = metric
+
+    def __missing__(self, key: Tuple[Any, ...]) -> Any:
+        child = self[key] = self._metric.labels(*(str(value) for value in key))
+        return child
 
 
 class NullMetrics:
@@ -181,12 +198,17 @@ class Metrics(NullMetrics):
         self._ws_bytes = Counter(
             "oidcproxy_websocket_bytes", "Bytes relayed over upgraded connections, by direction "
             "(to_upstream, to_client).", ["direction"], registry=r)
+        # The metrics counted per request (or per Redis command), bound once
+        # per label values.
+        self._requests_by = _Children(self._requests)
+        self._upstream_by = _Children(self._upstream)
+        self._redis_latency_by = _Children(self._redis_latency)
 
     def request(self, route: str, status: int) -> None:
-        self._requests.labels(route, str(status)).inc()
+        self._requests_by[route, status].inc()
 
     def upstream_latency(self, route: str, seconds: float) -> None:
-        self._upstream.labels(route).observe(max(0.0, seconds))
+        self._upstream_by[route,].observe(max(0.0, seconds))
 
     def upstream_queue_rejected(self, route: str, reason: str) -> None:
         self._upstream_rejected.labels(route, reason).inc()
@@ -207,7 +229,7 @@ class Metrics(NullMetrics):
         self._refreshes.labels(outcome).inc()
 
     def redis_command(self, command: str, seconds: float) -> None:
-        self._redis_latency.labels(command).observe(max(0.0, seconds))
+        self._redis_latency_by[command,].observe(max(0.0, seconds))
 
     def redis_error(self, kind: str) -> None:
         self._redis_errors.labels(kind).inc()
