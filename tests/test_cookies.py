@@ -57,6 +57,23 @@ class WireNameTests(SynchronousTestCase):
         self.assertEqual(CookieSpec("s", secure=False).wire_name, "s")
         self.assertEqual(CookieSpec("s", secure=False, domain="example.com", path="/x").wire_name, "s")
 
+    def test_worked_out_per_spec(self) -> None:
+        """
+        A spec's names are worked out once, for that spec: one made from it
+        with other attributes has its own, and equal specs stay equal.
+        """
+        import attr
+
+        spec = CookieSpec("s", max_chunks=2)
+        self.assertEqual(spec.wire_name, "__Host-s")
+        self.assertEqual(read_cookie(spec, {b"__Host-s": b"A", b"__Host-s_1": b"B"}), "AB")
+        other = attr.evolve(spec, secure=False, max_chunks=1)
+        self.assertEqual(other.wire_name, "s")
+        self.assertEqual(read_cookie(other, {b"s": b"A", b"__Host-s": b"B"}), "A")
+        self.assertIsNone(read_cookie(other, {b"s": b"A", b"s_1": b"B"}))
+        self.assertEqual(spec, CookieSpec("s", max_chunks=2))
+        self.assertEqual(hash(spec), hash(CookieSpec("s", max_chunks=2)))
+
 
 class SpecValidationTests(SynchronousTestCase):
     """L{CookieSpec} refuses attributes that would break or inject into headers."""
@@ -252,6 +269,11 @@ class ReadCookieTests(SynchronousTestCase):
         """Reading stops at the first missing index; later chunks are ignored."""
         cookies = {b"__Host-oidcproxy": b"A", b"__Host-oidcproxy_1": b"B", b"__Host-oidcproxy_3": b"D"}
         self.assertEqual(read_cookie(SPEC, cookies), "AB")
+
+    def test_empty_chunk_joined(self) -> None:
+        """A chunk present but empty is joined (as nothing), and the next ones still are."""
+        cookies = {b"__Host-oidcproxy": b"A", b"__Host-oidcproxy_1": b"", b"__Host-oidcproxy_2": b"C"}
+        self.assertEqual(read_cookie(SPEC, cookies), "AC")
 
     def test_max_chunks_accepted(self) -> None:
         """Exactly max_chunks chunks are read."""

@@ -299,6 +299,52 @@ class OpenedSessionsTests(SynchronousTestCase):
         cache.put("x" * 600, 600, self.session(99))
         self.assertIsNone(cache.get("x" * 600))
 
+    def test_filed_under_a_short_key(self):
+        """
+        The map hashes and compares a few dozen characters per lookup, not
+        the kilobytes of a value: an entry is filed under the value's tail.
+        """
+        cache = OpenedSessions(Clock())
+        value = "v" * 3000 + "0123456789abcdefghijklmnopqrstuvwxyz"
+        cache.put(value, len(value), self.session(1))
+        self.assertEqual([len(key) for key in cache._cache.keys()], [24])
+
+    def test_equal_value_hits(self):
+        """A value equal character for character (another object) finds the session."""
+        cache = OpenedSessions(Clock())
+        a = self.session(1)
+        value = "head-" * 600 + "tail"
+        cache.put(value, len(value), a)
+        copy = "".join(list(value))
+        self.assertIsNot(copy, value)
+        self.assertIs(cache.get(copy), a)
+
+    def test_values_ending_alike_never_share(self):
+        """
+        Two values with the same last characters never find each other's
+        session, and a lookup of one does not keep the other in use; the one
+        put last takes the place.
+        """
+        clock = Clock()
+        cache = OpenedSessions(clock, ttl=60.0)
+        tail = "T" * 40
+        mine, theirs = "A" * 500 + tail, "B" * 500 + tail
+        a, b = self.session(1), self.session(2)
+        cache.put(mine, len(mine), a)
+        self.assertIsNone(cache.get(theirs))
+        self.assertIsNone(cache.get(mine[:-1] + "U"))
+        self.assertIsNone(cache.get(tail))
+        self.assertIs(cache.get(mine), a)
+        clock.advance(59)
+        self.assertIsNone(cache.get(theirs))  # does not mark "mine" as used
+        clock.advance(2)
+        self.assertIsNone(cache.get(mine))
+        cache.put(mine, len(mine), a)
+        cache.put(theirs, len(theirs), b)
+        self.assertIs(cache.get(theirs), b)
+        self.assertIsNone(cache.get(mine))
+        self.assertEqual(len(cache), 1)
+
     def test_cookie_store_opens_once(self):
         """The same cookie value gives the same session without opening it again."""
         from oidcproxy.sessions.crypto import Sealer

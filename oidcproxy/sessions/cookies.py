@@ -12,6 +12,7 @@ L{CHUNK_SIZE}.
 from __future__ import annotations
 
 import re
+from functools import cached_property
 from typing import Container, FrozenSet, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import attr
@@ -100,11 +101,23 @@ class CookieSpec:
         path setting it), C{__Secure-NAME} for other secure cookies, the bare
         name otherwise.
         """
+        return self._wire[0]
+
+    @cached_property
+    def _wire(self) -> Tuple[str, Tuple[bytes, ...]]:
+        """
+        L{wire_name}, and the names of chunks 0 to C{max_chunks} as a
+        request's parsed cookies have them (bytes): worked out once per spec,
+        not per request.
+        """
         if self.secure and self.domain is None and self.path == "/":
-            return "__Host-" + self.name
-        if self.secure:
-            return "__Secure-" + self.name
-        return self.name
+            base = "__Host-" + self.name
+        elif self.secure:
+            base = "__Secure-" + self.name
+        else:
+            base = self.name
+        return base, tuple(_chunk_name(base, index).encode("ascii")
+                           for index in range(self.max_chunks + 1))
 
 
 def _chunk_name(base: str, index: int) -> str:
@@ -200,20 +213,23 @@ def read_cookie(spec: CookieSpec, cookies: Mapping[bytes, bytes]) -> Optional[st
         more than C{spec.max_chunks} chunks are present, or the value is not
         ASCII.
     """
-    base = spec.wire_name.encode("ascii")
-    first = cookies.get(base)
+    names = spec._wire[1]
+    first = cookies.get(names[0])
     if not first:
         return None
-    parts = [first]
-    for index in range(1, spec.max_chunks + 1):
-        part = cookies.get(base + b"_%d" % (index,))
-        if part is None:
-            break
-        parts.append(part)
-    if len(parts) > spec.max_chunks:
-        return None
+    value = first
+    if names[1] in cookies:
+        parts = [first]
+        for name in names[1:]:
+            part = cookies.get(name)
+            if part is None:
+                break
+            parts.append(part)
+        if len(parts) > spec.max_chunks:
+            return None
+        value = b"".join(parts)
     try:
-        return b"".join(parts).decode("ascii")
+        return value.decode("ascii")
     except UnicodeDecodeError:
         return None
 
@@ -227,11 +243,14 @@ def chunk_names(spec: CookieSpec, cookies: Mapping[bytes, bytes]) -> List[str]:
     """
     base = spec.wire_name
     bound = max(CHUNK_NAME_BOUND, spec.max_chunks)
-    prefix = base.encode("ascii")
+    prefix = spec._wire[1][0]
     found = []
     # The request's few cookies are looked at, not every possible name.
     for raw in cookies:
         if not raw.startswith(prefix):
+            continue
+        if raw == prefix:
+            found.append((0, base))
             continue
         try:
             name = raw.decode("ascii")
@@ -240,6 +259,8 @@ def chunk_names(spec: CookieSpec, cookies: Mapping[bytes, bytes]) -> List[str]:
         index = _chunk_index(base, name)
         if index is not None and index <= bound and name == _chunk_name(base, index):
             found.append((index, name))
+    if len(found) == 1:
+        return [found[0][1]]
     return [name for _, name in sorted(found)]
 
 
