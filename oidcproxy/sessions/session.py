@@ -178,9 +178,9 @@ pseudo-random) and a little ciphertext.
 
 class OpenedSessions:
     """
-    The sessions recently opened from sealed values, by value: a browser
-    sends the same cookie (a Redis store reads the same value) with every
-    request, and opening it (AES-GCM, then JSON) is a good part of a
+    The sessions recently opened from sealed values, by value (the cookie
+    store's): a browser sends the same cookie with every request, and
+    opening it (AES-GCM, then JSON) is a good part of a
     request's own cost. A sealed value always opens to the same session and
     sessions are immutable, so a cached one is as good as a fresh one; the
     expiry, idle and revocation checks still run on every request.
