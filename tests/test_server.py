@@ -5,7 +5,7 @@ through a real HTTP channel on a string transport.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Dict, List, Tuple
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone, ConnectionLost
@@ -297,11 +297,6 @@ class AccessLogTests(SynchronousTestCase):
         of twistd's text observer whatever that field holds: text, a number,
         nothing, an attribute, a conversion, with a traceback.
         """
-        import io
-
-        from twisted.logger import formatEventAsClassicLogText, formatTime
-
-        from oidcproxy.logs import TextLogObserver
 
         class Thing:
             name = "thing"
@@ -333,14 +328,8 @@ class AccessLogTests(SynchronousTestCase):
              "log_flattened": {"access_line!:": "flattened", "access_line!s:": "flattened"}},
         ]
         events = [{**base, **event} for event in events]
-        out = io.StringIO()
-        observer = TextLogObserver(out)
-        for event in events:
-            observer(dict(event))
-        expected = "".join(formatEventAsClassicLogText(
-            dict(e), formatTime=lambda when: formatTime(when, "%Y-%m-%dT%H:%M:%S%z")) or ""
-            for e in events)
-        self.assertEqual(out.getvalue(), expected)
+        ours, expected = ours_and_twistds(events)
+        self.assertEqual(ours, expected)
         self.assertIn("flattened", expected)
         self.assertIn("Unable to format event", expected)
 
@@ -350,12 +339,8 @@ class AccessLogTests(SynchronousTestCase):
         text observer (time, system, text; tracebacks indented), the
         timestamp formatted once per second.
         """
-        import io
-
-        from twisted.logger import LogLevel, formatEventAsClassicLogText, formatTime
+        from twisted.logger import LogLevel
         from twisted.python.failure import Failure
-
-        from oidcproxy.logs import TextLogObserver
 
         try:
             raise ZeroDivisionError("division by zero")
@@ -371,15 +356,9 @@ class AccessLogTests(SynchronousTestCase):
             {"log_format": "", "log_time": 1795900002.0, "log_namespace": "x",
              "log_level": LogLevel.info},
         ]
-        out = io.StringIO()
-        observer = TextLogObserver(out)
-        for event in events:
-            observer(dict(event))
-        expected = "".join(formatEventAsClassicLogText(
-            dict(e), formatTime=lambda when: formatTime(when, "%Y-%m-%dT%H:%M:%S%z")) or ""
-            for e in events)
-        self.assertEqual(out.getvalue(), expected)
-        self.assertIn("\tTraceback", out.getvalue())
+        ours, expected = ours_and_twistds(events)
+        self.assertEqual(ours, expected)
+        self.assertIn("\tTraceback", ours)
 
     def test_duration_from_clock(self):
         """The duration is measured on the injected clock."""
@@ -848,3 +827,24 @@ class AnswerContextTests(SynchronousTestCase):
         request.responseHeaders.setRawHeaders(b"set-cookie", [b"session=x"])
         request.write(b"x")
         self.assertEqual(request.responseHeaders.getRawHeaders(b"set-cookie"), [b"session=x"])
+
+
+def ours_and_twistds(events: List[Dict[str, Any]]) -> Tuple[str, str]:
+    """
+    The text C{oidcproxy.logs}' L{TextLogObserver} writes for C{events}, and
+    the text twistd's classic observer would write for them.
+    """
+    import io
+
+    from twisted.logger import formatEventAsClassicLogText, formatTime
+
+    from oidcproxy.logs import TextLogObserver
+
+    out = io.StringIO()
+    observer = TextLogObserver(out)
+    for event in events:
+        observer(dict(event))
+    expected = "".join(formatEventAsClassicLogText(
+        dict(e), formatTime=lambda when: formatTime(when, "%Y-%m-%dT%H:%M:%S%z")) or ""
+        for e in events)
+    return out.getvalue(), expected
