@@ -1197,10 +1197,11 @@ def run(args: argparse.Namespace, children: Children, workdir: str,
     everything = [target for group in groups for target in group]
     import extras
 
-    first = sides[-1]
-    cookie_sizes = extras.cookie_sizes(proxies[first.name(f"cookie-{runtimes[0]}")],
-                                       proxies[first.name(f"redis-{runtimes[0]}")],
-                                       os.path.join(workdir, f"{first.name('cookie-' + runtimes[0])}.toml"))
+    measured = sides[-1]
+    cookie_sizes = extras.cookie_sizes(proxies[measured.name(f"cookie-{runtimes[0]}")],
+                                       proxies[measured.name(f"redis-{runtimes[0]}")],
+                                       os.path.join(workdir,
+                                                    f"{measured.name('cookie-' + runtimes[0])}.toml"))
 
     for target in everything:
         if target.scenario == "L":
@@ -1396,6 +1397,25 @@ def profile(args: argparse.Namespace, children: Children, workdir: str) -> str:
     return profile_sampled(args, children, workdir)
 
 
+def profile_parts(children: Children, workdir: str, names: Sequence[Any]
+                  ) -> Tuple[str, str, str, Dict[Any, socket.socket], str, str]:
+    """
+    What a profile run's proxies need: the upstream (nginx), the bearer key
+    file, a client secret, a reserved port for each of C{names}, the OP that
+    knows their callbacks, and wrk's report script.
+    """
+    upstream, _ = start_nginx(children, workdir)
+    jwks_file, _ = bearer_material(workdir)
+    client_secret = secrets.token_urlsafe(24)
+    reserved = {name: reserve_port() for name in names}
+    issuer = start_op(children, [f"http://127.0.0.1:{s.getsockname()[1]}/oidc/callback"
+                                 for s in reserved.values()], client_secret)
+    script = os.path.join(workdir, "report.lua")
+    with open(script, "w", encoding="ascii") as f:
+        f.write(WRK_SCRIPT)
+    return upstream, jwks_file, client_secret, reserved, issuer, script
+
+
 def profile_sampled(args: argparse.Namespace, children: Children, workdir: str) -> str:
     """
     P and C on each runtime, each in a fresh proxy: warmed up as the normal
@@ -1412,17 +1432,10 @@ def profile_sampled(args: argparse.Namespace, children: Children, workdir: str) 
     if "pypy" in runtimes and not os.path.isdir(os.path.join(PROFILE_PYPY_PATH, "vmprof")):
         raise BenchError(f"vmprof is missing in {PROFILE_PYPY_PATH}: bench/run --profile installs "
                          "bench/requirements-pypy.txt")
-    upstream, _ = start_nginx(children, workdir)
-    jwks_file, _ = bearer_material(workdir)
-    client_secret = secrets.token_urlsafe(24)
     cases = [(scenario, path, runtime) for runtime in runtimes
              for scenario, path in (("P", "/public/p"), ("C", "/app/c"))]
-    reserved = {(scenario, runtime): reserve_port() for scenario, _, runtime in cases}
-    issuer = start_op(children, [f"http://127.0.0.1:{s.getsockname()[1]}/oidc/callback"
-                                 for s in reserved.values()], client_secret)
-    script = os.path.join(workdir, "report.lua")
-    with open(script, "w", encoding="ascii") as f:
-        f.write(WRK_SCRIPT)
+    upstream, jwks_file, client_secret, reserved, issuer, script = profile_parts(
+        children, workdir, [(scenario, runtime) for scenario, _, runtime in cases])
     report = []
     for scenario, path, runtime in cases:
         name = f"profiled-{scenario}-{runtime}"
@@ -1552,15 +1565,8 @@ def profile_cprofile(args: argparse.Namespace, children: Children, workdir: str)
     """
     if not os.access(RUNTIME_PYTHONS["cpython"], os.X_OK):
         raise BenchError(f"{RUNTIME_PYTHONS['cpython']} is missing")
-    upstream, _ = start_nginx(children, workdir)
-    jwks_file, _ = bearer_material(workdir)
-    client_secret = secrets.token_urlsafe(24)
-    reserved = {name: reserve_port() for name in ("P", "C")}
-    issuer = start_op(children, [f"http://127.0.0.1:{s.getsockname()[1]}/oidc/callback"
-                                 for s in reserved.values()], client_secret)
-    script = os.path.join(workdir, "report.lua")
-    with open(script, "w", encoding="ascii") as f:
-        f.write(WRK_SCRIPT)
+    upstream, jwks_file, client_secret, reserved, issuer, script = profile_parts(
+        children, workdir, ["P", "C"])
     report = []
     for scenario, path in (("P", "/public/p"), ("C", "/app/c")):
         stats_path = os.path.join(workdir, f"profile-{scenario}.prof")
