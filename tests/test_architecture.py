@@ -163,3 +163,29 @@ class SizeTests(SynchronousTestCase):
                     if size > MAX_CLASS_LINES:
                         over.append(f"{module}.{node.name}: {size} lines")
         self.assertEqual(over, [])
+
+
+class RequestStateTests(SynchronousTestCase):
+    def test_no_private_request_state(self) -> None:
+        """
+        Per-request state lives in the request context: no attribute set on
+        the request with setattr, and no read of Twisted's private
+        C{_disconnected} (a request without its channel is one whose client
+        went away).
+        """
+        found = []
+        for folder, _, files in os.walk(PACKAGE):
+            for name in files:
+                if name.endswith(".py"):
+                    path = os.path.join(folder, name)
+                    with open(path, encoding="utf-8") as f:
+                        tree = ast.parse(f.read(), path)
+                    for node in ast.walk(tree):
+                        if isinstance(node, ast.Attribute) and node.attr == "_disconnected":
+                            found.append(f"{path}:{node.lineno}: ._disconnected")
+                        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+                                and node.func.id == "setattr" and node.args
+                                and isinstance(node.args[0], ast.Name)
+                                and node.args[0].id == "request"):
+                            found.append(f"{path}:{node.lineno}: setattr(request, ...)")
+        self.assertEqual(found, [])

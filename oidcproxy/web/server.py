@@ -134,7 +134,7 @@ class ProxyRequest(server.Request):
         """The body of an HTTP/2 stream is late (as L{ProxyChannel}'s body deadline)."""
         self._body_deadline = None
         site = getattr(self.channel, "site", None)
-        if not isinstance(site, ProxySite) or self._refused or self.finished or self._disconnected:
+        if not isinstance(site, ProxySite) or self._refused or self.finished or self.channel is None:
             return
         limits = site.limits
         if limits.body_min_rate > 0:
@@ -211,7 +211,8 @@ class ProxyRequest(server.Request):
         The answer of an HTTP/2 stream not read to its end: this request's
         own, logged as it finishes; the stream is reset once it is out.
         """
-        if self.finished or self._disconnected:
+        # Twisted's Request lets go of its channel when the client goes away.
+        if self.finished or self.channel is None:
             return
         content_type, body = self._error_body(code, error, detail)
         self.setResponseCode(code)
