@@ -152,6 +152,17 @@ class SeedTests(SynchronousTestCase, WarningsMixin):
                       "(the middleware said 'MY_ISSUER_URL')\n", toml)
         self.assertIn('public_url = "https://oidcproxy.invalid"  # FIXME:', toml)
 
+    def test_name_with_a_line_break(self):
+        """
+        A middleware (and namespace) name holding a line break stays inside
+        the header comment: the output is still valid TOML.
+        """
+        text = _read(SEED).replace("name: oidc-login\n", 'name: "oidc\\nlogin"\n', 1)
+        self.assertNotEqual(text, _read(SEED))
+        result = convert(load_documents(text, "seed.yaml"))
+        tomllib.loads(result.toml)
+        self.assertIn("Traefik Hub's OIDC middleware apps/oidc login\n", result.toml)
+
     def test_credentials_comment(self):
         """The secret reference becomes a credential; a comment says how to supply it."""
         result = self.convert_seed()

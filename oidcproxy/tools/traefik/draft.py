@@ -73,10 +73,12 @@ class Draft:
 
     def text(self, mw: Document) -> str:
         """The TOML: how it was made and which credentials it reads, then the sections."""
+        # The middleware's name and file are the input's: comment() keeps them
+        # on their line whatever characters they hold.
         out = [
-            f"# oidcproxy configuration imported from Traefik Hub's OIDC middleware "
-            f"{mw.namespace}/{mw.name}",
-            f"# ({mw.source}) by {PROG}. Check every FIXME, then run",
+            comment("oidcproxy configuration imported from Traefik Hub's OIDC middleware "
+                    f"{mw.namespace}/{mw.name}"),
+            comment(f"({mw.source}) by {PROG}. Check every FIXME, then run"),
             "#   twistd --pidfile= oidcproxy --config THIS_FILE --check",
         ]
         if self.credentials:
