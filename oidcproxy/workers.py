@@ -36,11 +36,12 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
-from twisted.logger import Logger, eventFromJSON, globalLogPublisher
+from twisted.logger import Logger, globalLogPublisher
 from twisted.python.failure import Failure
 
 from .config import Config
 from .core.settle import all_settled
+from .workerlog import WorkerLogWriter, read_event
 
 log = Logger()
 
@@ -109,11 +110,8 @@ class _WorkerProtocol(ProcessProtocol):
         if not text:
             return
         if fd == 1:
-            try:
-                event = eventFromJSON(text)
-            except ValueError:
-                event = None
-            if isinstance(event, dict):
+            event = read_event(text)
+            if event is not None:
                 if event.get(READY_KEY):
                     self.ready = True
                     self.pool.worker_ready(self)
@@ -475,11 +473,11 @@ def main(environ: Optional[Dict[str, str]] = None) -> None:
     spec = json.loads(raw)
     _watch_parent(int(spec["parent"]))
 
-    from twisted.logger import globalLogBeginner, jsonFileLogObserver
-
-    globalLogBeginner.beginLoggingTo([jsonFileLogObserver(sys.stdout)],
-                                     redirectStandardIO=False)
     from twisted.internet import reactor
+    from twisted.logger import globalLogBeginner
+
+    relay = WorkerLogWriter(sys.stdout, reactor)
+    globalLogBeginner.beginLoggingTo([relay], redirectStandardIO=False)
 
     from .config import ConfigError, load_config
     from .service import ProxyService
@@ -502,6 +500,7 @@ def main(environ: Optional[Dict[str, str]] = None) -> None:
     log.info("worker {worker} serving (pid {pid})", worker=number, pid=os.getpid(),
              **{READY_KEY: True})
     reactor.run()
+    relay.flush()
 
 
 if __name__ == "__main__":

@@ -498,6 +498,25 @@ class WorkerPoolTests(SynchronousTestCase):
         self.assertEqual(event["log_namespace"], "oidcproxy.access")
         self.assertEqual(event["log_level"], LogLevel.info)
 
+    def test_compact_log_events_relayed_with_the_worker(self):
+        """The compact lines a worker writes (oidcproxy.workerlog) are relayed as events."""
+        from oidcproxy.workerlog import WorkerLogWriter
+
+        out = io.StringIO()
+        stopped = Clock()
+        stopped.running = False  # written at once
+        WorkerLogWriter(out, stopped)({
+            "who": "bob", "log_namespace": "oidcproxy.access", "log_level": LogLevel.warn,
+            "log_format": "hello {who}", "log_time": 2.0})
+        self.assertTrue(out.getvalue().startswith("\x1e["))
+        pool, _, spawn, events = pool_for(self)
+        pool.startService()
+        spawn.spawned[0][0].childDataReceived(1, out.getvalue().encode("utf-8"))
+        [event] = [e for e in events if e.get("who") == "bob"]
+        self.assertEqual(event["worker"], 1)
+        self.assertEqual(event["log_level"], LogLevel.warn)
+        self.assertEqual(formatEvent(event), "hello bob")
+
     def test_other_output_is_an_error_line(self):
         pool, _, spawn, events = pool_for(self)
         pool.startService()
