@@ -131,7 +131,7 @@ class MountedTests(SynchronousTestCase):
         page = self.browser.request(
             b"POST", "/app/oidc/logout", headers={b"origin": [SITE.encode()]})
         self.assertEqual(page.code, 303, page.body)
-        self.assertEqual(page.location, PUBLIC_URL + "/oidc/logout?signed_out")
+        self.assertEqual(page.location, PUBLIC_URL + "/oidc/logout?signed_out=1")
         self.assertNotIn(SESSION_COOKIE, self.browser.jar)
         self.assertEqual(self.browser.get("/app/x", headers=API).code, 401)
 

@@ -5,7 +5,7 @@ same-origin POST ends the session (store, revocation list, its
 WebSockets), revokes its tokens at the IdP, clears the cookies and sends the
 browser to the IdP's logout or the landing page: post_logout_redirect_url,
 else the C{rd} the logout was given, else the signed-out page (GET with
-C{?signed_out}).
+C{?signed_out=1}).
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ class LogoutEndpoint:
         state = self._state
         oidc = state.config.oidc
         fixed = oidc.post_logout_redirect_url if oidc is not None else None
-        return state.absolute(fixed or rd or state.config.logout_path + "?signed_out")
+        return state.absolute(fixed or rd or state.config.logout_path + "?signed_out=1")
 
     async def _revoke(self, session: Session) -> None:
         """RFC 7009: revoke the session's tokens at the IdP, when it can and we should."""
