@@ -161,7 +161,7 @@ class LoginFailedTests(SynchronousTestCase):
             {"state": params["state"], "error": "access_denied",
              "error_description": "User cancelled the login. " * 40}))
         self.assertIn(b"The identity provider said:", page.body)
-        self.assertIn("User cancelled the login. User".encode(), page.body)
+        self.assertIn(b"User cancelled the login. User", page.body)
         self.assertEqual(len(bounded_text("User cancelled the login. " * 40)), 300)
 
     def test_markup_error_description_not_shown(self):
@@ -282,7 +282,7 @@ class LanguageTests(SynchronousTestCase):
         page = h.logged_in(sub="bob-sub", claims=BOB).navigate(
             "/admin", headers={b"accept-language": [b"de-DE,de;q=0.9"]})
         self.assertIn(b'<html lang="de">', page.body)
-        self.assertIn("Sie sind als <strong>bob</strong> angemeldet.".encode(), page.body)
+        self.assertIn(b"Sie sind als <strong>bob</strong> angemeldet.", page.body)
         self.assertEqual(page.header(b"vary"), b"Accept-Language")
 
     def test_fixed(self):
@@ -290,7 +290,7 @@ class LanguageTests(SynchronousTestCase):
         page = stack(self, language="de").browser().navigate(
             "/oidc/nothing", headers={b"accept-language": [b"en"]})
         self.assertIn(b'<html lang="de">', page.body)
-        self.assertIn("404 Nicht gefunden".encode(), page.body)
+        self.assertIn(b"404 Nicht gefunden", page.body)
         self.assertIsNone(page.header(b"vary"))
 
 
