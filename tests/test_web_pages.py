@@ -14,12 +14,14 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 from twisted.trial.unittest import SynchronousTestCase
 
 from oidcproxy.config import ConfigError
+from oidcproxy.oidc.provider import ProviderError
 from oidcproxy.web.pages import bounded_text
 from oidcproxy.web.pages.templates import BUILT_IN, PAGES, TemplateProblem, load_templates
 from oidcproxy.web.pages.texts import LANGUAGES, TEXTS, choose_language
 
 from .fakes import API, GuardStack, make_config
 from .idp import AUTHORIZATION_ENDPOINT
+from .units import state_of
 
 ROUTES = [
     {"path": "/admin", "upstream": "http://up.test", "rule": "Contains(`groups`, `admins`)"},
@@ -179,6 +181,23 @@ class LoginFailedTests(SynchronousTestCase):
         page = stack(self).browser().navigate("/oidc/callback?state=gone&code=x")
         self.assertIn(b"unknown or has expired", page.body)
         self.assertIn(b'href="/oidc/login?rd=%2F"', page.body)
+
+    def test_idp_down_at_callback_retries_the_login(self):
+        """The IdP unreachable at the token exchange: a page that starts the login again by itself."""
+        h = stack(self)
+        browser, params = self.start(h)
+
+        async def down(*args: Any, **kwargs: Any) -> Any:
+            raise ProviderError(502, "unreachable", "connection refused")
+
+        state_of(h).parts.provider.exchange_code = down
+        page = browser.navigate("/oidc/callback?" + urlencode(
+            {"state": params["state"], "code": "c"}))
+        self.assertEqual(page.code, 502)
+        self.assertEqual(page.header(b"retry-after"), b"5")
+        self.assertIn(b'<meta http-equiv="refresh" content="5; url=/oidc/login?rd=%2Fwanted%3Fq%3D1"',
+                      page.body)
+        self.assertIn(b"cannot be reached at the moment", page.body)
 
     def test_json_unchanged(self):
         """API clients get the same JSON codes as before."""

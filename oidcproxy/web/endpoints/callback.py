@@ -113,10 +113,12 @@ class CallbackEndpoint:
                 503: "The identity provider cannot be reached yet. Please try again shortly.",
                 504: "The identity provider did not answer in time. Please try again.",
             }.get(status, "The identity provider gave an unexpected answer. Please try again.")
-            reason_key = {503: "reason_idp_down", 504: "reason_idp_slow"}.get(
-                status, "reason_idp_error")
+            down = status == 503 or e.reason == "unreachable"
+            reason_key = "reason_idp_down" if down else \
+                "reason_idp_slow" if status == 504 else "reason_idp_error"
             self._failed(request, status, message, reason_key, target, cookies,
-                         headers={b"retry-after": b"5"} if status == 503 else None)
+                         headers={b"retry-after": b"5"} if status == 503 else None,
+                         retry=down or status == 504)
             return
 
         now = state.clock.seconds()
@@ -154,15 +156,16 @@ class CallbackEndpoint:
     def _failed(self, request: Request, code: int, message: str, reason: str, target: str,
                 cookies: Sequence[bytes], *, error: str = "login_failed",
                 detail: Optional[str] = None, values: Optional[Dict[str, str]] = None,
-                headers: Optional[Dict[bytes, bytes]] = None) -> None:
+                headers: Optional[Dict[bytes, bytes]] = None, retry: bool = False) -> None:
         """
         A login that did not work: the login-failed page (the C{reason} in
         plain words, "Try again" back to C{target}), or for an API client
-        the JSON C{error} with C{message}.
+        the JSON C{error} with C{message}. C{retry}: the IdP is down or
+        slow; the page starts the login again by itself.
         """
         pages = self._state.pages
         show(request, lambda r: pages.login_failed(
-            r, code, message, reason, target, detail, headers, error, values),
+            r, code, message, reason, target, detail, headers, error, values, retry),
             cookies)
 
     async def _tokens(self, request: Request, attempt: Any) -> Any:

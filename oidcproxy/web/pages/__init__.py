@@ -251,20 +251,22 @@ class Pages:
     def login_failed(self, request: Request, code: int, message: str, reason: str,
                      target: str, detail: Optional[str] = None,
                      headers: Optional[Dict[bytes, bytes]] = None, error: str = "login_failed",
-                     values: Optional[Dict[str, str]] = None) -> bytes:
+                     values: Optional[Dict[str, str]] = None, retry: bool = False) -> bytes:
         """
         A login that did not work: why (the text C{reason}, with C{values}),
         what the IdP said where it said something (C{detail}: bounded,
-        escaped), and "Try again": a fresh login back to C{target}.
+        escaped), and "Try again": a fresh login back to C{target}. With
+        C{retry} (the IdP is down or slow) it is the unavailable page, which
+        starts that login again by itself after a while.
         """
         if wants_json(request):
             return render_error(request, code, error, message, headers, as_json=True)
         lang = self.language(request)
         texts = TEXTS[lang]
         again = self._login_url(request, target) or target
-        if code == 503:
-            retry = (headers or {}).get(b"retry-after", b"5")
-            return self._unavailable(request, code, lang, texts[reason], error, retry,
+        if retry:
+            after = (headers or {}).get(b"retry-after", b"5")
+            return self._unavailable(request, code, lang, texts[reason], error, after,
                                      again, headers)
         shown: Union[str, Tag] = ""
         if detail and _PLAIN_WORDS.fullmatch(detail):
