@@ -21,7 +21,7 @@ from oidcproxy.web.pages.texts import LANGUAGES, TEXTS, choose_language
 
 from .fakes import API, GuardStack, make_config
 from .idp import AUTHORIZATION_ENDPOINT
-from .units import state_of
+from .units import UnitRequest, state_of
 
 ROUTES = [
     {"path": "/admin", "upstream": "http://up.test", "rule": "Contains(`groups`, `admins`)"},
@@ -410,3 +410,34 @@ class ConfigTests(SynchronousTestCase):
                       self.problems(footer="a\nb"))
         self.assertIn("pages.switch_account_prompt:",
                       self.problems(switch_account_prompt="none"))
+
+
+class CoreHookTests(SynchronousTestCase):
+    def request(self) -> Any:
+        return UnitRequest(b"GET", b"/x", headers={b"accept": [b"text/html"]})
+
+    def test_proxy_errors_use_the_guards_pages(self):
+        """An error made below the guard (the upstream's 502) is the guard's page when it set one."""
+        from oidcproxy.core.context import context
+        from oidcproxy.core.pages import render_error
+        from oidcproxy.web.pages import Pages
+
+        r = self.request()
+        context(r).pages = Pages(make_config(pages={"organisation": "Example Ltd"}))
+        body = render_error(r, 502, "bad_gateway", "The upstream <is> down.")
+        self.assertEqual(r.code, 502)
+        self.assertIn(b'<span class="org">Example Ltd</span>', body)
+        self.assertIn(b"The upstream &lt;is&gt; down.", body)
+        self.assertEqual(r.responseHeaders.getRawHeaders(b"x-frame-options"), [b"DENY"])
+
+    def test_plain_page_headers(self):
+        """Without a guard's pages the plain page has the strict headers too."""
+        from oidcproxy.core.pages import render_error
+
+        r = self.request()
+        render_error(r, 404, "not_found", "No.")
+        policy = r.responseHeaders.getRawHeaders(b"content-security-policy")[0]
+        self.assertIn(b"default-src 'none'", policy)
+        self.assertIn(b"frame-ancestors 'none'", policy)
+        self.assertEqual(r.responseHeaders.getRawHeaders(b"x-frame-options"), [b"DENY"])
+        self.assertIsNone(r.responseHeaders.getRawHeaders(b"vary"))
