@@ -13,7 +13,10 @@ setup(
     python_requires=">=3.9",
     # Every layer of the package (oidcproxy.*), and the twistd plugin.
     packages=[*find_packages(include=["oidcproxy", "oidcproxy.*"]), "twisted.plugins"],
-    package_data={"twisted": ["plugins/oidcproxy_plugin.py"]},
+    # The templates, stylesheet and script of the pages the proxy shows.
+    package_data={"twisted": ["plugins/oidcproxy_plugin.py"],
+                  "oidcproxy.web.pages": ["templates/*.xhtml", "templates/*.css",
+                                          "templates/*.js"]},
     install_requires=[
         # 24.7 fixed the HTTP request-smuggling and pipelining CVEs
         # (CVE-2024-41671, CVE-2024-41810).

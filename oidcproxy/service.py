@@ -29,6 +29,7 @@ from .proxy.routes import BadRequestTarget, RouteTable
 from .proxy.upstream import UpstreamClient, UpstreamProxy
 from .proxy.websocket import SocketRegistry
 from .sessions.cookies import CHUNK_SIZE
+from .web.pages.templates import load_templates
 from .web.server import BodyLimit, ProxySite
 
 log = Logger()
@@ -512,6 +513,8 @@ class ProxyService(MultiService):
         old = self.config
         merged = attr.evolve(new, **{key: getattr(old, key) for key in RESTART_KEYS})
         try:
+            # A replacement template that cannot be used keeps the running pages.
+            load_templates(merged.pages.templates_dir)
             routes = RouteTable(merged.routes)
             # The open WebSockets stay open, in the same registry.
             sockets = self.site.proxy.sockets  # type: ignore[attr-defined]

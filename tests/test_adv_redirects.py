@@ -125,7 +125,7 @@ class CorpusTests(SynchronousTestCase):
         stack = ProxyStack(self)
         browser = stack.browser()
         failures = Failures(self, "logout form rd")
-        expected = b'<input type="hidden" name="rd" value="/">'
+        expected = b'<input type="hidden" name="rd" value="/" />'
         for label, value in INPUTS:
             page = browser.get("/oidc/logout?" + urlencode({"rd": value}), cookies=False)
             ok = page.code == 200 and expected in page.body and page.body.count(b"<input") == 1

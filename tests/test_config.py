@@ -215,6 +215,7 @@ class SchemaTests(SynchronousTestCase):
                      "redis-ca.pem", "upstream-client.pem", "upstream-client-key.pem",
                      "idp-client.pem", "idp-client-key.pem"):
             text = text.replace("/etc/oidcproxy/" + name, EXAMPLE)
+        text = text.replace('"/etc/oidcproxy/templates"', repr(os.path.dirname(EXAMPLE)))
         text = text.replace('{ credential = "redis-password" }', '"redis-pw"')
         text = text.replace('{ credential = "admin-token" }', '"admin-token-0123456789"')
         # jwks_uri and jwks_file are alternatives: keep the URL.

@@ -743,7 +743,7 @@ class LogoutTests(GuardTestCase):
         browser = h.logged_in()
         page = browser.navigate("/oidc/logout?rd=/bye")
         self.assertEqual(page.code, 200)
-        self.assertIn(b'<form method="post" action="/oidc/logout">', page.body)
+        self.assertIn(b'<form method="post" action="/oidc/logout" id="logout-form">', page.body)
         self.assertIn(b'name="rd" value="/bye"', page.body)
         self.assertEqual(page.header(b"cache-control"), b"no-store")
         self.assertEqual(page.set_cookies, [])

@@ -106,7 +106,8 @@ class RuleTests(SynchronousTestCase):
         h = harness(self)
         page = h.logged_in(sub="bob", claims=BOB).navigate("/admin")
         self.assertEqual(page.code, 403)
-        self.assertIn(b"<h1>403 Forbidden</h1>", page.body)
+        self.assertIn(b"<h1>You cannot see this page</h1>", page.body)
+        self.assertIn(b"You are signed in as <strong>bob</strong>.", page.body)
 
 
 class ModeTests(SynchronousTestCase):

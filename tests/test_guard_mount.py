@@ -120,7 +120,10 @@ class MountedTests(SynchronousTestCase):
         self.assertEqual(self.browser.get("/oidc/health").code, 404)
 
     def test_logout_under_the_mount(self):
-        """The logout form posts to /app/oidc/logout; the session ends; back on public_url."""
+        """
+        The logout form posts to /app/oidc/logout; the session ends; on to the
+        signed-out page below the mount.
+        """
         self.log_in()
         page = self.browser.get("/app/oidc/logout")
         self.assertEqual(page.code, 200)
@@ -128,7 +131,7 @@ class MountedTests(SynchronousTestCase):
         page = self.browser.request(
             b"POST", "/app/oidc/logout", headers={b"origin": [SITE.encode()]})
         self.assertEqual(page.code, 303, page.body)
-        self.assertEqual(page.location, PUBLIC_URL + "/")
+        self.assertEqual(page.location, PUBLIC_URL + "/oidc/logout?signed_out=1")
         self.assertNotIn(SESSION_COOKIE, self.browser.jar)
         self.assertEqual(self.browser.get("/app/x", headers=API).code, 401)
 

@@ -38,7 +38,7 @@ class IdPLimitTests(SynchronousTestCase):
     def assertBusy(self, page: Any) -> None:
         self.assertEqual(page.code, 503, page.body)
         self.assertEqual(page.header(b"retry-after"), b"5")
-        self.assertIn(b"Please try again shortly", page.body)
+        self.assertIn(b"The identity provider cannot be reached at the moment.", page.body)
         self.assertEqual([c.name for c in page.set_cookies if c.value
                           and not c.name.startswith("oidcproxy_state")], [])
 

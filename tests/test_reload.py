@@ -5,6 +5,7 @@ Tests for reloading the configuration (L{ProxyService.reload}, run on SIGHUP).
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from typing import Any, List
 
@@ -168,6 +169,20 @@ class ReloadTests(SynchronousTestCase):
                         errors)
         self.assertNotIn("configuration reloaded", self.messages("info"))
         self.assertEqual(self.closed, [])
+
+    def test_broken_template_kept(self) -> None:
+        """A replacement template that cannot be used keeps the running configuration and pages."""
+        service = self.start(PUBLIC)
+        config = service.config
+        folder = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, folder)
+        with open(os.path.join(folder, "error.xhtml"), "w", encoding="utf-8") as f:
+            f.write("<html>")
+        self.write(PUBLIC + f'[pages]\ntemplates_dir = "{folder}"\n')
+        self.assertFalse(service.reload())
+        self.assertIs(service.config, config)
+        errors = self.messages("error")
+        self.assertTrue(any("error.xhtml" in e and "not well-formed" in e for e in errors), errors)
 
     def test_restart_keys_not_applied(self) -> None:
         """A changed [oidc] client_id is kept as running, with one warning naming it."""

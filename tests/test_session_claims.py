@@ -102,7 +102,7 @@ class TooLargeTests(SynchronousTestCase):
         else:
             self.assertIn(b"text/html", page.header(b"content-type"))
             self.assertIn(b"more about you than this site can keep", page.body)
-            self.assertIn(b"tell the site&#x27;s administrator", page.body)
+            self.assertIn(b"tell the site's administrator", page.body)
         self.assertEqual(session_cookie_names(browser), [])
         self.assertEqual(state_cookies(browser), [])
         self.assertEqual(self.flushLoggedErrors(), [])

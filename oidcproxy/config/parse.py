@@ -11,6 +11,7 @@ import sys
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple, TypeVar
 
 from .idp import check_login_paths, read_bearer, read_oidc
+from .pages import PagesConfig, read_pages
 from .reader import ConfigError, Problems, Table, describe
 from .routes import read_routes, upstream_settings
 from .schema import (
@@ -140,6 +141,9 @@ def read_config(top: Table, source: str) -> Config:
     if csrf is not None and oidc is None:
         problems.add("csrf", "protects session logins, which need an [oidc] table")
     headers = _headers(top, Config(source).headers)
+    pages = _table(top, "pages", read_pages, PagesConfig(),
+                   "The pages the proxy itself shows people (403, failed login, unavailable, "
+                   "sign-out, sign-in): their look, language and templates.")
     top.done()
     _check_login(top, routes, oidc, session, settings["public_url"])
     if oidc is not None:
@@ -149,7 +153,8 @@ def read_config(top: Table, source: str) -> Config:
         raise ConfigError(source, problems.items)
     return Config(source=source, **settings, upstream=upstream, routes=routes, oidc=oidc,
                   session=session, redis=redis, state_cookie=state_cookie, csrf=csrf,
-                  admin=admin, metrics=metrics, bearer=bearer, headers=headers)
+                  admin=admin, metrics=metrics, bearer=bearer, headers=headers,
+                  pages=pages)
 
 
 def _table(top: Table, key: str, read: Callable[[Table], T], default: T, doc: str) -> T:

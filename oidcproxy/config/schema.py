@@ -357,6 +357,31 @@ class ClientLimits:
     """Client connections open at once from one IP address; 0: no such cap."""
 
 
+LANGUAGES = ("en", "de")
+"""The languages of the built-in texts."""
+
+
+@attr.s(frozen=True, auto_attribs=True)
+class PagesConfig:
+    """The C{[pages]} table (its defaults when absent)."""
+
+    title: str = ""
+    """The browser tab's title after the page's own; C{""}: the organisation."""
+    organisation: str = ""
+    logo_url: Optional[str] = None
+    accent_color: str = "#1d4ed8"
+    footer: str = ""
+    support_url: Optional[str] = None
+    templates_dir: Optional[str] = None
+    language: str = "en"
+    """A code of L{LANGUAGES}, or C{"auto"}: from each request's C{Accept-Language}."""
+    logout_confirm: bool = True
+    sign_in_page: bool = False
+    switch_account_prompt: str = "login"
+    provider_name: str = ""
+    """The name on the sign-in button; C{""}: the issuer's host."""
+
+
 @attr.s(frozen=True, auto_attribs=True)
 class Config:
     source: str
@@ -403,6 +428,8 @@ class Config:
         ("X-Forwarded-Groups", ("groups",)),
     )
     """Identity headers: header name and the claims tried in order (first present wins)."""
+    pages: PagesConfig = PagesConfig()
+    """The C{[pages]} table: the look, language and choice of the proxy's own pages."""
 
     @property
     def callback_path(self) -> str:

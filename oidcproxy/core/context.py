@@ -65,6 +65,9 @@ class RequestContext:
         both while the request waits.
     @ivar gone: the client went away before the answer was complete: nothing
         more is written.
+    @ivar pages: the L{oidcproxy.web.pages.Pages} of the guard that handles
+        the request (its look and language), for every page answered to
+        it; None: the plain built-in page.
     """
 
     early_match: Any = None
@@ -84,6 +87,7 @@ class RequestContext:
     method: Optional[bytes] = None
     wrapped: Any = None
     gone: bool = False
+    pages: Any = None
 
     def apply_answer(self, request: Any) -> None:
         """

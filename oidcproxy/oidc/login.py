@@ -138,13 +138,16 @@ class LoginFlow:
         return attr.evolve(self._cookie, name=bare)
 
     def start(
-        self, cookies: Mapping[bytes, bytes], return_to: str, authorization_endpoint: str
+        self, cookies: Mapping[bytes, bytes], return_to: str, authorization_endpoint: str,
+        prompt: Optional[str] = None,
     ) -> Tuple[str, List[bytes]]:
         """
         Begin a login attempt.
 
         @param cookies: the request's cookies (to find older attempts).
         @param return_to: where to land after login; must already be safe.
+        @param prompt: the C{prompt} of this login (C{"login"} to sign in
+            again, as someone else), over the configured one.
         @return: the authorization URL to redirect to, and the C{Set-Cookie}
             header values: this attempt's cookie, and deletions for the
             oldest attempts beyond C{max_attempts} and for unreadable ones.
@@ -189,6 +192,8 @@ class LoginFlow:
                 params.pop(key, None)
             else:
                 params[key] = extra
+        if prompt is not None:
+            params["prompt"] = prompt
         separator = "&" if urlsplit(authorization_endpoint).query else "?"
         return authorization_endpoint + separator + urlencode(params), headers
 

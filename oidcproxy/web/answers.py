@@ -7,7 +7,7 @@ has gone away; and the decision it records for the access log.
 from __future__ import annotations
 
 from html import escape
-from typing import Dict, Optional, Sequence
+from typing import Callable, Dict, Optional, Sequence
 
 from twisted.logger import Logger
 from twisted.web.server import Request
@@ -16,7 +16,7 @@ from ..core.context import RequestContext, context, peek
 from ..core.pages import render_error
 
 __all__ = ["abort", "add_cookies", "client_gone", "decided", "deny", "finish", "hand_over", "redirect",
-           "respond", "store_unavailable"]
+           "respond", "show", "store_unavailable"]
 
 log = Logger()
 
@@ -92,6 +92,20 @@ def finish(request: Request, code: int, error: str, message: str,
     if client_gone(request):
         return
     body = render_error(request, code, error, message, headers, as_json)
+    add_cookies(request, cookies)
+    _apply_context(request)
+    request.write(body)
+    request.finish()
+
+
+def show(request: Request, page: Callable[[Request], bytes], cookies: Sequence[bytes] = ()) -> None:
+    """
+    Answer with one of the guard's pages: C{page} sets the status and
+    headers and returns the body (see L{oidcproxy.web.pages.Pages}).
+    """
+    if client_gone(request):
+        return
+    body = page(request)
     add_cookies(request, cookies)
     _apply_context(request)
     request.write(body)

@@ -42,7 +42,7 @@ from ..oidc.tokens import TokenError
 from ..proxy.headers import drop_connection_named, request_authority
 from ..proxy.routes import BadRequestTarget, RouteMatch, RouteTable, normalise_path, split_target
 from ..sessions.session import ISessionStore, Session, SessionStoreUnavailable
-from .answers import abort, decided, deny, finish, hand_over, store_unavailable
+from .answers import abort, decided, deny, finish, hand_over, show, store_unavailable
 from .bearer_auth import BearerAuth
 from .endpoints.backchannel import BackchannelLogoutEndpoint
 from .endpoints.callback import CallbackEndpoint
@@ -53,6 +53,7 @@ from .endpoints.logout import LogoutEndpoint
 from .endpoints.userinfo import UserinfoEndpoint
 from .headers import header_value, pass_session_tokens, set_identity_headers
 from .identity import Identity, identity, user_name
+from .pages import SCRIPT_PATH
 from .parts import GuardParts, GuardState
 from .requests import (
     is_browser_navigation,
@@ -68,7 +69,8 @@ __all__ = ["Identity", "OIDCGuard", "header_value", "identity", "is_browser_navi
 
 log = Logger()
 
-_ENDPOINTS = ("/auth", "/login", "/logout", "/userinfo", "/backchannel-logout", "/health", "/ready")
+_ENDPOINTS = ("/auth", "/login", "/logout", "/userinfo", "/backchannel-logout", "/health", "/ready",
+              SCRIPT_PATH)
 """The endpoints under endpoints_prefix (besides the callback)."""
 
 
@@ -217,6 +219,7 @@ class OIDCGuard(Resource):
         # Passed on to the resource of the route table it was matched in,
         # even if a reload swaps both while it waits.
         ctx.wrapped = self._wrapped
+        ctx.pages = self._state.pages
         request.notifyFinish().addBoth(self._count_request, request, ctx)
         d = Deferred.fromCoroutine(self._handle(request, ctx))
         d.addErrback(self._unexpected, request, ctx)
@@ -318,6 +321,8 @@ class OIDCGuard(Resource):
             self._health.health(request)
         elif name == "/ready":
             await self._health.ready(request)
+        elif name == SCRIPT_PATH:
+            show(request, self._state.pages.script_answer)
         else:
             finish(request, 404, "not_found", "No such endpoint.")
 

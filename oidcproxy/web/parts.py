@@ -22,6 +22,7 @@ from ..sessions.session import ISessionStore
 from .cookies import CookieRules
 from .headers import HeaderNames, managed_headers
 from .idtokens import IdTokens
+from .pages import Pages
 
 __all__ = ["GuardParts", "GuardState"]
 
@@ -79,6 +80,8 @@ class GuardState:
         self.metrics = parts.metrics
         self.cookies = CookieRules(config, parts.login, max_cookie_bytes)
         self.managed: HeaderNames = managed_headers(config)
+        self.pages = Pages(config, self._end_session_origin)
+        """The pages the guard shows people (its requests' contexts carry them)."""
         self._mounts_seen: Set[str] = set()
         self.worker_id: Optional[int] = None
         """The worker number when several processes serve (shown by the health endpoint)."""
@@ -97,8 +100,25 @@ class GuardState:
                      "public_url to the URL of the mount point", mount=mount,
                      public=self.public or "(unset)")
 
+    def _end_session_origin(self) -> Optional[str]:
+        """The origin of the IdP's logout endpoint, where a sign-out form's answer may go."""
+        provider, oidc = self.parts.provider, self.config.oidc
+        metadata = provider.metadata if provider is not None else None
+        if metadata is None or oidc is None or not oidc.end_session or \
+                not metadata.end_session_endpoint:
+            return None
+        parts = urlsplit(metadata.end_session_endpoint)
+        return f"{parts.scheme}://{parts.netloc}"
+
     def reconfigure(self, config: Config, routes: RouteTable) -> None:
-        """Take a reloaded configuration and its routes (the parts stay as they were built)."""
+        """
+        Take a reloaded configuration and its routes (the parts stay as they
+        were built).
+
+        @raise TemplateProblem: a template of the new C{templates_dir} cannot
+            be used (nothing is changed then).
+        """
+        self.pages = Pages(config, self._end_session_origin)
         self.config = config
         self.routes = routes
         self.managed = managed_headers(config)

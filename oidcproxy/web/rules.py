@@ -13,9 +13,12 @@ from twisted.logger import Logger
 from twisted.web.server import Request
 
 from ..config import RouteConfig
+from ..core.context import peek
 from ..core.encoding import b64url_decode_lenient
+from ..core.urls import safe_return_to
 from ..sessions.session import Session
-from .answers import decided, finish
+from .answers import decided, finish, show
+from .requests import target_below_mount
 
 __all__ = ["authorized", "unverified_claims"]
 
@@ -42,7 +45,14 @@ def authorized(request: Request, route: RouteConfig, sub: str, id_claims: Dict[s
         return True
     log.info("{route}: denied {sub}: {reason}", route=route.name, sub=sub, reason=decision.reason)
     decided(request, "denied")
-    finish(request, 403, "forbidden", "You are not allowed to see this page.")
+    ctx = peek(request)
+    pages = ctx.pages if ctx is not None else None
+    if pages is None:
+        finish(request, 403, "forbidden", "You are not allowed to see this page.")
+        return False
+    target = safe_return_to(target_below_mount(request).decode("ascii", "replace")) or "/"
+    show(request, lambda r: pages.forbidden(r, sub, id_claims, route.path, target,
+                                            "You are not allowed to see this page."))
     return False
 
 

@@ -298,7 +298,8 @@ async def start_stack(testcase: TestCase, auth_params: Optional[Dict[str, str]] 
     try:
         port = reserved.getsockname()[1]
         op = await start_op(testcase, [f"http://127.0.0.1:{port}/oidc/callback"],
-                            [f"http://127.0.0.1:{port}/"])
+                            [f"http://127.0.0.1:{port}/",
+                             f"http://127.0.0.1:{port}/oidc/logout?signed_out=1"])
         upstream = await procs.start_upstream(testcase)
         proxy = await start_proxy(testcase, reserved, proxy_config(port, op, upstream, auth_params))
     finally:

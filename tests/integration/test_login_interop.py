@@ -223,9 +223,9 @@ class LoginInteropTests(TestCase):
         the upstream's answer with her identity; logs out through the
         proxy's confirmation form, which ends the session at the proxy and
         sends the browser to the OP's end_session_endpoint (RP-initiated
-        logout with id_token_hint); confirms there, comes back to the proxy,
-        is sent to the OP's login form for the protected page, and logs in
-        as bob.
+        logout with id_token_hint); confirms there, comes back to the proxy's
+        signed-out page; the protected page sends it to the OP's login form,
+        where it logs in as bob.
         """
         require_chromium()
         stack = await start_stack(self, auth_params={"prompt": "login"})
@@ -247,7 +247,7 @@ class LoginInteropTests(TestCase):
         await browser.wait_for_url(op.issuer + "/session/end")
         self.assertNotIn("oidcproxy", await browser.cookie_names())
         await browser.click("button[name=logout]")
-        await browser.wait_for_url(op.issuer + "/interaction/")
+        await browser.wait_for_url(proxy.url + "/oidc/logout?signed_out=1")
 
         # The protected page sends the browser back to the OP...
         await browser.get(proxy.url + PROTECTED)
@@ -280,6 +280,8 @@ class Browser:
         for arg in (*CHROMIUM_ARGS, *extra_args):
             options.add_argument(arg)
         options.add_argument(f"--user-data-dir={os.path.join(workdir, 'profile')}")
+        # The console's messages (Content-Security-Policy refusals among them).
+        options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
         # The driver is given: Selenium Manager (which downloads) never runs.
         service = Service(executable_path=CHROMEDRIVER,
                           log_output=os.path.join(workdir, "chromedriver.log"))

@@ -7,7 +7,7 @@ new session handed out; the browser goes back where it started.
 
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any, Dict, Optional, Sequence
 
 from twisted.logger import Logger
 from twisted.web.server import Request
@@ -17,7 +17,7 @@ from ...oidc.provider import ProviderError
 from ...oidc.tokens import TokenError, peek_header
 from ...sessions.cookies import CookieTooLarge
 from ...sessions.session import Session, SessionStoreUnavailable, new_session_id
-from ..answers import finish, redirect, store_unavailable
+from ..answers import finish, redirect, show, store_unavailable
 from ..parts import GuardState
 from ..requests import arg
 from ..session_auth import SessionAuth
@@ -72,33 +72,36 @@ class CallbackEndpoint:
         attempt, reason, cookies = (None, "missing_state", []) if not given else \
             login.consume(request.received_cookies, given)
         error = arg(args, b"error")
+        target = attempt.return_to if attempt is not None else "/"
         if error is not None:
             shown = error if error.replace("_", "").isalnum() and len(error) <= 64 else "error"
             log.info("login refused by the identity provider: {error}", error=shown)
             metrics.login_failed("idp_refused")
-            finish(request, 403, "login_refused",
-                   f"The identity provider refused the login ({shown}).", cookies=cookies)
+            self._failed(request, 403, f"The identity provider refused the login ({shown}).",
+                         "reason_access_denied" if shown == "access_denied" else
+                         "reason_idp_refused", target, cookies, error="login_refused",
+                         detail=arg(args, b"error_description"), values={"error": shown})
             return
         if attempt is None:
             log.info("login failed: {reason}", reason=reason)
             metrics.login_failed(reason)
-            finish(request, 401 if given else 400, "login_failed",
-                   "This login attempt is unknown or has expired. Please start again.",
-                   cookies=cookies)
+            self._failed(request, 401 if given else 400,
+                         "This login attempt is unknown or has expired. Please start again.",
+                         "reason_unknown_state", target, cookies)
             return
         if not self._consume(attempt.state):
             log.info("login failed: {reason}", reason="state_replayed")
             metrics.login_failed("state_replayed")
-            finish(request, 401, "login_failed", "This login attempt was already used.",
-                   cookies=cookies)
+            self._failed(request, 401, "This login attempt was already used.",
+                         "reason_state_used", target, cookies)
             return
         try:
             tokens, claims = await self._tokens(request, attempt)
         except TokenError as e:
             log.warn("login failed: {reason}: {detail}", reason=e.reason, detail=e.detail)
             metrics.login_failed(e.reason)
-            finish(request, 401, "login_failed",
-                   "The login could not be verified. Please start again.", cookies=cookies)
+            self._failed(request, 401, "The login could not be verified. Please start again.",
+                         "reason_not_verified", target, cookies)
             return
         except ProviderError as e:
             log.warn("login failed: identity provider: {reason}: {detail}",
@@ -110,8 +113,12 @@ class CallbackEndpoint:
                 503: "The identity provider cannot be reached yet. Please try again shortly.",
                 504: "The identity provider did not answer in time. Please try again.",
             }.get(status, "The identity provider gave an unexpected answer. Please try again.")
-            finish(request, status, "login_failed", message,
-                   {b"retry-after": b"5"} if status == 503 else None, cookies=cookies)
+            down = status == 503 or e.reason == "unreachable"
+            reason_key = "reason_idp_down" if down else \
+                "reason_idp_slow" if status == 504 else "reason_idp_error"
+            self._failed(request, status, message, reason_key, target, cookies,
+                         headers={b"retry-after": b"5"} if status == 503 else None,
+                         retry=down or status == 504)
             return
 
         now = state.clock.seconds()
@@ -145,6 +152,21 @@ class CallbackEndpoint:
         log.info("login of {sub}", sub=session.sub)
         metrics.login_completed()
         redirect(request, self._landing(attempt.return_to), [*cookies, *session_cookies])
+
+    def _failed(self, request: Request, code: int, message: str, reason: str, target: str,
+                cookies: Sequence[bytes], *, error: str = "login_failed",
+                detail: Optional[str] = None, values: Optional[Dict[str, str]] = None,
+                headers: Optional[Dict[bytes, bytes]] = None, retry: bool = False) -> None:
+        """
+        A login that did not work: the login-failed page (the C{reason} in
+        plain words, "Try again" back to C{target}), or for an API client
+        the JSON C{error} with C{message}. C{retry}: the IdP is down or
+        slow; the page starts the login again by itself.
+        """
+        pages = self._state.pages
+        show(request, lambda r: pages.login_failed(
+            r, code, message, reason, target, detail, headers, error, values, retry),
+            cookies)
 
     async def _tokens(self, request: Request, attempt: Any) -> Any:
         """

@@ -6,7 +6,7 @@ login endpoint or from any protected page it navigated to.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 from urllib.parse import parse_qs, urlsplit
 
 from twisted.web.server import Request
@@ -15,14 +15,17 @@ from ...core.cache import BoundedCache
 from ...core.context import peek
 from ...core.urls import safe_return_to
 from ...proxy.routes import RouteMatch
-from ..answers import decided, deny, finish, redirect
+from ..answers import decided, deny, finish, redirect, show
 from ..parts import GuardState
-from ..requests import is_browser_navigation, mount_path, return_to
+from ..requests import arg, is_browser_navigation, mount_path, return_to
 
 __all__ = ["LoginEndpoint", "MAX_PENDING"]
 
 MAX_PENDING = 10_000
 """The most login attempts counted as pending (and states remembered as used)."""
+
+PROMPTS = ("login", "select_account")
+"""The C{prompt} values the login endpoint passes on (signing in as someone else)."""
 
 
 class LoginEndpoint:
@@ -48,7 +51,8 @@ class LoginEndpoint:
             finish(request, 405, "method_not_allowed", "Login starts with GET.",
                    {b"allow": b"GET, HEAD"})
             return
-        await self.start(request, return_to(request))
+        prompt = arg(request.args, b"prompt")
+        await self.start(request, return_to(request), prompt=prompt if prompt in PROMPTS else None)
 
     async def unauthenticated(self, request: Request, match: RouteMatch,
                               clear: Sequence[bytes]) -> None:
@@ -73,9 +77,18 @@ class LoginEndpoint:
         target = match.path
         if match.query is not None:
             target += "?" + match.query.decode("ascii")
-        await self.start(request, safe_return_to(target) or "/", clear)
+        target = safe_return_to(target) or "/"
+        if self._state.config.pages.sign_in_page and self.here():
+            # A page with a button naming the provider, before the browser goes there.
+            decided(request, "unauthenticated")
+            pages = self._state.pages
+            show(request, lambda r: pages.sign_in(
+                r, target, {b"www-authenticate": b'Bearer realm="oidcproxy"'}), clear)
+            return
+        await self.start(request, target, clear)
 
-    async def start(self, request: Request, target: str, cookies: Sequence[bytes] = ()) -> None:
+    async def start(self, request: Request, target: str, cookies: Sequence[bytes] = (),
+                    prompt: Optional[str] = None) -> None:
         """Send the browser to the IdP, to come back to C{target} (a path)."""
         state = self._state
         provider, login = state.parts.provider, state.parts.login
@@ -90,7 +103,7 @@ class LoginEndpoint:
                    {b"retry-after": b"5"}, cookies)
             return
         location, state_cookies = login.start(
-            request.received_cookies, target, metadata.authorization_endpoint)
+            request.received_cookies, target, metadata.authorization_endpoint, prompt)
         decided(request, "login")
         state.metrics.login_started()
         self._started(location)

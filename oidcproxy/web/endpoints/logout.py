@@ -1,13 +1,15 @@
 """
-Logout: GET shows a confirmation form (a link alone cannot log anyone out);
-a same-origin POST ends the session (store, revocation list, its
+Logout: GET shows a confirmation form (a link alone cannot log anyone out;
+with C{[pages] logout_confirm = false} the form posts itself); a
+same-origin POST ends the session (store, revocation list, its
 WebSockets), revokes its tokens at the IdP, clears the cookies and sends the
-browser to the IdP's logout or the landing page.
+browser to the IdP's logout or the landing page: post_logout_redirect_url,
+else the C{rd} the logout was given, else the signed-out page (GET with
+C{?signed_out=1}).
 """
 
 from __future__ import annotations
 
-from html import escape
 from typing import Callable, Optional
 
 from twisted.logger import Logger
@@ -15,9 +17,10 @@ from twisted.web.server import Request
 
 from ...oidc.provider import ProviderError
 from ...sessions.session import Session, SessionStoreUnavailable
-from ..answers import finish, redirect, respond, store_unavailable
+from ..answers import finish, redirect, show, store_unavailable
+from ..identity import user_name
 from ..parts import GuardState
-from ..requests import mount_path, return_to
+from ..requests import return_to
 from ..session_auth import SessionAuth
 
 __all__ = ["LogoutEndpoint", "same_origin"]
@@ -54,9 +57,13 @@ class LogoutEndpoint:
 
     async def render(self, request: Request) -> None:
         state = self._state
+        given = b"rd" in request.args
         target = return_to(request)
         if request.method in (b"GET", b"HEAD"):
-            self._page(request, target)
+            if b"signed_out" in request.args:
+                show(request, state.pages.signed_out)
+                return
+            await self._page(request, target if given else None)
             return
         if request.method != b"POST":
             finish(request, 405, "method_not_allowed", "Log out with POST.",
@@ -70,7 +77,7 @@ class LogoutEndpoint:
         if loaded is None:
             return
         session, _ = loaded
-        location = self._landing(target)
+        location = self._landing(target if given else None)
         if session is not None:
             try:
                 await self._sessions.end(session)
@@ -93,11 +100,15 @@ class LogoutEndpoint:
             cookies += csrf.clear_headers(request.received_cookies)
         redirect(request, location, cookies, code=303)
 
-    def _landing(self, rd: str) -> str:
-        """post_logout_redirect_url when configured (a path on public_url, or a URL), else rd."""
-        oidc = self._state.config.oidc
+    def _landing(self, rd: Optional[str]) -> str:
+        """
+        post_logout_redirect_url when configured (a path on public_url, or a
+        URL), else rd, else the signed-out page.
+        """
+        state = self._state
+        oidc = state.config.oidc
         fixed = oidc.post_logout_redirect_url if oidc is not None else None
-        return self._state.absolute(fixed or rd)
+        return state.absolute(fixed or rd or state.config.logout_path + "?signed_out=1")
 
     async def _revoke(self, session: Session) -> None:
         """RFC 7009: revoke the session's tokens at the IdP, when it can and we should."""
@@ -123,16 +134,14 @@ class LogoutEndpoint:
             return None
         return provider.end_session_url(session.id_token, local)
 
-    def _page(self, request: Request, target: str) -> None:
-        """A confirmation form posting to this endpoint, where the guard is mounted."""
-        action = escape(mount_path(request) + self._state.config.logout_path)
-        page = (
-            '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>Log out</title>'
-            '<meta name="viewport" content="width=device-width, initial-scale=1"></head>'
-            '<body style="font-family: system-ui, sans-serif; max-width: 40em; margin: 4em auto">'
-            f'<form method="post" action="{action}">'
-            f'<input type="hidden" name="rd" value="{escape(target)}">'
-            '<p>Log out of this site?</p><button type="submit">Log out</button></form>'
-            "</body></html>"
-        ).encode()
-        respond(request, 200, b"text/html; charset=utf-8", page)
+    async def _page(self, request: Request, target: Optional[str]) -> None:
+        """The sign-out page (naming the account) with its form posting to this endpoint."""
+        user = None
+        loaded = await self._sessions.load_or_503(request)
+        if loaded is None:
+            return
+        session, _ = loaded
+        if session is not None:
+            user = user_name(self._state.config.username_claim, session.claims, session.sub)
+        pages = self._state.pages
+        show(request, lambda r: pages.logout(r, user, target))

@@ -117,6 +117,14 @@ const ACCOUNTS = {
     preferred_username: 'bob',
     groups: ['staff'],
   },
+  // Claims with markup: the proxy's pages must show them as text.
+  mallory: {
+    email: 'mallory@example.com',
+    email_verified: false,
+    name: 'Mallory',
+    preferred_username: '<img src=x onerror="document.title=\'pwned\'">mallory',
+    groups: ['staff'],
+  },
 };
 
 // With --test-hooks: many users (user1, user2, ...) for load and fault tests.
