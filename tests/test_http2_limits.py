@@ -128,6 +128,19 @@ class HeaderListTests(SynchronousTestCase):
         self.assertEqual(h.answers[again].body, b"dd")
         self.assertEqual(h.errors(), [])
 
+    def test_over_the_limit_page_headers(self) -> None:
+        """The 431 page of a browser carries the pages' headers (CSP, no framing); JSON none."""
+        h = H2Harness(self, max_header_size=MAX_HEADERS)
+        page = h.answers[h.request(b"GET", b"/down?n=1", headers=(
+            (b"accept", b"text/html"), (b"cookie", b"c" * 5000)))]
+        self.assertEqual(page.status, 431)
+        self.assertIn(b"default-src 'none'", page.headers[b"content-security-policy"])
+        self.assertEqual(page.headers[b"x-frame-options"], b"DENY")
+        api = h.answers[h.request(b"GET", b"/down?n=1", headers=(
+            (b"accept", b"application/json"), (b"cookie", b"c" * 5000)))]
+        self.assertEqual(api.status, 431)
+        self.assertNotIn(b"content-security-policy", api.headers)
+
     def test_over_the_limit_with_a_body(self) -> None:
         """A POST over the limit never reaches the site; its stream is reset once answered."""
         h = H2Harness(self, max_header_size=MAX_HEADERS)

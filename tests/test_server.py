@@ -120,6 +120,19 @@ class EarlyBodyLimitTests(SynchronousTestCase):
         h.send(b"x" * 101)
         self.assertEqual(h.resource.bodies, [])
 
+    def test_refusal_page_headers(self):
+        """The early 413's page carries the pages' headers (CSP, no framing); its JSON none."""
+        out = SiteHarness(self).send(
+            b"POST /x HTTP/1.1\r\nHost: a\r\nAccept: text/html\r\nContent-Length: 101\r\n\r\n")
+        head = out.split(b"\r\n\r\n", 1)[0].lower()
+        self.assertIn(b"\r\ncontent-security-policy: default-src 'none'", head)
+        self.assertIn(b"\r\nx-frame-options: deny", head)
+        out = SiteHarness(self).send(
+            b"POST /x HTTP/1.1\r\nHost: a\r\nAccept: application/json\r\n"
+            b"Content-Length: 101\r\n\r\n")
+        self.assertTrue(out.startswith(b"HTTP/1.1 413 "), out)
+        self.assertNotIn(b"content-security-policy", out.lower())
+
     def test_limit_is_the_routes(self):
         """The early limit is the matched route's: /big takes 1000 bytes, / only 100."""
         h = SiteHarness(self)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import io
 import time
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger, LogLevel
@@ -28,7 +28,7 @@ from twisted.web.resource import IResource
 from ..config import ClientLimits
 from ..core.context import context, peek
 from ..core.metrics import NullMetrics
-from ..core.pages import error_body
+from ..core.pages import PLAIN_PAGE_HEADERS, error_body
 from .channel import ProxyChannel
 from .connections import ClientConnections
 
@@ -187,8 +187,11 @@ class ProxyRequest(server.Request):
             self.sentLength = len(body)
             site.log_request(self)
         channel: Any = self.channel
+        extra = b"".join(name + b": " + value + b"\r\n"
+                         for name, value in self._page_headers(content_type).items())
         channel.refuse(413, b"Content Too Large",
-                       b"Content-Type: " + content_type + b"\r\nCache-Control: no-store\r\n", body)
+                       b"Content-Type: " + content_type + b"\r\nCache-Control: no-store\r\n" + extra,
+                       body)
 
     def refuse_headers(self, limit: int) -> None:
         """
@@ -206,6 +209,11 @@ class ProxyRequest(server.Request):
         accept = b",".join(self.requestHeaders.getRawHeaders(b"accept", [])).lower()
         return error_body(code, error, detail, b"json" in accept)
 
+    @staticmethod
+    def _page_headers(content_type: bytes) -> Dict[bytes, bytes]:
+        """An HTML answer's page headers (CSP, framing); none for JSON."""
+        return PLAIN_PAGE_HEADERS if content_type.startswith(b"text/html") else {}
+
     def _answer_on_stream(self, code: int, error: str, detail: str) -> None:
         """
         The answer of an HTTP/2 stream not read to its end: this request's
@@ -218,6 +226,8 @@ class ProxyRequest(server.Request):
         self.setResponseCode(code)
         self.setHeader(b"content-type", content_type)
         self.setHeader(b"cache-control", b"no-store")
+        for name, value in self._page_headers(content_type).items():
+            self.setHeader(name, value)
         self.setHeader(b"content-length", b"%d" % len(body))
         self.write(body)
         self.finish()
