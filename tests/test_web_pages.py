@@ -166,15 +166,34 @@ class LoginFailedTests(SynchronousTestCase):
         self.assertIn(b"User cancelled the login. User", page.body)
         self.assertEqual(len(bounded_text("User cancelled the login. " * 40)), 300)
 
-    def test_markup_error_description_not_shown(self):
-        """An error_description with markup is not shown at all."""
+    def test_markup_error_description_shown_escaped(self):
+        """An error_description with markup is shown as text: escaped, never markup."""
         h = stack(self)
         browser, params = self.start(h)
         page = browser.navigate("/oidc/callback?" + urlencode(
             {"state": params["state"], "error": "access_denied",
              "error_description": "<script>alert(1)</script>"}))
-        self.assertNotIn(b"alert", page.body)
-        self.assertNotIn(b"The identity provider said", page.body)
+        self.assertIn(b"The identity provider said", page.body)
+        self.assertIn(b"&lt;script&gt;alert(1)&lt;/script&gt;", page.body)
+        self.assertNotIn(b"<script>", page.body)
+
+    def test_error_description_of_someone_elses_link_not_shown(self):
+        """
+        A callback link with an error_description but no login of this
+        browser behind it (no state, another browser's, an expired one):
+        the text is not shown (anyone can make such a link).
+        """
+        h = stack(self)
+        _, params = self.start(h)
+        text = "Your account is locked: call 555-0100"
+        for query in ({"error": "access_denied", "error_description": text},
+                      {"state": params["state"], "error": "access_denied",
+                       "error_description": text}):
+            page = h.browser().navigate("/oidc/callback?" + urlencode(query))
+            self.assertEqual(page.code, 403)
+            self.assertIn(b"cancelled or refused", page.body)
+            self.assertNotIn(b"555-0100", page.body)
+            self.assertNotIn(b"The identity provider said", page.body)
 
     def test_unknown_state(self):
         """An unknown or expired state: said so, Try again to /."""

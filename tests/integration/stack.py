@@ -108,7 +108,7 @@ async def start_op(testcase: TestCase, redirect_uris: Sequence[str],
                    backchannel_logout_uri: Optional[str] = None,
                    rotate_refresh_tokens: bool = False, test_hooks: bool = False,
                    listen_port: int = 0, client_secret: Optional[str] = None,
-                   **ttls: int) -> OpenIDProvider:
+                   abort_description: Optional[str] = None, **ttls: int) -> OpenIDProvider:
     """
     Start the OP on a free loopback port with one confidential client that may
     redirect to C{redirect_uris}; C{ttls} (C{access_token_ttl=5}, ...) are
@@ -116,7 +116,8 @@ async def start_op(testcase: TestCase, redirect_uris: Sequence[str],
     client gets back-channel logout there (with C{sid}); with
     C{rotate_refresh_tokens} every refresh grant rotates the refresh token
     (and a reused one revokes the grant). C{test_hooks}: the OP's fault-test
-    hooks (C{--test-hooks}, see L{OP_SCRIPT}). C{listen_port}: listen there (it
+    hooks (C{--test-hooks}, see L{OP_SCRIPT}). C{abort_description}: the
+    C{error_description} of a cancelled login. C{listen_port}: listen there (it
     must be free) instead of on any free port; with C{client_secret} (default:
     a fresh one), an OP started again there is the same OP to the proxy.
     Waits for its C{PORT} line.
@@ -137,6 +138,8 @@ async def start_op(testcase: TestCase, redirect_uris: Sequence[str],
         args.append("--rotate-refresh-tokens")
     if test_hooks:
         args.append("--test-hooks")
+    if abort_description is not None:
+        args.append(f"--abort-description={abort_description}")
     for name, value in ttls.items():
         args.append(f"--{name.replace('_', '-')}={value}")
     workdir = os.path.abspath(testcase.mktemp())

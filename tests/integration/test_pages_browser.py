@@ -47,7 +47,8 @@ def _pages_table(pages: Mapping[str, Any]) -> str:
     return "\n[pages]\n" + "".join(f"{k} = {procs.toml_value(v)}\n" for k, v in pages.items())
 
 
-async def start_pages_stack(testcase: TestCase, pages: Optional[Dict[str, Any]] = None) -> Stack:
+async def start_pages_stack(testcase: TestCase, pages: Optional[Dict[str, Any]] = None,
+                            abort_description: Optional[str] = None) -> Stack:
     """The OP, the upstream and the proxy with an admins-only route and a [pages] table."""
     require_op()
     reserved = reserve_port()
@@ -55,7 +56,8 @@ async def start_pages_stack(testcase: TestCase, pages: Optional[Dict[str, Any]] 
         port = reserved.getsockname()[1]
         public = f"http://127.0.0.1:{port}"
         op = await start_op(testcase, [public + "/oidc/callback"],
-                            [public + "/", public + "/oidc/logout?signed_out=1"])
+                            [public + "/", public + "/oidc/logout?signed_out=1"],
+                            abort_description=abort_description)
         upstream = await procs.start_upstream(testcase)
         config = 'username_claim = "preferred_username"\n' + proxy_config(port, op, upstream)
         config += f"""
@@ -153,9 +155,10 @@ class PageBrowser:
 class PagesInBrowserTests(TestCase):
     timeout = 180
 
-    async def setup(self, pages: Optional[Dict[str, Any]] = None) -> Any:
+    async def setup(self, pages: Optional[Dict[str, Any]] = None,
+                    abort_description: Optional[str] = None) -> Any:
         require_chromium()
-        stack = await start_pages_stack(self, pages)
+        stack = await start_pages_stack(self, pages, abort_description)
         browser = await Browser.start(self)
         page = PageBrowser(browser)
         return stack, browser, page
@@ -253,24 +256,39 @@ class PagesInBrowserTests(TestCase):
 
     async def test_markup_stays_text(self) -> None:
         """
-        A claim with markup is shown as text on the 403; an error_description
-        with markup is not shown; neither runs.
+        An error_description with markup from the IdP, after a Cancel, is
+        shown as text; the same in a link someone made, with no login of
+        this browser behind it, is not shown at all; a claim with markup is
+        shown as text on the 403. Nothing of it runs.
         """
         from selenium.webdriver.common.by import By
 
-        stack, browser, page = await self.setup()
-        await browser.get(stack.proxy.url + ADMIN)
-        await browser.log_in_at_op(stack.op, "mallory")
-        await page.heading("You cannot see this page")
-        self.assertIn('<img src=x onerror="document.title=\'pwned\'">mallory', await page.text())
-        images = await deferToThread(lambda: browser.driver.find_elements(By.CSS_SELECTOR, "main img"))
-        self.assertEqual(images, [])
+        hostile = "<img src=x onerror=\"document.title='pwned'\">declined"
+        stack, browser, page = await self.setup(abort_description=hostile)
+
+        async def no_markup_ran() -> None:
+            images = await deferToThread(
+                lambda: browser.driver.find_elements(By.CSS_SELECTOR, "main img"))
+            self.assertEqual(images, [])
+            title = await deferToThread(lambda: browser.driver.title)
+            self.assertNotIn("pwned", title)
+
+        await browser.get(stack.proxy.url + PROTECTED)
+        await browser.wait_for_url(stack.op.issuer + "/interaction/")
+        await page.click_link("[ Cancel ]")
+        await page.heading("The sign-in did not work")
+        self.assertIn(hostile, await page.text())
+        await no_markup_ran()
         await browser.get(stack.proxy.url + "/oidc/callback?error=access_denied&error_description="
                           "%3Cimg%20src%3Dx%20onerror%3D%22document.title%3D'pwned'%22%3E")
         await page.heading("The sign-in did not work")
         self.assertNotIn("img", await page.text())
-        title = await deferToThread(lambda: browser.driver.title)
-        self.assertNotIn("pwned", title)
+        await no_markup_ran()
+        await browser.get(stack.proxy.url + ADMIN)
+        await browser.log_in_at_op(stack.op, "mallory")
+        await page.heading("You cannot see this page")
+        self.assertIn('<img src=x onerror="document.title=\'pwned\'">mallory', await page.text())
+        await no_markup_ran()
 
     async def test_sign_in_page_and_unavailable(self) -> None:
         """

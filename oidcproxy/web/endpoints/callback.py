@@ -77,10 +77,15 @@ class CallbackEndpoint:
             shown = error if error.replace("_", "").isalnum() and len(error) <= 64 else "error"
             log.info("login refused by the identity provider: {error}", error=shown)
             metrics.login_failed("idp_refused")
+            # What the IdP said is shown only to the browser whose login this
+            # was (its state cookie matched): anyone can make a link to the
+            # callback with an error_description, and our page would show
+            # their text under our name.
             self._failed(request, 403, f"The identity provider refused the login ({shown}).",
                          "reason_access_denied" if shown == "access_denied" else
                          "reason_idp_refused", target, cookies, error="login_refused",
-                         detail=arg(args, b"error_description"), values={"error": shown})
+                         detail=arg(args, b"error_description") if attempt is not None else None,
+                         values={"error": shown})
             return
         if attempt is None:
             log.info("login failed: {reason}", reason=reason)

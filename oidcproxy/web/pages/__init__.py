@@ -38,8 +38,6 @@ SCRIPT_PATH = "/pages/submit.js"
 """Below endpoints_prefix: the script that posts the sign-out form by itself."""
 
 _MAX_DETAIL = 300
-_PLAIN_WORDS = re.compile(r"[\w .,:;()'/!?-]*")
-"""What an IdP's error_description may be made of to be shown: words, not markup."""
 _PLACEHOLDER = re.compile(r"\{(\w+)\}")
 _HTML = b"text/html; charset=utf-8"
 
@@ -269,7 +267,7 @@ class Pages:
             return self._unavailable(request, code, lang, texts[reason], error, after,
                                      again, headers)
         shown: Union[str, Tag] = ""
-        if detail and _PLAIN_WORDS.fullmatch(detail):
+        if detail:
             shown = tags.div(tags.p(texts["idp_says"]), tags.p(bounded_text(detail)),
                              **{"class": "detail"})
         slots = {

@@ -66,6 +66,7 @@ const { values: args } = parseArgs({
     'backchannel-logout-uri': { type: 'string' },
     'rotate-refresh-tokens': { type: 'boolean' },
     'test-hooks': { type: 'boolean' },
+    'abort-description': { type: 'string' },
   },
 });
 
@@ -94,6 +95,7 @@ const settings = {
   backchannelLogoutUri: args['backchannel-logout-uri'] ?? (env.OP_BACKCHANNEL_LOGOUT_URI || undefined),
   rotateRefreshTokens: args['rotate-refresh-tokens'] ?? env.OP_ROTATE_REFRESH_TOKENS === '1',
   testHooks: args['test-hooks'] ?? false,
+  abortDescription: args['abort-description'],
 };
 if (!settings.clientSecret || settings.redirectUris.length === 0) {
   console.error('op.mjs: --client-secret and at least one --redirect-uri are required');
@@ -242,6 +244,20 @@ server.listen(settings.port, '127.0.0.1', () => {
       ctx.set('content-security-policy', "style-src 'self' 'unsafe-inline'; font-src 'self'; img-src 'self' data:");
     }
   });
+
+  // --abort-description: the error_description of a cancelled login, in
+  // place of the provider's own (the proxy must show a hostile one as text).
+  if (settings.abortDescription !== undefined) {
+    provider.use(async (ctx, next) => {
+      await next();
+      const location = ctx.response.get('location');
+      if (location && location.includes('error=access_denied')) {
+        const url = new URL(location);
+        url.searchParams.set('error_description', settings.abortDescription);
+        ctx.set('location', url.href);
+      }
+    });
+  }
 
   // The OP's errors on stderr, which a failing test shows.
   provider.on('server_error', (ctx, err) => console.error('server_error', err));
