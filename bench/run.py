@@ -7,6 +7,7 @@ run (see bench/README.rst).
     bench/run --profile [--profile-seconds S] [--profiler sample|cprofile]
     bench/run --overload [--overload-seconds S]
     bench/run --h2 [--quick] [--runtimes ...]
+    bench/run --instructions [--compare REF [--compare-to REF2]]
 
 C{bench/run} installs what is missing and runs this file with the project's
 CPython venv. Everything listens on 127.0.0.1 on free ports; every process
@@ -528,7 +529,8 @@ def start_proxy(children: Children, workdir: str, name: str, runtime: str,
                 reserved: socket.socket, config: str, extra: Sequence[str] = (),
                 workers: int = 1, tree: str = ROOT,
                 command: Optional[Sequence[str]] = None,
-                env: Optional[Dict[str, str]] = None) -> Proxy:
+                env: Optional[Dict[str, str]] = None,
+                start_timeout: Optional[float] = None) -> Proxy:
     """
     A proxy of C{tree}'s code on C{runtime}, run by twistd (or by
     C{command}, a launcher given twistd's arguments after it).
@@ -551,7 +553,9 @@ def start_proxy(children: Children, workdir: str, name: str, runtime: str,
         return all(reachable(url + "/oidc/login", browser.NAVIGATE, 302) for _ in range(2 * workers))
 
     # A worker pool that is not up in 20 s will not be (W is reported unavailable).
-    wait_for(ready, START_TIMEOUT if workers == 1 else 20.0,
+    if start_timeout is None:
+        start_timeout = START_TIMEOUT if workers == 1 else 20.0
+    wait_for(ready, start_timeout,
              f"{name} to listen and read the OP's metadata", child, 0.25)
     return Proxy(name, runtime, child, url, workers)
 
@@ -1709,6 +1713,14 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--h2", action="store_true",
                         help="instead: HTTP/2 against HTTP/1.1 on the same TLS listener, and "
                              "the TLS floor (h2load; about 5 minutes)")
+    parser.add_argument("--instructions", action="store_true",
+                        help="instead: instructions per request of F, P, C, R and B on CPython, "
+                             "counted by valgrind's callgrind (repeatable where rates are noisy; "
+                             "with --compare, B/A)")
+    parser.add_argument("--instructions-requests", type=int, default=500,
+                        help="--instructions: requests counted per scenario and round (500)")
+    parser.add_argument("--instructions-warmup", type=int, default=100,
+                        help="--instructions: requests before the counters are zeroed (100)")
     parser.add_argument("--overload-seconds", type=float, default=10.0,
                         help="--overload: seconds of each wrk run (10)")
     args = parser.parse_args(argv)
@@ -1725,14 +1737,17 @@ def main(argv: Sequence[str]) -> int:
         parser.error("--compare-to goes with --compare REF")
     if args.compare is not None and (args.profile or args.scale or args.memory or args.overload
                                      or args.h2):
-        parser.error("--compare measures the scenarios of a normal run: not with --profile, "
-                     "--scale, --memory, --overload or --h2")
+        parser.error("--compare measures the scenarios of a normal run (or --instructions): "
+                     "not with --profile, --scale, --memory, --overload or --h2")
+    if args.instructions_requests < 1 or args.instructions_warmup < 0:
+        parser.error("--instructions-requests must be at least 1, --instructions-warmup at least 0")
     if not 0 <= args.pypy_warmup_min <= args.pypy_warmup_max or not 0 < args.pypy_settle < 1:
         parser.error("--pypy-warmup-min must be between 0 and --pypy-warmup-max, "
                      "--pypy-settle between 0 and 1")
-    if sum((args.profile, args.scale, args.memory, args.overload, args.h2)) > 1:
-        parser.error("--profile, --scale, --memory, --overload and --h2 are separate runs: "
-                     "one at a time")
+    if sum((args.profile, args.scale, args.memory, args.overload, args.h2,
+            args.instructions)) > 1:
+        parser.error("--profile, --scale, --memory, --overload, --h2 and --instructions are "
+                     "separate runs: one at a time")
     if args.overload_seconds < 1:
         parser.error("--overload-seconds must be at least 1")
     if args.scale_sessions <= 1_000 or args.populate_processes < 1:
@@ -1758,6 +1773,10 @@ def main(argv: Sequence[str]) -> int:
             import overload
 
             outcome = overload.overload(args, children, workdir)
+        elif args.instructions:
+            import instructions
+
+            outcome = instructions.instructions(args, children, workdir, checkouts)
         elif args.h2:
             import h2bench
 
