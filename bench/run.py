@@ -1437,7 +1437,8 @@ def profile_sampled(args: argparse.Namespace, children: Children, workdir: str) 
         raise BenchError(f"vmprof is missing in {PROFILE_PYPY_PATH}: bench/run --profile installs "
                          "bench/requirements-pypy.txt")
     cases = [(scenario, path, runtime) for runtime in runtimes
-             for scenario, path in (("P", "/public/p"), ("C", "/app/c"))]
+             for scenario, path in (("P", "/public/p"), ("C", "/app/c"), ("L", ""))
+             if scenario in args.profile_scenarios]
     upstream, jwks_file, client_secret, reserved, issuer, script = profile_parts(
         children, workdir, [(scenario, runtime) for scenario, _, runtime in cases])
     report = []
@@ -1459,10 +1460,22 @@ def profile_sampled(args: argparse.Namespace, children: Children, workdir: str) 
         if scenario == "C":
             headers["Cookie"] = browser.session_cookie(proxy.url + "/bench/login")
         target = Target(scenario, runtime, proxy.url + path, headers, proxy)
-        problem = target.probe()
-        if problem:
-            raise BenchError(f"{target.key}: {problem}")
-        warm_up(target, args, script)
+        if scenario == "L":
+            # Logins are warmed up for as long as PyPy's rates take at most.
+            run_logins(proxy, args.pypy_warmup_max if runtime == "pypy" else args.warmup)
+
+            def load(proxy: Proxy = proxy) -> Dict[str, Any]:
+                done = run_logins(proxy, args.profile_seconds)
+                return {"rps": done["logins_per_s"], "requests": done["logins"]}
+        else:
+            problem = target.probe()
+            if problem:
+                raise BenchError(f"{target.key}: {problem}")
+            warm_up(target, args, script)
+
+            def load(proxy: Proxy = proxy, target: Target = target) -> Dict[str, Any]:
+                return run_wrk(target, args.profile_seconds, script)
+        unit = "logins" if scenario == "L" else "requests"
         cpu_before = cpu_seconds(proxy.child.pid)
         if runtime == "cpython":
             sampler = subprocess.Popen(
@@ -1470,7 +1483,7 @@ def profile_sampled(args: argparse.Namespace, children: Children, workdir: str) 
                  str(max(1, round(args.profile_seconds))), "--rate", str(SAMPLE_RATE),
                  "--format", "raw", "--full-filenames", "--nonblocking", "--output", collapsed],
                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-            result = run_wrk(target, args.profile_seconds, script)
+            result = load()
             cpu = cpu_seconds(proxy.child.pid) - cpu_before
             try:
                 out = sampler.communicate(timeout=args.profile_seconds + 60)[0]
@@ -1483,7 +1496,7 @@ def profile_sampled(args: argparse.Namespace, children: Children, workdir: str) 
             tool = f"py-spy {SAMPLE_RATE}/s, --nonblocking"
         else:
             os.kill(proxy.child.pid, signal.SIGUSR1)
-            result = run_wrk(target, args.profile_seconds, script)
+            result = load()
             os.kill(proxy.child.pid, signal.SIGUSR2)
             cpu = cpu_seconds(proxy.child.pid) - cpu_before
             proxy.child.stop()  # vmprof's file is complete once the process has stopped it
@@ -1498,10 +1511,11 @@ def profile_sampled(args: argparse.Namespace, children: Children, workdir: str) 
             tool = f"vmprof every {1000 * VMPROF_PERIOD:g} ms of CPU time, at most the kernel's tick"
         proxy.child.stop()
         warm = f", after {target.warmup_s:g}s of warm-up" if target.warmup_s is not None else ""
-        report.append(f"=== {scenario} on {runtime}, sampled ({tool}): {result['rps']:,.0f} req/s "
-                      f"under the profiler ({result['requests']} requests in "
+        report.append(f"=== {scenario} on {runtime}, sampled ({tool}): {result['rps']:,.1f} "
+                      f"{unit}/s under the profiler ({result['requests']} {unit} in "
                       f"{args.profile_seconds:g}s{warm}; {cpu:.1f}s of the proxy's CPU, "
-                      f"{cpu * 1000.0 / max(result['requests'], 1):.3f} ms per request); "
+                      f"{cpu * 1000.0 / max(result['requests'], 1):.3f} ms per "
+                      f"{unit[:-1]}); "
                       f"{collapsed} ===\n" + self_time_report(collapsed))
     report.append("(own samples: the innermost Python function of each sample; time in C "
                   "functions counts in their Python caller, so untilConcludes is the socket's "
@@ -1693,6 +1707,9 @@ def main(argv: Sequence[str]) -> int:
                         help="--profile: sample (default; collapsed stacks kept in the work "
                              "directory) or cprofile (CPython only, twistd --profile)")
     parser.add_argument("--profile-seconds", type=float, default=10.0)
+    parser.add_argument("--profile-scenarios", default="P,C",
+                        help="--profile: which of P, C and L (complete logins; sampled "
+                             "profiler only) to profile (default P,C)")
     parser.add_argument("--scale", action="store_true",
                         help="instead: R with 1,000 and with --scale-sessions sessions in Redis")
     parser.add_argument("--scale-sessions", type=int, default=1_000_000,
@@ -1739,6 +1756,11 @@ def main(argv: Sequence[str]) -> int:
                                      or args.h2):
         parser.error("--compare measures the scenarios of a normal run (or --instructions): "
                      "not with --profile, --scale, --memory, --overload or --h2")
+    args.profile_scenarios = [s.strip() for s in args.profile_scenarios.split(",") if s.strip()]
+    if not args.profile_scenarios or set(args.profile_scenarios) - {"P", "C", "L"}:
+        parser.error("--profile-scenarios takes P, C and L, separated by commas")
+    if "L" in args.profile_scenarios and args.profiler == "cprofile":
+        parser.error("--profile-scenarios L needs the sampled profiler (--profiler sample)")
     if args.instructions_requests < 1 or args.instructions_warmup < 0:
         parser.error("--instructions-requests must be at least 1, --instructions-warmup at least 0")
     if not 0 <= args.pypy_warmup_min <= args.pypy_warmup_max or not 0 < args.pypy_settle < 1:
