@@ -14,12 +14,15 @@ from twisted.logger import Logger
 from twisted.web.server import Request
 
 from ..config import Config
+from ..core.context import RequestContext
 from ..proxy.headers import canonical_header
-from .identity import claim
+from ..sessions.session import Session
+from .answers import decided
+from .identity import Identity, claim, user_name
 
 __all__ = ["ACCESS_TOKEN_HEADER", "ID_TOKEN_HEADER", "HeaderNames", "header_value",
            "managed_headers", "pass_session_tokens", "passes_client_authorization",
-           "set_identity_headers"]
+           "set_identity_headers", "set_session_identity"]
 
 log = Logger()
 
@@ -139,3 +142,17 @@ def passes_client_authorization(config: Config) -> bool:
         return False
     return all(canonical_header(name.encode("ascii")) != b"authorization"
                for name, _ in config.headers)
+
+
+def set_session_identity(request: Request, ctx: RequestContext, config: Config,
+                         session: Session) -> None:
+    """The identity of a session: for the access log, the application and the upstream."""
+    # For a WebSocket, which logout of this session closes.
+    ctx.session = session
+    ctx.identity = Identity(
+        sub=session.sub, claims=session.claims, access_token=session.access_token,
+        id_token=session.id_token, expires=session.expires)
+    ctx.user = user_name(config.username_claim, session.claims, session.sub)
+    decided(request, "session", unless_decided=True)
+    set_identity_headers(request, config, session.claims)
+    pass_session_tokens(request, config, session.access_token, session.id_token)
