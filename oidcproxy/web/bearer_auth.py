@@ -20,7 +20,7 @@ from ..oidc.provider import ClientAuth, Provider, ProviderError, make_http_clien
 from ..oidc.tokens import ASYMMETRIC_ALGORITHMS, HMAC_ALGORITHMS, JWTVerifier, KeySet, TokenError
 from ..proxy.routes import RouteMatch
 from .answers import decided, deny, finish
-from .headers import passes_client_authorization, set_identity_headers
+from .headers import passes_client_authorization, set_header_values
 from .identity import Identity, user_name
 from .parts import GuardState
 from .rules import authorized
@@ -281,7 +281,7 @@ class BearerAuth:
             # "authorization" puts a session's token there): the token just
             # validated is the request's credential and goes on unchanged.
             request.requestHeaders.setRawHeaders(b"authorization", list(authorization))
-        set_identity_headers(request, state.config, claims)
+        set_header_values(request, state.identity.claim_values(claims))
         return True
 
     def denied(self, request: Request, error: TokenError) -> None:

@@ -437,7 +437,8 @@ class OIDCGuard(Resource):
                   session: Optional[Session]) -> None:
         """Pass on a request its session admitted (None: it was answered)."""
         if session is not None:
-            set_session_identity(request, ctx, self._state.config, session)
+            state = self._state
+            set_session_identity(request, ctx, state.config, state.identity, session)
             self._pass(request, ctx, match)
 
     def _pass(self, request: Request, ctx: RequestContext, match: RouteMatch) -> None:
