@@ -15,6 +15,7 @@ from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 from zope.interface import implementer
 
+from ..core.deadlines import Deadline
 from .connections import ABORT_AFTER, ClientConnections
 
 __all__ = ["ProxyChannel"]
@@ -56,7 +57,7 @@ class ProxyChannel(HTTPChannel):
     slow, 503 when refused), for the access log.
     """
     phase = "headers"
-    _deadline: Optional[IDelayedCall] = None
+    _deadline: Optional[Deadline] = None
     _abort_call: Optional[IDelayedCall] = None
     _received = 0
     """Bytes of the current request received (C{headers} phase: whether any came)."""
@@ -129,7 +130,7 @@ class ProxyChannel(HTTPChannel):
         self._disarm()
         site = getattr(self, "site", None)
         if seconds > 0 and isinstance(site, ClientConnections):
-            self._deadline = site.clock.callLater(seconds, self._deadline_passed)
+            self._deadline = site.deadlines.add(seconds, self._deadline_passed)
 
     def _disarm(self) -> None:
         if self._deadline is not None:
@@ -189,7 +190,7 @@ class ProxyChannel(HTTPChannel):
             allowed = limits.body_timeout + self._body_received / limits.body_min_rate
             elapsed = site.clock.seconds() - self._body_started
             if elapsed < allowed:
-                self._deadline = site.clock.callLater(allowed - elapsed, self._deadline_passed)
+                self._deadline = site.deadlines.add(allowed - elapsed, self._deadline_passed)
                 return
         site.client_timed_out(self, self.phase)
         if self.phase == "headers" and not self._received:
