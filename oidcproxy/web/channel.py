@@ -71,15 +71,21 @@ class ProxyChannel(HTTPChannel):
             self._arm(site.limits.header_timeout)
 
     def dataReceived(self, data: bytes) -> None:
-        if self.phase == "idle":
+        starts = self.phase == "idle"
+        if starts:
             # The first byte of the next request on a keep-alive connection.
             self.phase = "headers"
             self._received = 0
+        self._received += len(data)
+        super().dataReceived(data)
+        if starts and self.phase == "headers" and self._deadline is None \
+                and self.answered is None and not getattr(self.transport, "disconnecting", False):
+            # The header deadline, from this first byte, once the headers
+            # are known not to have come whole with it (they mostly do:
+            # then there is no deadline to start and stop).
             site = getattr(self, "site", None)
             if isinstance(site, ClientConnections):
                 self._arm(site.limits.header_timeout)
-        self._received += len(data)
-        super().dataReceived(data)
 
     def lineReceived(self, line: bytes) -> None:
         awaiting = self._awaiting_line and line != b""
