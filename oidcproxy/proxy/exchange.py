@@ -7,7 +7,7 @@ cancellation when the client goes away, and the 502/503/504 answers.
 
 from __future__ import annotations
 
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 from twisted.internet import error as ierror
 from twisted.internet.defer import Deferred
@@ -62,6 +62,7 @@ class Exchange:
         metrics: NullMetrics,
         refusals: LogThrottle,
         deadlines: Deadlines,
+        over: Callable[[], None],
     ) -> None:
         self._clock = clock
         self._deadlines = deadlines
@@ -83,6 +84,12 @@ class Exchange:
         # The wait for a slot (rare) on a timer of its own; the timeout of
         # the exchange itself (every request) on the shared deadlines.
         self._timer: Optional[Union[IDelayedCall, Deadline]] = None
+        self._over = over
+        self._pending: Optional[Deferred] = None
+        request.notifyFinish().addBoth(self._finished)
+        if upstream.slots.take():
+            self._send(None)
+            return
         settings = route.settings
         pending = upstream.slots.acquire()
         if not pending.called:
@@ -90,9 +97,14 @@ class Exchange:
             self._queued_at = clock.seconds()
             self._timer = clock.callLater(
                 min(settings.queue_timeout, settings.timeout), self._timeout)
-        self._pending: Optional[Deferred] = pending
+        self._pending = pending
         pending.addCallbacks(self._send, self._failed)
-        request.notifyFinish().addErrback(self._gone)
+
+    def _finished(self, result: Any) -> None:
+        """The answer is complete (C{over}), or the client went away first (L{_gone})."""
+        self._over()
+        if isinstance(result, Failure):
+            self._gone(result)
 
     def _send(self, _: Any) -> None:
         self._holding_slot = True

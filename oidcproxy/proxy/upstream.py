@@ -147,7 +147,7 @@ class UpstreamProxy(Resource):
 
         self._clock.callLater(0.0, close)
 
-    def _exchange_over(self, _: Any) -> None:
+    def _exchange_over(self) -> None:
         self._in_flight -= 1
         self._maybe_retire()
 
@@ -201,7 +201,7 @@ class UpstreamProxy(Resource):
                 producer = FileBodyProducer(content, cooperator=self._cooperator)
         target = self._origins[route.index] + match.upstream_target
         self._in_flight += 1
-        request.notifyFinish().addBoth(self._exchange_over)
         Exchange(request, route, self._clients[route.index], target, headers, producer,
-                 self._clock, self._metrics, self._refusals, self._deadlines)
+                 self._clock, self._metrics, self._refusals, self._deadlines,
+                 self._exchange_over)
         return NOT_DONE_YET
