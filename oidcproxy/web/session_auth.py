@@ -68,8 +68,7 @@ class SessionAuth:
         if value is not None:
             session = await parts.store.load(value)
         if session is not None:
-            now = state.clock.seconds()
-            status = session_state(session, now, state.config.session.idle_timeout)
+            status = self._verdict(session)
             if status == LIVE and parts.revocations is not None:
                 revoked = await parts.revocations.revoked_at(
                     sub=session.sub, sid=session.sid, session_id=session.id)
@@ -103,10 +102,18 @@ class SessionAuth:
             return None
         if session is None:
             return None, state.cookies.clear_session(request)
-        if session_state(session, state.clock.seconds(),
-                         state.config.session.idle_timeout) != LIVE:
+        if self._verdict(session) != LIVE:
             return None
         return session, []
+
+    def _verdict(self, session: Session) -> str:
+        """
+        Whether a loaded session is live (before the revocation list): the
+        one judgement of L{load} and L{cached} alike, so that a check added
+        here holds on both ways.
+        """
+        state = self._state
+        return session_state(session, state.clock.seconds(), state.config.session.idle_timeout)
 
     async def load_or_503(self, request: Request) -> Optional[Loaded]:
         """L{load}, or None once a 503 is answered because the store cannot."""
