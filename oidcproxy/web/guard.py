@@ -11,8 +11,8 @@ request it:
      endpoints (L{oidcproxy.web.endpoints}) under C{endpoints_prefix};
   2. strips every identity header the proxy sets (under every spelling) and
      the proxy's own cookies from the request (L{headers}, L{cookies});
-  3. authenticates: a bearer token (L{bearer_auth}) or the session cookie
-     (L{session_auth}: lifetime, CSRF, refresh);
+  3. authenticates (L{route_auth}): a bearer token (L{bearer_auth}) or the
+     session cookie (L{session_auth}: lifetime, CSRF, refresh);
   4. authorizes (L{rules}), sets the identity headers and hands the request
      to the wrapped resource; without a credential, a browser navigation is
      sent to the IdP (L{endpoints.login}), anything else gets 401.
@@ -43,12 +43,10 @@ from twisted.web.server import NOT_DONE_YET, Request
 from ..config import Config, RouteConfig
 from ..core.context import RequestContext, context
 from ..core.metrics import NullMetrics
-from ..oidc.bearer import bearer_token
-from ..oidc.tokens import TokenError
 from ..proxy.headers import drop_connection_named, request_authority
 from ..proxy.routes import BadRequestTarget, RouteMatch, RouteTable, normalise_path, split_target
-from ..sessions.session import ISessionStore, Session, SessionStoreUnavailable
-from .answers import abort, decided, deny, finish, hand_over, show, store_unavailable
+from ..sessions.session import ISessionStore, SessionStoreUnavailable
+from .answers import abort, finish, hand_over, show, store_unavailable
 from .bearer_auth import BearerAuth
 from .endpoints.backchannel import BackchannelLogoutEndpoint
 from .endpoints.callback import CallbackEndpoint
@@ -57,17 +55,16 @@ from .endpoints.health import HealthEndpoints
 from .endpoints.login import LoginEndpoint
 from .endpoints.logout import LogoutEndpoint
 from .endpoints.userinfo import UserinfoEndpoint
-from .headers import header_value, set_session_identity
+from .headers import header_value
 from .identity import Identity, identity
 from .pages import SCRIPT_PATH
 from .parts import GuardParts, GuardState
 from .requests import (
     is_browser_navigation,
-    is_preflight,
-    judged_method,
     mount_path,
     target_below_mount,
 )
+from .route_auth import RouteAuth
 from .server import ProxyRequest
 from .session_auth import SessionAuth
 
@@ -118,6 +115,7 @@ class OIDCGuard(Resource):
         self._sessions = SessionAuth(state)
         self._bearer = BearerAuth(state, parts.external_keys)
         self._login = LoginEndpoint(state)
+        self._route_auth = RouteAuth(state, self._sessions, self._bearer, self._login, self._pass)
         self._callback = CallbackEndpoint(state, self._sessions, self._login)
         self._logout = LogoutEndpoint(state, self._sessions, self._close_sockets)
         self._backchannel = BackchannelLogoutEndpoint(state, self._close_sockets)
@@ -324,7 +322,7 @@ class OIDCGuard(Resource):
         if match is None:
             finish(request, 404, "not_found", "No route matches this URL.")
             return None
-        return self._route_now(request, match, authorization)
+        return self._route_auth.decide(request, match, authorization)
 
     async def _endpoint(self, request: Request, name: str,
                         authorization: Optional[Sequence[bytes]]) -> None:
@@ -348,98 +346,9 @@ class OIDCGuard(Resource):
     async def _route_request(self, request: Request, match: RouteMatch,
                              authorization: Optional[Sequence[bytes]]) -> None:
         """Authenticate and authorize C{request} for its route, then pass it on."""
-        rest = self._route_now(request, match, authorization)
+        rest = self._route_auth.decide(request, match, authorization)
         if rest is not None:
             await rest
-
-    def _route_now(self, request: Request, match: RouteMatch,
-                   authorization: Optional[Sequence[bytes]]
-                   ) -> Optional[Coroutine[Any, Any, None]]:
-        """
-        L{_route_request} as far as it goes without waiting: None once the
-        request is decided, or the coroutine that decides the rest.
-        """
-        route = match.route
-        ctx = context(request)
-        ctx.route = route
-        if route.methods and judged_method(request).decode("ascii", "replace") not in route.methods:
-            finish(request, 405, "method_not_allowed", "This method is not allowed here.",
-                   {b"allow": ", ".join(route.methods).encode("ascii")})
-            return None
-        if route.auth == "none" or (route.cors_preflight and is_preflight(request)):
-            decided(request, "public")
-            self._pass(request, ctx, match)
-            return None
-        if route.auth in ("bearer", "session_or_bearer", "optional"):
-            try:
-                token = bearer_token(authorization)
-            except TokenError as e:
-                self._bearer.denied(request, e)
-                return None
-            if token is not None:
-                admitted = self._bearer.admit_now(request, match, token, authorization)
-                if admitted is None:
-                    return self._bearer_admit(request, ctx, match, token, authorization)
-                if admitted:
-                    self._pass(request, ctx, match)
-                return None
-            if route.auth == "bearer":
-                deny(request)
-                return None
-        loaded = self._sessions.cached(request)
-        if loaded is None:
-            return self._session_route(request, ctx, match)
-        return self._loaded(request, ctx, match, loaded)
-
-    async def _bearer_admit(self, request: Request, ctx: RequestContext, match: RouteMatch,
-                            token: str, authorization: Optional[Sequence[bytes]]) -> None:
-        """A bearer token that must be validated (not cached): then pass it on, or not."""
-        if await self._bearer.admit(request, match, token, authorization):
-            self._pass(request, ctx, match)
-
-    async def _session_route(self, request: Request, ctx: RequestContext,
-                             match: RouteMatch) -> None:
-        """The session of a request that must be loaded from the store (or checked there)."""
-        loaded = await self._sessions.load_or_503(request)
-        if loaded is None:
-            return
-        rest = self._loaded(request, ctx, match, loaded)
-        if rest is not None:
-            await rest
-
-    def _loaded(self, request: Request, ctx: RequestContext, match: RouteMatch,
-                loaded: Any) -> Optional[Coroutine[Any, Any, None]]:
-        """The request's session is known (or known to be missing): go on at once if possible."""
-        session, clear = loaded
-        if session is None:
-            if match.route.auth == "optional":
-                decided(request, "anonymous")
-                ctx.cookies.extend(clear)
-                self._pass(request, ctx, match)
-                return None
-            return self._login.unauthenticated(request, match, clear)
-        now = self._sessions.admit_now(request, match, session)
-        if now is None:
-            return self._session_admit(request, ctx, match, session)
-        self._admitted(request, ctx, match, now[0])
-        return None
-
-    async def _session_admit(self, request: Request, ctx: RequestContext, match: RouteMatch,
-                             session: Session) -> None:
-        """A live session whose admission waits (a refresh, a renewal to save)."""
-        admitted, cleared = await self._sessions.admit(request, match, session)
-        if admitted is None and cleared is not None:
-            await self._login.unauthenticated(request, match, cleared)
-            return
-        self._admitted(request, ctx, match, admitted)
-
-    def _admitted(self, request: Request, ctx: RequestContext, match: RouteMatch,
-                  session: Optional[Session]) -> None:
-        """Pass on a request its session admitted (None: it was answered)."""
-        if session is not None:
-            state = self._state
-            set_session_identity(request, ctx, state.config, state.identity, session)
-            self._pass(request, ctx, match)
 
     def _pass(self, request: Request, ctx: RequestContext, match: RouteMatch) -> None:
         """Hand the request to the wrapped resource (the route is known)."""
