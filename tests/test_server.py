@@ -588,6 +588,35 @@ class ClientDeadlineTests(SynchronousTestCase):
         h.channel.connectionLost(Failure(ConnectionDone()))
         self.assertEqual(h.access(), [])
 
+    def test_keepalive_headers_deadline(self):
+        """The next request's headers on a kept-alive connection have their deadline too."""
+        h = self.harness(header_timeout=30)
+        h.send(b"GET /first HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.assertEqual(len(h.resource.requests), 1)
+        h.transport.clear()
+        h.clock.advance(10)
+        h.send(b"GET /second HTTP/1.1\r\nHost: a\r\n")
+        h.clock.advance(29.9)
+        self.assertFalse(h.transport.disconnecting)
+        h.clock.advance(0.2)
+        self.assertTimedOut(h, "headers")
+
+    def test_whole_headers_start_no_deadline(self):
+        """
+        A kept-alive connection's next request whose headers come whole in
+        one read starts no deadline (nothing to start and stop per request).
+        """
+        h = self.harness(header_timeout=30)
+        h.send(b"GET /first HTTP/1.1\r\nHost: a\r\n\r\n")
+        added = []
+        add = h.site.deadlines.add
+        self.patch(h.site.deadlines, "add", lambda *a: added.append(a) or add(*a))
+        for _ in range(3):
+            h.send(b"GET /next HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.assertEqual(len(h.resource.requests), 4)
+        self.assertEqual(added, [])
+        self.assertEqual([c for c in h.clock.getDelayedCalls() if "_sweep" in repr(c)], [])
+
     def test_headers_in_time(self):
         """Headers sent within the deadline: served, and nothing fires afterwards."""
         h = self.harness(Recorder(hang=True), header_timeout=30)

@@ -63,6 +63,13 @@ class SlotQueue:
         self._waiting[d] = None
         return d
 
+    def take(self) -> bool:
+        """Take a free slot at once if there is one (no L{Deferred}): then L{release} it later."""
+        if self.free > 0:
+            self.free -= 1
+            return True
+        return False
+
     def _leave(self, d: Deferred[None]) -> None:
         self._waiting.pop(d, None)
 

@@ -196,6 +196,17 @@ def bearer_token(authorization_values: Optional[Sequence[bytes]]) -> Optional[st
     return credentials.decode("ascii")
 
 
+def _cache_key(token: str) -> bytes:
+    """The cache's key of C{token} (its SHA-256), once it is known to be a plausible token."""
+    if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_SIZE:
+        raise TokenError("malformed", "The token is empty, not a string, or too large.")
+    try:
+        data = token.encode("ascii")
+    except UnicodeEncodeError:
+        raise TokenError("malformed", "The token holds characters that are not ASCII.") from None
+    return hashlib.sha256(data).digest()
+
+
 def _audiences(value: Any) -> Optional[List[str]]:
     """An C{aud} claim as a list, or None if it is not a string or a non-empty list of strings."""
     if isinstance(value, str):
@@ -293,21 +304,10 @@ class BearerValidator(ClaimsValidator):
         @raise ProviderError: the provider could not be asked (answer its
             C{status}: 503, 502 or 504).
         """
-        if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_SIZE:
-            raise TokenError("malformed", "The token is empty, not a string, or too large.")
-        try:
-            data = token.encode("ascii")
-        except UnicodeEncodeError:
-            raise TokenError("malformed", "The token holds characters that are not ASCII.") from None
-        key = hashlib.sha256(data).digest()
-
-        cached = self._cache.get(key, _MISS)
-        if cached is not _MISS:
-            self.cache_hits += 1
-            if cached is None:
-                raise _inactive()
-            assert isinstance(cached, dict)
-            return dict(cached)
+        key = _cache_key(token)
+        cached = self._cached(key)
+        if cached is not None:
+            return cached
         self.cache_misses += 1
 
         if token.count(".") == 2:
@@ -317,6 +317,27 @@ class BearerValidator(ClaimsValidator):
         return dict(await self._shared_introspection(token, key))
 
     # -- the cache
+
+    def cached(self, token: str) -> Optional[Dict[str, Any]]:
+        """
+        What L{validate} answers for C{token} from the cache alone, at once:
+        its claims (a new dict), or None when the token is not in the
+        cache (only L{validate} can tell).
+
+        @raise TokenError: as L{validate} does for a malformed token, or one
+            the cache remembers as inactive.
+        """
+        return self._cached(_cache_key(token))
+
+    def _cached(self, key: bytes) -> Optional[Dict[str, Any]]:
+        cached = self._cache.get(key, _MISS)
+        if cached is _MISS:
+            return None
+        self.cache_hits += 1
+        if cached is None:
+            raise _inactive()
+        assert isinstance(cached, dict)
+        return dict(cached)
 
     def _store(self, key: bytes, claims: Optional[Dict[str, Any]], valid_until: float) -> None:
         """Keep C{claims} (None: "inactive") until C{valid_until}, unless that has passed."""

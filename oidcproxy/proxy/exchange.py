@@ -7,7 +7,7 @@ cancellation when the client goes away, and the 502/503/504 answers.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Callable, Optional, Union
 
 from twisted.internet import error as ierror
 from twisted.internet.defer import Deferred
@@ -22,6 +22,7 @@ from twisted.web.server import Request
 from ..config import RouteConfig
 from ..core.admission import LogThrottle, QueueFull
 from ..core.context import peek
+from ..core.deadlines import Deadline, Deadlines
 from ..core.metrics import NullMetrics
 from ..core.pages import render_error
 from .client import UpstreamClient
@@ -60,8 +61,11 @@ class Exchange:
         clock: IReactorTime,
         metrics: NullMetrics,
         refusals: LogThrottle,
+        deadlines: Deadlines,
+        over: Callable[[], None],
     ) -> None:
         self._clock = clock
+        self._deadlines = deadlines
         self._metrics = metrics
         self._refusals = refusals
         self._request = request
@@ -77,7 +81,15 @@ class Exchange:
         self._queued_at: Optional[float] = None
         self._queue_expired = False
         self._relay: Optional[BodyRelay] = None
-        self._timer: Optional[IDelayedCall] = None
+        # The wait for a slot (rare) on a timer of its own; the timeout of
+        # the exchange itself (every request) on the shared deadlines.
+        self._timer: Optional[Union[IDelayedCall, Deadline]] = None
+        self._over = over
+        self._pending: Optional[Deferred] = None
+        request.notifyFinish().addBoth(self._finished)
+        if upstream.slots.take():
+            self._send(None)
+            return
         settings = route.settings
         pending = upstream.slots.acquire()
         if not pending.called:
@@ -85,16 +97,21 @@ class Exchange:
             self._queued_at = clock.seconds()
             self._timer = clock.callLater(
                 min(settings.queue_timeout, settings.timeout), self._timeout)
-        self._pending: Optional[Deferred] = pending
+        self._pending = pending
         pending.addCallbacks(self._send, self._failed)
-        request.notifyFinish().addErrback(self._gone)
+
+    def _finished(self, result: Any) -> None:
+        """The answer is complete (C{over}), or the client went away first (L{_gone})."""
+        self._over()
+        if isinstance(result, Failure):
+            self._gone(result)
 
     def _send(self, _: Any) -> None:
         self._holding_slot = True
         now = self._sent_at = self._clock.seconds()
         timeout = self._route.settings.timeout
         if self._queued_at is None:
-            self._timer = self._clock.callLater(timeout, self._timeout)
+            self._timer = self._deadlines.add(timeout, self._timeout)
         else:
             # Out of the line: what is left of the route's timeout applies.
             if self._timer is not None and self._timer.active():
@@ -174,7 +191,7 @@ class Exchange:
         if response.length is not UNKNOWN_LENGTH and response.code not in NO_BODY_CODES \
                 and request.method != b"HEAD":
             out.setRawHeaders(b"content-length", [b"%d" % response.length])
-        self._relay = BodyRelay(request, self._route, self._release, self._clock)
+        self._relay = BodyRelay(request, self._route, self._release, self._deadlines)
         response.deliverBody(self._relay)
 
     def _failed(self, failure: Failure) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any, Callable, Optional
 
 from twisted.internet import error as ierror
-from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -19,6 +19,7 @@ from twisted.web.server import Request
 from zope.interface import implementer
 
 from ..config import RouteConfig
+from ..core.deadlines import Deadline, Deadlines
 from ..core.pages import render_error
 from .connect import describe_failure
 
@@ -40,14 +41,14 @@ class BodyRelay(Protocol):
     """
 
     def __init__(self, request: Request, route: RouteConfig, done: Callable[[], None],
-                 clock: Optional[IReactorTime] = None) -> None:
+                 deadlines: Optional[Deadlines] = None) -> None:
         self._request = request
         self._route = route
         self._done = done
         self._stopped = False
-        self._clock = clock
+        self._deadlines = deadlines
         self._idle = route.settings.stream_idle_timeout
-        self._idle_timer: Optional[IDelayedCall] = None
+        self._idle_timer: Optional[Deadline] = None
 
     transport: Any
 
@@ -57,13 +58,13 @@ class BodyRelay(Protocol):
 
     def _arm(self) -> None:
         """(Re)start the idle timer."""
-        if self._clock is None or self._idle <= 0 or self._stopped:
+        if self._deadlines is None or self._idle <= 0 or self._stopped:
             return
         timer = self._idle_timer
         if timer is not None and timer.active():
             timer.reset(self._idle)
         else:
-            self._idle_timer = self._clock.callLater(self._idle, self._idle_out)
+            self._idle_timer = self._deadlines.add(self._idle, self._idle_out)
 
     def _disarm(self) -> None:
         if self._idle_timer is not None and self._idle_timer.active():

@@ -33,6 +33,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 from ..config import IPNetwork, RouteConfig
 from ..core.admission import LogThrottle
 from ..core.context import context, peek
+from ..core.deadlines import Deadlines
 from ..core.httpclient import BytesProducer
 from ..core.metrics import NullMetrics
 from ..core.pages import render_error
@@ -111,6 +112,7 @@ class UpstreamProxy(Resource):
         self._in_flight = 0
         self._retired: Optional[Deferred] = None
         self._refusals = LogThrottle(self._clock)
+        self._deadlines = Deadlines(self._clock)
 
     def close(self) -> Deferred:
         """Close idle upstream connections and open WebSockets (at shutdown)."""
@@ -145,7 +147,7 @@ class UpstreamProxy(Resource):
 
         self._clock.callLater(0.0, close)
 
-    def _exchange_over(self, _: Any) -> None:
+    def _exchange_over(self) -> None:
         self._in_flight -= 1
         self._maybe_retire()
 
@@ -199,7 +201,7 @@ class UpstreamProxy(Resource):
                 producer = FileBodyProducer(content, cooperator=self._cooperator)
         target = self._origins[route.index] + match.upstream_target
         self._in_flight += 1
-        request.notifyFinish().addBoth(self._exchange_over)
         Exchange(request, route, self._clients[route.index], target, headers, producer,
-                 self._clock, self._metrics, self._refusals)
+                 self._clock, self._metrics, self._refusals, self._deadlines,
+                 self._exchange_over)
         return NOT_DONE_YET

@@ -356,3 +356,23 @@ class ISessionStore(Interface):
 
         @return: a Deferred firing with C{None}.
         """
+
+
+NOT_IN_MEMORY = "not in memory"
+"""What L{ISessionCache.cached} answers when only L{ISessionStore.load} can tell."""
+
+
+class ISessionCache(Interface):
+    """
+    A store that can answer some loads at once, from memory (the cookie
+    store always can: the value is the session; a memory store too). The
+    guard decides a request synchronously when its session is answered so,
+    and awaits L{ISessionStore.load} otherwise.
+    """
+
+    def cached(cookie_value: str) -> Any:
+        """
+        What L{ISessionStore.load} would fire with, if that is known without
+        waiting: the L{Session}, or C{None} ("no session": unknown, tampered,
+        undecryptable, malformed); else L{NOT_IN_MEMORY}.
+        """

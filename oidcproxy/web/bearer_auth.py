@@ -8,7 +8,7 @@ claims as the identity.
 from __future__ import annotations
 
 import json
-from typing import Any, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 from twisted.logger import Logger
 from twisted.web.server import Request
@@ -20,7 +20,7 @@ from ..oidc.provider import ClientAuth, Provider, ProviderError, make_http_clien
 from ..oidc.tokens import ASYMMETRIC_ALGORITHMS, HMAC_ALGORITHMS, JWTVerifier, KeySet, TokenError
 from ..proxy.routes import RouteMatch
 from .answers import decided, deny, finish
-from .headers import passes_client_authorization, set_identity_headers
+from .headers import passes_client_authorization, set_header_values
 from .identity import Identity, user_name
 from .parts import GuardState
 from .rules import authorized
@@ -222,7 +222,6 @@ class BearerAuth:
         identity (the client's C{Authorization} header goes on with it).
         False when the request is answered.
         """
-        state = self._state
         try:
             validator = self.validator()
             if validator is None:
@@ -239,8 +238,36 @@ class BearerAuth:
                    "The identity provider cannot check the token right now.",
                    {b"retry-after": b"5"}, as_json=True)
             return False
-        sub = claims.get("sub") if isinstance(claims.get("sub"), str) else \
-            str(claims.get("client_id", ""))
+        return self._admit_claims(request, match, token, authorization, claims)
+
+    def admit_now(self, request: Request, match: RouteMatch, token: str,
+                  authorization: Optional[Sequence[bytes]]) -> Optional[bool]:
+        """
+        L{admit}, decided at once when the token's validation is cached: the
+        same answers. None, having done nothing, when L{admit} must be
+        awaited instead (not cached, no validator yet, the IdP not ready).
+        """
+        try:
+            validator = self.validator()
+        except ProviderError:
+            return None
+        if validator is None:
+            return None
+        try:
+            claims = validator.cached(token)
+        except TokenError as e:
+            self.denied(request, e)
+            return False
+        if claims is None:
+            return None
+        return self._admit_claims(request, match, token, authorization, claims)
+
+    def _admit_claims(self, request: Request, match: RouteMatch, token: str,
+                      authorization: Optional[Sequence[bytes]], claims: Dict[str, Any]) -> bool:
+        """Authorize a valid token's C{claims} and set them as the identity (False: refused)."""
+        state = self._state
+        subject = claims.get("sub")
+        sub = subject if isinstance(subject, str) else str(claims.get("client_id", ""))
         ctx = context(request)
         # Named in the access log even when the rule refuses the token.
         ctx.user = user_name(state.config.username_claim, claims, sub)
@@ -254,7 +281,7 @@ class BearerAuth:
             # "authorization" puts a session's token there): the token just
             # validated is the request's credential and goes on unchanged.
             request.requestHeaders.setRawHeaders(b"authorization", list(authorization))
-        set_identity_headers(request, state.config, claims)
+        set_header_values(request, state.identity.claim_values(claims))
         return True
 
     def denied(self, request: Request, error: TokenError) -> None:

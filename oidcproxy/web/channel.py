@@ -15,6 +15,7 @@ from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 from zope.interface import implementer
 
+from ..core.deadlines import Deadline
 from .connections import ABORT_AFTER, ClientConnections
 
 __all__ = ["ProxyChannel"]
@@ -56,7 +57,7 @@ class ProxyChannel(HTTPChannel):
     slow, 503 when refused), for the access log.
     """
     phase = "headers"
-    _deadline: Optional[IDelayedCall] = None
+    _deadline: Optional[Deadline] = None
     _abort_call: Optional[IDelayedCall] = None
     _received = 0
     """Bytes of the current request received (C{headers} phase: whether any came)."""
@@ -70,15 +71,21 @@ class ProxyChannel(HTTPChannel):
             self._arm(site.limits.header_timeout)
 
     def dataReceived(self, data: bytes) -> None:
-        if self.phase == "idle":
+        starts = self.phase == "idle"
+        if starts:
             # The first byte of the next request on a keep-alive connection.
             self.phase = "headers"
             self._received = 0
+        self._received += len(data)
+        super().dataReceived(data)
+        if starts and self.phase == "headers" and self._deadline is None \
+                and self.answered is None and not getattr(self.transport, "disconnecting", False):
+            # The header deadline, from this first byte, once the headers
+            # are known not to have come whole with it (they mostly do:
+            # then there is no deadline to start and stop).
             site = getattr(self, "site", None)
             if isinstance(site, ClientConnections):
                 self._arm(site.limits.header_timeout)
-        self._received += len(data)
-        super().dataReceived(data)
 
     def lineReceived(self, line: bytes) -> None:
         awaiting = self._awaiting_line and line != b""
@@ -129,7 +136,7 @@ class ProxyChannel(HTTPChannel):
         self._disarm()
         site = getattr(self, "site", None)
         if seconds > 0 and isinstance(site, ClientConnections):
-            self._deadline = site.clock.callLater(seconds, self._deadline_passed)
+            self._deadline = site.deadlines.add(seconds, self._deadline_passed)
 
     def _disarm(self) -> None:
         if self._deadline is not None:
@@ -189,7 +196,7 @@ class ProxyChannel(HTTPChannel):
             allowed = limits.body_timeout + self._body_received / limits.body_min_rate
             elapsed = site.clock.seconds() - self._body_started
             if elapsed < allowed:
-                self._deadline = site.clock.callLater(allowed - elapsed, self._deadline_passed)
+                self._deadline = site.deadlines.add(allowed - elapsed, self._deadline_passed)
                 return
         site.client_timed_out(self, self.phase)
         if self.phase == "headers" and not self._received:

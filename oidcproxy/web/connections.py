@@ -20,6 +20,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from ..config import ClientLimits
+from ..core.deadlines import Deadlines
 from ..core.metrics import NullMetrics
 from .refusals import RefusalLog
 
@@ -45,14 +46,18 @@ class ClientConnections:
     client connections: caps (C{limits}), the gauge and counters of
     C{metrics}, and the drain at shutdown. Its subclass sets C{clock},
     C{limits} and C{metrics} and calls L{_init_connections}.
+
+    @ivar deadlines: the connections' header and body deadlines, on C{clock}.
     """
 
     clock: IReactorTime
     limits: ClientLimits
     metrics: NullMetrics
     draining = False
+    deadlines: Deadlines
 
     def _init_connections(self) -> None:
+        self.deadlines = Deadlines(self.clock)
         self._channels: Set[Any] = set()
         self._per_address: Dict[str, int] = {}
         self._refusals = RefusalLog(self.clock)

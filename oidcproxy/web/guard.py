@@ -11,8 +11,8 @@ request it:
      endpoints (L{oidcproxy.web.endpoints}) under C{endpoints_prefix};
   2. strips every identity header the proxy sets (under every spelling) and
      the proxy's own cookies from the request (L{headers}, L{cookies});
-  3. authenticates: a bearer token (L{bearer_auth}) or the session cookie
-     (L{session_auth}: lifetime, CSRF, refresh);
+  3. authenticates (L{route_auth}): a bearer token (L{bearer_auth}) or the
+     session cookie (L{session_auth}: lifetime, CSRF, refresh);
   4. authorizes (L{rules}), sets the identity headers and hands the request
      to the wrapped resource; without a credential, a browser navigation is
      sent to the IdP (L{endpoints.login}), anything else gets 401.
@@ -21,11 +21,17 @@ request it:
 Per-request state lives in the request's L{oidcproxy.core.context.RequestContext}.
 Expected failures get their own status and page; anything unexpected is logged
 and answered 500 without details. A client that leaves cancels the guard's wait.
+
+The decision is synchronous whenever all it needs is in memory (a public
+route, a cookie session the store opens at once, a cached bearer token's
+claims, no refresh or renewal due): no coroutine and no Deferred then. Only
+what must wait (the store, the revocation list, a refresh, the IdP, a login,
+the endpoints) continues as a coroutine, from where the decision stopped.
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any, Coroutine, List, Optional, Sequence
 from urllib.parse import unquote_to_bytes
 
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, maybeDeferred
@@ -37,12 +43,10 @@ from twisted.web.server import NOT_DONE_YET, Request
 from ..config import Config, RouteConfig
 from ..core.context import RequestContext, context
 from ..core.metrics import NullMetrics
-from ..oidc.bearer import bearer_token
-from ..oidc.tokens import TokenError
 from ..proxy.headers import drop_connection_named, request_authority
 from ..proxy.routes import BadRequestTarget, RouteMatch, RouteTable, normalise_path, split_target
-from ..sessions.session import ISessionStore, Session, SessionStoreUnavailable
-from .answers import abort, decided, deny, finish, hand_over, show, store_unavailable
+from ..sessions.session import ISessionStore, SessionStoreUnavailable
+from .answers import abort, finish, hand_over, show, store_unavailable
 from .bearer_auth import BearerAuth
 from .endpoints.backchannel import BackchannelLogoutEndpoint
 from .endpoints.callback import CallbackEndpoint
@@ -51,17 +55,16 @@ from .endpoints.health import HealthEndpoints
 from .endpoints.login import LoginEndpoint
 from .endpoints.logout import LogoutEndpoint
 from .endpoints.userinfo import UserinfoEndpoint
-from .headers import header_value, pass_session_tokens, set_identity_headers
-from .identity import Identity, identity, user_name
+from .headers import header_value
+from .identity import Identity, identity
 from .pages import SCRIPT_PATH
 from .parts import GuardParts, GuardState
 from .requests import (
     is_browser_navigation,
-    is_preflight,
-    judged_method,
     mount_path,
     target_below_mount,
 )
+from .route_auth import RouteAuth
 from .server import ProxyRequest
 from .session_auth import SessionAuth
 
@@ -112,6 +115,7 @@ class OIDCGuard(Resource):
         self._sessions = SessionAuth(state)
         self._bearer = BearerAuth(state, parts.external_keys)
         self._login = LoginEndpoint(state)
+        self._route_auth = RouteAuth(state, self._sessions, self._bearer, self._login, self._pass)
         self._callback = CallbackEndpoint(state, self._sessions, self._login)
         self._logout = LogoutEndpoint(state, self._sessions, self._close_sockets)
         self._backchannel = BackchannelLogoutEndpoint(state, self._close_sockets)
@@ -220,24 +224,36 @@ class OIDCGuard(Resource):
         # even if a reload swaps both while it waits.
         ctx.wrapped = self._wrapped
         ctx.pages = self._state.pages
-        request.notifyFinish().addBoth(self._count_request, request, ctx)
-        d = Deferred.fromCoroutine(self._handle(request, ctx))
-        d.addErrback(self._unexpected, request, ctx)
-
-        def left(failure: Failure) -> None:
-            # A client that leaves while the guard waits (for the store, a
-            # refresh, the IdP) cancels the wait: its request goes no further
-            # and nothing is written to it.
-            ctx.gone = True
-            d.cancel()
-
-        request.notifyFinish().addErrback(left)
+        waiting: List[Deferred[Any]] = []
+        request.notifyFinish().addBoth(self._finished, request, ctx, waiting)
+        try:
+            rest = self._handle(request, ctx)
+        except Exception:  # noqa: BLE001 - a bug: logged and answered 500, as on the way that waits
+            self._unexpected(Failure(), request, ctx)
+            return NOT_DONE_YET
+        if rest is not None:
+            d = Deferred.fromCoroutine(rest)
+            d.addErrback(self._unexpected, request, ctx)
+            if ctx.gone:
+                d.cancel()
+            else:
+                waiting.append(d)
         return NOT_DONE_YET
 
-    def _count_request(self, result: Any, request: Request, ctx: RequestContext) -> None:
-        """Count an answered request (499: the client went away first) by route or endpoint."""
+    def _finished(self, result: Any, request: Request, ctx: RequestContext,
+                  waiting: List[Deferred[Any]]) -> None:
+        """
+        Count an answered request (499: the client went away first) by route
+        or endpoint. A client that leaves while the guard waits (for the
+        store, a refresh, the IdP) cancels the wait: its request goes no
+        further and nothing is written to it.
+        """
         label = ctx.endpoint or (ctx.route.name if ctx.route is not None else "-")
         self._state.metrics.request(label, 499 if isinstance(result, Failure) else request.code)
+        if isinstance(result, Failure):
+            ctx.gone = True
+            for d in waiting:
+                d.cancel()
 
     def _unexpected(self, failure: Failure, request: Request, ctx: RequestContext) -> None:
         if ctx.gone and failure.check(CancelledError):
@@ -256,7 +272,8 @@ class OIDCGuard(Resource):
             return
         finish(request, 500, "internal_error", "Something went wrong on our side.")
 
-    async def _handle(self, request: Request, ctx: RequestContext) -> None:
+    def _handle(self, request: Request, ctx: RequestContext) -> Optional[Coroutine[Any, Any, None]]:
+        """Decide on C{request}: None once decided, or what remains to be awaited."""
         routes = self._state.routes
         try:
             # One authority from here on: an absolute-form target's replaces Host.
@@ -276,7 +293,7 @@ class OIDCGuard(Resource):
         except BadRequestTarget as e:
             log.info("refused request target: {reason}", reason=e.reason)
             finish(request, 400, "bad_request", f"Bad request target: {e.reason}.")
-            return
+            return None
         # Read before the managed headers are stripped (Authorization is one
         # of them when the proxy forwards the session's access token that way).
         authorization = request.requestHeaders.getRawHeaders(b"authorization")
@@ -291,21 +308,21 @@ class OIDCGuard(Resource):
         oidc = self._state.config.oidc
         if path == self._callback_path:
             ctx.endpoint = "oidc:callback"
-            await self._callback.render(request)
-        elif path == self._logout_path:
+            return self._callback.render(request)
+        if path == self._logout_path:
             ctx.endpoint = "oidc:logout"
-            await self._logout.render(request)
-        elif oidc is not None and path == oidc.login_url:
+            return self._logout.render(request)
+        if oidc is not None and path == oidc.login_url:
             ctx.endpoint = "oidc:login"
-            await self._login.render(request)
-        elif path == self._prefix or path.startswith(self._prefix + "/"):
+            return self._login.render(request)
+        if path == self._prefix or path.startswith(self._prefix + "/"):
             name = path[len(self._prefix):]
             ctx.endpoint = "oidc:" + (name[1:] if name in _ENDPOINTS else "unknown")
-            await self._endpoint(request, name, authorization)
-        elif match is None:
+            return self._endpoint(request, name, authorization)
+        if match is None:
             finish(request, 404, "not_found", "No route matches this URL.")
-        else:
-            await self._route_request(request, match, authorization)
+            return None
+        return self._route_auth.decide(request, match, authorization)
 
     async def _endpoint(self, request: Request, name: str,
                         authorization: Optional[Sequence[bytes]]) -> None:
@@ -329,61 +346,9 @@ class OIDCGuard(Resource):
     async def _route_request(self, request: Request, match: RouteMatch,
                              authorization: Optional[Sequence[bytes]]) -> None:
         """Authenticate and authorize C{request} for its route, then pass it on."""
-        route = match.route
-        ctx = context(request)
-        ctx.route = route
-        if route.methods and judged_method(request).decode("ascii", "replace") not in route.methods:
-            finish(request, 405, "method_not_allowed", "This method is not allowed here.",
-                   {b"allow": ", ".join(route.methods).encode("ascii")})
-            return
-        if route.auth == "none" or (route.cors_preflight and is_preflight(request)):
-            decided(request, "public")
-            self._pass(request, ctx, match)
-            return
-        if route.auth in ("bearer", "session_or_bearer", "optional"):
-            try:
-                token = bearer_token(authorization)
-            except TokenError as e:
-                self._bearer.denied(request, e)
-                return
-            if token is not None:
-                if await self._bearer.admit(request, match, token, authorization):
-                    self._pass(request, ctx, match)
-                return
-            if route.auth == "bearer":
-                deny(request)
-                return
-        loaded = await self._sessions.load_or_503(request)
-        if loaded is None:
-            return
-        session, clear = loaded
-        if session is None:
-            if route.auth == "optional":
-                decided(request, "anonymous")
-                ctx.cookies.extend(clear)
-                self._pass(request, ctx, match)
-                return
-            await self._login.unauthenticated(request, match, clear)
-            return
-        admitted, cleared = await self._sessions.admit(request, match, session)
-        if admitted is not None:
-            self._set_identity(request, ctx, admitted)
-            self._pass(request, ctx, match)
-        elif cleared is not None:
-            await self._login.unauthenticated(request, match, cleared)
-
-    def _set_identity(self, request: Request, ctx: RequestContext, session: Session) -> None:
-        """The identity of a session: for the access log, the application and the upstream."""
-        config = self._state.config
-        # For a WebSocket, which logout of this session closes.
-        ctx.session = session
-        ctx.identity = Identity(
-            sub=session.sub, claims=session.claims, access_token=session.access_token,
-            id_token=session.id_token, expires=session.expires)
-        ctx.user = user_name(config.username_claim, session.claims, session.sub)
-        decided(request, "session", unless_decided=True)
-        set_identity_headers(request, config, session.claims)
-        pass_session_tokens(request, config, session.access_token, session.id_token)
+        rest = self._route_auth.decide(request, match, authorization)
+        if rest is not None:
+            await rest
 
     def _pass(self, request: Request, ctx: RequestContext, match: RouteMatch) -> None:
         """Hand the request to the wrapped resource (the route is known)."""

@@ -8,18 +8,22 @@ from __future__ import annotations
 
 import base64
 import re
-from typing import Any, Dict, Optional, Sequence
+import weakref
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 from twisted.logger import Logger
 from twisted.web.server import Request
 
 from ..config import Config
+from ..core.context import RequestContext
 from ..proxy.headers import canonical_header
-from .identity import claim
+from ..sessions.session import Session
+from .answers import decided
+from .identity import Identity, claim, user_name
 
-__all__ = ["ACCESS_TOKEN_HEADER", "ID_TOKEN_HEADER", "HeaderNames", "header_value",
-           "managed_headers", "pass_session_tokens", "passes_client_authorization",
-           "set_identity_headers"]
+__all__ = ["ACCESS_TOKEN_HEADER", "ID_TOKEN_HEADER", "HeaderNames", "IdentityPlan", "header_value",
+           "managed_headers", "passes_client_authorization", "set_header_values",
+           "set_session_identity"]
 
 log = Logger()
 
@@ -92,38 +96,101 @@ def managed_headers(config: Config) -> HeaderNames:
     return HeaderNames(managed)
 
 
-def set_identity_headers(request: Request, config: Config, claims: Dict[str, Any]) -> None:
-    """The identity headers of C{claims}: for each of C{[headers]}, the first claim present."""
-    headers = request.requestHeaders
-    for name, candidates in config.headers:
-        for candidate in candidates:
-            value = claim(claims, candidate)
-            if value is None:
-                continue
-            encoded = header_value(value)
-            if encoded is None:
-                log.info("claim {claim} not sent as {header}: unusable value",
-                         claim=candidate, header=name)
-                continue
-            headers.setRawHeaders(name.encode("ascii"), [encoded])
-            break
+HeaderValues = List[Tuple[bytes, List[bytes]]]
+"""Identity headers to set on a request: (name, [value]) in order."""
+
+_LOGGED_SESSIONS = 4096
+"""The most sessions whose unusable claims an L{IdentityPlan} remembers having logged."""
 
 
-def pass_session_tokens(request: Request, config: Config, access_token: Optional[str],
-                        id_token: Optional[str]) -> None:
-    """A session's tokens, as C{pass_access_token} and C{pass_id_token} say."""
-    oidc = config.oidc
-    if oidc is None:
-        return
+class IdentityPlan:
+    """
+    The identity headers of one configuration, planned once (at start and
+    on reload: L{oidcproxy.web.parts.GuardState}): each header's encoded
+    name and the claims that feed it, and where a session's tokens go.
+
+    A session is immutable, so the values of its headers are computed on
+    its first request and kept, keyed by the session object, as long as
+    that object lives (the cookie store keeps the sessions it opened for a
+    while): its next requests set them as they are. An unusable claim
+    value is logged once per session.
+    """
+
+    def __init__(self, config: Config) -> None:
+        self._headers = tuple((name, name.encode("ascii"), tuple(candidates))
+                              for name, candidates in config.headers)
+        oidc = config.oidc
+        self._access: Optional[bytes] = None
+        self._id_token = False
+        if oidc is not None:
+            self._access = {"authorization": b"authorization",
+                            "header": ACCESS_TOKEN_HEADER.encode("ascii")}.get(
+                                oidc.pass_access_token)
+            self._id_token = bool(oidc.pass_id_token)
+        self._sessions: Dict[int, Tuple[Any, HeaderValues]] = {}
+        self._logged: Set[str] = set()
+
+    def claim_values(self, claims: Dict[str, Any],
+                     unusable: Optional[Callable[[str, str], None]] = None) -> HeaderValues:
+        """For each identity header, the first of its claims present with a usable value."""
+        out: HeaderValues = []
+        for name, raw, candidates in self._headers:
+            for candidate in candidates:
+                value = claim(claims, candidate)
+                if value is None:
+                    continue
+                encoded = header_value(value)
+                if encoded is None:
+                    (unusable or _log_unusable)(candidate, name)
+                    continue
+                out.append((raw, [encoded]))
+                break
+        return out
+
+    def session_values(self, session: Session) -> HeaderValues:
+        """The identity headers of C{session}'s claims and its tokens (computed once per session)."""
+        key = id(session)
+        entry = self._sessions.get(key)
+        if entry is not None and entry[0]() is session:
+            values: HeaderValues = entry[1]
+            return values
+        values = self.claim_values(session.claims, lambda c, n: self._unusable(session, c, n))
+        access, id_token = session.access_token, session.id_token
+        if access and self._access is not None:
+            token = access.encode("ascii")
+            values.append((self._access, [b"Bearer " + token if self._access == b"authorization"
+                                          else token]))
+        if self._id_token and id_token:
+            values.append((ID_TOKEN_HEADER.encode("ascii"), [id_token.encode("ascii")]))
+        sessions = self._sessions
+
+        def gone(ref: Any) -> None:
+            if sessions.get(key, (None,))[0] is ref:
+                del sessions[key]
+
+        sessions[key] = (weakref.ref(session, gone), values)
+        return values
+
+    def _unusable(self, session: Session, candidate: str, name: str) -> None:
+        """Log an unusable claim value once per session (by its id)."""
+        key = f"{session.id}:{candidate}:{name}"
+        if key in self._logged:
+            return
+        if len(self._logged) >= _LOGGED_SESSIONS:
+            self._logged.clear()
+        self._logged.add(key)
+        _log_unusable(candidate, name)
+
+
+def _log_unusable(candidate: str, name: str) -> None:
+    log.info("claim {claim} not sent as {header}: unusable value", claim=candidate, header=name)
+
+
+def set_header_values(request: Request, values: HeaderValues) -> None:
+    """Set planned identity headers on C{request}."""
     headers = request.requestHeaders
-    if access_token:
-        if oidc.pass_access_token == "authorization":
-            headers.setRawHeaders(b"authorization", [b"Bearer " + access_token.encode("ascii")])
-        elif oidc.pass_access_token == "header":
-            headers.setRawHeaders(ACCESS_TOKEN_HEADER.encode("ascii"),
-                                  [access_token.encode("ascii")])
-    if oidc.pass_id_token and id_token:
-        headers.setRawHeaders(ID_TOKEN_HEADER.encode("ascii"), [id_token.encode("ascii")])
+    for name, value in values:
+        headers.setRawHeaders(name, value)
 
 
 def passes_client_authorization(config: Config) -> bool:
@@ -139,3 +206,16 @@ def passes_client_authorization(config: Config) -> bool:
         return False
     return all(canonical_header(name.encode("ascii")) != b"authorization"
                for name, _ in config.headers)
+
+
+def set_session_identity(request: Request, ctx: RequestContext, config: Config,
+                         plan: IdentityPlan, session: Session) -> None:
+    """The identity of a session: for the access log, the application and the upstream."""
+    # For a WebSocket, which logout of this session closes.
+    ctx.session = session
+    ctx.identity = Identity(
+        sub=session.sub, claims=session.claims, access_token=session.access_token,
+        id_token=session.id_token, expires=session.expires)
+    ctx.user = user_name(config.username_claim, session.claims, session.sub)
+    decided(request, "session", unless_decided=True)
+    set_header_values(request, plan.session_values(session))

@@ -20,7 +20,7 @@ from ..oidc.refresh import Refresher
 from ..proxy.routes import RouteTable
 from ..sessions.session import ISessionStore
 from .cookies import CookieRules
-from .headers import HeaderNames, managed_headers
+from .headers import HeaderNames, IdentityPlan, managed_headers
 from .idtokens import IdTokens
 from .pages import Pages
 
@@ -80,6 +80,8 @@ class GuardState:
         self.metrics = parts.metrics
         self.cookies = CookieRules(config, parts.login, max_cookie_bytes)
         self.managed: HeaderNames = managed_headers(config)
+        self.identity = IdentityPlan(config)
+        """The identity headers' plan (which claims feed which header)."""
         self.pages = Pages(config, self._end_session_origin)
         """The pages the guard shows people (its requests' contexts carry them)."""
         self._mounts_seen: Set[str] = set()
@@ -122,6 +124,7 @@ class GuardState:
         self.config = config
         self.routes = routes
         self.managed = managed_headers(config)
+        self.identity = IdentityPlan(config)
         self.cookies.reconfigure(config)
         if self.parts.id_tokens is not None:
             self.parts.id_tokens.reconfigure(config)

@@ -19,7 +19,14 @@ from ..core.context import context
 from ..proxy.headers import header_tokens
 from ..proxy.routes import RouteMatch
 from ..sessions.cookies import CookieTooLarge, read_cookie
-from ..sessions.session import LIVE, Session, SessionStoreUnavailable, session_state
+from ..sessions.session import (
+    LIVE,
+    NOT_IN_MEMORY,
+    ISessionCache,
+    Session,
+    SessionStoreUnavailable,
+    session_state,
+)
 from .answers import decided, finish, store_unavailable
 from .csrf import SAFE_METHODS
 from .identity import user_name
@@ -61,8 +68,7 @@ class SessionAuth:
         if value is not None:
             session = await parts.store.load(value)
         if session is not None:
-            now = state.clock.seconds()
-            status = session_state(session, now, state.config.session.idle_timeout)
+            status = self._verdict(session)
             if status == LIVE and parts.revocations is not None:
                 revoked = await parts.revocations.revoked_at(
                     sub=session.sub, sid=session.sid, session_id=session.id)
@@ -74,6 +80,40 @@ class SessionAuth:
             await self.forget(session)
             session = None
         return None, state.cookies.clear_session(request)
+
+    def cached(self, request: Request) -> Optional[Loaded]:
+        """
+        What L{load} answers, when that is known without waiting: the store
+        answers from memory (L{ISessionCache}), no revocation list must be
+        asked, and a session found is live (an ended one is forgotten by
+        L{load}). None otherwise: the request needs L{load}.
+        """
+        state, parts = self._state, self._state.parts
+        store = parts.store
+        if not state.cookies.present(request) or store is None:
+            return None, []
+        if parts.revocations is not None or not ISessionCache.providedBy(store):
+            return None
+        value = read_cookie(state.cookies.session, request.received_cookies)
+        if value is None:
+            return None, state.cookies.clear_session(request)
+        session = store.cached(value)
+        if session is NOT_IN_MEMORY:
+            return None
+        if session is None:
+            return None, state.cookies.clear_session(request)
+        if self._verdict(session) != LIVE:
+            return None
+        return session, []
+
+    def _verdict(self, session: Session) -> str:
+        """
+        Whether a loaded session is live (before the revocation list): the
+        one judgement of L{load} and L{cached} alike, so that a check added
+        here holds on both ways.
+        """
+        state = self._state
+        return session_state(session, state.clock.seconds(), state.config.session.idle_timeout)
 
     async def load_or_503(self, request: Request) -> Optional[Loaded]:
         """L{load}, or None once a 503 is answered because the store cannot."""
@@ -133,18 +173,12 @@ class SessionAuth:
         """
         state = self._state
         config, cookies = state.config, state.cookies
-        # Named before any check: the access log of a refused request
-        # (written as it is answered) shows whose it was.
-        self._name_user(request, session)
-        if not self.websocket_origin_allowed(request, match.route):
-            return None, None
         now = state.clock.seconds()
-        if cookies.csrf is not None and not self.csrf_passed(request, session, now):
+        if not self._screened(request, match, session, now):
             return None, None
-        idle = config.session.idle_timeout
         sliding = config.session.sliding
         # Due on the session as it was loaded (a refresh resets last_seen).
-        renew = idle > 0 and now - session.last_seen >= min(60.0, idle / 4)
+        renew = self._renew_due(session, now)
         refresher = state.parts.refresher
         if refresher is not None and refresher.due(session, now):
             outcome = await refresher.refresh(session)
@@ -178,8 +212,7 @@ class SessionAuth:
                        "Please try again shortly.", {b"retry-after": b"5"})
                 return None, None
         route = match.route
-        if route.policy is not None and not authorized(
-                request, route, session.sub, session.claims, unverified_claims(session)):
+        if not self._allowed(request, route, session):
             return None, None
         if renew:
             # Keep the idle clock (which lives inside the session) moving;
@@ -195,14 +228,64 @@ class SessionAuth:
             # cookie (the idle clock in it does not move).
             self._set_cookie(request, session, value, now, "session not renewed")
         if route.session_expiry_headers:
-            ctx_headers = [(b"x-auth-session-expires-in",
-                            str(max(0, int(session.expires - now))).encode("ascii"))]
-            if idle > 0:
-                ctx_headers.append((b"x-auth-idle-expires-in",
-                                    str(max(0, int(session.last_seen + idle - now)))
-                                    .encode("ascii")))
-            context(request).headers.extend(ctx_headers)
+            self._expiry_headers(request, session, now)
         return session, None
+
+    def admit_now(self, request: Request, match: RouteMatch,
+                  session: Session) -> Optional[Tuple[Optional[Session], Optional[List[bytes]]]]:
+        """
+        L{admit}, decided at once when it needs nothing to wait for (no
+        refresh due, no renewal to save): the same checks, in the same
+        order, with the same answers. None, having done nothing, when
+        L{admit} must be awaited instead.
+        """
+        state = self._state
+        now = state.clock.seconds()
+        refresher = state.parts.refresher
+        if self._renew_due(session, now) or (refresher is not None and refresher.due(session, now)):
+            return None
+        if not self._screened(request, match, session, now):
+            return None, None
+        route = match.route
+        if not self._allowed(request, route, session):
+            return None, None
+        if route.session_expiry_headers:
+            self._expiry_headers(request, session, now)
+        return session, None
+
+    def _screened(self, request: Request, match: RouteMatch, session: Session,
+                  now: float) -> bool:
+        """The checks before any refresh: the WebSocket origin, then CSRF (False: answered)."""
+        # Named before any check: the access log of a refused request
+        # (written as it is answered) shows whose it was.
+        self._name_user(request, session)
+        if not self.websocket_origin_allowed(request, match.route):
+            return False
+        if self._state.cookies.csrf is not None and not self.csrf_passed(request, session, now):
+            return False
+        return True
+
+    def _renew_due(self, session: Session, now: float) -> bool:
+        """Whether the idle clock inside the session must move (a save)."""
+        idle = self._state.config.session.idle_timeout
+        return idle > 0 and now - session.last_seen >= min(60.0, idle / 4)
+
+    @staticmethod
+    def _allowed(request: Request, route: RouteConfig, session: Session) -> bool:
+        """The route's rule on the session's claims (False: refused, answered)."""
+        return route.policy is None or authorized(
+            request, route, session.sub, session.claims, unverified_claims(session))
+
+    def _expiry_headers(self, request: Request, session: Session, now: float) -> None:
+        """The answer's hints of when the session ends, and when it lapses idle."""
+        idle = self._state.config.session.idle_timeout
+        ctx_headers = [(b"x-auth-session-expires-in",
+                        str(max(0, int(session.expires - now))).encode("ascii"))]
+        if idle > 0:
+            ctx_headers.append((b"x-auth-idle-expires-in",
+                                str(max(0, int(session.last_seen + idle - now)))
+                                .encode("ascii")))
+        context(request).headers.extend(ctx_headers)
 
     def _name_user(self, request: Request, session: Session) -> None:
         """The access log's user for a request of C{session}, allowed or refused."""

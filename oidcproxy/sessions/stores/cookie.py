@@ -14,12 +14,12 @@ from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
 from ..crypto import Sealer
-from ..session import ISessionStore, OpenedSessions, Session
+from ..session import ISessionCache, ISessionStore, OpenedSessions, Session
 
 PURPOSE = b"session"
 
 
-@implementer(ISessionStore)
+@implementer(ISessionStore, ISessionCache)
 class CookieStore:
     """
     @param sealer: seals and opens the cookie values.
@@ -35,16 +35,20 @@ class CookieStore:
         self._opened = OpenedSessions(clock)
 
     def load(self, cookie_value: str) -> Deferred[Optional[Session]]:
+        return succeed(self.cached(cookie_value))
+
+    def cached(self, cookie_value: str) -> Optional[Session]:
+        """Always known at once: the value is the session (opened ones are kept a while)."""
         session = self._opened.get(cookie_value)
         if session is not None:
-            return succeed(session)
+            return session
         plaintext = self._sealer.unseal(cookie_value, PURPOSE)
         if plaintext is None:
-            return succeed(None)
+            return None
         session = Session.from_bytes(plaintext)
         if session is not None:
             self._opened.put(cookie_value, len(cookie_value), session)
-        return succeed(session)
+        return session
 
     def save(self, session: Session) -> Deferred[str]:
         # A session that cannot be serialised (claims that are not JSON-able)

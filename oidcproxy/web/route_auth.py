@@ -1,0 +1,139 @@
+"""
+A request on one of the guard's routes: the route's methods, then its
+credential (a bearer token, the session cookie, or none: a login or 401),
+then the rule; an admitted request is passed on with its identity.
+
+The decision is synchronous whenever all it needs is in memory (a public
+route, a session the store opens at once, a cached bearer token, no refresh
+or renewal due): no coroutine and no Deferred then. What must wait (the
+store, the revocation list, a refresh, the IdP, a login) continues as a
+coroutine from where the decision stopped, with the same checks in the same
+order.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Coroutine, Optional, Sequence
+
+from twisted.web.server import Request
+
+from ..core.context import RequestContext, context
+from ..oidc.bearer import bearer_token
+from ..oidc.tokens import TokenError
+from ..proxy.routes import RouteMatch
+from ..sessions.session import Session
+from .answers import decided, deny, finish
+from .bearer_auth import BearerAuth
+from .endpoints.login import LoginEndpoint
+from .headers import set_session_identity
+from .parts import GuardState
+from .requests import is_preflight, judged_method
+from .session_auth import Loaded, SessionAuth
+
+__all__ = ["RouteAuth"]
+
+
+class RouteAuth:
+    """
+    The route requests of one guard.
+
+    @param pass_on: hands an admitted request to the wrapped resource.
+    """
+
+    def __init__(self, state: GuardState, sessions: SessionAuth, bearer: BearerAuth,
+                 login: LoginEndpoint,
+                 pass_on: Callable[[Request, RequestContext, RouteMatch], None]) -> None:
+        self._state = state
+        self._sessions = sessions
+        self._bearer = bearer
+        self._login = login
+        self._pass_on = pass_on
+
+    def decide(self, request: Request, match: RouteMatch,
+               authorization: Optional[Sequence[bytes]]) -> Optional[Coroutine[Any, Any, None]]:
+        """
+        Decide on C{request} as far as that goes without waiting: None
+        once it is decided (answered, or passed on), or the coroutine that
+        decides the rest.
+        """
+        route = match.route
+        ctx = context(request)
+        ctx.route = route
+        if route.methods and judged_method(request).decode("ascii", "replace") not in route.methods:
+            finish(request, 405, "method_not_allowed", "This method is not allowed here.",
+                   {b"allow": ", ".join(route.methods).encode("ascii")})
+            return None
+        if route.auth == "none" or (route.cors_preflight and is_preflight(request)):
+            decided(request, "public")
+            self._pass_on(request, ctx, match)
+            return None
+        if route.auth in ("bearer", "session_or_bearer", "optional"):
+            try:
+                token = bearer_token(authorization)
+            except TokenError as e:
+                self._bearer.denied(request, e)
+                return None
+            if token is not None:
+                admitted = self._bearer.admit_now(request, match, token, authorization)
+                if admitted is None:
+                    return self._bearer_admit(request, ctx, match, token, authorization)
+                if admitted:
+                    self._pass_on(request, ctx, match)
+                return None
+            if route.auth == "bearer":
+                deny(request)
+                return None
+        loaded = self._sessions.cached(request)
+        if loaded is None:
+            return self._session_route(request, ctx, match)
+        return self._loaded(request, ctx, match, loaded)
+
+    async def _bearer_admit(self, request: Request, ctx: RequestContext, match: RouteMatch,
+                            token: str, authorization: Optional[Sequence[bytes]]) -> None:
+        """A bearer token that must be validated (not cached): then pass it on, or not."""
+        if await self._bearer.admit(request, match, token, authorization):
+            self._pass_on(request, ctx, match)
+
+    async def _session_route(self, request: Request, ctx: RequestContext,
+                             match: RouteMatch) -> None:
+        """The session of a request that must be loaded from the store (or checked there)."""
+        loaded = await self._sessions.load_or_503(request)
+        if loaded is None:
+            return
+        rest = self._loaded(request, ctx, match, loaded)
+        if rest is not None:
+            await rest
+
+    def _loaded(self, request: Request, ctx: RequestContext, match: RouteMatch,
+                loaded: Loaded) -> Optional[Coroutine[Any, Any, None]]:
+        """The request's session is known (or known to be missing): go on at once if possible."""
+        session, clear = loaded
+        if session is None:
+            if match.route.auth == "optional":
+                decided(request, "anonymous")
+                ctx.cookies.extend(clear)
+                self._pass_on(request, ctx, match)
+                return None
+            return self._login.unauthenticated(request, match, clear)
+        at_once = self._sessions.admit_now(request, match, session)
+        if at_once is None:
+            return self._session_admit(request, ctx, match, session)
+        self._admitted(request, ctx, match, at_once[0])
+        return None
+
+    async def _session_admit(self, request: Request, ctx: RequestContext, match: RouteMatch,
+                             session: Session) -> None:
+        """A live session whose admission waits (a refresh, a renewal to save)."""
+        admitted, cleared = await self._sessions.admit(request, match, session)
+        if admitted is None and cleared is not None:
+            await self._login.unauthenticated(request, match, cleared)
+            return
+        self._admitted(request, ctx, match, admitted)
+
+    def _admitted(self, request: Request, ctx: RequestContext, match: RouteMatch,
+                  session: Optional[Session]) -> None:
+        """Pass on a request its session admitted (None: it was answered)."""
+        if session is not None:
+            state = self._state
+            set_session_identity(request, ctx, state.config, state.identity, session)
+            self._pass_on(request, ctx, match)
