@@ -6,7 +6,7 @@ by L{oidcproxy.assemble}) and what its units share while it runs
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Set
+from typing import Any, Callable, FrozenSet, Optional, Set
 from urllib.parse import urlsplit
 
 import attr
@@ -18,7 +18,7 @@ from ..oidc.login import LoginFlow
 from ..oidc.provider import Provider
 from ..oidc.refresh import Refresher
 from ..proxy.routes import RouteTable
-from ..sessions.session import ISessionStore
+from ..sessions.session import DEFAULT_PROVIDER, ISessionStore
 from .cookies import CookieRules
 from .headers import HeaderNames, managed_headers
 from .idtokens import IdTokens
@@ -51,6 +51,9 @@ class GuardParts:
         or None.
     @ivar external_keys_for: makes it again for a reloaded configuration
         (never while a request waits).
+    @ivar provider_names: the providers whose sessions the guard serves
+        (L{DEFAULT_PROVIDER} for C{[oidc]}'s); a session of any other is
+        refused as an unknown one.
     """
 
     metrics: NullMetrics
@@ -63,6 +66,7 @@ class GuardParts:
     id_tokens: Optional[IdTokens] = None
     external_keys: Any = None
     external_keys_for: Optional[Callable[[Config], Any]] = None
+    provider_names: FrozenSet[str] = frozenset([DEFAULT_PROVIDER])
 
 
 class GuardState:

@@ -60,12 +60,16 @@ class SessionAuth:
         session = None
         if value is not None:
             session = await parts.store.load(value)
+        if session is not None and not self.ours(session):
+            log.info("session refused: its provider is not one of this guard's")
+            session = None
         if session is not None:
             now = state.clock.seconds()
             status = session_state(session, now, state.config.session.idle_timeout)
             if status == LIVE and parts.revocations is not None:
                 revoked = await parts.revocations.revoked_at(
-                    sub=session.sub, sid=session.sid, session_id=session.id)
+                    sub=session.sub, sid=session.sid, session_id=session.id,
+                    provider=session.provider)
                 if revoked is not None and revoked >= session.created:
                     status = "revoked"
             if status == LIVE:
@@ -74,6 +78,14 @@ class SessionAuth:
             await self.forget(session)
             session = None
         return None, state.cookies.clear_session(request)
+
+    def ours(self, session: Session) -> bool:
+        """
+        Whether C{session} was made through one of this guard's providers;
+        one of another (a provider since removed from the configuration, or
+        another proxy's sharing the store and keys) is no session here.
+        """
+        return session.provider in self._state.parts.provider_names
 
     async def load_or_503(self, request: Request) -> Optional[Loaded]:
         """L{load}, or None once a 503 is answered because the store cannot."""

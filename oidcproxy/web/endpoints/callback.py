@@ -127,7 +127,7 @@ class CallbackEndpoint:
             return
 
         now = state.clock.seconds()
-        session = self._session(tokens, claims, now)
+        session = self._session(tokens, claims, now, attempt.provider)
         # A fresh session id on every login (no fixation); the old session,
         # if any, is ended.
         try:
@@ -218,8 +218,9 @@ class CallbackEndpoint:
             claims = merged
         return tokens, claims
 
-    def _session(self, tokens: Dict[str, Any], claims: Dict[str, Any], now: float) -> Session:
-        """The new session of a login."""
+    def _session(self, tokens: Dict[str, Any], claims: Dict[str, Any], now: float,
+                 provider: str) -> Session:
+        """The new session of a login through C{provider}."""
         state = self._state
         id_tokens = state.parts.id_tokens
         assert id_tokens is not None
@@ -237,6 +238,7 @@ class CallbackEndpoint:
             access_token_expires=now + expires_in if isinstance(expires_in, int) else None,
             refresh_token=tokens.get("refresh_token"),
             sid=claims.get("sid") if isinstance(claims.get("sid"), str) else None,
+            provider=provider,
         )
 
     def _landing(self, target: str) -> str:
