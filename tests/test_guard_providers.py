@@ -285,15 +285,6 @@ class GuardProviderTests(SynchronousTestCase):
         browser = h.logged_in()
         self.assertEqual(open_session(browser.jar[SESSION_COOKIE]).provider, DEFAULT_PROVIDER)
 
-    def test_login_through_named_flow_stamps_it(self) -> None:
-        """A login through a named provider's flow makes a session of that provider, served."""
-        h = self.stack()
-        h.guard.parts.login.provider = "corp"  # type: ignore[union-attr]
-        h.guard.parts.provider_names = frozenset(["corp"])
-        browser = h.logged_in()
-        self.assertEqual(open_session(browser.jar[SESSION_COOKIE]).provider, "corp")
-        self.assertEqual(browser.get("/x", headers=API).code, 200)
-
     def test_unknown_provider_refused(self) -> None:
         """A session of a provider the guard does not serve: no session, its cookie cleared."""
         h = self.stack(memory_store=True)
@@ -310,12 +301,10 @@ class GuardProviderTests(SynchronousTestCase):
         self.assertEqual(browser.get("/x", headers=API).code, 401)
         self.assertNotIn(SESSION_COOKIE, browser.jar)
 
-    def test_known_providers_served(self) -> None:
-        """Sessions of every provider the guard serves are served."""
+    def test_known_provider_served(self) -> None:
+        """A session of a provider the guard serves is served (on that provider's routes)."""
         h = self.stack(memory_store=True)
-        h.guard.parts.provider_names = frozenset([DEFAULT_PROVIDER, "corp"])
-        for name in (DEFAULT_PROVIDER, "corp"):
-            self.assertEqual(self.plant(h, session(name)).get("/x", headers=API).code, 200)
+        self.assertEqual(self.plant(h, session()).get("/x", headers=API).code, 200)
 
     def test_revocation_checked_at_the_sessions_provider(self) -> None:
         """

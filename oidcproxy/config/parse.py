@@ -146,7 +146,7 @@ def read_config(top: Table, source: str) -> Config:
                    "The pages the proxy itself shows people (403, failed login, unavailable, "
                    "sign-out, sign-in): their look, language and templates.")
     top.done()
-    _check_providers(top, routes, providers)
+    _check_providers(top, routes, providers, pages)
     _check_login(top, routes, oidc, session, settings["public_url"])
     if oidc is not None or providers:
         check_login_paths(problems, oidc, providers, settings["public_url"],
@@ -344,16 +344,19 @@ _BEARER_MODES = ("bearer", "session_or_bearer", "optional")
 """The route auth modes that take access tokens."""
 
 
-def _check_providers(top: Table, routes: Sequence[RouteConfig], providers: Providers) -> None:
+def _check_providers(top: Table, routes: Sequence[RouteConfig], providers: Providers,
+                     pages: PagesConfig) -> None:
     """
     Each provider a route names is defined; what is not served per provider
     yet is refused: a choice of providers (C{providers}), and access tokens
     on a route of a named provider (they are checked against C{[oidc]}'s
-    and C{[bearer]}'s issuers only).
+    and C{[bearer]}'s issuers only), and the sign-in page (it offers
+    C{[oidc]}'s button only) with such routes.
     """
     known = [name for name, _ in providers]
     defined = f"the providers defined: {', '.join(known)}" if known else \
         "there is no [providers.NAME] table"
+    sign_in_said = False
     for r in routes:
         names = [(f"{r.name}.provider", r.provider)] if r.provider is not None else \
             [(f"{r.name}.providers[{i}]", name) for i, name in enumerate(r.providers)]
@@ -363,6 +366,11 @@ def _check_providers(top: Table, routes: Sequence[RouteConfig], providers: Provi
         if r.providers:
             top.problem(f"{r.name}.providers", "a choice of several providers is not available "
                         "yet: name one with provider = \"NAME\"")
+        if r.provider is not None and pages.sign_in_page and not sign_in_said:
+            top.problem("pages.sign_in_page", f"is not available yet with routes of a named "
+                        f"provider ({r.name} has provider = {r.provider!r}): the page offers "
+                        "[oidc]'s sign-in only")
+            sign_in_said = True
         if r.provider is not None and r.auth in _BEARER_MODES:
             top.problem(f"{r.name}.auth", f"{r.auth!r} is not available yet on a route of a named "
                         f"provider ({r.provider!r}): access tokens are checked against [oidc]'s "

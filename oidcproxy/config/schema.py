@@ -438,6 +438,22 @@ class Config:
     providers: Tuple[Tuple[str, OIDCConfig], ...] = ()
     """The named providers (C{[providers.NAME]}), by name, as the file lists them."""
 
+    @property
+    def logs_in(self) -> bool:
+        """Whether users log in here: an C{[oidc]} table or a named provider."""
+        return self.oidc is not None or bool(self.providers)
+
+    def check_route_providers(self) -> None:
+        """
+        @raise ValueError: a route names a provider this configuration does
+            not have (a reloaded file's routes with the running providers).
+        """
+        names = {name for name, _ in self.providers}
+        for route in self.routes:
+            if route.provider is not None and route.provider not in names:
+                raise ValueError(f"{route.name}.provider: {route.provider!r} is not a running "
+                                 "provider; a new provider needs a restart")
+
     def provider_config(self, name: Optional[str]) -> Optional[OIDCConfig]:
         """The provider C{name} (None or C{""}: C{[oidc]}), or None when there is none of that name."""
         if not name:

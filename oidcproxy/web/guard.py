@@ -41,7 +41,7 @@ from ..oidc.bearer import bearer_token
 from ..oidc.tokens import TokenError
 from ..proxy.headers import drop_connection_named, request_authority
 from ..proxy.routes import BadRequestTarget, RouteMatch, RouteTable, normalise_path, split_target
-from ..sessions.session import ISessionStore, Session, SessionStoreUnavailable
+from ..sessions.session import DEFAULT_PROVIDER, ISessionStore, Session, SessionStoreUnavailable
 from .answers import abort, decided, deny, finish, hand_over, show, store_unavailable
 from .bearer_auth import BearerAuth
 from .endpoints.backchannel import BackchannelLogoutEndpoint
@@ -106,7 +106,9 @@ class OIDCGuard(Resource):
         self._state = state = GuardState(config, routes, parts, reactor, max_cookie_bytes)
         self._started = False
         # The endpoints' paths as started (they are not reloaded).
-        self._callback_path = config.callback_path
+        self._callback_paths = {config.callback_path: DEFAULT_PROVIDER}
+        self._callback_paths.update((table.callback_path or config.callback_path, name)
+                                    for name, table in config.providers)
         self._logout_path = config.logout_path
         self._prefix = config.endpoints_prefix
         self._sessions = SessionAuth(state)
@@ -173,19 +175,22 @@ class OIDCGuard(Resource):
 
     def _warn_insecure(self) -> None:
         """Say, at every start and reload, that the IdP's certificate is not checked."""
-        oidc = self._state.config.oidc
-        if oidc is not None and oidc.insecure_skip_verify:
-            log.warn("oidc.insecure_skip_verify is on: the identity provider's TLS certificate "
-                     "is NOT verified, anyone on the network path can impersonate it; "
-                     "never use this in production")
+        config = self._state.config
+        for key, oidc in (("oidc", config.oidc),
+                          *((f"providers.{name}", table) for name, table in config.providers)):
+            if oidc is not None and oidc.insecure_skip_verify:
+                log.warn("{key}.insecure_skip_verify is on: the identity provider's TLS "
+                         "certificate is NOT verified, anyone on the network path can "
+                         "impersonate it; never use this in production", key=key)
 
     def start(self) -> None:
-        """Start loading the IdP's metadata and keys in the background."""
-        provider = self.parts.provider
-        if not self._started and provider is not None:
+        """Start loading the IdPs' metadata and keys in the background."""
+        bundles = self._state.bundles()
+        if not self._started and bundles:
             self._started = True
             self._warn_insecure()
-            provider.start()
+            for bundle in bundles:
+                bundle.provider.start()
             self._bearer.start()
 
     def close(self) -> Deferred[Any]:
@@ -205,10 +210,10 @@ class OIDCGuard(Resource):
 
     def stop(self) -> None:
         self._login.stop()
-        provider = self.parts.provider
-        if self._started and provider is not None:
+        if self._started:
             self._started = False
-            provider.stop()
+            for bundle in self._state.bundles():
+                bundle.provider.stop()
         self._bearer.stop()
 
     # -- requests ---------------------------------------------------------------
@@ -289,9 +294,10 @@ class OIDCGuard(Resource):
         self._state.cookies.strip_own(request)
 
         oidc = self._state.config.oidc
-        if path == self._callback_path:
+        callback = self._callback_paths.get(path)
+        if callback is not None:
             ctx.endpoint = "oidc:callback"
-            await self._callback.render(request)
+            await self._callback.render(request, callback)
         elif path == self._logout_path:
             ctx.endpoint = "oidc:logout"
             await self._logout.render(request)
@@ -357,6 +363,11 @@ class OIDCGuard(Resource):
         if loaded is None:
             return
         session, clear = loaded
+        if session is not None and session.provider != (route.provider or DEFAULT_PROVIDER):
+            # Signed in with another provider: no session for this route,
+            # whose provider logs the user in (the cookie stays: it is good
+            # on that provider's routes).
+            session, clear = None, []
         if session is None:
             if route.auth == "optional":
                 decided(request, "anonymous")
@@ -383,7 +394,8 @@ class OIDCGuard(Resource):
         ctx.user = user_name(config.username_claim, session.claims, session.sub)
         decided(request, "session", unless_decided=True)
         set_identity_headers(request, config, session.claims)
-        pass_session_tokens(request, config, session.access_token, session.id_token)
+        pass_session_tokens(request, config.provider_config(session.provider),
+                            session.access_token, session.id_token)
 
     def _pass(self, request: Request, ctx: RequestContext, match: RouteMatch) -> None:
         """Hand the request to the wrapped resource (the route is known)."""

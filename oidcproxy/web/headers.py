@@ -13,7 +13,7 @@ from typing import Any, Dict, Optional, Sequence
 from twisted.logger import Logger
 from twisted.web.server import Request
 
-from ..config import Config
+from ..config import Config, OIDCConfig
 from ..proxy.headers import canonical_header
 from .identity import claim
 
@@ -84,10 +84,16 @@ class HeaderNames:
             headers.removeHeader(name)
 
 
+def _passes_authorization(config: Config) -> bool:
+    """Whether a provider ([oidc] or a named one) passes its access tokens as C{Authorization}."""
+    return any(oidc is not None and oidc.pass_access_token == "authorization"
+               for oidc in (config.oidc, *(table for _, table in config.providers)))
+
+
 def managed_headers(config: Config) -> HeaderNames:
     """The identity headers of C{config}, which no client may send."""
     managed = [name for name, _ in config.headers] + [ACCESS_TOKEN_HEADER, ID_TOKEN_HEADER]
-    if config.oidc is not None and config.oidc.pass_access_token == "authorization":
+    if _passes_authorization(config):
         managed.append("Authorization")
     return HeaderNames(managed)
 
@@ -109,10 +115,9 @@ def set_identity_headers(request: Request, config: Config, claims: Dict[str, Any
             break
 
 
-def pass_session_tokens(request: Request, config: Config, access_token: Optional[str],
+def pass_session_tokens(request: Request, oidc: Optional[OIDCConfig], access_token: Optional[str],
                         id_token: Optional[str]) -> None:
-    """A session's tokens, as C{pass_access_token} and C{pass_id_token} say."""
-    oidc = config.oidc
+    """A session's tokens, as C{pass_access_token} and C{pass_id_token} of its provider C{oidc} say."""
     if oidc is None:
         return
     headers = request.requestHeaders
@@ -131,11 +136,10 @@ def passes_client_authorization(config: Config) -> bool:
     Whether a bearer-authenticated request's C{Authorization} is put back
     after the managed headers were stripped: it is one of them only so
     that a session's access token replaces whatever a client sent
-    (C{pass_access_token = "authorization"}), unless an identity header
+    (C{pass_access_token = "authorization"} of any provider), unless an identity header
     of C{[headers]} bears the name.
     """
-    oidc = config.oidc
-    if oidc is None or oidc.pass_access_token != "authorization":
+    if not _passes_authorization(config):
         return False
     return all(canonical_header(name.encode("ascii")) != b"authorization"
                for name, _ in config.headers)

@@ -19,7 +19,7 @@ from ..core.context import context
 from ..proxy.headers import header_tokens
 from ..proxy.routes import RouteMatch
 from ..sessions.cookies import CookieTooLarge, read_cookie
-from ..sessions.session import LIVE, Session, SessionStoreUnavailable, session_state
+from ..sessions.session import DEFAULT_PROVIDER, LIVE, Session, SessionStoreUnavailable, session_state
 from .answers import decided, finish, store_unavailable
 from .csrf import SAFE_METHODS
 from .identity import user_name
@@ -157,7 +157,11 @@ class SessionAuth:
         sliding = config.session.sliding
         # Due on the session as it was loaded (a refresh resets last_seen).
         renew = idle > 0 and now - session.last_seen >= min(60.0, idle / 4)
-        refresher = state.parts.refresher
+        if session.provider == DEFAULT_PROVIDER:
+            refresher = state.parts.refresher
+        else:
+            named = state.parts.named.get(session.provider)
+            refresher = named.refresher if named is not None else None
         if refresher is not None and refresher.due(session, now):
             outcome = await refresher.refresh(session)
             if outcome.session is not None and outcome.store_unavailable:
