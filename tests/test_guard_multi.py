@@ -31,7 +31,7 @@ class Stack:
     """A guard with [oidc] and [providers.corp], a route of each, and both IdPs."""
 
     def __init__(self, case: SynchronousTestCase, *, corp_discovery_status: int = 200,
-                 advertise_logout: bool = False) -> None:
+                 advertise_logout: bool = False, **stack: Any) -> None:
         self.corp = FakeIdP(Clock(), CORP_CLIENT, CORP_SECRET, issuer=CORP)
         self.corp.discovery_status = corp_discovery_status
         self.corp.advertise_logout = advertise_logout
@@ -42,7 +42,7 @@ class Stack:
             routes=[{"path": "/", "upstream": "http://up.test"},
                     {"path": "/staff", "upstream": "http://up.test", "provider": "corp"},
                     {"path": "/maybe", "upstream": "http://up.test", "auth": "optional"}])
-        self.h = h = GuardStack(case, config, start=False, providers_http={"corp": stub})
+        self.h = h = GuardStack(case, config, start=False, providers_http={"corp": stub}, **stack)
         h.idp.advertise_logout = advertise_logout
         self.corp.clock = h.clock
         h.network.add(stub)
@@ -168,6 +168,41 @@ class RouteProviderTests(SynchronousTestCase):
         self.assertEqual(json.loads(page.body)["checks"], {"idp": "ok", "idp:corp": "ok"})
         page = Stack(self, corp_discovery_status=500).h.browser().get("/oidc/ready")
         self.assertEqual((page.code, json.loads(page.body)["not_ready"]), (503, ["idp:corp"]))
+
+
+class BackchannelTests(SynchronousTestCase):
+    """Back-channel logout serves [oidc] only, and ends only [oidc]'s sessions."""
+
+    def logout_token(self, s: Stack, issuer: str, audience: str, jti: str) -> str:
+        return s.corp.id_token({
+            "iss": issuer, "aud": audience, "iat": int(s.h.clock.seconds()), "jti": jti,
+            "sub": "user-1", "events": {"http://schemas.openid.net/event/backchannel-logout": {}}})
+
+    def post(self, s: Stack, token: str) -> Any:
+        return s.h.browser().request(
+            b"POST", "/oidc/backchannel-logout",
+            headers={b"content-type": [b"application/x-www-form-urlencoded"]},
+            body=urlencode({"logout_token": token}).encode())
+
+    def test_named_providers_token_refused(self) -> None:
+        """corp's logout token: 400; corp's session of that sub lives on."""
+        s = Stack(self, memory_store=True)
+        browser = s.h.browser()
+        s.corp_login(browser, sub="user-1")
+        page = self.post(s, self.logout_token(s, CORP, CORP_CLIENT, "j1"))
+        self.assertEqual(page.code, 400)
+        self.assertEqual(browser.get("/staff", headers=API).code, 200)
+
+    def test_default_logout_leaves_named_session(self) -> None:
+        """[oidc]'s logout of a sub ends its session, not corp's session of the same sub."""
+        s = Stack(self, memory_store=True)
+        corp_browser = s.h.browser()
+        s.corp_login(corp_browser, sub="user-1")
+        default_browser = s.h.logged_in(sub="user-1")
+        page = self.post(s, self.logout_token(s, ISSUER, s.h.idp.client_id, "j2"))
+        self.assertEqual(page.code, 200, page.body)
+        self.assertEqual(default_browser.get("/x", headers=API).code, 401)
+        self.assertEqual(corp_browser.get("/staff", headers=API).code, 200)
 
 
 class MixUpTests(SynchronousTestCase):
