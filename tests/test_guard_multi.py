@@ -15,10 +15,31 @@ from treq.testing import StubTreq
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from oidcproxy.assemble import OIDCGuard
+from oidcproxy.config import parse_config
 from oidcproxy.sessions.session import DEFAULT_PROVIDER
 
-from .fakes import API, APP, SESSION_COOKIE, STATE_PREFIX, GuardStack, make_config, open_session
-from .idp import AUTHORIZATION_ENDPOINT, ISSUER, FakeIdP, authorize_params, split_location
+from .fakes import (
+    API,
+    APP,
+    SECRET,
+    SESSION_COOKIE,
+    STATE_PREFIX,
+    App,
+    GuardStack,
+    clock_at,
+    make_config,
+    open_session,
+)
+from .idp import (
+    AUTHORIZATION_ENDPOINT,
+    ISSUER,
+    Browser,
+    FakeIdP,
+    Network,
+    authorize_params,
+    split_location,
+)
 
 CORP = "https://corp.test"
 CORP_CLIENT = "corp-client"
@@ -281,3 +302,35 @@ class DefaultUnchangedTests(SynchronousTestCase):
         s = Stack(self)
         browser = s.h.logged_in()
         self.assertEqual(open_session(browser.jar[SESSION_COOKIE]).provider, DEFAULT_PROVIDER)
+
+
+class OnlyNamedProvidersTests(SynchronousTestCase):
+    """Without [oidc]: every route names its provider, and is served by it."""
+
+    def test_only_named(self) -> None:
+        clock = clock_at()
+        network = Network()
+        corp = FakeIdP(clock, CORP_CLIENT, CORP_SECRET, issuer=CORP)
+        stub = network.add(StubTreq(corp))
+        config = parse_config({
+            "public_url": APP, "session": {"secrets": [SECRET]},
+            "providers": {"corp": {"issuer": CORP, "client_id": CORP_CLIENT,
+                                   "client_secret": CORP_SECRET}},
+            "routes": [{"path": "/", "upstream": "http://up.test", "provider": "corp"}]},
+            "t.toml")
+        guard = OIDCGuard(config, App(), clock, providers_http={"corp": stub})
+        self.addCleanup(guard.stop)
+        self.assertIsNone(guard.parts.provider)
+        guard.start()
+        network.pump()
+        browser = Browser(network, guard, APP)
+        page = browser.navigate("/x")
+        self.assertEqual(split_location(page)[0], CORP + "/authorize")
+        params = authorize_params(page)
+        code = corp.issue_code(nonce=params["nonce"], sub="worker-1",
+                               code_verifier_challenge=params["code_challenge"])
+        page = browser.navigate("/oidc/callback/corp?" + urlencode(
+            {"code": code, "state": params["state"]}))
+        self.assertEqual(page.code, 302, page.body)
+        self.assertEqual(browser.get("/x", headers=API).code, 200)
+        self.assertEqual(browser.navigate("/oidc/callback?code=c&state=s").code, 404)
