@@ -52,14 +52,15 @@ class Stack:
     """A guard with [oidc] and [providers.corp], a route of each, and both IdPs."""
 
     def __init__(self, case: SynchronousTestCase, *, corp_discovery_status: int = 200,
-                 advertise_logout: bool = False, **stack: Any) -> None:
+                 advertise_logout: bool = False, disable_login: bool = False,
+                 **stack: Any) -> None:
         self.corp = FakeIdP(Clock(), CORP_CLIENT, CORP_SECRET, issuer=CORP)
         self.corp.discovery_status = corp_discovery_status
         self.corp.advertise_logout = advertise_logout
         stub = StubTreq(self.corp)
         config = make_config(
             providers={"corp": {"issuer": CORP, "client_id": CORP_CLIENT,
-                                "client_secret": CORP_SECRET}},
+                                "client_secret": CORP_SECRET, "disable_login": disable_login}},
             routes=[{"path": "/", "upstream": "http://up.test"},
                     {"path": "/staff", "upstream": "http://up.test", "provider": "corp"},
                     {"path": "/maybe", "upstream": "http://up.test", "auth": "optional"}])
@@ -182,6 +183,14 @@ class RouteProviderTests(SynchronousTestCase):
         page = browser.navigate("/oidc/login?provider=corp&rd=/staff")
         self.assertEqual(split_location(page)[0], CORP + "/authorize")
         self.assertEqual(browser.navigate("/oidc/login?provider=nope").code, 404)
+
+    def test_named_provider_disable_login(self) -> None:
+        """A provider with disable_login: its routes answer 401, its login endpoint 404."""
+        s = Stack(self, disable_login=True)
+        browser = s.h.browser()
+        self.assertEqual(browser.navigate("/staff").code, 401)
+        self.assertEqual(browser.navigate("/oidc/login?provider=corp").code, 404)
+        self.assertEqual(split_location(browser.navigate("/x"))[0], AUTHORIZATION_ENDPOINT)
 
     def test_ready_reports_each_provider(self) -> None:
         """/oidc/ready checks each provider: ready when both are, 503 naming the one that is not."""

@@ -56,8 +56,11 @@ class LoginEndpoint:
                    {b"allow": b"GET, HEAD"})
             return
         name = arg(request.args, b"provider") or DEFAULT_PROVIDER
-        if self._state.bundle(name) is None and name != DEFAULT_PROVIDER:
-            finish(request, 404, "unknown_provider", "No such identity provider.")
+        table = self._state.config.provider_config(name)
+        if name != DEFAULT_PROVIDER and (self._state.bundle(name) is None or table is None
+                                         or table.disable_login):
+            # Unknown, or one whose logins do not start here (disable_login).
+            finish(request, 404, "unknown_provider", "No such identity provider logs in here.")
             return
         prompt = arg(request.args, b"prompt")
         await self.start(request, return_to(request), prompt=prompt if prompt in PROMPTS else None,
