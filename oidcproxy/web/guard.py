@@ -185,8 +185,10 @@ class OIDCGuard(Resource):
 
     def start(self) -> None:
         """Start loading the IdPs' metadata and keys in the background."""
+        if self._started:  # every request calls this
+            return
         bundles = self._state.bundles()
-        if not self._started and bundles:
+        if bundles:
             self._started = True
             self._warn_insecure()
             for bundle in bundles:
