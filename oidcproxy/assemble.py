@@ -10,37 +10,37 @@ resource and the reactor, with any part given instead of built.
 from __future__ import annotations
 
 from functools import partial
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 from twisted.web.resource import IResource
 
-from .config import Config
+from .config import Config, OIDCConfig
 from .core.metrics import Metrics, NullMetrics
 from .oidc.login import LoginFlow
 from .oidc.provider import ClientAuth, Provider, make_http_client
 from .oidc.refresh import Refresher
 from .proxy.routes import RouteTable
 from .sessions.crypto import Sealer
-from .sessions.session import ISessionStore
+from .sessions.session import DEFAULT_PROVIDER, ISessionStore
 from .sessions.stores.cookie import CookieStore
 from .web import guard
 from .web.bearer_auth import external_key_source
 from .web.cookies import state_cookie_spec
 from .web.idtokens import IdTokens
-from .web.parts import GuardParts
+from .web.parts import GuardParts, ProviderParts
 
 __all__ = ["OIDCGuard", "build_parts", "build_provider", "build_redis_store", "build_store"]
 
 
 def build_provider(config: Config, reactor: Any, metrics: NullMetrics,
-                   http: Any = None) -> Provider:
+                   http: Any = None, oidc: Optional[OIDCConfig] = None) -> Provider:
     """
-    The IdP client of C{[oidc]}.
+    The IdP client of C{oidc} (default: C{[oidc]}).
 
     @param http: its treq C{HTTPClient} (default: L{make_http_client} with
-        C{[oidc]}'s TLS settings).
+        the table's TLS settings).
     """
-    oidc = config.oidc
+    oidc = oidc if oidc is not None else config.oidc
     assert oidc is not None
     return Provider(
         oidc.issuer,
@@ -113,6 +113,7 @@ def build_parts(
     metrics: Optional[NullMetrics] = None,
     idp_http: Any = None,
     bearer_keys_http: Any = None,
+    providers_http: Optional[Mapping[str, Any]] = None,
 ) -> GuardParts:
     """
     The parts of a guard for C{config}, on C{reactor}; each part given is
@@ -128,11 +129,13 @@ def build_parts(
     @param idp_http: the treq C{HTTPClient} of the provider built here.
     @param bearer_keys_http: the treq C{HTTPClient} that fetches another
         issuer's keys (C{bearer.issuer}).
+    @param providers_http: the treq C{HTTPClient} of each named provider
+        built here, by name.
     """
     metrics = metrics if metrics is not None else Metrics()
     parts = GuardParts(metrics=metrics, store=store, owns_stores=store is None)
     oidc = config.oidc
-    if oidc is None:
+    if oidc is None and not config.providers:
         return parts
     s = config.session
     sealer = Sealer([x.reveal().encode("utf-8") for x in s.secrets])
@@ -141,31 +144,53 @@ def build_parts(
         if revocations is None and s.store == "cookie" and config.redis is not None:
             revocations = build_redis_store(config, sealer, reactor, metrics)
     parts.revocations = revocations
-    if provider is None:
-        provider = build_provider(config, reactor, metrics, idp_http)
-    parts.provider = provider
-    parts.id_tokens = IdTokens(oidc, provider, reactor, metrics, config)
-    parts.refresher = Refresher(
-        provider, parts.id_tokens.validate_refreshed, parts.store, reactor,
+    if oidc is not None:
+        if provider is None:
+            provider = build_provider(config, reactor, metrics, idp_http)
+        default = build_provider_parts(config, DEFAULT_PROVIDER, oidc, provider, parts.store,
+                                       sealer, reactor, metrics)
+        parts.provider, parts.id_tokens = default.provider, default.id_tokens
+        parts.refresher, parts.login = default.refresher, default.login
+    for name, table in config.providers:
+        http = (providers_http or {}).get(name)
+        parts.named[name] = build_provider_parts(
+            config, name, table, build_provider(config, reactor, metrics, http, table),
+            parts.store, sealer, reactor, metrics)
+    parts.provider_names = frozenset(([DEFAULT_PROVIDER] if oidc is not None else []) +
+                                     list(parts.named))
+    parts.external_keys_for = partial(external_key_source, clock=reactor, http=bearer_keys_http)
+    parts.external_keys = parts.external_keys_for(config)
+    return parts
+
+
+def build_provider_parts(config: Config, name: str, oidc: OIDCConfig, provider: Provider,
+                         store: Any, sealer: Sealer, reactor: Any,
+                         metrics: NullMetrics) -> ProviderParts:
+    """The parts the provider C{name} (its table C{oidc}, its client C{provider}) logs in with."""
+    s = config.session
+    id_tokens = IdTokens(oidc, provider, reactor, metrics, config)
+    refresher = Refresher(
+        provider, id_tokens.validate_refreshed, store, reactor,
         mode=s.refresh, leeway=s.refresh_leeway, interval=s.refresh_interval,
         lease=2 * oidc.timeout + 5.0, metrics=metrics,
     )
+    public = config.public_url
+    redirect_uri = public + (oidc.callback_path or config.callback_path) if public else ""
     state = config.state_cookie
-    parts.login = LoginFlow(
+    login = LoginFlow(
         sealer=sealer,
         cookie=state_cookie_spec(config),
         max_age=state.max_age,
         max_attempts=state.max_count,
         client_id=oidc.client_id,
-        redirect_uri=config.redirect_uri or "",
+        redirect_uri=redirect_uri,
         scopes=oidc.scopes,
         pkce=oidc.pkce,
         auth_params=dict(oidc.auth_params),
         clock=reactor,
+        provider=name,
     )
-    parts.external_keys_for = partial(external_key_source, clock=reactor, http=bearer_keys_http)
-    parts.external_keys = parts.external_keys_for(config)
-    return parts
+    return ProviderParts(name, oidc, redirect_uri, provider, login, id_tokens, refresher)
 
 
 class OIDCGuard(guard.OIDCGuard):
@@ -194,9 +219,10 @@ class OIDCGuard(guard.OIDCGuard):
         metrics: Optional[NullMetrics] = None,
         idp_http: Any = None,
         bearer_keys_http: Any = None,
+        providers_http: Optional[Mapping[str, Any]] = None,
     ) -> None:
         parts = build_parts(config, reactor, provider=provider, store=store,
                             revocations=revocations, metrics=metrics, idp_http=idp_http,
-                            bearer_keys_http=bearer_keys_http)
+                            bearer_keys_http=bearer_keys_http, providers_http=providers_http)
         super().__init__(config, wrapped, reactor, parts=parts, routes=routes,
                          max_cookie_bytes=max_cookie_bytes)

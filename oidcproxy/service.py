@@ -321,8 +321,7 @@ def startup_checks(config: Config) -> None:
     warning = raise_descriptor_limit(config)
     if warning is not None:
         log.warn("{warning}", warning=warning)
-    uses_redis = config.redis is not None and (
-        config.session.store == "redis" or config.oidc is not None)
+    uses_redis = config.redis is not None and (config.session.store == "redis" or config.logs_in)
     if uses_redis:
         from .preflight import check_redis
 
@@ -374,7 +373,8 @@ class SighupHandler(SignalHandler):
 
 RESTART_KEYS = (
     "listen", "public_url", "endpoints_prefix", "workers", "keepalive_timeout", "access_log",
-    "http2", "http2_max_concurrent_streams", "oidc", "session", "state_cookie", "redis", "admin", "metrics",
+    "http2", "http2_max_concurrent_streams", "oidc", "providers", "session", "state_cookie", "redis",
+    "admin", "metrics",
 )
 """The top-level keys and sections a reload does not apply (they need a restart)."""
 
@@ -513,6 +513,7 @@ class ProxyService(MultiService):
         old = self.config
         merged = attr.evolve(new, **{key: getattr(old, key) for key in RESTART_KEYS})
         try:
+            merged.check_route_providers()  # the running ones: a new provider needs a restart
             # A replacement template that cannot be used keeps the running pages.
             load_templates(merged.pages.templates_dir)
             routes = RouteTable(merged.routes)
@@ -522,8 +523,7 @@ class ProxyService(MultiService):
             proxy = UpstreamProxy(routes, self._reactor, merged.trusted_proxies,
                                   self._client_factory, metrics=self.metrics, sockets=sockets)
         except (ValueError, TypeError, OSError) as e:
-            log.error("config: cannot set up the proxy: {error} (in {path})", error=e,
-                      path=self.config_path)
+            log.error("config: cannot set up the proxy: {error} (in {path})", error=e, path=self.config_path)
             log.error("configuration not reloaded: the running one is kept")
             return False
         site = self.site

@@ -110,8 +110,10 @@ class FakeIdP(Resource):
         client_id: str,
         client_secret: Optional[str] = None,
         iss_parameter_supported: bool = False,
+        issuer: str = ISSUER,
     ) -> None:
         super().__init__()
+        self.issuer = issuer
         self.clock = clock
         self.client_id = client_id
         self.client_secret = client_secret
@@ -142,11 +144,11 @@ class FakeIdP(Resource):
 
     def discovery_document(self) -> Dict[str, Any]:
         document: Dict[str, Any] = {
-            "issuer": ISSUER,
-            "authorization_endpoint": AUTHORIZATION_ENDPOINT,
-            "token_endpoint": TOKEN_ENDPOINT,
-            "jwks_uri": JWKS_URI,
-            "userinfo_endpoint": USERINFO_ENDPOINT,
+            "issuer": self.issuer,
+            "authorization_endpoint": self.issuer + AUTHORIZATION_ENDPOINT[len(ISSUER):],
+            "token_endpoint": self.issuer + TOKEN_ENDPOINT[len(ISSUER):],
+            "jwks_uri": self.issuer + JWKS_URI[len(ISSUER):],
+            "userinfo_endpoint": self.issuer + USERINFO_ENDPOINT[len(ISSUER):],
             "id_token_signing_alg_values_supported": ["RS256"],
             "code_challenge_methods_supported": ["S256"],
             "response_types_supported": ["code"],
@@ -154,8 +156,8 @@ class FakeIdP(Resource):
         if self.iss_parameter_supported:
             document["authorization_response_iss_parameter_supported"] = True
         if self.advertise_logout:
-            document["end_session_endpoint"] = ISSUER + "/logout?ui=1"
-            document["revocation_endpoint"] = ISSUER + "/revoke"
+            document["end_session_endpoint"] = self.issuer + "/logout?ui=1"
+            document["revocation_endpoint"] = self.issuer + "/revoke"
         return document
 
     def issue_code(
@@ -279,7 +281,7 @@ class FakeIdP(Resource):
         access_token = "at-" + secrets.token_urlsafe(16)
         refresh_token = "rt-" + secrets.token_urlsafe(16)
         claims: Dict[str, Any] = {
-            "iss": ISSUER,
+            "iss": self.issuer,
             "aud": self.client_id,
             "sub": grant.sub,
             "iat": now,
@@ -319,7 +321,7 @@ class FakeIdP(Resource):
         now = int(self.clock.seconds())
         access_token = "at-" + secrets.token_urlsafe(16)
         refresh_token = "rt-" + secrets.token_urlsafe(16)
-        claims = {"iss": ISSUER, "aud": self.client_id, "sub": self.refresh_sub or grant.sub,
+        claims = {"iss": self.issuer, "aud": self.client_id, "sub": self.refresh_sub or grant.sub,
                   "iat": now, "exp": now + 300, **grant.claims}
         document = {
             "access_token": access_token,

@@ -218,6 +218,9 @@ class SchemaTests(SynchronousTestCase):
         text = text.replace('"/etc/oidcproxy/templates"', repr(os.path.dirname(EXAMPLE)))
         text = text.replace('{ credential = "redis-password" }', '"redis-pw"')
         text = text.replace('{ credential = "admin-token" }', '"admin-token-0123456789"')
+        # provider and providers are alternatives (and a choice is not served yet): keep provider.
+        text = text.replace("providers = []", "")
+        text = text.replace('{ credential = "corp-secret" }', '"corp-secret"')
         # jwks_uri and jwks_file are alternatives: keep the URL.
         text = text.replace('jwks_file = "/etc/oidcproxy/gateway-jwks.json"', "")
         # hmac_secret needs an HS* algorithm; the state cookie's domain, an https public_url.
@@ -244,6 +247,8 @@ class SchemaTests(SynchronousTestCase):
                          (("10.0.0.1", 26379), "mymaster"))
         self.assertEqual(c.oidc.post_logout_redirect_uri, "https://app.example.com/bye")
         self.assertEqual(c.admin.listen, "tcp:9091:interface=127.0.0.1")
+        self.assertEqual(c.routes[0].provider, "corp")
+        self.assertEqual(c.provider_config("corp").callback_path, "/oidc/callback/corp")
 
 
 class ErrorTests(SynchronousTestCase):

@@ -37,7 +37,7 @@ CONFIG_PACKAGE = os.path.join(ROOT, "oidcproxy", "config")
 DEPRECATED = {"oidc.post_logout_redirect_uri"}
 """Keys still read under a former name: the example names them in prose only."""
 
-_COMMENTED = re.compile(r"#\s?(?=\[\[?[a-z_]+\]\]?\s*(#.*)?$|[A-Za-z_][A-Za-z0-9_-]*\s*=\s*\S)")
+_COMMENTED = re.compile(r"#\s?(?=\[\[?[a-z_]+(\.[a-z_]+)?\]\]?\s*(#.*)?$|[A-Za-z_][A-Za-z0-9_-]*\s*=\s*\S)")
 
 
 def uncommented(text: str) -> str:

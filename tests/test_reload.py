@@ -184,6 +184,24 @@ class ReloadTests(SynchronousTestCase):
         errors = self.messages("error")
         self.assertTrue(any("error.xhtml" in e and "not well-formed" in e for e in errors), errors)
 
+    def test_route_of_a_new_provider_refused(self) -> None:
+        """
+        A reload whose routes name a provider added in the same file (a new
+        provider needs a restart) is refused: the running configuration is kept.
+        """
+        service = self.start(PUBLIC)
+        config = service.config
+        with open(self.path, "w", encoding="utf-8") as f:
+            f.write('public_url = "https://app.example"\n' + HEAD + PUBLIC +
+                    '[[routes]]\npath = "/staff"\nupstream = "http://app.invalid"\n'
+                    'provider = "corp"\n[providers.corp]\nissuer = "https://corp.example"\n'
+                    'client_id = "c"\nclient_secret = "s"\n')
+        self.assertFalse(service.reload())
+        self.assertIs(service.config, config)
+        self.assertIn("config: cannot set up the proxy: routes[1].provider: 'corp' is not a "
+                      f"running provider; a new provider needs a restart (in {self.path})",
+                      self.messages("error"))
+
     def test_restart_keys_not_applied(self) -> None:
         """A changed [oidc] client_id is kept as running, with one warning naming it."""
         service = self.start(PUBLIC)

@@ -6,9 +6,10 @@ the checks of the login paths that need other tables too.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 from urllib.parse import urlsplit
 
+import attr
 import jwt
 from jwt.algorithms import HMACAlgorithm
 from twisted.logger import Logger
@@ -28,7 +29,7 @@ from .schema import (
     UpstreamSettings,
 )
 from .secrets import MIN_KEY_BYTES, short_secret
-from .values import absolute_path, http_url, readable_file
+from .values import absolute_path, http_url, provider_name, readable_file
 
 # The namespace of the whole configuration layer, as before it had modules.
 log = Logger(namespace="oidcproxy.config")
@@ -136,6 +137,51 @@ def read_oidc(t: Table) -> OIDCConfig:
             "it advertises an ``end_session_endpoint``.")),
         **extra,
     )
+
+
+_GUARD_WIDE = {
+    "logout_path": "the logout endpoint is one for every provider (it ends the session of "
+                   "whichever provider it belongs to): set it in [oidc]",
+    "login_url": "the login endpoint starts [oidc]'s logins: set it in [oidc]",
+}
+"""The C{[oidc]} keys that are the guard's as a whole, refused in C{[providers.NAME]}."""
+
+Providers = Tuple[Tuple[str, OIDCConfig], ...]
+
+
+def read_providers(top: Table, prefix: str) -> Providers:
+    """
+    The C{[providers.NAME]} tables, each read as C{[oidc]} is; a provider's
+    C{callback_path} defaults to C{prefix + "/callback/NAME"}.
+    """
+    t = top.table("providers", doc=(
+        "Named identity providers: ``[providers.NAME]`` tables (NAME: letters, digits, ``-`` "
+        "and ``_``), each with every key of ``[oidc]`` (but ``logout_path`` and ``login_url``, "
+        "which are ``[oidc]``'s only); ``callback_path`` defaults to ``endpoints_prefix + "
+        "\"/callback/NAME\"``. A route names one with ``provider``; ``[oidc]`` stays the "
+        "provider of routes that name none."))
+    if t is None:
+        return ()
+    out: List[Tuple[str, OIDCConfig]] = []
+    for name, value in t.items():
+        try:
+            provider_name(name)
+        except ValueError as e:
+            t.problem(name, str(e))
+            continue
+        if not isinstance(value, dict):
+            t.problem(name, f"expected a table ([providers.{name}]), got {describe(value)}")
+            continue
+        table = Table(t.problems, value, t.keypath(name))
+        oidc = read_oidc(table)
+        for key, why in _GUARD_WIDE.items():
+            if table.has(key):
+                table.problem(key, f"is not set per provider: {why}")
+        table.done()
+        if oidc.callback_path is None:
+            oidc = attr.evolve(oidc, callback_path=f"{prefix}/callback/{name}")
+        out.append((name, oidc))
+    return tuple(out)
 
 
 def _oidc_parity(t: Table, issuer: str) -> Dict[str, Any]:
@@ -320,14 +366,26 @@ def _path_matches(cookie_path: str, path: str) -> bool:
     return path == cookie_path or path.startswith(cookie_path.rstrip("/") + "/")
 
 
-def check_login_paths(problems: Problems, oidc: OIDCConfig, public_url: Optional[str],
-                      prefix: str, state: StateCookieConfig, session: SessionConfig) -> None:
-    """The checks of C{[oidc]} and C{[state_cookie]} that need the other tables too."""
-    callback = oidc.callback_path or prefix + "/callback"
-    logout = oidc.logout_path or prefix + "/logout"
-    paths = [("oidc.callback_path", callback), ("oidc.logout_path", logout)]
-    if oidc.login_url is not None:
+def check_login_paths(problems: Problems, oidc: Optional[OIDCConfig], providers: Providers,
+                      public_url: Optional[str], prefix: str, state: StateCookieConfig,
+                      session: SessionConfig) -> None:
+    """
+    The checks of C{[oidc]}, C{[providers.NAME]} and C{[state_cookie]} that
+    need the other tables too: every endpoint path is its own (each
+    provider's callback too), the fixed landing pages are on public_url's
+    origin, the state cookie reaches every callback.
+    """
+    named: List[Tuple[str, OIDCConfig]] = [("oidc", oidc)] if oidc is not None else []
+    named += [(f"providers.{name}", p) for name, p in providers]
+    callbacks = [(f"{key}.callback_path", p.callback_path or prefix + "/callback")
+                 for key, p in named]
+    # [oidc]'s own paths first, then the named providers' callbacks.
+    own = 1 if oidc is not None else 0
+    paths = callbacks[:own] + [
+        ("oidc.logout_path", (oidc.logout_path if oidc else None) or prefix + "/logout")]
+    if oidc is not None and oidc.login_url is not None:
         paths.append(("oidc.login_url", oidc.login_url))
+    paths += callbacks[own:]
     for i, (key, path) in enumerate(paths):
         for other, other_path in paths[:i]:
             if path == other_path:
@@ -338,16 +396,29 @@ def check_login_paths(problems: Problems, oidc: OIDCConfig, public_url: Optional
         parts = urlsplit(public_url)
         origin = f"{parts.scheme}://{parts.netloc}".lower()
         host = (parts.hostname or "").lower()
+    for (key, provider), (_, callback) in zip(named, callbacks):
+        _check_landing_and_state(problems, key, provider, callback, origin, state)
+    _check_cookies(problems, public_url, host, state, session)
+
+
+def _check_landing_and_state(problems: Problems, key: str, oidc: OIDCConfig, callback: str,
+                             origin: Optional[str], state: StateCookieConfig) -> None:
+    """A provider's fixed landing page is on public_url's origin; the state cookie reaches its callback."""
     landing = oidc.post_login_redirect_url
     if landing is not None and not landing.startswith("/"):
         parts = urlsplit(landing)
         if origin is None or f"{parts.scheme}://{parts.netloc}".lower() != origin:
-            problems.add("oidc.post_login_redirect_url",
+            problems.add(f"{key}.post_login_redirect_url",
                          f"{landing!r} is not on public_url's origin ({origin or 'unset'}); "
                          "give a path or a URL on that origin")
     if not _path_matches(state.path, callback):
         problems.add("state_cookie.path", f"{state.path!r} does not cover the callback path "
                      f"{callback!r}: the browser would not send the state cookie back")
+
+
+def _check_cookies(problems: Problems, public_url: Optional[str], host: Optional[str],
+                   state: StateCookieConfig, session: SessionConfig) -> None:
+    """The cookies' attributes against public_url and each other."""
     if state.domain is not None and host is not None:
         domain = state.domain.lower()
         if host != domain and not host.endswith("." + domain):

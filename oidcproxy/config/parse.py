@@ -10,7 +10,7 @@ import re
 import sys
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple, TypeVar
 
-from .idp import check_login_paths, read_bearer, read_oidc
+from .idp import Providers, check_login_paths, read_bearer, read_oidc, read_providers
 from .pages import PagesConfig, read_pages
 from .reader import ConfigError, Problems, Table, describe
 from .routes import read_routes, upstream_settings
@@ -118,7 +118,8 @@ def read_config(top: Table, source: str) -> Config:
                          settings["endpoints_prefix"])
     oidc: Optional[OIDCConfig] = _table(
         top, "oidc", read_oidc, None, "The identity provider and this client at it: needed by "
-        "every route whose ``auth`` is not ``\"none\"``.")
+        "every route whose ``auth`` is not ``\"none\"`` (but those naming a ``provider``).")
+    providers = read_providers(top, settings["endpoints_prefix"])
     session = _table(top, "session", read_session, SessionConfig(),
                      "The session cookie, the sessions' lifetimes and refresh, and where "
                      "sessions are kept.")
@@ -138,23 +139,24 @@ def read_config(top: Table, source: str) -> Config:
     csrf = _table(top, "csrf", read_csrf, None,
                   "CSRF protection for the application (the table's presence turns it on): a "
                   "double-submit cookie whose token unsafe session requests must carry in a header.")
-    if csrf is not None and oidc is None:
+    if csrf is not None and oidc is None and not providers:
         problems.add("csrf", "protects session logins, which need an [oidc] table")
     headers = _headers(top, Config(source).headers)
     pages = _table(top, "pages", read_pages, PagesConfig(),
                    "The pages the proxy itself shows people (403, failed login, unavailable, "
                    "sign-out, sign-in): their look, language and templates.")
     top.done()
+    _check_providers(top, routes, providers, pages)
     _check_login(top, routes, oidc, session, settings["public_url"])
-    if oidc is not None:
-        check_login_paths(problems, oidc, settings["public_url"], settings["endpoints_prefix"],
-                          state_cookie, session)
+    if oidc is not None or providers:
+        check_login_paths(problems, oidc, providers, settings["public_url"],
+                          settings["endpoints_prefix"], state_cookie, session)
     if problems.items:
         raise ConfigError(source, problems.items)
     return Config(source=source, **settings, upstream=upstream, routes=routes, oidc=oidc,
                   session=session, redis=redis, state_cookie=state_cookie, csrf=csrf,
                   admin=admin, metrics=metrics, bearer=bearer, headers=headers,
-                  pages=pages)
+                  pages=pages, providers=providers)
 
 
 def _table(top: Table, key: str, read: Callable[[Table], T], default: T, doc: str) -> T:
@@ -338,11 +340,51 @@ def _headers(top: Table, default: Tuple[Tuple[str, Tuple[str, ...]], ...]
     return tuple(out)
 
 
+_BEARER_MODES = ("bearer", "session_or_bearer", "optional")
+"""The route auth modes that take access tokens."""
+
+
+def _check_providers(top: Table, routes: Sequence[RouteConfig], providers: Providers,
+                     pages: PagesConfig) -> None:
+    """
+    Each provider a route names is defined; what is not served per provider
+    yet is refused: a choice of providers (C{providers}), and access tokens
+    on a route of a named provider (they are checked against C{[oidc]}'s
+    and C{[bearer]}'s issuers only), and the sign-in page (it offers
+    C{[oidc]}'s button only) with such routes.
+    """
+    known = [name for name, _ in providers]
+    defined = f"the providers defined: {', '.join(known)}" if known else \
+        "there is no [providers.NAME] table"
+    sign_in_said = False
+    for r in routes:
+        names = [(f"{r.name}.provider", r.provider)] if r.provider is not None else \
+            [(f"{r.name}.providers[{i}]", name) for i, name in enumerate(r.providers)]
+        for key, name in names:
+            if name not in known:
+                top.problem(key, f"{name!r} is not a provider ({defined})")
+        if r.providers:
+            top.problem(f"{r.name}.providers", "a choice of several providers is not available "
+                        "yet: name one with provider = \"NAME\"")
+        if r.provider is not None and pages.sign_in_page and not sign_in_said:
+            top.problem("pages.sign_in_page", f"is not available yet with routes of a named "
+                        f"provider ({r.name} has provider = {r.provider!r}): the page offers "
+                        "[oidc]'s sign-in only")
+            sign_in_said = True
+        if r.provider is not None and r.auth in _BEARER_MODES:
+            top.problem(f"{r.name}.auth", f"{r.auth!r} is not available yet on a route of a named "
+                        f"provider ({r.provider!r}): access tokens are checked against [oidc]'s "
+                        "and [bearer]'s issuers only; use auth = \"session\"")
+
+
 def _check_login(top: Table, routes: Sequence[RouteConfig], oidc: Optional[OIDCConfig],
                  session: SessionConfig, public_url: Optional[str]) -> None:
-    """What routes that authenticate need: an C{[oidc]} table; for logins, public_url and a secret."""
+    """
+    What routes that authenticate need: an C{[oidc]} table (unless they name
+    a provider); for logins, public_url and a secret.
+    """
     for r in routes:
-        if r.auth != "none" and oidc is None:
+        if r.auth != "none" and oidc is None and r.provider is None and not r.providers:
             what = '"session" (the default)' if r.auth == "session" else repr(r.auth)
             top.problem(f"{r.name}.auth", f"is {what}, which needs an [oidc] table; "
                         'set auth = "none" for a public route')

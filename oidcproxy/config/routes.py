@@ -16,6 +16,7 @@ from .values import (
     http_method,
     http_url,
     origin_of,
+    provider_name,
     readable_file,
     replacement_prefix,
     route_host,
@@ -98,6 +99,19 @@ def read_route(t: Table, index: int, defaults: UpstreamSettings,
         "``session``: browser login (401 for API clients); ``bearer``: access tokens only; "
         "``session_or_bearer``: either; ``optional``: the identity when there is one; "
         "``none``: public (identity headers still stripped)."))
+    provider = t.string("provider", None, check=provider_name, default_text="[oidc]", doc=(
+        "The provider (a ``[providers.NAME]`` table) that logs this route's users in; its "
+        "sessions are the only ones accepted here."))
+    providers: Tuple[str, ...] = t.strings("providers", (), check=provider_name, doc=(
+        "Several providers a user may choose from on this route (not with ``provider``)."))
+    if provider is not None and t.has("providers"):
+        t.problem("providers", "cannot be combined with provider: name one provider, or list "
+                  "the providers to choose from")
+    if t.has("providers") and not providers:
+        t.problem("providers", "is empty: no provider could serve this route")
+    if auth == "none" and (t.has("provider") or t.has("providers")):
+        t.problem("auth", '"none" cannot be combined with provider or providers (nobody '
+                  "signs in on a public route)")
     rule = t.string("rule", None, doc=(
         "A claim rule such as ``Contains(`groups`, `admins`)`` (see :doc:`rules`); a request "
         "whose claims it refuses gets 403."))
@@ -165,6 +179,8 @@ def read_route(t: Table, index: int, defaults: UpstreamSettings,
                                         "route."))
         if t.has("websocket_origins") else None,
         policy=policy,
+        provider=provider,
+        providers=providers,
     )
     return route if path is not None else None
 

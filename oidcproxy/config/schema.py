@@ -144,6 +144,10 @@ class RouteConfig:
     cookie, normalised by L{origin_of}; None: the top-level C{websocket_origins}."""
     policy: Any = attr.ib(default=None, eq=False, repr=False)
     """The compiled L{oidcproxy.config.policy.Policy} of C{rule} and the allow-lists."""
+    provider: Optional[str] = None
+    """The named provider (C{[providers.NAME]}) that logs this route's users in; None: C{[oidc]}."""
+    providers: Tuple[str, ...] = ()
+    """The providers a user may choose from on this route (instead of C{provider})."""
 
     @property
     def name(self) -> str:
@@ -184,7 +188,8 @@ class OIDCConfig:
     jwks_min_refresh_interval: float = 60.0
     ca_bundle: Optional[str] = None
     callback_path: Optional[str] = None
-    """None: C{endpoints_prefix + "/callback"}."""
+    """None: C{endpoints_prefix + "/callback"}; a named provider's is always set (by default
+    C{endpoints_prefix + "/callback/NAME"})."""
     pass_access_token: str = "none"
     pass_id_token: bool = False
     end_session: bool = True
@@ -430,6 +435,30 @@ class Config:
     """Identity headers: header name and the claims tried in order (first present wins)."""
     pages: PagesConfig = PagesConfig()
     """The C{[pages]} table: the look, language and choice of the proxy's own pages."""
+    providers: Tuple[Tuple[str, OIDCConfig], ...] = ()
+    """The named providers (C{[providers.NAME]}), by name, as the file lists them."""
+
+    @property
+    def logs_in(self) -> bool:
+        """Whether users log in here: an C{[oidc]} table or a named provider."""
+        return self.oidc is not None or bool(self.providers)
+
+    def check_route_providers(self) -> None:
+        """
+        @raise ValueError: a route names a provider this configuration does
+            not have (a reloaded file's routes with the running providers).
+        """
+        names = {name for name, _ in self.providers}
+        for route in self.routes:
+            if route.provider is not None and route.provider not in names:
+                raise ValueError(f"{route.name}.provider: {route.provider!r} is not a running "
+                                 "provider; a new provider needs a restart")
+
+    def provider_config(self, name: Optional[str]) -> Optional[OIDCConfig]:
+        """The provider C{name} (None or C{""}: C{[oidc]}), or None when there is none of that name."""
+        if not name:
+            return self.oidc
+        return dict(self.providers).get(name)
 
     @property
     def callback_path(self) -> str:

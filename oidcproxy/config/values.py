@@ -183,6 +183,16 @@ def header_name(text: str) -> str:
     return text
 
 
+_PROVIDER_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def provider_name(text: str) -> str:
+    """A provider's name: 1 to 64 letters, digits, C{-} and C{_}."""
+    if not _PROVIDER_NAME.fullmatch(text):
+        raise ValueError(f"{text!r} is not a provider name (1 to 64 letters, digits, - and _)")
+    return text
+
+
 def cookie_name(text: str) -> str:
     """A cookie name (an RFC 9110 token)."""
     if not _TOKEN.fullmatch(text):

@@ -6,7 +6,10 @@ Each attempt has its own cookie, named after its C{state}, so logins started
 in parallel tabs never clobber each other; at most C{max_attempts} live at
 once (the oldest are dropped). The cookie is sealed (encrypted and
 authenticated) for the purpose C{b"state"} and binds the state, the nonce,
-the PKCE verifier, the return-to path and the time the attempt started.
+the PKCE verifier, the return-to path, the time the attempt started and
+the provider it went to: a callback of one provider finds the state cookies
+of every provider's attempts (they share the name), and refuses another's
+(C{state_other_provider}).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from ..core.urls import MAX_RETURN_TO as MAX_RETURN_TO
 from ..core.urls import safe_return_to as safe_return_to
 from ..sessions.cookies import CookieSpec, clear_cookie_headers, set_cookie_headers
 from ..sessions.crypto import Sealer
+from ..sessions.session import DEFAULT_PROVIDER
 
 STATE_PURPOSE = b"state"
 
@@ -39,28 +43,42 @@ def pkce_challenge(verifier: str) -> str:
 
 @attr.s(frozen=True, auto_attribs=True)
 class LoginAttempt:
-    """What the state cookie of one login attempt holds."""
+    """
+    What the state cookie of one login attempt holds.
+
+    @ivar provider: the name of the provider the attempt went to
+        (L{DEFAULT_PROVIDER} for C{[oidc]}: not written, so the cookie of a
+        default attempt is as it was before providers had names).
+    """
 
     state: str
     nonce: str
     code_verifier: Optional[str]
     return_to: str
     created: float
+    provider: str = DEFAULT_PROVIDER
 
     def to_bytes(self) -> bytes:
-        return json.dumps(
-            [self.state, self.nonce, self.code_verifier, self.return_to, self.created],
-            separators=(",", ":"),
-        ).encode("ascii")
+        fields: List[Any] = [self.state, self.nonce, self.code_verifier, self.return_to,
+                             self.created]
+        if self.provider != DEFAULT_PROVIDER:
+            fields.append(self.provider)
+        return json.dumps(fields, separators=(",", ":")).encode("ascii")
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Optional[LoginAttempt]:
         try:
-            state, nonce, verifier, return_to, created = json.loads(data)
+            fields = json.loads(data)
         except (ValueError, TypeError, RecursionError):
             return None
+        if not isinstance(fields, list) or len(fields) not in (5, 6):
+            return None
+        state, nonce, verifier, return_to, created = fields[:5]
+        provider = fields[5] if len(fields) == 6 else DEFAULT_PROVIDER
         if not (
-            isinstance(state, str)
+            isinstance(provider, str)
+            and (len(fields) == 5 or provider != DEFAULT_PROVIDER)
+            and isinstance(state, str)
             and isinstance(nonce, str)
             and (verifier is None or isinstance(verifier, str))
             and isinstance(return_to, str)
@@ -68,7 +86,7 @@ class LoginAttempt:
             and not isinstance(created, bool)
         ):
             return None
-        return cls(state, nonce, verifier, return_to, float(created))
+        return cls(state, nonce, verifier, return_to, float(created), provider)
 
 
 class StateNames:
@@ -94,6 +112,8 @@ class LoginFlow:
         named C{<wire name>_<state>}.
     @param max_age: seconds an attempt stays valid.
     @param max_attempts: state cookies kept at once; the oldest are dropped.
+    @param provider: the name of the provider this flow logs in with
+        (L{DEFAULT_PROVIDER}: C{[oidc]}'s); its attempts are bound to it.
     """
 
     def __init__(
@@ -109,7 +129,9 @@ class LoginFlow:
         pkce: bool,
         auth_params: Mapping[str, str],
         clock: Any,
+        provider: str = DEFAULT_PROVIDER,
     ) -> None:
+        self.provider = provider
         self._sealer = sealer
         self._cookie = cookie
         self._prefix = cookie.wire_name + "_"
@@ -156,7 +178,7 @@ class LoginFlow:
         state = secrets.token_urlsafe(16)
         nonce = secrets.token_urlsafe(16)
         verifier = secrets.token_urlsafe(48) if self._pkce else None
-        attempt = LoginAttempt(state, nonce, verifier, return_to, now)
+        attempt = LoginAttempt(state, nonce, verifier, return_to, now, self.provider)
 
         headers: List[bytes] = []
         live: List[Tuple[float, str]] = []
@@ -213,7 +235,9 @@ class LoginFlow:
 
         @return: the attempt (None if there is no valid one), a reason code
             for the log when there is none (C{"no_state_cookie"},
-            C{"bad_state_cookie"}, C{"state_mismatch"}, C{"state_expired"}),
+            C{"bad_state_cookie"}, C{"state_mismatch"}, C{"state_expired"},
+            C{"state_other_provider"}: the attempt went to another provider,
+            whose answer this is not),
             and the C{Set-Cookie} values that delete the attempt's cookie —
             send them whatever happens next, so the attempt cannot be used
             again from this browser.
@@ -232,4 +256,6 @@ class LoginFlow:
             return None, "state_mismatch", clear
         if self._clock.seconds() - attempt.created >= self._max_age:
             return None, "state_expired", clear
+        if attempt.provider != self.provider:
+            return None, "state_other_provider", clear
         return attempt, "", clear

@@ -25,6 +25,15 @@ if TYPE_CHECKING:
     from ..config import Config
 
 
+DEFAULT_PROVIDER = ""
+"""
+The name under which sessions, login attempts and revocations of the
+default provider (the C{[oidc]} table) go: the empty string, which no
+C{[providers.NAME]} table can be named. Nothing of it is written out, so
+what the proxy stored before it knew of several providers reads as the
+default provider's.
+"""
+
 LIVE = "live"
 EXPIRED = "expired"
 IDLE = "idle"
@@ -70,6 +79,11 @@ class Session:
     @ivar last_seen: the last request seen with it.
     @ivar expires: its absolute end.
     @ivar sid: the OP's session id, for back-channel logout.
+    @ivar provider: the name of the provider the user signed in with
+        (C{[providers.NAME]}), or L{DEFAULT_PROVIDER} (C{""}) for C{[oidc]}'s.
+        Serialised only when it is not the default, so a default session's
+        value is what it was before providers had names, and such a value
+        opens as the default provider's.
     """
 
     id: str
@@ -83,10 +97,12 @@ class Session:
     access_token_expires: Optional[float] = None
     refresh_token: Optional[str] = None
     sid: Optional[str] = None
+    provider: str = DEFAULT_PROVIDER
 
     def to_bytes(self) -> bytes:
         """
-        Compact JSON (ASCII, hence UTF-8) of every field, in declaration order.
+        Compact JSON (ASCII, hence UTF-8) of every field, in declaration
+        order; C{provider} only when it is not L{DEFAULT_PROVIDER}.
 
         @raise ValueError: a timestamp is not finite.
         @raise TypeError: the claims are not JSON-able.
@@ -104,6 +120,8 @@ class Session:
             "refresh_token": self.refresh_token,
             "sid": self.sid,
         }
+        if self.provider != DEFAULT_PROVIDER:
+            data["provider"] = self.provider
         return json.dumps(data, separators=(",", ":"), allow_nan=False).encode("utf-8")
 
     @classmethod
@@ -113,8 +131,9 @@ class Session:
 
         Required fields must be present with the right type (C{id} and C{sub}
         non-empty strings, C{claims} an object, timestamps finite numbers);
-        optional fields may be absent or C{null}; unknown fields are ignored
-        (a later version may add some).
+        optional fields may be absent or C{null} (an absent C{provider} is
+        L{DEFAULT_PROVIDER}); unknown fields are ignored (a later version may
+        add some).
 
         @return: the session, or C{None} for anything malformed. Never raises.
         """
@@ -152,6 +171,10 @@ class Session:
             if value is None:
                 return None
         fields["access_token_expires"] = value
+        provider = obj.get("provider")
+        if provider is not None and not isinstance(provider, str):
+            return None
+        fields["provider"] = provider or DEFAULT_PROVIDER
         return cls(**fields)
 
     def without_tokens(self) -> Session:

@@ -45,7 +45,7 @@ from ..core.context import RequestContext, context
 from ..core.metrics import NullMetrics
 from ..proxy.headers import drop_connection_named, request_authority
 from ..proxy.routes import BadRequestTarget, RouteMatch, RouteTable, normalise_path, split_target
-from ..sessions.session import ISessionStore, SessionStoreUnavailable
+from ..sessions.session import DEFAULT_PROVIDER, ISessionStore, SessionStoreUnavailable
 from .answers import abort, finish, hand_over, show, store_unavailable
 from .bearer_auth import BearerAuth
 from .endpoints.backchannel import BackchannelLogoutEndpoint
@@ -109,7 +109,9 @@ class OIDCGuard(Resource):
         self._state = state = GuardState(config, routes, parts, reactor, max_cookie_bytes)
         self._started = False
         # The endpoints' paths as started (they are not reloaded).
-        self._callback_path = config.callback_path
+        self._callback_paths = {config.callback_path: DEFAULT_PROVIDER}
+        self._callback_paths.update((table.callback_path or config.callback_path, name)
+                                    for name, table in config.providers)
         self._logout_path = config.logout_path
         self._prefix = config.endpoints_prefix
         self._sessions = SessionAuth(state)
@@ -177,19 +179,24 @@ class OIDCGuard(Resource):
 
     def _warn_insecure(self) -> None:
         """Say, at every start and reload, that the IdP's certificate is not checked."""
-        oidc = self._state.config.oidc
-        if oidc is not None and oidc.insecure_skip_verify:
-            log.warn("oidc.insecure_skip_verify is on: the identity provider's TLS certificate "
-                     "is NOT verified, anyone on the network path can impersonate it; "
-                     "never use this in production")
+        config = self._state.config
+        for key, oidc in (("oidc", config.oidc),
+                          *((f"providers.{name}", table) for name, table in config.providers)):
+            if oidc is not None and oidc.insecure_skip_verify:
+                log.warn("{key}.insecure_skip_verify is on: the identity provider's TLS "
+                         "certificate is NOT verified, anyone on the network path can "
+                         "impersonate it; never use this in production", key=key)
 
     def start(self) -> None:
-        """Start loading the IdP's metadata and keys in the background."""
-        provider = self.parts.provider
-        if not self._started and provider is not None:
+        """Start loading the IdPs' metadata and keys in the background."""
+        if self._started:  # every request calls this
+            return
+        bundles = self._state.bundles()
+        if bundles:
             self._started = True
             self._warn_insecure()
-            provider.start()
+            for bundle in bundles:
+                bundle.provider.start()
             self._bearer.start()
 
     def close(self) -> Deferred[Any]:
@@ -209,10 +216,10 @@ class OIDCGuard(Resource):
 
     def stop(self) -> None:
         self._login.stop()
-        provider = self.parts.provider
-        if self._started and provider is not None:
+        if self._started:
             self._started = False
-            provider.stop()
+            for bundle in self._state.bundles():
+                bundle.provider.stop()
         self._bearer.stop()
 
     # -- requests ---------------------------------------------------------------
@@ -306,9 +313,10 @@ class OIDCGuard(Resource):
         self._state.cookies.strip_own(request)
 
         oidc = self._state.config.oidc
-        if path == self._callback_path:
+        callback = self._callback_paths.get(path)
+        if callback is not None:
             ctx.endpoint = "oidc:callback"
-            return self._callback.render(request)
+            return self._callback.render(request, callback)
         if path == self._logout_path:
             ctx.endpoint = "oidc:logout"
             return self._logout.render(request)

@@ -14,7 +14,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 from twisted.logger import Logger
 from twisted.web.server import Request
 
-from ..config import Config
+from ..config import Config, OIDCConfig
 from ..core.context import RequestContext
 from ..proxy.headers import canonical_header
 from ..sessions.session import Session
@@ -88,10 +88,16 @@ class HeaderNames:
             headers.removeHeader(name)
 
 
+def _passes_authorization(config: Config) -> bool:
+    """Whether a provider ([oidc] or a named one) passes its access tokens as C{Authorization}."""
+    return any(oidc is not None and oidc.pass_access_token == "authorization"
+               for oidc in (config.oidc, *(table for _, table in config.providers)))
+
+
 def managed_headers(config: Config) -> HeaderNames:
     """The identity headers of C{config}, which no client may send."""
     managed = [name for name, _ in config.headers] + [ACCESS_TOKEN_HEADER, ID_TOKEN_HEADER]
-    if config.oidc is not None and config.oidc.pass_access_token == "authorization":
+    if _passes_authorization(config):
         managed.append("Authorization")
     return HeaderNames(managed)
 
@@ -119,14 +125,11 @@ class IdentityPlan:
     def __init__(self, config: Config) -> None:
         self._headers = tuple((name, name.encode("ascii"), tuple(candidates))
                               for name, candidates in config.headers)
-        oidc = config.oidc
-        self._access: Optional[bytes] = None
-        self._id_token = False
-        if oidc is not None:
-            self._access = {"authorization": b"authorization",
-                            "header": ACCESS_TOKEN_HEADER.encode("ascii")}.get(
-                                oidc.pass_access_token)
-            self._id_token = bool(oidc.pass_id_token)
+        # Per provider (C{""}: C{[oidc]}), where a session's tokens go: the
+        # access token's header (None: not passed) and whether the ID token is.
+        self._tokens: Dict[str, Tuple[Optional[bytes], bool]] = {
+            name: _token_plan(oidc)
+            for name, oidc in (("", config.oidc), *config.providers) if oidc is not None}
         self._sessions: Dict[int, Tuple[Any, HeaderValues]] = {}
         self._logged: Set[str] = set()
 
@@ -156,11 +159,13 @@ class IdentityPlan:
             return values
         values = self.claim_values(session.claims, lambda c, n: self._unusable(session, c, n))
         access, id_token = session.access_token, session.id_token
-        if access and self._access is not None:
+        # The session's own provider says where its tokens go.
+        access_header, pass_id_token = self._tokens.get(session.provider, (None, False))
+        if access and access_header is not None:
             token = access.encode("ascii")
-            values.append((self._access, [b"Bearer " + token if self._access == b"authorization"
-                                          else token]))
-        if self._id_token and id_token:
+            values.append((access_header, [b"Bearer " + token if access_header == b"authorization"
+                                           else token]))
+        if pass_id_token and id_token:
             values.append((ID_TOKEN_HEADER.encode("ascii"), [id_token.encode("ascii")]))
         sessions = self._sessions
 
@@ -182,6 +187,13 @@ class IdentityPlan:
         _log_unusable(candidate, name)
 
 
+def _token_plan(oidc: OIDCConfig) -> Tuple[Optional[bytes], bool]:
+    """Where a provider's session tokens go: the access token's header (or None), the ID token's or not."""
+    access = {"authorization": b"authorization",
+              "header": ACCESS_TOKEN_HEADER.encode("ascii")}.get(oidc.pass_access_token)
+    return access, bool(oidc.pass_id_token)
+
+
 def _log_unusable(candidate: str, name: str) -> None:
     log.info("claim {claim} not sent as {header}: unusable value", claim=candidate, header=name)
 
@@ -198,11 +210,10 @@ def passes_client_authorization(config: Config) -> bool:
     Whether a bearer-authenticated request's C{Authorization} is put back
     after the managed headers were stripped: it is one of them only so
     that a session's access token replaces whatever a client sent
-    (C{pass_access_token = "authorization"}), unless an identity header
+    (C{pass_access_token = "authorization"} of any provider), unless an identity header
     of C{[headers]} bears the name.
     """
-    oidc = config.oidc
-    if oidc is None or oidc.pass_access_token != "authorization":
+    if not _passes_authorization(config):
         return False
     return all(canonical_header(name.encode("ascii")) != b"authorization"
                for name, _ in config.headers)

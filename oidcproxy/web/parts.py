@@ -6,27 +6,44 @@ by L{oidcproxy.assemble}) and what its units share while it runs
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Set
+from typing import Any, Callable, Dict, FrozenSet, List, Optional, Set
 from urllib.parse import urlsplit
 
 import attr
 from twisted.logger import Logger
 
-from ..config import Config
+from ..config import Config, OIDCConfig
 from ..core.metrics import NullMetrics
 from ..oidc.login import LoginFlow
 from ..oidc.provider import Provider
 from ..oidc.refresh import Refresher
 from ..proxy.routes import RouteTable
-from ..sessions.session import ISessionStore
+from ..sessions.session import DEFAULT_PROVIDER, ISessionStore
 from .cookies import CookieRules
 from .headers import HeaderNames, IdentityPlan, managed_headers
 from .idtokens import IdTokens
 from .pages import Pages
 
-__all__ = ["GuardParts", "GuardState"]
+__all__ = ["GuardParts", "GuardState", "ProviderParts"]
 
 log = Logger()
+
+
+@attr.s(auto_attribs=True, eq=False)
+class ProviderParts:
+    """
+    What one provider logs users in with: its table, its redirect URI, its
+    IdP client, login flow (its attempts bound to C{name}), refresher and
+    token validators.
+    """
+
+    name: str
+    oidc: OIDCConfig
+    redirect_uri: str
+    provider: Provider
+    login: LoginFlow
+    id_tokens: IdTokens
+    refresher: Optional[Refresher] = None
 
 
 @attr.s(auto_attribs=True, eq=False)
@@ -51,6 +68,11 @@ class GuardParts:
         or None.
     @ivar external_keys_for: makes it again for a reloaded configuration
         (never while a request waits).
+    @ivar provider_names: the providers whose sessions the guard serves
+        (L{DEFAULT_PROVIDER} for C{[oidc]}'s); a session of any other is
+        refused as an unknown one.
+    @ivar named: the parts of each named provider (C{[providers.NAME]}), by
+        name; C{[oidc]}'s are the fields above.
     """
 
     metrics: NullMetrics
@@ -63,6 +85,8 @@ class GuardParts:
     id_tokens: Optional[IdTokens] = None
     external_keys: Any = None
     external_keys_for: Optional[Callable[[Config], Any]] = None
+    provider_names: FrozenSet[str] = frozenset([DEFAULT_PROVIDER])
+    named: Dict[str, ProviderParts] = attr.Factory(dict)
 
 
 class GuardState:
@@ -78,11 +102,13 @@ class GuardState:
         self.parts = parts
         self.clock = clock
         self.metrics = parts.metrics
-        self.cookies = CookieRules(config, parts.login, max_cookie_bytes)
+        # The state cookies of every provider's flow share their names: any flow knows them.
+        self.cookies = CookieRules(config, parts.login if parts.login is not None else next(
+            (bundle.login for bundle in parts.named.values()), None), max_cookie_bytes)
         self.managed: HeaderNames = managed_headers(config)
         self.identity = IdentityPlan(config)
         """The identity headers' plan (which claims feed which header)."""
-        self.pages = Pages(config, self._end_session_origin)
+        self.pages = Pages(config, self._logout_targets)
         """The pages the guard shows people (its requests' contexts carry them)."""
         self._mounts_seen: Set[str] = set()
         self.worker_id: Optional[int] = None
@@ -102,15 +128,41 @@ class GuardState:
                      "public_url to the URL of the mount point", mount=mount,
                      public=self.public or "(unset)")
 
-    def _end_session_origin(self) -> Optional[str]:
-        """The origin of the IdP's logout endpoint, where a sign-out form's answer may go."""
-        provider, oidc = self.parts.provider, self.config.oidc
-        metadata = provider.metadata if provider is not None else None
-        if metadata is None or oidc is None or not oidc.end_session or \
-                not metadata.end_session_endpoint:
+    def bundle(self, name: str) -> Optional[ProviderParts]:
+        """
+        The parts of the provider C{name} (L{DEFAULT_PROVIDER}: C{[oidc]}'s),
+        or None when the guard has none of that name (or C{[oidc]} is not
+        complete: nothing logs in there).
+        """
+        parts = self.parts
+        if name != DEFAULT_PROVIDER:
+            return parts.named.get(name)
+        oidc = self.config.oidc
+        if oidc is None or parts.provider is None or parts.login is None or \
+                parts.id_tokens is None:
             return None
-        parts = urlsplit(metadata.end_session_endpoint)
-        return f"{parts.scheme}://{parts.netloc}"
+        return ProviderParts(DEFAULT_PROVIDER, oidc, self.config.redirect_uri or "",
+                             parts.provider, parts.login, parts.id_tokens, parts.refresher)
+
+    def bundles(self) -> List[ProviderParts]:
+        """The parts of every provider, C{[oidc]}'s first."""
+        default = self.bundle(DEFAULT_PROVIDER)
+        return ([default] if default is not None else []) + list(self.parts.named.values())
+
+    def _logout_targets(self) -> List[Optional[str]]:
+        """
+        Where a sign-out form's answer may go (see L{Pages}): each IdP's
+        logout endpoint when it is known, each named provider's fixed
+        landing page after logout.
+        """
+        targets: List[Optional[str]] = []
+        for bundle in self.bundles():
+            metadata = bundle.provider.metadata
+            if bundle.oidc.end_session and metadata is not None:
+                targets.append(metadata.end_session_endpoint)
+            if bundle.name != DEFAULT_PROVIDER:
+                targets.append(bundle.oidc.post_logout_redirect_url)
+        return targets
 
     def reconfigure(self, config: Config, routes: RouteTable) -> None:
         """
@@ -120,14 +172,14 @@ class GuardState:
         @raise TemplateProblem: a template of the new C{templates_dir} cannot
             be used (nothing is changed then).
         """
-        self.pages = Pages(config, self._end_session_origin)
+        self.pages = Pages(config, self._logout_targets)
         self.config = config
         self.routes = routes
         self.managed = managed_headers(config)
         self.identity = IdentityPlan(config)
         self.cookies.reconfigure(config)
-        if self.parts.id_tokens is not None:
-            self.parts.id_tokens.reconfigure(config)
+        for bundle in self.bundles():
+            bundle.id_tokens.reconfigure(config)
 
     @property
     def public(self) -> str:

@@ -21,7 +21,7 @@ from ..core.context import RequestContext, context
 from ..oidc.bearer import bearer_token
 from ..oidc.tokens import TokenError
 from ..proxy.routes import RouteMatch
-from ..sessions.session import Session
+from ..sessions.session import DEFAULT_PROVIDER, Session
 from .answers import decided, deny, finish
 from .bearer_auth import BearerAuth
 from .endpoints.login import LoginEndpoint
@@ -108,6 +108,11 @@ class RouteAuth:
                 loaded: Loaded) -> Optional[Coroutine[Any, Any, None]]:
         """The request's session is known (or known to be missing): go on at once if possible."""
         session, clear = loaded
+        if session is not None and session.provider != (match.route.provider or DEFAULT_PROVIDER):
+            # Signed in with another provider: no session for this route,
+            # whose provider logs the user in (the cookie stays: it is good
+            # on that provider's routes).
+            session, clear = None, []
         if session is None:
             if match.route.auth == "optional":
                 decided(request, "anonymous")

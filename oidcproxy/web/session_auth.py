@@ -16,10 +16,12 @@ from twisted.web.server import Request
 
 from ..config import RouteConfig, origin_of
 from ..core.context import context
+from ..oidc.refresh import Refresher
 from ..proxy.headers import header_tokens
 from ..proxy.routes import RouteMatch
 from ..sessions.cookies import CookieTooLarge, read_cookie
 from ..sessions.session import (
+    DEFAULT_PROVIDER,
     LIVE,
     NOT_IN_MEMORY,
     ISessionCache,
@@ -67,11 +69,15 @@ class SessionAuth:
         session = None
         if value is not None:
             session = await parts.store.load(value)
+        if session is not None and not self.ours(session):
+            log.info("session refused: its provider is not one of this guard's")
+            session = None
         if session is not None:
             status = self._verdict(session)
             if status == LIVE and parts.revocations is not None:
                 revoked = await parts.revocations.revoked_at(
-                    sub=session.sub, sid=session.sid, session_id=session.id)
+                    sub=session.sub, sid=session.sid, session_id=session.id,
+                    provider=session.provider)
                 if revoked is not None and revoked >= session.created:
                     status = "revoked"
             if status == LIVE:
@@ -102,9 +108,18 @@ class SessionAuth:
             return None
         if session is None:
             return None, state.cookies.clear_session(request)
-        if self._verdict(session) != LIVE:
+        if not self.ours(session) or self._verdict(session) != LIVE:
+            # load() refuses it, clears the cookie and says why.
             return None
         return session, []
+
+    def _refresher(self, session: Session) -> Optional[Refresher]:
+        """What refreshes C{session}'s tokens: its own provider's refresher."""
+        parts = self._state.parts
+        if session.provider == DEFAULT_PROVIDER:
+            return parts.refresher
+        named = parts.named.get(session.provider)
+        return named.refresher if named is not None else None
 
     def _verdict(self, session: Session) -> str:
         """
@@ -114,6 +129,14 @@ class SessionAuth:
         """
         state = self._state
         return session_state(session, state.clock.seconds(), state.config.session.idle_timeout)
+
+    def ours(self, session: Session) -> bool:
+        """
+        Whether C{session} was made through one of this guard's providers;
+        one of another (a provider since removed from the configuration, or
+        another proxy's sharing the store and keys) is no session here.
+        """
+        return session.provider in self._state.parts.provider_names
 
     async def load_or_503(self, request: Request) -> Optional[Loaded]:
         """L{load}, or None once a 503 is answered because the store cannot."""
@@ -179,7 +202,7 @@ class SessionAuth:
         sliding = config.session.sliding
         # Due on the session as it was loaded (a refresh resets last_seen).
         renew = self._renew_due(session, now)
-        refresher = state.parts.refresher
+        refresher = self._refresher(session)
         if refresher is not None and refresher.due(session, now):
             outcome = await refresher.refresh(session)
             if outcome.session is not None and outcome.store_unavailable:
@@ -241,7 +264,7 @@ class SessionAuth:
         """
         state = self._state
         now = state.clock.seconds()
-        refresher = state.parts.refresher
+        refresher = self._refresher(session)
         if self._renew_due(session, now) or (refresher is not None and refresher.due(session, now)):
             return None
         if not self._screened(request, match, session, now):

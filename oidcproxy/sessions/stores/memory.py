@@ -12,7 +12,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
-from ..session import ISessionStore, Session
+from ..session import DEFAULT_PROVIDER, ISessionStore, Session
 
 
 @implementer(ISessionStore)
@@ -31,7 +31,8 @@ class MemoryStore:
         self._clock = clock
         self._sessions: Dict[str, Session] = {}
         self._locks: Dict[str, Tuple[str, float]] = {}
-        self._revoked: Dict[Tuple[str, Optional[str]], float] = {}
+        self._revoked: Dict[Tuple[str, str, Optional[str]], float] = {}
+        """(kind, provider, name) to when; a session id's provider is C{""}: ids are unique."""
 
     def __len__(self) -> int:
         """How many sessions are held (expired ones included until dropped)."""
@@ -54,18 +55,25 @@ class MemoryStore:
         self._sessions.pop(session.id, None)
         return succeed(None)
 
-    def delete_by(self, *, sub: Optional[str] = None, sid: Optional[str] = None) -> Deferred[int]:
-        """End every session of C{sub} or of C{sid} (back-channel logout)."""
+    def delete_by(self, *, sub: Optional[str] = None, sid: Optional[str] = None,
+                  provider: str = DEFAULT_PROVIDER) -> Deferred[int]:
+        """
+        End every session of C{sub} or of C{sid} at C{provider} (back-channel
+        logout); another provider's sessions of the same names stay.
+        """
         doomed = [key for key, session in self._sessions.items()
-                  if (sub is not None and session.sub == sub)
-                  or (sid is not None and session.sid == sid)]
+                  if session.provider == provider
+                  and ((sub is not None and session.sub == sub)
+                       or (sid is not None and session.sid == sid))]
         for key in doomed:
             del self._sessions[key]
         return succeed(len(doomed))
 
-    def sessions_of(self, sub: str) -> Deferred[List[Session]]:
+    def sessions_of(self, sub: str, provider: str = DEFAULT_PROVIDER) -> Deferred[List[Session]]:
+        """The live sessions of C{sub} at C{provider}."""
         now = self._clock.seconds()
-        return succeed([s for s in self._sessions.values() if s.sub == sub and now < s.expires])
+        return succeed([s for s in self._sessions.values()
+                        if s.sub == sub and s.provider == provider and now < s.expires])
 
     def lock(self, name: str, lease: float) -> Deferred[Optional[str]]:
         """Take the lock C{name} for C{lease} seconds; None when someone holds it."""
@@ -84,21 +92,26 @@ class MemoryStore:
         return succeed(None)
 
     def mark_revoked(self, *, sub: Optional[str] = None, sid: Optional[str] = None,
-                     session_id: Optional[str] = None, ttl: float = 86400.0) -> Deferred[None]:
+                     session_id: Optional[str] = None, ttl: float = 86400.0,
+                     provider: str = DEFAULT_PROVIDER) -> Deferred[None]:
         """
-        Remember that sessions of C{sub} (or C{sid}), or the session
-        C{session_id}, created up to now have ended.
+        Remember that sessions of C{sub} (or C{sid}) at C{provider}, or the
+        session C{session_id}, created up to now have ended.
         """
         now = self._clock.seconds()
-        for key in (("sub", sub), ("sid", sid), ("session", session_id)):
-            if key[1]:
-                self._revoked[key] = now
+        for kind, name in (("sub", sub), ("sid", sid)):
+            if name:
+                self._revoked[kind, provider, name] = now
+        if session_id:
+            self._revoked["session", DEFAULT_PROVIDER, session_id] = now
         return succeed(None)
 
     def revoked_at(self, *, sub: str, sid: Optional[str] = None,
-                   session_id: Optional[str] = None) -> Deferred[Optional[float]]:
-        wanted = [("sub", sub)] + ([("sid", sid)] if sid else []) + \
-            ([("session", session_id)] if session_id else [])
+                   session_id: Optional[str] = None,
+                   provider: str = DEFAULT_PROVIDER) -> Deferred[Optional[float]]:
+        """When sessions of C{sub} or C{sid} at C{provider}, or the session C{session_id}, ended last."""
+        wanted = [("sub", provider, sub)] + ([("sid", provider, sid)] if sid else []) + \
+            ([("session", DEFAULT_PROVIDER, session_id)] if session_id else [])
         times = [self._revoked[key] for key in wanted if key in self._revoked]
         return succeed(max(times) if times else None)
 

@@ -13,7 +13,7 @@ from twisted.web.server import Request
 
 from ...oidc.provider import ProviderError
 from ...oidc.tokens import TokenError, peek_header
-from ...sessions.session import SessionStoreUnavailable
+from ...sessions.session import DEFAULT_PROVIDER, SessionStoreUnavailable
 from ..answers import finish, respond, store_unavailable
 from ..parts import GuardState
 
@@ -92,12 +92,15 @@ class BackchannelLogoutEndpoint:
         sid = claims.get("sid")
         sub = claims.get("sub")
         lifetime = state.config.session.lifetime
+        # The logout token is [oidc]'s: only that provider's sessions end.
+        scope = DEFAULT_PROVIDER
         try:
             if not revocation_list:
-                count = await (store.delete_by(sid=sid) if sid else store.delete_by(sub=sub))
+                count = await (store.delete_by(sid=sid, provider=scope) if sid
+                               else store.delete_by(sub=sub, provider=scope))
             else:
-                await (store.mark_revoked(sid=sid, ttl=lifetime) if sid
-                       else store.mark_revoked(sub=sub, ttl=lifetime))
+                await (store.mark_revoked(sid=sid, ttl=lifetime, provider=scope) if sid
+                       else store.mark_revoked(sub=sub, ttl=lifetime, provider=scope))
                 count = "all"
         except SessionStoreUnavailable as e:
             store_unavailable(request, e, as_json=True)

@@ -16,9 +16,9 @@ from ...core.cache import BoundedCache
 from ...oidc.provider import ProviderError
 from ...oidc.tokens import TokenError, peek_header
 from ...sessions.cookies import CookieTooLarge
-from ...sessions.session import Session, SessionStoreUnavailable, new_session_id
+from ...sessions.session import DEFAULT_PROVIDER, Session, SessionStoreUnavailable, new_session_id
 from ..answers import finish, redirect, show, store_unavailable
-from ..parts import GuardState
+from ..parts import GuardState, ProviderParts
 from ..requests import arg
 from ..session_auth import SessionAuth
 from .login import MAX_PENDING, LoginEndpoint
@@ -50,13 +50,15 @@ class CallbackEndpoint:
         self._consumed.put(attempt_state, True, until=until)
         return True
 
-    async def render(self, request: Request) -> None:
+    async def render(self, request: Request, name: str = DEFAULT_PROVIDER) -> None:
+        """The callback of the provider C{name}: it takes back only the logins that provider started."""
         state = self._state
-        parts, metrics = state.parts, state.metrics
-        provider, login, store = parts.provider, parts.login, parts.store
-        if provider is None or login is None or store is None:
+        metrics = state.metrics
+        bundle, store = state.bundle(name), state.parts.store
+        if bundle is None or store is None:
             finish(request, 404, "not_found", "No route matches this URL.")
             return
+        login = bundle.login
         if request.method != b"GET":
             finish(request, 405, "method_not_allowed", "The callback takes GET only.",
                    {b"allow": b"GET"})
@@ -101,7 +103,7 @@ class CallbackEndpoint:
                          "reason_state_used", target, cookies)
             return
         try:
-            tokens, claims = await self._tokens(request, attempt)
+            tokens, claims = await self._tokens(request, attempt, bundle)
         except TokenError as e:
             log.warn("login failed: {reason}: {detail}", reason=e.reason, detail=e.detail)
             metrics.login_failed(e.reason)
@@ -127,7 +129,7 @@ class CallbackEndpoint:
             return
 
         now = state.clock.seconds()
-        session = self._session(tokens, claims, now)
+        session = self._session(tokens, claims, now, bundle)
         # A fresh session id on every login (no fixation); the old session,
         # if any, is ended.
         try:
@@ -156,7 +158,8 @@ class CallbackEndpoint:
             return
         log.info("login of {sub}", sub=session.sub)
         metrics.login_completed()
-        redirect(request, self._landing(attempt.return_to), [*cookies, *session_cookies])
+        redirect(request, self._landing(attempt.return_to, bundle),
+                 [*cookies, *session_cookies])
 
     def _failed(self, request: Request, code: int, message: str, reason: str, target: str,
                 cookies: Sequence[bytes], *, error: str = "login_failed",
@@ -173,17 +176,17 @@ class CallbackEndpoint:
             r, code, message, reason, target, detail, headers, error, values, retry),
             cookies)
 
-    async def _tokens(self, request: Request, attempt: Any) -> Any:
+    async def _tokens(self, request: Request, attempt: Any, bundle: ProviderParts) -> Any:
         """
         The token endpoint's answer for the callback's code, and the claims
-        of its ID token (merged with the UserInfo answer when configured).
+        of its ID token (merged with the UserInfo answer when configured),
+        all at the provider of C{bundle}, which started the login: the
+        C{iss} parameter (RFC 9207) and the ID token's must be its issuer.
 
         @raise TokenError: the answer or a token is not valid.
         @raise ProviderError: the IdP could not be asked.
         """
-        state = self._state
-        provider, id_tokens, oidc = state.parts.provider, state.parts.id_tokens, state.config.oidc
-        assert provider is not None and id_tokens is not None
+        provider, id_tokens, oidc = bundle.provider, bundle.id_tokens, bundle.oidc
         args = request.args
         metadata = provider.metadata
         if metadata is None:
@@ -195,14 +198,13 @@ class CallbackEndpoint:
         code = arg(args, b"code")
         if not code:
             raise TokenError("missing_code", "the callback has no code")
-        tokens = await provider.exchange_code(
-            code, state.config.redirect_uri or "", attempt.code_verifier)
+        tokens = await provider.exchange_code(code, bundle.redirect_uri, attempt.code_verifier)
         id_token = tokens["id_token"]
         access_token = tokens.get("access_token")
         kid = peek_header(id_token).get("kid")
         keys = await provider.keys_for(kid if isinstance(kid, str) else None)
         claims = id_tokens.validate(id_token, keys, attempt.nonce, access_token)
-        if oidc is not None and oidc.userinfo and access_token:
+        if oidc.userinfo and access_token:
             info = await provider.userinfo(access_token)
             # OIDC Core 5.3.2: the UserInfo answer's sub must be the ID
             # token's; one without a (string) sub proves no more than one
@@ -218,11 +220,11 @@ class CallbackEndpoint:
             claims = merged
         return tokens, claims
 
-    def _session(self, tokens: Dict[str, Any], claims: Dict[str, Any], now: float) -> Session:
-        """The new session of a login."""
+    def _session(self, tokens: Dict[str, Any], claims: Dict[str, Any], now: float,
+                 bundle: ProviderParts) -> Session:
+        """The new session of a login through the provider of C{bundle}."""
         state = self._state
-        id_tokens = state.parts.id_tokens
-        assert id_tokens is not None
+        id_tokens = bundle.id_tokens
         s = state.config.session
         expires_in = tokens.get("expires_in")
         return Session(
@@ -237,10 +239,12 @@ class CallbackEndpoint:
             access_token_expires=now + expires_in if isinstance(expires_in, int) else None,
             refresh_token=tokens.get("refresh_token"),
             sid=claims.get("sid") if isinstance(claims.get("sid"), str) else None,
+            provider=bundle.name,
         )
 
-    def _landing(self, target: str) -> str:
-        """post_login_redirect_url when configured (a path on public_url, or a URL), else the return-to."""
-        oidc = self._state.config.oidc
-        fixed = oidc.post_login_redirect_url if oidc is not None else None
-        return self._state.absolute(fixed or target)
+    def _landing(self, target: str, bundle: ProviderParts) -> str:
+        """
+        The provider's post_login_redirect_url when configured (a path on
+        public_url, or a URL), else the return-to.
+        """
+        return self._state.absolute(bundle.oidc.post_login_redirect_url or target)

@@ -43,7 +43,8 @@ class HealthEndpoints:
 
     async def ready(self, request: Request) -> None:
         """
-        Readiness: 200 once the IdP's discovery document and keys are loaded
+        Readiness: 200 once each IdP's discovery document and keys are loaded
+        (C{idp}: C{[oidc]}'s, C{idp:NAME}: those of C{[providers.NAME]})
         and Redis (when sessions or the revocation list live there) answers a
         PING within its command timeout; else 503 naming what is not ready.
         """
@@ -51,9 +52,12 @@ class HealthEndpoints:
             return
         parts = self._state.parts
         checks: Dict[str, str] = {}
-        if parts.provider is not None:
-            checks["idp"] = "ok" if parts.provider.ready else \
-                "the discovery document or the signing keys are not loaded yet"
+        providers = [("idp", parts.provider)] + \
+            [(f"idp:{name}", bundle.provider) for name, bundle in parts.named.items()]
+        for key, provider in providers:
+            if provider is not None:
+                checks[key] = "ok" if provider.ready else \
+                    "the discovery document or the signing keys are not loaded yet"
         stores = [parts.store] if self._state.config.session.store == "redis" else []
         stores.append(parts.revocations)
         for store in stores:

@@ -15,6 +15,7 @@ from ...core.cache import BoundedCache
 from ...core.context import peek
 from ...core.urls import safe_return_to
 from ...proxy.routes import RouteMatch
+from ...sessions.session import DEFAULT_PROVIDER
 from ..answers import decided, deny, finish, redirect, show
 from ..parts import GuardState
 from ..requests import arg, is_browser_navigation, mount_path, return_to
@@ -46,13 +47,24 @@ class LoginEndpoint:
         return oidc is None or not (oidc.disable_login or oidc.login_url)
 
     async def render(self, request: Request) -> None:
-        """The login endpoint: GET (or HEAD) starts a login coming back to C{rd}."""
+        """
+        The login endpoint: GET (or HEAD) starts a login coming back to
+        C{rd}, with C{[oidc]} or the named C{provider}.
+        """
         if request.method not in (b"GET", b"HEAD"):
             finish(request, 405, "method_not_allowed", "Login starts with GET.",
                    {b"allow": b"GET, HEAD"})
             return
+        name = arg(request.args, b"provider") or DEFAULT_PROVIDER
+        table = self._state.config.provider_config(name)
+        if name != DEFAULT_PROVIDER and (self._state.bundle(name) is None or table is None
+                                         or table.disable_login):
+            # Unknown, or one whose logins do not start here (disable_login).
+            finish(request, 404, "unknown_provider", "No such identity provider logs in here.")
+            return
         prompt = arg(request.args, b"prompt")
-        await self.start(request, return_to(request), prompt=prompt if prompt in PROMPTS else None)
+        await self.start(request, return_to(request), prompt=prompt if prompt in PROMPTS else None,
+                         provider=name)
 
     async def unauthenticated(self, request: Request, match: RouteMatch,
                               clear: Sequence[bytes]) -> None:
@@ -64,7 +76,8 @@ class LoginEndpoint:
         if not is_browser_navigation(request) or (ctx is not None and ctx.forward_auth is False):
             deny(request, clear)
             return
-        oidc = self._state.config.oidc
+        name = match.route.provider or DEFAULT_PROVIDER
+        oidc = self._state.config.provider_config(name)
         if oidc is not None and (oidc.disable_login or oidc.login_url):
             # Logins start elsewhere (login_url), or not at all here.
             decided(request, "unauthenticated")
@@ -78,24 +91,26 @@ class LoginEndpoint:
         if match.query is not None:
             target += "?" + match.query.decode("ascii")
         target = safe_return_to(target) or "/"
-        if self._state.config.pages.sign_in_page and self.here():
+        if name == DEFAULT_PROVIDER and self._state.config.pages.sign_in_page and self.here():
             # A page with a button naming the provider, before the browser goes there.
             decided(request, "unauthenticated")
             pages = self._state.pages
             show(request, lambda r: pages.sign_in(
                 r, target, {b"www-authenticate": b'Bearer realm="oidcproxy"'}), clear)
             return
-        await self.start(request, target, clear)
+        await self.start(request, target, clear, provider=name)
 
     async def start(self, request: Request, target: str, cookies: Sequence[bytes] = (),
-                    prompt: Optional[str] = None) -> None:
-        """Send the browser to the IdP, to come back to C{target} (a path)."""
+                    prompt: Optional[str] = None, provider: str = DEFAULT_PROVIDER) -> None:
+        """Send the browser to the IdP of C{provider}, to come back to C{target} (a path)."""
         state = self._state
-        provider, login = state.parts.provider, state.parts.login
-        if provider is None or login is None:
+        bundle = state.bundle(provider)
+        if bundle is None:
             deny(request, cookies)
             return
-        metadata = provider.metadata if provider.ready else None
+        login = bundle.login
+        provider_client = bundle.provider
+        metadata = provider_client.metadata if provider_client.ready else None
         if metadata is None:
             state.metrics.login_failed("idp_not_ready")
             finish(request, 503, "idp_unavailable",

@@ -77,7 +77,7 @@ class LogoutEndpoint:
         if loaded is None:
             return
         session, _ = loaded
-        location = self._landing(target if given else None)
+        location = self._landing(target if given else None, session)
         if session is not None:
             try:
                 await self._sessions.end(session)
@@ -100,19 +100,21 @@ class LogoutEndpoint:
             cookies += csrf.clear_headers(request.received_cookies)
         redirect(request, location, cookies, code=303)
 
-    def _landing(self, rd: Optional[str]) -> str:
+    def _landing(self, rd: Optional[str], session: Optional[Session]) -> str:
         """
-        post_logout_redirect_url when configured (a path on public_url, or a
-        URL), else rd, else the signed-out page.
+        The post_logout_redirect_url of the session's provider (or
+        C{[oidc]}'s without a session) when configured (a path on
+        public_url, or a URL), else rd, else the signed-out page.
         """
         state = self._state
-        oidc = state.config.oidc
+        oidc = state.config.provider_config(session.provider if session is not None else None)
         fixed = oidc.post_logout_redirect_url if oidc is not None else None
         return state.absolute(fixed or rd or state.config.logout_path + "?signed_out=1")
 
     async def _revoke(self, session: Session) -> None:
-        """RFC 7009: revoke the session's tokens at the IdP, when it can and we should."""
-        provider = self._state.parts.provider
+        """RFC 7009: revoke the session's tokens at its IdP, when it can and we should."""
+        bundle = self._state.bundle(session.provider)
+        provider = bundle.provider if bundle is not None else None
         if provider is None or provider.metadata is None or \
                 not provider.metadata.revocation_endpoint or \
                 not self._state.config.session.revoke_on_logout:
@@ -128,11 +130,14 @@ class LogoutEndpoint:
                          hint=hint, reason=e.reason, detail=e.detail)
 
     def _end_session_url(self, session: Session, local: str) -> Optional[str]:
-        """The IdP's RP-initiated logout URL, coming back to C{local}; None when off or unknown."""
-        provider, oidc = self._state.parts.provider, self._state.config.oidc
-        if provider is None or oidc is None or not oidc.end_session:
+        """
+        The RP-initiated logout URL of the session's IdP, coming back to
+        C{local}; None when off or unknown.
+        """
+        bundle = self._state.bundle(session.provider)
+        if bundle is None or not bundle.oidc.end_session:
             return None
-        return provider.end_session_url(session.id_token, local)
+        return bundle.provider.end_session_url(session.id_token, local)
 
     async def _page(self, request: Request, target: Optional[str]) -> None:
         """The sign-out page (naming the account) with its form posting to this endpoint."""

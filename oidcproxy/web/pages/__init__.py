@@ -25,6 +25,7 @@ from twisted.web.server import Request
 from twisted.web.template import Tag, tags
 
 from ...config import Config
+from ...core.context import peek
 from ...core.pages import answer, page_headers, render_error, style_hash, wants_json
 from ...core.urls import safe_return_to
 from ..identity import user_name
@@ -74,13 +75,14 @@ class Pages:
     The pages of one guard.
 
     @param config: the configuration (its C{[pages]} table, paths and provider).
-    @param end_session_origin: a callable giving the origin of the IdP's
-        logout endpoint when it is known (a sign-out form's answer
-        redirects there, which the C{form-action} must allow).
+    @param logout_targets: a callable giving the URLs a sign-out form's
+        answer may redirect to, which the C{form-action} must allow: the
+        IdPs' logout endpoints when they are known, the named providers'
+        fixed landing pages after logout (C{[oidc]}'s is added here).
     @raise TemplateProblem: a template of C{templates_dir} cannot be used.
     """
 
-    def __init__(self, config: Config, end_session_origin: Any = None) -> None:
+    def __init__(self, config: Config, logout_targets: Any = None) -> None:
         self._config = config
         self._settings = settings = config.pages
         self._loaders = load_templates(settings.templates_dir)
@@ -90,7 +92,7 @@ class Pages:
         self._style_source = style_hash(css)
         with open(os.path.join(BUILT_IN, "submit.js"), "rb") as f:
             self.script = f.read()
-        self._end_session_origin = end_session_origin or (lambda: None)
+        self._logout_targets = logout_targets or (lambda: ())
         provider = settings.provider_name
         if not provider and config.oidc is not None:
             provider = urlsplit(config.oidc.issuer).hostname or config.oidc.issuer
@@ -136,9 +138,9 @@ class Pages:
         body = flatten(self._loaders[page], values)
         script = f"script-src 'nonce-{nonce}'" if nonce else "script-src 'none'"
         forms = ["'self'"]
-        for url in (self._end_session_origin(),
-                    _origin(self._config.oidc.post_logout_redirect_url
-                            if self._config.oidc is not None else None)):
+        for url in map(_origin, (*self._logout_targets(),
+                                 self._config.oidc.post_logout_redirect_url
+                                 if self._config.oidc is not None else None)):
             if url and url not in forms:
                 forms.append(url)
         csp = (f"default-src 'none'; {script}; style-src 'self' {self._style_source}; "
@@ -153,12 +155,25 @@ class Pages:
     # -- links to the guard's endpoints ----------------------------------------------------
 
     def _login_url(self, request: Request, target: str, prompt: Optional[str] = None) -> Optional[str]:
-        """The login endpoint starting a login back to C{target}; None when logins start elsewhere."""
+        """
+        The login endpoint starting a login back to C{target} with the
+        provider of the request's route; None when logins start elsewhere.
+        """
         oidc = self._config.oidc
+        query = [("rd", target)] + ([("prompt", prompt)] if prompt else [])
+        ctx = peek(request)
+        name = ctx.route.provider if ctx is not None and ctx.route is not None else None
+        if name is not None:
+            # A named provider's login starts at endpoints_prefix/login, when it is there.
+            table = self._config.provider_config(name)
+            if table is None or table.disable_login or \
+                    (oidc is not None and (oidc.login_url or oidc.disable_login)):
+                return None
+            query.append(("provider", name))
+            oidc = table
         if oidc is None or oidc.disable_login:
             return None
         path = oidc.login_url or self._config.endpoints_prefix + "/login"
-        query = [("rd", target)] + ([("prompt", prompt)] if prompt else [])
         return mount_path(request) + path + "?" + urlencode(query)
 
     def _logout_action(self, request: Request) -> str:

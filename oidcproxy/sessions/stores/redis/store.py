@@ -14,6 +14,10 @@ Two index sets per session, C{{prefix}sub:{H(sub)}} and C{{prefix}sid:{H(sid)}}
 (members: H(id)), let back-channel logout and the session admin find the
 sessions of a user or of an OP session; they live at least as long as their
 longest session, and members whose session has gone are dropped when found.
+The indexes and revocations of a named provider's sessions have the
+provider in their names (C{{prefix}sub@NAME:{H(sub)}}): one provider's
+back-channel logout never reaches another's sessions of the same C{sub}.
+Those of the default provider keep the names they always had.
 
 Faults never log anyone out: every operation has a deadline, and a Redis
 error, a lost connection or a deadline passed fails the Deferred with
@@ -40,7 +44,7 @@ from ....core.cache import BoundedCache
 from ....core.encoding import b64url_encode
 from ....core.metrics import NullMetrics
 from ...crypto import Sealer
-from ...session import ISessionStore, Session, SessionStoreUnavailable
+from ...session import DEFAULT_PROVIDER, ISessionStore, Session, SessionStoreUnavailable
 
 T = TypeVar("T")
 
@@ -120,6 +124,15 @@ def hashed(text: str) -> str:
     return b64url_encode(digest)
 
 
+def scoped(kind: str, provider: str) -> str:
+    """
+    The part of a key's name that says what it indexes: C{kind} (C{sub},
+    C{sid}) for the default provider, as before providers had names;
+    C{kind@NAME} for the provider C{NAME} (whose names have no C{:}).
+    """
+    return kind if provider == DEFAULT_PROVIDER else f"{kind}@{provider}"
+
+
 def positive_seconds(name: str, value: float) -> float:
     """
     C{value} as a float.
@@ -177,20 +190,20 @@ class RedisStore:
     def _session_key(self, hashed_id: str) -> str:
         return f"{self._prefix}s:{hashed_id}"
 
-    def _sub_key(self, sub: str) -> str:
-        return f"{self._prefix}sub:{hashed(sub)}"
+    def _sub_key(self, sub: str, provider: str) -> str:
+        return f"{self._prefix}{scoped('sub', provider)}:{hashed(sub)}"
 
-    def _sid_key(self, sid: str) -> str:
-        return f"{self._prefix}sid:{hashed(sid)}"
+    def _sid_key(self, sid: str, provider: str) -> str:
+        return f"{self._prefix}{scoped('sid', provider)}:{hashed(sid)}"
 
     def _lock_key(self, name: str) -> str:
         # Hashed: a lock name may well contain a session id.
         return f"{self._prefix}lock:{hashed(name)}"
 
     def _index_keys(self, session: Session) -> List[str]:
-        keys = [self._sub_key(session.sub)]
+        keys = [self._sub_key(session.sub, session.provider)]
         if session.sid:
-            keys.append(self._sid_key(session.sid))
+            keys.append(self._sid_key(session.sid, session.provider))
         return keys
 
     # plumbing
@@ -384,18 +397,19 @@ class RedisStore:
 
     # the indexes
 
-    def delete_by(self, *, sub: Optional[str] = None, sid: Optional[str] = None) -> Deferred[int]:
+    def delete_by(self, *, sub: Optional[str] = None, sid: Optional[str] = None,
+                  provider: str = DEFAULT_PROVIDER) -> Deferred[int]:
         """
         End every session of the subject C{sub} and every session of the OP
-        session C{sid} (both when both are given), at once.
+        session C{sid} (both when both are given) at C{provider}, at once.
 
         @return: a Deferred firing with the number of sessions deleted.
         """
         keys = []
         if sub is not None:
-            keys.append(self._sub_key(sub))
+            keys.append(self._sub_key(sub, provider))
         if sid is not None:
-            keys.append(self._sid_key(sid))
+            keys.append(self._sid_key(sid, provider))
         if not keys:
             return fail(ValueError("delete_by needs sub or sid"))
 
@@ -404,12 +418,12 @@ class RedisStore:
 
         return self._run("a delete_by", delete_by)
 
-    def sessions_of(self, sub: str) -> Deferred[List[Session]]:
+    def sessions_of(self, sub: str, provider: str = DEFAULT_PROVIDER) -> Deferred[List[Session]]:
         """
-        The live sessions of the subject C{sub}, oldest first. Index members
-        whose session has gone are dropped from the index.
+        The live sessions of the subject C{sub} at C{provider}, oldest
+        first. Index members whose session has gone are dropped from the index.
         """
-        index = self._sub_key(sub)
+        index = self._sub_key(sub, provider)
 
         async def sessions_of() -> List[Session]:
             members = await self._command("SMEMBERS", index)
@@ -425,7 +439,8 @@ class RedisStore:
                     continue
                 session = self._open(member, value)
                 if session is not None and hashed(session.id) == member and \
-                        session.sub == sub and now < session.expires:
+                        session.sub == sub and session.provider == provider and \
+                        now < session.expires:
                     found.append(session)
             if gone:
                 await self._eval(_DROP_DANGLING, [index], [self._session_key(""), *gone])
@@ -473,23 +488,28 @@ class RedisStore:
 
     # a revocation list, for stateless cookie sessions
 
-    def _revoked_key(self, kind: str, value: str) -> str:
-        return f"{self._prefix}revoked:{kind}:{hashed(value)}"
+    def _revoked_keys(self, sub: Optional[str], sid: Optional[str], session_id: Optional[str],
+                      provider: str) -> List[str]:
+        """The revocation keys of C{sub} and C{sid} at C{provider}, and of the session C{session_id}."""
+        prefix = self._prefix + "revoked:"
+        return ([f"{prefix}{scoped('sub', provider)}:{hashed(sub)}"] if sub else []) + \
+            ([f"{prefix}{scoped('sid', provider)}:{hashed(sid)}"] if sid else []) + \
+            ([f"{prefix}session:{hashed(session_id)}"] if session_id else [])
 
     def mark_revoked(self, *, sub: Optional[str] = None, sid: Optional[str] = None,
-                     session_id: Optional[str] = None, ttl: float = 86400.0) -> Deferred[None]:
+                     session_id: Optional[str] = None, ttl: float = 86400.0,
+                     provider: str = DEFAULT_PROVIDER) -> Deferred[None]:
         """
-        Remember for C{ttl} seconds that every session of C{sub}, of the OP
-        session C{sid}, or the session C{session_id} itself, created up to
-        now has ended: the cookie store cannot delete a session, so the guard
-        checks this list instead. (Names are hashed in Redis: a session id is
-        a credential.)
+        Remember for C{ttl} seconds that every session of C{sub} or of the
+        OP session C{sid} at C{provider}, or the session C{session_id}
+        itself (ids are unique across providers), created up to now has
+        ended: the cookie store cannot delete a session, so the guard checks
+        this list instead. (Names are hashed in Redis: a session id is a
+        credential.)
         """
         now = self._clock.seconds()
         seconds = max(1, math.ceil(ttl))
-        keys = ([self._revoked_key("sub", sub)] if sub else []) + \
-            ([self._revoked_key("sid", sid)] if sid else []) + \
-            ([self._revoked_key("session", session_id)] if session_id else [])
+        keys = self._revoked_keys(sub, sid, session_id, provider)
 
         async def mark() -> None:
             for key in keys:
@@ -498,14 +518,13 @@ class RedisStore:
         return self._run("a revocation", mark)
 
     def revoked_at(self, *, sub: str, sid: Optional[str] = None,
-                   session_id: Optional[str] = None) -> Deferred[Optional[float]]:
+                   session_id: Optional[str] = None,
+                   provider: str = DEFAULT_PROVIDER) -> Deferred[Optional[float]]:
         """
-        The latest time sessions of C{sub}, of C{sid} or the session
-        C{session_id} were revoked, or None (one round trip).
+        The latest time sessions of C{sub} or of C{sid} at C{provider}, or
+        the session C{session_id}, were revoked, or None (one round trip).
         """
-        keys = [self._revoked_key("sub", sub)] + \
-            ([self._revoked_key("sid", sid)] if sid else []) + \
-            ([self._revoked_key("session", session_id)] if session_id else [])
+        keys = self._revoked_keys(sub, sid, session_id, provider)
 
         async def check() -> Optional[float]:
             values = await self._command("MGET", *keys)
