@@ -44,6 +44,8 @@ from .idp import (
 CORP = "https://corp.test"
 CORP_CLIENT = "corp-client"
 CORP_SECRET = "corp-s3cret"
+CORP_COOKIE = SESSION_COOKIE + "-corp"
+"""corp's session cookie (the default provider's keeps its name)."""
 NEAR_EXPIRY = 300 - 60 + 1
 """Seconds after login when the 300 s access token is within the 60 s leeway."""
 
@@ -107,7 +109,8 @@ class RouteProviderTests(SynchronousTestCase):
         browser = s.h.browser()
         page = s.corp_login(browser)
         self.assertEqual((page.code, page.location), (302, APP + "/staff"))
-        session = open_session(browser.jar[SESSION_COOKIE])
+        self.assertNotIn(SESSION_COOKIE, browser.jar)
+        session = open_session(browser.jar[CORP_COOKIE])
         self.assertEqual((session.provider, session.sub, session.claims["iss"]),
                          ("corp", "worker-1", CORP))
         self.assertEqual(session.access_token, s.corp.issued[-1]["access_token"])
@@ -143,7 +146,7 @@ class RouteProviderTests(SynchronousTestCase):
         self.assertEqual(browser.get("/x", headers=API).code, 401)
         page = browser.navigate("/x")
         self.assertEqual(split_location(page)[0], AUTHORIZATION_ENDPOINT)
-        self.assertIn(SESSION_COOKIE, browser.jar)
+        self.assertIn(CORP_COOKIE, browser.jar)
         self.assertEqual(browser.get("/staff", headers=API).code, 200)
 
     def test_default_session_on_corp_route(self) -> None:
@@ -170,7 +173,7 @@ class RouteProviderTests(SynchronousTestCase):
         s.h.clock.advance(NEAR_EXPIRY)
         self.assertEqual(browser.get("/staff", headers=API).code, 200)
         self.assertEqual((s.corp.refresh_count, s.h.idp.refresh_count), (1, 0))
-        session = open_session(browser.jar[SESSION_COOKIE])
+        session = open_session(browser.jar[CORP_COOKIE])
         self.assertEqual((session.provider, session.access_token),
                          ("corp", s.corp.issued[-1]["access_token"]))
 
@@ -184,7 +187,7 @@ class RouteProviderTests(SynchronousTestCase):
         self.assertTrue(page.location.startswith(CORP + "/logout?"), page.location)
         self.assertEqual(len(s.corp.revoked), 2)
         self.assertEqual(s.h.idp.revoked, [])
-        self.assertNotIn(SESSION_COOKIE, browser.jar)
+        self.assertNotIn(CORP_COOKIE, browser.jar)
 
     def test_userinfo_of_the_sessions_provider(self) -> None:
         s = Stack(self)

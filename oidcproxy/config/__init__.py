@@ -48,7 +48,16 @@ from .schema import (
     UpstreamSettings,
 )
 from .secrets import Secret
-from .values import cookie_name, http_url, origin_of, parse_duration, parse_size, route_host, route_prefix
+from .values import (
+    cookie_name,
+    http_url,
+    origin_of,
+    parse_duration,
+    parse_size,
+    provider_cookie_name,
+    route_host,
+    route_prefix,
+)
 
 __all__ = [
     "AUTH_MODES",
@@ -82,6 +91,7 @@ __all__ = [
     "parse_config",
     "parse_duration",
     "parse_size",
+    "provider_cookie_name",
     "route_host",
     "route_prefix",
 ]

@@ -28,7 +28,7 @@ from .schema import (
     UpstreamSettings,
 )
 from .secrets import short_secret
-from .session import read_csrf, read_redis, read_session, read_state_cookie
+from .session import check_provider_cookies, read_csrf, read_redis, read_session, read_state_cookie
 from .values import endpoint_prefix, endpoint_string, header_name, http_url, network, origin_of
 
 if sys.version_info >= (3, 11):
@@ -147,6 +147,7 @@ def read_config(top: Table, source: str) -> Config:
                    "sign-out, sign-in): their look, language and templates.")
     top.done()
     _check_providers(top, routes, providers, pages)
+    check_provider_cookies(problems, [name for name, _ in providers], session, state_cookie, csrf)
     _check_login(top, routes, oidc, session, settings["public_url"])
     if oidc is not None or providers:
         check_login_paths(problems, oidc, providers, settings["public_url"],

@@ -193,6 +193,14 @@ def provider_name(text: str) -> str:
     return text
 
 
+def provider_cookie_name(base: str, provider: str) -> str:
+    """
+    The session cookie of C{provider}: C{base} (C{session.cookie_name}) for
+    the default provider (C{""}, C{[oidc]}), C{base-NAME} for a named one.
+    """
+    return f"{base}-{provider}" if provider else base
+
+
 def cookie_name(text: str) -> str:
     """A cookie name (an RFC 9110 token)."""
     if not _TOKEN.fullmatch(text):

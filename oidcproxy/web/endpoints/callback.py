@@ -130,10 +130,11 @@ class CallbackEndpoint:
 
         now = state.clock.seconds()
         session = self._session(tokens, claims, now, bundle)
-        # A fresh session id on every login (no fixation); the old session,
-        # if any, is ended.
+        # A fresh session id on every login (no fixation); the old session
+        # of this provider, if any, is ended (another provider's lives on,
+        # in its own cookie).
         try:
-            old, _ = await self._sessions.load(request)
+            old, _ = await self._sessions.load(request, bundle.name)
             if old is not None:
                 await self._sessions.end(old)
             value = await store.save(session)

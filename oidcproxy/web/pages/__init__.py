@@ -98,6 +98,18 @@ class Pages:
             provider = urlsplit(config.oidc.issuer).hostname or config.oidc.issuer
         self._provider = provider or "the identity provider"
 
+    def provider_label(self, name: str) -> str:
+        """
+        How the pages name the provider C{name}: C{[pages] provider_name} or
+        the issuer's host for C{[oidc]}, the issuer's host for a named one.
+        """
+        if not name:
+            return self._provider
+        table = self._config.provider_config(name)
+        if table is None:
+            return name
+        return urlsplit(table.issuer).hostname or table.issuer
+
     # -- what every page shares ----------------------------------------------------------
 
     def language(self, request: Request) -> str:
@@ -180,12 +192,22 @@ class Pages:
         return mount_path(request) + self._config.logout_path
 
     def _logout_form(self, request: Request, lang: str, target: Optional[str], *,
-                     secondary: bool = False, form_id: Optional[str] = None) -> Tag:
+                     secondary: bool = False, form_id: Optional[str] = None,
+                     provider: Optional[str] = None) -> Tag:
+        """
+        A sign-out button: it ends the session of C{provider} (by default
+        the request's route's, when that names one).
+        """
         form = tags.form(method="post", action=self._logout_action(request))
         if form_id:
             form(id=form_id)
         if target:
             form(tags.input(type="hidden", name="rd", value=target))
+        if provider is None:
+            ctx = peek(request)
+            provider = ctx.route.provider if ctx is not None and ctx.route is not None else None
+        if provider is not None:
+            form(tags.input(type="hidden", name="provider", value=provider))
         button = tags.button(TEXTS[lang]["logout_button"], type="submit")
         if secondary:
             button(**{"class": "secondary"})
@@ -294,11 +316,14 @@ class Pages:
         return self._page(request, "login_failed", code, lang, texts["login_failed_heading"],
                           slots, headers)
 
-    def logout(self, request: Request, user: Optional[str], target: Optional[str]) -> bytes:
+    def logout(self, request: Request, user: Optional[str], target: Optional[str],
+               provider: str = "", several: bool = False) -> bytes:
         """
         The sign-out page of C{GET}: a form that posts to the logout endpoint
-        (a link alone signs no one out). With C{logout_confirm = false} it
-        posts itself (a script file, allowed by a nonce).
+        (a link alone signs no one out) to end the session of C{provider}.
+        With C{logout_confirm = false} it posts itself (a script file,
+        allowed by a nonce). With C{several} providers, the page names the
+        one whose session it ends.
         """
         lang = self.language(request)
         texts = TEXTS[lang]
@@ -310,14 +335,23 @@ class Pages:
                                  + SCRIPT_PATH, nonce=nonce)
         slots = {
             "message": texts["logout_message"] if confirm else texts["logout_auto"],
-            "signed_in_as": self._text(lang, "logout_account",
-                                       user=tags.strong(bounded_text(user, 120)))
-            if user else "",
-            "form": self._logout_form(request, lang, target, form_id="logout-form"),
+            "signed_in_as": self._signed_in_as(lang, user, provider if several else None),
+            "form": self._logout_form(request, lang, target, form_id="logout-form",
+                                      provider=provider if several else None),
             "script": script,
         }
         return self._page(request, "logout", 200, lang, texts["logout_heading"], slots,
                           nonce=nonce)
+
+    def _signed_in_as(self, lang: str, user: Optional[str], provider: Optional[str]) -> Any:
+        """Who is signed in (and with which C{provider}, when given); nothing without a user."""
+        if not user:
+            return ""
+        name = tags.strong(bounded_text(user, 120))
+        if provider is None:
+            return self._text(lang, "logout_account", user=name)
+        return self._text(lang, "logout_account_at", user=name,
+                          provider=tags.strong(bounded_text(self.provider_label(provider), 120)))
 
     def signed_out(self, request: Request) -> bytes:
         """After signing out (without post_logout_redirect_url): it says so; sign in again."""
