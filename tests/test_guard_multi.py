@@ -322,9 +322,10 @@ class MixUpTests(SynchronousTestCase):
     and the RFC 9207 iss and the ID token's iss must be that provider's.
     """
 
-    def failed(self, s: Stack, reason: str) -> float:
+    def failed(self, s: Stack, reason: str, provider: str = "corp") -> float:
+        """The failed logins of C{reason} counted for C{provider} (whose callback it was)."""
         return s.h.metrics.registry.get_sample_value(  # type: ignore[attr-defined]
-            "oidcproxy_logins_failed_total", {"reason": reason}) or 0.0
+            "oidcproxy_logins_failed_total", {"reason": reason, "provider": provider}) or 0.0
 
     def test_corp_state_at_default_callback(self) -> None:
         """corp's login attempt answered at [oidc]'s callback: refused, no code exchanged."""
@@ -335,7 +336,7 @@ class MixUpTests(SynchronousTestCase):
         page = browser.navigate("/oidc/callback?" + urlencode({"code": code,
                                                                "state": params["state"]}))
         self.assertEqual(page.code, 401)
-        self.assertEqual(self.failed(s, "state_other_provider"), 1.0)
+        self.assertEqual(self.failed(s, "state_other_provider", ""), 1.0)
         self.assertEqual((s.corp.token_requests, s.h.idp.token_requests), ([], []))
         self.assertNotIn(SESSION_COOKIE, browser.jar)
 

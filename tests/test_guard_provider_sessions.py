@@ -14,16 +14,19 @@ from typing import Any, Optional
 from urllib.parse import urlencode
 
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.resource import Resource
 
-from oidcproxy.config import ConfigError
+from oidcproxy.config import ConfigError, RouteConfig
+from oidcproxy.core.context import context, peek
 from oidcproxy.sessions.crypto import Sealer
 from oidcproxy.sessions.stores.redis import store as redis_store
 from oidcproxy.sessions.stores.redis.store import RedisStore
 
 from .fakes import API, APP, SESSION_COOKIE, GuardStack, make_config, open_session
 from .idp import authorize_params
-from .test_guard_multi import CORP_COOKIE, Stack
+from .test_guard_multi import CORP_COOKIE, NEAR_EXPIRY, Stack
 from .test_guard_providers import KEY, ScriptedRedis
+from .test_server import SiteHarness
 
 ORIGIN = {b"origin": [APP.encode()]}
 
@@ -306,3 +309,74 @@ class CookieNameCheckTests(SynchronousTestCase):
         self.assertIsNone(self.refused("corp-2"))
         self.assertIsNone(self.refused("corp_b"))
 
+
+
+class ObservabilityTests(SynchronousTestCase):
+    """The provider in the access log and the login and refresh metrics."""
+
+    def providers_seen(self, cookie_store: bool = True) -> Any:
+        """The context's provider of a corp request and of an [oidc] request."""
+        s = Stack(self) if cookie_store else Stack(self, memory_store=True)
+        browser = s.h.logged_in()
+        s.corp_login(browser)
+        seen = []
+        s.h.app.action = lambda request: seen.append(peek(request).provider)  # type: ignore[union-attr]
+        browser.get("/staff", headers=API)
+        browser.get("/x", headers=API)
+        return seen
+
+    def test_context_names_named_provider(self) -> None:
+        """A corp session's request carries corp for the access log; an [oidc] one none."""
+        self.assertEqual(self.providers_seen(), ["corp", None])
+
+    def test_context_names_named_provider_waiting(self) -> None:
+        """The same when the session is loaded from the (memory) store."""
+        self.assertEqual(self.providers_seen(cookie_store=False), ["corp", None])
+
+    def test_access_line(self) -> None:
+        """The text line ends with provider=NAME for a named provider only; the event has the key."""
+        harness = SiteHarness(self, resource=ProviderRecorder())
+        harness.send(b"GET /corp HTTP/1.1\r\nHost: a\r\n\r\nGET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+        corp, other = harness.access()
+        self.assertTrue(corp["access_line"].endswith(" auth=session proto=HTTP/1.1 provider=corp"),
+                        corp["access_line"])
+        self.assertTrue(other["access_line"].endswith(" proto=HTTP/1.1"), other["access_line"])
+        self.assertEqual((corp["provider"], other["provider"]), ("corp", "-"))
+
+    def test_login_and_refresh_metrics(self) -> None:
+        """Logins and refreshes are counted with their provider ("" for [oidc])."""
+        s = Stack(self)
+        browser = s.h.logged_in()
+        s.corp_login(browser)
+        s.h.clock.advance(NEAR_EXPIRY)
+        self.assertEqual(browser.get("/staff", headers=API).code, 200)
+        registry = s.h.metrics.registry  # type: ignore[attr-defined]
+        for provider in ("", "corp"):
+            self.assertEqual(registry.get_sample_value(
+                "oidcproxy_logins_started_total", {"provider": provider}), 1.0, provider)
+            self.assertEqual(registry.get_sample_value(
+                "oidcproxy_logins_completed_total", {"provider": provider}), 1.0, provider)
+        self.assertEqual(registry.get_sample_value(
+            "oidcproxy_refreshes_total", {"outcome": "success", "provider": "corp"}), 1.0)
+        self.assertIsNone(registry.get_sample_value(
+            "oidcproxy_refreshes_total", {"outcome": "success", "provider": ""}))
+
+    def test_failed_login_metric(self) -> None:
+        """A failed login at corp's callback is counted for corp."""
+        s = Stack(self)
+        s.h.browser().navigate("/oidc/callback/corp?code=x")
+        self.assertEqual(s.h.metrics.registry.get_sample_value(  # type: ignore[attr-defined]
+            "oidcproxy_logins_failed_total", {"reason": "missing_state", "provider": "corp"}), 1.0)
+
+
+class ProviderRecorder(Resource):
+    """Answers as a corp session's request (C{/corp}) or an anonymous one."""
+
+    isLeaf = True
+
+    def render(self, request: Any) -> bytes:
+        ctx = context(request)
+        ctx.route = RouteConfig(index=0, path="/", upstream="http://up:1")
+        if request.path == b"/corp":
+            ctx.user, ctx.auth, ctx.provider = "worker-1", "session", "corp"
+        return b"ok"

@@ -227,7 +227,8 @@ class SessionAuth:
                 raise SessionStoreUnavailable("a refreshed session could not be saved")
             if outcome.ended:
                 await self.forget(session)
-                context(request).user = None  # no session any more: a login follows
+                ctx = context(request)
+                ctx.user = ctx.provider = None  # no session any more: a login follows
                 return None, cookies.clear_session(request, session.provider)
             if outcome.session is not None:
                 session = outcome.session
@@ -327,9 +328,11 @@ class SessionAuth:
         context(request).headers.extend(ctx_headers)
 
     def _name_user(self, request: Request, session: Session) -> None:
-        """The access log's user for a request of C{session}, allowed or refused."""
-        context(request).user = user_name(
-            self._state.config.username_claim, session.claims, session.sub)
+        """The access log's user (and named provider) for a request of C{session}, allowed or refused."""
+        ctx = context(request)
+        ctx.user = user_name(self._state.config.username_claim, session.claims, session.sub)
+        if session.provider:
+            ctx.provider = session.provider
 
     def _set_cookie(self, request: Request, session: Session, value: str, now: float,
                     what: str) -> None:

@@ -112,7 +112,7 @@ class LoginEndpoint:
         provider_client = bundle.provider
         metadata = provider_client.metadata if provider_client.ready else None
         if metadata is None:
-            state.metrics.login_failed("idp_not_ready")
+            state.metrics.login_failed("idp_not_ready", provider)
             finish(request, 503, "idp_unavailable",
                    "The identity provider cannot be reached yet. Please try again shortly.",
                    {b"retry-after": b"5"}, cookies)
@@ -120,7 +120,7 @@ class LoginEndpoint:
         location, state_cookies = login.start(
             request.received_cookies, target, metadata.authorization_endpoint, prompt)
         decided(request, "login")
-        state.metrics.login_started()
+        state.metrics.login_started(provider)
         self._started(location)
         redirect(request, location, [*cookies, *state_cookies])
 
