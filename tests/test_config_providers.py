@@ -220,13 +220,11 @@ class RouteProviderTests(ProvidersCase):
             'routes[2].providers: a choice of several providers is not available yet: name one '
             'with provider = "NAME"'])
 
-    def test_bearer_modes_not_yet(self) -> None:
-        """Access tokens on a route of a named provider are refused (until they are checked per provider)."""
+    def test_bearer_modes_on_named_routes(self) -> None:
+        """A route of a named provider takes every auth mode (its access tokens are its own)."""
         for auth in ("bearer", "session_or_bearer", "optional"):
-            self.assertEqual(self.problems(self.route(provider="corp", auth=auth)), [
-                f"routes[2].auth: {auth!r} is not available yet on a route of a named provider "
-                "('corp'): access tokens are checked against [oidc]'s and [bearer]'s issuers "
-                'only; use auth = "session"'], auth)
+            route = self.parse(self.route(provider="corp", auth=auth)).routes[2]
+            self.assertEqual((route.provider, route.auth), ("corp", auth))
 
     def test_bearer_modes_on_default_routes(self) -> None:
         """[oidc]'s routes keep every auth mode."""

@@ -58,11 +58,17 @@ NEAR_EXPIRY = 300 - 60 + 1
 
 
 class Stack:
-    """A guard with [oidc] and [providers.corp], a route of each, and both IdPs."""
+    """
+    A guard with [oidc] and [providers.corp], a route of each, and both IdPs.
+
+    @param routes: more routes, before those.
+    @param config: more of the configuration.
+    """
 
     def __init__(self, case: SynchronousTestCase, *, corp_discovery_status: int = 200,
                  advertise_logout: bool = False, disable_login: bool = False,
-                 corp_table: Any = None, **stack: Any) -> None:
+                 corp_table: Any = None, routes: Any = (), config: Any = None,
+                 **stack: Any) -> None:
         self.corp = FakeIdP(Clock(), CORP_CLIENT, CORP_SECRET, issuer=CORP)
         self.corp.discovery_status = corp_discovery_status
         self.corp.advertise_logout = advertise_logout
@@ -71,9 +77,11 @@ class Stack:
             providers={"corp": {"issuer": CORP, "client_id": CORP_CLIENT,
                                 "client_secret": CORP_SECRET, "disable_login": disable_login,
                                 **(corp_table or {})}},
-            routes=[{"path": "/", "upstream": "http://up.test"},
+            routes=[*routes,
+                    {"path": "/", "upstream": "http://up.test"},
                     {"path": "/staff", "upstream": "http://up.test", "provider": "corp"},
-                    {"path": "/maybe", "upstream": "http://up.test", "auth": "optional"}])
+                    {"path": "/maybe", "upstream": "http://up.test", "auth": "optional"}],
+            **(config or {}))
         self.h = h = GuardStack(case, config, start=False, providers_http={"corp": stub}, **stack)
         h.idp.advertise_logout = advertise_logout
         self.corp.clock = h.clock

@@ -341,18 +341,13 @@ def _headers(top: Table, default: Tuple[Tuple[str, Tuple[str, ...]], ...]
     return tuple(out)
 
 
-_BEARER_MODES = ("bearer", "session_or_bearer", "optional")
-"""The route auth modes that take access tokens."""
-
 
 def _check_providers(top: Table, routes: Sequence[RouteConfig], providers: Providers,
                      pages: PagesConfig) -> None:
     """
     Each provider a route names is defined; what is not served per provider
-    yet is refused: a choice of providers (C{providers}), and access tokens
-    on a route of a named provider (they are checked against C{[oidc]}'s
-    and C{[bearer]}'s issuers only), and the sign-in page (it offers
-    C{[oidc]}'s button only) with such routes.
+    yet is refused: a choice of providers (C{providers}), and the sign-in
+    page (it offers C{[oidc]}'s button only) with routes of a named provider.
     """
     known = [name for name, _ in providers]
     defined = f"the providers defined: {', '.join(known)}" if known else \
@@ -372,10 +367,6 @@ def _check_providers(top: Table, routes: Sequence[RouteConfig], providers: Provi
                         f"provider ({r.name} has provider = {r.provider!r}): the page offers "
                         "[oidc]'s sign-in only")
             sign_in_said = True
-        if r.provider is not None and r.auth in _BEARER_MODES:
-            top.problem(f"{r.name}.auth", f"{r.auth!r} is not available yet on a route of a named "
-                        f"provider ({r.provider!r}): access tokens are checked against [oidc]'s "
-                        "and [bearer]'s issuers only; use auth = \"session\"")
 
 
 def _check_login(top: Table, routes: Sequence[RouteConfig], oidc: Optional[OIDCConfig],
