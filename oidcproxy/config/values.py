@@ -186,6 +186,10 @@ def header_name(text: str) -> str:
 _PROVIDER_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
+DEFAULT_PROVIDER_NAME = "oidc"
+"""How a route's C{providers} list names the C{[oidc]} table (kept as C{""} in the configuration)."""
+
+
 def provider_name(text: str) -> str:
     """A provider's name: 1 to 64 letters, digits, C{-} and C{_}."""
     if not _PROVIDER_NAME.fullmatch(text):

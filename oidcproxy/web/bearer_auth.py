@@ -13,7 +13,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 from twisted.logger import Logger
 from twisted.web.server import Request
 
-from ..config import Config, OIDCConfig
+from ..config import Config, OIDCConfig, RouteConfig
 from ..core.context import context
 from ..oidc.bearer import BearerValidator
 from ..oidc.provider import ClientAuth, Provider, ProviderError, make_http_client
@@ -220,6 +220,23 @@ class BearerAuth:
             return self._external()
         return self._own_validator(provider, bundle.provider, bundle.oidc)
 
+    def _route_validator(self, route: RouteConfig, token: str) -> Any:
+        """
+        L{validator} for a route: of its provider, or, on a route of several,
+        of the one whose issuer is the token's C{iss} (else the first: its
+        validator refuses a token of any other issuer).
+        """
+        providers = route.providers
+        if not providers:
+            return self.validator(route.provider or DEFAULT_PROVIDER, token)
+        iss = _issuer_of(token)
+        config = self._state.config
+        for name in providers:
+            oidc = config.provider_config(name)
+            if oidc is not None and oidc.issuer == iss:
+                return self.validator(name, token)
+        return self.validator(providers[0], token)
+
     def _external(self) -> BearerValidator:
         """The validator of C{bearer.issuer}'s tokens (another issuer than the providers')."""
         if self._external_validator is None:
@@ -271,7 +288,7 @@ class BearerAuth:
         False when the request is answered.
         """
         try:
-            validator = self.validator(match.route.provider or DEFAULT_PROVIDER, token)
+            validator = self._route_validator(match.route, token)
             if validator is None:
                 deny(request)
                 return False
@@ -296,7 +313,7 @@ class BearerAuth:
         awaited instead (not cached, no validator yet, the IdP not ready).
         """
         try:
-            validator = self.validator(match.route.provider or DEFAULT_PROVIDER, token)
+            validator = self._route_validator(match.route, token)
         except ProviderError:
             return None
         if validator is None:

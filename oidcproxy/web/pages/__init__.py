@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 from urllib.parse import urlencode, urlsplit
 
 from twisted.web.server import Request
@@ -68,6 +68,17 @@ def _origin(url: Optional[str]) -> Optional[str]:
     if parts.scheme not in ("http", "https") or not parts.netloc:
         return None
     return f"{parts.scheme}://{parts.netloc}"
+
+
+def _request_provider(request: Request) -> Optional[str]:
+    """
+    The named provider of the request's session, else of its route; None:
+    C{[oidc]} (or none known).
+    """
+    ctx = peek(request)
+    if ctx is None:
+        return None
+    return ctx.provider or (ctx.route.provider if ctx.route is not None else None)
 
 
 class Pages:
@@ -166,15 +177,18 @@ class Pages:
 
     # -- links to the guard's endpoints ----------------------------------------------------
 
-    def _login_url(self, request: Request, target: str, prompt: Optional[str] = None) -> Optional[str]:
+    def _login_url(self, request: Request, target: str, prompt: Optional[str] = None,
+                   provider: Optional[str] = None) -> Optional[str]:
         """
-        The login endpoint starting a login back to C{target} with the
-        provider of the request's route; None when logins start elsewhere.
+        The login endpoint starting a login back to C{target} with
+        C{provider} (by default the provider of the request's route); None
+        when logins start elsewhere.
         """
         oidc = self._config.oidc
         query = [("rd", target)] + ([("prompt", prompt)] if prompt else [])
-        ctx = peek(request)
-        name = ctx.route.provider if ctx is not None and ctx.route is not None else None
+        if provider is None:
+            provider = _request_provider(request)
+        name = provider or None
         if name is not None:
             # A named provider's login starts at endpoints_prefix/login, when it is there.
             table = self._config.provider_config(name)
@@ -196,7 +210,7 @@ class Pages:
                      provider: Optional[str] = None) -> Tag:
         """
         A sign-out button: it ends the session of C{provider} (by default
-        the request's route's, when that names one).
+        the request's session's named provider, or its route's).
         """
         form = tags.form(method="post", action=self._logout_action(request))
         if form_id:
@@ -204,8 +218,7 @@ class Pages:
         if target:
             form(tags.input(type="hidden", name="rd", value=target))
         if provider is None:
-            ctx = peek(request)
-            provider = ctx.route.provider if ctx is not None and ctx.route is not None else None
+            provider = _request_provider(request)
         if provider is not None:
             form(tags.input(type="hidden", name="provider", value=provider))
         button = tags.button(TEXTS[lang]["logout_button"], type="submit")
@@ -366,15 +379,25 @@ class Pages:
         return self._page(request, "signed_out", 200, lang, texts["signed_out_heading"], slots)
 
     def sign_in(self, request: Request, target: str,
-                headers: Optional[Dict[bytes, bytes]] = None) -> bytes:
-        """C{sign_in_page = true}: a button naming the provider, before the browser goes there."""
+                headers: Optional[Dict[bytes, bytes]] = None,
+                providers: Optional[Sequence[str]] = None) -> bytes:
+        """
+        C{sign_in_page = true}: a button naming the route's provider, before
+        the browser goes there; with C{providers} (a route's choice), one
+        button for each, each starting a login with its provider.
+        """
         lang = self.language(request)
         texts = TEXTS[lang]
-        url = self._login_url(request, target) or "/"
+        if providers is None:
+            ctx = peek(request)
+            route = ctx.route if ctx is not None else None
+            providers = [route.provider or "" if route is not None else ""]
+        buttons = [tags.a(texts["sign_in_with"].format(provider=self.provider_label(name)),
+                          href=self._login_url(request, target, provider=name) or "/",
+                          **{"class": "button"}) for name in providers]
         slots = {
             "message": texts["sign_in_message"],
-            "sign_in": tags.a(texts["sign_in_with"].format(provider=self._provider), href=url,
-                              **{"class": "button"}),
+            "sign_in": buttons,
         }
         return self._page(request, "sign_in", 401, lang, texts["sign_in_heading"], slots, headers)
 
