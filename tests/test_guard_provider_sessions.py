@@ -228,6 +228,19 @@ class LogoutChoiceTests(SynchronousTestCase):
         self.assertEqual(browser.get("/staff", headers=API).code, 401)
         self.assertEqual(browser.get("/x", headers=API).code, 200)
 
+    def test_oidc_names_default(self) -> None:
+        """?provider=oidc (the name a route's providers list gives [oidc]) ends [oidc]'s session."""
+        s = Stack(self, memory_store=True)
+        browser = s.h.logged_in()
+        s.corp_login(browser)
+        page = browser.request(b"POST", "/oidc/logout?provider=oidc", headers=ORIGIN)
+        self.assertEqual(page.code, 303)
+        self.assertEqual(browser.get("/x", headers=API).code, 401)
+        self.assertEqual(browser.get("/staff", headers=API).code, 200)
+        page = browser.navigate("/oidc/login?provider=oidc&rd=/x")
+        self.assertEqual(page.code, 302)
+        self.assertTrue(page.location.startswith("https://idp.test/"), page.location)
+
     def test_unknown_provider(self) -> None:
         """?provider= of no provider here: 404, nothing ended."""
         s = Stack(self)

@@ -49,6 +49,7 @@ from .schema import (
 )
 from .secrets import Secret
 from .values import (
+    DEFAULT_PROVIDER_NAME,
     cookie_name,
     http_url,
     origin_of,
@@ -62,6 +63,7 @@ from .values import (
 __all__ = [
     "AUTH_MODES",
     "CLIENT_AUTH_METHODS",
+    "DEFAULT_PROVIDER_NAME",
     "ENDPOINT_KEYS",
     "HTTP_METHODS",
     "ID_TOKEN_ALGORITHMS",

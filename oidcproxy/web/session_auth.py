@@ -33,7 +33,7 @@ from .answers import decided, finish, store_unavailable
 from .csrf import SAFE_METHODS
 from .identity import user_name
 from .parts import GuardState
-from .requests import judged_method
+from .requests import judged_method, provider_arg
 from .rules import authorized, unverified_claims
 
 __all__ = ["Loaded", "SessionAuth"]
@@ -115,13 +115,13 @@ class SessionAuth:
     def chosen(self, request: Request) -> Optional[str]:
         """
         The provider whose session an endpoint that is no route's acts on
-        (logout, userinfo): C{?provider=NAME} (None: not one of this
-        guard's), else the only one whose session cookie the request
+        (logout, userinfo): C{?provider=NAME} (C{oidc} or empty: C{[oidc]};
+        None: not one of this guard's), else the only one whose session cookie the request
         carries, else the default provider.
         """
         names = request.args.get(b"provider")
         if names:
-            name = names[0].decode("utf-8", "replace")
+            name = provider_arg(names[0])
             return name if name in self._state.cookies.sessions else None
         held = self._state.cookies.held(request)
         return held[0] if len(held) == 1 else DEFAULT_PROVIDER

@@ -18,7 +18,7 @@ from ...proxy.routes import RouteMatch
 from ...sessions.session import DEFAULT_PROVIDER
 from ..answers import decided, deny, finish, redirect, show
 from ..parts import GuardState
-from ..requests import arg, is_browser_navigation, mount_path, return_to
+from ..requests import arg, is_browser_navigation, mount_path, provider_arg, return_to
 
 __all__ = ["LoginEndpoint", "MAX_PENDING"]
 
@@ -63,7 +63,8 @@ class LoginEndpoint:
             finish(request, 405, "method_not_allowed", "Login starts with GET.",
                    {b"allow": b"GET, HEAD"})
             return
-        name = arg(request.args, b"provider") or DEFAULT_PROVIDER
+        given = request.args.get(b"provider")
+        name = provider_arg(given[0]) if given else DEFAULT_PROVIDER
         table = self._state.config.provider_config(name)
         if name != DEFAULT_PROVIDER and (self._state.bundle(name) is None or table is None
                                          or table.disable_login):
