@@ -14,6 +14,8 @@ import jwt
 from treq.testing import StubTreq
 from twisted.trial.unittest import SynchronousTestCase
 
+from oidcproxy.core.context import peek
+
 from .fakes import CLIENT_ID
 from .idp import ISSUER, KEY_ID
 from .test_adv_tokens import hmac_signed
@@ -63,6 +65,15 @@ class ProviderBearerTests(SynchronousTestCase):
         for path in ("/corp-api", "/corp-both", "/corp-maybe"):
             self.assertEqual(self.twice(path, token), (200, 200), path)
         self.assertEqual(self.s.h.app.header(b"x-forwarded-user"), [b"svc-corp"])
+
+    def test_access_log_names_provider(self) -> None:
+        """A corp token's request names corp for the access log (both ways); [oidc]'s none."""
+        seen = []
+        self.s.h.app.action = lambda request: seen.append(peek(request).provider)  # type: ignore[union-attr]
+        token = self.token()
+        self.assertEqual(self.twice("/corp-api", token), (200, 200))
+        self.assertEqual(self.get("/api", self.token(issuer=ISSUER, audience=CLIENT_ID)).code, 200)
+        self.assertEqual(seen, ["corp", "corp", None])
 
     def test_default_providers_token_refused(self) -> None:
         """[oidc]'s token on corp's route: 401 invalid_token, first and cached."""

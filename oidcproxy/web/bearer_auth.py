@@ -237,6 +237,15 @@ class BearerAuth:
                 return self.validator(name, token)
         return self.validator(providers[0], token)
 
+    def _named_issuer(self, route: RouteConfig, iss: Any) -> Optional[str]:
+        """The named provider of C{route} whose issuer is C{iss} (for the access log), or None."""
+        config = self._state.config
+        for name in (route.provider,) if route.provider is not None else route.providers:
+            oidc = config.provider_config(name)
+            if name and oidc is not None and oidc.issuer == iss:
+                return name
+        return None
+
     def _external(self) -> BearerValidator:
         """The validator of C{bearer.issuer}'s tokens (another issuer than the providers')."""
         if self._external_validator is None:
@@ -336,6 +345,9 @@ class BearerAuth:
         ctx = context(request)
         # Named in the access log even when the rule refuses the token.
         ctx.user = user_name(state.config.username_claim, claims, sub)
+        route = match.route
+        if route.provider is not None or route.providers:
+            ctx.provider = self._named_issuer(route, claims.get("iss"))
         if not authorized(request, match.route, sub, claims, claims):
             return False
         ctx.identity = Identity(
