@@ -391,7 +391,7 @@ class Pages:
         if providers is None:
             ctx = peek(request)
             route = ctx.route if ctx is not None else None
-            providers = [route.provider or "" if route is not None else ""]
+            providers = [(route.provider or "") if route is not None else ""]
         buttons = [tags.a(texts["sign_in_with"].format(provider=self.provider_label(name)),
                           href=self._login_url(request, target, provider=name) or "/",
                           **{"class": "button"}) for name in providers]
