@@ -212,21 +212,42 @@ class RouteProviderTests(ProvidersCase):
             'routes[2].auth: "none" cannot be combined with provider or providers (nobody '
             "signs in on a public route)"])
 
-    def test_choice_not_yet(self) -> None:
-        """A choice of providers is refused until the chooser exists, unknown names named too."""
+    def test_choice(self) -> None:
+        """A choice of providers: oidc names [oidc] (kept as ""), the others as they are."""
+        route = self.parse(self.route(providers=["corp", "oidc"])).routes[2]
+        self.assertEqual((route.provider, route.providers), (None, ("corp", "")))
+
+    def test_choice_unknown_names(self) -> None:
+        """Unknown names in a choice are named, each with its index."""
         self.assertEqual(self.problems(self.route(providers=["corp", "nope"])), [
             "routes[2].providers[1]: 'nope' is not a provider (the providers defined: corp, "
-            "partners)",
-            'routes[2].providers: a choice of several providers is not available yet: name one '
-            'with provider = "NAME"'])
+            "partners)"])
 
-    def test_bearer_modes_not_yet(self) -> None:
-        """Access tokens on a route of a named provider are refused (until they are checked per provider)."""
+    def test_choice_twice(self) -> None:
+        self.assertEqual(self.problems(self.route(providers=["corp", "corp"])), [
+            "routes[2].providers: names a provider twice"])
+
+    def test_choice_oidc_without_table(self) -> None:
+        """oidc in a choice without an [oidc] table is refused."""
+        doc = self.route(providers=["corp", "oidc"])
+        del doc["oidc"]
+        doc["routes"] = doc["routes"][2:]
+        self.assertEqual(self.problems(doc), [
+            "routes[0].providers[1]: 'oidc' names the [oidc] table, which this configuration "
+            "does not have"])
+
+    def test_table_named_oidc_refused(self) -> None:
+        doc = self.route()
+        doc["providers"]["oidc"] = dict(doc["providers"]["corp"])
+        self.assertEqual(self.problems(doc), [
+            "providers.oidc: 'oidc' is the name a route's providers list gives the [oidc] "
+            "table: choose another name"])
+
+    def test_bearer_modes_on_named_routes(self) -> None:
+        """A route of a named provider takes every auth mode (its access tokens are its own)."""
         for auth in ("bearer", "session_or_bearer", "optional"):
-            self.assertEqual(self.problems(self.route(provider="corp", auth=auth)), [
-                f"routes[2].auth: {auth!r} is not available yet on a route of a named provider "
-                "('corp'): access tokens are checked against [oidc]'s and [bearer]'s issuers "
-                'only; use auth = "session"'], auth)
+            route = self.parse(self.route(provider="corp", auth=auth)).routes[2]
+            self.assertEqual((route.provider, route.auth), ("corp", auth))
 
     def test_bearer_modes_on_default_routes(self) -> None:
         """[oidc]'s routes keep every auth mode."""

@@ -11,13 +11,17 @@ import json
 from typing import Any, Dict
 from urllib.parse import urlencode
 
+import jwt
+from cryptography.hazmat.primitives.asymmetric import rsa
 from treq.testing import StubTreq
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from oidcproxy.assemble import OIDCGuard
 from oidcproxy.config import parse_config
+from oidcproxy.core.encoding import b64url_decode
 from oidcproxy.sessions.session import DEFAULT_PROVIDER
+from oidcproxy.sessions.stores.memory import MemoryStore
 
 from .fakes import (
     API,
@@ -34,6 +38,7 @@ from .fakes import (
 from .idp import (
     AUTHORIZATION_ENDPOINT,
     ISSUER,
+    KEY_ID,
     Browser,
     FakeIdP,
     Network,
@@ -44,16 +49,26 @@ from .idp import (
 CORP = "https://corp.test"
 CORP_CLIENT = "corp-client"
 CORP_SECRET = "corp-s3cret"
+OTHER_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+"""A key no IdP here publishes."""
+CORP_COOKIE = SESSION_COOKIE + "-corp"
+"""corp's session cookie (the default provider's keeps its name)."""
 NEAR_EXPIRY = 300 - 60 + 1
 """Seconds after login when the 300 s access token is within the 60 s leeway."""
 
 
 class Stack:
-    """A guard with [oidc] and [providers.corp], a route of each, and both IdPs."""
+    """
+    A guard with [oidc] and [providers.corp], a route of each, and both IdPs.
+
+    @param routes: more routes, before those.
+    @param config: more of the configuration.
+    """
 
     def __init__(self, case: SynchronousTestCase, *, corp_discovery_status: int = 200,
                  advertise_logout: bool = False, disable_login: bool = False,
-                 corp_table: Any = None, **stack: Any) -> None:
+                 corp_table: Any = None, routes: Any = (), config: Any = None,
+                 **stack: Any) -> None:
         self.corp = FakeIdP(Clock(), CORP_CLIENT, CORP_SECRET, issuer=CORP)
         self.corp.discovery_status = corp_discovery_status
         self.corp.advertise_logout = advertise_logout
@@ -62,9 +77,11 @@ class Stack:
             providers={"corp": {"issuer": CORP, "client_id": CORP_CLIENT,
                                 "client_secret": CORP_SECRET, "disable_login": disable_login,
                                 **(corp_table or {})}},
-            routes=[{"path": "/", "upstream": "http://up.test"},
+            routes=[*routes,
+                    {"path": "/", "upstream": "http://up.test"},
                     {"path": "/staff", "upstream": "http://up.test", "provider": "corp"},
-                    {"path": "/maybe", "upstream": "http://up.test", "auth": "optional"}])
+                    {"path": "/maybe", "upstream": "http://up.test", "auth": "optional"}],
+            **(config or {}))
         self.h = h = GuardStack(case, config, start=False, providers_http={"corp": stub}, **stack)
         h.idp.advertise_logout = advertise_logout
         self.corp.clock = h.clock
@@ -107,7 +124,8 @@ class RouteProviderTests(SynchronousTestCase):
         browser = s.h.browser()
         page = s.corp_login(browser)
         self.assertEqual((page.code, page.location), (302, APP + "/staff"))
-        session = open_session(browser.jar[SESSION_COOKIE])
+        self.assertNotIn(SESSION_COOKIE, browser.jar)
+        session = open_session(browser.jar[CORP_COOKIE])
         self.assertEqual((session.provider, session.sub, session.claims["iss"]),
                          ("corp", "worker-1", CORP))
         self.assertEqual(session.access_token, s.corp.issued[-1]["access_token"])
@@ -143,7 +161,7 @@ class RouteProviderTests(SynchronousTestCase):
         self.assertEqual(browser.get("/x", headers=API).code, 401)
         page = browser.navigate("/x")
         self.assertEqual(split_location(page)[0], AUTHORIZATION_ENDPOINT)
-        self.assertIn(SESSION_COOKIE, browser.jar)
+        self.assertIn(CORP_COOKIE, browser.jar)
         self.assertEqual(browser.get("/staff", headers=API).code, 200)
 
     def test_default_session_on_corp_route(self) -> None:
@@ -170,7 +188,7 @@ class RouteProviderTests(SynchronousTestCase):
         s.h.clock.advance(NEAR_EXPIRY)
         self.assertEqual(browser.get("/staff", headers=API).code, 200)
         self.assertEqual((s.corp.refresh_count, s.h.idp.refresh_count), (1, 0))
-        session = open_session(browser.jar[SESSION_COOKIE])
+        session = open_session(browser.jar[CORP_COOKIE])
         self.assertEqual((session.provider, session.access_token),
                          ("corp", s.corp.issued[-1]["access_token"]))
 
@@ -184,7 +202,7 @@ class RouteProviderTests(SynchronousTestCase):
         self.assertTrue(page.location.startswith(CORP + "/logout?"), page.location)
         self.assertEqual(len(s.corp.revoked), 2)
         self.assertEqual(s.h.idp.revoked, [])
-        self.assertNotIn(SESSION_COOKIE, browser.jar)
+        self.assertNotIn(CORP_COOKIE, browser.jar)
 
     def test_userinfo_of_the_sessions_provider(self) -> None:
         s = Stack(self)
@@ -220,10 +238,15 @@ class RouteProviderTests(SynchronousTestCase):
 
 
 class BackchannelTests(SynchronousTestCase):
-    """Back-channel logout serves [oidc] only, and ends only [oidc]'s sessions."""
+    """
+    Back-channel logout serves every provider at one endpoint: the token's
+    iss says whose it is, its keys and client check it, and only that
+    provider's sessions end.
+    """
 
-    def logout_token(self, s: Stack, issuer: str, audience: str, jti: str) -> str:
-        return s.corp.id_token({
+    def logout_token(self, s: Stack, issuer: str, audience: str, jti: str,
+                     signer: Any = None) -> str:
+        return (signer or s.corp).id_token({
             "iss": issuer, "aud": audience, "iat": int(s.h.clock.seconds()), "jti": jti,
             "sub": "user-1", "events": {"http://schemas.openid.net/event/backchannel-logout": {}}})
 
@@ -233,22 +256,68 @@ class BackchannelTests(SynchronousTestCase):
             headers={b"content-type": [b"application/x-www-form-urlencoded"]},
             body=urlencode({"logout_token": token}).encode())
 
-    def test_named_providers_token_refused(self) -> None:
-        """corp's logout token: 400; corp's session of that sub lives on."""
-        s = Stack(self, memory_store=True)
-        browser = s.h.browser()
-        s.corp_login(browser, sub="user-1")
+    def both(self, **stack: Any) -> Any:
+        """A stack, a browser with corp's session of user-1 and one with [oidc]'s."""
+        s = Stack(self, **stack)
+        corp_browser = s.h.browser()
+        s.corp_login(corp_browser, sub="user-1")
+        return s, corp_browser, s.h.logged_in(sub="user-1")
+
+    def test_named_providers_token(self) -> None:
+        """corp's logout token ends corp's session of that sub; [oidc]'s session of it lives on."""
+        s, corp_browser, default_browser = self.both(memory_store=True)
         page = self.post(s, self.logout_token(s, CORP, CORP_CLIENT, "j1"))
+        self.assertEqual(page.code, 200, page.body)
+        self.assertEqual(corp_browser.get("/staff", headers=API).code, 401)
+        self.assertEqual(default_browser.get("/x", headers=API).code, 200)
+
+    def test_named_providers_token_revocation_list(self) -> None:
+        """The same with cookie sessions and a revocation list: corp's revoked, [oidc]'s not."""
+        s, corp_browser, default_browser = self.both()
+        s.h.guard.parts.revocations = MemoryStore(s.h.clock)
+        page = self.post(s, self.logout_token(s, CORP, CORP_CLIENT, "j1"))
+        self.assertEqual(page.code, 200, page.body)
+        self.assertEqual(corp_browser.get("/staff", headers=API).code, 401)
+        self.assertEqual(default_browser.get("/x", headers=API).code, 200)
+
+    def test_named_token_checked_with_keys(self) -> None:
+        """A token with corp's iss signed with a key not in corp's JWKS: 400, nothing ends."""
+        s, corp_browser, _ = self.both(memory_store=True)
+        forged = self.logout_token(s, CORP, CORP_CLIENT, "j1").split(".")
+        other = jwt.encode(json.loads(b64url_decode(forged[1])), OTHER_KEY, algorithm="RS256",
+                           headers={"kid": KEY_ID})
+        page = self.post(s, other)
         self.assertEqual(page.code, 400)
-        self.assertEqual(browser.get("/staff", headers=API).code, 200)
+        self.assertEqual(corp_browser.get("/staff", headers=API).code, 200)
+
+    def test_named_token_for_another_client(self) -> None:
+        """corp's token for [oidc]'s client id: 400 (its audience is not corp's client)."""
+        s, corp_browser, _ = self.both(memory_store=True)
+        page = self.post(s, self.logout_token(s, CORP, s.h.idp.client_id, "j1"))
+        self.assertEqual(page.code, 400)
+        self.assertEqual(corp_browser.get("/staff", headers=API).code, 200)
+
+    def test_unknown_issuer(self) -> None:
+        """A token of an issuer no provider has: 400, counted as bad_iss."""
+        s, corp_browser, _ = self.both(memory_store=True)
+        page = self.post(s, self.logout_token(s, "https://other.test", CORP_CLIENT, "j1"))
+        self.assertEqual(page.code, 400)
+        self.assertEqual(s.h.metrics.registry.get_sample_value(  # type: ignore[attr-defined]
+            "oidcproxy_token_validation_failures_total",
+            {"token": "logout_token", "reason": "bad_iss"}), 1.0)
+
+    def test_named_token_replayed(self) -> None:
+        """corp's logout token a second time: 400."""
+        s, _, _ = self.both(memory_store=True)
+        token = self.logout_token(s, CORP, CORP_CLIENT, "j1")
+        self.assertEqual(self.post(s, token).code, 200)
+        self.assertEqual(self.post(s, token).code, 400)
 
     def test_default_logout_leaves_named_session(self) -> None:
         """[oidc]'s logout of a sub ends its session, not corp's session of the same sub."""
-        s = Stack(self, memory_store=True)
-        corp_browser = s.h.browser()
-        s.corp_login(corp_browser, sub="user-1")
-        default_browser = s.h.logged_in(sub="user-1")
-        page = self.post(s, self.logout_token(s, ISSUER, s.h.idp.client_id, "j2"))
+        s, corp_browser, default_browser = self.both(memory_store=True)
+        page = self.post(s, self.logout_token(s, ISSUER, s.h.idp.client_id, "j2",
+                                              signer=s.h.idp))
         self.assertEqual(page.code, 200, page.body)
         self.assertEqual(default_browser.get("/x", headers=API).code, 401)
         self.assertEqual(corp_browser.get("/staff", headers=API).code, 200)
@@ -261,9 +330,10 @@ class MixUpTests(SynchronousTestCase):
     and the RFC 9207 iss and the ID token's iss must be that provider's.
     """
 
-    def failed(self, s: Stack, reason: str) -> float:
+    def failed(self, s: Stack, reason: str, provider: str = "corp") -> float:
+        """The failed logins of C{reason} counted for C{provider} (whose callback it was)."""
         return s.h.metrics.registry.get_sample_value(  # type: ignore[attr-defined]
-            "oidcproxy_logins_failed_total", {"reason": reason}) or 0.0
+            "oidcproxy_logins_failed_total", {"reason": reason, "provider": provider}) or 0.0
 
     def test_corp_state_at_default_callback(self) -> None:
         """corp's login attempt answered at [oidc]'s callback: refused, no code exchanged."""
@@ -274,7 +344,7 @@ class MixUpTests(SynchronousTestCase):
         page = browser.navigate("/oidc/callback?" + urlencode({"code": code,
                                                                "state": params["state"]}))
         self.assertEqual(page.code, 401)
-        self.assertEqual(self.failed(s, "state_other_provider"), 1.0)
+        self.assertEqual(self.failed(s, "state_other_provider", ""), 1.0)
         self.assertEqual((s.corp.token_requests, s.h.idp.token_requests), ([], []))
         self.assertNotIn(SESSION_COOKIE, browser.jar)
 

@@ -365,7 +365,7 @@ class CallbackProviderTests(SynchronousTestCase):
         self.assertNotIn(name, browser.jar)
         self.assertNotIn(SESSION_COOKIE, browser.jar)
         self.assertEqual(h.metrics.registry.get_sample_value(  # type: ignore[attr-defined]
-            "oidcproxy_logins_failed_total", {"reason": "state_other_provider"}), 1.0)
+            "oidcproxy_logins_failed_total", {"reason": "state_other_provider", "provider": ""}), 1.0)
 
     def test_state_sealed_for_provider(self) -> None:
         """A named attempt's provider is inside the sealed state cookie, not beside it."""

@@ -266,7 +266,7 @@ class AccessLogTests(SynchronousTestCase):
         # Observers may add to an event (trial's legacy one adds "message",
         # "time", ...): the access log's own keys come first.
         names = ["access_line", "user", "auth", "client", "method", "path", "status", "bytes",
-                 "duration_ms", "route", "upstream", "proto", "log_logger", "log_level",
+                 "duration_ms", "route", "upstream", "proto", "provider", "log_logger", "log_level",
                  "log_namespace", "log_source", "log_format", "log_time"]
         self.assertEqual(list(event)[:len(names)], names)
         event = {k: event[k] for k in names}

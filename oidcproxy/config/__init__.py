@@ -48,11 +48,22 @@ from .schema import (
     UpstreamSettings,
 )
 from .secrets import Secret
-from .values import cookie_name, http_url, origin_of, parse_duration, parse_size, route_host, route_prefix
+from .values import (
+    DEFAULT_PROVIDER_NAME,
+    cookie_name,
+    http_url,
+    origin_of,
+    parse_duration,
+    parse_size,
+    provider_cookie_name,
+    route_host,
+    route_prefix,
+)
 
 __all__ = [
     "AUTH_MODES",
     "CLIENT_AUTH_METHODS",
+    "DEFAULT_PROVIDER_NAME",
     "ENDPOINT_KEYS",
     "HTTP_METHODS",
     "ID_TOKEN_ALGORITHMS",
@@ -82,6 +93,7 @@ __all__ = [
     "parse_config",
     "parse_duration",
     "parse_size",
+    "provider_cookie_name",
     "route_host",
     "route_prefix",
 ]

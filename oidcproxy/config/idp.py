@@ -29,7 +29,7 @@ from .schema import (
     UpstreamSettings,
 )
 from .secrets import MIN_KEY_BYTES, short_secret
-from .values import absolute_path, http_url, provider_name, readable_file
+from .values import DEFAULT_PROVIDER_NAME, absolute_path, http_url, provider_name, readable_file
 
 # The namespace of the whole configuration layer, as before it had modules.
 log = Logger(namespace="oidcproxy.config")
@@ -168,6 +168,10 @@ def read_providers(top: Table, prefix: str) -> Providers:
             provider_name(name)
         except ValueError as e:
             t.problem(name, str(e))
+            continue
+        if name == DEFAULT_PROVIDER_NAME:
+            t.problem(name, f"{name!r} is the name a route's providers list gives the [oidc] "
+                      "table: choose another name")
             continue
         if not isinstance(value, dict):
             t.problem(name, f"expected a table ([providers.{name}]), got {describe(value)}")

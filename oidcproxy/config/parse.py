@@ -28,8 +28,16 @@ from .schema import (
     UpstreamSettings,
 )
 from .secrets import short_secret
-from .session import read_csrf, read_redis, read_session, read_state_cookie
-from .values import endpoint_prefix, endpoint_string, header_name, http_url, network, origin_of
+from .session import check_provider_cookies, read_csrf, read_redis, read_session, read_state_cookie
+from .values import (
+    DEFAULT_PROVIDER_NAME,
+    endpoint_prefix,
+    endpoint_string,
+    header_name,
+    http_url,
+    network,
+    origin_of,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -146,7 +154,8 @@ def read_config(top: Table, source: str) -> Config:
                    "The pages the proxy itself shows people (403, failed login, unavailable, "
                    "sign-out, sign-in): their look, language and templates.")
     top.done()
-    _check_providers(top, routes, providers, pages)
+    _check_providers(top, routes, providers, oidc)
+    check_provider_cookies(problems, [name for name, _ in providers], session, state_cookie, csrf)
     _check_login(top, routes, oidc, session, settings["public_url"])
     if oidc is not None or providers:
         check_login_paths(problems, oidc, providers, settings["public_url"],
@@ -340,41 +349,26 @@ def _headers(top: Table, default: Tuple[Tuple[str, Tuple[str, ...]], ...]
     return tuple(out)
 
 
-_BEARER_MODES = ("bearer", "session_or_bearer", "optional")
-"""The route auth modes that take access tokens."""
-
 
 def _check_providers(top: Table, routes: Sequence[RouteConfig], providers: Providers,
-                     pages: PagesConfig) -> None:
+                     oidc: Optional[OIDCConfig]) -> None:
     """
-    Each provider a route names is defined; what is not served per provider
-    yet is refused: a choice of providers (C{providers}), and access tokens
-    on a route of a named provider (they are checked against C{[oidc]}'s
-    and C{[bearer]}'s issuers only), and the sign-in page (it offers
-    C{[oidc]}'s button only) with such routes.
+    Each provider a route names is defined (in C{providers}, C{oidc} names
+    the C{[oidc]} table).
     """
     known = [name for name, _ in providers]
     defined = f"the providers defined: {', '.join(known)}" if known else \
         "there is no [providers.NAME] table"
-    sign_in_said = False
     for r in routes:
-        names = [(f"{r.name}.provider", r.provider)] if r.provider is not None else \
-            [(f"{r.name}.providers[{i}]", name) for i, name in enumerate(r.providers)]
-        for key, name in names:
-            if name not in known:
+        if r.provider is not None and r.provider not in known:
+            top.problem(f"{r.name}.provider", f"{r.provider!r} is not a provider ({defined})")
+        for i, name in enumerate(r.providers):
+            key = f"{r.name}.providers[{i}]"
+            if not name and oidc is None:
+                top.problem(key, f"{DEFAULT_PROVIDER_NAME!r} names the [oidc] table, which "
+                            "this configuration does not have")
+            elif name and name not in known:
                 top.problem(key, f"{name!r} is not a provider ({defined})")
-        if r.providers:
-            top.problem(f"{r.name}.providers", "a choice of several providers is not available "
-                        "yet: name one with provider = \"NAME\"")
-        if r.provider is not None and pages.sign_in_page and not sign_in_said:
-            top.problem("pages.sign_in_page", f"is not available yet with routes of a named "
-                        f"provider ({r.name} has provider = {r.provider!r}): the page offers "
-                        "[oidc]'s sign-in only")
-            sign_in_said = True
-        if r.provider is not None and r.auth in _BEARER_MODES:
-            top.problem(f"{r.name}.auth", f"{r.auth!r} is not available yet on a route of a named "
-                        f"provider ({r.provider!r}): access tokens are checked against [oidc]'s "
-                        "and [bearer]'s issuers only; use auth = \"session\"")
 
 
 def _check_login(top: Table, routes: Sequence[RouteConfig], oidc: Optional[OIDCConfig],

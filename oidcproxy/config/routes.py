@@ -12,6 +12,7 @@ from .policy import Policy, RuleSyntaxError
 from .reader import Table
 from .schema import AUTH_MODES, QUEUE_MULTIPLE, RouteConfig, UpstreamSettings
 from .values import (
+    DEFAULT_PROVIDER_NAME,
     email_domain,
     http_method,
     http_url,
@@ -103,7 +104,13 @@ def read_route(t: Table, index: int, defaults: UpstreamSettings,
         "The provider (a ``[providers.NAME]`` table) that logs this route's users in; its "
         "sessions are the only ones accepted here."))
     providers: Tuple[str, ...] = t.strings("providers", (), check=provider_name, doc=(
-        "Several providers a user may choose from on this route (not with ``provider``)."))
+        "Several providers a user may choose from on this route (not with ``provider``): a "
+        "session of any of them is served, a browser without one chooses on the sign-in page; "
+        f"``{DEFAULT_PROVIDER_NAME}`` names the ``[oidc]`` table."))
+    if len(set(providers)) != len(providers):
+        t.problem("providers", "names a provider twice")
+    # [oidc] is "" from here on, as everywhere else.
+    providers = tuple("" if name == DEFAULT_PROVIDER_NAME else name for name in providers)
     if provider is not None and t.has("providers"):
         t.problem("providers", "cannot be combined with provider: name one provider, or list "
                   "the providers to choose from")

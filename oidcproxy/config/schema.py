@@ -449,10 +449,15 @@ class Config:
             not have (a reloaded file's routes with the running providers).
         """
         names = {name for name, _ in self.providers}
+        if self.oidc is not None:
+            names.add("")
         for route in self.routes:
-            if route.provider is not None and route.provider not in names:
-                raise ValueError(f"{route.name}.provider: {route.provider!r} is not a running "
-                                 "provider; a new provider needs a restart")
+            key = f"{route.name}.provider" if route.provider is not None else \
+                f"{route.name}.providers"
+            for name in (route.provider,) if route.provider is not None else route.providers:
+                if name not in names:
+                    raise ValueError(f"{key}: {name or 'oidc'!r} is not a running provider; a "
+                                     "new provider needs a restart")
 
     def provider_config(self, name: Optional[str]) -> Optional[OIDCConfig]:
         """The provider C{name} (None or C{""}: C{[oidc]}), or None when there is none of that name."""

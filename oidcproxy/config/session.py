@@ -6,13 +6,45 @@ login attempts) and C{[csrf]}.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Tuple
+import re
+from typing import Any, Dict, Iterable, Optional, Tuple
 from urllib.parse import urlsplit
 
-from .reader import Table
+from .reader import Problems, Table
 from .schema import CSRFConfig, RedisConfig, SessionConfig, StateCookieConfig
 from .secrets import short_secret
-from .values import absolute_path, cookie_domain, cookie_name, header_name, parse_duration, readable_file
+from .values import (
+    absolute_path,
+    cookie_domain,
+    cookie_name,
+    header_name,
+    parse_duration,
+    provider_cookie_name,
+    readable_file,
+)
+
+_CHUNK_SUFFIX = re.compile(r".*_[0-9]+")
+"""A name a session cookie's chunk would have (C{NAME_1}, C{NAME_2}, ...)."""
+
+
+def check_provider_cookies(problems: Problems, providers: Iterable[str], session: SessionConfig,
+                           state: StateCookieConfig, csrf: Optional[CSRFConfig]) -> None:
+    """
+    Each named provider's session cookie (C{cookie_name-NAME}) is a name of
+    its own: not a chunk of another session cookie, not the CSRF cookie,
+    not a login state cookie.
+    """
+    for name in providers:
+        cookie = provider_cookie_name(session.cookie_name, name)
+        key = f"providers.{name}"
+        if _CHUNK_SUFFIX.fullmatch(name):
+            problems.add(key, f"a name ending in _ and digits is refused: its session cookie "
+                         f"{cookie!r} would be read as a chunk of another session cookie")
+        elif csrf is not None and cookie.lower() == csrf.cookie_name.lower():
+            problems.add(key, f"its session cookie {cookie!r} would be csrf.cookie_name")
+        elif cookie.lower().startswith(state.name.lower() + "_"):
+            problems.add(key, f"its session cookie {cookie!r} would be taken for a login state "
+                         f"cookie ({state.name}_...)")
 
 
 def read_session(t: Table) -> SessionConfig:
@@ -37,7 +69,8 @@ def read_session(t: Table) -> SessionConfig:
             'A session ends after this long unused; ``"0s"``: never.')),
         cookie_name=t.string("cookie_name", "oidcproxy", check=cookie_name, doc=(
             "The session cookie's name; sent as ``__Host-<name>`` when ``public_url`` is https "
-            "and no ``cookie_domain`` is set.")),
+            "and no ``cookie_domain`` is set. A named provider's sessions have a cookie of "
+            "their own, ``<name>-<provider>``, with the same attributes.")),
         cookie_path=t.string("cookie_path", "/", check=absolute_path, doc=(
             "The session cookie's ``Path``.")),
         cookie_domain=t.string("cookie_domain", None, check=cookie_domain, doc=(

@@ -186,11 +186,23 @@ def header_name(text: str) -> str:
 _PROVIDER_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
+DEFAULT_PROVIDER_NAME = "oidc"
+"""How a route's C{providers} list names the C{[oidc]} table (kept as C{""} in the configuration)."""
+
+
 def provider_name(text: str) -> str:
     """A provider's name: 1 to 64 letters, digits, C{-} and C{_}."""
     if not _PROVIDER_NAME.fullmatch(text):
         raise ValueError(f"{text!r} is not a provider name (1 to 64 letters, digits, - and _)")
     return text
+
+
+def provider_cookie_name(base: str, provider: str) -> str:
+    """
+    The session cookie of C{provider}: C{base} (C{session.cookie_name}) for
+    the default provider (C{""}, C{[oidc]}), C{base-NAME} for a named one.
+    """
+    return f"{base}-{provider}" if provider else base
 
 
 def cookie_name(text: str) -> str:

@@ -45,6 +45,8 @@ class RequestContext:
     @ivar identity: the authenticated L{oidcproxy.Identity}, or None.
     @ivar session: the L{oidcproxy.sessions.Session} the request came with.
     @ivar user: the user name for the access log, or None.
+    @ivar provider: the named provider (C{[providers.NAME]}) whose user the
+        request is, for the access log; None: C{[oidc]}'s, or nobody's.
     @ivar auth: how the request was authenticated, for the access log.
     @ivar endpoint: the name of the guard's own endpoint that answers (login,
         callback, ...), or None when the wrapped resource answers.
@@ -77,6 +79,7 @@ class RequestContext:
     identity: Any = None
     session: Any = None
     user: Optional[str] = None
+    provider: Optional[str] = None
     auth: str = "-"
     endpoint: Optional[str] = None
     cookies: List[bytes] = attr.Factory(list)

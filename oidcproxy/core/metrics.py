@@ -69,20 +69,23 @@ class NullMetrics:
         C{full}, or it waited longer than C{queue_timeout} (C{timeout}).
         """
 
-    def login_started(self) -> None:
-        """A browser was sent to the IdP's authorization endpoint."""
+    def login_started(self, provider: str = "") -> None:
+        """A browser was sent to the authorization endpoint of C{provider}'s IdP (C{""}: C{[oidc]})."""
 
-    def login_completed(self) -> None:
-        """A callback ended in a new session."""
+    def login_completed(self, provider: str = "") -> None:
+        """A callback of C{provider} ended in a new session."""
 
-    def login_failed(self, reason: str) -> None:
-        """A login could not start or its callback failed, for C{reason}."""
+    def login_failed(self, reason: str, provider: str = "") -> None:
+        """A login with C{provider} could not start or its callback failed, for C{reason}."""
 
     def token_invalid(self, token: str, reason: str) -> None:
         """A C{token} (C{id_token}, C{access_token}, C{logout_token}) failed validation."""
 
-    def refresh(self, outcome: str) -> None:
-        """A refresh ended: C{success}, C{ended}, C{unavailable} or C{error}."""
+    def refresh(self, outcome: str, provider: str = "") -> None:
+        """
+        A refresh at C{provider}'s IdP ended: C{success}, C{ended},
+        C{unavailable} or C{error}.
+        """
 
     def redis_command(self, command: str, seconds: float) -> None:
         """A Redis command answered (or failed) after C{seconds}."""
@@ -147,19 +150,23 @@ class Metrics(NullMetrics):
             "because every connection to it was busy, by route and reason (full: the line of "
             "waiting requests was full; timeout: waited queue_timeout).", ["route", "reason"],
             registry=r)
+        # provider: a [providers.NAME]'s name; "" for [oidc] (a series
+        # Prometheus stores as it did before the label was there).
         self._logins_started = Counter(
-            "oidcproxy_logins_started", "Browsers sent to the IdP to log in.", registry=r)
+            "oidcproxy_logins_started", "Browsers sent to the IdP to log in, by provider.",
+            ["provider"], registry=r)
         self._logins_completed = Counter(
-            "oidcproxy_logins_completed", "Logins that ended in a new session.", registry=r)
+            "oidcproxy_logins_completed", "Logins that ended in a new session, by provider.",
+            ["provider"], registry=r)
         self._logins_failed = Counter(
             "oidcproxy_logins_failed", "Logins that could not start or whose callback failed, "
-            "by reason.", ["reason"], registry=r)
+            "by reason and provider.", ["reason", "provider"], registry=r)
         self._tokens_invalid = Counter(
             "oidcproxy_token_validation_failures", "Tokens that failed validation, by token "
             "kind and reason.", ["token", "reason"], registry=r)
         self._refreshes = Counter(
-            "oidcproxy_refreshes", "Token refreshes (one per session at a time), by outcome.",
-            ["outcome"], registry=r)
+            "oidcproxy_refreshes", "Token refreshes (one per session at a time), by outcome "
+            "and provider.", ["outcome", "provider"], registry=r)
         self._redis_latency = Histogram(
             "oidcproxy_redis_command_seconds", "Redis command latency, by command.",
             ["command"], registry=r, buckets=_REDIS_BUCKETS)
@@ -203,6 +210,10 @@ class Metrics(NullMetrics):
         self._requests_by = _Children(self._requests)
         self._upstream_by = _Children(self._upstream)
         self._redis_latency_by = _Children(self._redis_latency)
+        self._logins_started_by = _Children(self._logins_started)
+        self._logins_completed_by = _Children(self._logins_completed)
+        self._logins_failed_by = _Children(self._logins_failed)
+        self._refreshes_by = _Children(self._refreshes)
 
     def request(self, route: str, status: int) -> None:
         self._requests_by[route, status].inc()
@@ -213,20 +224,20 @@ class Metrics(NullMetrics):
     def upstream_queue_rejected(self, route: str, reason: str) -> None:
         self._upstream_rejected.labels(route, reason).inc()
 
-    def login_started(self) -> None:
-        self._logins_started.inc()
+    def login_started(self, provider: str = "") -> None:
+        self._logins_started_by[provider,].inc()
 
-    def login_completed(self) -> None:
-        self._logins_completed.inc()
+    def login_completed(self, provider: str = "") -> None:
+        self._logins_completed_by[provider,].inc()
 
-    def login_failed(self, reason: str) -> None:
-        self._logins_failed.labels(reason).inc()
+    def login_failed(self, reason: str, provider: str = "") -> None:
+        self._logins_failed_by[reason, provider].inc()
 
     def token_invalid(self, token: str, reason: str) -> None:
         self._tokens_invalid.labels(token, reason).inc()
 
-    def refresh(self, outcome: str) -> None:
-        self._refreshes.labels(outcome).inc()
+    def refresh(self, outcome: str, provider: str = "") -> None:
+        self._refreshes_by[outcome, provider].inc()
 
     def redis_command(self, command: str, seconds: float) -> None:
         self._redis_latency_by[command,].observe(max(0.0, seconds))

@@ -43,6 +43,7 @@ __all__ = [
     "JWTVerifier",
     "KeySet",
     "TokenError",
+    "peek_claims",
     "peek_header",
 ]
 
@@ -189,6 +190,20 @@ def peek_header(token: str) -> Dict[str, Any]:
     @raise TokenError: with reason C{malformed}.
     """
     return _split(token)[0]
+
+
+def peek_claims(token: str) -> Dict[str, Any]:
+    """
+    The claims of C{token} after the structural checks of L{peek_header}:
+    the signature is B{not} verified, so they only say which issuer's keys
+    to verify it with.
+
+    @raise TokenError: with reason C{malformed}.
+    """
+    try:
+        return _json_object(_split(token)[1])
+    except (ValueError, RecursionError):
+        raise TokenError("malformed", "The token payload is not a JSON object.") from None
 
 
 def _algorithms_for_key(public_key: Any) -> FrozenSet[str]:

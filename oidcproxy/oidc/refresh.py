@@ -162,7 +162,7 @@ class Refresher:
 
             def forget(result: Any) -> Any:
                 self._inflight.pop(key, None)
-                self._metrics.refresh(_outcome(result))
+                self._metrics.refresh(_outcome(result), session.provider)
                 if isinstance(result, RefreshOutcome) and result.session is not None:
                     self._remember(key, result)
                 return result

@@ -103,6 +103,7 @@ from .jws import (
     JWTVerifier,
     KeySet,
     TokenError,
+    peek_claims,
     peek_header,
 )
 
@@ -120,6 +121,7 @@ __all__ = [
     "LogoutTokenValidator",
     "TokenError",
     "finite_number",
+    "peek_claims",
     "peek_header",
 ]
 

@@ -141,11 +141,12 @@ def decided(request: Request, decision: str, unless_decided: bool = False) -> No
     ctx.decision = ctx.auth = decision
 
 
-def deny(request: Request, cookies: Sequence[bytes] = ()) -> None:
+def deny(request: Request, cookies: Sequence[bytes] = (),
+         challenge: bytes = b'Bearer realm="oidcproxy"') -> None:
     """401 for a client that is not a browser navigation: always JSON."""
     decided(request, "unauthenticated")
     finish(request, 401, "unauthenticated", "Authentication is required.",
-           {b"www-authenticate": b'Bearer realm="oidcproxy"'}, cookies, as_json=True)
+           {b"www-authenticate": challenge}, cookies, as_json=True)
 
 
 def hand_over(request: Request, ctx: RequestContext) -> None:

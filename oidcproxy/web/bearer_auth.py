@@ -13,12 +13,20 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 from twisted.logger import Logger
 from twisted.web.server import Request
 
-from ..config import Config
+from ..config import Config, OIDCConfig, RouteConfig
 from ..core.context import context
 from ..oidc.bearer import BearerValidator
 from ..oidc.provider import ClientAuth, Provider, ProviderError, make_http_client
-from ..oidc.tokens import ASYMMETRIC_ALGORITHMS, HMAC_ALGORITHMS, JWTVerifier, KeySet, TokenError
+from ..oidc.tokens import (
+    ASYMMETRIC_ALGORITHMS,
+    HMAC_ALGORITHMS,
+    JWTVerifier,
+    KeySet,
+    TokenError,
+    peek_claims,
+)
 from ..proxy.routes import RouteMatch
+from ..sessions.session import DEFAULT_PROVIDER
 from .answers import decided, deny, finish
 from .headers import passes_client_authorization, set_header_values
 from .identity import Identity, user_name
@@ -124,6 +132,14 @@ def external_key_source(config: Config, clock: Any, http: Any = None) -> Any:
         jwks_min_refresh=oidc.jwks_min_refresh_interval)
 
 
+def _issuer_of(token: str) -> Any:
+    """C{token}'s C{iss}, unverified (None for an opaque or malformed token)."""
+    try:
+        return peek_claims(token).get("iss")
+    except TokenError:
+        return None
+
+
 class BearerAuth:
     """
     The bearer path of one guard.
@@ -136,8 +152,9 @@ class BearerAuth:
         self._state = state
         self.external = external
         self._started = False
-        self._validator: Any = None
-        self._algs: Optional[Tuple[str, ...]] = None
+        self._external_validator: Any = None
+        self._own: Dict[str, Tuple[Tuple[str, ...], BearerValidator]] = {}
+        """Each provider's validator of its own access tokens, with the algorithms it allows."""
 
     def start(self) -> None:
         """Start loading another issuer's keys now, not on the first bearer request."""
@@ -159,15 +176,22 @@ class BearerAuth:
         if self.external is not None:
             self.external.stop()
         self.external = external
-        self._validator = None
-        self._algs = None
+        self._external_validator = None
+        self._own = {}
         if self._started and external is not None:
             external.start()
 
-    def validator(self) -> Any:
+    def validator(self, provider: str = DEFAULT_PROVIDER, token: Optional[str] = None) -> Any:
         """
-        The access-token validator, built once the keys' source is known
-        (None when there is no IdP to ask).
+        The validator of the access tokens of a route of C{provider}, built
+        once the keys' source is known (None when there is no IdP to ask).
+
+        A route of C{[oidc]} takes the tokens of C{bearer.issuer} when it is
+        another issuer, else C{[oidc]}'s. A route of a named provider takes
+        that provider's own tokens (its keys, its client id as audience, or
+        C{bearer.audiences}) and those of C{bearer.issuer} when it is
+        another issuer: C{token}'s C{iss} says which (a token of any other
+        issuer is refused by the provider's validator: C{bad_iss}).
 
         Access tokens are checked with the issuer's asymmetric keys: never
         with the client secret, which the ID tokens' verifier holds when
@@ -179,34 +203,84 @@ class BearerAuth:
             names the keys) is not loaded.
         """
         state = self._state
-        provider, oidc = state.parts.provider, state.config.oidc
-        if provider is None or oidc is None:
-            return None
         b = state.config.bearer
-        if b.issuer is not None and b.issuer != oidc.issuer:
-            if self._validator is None:
-                self._validator = BearerValidator(
-                    self.external, self._verifier(tuple(b.algorithms) or EXTERNAL_ALGORITHMS),
-                    state.clock, issuer=b.issuer, audiences=b.audiences, leeway=oidc.leeway,
-                    cache_size=b.cache_size)
-            return self._validator
+        if provider == DEFAULT_PROVIDER:
+            oidc, client = state.config.oidc, state.parts.provider
+            if client is None or oidc is None:
+                return None
+            if b.issuer is not None and b.issuer != oidc.issuer:
+                return self._external()
+            return self._own_validator(provider, client, oidc)
+        bundle = state.parts.named.get(provider)
+        if bundle is None:
+            return None
+        external = b.issuer is not None and b.issuer != bundle.oidc.issuer and \
+            state.config.oidc is not None and self.external is not None
+        if external and token is not None and _issuer_of(token) == b.issuer:
+            return self._external()
+        return self._own_validator(provider, bundle.provider, bundle.oidc)
+
+    def _route_validator(self, route: RouteConfig, token: str) -> Any:
+        """
+        L{validator} for a route: of its provider, or, on a route of several,
+        of the one whose issuer is the token's C{iss} (else the first: its
+        validator refuses a token of any other issuer).
+        """
+        providers = route.providers
+        if not providers:
+            return self.validator(route.provider or DEFAULT_PROVIDER, token)
+        iss = _issuer_of(token)
+        config = self._state.config
+        for name in providers:
+            oidc = config.provider_config(name)
+            if oidc is not None and oidc.issuer == iss:
+                return self.validator(name, token)
+        return self.validator(providers[0], token)
+
+    def _named_issuer(self, route: RouteConfig, iss: Any) -> Optional[str]:
+        """The named provider of C{route} whose issuer is C{iss} (for the access log), or None."""
+        config = self._state.config
+        for name in (route.provider,) if route.provider is not None else route.providers:
+            oidc = config.provider_config(name)
+            if name and oidc is not None and oidc.issuer == iss:
+                return name
+        return None
+
+    def _external(self) -> BearerValidator:
+        """The validator of C{bearer.issuer}'s tokens (another issuer than the providers')."""
+        if self._external_validator is None:
+            state = self._state
+            b, oidc = state.config.bearer, state.config.oidc
+            assert oidc is not None and b.issuer is not None
+            self._external_validator = BearerValidator(
+                self.external, self._verifier(tuple(b.algorithms) or EXTERNAL_ALGORITHMS),
+                state.clock, issuer=b.issuer, audiences=b.audiences, leeway=oidc.leeway,
+                cache_size=b.cache_size)
+        return self._external_validator
+
+    def _own_validator(self, name: str, provider: Provider, oidc: OIDCConfig) -> BearerValidator:
+        """The validator of the access tokens of the provider C{name} itself."""
         metadata = provider.metadata
         if metadata is None:
             raise ProviderError(503, "not_ready", "the provider metadata is not loaded yet")
+        state = self._state
+        b = state.config.bearer
         algorithms = tuple(b.algorithms) or tuple(
             a for a in oidc.id_token_algorithms if a in ASYMMETRIC_ALGORITHMS) or tuple(
             a for a in metadata.id_token_signing_alg_values_supported
             if a in ASYMMETRIC_ALGORITHMS) or ("RS256",)
-        if self._validator is None or self._algs != algorithms:
-            self._validator = BearerValidator(
-                provider, self._verifier(algorithms), state.clock,
-                issuer=oidc.issuer, audiences=b.audiences or (oidc.client_id,), leeway=oidc.leeway,
-                introspection=b.introspection, introspection_cache=b.introspection_cache,
-                cache_size=b.cache_size,
-                # The client id is also every ID token's audience.
-                require_evidence=not b.audiences)
-            self._algs = algorithms
-        return self._validator
+        known = self._own.get(name)
+        if known is not None and known[0] == algorithms:
+            return known[1]
+        validator = BearerValidator(
+            provider, self._verifier(algorithms), state.clock,
+            issuer=oidc.issuer, audiences=b.audiences or (oidc.client_id,), leeway=oidc.leeway,
+            introspection=b.introspection, introspection_cache=b.introspection_cache,
+            cache_size=b.cache_size,
+            # The client id is also every ID token's audience.
+            require_evidence=not b.audiences)
+        self._own[name] = (algorithms, validator)
+        return validator
 
     def _verifier(self, algorithms: Sequence[str]) -> JWTVerifier:
         """A verifier of C{algorithms}, with bearer.hmac_secret (never the client secret) for HS*."""
@@ -223,7 +297,7 @@ class BearerAuth:
         False when the request is answered.
         """
         try:
-            validator = self.validator()
+            validator = self._route_validator(match.route, token)
             if validator is None:
                 deny(request)
                 return False
@@ -248,7 +322,7 @@ class BearerAuth:
         awaited instead (not cached, no validator yet, the IdP not ready).
         """
         try:
-            validator = self.validator()
+            validator = self._route_validator(match.route, token)
         except ProviderError:
             return None
         if validator is None:
@@ -271,6 +345,9 @@ class BearerAuth:
         ctx = context(request)
         # Named in the access log even when the rule refuses the token.
         ctx.user = user_name(state.config.username_claim, claims, sub)
+        route = match.route
+        if route.provider is not None or route.providers:
+            ctx.provider = self._named_issuer(route, claims.get("iss"))
         if not authorized(request, match.route, sub, claims, claims):
             return False
         ctx.identity = Identity(

@@ -1,6 +1,6 @@
 """
-The proxy's own cookies: the session cookie (and its chunks), the login
-state cookies and the CSRF cookie. They are stripped from every request
+The proxy's own cookies: the session cookies (one per provider, each with
+its chunks), the login state cookies and the CSRF cookie. They are stripped from every request
 before it goes on, the wrapped resource may not set them, and the session
 cookie is handed out here (within the size a browser and a site accept).
 """
@@ -8,12 +8,12 @@ cookie is handed out here (within the size a browser and a site accept).
 from __future__ import annotations
 
 import json
-from typing import List, Optional, Sequence, Set
+from typing import Dict, List, Optional, Sequence, Set
 
 from twisted.logger import Logger
 from twisted.web.server import Request
 
-from ..config import Config, RouteConfig
+from ..config import Config, RouteConfig, provider_cookie_name
 from ..core.context import RequestContext
 from ..oidc.login import LoginFlow
 from ..sessions.cookies import (
@@ -26,7 +26,7 @@ from ..sessions.cookies import (
     set_cookie_headers,
     strip_cookies,
 )
-from ..sessions.session import Session, claims_in_use, kept_claims, size_report
+from ..sessions.session import DEFAULT_PROVIDER, Session, claims_in_use, kept_claims, size_report
 from .csrf import CSRFProtection
 
 __all__ = ["CookieRules", "session_cookie_spec", "state_cookie_spec"]
@@ -39,10 +39,16 @@ def _same_site(wanted: str, secure: bool) -> str:
     return wanted if (wanted != "None" or secure) else "Lax"
 
 
-def session_cookie_spec(config: Config) -> CookieSpec:
-    """The session cookie of C{config}: HttpOnly, Secure with an https public_url."""
+def session_cookie_spec(config: Config, provider: str = DEFAULT_PROVIDER) -> CookieSpec:
+    """
+    The session cookie of C{config} for the sessions of C{provider}:
+    HttpOnly, Secure with an https public_url; C{cookie_name} for the
+    default provider's, C{cookie_name-NAME} for a named one's (the same
+    attributes).
+    """
     s, secure = config.session, config.cookie_secure
-    return CookieSpec(name=s.cookie_name, path=s.cookie_path, domain=s.cookie_domain,
+    return CookieSpec(name=provider_cookie_name(s.cookie_name, provider), path=s.cookie_path,
+                      domain=s.cookie_domain,
                       secure=secure, http_only=True, same_site=_same_site(s.same_site, secure),
                       max_chunks=s.max_cookie_chunks)
 
@@ -90,6 +96,10 @@ class CookieRules:
 
     def __init__(self, config: Config, login: Optional[LoginFlow], max_cookie_bytes: int) -> None:
         self.session = session_cookie_spec(config)
+        self.sessions: Dict[str, CookieSpec] = {DEFAULT_PROVIDER: self.session}
+        """Each provider's session cookie, by provider name (the default's is L{session})."""
+        for name, _ in config.providers:
+            self.sessions[name] = session_cookie_spec(config, name)
         self.login = login
         self.max_cookie_bytes = max_cookie_bytes
         self.config = config
@@ -101,7 +111,7 @@ class CookieRules:
         """Routes whose answer tried to set one of them (logged once each)."""
 
     def reconfigure(self, config: Config) -> None:
-        """Take a reloaded configuration's C{[csrf]} (the session cookie stays as built)."""
+        """Take a reloaded configuration's C{[csrf]} (the session cookies stay as built)."""
         if config.csrf != self.config.csrf:
             self.csrf = csrf_protection(config, self.session)
             self._own = self._own_cookies()
@@ -113,7 +123,7 @@ class CookieRules:
     # -- the request ------------------------------------------------------------
 
     def _own_cookies(self) -> _OwnCookies:
-        names = [self.session.wire_name.encode("ascii")]
+        names = [spec.wire_name.encode("ascii") for spec in self.sessions.values()]
         if self.csrf is not None:
             names.append(self.csrf.cookie.wire_name.encode("ascii"))
         return _OwnCookies(names, self.login)
@@ -132,9 +142,9 @@ class CookieRules:
     # -- the wrapped resource's answer -------------------------------------------
 
     def owned(self) -> OwnedNames:
-        """The names of the session cookie (and chunks), the state cookies and the CSRF cookie."""
+        """The names of the session cookies (and chunks), the state cookies and the CSRF cookie."""
         if self._owned is None:
-            names = [self.session.name]
+            names = [spec.name for spec in self.sessions.values()]
             if self.csrf is not None:
                 names.append(self.csrf.cookie.name)
             prefixes = [self.config.state_cookie.name] if self.login is not None else []
@@ -167,28 +177,37 @@ class CookieRules:
 
     # -- the session cookie ---------------------------------------------------------
 
-    def present(self, request: Request) -> List[str]:
-        """The names of the session cookie's chunks C{request} carries."""
-        return chunk_names(self.session, request.received_cookies)
+    def present(self, request: Request, provider: str = DEFAULT_PROVIDER) -> List[str]:
+        """The names of the chunks of C{provider}'s session cookie C{request} carries."""
+        return chunk_names(self.sessions[provider], request.received_cookies)
 
-    def clear_session(self, request: Request) -> List[bytes]:
-        """The Set-Cookie values that delete the session cookie's chunks C{request} carries."""
-        present = self.present(request)
-        return clear_cookie_headers(self.session, present) if present else []
+    def held(self, request: Request) -> List[str]:
+        """The providers whose session cookie C{request} carries, the default's first."""
+        cookies = request.received_cookies
+        return [name for name, spec in self.sessions.items() if chunk_names(spec, cookies)]
+
+    def clear_session(self, request: Request, provider: str = DEFAULT_PROVIDER) -> List[bytes]:
+        """
+        The Set-Cookie values that delete the chunks of C{provider}'s session
+        cookie C{request} carries.
+        """
+        present = self.present(request, provider)
+        return clear_cookie_headers(self.sessions[provider], present) if present else []
 
     def session_headers(self, request: Request, session: Session, value: str,
                         now: float) -> List[bytes]:
         """
-        The Set-Cookie values of a session's cookie (replacing the chunks the
-        request carried).
+        The Set-Cookie values of a session's cookie, its provider's
+        (replacing the chunks the request carried).
 
         @raise CookieTooLarge: the value needs more than max_cookie_chunks
             cookies, or more than max_cookie_bytes in all.
         """
         if len(value) > self.max_cookie_bytes:
             raise CookieTooLarge(f"{len(value)} bytes; at most {self.max_cookie_bytes}")
-        return set_cookie_headers(self.session, value, int(session.expires - now),
-                                  self.present(request))
+        provider = session.provider
+        return set_cookie_headers(self.sessions[provider], value, int(session.expires - now),
+                                  self.present(request, provider))
 
     def too_large(self, session: Session, value: str, what: str) -> None:
         """

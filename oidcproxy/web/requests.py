@@ -10,10 +10,12 @@ from urllib.parse import quote_from_bytes
 
 from twisted.web.server import Request
 
+from ..config import DEFAULT_PROVIDER_NAME
 from ..core.context import peek
 from ..core.urls import safe_return_to
 from ..proxy.headers import header_tokens
 from ..proxy.routes import split_target
+from ..sessions.session import DEFAULT_PROVIDER
 
 __all__ = ["arg", "is_browser_navigation", "is_preflight", "judged_method", "mount_path",
            "peer", "return_to", "target_below_mount"]
@@ -74,6 +76,16 @@ def arg(args: Dict[bytes, List[bytes]], key: bytes) -> Optional[str]:
         return values[0].decode("utf-8")
     except UnicodeDecodeError:
         return None
+
+
+def provider_arg(value: bytes) -> str:
+    """
+    A provider named by a C{provider} parameter: C{""} (the default) for
+    C{[oidc]}, also when it is called C{oidc} as in a route's C{providers};
+    other names as they are (bytes that are not UTF-8 make no provider's).
+    """
+    name = value.decode("utf-8", "replace")
+    return DEFAULT_PROVIDER if name == DEFAULT_PROVIDER_NAME else name
 
 
 def peer(request: Request) -> Optional[str]:

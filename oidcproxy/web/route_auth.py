@@ -13,7 +13,7 @@ order.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Coroutine, Optional, Sequence
+from typing import Any, Callable, Coroutine, List, Optional, Sequence
 
 from twisted.web.server import Request
 
@@ -83,10 +83,51 @@ class RouteAuth:
             if route.auth == "bearer":
                 deny(request)
                 return None
-        loaded = self._sessions.cached(request)
+        if route.providers:
+            return self._choice(request, ctx, match)
+        provider = route.provider or DEFAULT_PROVIDER
+        loaded = self._sessions.cached(request, provider)
         if loaded is None:
-            return self._session_route(request, ctx, match)
+            return self._session_route(request, ctx, match, provider)
         return self._loaded(request, ctx, match, loaded)
+
+    def _choice(self, request: Request, ctx: RequestContext,
+                match: RouteMatch) -> Optional[Coroutine[Any, Any, None]]:
+        """
+        A route of several providers: the session of the first of them
+        (in the route's order) whose cookie holds a live one is the
+        request's; the cookies of dead ones are cleared either way.
+        """
+        clear: List[bytes] = []
+        for provider in match.route.providers:
+            loaded = self._sessions.cached(request, provider)
+            if loaded is None:
+                return self._choice_waiting(request, ctx, match)
+            session, cleared = loaded
+            clear += cleared
+            if session is not None:
+                ctx.cookies.extend(clear)
+                return self._loaded(request, ctx, match, (session, []))
+        return self._loaded(request, ctx, match, (None, clear))
+
+    async def _choice_waiting(self, request: Request, ctx: RequestContext,
+                              match: RouteMatch) -> None:
+        """L{_choice}, with sessions that must be loaded from the store (or checked there)."""
+        clear: List[bytes] = []
+        found: Loaded = (None, clear)
+        for provider in match.route.providers:
+            loaded = await self._sessions.load_or_503(request, provider)
+            if loaded is None:
+                return
+            session, cleared = loaded
+            clear += cleared
+            if session is not None:
+                ctx.cookies.extend(clear)
+                found = (session, [])
+                break
+        rest = self._loaded(request, ctx, match, found)
+        if rest is not None:
+            await rest
 
     async def _bearer_admit(self, request: Request, ctx: RequestContext, match: RouteMatch,
                             token: str, authorization: Optional[Sequence[bytes]]) -> None:
@@ -95,9 +136,12 @@ class RouteAuth:
             self._pass_on(request, ctx, match)
 
     async def _session_route(self, request: Request, ctx: RequestContext,
-                             match: RouteMatch) -> None:
-        """The session of a request that must be loaded from the store (or checked there)."""
-        loaded = await self._sessions.load_or_503(request)
+                             match: RouteMatch, provider: str) -> None:
+        """
+        The session (of the route's C{provider}) of a request that must be
+        loaded from the store (or checked there).
+        """
+        loaded = await self._sessions.load_or_503(request, provider)
         if loaded is None:
             return
         rest = self._loaded(request, ctx, match, loaded)
@@ -106,13 +150,13 @@ class RouteAuth:
 
     def _loaded(self, request: Request, ctx: RequestContext, match: RouteMatch,
                 loaded: Loaded) -> Optional[Coroutine[Any, Any, None]]:
-        """The request's session is known (or known to be missing): go on at once if possible."""
+        """
+        The request's session of the route's provider is known (or known
+        to be missing): go on at once if possible. (A session with another
+        provider, in that provider's cookie, is not looked at: that
+        provider's routes serve it.)
+        """
         session, clear = loaded
-        if session is not None and session.provider != (match.route.provider or DEFAULT_PROVIDER):
-            # Signed in with another provider: no session for this route,
-            # whose provider logs the user in (the cookie stays: it is good
-            # on that provider's routes).
-            session, clear = None, []
         if session is None:
             if match.route.auth == "optional":
                 decided(request, "anonymous")

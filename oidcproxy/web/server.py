@@ -390,9 +390,11 @@ class ProxySite(ClientConnections, server.Site):
             who = ctx.identity
             user = ctx.user or (who.sub if who is not None else "-")
             auth = ctx.auth
+            provider = ctx.provider
         else:
             route = None
             user = auth = "-"
+            provider = None
         raw_path = getattr(request, "path", None)
         if raw_path is not None:
             path = raw_path.decode("ascii", "backslashreplace")
@@ -410,10 +412,14 @@ class ProxySite(ClientConnections, server.Site):
         # text is made once: a format string of a dozen fields costs every
         # text observer a dozen formatting calls per request. The fields
         # stay in the event for JSON observers.
+        line = (f'{client} "{method} {path}" {status} {sent} {duration_ms}ms '
+                f"route={route_name} upstream={upstream} user={user} auth={auth} proto={proto}")
+        if provider is not None:
+            # Last, and only for a named provider's user: the lines that
+            # parsers read before stay as they were.
+            line += f" provider={provider}"
         access_log.observer({
-            "access_line": (
-                f'{client} "{method} {path}" {status} {sent} {duration_ms}ms '
-                f"route={route_name} upstream={upstream} user={user} auth={auth} proto={proto}"),
+            "access_line": line,
             "user": user,
             "auth": auth,
             "client": client,
@@ -425,6 +431,7 @@ class ProxySite(ClientConnections, server.Site):
             "route": route_name,
             "upstream": upstream,
             "proto": proto,
+            "provider": provider or "-",
             "log_logger": access_log,
             "log_level": LogLevel.info,
             "log_namespace": access_log.namespace,

@@ -33,7 +33,7 @@ from .answers import decided, finish, store_unavailable
 from .csrf import SAFE_METHODS
 from .identity import user_name
 from .parts import GuardState
-from .requests import judged_method
+from .requests import judged_method, provider_arg
 from .rules import authorized, unverified_claims
 
 __all__ = ["Loaded", "SessionAuth"]
@@ -52,25 +52,24 @@ class SessionAuth:
 
     # -- loading ----------------------------------------------------------------
 
-    async def load(self, request: Request) -> Loaded:
+    async def load(self, request: Request, provider: str = DEFAULT_PROVIDER) -> Loaded:
         """
-        The request's live session, or None and the Set-Cookie values that
-        clear a dead one (tampered, unknown, expired, idle, revoked).
+        The request's live session of C{provider} (from that provider's
+        session cookie), or None and the Set-Cookie values that clear a dead
+        one (tampered, unknown, expired, idle, revoked, another provider's).
 
         @raise SessionStoreUnavailable: the store or the revocation list did not answer.
         """
         state, parts = self._state, self._state.parts
         cookies = request.received_cookies
-        spec = state.cookies.session
-        present = state.cookies.present(request)
-        if not present or parts.store is None:
+        if not state.cookies.present(request, provider) or parts.store is None:
             return None, []
-        value = read_cookie(spec, cookies)
+        value = read_cookie(state.cookies.sessions[provider], cookies)
         session = None
         if value is not None:
             session = await parts.store.load(value)
-        if session is not None and not self.ours(session):
-            log.info("session refused: its provider is not one of this guard's")
+        if session is not None and not self.ours(session, provider):
+            log.info("session refused: its provider is not the one of its cookie")
             session = None
         if session is not None:
             status = self._verdict(session)
@@ -85,9 +84,9 @@ class SessionAuth:
             log.info("session ended: {state}", state=status)
             await self.forget(session)
             session = None
-        return None, state.cookies.clear_session(request)
+        return None, state.cookies.clear_session(request, provider)
 
-    def cached(self, request: Request) -> Optional[Loaded]:
+    def cached(self, request: Request, provider: str = DEFAULT_PROVIDER) -> Optional[Loaded]:
         """
         What L{load} answers, when that is known without waiting: the store
         answers from memory (L{ISessionCache}), no revocation list must be
@@ -96,22 +95,36 @@ class SessionAuth:
         """
         state, parts = self._state, self._state.parts
         store = parts.store
-        if not state.cookies.present(request) or store is None:
+        if not state.cookies.present(request, provider) or store is None:
             return None, []
         if parts.revocations is not None or not ISessionCache.providedBy(store):
             return None
-        value = read_cookie(state.cookies.session, request.received_cookies)
+        value = read_cookie(state.cookies.sessions[provider], request.received_cookies)
         if value is None:
-            return None, state.cookies.clear_session(request)
+            return None, state.cookies.clear_session(request, provider)
         session = store.cached(value)
         if session is NOT_IN_MEMORY:
             return None
         if session is None:
-            return None, state.cookies.clear_session(request)
-        if not self.ours(session) or self._verdict(session) != LIVE:
+            return None, state.cookies.clear_session(request, provider)
+        if not self.ours(session, provider) or self._verdict(session) != LIVE:
             # load() refuses it, clears the cookie and says why.
             return None
         return session, []
+
+    def chosen(self, request: Request) -> Optional[str]:
+        """
+        The provider whose session an endpoint that is no route's acts on
+        (logout, userinfo): C{?provider=NAME} (C{oidc} or empty: C{[oidc]};
+        None: not one of this guard's), else the only one whose session cookie the request
+        carries, else the default provider.
+        """
+        names = request.args.get(b"provider")
+        if names:
+            name = provider_arg(names[0])
+            return name if name in self._state.cookies.sessions else None
+        held = self._state.cookies.held(request)
+        return held[0] if len(held) == 1 else DEFAULT_PROVIDER
 
     def _refresher(self, session: Session) -> Optional[Refresher]:
         """What refreshes C{session}'s tokens: its own provider's refresher."""
@@ -130,18 +143,21 @@ class SessionAuth:
         state = self._state
         return session_state(session, state.clock.seconds(), state.config.session.idle_timeout)
 
-    def ours(self, session: Session) -> bool:
+    def ours(self, session: Session, provider: str) -> bool:
         """
-        Whether C{session} was made through one of this guard's providers;
-        one of another (a provider since removed from the configuration, or
-        another proxy's sharing the store and keys) is no session here.
+        Whether C{session}, found in C{provider}'s session cookie, was made
+        through that provider, one of this guard's; one of another (a
+        provider since removed from the configuration, another proxy's
+        sharing the store and keys, a value moved to another provider's
+        cookie) is no session here.
         """
-        return session.provider in self._state.parts.provider_names
+        return session.provider == provider and provider in self._state.parts.provider_names
 
-    async def load_or_503(self, request: Request) -> Optional[Loaded]:
+    async def load_or_503(self, request: Request,
+                          provider: str = DEFAULT_PROVIDER) -> Optional[Loaded]:
         """L{load}, or None once a 503 is answered because the store cannot."""
         try:
-            return await self.load(request)
+            return await self.load(request, provider)
         except SessionStoreUnavailable as e:
             store_unavailable(request, e)
             return None
@@ -211,8 +227,9 @@ class SessionAuth:
                 raise SessionStoreUnavailable("a refreshed session could not be saved")
             if outcome.ended:
                 await self.forget(session)
-                context(request).user = None  # no session any more: a login follows
-                return None, cookies.clear_session(request)
+                ctx = context(request)
+                ctx.user = ctx.provider = None  # no session any more: a login follows
+                return None, cookies.clear_session(request, session.provider)
             if outcome.session is not None:
                 session = outcome.session
                 self._name_user(request, session)
@@ -221,7 +238,7 @@ class SessionAuth:
                 # below with its new expiry (and one cookie set for both).
                 renew = sliding
                 if not sliding and value is not None and value != read_cookie(
-                        cookies.session, request.received_cookies):
+                        cookies.sessions[session.provider], request.received_cookies):
                     self._set_cookie(request, session, value, now, "refresh not kept")
             elif outcome.store_unavailable:
                 # No refresh (the store could not lock or be read): the
@@ -311,9 +328,11 @@ class SessionAuth:
         context(request).headers.extend(ctx_headers)
 
     def _name_user(self, request: Request, session: Session) -> None:
-        """The access log's user for a request of C{session}, allowed or refused."""
-        context(request).user = user_name(
-            self._state.config.username_claim, session.claims, session.sub)
+        """The access log's user (and named provider) for a request of C{session}, allowed or refused."""
+        ctx = context(request)
+        ctx.user = user_name(self._state.config.username_claim, session.claims, session.sub)
+        if session.provider:
+            ctx.provider = session.provider
 
     def _set_cookie(self, request: Request, session: Session, value: str, now: float,
                     what: str) -> None:

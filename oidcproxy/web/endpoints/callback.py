@@ -67,7 +67,7 @@ class CallbackEndpoint:
         for key in _SINGLE:
             if len(args.get(key, [])) > 1:
                 log.info("callback refused: duplicated parameter {name}", name=key.decode())
-                metrics.login_failed("bad_callback")
+                metrics.login_failed("bad_callback", name)
                 finish(request, 400, "bad_callback", "The login answer is malformed.")
                 return
         given = arg(args, b"state")
@@ -78,7 +78,7 @@ class CallbackEndpoint:
         if error is not None:
             shown = error if error.replace("_", "").isalnum() and len(error) <= 64 else "error"
             log.info("login refused by the identity provider: {error}", error=shown)
-            metrics.login_failed("idp_refused")
+            metrics.login_failed("idp_refused", name)
             # What the IdP said is shown only to the browser whose login this
             # was (its state cookie matched): anyone can make a link to the
             # callback with an error_description, and our page would show
@@ -91,14 +91,14 @@ class CallbackEndpoint:
             return
         if attempt is None:
             log.info("login failed: {reason}", reason=reason)
-            metrics.login_failed(reason)
+            metrics.login_failed(reason, name)
             self._failed(request, 401 if given else 400,
                          "This login attempt is unknown or has expired. Please start again.",
                          "reason_unknown_state", target, cookies)
             return
         if not self._consume(attempt.state):
             log.info("login failed: {reason}", reason="state_replayed")
-            metrics.login_failed("state_replayed")
+            metrics.login_failed("state_replayed", name)
             self._failed(request, 401, "This login attempt was already used.",
                          "reason_state_used", target, cookies)
             return
@@ -106,14 +106,14 @@ class CallbackEndpoint:
             tokens, claims = await self._tokens(request, attempt, bundle)
         except TokenError as e:
             log.warn("login failed: {reason}: {detail}", reason=e.reason, detail=e.detail)
-            metrics.login_failed(e.reason)
+            metrics.login_failed(e.reason, name)
             self._failed(request, 401, "The login could not be verified. Please start again.",
                          "reason_not_verified", target, cookies)
             return
         except ProviderError as e:
             log.warn("login failed: identity provider: {reason}: {detail}",
                      reason=e.reason, detail=e.detail)
-            metrics.login_failed("idp_" + e.reason)
+            metrics.login_failed("idp_" + e.reason, name)
             status = e.status if e.status in (401, 502, 503, 504) else 502
             message = {
                 401: "The login could not be completed. Please start again.",
@@ -130,16 +130,17 @@ class CallbackEndpoint:
 
         now = state.clock.seconds()
         session = self._session(tokens, claims, now, bundle)
-        # A fresh session id on every login (no fixation); the old session,
-        # if any, is ended.
+        # A fresh session id on every login (no fixation); the old session
+        # of this provider, if any, is ended (another provider's lives on,
+        # in its own cookie).
         try:
-            old, _ = await self._sessions.load(request)
+            old, _ = await self._sessions.load(request, bundle.name)
             if old is not None:
                 await self._sessions.end(old)
             value = await store.save(session)
         except SessionStoreUnavailable as e:
             # The code is spent: the user starts again once the store is back.
-            metrics.login_failed("session_store_unavailable")
+            metrics.login_failed("session_store_unavailable", name)
             store_unavailable(request, e, cookies=cookies)
             return
         try:
@@ -149,7 +150,7 @@ class CallbackEndpoint:
             # fault of what the IdP sent, for the administrator to act on
             # (the log line says how); never a 500 and no use retrying.
             state.cookies.too_large(session, value, "login failed")
-            metrics.login_failed("session_too_large")
+            metrics.login_failed("session_too_large", name)
             finish(request, 502, "session_too_large",
                    "You signed in, but the identity provider sent more about you than "
                    "this site can keep in its session cookie, so the sign-in cannot be "
@@ -157,7 +158,7 @@ class CallbackEndpoint:
                    "says what to change.", cookies=cookies)
             return
         log.info("login of {sub}", sub=session.sub)
-        metrics.login_completed()
+        metrics.login_completed(name)
         redirect(request, self._landing(attempt.return_to, bundle),
                  [*cookies, *session_cookies])
 

@@ -18,7 +18,7 @@ from ...proxy.routes import RouteMatch
 from ...sessions.session import DEFAULT_PROVIDER
 from ..answers import decided, deny, finish, redirect, show
 from ..parts import GuardState
-from ..requests import arg, is_browser_navigation, mount_path, return_to
+from ..requests import arg, is_browser_navigation, mount_path, provider_arg, return_to
 
 __all__ = ["LoginEndpoint", "MAX_PENDING"]
 
@@ -27,6 +27,14 @@ MAX_PENDING = 10_000
 
 PROMPTS = ("login", "select_account")
 """The C{prompt} values the login endpoint passes on (signing in as someone else)."""
+
+
+def _target(match: RouteMatch) -> str:
+    """Where a login started on the request of C{match} comes back to: its path and query."""
+    target = match.path
+    if match.query is not None:
+        target += "?" + match.query.decode("ascii")
+    return safe_return_to(target) or "/"
 
 
 class LoginEndpoint:
@@ -55,7 +63,8 @@ class LoginEndpoint:
             finish(request, 405, "method_not_allowed", "Login starts with GET.",
                    {b"allow": b"GET, HEAD"})
             return
-        name = arg(request.args, b"provider") or DEFAULT_PROVIDER
+        given = request.args.get(b"provider")
+        name = provider_arg(given[0]) if given else DEFAULT_PROVIDER
         table = self._state.config.provider_config(name)
         if name != DEFAULT_PROVIDER and (self._state.bundle(name) is None or table is None
                                          or table.disable_login):
@@ -73,10 +82,15 @@ class LoginEndpoint:
         navigation goes to log in (and comes back here), anything else gets 401.
         """
         ctx = peek(request)
+        route = match.route
         if not is_browser_navigation(request) or (ctx is not None and ctx.forward_auth is False):
-            deny(request, clear)
+            deny(request, clear, self._challenge(route.providers) if route.providers else
+                 b'Bearer realm="oidcproxy"')
             return
-        name = match.route.provider or DEFAULT_PROVIDER
+        if route.providers:
+            self._choose(request, match, clear)
+            return
+        name = route.provider or DEFAULT_PROVIDER
         oidc = self._state.config.provider_config(name)
         if oidc is not None and (oidc.disable_login or oidc.login_url):
             # Logins start elsewhere (login_url), or not at all here.
@@ -87,11 +101,8 @@ class LoginEndpoint:
             finish(request, 401, "unauthenticated", message,
                    {b"www-authenticate": b'Bearer realm="oidcproxy"'}, clear)
             return
-        target = match.path
-        if match.query is not None:
-            target += "?" + match.query.decode("ascii")
-        target = safe_return_to(target) or "/"
-        if name == DEFAULT_PROVIDER and self._state.config.pages.sign_in_page and self.here():
+        target = _target(match)
+        if self._state.config.pages.sign_in_page and self._logs_in_here(name):
             # A page with a button naming the provider, before the browser goes there.
             decided(request, "unauthenticated")
             pages = self._state.pages
@@ -99,6 +110,40 @@ class LoginEndpoint:
                 r, target, {b"www-authenticate": b'Bearer realm="oidcproxy"'}), clear)
             return
         await self.start(request, target, clear, provider=name)
+
+    def _challenge(self, providers: Sequence[str]) -> bytes:
+        """
+        The C{WWW-Authenticate} of a route of several providers: its
+        C{issuers}, space-separated (their tokens are accepted there).
+        """
+        config = self._state.config
+        issuers = [oidc.issuer for oidc in map(config.provider_config, providers)
+                   if oidc is not None]
+        return ('Bearer realm="oidcproxy", issuers="' + " ".join(issuers) + '"').encode("ascii")
+
+    def _choose(self, request: Request, match: RouteMatch, clear: Sequence[bytes]) -> None:
+        """
+        A browser without a session on a route of several providers: the
+        sign-in page, one button for each provider that logs in here, each
+        starting a login with it that comes back to this page.
+        """
+        state = self._state
+        choices = [name for name in match.route.providers if self._logs_in_here(name)]
+        challenge = {b"www-authenticate": self._challenge(match.route.providers)}
+        decided(request, "unauthenticated")
+        if not choices:
+            finish(request, 401, "unauthenticated", "Authentication is required.", challenge,
+                   clear)
+            return
+        target = _target(match)
+        pages = state.pages
+        show(request, lambda r: pages.sign_in(r, target, challenge, choices), clear)
+
+    def _logs_in_here(self, name: str) -> bool:
+        """Whether the login endpoint starts logins with the provider C{name}."""
+        oidc = self._state.config.provider_config(name)
+        return self._state.bundle(name) is not None and oidc is not None and \
+            not oidc.disable_login and self.here()
 
     async def start(self, request: Request, target: str, cookies: Sequence[bytes] = (),
                     prompt: Optional[str] = None, provider: str = DEFAULT_PROVIDER) -> None:
@@ -112,7 +157,7 @@ class LoginEndpoint:
         provider_client = bundle.provider
         metadata = provider_client.metadata if provider_client.ready else None
         if metadata is None:
-            state.metrics.login_failed("idp_not_ready")
+            state.metrics.login_failed("idp_not_ready", provider)
             finish(request, 503, "idp_unavailable",
                    "The identity provider cannot be reached yet. Please try again shortly.",
                    {b"retry-after": b"5"}, cookies)
@@ -120,7 +165,7 @@ class LoginEndpoint:
         location, state_cookies = login.start(
             request.received_cookies, target, metadata.authorization_endpoint, prompt)
         decided(request, "login")
-        state.metrics.login_started()
+        state.metrics.login_started(provider)
         self._started(location)
         redirect(request, location, [*cookies, *state_cookies])
 

@@ -1,11 +1,16 @@
 """
 Logout: GET shows a confirmation form (a link alone cannot log anyone out;
+it names the account, and with several providers the provider;
 with C{[pages] logout_confirm = false} the form posts itself); a
 same-origin POST ends the session (store, revocation list, its
 WebSockets), revokes its tokens at the IdP, clears the cookies and sends the
 browser to the IdP's logout or the landing page: post_logout_redirect_url,
 else the C{rd} the logout was given, else the signed-out page (GET with
 C{?signed_out=1}).
+
+A logout ends the session of one provider: C{?provider=NAME} (a form field
+of the POST too), else the only one whose session cookie the browser holds,
+else the default provider's. Another provider's session lives on.
 """
 
 from __future__ import annotations
@@ -73,11 +78,14 @@ class LogoutEndpoint:
             log.info("logout refused: cross-site request")
             finish(request, 403, "cross_site", "Cross-site logout requests are refused.")
             return
-        loaded = await self._sessions.load_or_503(request)
+        provider = self._provider(request)
+        if provider is None:
+            return
+        loaded = await self._sessions.load_or_503(request, provider)
         if loaded is None:
             return
         session, _ = loaded
-        location = self._landing(target if given else None, session)
+        location = self._landing(target if given else None, provider)
         if session is not None:
             try:
                 await self._sessions.end(session)
@@ -94,20 +102,30 @@ class LogoutEndpoint:
             idp_logout = self._end_session_url(session, location)
             if idp_logout is not None:
                 location = idp_logout
-        cookies = state.cookies.clear_session(request)
+        cookies = state.cookies.clear_session(request, provider)
         csrf = state.cookies.csrf
         if csrf is not None:
             cookies += csrf.clear_headers(request.received_cookies)
         redirect(request, location, cookies, code=303)
 
-    def _landing(self, rd: Optional[str], session: Optional[Session]) -> str:
+    def _provider(self, request: Request) -> Optional[str]:
         """
-        The post_logout_redirect_url of the session's provider (or
-        C{[oidc]}'s without a session) when configured (a path on
-        public_url, or a URL), else rd, else the signed-out page.
+        The provider whose session the logout ends (see
+        L{SessionAuth.chosen}); None once an unknown one is answered (404).
+        """
+        provider = self._sessions.chosen(request)
+        if provider is None:
+            finish(request, 404, "unknown_provider", "There is no such provider here.")
+        return provider
+
+    def _landing(self, rd: Optional[str], provider: str) -> str:
+        """
+        The post_logout_redirect_url of the C{provider} whose session ends
+        when configured (a path on public_url, or a URL), else rd, else the
+        signed-out page.
         """
         state = self._state
-        oidc = state.config.provider_config(session.provider if session is not None else None)
+        oidc = state.config.provider_config(provider)
         fixed = oidc.post_logout_redirect_url if oidc is not None else None
         return state.absolute(fixed or rd or state.config.logout_path + "?signed_out=1")
 
@@ -142,11 +160,15 @@ class LogoutEndpoint:
     async def _page(self, request: Request, target: Optional[str]) -> None:
         """The sign-out page (naming the account) with its form posting to this endpoint."""
         user = None
-        loaded = await self._sessions.load_or_503(request)
+        provider = self._provider(request)
+        if provider is None:
+            return
+        loaded = await self._sessions.load_or_503(request, provider)
         if loaded is None:
             return
         session, _ = loaded
         if session is not None:
             user = user_name(self._state.config.username_claim, session.claims, session.sub)
         pages = self._state.pages
-        show(request, lambda r: pages.logout(r, user, target))
+        several = len(self._state.cookies.sessions) > 1
+        show(request, lambda r: pages.logout(r, user, target, provider, several))

@@ -1,6 +1,8 @@
 """
 The session's user, for the pages of the application: who is logged in,
-with which claims, until when. No tokens.
+with which claims, until when. No tokens. With several providers, the
+session of C{?provider=NAME} (by default the only one the browser holds,
+else the default provider's).
 """
 
 from __future__ import annotations
@@ -27,7 +29,11 @@ class UserinfoEndpoint:
         if request.method not in (b"GET", b"HEAD"):
             finish(request, 405, "method_not_allowed", "Use GET.", {b"allow": b"GET, HEAD"})
             return
-        loaded = await self._sessions.load_or_503(request)
+        provider = self._sessions.chosen(request)
+        if provider is None:
+            finish(request, 404, "unknown_provider", "There is no such provider here.")
+            return
+        loaded = await self._sessions.load_or_503(request, provider)
         if loaded is None:
             return
         session, cookies = loaded

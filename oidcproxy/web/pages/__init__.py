@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 from urllib.parse import urlencode, urlsplit
 
 from twisted.web.server import Request
@@ -70,6 +70,17 @@ def _origin(url: Optional[str]) -> Optional[str]:
     return f"{parts.scheme}://{parts.netloc}"
 
 
+def _request_provider(request: Request) -> Optional[str]:
+    """
+    The named provider of the request's session, else of its route; None:
+    C{[oidc]} (or none known).
+    """
+    ctx = peek(request)
+    if ctx is None:
+        return None
+    return ctx.provider or (ctx.route.provider if ctx.route is not None else None)
+
+
 class Pages:
     """
     The pages of one guard.
@@ -97,6 +108,18 @@ class Pages:
         if not provider and config.oidc is not None:
             provider = urlsplit(config.oidc.issuer).hostname or config.oidc.issuer
         self._provider = provider or "the identity provider"
+
+    def provider_label(self, name: str) -> str:
+        """
+        How the pages name the provider C{name}: C{[pages] provider_name} or
+        the issuer's host for C{[oidc]}, the issuer's host for a named one.
+        """
+        if not name:
+            return self._provider
+        table = self._config.provider_config(name)
+        if table is None:
+            return name
+        return urlsplit(table.issuer).hostname or table.issuer
 
     # -- what every page shares ----------------------------------------------------------
 
@@ -154,15 +177,18 @@ class Pages:
 
     # -- links to the guard's endpoints ----------------------------------------------------
 
-    def _login_url(self, request: Request, target: str, prompt: Optional[str] = None) -> Optional[str]:
+    def _login_url(self, request: Request, target: str, prompt: Optional[str] = None,
+                   provider: Optional[str] = None) -> Optional[str]:
         """
-        The login endpoint starting a login back to C{target} with the
-        provider of the request's route; None when logins start elsewhere.
+        The login endpoint starting a login back to C{target} with
+        C{provider} (by default the provider of the request's route); None
+        when logins start elsewhere.
         """
         oidc = self._config.oidc
         query = [("rd", target)] + ([("prompt", prompt)] if prompt else [])
-        ctx = peek(request)
-        name = ctx.route.provider if ctx is not None and ctx.route is not None else None
+        if provider is None:
+            provider = _request_provider(request)
+        name = provider or None
         if name is not None:
             # A named provider's login starts at endpoints_prefix/login, when it is there.
             table = self._config.provider_config(name)
@@ -180,12 +206,21 @@ class Pages:
         return mount_path(request) + self._config.logout_path
 
     def _logout_form(self, request: Request, lang: str, target: Optional[str], *,
-                     secondary: bool = False, form_id: Optional[str] = None) -> Tag:
+                     secondary: bool = False, form_id: Optional[str] = None,
+                     provider: Optional[str] = None) -> Tag:
+        """
+        A sign-out button: it ends the session of C{provider} (by default
+        the request's session's named provider, or its route's).
+        """
         form = tags.form(method="post", action=self._logout_action(request))
         if form_id:
             form(id=form_id)
         if target:
             form(tags.input(type="hidden", name="rd", value=target))
+        if provider is None:
+            provider = _request_provider(request)
+        if provider is not None:
+            form(tags.input(type="hidden", name="provider", value=provider))
         button = tags.button(TEXTS[lang]["logout_button"], type="submit")
         if secondary:
             button(**{"class": "secondary"})
@@ -294,11 +329,14 @@ class Pages:
         return self._page(request, "login_failed", code, lang, texts["login_failed_heading"],
                           slots, headers)
 
-    def logout(self, request: Request, user: Optional[str], target: Optional[str]) -> bytes:
+    def logout(self, request: Request, user: Optional[str], target: Optional[str],
+               provider: str = "", several: bool = False) -> bytes:
         """
         The sign-out page of C{GET}: a form that posts to the logout endpoint
-        (a link alone signs no one out). With C{logout_confirm = false} it
-        posts itself (a script file, allowed by a nonce).
+        (a link alone signs no one out) to end the session of C{provider}.
+        With C{logout_confirm = false} it posts itself (a script file,
+        allowed by a nonce). With C{several} providers, the page names the
+        one whose session it ends.
         """
         lang = self.language(request)
         texts = TEXTS[lang]
@@ -310,14 +348,23 @@ class Pages:
                                  + SCRIPT_PATH, nonce=nonce)
         slots = {
             "message": texts["logout_message"] if confirm else texts["logout_auto"],
-            "signed_in_as": self._text(lang, "logout_account",
-                                       user=tags.strong(bounded_text(user, 120)))
-            if user else "",
-            "form": self._logout_form(request, lang, target, form_id="logout-form"),
+            "signed_in_as": self._signed_in_as(lang, user, provider if several else None),
+            "form": self._logout_form(request, lang, target, form_id="logout-form",
+                                      provider=provider if several else None),
             "script": script,
         }
         return self._page(request, "logout", 200, lang, texts["logout_heading"], slots,
                           nonce=nonce)
+
+    def _signed_in_as(self, lang: str, user: Optional[str], provider: Optional[str]) -> Any:
+        """Who is signed in (and with which C{provider}, when given); nothing without a user."""
+        if not user:
+            return ""
+        name = tags.strong(bounded_text(user, 120))
+        if provider is None:
+            return self._text(lang, "logout_account", user=name)
+        return self._text(lang, "logout_account_at", user=name,
+                          provider=tags.strong(bounded_text(self.provider_label(provider), 120)))
 
     def signed_out(self, request: Request) -> bytes:
         """After signing out (without post_logout_redirect_url): it says so; sign in again."""
@@ -332,15 +379,25 @@ class Pages:
         return self._page(request, "signed_out", 200, lang, texts["signed_out_heading"], slots)
 
     def sign_in(self, request: Request, target: str,
-                headers: Optional[Dict[bytes, bytes]] = None) -> bytes:
-        """C{sign_in_page = true}: a button naming the provider, before the browser goes there."""
+                headers: Optional[Dict[bytes, bytes]] = None,
+                providers: Optional[Sequence[str]] = None) -> bytes:
+        """
+        C{sign_in_page = true}: a button naming the route's provider, before
+        the browser goes there; with C{providers} (a route's choice), one
+        button for each, each starting a login with its provider.
+        """
         lang = self.language(request)
         texts = TEXTS[lang]
-        url = self._login_url(request, target) or "/"
+        if providers is None:
+            ctx = peek(request)
+            route = ctx.route if ctx is not None else None
+            providers = [(route.provider or "") if route is not None else ""]
+        buttons = [tags.a(texts["sign_in_with"].format(provider=self.provider_label(name)),
+                          href=self._login_url(request, target, provider=name) or "/",
+                          **{"class": "button"}) for name in providers]
         slots = {
             "message": texts["sign_in_message"],
-            "sign_in": tags.a(texts["sign_in_with"].format(provider=self._provider), href=url,
-                              **{"class": "button"}),
+            "sign_in": buttons,
         }
         return self._page(request, "sign_in", 401, lang, texts["sign_in_heading"], slots, headers)
 
