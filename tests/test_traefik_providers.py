@@ -19,7 +19,11 @@ from oidcproxy.config import parse_config
 from oidcproxy.tools.traefik import convert, load_documents, main
 
 from .fakes import SECRET
-from .test_traefik import WarningsMixin, ingress, middleware, route, service, tomllib
+from .test_traefik import DATA, ROOT, WarningsMixin, ingress, middleware, route, service, tomllib
+
+SAMPLE = os.path.join(DATA, "providers.yaml")
+GUIDE = os.path.join(ROOT, "docs", "howto", "from-traefik-hub.rst")
+"""Two middlewares (staff, partners) and three IngressRoutes, as a user would have them."""
 
 STAFF = middleware({"issuer": "https://login.example.com/staff", "clientID": "apps",
                     "clientSecret": "urn:k8s:secret:staff:secret",
@@ -60,13 +64,15 @@ def wiring(data: Dict[str, Any]) -> List[Tuple[str, str, Any, Any]]:
 class SeveralMiddlewaresTests(SynchronousTestCase, WarningsMixin):
     """Two middlewares, three IngressRoutes."""
 
-    def credentials(self) -> None:
+    def credentials(self, *names: str) -> str:
+        """Supply the credentials C{names} (default: the tests' two) and C{session-key}; their directory."""
         directory = self.mktemp()
         os.makedirs(directory)
-        for name in ("staff-secret", "partners-secret", "session-key"):
+        for name in (*(names or ("staff-secret", "partners-secret")), "session-key"):
             with open(os.path.join(directory, name), "w", encoding="utf-8") as f:
                 f.write(SECRET + "\n")
         self.patch(os, "environ", dict(os.environ, CREDENTIALS_DIRECTORY=directory))
+        return directory
 
     def test_each_middleware_a_provider(self):
         """
@@ -113,22 +119,46 @@ class SeveralMiddlewaresTests(SynchronousTestCase, WarningsMixin):
                          [("/", None), ("/portal", "partner-portal"), ("/admin", None),
                           ("/status", None)])
 
-    def test_check_accepts_it(self):
-        """`twistd oidcproxy --check` accepts the printed configuration."""
+    def test_sample_file_checks(self):
+        """
+        The sample file (two middlewares, three IngressRoutes) through the
+        console script: `twistd oidcproxy --check` accepts the output, and
+        its routes name the right providers.
+        """
         from oidcproxy.tap import Options, check
 
-        self.credentials()
-        code, out, err = self.main(*(yaml.safe_dump(d) for d in
-                                     (PARTNERS, STAFF, *THREE_ROUTES, service())))
-        self.assertEqual(code, 0, err)
-        path = self.mktemp() + ".toml"
+        directory = self.credentials("staff-oidc-clientSecret", "partners-oidc-clientSecret")
+        out, err = io.StringIO(), io.StringIO()
+        self.assertEqual(main([SAMPLE], stdout=out, stderr=err), 0, err.getvalue())
+        data = tomllib.loads(out.getvalue())
+        self.assertEqual([(r["path"], r["auth"], r.get("provider")) for r in data["routes"]], [
+            ("/", "session", None), ("/portal", "session", "partners-oidc"),
+            ("/admin", "session", None), ("/status", "none", None)])
+        self.assertEqual(data["oidc"]["client_id"], "apps")
+        self.assertEqual(data["providers"]["partners-oidc"]["client_id"], "partner-portal")
+        path = os.path.join(directory, "oidcproxy.toml")
         with open(path, "w", encoding="utf-8") as f:
-            f.write(out)
+            f.write(out.getvalue())
         options = Options()
         options.parseOptions(["--config", path, "--check"])
         report = io.StringIO()
         self.assertEqual(check(options, report, reactor=MemoryReactorClock()), 0,
                          report.getvalue())
+        self.assertEqual(report.getvalue(), "config OK\n")
+
+    def test_guide_shows_the_output(self):
+        """Each line the guide's "Several middlewares" example shows is the importer's, as printed."""
+        with open(GUIDE, encoding="utf-8") as f:
+            guide = f.read()
+        section = guide[guide.index("Several middlewares\n"):guide.index("Supply the secrets\n")]
+        block = section[section.index(".. code-block:: toml\n"):section.index("\n- ``NAME``")]
+        shown = [line[4:] for line in block.splitlines()[1:] if line.strip()]
+        self.assertGreater(len(shown), 20)
+        out = io.StringIO()
+        main([SAMPLE, "--upstream", "portal=http://127.0.0.1:9100"], stdout=out,
+             stderr=io.StringIO())
+        printed = out.getvalue().splitlines()
+        self.assertEqual([line for line in shown if line not in printed], [])
 
     def main(self, *documents: str, args: Tuple[str, ...] = ()) -> Tuple[int, str, str]:
         out, err = io.StringIO(), io.StringIO()
