@@ -10,8 +10,10 @@ provider's OP and ends there with its user, and the other provider's route
 then sends the browser to the other OP (headless Chromium, both
 directions); a session of one provider, replayed on the other's route under
 either provider's cookie name, gets 401 for an API client; and the IdP
-mix-up: a code OP 1 issued, presented at C{/oidc/callback/partners} (with
-OP 1's C{iss}, OP 2's, or its own state), is refused.
+mix-up, both ways: a code OP 1 issued, presented at
+C{/oidc/callback/partners} (with its own state, or a partners login's state
+and OP 1's C{iss} or OP 2's), is refused, and so is OP 2's at
+C{/oidc/callback}; C{/oidc/ready} reports each provider.
 
 Not covered here: whether signing in with one provider ends the session of
 the other. Today the proxy has one session cookie for every provider (a
@@ -61,6 +63,17 @@ STAFF = "/staff/page?x=1"
 ISSUER_HEADER = "X-Forwarded-Iss"
 
 
+@attr.s(frozen=True, auto_attribs=True)
+class Side:
+    """One provider as a test sees it: its page, callback, OP and the user who logs in there."""
+
+    page: str
+    upstream_uri: str
+    callback: str
+    op: OpenIDProvider
+    user: Dict[str, str]
+
+
 @attr.s(auto_attribs=True)
 class TwoProviders:
     """OP 1 ([oidc]), OP 2 ([providers.partners]), the upstream and the proxy."""
@@ -70,6 +83,14 @@ class TwoProviders:
     upstream: procs.Upstream
     proxy: procs.Proxy
     redis: Optional[RedisServer]
+
+    def sides(self) -> Dict[str, Side]:
+        """Each provider's L{Side}: alice at OP 1 on C{/}, bob at OP 2 on C{/portal}."""
+        return {
+            "oidc": Side(STAFF, "/echo/staff/page?x=1", "/oidc/callback", self.op1, ALICE),
+            PARTNERS: Side(PORTAL, "/echo/portal/desk?y=2", f"/oidc/callback/{PARTNERS}",
+                           self.op2, BOB),
+        }
 
     def describe(self) -> str:
         children = [self.op1.child, self.op2.child, self.upstream.child, self.proxy.child]
@@ -168,16 +189,14 @@ class ProvidersInBrowserTests(TestCase, TwoProvidersMixin):
         stack = await start_two_providers(self, store)
         browser = await Browser.start(self)
         proxy = stack.proxy
-        portal = (PORTAL, "/echo/portal/desk?y=2", stack.op2, BOB)
-        staff = (STAFF, "/echo/staff/page?x=1", stack.op1, ALICE)
-        steps = [portal, staff] if first == PARTNERS else [staff, portal]
-        for page, uri, op, user in steps:
-            await browser.get(proxy.url + page)
+        sides = stack.sides()
+        for side in sorted(sides.values(), key=lambda side: side is not sides[first]):
+            await browser.get(proxy.url + side.page)
             # Sent to this route's own OP: the login form is at its issuer.
-            await browser.wait_for_url(op.issuer + "/interaction/")
-            await browser.log_in_at_op(op, user["login"])
-            echo = await browser.json_page(proxy.url + page)
-            self.assertServed(echo, uri, user, op)
+            await browser.wait_for_url(side.op.issuer + "/interaction/")
+            await browser.log_in_at_op(side.op, side.user["login"])
+            echo = await browser.json_page(proxy.url + side.page)
+            self.assertServed(echo, side.upstream_uri, side.user, side.op)
 
     async def test_partners_then_default_cookie(self) -> None:
         """Cookie sessions: /portal through OP 2, then / sends the browser to OP 1."""
@@ -201,16 +220,15 @@ class CrossProviderTests(TestCase, TwoProvidersMixin):
 
     timeout = 90
 
-    async def log_in(self, stack: TwoProviders, page: str, uri: str, user: Dict[str, str],
-                     op: OpenIDProvider) -> Dict[str, str]:
-        """A fresh client logs in on C{page} through C{op}; its session cookies."""
+    async def log_in(self, stack: TwoProviders, side: Side) -> Dict[str, str]:
+        """A fresh client logs in on C{side}'s page through its OP; its session cookies."""
         client = WebClient(self)
         response, body, final_url, _ = await browse(
-            client, stack.proxy.url + page, fill_login(user["login"]))
+            client, stack.proxy.url + side.page, fill_login(side.user["login"]))
         context = f"\n{client.history}\n{stack.describe()}"
         self.assertEqual(response.code, 200, body[:2000].decode("utf-8", "replace") + context)
-        self.assertEqual(final_url, stack.proxy.url + page)
-        self.assertServed(json.loads(body), uri, user, op)
+        self.assertEqual(final_url, stack.proxy.url + side.page)
+        self.assertServed(json.loads(body), side.upstream_uri, side.user, side.op)
         cookies = session_cookies(client, stack.proxy.url)
         self.assertTrue(cookies, context)
         return cookies
@@ -228,10 +246,18 @@ class CrossProviderTests(TestCase, TwoProvidersMixin):
         A session of either provider, sent by an API client to the other
         provider's route under either provider's cookie name, gets 401 and
         reaches nothing; on its own route it is served (the control).
+        C{/oidc/ready} reports each provider (and Redis).
         """
         stack = await start_two_providers(self, store)
-        partners = await self.log_in(stack, PORTAL, "/echo/portal/desk?y=2", BOB, stack.op2)
-        staff = await self.log_in(stack, STAFF, "/echo/staff/page?x=1", ALICE, stack.op1)
+        response, body = await WebClient(self).request("GET", stack.proxy.url + "/oidc/ready")
+        self.assertEqual(response.code, 200, body)
+        expected = {"idp": "ok", f"idp:{PARTNERS}": "ok"}
+        if store == "redis":
+            expected["redis"] = "ok"
+        self.assertEqual(json.loads(body)["checks"], expected)
+        sides = stack.sides()
+        partners = await self.log_in(stack, sides[PARTNERS])
+        staff = await self.log_in(stack, sides["oidc"])
         names = sorted(set(partners) | set(staff))
         cases = [(partners, "/staff/api", "partners' session on [oidc]'s route"),
                  (staff, "/portal/api", "[oidc]'s session on partners' route")]
@@ -246,11 +272,11 @@ class CrossProviderTests(TestCase, TwoProvidersMixin):
         self.assertEqual([e["uri"] for e in json.loads(events)],
                          ["/echo/portal/desk?y=2", "/echo/staff/page?x=1"])
         # The control: each session is served on its own route.
-        for cookies, path, user, op in ((partners, "/portal/api", BOB, stack.op2),
-                                        (staff, "/staff/api", ALICE, stack.op1)):
+        for cookies, path, side in ((partners, "/portal/api", sides[PARTNERS]),
+                                    (staff, "/staff/api", sides["oidc"])):
             response, body = await self.api_get(stack, path, cookies)
             self.assertEqual(response.code, 200, body[:300])
-            self.assertServed(json.loads(body), "/echo" + path, user, op)
+            self.assertServed(json.loads(body), "/echo" + path, side.user, side.op)
 
     async def test_session_replayed_on_the_other_route_cookie(self) -> None:
         """Cookie sessions: a session of one provider gets 401 on the other's route."""
@@ -260,33 +286,33 @@ class CrossProviderTests(TestCase, TwoProvidersMixin):
         """Redis sessions: a session of one provider gets 401 on the other's route."""
         await self.replay_both_ways("redis")
 
-    async def code_from_op1(self, stack: TwoProviders, client: WebClient) -> Dict[str, str]:
+    async def code_from(self, stack: TwoProviders, client: WebClient, side: Side) -> Dict[str, str]:
         """
-        Log in at OP 1 from C{/} up to its redirect back to the proxy, which
-        is not followed: the callback's query (code, state, iss).
+        Log in on C{side}'s page at its OP, up to the OP's redirect back to
+        the proxy, which is not followed: the callback's query (code, state, iss).
         """
-        callback = stack.proxy.url + "/oidc/callback"
-        response, _, url, _ = await browse(client, stack.proxy.url + STAFF, fill_login("alice"),
-                                           stop_at=callback)
-        self.assertEqual(urlsplit(url).path, "/oidc/callback", f"{client.history}")
+        callback = stack.proxy.url + side.callback
+        response, _, url, _ = await browse(client, stack.proxy.url + side.page,
+                                           fill_login(side.user["login"]), stop_at=callback)
+        self.assertEqual(urlsplit(url).path, side.callback, f"{client.history}")
         query = {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()}
-        self.assertEqual(query["iss"], stack.op1.issuer)
+        self.assertEqual(query["iss"], side.op.issuer)
         self.assertIn("code", query)
         return query
 
-    async def partners_state(self, stack: TwoProviders, client: WebClient) -> str:
-        """Start a login on the partners' route (its state cookie kept): the state sent to OP 2."""
-        response, _ = await client.request("GET", stack.proxy.url + PORTAL, headers=NAVIGATE)
+    async def state_of(self, stack: TwoProviders, client: WebClient, side: Side) -> str:
+        """Start a login on C{side}'s page (its state cookie kept): the state sent to its OP."""
+        response, _ = await client.request("GET", stack.proxy.url + side.page, headers=NAVIGATE)
         self.assertEqual(response.code, 302)
         location = response.headers.getRawHeaders(b"location", [b""])[0].decode()
-        self.assertTrue(location.startswith(stack.op2.issuer + "/auth?"), location)
+        self.assertTrue(location.startswith(side.op.issuer + "/auth?"), location)
         return parse_qs(urlsplit(location).query)["state"][0]
 
-    async def assertRefused(self, client: WebClient, stack: TwoProviders,
+    async def assertRefused(self, client: WebClient, stack: TwoProviders, side: Side,
                             query: Dict[str, str], what: str) -> None:
-        """The partners' callback with C{query} makes no session and sends nobody on."""
+        """C{side}'s callback with C{query} makes no session and sends nobody on."""
         before = session_cookies(client, stack.proxy.url)
-        url = stack.proxy.url + f"/oidc/callback/{PARTNERS}?" + urlencode(query)
+        url = stack.proxy.url + side.callback + "?" + urlencode(query)
         response, body = await client.request("GET", url, headers=NAVIGATE)
         self.assertIn(response.code, (400, 401, 403), f"{what}: {body[:500]!r}")
         self.assertIsNone(response.headers.getRawHeaders(b"location"), what)
@@ -297,43 +323,54 @@ class CrossProviderTests(TestCase, TwoProvidersMixin):
         return op.events("grant.success", "authorization_code") + \
             op.events("grant.error", "authorization_code")
 
-    async def test_idp_mix_up_refused(self) -> None:
+    async def mix_up(self, issuer: str, victim: str) -> None:
         """
-        A code OP 1 issued is refused at the partners' callback: with OP 1's
-        own callback query (its state is [oidc]'s login), with the state of
-        a partners login and OP 1's iss (RFC 9207: not the partners' issuer;
-        refused before any token request), and with OP 2's iss swapped in
-        (OP 2 refuses the code). No session is made, and the same code is
-        still good at [oidc]'s callback afterwards (the control; with the
-        login's state cookie as it was, since a refused answer ends the
-        attempt it belonged to).
+        A code the OP of provider C{issuer} issued is refused at the callback
+        of provider C{victim}: with the issuing OP's own callback query (its
+        state is C{issuer}'s login), with the state of a C{victim} login and
+        the issuing OP's iss (RFC 9207: not the victim's issuer; refused
+        before any token request), and with the victim OP's iss swapped in
+        (the victim's OP refuses the code). No session is made, and the
+        same code is still good at C{issuer}'s callback afterwards (the
+        control; with the login's state cookie as it was, since a refused
+        answer ends the attempt it belonged to).
         """
         stack = await start_two_providers(self, "cookie")
+        sides = stack.sides()
+        by, at = sides[issuer], sides[victim]
         client = WebClient(self)
-        query = await self.code_from_op1(stack, client)
+        query = await self.code_from(stack, client, by)
         proxy_url = stack.proxy.url
         state_cookies = "; ".join(f"{name}={client.jar.value(proxy_url, name)}"
                                   for name in client.jar.names(proxy_url) if "state" in name)
         self.assertTrue(state_cookies, client.jar.names(proxy_url))
 
-        await self.assertRefused(client, stack, query, "OP 1's callback query as is")
-        state = await self.partners_state(stack, client)
-        await self.assertRefused(client, stack, dict(query, state=state), "OP 1's iss")
-        self.assertEqual(self.token_requests(stack.op2), [])
-        state = await self.partners_state(stack, client)
-        await self.assertRefused(client, stack, dict(query, state=state, iss=stack.op2.issuer),
-                                 "OP 2's iss swapped in")
-        self.assertEqual(self.token_requests(stack.op1), [])
+        await self.assertRefused(client, stack, at, query, "the callback query as is")
+        state = await self.state_of(stack, client, at)
+        await self.assertRefused(client, stack, at, dict(query, state=state), "the issuer's iss")
+        self.assertEqual(self.token_requests(at.op), [])
+        state = await self.state_of(stack, client, at)
+        await self.assertRefused(client, stack, at, dict(query, state=state, iss=at.op.issuer),
+                                 "the victim's iss swapped in")
+        self.assertEqual(self.token_requests(by.op), [])
 
         # The control: the code, at the callback of the provider that
-        # started its login, makes alice's session.
-        url = stack.proxy.url + "/oidc/callback?" + urlencode(query)
+        # started its login, makes the session.
+        url = proxy_url + by.callback + "?" + urlencode(query)
         response, body = await client.request("GET", url,
                                               headers=dict(NAVIGATE, Cookie=state_cookies))
         self.assertEqual(response.code, 302, body[:500])
         self.assertEqual(response.headers.getRawHeaders(b"location"),
-                         [(proxy_url + STAFF).encode("ascii")])
-        self.assertTrue(session_cookies(client, stack.proxy.url))
-        response, body = await client.request("GET", stack.proxy.url + STAFF, headers=API)
+                         [(proxy_url + by.page).encode("ascii")])
+        self.assertTrue(session_cookies(client, proxy_url))
+        response, body = await client.request("GET", proxy_url + by.page, headers=API)
         self.assertEqual(response.code, 200, body[:500])
-        self.assertServed(json.loads(body), "/echo/staff/page?x=1", ALICE, stack.op1)
+        self.assertServed(json.loads(body), by.upstream_uri, by.user, by.op)
+
+    async def test_idp_mix_up_op1_code_at_partners(self) -> None:
+        """OP 1's code is refused at /oidc/callback/partners (see L{mix_up})."""
+        await self.mix_up("oidc", PARTNERS)
+
+    async def test_idp_mix_up_op2_code_at_default(self) -> None:
+        """OP 2's code is refused at [oidc]'s /oidc/callback (see L{mix_up})."""
+        await self.mix_up(PARTNERS, "oidc")
