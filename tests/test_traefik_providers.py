@@ -229,6 +229,22 @@ class SeveralMiddlewaresTests(SynchronousTestCase, WarningsMixin):
                           "/oidc/callback is already oidcproxy's (redirectUrl)",
                           "default callback path")
 
+    def test_default_callback_taken(self):
+        """
+        [oidc]'s middleware has no redirectUrl: its callback is oidcproxy's
+        default /oidc/callback, which a further provider cannot have too.
+        """
+        self.credentials("oidc-secret")
+        data, warnings, text = run(middleware({"redirectUrl": None}), middleware(name="b"),
+                                   ingress(route("PathPrefix(`/a`)"),
+                                           route("PathPrefix(`/b`)", middlewares=("b",))))
+        self.assertNotIn("callback_path", data["oidc"])
+        self.assertNotIn("callback_path", data["providers"]["b"])
+        self.assertWarned(warnings, "Middleware apps/b: spec.plugin.oidc.redirectUrl",
+                          "/oidc/callback is already oidcproxy's ([oidc]'s default callback_path)")
+        config = parse_config(tomllib.loads(text), "x.toml")
+        self.assertEqual(config.providers[0][1].callback_path, "/oidc/callback/b")
+
     def test_other_origin(self):
         """A further middleware's redirectUrl on another origin: the path is kept, the origin named."""
         data, warnings, _ = run(

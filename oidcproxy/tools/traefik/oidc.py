@@ -17,6 +17,9 @@ from .names import hub_option
 PLACEHOLDER_HOST = "oidcproxy.invalid"
 """Host of a public_url that could not be worked out (RFC 2606: never resolves)."""
 
+DEFAULT_CALLBACK = "/oidc/callback"
+"""C{[oidc]}'s callback path when it sets none (with the default C{endpoints_prefix})."""
+
 MAX_RETRIES = 10
 """The most retries C{oidc.max_retries} allows."""
 
@@ -135,10 +138,12 @@ class OIDCImport:
         except ValueError as e:
             self.warn(option, f"{e}; not carried over")
             return
-        if self.name is not None and path in self.draft.proxy_paths:
-            self.warn(where or option, f"{path} is already oidcproxy's "
-                      f"({self.draft.proxy_paths[path]}); the provider's default callback path is "
-                      "used: register that at its IdP")
+        taken = dict(self.draft.proxy_paths)
+        if not self.draft.oidc.has("callback_path"):
+            taken.setdefault(DEFAULT_CALLBACK, "[oidc]'s default callback_path")
+        if self.name is not None and path in taken:
+            self.warn(where or option, f"{path} is already oidcproxy's ({taken[path]}); the "
+                      "provider's default callback path is used: register that at its IdP")
             return
         self.section.set(key, path, f"from {option}")
         self.draft.proxy_paths.setdefault(
