@@ -147,7 +147,7 @@ class ImporterTests(SynchronousTestCase):
 
 
 MIDDLEWARE_NAMES = st.text(min_size=0, max_size=70) | st.sampled_from(
-    ["staff", "partners", "a.b", "a_b", "a-b", "provider", "x" * 64, "ü", "oidc"])
+    ["staff", "partners", "a.b", "a_b", "a-b", "provider", "x" * 64, "ü", "oidc", "b"])
 REDIRECTS = st.sampled_from([None, "/oidc/callback", "/oidc/callback/b", "/cb", "/cb/x",
                              "https://apps.example.com/cb", "https://other.example.com/cb",
                              "apps.example.com/oidc/callback", "/logout"])
@@ -164,13 +164,14 @@ def several_middlewares(draw: st.DrawFn) -> List[Dict[str, Any]]:
     for i, (name, namespace) in enumerate(refs):
         oidc = {"issuer": "https://idp.example.com", "clientId": f"client-{i}",
                 "clientSecret": "urn:k8s:secret:oidc:secret"}
-        # [oidc]'s own redirectUrl and logoutUrl on one path is refused with
-        # one middleware already; a further provider's is what is tested.
-        redirect = draw(REDIRECTS.filter(lambda r: r != "/logout") if i == 0 else REDIRECTS)
+        redirect = draw(REDIRECTS)
         if redirect is not None:
             oidc["redirectUrl"] = redirect
         if i == 0:
             oidc["logoutUrl"] = "/logout"
+            login = draw(st.sampled_from([None, "/login", "/oidc/callback/b", "/cb"]))
+            if login is not None:
+                oidc["loginUrl"] = login
         documents.append({"kind": "Middleware", "metadata": {"name": name, "namespace": namespace},
                           "spec": {"plugin": {"oidc": oidc}}})
         routes.append({"match": f"PathPrefix(`/r{i}`)", "kind": "Rule",

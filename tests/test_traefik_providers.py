@@ -245,6 +245,28 @@ class SeveralMiddlewaresTests(SynchronousTestCase, WarningsMixin):
         config = parse_config(tomllib.loads(text), "x.toml")
         self.assertEqual(config.providers[0][1].callback_path, "/oidc/callback/b")
 
+    def test_one_path_twice(self):
+        """
+        A login or logout path that a callback already has is not carried
+        over (one middleware alone, or a further one's callback on [oidc]'s
+        logout path: the provider's default callback), so --check accepts it.
+        """
+        self.credentials("oidc-secret")
+        data, warnings, text = run(middleware({"redirectUrl": "/logout", "logoutUrl": "/logout",
+                                               "loginUrl": "/oidc/callback/b"}),
+                                   middleware({"redirectUrl": "/logout"}, name="b"),
+                                   ingress(route("PathPrefix(`/a`)"),
+                                           route("PathPrefix(`/b`)", middlewares=("b",))))
+        self.assertEqual(data["oidc"]["callback_path"], "/logout")
+        self.assertNotIn("logout_path", data["oidc"])
+        self.assertWarned(warnings, "logoutUrl", "/logout is already oidcproxy's (redirectUrl); "
+                          "not carried over")
+        self.assertNotIn("callback_path", data["providers"]["b"])
+        self.assertNotIn("login_url", data["oidc"])
+        self.assertWarned(warnings, "loginUrl", "/oidc/callback/b is already oidcproxy's "
+                          "([providers.b]'s default callback_path); not carried over")
+        parse_config(tomllib.loads(text), "x.toml")
+
     def test_other_origin(self):
         """A further middleware's redirectUrl on another origin: the path is kept, the origin named."""
         data, warnings, _ = run(

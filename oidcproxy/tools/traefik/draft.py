@@ -23,6 +23,8 @@ class Draft:
     @ivar providers: the C{[providers.NAME]} tables, one per further middleware.
     @ivar proxy_paths: the paths oidcproxy answers itself (callback, login,
         logout) and the option each came from; no route may take them.
+    @ivar default_callbacks: each further provider's default callback path
+        and its name: no other provider's path may take it.
     """
 
     def __init__(self) -> None:
@@ -40,6 +42,7 @@ class Draft:
         self.scheme = "https"
         self.public_url = ""
         self.proxy_paths: Dict[str, str] = {}
+        self.default_callbacks: Dict[str, str] = {}
 
     def warn(self, where: str, message: str) -> None:
         """Record, once, that something at C{where} was not carried over exactly."""

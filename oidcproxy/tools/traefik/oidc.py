@@ -5,7 +5,7 @@ routes' hosts or C{--public-url}) and the C{[oidc]} table.
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 from urllib.parse import urlsplit
 
 from ...config import RESERVED_AUTH_PARAMS, http_url, route_prefix
@@ -55,6 +55,7 @@ class OIDCImport:
         else:
             self.section = Section(f"[providers.{toml_key(name)}]")
             draft.providers.append(self.section)
+            draft.default_callbacks[f"{DEFAULT_CALLBACK}/{name}"] = name
 
     def file_name(self, base: str) -> str:
         """A credential or file name of this provider's (C{base}, then its name for a further one)."""
@@ -138,16 +139,29 @@ class OIDCImport:
         except ValueError as e:
             self.warn(option, f"{e}; not carried over")
             return
-        taken = dict(self.draft.proxy_paths)
-        if not self.draft.oidc.has("callback_path"):
-            taken.setdefault(DEFAULT_CALLBACK, "[oidc]'s default callback_path")
-        if self.name is not None and path in taken:
-            self.warn(where or option, f"{path} is already oidcproxy's ({taken[path]}); the "
-                      "provider's default callback path is used: register that at its IdP")
+        taken = self.taken_paths(key)
+        if path in taken:
+            self.warn(where or option, f"{path} is already oidcproxy's ({taken[path]}); " + (
+                "the provider's default callback path is used: register that at its IdP"
+                if key == "callback_path" else "not carried over"))
             return
         self.section.set(key, path, f"from {option}")
         self.draft.proxy_paths.setdefault(
             path, option if self.name is None else f"{option} of [providers.{self.name}]")
+
+    def taken_paths(self, key: str) -> Dict[str, str]:
+        """
+        The paths this provider's C{key} cannot have, and whose they are:
+        the paths oidcproxy answers already, and the default callback paths
+        of the other providers (C{[oidc]}'s while it has none of its own).
+        """
+        taken = dict(self.draft.proxy_paths)
+        for default, owner in self.draft.default_callbacks.items():
+            if owner != self.name:
+                taken.setdefault(default, f"[providers.{owner}]'s default callback_path")
+        if not self.draft.oidc.has("callback_path") and (self.name, key) != (None, "callback_path"):
+            taken.setdefault(DEFAULT_CALLBACK, "[oidc]'s default callback_path")
+        return taken
 
     def oidc_options(self, mw: Document, opts: Options) -> Optional[str]:
         """Fill C{[oidc]} and the top level; the claims rule is returned for the routes."""
