@@ -2,7 +2,9 @@
 Properties of the Traefik Hub importer (L{oidcproxy.tools.traefik}) on generated
 input: mutations of tests/data/traefik/*.yaml as data and as text, and
 generated IngressRoute rules. Each gives an ImportResult whose TOML parses,
-or the importer's one-line TraefikImportError; never a traceback.
+or the importer's one-line TraefikImportError; never a traceback. And
+several generated middlewares (any names, clashing callbacks) give a
+configuration the parser accepts, each route on its middleware's provider.
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ import yaml
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
+from oidcproxy.config import parse_config
 from oidcproxy.tools.traefik import ImportResult, TraefikImportError, convert, load_documents
 
+from .fakes import SECRET
 from .props import given, scaled
 from .test_prop_config import walk
 
@@ -28,7 +32,7 @@ else:
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "traefik")
 TEXTS = {}
-for _name in ("seed.yaml", "full.yaml"):
+for _name in ("seed.yaml", "full.yaml", "providers.yaml"):
     with open(os.path.join(DATA, _name), encoding="utf-8") as _f:
         TEXTS[_name] = _f.read()
 DOCUMENTS = {name: [d for d in yaml.safe_load_all(text) if d is not None] for name, text in TEXTS.items()}
@@ -113,7 +117,7 @@ class ImporterTests(SynchronousTestCase):
             self.assertEqual(len(line.splitlines()), 1, line)
 
     def test_samples_import(self) -> None:
-        """The control: both sample files import."""
+        """The control: every sample file imports."""
         for name, text in TEXTS.items():
             self.assertIsInstance(convert(load_documents(text, name)), ImportResult)
 
@@ -140,3 +144,68 @@ class ImporterTests(SynchronousTestCase):
                 document["spec"]["routes"] = [dict(template, match=rule) for rule in rules]
         text = yaml.safe_dump_all(documents)
         self.assertImported(lambda: load_documents(text, "generated.yaml"))
+
+
+MIDDLEWARE_NAMES = st.text(min_size=0, max_size=70) | st.sampled_from(
+    ["staff", "partners", "a.b", "a_b", "a-b", "provider", "x" * 64, "ü", "oidc", "b"])
+REDIRECTS = st.sampled_from([None, "/oidc/callback", "/oidc/callback/b", "/cb", "/cb/x",
+                             "https://apps.example.com/cb", "https://other.example.com/cb",
+                             "apps.example.com/oidc/callback", "/logout"])
+
+
+@st.composite
+def several_middlewares(draw: st.DrawFn) -> List[Dict[str, Any]]:
+    """1 to 5 OIDC middlewares (any names, two namespaces, callbacks that may clash), each used."""
+    count = draw(st.integers(1, 5))
+    refs = draw(st.lists(st.tuples(MIDDLEWARE_NAMES, st.sampled_from(["apps", "other"])),
+                         min_size=count, max_size=count, unique=True))
+    documents: List[Dict[str, Any]] = []
+    routes = []
+    for i, (name, namespace) in enumerate(refs):
+        oidc = {"issuer": "https://idp.example.com", "clientId": f"client-{i}",
+                "clientSecret": "urn:k8s:secret:oidc:secret"}
+        redirect = draw(REDIRECTS)
+        if redirect is not None:
+            oidc["redirectUrl"] = redirect
+        if i == 0:
+            oidc["logoutUrl"] = "/logout"
+            login = draw(st.sampled_from([None, "/login", "/oidc/callback/b", "/cb"]))
+            if login is not None:
+                oidc["loginUrl"] = login
+        documents.append({"kind": "Middleware", "metadata": {"name": name, "namespace": namespace},
+                          "spec": {"plugin": {"oidc": oidc}}})
+        routes.append({"match": f"PathPrefix(`/r{i}`)", "kind": "Rule",
+                       "services": [{"name": "app", "port": 80}],
+                       "middlewares": [{"name": name, "namespace": namespace}]})
+    documents.append({"kind": "IngressRoute", "metadata": {"name": "ir", "namespace": "apps"},
+                      "spec": {"routes": draw(st.permutations(routes))}})
+    return documents
+
+
+class SeveralMiddlewaresTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        directory = self.mktemp()
+        os.makedirs(directory)
+        for name in ("oidc-secret", "session-key"):
+            with open(os.path.join(directory, name), "w", encoding="utf-8") as f:
+                f.write(SECRET + "\n")
+        self.patch(os, "environ", dict(os.environ, CREDENTIALS_DIRECTORY=directory))
+
+    @given(several_middlewares())
+    @scaled(100)
+    def test_accepted_by_the_parser(self, documents: List[Dict[str, Any]]) -> None:
+        """
+        Whatever the middlewares' names and callbacks, the output is a
+        configuration the parser accepts: a valid, unique provider name for
+        each further middleware, no callback path twice, and each route
+        wired to its middleware's provider.
+        """
+        result = convert(load_documents(yaml.safe_dump_all(documents), "generated.yaml"))
+        config = parse_config(tomllib.loads(result.toml), "generated.toml")
+        middlewares = [d for d in documents if d["kind"] == "Middleware"]
+        self.assertEqual(len(config.providers), len(middlewares) - 1)
+        routes = {r.path: r.provider for r in config.routes}
+        first_path = documents[-1]["spec"]["routes"][0]["match"][len("PathPrefix(`"):-2]
+        self.assertIsNone(routes[first_path])
+        self.assertEqual(sorted(p for p in routes.values() if p is not None),
+                         sorted(name for name, _ in config.providers))

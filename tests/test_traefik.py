@@ -846,16 +846,24 @@ class PickingTests(SynchronousTestCase):
         e = self.assertRaises(TraefikImportError, convert, docs)
         self.assertEqual(str(e), "no Middleware with spec.plugin.oidc found in the input")
 
-    def test_several(self):
-        """Several OIDC middlewares need a choice, by NAME or NAMESPACE/NAME."""
+    def test_several_narrowed(self):
+        """--middleware narrows several OIDC middlewares to one, by NAME or NAMESPACE/NAME."""
         docs = load_documents(yaml.safe_dump_all([middleware(name="a"), middleware(name="b")]), "x.yaml")
-        e = self.assertRaises(TraefikImportError, convert, docs)
-        self.assertIn("several OIDC Middlewares (apps/a, apps/b)", str(e))
-        self.assertIn("--middleware", str(e))
-        self.assertIn("apps/b", convert(docs, middleware="apps/b").toml)
-        self.assertIn("apps/a", convert(docs, middleware="a").toml)
+        only_b = tomllib.loads(convert(docs, middleware="apps/b").toml)
+        self.assertNotIn("providers", only_b)
+        self.assertIn("OIDC middleware apps/b", convert(docs, middleware="apps/b").toml)
+        self.assertIn("OIDC middleware apps/a", convert(docs, middleware="a").toml)
         e = self.assertRaises(TraefikImportError, convert, docs, middleware="c")
-        self.assertEqual(str(e), "no OIDC Middleware named 'c'; found: apps/a, apps/b")
+        self.assertEqual(str(e), "--middleware: no OIDC Middleware named 'c'; found: apps/a, apps/b")
+
+    def test_same_name_in_two_namespaces(self):
+        """A bare NAME that two namespaces have is refused: NAMESPACE/NAME picks one."""
+        docs = load_documents(yaml.safe_dump_all([middleware(name="a"),
+                                                  middleware(name="a", namespace="other")]), "x.yaml")
+        e = self.assertRaises(TraefikImportError, convert, docs, middleware="a")
+        self.assertEqual(str(e), "--middleware: 'a' names several OIDC Middlewares (apps/a, "
+                                 "other/a); give NAMESPACE/NAME")
+        self.assertIn("OIDC middleware other/a", convert(docs, middleware="other/a").toml)
 
     def test_other_plugins_ignored(self):
         """A Middleware of another plugin is not an OIDC middleware."""
@@ -964,8 +972,11 @@ class MainTests(SynchronousTestCase, WarningsMixin):
             ([os.path.join(self.mktemp(), "missing.yaml")], "cannot read the file: No such file"),
             ([self.write("a: [")], "invalid YAML"),
             ([self.write(yaml.safe_dump(service()))], "no Middleware with spec.plugin.oidc"),
-            ([several], "several OIDC Middlewares (apps/a, apps/b)"),
-            ([several, "--middleware", "zzz"], "no OIDC Middleware named 'zzz'"),
+            ([several, "--middleware", "zzz"], "--middleware: no OIDC Middleware named 'zzz'"),
+            ([several, "--default-middleware", "zzz"],
+             "--default-middleware: no OIDC Middleware named 'zzz'"),
+            ([several, "--middleware", "a", "--default-middleware", "b"],
+             "--default-middleware: no OIDC Middleware named 'b'; found: apps/a"),
             ([SEED, "--upstream", "whoami"], "--upstream 'whoami': expected SERVICE=URL"),
             ([SEED, "--upstream", "whoami=ftp://x"], "is not an http(s) URL"),
             ([SEED, "--public-url", "app.example.com"], "--public-url: 'app.example.com'"),
@@ -984,6 +995,7 @@ class MainTests(SynchronousTestCase, WarningsMixin):
         code, out, err = self.main(several, "--middleware", "apps/a")
         self.assertEqual(code, 0)
         self.assertIn("OIDC middleware apps/a", out)
+        self.assertNotIn("providers", tomllib.loads(out))
 
 
 class ImportTests(SynchronousTestCase):

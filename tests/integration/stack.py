@@ -108,7 +108,8 @@ async def start_op(testcase: TestCase, redirect_uris: Sequence[str],
                    backchannel_logout_uri: Optional[str] = None,
                    rotate_refresh_tokens: bool = False, test_hooks: bool = False,
                    listen_port: int = 0, client_secret: Optional[str] = None,
-                   abort_description: Optional[str] = None, **ttls: int) -> OpenIDProvider:
+                   abort_description: Optional[str] = None, client_id: str = CLIENT_ID,
+                   **ttls: int) -> OpenIDProvider:
     """
     Start the OP on a free loopback port with one confidential client that may
     redirect to C{redirect_uris}; C{ttls} (C{access_token_ttl=5}, ...) are
@@ -120,13 +121,14 @@ async def start_op(testcase: TestCase, redirect_uris: Sequence[str],
     C{error_description} of a cancelled login. C{listen_port}: listen there (it
     must be free) instead of on any free port; with C{client_secret} (default:
     a fresh one), an OP started again there is the same OP to the proxy.
+    C{client_id}: the client's id (two OPs of one test may differ by it).
     Waits for its C{PORT} line.
     """
     node = require_op()
     secret = client_secret if client_secret is not None else secrets.token_urlsafe(24)
     # --name=value throughout: a value may start with "-" (token_urlsafe),
     # which node's parseArgs would otherwise take for an option.
-    args = [node, OP_SCRIPT, f"--port={listen_port}", f"--client-id={CLIENT_ID}",
+    args = [node, OP_SCRIPT, f"--port={listen_port}", f"--client-id={client_id}",
             f"--client-secret={secret}"]
     for uri in redirect_uris:
         args.append(f"--redirect-uri={uri}")
@@ -158,7 +160,7 @@ async def start_op(testcase: TestCase, redirect_uris: Sequence[str],
         found = await procs.poll(port, procs.START_DEADLINE, what="the OP's PORT line")
     except AssertionError as e:
         raise AssertionError(f"{e}\n{child.describe()}") from None
-    return OpenIDProvider(child, found, CLIENT_ID, secret)
+    return OpenIDProvider(child, found, client_id, secret)
 
 
 def reserve_port() -> socket.socket:
@@ -186,7 +188,8 @@ def proxy_config(port: int, op: OpenIDProvider, upstream: procs.Upstream,
                  public_url: Optional[str] = None,
                  shared_secrets: Optional[Sequence[str]] = None,
                  session: Optional[Mapping[str, Any]] = None,
-                 redis: Optional[Mapping[str, Any]] = None) -> str:
+                 redis: Optional[Mapping[str, Any]] = None,
+                 headers: Optional[Mapping[str, str]] = None) -> str:
     """
     The proxy's configuration: C{/public} is open, everything else needs a
     login; both go to the upstream's C{/echo} (which answers with the
@@ -196,6 +199,7 @@ def proxy_config(port: int, op: OpenIDProvider, upstream: procs.Upstream,
     sharing sessions name one of them). C{shared_secrets}: the session secrets
     (default: fresh ones). C{session}: more C{[session]} keys (C{store},
     C{refresh_leeway}, ...). C{redis}: the C{[redis]} table, if any.
+    C{headers}: more identity headers (header name: claim).
     """
     public_url = public_url or f"http://127.0.0.1:{port}"
     text = f"""\
@@ -220,12 +224,14 @@ token_endpoint_auth_method = "client_secret_basic"
     if redis is not None:
         text += _table("redis", redis)
     upstream_url = upstream.url
-    text += f"""
+    text += """
 [headers]
 X-Forwarded-User = ["preferred_username", "sub"]
 X-Forwarded-Email = "email"
 X-Forwarded-Groups = "groups"
-
+"""
+    text += "".join(f"{name} = {procs.toml_value(claim)}\n" for name, claim in (headers or {}).items())
+    text += f"""
 [[routes]]
 path = "/public"
 upstream = "{upstream_url}"
@@ -478,11 +484,14 @@ def location_of(response: IResponse, base: str) -> str:
 
 
 async def browse(client: WebClient, url: str, fill: Callable[[Form], List[Tuple[str, str]]],
-                 max_steps: int = 20) -> Tuple[IResponse, bytes, str, List[str]]:
+                 max_steps: int = 20, stop_at: Optional[str] = None,
+                 ) -> Tuple[IResponse, bytes, str, List[str]]:
     """
     Navigate to C{url} like a browser: follow redirects, and submit each HTML
     page's form with C{fill}, until a page without a form. The last response,
-    its body, its URL and the C{prompt} of each form submitted.
+    its body, its URL and the C{prompt} of each form submitted. With
+    C{stop_at}, a redirect to a URL starting with it is not followed: the
+    redirect is the last response, and its target the URL returned.
     """
     method, data = "GET", None
     prompts: List[str] = []
@@ -491,6 +500,8 @@ async def browse(client: WebClient, url: str, fill: Callable[[Form], List[Tuple[
         if response.code in (301, 302, 303, 307, 308):
             url = location_of(response, url)
             method, data = "GET", None
+            if stop_at is not None and url.startswith(stop_at):
+                return response, body, url, prompts
             continue
         content_type = b"".join(response.headers.getRawHeaders(b"content-type", []))
         forms = parse_forms(body) if response.code == 200 and b"html" in content_type else []

@@ -1,9 +1,10 @@
 """
 Bring a Traefik Hub OIDC configuration over: C{oidcproxy-import-traefik FILE...}.
 
-The input is Kubernetes YAML: a C{Middleware} with C{spec.plugin.oidc}, the
-C{IngressRoute}s that use it, the C{Service}s they name (and, optionally, the
-C{Secret} holding the client id). The output is an oidcproxy TOML
+The input is Kubernetes YAML: the C{Middleware}s with C{spec.plugin.oidc}
+(each becomes a provider: the first used C{[oidc]}, the others
+C{[providers.NAME]}), the C{IngressRoute}s that use them, the C{Service}s
+they name (and, optionally, the C{Secret} holding a client id). The output is an oidcproxy TOML
 configuration on stdout; everything that could not be carried over exactly is
 listed on stderr, never dropped silently.
 
@@ -17,7 +18,7 @@ is decoded like Go's C{encoding/json} does), so C{clientId} and C{clientID}
 are the same option.
 
 The modules: L{documents} (reading the input), L{importer} (L{convert}),
-which runs L{oidc} (C{public_url}, C{[oidc]}), L{session} (C{[session]},
+which runs L{oidc} (C{public_url}, C{[oidc]}, C{[providers.NAME]}), L{session} (C{[session]},
 C{[redis]}, C{[state_cookie]}, C{[csrf]}, C{[headers]}) and L{routes}
 (C{[[routes]]}, with L{rules} translating router rules) over a L{draft}
 configuration, which L{emit} writes with tomli-w; L{cli} is the console

@@ -18,15 +18,19 @@ from .importer import convert
 def _options() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
-        description="Print an oidcproxy TOML configuration equivalent to a Traefik Hub OIDC "
-                    "middleware and the IngressRoutes that use it. What cannot be carried over "
-                    "is listed on stderr.",
+        description="Print an oidcproxy TOML configuration equivalent to Traefik Hub OIDC "
+                    "middlewares and the IngressRoutes that use them: each middleware a provider, "
+                    "each route wired to the provider of its middleware. What cannot be carried "
+                    "over is listed on stderr.",
     )
     parser.add_argument("files", nargs="+", metavar="FILE",
                         help="Kubernetes YAML (several documents per file allowed; - for stdin)")
     parser.add_argument("--middleware", metavar="NAME",
-                        help="the OIDC Middleware to import (NAME or NAMESPACE/NAME) when there are "
-                             "several")
+                        help="import only this OIDC Middleware (NAME or NAMESPACE/NAME); default: "
+                             "every one")
+    parser.add_argument("--default-middleware", metavar="NAME",
+                        help="the OIDC Middleware that becomes [oidc] (NAME or NAMESPACE/NAME); "
+                             "default: the first one an IngressRoute uses")
     parser.add_argument("--public-url", metavar="URL",
                         help="the external URL users reach oidcproxy at")
     parser.add_argument("--upstream", metavar="SERVICE=URL", action="append", default=[],
@@ -76,7 +80,8 @@ def main(argv: Optional[Sequence[str]] = None, stdout: Any = None, stderr: Any =
         documents: List[Document] = []
         for path in args.files:
             documents.extend(load_documents(_read(path, stdin), "<stdin>" if path == "-" else path))
-        result = convert(documents, args.middleware, args.public_url, upstreams)
+        result = convert(documents, args.middleware, args.public_url, upstreams,
+                         args.default_middleware)
     except TraefikImportError as e:
         stderr.write(f"{PROG}: error: {e}\n")
         return 1

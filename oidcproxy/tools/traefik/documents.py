@@ -26,8 +26,8 @@ Warn = Callable[[str, str], None]
 
 class TraefikImportError(Exception):
     """
-    The input cannot be imported at all (unreadable, invalid YAML, no or
-    several OIDC middlewares): L{main} exits 1 with this message.
+    The input cannot be imported at all (unreadable, invalid YAML, no OIDC
+    middleware, or none of the name asked for): L{main} exits 1 with this message.
     """
 
 

@@ -5,7 +5,7 @@ and the warnings about what could not be carried over exactly.
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional
+from typing import Dict, List, Sequence
 
 from .documents import Document, printable, secret_urn
 from .emit import Section, comment, render
@@ -20,9 +20,11 @@ class Draft:
 
     @ivar scheme: C{https} unless no IngressRoute has TLS.
     @ivar public_url: the C{public_url} written (an origin).
-    @ivar callback_path: the path of the middleware's C{redirectUrl}, if any.
+    @ivar providers: the C{[providers.NAME]} tables, one per further middleware.
     @ivar proxy_paths: the paths oidcproxy answers itself (callback, login,
         logout) and the option each came from; no route may take them.
+    @ivar default_callbacks: each further provider's default callback path
+        and its name: no other provider's path may take it.
     """
 
     def __init__(self) -> None:
@@ -30,6 +32,7 @@ class Draft:
         self.credentials: Dict[str, str] = {}
         self.top = Section(None)
         self.oidc = Section("oidc")
+        self.providers: List[Section] = []
         self.session = Section("session")
         self.state_cookie = Section("state_cookie")
         self.csrf = Section("csrf")
@@ -38,8 +41,8 @@ class Draft:
         self.routes: List[Section] = []
         self.scheme = "https"
         self.public_url = ""
-        self.callback_path: Optional[str] = None
         self.proxy_paths: Dict[str, str] = {}
+        self.default_callbacks: Dict[str, str] = {}
 
     def warn(self, where: str, message: str) -> None:
         """Record, once, that something at C{where} was not carried over exactly."""
@@ -71,16 +74,23 @@ class Draft:
         self.warn(where, f"oidcproxy reads {what} from a file: write {source} to {path}")
         return path
 
-    def text(self, mw: Document) -> str:
-        """The TOML: how it was made and which credentials it reads, then the sections."""
-        # The middleware's name and file are the input's: comment() keeps them
-        # on their line whatever characters they hold.
+    def text(self, middlewares: Sequence[Document]) -> str:
+        """
+        The TOML: how it was made (from which middlewares, the first one
+        C{[oidc]}) and which credentials it reads, then the sections.
+        """
+        # The middlewares' names and files are the input's: comment() keeps
+        # them on their line whatever characters they hold.
+        first, *others = middlewares
         out = [
             comment("oidcproxy configuration imported from Traefik Hub's OIDC middleware "
-                    f"{mw.namespace}/{mw.name}"),
-            comment(f"({mw.source}) by {PROG}. Check every FIXME, then run"),
+                    f"{first.namespace}/{first.name}"),
+            comment(f"({first.source}) by {PROG}. Check every FIXME, then run"),
             "#   twistd --pidfile= oidcproxy --config THIS_FILE --check",
         ]
+        if others:
+            out.append("# The further middlewares, each a [providers.NAME] table:")
+            out.extend(comment(f"  {mw.namespace}/{mw.name} ({mw.source})") for mw in others)
         if self.credentials:
             out.append("#")
             out.append("# Secrets are systemd credentials, read from $CREDENTIALS_DIRECTORY/NAME.")
@@ -89,7 +99,8 @@ class Draft:
             width = max(len(n) for n in self.credentials)
             for name, source in sorted(self.credentials.items()):
                 out.append(comment(f"  {name.ljust(width)}  {source}"))
-        sections = [self.top, self.oidc, self.session, self.state_cookie, self.redis]
+        sections = [self.top, self.oidc, *self.providers, self.session, self.state_cookie,
+                    self.redis]
         if self.csrf.entries:
             sections.append(self.csrf)
         sections.append(self.headers)

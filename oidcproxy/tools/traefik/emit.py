@@ -31,7 +31,8 @@ class Section:
     """One table of the output."""
 
     header: Optional[str]
-    """C{oidc} for C{[oidc]}, C{[[routes]]} as is; None: top level."""
+    """C{oidc} for C{[oidc]}; C{[[routes]]} or C{[providers.NAME]} (brackets given) as is;
+    None: top level."""
     entries: List[Entry] = attr.Factory(list)
     notes: List[str] = attr.Factory(list)
     """Comment lines before the header."""
@@ -57,7 +58,7 @@ def render(sections: Sequence[Section]) -> List[str]:
         out.extend(comment(n) for n in section.notes)
         if section.header is not None:
             header = section.header
-            out.append(header if header.startswith("[[") else f"[{toml_key(header)}]")
+            out.append(header if header.startswith("[") else f"[{toml_key(header)}]")
         for e in section.entries:
             line = f"{toml_key(e.key)} = {toml_value(e.value)}"
             if e.comment:

@@ -1,19 +1,23 @@
 """
-The conversion: the OIDC middleware chosen, then each part of the importer
-in turn fills the draft configuration.
+The conversion: the OIDC middlewares chosen, each a provider, then each part
+of the importer in turn fills the draft configuration.
 """
 
 from __future__ import annotations
 
-from typing import List, Mapping, Optional, Sequence, Tuple
+import re
+from typing import List, Mapping, Optional, Sequence, Set, Tuple
 
 import attr
 
 from .documents import Document, Options, TraefikImportError, yaml_type
 from .draft import Draft
 from .oidc import OIDCImport
-from .routes import RouteImport, uses_tls
+from .routes import Guard, RouteImport, first_used, uses_tls
 from .session import SessionImport
+
+PROVIDER_NAME_LENGTH = 60
+"""The longest name made from a middleware's (a provider name has at most 64 characters)."""
 
 
 @attr.s(frozen=True, auto_attribs=True)
@@ -28,68 +32,107 @@ class ImportResult:
 
 def convert(documents: Sequence[Document], middleware: Optional[str] = None,
             public_url: Optional[str] = None,
-            upstreams: Optional[Mapping[str, str]] = None) -> ImportResult:
+            upstreams: Optional[Mapping[str, str]] = None,
+            default_middleware: Optional[str] = None) -> ImportResult:
     """
-    Turn a Traefik Hub OIDC middleware and the IngressRoutes using it into
-    an oidcproxy configuration.
+    Turn the Traefik Hub OIDC middlewares and the IngressRoutes using them
+    into an oidcproxy configuration: the first middleware the IngressRoutes
+    use (or C{default_middleware}) becomes C{[oidc]}, each other one a
+    C{[providers.NAME]} table, and each route names the provider of the
+    middleware it uses.
 
     @param documents: every object of the input (L{load_documents}).
-    @param middleware: the middleware's C{NAME} or C{NAMESPACE/NAME}; needed
-        when the input has several OIDC middlewares.
+    @param middleware: import only this middleware (C{NAME} or C{NAMESPACE/NAME}).
     @param public_url: the external URL users reach oidcproxy at (otherwise
         worked out from C{redirectUrl} or the routes' C{Host} rule).
     @param upstreams: upstream URLs by Kubernetes service (C{NAME} or
         C{NAMESPACE/NAME}), for services whose address is not in the input.
-    @raise TraefikImportError: no OIDC middleware, several and none chosen,
-        or the chosen one does not exist.
+    @param default_middleware: the middleware that becomes C{[oidc]}.
+    @raise TraefikImportError: no OIDC middleware, or a chosen one does not exist.
     """
     documents = list(documents)
     draft = Draft()
-    mw = find_middleware(documents, middleware)
-    raw = mw.oidc_options()
-    if not isinstance(raw, dict):
-        raise TraefikImportError(f"{mw.label}: spec.plugin.oidc is {yaml_type(raw)}, "
-                                 "not a mapping")
-    opts = Options(raw, f"Middleware {mw.namespace}/{mw.name}: spec.plugin.oidc", draft.warn)
+    found = find_middlewares(documents, middleware)
+    middlewares = first_used(documents, found)
+    if default_middleware is not None:
+        [first] = find_middlewares(found, default_middleware, "--default-middleware")
+        middlewares = [first] + [mw for mw in middlewares if mw is not first]
+    names = provider_names(middlewares[1:])
+    imports = [(mw, options(mw, draft), OIDCImport(draft, documents, public_url, name))
+               for mw, name in zip(middlewares, [None, *names])]
     routes = RouteImport(draft, documents, upstreams or {})
-    ingress = routes.ingress_routes(mw)
+    ingress = routes.ingress_routes(middlewares)
     draft.scheme = "https" if any(uses_tls(d) for d, _ in ingress) or not ingress else "http"
     hosts = sorted({m.host for _, matches in ingress for _, ms in matches for m in ms if m.host})
-    oidc = OIDCImport(draft, documents, public_url)
-    oidc.public(opts, hosts)
-    rule = oidc.oidc_options(mw, opts)
+    (first_mw, first_opts, first_oidc), *further = imports
+    first_oidc.public(first_opts, hosts)
+    for _, opts, oidc in further:
+        oidc.further_redirect(opts)
+    guards = [Guard(mw, oidc.name, oidc.oidc_options(mw, opts)) for mw, opts, oidc in imports]
     session = SessionImport(draft)
-    session.session_options(opts)
-    session.state_cookie_options(opts)
-    session.csrf_options(opts)
-    session.headers_options(opts)
-    routes.emit_routes(mw, ingress, rule)
-    opts.warn_unused()
+    session.session_options(first_opts)
+    session.state_cookie_options(first_opts)
+    session.csrf_options(first_opts)
+    session.headers_options(first_opts)
+    for _, opts, _ in further:
+        session.shared_options(opts, first_opts, f"Middleware {first_mw.namespace}/{first_mw.name}")
+    routes.emit_routes(guards, ingress)
+    for _, opts, _ in imports:
+        opts.warn_unused()
     return ImportResult(
-        toml=draft.text(mw),
+        toml=draft.text(middlewares),
         warnings=tuple(draft.warnings),
         credentials=tuple(sorted(draft.credentials.items())),
     )
 
 
-def find_middleware(documents: List[Document], wanted: Optional[str]) -> Document:
-    """
-    The OIDC middleware to import: the only one, or C{wanted} (C{NAME} or
-    C{NAMESPACE/NAME}).
+def options(mw: Document, draft: Draft) -> Options:
+    """The middleware's C{spec.plugin.oidc}, read through L{Options}."""
+    raw = mw.oidc_options()
+    if not isinstance(raw, dict):
+        raise TraefikImportError(f"{mw.label}: spec.plugin.oidc is {yaml_type(raw)}, "
+                                 "not a mapping")
+    return Options(raw, f"Middleware {mw.namespace}/{mw.name}: spec.plugin.oidc", draft.warn)
 
-    @raise TraefikImportError: none, several and none wanted, or no such one.
+
+def find_middlewares(documents: Sequence[Document], wanted: Optional[str],
+                     option: str = "--middleware") -> List[Document]:
+    """
+    The OIDC middlewares to import: every one, or the one C{wanted}
+    (C{NAME} or C{NAMESPACE/NAME}, given with C{option}).
+
+    @raise TraefikImportError: none, or no such one.
     """
     found = [d for d in documents if d.oidc_options() is not None]
     if not found:
         raise TraefikImportError("no Middleware with spec.plugin.oidc found in the input")
-    if wanted is not None:
-        chosen = [d for d in found if wanted in (d.name, f"{d.namespace}/{d.name}")]
-        if not chosen:
-            names = ", ".join(f"{d.namespace}/{d.name}" for d in found)
-            raise TraefikImportError(f"no OIDC Middleware named {wanted!r}; found: {names}")
-        found = chosen
-    if len(found) > 1:
+    if wanted is None:
+        return found
+    chosen = [d for d in found if wanted in (d.name, f"{d.namespace}/{d.name}")]
+    if not chosen:
         names = ", ".join(f"{d.namespace}/{d.name}" for d in found)
-        raise TraefikImportError(f"several OIDC Middlewares ({names}); choose one with "
-                                 "--middleware NAME (or NAMESPACE/NAME)")
-    return found[0]
+        raise TraefikImportError(f"{option}: no OIDC Middleware named {wanted!r}; found: {names}")
+    if len(chosen) > 1:
+        names = ", ".join(f"{d.namespace}/{d.name}" for d in chosen)
+        raise TraefikImportError(f"{option}: {wanted!r} names several OIDC Middlewares ({names}); "
+                                 "give NAMESPACE/NAME")
+    return chosen
+
+
+def provider_names(middlewares: Sequence[Document]) -> List[str]:
+    """
+    A provider name for each middleware: its name with every character
+    but letters, digits, C{-} and C{_} made C{-}, shortened, and made unique
+    with a C{-2}, C{-3}... suffix.
+    """
+    taken: Set[str] = set()
+    out = []
+    for mw in middlewares:
+        base = re.sub(r"[^A-Za-z0-9_-]", "-", mw.name)[:PROVIDER_NAME_LENGTH] or "provider"
+        name, number = base, 1
+        while name in taken:
+            number += 1
+            name = f"{base}-{number}"
+        taken.add(name)
+        out.append(name)
+    return out

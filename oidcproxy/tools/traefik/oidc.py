@@ -5,16 +5,20 @@ routes' hosts or C{--public-url}) and the C{[oidc]} table.
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 from urllib.parse import urlsplit
 
 from ...config import RESERVED_AUTH_PARAMS, http_url, route_prefix
 from .documents import Document, Options, secret_urn, secret_value, yaml_type
 from .draft import Draft, duration
+from .emit import Section, toml_key
 from .names import hub_option
 
 PLACEHOLDER_HOST = "oidcproxy.invalid"
 """Host of a public_url that could not be worked out (RFC 2606: never resolves)."""
+
+DEFAULT_CALLBACK = "/oidc/callback"
+"""C{[oidc]}'s callback path when it sets none (with the default C{endpoints_prefix})."""
 
 MAX_RETRIES = 10
 """The most retries C{oidc.max_retries} allows."""
@@ -27,18 +31,35 @@ def _comment_safe(text: str) -> str:
 
 class OIDCImport:
     """
-    Writes C{public_url} and C{[oidc]} from the middleware's options.
+    Writes one provider's table from its middleware's options: C{[oidc]}
+    (and C{public_url}) for the first middleware, C{[providers.NAME]} for
+    each further one. Every option maps the same way in both; what oidcproxy
+    has once for all providers (the login and logout endpoints,
+    C{public_url}) is taken from the first.
 
     @param documents: every object of the input (the client id may be in a C{Secret}).
     @param public_url_option: C{--public-url}, or None.
+    @param name: the provider's name; None for C{[oidc]}.
     """
 
     def __init__(self, draft: Draft, documents: Sequence[Document],
-                 public_url_option: Optional[str]) -> None:
+                 public_url_option: Optional[str], name: Optional[str] = None) -> None:
         self.draft = draft
         self.warn = draft.warn
         self.documents = list(documents)
         self.public_url_option = public_url_option
+        self.name = name
+        self.callback_path: Optional[str] = None
+        if name is None:
+            self.section = draft.oidc
+        else:
+            self.section = Section(f"[providers.{toml_key(name)}]")
+            draft.providers.append(self.section)
+            draft.default_callbacks[f"{DEFAULT_CALLBACK}/{name}"] = name
+
+    def file_name(self, base: str) -> str:
+        """A credential or file name of this provider's (C{base}, then its name for a further one)."""
+        return base if self.name is None else f"{base}-{self.name}"
 
     def public(self, opts: Options, hosts: List[str]) -> None:
         option = hub_option("public_url")
@@ -73,7 +94,25 @@ class OIDCImport:
                       "login (set session.cookie_domain to a common parent domain)")
         self.draft.public_url = url
         self.draft.top.set("public_url", url, comment)
-        self.draft.callback_path = path
+        self.callback_path = path
+
+    def further_redirect(self, opts: Options) -> None:
+        """
+        A further provider's C{redirectUrl}: its path is the provider's
+        C{callback_path}; oidcproxy has one C{public_url} (the first
+        middleware's), so another origin is dropped.
+        """
+        option = hub_option("oidc.callback_path")
+        redirect = opts.string(option)
+        if redirect is None:
+            self.warn(opts.path(option), "is required by Traefik Hub and missing; oidcproxy's "
+                      f"default callback path for [providers.{self.name}] is used")
+            return
+        origin, self.callback_path = self.split_url(opts.path(option), redirect)
+        if origin is not None and origin != self.draft.public_url:
+            self.warn(opts.path(option), f"its origin {origin} differs from public_url "
+                      f"{self.draft.public_url} (oidcproxy has one); the callback is public_url + "
+                      "callback_path")
 
     def split_url(self, where: str, value: str) -> Tuple[Optional[str], Optional[str]]:
         """
@@ -94,14 +133,35 @@ class OIDCImport:
         origin = f"{scheme}://{parts.netloc.lower()}"
         return origin, parts.path or "/"
 
-    def oidc_path(self, key: str, path: str, option: str) -> None:
+    def oidc_path(self, key: str, path: str, option: str, where: Optional[str] = None) -> None:
         try:
             path = route_prefix(path)
         except ValueError as e:
             self.warn(option, f"{e}; not carried over")
             return
-        self.draft.oidc.set(key, path, f"from {option}")
-        self.draft.proxy_paths.setdefault(path, option)
+        taken = self.taken_paths(key)
+        if path in taken:
+            self.warn(where or option, f"{path} is already oidcproxy's ({taken[path]}); " + (
+                "the provider's default callback path is used: register that at its IdP"
+                if key == "callback_path" else "not carried over"))
+            return
+        self.section.set(key, path, f"from {option}")
+        self.draft.proxy_paths.setdefault(
+            path, option if self.name is None else f"{option} of [providers.{self.name}]")
+
+    def taken_paths(self, key: str) -> Dict[str, str]:
+        """
+        The paths this provider's C{key} cannot have, and whose they are:
+        the paths oidcproxy answers already, and the default callback paths
+        of the other providers (C{[oidc]}'s while it has none of its own).
+        """
+        taken = dict(self.draft.proxy_paths)
+        for default, owner in self.draft.default_callbacks.items():
+            if owner != self.name:
+                taken.setdefault(default, f"[providers.{owner}]'s default callback_path")
+        if not self.draft.oidc.has("callback_path") and (self.name, key) != (None, "callback_path"):
+            taken.setdefault(DEFAULT_CALLBACK, "[oidc]'s default callback_path")
+        return taken
 
     def oidc_options(self, mw: Document, opts: Options) -> Optional[str]:
         """Fill C{[oidc]} and the top level; the claims rule is returned for the routes."""
@@ -111,22 +171,24 @@ class OIDCImport:
         self.scopes(opts)
         pkce = opts.boolean(hub_option("oidc.pkce"))
         if pkce is not None:
-            self.draft.oidc.set("pkce", pkce)
-        if self.draft.callback_path is not None:
-            self.oidc_path("callback_path", self.draft.callback_path, hub_option("oidc.callback_path"))
+            self.section.set("pkce", pkce)
+        if self.callback_path is not None:
+            option = hub_option("oidc.callback_path")
+            self.oidc_path("callback_path", self.callback_path, option, opts.path(option))
         self.parameters(opts)
         self.login_and_logout(opts)
         client = opts.table("clientConfig")
         if client is not None:
             self.client_config(client)
-        username = opts.string(hub_option("username_claim"))
-        if username is not None:
-            self.draft.top.set("username_claim", username, f"from {hub_option('username_claim')}")
+        if self.name is None:
+            username = opts.string(hub_option("username_claim"))
+            if username is not None:
+                self.draft.top.set("username_claim", username, f"from {hub_option('username_claim')}")
         claims = opts.string(hub_option("routes.rule"))
         return claims
 
     def issuer(self, opts: Options) -> None:
-        o = self.draft.oidc
+        o = self.section
         option = hub_option("oidc.issuer")
         issuer = opts.string(option)
         if issuer is None:
@@ -145,17 +207,18 @@ class OIDCImport:
                   f"FIXME: the IdP's issuer URL (the middleware said {_comment_safe(issuer)})")
 
     def client_secret(self, opts: Options) -> None:
-        o = self.draft.oidc
+        o = self.section
         option = hub_option("oidc.client_secret")
         secret = opts.string(option)
         if secret is not None:
-            o.set("client_secret", self.draft.secret(opts.path(option), secret, "client-secret"),
+            o.set("client_secret", self.draft.secret(opts.path(option), secret,
+                                                    self.file_name("client-secret")),
                   "a systemd credential: see the top of this file")
         else:
             o.set("token_endpoint_auth_method", "none", "no clientSecret: a public client (PKCE)")
 
     def scopes(self, opts: Options) -> None:
-        o = self.draft.oidc
+        o = self.section
         option = hub_option("oidc.scopes")
         scopes = opts.get(option)
         if scopes is None:
@@ -184,11 +247,11 @@ class OIDCImport:
                     self.warn(f"{opts.path(option)}.{name}", "is set by oidcproxy itself; not carried over")
                     del params[name]
             if params:
-                self.draft.oidc.set(key, params)
+                self.section.set(key, params)
 
     def login_and_logout(self, opts: Options) -> None:
         """Where logins start, where logout is, where both land, and back-channel logout."""
-        o = self.draft.oidc
+        o = self.section
         login_option = hub_option("oidc.login_url")
         disable_option = hub_option("oidc.disable_login")
         login = opts.string(login_option)
@@ -212,7 +275,11 @@ class OIDCImport:
                 if url is not None:
                     o.set(key, url, f"from {option}")
         backchannel = opts.string("backchannelLogoutUrl")
-        if backchannel is not None:
+        if backchannel is not None and self.name is not None:
+            self.warn(opts.path("backchannelLogoutUrl"), "oidcproxy serves back-channel logout "
+                      "for [oidc] only (a named provider's logout tokens are refused); not "
+                      "carried over")
+        elif backchannel is not None:
             self.warn(opts.path("backchannelLogoutUrl"), "oidcproxy serves back-channel logout at "
                       "public_url + \"/oidc/backchannel-logout\" (it needs a [redis] table); register "
                       "that URL at the IdP instead")
@@ -226,21 +293,25 @@ class OIDCImport:
         where = opts.path(hub_option("oidc.client_id"))
         if value is None:
             self.warn(where, "is required and missing")
-            self.draft.oidc.set("client_id", "FIXME", "FIXME: the client id registered at the IdP")
+            self.section.set("client_id", "FIXME", "FIXME: the client id registered at the IdP")
             return
         ref = secret_urn(value)
         if ref is None:
-            self.draft.oidc.set("client_id", value)
+            self.section.set("client_id", value)
             return
         stored = secret_value(self.documents, mw.namespace, ref[0], ref[1])
         if stored is not None:
-            self.draft.oidc.set("client_id", stored, f"from Kubernetes Secret {ref[0]}, key {ref[1]}")
+            self.section.set("client_id", stored, f"from Kubernetes Secret {ref[0]}, key {ref[1]}")
         else:
             self.warn(where, f"the client id is in Kubernetes Secret {ref[0]} (key {ref[1]}), which is "
                       "not in the input; oidcproxy's client_id is plain text: write it in")
-            self.draft.oidc.set("client_id", "FIXME", f"FIXME: Kubernetes Secret {ref[0]}, key {ref[1]}")
+            self.section.set("client_id", "FIXME", f"FIXME: Kubernetes Secret {ref[0]}, key {ref[1]}")
 
     def proxy_url(self, key: str, where: str, value: str, option: str) -> None:
+        if self.name is not None:
+            self.warn(where, f"oidcproxy has one {option} for every provider ([oidc]'s, from the "
+                      "first middleware); not carried over")
+            return
         origin, path = self.split_url(where, value)
         if path is None:
             return
@@ -257,7 +328,7 @@ class OIDCImport:
         return path if origin is None or origin == self.draft.public_url else origin + path
 
     def client_config(self, client: Options) -> None:
-        o = self.draft.oidc
+        o = self.section
         name = hub_option("oidc.timeout")
         timeout = client.get(name)
         if timeout is None and client.get("timeout") is not None:
@@ -286,7 +357,7 @@ class OIDCImport:
 
     def client_tls(self, tls: Options) -> None:
         """C{clientConfig.tls}: the IdP's CA, a client certificate, or no verification."""
-        o = self.draft.oidc
+        o = self.section
         skip = tls.boolean(hub_option("oidc.insecure_skip_verify"))
         ca, cert, key = (hub_option(f"oidc.{k}") for k in ("ca_bundle", "client_cert", "client_key"))
         values = {option: tls.string(option) for option in (ca, cert, key)}
@@ -304,7 +375,7 @@ class OIDCImport:
             option = hub_option(f"oidc.{name}")
             value = values[option]
             if value:
-                o.set(name, self.draft.pem_file(tls.path(option), value, what),
+                o.set(name, self.draft.pem_file(tls.path(option), value, self.file_name(what)),
                       f"FIXME: write clientConfig.tls.{option} here")
         if skip is not None:
             o.set("insecure_skip_verify", skip, "testing only: the IdP's certificate is not verified"

@@ -1,11 +1,14 @@
 """
-The IngressRoutes that use the middleware, as C{[[routes]]}: their match
-rules translated (L{rules}), their services as upstream URLs.
+The IngressRoutes that use the middlewares, as C{[[routes]]}: their match
+rules translated (L{rules}), their services as upstream URLs, each route
+wired to the provider of the middleware it uses.
 """
 
 from __future__ import annotations
 
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import attr
 
 from ...config import route_prefix
 from ...config.policy import Policy, RuleSyntaxError
@@ -15,7 +18,18 @@ from .emit import Section
 from .rules import Match, RuleError, alternatives, conjunction, parse_rule
 
 Ingress = List[Tuple[Document, List[Tuple[int, List[Match]]]]]
-"""The IngressRoutes that use the middleware, each with its routes' matches (index, matches)."""
+"""The IngressRoutes that use the middlewares, each with its routes' matches (index, matches)."""
+
+
+@attr.s(frozen=True, auto_attribs=True)
+class Guard:
+    """An OIDC middleware being imported, as its routes see it."""
+
+    mw: Document
+    provider: Optional[str]
+    """The C{[providers.NAME]} its routes name; None for C{[oidc]}."""
+    rule: Optional[str]
+    """Its claims rule, put on each of its routes."""
 
 _SEEN = Dict[Tuple[Optional[str], str], str]
 
@@ -27,6 +41,23 @@ def uses(ir: Document, ref: Any, mw: Document) -> bool:
     name = ref.get("name")
     namespace = ref.get("namespace") or ir.namespace
     return name == mw.name and namespace == mw.namespace
+
+
+def route_refs(ir: Document) -> List[Any]:
+    """Every middleware reference of IngressRoute C{ir}'s routes, in order."""
+    routes = dig(ir.data, "spec", "routes")
+    return [ref for r in sequence(routes) if isinstance(r, dict)
+            for ref in sequence(r.get("middlewares"))]
+
+
+def first_used(documents: Sequence[Document], middlewares: Sequence[Document]) -> List[Document]:
+    """C{middlewares} in the order the IngressRoutes first use them; those never used last."""
+    order: List[Document] = []
+    for ir in documents:
+        if ir.kind in INGRESS_KINDS:
+            for ref in route_refs(ir):
+                order.extend(mw for mw in middlewares if mw not in order and uses(ir, ref, mw))
+    return order + [mw for mw in middlewares if mw not in order]
 
 
 def uses_tls(ir: Document) -> bool:
@@ -63,17 +94,14 @@ class RouteImport:
         return any(d.name == ref.get("name") and d.namespace == namespace and d.oidc_options() is not None
                    for d in self.documents)
 
-    def ingress_routes(self, mw: Document) -> Ingress:
-        """The IngressRoutes using C{mw}, each with its routes' matches (index, matches)."""
+    def ingress_routes(self, middlewares: Sequence[Document]) -> Ingress:
+        """The IngressRoutes using any of C{middlewares}, each with its routes' matches (index, matches)."""
         out = []
         for ir in self.documents:
             if ir.kind not in INGRESS_KINDS:
                 continue
             routes = dig(ir.data, "spec", "routes")
-            if not isinstance(routes, list):
-                continue
-            if not any(isinstance(r, dict) and isinstance(r.get("middlewares"), list)
-                       and any(uses(ir, m, mw) for m in r["middlewares"]) for r in routes):
+            if not any(uses(ir, ref, mw) for ref in route_refs(ir) for mw in middlewares):
                 continue
             parsed = []
             for i, route in enumerate(routes):
@@ -83,9 +111,10 @@ class RouteImport:
                     continue
                 parsed.append((i, self.matches(where, route)))
             out.append((ir, parsed))
-        if not out:
-            self.warn(f"Middleware {mw.namespace}/{mw.name}", "no IngressRoute in the input uses it: "
-                      "add [[routes]] to the output")
+        for mw in middlewares:
+            if not any(uses(ir, ref, mw) for ir, _ in out for ref in route_refs(ir)):
+                self.warn(f"Middleware {mw.namespace}/{mw.name}", "no IngressRoute in the input uses "
+                          "it: add [[routes]] to the output")
         return out
 
     def matches(self, where: str, route: Dict[str, Any]) -> List[Match]:
@@ -107,9 +136,12 @@ class RouteImport:
             out.extend(conjunction(literals, lambda m: self.warn(f"{where}.match", m)))
         return out
 
-    def emit_routes(self, mw: Document, ingress: Ingress, rule: Optional[str]) -> None:
-        """A C{[[routes]]} entry per match of each IngressRoute route (C{rule} on the protected ones)."""
-        rule_ok = self.rule_ok(mw, rule)
+    def emit_routes(self, guards: Sequence[Guard], ingress: Ingress) -> None:
+        """
+        A C{[[routes]]} entry per match of each IngressRoute route; a route
+        using one of C{guards} names its provider and carries its rule.
+        """
+        checked = [(g, self.rule_ok(g.mw, g.rule)) for g in guards]
         seen: _SEEN = {}
         for ir, routes in ingress:
             spec = mapping(ir.data.get("spec"))
@@ -125,9 +157,14 @@ class RouteImport:
             for i, matches in routes:
                 route = spec["routes"][i]
                 where = f"{base}: spec.routes[{i}]"
-                refs = route.get("middlewares") if isinstance(route.get("middlewares"), list) else []
-                protected = any(uses(ir, m, mw) for m in refs)
-                if not self.other_middlewares(ir, mw, where, refs):
+                refs = sequence(route.get("middlewares"))
+                used = [(g, ok) for g, ok in checked if any(uses(ir, m, g.mw) for m in refs)]
+                if not self.other_middlewares(ir, [g.mw for g in guards], where, refs):
+                    matches = []
+                if len(used) > 1:
+                    names = ", ".join(f"{g.mw.namespace}/{g.mw.name}" for g, _ in used)
+                    self.warn(where, f"uses several OIDC middlewares ({names}); an oidcproxy route "
+                              "logs in with one provider; skipped")
                     matches = []
                 for key in route:
                     if key not in ("match", "kind", "services", "middlewares", "syntax"):
@@ -136,8 +173,9 @@ class RouteImport:
                 if not matches:
                     continue
                 upstream, fixme = self.upstream(ir, where, route.get("services"))
+                guard, rule_ok = used[0] if used else (None, True)
                 for m in matches:
-                    self.route(where, route, m, upstream, fixme, protected, rule, rule_ok, seen)
+                    self.route(where, route, m, upstream, fixme, guard, rule_ok, seen)
 
     def rule_ok(self, mw: Document, rule: Optional[str]) -> bool:
         """Whether oidcproxy reads the middleware's claims rule (it is carried over either way)."""
@@ -153,27 +191,28 @@ class RouteImport:
             return False
         return True
 
-    def other_middlewares(self, ir: Document, mw: Document, where: str, refs: List[Any]) -> bool:
+    def other_middlewares(self, ir: Document, middlewares: Sequence[Document], where: str,
+                          refs: List[Any]) -> bool:
         """
-        Warn about a route's middlewares other than C{mw}; False when one of
-        them is another OIDC middleware (the route is then left out).
+        Warn about a route's middlewares other than C{middlewares}; False
+        when one of them is another OIDC middleware (one --middleware left
+        out: the route is then left out too).
         """
         keep = True
         for ref in refs:
-            if uses(ir, ref, mw):
+            if any(uses(ir, ref, mw) for mw in middlewares):
                 continue
             name = ref.get("name") if isinstance(ref, dict) else ref
             if self.oidc_middleware(ir, ref):
-                self.warn(where, f"uses another OIDC middleware ({name}); skipped (import it "
-                          "into a configuration of its own with --middleware)")
+                self.warn(where, f"uses another OIDC middleware ({name}), not imported with "
+                          "--middleware; skipped (import without --middleware to take every one)")
                 keep = False
             else:
                 self.warn(f"{where}.middlewares", f"middleware {name!r} is not carried over")
         return keep
 
     def route(self, where: str, route: Dict[str, Any], m: Match, upstream: str,
-              fixme: Optional[str], protected: bool, rule: Optional[str], rule_ok: bool,
-              seen: _SEEN) -> None:
+              fixme: Optional[str], guard: Optional[Guard], rule_ok: bool, seen: _SEEN) -> None:
         shown = f"{where} ({route.get('match')})"
         try:
             path = route_prefix(m.path)
@@ -203,10 +242,14 @@ class RouteImport:
         if m.host:
             section.set("host", m.host)
         section.set("upstream", upstream, fixme)
-        if protected:
+        if guard is not None:
             section.set("auth", "session")
-            if rule is not None:
-                section.set("rule", rule, None if rule_ok else "FIXME: not in oidcproxy's rule language")
+            if guard.provider is not None:
+                section.set("provider", guard.provider,
+                            f"Middleware {guard.mw.namespace}/{guard.mw.name}")
+            if guard.rule is not None:
+                section.set("rule", guard.rule,
+                            None if rule_ok else "FIXME: not in oidcproxy's rule language")
         else:
             section.set("auth", "none", "no OIDC middleware on this route in Traefik")
         if m.methods:

@@ -20,6 +20,15 @@ SESSION_KEY_CREDENTIAL = "session-key"
 SLIDING_LIFETIME = 7 * 86400
 """The absolute lifetime given to a sliding session (Traefik Hub's have none)."""
 
+SHARED_OPTIONS = (
+    ("session", "[session]"),
+    ("stateCookie", "[state_cookie]"),
+    (hub_option("csrf"), "[csrf]"),
+    (hub_option("headers"), "[headers]"),
+    (hub_option("username_claim"), "username_claim"),
+)
+"""The middleware options oidcproxy has once for every provider, and where they go."""
+
 CSRF_COOKIE = "traefikee-csrf-token"
 CSRF_HEADER = "TraefikHub-Csrf-Token"
 
@@ -30,6 +39,18 @@ class SessionImport:
     def __init__(self, draft: Draft) -> None:
         self.draft = draft
         self.warn = draft.warn
+
+    def shared_options(self, opts: Options, first: Options, first_name: str) -> None:
+        """
+        A further middleware's options that oidcproxy has once for every
+        provider: the first middleware's (C{first}) are used, and each
+        that differs from them is reported.
+        """
+        for option, where in SHARED_OPTIONS:
+            value = opts.get(option)
+            if value is not None and value != first.get(option):
+                self.warn(opts.path(option), f"oidcproxy has one {where} for every provider: "
+                          f"{first_name}'s is used; not carried over")
 
     def set_same_site(self, opts: Options, section: Section, key: str) -> None:
         option = hub_option(f"{section.header}.{key}")
