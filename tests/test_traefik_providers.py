@@ -314,6 +314,19 @@ class SeveralMiddlewaresTests(SynchronousTestCase, WarningsMixin):
         self.credentials()
         parse_config(tomllib.loads(text.replace('"oidc-secret"', '"staff-secret"')), "x.toml")
 
+    def test_name_oidc_not_taken(self):
+        """
+        A middleware named oidc does not become [providers.oidc]: a route's
+        providers list names the [oidc] table so, and the parser refuses it.
+        """
+        docs = [middleware(name="first"), middleware(name="oidc")]
+        data, _, text = run(*docs, ingress(route("PathPrefix(`/a`)", middlewares=("first",)),
+                                           route("PathPrefix(`/b`)", middlewares=("oidc",))))
+        self.assertEqual(list(data["providers"]), ["oidc-2"])
+        self.assertEqual([r.get("provider") for r in data["routes"]], [None, "oidc-2"])
+        self.credentials()
+        parse_config(tomllib.loads(text.replace('"oidc-secret"', '"staff-secret"')), "x.toml")
+
     def test_literal_secrets_apart(self):
         """Literal client secrets of two providers go to two credentials."""
         data, _, _ = run(middleware({"clientSecret": "one"}),

@@ -10,6 +10,7 @@ from typing import List, Mapping, Optional, Sequence, Set, Tuple
 
 import attr
 
+from ...config import DEFAULT_PROVIDER_NAME
 from .documents import Document, Options, TraefikImportError, yaml_type
 from .draft import Draft
 from .oidc import OIDCImport
@@ -123,9 +124,10 @@ def provider_names(middlewares: Sequence[Document]) -> List[str]:
     """
     A provider name for each middleware: its name with every character
     but letters, digits, C{-} and C{_} made C{-}, shortened, and made unique
-    with a C{-2}, C{-3}... suffix.
+    with a C{-2}, C{-3}... suffix. Never C{oidc}: a route's providers list
+    names the C{[oidc]} table so.
     """
-    taken: Set[str] = set()
+    taken: Set[str] = {DEFAULT_PROVIDER_NAME}
     out = []
     for mw in middlewares:
         base = re.sub(r"[^A-Za-z0-9_-]", "-", mw.name)[:PROVIDER_NAME_LENGTH] or "provider"
