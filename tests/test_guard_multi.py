@@ -8,13 +8,14 @@ own (login, callback, refresh, logout, userinfo), and the IdP mix-up refused.
 from __future__ import annotations
 
 import json
-from typing import Any, Dict
+from typing import Any, Dict, List
 from urllib.parse import urlencode
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
 from treq.testing import StubTreq
 from twisted.internet.task import Clock
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from oidcproxy.assemble import OIDCGuard
@@ -266,10 +267,15 @@ class BackchannelTests(SynchronousTestCase):
     def test_named_providers_token(self) -> None:
         """corp's logout token ends corp's session of that sub; [oidc]'s session of it lives on."""
         s, corp_browser, default_browser = self.both(memory_store=True)
+        events: List[Dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
         page = self.post(s, self.logout_token(s, CORP, CORP_CLIENT, "j1"))
         self.assertEqual(page.code, 200, page.body)
         self.assertEqual(corp_browser.get("/staff", headers=API).code, 401)
         self.assertEqual(default_browser.get("/x", headers=API).code, 200)
+        lines = [formatEvent(e) for e in events if "session(s) ended" in e.get("log_format", "")]
+        self.assertEqual(lines, ["back-channel logout: 1 session(s) ended (provider corp)"])
 
     def test_named_providers_token_revocation_list(self) -> None:
         """The same with cookie sessions and a revocation list: corp's revoked, [oidc]'s not."""
