@@ -9,11 +9,15 @@ from __future__ import annotations
 
 from typing import Any, List
 
+from twisted.internet.address import IPv4Address
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web import http
+from twisted.web.http_headers import Headers
 
 from oidcproxy.config import UpstreamSettings
 from oidcproxy.core.admission import QueueFull, SlotQueue
+from oidcproxy.proxy.forwarding import upstream_headers
+from oidcproxy.proxy.routes import RouteMatch
 
 from .fakes import HangingAgent
 from .test_upstream import ProxyHarness, route
@@ -82,3 +86,57 @@ class ExchangeCostTests(SynchronousTestCase):
         self.assertEqual(agent.cancelled, 1)
         self.assertEqual(h.proxy._in_flight, 0)
         self.assertEqual(h.clock.getDelayedCalls(), [])
+
+
+class _ForwardedRequest:
+    """What L{upstream_headers} reads of a request, and how often it asks C{isSecure}."""
+
+    def __init__(self, host: bytes, secure: bool = False) -> None:
+        self.requestHeaders = Headers({b"host": [host], b"accept": [b"*/*"]})
+        self.secure = secure
+        self.secure_asked = 0
+
+    def getClientAddress(self) -> Any:
+        return IPv4Address("TCP", "192.0.2.7", 4321)
+
+    def isSecure(self) -> bool:
+        self.secure_asked += 1
+        return self.secure
+
+
+class UpstreamHeadersCostTests(SynchronousTestCase):
+    def headers(self, request: _ForwardedRequest) -> Headers:
+        match = RouteMatch(route=route(pass_host_header=True), host="app.test", path="/",
+                           query=None, upstream_target=b"/")
+        return upstream_headers(request, match, ())  # type: ignore[arg-type]
+
+    def test_secure_asked_once(self):
+        """isSecure (an interface adaptation in Twisted) is asked once per request."""
+        request = _ForwardedRequest(b"app.test", secure=True)
+        out = self.headers(request)
+        self.assertEqual(request.secure_asked, 1)
+        self.assertEqual(out.getRawHeaders(b"x-forwarded-proto"), [b"https"])
+        self.assertEqual(out.getRawHeaders(b"forwarded"),
+                         [b'for=192.0.2.7;proto=https;host="app.test"'])
+
+    def test_headers_byte_identical(self):
+        """The upstream request's headers, names and values, as they always were."""
+        out = self.headers(_ForwardedRequest(b"app.test:8080"))
+        self.assertEqual(sorted(out.getAllRawHeaders()), [
+            (b"Accept", [b"*/*"]),
+            (b"Forwarded", [b'for=192.0.2.7;proto=http;host="app.test:8080"']),
+            (b"Host", [b"app.test:8080"]),
+            (b"X-Forwarded-For", [b"192.0.2.7"]),
+            (b"X-Forwarded-Host", [b"app.test:8080"]),
+            (b"X-Forwarded-Proto", [b"http"]),
+        ])
+
+    def test_forwarded_host_only_when_quotable(self):
+        """C{host="..."} is in C{Forwarded} exactly when every byte is visible ASCII but C{"}."""
+        for byte in range(256):
+            value = b"a" + bytes([byte]) + b"b"
+            if byte in (0x0A, 0x0D, 0x00):
+                continue  # Twisted's Headers refuses these in values
+            forwarded = self.headers(_ForwardedRequest(value)).getRawHeaders(b"forwarded")[0]
+            quotable = 0x21 <= byte < 0x7F and byte != 0x22
+            self.assertEqual(forwarded.endswith(b';host="' + value + b'"'), quotable, byte)
