@@ -10,12 +10,15 @@ from __future__ import annotations
 from typing import Any, List
 
 from twisted.internet.address import IPv4Address
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web import http
+from twisted.web.client import URI, Agent
 from twisted.web.http_headers import Headers
 
 from oidcproxy.config import UpstreamSettings
 from oidcproxy.core.admission import QueueFull, SlotQueue
+from oidcproxy.proxy.connect import agent_host
 from oidcproxy.proxy.forwarding import upstream_headers
 from oidcproxy.proxy.routes import RouteMatch
 
@@ -140,3 +143,57 @@ class UpstreamHeadersCostTests(SynchronousTestCase):
             forwarded = self.headers(_ForwardedRequest(value)).getRawHeaders(b"forwarded")[0]
             quotable = 0x21 <= byte < 0x7F and byte != 0x22
             self.assertEqual(forwarded.endswith(b';host="' + value + b'"'), quotable, byte)
+
+
+class _HeadersAgent(HangingAgent):
+    """A hanging agent that keeps the headers each request was given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.headers: List[Headers] = []
+
+    def request(self, method, uri, headers=None, bodyProducer=None):  # type: ignore[no-untyped-def]
+        self.headers.append(headers)
+        return super().request(method, uri, headers, bodyProducer)
+
+
+class AgentHostTests(SynchronousTestCase):
+    URLS = [b"http://up.test", b"http://up.test:80", b"http://up.test:8080",
+            b"https://up.test", b"https://up.test:443", b"https://up.test:8443",
+            b"http://127.0.0.1:9000", b"http://[::1]:9000", b"https://[2001:db8::1]"]
+
+    def test_same_as_agent(self):
+        """
+        agent_host is the Host Twisted's Agent adds when the headers have
+        none (its private _computeHostValue, pinned here so that a Twisted
+        upgrade that changes it fails loudly).
+        """
+        agent = Agent(Clock())
+        for url in self.URLS:
+            uri = URI.fromBytes(url)
+            self.assertEqual(agent_host(url),
+                             agent._computeHostValue(uri.scheme, uri.host, uri.port), url)
+
+    def test_agent_gets_host_last(self):
+        """
+        The proxy gives the Agent headers that carry Host already, last (as
+        the Agent's copy-then-add put it), so the Agent does not copy them.
+        """
+        agent = _HeadersAgent()
+        h = ProxyHarness([route(upstream="http://up.test:8080/base")], agent=agent)
+        h.client.get("http://proxy.test/x", headers={b"accept": [b"*/*"]})
+        h.flush()
+        [sent] = agent.headers
+        self.assertTrue(sent.hasHeader(b"host"))
+        names = [name.lower() for name, _ in sent.getAllRawHeaders()]
+        self.assertEqual(names[-1], b"host")
+        self.assertEqual(sent.getRawHeaders(b"host"), [b"up.test:8080"])
+
+    def test_pass_host_header_kept(self):
+        """With pass_host_header the client's Host goes up, as before."""
+        agent = _HeadersAgent()
+        h = ProxyHarness([route(upstream="http://up.test:8080/", pass_host_header=True)],
+                         agent=agent)
+        h.client.get("http://proxy.test/x")
+        h.flush()
+        self.assertEqual(agent.headers[0].getRawHeaders(b"host"), [b"proxy.test"])

@@ -45,12 +45,15 @@ def _forwarded_node(host: Optional[str]) -> str:
 
 
 def upstream_headers(request: Request, match: RouteMatch,
-                     trusted_proxies: Sequence[IPNetwork]) -> Headers:
+                     trusted_proxies: Sequence[IPNetwork],
+                     upstream_host: Optional[bytes] = None) -> Headers:
     """
     The headers C{request} carries to the upstream of C{match}: its own,
     less the hop-by-hop ones and the forwarding ones (believed only from
     C{trusted_proxies}), plus the proxy's C{X-Forwarded-For},
-    C{X-Forwarded-Proto}, C{X-Forwarded-Host} and C{Forwarded}.
+    C{X-Forwarded-Proto}, C{X-Forwarded-Host} and C{Forwarded}; then
+    C{Host}: the client's with C{pass_host_header}, else C{upstream_host}
+    (None: no C{Host}, left to whoever sends the request).
 
     The headers the client's C{Connection} named are gone already (see
     L{oidcproxy.proxy.headers.drop_connection_named}): what it names now is
@@ -99,4 +102,6 @@ def upstream_headers(request: Request, match: RouteMatch,
     out.setRawHeaders(b"forwarded", [b", ".join(forwarded)])
     if match.route.pass_host_header and host_value:
         out.setRawHeaders(b"host", [host_value])
+    elif upstream_host is not None:
+        out.setRawHeaders(b"host", [upstream_host])
     return out
