@@ -7,6 +7,7 @@ work as before.
 
 from __future__ import annotations
 
+import sys
 from typing import Any, List
 
 from twisted.internet.address import IPv4Address
@@ -20,6 +21,7 @@ from oidcproxy.config import UpstreamSettings
 from oidcproxy.core.admission import QueueFull, SlotQueue
 from oidcproxy.proxy.connect import agent_host
 from oidcproxy.proxy.forwarding import upstream_headers
+from oidcproxy.proxy.headers import put_raw, stored_name
 from oidcproxy.proxy.routes import RouteMatch
 
 from .fakes import HangingAgent
@@ -197,3 +199,68 @@ class AgentHostTests(SynchronousTestCase):
         h.client.get("http://proxy.test/x")
         h.flush()
         self.assertEqual(agent.headers[0].getRawHeaders(b"host"), [b"proxy.test"])
+
+
+class PutRawTests(SynchronousTestCase):
+    def test_same_as_set_raw_headers(self):
+        """
+        put_raw with a name from getAllRawHeaders (or stored_name) and values
+        from another Headers gives what setRawHeaders gives (it writes
+        Twisted's private _rawHeaders: this pins it).
+        """
+        source = Headers()
+        source.addRawHeader(b"x-Custom_Name", b"one")
+        source.addRawHeader(b"x-Custom_Name", b"two\r\n three")
+        source.setRawHeaders(b"content-type", [b"text/plain"])
+        source.setRawHeaders(b"WWW-authenticate", [b"Bearer"])
+        fast, slow = Headers(), Headers()
+        for name, values in source.getAllRawHeaders():
+            put_raw(fast, name, list(values))
+            slow.setRawHeaders(name, values)
+        put_raw(fast, stored_name(b"x-forwarded-for"), [b"192.0.2.1"])
+        slow.setRawHeaders(b"x-forwarded-for", [b"192.0.2.1"])
+        self.assertEqual(list(fast.getAllRawHeaders()), list(slow.getAllRawHeaders()))
+        self.assertEqual(fast, slow)
+        self.assertEqual(fast.getRawHeaders(b"x-forwarded-for"), [b"192.0.2.1"])
+        self.assertEqual(fast.getRawHeaders(b"X-Custom_Name"), [b"one", b"two  three"])
+
+    def test_stored_name_as_headers_keep_it(self):
+        """stored_name is the key setRawHeaders stores a name under."""
+        for name in (b"host", b"x-forwarded-for", b"content-length", b"etag", b"te"):
+            headers = Headers()
+            headers.setRawHeaders(name, [b"v"])
+            self.assertEqual([stored_name(name)], [n for n, _ in headers.getAllRawHeaders()])
+
+    def count_set_raw_headers(self) -> List[bytes]:
+        """The names setRawHeaders is called with from the proxy engine's modules."""
+        calls: List[bytes] = []
+        original = Headers.setRawHeaders
+
+        def counting(headers: Headers, name: Any, values: Any) -> None:
+            caller = sys._getframe(1).f_code.co_filename
+            if caller.endswith(("exchange.py", "forwarding.py")):
+                calls.append(name)
+            original(headers, name, values)
+
+        self.patch(Headers, "setRawHeaders", counting)
+        return calls
+
+    def test_upstream_headers_set_without_cleaning_again(self):
+        """The upstream request's headers are put, not set one by one through Twisted."""
+        request = _ForwardedRequest(b"app.test")
+        calls = self.count_set_raw_headers()
+        match = RouteMatch(route=route(), host="app.test", path="/", query=None,
+                           upstream_target=b"/")
+        out = upstream_headers(request, match, (), b"up.test")  # type: ignore[arg-type]
+        self.assertEqual(calls, [])
+        self.assertEqual(out.getRawHeaders(b"accept"), [b"*/*"])
+        self.assertEqual(out.getRawHeaders(b"host"), [b"up.test"])
+
+    def test_response_headers_put(self):
+        """The upstream's answer's headers reach the client without setRawHeaders per header."""
+        h = ProxyHarness()
+        calls = self.count_set_raw_headers()
+        response, _ = h.fetch(self)
+        self.assertEqual(response.code, 200)
+        self.assertEqual(response.headers.getRawHeaders(b"content-type"), [b"application/json"])
+        self.assertEqual(calls, [])

@@ -27,12 +27,14 @@ from ..core.metrics import NullMetrics
 from ..core.pages import render_error
 from .client import UpstreamClient
 from .connect import describe_failure
-from .headers import HOP_BY_HOP, connection_tokens
+from .headers import HOP_BY_HOP, connection_tokens, put_raw, stored_name
 from .relay import BodyRelay, Discard
 
 __all__ = ["RETRY_AFTER", "Exchange"]
 
 log = Logger()
+
+_CONTENT_LENGTH = stored_name(b"content-length")
 
 RETRY_AFTER = b"5"
 """Seconds a client refused for want of an upstream slot is told to wait (C{Retry-After})."""
@@ -184,13 +186,14 @@ class Exchange:
                 values = found.kept_cookies(values)
                 if not values:
                     continue
-            out.setRawHeaders(name, values)
+            # As they came (Twisted's parser has cleaned them): not again.
+            put_raw(out, name, list(values))
         # Agent keeps Content-Length to itself (except for HEAD) and tells the
         # body length instead: pass it on, so the client gets a sized response
         # rather than a chunked one.
         if response.length is not UNKNOWN_LENGTH and response.code not in NO_BODY_CODES \
                 and request.method != b"HEAD":
-            out.setRawHeaders(b"content-length", [b"%d" % response.length])
+            put_raw(out, _CONTENT_LENGTH, [b"%d" % response.length])
         self._relay = BodyRelay(request, self._route, self._release, self._deadlines)
         response.deliverBody(self._relay)
 

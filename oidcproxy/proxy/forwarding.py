@@ -18,6 +18,8 @@ from .headers import (
     UNTRUSTED_OVERRIDES,
     canonical_header,
     is_trusted,
+    put_raw,
+    stored_name,
 )
 from .routes import RouteMatch
 
@@ -25,6 +27,10 @@ __all__ = ["upstream_headers"]
 
 # Never copied from the client request: recomputed for the upstream hop.
 _REQUEST_RECOMPUTED = frozenset([b"host", b"content-length", b"expect"])
+
+# The names of the headers the proxy sets, as Headers keeps them.
+_XFF, _XFP, _XFH, _FORWARDED, _HOST = (stored_name(n) for n in (
+    b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded", b"host"))
 
 # The bytes a Host value may have to be quoted in C{Forwarded: host="..."}
 # (visible ASCII but the double quote): deleted, nothing may be left.
@@ -74,7 +80,7 @@ def upstream_headers(request: Request, match: RouteMatch,
             continue
         if not trusted and canonical in UNTRUSTED_OVERRIDES:
             continue
-        out.setRawHeaders(name, values)
+        put_raw(out, name, list(values))
 
     host_value = incoming.getRawHeaders(b"host", [b""])[0]
     client_host = host_value
@@ -87,10 +93,10 @@ def upstream_headers(request: Request, match: RouteMatch,
         proto = (incoming.getRawHeaders(b"x-forwarded-proto") or [proto])[0]
         client_host = (incoming.getRawHeaders(b"x-forwarded-host") or [client_host])[0]
     if xff:
-        out.setRawHeaders(b"x-forwarded-for", [b", ".join(xff)])
-    out.setRawHeaders(b"x-forwarded-proto", [proto])
+        put_raw(out, _XFF, [b", ".join(xff)])
+    put_raw(out, _XFP, [proto])
     if client_host:
-        out.setRawHeaders(b"x-forwarded-host", [client_host])
+        put_raw(out, _XFH, [client_host])
     own_node = "for={};proto={}".format(
         _forwarded_node(peer), "https" if secure else "http"
     ).encode("ascii")
@@ -99,9 +105,9 @@ def upstream_headers(request: Request, match: RouteMatch,
     forwarded = [own_node]
     if trusted:
         forwarded = [*incoming.getRawHeaders(b"forwarded", []), *forwarded]
-    out.setRawHeaders(b"forwarded", [b", ".join(forwarded)])
+    put_raw(out, _FORWARDED, [b", ".join(forwarded)])
     if match.route.pass_host_header and host_value:
-        out.setRawHeaders(b"host", [host_value])
+        put_raw(out, _HOST, [host_value])
     elif upstream_host is not None:
-        out.setRawHeaders(b"host", [upstream_host])
+        put_raw(out, _HOST, [upstream_host])
     return out
