@@ -12,13 +12,17 @@ from typing import Any, List
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactor
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web import http
 from twisted.web.client import URI, Agent
 from twisted.web.http_headers import Headers
+from twisted.web.iweb import IAgentEndpointFactory
+from zope.interface import implementer
 
 from oidcproxy.config import UpstreamSettings
 from oidcproxy.core.admission import QueueFull, SlotQueue
+from oidcproxy.proxy.client import OriginAgent, UpstreamClient
 from oidcproxy.proxy.connect import agent_host
 from oidcproxy.proxy.forwarding import upstream_headers
 from oidcproxy.proxy.headers import put_raw, stored_name
@@ -264,3 +268,67 @@ class PutRawTests(SynchronousTestCase):
         self.assertEqual(response.code, 200)
         self.assertEqual(response.headers.getRawHeaders(b"content-type"), [b"application/json"])
         self.assertEqual(calls, [])
+
+
+@implementer(IAgentEndpointFactory)
+class _Endpoints:
+    """Records the parsed URLs it is asked endpoints for."""
+
+    def __init__(self) -> None:
+        self.asked: List[Any] = []
+
+    def endpointForURI(self, uri: Any) -> Any:
+        self.asked.append((uri.scheme, uri.host, uri.port))
+        return ("endpoint", uri.scheme, uri.host, uri.port)
+
+
+def _uri_fields(uri: Any) -> Any:
+    return (uri.scheme, uri.netloc, uri.host, uri.port, uri.path, uri.params, uri.query,
+            uri.fragment, uri.originForm, uri.toBytes())
+
+
+class OriginAgentTests(SynchronousTestCase):
+    URLS = [b"http://up.test/", b"http://up.test:8080/a/b?x=1&y=%2F", b"https://up.test/a?",
+            b"http://up.test//double//slash", b"http://[::1]:9000/p?q?r", b"https://up.test:443/x",
+            b"http://127.0.0.1:9000/a:b/c", b"http://up.test/a;p=1?q", b"http://up.test/a#f",
+            b"http://up.test/a%20b", b"ftp://up.test/x"]
+
+    def calls(self, cls: Any, url: bytes) -> Any:
+        """What Agent.request hands its private _requestWithEndpoint (pinned here)."""
+        endpoints = _Endpoints()
+        agent = cls.usingEndpointFactory(MemoryReactor(), endpoints)
+        seen: List[Any] = []
+
+        def record(key, endpoint, method, parsed, headers, producer, path):  # type: ignore[no-untyped-def]
+            seen.append((key, endpoint, method, _uri_fields(parsed), headers, producer, path))
+            return "sent"
+
+        agent._requestWithEndpoint = record
+        headers = Headers({b"host": [b"up.test"]})
+        result = agent.request(b"GET", url, headers, None)
+        if seen:
+            self.assertEqual(result, "sent")
+            return seen, endpoints.asked
+        return self.failureResultOf(result).type, endpoints.asked
+
+    def test_same_as_agent(self):
+        """OriginAgent hands on what Agent.request would, for every kind of URL."""
+        for url in self.URLS:
+            self.assertEqual(self.calls(OriginAgent, url), self.calls(Agent, url), url)
+
+    def test_origin_parsed_once(self):
+        """The origin of a URL is parsed once, not per request."""
+        agent = OriginAgent.usingEndpointFactory(MemoryReactor(), _Endpoints())
+        agent._requestWithEndpoint = lambda *args: None
+        parsed: List[bytes] = []
+        original = URI.fromBytes.__func__  # type: ignore[attr-defined]
+        self.patch(URI, "fromBytes", classmethod(
+            lambda cls, uri, defaultPort=None: parsed.append(uri) or original(cls, uri, defaultPort)))
+        for path in (b"/a", b"/b?c", b"/d"):
+            agent.request(b"GET", b"http://up.test:8080" + path, Headers(), None)
+        self.assertEqual(parsed, [b"http://up.test:8080"])
+
+    def test_built_with_it(self):
+        """The upstream client's agent is an OriginAgent."""
+        client = UpstreamClient.build(MemoryReactor(), UpstreamSettings())
+        self.assertIsInstance(client.agent, OriginAgent)
