@@ -11,22 +11,26 @@ import sys
 from typing import Any, List
 
 from twisted.internet.address import IPv4Address
+from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.task import Clock
-from twisted.internet.testing import MemoryReactor
+from twisted.internet.testing import MemoryReactor, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web import http
 from twisted.web.client import URI, Agent
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgentEndpointFactory
-from zope.interface import implementer
+from zope.interface import directlyProvides, implementer
 
 from oidcproxy.config import UpstreamSettings
 from oidcproxy.core.admission import QueueFull, SlotQueue
+from oidcproxy.proxy import forwarding as forwarding_module
+from oidcproxy.proxy import headers as headers_module
 from oidcproxy.proxy.client import OriginAgent, UpstreamClient
 from oidcproxy.proxy.connect import agent_host
 from oidcproxy.proxy.forwarding import upstream_headers
-from oidcproxy.proxy.headers import put_raw, stored_name
+from oidcproxy.proxy.headers import is_websocket_upgrade, put_raw, stored_name
 from oidcproxy.proxy.routes import RouteMatch
+from oidcproxy.web.channel import ProxyChannel
 
 from .fakes import HangingAgent
 from .test_upstream import ProxyHarness, route
@@ -332,3 +336,70 @@ class OriginAgentTests(SynchronousTestCase):
         """The upstream client's agent is an OriginAgent."""
         client = UpstreamClient.build(MemoryReactor(), UpstreamSettings())
         self.assertIsInstance(client.agent, OriginAgent)
+
+
+class FewerLookupsTests(SynchronousTestCase):
+    def test_channel_secure_asked_once(self):
+        """A connection asks Twisted whether it is secure once (an adaptation each time)."""
+        asked: List[Any] = []
+        original = http.HTTPChannel.isSecure
+        self.patch(http.HTTPChannel, "isSecure", lambda channel: asked.append(channel) or
+                   original(channel))
+        channel = ProxyChannel()
+        self.assertFalse(channel.isSecure())
+        channel.makeConnection(StringTransport())
+        self.assertFalse(channel.isSecure())
+        self.assertFalse(channel.isSecure())
+        self.assertEqual(len(asked), 2)
+
+    def test_channel_secure_over_tls(self):
+        """Over TLS the kept answer is True."""
+        transport = StringTransport()
+        directlyProvides(transport, ISSLTransport)
+        channel = ProxyChannel()
+        channel.transport = transport
+        self.assertTrue(channel.isSecure())
+        self.assertTrue(channel.isSecure())
+
+    def upgrade(self, headers: Any) -> bool:
+        channel = http.HTTPChannel()
+        channel.makeConnection(StringTransport())
+        request = http.Request(channel)
+        request.method, request.clientproto = b"GET", b"HTTP/1.1"
+        for name, value in headers.items():
+            request.requestHeaders.setRawHeaders(name, [value])
+        return is_websocket_upgrade(request)
+
+    def test_websocket_upgrade(self):
+        """Both Connection: Upgrade and Upgrade: websocket make a WebSocket request, as before."""
+        self.assertTrue(self.upgrade({b"connection": b"keep-alive, Upgrade",
+                                      b"upgrade": b"WebSocket"}))
+        self.assertFalse(self.upgrade({b"upgrade": b"websocket"}))
+        self.assertFalse(self.upgrade({b"connection": b"upgrade"}))
+        self.assertFalse(self.upgrade({b"connection": b"upgrade", b"upgrade": b"h2c"}))
+
+    def test_no_upgrade_one_lookup(self):
+        """A request without Upgrade is told apart without reading its Connection tokens."""
+        read: List[bytes] = []
+        original = headers_module.header_tokens
+        self.patch(headers_module, "header_tokens",
+                   lambda headers, name: read.append(name) or original(headers, name))
+        self.assertFalse(self.upgrade({b"connection": b"keep-alive"}))
+        self.assertEqual(read, [])
+
+    def test_plain_names_not_folded(self):
+        """Names without "_" or "." are not folded again; the others still are."""
+        folded: List[bytes] = []
+        original = forwarding_module.canonical_header
+        self.patch(forwarding_module, "canonical_header",
+                   lambda name: folded.append(name) or original(name))
+        request = _ForwardedRequest(b"app.test")
+        request.requestHeaders.setRawHeaders(b"x_forwarded_host", [b"evil.test"])
+        request.requestHeaders.setRawHeaders(b"x-real.ip", [b"192.0.2.9"])
+        match = RouteMatch(route=route(), host="app.test", path="/", query=None,
+                           upstream_target=b"/")
+        out = upstream_headers(request, match, (), b"up.test")  # type: ignore[arg-type]
+        self.assertEqual(sorted(folded), [b"x-real.ip", b"x_forwarded_host"])
+        self.assertEqual(out.getRawHeaders(b"x-forwarded-host"), [b"app.test"])
+        self.assertFalse(out.hasHeader(b"x_forwarded_host"))
+        self.assertFalse(out.hasHeader(b"x-real.ip"))

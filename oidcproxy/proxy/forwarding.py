@@ -75,7 +75,8 @@ def upstream_headers(request: Request, match: RouteMatch,
         lower = name.lower()
         if lower in HOP_BY_HOP or lower in _REQUEST_RECOMPUTED:
             continue
-        canonical = canonical_header(lower)
+        # Most names have no "_" or "." to fold: spared the call.
+        canonical = canonical_header(lower) if b"_" in lower or b"." in lower else lower
         if canonical in FORWARDING_HEADERS or canonical in HOP_BY_HOP:
             continue
         if not trusted and canonical in UNTRUSTED_OVERRIDES:

@@ -203,7 +203,9 @@ def is_websocket_upgrade(request: Any) -> bool:
     if not isinstance(getattr(request, "channel", None), HTTPChannel):
         return False
     headers = request.requestHeaders
-    return b"upgrade" in header_tokens(headers, b"connection") and \
-        b"websocket" in header_tokens(headers, b"upgrade")
+    # Upgrade first: most requests have none, and are done with one lookup.
+    return headers.hasHeader(b"upgrade") and \
+        b"websocket" in header_tokens(headers, b"upgrade") and \
+        b"upgrade" in header_tokens(headers, b"connection")
 
 
