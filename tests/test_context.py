@@ -164,14 +164,14 @@ class ContextAtHandTests(SynchronousTestCase):
         return calls
 
     def test_kept_after_first(self):
-        """After its first lookup the context is answered without Componentized's lookup."""
+        """Once made, the context is answered without Componentized's lookup."""
         request = self.request()
         made = context(request)
         calls = self.count_lookups()
         for _ in range(3):
             self.assertIs(peek(request), made)
             self.assertIs(context(request), made)
-        self.assertEqual(calls, [IRequestContext])
+        self.assertEqual(calls, [])
 
     def test_other_interfaces_as_before(self):
         """Another interface goes to Componentized."""
@@ -209,3 +209,12 @@ class ContextAtHandTests(SynchronousTestCase):
     def test_proxy_requests_keep_it(self):
         """The proxy's requests keep their context at hand."""
         self.assertTrue(issubclass(ProxyRequest, ContextAtHand))
+
+    def test_made_context_at_hand(self):
+        """A context just made is at hand: no second lookup through Componentized."""
+        request = self.request()
+        calls = self.count_lookups()
+        made = context(request)
+        self.assertIs(peek(request), made)
+        self.assertIs(context(request), made)
+        self.assertEqual(calls, [IRequestContext])

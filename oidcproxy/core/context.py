@@ -137,7 +137,8 @@ class ContextAtHand:
     the context is asked for some ten times per request, and
     L{Componentized.getComponent} makes the interface's qualified name each
     time. Every other interface, and every change of the components, goes
-    to L{Componentized} as before; a change forgets the kept context.
+    to L{Componentized} as before; a change forgets the kept context, but
+    for setting the context itself.
     """
 
     _request_context: Optional[RequestContext] = None
@@ -153,8 +154,10 @@ class ContextAtHand:
         return super().getComponent(interface, default)  # type: ignore[misc]
 
     def setComponent(self, interfaceClass: Any, component: Any) -> None:
-        self._request_context = None
         super().setComponent(interfaceClass, component)  # type: ignore[misc]
+        # The context just set is the one at hand (context() sets it once).
+        self._request_context = component if interfaceClass is IRequestContext and \
+            isinstance(component, RequestContext) else None
 
     def unsetComponent(self, interfaceClass: Any) -> None:
         self._request_context = None
