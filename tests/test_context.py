@@ -6,6 +6,7 @@ from typing import Any, List
 
 from twisted.python.components import Componentized
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.http_headers import Headers
 from twisted.web.server import Request
 from twisted.web.test.requesthelper import DummyChannel
 from zope.interface import Interface, implementer
@@ -60,6 +61,32 @@ class ContextTests(SynchronousTestCase):
         ctx.cookies.append(b"late=1")
         ctx.apply_answer(request)
         self.assertEqual(headers.getRawHeaders(b"set-cookie"), [b"app=1", b"session=good"])
+
+    def test_apply_answer_nothing_to_do(self) -> None:
+        """
+        An answer without Set-Cookie, with nothing to add, is left alone
+        without reading or editing its headers (most proxied answers).
+        """
+        request = _request()
+        request.responseHeaders.setRawHeaders(b"content-type", [b"text/plain"])
+        ctx = context(request)
+        ctx.keep_cookie = lambda value: False
+        touched: List[Any] = []
+        headers = request.responseHeaders
+        for name in ("getRawHeaders", "setRawHeaders", "removeHeader"):
+            original = getattr(Headers, name)
+
+            def watched(this: Any, *args: Any, name: str = name, original: Any = original) -> Any:
+                if this is headers:
+                    touched.append(name)
+                return original(this, *args)
+
+            self.patch(Headers, name, watched)
+        ctx.apply_answer(request)
+        self.assertEqual(touched, [])
+        self.assertTrue(ctx.answer_applied)
+        self.assertEqual(list(request.responseHeaders.getAllRawHeaders()),
+                         [(b"Content-Type", [b"text/plain"])])
 
     def test_apply_answer_takes_add_cookie_values(self) -> None:
         """Cookies set with request.addCookie are filtered too, and written once."""

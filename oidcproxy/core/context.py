@@ -104,6 +104,10 @@ class RequestContext:
         if not self.cookies and not self.headers and self.keep_cookie is None:
             return
         out = request.responseHeaders
+        if not self.cookies and not self.headers and not request.cookies \
+                and not out.hasHeader(b"set-cookie"):
+            # Nothing to refuse and nothing to add (most proxied answers).
+            return
         sent: List[bytes] = out.getRawHeaders(b"set-cookie", []) + list(request.cookies)
         keep = self.keep_cookie
         if keep is not None:
