@@ -403,3 +403,25 @@ class FewerLookupsTests(SynchronousTestCase):
         self.assertEqual(out.getRawHeaders(b"x-forwarded-host"), [b"app.test"])
         self.assertFalse(out.hasHeader(b"x_forwarded_host"))
         self.assertFalse(out.hasHeader(b"x-real.ip"))
+
+    def test_one_timer_per_request(self):
+        """
+        A request answered on its own sets the deadlines' timer once: the
+        exchange's deadline is stopped after the body's idle deadline is
+        set, so the timer is not cancelled and set again between them.
+        """
+        h = ProxyHarness([route(settings=UpstreamSettings(timeout=30.0,
+                                                          stream_idle_timeout=60.0))])
+        timers: List[Any] = []
+        call_later = h.clock.callLater
+
+        def counting(delay: float, f: Any, *args: Any, **kw: Any) -> Any:
+            if getattr(f, "__name__", "") == "_sweep":
+                timers.append(delay)
+            return call_later(delay, f, *args, **kw)
+
+        self.patch(h.clock, "callLater", counting)
+        response, _ = h.fetch(self)
+        self.assertEqual(response.code, 200)
+        self.assertEqual(timers, [30.0])
+        self.assertEqual(h.clock.getDelayedCalls(), [])

@@ -156,11 +156,11 @@ class Exchange:
 
     def _response(self, response: IResponse) -> None:
         self._pending = None
-        self._stop_timer()
         self._metrics.upstream_latency(
             self._route.name, self._clock.seconds() - self._sent_at)
         request = self._request
         if self._client_gone:
+            self._stop_timer()
             response.deliverBody(Discard())
             self._release()
             return
@@ -196,6 +196,10 @@ class Exchange:
             put_raw(out, _CONTENT_LENGTH, [b"%d" % response.length])
         self._relay = BodyRelay(request, self._route, self._release, self._deadlines)
         response.deliverBody(self._relay)
+        # Stopped once the body's idle deadline is set: the shared timer of
+        # the deadlines stays (it is cancelled when none is left, and set
+        # again for the next).
+        self._stop_timer()
 
     def _failed(self, failure: Failure) -> None:
         self._pending = None
