@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+from typing import Any, List
+
+from twisted.python.components import Componentized
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.http_headers import Headers
 from twisted.web.server import Request
 from twisted.web.test.requesthelper import DummyChannel
+from zope.interface import Interface, implementer
 
-from oidcproxy.core.context import IRequestContext, RequestContext, context, peek
+from oidcproxy.core.context import ContextAtHand, IRequestContext, RequestContext, context, peek
+from oidcproxy.web.server import ProxyRequest
+
+
+class IOther(Interface):
+    """Another component key."""
 
 
 def _request() -> Request:
@@ -51,6 +61,32 @@ class ContextTests(SynchronousTestCase):
         ctx.cookies.append(b"late=1")
         ctx.apply_answer(request)
         self.assertEqual(headers.getRawHeaders(b"set-cookie"), [b"app=1", b"session=good"])
+
+    def test_apply_answer_nothing_to_do(self) -> None:
+        """
+        An answer without Set-Cookie, with nothing to add, is left alone
+        without reading or editing its headers (most proxied answers).
+        """
+        request = _request()
+        request.responseHeaders.setRawHeaders(b"content-type", [b"text/plain"])
+        ctx = context(request)
+        ctx.keep_cookie = lambda value: False
+        touched: List[Any] = []
+        headers = request.responseHeaders
+        for name in ("getRawHeaders", "setRawHeaders", "removeHeader"):
+            original = getattr(Headers, name)
+
+            def watched(this: Any, *args: Any, name: str = name, original: Any = original) -> Any:
+                if this is headers:
+                    touched.append(name)
+                return original(this, *args)
+
+            self.patch(Headers, name, watched)
+        ctx.apply_answer(request)
+        self.assertEqual(touched, [])
+        self.assertTrue(ctx.answer_applied)
+        self.assertEqual(list(request.responseHeaders.getAllRawHeaders()),
+                         [(b"Content-Type", [b"text/plain"])])
 
     def test_apply_answer_takes_add_cookie_values(self) -> None:
         """Cookies set with request.addCookie are filtered too, and written once."""
@@ -128,3 +164,84 @@ class ContextTests(SynchronousTestCase):
         self.assertEqual(request.responseHeaders.getRawHeaders(b"set-cookie"),
                          [b"app=1", b"session=good"])
         self.assertEqual(seen, [b"app=1", b"session=evil"])
+
+
+class _AtHand(ContextAtHand, Request):
+    pass
+
+
+@implementer(IRequestContext)
+class _Provider:
+    """Something else that provides the context's interface."""
+
+
+class ContextAtHandTests(SynchronousTestCase):
+    def request(self) -> _AtHand:
+        return _AtHand(DummyChannel())
+
+    def count_lookups(self) -> List[Any]:
+        calls: List[Any] = []
+        original = Componentized.getComponent
+
+        def counting(self: Any, interface: Any, default: Any = None) -> Any:
+            calls.append(interface)
+            return original(self, interface, default)
+
+        self.patch(Componentized, "getComponent", counting)
+        return calls
+
+    def test_kept_after_first(self):
+        """Once made, the context is answered without Componentized's lookup."""
+        request = self.request()
+        made = context(request)
+        calls = self.count_lookups()
+        for _ in range(3):
+            self.assertIs(peek(request), made)
+            self.assertIs(context(request), made)
+        self.assertEqual(calls, [])
+
+    def test_other_interfaces_as_before(self):
+        """Another interface goes to Componentized."""
+        request = self.request()
+        calls = self.count_lookups()
+        self.assertIsNone(request.getComponent(IOther))
+        self.assertEqual(request.getComponent(IOther, "x"), "x")
+        self.assertEqual(calls, [IOther, IOther])
+
+    def test_none_before_made(self):
+        """peek is None before a context is made, and its default comes back."""
+        request = self.request()
+        self.assertIsNone(peek(request))
+        self.assertEqual(request.getComponent(IRequestContext, "d"), "d")
+        self.assertIsNone(peek(request))
+
+    def test_changes_seen(self):
+        """setComponent, unsetComponent, addComponent and removeComponent are seen at once."""
+        request = self.request()
+        first = context(request)
+        second = RequestContext()
+        request.setComponent(IRequestContext, second)
+        self.assertIs(peek(request), second)
+        request.unsetComponent(IRequestContext)
+        self.assertIsNone(peek(request))
+        fourth = context(request)
+        self.assertIs(peek(request), fourth)
+        third = _Provider()
+        request.addComponent(third, ignoreClass=1)
+        self.assertIs(peek(request), third)
+        request.removeComponent(third)
+        self.assertIsNone(peek(request))
+        self.assertIsNot(context(request), first)
+
+    def test_proxy_requests_keep_it(self):
+        """The proxy's requests keep their context at hand."""
+        self.assertTrue(issubclass(ProxyRequest, ContextAtHand))
+
+    def test_made_context_at_hand(self):
+        """A context just made is at hand: no second lookup through Componentized."""
+        request = self.request()
+        calls = self.count_lookups()
+        made = context(request)
+        self.assertIs(peek(request), made)
+        self.assertIs(context(request), made)
+        self.assertEqual(calls, [IRequestContext])

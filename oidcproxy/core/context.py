@@ -23,7 +23,7 @@ from typing import Any, Callable, List, Optional, Tuple
 import attr
 from zope.interface import Interface
 
-__all__ = ["IRequestContext", "RequestContext", "context", "peek"]
+__all__ = ["ContextAtHand", "IRequestContext", "RequestContext", "context", "peek"]
 
 
 class IRequestContext(Interface):
@@ -107,6 +107,10 @@ class RequestContext:
         if not self.cookies and not self.headers and self.keep_cookie is None:
             return
         out = request.responseHeaders
+        if not self.cookies and not self.headers and not request.cookies \
+                and not out.hasHeader(b"set-cookie"):
+            # Nothing to refuse and nothing to add (most proxied answers).
+            return
         sent: List[bytes] = out.getRawHeaders(b"set-cookie", []) + list(request.cookies)
         keep = self.keep_cookie
         if keep is not None:
@@ -131,6 +135,49 @@ class RequestContext:
     def kept_cookies(self, values: List[bytes]) -> List[bytes]:
         """The C{Set-Cookie} values of C{values} that L{keep_cookie} lets through."""
         return [v for v in values if not self.refuses_cookie(v)]
+
+
+class ContextAtHand:
+    """
+    A mixin for a L{Componentized} request (before it in the bases) that
+    answers C{getComponent(IRequestContext)} from an attribute of its own:
+    the context is asked for some ten times per request, and
+    L{Componentized.getComponent} makes the interface's qualified name each
+    time. Every other interface, and every change of the components, goes
+    to L{Componentized} as before; a change forgets the kept context, but
+    for setting the context itself.
+    """
+
+    _request_context: Optional[RequestContext] = None
+
+    def getComponent(self, interface: Any, default: Any = None) -> Any:
+        if interface is IRequestContext:
+            found = self._request_context
+            if found is None:
+                found = super().getComponent(interface, default)  # type: ignore[misc]
+                if isinstance(found, RequestContext):
+                    self._request_context = found
+            return found
+        return super().getComponent(interface, default)  # type: ignore[misc]
+
+    def setComponent(self, interfaceClass: Any, component: Any) -> None:
+        super().setComponent(interfaceClass, component)  # type: ignore[misc]
+        # The context just set is the one at hand (context() sets it once).
+        self._request_context = component if interfaceClass is IRequestContext and \
+            isinstance(component, RequestContext) else None
+
+    def unsetComponent(self, interfaceClass: Any) -> None:
+        self._request_context = None
+        super().unsetComponent(interfaceClass)  # type: ignore[misc]
+
+    def addComponent(self, component: Any, ignoreClass: int = 0) -> None:
+        self._request_context = None
+        super().addComponent(component, ignoreClass)  # type: ignore[misc]
+
+    def removeComponent(self, component: Any) -> List[Any]:
+        self._request_context = None
+        removed: List[Any] = super().removeComponent(component)  # type: ignore[misc]
+        return removed
 
 
 def context(request: Any) -> RequestContext:

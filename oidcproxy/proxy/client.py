@@ -5,18 +5,75 @@ upstream origin and settings, shared by the routes that agree on both.
 
 from __future__ import annotations
 
-from typing import Any, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
-from twisted.internet.defer import Deferred, succeed
-from twisted.web.client import Agent, HTTPConnectionPool
-from twisted.web.iweb import IAgent
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.web.client import URI, Agent, HTTPConnectionPool
+from twisted.web.error import SchemeNotSupported
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IAgent, IBodyProducer
 
 from ..config import QUEUE_MULTIPLE, RouteConfig, UpstreamSettings
 from ..core.admission import SlotQueue
 from ..core.httpclient import QuietPool
 from .connect import CachedEndpoints, origin, tls_policy
 
-__all__ = ["UpstreamClient", "client_key"]
+__all__ = ["OriginAgent", "UpstreamClient", "client_key"]
+
+# What a request target may hold for OriginAgent to take it as it is:
+# visible ASCII (Agent refuses the rest) but ";" and "#" (which URL parsing
+# would take apart).
+_PLAIN_TARGET = bytes(c for c in range(0x21, 0x7F) if c not in b";#")
+
+_ORIGINS_KEPT = 16
+"""The most parsed origins an L{OriginAgent} keeps (one per upstream, in practice)."""
+
+
+class OriginAgent(Agent):
+    """
+    An L{Agent} that parses the origin (C{scheme://host:port}) of a request
+    URL once: the proxy sends every request of an upstream to the same
+    origin, and L{Agent.request} parses the whole URL each time (urllib's
+    C{urlparse}, then its reassembly into the request path: some forty
+    calls). A URL whose target holds more than visible ASCII, C{;} or C{#}
+    goes to L{Agent.request} as it is.
+
+    The rest is L{Agent.request}'s own, through its private
+    C{_getEndpoint} and C{_requestWithEndpoint} (no public API takes a
+    parsed URL); a test pins both against L{Agent.request}, so that a
+    Twisted upgrade that changes them fails loudly.
+    """
+
+    _origins: Optional[Dict[bytes, URI]] = None
+
+    def request(self, method: bytes, uri: bytes, headers: Optional[Headers] = None,
+                bodyProducer: Optional[IBodyProducer] = None) -> Deferred:
+        start = uri.find(b"://")
+        slash = uri.find(b"/", start + 3) if start > 0 else -1
+        if slash == -1 or uri[slash:].translate(None, _PLAIN_TARGET) \
+                or uri[:slash].translate(None, _PLAIN_TARGET):
+            return super().request(method, uri, headers, bodyProducer)
+        origins = self._origins
+        if origins is None:
+            origins = self._origins = {}
+        key = uri[:slash]
+        parsed = origins.get(key)
+        if parsed is None:
+            parsed = URI.fromBytes(key)
+            if parsed.path or parsed.params or parsed.query or parsed.fragment:
+                return super().request(method, uri, headers, bodyProducer)
+            if len(origins) < _ORIGINS_KEPT:
+                origins[key] = parsed
+        try:
+            endpoint = self._getEndpoint(parsed)
+        except SchemeNotSupported:
+            return fail()
+        path, mark, query = uri[slash:].partition(b"?")
+        target = path + b"?" + query if query else path
+        full = URI(parsed.scheme, parsed.netloc, parsed.host, parsed.port, path, b"", query, b"")
+        return self._requestWithEndpoint(
+            (parsed.scheme, parsed.host, parsed.port), endpoint, method, full, headers,
+            bodyProducer, target)
 
 
 class UpstreamClient:
@@ -46,7 +103,7 @@ class UpstreamClient:
         pool.maxPersistentPerHost = settings.max_idle_connections
         pool.retryAutomatically = True
         endpoints = CachedEndpoints(reactor, tls_policy(settings), settings.connect_timeout)
-        agent = Agent.usingEndpointFactory(reactor, endpoints, pool=pool)
+        agent = OriginAgent.usingEndpointFactory(reactor, endpoints, pool=pool)
         return cls(agent, settings.max_connections, pool, endpoints, settings.queue_limit)
 
     def close(self) -> Deferred:

@@ -27,12 +27,14 @@ from ..core.metrics import NullMetrics
 from ..core.pages import render_error
 from .client import UpstreamClient
 from .connect import describe_failure
-from .headers import HOP_BY_HOP, connection_tokens
+from .headers import HOP_BY_HOP, connection_tokens, put_raw, stored_name
 from .relay import BodyRelay, Discard
 
 __all__ = ["RETRY_AFTER", "Exchange"]
 
 log = Logger()
+
+_CONTENT_LENGTH = stored_name(b"content-length")
 
 RETRY_AFTER = b"5"
 """Seconds a client refused for want of an upstream slot is told to wait (C{Retry-After})."""
@@ -154,11 +156,11 @@ class Exchange:
 
     def _response(self, response: IResponse) -> None:
         self._pending = None
-        self._stop_timer()
         self._metrics.upstream_latency(
             self._route.name, self._clock.seconds() - self._sent_at)
         request = self._request
         if self._client_gone:
+            self._stop_timer()
             response.deliverBody(Discard())
             self._release()
             return
@@ -184,15 +186,20 @@ class Exchange:
                 values = found.kept_cookies(values)
                 if not values:
                     continue
-            out.setRawHeaders(name, values)
+            # As they came (Twisted's parser has cleaned them): not again.
+            put_raw(out, name, list(values))
         # Agent keeps Content-Length to itself (except for HEAD) and tells the
         # body length instead: pass it on, so the client gets a sized response
         # rather than a chunked one.
         if response.length is not UNKNOWN_LENGTH and response.code not in NO_BODY_CODES \
                 and request.method != b"HEAD":
-            out.setRawHeaders(b"content-length", [b"%d" % response.length])
+            put_raw(out, _CONTENT_LENGTH, [b"%d" % response.length])
         self._relay = BodyRelay(request, self._route, self._release, self._deadlines)
         response.deliverBody(self._relay)
+        # Stopped once the body's idle deadline is set: the shared timer of
+        # the deadlines stays (it is cancelled when none is left, and set
+        # again for the next).
+        self._stop_timer()
 
     def _failed(self, failure: Failure) -> None:
         self._pending = None

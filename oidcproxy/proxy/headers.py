@@ -8,7 +8,7 @@ without the proxy engine.
 from __future__ import annotations
 
 import ipaddress
-from typing import Any, Optional, Sequence
+from typing import Any, List, Optional, Sequence
 
 from twisted.web.http import HTTPChannel
 from twisted.web.http_headers import Headers
@@ -70,6 +70,29 @@ UNTRUSTED_OVERRIDES = frozenset(
         b"true-client-ip",
     ]
 )
+
+def stored_name(name: bytes) -> bytes:
+    """
+    C{name} as L{Headers} keeps it (what C{getAllRawHeaders} gives): the
+    key L{put_raw} takes.
+    """
+    return next(Headers({name: [b""]}).getAllRawHeaders())[0]
+
+
+def put_raw(headers: Headers, name: bytes, values: List[bytes]) -> None:
+    """
+    C{headers.setRawHeaders(name, values)} for values that came out of
+    another L{Headers} (or are made of such values and of ASCII without line
+    breaks) under C{name} as L{Headers} keeps it (from C{getAllRawHeaders},
+    or L{stored_name}): Twisted would encode the name and clean every value
+    again, one call each, for every header the proxy copies. No public API
+    sets a header without that, so this writes Twisted's private
+    C{_rawHeaders} (the dict C{getAllRawHeaders} iterates); tests pin it, so
+    that a Twisted upgrade that changes it fails loudly. C{values} is kept:
+    pass a list of its own.
+    """
+    headers._rawHeaders[name] = values
+
 
 def canonical_header(name: bytes) -> bytes:
     """
@@ -180,7 +203,9 @@ def is_websocket_upgrade(request: Any) -> bool:
     if not isinstance(getattr(request, "channel", None), HTTPChannel):
         return False
     headers = request.requestHeaders
-    return b"upgrade" in header_tokens(headers, b"connection") and \
-        b"websocket" in header_tokens(headers, b"upgrade")
+    # Upgrade first: most requests have none, and are done with one lookup.
+    return headers.hasHeader(b"upgrade") and \
+        b"websocket" in header_tokens(headers, b"upgrade") and \
+        b"upgrade" in header_tokens(headers, b"connection")
 
 

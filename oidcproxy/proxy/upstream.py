@@ -38,7 +38,7 @@ from ..core.httpclient import BytesProducer
 from ..core.metrics import NullMetrics
 from ..core.pages import render_error
 from .client import UpstreamClient, client_key
-from .connect import origin
+from .connect import agent_host, origin
 from .exchange import RETRY_AFTER, Exchange
 from .forwarding import upstream_headers
 from .headers import drop_connection_named, is_websocket_upgrade, request_authority
@@ -99,6 +99,8 @@ class UpstreamProxy(Resource):
                 return UpstreamClient.build(reactor, route.settings)
         self._clients: Dict[int, UpstreamClient] = {}
         self._origins: Dict[int, bytes] = {}
+        # The Host the Agent would add (it copies the headers to add it).
+        self._hosts: Dict[int, bytes] = {}
         shared: Dict[Tuple[Any, ...], UpstreamClient] = {}
         for route in routes.routes:
             key = client_key(route)
@@ -106,6 +108,7 @@ class UpstreamProxy(Resource):
                 shared[key] = client_factory(route)
             self._clients[route.index] = shared[key]
             self._origins[route.index] = origin(route.upstream).encode("ascii")
+            self._hosts[route.index] = agent_host(self._origins[route.index])
         self._cooperator = Cooperator(
             scheduler=lambda work: self._clock.callLater(0.0, work)
         )
@@ -191,7 +194,7 @@ class UpstreamProxy(Resource):
                 request, 413, "body_too_large",
                 f"The request body is larger than {route.settings.max_body_size} bytes.",
             )
-        headers = upstream_headers(request, match, self._trusted)
+        headers = upstream_headers(request, match, self._trusted, self._hosts[route.index])
         producer: Optional[IBodyProducer] = None
         if body_size or request.requestHeaders.hasHeader(b"content-length") or \
                 request.requestHeaders.hasHeader(b"transfer-encoding"):

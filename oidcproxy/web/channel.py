@@ -64,6 +64,21 @@ class ProxyChannel(HTTPChannel):
     _body_received = 0
     _body_started = 0.0
 
+    _secure: Optional[bool] = None
+
+    def isSecure(self) -> bool:
+        """
+        Twisted's answer (it adapts the transport to C{ISSLTransport}, for
+        every request that asks), kept for the connection once it has its
+        transport: a connection does not change its transport.
+        """
+        secure = self._secure
+        if secure is None:
+            secure = super().isSecure()
+            if self.transport is not None:
+                self._secure = secure
+        return secure
+
     def connectionMade(self) -> None:
         super().connectionMade()
         site = getattr(self, "site", None)

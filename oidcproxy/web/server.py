@@ -26,7 +26,7 @@ from twisted.web.http import H2_ENABLED
 from twisted.web.resource import IResource
 
 from ..config import ClientLimits
-from ..core.context import context, peek
+from ..core.context import ContextAtHand, context, peek
 from ..core.metrics import NullMetrics
 from ..core.pages import PLAIN_PAGE_HEADERS, error_body
 from .channel import ProxyChannel
@@ -45,7 +45,7 @@ request's context (C{early_match}) for the guard.
 """
 
 
-class ProxyRequest(server.Request):
+class ProxyRequest(ContextAtHand, server.Request):
     """
     A request that knows when it started and refuses a body over its route's
     limit before reading it: on C{Content-Length}, or as the running count of
