@@ -114,10 +114,11 @@ class BackchannelLogoutEndpoint:
             return
         log.info("back-channel logout at {provider}: {count} session(s) ended",
                  provider=scope or "[oidc]", count=count)
+        # Its sockets too, and no other provider's user's of the same sid or sub.
         if sid:
-            self._close_sockets(sid=sid)
+            self._close_sockets(sid=sid, provider=scope)
         else:
-            self._close_sockets(sub=sub)
+            self._close_sockets(sub=sub, provider=scope)
         respond(request, 200, b"application/json", b"{}")
 
     def _bundle(self, token: str) -> ProviderParts:
