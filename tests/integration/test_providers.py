@@ -445,6 +445,11 @@ class LogoutOfOneProviderTests(TestCase, TwoProvidersMixin):
             await browser.click("button[name=logout]")
             await browser.wait_for_url(ends[1])
 
+    def end_sessions(self, stack: TwoProviders) -> Tuple[int, int]:
+        """How many RP-initiated logouts OP 1 and OP 2 have done (the OP writes the line first)."""
+        return (len(stack.op1.events("end_session.success")),
+                len(stack.op2.events("end_session.success")))
+
     async def assertOnlyOneEnded(self, browser: Browser, stack: TwoProviders, ended: Side,
                                  kept: Side, kept_cookie: str) -> None:
         """
@@ -473,7 +478,7 @@ class LogoutOfOneProviderTests(TestCase, TwoProvidersMixin):
         partners (C{?provider=partners}) leaves [oidc]'s session working;
         signed in again with partners, logging out without C{provider} (the
         default, [oidc]'s, since the browser holds both) leaves partners'
-        session working.
+        session working. Each logout goes to its own provider's OP.
         """
         require_chromium()
         stack = await start_two_providers(self, store)
@@ -484,11 +489,13 @@ class LogoutOfOneProviderTests(TestCase, TwoProvidersMixin):
             await self.sign_in(browser, stack, side)
 
         await self.log_out(browser, stack, partners, f"?provider={PARTNERS}")
+        self.assertEqual(self.end_sessions(stack), (0, 1))
         await self.assertOnlyOneEnded(browser, stack, partners, staff, "oidcproxy")
         # Signed in with partners again (OP 2's session is gone: its login form).
         await self.sign_in(browser, stack, partners)
 
         await self.log_out(browser, stack, staff, "")
+        self.assertEqual(self.end_sessions(stack), (1, 1))
         await self.assertOnlyOneEnded(browser, stack, staff, partners, f"oidcproxy-{PARTNERS}")
 
     async def test_partners_first_cookie(self) -> None:
