@@ -42,7 +42,7 @@ class BackchannelTests(SynchronousTestCase):
         request = self.post([self.token(sub="alice")])
         self.assertEqual(request.code, 200, request.body)
         self.assertEqual(len(self.h.store), 0)  # type: ignore[arg-type]
-        self.assertEqual(self.closed, [{"sub": "alice"}])
+        self.assertEqual(self.closed, [{"sub": "alice", "provider": ""}])
 
     def test_replayed(self):
         """The same jti twice: the second is refused."""

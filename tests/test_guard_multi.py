@@ -21,6 +21,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from oidcproxy.assemble import OIDCGuard
 from oidcproxy.config import parse_config
 from oidcproxy.core.encoding import b64url_decode
+from oidcproxy.proxy.websocket import SocketRegistry
 from oidcproxy.sessions.session import DEFAULT_PROVIDER
 from oidcproxy.sessions.stores.memory import MemoryStore
 
@@ -238,6 +239,16 @@ class RouteProviderTests(SynchronousTestCase):
         self.assertEqual((page.code, json.loads(page.body)["not_ready"]), (503, ["idp:corp"]))
 
 
+class ClosableSocket:
+    """What the socket registry closes: it records why."""
+
+    def __init__(self) -> None:
+        self.closed: List[str] = []
+
+    def close(self, why: str) -> None:
+        self.closed.append(why)
+
+
 class BackchannelTests(SynchronousTestCase):
     """
     Back-channel logout serves every provider at one endpoint: the token's
@@ -285,6 +296,24 @@ class BackchannelTests(SynchronousTestCase):
         self.assertEqual(page.code, 200, page.body)
         self.assertEqual(corp_browser.get("/staff", headers=API).code, 401)
         self.assertEqual(default_browser.get("/x", headers=API).code, 200)
+
+    def test_named_providers_token_closes_its_sockets_only(self) -> None:
+        """
+        A back-channel logout (by sub) closes the WebSockets of that
+        provider's user only: another provider's user with the same sub
+        keeps theirs, both ways.
+        """
+        app = App()
+        app.sockets = sockets = SocketRegistry()  # type: ignore[attr-defined]
+        default_socket, corp_socket = ClosableSocket(), ClosableSocket()
+        sockets.add(default_socket, "session-a", None, "user-1", DEFAULT_PROVIDER)
+        sockets.add(corp_socket, "session-b", None, "user-1", "corp")
+        s, _, _ = self.both(memory_store=True, wrapped=app)
+        self.assertEqual(self.post(s, self.logout_token(s, CORP, CORP_CLIENT, "j1")).code, 200)
+        self.assertEqual((default_socket.closed, corp_socket.closed), ([], ["logout"]))
+        token = self.logout_token(s, ISSUER, s.h.idp.client_id, "j2", signer=s.h.idp)
+        self.assertEqual(self.post(s, token).code, 200)
+        self.assertEqual(default_socket.closed, ["logout"])
 
     def test_named_token_checked_with_keys(self) -> None:
         """A token with corp's iss signed with a key not in corp's JWKS: 400, nothing ends."""

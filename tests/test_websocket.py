@@ -794,6 +794,27 @@ class ContextTests(SynchronousTestCase):
         self.assertEqual(sockets.close(session_id="session-1"), 3)
         self.assertTrue(all(c.transport.disconnecting for c in clients))
 
+    def test_socket_registered_under_the_contexts_provider(self):
+        """
+        The socket of a named provider's user is kept under that provider: a
+        back-channel logout of another provider's user of the same sub or
+        sid leaves it open.
+        """
+        def fill(found: RequestContext) -> None:
+            found.session = SimpleNamespace(id="session-1", sid="idp-1")
+            found.identity = SimpleNamespace(sub="alice")
+            found.provider = "corp"
+
+        endpoint, sockets, site = self.harness(fill)
+        client = Client(site)
+        client.send(upgrade_request())
+        endpoint.protocol.dataReceived(SWITCH)
+        self.assertEqual(client.status(), 101)
+        self.assertEqual(sockets.close(sid="idp-1", sub="alice", provider=""), 0)
+        self.assertFalse(client.transport.disconnecting)
+        self.assertEqual(sockets.close(sub="alice", provider="corp"), 1)
+        self.assertTrue(client.transport.disconnecting)
+
     def test_101_carries_the_contexts_answer(self):
         """
         The 101 drops the upstream's Set-Cookie values the context refuses

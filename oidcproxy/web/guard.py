@@ -381,7 +381,8 @@ class OIDCGuard(Resource):
     def _close_sockets(self, **which: Any) -> None:
         """
         Close the WebSockets of this process that a logout ends (by
-        C{session_id}, C{sid} or C{sub}): those the wrapped proxy keeps.
+        C{session_id}, C{sid} or C{sub}, of one C{provider}): those the
+        wrapped proxy keeps.
         """
         sockets = getattr(self._wrapped, "sockets", None)
         if sockets is None:

@@ -15,10 +15,24 @@ C{/oidc/callback/partners} (with its own state, or a partners login's state
 and OP 1's C{iss} or OP 2's), is refused, and so is OP 2's at
 C{/oidc/callback}; C{/oidc/ready} reports each provider.
 
-Not covered here: whether signing in with one provider ends the session of
-the other. Today the proxy has one session cookie for every provider (a
-login replaces it); one cookie per provider is being built. The tests here
-hold either way.
+Signed in with both providers (either first; cookie and Redis sessions),
+a logout of one provider -- C{/oidc/logout?provider=partners}, then the
+default one, each through the proxy's confirmation page and the OP's
+end-session page -- ends that provider's session only: its cookie is gone,
+its route sends the browser to log in at its OP again, and the other route
+still serves the other user.
+
+The chooser, on C{/shared} with C{providers = ["oidc", "partners"]}: a
+fresh browser gets the sign-in page with one button per provider; each
+button logs in at its OP and lands on the page first asked for with that
+OP's user; C{/oidc/login?provider=partners&rd=...} goes to OP 2 without
+the chooser; an API client gets 401 with C{WWW-Authenticate: Bearer
+realm="oidcproxy", issuers="<OP 1> <OP 2>"}.
+
+Not covered here: a named provider's access token on its route. The OP of
+these tests (L{tests.integration.stack.OP_SCRIPT}) issues opaque access
+tokens only (no resource indicators, no client credentials grant), so
+there is no real OP 2 token to present; the unit tests cover it.
 
 Each test starts its own OPs, upstream, proxy (and redis-server) on free
 loopback ports and stops them at cleanup.
@@ -28,9 +42,10 @@ from __future__ import annotations
 
 import json
 from typing import Any, Dict, List, Optional, Tuple
-from urllib.parse import parse_qs, urlencode, urlsplit
+from urllib.parse import parse_qs, quote, urlencode, urlsplit
 
 import attr
+from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 from twisted.web.iweb import IResponse
 
@@ -61,6 +76,9 @@ PORTAL = "/portal/desk?y=2"
 STAFF = "/staff/page?x=1"
 """A page of [oidc]'s route (C{/}); the upstream sees /echo/staff/page."""
 ISSUER_HEADER = "X-Forwarded-Iss"
+SHARED = "/shared/doc?z=3"
+"""A page of the route with a choice of both providers; the upstream sees /echo/shared/doc."""
+SIGNED_OUT = "/oidc/logout?signed_out=1"
 
 
 @attr.s(frozen=True, auto_attribs=True)
@@ -109,9 +127,10 @@ async def start_two_providers(testcase: TestCase, store: str) -> TwoProviders:
     try:
         port = reserved.getsockname()[1]
         public = f"http://127.0.0.1:{port}"
-        op1 = await start_op(testcase, [public + "/oidc/callback"], [public + "/"],
+        signed_out = [public + "/", public + SIGNED_OUT]
+        op1 = await start_op(testcase, [public + "/oidc/callback"], signed_out,
                              client_id="proxy-staff")
-        op2 = await start_op(testcase, [public + f"/oidc/callback/{PARTNERS}"], [public + "/"],
+        op2 = await start_op(testcase, [public + f"/oidc/callback/{PARTNERS}"], signed_out,
                              client_id="proxy-partners")
         upstream = await procs.start_upstream(testcase)
         redis = await start_redis(testcase) if store == "redis" else None
@@ -134,6 +153,13 @@ upstream = "{upstream.url}"
 auth = "session"
 replace_prefix = "/echo/portal"
 provider = "{PARTNERS}"
+
+[[routes]]
+path = "/shared"
+upstream = "{upstream.url}"
+auth = "session"
+replace_prefix = "/echo/shared"
+providers = ["oidc", "{PARTNERS}"]
 """
         proxy = await start_proxy(testcase, reserved, config)
     finally:
@@ -156,6 +182,18 @@ def session_cookies(client: WebClient, url: str) -> Dict[str, str]:
     return {name: value for name in client.jar.names(url)
             if name.startswith("oidcproxy") and "state" not in name and "csrf" not in name
             for value in [client.jar.value(url, name)] if value is not None}
+
+
+async def hrefs(browser: Browser, selector: str) -> List[str]:
+    """The C{href} of each element C{selector} finds (waiting for the first)."""
+    from selenium.webdriver.common.by import By
+
+    def read() -> List[str]:
+        browser._wait(lambda d: d.find_elements(By.CSS_SELECTOR, selector), selector)
+        return [str(e.get_attribute("href"))
+                for e in browser.driver.find_elements(By.CSS_SELECTOR, selector)]
+
+    return await deferToThread(read)
 
 
 class TwoProvidersMixin:
@@ -374,3 +412,166 @@ class CrossProviderTests(TestCase, TwoProvidersMixin):
     async def test_idp_mix_up_op2_code_at_default(self) -> None:
         """OP 2's code is refused at [oidc]'s /oidc/callback (see L{mix_up})."""
         await self.mix_up(PARTNERS, "oidc")
+
+
+class LogoutOfOneProviderTests(TestCase, TwoProvidersMixin):
+    """Headless Chromium signed in with both providers logs out of one, then the other."""
+
+    timeout = 180
+
+    async def sign_in(self, browser: Browser, stack: TwoProviders, side: Side) -> None:
+        """Ask for C{side}'s page, log in at its OP, and see it served to C{side}'s user."""
+        await browser.get(stack.proxy.url + side.page)
+        await browser.log_in_at_op(side.op, side.user["login"])
+        echo = await browser.json_page(stack.proxy.url + side.page)
+        self.assertServed(echo, side.upstream_uri, side.user, side.op)
+
+    async def log_out(self, browser: Browser, stack: TwoProviders, side: Side,
+                      query: str) -> None:
+        """
+        Through the proxy's confirmation page (C{/oidc/logout} + C{query}),
+        then C{side}'s OP's end-session page, back to the signed-out page.
+        The OP asks to confirm only when it finds its own session in the
+        browser: both OPs live on 127.0.0.1, where a browser's cookies are
+        one jar for every port, so the OP signed in with last holds it.
+        """
+        proxy = stack.proxy
+        await browser.get(proxy.url + "/oidc/logout" + query)
+        await browser.click("form[action$='/oidc/logout'] button[type=submit]")
+        ends = (side.op.issuer + "/session/end", proxy.url + SIGNED_OUT)
+        await deferToThread(browser._wait, lambda d: d.current_url.startswith(ends),
+                            f"{ends[0]} or {ends[1]}")
+        if (await browser.url()).startswith(ends[0]):
+            await browser.click("button[name=logout]")
+            await browser.wait_for_url(ends[1])
+
+    def end_sessions(self, stack: TwoProviders) -> Tuple[int, int]:
+        """How many RP-initiated logouts OP 1 and OP 2 have done (the OP writes the line first)."""
+        return (len(stack.op1.events("end_session.success")),
+                len(stack.op2.events("end_session.success")))
+
+    async def assertOnlyOneEnded(self, browser: Browser, stack: TwoProviders, ended: Side,
+                                 kept: Side, kept_cookie: str) -> None:
+        """
+        Only C{kept}'s session cookie is left in the browser; with it,
+        C{ended}'s route sends a browser to log in at C{ended}'s OP, and
+        C{kept}'s route still serves C{kept}'s user (to the browser too).
+        """
+        proxy = stack.proxy
+        cookies = await deferToThread(lambda: {
+            c["name"]: c["value"] for c in browser.driver.get_cookies()
+            if c["name"].startswith("oidcproxy") and "csrf" not in c["name"]})
+        self.assertEqual(sorted(cookies), [kept_cookie])
+        held = "; ".join(f"{name}={value}" for name, value in cookies.items())
+        response, _ = await WebClient(self).request(
+            "GET", proxy.url + ended.page, headers=dict(NAVIGATE, Cookie=held), keep_cookies=False)
+        self.assertEqual(response.code, 302)
+        location = response.headers.getRawHeaders(b"location", [b""])[0].decode()
+        self.assertTrue(location.startswith(ended.op.issuer + "/auth?"), location)
+        await browser.get(proxy.url + kept.page)
+        echo = await browser.json_page(proxy.url + kept.page)
+        self.assertServed(echo, kept.upstream_uri, kept.user, kept.op)
+
+    async def both_then_log_out_each(self, store: str, first: str) -> None:
+        """
+        Signed in with both providers (C{first}'s first): logging out of
+        partners (C{?provider=partners}) leaves [oidc]'s session working;
+        signed in again with partners, logging out without C{provider} (the
+        default, [oidc]'s, since the browser holds both) leaves partners'
+        session working. Each logout goes to its own provider's OP.
+        """
+        require_chromium()
+        stack = await start_two_providers(self, store)
+        browser = await Browser.start(self)
+        sides = stack.sides()
+        staff, partners = sides["oidc"], sides[PARTNERS]
+        for side in sorted(sides.values(), key=lambda side: side is not sides[first]):
+            await self.sign_in(browser, stack, side)
+
+        await self.log_out(browser, stack, partners, f"?provider={PARTNERS}")
+        self.assertEqual(self.end_sessions(stack), (0, 1))
+        await self.assertOnlyOneEnded(browser, stack, partners, staff, "oidcproxy")
+        # Signed in with partners again (OP 2's session is gone: its login form).
+        await self.sign_in(browser, stack, partners)
+
+        await self.log_out(browser, stack, staff, "")
+        self.assertEqual(self.end_sessions(stack), (1, 1))
+        await self.assertOnlyOneEnded(browser, stack, staff, partners, f"oidcproxy-{PARTNERS}")
+
+    async def test_partners_first_cookie(self) -> None:
+        """Cookie sessions, partners signed in first: each logout ends its provider's only."""
+        await self.both_then_log_out_each("cookie", PARTNERS)
+
+    async def test_default_first_cookie(self) -> None:
+        """Cookie sessions, [oidc] signed in first: each logout ends its provider's only."""
+        await self.both_then_log_out_each("cookie", "oidc")
+
+    async def test_partners_first_redis(self) -> None:
+        """Redis sessions, partners signed in first: each logout ends its provider's only."""
+        await self.both_then_log_out_each("redis", PARTNERS)
+
+    async def test_default_first_redis(self) -> None:
+        """Redis sessions, [oidc] signed in first: each logout ends its provider's only."""
+        await self.both_then_log_out_each("redis", "oidc")
+
+
+class ChooserTests(TestCase, TwoProvidersMixin):
+    """The route C{/shared} with C{providers = ["oidc", "partners"]}."""
+
+    timeout = 120
+
+    async def choose(self, store: str, name: str) -> None:
+        """
+        A fresh browser asks for the shared page and gets the sign-in page
+        with one button per provider; the button of C{name} logs in at its
+        OP, and the browser lands on the shared page served to that OP's user.
+        """
+        require_chromium()
+        stack = await start_two_providers(self, store)
+        side = stack.sides()[name]
+        browser = await Browser.start(self)
+        proxy = stack.proxy
+        await browser.get(proxy.url + SHARED)
+        target = quote(SHARED, safe="")
+        self.assertEqual(sorted(await hrefs(browser, "main a.button")), [
+            f"{proxy.url}/oidc/login?rd={target}",
+            f"{proxy.url}/oidc/login?rd={target}&provider={PARTNERS}",
+        ])
+        selector = (f"main a.button[href*='provider={PARTNERS}']" if name == PARTNERS
+                    else "main a.button:not([href*='provider='])")
+        await browser.click(selector)
+        await browser.log_in_at_op(side.op, side.user["login"])
+        echo = await browser.json_page(proxy.url + SHARED)
+        self.assertServed(echo, "/echo" + SHARED, side.user, side.op)
+
+    async def test_partners_button(self) -> None:
+        """The partners button: a login at OP 2, back on the shared page as bob."""
+        await self.choose("cookie", PARTNERS)
+
+    async def test_default_button_redis(self) -> None:
+        """[oidc]'s button (Redis sessions): a login at OP 1, back on the shared page as alice."""
+        await self.choose("redis", "oidc")
+
+    async def test_login_link_skips_the_chooser(self) -> None:
+        """
+        C{/oidc/login?provider=partners&rd=<the shared page>} goes straight
+        to OP 2 and back to the page, served to OP 2's user; an API client
+        on the shared page gets 401 naming both issuers.
+        """
+        stack = await start_two_providers(self, "cookie")
+        proxy = stack.proxy
+        client = WebClient(self)
+        url = f"{proxy.url}/oidc/login?" + urlencode({"provider": PARTNERS, "rd": SHARED})
+        response, body, final_url, _ = await browse(client, url, fill_login(BOB["login"]))
+        self.assertEqual(response.code, 200, f"{body[:500]!r}\n{client.history}")
+        self.assertEqual(final_url, proxy.url + SHARED)
+        self.assertEqual(sorted({url.split("/")[2] for _, url, _ in client.history}),
+                         sorted({urlsplit(proxy.url).netloc, urlsplit(stack.op2.issuer).netloc}),
+                         client.history)
+        self.assertServed(json.loads(body), "/echo" + SHARED, BOB, stack.op2)
+
+        response, body = await WebClient(self).request("GET", proxy.url + SHARED, headers=API)
+        self.assertEqual(response.code, 401, body[:300])
+        self.assertEqual(response.headers.getRawHeaders(b"www-authenticate"), [
+            f'Bearer realm="oidcproxy", issuers="{stack.op1.issuer} {stack.op2.issuer}"'
+            .encode("ascii")])

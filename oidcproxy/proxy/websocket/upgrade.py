@@ -75,7 +75,8 @@ class WebSocketProxy:
         session, who = guard.session, guard.identity
         upgrade = _Upgrade(self, request, route, head, guard)
         if not self.sockets.add(upgrade, getattr(session, "id", None),
-                                getattr(session, "sid", None), getattr(who, "sub", None)):
+                                getattr(session, "sid", None), getattr(who, "sub", None),
+                                guard.provider or ""):
             log.warn("WebSocket refused on {route}: max_websockets ({limit}) are open",
                      route=route.name, limit=self.sockets.limit)
             self.metrics.websocket_upgrade("over_capacity")

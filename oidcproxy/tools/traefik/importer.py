@@ -123,14 +123,16 @@ def find_middlewares(documents: Sequence[Document], wanted: Optional[str],
 def provider_names(middlewares: Sequence[Document]) -> List[str]:
     """
     A provider name for each middleware: its name with every character
-    but letters, digits, C{-} and C{_} made C{-}, shortened, and made unique
-    with a C{-2}, C{-3}... suffix. Never C{oidc}: a route's providers list
-    names the C{[oidc]} table so.
+    but letters, digits, C{-} and C{_} made C{-} (and a final C{_} before
+    digits too), shortened, and made unique with a C{-2}, C{-3}... suffix;
+    never C{oidc}, the name C{providers} lists give C{[oidc]}.
     """
     taken: Set[str] = {DEFAULT_PROVIDER_NAME}
     out = []
     for mw in middlewares:
         base = re.sub(r"[^A-Za-z0-9_-]", "-", mw.name)[:PROVIDER_NAME_LENGTH] or "provider"
+        # A name ending in _ and digits would name a chunk of another session cookie.
+        base = re.sub(r"_([0-9]+)$", r"-\1", base)
         name, number = base, 1
         while name in taken:
             number += 1

@@ -275,14 +275,11 @@ class OIDCImport:
                 if url is not None:
                     o.set(key, url, f"from {option}")
         backchannel = opts.string("backchannelLogoutUrl")
-        if backchannel is not None and self.name is not None:
-            self.warn(opts.path("backchannelLogoutUrl"), "oidcproxy serves back-channel logout "
-                      "for [oidc] only (a named provider's logout tokens are refused); not "
-                      "carried over")
-        elif backchannel is not None:
+        if backchannel is not None:
+            # One endpoint for every provider: the logout token's iss says whose it is.
             self.warn(opts.path("backchannelLogoutUrl"), "oidcproxy serves back-channel logout at "
-                      "public_url + \"/oidc/backchannel-logout\" (it needs a [redis] table); register "
-                      "that URL at the IdP instead")
+                      "public_url + \"/oidc/backchannel-logout\" for every provider (it needs a "
+                      "[redis] table); register that URL at the IdP instead")
         required = opts.boolean("backchannelLogoutSessionsRequired")
         if required:
             self.warn(opts.path("backchannelLogoutSessionsRequired"), "not needed: oidcproxy ends "

@@ -163,8 +163,12 @@ class RouteImport:
                     matches = []
                 if len(used) > 1:
                     names = ", ".join(f"{g.mw.namespace}/{g.mw.name}" for g, _ in used)
-                    self.warn(where, f"uses several OIDC middlewares ({names}); an oidcproxy route "
-                              "logs in with one provider; skipped")
+                    # Chained, Traefik's middlewares all must pass: a login at each.
+                    # providers = [...] takes a session of any one, so it would let in
+                    # whom Traefik kept out.
+                    self.warn(where, f"uses several OIDC middlewares ({names}): Traefik asks for a "
+                              "login at each, an oidcproxy route for one (providers = [...] takes "
+                              "any one of them, which lets in more); skipped")
                     matches = []
                 for key in route:
                     if key not in ("match", "kind", "services", "middlewares", "syntax"):

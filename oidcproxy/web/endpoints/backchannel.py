@@ -115,10 +115,11 @@ class BackchannelLogoutEndpoint:
         # [oidc]'s line stays as it always was (log watchers match it).
         log.info("back-channel logout: {count} session(s) ended{of}",
                  count=count, of=f" (provider {scope})" if scope else "")
+        # Its sockets too, and no other provider's user's of the same sid or sub.
         if sid:
-            self._close_sockets(sid=sid)
+            self._close_sockets(sid=sid, provider=scope)
         else:
-            self._close_sockets(sub=sub)
+            self._close_sockets(sub=sub, provider=scope)
         respond(request, 200, b"application/json", b"{}")
 
     def _bundle(self, token: str) -> ProviderParts:
