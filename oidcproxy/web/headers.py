@@ -19,7 +19,7 @@ from ..core.context import RequestContext
 from ..proxy.headers import canonical_header
 from ..sessions.session import Session
 from .answers import decided
-from .identity import Identity, claim, user_name
+from .identity import Identity, claim
 
 __all__ = ["ACCESS_TOKEN_HEADER", "ID_TOKEN_HEADER", "HeaderNames", "IdentityPlan", "header_value",
            "managed_headers", "passes_client_authorization", "set_header_values",
@@ -219,14 +219,17 @@ def passes_client_authorization(config: Config) -> bool:
                for name, _ in config.headers)
 
 
-def set_session_identity(request: Request, ctx: RequestContext, config: Config,
-                         plan: IdentityPlan, session: Session) -> None:
-    """The identity of a session: for the access log, the application and the upstream."""
+def set_session_identity(request: Request, ctx: RequestContext, plan: IdentityPlan,
+                         session: Session) -> None:
+    """
+    The identity of an admitted session: for the application and the
+    upstream. (The access log's user was named when the session's checks
+    began: L{oidcproxy.web.session_auth.SessionAuth}.)
+    """
     # For a WebSocket, which logout of this session closes.
     ctx.session = session
     ctx.identity = Identity(
         sub=session.sub, claims=session.claims, access_token=session.access_token,
         id_token=session.id_token, expires=session.expires)
-    ctx.user = user_name(config.username_claim, session.claims, session.sub)
     decided(request, "session", unless_decided=True)
     set_header_values(request, plan.session_values(session))

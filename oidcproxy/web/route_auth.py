@@ -183,6 +183,5 @@ class RouteAuth:
                   session: Optional[Session]) -> None:
         """Pass on a request its session admitted (None: it was answered)."""
         if session is not None:
-            state = self._state
-            set_session_identity(request, ctx, state.config, state.identity, session)
+            set_session_identity(request, ctx, self._state.identity, session)
             self._pass_on(request, ctx, match)
