@@ -206,11 +206,9 @@ def assurance(t: Table, auth: str) -> Tuple[Tuple[str, ...], Optional[float], bo
         "Step-up: the sign-in's ``acr`` must be one of these (most preferred first; sent as "
         "the login's ``acr_values``). A browser whose session has another is sent to sign in "
         "again (its session kept until then); an API client gets 401 with the RFC 9470 "
-        "challenge; a bearer token's ``acr`` claim is checked the same way."))
+        "challenge; a bearer token's ``acr`` claim is checked the same way. ``[]``: any acr."))
     if len(set(acr_values)) != len(acr_values):
         t.problem("acr_values", "names a value twice")
-    if t.has("acr_values") and t.raw("acr_values") == []:
-        t.problem("acr_values", "is empty: leave it out to accept any acr")
     max_auth_age = t.duration("max_auth_age", 0.0, positive=True, default_text="any age", doc=(
         "Step-up: the sign-in (``auth_time``) must be at most this old; an older one signs in "
         "again (the login's ``max_age``) or gets the RFC 9470 challenge, as for ``acr_values``."))
