@@ -217,9 +217,9 @@ def assurance(t: Table, auth: str) -> Tuple[Tuple[str, ...], Optional[float], bo
         "``WWW-Authenticate: Bearer error=\"insufficient_user_authentication\"`` with "
         "``acr_values`` and/or ``max_age``), sign in again as it asks instead of passing the "
         "401 on. API clients get the challenge unchanged."))
-    asks = t.has("acr_values") or t.has("max_auth_age") or step_up
+    asks = bool(acr_values) or t.has("max_auth_age") or step_up
     if asks and auth in ("none", "optional"):
-        key = "acr_values" if t.has("acr_values") else \
+        key = "acr_values" if acr_values else \
             "max_auth_age" if t.has("max_auth_age") else "step_up"
         t.problem(key, f'cannot be combined with auth = "{auth}" (a request without a sign-in '
                   "is served there, so none can be asked for more)")
