@@ -45,6 +45,7 @@ from .schema import (
     RouteConfig,
     SessionConfig,
     StateCookieConfig,
+    StepUpConfig,
     UpstreamSettings,
 )
 from .secrets import Secret
@@ -85,6 +86,7 @@ __all__ = [
     "Secret",
     "SessionConfig",
     "StateCookieConfig",
+    "StepUpConfig",
     "UpstreamSettings",
     "cookie_name",
     "http_url",

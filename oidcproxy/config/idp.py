@@ -240,6 +240,10 @@ def _oidc_parity(t: Table, issuer: str) -> Dict[str, Any]:
             "Retries of a failed discovery, JWKS or UserInfo request (transport error, "
             "timeout, 5xx, 429) after 0.5 s, 1 s, 2 s ...; never of a token request.")),
         "insecure_skip_verify": insecure,
+        "step_up_prompt_login": t.boolean("step_up_prompt_login", False, doc=(
+            "A step-up login (a route's ``acr_values`` or ``max_auth_age``, or the upstream's "
+            "RFC 9470 challenge) also sends ``prompt=login``: for an IdP that does not "
+            "authenticate again on ``acr_values`` or ``max_age`` alone.")),
         **certificate,
     }
 

@@ -25,6 +25,7 @@ from .schema import (
     RouteConfig,
     SessionConfig,
     StateCookieConfig,
+    StepUpConfig,
     UpstreamSettings,
 )
 from .secrets import short_secret
@@ -153,7 +154,12 @@ def read_config(top: Table, source: str) -> Config:
     pages = _table(top, "pages", read_pages, PagesConfig(),
                    "The pages the proxy itself shows people (403, failed login, unavailable, "
                    "sign-out, sign-in): their look, language and templates.")
+    step_up = _table(top, "step_up", _step_up, StepUpConfig(),
+                     "Step-up authentication (routes with ``acr_values``, ``max_auth_age`` or "
+                     "``step_up``): the headers that tell the upstream how and when the user "
+                     "signed in, and the bound on step-up logins.")
     top.done()
+    _check_step_up_headers(problems, step_up, headers)
     _check_providers(top, routes, providers, oidc)
     check_provider_cookies(problems, [name for name, _ in providers], session, state_cookie, csrf)
     _check_login(top, routes, oidc, session, settings["public_url"])
@@ -165,7 +171,7 @@ def read_config(top: Table, source: str) -> Config:
     return Config(source=source, **settings, upstream=upstream, routes=routes, oidc=oidc,
                   session=session, redis=redis, state_cookie=state_cookie, csrf=csrf,
                   admin=admin, metrics=metrics, bearer=bearer, headers=headers,
-                  pages=pages, providers=providers)
+                  pages=pages, providers=providers, step_up=step_up)
 
 
 def _table(top: Table, key: str, read: Callable[[Table], T], default: T, doc: str) -> T:
@@ -348,6 +354,45 @@ def _headers(top: Table, default: Tuple[Tuple[str, Tuple[str, ...]], ...]
     t.done()
     return tuple(out)
 
+
+
+def _step_up(t: Table) -> StepUpConfig:
+    """The C{[step_up]} table."""
+    d = StepUpConfig()
+    names = []
+    for key, default, what in (("acr_header", d.acr_header, "acr"),
+                               ("auth_time_header", d.auth_time_header, "auth_time (seconds "
+                                "since the epoch)")):
+        name = t.string(key, default, check=lambda v: v if v == "" else header_name(v), doc=(
+            f"The identity header of the sign-in's {what}, sent upstream on session and bearer "
+            'requests of every route with a sign-in; ``""``: not sent. Removed from every '
+            "client request, whatever its spelling, either way."))
+        names.append(name or None)
+    return StepUpConfig(
+        acr_header=names[0],
+        auth_time_header=names[1],
+        max_attempts=t.integer("max_attempts", d.max_attempts, minimum=1, maximum=20, doc=(
+            "Step-up logins for one URL in one session within ``attempt_window``; one more "
+            "(an IdP that keeps answering with less than asked, an upstream that keeps "
+            "asking) ends on the login-failed page instead of a redirect loop.")),
+        attempt_window=t.duration("attempt_window", d.attempt_window, positive=True, doc=(
+            "The time over which ``max_attempts`` counts.")),
+    )
+
+
+def _check_step_up_headers(problems: Problems, step_up: StepUpConfig,
+                           headers: Tuple[Tuple[str, Tuple[str, ...]], ...]) -> None:
+    """The step-up headers are neither [headers]' nor each other: one value per header."""
+    taken = {name.lower() for name, _ in headers}
+    for key, name in (("acr_header", step_up.acr_header),
+                      ("auth_time_header", step_up.auth_time_header)):
+        if name is None:
+            continue
+        if name.lower() in taken:
+            problems.add(f"step_up.{key}", f"{name!r} is set by [step_up] and by [headers] "
+                         "or the other step-up header: rename one (or set step_up."
+                         f'{key} = "" to send none)')
+        taken.add(name.lower())
 
 
 def _check_providers(top: Table, routes: Sequence[RouteConfig], providers: Providers,

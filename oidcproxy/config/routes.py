@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from typing import Dict, Optional, Tuple
 
+from ..core.assurance import Requirement
 from .policy import Policy, RuleSyntaxError
 from .reader import Table
 from .schema import AUTH_MODES, QUEUE_MULTIPLE, RouteConfig, UpstreamSettings
 from .values import (
     DEFAULT_PROVIDER_NAME,
+    acr_value,
     email_domain,
     http_method,
     http_url,
@@ -139,6 +141,7 @@ def read_route(t: Table, index: int, defaults: UpstreamSettings,
                                   allowed_email_domains=domains, require_email_verified=verified)
         except RuleSyntaxError as e:
             t.problem("rule", str(e))
+    acr_values, max_auth_age, step_up = assurance(t, auth)
     methods: Tuple[str, ...] = t.strings("methods", (), check=http_method, doc=(
         "The allowed methods, e.g. ``[\"GET\", \"HEAD\"]``; others get 405. ``[]``: any."))
     strip = t.boolean("strip_prefix", False, doc=(
@@ -188,8 +191,42 @@ def read_route(t: Table, index: int, defaults: UpstreamSettings,
         policy=policy,
         provider=provider,
         providers=providers,
+        acr_values=acr_values,
+        max_auth_age=max_auth_age,
+        step_up=step_up,
+        requirement=Requirement(acr_values, max_auth_age)
+        if acr_values or max_auth_age is not None else None,
     )
     return route if path is not None else None
+
+
+def assurance(t: Table, auth: str) -> Tuple[Tuple[str, ...], Optional[float], bool]:
+    """A route's step-up keys: C{acr_values}, C{max_auth_age} and C{step_up}."""
+    acr_values: Tuple[str, ...] = t.strings("acr_values", (), check=acr_value, doc=(
+        "Step-up: the sign-in's ``acr`` must be one of these (most preferred first; sent as "
+        "the login's ``acr_values``). A browser whose session has another is sent to sign in "
+        "again (its session kept until then); an API client gets 401 with the RFC 9470 "
+        "challenge; a bearer token's ``acr`` claim is checked the same way. ``[]``: any acr."))
+    if len(set(acr_values)) != len(acr_values):
+        t.problem("acr_values", "names a value twice")
+    max_auth_age = t.duration("max_auth_age", 0.0, positive=True, default_text="any age", doc=(
+        "Step-up: the sign-in (``auth_time``) must be at most this old; an older one signs in "
+        "again (the login's ``max_age``) or gets the RFC 9470 challenge, as for ``acr_values``."))
+    step_up = t.boolean("step_up", False, doc=(
+        "When the upstream answers a browser's request with the RFC 9470 challenge (401, "
+        "``WWW-Authenticate: Bearer error=\"insufficient_user_authentication\"`` with "
+        "``acr_values`` and/or ``max_age``), sign in again as it asks instead of passing the "
+        "401 on. API clients get the challenge unchanged."))
+    asks = bool(acr_values) or t.has("max_auth_age") or step_up
+    if asks and auth in ("none", "optional"):
+        key = "acr_values" if acr_values else \
+            "max_auth_age" if t.has("max_auth_age") else "step_up"
+        t.problem(key, f'cannot be combined with auth = "{auth}" (a request without a sign-in '
+                  "is served there, so none can be asked for more)")
+    if step_up and auth == "bearer":
+        t.problem("step_up", 'needs a route browsers sign in on (auth = "session" or '
+                  '"session_or_bearer"); a bearer client gets the challenge as it is')
+    return acr_values, (max_auth_age if t.has("max_auth_age") else None), step_up
 
 
 def read_routes(top: Table, upstream: UpstreamSettings, case_insensitive: bool,

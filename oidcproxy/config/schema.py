@@ -148,10 +148,19 @@ class RouteConfig:
     """The named provider (C{[providers.NAME]}) that logs this route's users in; None: C{[oidc]}."""
     providers: Tuple[str, ...] = ()
     """The providers a user may choose from on this route (instead of C{provider})."""
+    acr_values: Tuple[str, ...] = ()
+    """Step-up: the session's (or token's) C{acr} must be one of these, most preferred first; empty: any."""
+    max_auth_age: Optional[float] = None
+    """Step-up: seconds since the sign-in (C{auth_time}) at most; None: any age."""
+    step_up: bool = False
+    """Honour the upstream's RFC 9470 challenge (401 C{insufficient_user_authentication}) for browsers."""
+    requirement: Any = attr.ib(default=None, eq=False, repr=False)
+    """The L{oidcproxy.core.assurance.Requirement} of C{acr_values} and C{max_auth_age}; None: none."""
 
     @property
     def name(self) -> str:
         return f"routes[{self.index}]"
+
 
 
 @attr.s(frozen=True, auto_attribs=True)
@@ -215,6 +224,8 @@ class OIDCConfig:
     client_key: Optional[str] = None
     insecure_skip_verify: bool = False
     """Do not verify the IdP's TLS certificate (testing only: logged at every start)."""
+    step_up_prompt_login: bool = False
+    """A step-up login also sends C{prompt=login} (an IdP that re-authenticates on it only)."""
 
     @property
     def post_logout_redirect_uri(self) -> Optional[str]:
@@ -367,6 +378,20 @@ LANGUAGES = ("en", "de")
 
 
 @attr.s(frozen=True, auto_attribs=True)
+class StepUpConfig:
+    """The C{[step_up]} table: what routes with C{acr_values}, C{max_auth_age} or C{step_up} share."""
+
+    acr_header: Optional[str] = "X-Forwarded-Acr"
+    """The identity header of the sign-in's C{acr} (None: not sent; always stripped)."""
+    auth_time_header: Optional[str] = "X-Forwarded-Auth-Time"
+    """The identity header of the sign-in's C{auth_time} (None: not sent; always stripped)."""
+    max_attempts: int = 3
+    """Step-up logins for one URL in one session within C{attempt_window}; more: login failed."""
+    attempt_window: float = 600.0
+    """Seconds over which C{max_attempts} counts."""
+
+
+@attr.s(frozen=True, auto_attribs=True)
 class PagesConfig:
     """The C{[pages]} table (its defaults when absent)."""
 
@@ -435,6 +460,8 @@ class Config:
     """Identity headers: header name and the claims tried in order (first present wins)."""
     pages: PagesConfig = PagesConfig()
     """The C{[pages]} table: the look, language and choice of the proxy's own pages."""
+    step_up: StepUpConfig = StepUpConfig()
+    """The C{[step_up]} table: the assurance headers and the bound on step-up logins."""
     providers: Tuple[Tuple[str, OIDCConfig], ...] = ()
     """The named providers (C{[providers.NAME]}), by name, as the file lists them."""
 

@@ -251,6 +251,18 @@ def email_domain(text: str) -> str:
     return domain
 
 
+def acr_value(text: str) -> str:
+    """
+    An authentication context class reference as C{acr_values} sends it:
+    printable ASCII without spaces (they separate values), C{"} or C{\\}
+    (RFC 6749's NQCHAR: it goes into a quoted C{WWW-Authenticate} parameter).
+    """
+    if not text or not all(0x21 <= ord(c) <= 0x7E and c not in '"\\' for c in text):
+        raise ValueError(f"{text!r} is not an acr value (printable ASCII without spaces, "
+                         "quotes or backslashes)")
+    return text
+
+
 def replacement_prefix(text: str) -> str:
     """A path as a route's C{path} (L{route_prefix}), or empty (the prefix is removed)."""
     if text == "":
