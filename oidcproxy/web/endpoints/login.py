@@ -20,12 +20,13 @@ from ...core.cache import BoundedCache
 from ...core.context import peek
 from ...core.urls import safe_return_to
 from ...proxy.routes import RouteMatch
+from ...sessions.history import recent_step_ups
 from ...sessions.session import DEFAULT_PROVIDER, Session
 from ..answers import decided, deny, finish, redirect, show
 from ..parts import GuardState
 from ..requests import arg, is_browser_navigation, mount_path, provider_arg, return_to
 
-__all__ = ["LoginEndpoint", "MAX_PENDING", "recent_step_ups"]
+__all__ = ["LoginEndpoint", "MAX_PENDING", "step_up_path"]
 
 log = Logger()
 
@@ -46,12 +47,6 @@ MAX_AGE_DIGITS = 10
 def step_up_path(target: str) -> str:
     """What a step-up of C{target} counts under: its path (the query does not make another page)."""
     return target.split("?", 1)[0]
-
-
-def recent_step_ups(session: Session, now: float, window: float
-                    ) -> Tuple[Tuple[str, float], ...]:
-    """The step-up logins of C{session}'s chain within the last C{window} seconds, latest first."""
-    return tuple(entry for entry in session.step_ups if now - entry[1] < window)
 
 
 def asked_of(args: Any) -> Tuple[Optional[Tuple[str, ...]], Optional[int], Optional[str]]:
