@@ -12,7 +12,12 @@ from typing import Dict, Optional, Sequence, Tuple
 from ..core.assurance import SignIn, sign_in_of
 from .session import MAX_SIGN_INS, MAX_STEP_UPS, Session
 
-__all__ = ["carried_sign_ins", "carried_step_ups", "recent_step_ups"]
+__all__ = ["carried_sign_ins", "carried_step_ups", "recent_step_ups", "sign_ins_of"]
+
+
+def sign_ins_of(session: Session) -> Tuple[SignIn, ...]:
+    """C{session}'s sign-ins, the latest (its claims') first, then the earlier ones."""
+    return (sign_in_of(session.claims), *session.sign_ins)
 
 
 def _later(a: Optional[float], b: Optional[float]) -> Optional[float]:

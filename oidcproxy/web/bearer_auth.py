@@ -14,6 +14,7 @@ from twisted.logger import Logger
 from twisted.web.server import Request
 
 from ..config import Config, OIDCConfig, RouteConfig
+from ..core.assurance import challenge, meeting, sign_in_of, unmet
 from ..core.context import context
 from ..oidc.bearer import BearerValidator
 from ..oidc.provider import ClientAuth, Provider, ProviderError, make_http_client
@@ -27,7 +28,7 @@ from ..oidc.tokens import (
 )
 from ..proxy.routes import RouteMatch
 from ..sessions.session import DEFAULT_PROVIDER
-from .answers import decided, deny, finish
+from .answers import decided, deny, finish, insufficient
 from .headers import passes_client_authorization, set_header_values
 from .identity import Identity, user_name
 from .parts import GuardState
@@ -348,6 +349,16 @@ class BearerAuth:
         route = match.route
         if route.provider is not None or route.providers:
             ctx.provider = self._named_issuer(route, claims.get("iss"))
+        requirement = route.requirement
+        if requirement is not None:
+            # Per request, cached tokens too: a sign-in ages.
+            sign_in = sign_in_of(claims)
+            now = state.clock.seconds()
+            if meeting(requirement, (sign_in,), now) is None:
+                log.info("bearer token of {sub} refused on {route}: {why}", sub=sub,
+                         route=route.name, why=unmet(requirement, (sign_in,), now))
+                insufficient(request, challenge(requirement))
+                return False
         if not authorized(request, match.route, sub, claims, claims):
             return False
         ctx.identity = Identity(
@@ -358,7 +369,9 @@ class BearerAuth:
             # "authorization" puts a session's token there): the token just
             # validated is the request's credential and goes on unchanged.
             request.requestHeaders.setRawHeaders(b"authorization", list(authorization))
-        set_header_values(request, state.identity.claim_values(claims))
+        plan = state.identity
+        set_header_values(request, plan.claim_values(claims))
+        set_header_values(request, plan.sign_in_values(sign_in_of(claims)))
         return True
 
     def denied(self, request: Request, error: TokenError) -> None:
