@@ -14,7 +14,7 @@ from twisted.logger import Logger
 from twisted.web.server import Request
 
 from ..config import Config, OIDCConfig, RouteConfig
-from ..core.assurance import challenge, meeting, sign_in_of, unmet
+from ..core.assurance import challenge, meeting, unmet
 from ..core.context import context
 from ..oidc.bearer import BearerValidator
 from ..oidc.provider import ClientAuth, Provider, ProviderError, make_http_client
@@ -27,6 +27,7 @@ from ..oidc.tokens import (
     peek_claims,
 )
 from ..proxy.routes import RouteMatch
+from ..sessions.history import acr_claim_of, claims_sign_ins
 from ..sessions.session import DEFAULT_PROVIDER
 from .answers import decided, deny, finish, insufficient
 from .headers import passes_client_authorization, set_header_values
@@ -350,15 +351,21 @@ class BearerAuth:
         if route.provider is not None or route.providers:
             ctx.provider = self._named_issuer(route, claims.get("iss"))
         requirement = route.requirement
+        plan = state.identity
+        # The provider whose acr_claim reads the token: its issuer's, else the route's.
+        provider = ctx.provider or route.provider or DEFAULT_PROVIDER
+        sign_in = plan.latest(claims, provider)
         if requirement is not None:
             # Per request, cached tokens too: a sign-in ages.
-            sign_in = sign_in_of(claims)
+            sign_ins = claims_sign_ins(claims, acr_claim_of(state.config, provider))
             now = state.clock.seconds()
-            if meeting(requirement, (sign_in,), now) is None:
+            met = meeting(requirement, sign_ins, now)
+            if met is None:
                 log.info("bearer token of {sub} refused on {route}: {why}", sub=sub,
-                         route=route.name, why=unmet(requirement, (sign_in,), now))
+                         route=route.name, why=unmet(requirement, sign_ins, now))
                 insufficient(request, challenge(requirement))
                 return False
+            sign_in = met
         if not authorized(request, match.route, sub, claims, claims):
             return False
         ctx.identity = Identity(
@@ -369,9 +376,8 @@ class BearerAuth:
             # "authorization" puts a session's token there): the token just
             # validated is the request's credential and goes on unchanged.
             request.requestHeaders.setRawHeaders(b"authorization", list(authorization))
-        plan = state.identity
         set_header_values(request, plan.claim_values(claims))
-        set_header_values(request, plan.sign_in_values(sign_in_of(claims)))
+        set_header_values(request, plan.sign_in_values(sign_in))
         return True
 
     def denied(self, request: Request, error: TokenError) -> None:

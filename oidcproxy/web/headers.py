@@ -18,6 +18,7 @@ from ..config import Config, OIDCConfig, StepUpConfig
 from ..core.assurance import SignIn, sign_in_of
 from ..core.context import RequestContext
 from ..proxy.headers import canonical_header
+from ..sessions.history import claims_sign_ins
 from ..sessions.session import Session
 from .answers import decided
 from .identity import Identity, claim
@@ -146,6 +147,8 @@ class IdentityPlan:
         self._sessions: Dict[int, Tuple[Any, HeaderValues]] = {}
         self._logged: Set[str] = set()
         step_up = config.step_up
+        self._acr_claims = {name: oidc.acr_claim for name, oidc in
+                            (("", config.oidc), *config.providers) if oidc is not None}
         self._acr = step_up.acr_header.encode("ascii") if step_up.acr_header else None
         self._auth_time = step_up.auth_time_header.encode("ascii") \
             if step_up.auth_time_header else None
@@ -166,10 +169,20 @@ class IdentityPlan:
             out.append((self._auth_time, [str(int(auth_time)).encode("ascii")]))
         return out
 
+    def latest(self, claims: Dict[str, Any], provider: str) -> SignIn:
+        """
+        The sign-in C{claims} tell of, as the headers show it: with the
+        provider's C{acr_claim = "acrs"}, every value of C{acrs}, comma-separated.
+        """
+        if self._acr_claims.get(provider, "acr") != "acrs":
+            return sign_in_of(claims)
+        sign_ins = claims_sign_ins(claims, "acrs")
+        return ",".join(acr for acr, _ in sign_ins if acr), sign_ins[0][1]
+
     def set_sign_in(self, request: Request, sign_in: SignIn) -> None:
         """
         Put C{sign_in}'s headers in place of those of the session's latest
-        sign-in (a route's requirement is met by an earlier one).
+        sign-in (on a route with a requirement: the sign-in that met it).
         """
         headers = request.requestHeaders
         for name in (self._acr, self._auth_time):
@@ -211,7 +224,7 @@ class IdentityPlan:
                                            else token]))
         if pass_id_token and id_token:
             values.append((ID_TOKEN_HEADER.encode("ascii"), [id_token.encode("ascii")]))
-        values += self.sign_in_values(sign_in_of(session.claims))
+        values += self.sign_in_values(self.latest(session.claims, session.provider))
         sessions = self._sessions
 
         def gone(ref: Any) -> None:
@@ -270,7 +283,7 @@ def set_session_identity(request: Request, ctx: RequestContext, plan: IdentityPl
     The identity of an admitted session: for the application and the
     upstream. (The access log's user was named when the session's checks
     began: L{oidcproxy.web.session_auth.SessionAuth}.) C{sign_in}: the one
-    that met the route's requirement, when not the latest.
+    that met the route's requirement, on a route with one.
     """
     # For a WebSocket, which logout of this session closes.
     ctx.session = session

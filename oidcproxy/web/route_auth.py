@@ -22,7 +22,7 @@ from ..core.context import RequestContext, context
 from ..oidc.bearer import bearer_token
 from ..oidc.tokens import TokenError
 from ..proxy.routes import RouteMatch
-from ..sessions.history import sign_ins_of
+from ..sessions.history import acr_claim_of, sign_ins_of
 from ..sessions.session import DEFAULT_PROVIDER, Session
 from .answers import decided, deny, finish
 from .bearer_auth import BearerAuth
@@ -195,10 +195,10 @@ class RouteAuth:
             requirement = match.route.requirement
             sign_in = None
             if requirement is not None:
-                # The sign-in that met the requirement, when an earlier one did.
-                sign_ins = sign_ins_of(session)
+                # The sign-in that met the requirement (an earlier one, one
+                # value of an acrs claim) is the one the headers tell of.
+                config = self._state.config
+                sign_ins = sign_ins_of(session, acr_claim_of(config, session.provider))
                 sign_in = meeting(requirement, sign_ins, self._state.clock.seconds())
-                if sign_in == sign_ins[0]:
-                    sign_in = None
             set_session_identity(request, ctx, self._state.identity, session, sign_in)
             self._pass_on(request, ctx, match)

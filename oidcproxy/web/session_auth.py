@@ -14,14 +14,14 @@ import attr
 from twisted.logger import Logger
 from twisted.web.server import Request
 
-from ..config import RouteConfig, origin_of
+from ..config import Config, RouteConfig, origin_of
 from ..core.assurance import Requirement, challenge, meeting, unmet
 from ..core.context import context, peek
 from ..oidc.refresh import Refresher
 from ..proxy.headers import header_tokens
 from ..proxy.routes import RouteMatch
 from ..sessions.cookies import CookieTooLarge, read_cookie
-from ..sessions.history import sign_ins_of
+from ..sessions.history import acr_claim_of, sign_ins_of
 from ..sessions.session import (
     DEFAULT_PROVIDER,
     LIVE,
@@ -50,7 +50,7 @@ StepUp = Callable[[Request, RouteMatch, Session, Requirement], None]
 
 
 def assured(request: Request, match: RouteMatch, session: Session, now: float,
-            step_up: Optional[StepUp]) -> bool:
+            step_up: Optional[StepUp], config: Config) -> bool:
     """
     The route's requirement (step-up): one of the session's sign-ins
     (the latest, or an earlier one it was stepped up from) must meet
@@ -62,7 +62,7 @@ def assured(request: Request, match: RouteMatch, session: Session, now: float,
     requirement = match.route.requirement
     if requirement is None:
         return True
-    sign_ins = sign_ins_of(session)
+    sign_ins = sign_ins_of(session, acr_claim_of(config, session.provider))
     if meeting(requirement, sign_ins, now) is not None:
         return True
     log.info("{sub} needs a step-up on {route}: {why}", sub=session.sub,
@@ -254,7 +254,7 @@ class SessionAuth:
         config, cookies = state.config, state.cookies
         now = state.clock.seconds()
         if not self._screened(request, match, session, now) or \
-                not assured(request, match, session, now, self.step_up):
+                not assured(request, match, session, now, self.step_up, state.config):
             return None, None
         sliding = config.session.sliding
         # Due on the session as it was loaded (a refresh resets last_seen).
@@ -326,7 +326,7 @@ class SessionAuth:
         if self._renew_due(session, now) or (refresher is not None and refresher.due(session, now)):
             return None
         if not self._screened(request, match, session, now) or \
-                not assured(request, match, session, now, self.step_up):
+                not assured(request, match, session, now, self.step_up, state.config):
             return None, None
         route = match.route
         if not self._allowed(request, route, session):
