@@ -348,7 +348,7 @@ class BearerAuth:
         route = match.route
         if route.provider is not None or route.providers:
             ctx.provider = self._named_issuer(route, claims.get("iss"))
-        if not authorized(request, match.route, sub, claims, claims):
+        if not authorized(request, match.route, sub, claims, claims, state.clock.seconds()):
             return False
         ctx.identity = Identity(
             sub=sub, claims=claims, access_token=token, expires=claims.get("exp"))
