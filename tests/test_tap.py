@@ -625,3 +625,30 @@ class CheckStepUpTests(SynchronousTestCase):
         self.assertEqual(lines[-1], "    step-up: acr gold required; the sign-in has no acr,"
                                     " no auth_time: an API client gets 401"
                                     " insufficient_user_authentication")
+
+    def test_decision_words(self):
+        """
+        The step-up line names the sign-in that meets a route (an acr asked
+        for alone needs no auth_time; an age alone needs no acr), and a
+        session_or_bearer route says what both a browser and an API client get.
+        """
+        config = parse_config({
+            "public_url": "https://app.example",
+            "oidc": {"issuer": "https://idp.example", "client_id": "c", "client_secret": "s"},
+            "session": {"secrets": [SECRET]},
+            "routes": [
+                {"path": "/acr", "upstream": "http://127.0.0.1:9", "acr_values": ["gold"]},
+                {"path": "/age", "upstream": "http://127.0.0.1:9", "max_auth_age": "1h",
+                 "auth": "session_or_bearer"},
+            ],
+        }, "t.toml")
+        acr, age = config.routes
+        now = self.NOW
+        self.assertEqual(tap.step_up_decision(acr, {"acr": "gold"}, now),
+                         "met by acr 'gold' at an unknown time")
+        self.assertEqual(tap.step_up_decision(age, {"auth_time": now - 60}, now),
+                         "met by a sign-in without acr signed in 60s ago")
+        self.assertEqual(tap.step_up_decision(age, {"acr": "gold", "auth_time": "x"}, now),
+                         "a sign-in at most 3600s old required; the sign-in has acr 'gold', no"
+                         " auth_time: a browser signs in again with max_age=3600; an API client"
+                         " gets 401 insufficient_user_authentication")
