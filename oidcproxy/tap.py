@@ -29,7 +29,8 @@ class Options(usage.Options):
          "Write the bound address of each listener to this file once listening."],
         ["claims", None, None,
          "With --check: a JSON file of claims ({...}, or {\"id_token\": {...}, "
-         "\"access_token\": {...}}); print which routes would allow them and why."],
+         "\"access_token\": {...}}); print which routes would allow them and why, "
+         "and whether their sign-in meets each route's acr_values and max_auth_age now."],
         ["path", None, None,
          "With --check --claims: only the route of this path; exit status 2 when denied."],
         ["workers", "w", None,
@@ -183,15 +184,19 @@ def check(options: Options, out: Any = None, err: Any = None, *, reactor: Any) -
     for warning in [*warnings, *([files] if files is not None else [])]:
         print(f"warning: {warning}", file=err)
     if options["claims"]:
-        return _check_claims(service.config, options["claims"], options["path"], out)
+        return _check_claims(service.config, options["claims"], options["path"], out,
+                             reactor.seconds())
     return 0
 
 
-def _check_claims(config: Any, claims_file: str, path: Optional[str], out: Any) -> int:
+def _check_claims(config: Any, claims_file: str, path: Optional[str], out: Any,
+                  now: float) -> int:
     """
     Print, per route (or for the route of C{path}), whether these claims
-    would be let through, with the trace of the rule. Status 2 when C{path}
-    is given and its route would deny them.
+    would be let through at C{now}, with the trace of the rule, and for a
+    route with C{acr_values} or C{max_auth_age} whether their sign-in meets
+    them. Status 2 when C{path} is given and its route's rule would deny
+    them (a sign-in that does not meet the route is stepped up, not denied).
     """
     import json
 
@@ -229,15 +234,46 @@ def _check_claims(config: Any, claims_file: str, path: Optional[str], out: Any) 
         elif route.policy is None:
             print(f"{where}: allowed (any authenticated user)", file=out)
         else:
-            decision = route.policy.evaluate(id_claims, access_claims)
+            decision = route.policy.evaluate(id_claims, access_claims, now=now)
             verdict = "allowed" if decision.allowed else (
                 "denied (audit mode: logged, let through)" if route.policy_mode == "audit"
                 else "denied")
             denied = denied or not decision.allowed
             print(f"{where}: {verdict}: {decision.reason}", file=out)
-            for line in route.policy.explain(id_claims, access_claims):
+            for line in route.policy.explain(id_claims, access_claims, now=now):
                 print("    " + line, file=out)
+        if route.requirement is not None:
+            print("    step-up: " + step_up_decision(route, id_claims, now), file=out)
     return 2 if path is not None and denied else 0
+
+
+def step_up_decision(route: Any, claims: Any, now: float) -> str:
+    """
+    Whether the sign-in of C{claims} meets the route's C{requirement} at
+    C{now}, in words: the sign-in that meets it, or why not and what a
+    request gets then (a browser signs in again, an API client the RFC 9470
+    challenge).
+    """
+    from .core.assurance import INSUFFICIENT, meeting, sign_in_of, unmet
+
+    requirement = route.requirement
+    sign_ins = [sign_in_of(claims)]
+    met = meeting(requirement, sign_ins, now)
+    if met is not None:
+        acr, auth_time = met
+        by = f"acr {acr!r}" if acr else "a sign-in without acr"
+        when = "at an unknown time" if auth_time is None else \
+            f"signed in {max(0.0, now - auth_time):.0f}s ago"
+        return f"met by {by} {when}"
+    asks = []
+    if requirement.acr_values:
+        asks.append("acr_values=" + " ".join(requirement.acr_values))
+    if requirement.max_age is not None:
+        asks.append(f"max_age={int(requirement.max_age)}")
+    then = [f"an API client gets 401 {INSUFFICIENT}"]
+    if route.auth != "bearer":
+        then.insert(0, f"a browser signs in again with {' '.join(asks)}")
+    return f"{unmet(requirement, sign_ins, now)}: {'; '.join(then)}"
 
 
 def makeService(options: Options) -> Any:

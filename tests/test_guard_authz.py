@@ -340,3 +340,38 @@ class ForwardAuthTests(SynchronousTestCase):
         h = harness(self, **self.TRUSTED)
         page = h.browser().get("/oidc/auth")
         self.assertEqual((page.code, json.loads(page.body)["error"]), (400, "bad_request"))
+
+
+FRESH_ROUTES = [
+    {"path": "/fresh", "upstream": "http://up.test", "rule": "NotOlderThan(`auth_time`, `30s`)"},
+    {"path": "/api", "upstream": "http://up.test", "auth": "bearer",
+     "rule": "NotOlderThan(`auth_time`, `30s`)"},
+    {"path": "/", "upstream": "http://up.test"},
+]
+
+
+class RuleTimeTests(SynchronousTestCase):
+    """Rules are evaluated at the guard's clock time: C{NotOlderThan} sees the sign-in age."""
+
+    def test_session_sign_in_ages(self):
+        """A session's auth_time is fresh enough at first, and too old once the clock has moved on."""
+        h = GuardStack(self, config=make_config(routes=FRESH_ROUTES))
+        browser = h.logged_in(sub="alice", claims={"auth_time": int(h.clock.seconds())})
+        self.assertEqual(browser.get("/fresh/x", headers=API).code, 200)
+        h.clock.advance(30)
+        self.assertEqual(browser.get("/fresh/x", headers=API).code, 200)
+        h.clock.advance(1)
+        page = browser.get("/fresh/x", headers=API)
+        self.assertEqual((page.code, page.json()["error"]), (403, "forbidden"))
+        self.assertEqual(browser.get("/other", headers=API).code, 200)
+
+    def test_bearer_sign_in_ages(self):
+        """A bearer token's auth_time is measured against the guard's clock too."""
+        h = GuardStack(self, config=make_config(routes=FRESH_ROUTES))
+        now = int(h.clock.seconds())
+        fresh = access_token(h, auth_time=now - 10)
+        self.assertEqual(h.browser().get("/api/x", headers=bearer(fresh)).code, 200)
+        self.assertEqual(h.browser().get("/api/x", headers=bearer(access_token(h, auth_time=now - 31)))
+                         .code, 403)
+        h.clock.advance(21)
+        self.assertEqual(h.browser().get("/api/x", headers=bearer(fresh)).code, 403)

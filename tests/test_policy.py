@@ -15,6 +15,9 @@ from twisted.trial.unittest import SynchronousTestCase
 from oidcproxy.config import policy as policy_module
 from oidcproxy.config.policy import MAX_DEPTH, Decision, Policy, RuleSyntaxError
 
+NOW = 1900000100.0
+"""The time of the requests: the Keycloak sign-in below was 1100 seconds before."""
+
 # -- claims shaped like what real identity providers send ------------------------
 
 KEYCLOAK_ID: Dict[str, Any] = {
@@ -129,6 +132,9 @@ VALID: List[Tuple[str, str]] = [
     ("SplitContains(`roles`, `, `, `admin`)", "SplitContains(id['roles'], ', ', 'admin')"),
     ("OneOf(`role`, `admin`)", "OneOf(id['role'], 'admin')"),
     ("OneOf(`role`, `admin`, `operator`, `owner`)", "OneOf(id['role'], 'admin', 'operator', 'owner')"),
+    ("NotOlderThan(`auth_time`, `15m`)", "NotOlderThan(id['auth_time'], '15m')"),
+    ("NotOlderThan(`access_token.auth_time`, `1h30m`)", "NotOlderThan(access['auth_time'], '1h30m')"),
+    ('NotOlderThan("iat", "500ms")', "NotOlderThan(id['iat'], '500ms')"),
     # whitespace
     ("Equals(`a`,`1`)", RA),
     ("  Equals( `a` ,\n\t`1` )  ", RA),
@@ -245,6 +251,24 @@ INVALID: List[Tuple[str, int, str]] = [
     ("Equals(`a\\`, `x`)", 9, "claim name ends with a lone `\\`"),
     ("Equals(`a\\b`, `x`)", 9, "unknown escape `\\b` in claim name (only `\\.` and `\\\\`)"),
     ("SplitContains(`scope`, ``, `x`)", 23, "SplitContains separator must not be empty"),
+    ("NotOlderThan(`auth_time`)", 24, "NotOlderThan takes 2 arguments, got 1"),
+    ("NotOlderThan(`auth_time`, `15m`, `1h`)", 33, "NotOlderThan takes 2 arguments, got 3"),
+    ("notolderthan(`auth_time`, `15m`)", 0,
+     "unknown function 'notolderthan' (did you mean NotOlderThan?)"),
+    ("NotOlderThan(`auth_time`, `soon`)", 26,
+     "NotOlderThan takes a duration more than zero, like `15m`, `30s` or `1h`, not `soon`"),
+    ("NotOlderThan(`auth_time`, `15`)", 26,
+     "NotOlderThan takes a duration more than zero, like `15m`, `30s` or `1h`, not `15`"),
+    ("NotOlderThan(`auth_time`, ` 15m`)", 26,
+     "NotOlderThan takes a duration more than zero, like `15m`, `30s` or `1h`, not ` 15m`"),
+    ('NotOlderThan(`auth_time`, "")', 26,
+     "NotOlderThan takes a duration more than zero, like `15m`, `30s` or `1h`, not ``"),
+    ("NotOlderThan(`auth_time`, `0s`)", 26,
+     "NotOlderThan takes a duration more than zero, like `15m`, `30s` or `1h`, not `0s`"),
+    ("NotOlderThan(`auth_time`, `1\n5m`)", 26,
+     'NotOlderThan takes a duration more than zero, like `15m`, `30s` or `1h`, not "1\\n5m"'),
+    ("NotOlderThan(`auth_time`, `-5m`)", 26,
+     "NotOlderThan takes a duration more than zero, like `15m`, `30s` or `1h`, not `-5m`"),
     ("Equals(`a`, `b`)\n&& (Contains(`g`, `x`)\n|| Prefix(`b`))", 53, "Prefix takes 2 arguments, got 1"),
     ("(" * (MAX_DEPTH + 1) + A + ")" * (MAX_DEPTH + 1), MAX_DEPTH,
      f"rule is nested too deeply (more than {MAX_DEPTH} levels)"),
@@ -509,7 +533,7 @@ class EvaluationTests(_TableTestCase):
         """Each rule gives the expected decision on the claims."""
         def check(rule: str, claims: Tuple[Mapping[str, Any], Optional[Mapping[str, Any]]],
                   expected: bool) -> Optional[str]:
-            decision = Policy.parse(rule).evaluate(*claims)
+            decision = Policy.parse(rule).evaluate(*claims, now=NOW)
             if decision.allowed is not expected:
                 return f"allowed is {decision.allowed}, expected {expected} ({decision.reason})"
             return None
@@ -519,10 +543,10 @@ class EvaluationTests(_TableTestCase):
     def test_allowedIsConstant(self) -> None:
         """An allowed request gets one shared L{Decision}, with the reason C{allowed}."""
         p = Policy.parse("Contains(`groups`, `/staff`)")
-        first = p.evaluate(KEYCLOAK_ID)
+        first = p.evaluate(KEYCLOAK_ID, now=NOW)
         self.assertEqual(first, Decision(True, "allowed"))
-        self.assertIs(p.evaluate(KEYCLOAK_ID), first)
-        self.assertIs(Policy.parse().evaluate({}), first)
+        self.assertIs(p.evaluate(KEYCLOAK_ID, now=NOW), first)
+        self.assertIs(Policy.parse().evaluate({}, now=NOW), first)
 
     def test_decisionFrozen(self) -> None:
         """L{Decision} is immutable."""
@@ -565,7 +589,7 @@ class EvaluationTests(_TableTestCase):
 
         def check(rule: str, idc: Mapping[str, Any], acc: Optional[Mapping[str, Any]],
                   reason: str) -> Optional[str]:
-            decision = Policy.parse(rule).evaluate(idc, acc)
+            decision = Policy.parse(rule).evaluate(idc, acc, now=NOW)
             if decision != Decision(False, reason):
                 return f"got {decision!r}, expected reason {reason!r}"
             return None
@@ -578,14 +602,14 @@ class EvaluationTests(_TableTestCase):
         200, however large the claims and the rule are.
         """
         p = Policy.parse("Contains(`groups`, `admins`)")
-        decision = p.evaluate({"groups": [f"group-{i}" for i in range(1000)]})
+        decision = p.evaluate({"groups": [f"group-{i}" for i in range(1000)]}, now=NOW)
         self.assertEqual(
             decision.reason,
             'Contains(`groups`, `admins`) is false: groups is '
             '["group-0", "group-1", "group-2", "group-3", "group-4", "gr\u2026',
         )
         rule = " || ".join(f"Equals(`claim{i}`, `value{i}`)" for i in range(20))
-        decision = Policy.parse(rule).evaluate({f"claim{i}": "x" * 1000 for i in range(20)})
+        decision = Policy.parse(rule).evaluate({f"claim{i}": "x" * 1000 for i in range(20)}, now=NOW)
         self.assertFalse(decision.allowed)
         self.assertEqual(len(decision.reason), 200)
         self.assertTrue(decision.reason.startswith(
@@ -594,7 +618,7 @@ class EvaluationTests(_TableTestCase):
 
     def test_unrenderableClaim(self) -> None:
         """A claim value that is not JSON (an embedding application's own claims) is shown by its repr."""
-        decision = Policy.parse("Equals(`when`, `x`)").evaluate({"when": {1, 2}})
+        decision = Policy.parse("Equals(`when`, `x`)").evaluate({"when": {1, 2}}, now=NOW)
         self.assertEqual(decision.reason, "Equals(`when`, `x`) is false: when is \"{1, 2}\"")
 
     def test_mappingTypes(self) -> None:
@@ -602,9 +626,9 @@ class EvaluationTests(_TableTestCase):
         from types import MappingProxyType
 
         claims = MappingProxyType({"realm_access": MappingProxyType({"roles": ("admin",)})})
-        self.assertTrue(Policy.parse("Contains(`realm_access.roles`, `admin`)").evaluate(claims).allowed)
-        self.assertTrue(Policy.parse("OneOf(`realm_access.roles`, `x`, `admin`)").evaluate(claims).allowed)
-        self.assertTrue(Policy.parse("Prefix(`realm_access.roles`, `adm`)").evaluate(claims).allowed)
+        for rule in ("Contains(`realm_access.roles`, `admin`)", "OneOf(`realm_access.roles`, `x`, `admin`)",
+                     "Prefix(`realm_access.roles`, `adm`)"):
+            self.assertTrue(Policy.parse(rule).evaluate(claims, now=NOW).allowed, rule)
 
     def test_splitContainsAgreesWithSplit(self) -> None:
         """
@@ -621,7 +645,7 @@ class EvaluationTests(_TableTestCase):
             for sep in seps:
                 for value in values:
                     rule = f"SplitContains(`s`, `{sep}`, `{value}`)"
-                    got = Policy.parse(rule).evaluate({"s": claim}).allowed
+                    got = Policy.parse(rule).evaluate({"s": claim}, now=NOW).allowed
                     if got != (value in claim.split(sep)):
                         mismatches.append((claim, sep, value, got))
         self.assertEqual(mismatches, [])
@@ -649,11 +673,11 @@ class EvaluationTests(_TableTestCase):
         denied = dict(KEYCLOAK_ID, groups=["/banned"])
         allowed = 0
         for i in range(10000):
-            if p.evaluate(KEYCLOAK_ID if i % 2 else denied, KEYCLOAK_ACCESS).allowed:
+            if p.evaluate(KEYCLOAK_ID if i % 2 else denied, KEYCLOAK_ACCESS, now=NOW).allowed:
                 allowed += 1
         self.assertEqual(allowed, 5000)
         self.assertEqual(
-            p.evaluate(denied, KEYCLOAK_ACCESS).reason,
+            p.evaluate(denied, KEYCLOAK_ACCESS, now=NOW).reason,
             'Contains(`groups`, `/banned`) is true: groups is ["/banned"]',
         )
 
@@ -801,7 +825,7 @@ class AllowListTests(_TableTestCase):
         def check(name: str, kwargs: Dict[str, Any], claims: Dict[str, Any], allowed: bool,
                   reason: str) -> Optional[str]:
             p = Policy.parse(**kwargs)
-            decision = p.evaluate(claims, {"groups": ["ops"]})
+            decision = p.evaluate(claims, {"groups": ["ops"]}, now=NOW)
             if decision != Decision(allowed, reason):
                 return f"got {decision!r}, expected ({allowed}, {reason!r})"
             return None
@@ -812,8 +836,8 @@ class AllowListTests(_TableTestCase):
         """Only a policy with no rule and no allow-list always allows."""
         self.assertTrue(Policy.parse().always_allows)
         self.assertTrue(Policy.parse(None, allowed_groups=(), allowed_emails=[]).always_allows)
-        self.assertTrue(Policy.parse().evaluate({}).allowed)
-        self.assertEqual(Policy.parse().explain({}), [])
+        self.assertTrue(Policy.parse().evaluate({}, now=NOW).allowed)
+        self.assertEqual(Policy.parse().explain({}, now=NOW), [])
         self.assertFalse(Policy.parse("Equals(`a`, `b`)").always_allows)
         self.assertFalse(Policy.parse(allowed_groups=["g"]).always_allows)
         self.assertFalse(Policy.parse(allowed_emails=["a@example.com"]).always_allows)
@@ -851,7 +875,7 @@ class ExplainTests(SynchronousTestCase):
         """
         p = Policy.parse(NESTED, allowed_email_domains=["example.com"])
         claims = {"groups": ["staff"], "email": "guest@example.com", "email_verified": True}
-        self.assertEqual(p.explain(claims, {"realm_access": {"roles": ["reader"]}}), [
+        self.assertEqual(p.explain(claims, {"realm_access": {"roles": ["reader"]}}, now=NOW), [
             "allowed_email_domains: true (guest@example.com is allowed and verified)",
             "Contains(`groups`, `admins`) || Equals(`email_verified`, `true`) && !Prefix(`email`, `guest`)"
             " && OneOf(`access_token.realm_access.roles`, `reader`, `writer`): false",
@@ -863,7 +887,7 @@ class ExplainTests(SynchronousTestCase):
             '      Prefix(`email`, `guest`): true (email is "guest@example.com")',
         ])
         self.assertEqual(
-            p.evaluate(claims).reason,
+            p.evaluate(claims, now=NOW).reason,
             'Contains(`groups`, `admins`) is false: groups is ["staff"];'
             ' Prefix(`email`, `guest`) is true: email is "guest@example.com"',
         )
@@ -872,7 +896,7 @@ class ExplainTests(SynchronousTestCase):
         """An allowed request is traced down to the terms that allowed it."""
         p = Policy.parse(NESTED)
         claims = {"groups": "x", "email": "alice@example.com", "email_verified": True}
-        self.assertEqual(p.explain(claims), [
+        self.assertEqual(p.explain(claims, now=NOW), [
             "Contains(`groups`, `admins`) || Equals(`email_verified`, `true`) && !Prefix(`email`, `guest`)"
             " && OneOf(`access_token.realm_access.roles`, `reader`, `writer`): false",
             '  Contains(`groups`, `admins`): false (groups is "x")',
@@ -884,10 +908,10 @@ class ExplainTests(SynchronousTestCase):
             "    OneOf(`access_token.realm_access.roles`, `reader`, `writer`): false"
             " (access_token.realm_access.roles is missing (no access token))",
         ])
-        self.assertEqual(p.explain(claims, {"realm_access": {"roles": ["writer"]}})[-1],
+        self.assertEqual(p.explain(claims, {"realm_access": {"roles": ["writer"]}}, now=NOW)[-1],
                          "    OneOf(`access_token.realm_access.roles`, `reader`, `writer`): true"
                          ' (access_token.realm_access.roles is ["writer"])')
-        self.assertEqual(p.explain({"groups": ["admins"]}), [
+        self.assertEqual(p.explain({"groups": ["admins"]}, now=NOW), [
             "Contains(`groups`, `admins`) || Equals(`email_verified`, `true`) && !Prefix(`email`, `guest`)"
             " && OneOf(`access_token.realm_access.roles`, `reader`, `writer`): true",
             '  Contains(`groups`, `admins`): true (groups is ["admins"])',
@@ -896,11 +920,11 @@ class ExplainTests(SynchronousTestCase):
     def test_stopsAtFailingAllowList(self) -> None:
         """As L{Policy.evaluate} does, the trace stops at the first allow-list that fails."""
         p = Policy.parse("Equals(`a`, `b`)", allowed_groups=["ops", "dev"], allowed_emails=["a@example.com"])
-        self.assertEqual(p.explain({"groups": ["ops"], "email": "b@example.com"}), [
+        self.assertEqual(p.explain({"groups": ["ops"], "email": "b@example.com"}, now=NOW), [
             'allowed_groups: true (groups is ["ops"])',
             "allowed_emails: false (b@example.com is not one of a@example.com)",
         ])
-        self.assertEqual(p.explain({"groups": "qa"}), [
+        self.assertEqual(p.explain({"groups": "qa"}, now=NOW), [
             'allowed_groups: false (groups is "qa"; allowed: ops, dev)',
         ])
 
@@ -911,7 +935,7 @@ class ExplainTests(SynchronousTestCase):
         """
         for rule, claims, expected in EVALUATION:
             p = Policy.parse(rule)
-            lines = p.explain(*claims)
+            lines = p.explain(*claims, now=NOW)
             head = f"{p.rule}: {'true' if expected else 'false'}"
             self.assertTrue(lines[0] == head or lines[0].startswith(head + " ("), (rule, lines))
 

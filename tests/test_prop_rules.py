@@ -7,7 +7,8 @@ rule never raises, whatever the claims.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+import math
+from typing import Any, Dict, List, Optional, Tuple
 
 from hypothesis import example
 from hypothesis import strategies as st
@@ -21,9 +22,13 @@ CLAIM_NAMES = ["groups", "email", "email_verified", "sub", "realm_access.roles",
                "access_token.scope", "id_token.sub", "access_token.realm_access.roles", "x.y.z",
                "n", "é", "a b", "", " a", "a.", ".a", "a..b", "a\\", "a\\x", "`", '"', "\\"]
 VALUES = st.one_of(st.sampled_from(["admins", "", "true", "false", "42", "1.5", "1e3", "-0", "x",
-                                    " ", ",", "`", '"', "\\", "\\\"", "é", "a.b", "@example.com"]),
+                                    " ", ",", "`", '"', "\\", "\\\"", "é", "a.b", "@example.com",
+                                    "15m", "30s", "1h30m", "500ms", "0s", "2d"]),
                    st.text(max_size=8))
-FUNCTIONS = {"Equals": 2, "Prefix": 2, "Contains": 2, "SplitContains": 3, "OneOf": 2}
+FUNCTIONS = {"Equals": 2, "Prefix": 2, "Contains": 2, "SplitContains": 3, "OneOf": 2,
+             "NotOlderThan": 2}
+NOW = st.floats(0, 4e9)
+"""The time of a request: any from the epoch to past 2096."""
 BLANKS = st.sampled_from(["", " ", "  ", "\t", "\n", "\u00a0"])
 
 
@@ -137,11 +142,12 @@ class ParserTests(SynchronousTestCase):
 
 
 class EvaluationTests(SynchronousTestCase):
-    @given(RULES, CLAIMS, st.one_of(st.none(), CLAIMS), LISTS, LISTS, LISTS, st.booleans())
+    @given(RULES, CLAIMS, st.one_of(st.none(), CLAIMS), LISTS, LISTS, LISTS, st.booleans(), NOW)
     @scaled(300)
     def test_evaluation_never_raises(self, rule: str, id_claims: Dict[str, Any],
                                      access: Optional[Dict[str, Any]], groups: List[str],
-                                     emails: List[str], domains: List[str], verify: bool) -> None:
+                                     emails: List[str], domains: List[str], verify: bool,
+                                     now: float) -> None:
         """
         Evaluating a parsed rule and allow-lists on any JSON-like claims gives
         a Decision with a short reason, and the same answer from its
@@ -152,13 +158,63 @@ class EvaluationTests(SynchronousTestCase):
                                   allowed_email_domains=domains, require_email_verified=verify)
         except RuleSyntaxError:
             return
-        decision = policy.evaluate(id_claims, access)
+        decision = policy.evaluate(id_claims, access, now=now)
         self.assertIsInstance(decision, Decision)
         self.assertLessEqual(len(decision.reason), 200)
         self.assertTrue(decision.reason)
-        lines = policy.explain(id_claims, access)
+        lines = policy.explain(id_claims, access, now=now)
         self.assertTrue(all(isinstance(line, str) for line in lines))
         if policy.rule is not None:
             again = Policy.parse(policy.rule, allowed_groups=groups, allowed_emails=emails,
                                  allowed_email_domains=domains, require_email_verified=verify)
-            self.assertEqual(again.evaluate(id_claims, access).allowed, decision.allowed)
+            self.assertEqual(again.evaluate(id_claims, access, now=now).allowed, decision.allowed)
+
+
+DURATIONS = st.sampled_from([("15m", 900.0), ("30s", 30.0), ("1h30m", 5400.0), ("500ms", 0.5),
+                             ("2d", 172800.0)])
+
+
+@st.composite
+def dated(draw: st.DrawFn) -> Tuple[Any, float]:
+    """A claim value and the time of the request: mostly numbers near that time."""
+    now = draw(NOW)
+    value = draw(st.one_of(
+        SCALARS,
+        st.floats(-1e4, 2e5).map(lambda ago: now - ago),
+        st.integers(-(10**4), 2 * 10**5).map(lambda ago: int(now) - ago),
+    ))
+    return value, now
+
+
+class NotOlderThanTests(SynchronousTestCase):
+    @given(dated(), DURATIONS)
+    @scaled(300)
+    @example((True, 1e9), ("15m", 900.0))
+    @example((10**400, 1e9), ("15m", 900.0))
+    @example((float("nan"), 1e9), ("15m", 900.0))
+    def test_age_arithmetic(self, claim: Tuple[Any, float], duration: Tuple[str, float]) -> None:
+        """
+        C{NotOlderThan} is true exactly for a finite number that is not a
+        boolean and is at most the duration before C{now}; its reason and
+        its trace say why, in one line.
+        """
+        value, now = claim
+        text, seconds = duration
+        policy = Policy.parse(f"NotOlderThan(`auth_time`, `{text}`)")
+        expected = False
+        if not isinstance(value, bool) and isinstance(value, (int, float)):
+            try:
+                ago = now - float(value)
+            except OverflowError:
+                ago = math.inf
+            expected = math.isfinite(ago) and ago <= seconds
+        decision = policy.evaluate({"auth_time": value}, now=now)
+        self.assertIs(decision.allowed, expected)
+        (line,) = policy.explain({"auth_time": value}, now=now)
+        self.assertTrue(line.startswith(f"NotOlderThan(`auth_time`, `{text}`): "
+                                        f"{'true' if expected else 'false'} (auth_time is "), line)
+        self.assertNotIn("\n", line)
+        if not expected:
+            self.assertTrue(decision.reason.startswith(
+                f"NotOlderThan(`auth_time`, `{text}`) is false: auth_time is "), decision.reason)
+            self.assertLessEqual(len(decision.reason), 200)

@@ -546,3 +546,109 @@ class CheckWarningsTests(SynchronousTestCase):
         self.assertEqual(exited.exception.code, 0)
         self.assertEqual(out.getvalue(), "config OK\n")
         self.assertIn("warning: routes[0]", err.getvalue())
+
+
+class CheckStepUpTests(SynchronousTestCase):
+    """
+    --check --claims shows, for each route with acr_values or max_auth_age,
+    whether the sign-in the claims tell of meets them at the reactor's time,
+    and what a browser and an API client get when it does not.
+    """
+
+    NOW = 1_700_000_000.0
+
+    def run_check(self, claims: str, *args: str):
+        text = (
+            'public_url = "https://app.example"\n'
+            '[oidc]\nissuer = "https://idp.example"\nclient_id = "c"\nclient_secret = "s"\n'
+            '[session]\nsecrets = ["' + SECRET + '"]\n'
+            '[[routes]]\npath = "/admin"\nupstream = "http://127.0.0.1:9"\n'
+            'acr_values = ["gold", "platinum"]\nmax_auth_age = "15m"\n'
+            '[[routes]]\npath = "/pay"\nupstream = "http://127.0.0.1:9"\nauth = "bearer"\n'
+            'acr_values = ["gold"]\nrule = "NotOlderThan(`auth_time`, `1h`)"\n'
+            '[[routes]]\npath = "/"\nupstream = "http://127.0.0.1:9"\n'
+        )
+        files = []
+        for content, suffix in ((text, ".toml"), (claims, ".json")):
+            with tempfile.NamedTemporaryFile("w", suffix=suffix, delete=False) as f:
+                f.write(content)
+            self.addCleanup(os.unlink, f.name)
+            files.append(f.name)
+        o = tap.Options()
+        o.parseOptions(["--config", files[0], "--check", "--claims", files[1], *args])
+        out = io.StringIO()
+        reactor = MemoryReactorClock()
+        reactor.advance(self.NOW)
+        status = tap.check(o, out, io.StringIO(), reactor=reactor)
+        return status, [line for line in out.getvalue().splitlines() if line != "config OK"]
+
+    def test_met(self):
+        """A sign-in at a listed acr, recent enough: met, naming the acr and its age."""
+        status, lines = self.run_check(f'{{"acr": "gold", "auth_time": {self.NOW - 120:.0f}}}')
+        self.assertEqual(status, 0)
+        self.assertEqual(lines, [
+            "routes[0] (*/admin, auth = session): allowed (any authenticated user)",
+            "    step-up: met by acr 'gold' signed in 120s ago",
+            "routes[1] (*/pay, auth = bearer): allowed: allowed",
+            "    NotOlderThan(`auth_time`, `1h`): true (auth_time is 120s ago, at most 1h)",
+            "    step-up: met by acr 'gold' signed in 120s ago",
+            "routes[2] (*/, auth = session): allowed (any authenticated user)",
+        ])
+
+    def test_unmet(self):
+        """
+        A sign-in too old or at another acr: why, and what a browser (a
+        sign-in asking the route's acr_values and max_age) and an API client
+        (401 insufficient_user_authentication) get; a bearer route has no
+        browser sign-in. The rules are measured at the same time.
+        """
+        status, lines = self.run_check(
+            f'{{"acr": "silver", "auth_time": {self.NOW - 1200:.0f}}}', "--path", "/admin/x")
+        self.assertEqual(status, 0)
+        self.assertEqual(lines, [
+            "routes[0] (*/admin, auth = session): allowed (any authenticated user)",
+            "    step-up: acr gold or platinum and a sign-in at most 900s old required; the"
+            " sign-in has acr 'silver', signed in 1200s ago: a browser signs in again with"
+            " acr_values=gold platinum max_age=900; an API client gets 401"
+            " insufficient_user_authentication",
+        ])
+        status, lines = self.run_check(f'{{"acr": "gold", "auth_time": {self.NOW - 4000:.0f}}}',
+                                       "--path", "/pay")
+        self.assertEqual(status, 2)
+        self.assertEqual(lines, [
+            "routes[1] (*/pay, auth = bearer): denied: NotOlderThan(`auth_time`, `1h`) is false:"
+            " auth_time is 4000s ago, more than 1h",
+            "    NotOlderThan(`auth_time`, `1h`): false (auth_time is 4000s ago, more than 1h)",
+            "    step-up: met by acr 'gold' signed in 4000s ago",
+        ])
+        status, lines = self.run_check('{"sub": "a"}', "--path", "/pay")
+        self.assertEqual(lines[-1], "    step-up: acr gold required; the sign-in has no acr,"
+                                    " no auth_time: an API client gets 401"
+                                    " insufficient_user_authentication")
+
+    def test_decision_words(self):
+        """
+        The step-up line names the sign-in that meets a route (an acr asked
+        for alone needs no auth_time; an age alone needs no acr), and a
+        session_or_bearer route says what both a browser and an API client get.
+        """
+        config = parse_config({
+            "public_url": "https://app.example",
+            "oidc": {"issuer": "https://idp.example", "client_id": "c", "client_secret": "s"},
+            "session": {"secrets": [SECRET]},
+            "routes": [
+                {"path": "/acr", "upstream": "http://127.0.0.1:9", "acr_values": ["gold"]},
+                {"path": "/age", "upstream": "http://127.0.0.1:9", "max_auth_age": "1h",
+                 "auth": "session_or_bearer"},
+            ],
+        }, "t.toml")
+        acr, age = config.routes
+        now = self.NOW
+        self.assertEqual(tap.step_up_decision(acr, {"acr": "gold"}, now),
+                         "met by acr 'gold' at an unknown time")
+        self.assertEqual(tap.step_up_decision(age, {"auth_time": now - 60}, now),
+                         "met by a sign-in without acr signed in 60s ago")
+        self.assertEqual(tap.step_up_decision(age, {"acr": "gold", "auth_time": "x"}, now),
+                         "a sign-in at most 3600s old required; the sign-in has acr 'gold', no"
+                         " auth_time: a browser signs in again with max_age=3600; an API client"
+                         " gets 401 insufficient_user_authentication")

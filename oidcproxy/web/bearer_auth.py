@@ -355,10 +355,10 @@ class BearerAuth:
         # The provider whose acr_claim reads the token: its issuer's, else the route's.
         provider = ctx.provider or route.provider or DEFAULT_PROVIDER
         sign_in = plan.latest(claims, provider)
+        now = state.clock.seconds()
         if requirement is not None:
             # Per request, cached tokens too: a sign-in ages.
             sign_ins = claims_sign_ins(claims, acr_claim_of(state.config, provider))
-            now = state.clock.seconds()
             met = meeting(requirement, sign_ins, now)
             if met is None:
                 log.info("bearer token of {sub} refused on {route}: {why}", sub=sub,
@@ -366,7 +366,7 @@ class BearerAuth:
                 insufficient(request, challenge(requirement))
                 return False
             sign_in = met
-        if not authorized(request, match.route, sub, claims, claims):
+        if not authorized(request, match.route, sub, claims, claims, now):
             return False
         ctx.identity = Identity(
             sub=sub, claims=claims, access_token=token, expires=claims.get("exp"))

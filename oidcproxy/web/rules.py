@@ -26,16 +26,18 @@ log = Logger()
 
 
 def authorized(request: Request, route: RouteConfig, sub: str, id_claims: Dict[str, Any],
-               access_claims: Optional[Dict[str, Any]]) -> bool:
+               access_claims: Optional[Dict[str, Any]], now: float) -> bool:
     """
     Apply the route's rule and allow-lists; answer 403 (and return False)
     when they deny in enforce mode. In audit mode a denial is logged as
     "would deny" and the request goes on.
+
+    @param now: the guard's clock time of the request (for C{NotOlderThan}).
     """
     policy = route.policy
     if policy is None:
         return True
-    decision = policy.evaluate(id_claims, access_claims)
+    decision = policy.evaluate(id_claims, access_claims, now=now)
     if decision.allowed:
         return True
     if route.policy_mode == "audit":

@@ -293,7 +293,7 @@ class SessionAuth:
                        "Please try again shortly.", {b"retry-after": b"5"})
                 return None, None
         route = match.route
-        if not self._allowed(request, route, session):
+        if not self._allowed(request, route, session, state.clock.seconds()):
             return None, None
         if renew:
             # Keep the idle clock (which lives inside the session) moving;
@@ -329,7 +329,7 @@ class SessionAuth:
                 not assured(request, match, session, now, self.step_up, state.config):
             return None, None
         route = match.route
-        if not self._allowed(request, route, session):
+        if not self._allowed(request, route, session, now):
             return None, None
         if route.session_expiry_headers:
             self._expiry_headers(request, session, now)
@@ -353,10 +353,10 @@ class SessionAuth:
         return idle > 0 and now - session.last_seen >= min(60.0, idle / 4)
 
     @staticmethod
-    def _allowed(request: Request, route: RouteConfig, session: Session) -> bool:
+    def _allowed(request: Request, route: RouteConfig, session: Session, now: float) -> bool:
         """The route's rule on the session's claims (False: refused, answered)."""
         return route.policy is None or authorized(
-            request, route, session.sub, session.claims, unverified_claims(session))
+            request, route, session.sub, session.claims, unverified_claims(session), now)
 
     def _expiry_headers(self, request: Request, session: Session, now: float) -> None:
         """The answer's hints of when the session ends, and when it lapses idle."""

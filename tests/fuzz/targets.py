@@ -124,9 +124,9 @@ def claim_rule(data: bytes) -> None:
         assert 0 <= e.position <= len(rule), (e.position, len(rule))
         str(e)
         return
-    policy.evaluate(CLAIMS, None)
-    policy.evaluate(CLAIMS, CLAIMS)
-    policy.explain(CLAIMS, {})
+    policy.evaluate(CLAIMS, None, now=0.0)
+    policy.evaluate(CLAIMS, CLAIMS, now=0.0)
+    policy.explain(CLAIMS, {}, now=0.0)
     assert policy.rule is not None
     assert Policy.parse(policy.rule).rule == policy.rule
 

@@ -20,7 +20,8 @@ any two tokens)::
     unary    = "!" , unary | primary ;
     primary  = "(" , or , ")" | call ;
     call     = function , "(" , [ string , { "," , string } ] , ")" ;
-    function = "Equals" | "Prefix" | "Contains" | "SplitContains" | "OneOf" ;
+    function = "Equals" | "Prefix" | "Contains" | "SplitContains" | "OneOf"
+             | "NotOlderThan" ;
     string   = "`" , { any character but "`" } , "`"
              | '"' , { any character but '"' and "\\" | "\\" , any character } , '"' ;
 
@@ -46,6 +47,11 @@ ID token is the default.
       part that is exactly C{v}. C{sep} must not be empty.
     - C{OneOf(claim, v1, v2, ...)}: the claim equals one of the values (as
       C{Equals} compares), or an array claim has an element that does.
+    - C{NotOlderThan(claim, duration)}: the claim is a NumericDate (a finite
+      JSON number, not a boolean: C{auth_time}, C{iat}) at most C{duration}
+      (C{"15m"}, C{"30s"}, C{"1h"}, as the configuration writes durations;
+      more than zero) before the time of the request; a time in the future
+      counts as fresh.
 
 A claim that is missing, or is of a type the function does not handle (an
 object, C{null}, a number given to C{Prefix}), makes the function false, never
@@ -176,19 +182,23 @@ class Policy:
         """True when there is no rule and no allow-list."""
         return not self._checks
 
-    def evaluate(self, id_claims: Mapping[str, Any], access_claims: Optional[Mapping[str, Any]] = None
-                 ) -> Decision:
+    def evaluate(self, id_claims: Mapping[str, Any], access_claims: Optional[Mapping[str, Any]] = None,
+                 *, now: float) -> Decision:
         """
         Decide on a request from the claims of its ID token and access token
         (None when there is no access token, or it is opaque).
+
+        @param now: the time of the request, in seconds since the epoch (the
+            guard's clock): what C{NotOlderThan} measures ages against.
         """
         for check in self._checks:
-            if not check.test(id_claims, access_claims):
-                return Decision(False, clip(check.why_false(id_claims, access_claims), REASON_MAX))
+            if not check.test(id_claims, access_claims, now):
+                return Decision(False, clip(check.why_false(id_claims, access_claims, now),
+                                            REASON_MAX))
         return _ALLOWED
 
-    def explain(self, id_claims: Mapping[str, Any], access_claims: Optional[Mapping[str, Any]] = None
-                ) -> List[str]:
+    def explain(self, id_claims: Mapping[str, Any], access_claims: Optional[Mapping[str, Any]] = None,
+                *, now: float) -> List[str]:
         """
         A trace of L{evaluate}: one line per check and sub-expression it
         evaluates, in order, indented by two spaces per level, each ending in
@@ -197,7 +207,7 @@ class Policy:
         """
         out: List[str] = []
         for check in self._checks:
-            if not check.trace(id_claims, access_claims, 0, out):
+            if not check.trace(id_claims, access_claims, now, 0, out):
                 break
         return out
 

@@ -101,6 +101,13 @@ def quote(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def seconds(value: float) -> str:
+    """A number of seconds as a reason shows it: C{1200}, C{0.25}, C{899.999}, C{3.2e+20}."""
+    if value >= 1e12:
+        return f"{value:.6g}"
+    return f"{value:.3f}".rstrip("0").rstrip(".")
+
+
 def tf(value: bool) -> str:
     return "true" if value else "false"
 

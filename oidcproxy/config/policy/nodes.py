@@ -2,13 +2,29 @@
 The compiled rule: a small tree of nodes. C{test} is the hot path (no
 parsing, no regular expressions, C{&&} and C{||} short-circuit);
 C{why_false}, C{why_true} and C{trace} explain a result afterwards.
+
+Every method takes C{now}, the time of the request (seconds since the epoch,
+from the guard's clock) that L{NotOlderThan} measures ages against: no node
+reads a clock, so one request sees one time and tests choose it.
 """
 
 from __future__ import annotations
 
-from typing import Any, FrozenSet, Iterator, List, Sequence, Tuple
+from typing import Any, FrozenSet, Iterator, List, Optional, Sequence, Tuple
 
-from .claims import ClaimPath, Claims, lookup, quote, render, scalar_text, scalarish, tf
+from ..values import parse_duration
+from .claims import (
+    MISSING,
+    ClaimPath,
+    Claims,
+    lookup,
+    quote,
+    render,
+    scalar_text,
+    scalarish,
+    seconds,
+    tf,
+)
 
 
 class Node:
@@ -23,16 +39,16 @@ class Node:
     prec = 2  # 0: ||, 1: &&, 2: ! and calls; decides where the text needs parentheses
     text: str
 
-    def test(self, idc: Claims, acc: Claims) -> bool:
+    def test(self, idc: Claims, acc: Claims, now: float) -> bool:
         raise NotImplementedError()
 
-    def why_false(self, idc: Claims, acc: Claims) -> str:
+    def why_false(self, idc: Claims, acc: Claims, now: float) -> str:
         raise NotImplementedError()
 
-    def why_true(self, idc: Claims, acc: Claims) -> str:
+    def why_true(self, idc: Claims, acc: Claims, now: float) -> str:
         raise NotImplementedError()
 
-    def trace(self, idc: Claims, acc: Claims, depth: int, out: List[str]) -> bool:
+    def trace(self, idc: Claims, acc: Claims, now: float, depth: int, out: List[str]) -> bool:
         raise NotImplementedError()
 
     def claim_paths(self) -> Iterator[ClaimPath]:
@@ -57,21 +73,21 @@ class Function(Node):
         self.args = args
         self.text = f"{self.name}({', '.join(quote(a) for a in (claim, *args))})"
 
-    def detail(self, idc: Claims, acc: Claims) -> str:
+    def detail(self, idc: Claims, acc: Claims, now: float) -> str:
         claims = acc if self.access else idc
         if claims is None:
             return f"{self.claim} is missing (no access token)"
         return f"{self.claim} is {render(lookup(claims, self.path))}"
 
-    def why_false(self, idc: Claims, acc: Claims) -> str:
-        return f"{self.text} is false: {self.detail(idc, acc)}"
+    def why_false(self, idc: Claims, acc: Claims, now: float) -> str:
+        return f"{self.text} is false: {self.detail(idc, acc, now)}"
 
-    def why_true(self, idc: Claims, acc: Claims) -> str:
-        return f"{self.text} is true: {self.detail(idc, acc)}"
+    def why_true(self, idc: Claims, acc: Claims, now: float) -> str:
+        return f"{self.text} is true: {self.detail(idc, acc, now)}"
 
-    def trace(self, idc: Claims, acc: Claims, depth: int, out: List[str]) -> bool:
-        result = self.test(idc, acc)
-        out.append(f"{'  ' * depth}{self.text}: {tf(result)} ({self.detail(idc, acc)})")
+    def trace(self, idc: Claims, acc: Claims, now: float, depth: int, out: List[str]) -> bool:
+        result = self.test(idc, acc, now)
+        out.append(f"{'  ' * depth}{self.text}: {tf(result)} ({self.detail(idc, acc, now)})")
         return result
 
     def claim_paths(self) -> Iterator[ClaimPath]:
@@ -91,7 +107,7 @@ class Equals(Function):
         super().__init__(claim, path, access, args)
         self.value = args[0]
 
-    def test(self, idc: Claims, acc: Claims) -> bool:
+    def test(self, idc: Claims, acc: Claims, now: float) -> bool:
         v = lookup(acc if self.access else idc, self.path)
         if v.__class__ is str:
             return v == self.value
@@ -106,7 +122,7 @@ class Prefix(Function):
         super().__init__(claim, path, access, args)
         self.value = args[0]
 
-    def test(self, idc: Claims, acc: Claims) -> bool:
+    def test(self, idc: Claims, acc: Claims, now: float) -> bool:
         v = lookup(acc if self.access else idc, self.path)
         if isinstance(v, str):
             return v.startswith(self.value)
@@ -136,7 +152,7 @@ class Contains(Function):
         self.value = args[0]
         self.scalarish = scalarish(self.value)
 
-    def test(self, idc: Claims, acc: Claims) -> bool:
+    def test(self, idc: Claims, acc: Claims, now: float) -> bool:
         v = lookup(acc if self.access else idc, self.path)
         if isinstance(v, str):
             return self.value in v
@@ -157,7 +173,7 @@ class SplitContains(Function):
         # separators or the ends, without building the list of parts.
         self.simple = len(self.sep) == 1 and self.sep not in self.value
 
-    def test(self, idc: Claims, acc: Claims) -> bool:
+    def test(self, idc: Claims, acc: Claims, now: float) -> bool:
         s = lookup(acc if self.access else idc, self.path)
         if not isinstance(s, str):
             return False
@@ -185,7 +201,7 @@ class OneOf(Function):
         self.values: FrozenSet[str] = frozenset(args)
         self.scalarish = any(scalarish(a) for a in args)
 
-    def test(self, idc: Claims, acc: Claims) -> bool:
+    def test(self, idc: Claims, acc: Claims, now: float) -> bool:
         v = lookup(acc if self.access else idc, self.path)
         if v.__class__ is str:
             return v in self.values
@@ -202,6 +218,67 @@ class OneOf(Function):
         return scalar_text(v) in self.values
 
 
+def duration(text: str) -> float:
+    """
+    The seconds of a L{NotOlderThan} duration (C{"15m"}, C{"30s"}, C{"1h"},
+    as the configuration writes durations).
+
+    @raise ValueError: not a duration, or not more than zero.
+    """
+    value = parse_duration(text)
+    if value <= 0:
+        raise ValueError(f"{text!r} is no time at all")
+    return value
+
+
+def age(value: Any, now: float) -> Optional[float]:
+    """
+    How long before C{now} a NumericDate claim is (negative: after it); None
+    when the claim is not a NumericDate: a finite JSON number, not a boolean.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        ago = now - value
+    except OverflowError:  # an integer too large for a float
+        return None
+    return ago if ago - ago == 0.0 else None  # not infinite, not NaN
+
+
+class NotOlderThan(Function):
+    """
+    The claim is a NumericDate (C{auth_time}, C{iat}) at most C{seconds}
+    before the time of the request; one in the future counts as fresh, as
+    an IdP's clock a little ahead of ours makes it.
+    """
+
+    __slots__ = ("seconds",)
+    name = "NotOlderThan"
+
+    def __init__(self, claim: str, path: Tuple[str, ...], access: bool, args: Tuple[str, ...]) -> None:
+        super().__init__(claim, path, access, args)
+        self.seconds = duration(args[0])
+
+    def test(self, idc: Claims, acc: Claims, now: float) -> bool:
+        ago = age(lookup(acc if self.access else idc, self.path), now)
+        return ago is not None and ago <= self.seconds
+
+    def detail(self, idc: Claims, acc: Claims, now: float) -> str:
+        claims = acc if self.access else idc
+        if claims is None:
+            return f"{self.claim} is missing (no access token)"
+        value = lookup(claims, self.path)
+        ago = age(value, now)
+        if ago is None:
+            if value is MISSING:
+                return f"{self.claim} is missing"
+            return f"{self.claim} is {render(value)}, not a NumericDate"
+        if ago < 0:
+            return f"{self.claim} is {seconds(-ago)}s in the future"
+        limit = "at most" if ago <= self.seconds else "more than"
+        return f"{self.claim} is {seconds(ago)}s ago, {limit} {self.args[0]}"
+
+
 class And(Node):
     __slots__ = ("children",)
     prec = 1
@@ -210,27 +287,27 @@ class And(Node):
         self.children = tuple(children)
         self.text = " && ".join(wrap(c, 1) for c in self.children)
 
-    def test(self, idc: Claims, acc: Claims) -> bool:
+    def test(self, idc: Claims, acc: Claims, now: float) -> bool:
         for child in self.children:
-            if not child.test(idc, acc):
+            if not child.test(idc, acc, now):
                 return False
         return True
 
-    def why_false(self, idc: Claims, acc: Claims) -> str:
+    def why_false(self, idc: Claims, acc: Claims, now: float) -> str:
         for child in self.children:
-            if not child.test(idc, acc):
-                return child.why_false(idc, acc)
+            if not child.test(idc, acc, now):
+                return child.why_false(idc, acc, now)
         return f"{self.text} is true"  # pragma: no cover - only called when false
 
-    def why_true(self, idc: Claims, acc: Claims) -> str:
-        return "; ".join(child.why_true(idc, acc) for child in self.children)
+    def why_true(self, idc: Claims, acc: Claims, now: float) -> str:
+        return "; ".join(child.why_true(idc, acc, now) for child in self.children)
 
-    def trace(self, idc: Claims, acc: Claims, depth: int, out: List[str]) -> bool:
+    def trace(self, idc: Claims, acc: Claims, now: float, depth: int, out: List[str]) -> bool:
         at = len(out)
         out.append("")
         result = True
         for child in self.children:
-            if not child.trace(idc, acc, depth + 1, out):
+            if not child.trace(idc, acc, now, depth + 1, out):
                 result = False
                 break
         out[at] = f"{'  ' * depth}{self.text}: {tf(result)}"
@@ -252,27 +329,27 @@ class Or(Node):
         self.children = tuple(children)
         self.text = " || ".join(wrap(c, 0) for c in self.children)
 
-    def test(self, idc: Claims, acc: Claims) -> bool:
+    def test(self, idc: Claims, acc: Claims, now: float) -> bool:
         for child in self.children:
-            if child.test(idc, acc):
+            if child.test(idc, acc, now):
                 return True
         return False
 
-    def why_false(self, idc: Claims, acc: Claims) -> str:
-        return "; ".join(child.why_false(idc, acc) for child in self.children)
+    def why_false(self, idc: Claims, acc: Claims, now: float) -> str:
+        return "; ".join(child.why_false(idc, acc, now) for child in self.children)
 
-    def why_true(self, idc: Claims, acc: Claims) -> str:
+    def why_true(self, idc: Claims, acc: Claims, now: float) -> str:
         for child in self.children:
-            if child.test(idc, acc):
-                return child.why_true(idc, acc)
+            if child.test(idc, acc, now):
+                return child.why_true(idc, acc, now)
         return f"{self.text} is false"  # pragma: no cover - only called when true
 
-    def trace(self, idc: Claims, acc: Claims, depth: int, out: List[str]) -> bool:
+    def trace(self, idc: Claims, acc: Claims, now: float, depth: int, out: List[str]) -> bool:
         at = len(out)
         out.append("")
         result = False
         for child in self.children:
-            if child.trace(idc, acc, depth + 1, out):
+            if child.trace(idc, acc, now, depth + 1, out):
                 result = True
                 break
         out[at] = f"{'  ' * depth}{self.text}: {tf(result)}"
@@ -293,19 +370,19 @@ class Not(Node):
         self.child = child
         self.text = "!" + wrap(child, 1)
 
-    def test(self, idc: Claims, acc: Claims) -> bool:
-        return not self.child.test(idc, acc)
+    def test(self, idc: Claims, acc: Claims, now: float) -> bool:
+        return not self.child.test(idc, acc, now)
 
-    def why_false(self, idc: Claims, acc: Claims) -> str:
-        return self.child.why_true(idc, acc)
+    def why_false(self, idc: Claims, acc: Claims, now: float) -> str:
+        return self.child.why_true(idc, acc, now)
 
-    def why_true(self, idc: Claims, acc: Claims) -> str:
-        return self.child.why_false(idc, acc)
+    def why_true(self, idc: Claims, acc: Claims, now: float) -> str:
+        return self.child.why_false(idc, acc, now)
 
-    def trace(self, idc: Claims, acc: Claims, depth: int, out: List[str]) -> bool:
+    def trace(self, idc: Claims, acc: Claims, now: float, depth: int, out: List[str]) -> bool:
         at = len(out)
         out.append("")
-        result = not self.child.trace(idc, acc, depth + 1, out)
+        result = not self.child.trace(idc, acc, now, depth + 1, out)
         out[at] = f"{'  ' * depth}{self.text}: {tf(result)}"
         return result
 

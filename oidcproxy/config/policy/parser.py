@@ -8,8 +8,20 @@ from __future__ import annotations
 import difflib
 from typing import Dict, List, NoReturn, Optional, Sequence, Tuple
 
-from .claims import clip
-from .nodes import And, Contains, Equals, Node, Not, OneOf, Or, Prefix, SplitContains
+from .claims import clip, quote, render
+from .nodes import (
+    And,
+    Contains,
+    Equals,
+    Node,
+    Not,
+    NotOlderThan,
+    OneOf,
+    Or,
+    Prefix,
+    SplitContains,
+    duration,
+)
 
 MAX_DEPTH = 64
 """The deepest nesting of parentheses and C{!} a rule may have."""
@@ -46,6 +58,7 @@ FUNCTIONS: Dict[str, Tuple[type, int, Optional[int]]] = {
     "Contains": (Contains, 2, 2),
     "SplitContains": (SplitContains, 3, 3),
     "OneOf": (OneOf, 2, None),
+    "NotOlderThan": (NotOlderThan, 2, 2),
 }
 
 TOKENS = ("id_token", "access_token")
@@ -205,6 +218,14 @@ class Parser:
         claim, path, access = self.claim(args[0])
         if name == "SplitContains" and args[1][0] == "":
             self.fail("SplitContains separator must not be empty", args[1][1])
+        if name == "NotOlderThan":
+            try:
+                duration(args[1][0])
+            except ValueError:
+                text = args[1][0]
+                shown = clip(quote(text), 40) if text.isprintable() else render(text)
+                self.fail("NotOlderThan takes a duration more than zero, like `15m`, `30s` or "
+                          f"`1h`, not {shown}", args[1][1])
         node: Node = cls(claim, path, access, tuple(a[0] for a in args[1:]))
         return node
 
