@@ -29,6 +29,7 @@ from .headers import set_session_identity
 from .parts import GuardState
 from .requests import is_preflight, judged_method
 from .session_auth import Loaded, SessionAuth
+from .step_up import UpstreamStepUp
 
 __all__ = ["RouteAuth"]
 
@@ -48,6 +49,7 @@ class RouteAuth:
         self._bearer = bearer
         self._login = login
         self._pass_on = pass_on
+        self._upstream_step_up = UpstreamStepUp(state, login)
 
     def decide(self, request: Request, match: RouteMatch,
                authorization: Optional[Sequence[bytes]]) -> Optional[Coroutine[Any, Any, None]]:
@@ -184,4 +186,6 @@ class RouteAuth:
         """Pass on a request its session admitted (None: it was answered)."""
         if session is not None:
             set_session_identity(request, ctx, self._state.identity, session)
+            if match.route.step_up:
+                self._upstream_step_up.offer(request, ctx)
             self._pass_on(request, ctx, match)
