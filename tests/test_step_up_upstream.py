@@ -26,6 +26,7 @@ from zope.interface import implementer
 
 from oidcproxy.core.assurance import Requirement, challenge
 from oidcproxy.core.context import RequestContext, context
+from oidcproxy.web.endpoints.login import LoginEndpoint
 
 from .fakes import SESSION_COOKIE, STATE_PREFIX, GuardStandIn, ProxyStack, make_config
 from .idp import AUTHORIZATION_ENDPOINT, NAVIGATE_HEADERS, Browser, Page
@@ -230,6 +231,36 @@ class NavigationTests(SynchronousTestCase):
         self.assertEqual(back.code, 302, back.body)
         self.assertEqual(back.location, "https://app.test/pay/invoice?id=7")
 
+    def test_over_the_proxy_site(self) -> None:
+        """
+        The same over the proxy's own HTTP channel (its request class, which
+        applies the guard's answer itself): the redirect and the state cookie.
+        """
+        h = Harness(self)
+        out = h.stack.raw(b"GET /pay/x HTTP/1.1\r\nHost: app.test\r\nAccept: text/html\r\n"
+                          b"Sec-Fetch-Mode: navigate\r\nCookie: " + h.browser.cookie_header()
+                          + b"\r\n\r\n")
+        head = out.split(b"\r\n\r\n", 1)[0]
+        self.assertTrue(head.startswith(b"HTTP/1.1 302 "), out)
+        self.assertIn(b"\r\nLocation: " + AUTHORIZATION_ENDPOINT.encode(), head)
+        self.assertIn(b"\r\nSet-Cookie: " + STATE_PREFIX.encode(), head)
+        self.assertNotIn(b"WWW-Authenticate", head)
+        self.assertNotIn(b"app=1", head)
+        h.released()
+
+    def test_unexpected_error(self) -> None:
+        """A bug on the way is logged and answered 500, not left hanging."""
+        h = Harness(self)
+
+        def broken(*args: Any) -> Any:
+            raise RuntimeError("bug")
+
+        self.patch(LoginEndpoint, "step_up", broken)
+        page = h.browser.navigate("/pay/x")
+        self.assertEqual(page.code, 500)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        h.released()
+
     def test_head_steps_up(self) -> None:
         """A HEAD navigation too."""
         h = Harness(self)
@@ -266,6 +297,7 @@ class NavigationTests(SynchronousTestCase):
         self.assertEqual(page.code, 401, page.body)
         self.assertEqual(page.header(b"content-type"), b"text/html; charset=utf-8")
         self.assertEqual(page.header(b"cache-control"), b"no-store")
+        self.assertEqual(page.header(b"x-frame-options"), b"DENY")
         self.assertIn(b"frame-ancestors 'none'", page.header(b"content-security-policy"))
         self.assertEqual(page.header(b"www-authenticate"),
                          challenge(Requirement(("gold", "silver"), 300.0)))
