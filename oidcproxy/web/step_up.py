@@ -39,7 +39,7 @@ __all__ = ["UpstreamStepUp"]
 log = Logger()
 
 
-def _target(request: Request, ctx: RequestContext, query: bool) -> str:
+def _target(ctx: RequestContext, query: bool) -> str:
     """
     The request's own target as a return-to path (below the public URL):
     its routed path, with its query when C{query}.
@@ -95,11 +95,11 @@ class UpstreamStepUp:
                  requirement=requirement.describe(), method=method.decode("ascii", "replace"),
                  answer="step-up login" if method in (b"GET", b"HEAD") else "step-up page")
         if method in (b"GET", b"HEAD"):
-            await self._login.step_up(request, ctx.session, _target(request, ctx, True),
+            await self._login.step_up(request, ctx.session, _target(ctx, True),
                                       requirement)
             return
         decided(request, "step_up")
-        target = self._came_from(request) or _target(request, ctx, False)
+        target = self._came_from(request) or _target(ctx, False)
         pages = self._state.pages
         max_age = None if requirement.max_age is None else int(requirement.max_age)
         show(request, lambda r: pages.step_up(
