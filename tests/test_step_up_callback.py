@@ -232,12 +232,12 @@ class CarryOverTests(StepUpCallbackCase):
                       created=START, last_seen=START, expires=START + 1,
                       sign_ins=(("b", START - 50), ("a", START - 1), ("b", START - 20),
                                 ("c", None), ("new", START - 2)))
-        self.assertEqual(carried_sign_ins(("new", START), old),
+        self.assertEqual(carried_sign_ins((("new", START),), old),
                          (("a", START - 1), ("b", START - 20), ("c", None)))
         many = Session(id="i", sub="s", claims={}, created=START, last_seen=START,
                        expires=START + 1,
                        sign_ins=tuple((f"l{i}", START - i) for i in range(MAX_SIGN_INS)))
-        carried = carried_sign_ins(("x", START), many)
+        carried = carried_sign_ins((("x", START),), many)
         self.assertEqual(len(carried), MAX_SIGN_INS)
         self.assertEqual(carried[0], ("l0", START))
         self.assertNotIn(("", None), carried)  # the old session's own (no acr, no time): last
@@ -283,17 +283,19 @@ class RefreshKeepsSignInTests(SynchronousTestCase):
     def test_refreshed_id_token_does_not_change_the_sign_in(self) -> None:
         tokens: Dict[str, Dict[str, Any]] = {
             "id-new": {"iss": "https://idp", "sub": "alice", "name": "Alice 2", "acr": "weak",
-                       "auth_time": START, "amr": ["pwd"]},
+                       "auth_time": START, "amr": ["pwd"], "acrs": ["c9"]},
         }
         h = RefresherStack(lambda token, keys: dict(tokens[token]))
         old = refresh_session(claims={"iss": "https://idp", "sub": "alice", "acr": "gold",
-                                      "auth_time": START - 500, "amr": ["pwd", "otp"]},
+                                      "auth_time": START - 500, "amr": ["pwd", "otp"],
+                                      "acrs": ["c1"]},
                               sign_ins=(("silver", START - 900),), step_ups=(("/a", START),))
         d = h.refresher.refresh(old)
         h.answer(id_token="id-new")
         new = self.successResultOf(d).session
         self.assertEqual((new.claims["acr"], new.claims["auth_time"], new.claims["amr"],
-                          new.claims["name"]), ("gold", START - 500, ["pwd", "otp"], "Alice 2"))
+                          new.claims["acrs"], new.claims["name"]),
+                         ("gold", START - 500, ["pwd", "otp"], ["c1"], "Alice 2"))
         self.assertEqual((new.sign_ins, new.step_ups), (old.sign_ins, old.step_ups))
 
     def test_none_added(self) -> None:

@@ -267,7 +267,7 @@ class NavigationTests(SynchronousTestCase):
         def broken(*args: Any) -> Any:
             raise RuntimeError("bug")
 
-        self.patch(LoginEndpoint, "step_up", broken)
+        self.patch(LoginEndpoint, "step_up_now", broken)
         page = h.browser.navigate("/pay/x")
         self.assertEqual(page.code, 500)
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)

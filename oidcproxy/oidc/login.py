@@ -173,6 +173,9 @@ class LoginFlow:
     @param max_attempts: state cookies kept at once; the oldest are dropped.
     @param provider: the name of the provider this flow logs in with
         (L{DEFAULT_PROVIDER}: C{[oidc]}'s); its attempts are bound to it.
+    @param acr_claim: the provider's C{acr_claim}: with C{"acrs"} (Entra
+        ID's authentication contexts) a login asks for its acr values with
+        the C{claims} request parameter instead of C{acr_values}.
     """
 
     def __init__(
@@ -189,8 +192,10 @@ class LoginFlow:
         auth_params: Mapping[str, str],
         clock: Any,
         provider: str = DEFAULT_PROVIDER,
+        acr_claim: str = "acr",
     ) -> None:
         self.provider = provider
+        self._acr_claim = acr_claim
         self._sealer = sealer
         self._cookie = cookie
         self._prefix = cookie.wire_name + "_"
@@ -285,7 +290,13 @@ class LoginFlow:
                 params[key] = extra
         if prompt is not None:
             params["prompt"] = prompt
-        if acr_values:
+        if acr_values and self._acr_claim == "acrs":
+            # Entra ID asks for authentication contexts as an essential
+            # acrs claim of the ID token (OpenID Connect Core 5.5.1.1).
+            params["claims"] = json.dumps(
+                {"id_token": {"acrs": {"essential": True, "values": list(acr_values)}}},
+                separators=(",", ":"))
+        elif acr_values:
             params["acr_values"] = " ".join(acr_values)
         if max_age is not None:
             params["max_age"] = str(max_age)

@@ -47,7 +47,7 @@ _RECENT_TTL = 60.0
 _POLL = 0.1
 
 
-SIGN_IN_CLAIMS = ("acr", "auth_time", "amr")
+SIGN_IN_CLAIMS = ("acr", "acrs", "auth_time", "amr")
 """The claims of the sign-in itself, which a refresh never changes."""
 
 

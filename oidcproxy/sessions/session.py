@@ -319,13 +319,14 @@ class OpenedSessions:
         self._cache.put(value[-_TAIL:], (value, session), weight=size)
 
 
-PROXY_CLAIMS = ("sub", "iss", "aud", "azp", "sid", "exp", "iat", "auth_time", "acr", "amr",
-                "email_verified")
+PROXY_CLAIMS = ("sub", "iss", "aud", "azp", "sid", "exp", "iat", "auth_time", "acr", "acrs",
+                "amr", "email_verified")
 """
 The claims a session keeps with C{session.claims = "used"} whatever the
 configuration: the subject and issuer (a refreshed ID token must name the
 same), the OP session (back-channel logout), the times and the
-authentication context (how and when the user signed in), and
+authentication context (how and when the user signed in: C{acrs} is Entra
+ID's), and
 C{email_verified} (an e-mail header or allow-list means little without it).
 """
 

@@ -19,12 +19,11 @@ import attr
 from twisted.logger import Logger
 from twisted.web.server import Request
 
-from ...core.assurance import sign_in_of
 from ...core.cache import BoundedCache
 from ...oidc.provider import ProviderError
 from ...oidc.tokens import TokenError, peek_header
 from ...sessions.cookies import CookieTooLarge
-from ...sessions.history import carried_sign_ins, carried_step_ups
+from ...sessions.history import acr_claim_of, carried_sign_ins, carried_step_ups, claims_sign_ins
 from ...sessions.session import DEFAULT_PROVIDER, Session, SessionStoreUnavailable, new_session_id
 from ..answers import finish, redirect, show, store_unavailable
 from ..parts import GuardState, ProviderParts
@@ -185,17 +184,20 @@ class CallbackEndpoint:
                       bundle: ProviderParts) -> Optional[Tuple[str, str]]:
         """
         Whether the ID token's sign-in is not what the login asked for: its
-        C{acr} one of the asked C{acr_values}, and with a C{max_age} an
+        C{acr} (with the provider's C{acr_claim = "acrs"}: one of its C{acrs})
+        one of the asked C{acr_values}, and with a C{max_age} an
         C{auth_time} (which it then requires, OpenID Connect Core 3.1.2.1)
         at most that old, give or take the provider's leeway. None: it is
         (or nothing was asked); else the page's reason and the message.
         """
-        acr, auth_time = sign_in_of(claims)
+        sign_ins = claims_sign_ins(claims, bundle.oidc.acr_claim)
+        auth_time = sign_ins[0][1]
         leeway = bundle.oidc.leeway
-        if attempt.acr_values and acr not in attempt.acr_values:
+        if attempt.acr_values and not any(acr in attempt.acr_values for acr, _ in sign_ins):
             reason = "step_up_acr"
             log.warn("login failed: {reason}: asked for acr {asked}, the ID token has {acr}",
-                     reason=reason, asked=" ".join(attempt.acr_values), acr=acr or "none")
+                     reason=reason, asked=" ".join(attempt.acr_values),
+                     acr=" ".join(acr for acr, _ in sign_ins if acr) or "none")
             found = ("reason_step_up_acr",
                      "The identity provider did not confirm the sign-in level asked for.")
         elif attempt.max_age is not None and (
@@ -222,10 +224,13 @@ class CallbackEndpoint:
         """
         if old is not None and old.sub != session.sub:
             old = None
-        window = self._state.config.step_up.attempt_window
+        config = self._state.config
+        window = config.step_up.attempt_window
+        acr_claim = acr_claim_of(config, session.provider)
         this = ((step_up_path(attempt.return_to), now),) if attempt.step_up else ()
         return attr.evolve(
-            session, sign_ins=carried_sign_ins(sign_in_of(session.claims), old),
+            session, sign_ins=carried_sign_ins(claims_sign_ins(session.claims, acr_claim), old,
+                                               acr_claim),
             step_ups=carried_step_ups(old, this, now, window))
 
     def _failed(self, request: Request, code: int, message: str, reason: str, target: str,

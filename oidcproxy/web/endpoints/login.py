@@ -26,7 +26,7 @@ from ..answers import decided, deny, finish, redirect, show
 from ..parts import GuardState
 from ..requests import arg, is_browser_navigation, mount_path, provider_arg, return_to
 
-__all__ = ["LoginEndpoint", "MAX_PENDING", "step_up_path"]
+__all__ = ["LoginEndpoint", "MAX_PENDING", "step_up_path", "target_of"]
 
 log = Logger()
 
@@ -73,7 +73,7 @@ def asked_of(args: Any) -> Tuple[Optional[Tuple[str, ...]], Optional[int], Optio
     return acr_values, max_age, None
 
 
-def _target(match: RouteMatch) -> str:
+def target_of(match: RouteMatch) -> str:
     """Where a login started on the request of C{match} comes back to: its path and query."""
     target = match.path
     if match.query is not None:
@@ -132,6 +132,11 @@ class LoginEndpoint:
 
     async def step_up(self, request: Request, session: Session, target: str,
                       requirement: Requirement) -> None:
+        """L{step_up_now}, as a coroutine."""
+        self.step_up_now(request, session, target, requirement)
+
+    def step_up_now(self, request: Request, session: Session, target: str,
+                    requirement: Requirement) -> None:
         """
         A browser whose C{session} does not meet C{requirement} on C{target}
         (a path): sent to sign in again at the session's provider, asking
@@ -174,12 +179,10 @@ class LoginEndpoint:
                 headers={b"www-authenticate": challenge(requirement)},
                 error="insufficient_user_authentication"))
             return
-        await self.start(request, target,
-                         prompt="login" if oidc.step_up_prompt_login else None,
-                         provider=name, acr_values=requirement.acr_values,
-                         max_age=None if requirement.max_age is None
-                         else int(requirement.max_age),
-                         step_up=True, decision="step_up")
+        self.begin(request, target, prompt="login" if oidc.step_up_prompt_login else None,
+                   provider=name, acr_values=requirement.acr_values,
+                   max_age=None if requirement.max_age is None else int(requirement.max_age),
+                   step_up=True, decision="step_up")
 
     async def unauthenticated(self, request: Request, match: RouteMatch,
                               clear: Sequence[bytes]) -> None:
@@ -207,7 +210,7 @@ class LoginEndpoint:
             finish(request, 401, "unauthenticated", message,
                    {b"www-authenticate": b'Bearer realm="oidcproxy"'}, clear)
             return
-        target = _target(match)
+        target = target_of(match)
         if self._state.config.pages.sign_in_page and self._logs_in_here(name):
             # A page with a button naming the provider, before the browser goes there.
             decided(request, "unauthenticated")
@@ -241,7 +244,7 @@ class LoginEndpoint:
             finish(request, 401, "unauthenticated", "Authentication is required.", challenge,
                    clear)
             return
-        target = _target(match)
+        target = target_of(match)
         pages = state.pages
         show(request, lambda r: pages.sign_in(r, target, challenge, choices), clear)
 
@@ -261,6 +264,14 @@ class LoginEndpoint:
         L{oidcproxy.oidc.login.LoginFlow.start}); C{decision}: the access
         log's.
         """
+        self.begin(request, target, cookies, prompt, provider, acr_values, max_age, step_up,
+                   decision)
+
+    def begin(self, request: Request, target: str, cookies: Sequence[bytes] = (),
+              prompt: Optional[str] = None, provider: str = DEFAULT_PROVIDER,
+              acr_values: Sequence[str] = (), max_age: Optional[int] = None,
+              step_up: bool = False, decision: str = "login") -> None:
+        """L{start}, which needs nothing to wait for: at once."""
         state = self._state
         bundle = state.bundle(provider)
         if bundle is None:
