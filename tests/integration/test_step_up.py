@@ -14,6 +14,8 @@ The proxy's routes (L{start_step_up_stack}):
     answers the RFC 9470 challenge (C{acr_values="gold"}) unless the request's
     C{X-Forwarded-Acr} is C{gold}.
   - C{/challenge}: the same upstream answer, without C{step_up}.
+  - C{/insist}: C{step_up = true}, to the upstream's C{/unsatisfied/insist},
+    which answers that challenge whatever the sign-in.
 
 Covered: a silver session asking for the gold route is sent to the OP
 again, through the one-time code page, and lands on the page first asked
@@ -23,10 +25,12 @@ asked with C{max_age}), with a later C{X-Forwarded-Auth-Time}; the
 upstream's challenge on the C{step_up} route takes the browser through the
 gold login and the retried C{GET} reaches the upstream with acr C{gold};
 an OP that answers C{silver} when C{gold} was asked (its test hook) ends on
-the login-failed page after one authorization request, and the bound on
-step-up attempts (C{[step_up] max_attempts}) then ends on that page without
-any; an API client with a session cookie gets the upstream's challenge
-unchanged and, on the C{acr_values} route, the proxy's own 401 challenge.
+the login-failed page after one authorization request; an upstream that
+challenges whatever the sign-in gets C{[step_up] max_attempts} step-up
+logins, the later ones through the OP without a page of its own (its
+session is gold by then), then the login-failed page, not a loop; an API
+client with a session cookie gets the upstream's challenge unchanged and,
+on the C{acr_values} route, the proxy's own 401 challenge.
 
 Not covered here: a bearer token's C{acr}/C{auth_time} against a route.
 The OP of these tests issues opaque access tokens only (see
@@ -72,6 +76,8 @@ PAY = "/pay/checkout?item=7"
 """A page of the C{step_up} route; the upstream sees /step-up/pay/checkout (and challenges)."""
 CHALLENGE = "/challenge/doc"
 """A page of the route whose upstream challenges, without C{step_up}."""
+INSIST = "/insist/form?n=3"
+"""A page of the C{step_up} route whose upstream is never satisfied."""
 MAX_AUTH_AGE = 4
 """Seconds: C{/fresh}'s C{max_auth_age}."""
 MAX_ATTEMPTS = 2
@@ -158,6 +164,13 @@ path = "/challenge"
 upstream = "{upstream.url}"
 auth = "session"
 replace_prefix = "/step-up/challenge"
+
+[[routes]]
+path = "/insist"
+upstream = "{upstream.url}"
+auth = "session"
+replace_prefix = "/unsatisfied/insist"
+step_up = true
 """
         proxy = await start_proxy(testcase, reserved, config)
     finally:
@@ -357,32 +370,51 @@ class BrowserStepUpTests(TestCase, StepUpMixin):
     async def test_lower_acr_ends_on_the_login_failed_page(self) -> None:
         """
         The OP answers silver whatever is asked (its test hook; with its
-        silver session it redirects back at once). The silver session asks
-        for the gold route: one authorization request, then the proxy's
-        login-failed page, not a loop; the gold page never reaches the
-        upstream, and the old session still serves the other route. Asked
-        again, once more up to C{[step_up] max_attempts}; then the page
-        ends on the login-failed page without asking the OP.
+        silver session it redirects back at once, no page of its own). The
+        silver session asks for the gold route: one authorization request,
+        then the proxy's login-failed page saying that the sign-in level
+        was not confirmed, not a loop; the gold page never reaches the
+        upstream, and the old session still serves the other route.
         """
         stack, browser, _ = await self.silver_session()
         proxy = stack.proxy
         await stack.downgrade()
         before = len(stack.authorization_requests())
-        for attempt in range(1, MAX_ATTEMPTS + 2):
-            await browser.get(proxy.url + GOLD)
-            self.assertEqual(await heading(browser), LOGIN_FAILED,
-                             f"attempt {attempt}\n{stack.describe()}")
-            self.assertEqual(await stack.upstream_uris(), ["/echo" + HOME])
-            # A loop would have asked the OP again by now (the browser is
-            # on a page of its own, which starts nothing by itself).
-            await procs.sleep(0.5)
-            asked = stack.authorization_requests()[before:]
-            self.assertEqual([r[0] for r in asked], ["gold"] * min(attempt, MAX_ATTEMPTS),
-                             f"attempt {attempt}")
-        self.assertIn("did not", await page_text(browser))
+        await browser.get(proxy.url + GOLD)
+        self.assertEqual(await heading(browser), LOGIN_FAILED, stack.describe())
+        self.assertIn("did not confirm the sign-in level", await page_text(browser))
+        # A loop would have asked the OP again by now: the browser is on a
+        # page of the proxy's own, which starts nothing by itself.
+        await procs.sleep(1.0)
+        self.assertEqual([r[0] for r in stack.authorization_requests()[before:]], ["gold"],
+                         stack.describe())
+        self.assertTrue((await browser.url()).startswith(proxy.url + "/oidc/callback?"))
+        self.assertEqual(await stack.upstream_uris(), ["/echo" + HOME])
 
         await browser.get(proxy.url + HOME)
         self.assertSignIn(await browser.json_page(proxy.url + HOME), "/echo" + HOME, "silver")
+
+    async def test_never_satisfied_upstream_is_bounded(self) -> None:
+        """
+        An upstream on a C{step_up} route that challenges whatever the
+        sign-in: the first step-up goes through the OP's login and code
+        pages, and each later one straight through the OP (its session is
+        gold by then), until C{[step_up] max_attempts} step-up logins for
+        the page; then the login-failed page, and no more requests to the
+        OP or the upstream.
+        """
+        stack, browser, _ = await self.silver_session()
+        proxy = stack.proxy
+        before = len(stack.authorization_requests())
+        await browser.get(proxy.url + INSIST)
+        await sign_in_at_op(browser, stack.op, "alice", ONE_TIME_CODE)
+        self.assertEqual(await heading(browser), LOGIN_FAILED, stack.describe())
+        self.assertIn("after several attempts", await page_text(browser))
+        await procs.sleep(1.0)
+        self.assertEqual([r[0] for r in stack.authorization_requests()[before:]],
+                         ["gold"] * MAX_ATTEMPTS, stack.describe())
+        insisted = [uri for uri in await stack.upstream_uris() if uri.startswith("/unsatisfied")]
+        self.assertEqual(insisted, ["/unsatisfied" + INSIST] * (MAX_ATTEMPTS + 1))
 
 
 class ApiClientTests(TestCase, StepUpMixin):

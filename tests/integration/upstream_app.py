@@ -27,6 +27,8 @@ Endpoints:
     otherwise the RFC 9470 challenge (L{STEP_UP_CHALLENGE}): 401 with
     C{WWW-Authenticate: Bearer error="insufficient_user_authentication",
     acr_values="gold"} and a JSON body (L{STEP_UP_BODY}).
+  - C{/unsatisfied}: that challenge always, whatever the request says (an
+    application that a step-up never satisfies).
 """
 
 from __future__ import annotations
@@ -185,6 +187,9 @@ def main() -> None:
         def do_step_up(self, request: Any) -> Any:
             if request.getHeader(b"x-forwarded-acr") == b"gold":
                 return self.do_echo(request)
+            return self.do_unsatisfied(request)
+
+        def do_unsatisfied(self, request: Any) -> Any:
             request.setHeader(b"www-authenticate", STEP_UP_CHALLENGE)
             return _json(request, STEP_UP_BODY, 401)
 
