@@ -78,7 +78,7 @@ CHALLENGE = "/challenge/doc"
 """A page of the route whose upstream challenges, without C{step_up}."""
 INSIST = "/insist/form?n=3"
 """A page of the C{step_up} route whose upstream is never satisfied."""
-MAX_AUTH_AGE = 4
+MAX_AUTH_AGE = 5
 """Seconds: C{/fresh}'s C{max_auth_age}."""
 MAX_ATTEMPTS = 2
 """C{[step_up] max_attempts}: step-up logins per URL and session in the window."""
@@ -311,16 +311,19 @@ class BrowserStepUpTests(TestCase, StepUpMixin):
 
     async def test_max_auth_age_forces_a_fresh_login(self) -> None:
         """
-        The route with a C{max_auth_age} of a few seconds serves a fresh
-        sign-in; once that age has passed (an API client with the browser's
+        The route with a C{max_auth_age} of a few seconds serves the
+        sign-in just made; once that age has passed (an API client with the browser's
         cookie polls until it gets the 401 challenge naming C{max_age}), the
         browser is sent to the OP with C{max_age}, whose session is older
         too: its login form again; back on the page, the upstream is told
         the new, later C{auth_time}.
         """
-        stack, browser, _ = await self.silver_session()
+        require_chromium()
+        stack = await start_step_up_stack(self)
+        browser = await Browser.start(self)
         proxy = stack.proxy
         await browser.get(proxy.url + FRESH)
+        await sign_in_at_op(browser, stack.op, "alice")
         echo = await browser.json_page(proxy.url + FRESH)
         first_time = self.assertSignIn(echo, "/echo" + FRESH, "silver")
         before = len(stack.authorization_requests())
