@@ -189,6 +189,7 @@ def build_provider_parts(config: Config, name: str, oidc: OIDCConfig, provider: 
         auth_params=dict(oidc.auth_params),
         clock=reactor,
         provider=name,
+        acr_claim=oidc.acr_claim,
     )
     return ProviderParts(name, oidc, redirect_uri, provider, login, id_tokens, refresher)
 

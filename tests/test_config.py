@@ -228,6 +228,8 @@ class SchemaTests(SynchronousTestCase):
         text = text.replace('domain = "example.com"                  #', "#")
         text = text.replace("sentinel = []", 'sentinel = ["10.0.0.1:26379", "10.0.0.2:26379"]')
         text = text.replace('audiences = []', 'audiences = ["orders-api"]')
+        # An empty acr_values is refused (leave it out): the example shows the default.
+        text = text.replace("acr_values = []", 'acr_values = ["gold"]')
         text = text.replace('store = "cookie"  ', 'store = "redis"  ')
         # ca_bundle is for TLS only: try the rediss:// spelling of the URL.
         text = text.replace('url = "redis://127.0.0.1', 'url = "rediss://127.0.0.1')

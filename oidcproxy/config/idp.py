@@ -244,6 +244,11 @@ def _oidc_parity(t: Table, issuer: str) -> Dict[str, Any]:
             "A step-up login (a route's ``acr_values`` or ``max_auth_age``, or the upstream's "
             "RFC 9470 challenge) also sends ``prompt=login``: for an IdP that does not "
             "authenticate again on ``acr_values`` or ``max_age`` alone.")),
+        "acr_claim": t.choice("acr_claim", ("acr", "acrs"), "acr", doc=(
+            "Where a sign-in's authentication context is: ``acr`` (OpenID Connect), or "
+            "``acrs``, the array of Microsoft Entra ID's authentication contexts (each value "
+            "counts as the sign-in's; a step-up login asks for them with the ``claims`` "
+            "request parameter instead of ``acr_values``).")),
         **certificate,
     }
 

@@ -226,6 +226,8 @@ class OIDCConfig:
     """Do not verify the IdP's TLS certificate (testing only: logged at every start)."""
     step_up_prompt_login: bool = False
     """A step-up login also sends C{prompt=login} (an IdP that re-authenticates on it only)."""
+    acr_claim: str = "acr"
+    """C{acr}, or C{acrs}: Entra ID's array of authentication contexts (each value counts)."""
 
     @property
     def post_logout_redirect_uri(self) -> Optional[str]:

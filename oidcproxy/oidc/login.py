@@ -9,7 +9,9 @@ authenticated) for the purpose C{b"state"} and binds the state, the nonce,
 the PKCE verifier, the return-to path, the time the attempt started and
 the provider it went to: a callback of one provider finds the state cookies
 of every provider's attempts (they share the name), and refuses another's
-(C{state_other_provider}).
+(C{state_other_provider}). A step-up login's attempt also holds what it
+asked of the sign-in (C{acr_values}, C{max_age}), which the callback checks
+the ID token against.
 """
 
 from __future__ import annotations
@@ -49,6 +51,18 @@ class LoginAttempt:
     @ivar provider: the name of the provider the attempt went to
         (L{DEFAULT_PROVIDER} for C{[oidc]}: not written, so the cookie of a
         default attempt is as it was before providers had names).
+    @ivar acr_values: the C{acr_values} the login asked for (empty: none);
+        the ID token's C{acr} must be one of them.
+    @ivar max_age: the C{max_age} the login asked for (None: none); the ID
+        token must have an C{auth_time} at most that old.
+    @ivar step_up: a step-up login (a route's requirement the session did
+        not meet): it lands on C{return_to} whatever the provider's
+        post_login_redirect_url, and counts in the new session's step-ups.
+
+    What a login asks of the sign-in is written as a seventh field only when
+    it asks something, so the cookie of any other attempt is as it was
+    before, and the cookies of attempts started before step-up (five or six
+    fields) still open.
     """
 
     state: str
@@ -57,11 +71,28 @@ class LoginAttempt:
     return_to: str
     created: float
     provider: str = DEFAULT_PROVIDER
+    acr_values: Tuple[str, ...] = ()
+    max_age: Optional[int] = None
+    step_up: bool = False
+
+    @property
+    def asks(self) -> bool:
+        """Whether the login asked something of the sign-in (acr values, a max_age, a step-up)."""
+        return bool(self.acr_values) or self.max_age is not None or self.step_up
 
     def to_bytes(self) -> bytes:
         fields: List[Any] = [self.state, self.nonce, self.code_verifier, self.return_to,
                              self.created]
-        if self.provider != DEFAULT_PROVIDER:
+        if self.asks:
+            asked: Dict[str, Any] = {}
+            if self.acr_values:
+                asked["acr"] = list(self.acr_values)
+            if self.max_age is not None:
+                asked["max_age"] = self.max_age
+            if self.step_up:
+                asked["step_up"] = True
+            fields += [self.provider, asked]
+        elif self.provider != DEFAULT_PROVIDER:
             fields.append(self.provider)
         return json.dumps(fields, separators=(",", ":")).encode("ascii")
 
@@ -71,13 +102,13 @@ class LoginAttempt:
             fields = json.loads(data)
         except (ValueError, TypeError, RecursionError):
             return None
-        if not isinstance(fields, list) or len(fields) not in (5, 6):
+        if not isinstance(fields, list) or len(fields) not in (5, 6, 7):
             return None
         state, nonce, verifier, return_to, created = fields[:5]
-        provider = fields[5] if len(fields) == 6 else DEFAULT_PROVIDER
+        provider = fields[5] if len(fields) >= 6 else DEFAULT_PROVIDER
         if not (
             isinstance(provider, str)
-            and (len(fields) == 5 or provider != DEFAULT_PROVIDER)
+            and (len(fields) != 6 or provider != DEFAULT_PROVIDER)
             and isinstance(state, str)
             and isinstance(nonce, str)
             and (verifier is None or isinstance(verifier, str))
@@ -86,7 +117,35 @@ class LoginAttempt:
             and not isinstance(created, bool)
         ):
             return None
-        return cls(state, nonce, verifier, return_to, float(created), provider)
+        attempt = cls(state, nonce, verifier, return_to, float(created), provider)
+        if len(fields) == 7:
+            asked = _asked(fields[6])
+            if asked is None:
+                return None
+            attempt = attr.evolve(attempt, acr_values=asked[0], max_age=asked[1],
+                                  step_up=asked[2])
+        return attempt
+
+
+def _asked(value: Any) -> Optional[Tuple[Tuple[str, ...], Optional[int], bool]]:
+    """
+    The seventh field of a state cookie (what the login asked of the
+    sign-in), or None when it is malformed or asks nothing (then it would
+    not have been written).
+    """
+    if not isinstance(value, dict) or not set(value) <= {"acr", "max_age", "step_up"}:
+        return None
+    acr = value.get("acr", [])
+    max_age = value.get("max_age")
+    step_up = value.get("step_up", False)
+    if not isinstance(acr, list) or not all(isinstance(a, str) and a for a in acr):
+        return None
+    if max_age is not None and (isinstance(max_age, bool) or not isinstance(max_age, int)
+                                or max_age < 0):
+        return None
+    if not isinstance(step_up, bool) or not (acr or max_age is not None or step_up):
+        return None
+    return tuple(acr), max_age, step_up
 
 
 class StateNames:
@@ -114,6 +173,9 @@ class LoginFlow:
     @param max_attempts: state cookies kept at once; the oldest are dropped.
     @param provider: the name of the provider this flow logs in with
         (L{DEFAULT_PROVIDER}: C{[oidc]}'s); its attempts are bound to it.
+    @param acr_claim: the provider's C{acr_claim}: with C{"acrs"} (Entra
+        ID's authentication contexts) a login asks for its acr values with
+        the C{claims} request parameter instead of C{acr_values}.
     """
 
     def __init__(
@@ -130,8 +192,10 @@ class LoginFlow:
         auth_params: Mapping[str, str],
         clock: Any,
         provider: str = DEFAULT_PROVIDER,
+        acr_claim: str = "acr",
     ) -> None:
         self.provider = provider
+        self._acr_claim = acr_claim
         self._sealer = sealer
         self._cookie = cookie
         self._prefix = cookie.wire_name + "_"
@@ -161,7 +225,8 @@ class LoginFlow:
 
     def start(
         self, cookies: Mapping[bytes, bytes], return_to: str, authorization_endpoint: str,
-        prompt: Optional[str] = None,
+        prompt: Optional[str] = None, acr_values: Sequence[str] = (),
+        max_age: Optional[int] = None, step_up: bool = False,
     ) -> Tuple[str, List[bytes]]:
         """
         Begin a login attempt.
@@ -170,6 +235,14 @@ class LoginFlow:
         @param return_to: where to land after login; must already be safe.
         @param prompt: the C{prompt} of this login (C{"login"} to sign in
             again, as someone else), over the configured one.
+        @param acr_values: the authentication context classes to ask for
+            (most preferred first; sent space-separated, over any
+            configured C{acr_values} auth parameter), which the callback
+            holds the ID token's C{acr} to.
+        @param max_age: the most seconds since the user's sign-in (sent as
+            C{max_age}); the callback requires the ID token's C{auth_time}
+            to be that recent.
+        @param step_up: a step-up login (see L{LoginAttempt.step_up}).
         @return: the authorization URL to redirect to, and the C{Set-Cookie}
             header values: this attempt's cookie, and deletions for the
             oldest attempts beyond C{max_attempts} and for unreadable ones.
@@ -178,7 +251,8 @@ class LoginFlow:
         state = secrets.token_urlsafe(16)
         nonce = secrets.token_urlsafe(16)
         verifier = secrets.token_urlsafe(48) if self._pkce else None
-        attempt = LoginAttempt(state, nonce, verifier, return_to, now, self.provider)
+        attempt = LoginAttempt(state, nonce, verifier, return_to, now, self.provider,
+                               tuple(acr_values), max_age, step_up)
 
         headers: List[bytes] = []
         live: List[Tuple[float, str]] = []
@@ -216,6 +290,16 @@ class LoginFlow:
                 params[key] = extra
         if prompt is not None:
             params["prompt"] = prompt
+        if acr_values and self._acr_claim == "acrs":
+            # Entra ID asks for authentication contexts as an essential
+            # acrs claim of the ID token (OpenID Connect Core 5.5.1.1).
+            params["claims"] = json.dumps(
+                {"id_token": {"acrs": {"essential": True, "values": list(acr_values)}}},
+                separators=(",", ":"))
+        elif acr_values:
+            params["acr_values"] = " ".join(acr_values)
+        if max_age is not None:
+            params["max_age"] = str(max_age)
         separator = "&" if urlsplit(authorization_endpoint).query else "?"
         return authorization_endpoint + separator + urlencode(params), headers
 

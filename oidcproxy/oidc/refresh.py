@@ -47,6 +47,10 @@ _RECENT_TTL = 60.0
 _POLL = 0.1
 
 
+SIGN_IN_CLAIMS = ("acr", "acrs", "auth_time", "amr")
+"""The claims of the sign-in itself, which a refresh never changes."""
+
+
 @attr.s(frozen=True, auto_attribs=True)
 class RefreshOutcome:
     session: Optional[Session]
@@ -313,6 +317,14 @@ class Refresher:
                 log.warn("refresh gave an ID token for another subject: the session ends")
                 return RefreshOutcome(None, ended=True)
             claims.update(new_claims)
+            # A refresh is no new sign-in (OpenID Connect Core 12.2): how
+            # and when the user signed in stay the session's, whatever the
+            # refreshed ID token says (step-up decides on them).
+            for name in SIGN_IN_CLAIMS:
+                if name in session.claims:
+                    claims[name] = session.claims[name]
+                else:
+                    claims.pop(name, None)
         now = self._clock.seconds()
         expires_in = tokens.get("expires_in")
         refreshed = attr.evolve(

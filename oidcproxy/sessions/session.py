@@ -61,6 +61,54 @@ def _number(value: Any) -> Optional[float]:
     return number if math.isfinite(number) else None
 
 
+MAX_SIGN_INS = 8
+"""The most earlier sign-ins a session keeps (L{Session.sign_ins})."""
+MAX_STEP_UPS = 8
+"""The most step-up logins a session remembers (L{Session.step_ups})."""
+
+
+def _sign_ins(value: Any) -> Optional[Tuple[Tuple[str, Optional[float]], ...]]:
+    """
+    The C{sign_ins} of a serialised session: absent, or a list (of at most
+    L{MAX_SIGN_INS}) of C{[acr, auth_time]}, the C{acr} a string, the time
+    a finite number or C{null}. None: malformed.
+    """
+    if value is None:
+        return ()
+    if not isinstance(value, list) or len(value) > MAX_SIGN_INS:
+        return None
+    out = []
+    for item in value:
+        if not isinstance(item, list) or len(item) != 2 or not isinstance(item[0], str):
+            return None
+        when = None if item[1] is None else _number(item[1])
+        if item[1] is not None and when is None:
+            return None
+        out.append((item[0], when))
+    return tuple(out)
+
+
+def _step_ups(value: Any) -> Optional[Tuple[Tuple[str, float], ...]]:
+    """
+    The C{step_ups} of a serialised session: absent, or a list (of at most
+    L{MAX_STEP_UPS}) of C{[path, time]}, a string and a finite number.
+    None: malformed.
+    """
+    if value is None:
+        return ()
+    if not isinstance(value, list) or len(value) > MAX_STEP_UPS:
+        return None
+    out = []
+    for item in value:
+        if not isinstance(item, list) or len(item) != 2 or not isinstance(item[0], str):
+            return None
+        when = _number(item[1])
+        if when is None:
+            return None
+        out.append((item[0], when))
+    return tuple(out)
+
+
 _REQUIRED_STRINGS = ("id", "sub")
 _REQUIRED_TIMES = ("created", "last_seen", "expires")
 _OPTIONAL_STRINGS = ("id_token", "access_token", "refresh_token", "sid")
@@ -84,6 +132,15 @@ class Session:
         Serialised only when it is not the default, so a default session's
         value is what it was before providers had names, and such a value
         opens as the default provider's.
+    @ivar sign_ins: the user's earlier sign-ins of this session's chain
+        (C{(acr, auth_time)}, see L{oidcproxy.core.assurance.SignIn}),
+        carried over when a step-up login replaced the session of the same
+        user: one per C{acr} with its latest C{auth_time}, the latest first,
+        at most L{MAX_SIGN_INS}. The latest sign-in is in the claims.
+    @ivar step_ups: the step-up logins that made this session's chain:
+        C{(path, time)} of each, the latest first, at most L{MAX_STEP_UPS}
+        (those older than C{[step_up].attempt_window} are dropped as a login
+        carries them over). Both are serialised only when not empty.
     """
 
     id: str
@@ -98,6 +155,8 @@ class Session:
     refresh_token: Optional[str] = None
     sid: Optional[str] = None
     provider: str = DEFAULT_PROVIDER
+    sign_ins: Tuple[Tuple[str, Optional[float]], ...] = ()
+    step_ups: Tuple[Tuple[str, float], ...] = ()
 
     def to_bytes(self) -> bytes:
         """
@@ -122,6 +181,10 @@ class Session:
         }
         if self.provider != DEFAULT_PROVIDER:
             data["provider"] = self.provider
+        if self.sign_ins:
+            data["sign_ins"] = [list(s) for s in self.sign_ins]
+        if self.step_ups:
+            data["step_ups"] = [list(s) for s in self.step_ups]
         return json.dumps(data, separators=(",", ":"), allow_nan=False).encode("utf-8")
 
     @classmethod
@@ -175,6 +238,11 @@ class Session:
         if provider is not None and not isinstance(provider, str):
             return None
         fields["provider"] = provider or DEFAULT_PROVIDER
+        sign_ins = _sign_ins(obj.get("sign_ins"))
+        step_ups = _step_ups(obj.get("step_ups"))
+        if sign_ins is None or step_ups is None:
+            return None
+        fields["sign_ins"], fields["step_ups"] = sign_ins, step_ups
         return cls(**fields)
 
     def without_tokens(self) -> Session:
@@ -251,13 +319,14 @@ class OpenedSessions:
         self._cache.put(value[-_TAIL:], (value, session), weight=size)
 
 
-PROXY_CLAIMS = ("sub", "iss", "aud", "azp", "sid", "exp", "iat", "auth_time", "acr", "amr",
-                "email_verified")
+PROXY_CLAIMS = ("sub", "iss", "aud", "azp", "sid", "exp", "iat", "auth_time", "acr", "acrs",
+                "amr", "email_verified")
 """
 The claims a session keeps with C{session.claims = "used"} whatever the
 configuration: the subject and issuer (a refreshed ID token must name the
 same), the OP session (back-channel logout), the times and the
-authentication context (how and when the user signed in), and
+authentication context (how and when the user signed in: C{acrs} is Entra
+ID's), and
 C{email_verified} (an e-mail header or allow-list means little without it).
 """
 

@@ -15,8 +15,8 @@ from twisted.web.server import Request
 from ..core.context import RequestContext, context, peek
 from ..core.pages import render_error
 
-__all__ = ["abort", "add_cookies", "client_gone", "decided", "deny", "finish", "hand_over", "redirect",
-           "respond", "show", "store_unavailable"]
+__all__ = ["abort", "add_cookies", "client_gone", "decided", "deny", "finish", "hand_over",
+           "insufficient", "redirect", "respond", "show", "store_unavailable"]
 
 log = Logger()
 
@@ -146,6 +146,18 @@ def deny(request: Request, cookies: Sequence[bytes] = (),
     """401 for a client that is not a browser navigation: always JSON."""
     decided(request, "unauthenticated")
     finish(request, 401, "unauthenticated", "Authentication is required.",
+           {b"www-authenticate": challenge}, cookies, as_json=True)
+
+
+def insufficient(request: Request, challenge: bytes, cookies: Sequence[bytes] = ()) -> None:
+    """
+    401 for a client whose sign-in is not what the route asks (not a
+    browser navigation, or a bearer token): RFC 9470's error and
+    C{challenge} (L{oidcproxy.core.assurance.challenge}); always JSON.
+    """
+    decided(request, "step_up")
+    finish(request, 401, "insufficient_user_authentication",
+           "A stronger or more recent sign-in is required.",
            {b"www-authenticate": challenge}, cookies, as_json=True)
 
 

@@ -14,6 +14,7 @@ from twisted.logger import Logger
 from twisted.web.server import Request
 
 from ..config import Config, OIDCConfig, RouteConfig
+from ..core.assurance import challenge, meeting, unmet
 from ..core.context import context
 from ..oidc.bearer import BearerValidator
 from ..oidc.provider import ClientAuth, Provider, ProviderError, make_http_client
@@ -26,8 +27,9 @@ from ..oidc.tokens import (
     peek_claims,
 )
 from ..proxy.routes import RouteMatch
+from ..sessions.history import acr_claim_of, claims_sign_ins
 from ..sessions.session import DEFAULT_PROVIDER
-from .answers import decided, deny, finish
+from .answers import decided, deny, finish, insufficient
 from .headers import passes_client_authorization, set_header_values
 from .identity import Identity, user_name
 from .parts import GuardState
@@ -348,6 +350,22 @@ class BearerAuth:
         route = match.route
         if route.provider is not None or route.providers:
             ctx.provider = self._named_issuer(route, claims.get("iss"))
+        requirement = route.requirement
+        plan = state.identity
+        # The provider whose acr_claim reads the token: its issuer's, else the route's.
+        provider = ctx.provider or route.provider or DEFAULT_PROVIDER
+        sign_in = plan.latest(claims, provider)
+        if requirement is not None:
+            # Per request, cached tokens too: a sign-in ages.
+            sign_ins = claims_sign_ins(claims, acr_claim_of(state.config, provider))
+            now = state.clock.seconds()
+            met = meeting(requirement, sign_ins, now)
+            if met is None:
+                log.info("bearer token of {sub} refused on {route}: {why}", sub=sub,
+                         route=route.name, why=unmet(requirement, sign_ins, now))
+                insufficient(request, challenge(requirement))
+                return False
+            sign_in = met
         if not authorized(request, match.route, sub, claims, claims):
             return False
         ctx.identity = Identity(
@@ -358,7 +376,8 @@ class BearerAuth:
             # "authorization" puts a session's token there): the token just
             # validated is the request's credential and goes on unchanged.
             request.requestHeaders.setRawHeaders(b"authorization", list(authorization))
-        set_header_values(request, state.identity.claim_values(claims))
+        set_header_values(request, plan.claim_values(claims))
+        set_header_values(request, plan.sign_in_values(sign_in))
         return True
 
     def denied(self, request: Request, error: TokenError) -> None:

@@ -1,7 +1,7 @@
 """
 The identity headers: the claims the wrapped resource receives as request
-headers (C{[headers]}, the tokens), and the managed names no client may send
-under any spelling.
+headers (C{[headers]}, the tokens, the sign-in's C{acr} and C{auth_time} of
+C{[step_up]}), and the managed names no client may send under any spelling.
 """
 
 from __future__ import annotations
@@ -14,9 +14,11 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
 from twisted.logger import Logger
 from twisted.web.server import Request
 
-from ..config import Config, OIDCConfig
+from ..config import Config, OIDCConfig, StepUpConfig
+from ..core.assurance import SignIn, sign_in_of
 from ..core.context import RequestContext
 from ..proxy.headers import canonical_header
+from ..sessions.history import claims_sign_ins
 from ..sessions.session import Session
 from .answers import decided
 from .identity import Identity, claim
@@ -94,9 +96,21 @@ def _passes_authorization(config: Config) -> bool:
                for oidc in (config.oidc, *(table for _, table in config.providers)))
 
 
+def _sign_in_headers(config: Config) -> Tuple[str, str]:
+    """
+    The names of the sign-in's headers, as stripped: the configured ones,
+    or where one is not sent (C{""}), its default name, which an
+    application may read all the same.
+    """
+    step_up, default = config.step_up, StepUpConfig()
+    return (step_up.acr_header or str(default.acr_header),
+            step_up.auth_time_header or str(default.auth_time_header))
+
+
 def managed_headers(config: Config) -> HeaderNames:
     """The identity headers of C{config}, which no client may send."""
     managed = [name for name, _ in config.headers] + [ACCESS_TOKEN_HEADER, ID_TOKEN_HEADER]
+    managed += _sign_in_headers(config)
     if _passes_authorization(config):
         managed.append("Authorization")
     return HeaderNames(managed)
@@ -132,6 +146,49 @@ class IdentityPlan:
             for name, oidc in (("", config.oidc), *config.providers) if oidc is not None}
         self._sessions: Dict[int, Tuple[Any, HeaderValues]] = {}
         self._logged: Set[str] = set()
+        step_up = config.step_up
+        self._acr_claims = {name: oidc.acr_claim for name, oidc in
+                            (("", config.oidc), *config.providers) if oidc is not None}
+        self._acr = step_up.acr_header.encode("ascii") if step_up.acr_header else None
+        self._auth_time = step_up.auth_time_header.encode("ascii") \
+            if step_up.auth_time_header else None
+
+    def sign_in_values(self, sign_in: SignIn) -> HeaderValues:
+        """
+        The headers of a sign-in: its C{acr} and its C{auth_time} (whole
+        seconds since the epoch), each when the sign-in has one and its
+        header is sent.
+        """
+        out: HeaderValues = []
+        acr, auth_time = sign_in
+        if self._acr is not None and acr:
+            value = header_value(acr)
+            if value is not None:
+                out.append((self._acr, [value]))
+        if self._auth_time is not None and auth_time is not None:
+            out.append((self._auth_time, [str(int(auth_time)).encode("ascii")]))
+        return out
+
+    def latest(self, claims: Dict[str, Any], provider: str) -> SignIn:
+        """
+        The sign-in C{claims} tell of, as the headers show it: with the
+        provider's C{acr_claim = "acrs"}, every value of C{acrs}, comma-separated.
+        """
+        if self._acr_claims.get(provider, "acr") != "acrs":
+            return sign_in_of(claims)
+        sign_ins = claims_sign_ins(claims, "acrs")
+        return ",".join(acr for acr, _ in sign_ins if acr), sign_ins[0][1]
+
+    def set_sign_in(self, request: Request, sign_in: SignIn) -> None:
+        """
+        Put C{sign_in}'s headers in place of those of the session's latest
+        sign-in (on a route with a requirement: the sign-in that met it).
+        """
+        headers = request.requestHeaders
+        for name in (self._acr, self._auth_time):
+            if name is not None:
+                headers.removeHeader(name)
+        set_header_values(request, self.sign_in_values(sign_in))
 
     def claim_values(self, claims: Dict[str, Any],
                      unusable: Optional[Callable[[str, str], None]] = None) -> HeaderValues:
@@ -167,6 +224,7 @@ class IdentityPlan:
                                            else token]))
         if pass_id_token and id_token:
             values.append((ID_TOKEN_HEADER.encode("ascii"), [id_token.encode("ascii")]))
+        values += self.sign_in_values(self.latest(session.claims, session.provider))
         sessions = self._sessions
 
         def gone(ref: Any) -> None:
@@ -220,11 +278,12 @@ def passes_client_authorization(config: Config) -> bool:
 
 
 def set_session_identity(request: Request, ctx: RequestContext, plan: IdentityPlan,
-                         session: Session) -> None:
+                         session: Session, sign_in: Optional[SignIn] = None) -> None:
     """
     The identity of an admitted session: for the application and the
     upstream. (The access log's user was named when the session's checks
-    began: L{oidcproxy.web.session_auth.SessionAuth}.)
+    began: L{oidcproxy.web.session_auth.SessionAuth}.) C{sign_in}: the one
+    that met the route's requirement, on a route with one.
     """
     # For a WebSocket, which logout of this session closes.
     ctx.session = session
@@ -233,3 +292,5 @@ def set_session_identity(request: Request, ctx: RequestContext, plan: IdentityPl
         id_token=session.id_token, expires=session.expires)
     decided(request, "session", unless_decided=True)
     set_header_values(request, plan.session_values(session))
+    if sign_in is not None:
+        plan.set_sign_in(request, sign_in)

@@ -17,14 +17,16 @@ from typing import Any, Callable, Coroutine, List, Optional, Sequence
 
 from twisted.web.server import Request
 
+from ..core.assurance import Requirement, meeting
 from ..core.context import RequestContext, context
 from ..oidc.bearer import bearer_token
 from ..oidc.tokens import TokenError
 from ..proxy.routes import RouteMatch
+from ..sessions.history import acr_claim_of, sign_ins_of
 from ..sessions.session import DEFAULT_PROVIDER, Session
 from .answers import decided, deny, finish
 from .bearer_auth import BearerAuth
-from .endpoints.login import LoginEndpoint
+from .endpoints.login import LoginEndpoint, target_of
 from .headers import set_session_identity
 from .parts import GuardState
 from .requests import is_preflight, judged_method
@@ -48,6 +50,8 @@ class RouteAuth:
         self._bearer = bearer
         self._login = login
         self._pass_on = pass_on
+        # A session short of a route's requirement: its browser steps up.
+        sessions.step_up = self._step_up
 
     def decide(self, request: Request, match: RouteMatch,
                authorization: Optional[Sequence[bytes]]) -> Optional[Coroutine[Any, Any, None]]:
@@ -179,9 +183,22 @@ class RouteAuth:
             return
         self._admitted(request, ctx, match, admitted)
 
+    def _step_up(self, request: Request, match: RouteMatch, session: Session,
+                 requirement: Requirement) -> None:
+        """A browser's session that does not meet the route's C{requirement}: a step-up login."""
+        self._login.step_up_now(request, session, target_of(match), requirement)
+
     def _admitted(self, request: Request, ctx: RequestContext, match: RouteMatch,
                   session: Optional[Session]) -> None:
         """Pass on a request its session admitted (None: it was answered)."""
         if session is not None:
-            set_session_identity(request, ctx, self._state.identity, session)
+            requirement = match.route.requirement
+            sign_in = None
+            if requirement is not None:
+                # The sign-in that met the requirement (an earlier one, one
+                # value of an acrs claim) is the one the headers tell of.
+                config = self._state.config
+                sign_ins = sign_ins_of(session, acr_claim_of(config, session.provider))
+                sign_in = meeting(requirement, sign_ins, self._state.clock.seconds())
+            set_session_identity(request, ctx, self._state.identity, session, sign_in)
             self._pass_on(request, ctx, match)

@@ -8,18 +8,20 @@ session cookie.
 
 from __future__ import annotations
 
-from typing import List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import attr
 from twisted.logger import Logger
 from twisted.web.server import Request
 
-from ..config import RouteConfig, origin_of
-from ..core.context import context
+from ..config import Config, RouteConfig, origin_of
+from ..core.assurance import Requirement, challenge, meeting, unmet
+from ..core.context import context, peek
 from ..oidc.refresh import Refresher
 from ..proxy.headers import header_tokens
 from ..proxy.routes import RouteMatch
 from ..sessions.cookies import CookieTooLarge, read_cookie
+from ..sessions.history import acr_claim_of, sign_ins_of
 from ..sessions.session import (
     DEFAULT_PROVIDER,
     LIVE,
@@ -29,11 +31,11 @@ from ..sessions.session import (
     SessionStoreUnavailable,
     session_state,
 )
-from .answers import decided, finish, store_unavailable
+from .answers import decided, finish, insufficient, store_unavailable
 from .csrf import SAFE_METHODS
 from .identity import user_name
 from .parts import GuardState
-from .requests import judged_method, provider_arg
+from .requests import is_browser_navigation, judged_method, provider_arg
 from .rules import authorized, unverified_claims
 
 __all__ = ["Loaded", "SessionAuth"]
@@ -43,12 +45,50 @@ log = Logger()
 Loaded = Tuple[Optional[Session], List[bytes]]
 """A live session, or None and the Set-Cookie values that clear a dead one."""
 
+StepUp = Callable[[Request, RouteMatch, Session, Requirement], None]
+"""Sends a browser whose session does not meet a route's requirement to sign in again."""
+
+
+def assured(request: Request, match: RouteMatch, session: Session, now: float,
+            step_up: Optional[StepUp], config: Config) -> bool:
+    """
+    The route's requirement (step-up): one of the session's sign-ins
+    (the latest, or an earlier one it was stepped up from) must meet
+    it. Else (False, answered) a browser's navigation signs in again
+    (C{step_up}; a forward-auth check only with C{redirect}, as for a
+    login) and any other request gets 401 with the RFC 9470 challenge.
+    Before any refresh: a refresh is no new sign-in.
+    """
+    requirement = match.route.requirement
+    if requirement is None:
+        return True
+    sign_ins = sign_ins_of(session, acr_claim_of(config, session.provider))
+    if meeting(requirement, sign_ins, now) is not None:
+        return True
+    log.info("{sub} needs a step-up on {route}: {why}", sub=session.sub,
+             route=match.route.name, why=unmet(requirement, sign_ins, now))
+    ctx = peek(request)
+    if step_up is not None and is_browser_navigation(request) and \
+            not (ctx is not None and ctx.forward_auth is False):
+        step_up(request, match, session, requirement)
+    else:
+        insufficient(request, challenge(requirement))
+    return False
+
 
 class SessionAuth:
-    """The session path of one guard."""
+    """
+    The session path of one guard.
+
+    @ivar step_up: what a browser's navigation gets when its session does
+        not meet the route's requirement (a step-up login: set by
+        L{oidcproxy.web.route_auth.RouteAuth}, which knows the login); None:
+        the RFC 9470 challenge, as any other client gets.
+    """
 
     def __init__(self, state: GuardState) -> None:
         self._state = state
+        self.step_up: Optional[StepUp] = None
 
     # -- loading ----------------------------------------------------------------
 
@@ -213,7 +253,8 @@ class SessionAuth:
         state = self._state
         config, cookies = state.config, state.cookies
         now = state.clock.seconds()
-        if not self._screened(request, match, session, now):
+        if not self._screened(request, match, session, now) or \
+                not assured(request, match, session, now, self.step_up, state.config):
             return None, None
         sliding = config.session.sliding
         # Due on the session as it was loaded (a refresh resets last_seen).
@@ -284,7 +325,8 @@ class SessionAuth:
         refresher = self._refresher(session)
         if self._renew_due(session, now) or (refresher is not None and refresher.due(session, now)):
             return None
-        if not self._screened(request, match, session, now):
+        if not self._screened(request, match, session, now) or \
+                not assured(request, match, session, now, self.step_up, state.config):
             return None, None
         route = match.route
         if not self._allowed(request, route, session):

@@ -3,12 +3,19 @@ The login callback: the IdP sends the browser back with a code (or an
 error). The state cookie of the attempt is checked and cleared, the code
 exchanged, the ID token validated (and the UserInfo answer merged), and a
 new session handed out; the browser goes back where it started.
+
+A login that asked something of the sign-in (a step-up: C{acr_values},
+C{max_age}) is held to it: an ID token with another C{acr}, or without an
+C{auth_time} as recent as asked, ends on the login-failed page (not in
+another redirect). Its new session carries over the earlier sign-ins and
+step-ups of the session it replaces, when that was the same user's.
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence, Tuple
 
+import attr
 from twisted.logger import Logger
 from twisted.web.server import Request
 
@@ -16,12 +23,13 @@ from ...core.cache import BoundedCache
 from ...oidc.provider import ProviderError
 from ...oidc.tokens import TokenError, peek_header
 from ...sessions.cookies import CookieTooLarge
+from ...sessions.history import acr_claim_of, carried_sign_ins, carried_step_ups, claims_sign_ins
 from ...sessions.session import DEFAULT_PROVIDER, Session, SessionStoreUnavailable, new_session_id
 from ..answers import finish, redirect, show, store_unavailable
 from ..parts import GuardState, ProviderParts
 from ..requests import arg
 from ..session_auth import SessionAuth
-from .login import MAX_PENDING, LoginEndpoint
+from .login import MAX_PENDING, LoginEndpoint, step_up_path
 
 __all__ = ["CallbackEndpoint"]
 
@@ -129,12 +137,19 @@ class CallbackEndpoint:
             return
 
         now = state.clock.seconds()
+        refused = self._unlike_asked(attempt, claims, now, bundle)
+        if refused is not None:
+            self._failed(request, 401, refused[1], refused[0], target, cookies,
+                         error="insufficient_user_authentication")
+            return
         session = self._session(tokens, claims, now, bundle)
         # A fresh session id on every login (no fixation); the old session
         # of this provider, if any, is ended (another provider's lives on,
         # in its own cookie).
         try:
             old, _ = await self._sessions.load(request, bundle.name)
+            if attempt.asks:
+                session = self._carried(session, old, attempt, now)
             if old is not None:
                 await self._sessions.end(old)
             value = await store.save(session)
@@ -159,8 +174,64 @@ class CallbackEndpoint:
             return
         log.info("login of {sub}", sub=session.sub)
         metrics.login_completed(name)
-        redirect(request, self._landing(attempt.return_to, bundle),
-                 [*cookies, *session_cookies])
+        # A step-up goes back to the page that asked for it, whatever the
+        # provider's fixed landing page.
+        landing = state.absolute(attempt.return_to) if attempt.asks else \
+            self._landing(attempt.return_to, bundle)
+        redirect(request, landing, [*cookies, *session_cookies])
+
+    def _unlike_asked(self, attempt: Any, claims: Dict[str, Any], now: float,
+                      bundle: ProviderParts) -> Optional[Tuple[str, str]]:
+        """
+        Whether the ID token's sign-in is not what the login asked for: its
+        C{acr} (with the provider's C{acr_claim = "acrs"}: one of its C{acrs})
+        one of the asked C{acr_values}, and with a C{max_age} an
+        C{auth_time} (which it then requires, OpenID Connect Core 3.1.2.1)
+        at most that old, give or take the provider's leeway. None: it is
+        (or nothing was asked); else the page's reason and the message.
+        """
+        sign_ins = claims_sign_ins(claims, bundle.oidc.acr_claim)
+        auth_time = sign_ins[0][1]
+        leeway = bundle.oidc.leeway
+        if attempt.acr_values and not any(acr in attempt.acr_values for acr, _ in sign_ins):
+            reason = "step_up_acr"
+            log.warn("login failed: {reason}: asked for acr {asked}, the ID token has {acr}",
+                     reason=reason, asked=" ".join(attempt.acr_values),
+                     acr=" ".join(acr for acr, _ in sign_ins if acr) or "none")
+            found = ("reason_step_up_acr",
+                     "The identity provider did not confirm the sign-in level asked for.")
+        elif attempt.max_age is not None and (
+                auth_time is None or now - auth_time > attempt.max_age + leeway
+                or auth_time > now + leeway):
+            reason = "step_up_auth_time"
+            log.warn("login failed: {reason}: asked for a sign-in at most {max_age}s old, the "
+                     "ID token has {when}", reason=reason, max_age=attempt.max_age,
+                     when="no auth_time" if auth_time is None else
+                     f"auth_time {now - auth_time:.0f}s ago")
+            found = ("reason_step_up_auth_time",
+                     "The identity provider did not confirm a sign-in as recent as asked for.")
+        else:
+            return None
+        self._state.metrics.login_failed(reason, bundle.name)
+        return found
+
+    def _carried(self, session: Session, old: Optional[Session], attempt: Any,
+                 now: float) -> Session:
+        """
+        The new session of a step-up login (one that asked something of the
+        sign-in), with the earlier sign-ins and step-ups of C{old} when that
+        was the same user's, and this login among its step-ups.
+        """
+        if old is not None and old.sub != session.sub:
+            old = None
+        config = self._state.config
+        window = config.step_up.attempt_window
+        acr_claim = acr_claim_of(config, session.provider)
+        this = ((step_up_path(attempt.return_to), now),) if attempt.step_up else ()
+        return attr.evolve(
+            session, sign_ins=carried_sign_ins(claims_sign_ins(session.claims, acr_claim), old,
+                                               acr_claim),
+            step_ups=carried_step_ups(old, this, now, window))
 
     def _failed(self, request: Request, code: int, message: str, reason: str, target: str,
                 cookies: Sequence[bytes], *, error: str = "login_failed",

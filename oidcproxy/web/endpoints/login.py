@@ -1,26 +1,34 @@
 """
 Starting a login: a browser without a session is sent to the IdP's
 authorization endpoint (with a state cookie for the attempt), from the
-login endpoint or from any protected page it navigated to.
+login endpoint or from any protected page it navigated to; a browser whose
+session does not meet a route's requirement (step-up) is sent there too,
+asking for what the route needs, its session kept until the new one is made.
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, Tuple
 from urllib.parse import parse_qs, urlsplit
 
+from twisted.logger import Logger
 from twisted.web.server import Request
 
+from ...config.values import acr_value
+from ...core.assurance import Requirement, challenge
 from ...core.cache import BoundedCache
 from ...core.context import peek
 from ...core.urls import safe_return_to
 from ...proxy.routes import RouteMatch
-from ...sessions.session import DEFAULT_PROVIDER
+from ...sessions.history import recent_step_ups
+from ...sessions.session import DEFAULT_PROVIDER, Session
 from ..answers import decided, deny, finish, redirect, show
 from ..parts import GuardState
 from ..requests import arg, is_browser_navigation, mount_path, provider_arg, return_to
 
-__all__ = ["LoginEndpoint", "MAX_PENDING"]
+__all__ = ["LoginEndpoint", "MAX_PENDING", "step_up_path", "target_of"]
+
+log = Logger()
 
 MAX_PENDING = 10_000
 """The most login attempts counted as pending (and states remembered as used)."""
@@ -29,7 +37,43 @@ PROMPTS = ("login", "select_account")
 """The C{prompt} values the login endpoint passes on (signing in as someone else)."""
 
 
-def _target(match: RouteMatch) -> str:
+MAX_ACR_VALUES = 16
+"""The most C{acr_values} the login endpoint passes on."""
+
+MAX_AGE_DIGITS = 10
+"""The most digits of the login endpoint's C{max_age} (about 300 years of seconds)."""
+
+
+def step_up_path(target: str) -> str:
+    """What a step-up of C{target} counts under: its path (the query does not make another page)."""
+    return target.split("?", 1)[0]
+
+
+def asked_of(args: Any) -> Tuple[Optional[Tuple[str, ...]], Optional[int], Optional[str]]:
+    """
+    The login endpoint's C{acr_values} (space-separated) and C{max_age}
+    (whole seconds): the values, or the name of the one that is malformed.
+    """
+    acr_values: Tuple[str, ...] = ()
+    max_age: Optional[int] = None
+    given = args.get(b"acr_values")
+    if given is not None:
+        try:
+            text = given[0].decode("ascii") if len(given) == 1 else ""
+            acr_values = tuple(acr_value(a) for a in text.split(" "))
+        except ValueError:  # UnicodeDecodeError too
+            return None, None, "acr_values"
+        if len(acr_values) > MAX_ACR_VALUES or len(set(acr_values)) != len(acr_values):
+            return None, None, "acr_values"
+    given = args.get(b"max_age")
+    if given is not None:
+        if len(given) != 1 or not given[0].isdigit() or len(given[0]) > MAX_AGE_DIGITS:
+            return None, None, "max_age"
+        max_age = int(given[0])
+    return acr_values, max_age, None
+
+
+def target_of(match: RouteMatch) -> str:
     """Where a login started on the request of C{match} comes back to: its path and query."""
     target = match.path
     if match.query is not None:
@@ -71,9 +115,74 @@ class LoginEndpoint:
             # Unknown, or one whose logins do not start here (disable_login).
             finish(request, 404, "unknown_provider", "No such identity provider logs in here.")
             return
+        acr_values, max_age, bad = asked_of(request.args)
+        if acr_values is None:
+            finish(request, 400, "bad_request",
+                   "The acr_values parameter must be acr values separated by single spaces."
+                   if bad == "acr_values" else
+                   "The max_age parameter must be a whole number of seconds.")
+            return
         prompt = arg(request.args, b"prompt")
-        await self.start(request, return_to(request), prompt=prompt if prompt in PROMPTS else None,
-                         provider=name)
+        asks = bool(acr_values) or max_age is not None
+        if prompt not in PROMPTS:
+            prompt = "login" if asks and table is not None and table.step_up_prompt_login \
+                else None
+        await self.start(request, return_to(request), prompt=prompt, provider=name,
+                         acr_values=acr_values, max_age=max_age)
+
+    async def step_up(self, request: Request, session: Session, target: str,
+                      requirement: Requirement) -> None:
+        """L{step_up_now}, as a coroutine."""
+        self.step_up_now(request, session, target, requirement)
+
+    def step_up_now(self, request: Request, session: Session, target: str,
+                    requirement: Requirement) -> None:
+        """
+        A browser whose C{session} does not meet C{requirement} on C{target}
+        (a path): sent to sign in again at the session's provider, asking
+        for the requirement's C{acr_values} and C{max_age} (and C{prompt=login}
+        where the provider needs it), to come back to C{target}. Its session
+        cookie stays: the session lives on until the callback replaces it.
+
+        No loop: when the session's chain already made
+        C{[step_up].max_attempts} step-up logins for C{target} within
+        C{attempt_window}, the IdP did not give what the page needs, and the
+        answer is the login-failed page (401), not another redirect. Where
+        logins do not start here, the RFC 9470 challenge (401).
+        """
+        state = self._state
+        config = state.config
+        name = session.provider
+        oidc = config.provider_config(name)
+        step = config.step_up
+        now = state.clock.seconds()
+        path = step_up_path(target)
+        tried = sum(1 for entry in recent_step_ups(session, now, step.attempt_window)
+                    if entry[0] == path)
+        if oidc is None or state.bundle(name) is None or oidc.disable_login or oidc.login_url:
+            decided(request, "step_up")
+            finish(request, 401, "insufficient_user_authentication",
+                   "This page needs a stronger or more recent sign-in, which cannot be "
+                   "started here.", {b"www-authenticate": challenge(requirement)})
+            return
+        if tried >= step.max_attempts:
+            log.warn("step-up of {sub} for {path} refused: {tried} step-up logins within "
+                     "{window:g}s did not give {requirement}", sub=session.sub, path=path,
+                     tried=tried, window=step.attempt_window,
+                     requirement=requirement.describe())
+            decided(request, "step_up_failed")
+            state.metrics.login_failed("step_up_exhausted", name)
+            pages = state.pages
+            show(request, lambda r: pages.login_failed(
+                r, 401, "The identity provider did not give the sign-in this page needs.",
+                "reason_step_up_exhausted", target,
+                headers={b"www-authenticate": challenge(requirement)},
+                error="insufficient_user_authentication"))
+            return
+        self.begin(request, target, prompt="login" if oidc.step_up_prompt_login else None,
+                   provider=name, acr_values=requirement.acr_values,
+                   max_age=None if requirement.max_age is None else int(requirement.max_age),
+                   step_up=True, decision="step_up")
 
     async def unauthenticated(self, request: Request, match: RouteMatch,
                               clear: Sequence[bytes]) -> None:
@@ -101,7 +210,7 @@ class LoginEndpoint:
             finish(request, 401, "unauthenticated", message,
                    {b"www-authenticate": b'Bearer realm="oidcproxy"'}, clear)
             return
-        target = _target(match)
+        target = target_of(match)
         if self._state.config.pages.sign_in_page and self._logs_in_here(name):
             # A page with a button naming the provider, before the browser goes there.
             decided(request, "unauthenticated")
@@ -135,7 +244,7 @@ class LoginEndpoint:
             finish(request, 401, "unauthenticated", "Authentication is required.", challenge,
                    clear)
             return
-        target = _target(match)
+        target = target_of(match)
         pages = state.pages
         show(request, lambda r: pages.sign_in(r, target, challenge, choices), clear)
 
@@ -146,8 +255,23 @@ class LoginEndpoint:
             not oidc.disable_login and self.here()
 
     async def start(self, request: Request, target: str, cookies: Sequence[bytes] = (),
-                    prompt: Optional[str] = None, provider: str = DEFAULT_PROVIDER) -> None:
-        """Send the browser to the IdP of C{provider}, to come back to C{target} (a path)."""
+                    prompt: Optional[str] = None, provider: str = DEFAULT_PROVIDER,
+                    acr_values: Sequence[str] = (), max_age: Optional[int] = None,
+                    step_up: bool = False, decision: str = "login") -> None:
+        """
+        Send the browser to the IdP of C{provider}, to come back to C{target}
+        (a path), asking for C{acr_values} and C{max_age} when given (see
+        L{oidcproxy.oidc.login.LoginFlow.start}); C{decision}: the access
+        log's.
+        """
+        self.begin(request, target, cookies, prompt, provider, acr_values, max_age, step_up,
+                   decision)
+
+    def begin(self, request: Request, target: str, cookies: Sequence[bytes] = (),
+              prompt: Optional[str] = None, provider: str = DEFAULT_PROVIDER,
+              acr_values: Sequence[str] = (), max_age: Optional[int] = None,
+              step_up: bool = False, decision: str = "login") -> None:
+        """L{start}, which needs nothing to wait for: at once."""
         state = self._state
         bundle = state.bundle(provider)
         if bundle is None:
@@ -163,8 +287,9 @@ class LoginEndpoint:
                    {b"retry-after": b"5"}, cookies)
             return
         location, state_cookies = login.start(
-            request.received_cookies, target, metadata.authorization_endpoint, prompt)
-        decided(request, "login")
+            request.received_cookies, target, metadata.authorization_endpoint, prompt,
+            acr_values, max_age, step_up)
+        decided(request, decision)
         state.metrics.login_started(provider)
         self._started(location)
         redirect(request, location, [*cookies, *state_cookies])

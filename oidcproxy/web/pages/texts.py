@@ -56,6 +56,13 @@ TEXTS: Dict[str, Dict[str, str]] = {
         "reason_idp_slow": "The identity provider did not answer in time.",
         "reason_malformed": "The answer of the identity provider was malformed.",
         "reason_store_down": "Sessions are temporarily unavailable.",
+        "reason_step_up_exhausted": "This page needs a stronger or more recent sign-in, and "
+                                    "the identity provider did not give it after several "
+                                    "attempts.",
+        "reason_step_up_acr": "The identity provider did not confirm the sign-in level "
+                              "asked for.",
+        "reason_step_up_auth_time": "The identity provider did not confirm a sign-in as "
+                                    "recent as asked for.",
     },
     "de": {
         "error_heading": "{code} {title}",
@@ -97,6 +104,13 @@ TEXTS: Dict[str, Dict[str, str]] = {
         "reason_idp_slow": "Der Identitätsanbieter hat nicht rechtzeitig geantwortet.",
         "reason_malformed": "Die Antwort des Identitätsanbieters war fehlerhaft.",
         "reason_store_down": "Sitzungen sind vorübergehend nicht verfügbar.",
+        "reason_step_up_exhausted": "Diese Seite verlangt eine stärkere oder neuere Anmeldung, "
+                                    "und der Identitätsanbieter hat sie auch nach mehreren "
+                                    "Versuchen nicht bestätigt.",
+        "reason_step_up_acr": "Der Identitätsanbieter hat die verlangte Anmeldestufe nicht "
+                              "bestätigt.",
+        "reason_step_up_auth_time": "Der Identitätsanbieter hat keine so neue Anmeldung wie "
+                                    "verlangt bestätigt.",
     },
 }
 
