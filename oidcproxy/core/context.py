@@ -23,6 +23,8 @@ from typing import Any, Callable, List, Optional, Tuple
 import attr
 from zope.interface import Interface
 
+from .assurance import Requirement
+
 __all__ = ["ContextAtHand", "IRequestContext", "RequestContext", "context", "peek"]
 
 
@@ -70,6 +72,11 @@ class RequestContext:
     @ivar pages: the L{oidcproxy.web.pages.Pages} of the guard that handles
         the request (its look and language), for every page answered to
         it; None: the plain built-in page.
+    @ivar step_up: for a browser's navigation a session admitted on a
+        route with C{step_up = true}, what answers it instead when the
+        upstream asks for a stronger or more recent sign-in (an RFC 9470
+        challenge): called with the request and the L{Requirement} asked; None: the upstream's
+        answer is passed on whatever it is.
     """
 
     early_match: Any = None
@@ -91,6 +98,7 @@ class RequestContext:
     wrapped: Any = None
     gone: bool = False
     pages: Any = None
+    step_up: Optional[Callable[[Any, Requirement], None]] = None
 
     def apply_answer(self, request: Any) -> None:
         """

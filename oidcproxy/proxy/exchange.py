@@ -2,7 +2,9 @@
 One request's trip to its upstream and back: the wait for a connection
 slot, the request through the route's L{Agent}, the answer's head copied to
 the client and its body handed to a L{BodyRelay}; the timeout, the
-cancellation when the client goes away, and the 502/503/504 answers.
+cancellation when the client goes away, and the 502/503/504 answers; and
+the upstream's RFC 9470 challenge handed to the request's step-up (a route
+with C{step_up = true}) instead of being passed on.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from twisted.web.server import Request
 
 from ..config import RouteConfig
 from ..core.admission import LogThrottle, QueueFull
+from ..core.assurance import parse_challenge
 from ..core.context import peek
 from ..core.deadlines import Deadline, Deadlines
 from ..core.metrics import NullMetrics
@@ -160,9 +163,9 @@ class Exchange:
             self._route.name, self._clock.seconds() - self._sent_at)
         request = self._request
         if self._client_gone:
-            self._stop_timer()
-            response.deliverBody(Discard())
-            self._release()
+            self._drop(response)
+            return
+        if response.code == 401 and self._stepped_up(response):
             return
         request.setResponseCode(response.code, response.phrase)
         out = request.responseHeaders
@@ -200,6 +203,30 @@ class Exchange:
         # the deadlines stays (it is cancelled when none is left, and set
         # again for the next).
         self._stop_timer()
+
+    def _drop(self, response: IResponse) -> None:
+        """Nobody gets C{response}: its body is discarded and the connection's slot given back."""
+        self._stop_timer()
+        response.deliverBody(Discard())
+        self._release()
+
+    def _stepped_up(self, response: IResponse) -> bool:
+        """
+        Whether the upstream's 401 C{response} is a step-up the request's
+        context answers (L{oidcproxy.core.context.RequestContext.step_up}: a
+        browser's navigation on a session, on a route with C{step_up =
+        true}): then its answer is dropped and the step-up answers instead.
+        """
+        found = peek(self._request)
+        step_up = found.step_up if found is not None else None
+        if step_up is None or not self._route.step_up:
+            return False
+        requirement = parse_challenge(response.headers.getRawHeaders(b"www-authenticate"))
+        if requirement is None:
+            return False
+        self._drop(response)
+        step_up(self._request, requirement)
+        return True
 
     def _failed(self, failure: Failure) -> None:
         self._pending = None

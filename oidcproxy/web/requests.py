@@ -17,8 +17,8 @@ from ..proxy.headers import header_tokens
 from ..proxy.routes import split_target
 from ..sessions.session import DEFAULT_PROVIDER
 
-__all__ = ["arg", "is_browser_navigation", "is_preflight", "judged_method", "mount_path",
-           "peer", "return_to", "target_below_mount"]
+__all__ = ["arg", "is_browser_navigation", "is_navigation", "is_preflight", "judged_method",
+           "mount_path", "peer", "return_to", "target_below_mount"]
 
 
 def judged_method(request: Request) -> bytes:
@@ -34,8 +34,15 @@ def is_browser_navigation(request: Request) -> bool:
     top-level browser navigation) rather than get a 401 (API calls, XHR,
     fetches, images, anything but GET/HEAD) — like mod_auth_openidc.
     """
-    if judged_method(request) not in (b"GET", b"HEAD"):
-        return False
+    return judged_method(request) in (b"GET", b"HEAD") and is_navigation(request)
+
+
+def is_navigation(request: Request) -> bool:
+    """
+    Whether C{request}, whatever its method, is a browser's top-level
+    navigation (a link followed, a form submitted) by its headers: not a
+    WebSocket, an XHR or a fetch, and it accepts HTML.
+    """
     headers = request.requestHeaders
     if b"websocket" in header_tokens(headers, b"upgrade"):
         # A WebSocket cannot follow a redirect to a login page.

@@ -31,6 +31,7 @@ from .headers import set_session_identity
 from .parts import GuardState
 from .requests import is_preflight, judged_method
 from .session_auth import Loaded, SessionAuth
+from .step_up import UpstreamStepUp
 
 __all__ = ["RouteAuth"]
 
@@ -52,6 +53,7 @@ class RouteAuth:
         self._pass_on = pass_on
         # A session short of a route's requirement: its browser steps up.
         sessions.step_up = self._step_up
+        self._upstream_step_up = UpstreamStepUp(state, login)
 
     def decide(self, request: Request, match: RouteMatch,
                authorization: Optional[Sequence[bytes]]) -> Optional[Coroutine[Any, Any, None]]:
@@ -201,4 +203,6 @@ class RouteAuth:
                 sign_ins = sign_ins_of(session, acr_claim_of(config, session.provider))
                 sign_in = meeting(requirement, sign_ins, self._state.clock.seconds())
             set_session_identity(request, ctx, self._state.identity, session, sign_in)
+            if match.route.step_up:
+                self._upstream_step_up.offer(request, ctx)
             self._pass_on(request, ctx, match)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 from urllib.parse import urlencode, urlsplit
 
 from twisted.web.server import Request
@@ -178,14 +178,16 @@ class Pages:
     # -- links to the guard's endpoints ----------------------------------------------------
 
     def _login_url(self, request: Request, target: str, prompt: Optional[str] = None,
-                   provider: Optional[str] = None) -> Optional[str]:
+                   provider: Optional[str] = None,
+                   asked: Sequence[Tuple[str, str]] = ()) -> Optional[str]:
         """
         The login endpoint starting a login back to C{target} with
-        C{provider} (by default the provider of the request's route); None
-        when logins start elsewhere.
+        C{provider} (by default the provider of the request's route), with
+        the parameters C{asked} (a step-up's C{acr_values} and C{max_age});
+        None when logins start elsewhere.
         """
         oidc = self._config.oidc
-        query = [("rd", target)] + ([("prompt", prompt)] if prompt else [])
+        query = [("rd", target)] + ([("prompt", prompt)] if prompt else []) + list(asked)
         if provider is None:
             provider = _request_provider(request)
         name = provider or None
@@ -400,6 +402,33 @@ class Pages:
             "sign_in": buttons,
         }
         return self._page(request, "sign_in", 401, lang, texts["sign_in_heading"], slots, headers)
+
+    def step_up(self, request: Request, target: str, acr_values: Sequence[str],
+                max_age: Optional[int], headers: Optional[Dict[bytes, bytes]] = None) -> bytes:
+        """
+        401 for an action (a form posted) the upstream refused for want of
+        a stronger or more recent sign-in: it says so, and a button signs in
+        again asking for C{acr_values} and C{max_age}, back to C{target}
+        (the page the action was taken on) to try once more.
+        """
+        message = "This action needs a stronger or more recent sign-in."
+        if wants_json(request):
+            return render_error(request, 401, "insufficient_user_authentication", message,
+                                headers, as_json=True)
+        lang = self.language(request)
+        texts = TEXTS[lang]
+        asked = ([("acr_values", " ".join(acr_values))] if acr_values else []) + \
+            ([("max_age", str(max_age))] if max_age is not None else [])
+        again = self._login_url(request, target, asked=asked)
+        slots = {
+            "message": texts["step_up_message"],
+            "retry_note": texts["step_up_note"] if again else "",
+            "sign_in": tags.a(texts["step_up_button"], href=again, **{"class": "button"})
+            if again else "",
+            "back": tags.a(texts["back"], href=mount_path(request) + target,
+                           **{"class": "button secondary"}),
+        }
+        return self._page(request, "step_up", 401, lang, texts["step_up_heading"], slots, headers)
 
     def script_answer(self, request: Request) -> bytes:
         """The script of the sign-out page (static)."""

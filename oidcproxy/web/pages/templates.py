@@ -41,6 +41,8 @@ PAGES: Dict[str, Dict[str, FrozenSet[str]]] = {
                    "optional": frozenset({"message"})},
     "sign_in": {"required": frozenset({"heading", "sign_in"}),
                 "optional": frozenset({"message"})},
+    "step_up": {"required": frozenset({"heading", "message", "sign_in"}),
+                "optional": frozenset({"retry_note", "back"})},
 }
 """Each page's slots (besides L{COMMON_SLOTS}); its template is C{<page>.xhtml}."""
 

@@ -43,6 +43,11 @@ TEXTS: Dict[str, Dict[str, str]] = {
         "sign_in_heading": "Sign in",
         "sign_in_message": "This site needs you to sign in.",
         "sign_in_with": "Sign in with {provider}",
+        "step_up_heading": "A stronger sign-in is needed",
+        "step_up_message": "This action needs a stronger or more recent sign-in than the one "
+                           "you have. It was not carried out.",
+        "step_up_note": "Sign in again, then try the action once more.",
+        "step_up_button": "Sign in again",
         "support": "Help",
         "reason_idp_refused": "The identity provider did not let the sign-in through "
                               "(it answered {error}).",
@@ -91,6 +96,11 @@ TEXTS: Dict[str, Dict[str, str]] = {
         "sign_in_heading": "Anmelden",
         "sign_in_message": "Für diese Website müssen Sie sich anmelden.",
         "sign_in_with": "Mit {provider} anmelden",
+        "step_up_heading": "Eine stärkere Anmeldung ist nötig",
+        "step_up_message": "Diese Aktion verlangt eine stärkere oder neuere Anmeldung als Ihre "
+                           "jetzige. Sie wurde nicht ausgeführt.",
+        "step_up_note": "Melden Sie sich erneut an und versuchen Sie die Aktion dann noch einmal.",
+        "step_up_button": "Erneut anmelden",
         "support": "Hilfe",
         "reason_idp_refused": "Der Identitätsanbieter hat die Anmeldung nicht zugelassen "
                               "(Antwort: {error}).",

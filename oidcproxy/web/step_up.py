@@ -1,0 +1,132 @@
+"""
+Upstream-driven step-up (a route with C{step_up = true}): when the upstream
+answers a browser's navigation on a session with the RFC 9470 challenge
+(C{401}, C{WWW-Authenticate: Bearer error="insufficient_user_authentication",
+acr_values="...", max_age=...}), the proxy does not pass that answer on
+(L{oidcproxy.proxy.exchange}) but answers with what the browser can act on:
+
+  - a C{GET} (or C{HEAD}) is sent to sign in again at the session's
+    provider, asking for the challenge's C{acr_values} and C{max_age}, and
+    comes back to the same URL (L{LoginEndpoint.step_up}, which also bounds
+    the attempts per page);
+  - any other method (a form posted) gets a 401 page that explains and
+    offers to sign in at the asked level, coming back to the page the user
+    was on, to try the action again.
+
+API clients (requests that are not navigations), bearer-admitted requests
+and routes without C{step_up} never get here: the challenge is theirs.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.server import Request
+
+from ..core.assurance import Requirement, challenge
+from ..core.context import RequestContext, peek
+from ..core.urls import safe_return_to
+from .answers import abort, client_gone, decided, finish, show
+from .endpoints.login import LoginEndpoint
+from .parts import GuardState
+from .requests import is_navigation
+
+__all__ = ["UpstreamStepUp"]
+
+log = Logger()
+
+
+def _target(request: Request, ctx: RequestContext, query: bool) -> str:
+    """
+    The request's own target as a return-to path (below the public URL):
+    its routed path, with its query when C{query}.
+    """
+    match = ctx.match
+    if match is None:
+        return "/"
+    target = match.path
+    if query and match.query is not None:
+        target += "?" + match.query.decode("ascii")
+    return safe_return_to(target) or "/"
+
+
+class UpstreamStepUp:
+    """
+    The step-up an upstream asks for, for the browsers of one guard.
+
+    @param state: what the guard's units share (the configuration, pages).
+    @param login: the login endpoint, which starts the step-up login.
+    """
+
+    def __init__(self, state: GuardState, login: LoginEndpoint) -> None:
+        self._state = state
+        self._login = login
+
+    def offer(self, request: Request, ctx: RequestContext) -> None:
+        """
+        C{request}, admitted on a session on a route with C{step_up =
+        true}: when it is a browser's navigation, its upstream's challenge
+        is answered here (L{RequestContext.step_up}).
+        """
+        if is_navigation(request):
+            ctx.step_up = self.answer
+
+    def answer(self, request: Request, requirement: Requirement) -> None:
+        """
+        The upstream refused C{request} asking for C{requirement}: a
+        step-up login for a C{GET}/C{HEAD}, the step-up page for others.
+        """
+        d = Deferred.fromCoroutine(self._answer(request, requirement))
+        d.addErrback(self._unexpected, request)
+
+    async def _answer(self, request: Request, requirement: Requirement) -> None:
+        ctx = peek(request)
+        assert ctx is not None and ctx.session is not None, "offered to a session's request only"
+        # The answer is the guard's own from here on: its cookies (the
+        # step-up login's state cookie) are not a wrapped resource's to refuse.
+        ctx.keep_cookie = None
+        route = ctx.route
+        method = request.method
+        log.info("upstream of route {route} asks for {requirement} on {method}: {answer}",
+                 route=route.name if route is not None else "-",
+                 requirement=requirement.describe(), method=method.decode("ascii", "replace"),
+                 answer="step-up login" if method in (b"GET", b"HEAD") else "step-up page")
+        if method in (b"GET", b"HEAD"):
+            await self._login.step_up(request, ctx.session, _target(request, ctx, True),
+                                      requirement)
+            return
+        decided(request, "step_up")
+        target = self._came_from(request) or _target(request, ctx, False)
+        pages = self._state.pages
+        max_age = None if requirement.max_age is None else int(requirement.max_age)
+        show(request, lambda r: pages.step_up(
+            r, target, requirement.acr_values, max_age,
+            {b"www-authenticate": challenge(requirement)}))
+
+    def _came_from(self, request: Request) -> Optional[str]:
+        """
+        The page the browser was on (its C{Referer}) as a return-to path
+        below the public URL, when it is a safe one there; else None.
+        """
+        public = self._state.public
+        referer = request.requestHeaders.getRawHeaders(b"referer")
+        if not public or not referer:
+            return None
+        page = referer[0].decode("latin-1")
+        if not page.startswith(public + "/"):
+            return None
+        return safe_return_to(page[len(public):])
+
+    def _unexpected(self, failure: Failure, request: Request) -> Any:
+        """A bug on the way: logged, and 500 (or the connection cut) if anything can still go out."""
+        log.failure("unexpected error answering an upstream's step-up", failure)
+        if client_gone(request):
+            return None
+        if request.startedWriting:
+            abort(request)
+            return None
+        finish(request, 500, "internal_error", "Something went wrong on our side.")
+        return None
