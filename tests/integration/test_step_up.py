@@ -40,6 +40,7 @@ L{tests.integration.test_providers}); the unit tests cover it.
 from __future__ import annotations
 
 import json
+import time
 from typing import Any, Dict, List, Optional, Tuple
 
 import attr
@@ -109,10 +110,13 @@ class StepUpStack:
         return self.op.events("authorization.request")
 
     async def upstream_uris(self) -> List[str]:
-        """The targets of the requests that reached the upstream, in order."""
+        """
+        The targets of the requests that reached the upstream, in order
+        (but Chromium's own C{/favicon.ico}, which the route C{/} serves).
+        """
         _, body = await self.client.request("GET", self.upstream.url + "/events",
                                             keep_cookies=False)
-        return [e["uri"] for e in json.loads(body)]
+        return [e["uri"] for e in json.loads(body) if not e["uri"].endswith("/favicon.ico")]
 
     async def downgrade(self) -> None:
         """The OP's test hook: every login gets acr silver, whatever was asked."""
@@ -221,6 +225,26 @@ async def sign_in_at_op(browser: Browser, op: OpenIDProvider, login: str,
     await deferToThread(run)
 
 
+async def sign_in_if_asked(browser: Browser, op: OpenIDProvider, page: str, login: str) -> None:
+    """
+    Wait for the browser to be either at the OP's login form, then sign in
+    there as C{login} (L{sign_in_at_op}), or back at C{page} already.
+    """
+    from selenium.webdriver.common.by import By
+
+    def where() -> bool:
+        return bool(browser._wait(
+            lambda d: (d.current_url.startswith(op.issuer + "/interaction/")
+                       and bool(d.find_elements(By.NAME, "login")))
+            or (d.current_url == page and bool(d.find_elements(By.TAG_NAME, "pre")))
+            or bool(d.find_elements(By.TAG_NAME, "h1")),
+            f"the OP's login form or {page}"))
+
+    await deferToThread(where)
+    if (await browser.url()).startswith(op.issuer):
+        await sign_in_at_op(browser, op, login)
+
+
 async def heading(browser: Browser) -> str:
     """The text of the page's first C{h1} (waiting for one)."""
     from selenium.webdriver.common.by import By
@@ -309,14 +333,13 @@ class BrowserStepUpTests(TestCase, StepUpMixin):
         self.assertEqual(await stack.upstream_uris(),
                          ["/echo" + HOME, "/echo" + GOLD, "/echo" + GOLD + "&again=1"])
 
-    async def test_max_auth_age_forces_a_fresh_login(self) -> None:
+    async def stale_sign_in(self) -> Tuple[StepUpStack, Browser, int, int]:
         """
-        The route with a C{max_auth_age} of a few seconds serves the
-        sign-in just made; once that age has passed (an API client with the browser's
-        cookie polls until it gets the 401 challenge naming C{max_age}), the
-        browser is sent to the OP with C{max_age}, whose session is older
-        too: its login form again; back on the page, the upstream is told
-        the new, later C{auth_time}.
+        A browser signed in on the route with a C{max_auth_age} of a few
+        seconds, served at once; then an API client with the browser's
+        cookie polls until the sign-in is too old for the route (the 401
+        challenge naming C{max_age}). The stack, the browser, the sign-in's
+        C{auth_time} and the OP's authorization requests until then.
         """
         require_chromium()
         stack = await start_step_up_stack(self)
@@ -326,7 +349,6 @@ class BrowserStepUpTests(TestCase, StepUpMixin):
         await sign_in_at_op(browser, stack.op, "alice")
         echo = await browser.json_page(proxy.url + FRESH)
         first_time = self.assertSignIn(echo, "/echo" + FRESH, "silver")
-        before = len(stack.authorization_requests())
 
         cookie = await session_cookie_header(browser)
         client = WebClient(self)
@@ -339,15 +361,48 @@ class BrowserStepUpTests(TestCase, StepUpMixin):
 
         response = await procs.poll_async(too_old, MAX_AUTH_AGE + 10, interval=0.25,
                                           what=f"{FRESH} to need a fresh sign-in")
+        self.assertGreaterEqual(time.time(), first_time + MAX_AUTH_AGE)
         challenge = response.headers.getRawHeaders(b"www-authenticate", [])
         self.assertEqual(len(challenge), 1, challenge)
         self.assertEqual(parse_challenge(challenge),
                          Requirement(acr_values=(), max_age=float(MAX_AUTH_AGE)))
+        return stack, browser, first_time, len(stack.authorization_requests())
 
+    async def test_max_auth_age_forces_a_fresh_login(self) -> None:
+        """
+        Once the sign-in is older than the route's C{max_auth_age} (and
+        than the OP's C{max_age} too, which counts whole seconds: more than
+        C{max_age} of them), the browser is sent to the OP with C{max_age}:
+        its login form again; back on the page, the upstream is told the
+        new, later C{auth_time}.
+        """
+        stack, browser, first_time, before = await self.stale_sign_in()
+        proxy = stack.proxy
+        await procs.sleep(max(0.0, first_time + MAX_AUTH_AGE + 1.2 - time.time()))
         await browser.get(proxy.url + FRESH)
         await sign_in_at_op(browser, stack.op, "alice")
         echo = await browser.json_page(proxy.url + FRESH)
         self.assertGreater(self.assertSignIn(echo, "/echo" + FRESH, "silver"), first_time)
+        asked = stack.authorization_requests()[before:]
+        self.assertEqual([r[1] for r in asked], [str(MAX_AUTH_AGE)], stack.describe())
+
+    async def test_max_auth_age_step_up_at_the_age(self) -> None:
+        """
+        The browser comes back the moment the sign-in is too old for the
+        route: the OP, counting whole seconds, may still find it young
+        enough for C{max_age} and answer at once with the same C{auth_time}
+        (OpenID Connect asks it to re-authenticate only when more time has
+        passed), which the callback accepts, within the leeway. The page is
+        then served after that one step-up login, or after a fresh login
+        at the OP, but neither does the proxy step up again nor end on the
+        login-failed page.
+        """
+        stack, browser, first_time, before = await self.stale_sign_in()
+        proxy = stack.proxy
+        await browser.get(proxy.url + FRESH)
+        await sign_in_if_asked(browser, stack.op, proxy.url + FRESH, "alice")
+        echo = await browser.json_page(proxy.url + FRESH)
+        self.assertGreaterEqual(self.assertSignIn(echo, "/echo" + FRESH, "silver"), first_time)
         asked = stack.authorization_requests()[before:]
         self.assertEqual([r[1] for r in asked], [str(MAX_AUTH_AGE)], stack.describe())
 

@@ -337,7 +337,9 @@ server.listen(settings.port, '127.0.0.1', () => {
     res.writeHead(status, {
       'content-type': 'text/html; charset=utf-8',
       'cache-control': 'no-store',
-      'content-security-policy': "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'",
+      // No form-action: it would also bind the redirects after the form
+      // (back to the client's redirect_uri, another origin).
+      'content-security-policy': "default-src 'none'; style-src 'unsafe-inline'",
     }).end(`<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>Second step</title></head>
 <body><h1>Second step</h1>
