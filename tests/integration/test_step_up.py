@@ -16,14 +16,20 @@ The proxy's routes (L{start_step_up_stack}):
   - C{/challenge}: the same upstream answer, without C{step_up}.
   - C{/insist}: C{step_up = true}, to the upstream's C{/unsatisfied/insist},
     which answers that challenge whatever the sign-in.
+  - C{/shop}: a session, to the upstream's C{/form/shop}: a page whose form
+    posts to the C{step_up} route.
 
 Covered: a silver session asking for the gold route is sent to the OP
 again, through the one-time code page, and lands on the page first asked
 for with C{X-Forwarded-Acr: gold}; a C{max_auth_age} of a few seconds
 sends the browser to log in again once it has passed (the OP's login form,
-asked with C{max_age}), with a later C{X-Forwarded-Auth-Time}; the
-upstream's challenge on the C{step_up} route takes the browser through the
-gold login and the retried C{GET} reaches the upstream with acr C{gold};
+asked with C{max_age}), with a later C{X-Forwarded-Auth-Time}, and a step-up
+right at that age, which the OP (counting whole seconds) may answer with
+the same sign-in, neither loops nor fails; the upstream's challenge on the
+C{step_up} route takes the browser through the gold login and the retried
+C{GET} reaches the upstream with acr C{gold}; to a form's C{POST} it
+answers with the step-up page, whose button signs in at gold and comes back
+to the form, whose post then gets through;
 an OP that answers C{silver} when C{gold} was asked (its test hook) ends on
 the login-failed page after one authorization request; an upstream that
 challenges whatever the sign-in gets C{[step_up] max_attempts} step-up
@@ -79,6 +85,10 @@ CHALLENGE = "/challenge/doc"
 """A page of the route whose upstream challenges, without C{step_up}."""
 INSIST = "/insist/form?n=3"
 """A page of the C{step_up} route whose upstream is never satisfied."""
+SHOP = "/shop/cart?action=%2Fpay%2Fconfirm"
+"""A page with a form that posts to C{/pay/confirm} (the C{step_up} route)."""
+STEP_UP_PAGE = "A stronger sign-in is needed"
+"""The heading of the proxy's step-up page (English)."""
 MAX_AUTH_AGE = 5
 """Seconds: C{/fresh}'s C{max_auth_age}."""
 MAX_ATTEMPTS = 2
@@ -175,6 +185,12 @@ upstream = "{upstream.url}"
 auth = "session"
 replace_prefix = "/unsatisfied/insist"
 step_up = true
+
+[[routes]]
+path = "/shop"
+upstream = "{upstream.url}"
+auth = "session"
+replace_prefix = "/form/shop"
 """
         proxy = await start_proxy(testcase, reserved, config)
     finally:
@@ -424,6 +440,34 @@ class BrowserStepUpTests(TestCase, StepUpMixin):
         self.assertEqual([r[0] for r in stack.authorization_requests()[before:]], ["gold"])
         self.assertEqual([uri for uri in await stack.upstream_uris() if uri.startswith("/step-up")],
                          ["/step-up" + PAY, "/step-up" + PAY])
+
+    async def test_upstream_challenge_to_a_form_post(self) -> None:
+        """
+        A form on a page of the silver session posts to the C{step_up} route,
+        whose upstream answers with the RFC 9470 challenge: the post cannot
+        be replayed, so the browser gets the proxy's step-up page; its button
+        signs in at the asked level (the OP's login and code pages) and
+        comes back to the page with the form, whose post then reaches the
+        upstream with acr C{gold}.
+        """
+        stack, browser, _ = await self.silver_session()
+        proxy = stack.proxy
+        before = len(stack.authorization_requests())
+        await browser.get(proxy.url + SHOP)
+        await browser.click("form button[type=submit]")
+        self.assertEqual(await heading(browser), STEP_UP_PAGE, stack.describe())
+        await browser.click("main a.button:not(.secondary)")
+        await sign_in_at_op(browser, stack.op, "alice", ONE_TIME_CODE)
+        await browser.wait_for_url(proxy.url + SHOP)
+        await browser.click("form button[type=submit]")
+        echo = await browser.json_page(proxy.url + "/pay/confirm")
+        self.assertSignIn(echo, "/step-up/pay/confirm", "gold")
+        self.assertEqual(echo["method"], "POST")
+        self.assertEqual([r[0] for r in stack.authorization_requests()[before:]], ["gold"])
+        _, body = await stack.client.request("GET", stack.upstream.url + "/events",
+                                             keep_cookies=False)
+        posts = [e["uri"] for e in json.loads(body) if e["method"] == "POST"]
+        self.assertEqual(posts, ["/step-up/pay/confirm"] * 2)
 
     async def test_lower_acr_ends_on_the_login_failed_page(self) -> None:
         """

@@ -29,11 +29,14 @@ Endpoints:
     acr_values="gold"} and a JSON body (L{STEP_UP_BODY}).
   - C{/unsatisfied}: that challenge always, whatever the request says (an
     application that a step-up never satisfies).
+  - C{/form?action=PATH}: an HTML page with a form that POSTs a field
+    C{amount} to C{PATH}.
 """
 
 from __future__ import annotations
 
 import hashlib
+import html
 import json
 import os
 import random
@@ -188,6 +191,16 @@ def main() -> None:
             if request.getHeader(b"x-forwarded-acr") == b"gold":
                 return self.do_echo(request)
             return self.do_unsatisfied(request)
+
+        def do_form(self, request: Any) -> Any:
+            action = (_arg(request, b"action", b"/") or b"/").decode("utf-8", "replace")
+            request.setHeader(b"content-type", b"text/html; charset=utf-8")
+            return (
+                "<!DOCTYPE html><html><head><title>Form</title></head><body><main>"
+                f'<form method="post" action="{html.escape(action)}">'
+                '<input name="amount" value="100"><button type="submit">Send</button>'
+                "</form></main></body></html>"
+            ).encode()
 
         def do_unsatisfied(self, request: Any) -> Any:
             request.setHeader(b"www-authenticate", STEP_UP_CHALLENGE)
