@@ -18,6 +18,9 @@ The proxy's routes (L{start_step_up_stack}):
     which answers that challenge whatever the sign-in.
   - C{/shop}: a session, to the upstream's C{/form/shop}: a page whose form
     posts to the C{step_up} route.
+  - C{/api/gold} and C{/api/pay}: sessions or bearer tokens (the OP's JWT
+    access tokens of the scope C{api}, which carry C{acr} and C{auth_time}),
+    like C{/gold} and C{/pay}.
 
 Covered: a silver session asking for the gold route is sent to the OP
 again, through the one-time code page, and lands on the page first asked
@@ -38,16 +41,17 @@ session is gold by then), then the login-failed page, not a loop; an API
 client with a session cookie gets the upstream's challenge unchanged and,
 on the C{acr_values} route, the proxy's own 401 challenge.
 
-Not covered here: a bearer token's C{acr}/C{auth_time} against a route.
-The OP of these tests issues opaque access tokens only (see
-L{tests.integration.test_providers}); the unit tests cover it.
+A bearer token (the OP's access token, which the upstream of a session
+route is given) at silver gets the proxy's challenge on the C{acr_values}
+route and the upstream's challenge unchanged on the C{step_up} one, even
+on a navigation; the gold token of a stepped-up session is served on both.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import attr
 from twisted.internet.threads import deferToThread
@@ -59,6 +63,7 @@ from tests.integration import procs
 from tests.integration.stack import (
     API,
     NAVIGATE,
+    Form,
     OpenIDProvider,
     WebClient,
     browse,
@@ -95,6 +100,8 @@ MAX_ATTEMPTS = 2
 """C{[step_up] max_attempts}: step-up logins per URL and session in the window."""
 ONE_TIME_CODE = "123456"
 """The OP's one-time code (op.mjs, C{--step-up})."""
+API_AUDIENCE = "urn:oidcproxy:test-api"
+"""The audience of the OP's JWT access tokens (op.mjs, C{--step-up})."""
 ACR = "X-Forwarded-Acr"
 AUTH_TIME = "X-Forwarded-Auth-Time"
 LOGIN_FAILED = "The sign-in did not work"
@@ -148,9 +155,33 @@ async def start_step_up_stack(testcase: TestCase) -> StepUpStack:
                             step_up=True, test_hooks=True)
         upstream = await procs.start_upstream(testcase)
         config = proxy_config(port, op, upstream)
+        # The OP's access tokens for the scope "api" are JWTs with acr and
+        # auth_time (op.mjs, --step-up); the upstream sees the session's.
+        scopes = 'scopes = ["openid", "email", "profile", "groups"]\n'
+        if scopes not in config:
+            raise AssertionError(f"proxy_config changed: no {scopes!r} to extend")
+        config = config.replace(scopes, 'scopes = ["openid", "email", "profile", "groups", "api"]\n'
+                                'pass_access_token = "header"\n')
         config += f"""
 [step_up]
 max_attempts = {MAX_ATTEMPTS}
+
+[bearer]
+audiences = ["{API_AUDIENCE}"]
+
+[[routes]]
+path = "/api/gold"
+upstream = "{upstream.url}"
+auth = "session_or_bearer"
+replace_prefix = "/echo/api/gold"
+acr_values = ["gold"]
+
+[[routes]]
+path = "/api/pay"
+upstream = "{upstream.url}"
+auth = "session_or_bearer"
+replace_prefix = "/step-up/api/pay"
+step_up = true
 
 [[routes]]
 path = "/gold"
@@ -259,6 +290,21 @@ async def sign_in_if_asked(browser: Browser, op: OpenIDProvider, page: str, logi
     await deferToThread(where)
     if (await browser.url()).startswith(op.issuer):
         await sign_in_at_op(browser, op, login)
+
+
+def fill_gold(login: str) -> Callable[[Form], List[Tuple[str, str]]]:
+    """
+    L{fill_login}, and the answer to the OP's one-time code page (the
+    second step of gold).
+    """
+    fill = fill_login(login)
+
+    def answer(form: Form) -> List[Tuple[str, str]]:
+        if form.value("prompt") == "otp":
+            return [("prompt", "otp"), ("otp", ONE_TIME_CODE)]
+        return fill(form)
+
+    return answer
 
 
 async def heading(browser: Browser) -> str:
@@ -523,6 +569,62 @@ class ApiClientTests(TestCase, StepUpMixin):
     """A scripted client: a session cookie, no navigation headers."""
 
     timeout = 90
+
+    async def test_bearer_tokens_are_held_to_the_route(self) -> None:
+        """
+        The access token of alice's silver session (a JWT with acr and
+        auth_time): on the route with C{acr_values = ["gold"]} it gets
+        the proxy's 401 challenge and reaches nothing; on the
+        session-or-bearer route with C{step_up}, the upstream's challenge
+        comes back unchanged, also to a request that looks like a browser's
+        navigation (a token's client knows RFC 9470 itself). The session stepped up to gold (the
+        OP's code page, by a scripted client) passes a gold token on, which
+        both routes serve, telling the upstream acr C{gold}.
+        """
+        stack = await start_step_up_stack(self)
+        proxy = stack.proxy
+        client = WebClient(self)
+        response, body, _, prompts = await browse(client, proxy.url + HOME, fill_gold("alice"))
+        self.assertEqual(response.code, 200, f"{body[:500]!r}\n{client.history}")
+        self.assertEqual(prompts, ["login", "consent"])
+        silver = self.access_token(json.loads(body))
+
+        response, body = await client.request(
+            "GET", proxy.url + "/api/gold/x", keep_cookies=False,
+            headers=dict(API, Authorization=f"Bearer {silver}"))
+        self.assertEqual(response.code, 401, body[:500])
+        self.assertEqual(parse_challenge(response.headers.getRawHeaders(b"www-authenticate")),
+                         Requirement(acr_values=("gold",)))
+        for headers in (API, NAVIGATE):
+            response, body = await client.request(
+                "GET", proxy.url + "/api/pay/x", keep_cookies=False,
+                headers=dict(headers, Authorization=f"Bearer {silver}"))
+            self.assertEqual(response.code, 401, body[:500])
+            self.assertEqual(response.headers.getRawHeaders(b"www-authenticate"),
+                             [STEP_UP_CHALLENGE])
+            self.assertEqual(json.loads(body), STEP_UP_BODY)
+            self.assertIsNone(response.headers.getRawHeaders(b"location"))
+
+        before = len(stack.authorization_requests())
+        response, body, _, prompts = await browse(client, proxy.url + GOLD, fill_gold("alice"))
+        self.assertEqual(response.code, 200, f"{body[:500]!r}\n{client.history}")
+        self.assertEqual(prompts, ["login", "otp"])
+        self.assertEqual([r[0] for r in stack.authorization_requests()[before:]], ["gold"])
+        gold = self.access_token(json.loads(body))
+        for path, uri in (("/api/gold/x", "/echo/api/gold/x"), ("/api/pay/x", "/step-up/api/pay/x")):
+            response, body = await client.request(
+                "GET", proxy.url + path, keep_cookies=False,
+                headers=dict(API, Authorization=f"Bearer {gold}"))
+            self.assertEqual(response.code, 200, body[:500])
+            self.assertSignIn(json.loads(body), uri, "gold")
+        self.assertEqual([uri for uri in await stack.upstream_uris() if "/api/gold" in uri],
+                         ["/echo/api/gold/x"])
+
+    def access_token(self, echo: Dict[str, Any]) -> str:
+        """The access token the upstream was given (C{pass_access_token = "header"})."""
+        tokens = header_values(echo, "x-forwarded-access-token")
+        self.assertEqual(len(tokens), 1, echo["headers"])
+        return tokens[0]
 
     async def test_api_client_gets_the_challenges(self) -> None:
         """

@@ -168,6 +168,7 @@ const faults = { tokenStallMs: 0, jwksFail: false, acrDowngrade: false };
 const SILVER = 'silver';
 const GOLD = 'gold';
 const ONE_TIME_CODE = '123456';
+const API_RESOURCE = 'urn:oidcproxy:test-api';
 const awaitingCode = new Map();
 const asksGold = (params) => String(params?.acr_values ?? '').split(' ').includes(GOLD);
 
@@ -234,13 +235,24 @@ server.listen(settings.port, '127.0.0.1', () => {
       profile: ['name', 'preferred_username'],
       groups: ['groups'],
     },
-    scopes: ['openid', 'offline_access', 'email', 'profile', 'groups'],
+    scopes: ['openid', 'offline_access', 'email', 'profile', 'groups',
+      ...(settings.stepUp ? ['api'] : [])],
     // Put the scope-requested claims into the ID token too, not only into
     // the userinfo answer (the proxy reads its identity from the ID token).
     conformIdTokenClaims: false,
     // --step-up: the two levels (acr_values_supported) and the login
     // prompt's extra check (see policy above).
     ...(settings.stepUp ? { acrValues: [SILVER, GOLD] } : {}),
+    // --step-up: access tokens are JWTs (RFC 9068) for the resource
+    // API_RESOURCE, with the sign-in's acr and auth_time, so that a test
+    // can present one as a bearer token.
+    ...(settings.stepUp ? {
+      extraTokenClaims: (ctx, token) => {
+        const source = ctx?.oidc?.entities?.AuthorizationCode ?? ctx?.oidc?.entities?.RefreshToken;
+        return token.kind === 'AccessToken' && source
+          ? { acr: source.acr, auth_time: source.authTime } : undefined;
+      },
+    } : {}),
     interactions: { policy },
     // PKCE on every authorization request (oidc-provider 9 knows S256 only).
     pkce: { required: () => true },
@@ -258,6 +270,17 @@ server.listen(settings.port, '127.0.0.1', () => {
       // Back-Channel Logout 1.0: used by a client registered with
       // --backchannel-logout-uri; advertised either way.
       backchannelLogout: { enabled: true },
+      ...(settings.stepUp ? {
+        resourceIndicators: {
+          enabled: true,
+          defaultResource: () => API_RESOURCE,
+          useGrantedResource: () => true,
+          getResourceServerInfo: () => ({
+            scope: 'api', audience: API_RESOURCE, accessTokenFormat: 'jwt',
+            accessTokenTTL: settings.accessTokenTtl,
+          }),
+        },
+      } : {}),
     },
     // Lifetimes in seconds; tests of the proxy's refresh set short ones.
     // (RFC 9207's "iss" in authorization responses is on by default.)
