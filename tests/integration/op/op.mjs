@@ -33,7 +33,9 @@
 // "acr_too_low"); max_age forces a fresh login once the OP session's
 // auth_time is older (oidc-provider's own check). Every ID token carries
 // acr and auth_time (the client's default_acr_values is silver and it
-// requires auth_time).
+// requires auth_time). A login asking for the scope "api" also gets a JWT
+// access token (RFC 9068) for the resource urn:oidcproxy:test-api, with the
+// sign-in's acr and auth_time (other access tokens stay opaque).
 //
 // For the tests to count what happened, it prints one line per event on
 // stdout: "EVENT <name> <details...>", e.g.
