@@ -26,12 +26,24 @@ from zope.interface import implementer
 
 from oidcproxy.core.assurance import Requirement, challenge
 from oidcproxy.core.context import RequestContext, context
+from oidcproxy.sessions.session import Session
 from oidcproxy.web.endpoints.login import LoginEndpoint
+from oidcproxy.web.step_up import UpstreamStepUp
 
-from .fakes import SESSION_COOKIE, STATE_PREFIX, GuardStandIn, ProxyStack, make_config
+from .fakes import (
+    SESSION_COOKIE,
+    START,
+    STATE_PREFIX,
+    GuardStack,
+    GuardStandIn,
+    ProxyStack,
+    make_config,
+)
 from .idp import AUTHORIZATION_ENDPOINT, NAVIGATE_HEADERS, Browser, Page
 from .test_guard_bearer import bearer, rs256
+from .test_guard_multi import Stack
 from .test_upstream import ProxyHarness, route
+from .units import UnitRequest
 
 CHALLENGE = (b'Bearer error="insufficient_user_authentication", '
              b'error_description="A stronger sign-in is required", '
@@ -255,7 +267,7 @@ class NavigationTests(SynchronousTestCase):
         def broken(*args: Any) -> Any:
             raise RuntimeError("bug")
 
-        self.patch(LoginEndpoint, "step_up", broken)
+        self.patch(LoginEndpoint, "step_up_now", broken)
         page = h.browser.navigate("/pay/x")
         self.assertEqual(page.code, 500)
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
@@ -496,3 +508,53 @@ class ExchangeTests(SynchronousTestCase):
         response, body = h.fetch(self, url="http://proxy.test/pay")
         self.assertEqual((response.code, body), (401, BODY))
         self.assertEqual(called, [])
+
+
+class AnswerTests(SynchronousTestCase):
+    """L{UpstreamStepUp.answer} alone, for the session's own provider and where logins start."""
+
+    def answer(self, h: GuardStack, provider: str = "", method: bytes = b"POST",
+               path: bytes = b"/staff/x") -> UnitRequest:
+        request = UnitRequest(method, path, headers=FORM)
+        ctx = context(request)
+        ctx.session = Session(id="sid-1", sub="user-1", claims={"sub": "user-1"},
+                              created=START - 100, last_seen=START - 10, expires=START + 3600,
+                              provider=provider)
+        ctx.provider = provider or None
+        ctx.match = h.state.routes.match(b"app.test", path)
+        ctx.route = ctx.match.route
+        UpstreamStepUp(h.state, LoginEndpoint(h.state)).answer(request, Requirement(("gold",)))
+        return request
+
+    def button(self, request: UnitRequest) -> Optional[str]:
+        found = re.search(rb'<a href="([^"]*)" class="button">Sign in again</a>', request.body)
+        return found.group(1).decode("ascii").replace("&amp;", "&") if found else None
+
+    def test_named_provider(self) -> None:
+        """A session of a named provider: the page's login, and the GET's, go to that provider."""
+        s = Stack(self)
+        request = self.answer(s.h, "corp")
+        self.assertEqual(request.code, 401)
+        url = self.button(request)
+        assert url is not None, request.body
+        self.assertEqual(query_of(url), {"rd": ["/staff/x"], "acr_values": ["gold"],
+                                         "provider": ["corp"]})
+        request = self.answer(s.h, "corp", method=b"GET")
+        self.assertEqual(request.code, 302)
+        self.assertTrue(request.header(b"location").startswith(b"https://corp.test/authorize?"))
+
+    def test_login_url(self) -> None:
+        """Where logins start at login_url, the button goes there, with what was asked."""
+        h = GuardStack(self, make_config(oidc={"login_url": "/signin"}))
+        request = self.answer(h, path=b"/x")
+        self.assertEqual(request.code, 401)
+        self.assertEqual(self.button(request), "/signin?rd=%2Fx&acr_values=gold")
+
+    def test_logins_disabled(self) -> None:
+        """Where no login starts (disable_login): the page explains, with no button."""
+        h = GuardStack(self, make_config(oidc={"disable_login": True}))
+        request = self.answer(h, path=b"/x")
+        self.assertEqual(request.code, 401)
+        self.assertIsNone(self.button(request))
+        self.assertIn(b"It was not carried out.", request.body)
+        self.assertNotIn(b"try the action once more", request.body)

@@ -53,6 +53,7 @@ class RouteAuth:
         self._pass_on = pass_on
         # A session short of a route's requirement: its browser steps up.
         sessions.step_up = self._step_up
+        # An upstream asking for more of a session's browser (step_up = true).
         self._upstream_step_up = UpstreamStepUp(state, login)
 
     def decide(self, request: Request, match: RouteMatch,

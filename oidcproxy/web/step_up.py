@@ -7,7 +7,7 @@ acr_values="...", max_age=...}), the proxy does not pass that answer on
 
   - a C{GET} (or C{HEAD}) is sent to sign in again at the session's
     provider, asking for the challenge's C{acr_values} and C{max_age}, and
-    comes back to the same URL (L{LoginEndpoint.step_up}, which also bounds
+    comes back to the same URL (L{LoginEndpoint.step_up_now}, which also bounds
     the attempts per page);
   - any other method (a form posted) gets a 401 page that explains and
     offers to sign in at the asked level, coming back to the page the user
@@ -19,9 +19,8 @@ and routes without C{step_up} never get here: the challenge is theirs.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Optional
 
-from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.server import Request
@@ -30,27 +29,13 @@ from ..core.assurance import Requirement, challenge
 from ..core.context import RequestContext, peek
 from ..core.urls import safe_return_to
 from .answers import abort, client_gone, decided, finish, show
-from .endpoints.login import LoginEndpoint
+from .endpoints.login import LoginEndpoint, target_of
 from .parts import GuardState
 from .requests import is_navigation
 
 __all__ = ["UpstreamStepUp"]
 
 log = Logger()
-
-
-def _target(request: Request, ctx: RequestContext, query: bool) -> str:
-    """
-    The request's own target as a return-to path (below the public URL):
-    its routed path, with its query when C{query}.
-    """
-    match = ctx.match
-    if match is None:
-        return "/"
-    target = match.path
-    if query and match.query is not None:
-        target += "?" + match.query.decode("ascii")
-    return safe_return_to(target) or "/"
 
 
 class UpstreamStepUp:
@@ -79,12 +64,15 @@ class UpstreamStepUp:
         The upstream refused C{request} asking for C{requirement}: a
         step-up login for a C{GET}/C{HEAD}, the step-up page for others.
         """
-        d = Deferred.fromCoroutine(self._answer(request, requirement))
-        d.addErrback(self._unexpected, request)
+        try:
+            self._answer(request, requirement)
+        except Exception:  # noqa: BLE001 - a bug: logged and answered 500, as the guard does
+            self._unexpected(Failure(), request)
 
-    async def _answer(self, request: Request, requirement: Requirement) -> None:
+    def _answer(self, request: Request, requirement: Requirement) -> None:
         ctx = peek(request)
-        assert ctx is not None and ctx.session is not None, "offered to a session's request only"
+        assert ctx is not None and ctx.session is not None and ctx.match is not None, \
+            "offered to a session's request only"
         # The answer is the guard's own from here on: its cookies (the
         # step-up login's state cookie) are not a wrapped resource's to refuse.
         ctx.keep_cookie = None
@@ -95,11 +83,10 @@ class UpstreamStepUp:
                  requirement=requirement.describe(), method=method.decode("ascii", "replace"),
                  answer="step-up login" if method in (b"GET", b"HEAD") else "step-up page")
         if method in (b"GET", b"HEAD"):
-            await self._login.step_up(request, ctx.session, _target(request, ctx, True),
-                                      requirement)
+            self._login.step_up_now(request, ctx.session, target_of(ctx.match), requirement)
             return
         decided(request, "step_up")
-        target = self._came_from(request) or _target(request, ctx, False)
+        target = self._came_from(request) or safe_return_to(ctx.match.path) or "/"
         pages = self._state.pages
         max_age = None if requirement.max_age is None else int(requirement.max_age)
         show(request, lambda r: pages.step_up(
@@ -120,13 +107,12 @@ class UpstreamStepUp:
             return None
         return safe_return_to(page[len(public):])
 
-    def _unexpected(self, failure: Failure, request: Request) -> Any:
+    def _unexpected(self, failure: Failure, request: Request) -> None:
         """A bug on the way: logged, and 500 (or the connection cut) if anything can still go out."""
         log.failure("unexpected error answering an upstream's step-up", failure)
         if client_gone(request):
-            return None
+            return
         if request.startedWriting:
             abort(request)
-            return None
+            return
         finish(request, 500, "internal_error", "Something went wrong on our side.")
-        return None
