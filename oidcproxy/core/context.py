@@ -72,11 +72,12 @@ class RequestContext:
     @ivar pages: the L{oidcproxy.web.pages.Pages} of the guard that handles
         the request (its look and language), for every page answered to
         it; None: the plain built-in page.
-    @ivar step_up: for a browser's navigation a session admitted on a
-        route with C{step_up = true}, what answers it instead when the
-        upstream asks for a stronger or more recent sign-in (an RFC 9470
-        challenge): called with the request and the L{Requirement} asked; None: the upstream's
-        answer is passed on whatever it is.
+    @ivar step_up: for a browser's navigation that a session admitted on a
+        route with C{step_up = true}, what answers it instead of the
+        upstream when the upstream asks for a stronger or more recent
+        sign-in (an RFC 9470 challenge): called with the request and the
+        L{Requirement} asked. None: the upstream's answer is passed on,
+        whatever it is.
     """
 
     early_match: Any = None
