@@ -296,7 +296,11 @@ async def page_text(browser: Browser) -> str:
 
 
 async def session_cookie_header(browser: Browser) -> str:
-    """The browser's cookies for the proxy, as a C{Cookie} header."""
+    """
+    The browser's cookies of the page's host as a C{Cookie} header: the
+    proxy's session among them, wherever the browser is (the OP, on
+    127.0.0.1 too, shares them; its own are ignored by the proxy).
+    """
     cookies = await deferToThread(browser.driver.get_cookies)
     return "; ".join(f"{c['name']}={c['value']}" for c in cookies)
 

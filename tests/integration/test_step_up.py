@@ -100,12 +100,21 @@ class BrowserStepUpTests(TestCase, StepUpMixin):
         browser to the OP asking for C{acr_values=gold}, where the silver OP
         session is not enough: its login form, then the one-time code page;
         back on the page first asked for, the upstream is told acr C{gold}.
-        The stepped-up session then serves the gold page without the OP.
+        While the browser is at the OP, its silver session still serves the
+        other route (another tab, here an API client with its cookies). The
+        stepped-up session then serves the gold page without the OP.
         """
         stack, browser, first_time = await self.silver_session()
         proxy = stack.proxy
         before = len(stack.authorization_requests())
         await browser.get(proxy.url + GOLD)
+        await browser.wait_for_url(stack.op.issuer + "/interaction/")
+        # The OP and the proxy share the browser's cookies of 127.0.0.1.
+        response, body = await WebClient(self).request(
+            "GET", proxy.url + HOME, keep_cookies=False,
+            headers=dict(API, Cookie=await session_cookie_header(browser)))
+        self.assertEqual(response.code, 200, body[:500])
+        self.assertSignIn(json.loads(body), "/echo" + HOME, "silver")
         await sign_in_at_op(browser, stack.op, "alice", ONE_TIME_CODE)
         echo = await browser.json_page(proxy.url + GOLD)
         self.assertGreaterEqual(self.assertSignIn(echo, "/echo" + GOLD, "gold"), first_time)
@@ -116,8 +125,8 @@ class BrowserStepUpTests(TestCase, StepUpMixin):
         echo = await browser.json_page(proxy.url + GOLD + "&again=1")
         self.assertSignIn(echo, "/echo" + GOLD + "&again=1", "gold")
         self.assertEqual(len(stack.authorization_requests()), before + 1)
-        self.assertEqual(await stack.upstream_uris(),
-                         ["/echo" + HOME, "/echo" + GOLD, "/echo" + GOLD + "&again=1"])
+        self.assertEqual(await stack.upstream_uris(), [
+            "/echo" + HOME, "/echo" + HOME, "/echo" + GOLD, "/echo" + GOLD + "&again=1"])
 
     async def stale_sign_in(self) -> Tuple[StepUpStack, Browser, int, int]:
         """
