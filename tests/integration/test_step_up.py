@@ -10,7 +10,9 @@ L{tests.integration.step_up_stack}'s.
 
 Covered: a silver session asking for the gold route is sent to the OP
 again, through the one-time code page, and lands on the page first asked
-for with C{X-Forwarded-Acr: gold}; a C{max_auth_age} of a few seconds
+for with C{X-Forwarded-Acr: gold}, its silver session serving the other
+pages meanwhile; a gold sign-in stays usable after a fresh sign-in at
+silver (asked for a recent one only); a C{max_auth_age} of a few seconds
 sends the browser to log in again once it has passed (the OP's login form,
 asked with C{max_age}), with a later C{X-Forwarded-Auth-Time}, and a step-up
 right at that age, which the OP (counting whole seconds) may answer with
@@ -144,24 +146,58 @@ class BrowserStepUpTests(TestCase, StepUpMixin):
         await sign_in_at_op(browser, stack.op, "alice")
         echo = await browser.json_page(proxy.url + FRESH)
         first_time = self.assertSignIn(echo, "/echo" + FRESH, "silver")
+        await self.until_too_old(stack, browser, first_time)
+        return stack, browser, first_time, len(stack.authorization_requests())
 
+    async def until_too_old(self, stack: StepUpStack, browser: Browser, auth_time: int) -> None:
+        """
+        Poll, as an API client with the browser's cookies, until the
+        session's sign-in of C{auth_time} is too old for C{/fresh}: the 401
+        challenge naming C{max_age}.
+        """
         cookie = await session_cookie_header(browser)
         client = WebClient(self)
 
         async def too_old() -> Optional[IResponse]:
-            response, _ = await client.request("GET", proxy.url + FRESH,
+            response, _ = await client.request("GET", stack.proxy.url + FRESH,
                                                headers=dict(API, Cookie=cookie), keep_cookies=False)
             self.assertIn(response.code, (200, 401))
             return response if response.code == 401 else None
 
         response = await procs.poll_async(too_old, MAX_AUTH_AGE + 10, interval=0.25,
                                           what=f"{FRESH} to need a fresh sign-in")
-        self.assertGreaterEqual(time.time(), first_time + MAX_AUTH_AGE)
+        self.assertGreaterEqual(time.time(), auth_time + MAX_AUTH_AGE)
         challenge = response.headers.getRawHeaders(b"www-authenticate", [])
         self.assertEqual(len(challenge), 1, challenge)
         self.assertEqual(parse_challenge(challenge),
                          Requirement(acr_values=(), max_age=float(MAX_AUTH_AGE)))
-        return stack, browser, first_time, len(stack.authorization_requests())
+
+    async def test_higher_level_kept_after_a_fresh_lower_sign_in(self) -> None:
+        """
+        A session stepped up to gold, then (its sign-in too old for
+        C{/fresh}) signed in afresh at silver, the OP's answer to
+        C{max_age} alone: C{/fresh} is served at silver with the new
+        C{auth_time}, and the gold route still at gold, with the gold
+        sign-in's own C{auth_time}, without asking the OP again.
+        """
+        stack, browser, _ = await self.silver_session()
+        proxy = stack.proxy
+        await browser.get(proxy.url + GOLD)
+        await sign_in_at_op(browser, stack.op, "alice", ONE_TIME_CODE)
+        gold_time = self.assertSignIn(await browser.json_page(proxy.url + GOLD),
+                                      "/echo" + GOLD, "gold")
+        await self.until_too_old(stack, browser, gold_time)
+        await procs.sleep(max(0.0, gold_time + MAX_AUTH_AGE + 1.2 - time.time()))
+        await browser.get(proxy.url + FRESH)
+        await sign_in_at_op(browser, stack.op, "alice")
+        echo = await browser.json_page(proxy.url + FRESH)
+        self.assertGreater(self.assertSignIn(echo, "/echo" + FRESH, "silver"), gold_time)
+        asked = len(stack.authorization_requests())
+
+        await browser.get(proxy.url + GOLD + "&later=1")
+        echo = await browser.json_page(proxy.url + GOLD + "&later=1")
+        self.assertEqual(self.assertSignIn(echo, "/echo" + GOLD + "&later=1", "gold"), gold_time)
+        self.assertEqual(len(stack.authorization_requests()), asked)
 
     async def test_max_auth_age_forces_a_fresh_login(self) -> None:
         """
