@@ -34,6 +34,7 @@ from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
 from tests.integration import procs
+from tests.integration.redis_server import start_redis
 from tests.integration.stack import (
     Form,
     OpenIDProvider,
@@ -113,8 +114,12 @@ class StepUpStack:
             raise AssertionError(f"the OP's acr-downgrade hook answered {body!r}")
 
 
-async def start_step_up_stack(testcase: TestCase) -> StepUpStack:
-    """The OP with C{--step-up --test-hooks}, the upstream, and the proxy with the routes above."""
+async def start_step_up_stack(testcase: TestCase, store: str = "cookie") -> StepUpStack:
+    """
+    The OP with C{--step-up --test-hooks}, the upstream, and the proxy with
+    the routes above, its sessions in C{store} (C{"cookie"}, or C{"redis"}:
+    a redis-server started for the test).
+    """
     require_op()
     reserved = reserve_port()
     try:
@@ -124,7 +129,11 @@ async def start_step_up_stack(testcase: TestCase) -> StepUpStack:
                             [public + "/", public + "/oidc/logout?signed_out=1"],
                             step_up=True, test_hooks=True)
         upstream = await procs.start_upstream(testcase)
-        config = proxy_config(port, op, upstream)
+        redis = await start_redis(testcase) if store == "redis" else None
+        config = proxy_config(
+            port, op, upstream, session={"store": store},
+            redis={"url": redis.url + "/0", "command_timeout": "2s", "connect_timeout": "1s"}
+            if redis is not None else None)
         # The OP's access tokens for the scope "api" are JWTs with acr and
         # auth_time (op.mjs, --step-up); the upstream sees the session's.
         scopes = 'scopes = ["openid", "email", "profile", "groups"]\n'

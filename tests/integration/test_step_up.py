@@ -12,7 +12,8 @@ Covered: a silver session asking for the gold route is sent to the OP
 again, through the one-time code page, and lands on the page first asked
 for with C{X-Forwarded-Acr: gold}, its silver session serving the other
 pages meanwhile; a gold sign-in stays usable after a fresh sign-in at
-silver (asked for a recent one only); a C{max_auth_age} of a few seconds
+silver (asked for a recent one only), with cookie and with Redis sessions;
+a C{max_auth_age} of a few seconds
 sends the browser to log in again once it has passed (the OP's login form,
 asked with C{max_age}), with a later C{X-Forwarded-Auth-Time}, and a step-up
 right at that age, which the OP (counting whole seconds) may answer with
@@ -80,14 +81,14 @@ class BrowserStepUpTests(TestCase, StepUpMixin):
 
     timeout = 120
 
-    async def silver_session(self) -> Tuple[StepUpStack, Browser, int]:
+    async def silver_session(self, store: str = "cookie") -> Tuple[StepUpStack, Browser, int]:
         """
         A browser signed in as alice at silver (the route without
-        requirements: no code page); the stack, the browser and the
-        C{auth_time} the upstream was told.
+        requirements: no code page), its session in C{store}; the stack,
+        the browser and the C{auth_time} the upstream was told.
         """
         require_chromium()
-        stack = await start_step_up_stack(self)
+        stack = await start_step_up_stack(self, store)
         browser = await Browser.start(self)
         await browser.get(stack.proxy.url + HOME)
         await sign_in_at_op(browser, stack.op, "alice")
@@ -97,6 +98,14 @@ class BrowserStepUpTests(TestCase, StepUpMixin):
         return stack, browser, auth_time
 
     async def test_acr_values_route_steps_up(self) -> None:
+        """Cookie sessions: see L{acr_values_route_steps_up}."""
+        await self.acr_values_route_steps_up("cookie")
+
+    async def test_acr_values_route_steps_up_redis(self) -> None:
+        """Redis sessions (the sign-ins carried over in Redis): see L{acr_values_route_steps_up}."""
+        await self.acr_values_route_steps_up("redis")
+
+    async def acr_values_route_steps_up(self, store: str) -> None:
         """
         A session at silver asks for the gold route: the proxy sends the
         browser to the OP asking for C{acr_values=gold}, where the silver OP
@@ -106,7 +115,7 @@ class BrowserStepUpTests(TestCase, StepUpMixin):
         other route (another tab, here an API client with its cookies). The
         stepped-up session then serves the gold page without the OP.
         """
-        stack, browser, first_time = await self.silver_session()
+        stack, browser, first_time = await self.silver_session(store)
         proxy = stack.proxy
         before = len(stack.authorization_requests())
         await browser.get(proxy.url + GOLD)
@@ -173,6 +182,14 @@ class BrowserStepUpTests(TestCase, StepUpMixin):
                          Requirement(acr_values=(), max_age=float(MAX_AUTH_AGE)))
 
     async def test_higher_level_kept_after_a_fresh_lower_sign_in(self) -> None:
+        """Cookie sessions: see L{higher_level_kept}."""
+        await self.higher_level_kept("cookie")
+
+    async def test_higher_level_kept_after_a_fresh_lower_sign_in_redis(self) -> None:
+        """Redis sessions: see L{higher_level_kept}."""
+        await self.higher_level_kept("redis")
+
+    async def higher_level_kept(self, store: str) -> None:
         """
         A session stepped up to gold, then (its sign-in too old for
         C{/fresh}) signed in afresh at silver, the OP's answer to
@@ -180,7 +197,7 @@ class BrowserStepUpTests(TestCase, StepUpMixin):
         C{auth_time}, and the gold route still at gold, with the gold
         sign-in's own C{auth_time}, without asking the OP again.
         """
-        stack, browser, _ = await self.silver_session()
+        stack, browser, _ = await self.silver_session(store)
         proxy = stack.proxy
         await browser.get(proxy.url + GOLD)
         await sign_in_at_op(browser, stack.op, "alice", ONE_TIME_CODE)
