@@ -50,6 +50,18 @@ class MeetingTests(SynchronousTestCase):
         self.assertIsNone(meeting(req, [("", NOW - 61)], NOW))
         self.assertIsNone(meeting(req, [("x", None)], NOW), "no auth_time: age unknown")
 
+    def test_age_in_whole_seconds(self) -> None:
+        """
+        The age is counted in whole seconds, as an OP counts it for
+        C{max_age} (OpenID Connect's NumericDate C{auth_time}): a sign-in
+        60.9 s old still meets 60 s. Else a step-up asked the moment the
+        proxy finds it too old gets the same sign-in back from an OP that
+        does not (yet), and steps up again until the attempts run out.
+        """
+        req = Requirement((), 60.0)
+        self.assertEqual(meeting(req, [("", NOW - 60)], NOW + 0.9), ("", NOW - 60))
+        self.assertIsNone(meeting(req, [("", NOW - 60)], NOW + 1.0))
+
     def test_acr_and_age_on_one_sign_in(self) -> None:
         """Both must hold of the same sign-in: an old gold and a fresh silver are not enough."""
         req = Requirement(("gold",), 60.0)

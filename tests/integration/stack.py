@@ -109,7 +109,7 @@ async def start_op(testcase: TestCase, redirect_uris: Sequence[str],
                    rotate_refresh_tokens: bool = False, test_hooks: bool = False,
                    listen_port: int = 0, client_secret: Optional[str] = None,
                    abort_description: Optional[str] = None, client_id: str = CLIENT_ID,
-                   **ttls: int) -> OpenIDProvider:
+                   step_up: bool = False, **ttls: int) -> OpenIDProvider:
     """
     Start the OP on a free loopback port with one confidential client that may
     redirect to C{redirect_uris}; C{ttls} (C{access_token_ttl=5}, ...) are
@@ -122,7 +122,8 @@ async def start_op(testcase: TestCase, redirect_uris: Sequence[str],
     must be free) instead of on any free port; with C{client_secret} (default:
     a fresh one), an OP started again there is the same OP to the proxy.
     C{client_id}: the client's id (two OPs of one test may differ by it).
-    Waits for its C{PORT} line.
+    C{step_up}: the two sign-in levels C{silver} and C{gold} (C{--step-up},
+    see L{OP_SCRIPT}). Waits for its C{PORT} line.
     """
     node = require_op()
     secret = client_secret if client_secret is not None else secrets.token_urlsafe(24)
@@ -140,6 +141,8 @@ async def start_op(testcase: TestCase, redirect_uris: Sequence[str],
         args.append("--rotate-refresh-tokens")
     if test_hooks:
         args.append("--test-hooks")
+    if step_up:
+        args.append("--step-up")
     if abort_description is not None:
         args.append(f"--abort-description={abort_description}")
     for name, value in ttls.items():

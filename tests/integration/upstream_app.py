@@ -22,11 +22,21 @@ Endpoints:
     C{Proxy-Authenticate} and an end-to-end C{X-End-To-End}.
   - C{/abort-mid-body[?chunked=1]}: promises 1,000,000 bytes (or sends a
     chunked body), sends some, aborts the TCP connection.
+  - C{/step-up}: an application that needs the sign-in level C{gold}: the
+    answer of C{/echo} when the request's C{X-Forwarded-Acr} is C{gold},
+    otherwise the RFC 9470 challenge (L{STEP_UP_CHALLENGE}): 401 with
+    C{WWW-Authenticate: Bearer error="insufficient_user_authentication",
+    acr_values="gold"} and a JSON body (L{STEP_UP_BODY}).
+  - C{/unsatisfied}: that challenge always, whatever the request says (an
+    application that a step-up never satisfies).
+  - C{/form?action=PATH}: an HTML page with a form that POSTs a field
+    C{amount} to C{PATH}.
 """
 
 from __future__ import annotations
 
 import hashlib
+import html
 import json
 import os
 import random
@@ -41,6 +51,12 @@ BLOCK = random.Random(20240607).getrandbits(BLOCK_SIZE * 8).to_bytes(BLOCK_SIZE,
 
 ABORT_PROMISED = 1_000_000
 ABORT_SENT = 20_000
+
+STEP_UP_CHALLENGE = (b'Bearer error="insufficient_user_authentication", '
+                     b'error_description="A sign-in at level gold is required", '
+                     b'acr_values="gold"')
+"""The C{WWW-Authenticate} of C{/step-up}'s 401 (RFC 9470, section 3)."""
+STEP_UP_BODY = {"error": "insufficient_user_authentication", "needs": "gold"}
 
 
 def stream_bytes(n: int) -> Iterator[bytes]:
@@ -170,6 +186,25 @@ def main() -> None:
                 "body_length": info["length"],
                 "body_sha256": info["sha256"],
             })
+
+        def do_step_up(self, request: Any) -> Any:
+            if request.getHeader(b"x-forwarded-acr") == b"gold":
+                return self.do_echo(request)
+            return self.do_unsatisfied(request)
+
+        def do_form(self, request: Any) -> Any:
+            action = (_arg(request, b"action", b"/") or b"/").decode("utf-8", "replace")
+            request.setHeader(b"content-type", b"text/html; charset=utf-8")
+            return (
+                "<!DOCTYPE html><html><head><title>Form</title></head><body><main>"
+                f'<form method="post" action="{html.escape(action)}">'
+                '<input name="amount" value="100"><button type="submit">Send</button>'
+                "</form></main></body></html>"
+            ).encode()
+
+        def do_unsatisfied(self, request: Any) -> Any:
+            request.setHeader(b"www-authenticate", STEP_UP_CHALLENGE)
+            return _json(request, STEP_UP_BODY, 401)
 
         def do_bytes(self, request: Any) -> Any:
             n = int(_arg(request, b"n", b"0") or b"0")
