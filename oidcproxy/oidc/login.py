@@ -292,10 +292,16 @@ class LoginFlow:
             params["prompt"] = prompt
         if acr_values and self._acr_claim == "acrs":
             # Entra ID asks for authentication contexts as an essential
-            # acrs claim of the ID token (OpenID Connect Core 5.5.1.1).
-            params["claims"] = json.dumps(
-                {"id_token": {"acrs": {"essential": True, "values": list(acr_values)}}},
-                separators=(",", ":"))
+            # acrs claim of the ID token (OpenID Connect Core 5.5.1.1):
+            # one context as "value", as Microsoft's documentation shows it,
+            # several as "values".
+            wanted: Dict[str, Any] = {"essential": True}
+            if len(acr_values) == 1:
+                wanted["value"] = acr_values[0]
+            else:
+                wanted["values"] = list(acr_values)
+            params["claims"] = json.dumps({"id_token": {"acrs": wanted}},
+                                          separators=(",", ":"))
         elif acr_values:
             params["acr_values"] = " ".join(acr_values)
         if max_age is not None:
