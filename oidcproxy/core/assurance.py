@@ -19,6 +19,8 @@ from typing import Any, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import attr
 
+from .numbers import finite_number
+
 __all__ = [
     "INSUFFICIENT",
     "Requirement",
@@ -61,21 +63,10 @@ class Requirement:
         return " and ".join(parts) or "nothing"
 
 
-def _time(value: Any) -> Optional[float]:
-    """A NumericDate claim as seconds; None for anything else (booleans, text, non-finite)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    try:
-        number = float(value)
-    except OverflowError:
-        return None
-    return number if math.isfinite(number) else None
-
-
 def sign_in_of(claims: Mapping[str, Any]) -> SignIn:
     """The sign-in that C{claims} (an ID token's, an access token's) tell of."""
     acr = claims.get("acr")
-    return (acr if isinstance(acr, str) else "", _time(claims.get("auth_time")))
+    return (acr if isinstance(acr, str) else "", finite_number(claims.get("auth_time")))
 
 
 def _fresh(sign_in: SignIn, max_age: Optional[float], now: float) -> bool:

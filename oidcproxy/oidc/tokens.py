@@ -88,12 +88,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import math
 from typing import Any, Callable, Dict, List, Optional
 
 from twisted.internet.interfaces import IReactorTime
 
 from ..core.encoding import b64url_encode
+from ..core.numbers import finite_number
 from .jws import (
     ASYMMETRIC_ALGORITHMS,
     HMAC_ALGORITHMS,
@@ -149,17 +149,6 @@ _AT_HASH_FUNCTIONS: Dict[str, Callable[[bytes], Any]] = {
     "ES512": hashlib.sha512,
     "EdDSA": hashlib.sha512,
 }
-
-
-def finite_number(value: Any) -> Optional[float]:
-    """C{value} as a finite float if it is an int or float (not a bool)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    try:
-        result = float(value)
-    except OverflowError:
-        return None
-    return result if math.isfinite(result) else None
 
 
 def _same_text(a: str, b: str) -> bool:

@@ -9,7 +9,6 @@ loads and decides.
 from __future__ import annotations
 
 import json
-import math
 import secrets
 from typing import TYPE_CHECKING, Any, Dict, FrozenSet, List, Optional, Tuple
 
@@ -18,6 +17,7 @@ from twisted.internet.interfaces import IReactorTime
 from zope.interface import Interface
 
 from ..core.cache import BoundedCache
+from ..core.numbers import finite_number
 
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
@@ -50,17 +50,6 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-def _number(value: Any) -> Optional[float]:
-    """A finite JSON number as a float; C{None} for anything else (booleans too)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    try:
-        number = float(value)
-    except OverflowError:  # an integer too large for a float
-        return None
-    return number if math.isfinite(number) else None
-
-
 MAX_SIGN_INS = 8
 """The most earlier sign-ins a session keeps (L{Session.sign_ins})."""
 MAX_STEP_UPS = 8
@@ -81,7 +70,7 @@ def _sign_ins(value: Any) -> Optional[Tuple[Tuple[str, Optional[float]], ...]]:
     for item in value:
         if not isinstance(item, list) or len(item) != 2 or not isinstance(item[0], str):
             return None
-        when = None if item[1] is None else _number(item[1])
+        when = None if item[1] is None else finite_number(item[1])
         if item[1] is not None and when is None:
             return None
         out.append((item[0], when))
@@ -102,7 +91,7 @@ def _step_ups(value: Any) -> Optional[Tuple[Tuple[str, float], ...]]:
     for item in value:
         if not isinstance(item, list) or len(item) != 2 or not isinstance(item[0], str):
             return None
-        when = _number(item[1])
+        when = finite_number(item[1])
         if when is None:
             return None
         out.append((item[0], when))
@@ -219,7 +208,7 @@ class Session:
             return None
         fields["claims"] = claims
         for name in _REQUIRED_TIMES:
-            number = _number(obj.get(name))
+            number = finite_number(obj.get(name))
             if number is None:
                 return None
             fields[name] = number
@@ -230,7 +219,7 @@ class Session:
             fields[name] = value
         value = obj.get("access_token_expires")
         if value is not None:
-            value = _number(value)
+            value = finite_number(value)
             if value is None:
                 return None
         fields["access_token_expires"] = value

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any, FrozenSet, Iterator, List, Optional, Sequence, Tuple
 
+from ...core.numbers import finite_number
 from ..values import parse_duration
 from .claims import (
     MISSING,
@@ -236,13 +237,8 @@ def age(value: Any, now: float) -> Optional[float]:
     How long before C{now} a NumericDate claim is (negative: after it); None
     when the claim is not a NumericDate: a finite JSON number, not a boolean.
     """
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    try:
-        ago = now - value
-    except OverflowError:  # an integer too large for a float
-        return None
-    return ago if ago - ago == 0.0 else None  # not infinite, not NaN
+    number = finite_number(value)
+    return None if number is None else now - number
 
 
 class NotOlderThan(Function):
