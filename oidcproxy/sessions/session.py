@@ -56,43 +56,23 @@ MAX_STEP_UPS = 8
 """The most step-up logins a session remembers (L{Session.step_ups})."""
 
 
-def _sign_ins(value: Any) -> Optional[Tuple[Tuple[str, Optional[float]], ...]]:
+def _timed(value: Any, limit: int, time_optional: bool) -> Optional[Tuple[Tuple[str, Any], ...]]:
     """
-    The C{sign_ins} of a serialised session: absent, or a list (of at most
-    L{MAX_SIGN_INS}) of C{[acr, auth_time]}, the C{acr} a string, the time
-    a finite number or C{null}. None: malformed.
-    """
-    if value is None:
-        return ()
-    if not isinstance(value, list) or len(value) > MAX_SIGN_INS:
-        return None
-    out = []
-    for item in value:
-        if not isinstance(item, list) or len(item) != 2 or not isinstance(item[0], str):
-            return None
-        when = None if item[1] is None else finite_number(item[1])
-        if item[1] is not None and when is None:
-            return None
-        out.append((item[0], when))
-    return tuple(out)
-
-
-def _step_ups(value: Any) -> Optional[Tuple[Tuple[str, float], ...]]:
-    """
-    The C{step_ups} of a serialised session: absent, or a list (of at most
-    L{MAX_STEP_UPS}) of C{[path, time]}, a string and a finite number.
-    None: malformed.
+    The C{sign_ins} or C{step_ups} of a serialised session: absent, or a
+    list (of at most C{limit}) of C{[text, time]}, the text a string, the
+    time a finite number (or C{null}, when C{time_optional}: a sign-in's
+    C{auth_time} may be unknown). None: malformed.
     """
     if value is None:
         return ()
-    if not isinstance(value, list) or len(value) > MAX_STEP_UPS:
+    if not isinstance(value, list) or len(value) > limit:
         return None
     out = []
     for item in value:
         if not isinstance(item, list) or len(item) != 2 or not isinstance(item[0], str):
             return None
         when = finite_number(item[1])
-        if when is None:
+        if when is None and not (time_optional and item[1] is None):
             return None
         out.append((item[0], when))
     return tuple(out)
@@ -227,8 +207,8 @@ class Session:
         if provider is not None and not isinstance(provider, str):
             return None
         fields["provider"] = provider or DEFAULT_PROVIDER
-        sign_ins = _sign_ins(obj.get("sign_ins"))
-        step_ups = _step_ups(obj.get("step_ups"))
+        sign_ins = _timed(obj.get("sign_ins"), MAX_SIGN_INS, time_optional=True)
+        step_ups = _timed(obj.get("step_ups"), MAX_STEP_UPS, time_optional=False)
         if sign_ins is None or step_ups is None:
             return None
         fields["sign_ins"], fields["step_ups"] = sign_ins, step_ups
