@@ -11,7 +11,6 @@ import json
 from typing import Any, Dict
 from urllib.parse import parse_qs, urlencode, urlsplit
 
-from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
 from oidcproxy.core.assurance import Requirement
@@ -46,8 +45,7 @@ class StepUpCallbackCase(SynchronousTestCase):
         session = open_session(browser.jar[SESSION_COOKIE])
         request = UnitRequest(b"GET", b"/admin", headers={
             **NAVIGATE_HEADERS, b"cookie": [browser.cookie_header()]})
-        Deferred.fromCoroutine(LoginEndpoint(h.state).step_up(request, session, target,
-                                                              requirement))
+        LoginEndpoint(h.state).step_up_now(request, session, target, requirement)
         self.assertEqual(request.code, 302, request.body)
         browser._store([SetCookie.parse(raw) for raw in request.set_cookies()])
         location = request.header(b"location").decode()

@@ -86,7 +86,7 @@ class StepUpTests(SynchronousTestCase):
                 requirement: Requirement = GOLD, headers: Optional[Dict[bytes, Any]] = None
                 ) -> UnitRequest:
         request = UnitRequest(b"GET", b"/admin", headers=headers or NAVIGATE_HEADERS)
-        run(self, LoginEndpoint(state_of(h)).step_up(request, session, target, requirement))
+        LoginEndpoint(state_of(h)).step_up_now(request, session, target, requirement)
         return request
 
     def test_redirect_asks_for_the_requirement(self) -> None:

@@ -130,11 +130,6 @@ class LoginEndpoint:
         await self.start(request, return_to(request), prompt=prompt, provider=name,
                          acr_values=acr_values, max_age=max_age)
 
-    async def step_up(self, request: Request, session: Session, target: str,
-                      requirement: Requirement) -> None:
-        """L{step_up_now}, as a coroutine."""
-        self.step_up_now(request, session, target, requirement)
-
     def step_up_now(self, request: Request, session: Session, target: str,
                     requirement: Requirement) -> None:
         """
