@@ -33,11 +33,16 @@ from .fakes import ProxyStack, make_config
 
 PEER = "192.0.2.7"
 PROXY_PEER = "192.0.2.99"
-CLAIMS = {"preferred_username": "alice", "email": "alice@example.test", "groups": ["a", "b"]}
+AUTH_TIME = 1_700_000_000
+CLAIMS = {"preferred_username": "alice", "email": "alice@example.test", "groups": ["a", "b"],
+          "acr": "gold", "auth_time": AUTH_TIME}
 IDENTITY = {
     b"x-forwarded-user": [b"alice"],
     b"x-forwarded-email": [b"alice@example.test"],
     b"x-forwarded-groups": [b"a,b"],
+    # The sign-in's, from [step_up] (step-up authentication).
+    b"x-forwarded-acr": [b"gold"],
+    b"x-forwarded-auth-time": [b"%d" % AUTH_TIME],
 }
 TOKEN_HEADERS = (b"x-forwarded-access-token", b"x-forwarded-id-token")
 FORWARDING = {
@@ -85,7 +90,7 @@ def access_token(stack: ProxyStack, **claims: Any) -> str:
     now = int(stack.clock.seconds())
     body = {"iss": ISSUER, "aud": CLIENT_ID, "sub": "svc", "iat": now, "exp": now + 300,
             "scope": "read", "preferred_username": "alice", "email": "alice@example.test",
-            "groups": ["a", "b"]}
+            "groups": ["a", "b"], "acr": "gold", "auth_time": AUTH_TIME}
     body.update(claims)
     return stack.idp.id_token(body)
 
