@@ -78,6 +78,9 @@ class RequestContext:
         sign-in (an RFC 9470 challenge): called with the request and the
         L{Requirement} asked. None: the upstream's answer is passed on,
         whatever it is.
+    @ivar sign_in: on a route with a step-up requirement, the session's
+        sign-in (C{(acr, auth_time)}) that met it, which the identity
+        headers tell of; None: the route has none.
     """
 
     early_match: Any = None
@@ -100,6 +103,7 @@ class RequestContext:
     gone: bool = False
     pages: Any = None
     step_up: Optional[Callable[[Any, Requirement], None]] = None
+    sign_in: Optional[Tuple[str, Optional[float]]] = None
 
     def apply_answer(self, request: Any) -> None:
         """

@@ -17,12 +17,11 @@ from typing import Any, Callable, Coroutine, List, Optional, Sequence
 
 from twisted.web.server import Request
 
-from ..core.assurance import Requirement, meeting
+from ..core.assurance import Requirement
 from ..core.context import RequestContext, context
 from ..oidc.bearer import bearer_token
 from ..oidc.tokens import TokenError
 from ..proxy.routes import RouteMatch
-from ..sessions.history import acr_claim_of, sign_ins_of
 from ..sessions.session import DEFAULT_PROVIDER, Session
 from .answers import decided, deny, finish
 from .bearer_auth import BearerAuth
@@ -195,15 +194,10 @@ class RouteAuth:
                   session: Optional[Session]) -> None:
         """Pass on a request its session admitted (None: it was answered)."""
         if session is not None:
-            requirement = match.route.requirement
-            sign_in = None
-            if requirement is not None:
-                # The sign-in that met the requirement (an earlier one, one
-                # value of an acrs claim) is the one the headers tell of.
-                config = self._state.config
-                sign_ins = sign_ins_of(session, acr_claim_of(config, session.provider))
-                sign_in = meeting(requirement, sign_ins, self._state.clock.seconds())
-            set_session_identity(request, ctx, self._state.identity, session, sign_in)
+            # On a route with a requirement, the sign-in that met it (an
+            # earlier one, one value of an acrs claim), as the session's
+            # checks found it, is the one the headers tell of.
+            set_session_identity(request, ctx, self._state.identity, session, ctx.sign_in)
             if match.route.step_up:
                 self._upstream_step_up.offer(request, ctx)
             self._pass_on(request, ctx, match)

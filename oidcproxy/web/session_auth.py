@@ -63,7 +63,11 @@ def assured(request: Request, match: RouteMatch, session: Session, now: float,
     if requirement is None:
         return True
     sign_ins = sign_ins_of(session, acr_claim_of(config, session.provider))
-    if meeting(requirement, sign_ins, now) is not None:
+    met = meeting(requirement, sign_ins, now)
+    if met is not None:
+        # The one the identity headers tell of (a refresh, which may
+        # follow, is no new sign-in).
+        context(request).sign_in = met
         return True
     log.info("{sub} needs a step-up on {route}: {why}", sub=session.sub,
              route=match.route.name, why=unmet(requirement, sign_ins, now))
