@@ -74,6 +74,23 @@ def return_to(request: Request) -> str:
         return "/"
 
 
+def referer_below(request: Request, base: Optional[str]) -> Optional[str]:
+    """
+    The page the browser came from (its C{Referer}) as a path below C{base}
+    (an origin, or a URL with a path), when it is there and a safe
+    return-to (L{safe_return_to}); else None.
+    """
+    if not base:
+        return None
+    referer = request.requestHeaders.getRawHeaders(b"referer")
+    if not referer:
+        return None
+    page = referer[0].decode("latin-1")
+    if not page.startswith(base + "/"):
+        return None
+    return safe_return_to(page[len(base):])
+
+
 def arg(args: Dict[bytes, List[bytes]], key: bytes) -> Optional[str]:
     """The first value of parameter C{key} as text; None when absent or not UTF-8."""
     values = args.get(key)

@@ -19,8 +19,6 @@ and routes without C{step_up} never get here: the challenge is theirs.
 
 from __future__ import annotations
 
-from typing import Optional
-
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.server import Request
@@ -31,7 +29,7 @@ from ..core.urls import safe_return_to
 from .answers import abort, client_gone, decided, finish, show
 from .endpoints.login import LoginEndpoint, target_of
 from .parts import GuardState
-from .requests import is_navigation
+from .requests import is_navigation, referer_below
 
 __all__ = ["UpstreamStepUp"]
 
@@ -86,26 +84,14 @@ class UpstreamStepUp:
             self._login.step_up_now(request, ctx.session, target_of(ctx.match), requirement)
             return
         decided(request, "step_up")
-        target = self._came_from(request) or safe_return_to(ctx.match.path) or "/"
+        # The page the browser was on, below public_url (the login's rd).
+        target = referer_below(request, self._state.public) or \
+            safe_return_to(ctx.match.path) or "/"
         pages = self._state.pages
         max_age = None if requirement.max_age is None else int(requirement.max_age)
         show(request, lambda r: pages.step_up(
             r, target, requirement.acr_values, max_age,
             {b"www-authenticate": challenge(requirement)}))
-
-    def _came_from(self, request: Request) -> Optional[str]:
-        """
-        The page the browser was on (its C{Referer}) as a return-to path
-        below the public URL, when it is a safe one there; else None.
-        """
-        public = self._state.public
-        referer = request.requestHeaders.getRawHeaders(b"referer")
-        if not public or not referer:
-            return None
-        page = referer[0].decode("latin-1")
-        if not page.startswith(public + "/"):
-            return None
-        return safe_return_to(page[len(public):])
 
     def _unexpected(self, failure: Failure, request: Request) -> None:
         """A bug on the way: logged, and 500 (or the connection cut) if anything can still go out."""

@@ -27,9 +27,8 @@ from twisted.web.template import Tag, tags
 from ...config import Config
 from ...core.context import peek
 from ...core.pages import answer, page_headers, render_error, style_hash, wants_json
-from ...core.urls import safe_return_to
 from ..identity import user_name
-from ..requests import mount_path, target_below_mount
+from ..requests import mount_path, referer_below, target_below_mount
 from .templates import BUILT_IN, TemplateProblem, flatten, load_templates
 from .texts import LANGUAGES, TEXTS, choose_language, status_title
 
@@ -289,13 +288,10 @@ class Pages:
 
     def _back(self, request: Request) -> str:
         """The same-origin page the browser came from, else the site's root."""
-        referer = request.requestHeaders.getRawHeaders(b"referer", [b""])[0].decode("latin-1")
         public = self._config.public_url or ""
-        origin = _origin(public)
-        if origin and referer.startswith(origin + "/"):
-            path = safe_return_to(referer[len(origin):])
-            if path:
-                return path
+        path = referer_below(request, _origin(public))
+        if path:
+            return path
         return (urlsplit(public).path or "") + "/" if public else "/"
 
     def login_failed(self, request: Request, code: int, message: str, reason: str,
