@@ -16,6 +16,7 @@ import re
 from typing import Sequence, Union
 from urllib.parse import urlsplit
 
+from ..core.assurance import is_acr_value
 from .schema import HTTP_METHODS, IPNetwork
 
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -253,11 +254,10 @@ def email_domain(text: str) -> str:
 
 def acr_value(text: str) -> str:
     """
-    An authentication context class reference as C{acr_values} sends it:
-    printable ASCII without spaces (they separate values), C{"} or C{\\}
-    (RFC 6749's NQCHAR: it goes into a quoted C{WWW-Authenticate} parameter).
+    An authentication context class reference as C{acr_values} sends it
+    (L{is_acr_value}).
     """
-    if not text or not all(0x21 <= ord(c) <= 0x7E and c not in '"\\' for c in text):
+    if not is_acr_value(text):
         raise ValueError(f"{text!r} is not an acr value (printable ASCII without spaces, "
                          "quotes or backslashes)")
     return text

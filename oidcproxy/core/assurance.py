@@ -26,6 +26,7 @@ __all__ = [
     "Requirement",
     "SignIn",
     "challenge",
+    "is_acr_value",
     "meeting",
     "parse_challenge",
     "sign_in_of",
@@ -144,6 +145,15 @@ _SCHEME = re.compile(r"[ \t]*(" + _TOKEN + r")(?:[ \t]+|$)")
 _TOKEN68 = re.compile(r"[A-Za-z0-9\-._~+/]+=*[ \t]*(?=,|$)")
 _ACR = re.compile(r"[\x21\x23-\x5b\x5d-\x7e]+")
 
+
+def is_acr_value(text: str) -> bool:
+    """
+    Whether C{text} can be sent as one of C{acr_values}: printable ASCII
+    without spaces (they separate values), C{"} or C{\\} (RFC 6749's NQCHAR:
+    it goes into a quoted C{WWW-Authenticate} parameter).
+    """
+    return _ACR.fullmatch(text) is not None
+
 MAX_CHALLENGE = 4096
 """The most bytes of C{WWW-Authenticate} read when looking for a step-up challenge."""
 
@@ -215,7 +225,7 @@ def parse_challenge(values: Optional[Sequence[bytes]]) -> Optional[Requirement]:
             max_age: Optional[float] = None
             if "acr_values" in found:
                 acr_values = tuple(found["acr_values"].split())
-                if not acr_values or not all(_ACR.fullmatch(a) for a in acr_values) or \
+                if not acr_values or not all(map(is_acr_value, acr_values)) or \
                         len(set(acr_values)) != len(acr_values):
                     return None
             if "max_age" in found:
