@@ -201,6 +201,8 @@ def _check_claims(config: Any, claims_file: str, path: Optional[str], out: Any,
     import json
 
     from .proxy.routes import BadRequestTarget, RouteTable
+    from .sessions.history import acr_claim_of
+    from .sessions.session import DEFAULT_PROVIDER
 
     try:
         with open(claims_file, encoding="utf-8") as f:
@@ -243,21 +245,25 @@ def _check_claims(config: Any, claims_file: str, path: Optional[str], out: Any,
             for line in route.policy.explain(id_claims, access_claims, now=now):
                 print("    " + line, file=out)
         if route.requirement is not None:
-            print("    step-up: " + step_up_decision(route, id_claims, now), file=out)
+            acr_claim = acr_claim_of(config, route.provider or DEFAULT_PROVIDER)
+            print("    step-up: " + step_up_decision(route, id_claims, now, acr_claim),
+                  file=out)
     return 2 if path is not None and denied else 0
 
 
-def step_up_decision(route: Any, claims: Any, now: float) -> str:
+def step_up_decision(route: Any, claims: Any, now: float, acr_claim: str = "acr") -> str:
     """
     Whether the sign-in of C{claims} meets the route's C{requirement} at
     C{now}, in words: the sign-in that meets it, or why not and what a
     request gets then (a browser signs in again, an API client the RFC 9470
-    challenge).
+    challenge). C{acr_claim}: the route's provider's (C{"acrs"}: every value
+    of the C{acrs} claim counts, as the guard reads it).
     """
-    from .core.assurance import INSUFFICIENT, meeting, sign_in_of, unmet
+    from .core.assurance import INSUFFICIENT, meeting, unmet
+    from .sessions.history import claims_sign_ins
 
     requirement = route.requirement
-    sign_ins = [sign_in_of(claims)]
+    sign_ins = claims_sign_ins(claims, acr_claim)
     met = meeting(requirement, sign_ins, now)
     if met is not None:
         acr, auth_time = met

@@ -557,10 +557,11 @@ class CheckStepUpTests(SynchronousTestCase):
 
     NOW = 1_700_000_000.0
 
-    def run_check(self, claims: str, *args: str):
+    def run_check(self, claims: str, *args: str, oidc: str = ""):
         text = (
             'public_url = "https://app.example"\n'
             '[oidc]\nissuer = "https://idp.example"\nclient_id = "c"\nclient_secret = "s"\n'
+            + oidc +
             '[session]\nsecrets = ["' + SECRET + '"]\n'
             '[[routes]]\npath = "/admin"\nupstream = "http://127.0.0.1:9"\n'
             'acr_values = ["gold", "platinum"]\nmax_auth_age = "15m"\n'
@@ -594,6 +595,13 @@ class CheckStepUpTests(SynchronousTestCase):
             "    step-up: met by acr 'gold' signed in 120s ago",
             "routes[2] (*/, auth = session): allowed (any authenticated user)",
         ])
+
+    def test_acrs_provider(self):
+        """With [oidc] acr_claim = "acrs" (Entra ID), a value of the acrs claim meets a route."""
+        claims = f'{{"acrs": ["c1", "gold"], "auth_time": {self.NOW - 120:.0f}}}'
+        status, lines = self.run_check(claims, "--path", "/admin", oidc='acr_claim = "acrs"\n')
+        self.assertEqual(status, 0)
+        self.assertIn("    step-up: met by acr 'gold' signed in 120s ago", lines)
 
     def test_unmet(self):
         """
@@ -648,6 +656,11 @@ class CheckStepUpTests(SynchronousTestCase):
                          "met by acr 'gold' at an unknown time")
         self.assertEqual(tap.step_up_decision(age, {"auth_time": now - 60}, now),
                          "met by a sign-in without acr signed in 60s ago")
+        # With the provider's acr_claim = "acrs" (Entra ID), any value of acrs counts.
+        self.assertEqual(tap.step_up_decision(acr, {"acrs": ["c1", "gold"]}, now, "acrs"),
+                         "met by acr 'gold' at an unknown time")
+        self.assertTrue(tap.step_up_decision(acr, {"acrs": ["c1", "gold"]}, now).startswith(
+            "acr gold required"))
         self.assertEqual(tap.step_up_decision(age, {"acr": "gold", "auth_time": "x"}, now),
                          "a sign-in at most 3600s old required; the sign-in has acr 'gold', no"
                          " auth_time: a browser signs in again with max_age=3600; an API client"
