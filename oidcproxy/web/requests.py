@@ -18,7 +18,7 @@ from ..proxy.routes import split_target
 from ..sessions.session import DEFAULT_PROVIDER
 
 __all__ = ["arg", "is_browser_navigation", "is_navigation", "is_preflight", "judged_method",
-           "mount_path", "peer", "return_to", "target_below_mount"]
+           "mount_path", "peer", "referer_below", "return_to", "target_below_mount"]
 
 
 def judged_method(request: Request) -> bytes:
